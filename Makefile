@@ -1,0 +1,55 @@
+# kubedev: `make demo` and `make test` are all a fresh machine needs (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
+
+CLUSTER := tests/cluster/cluster.sh
+export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
+KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
+DEMO_NAMESPACE := kubedev-dev
+
+.PHONY: build lint test test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+
+build:
+	cargo build --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Every test: unit, component, then e2e against the local cluster, which is then
+## torn down and checked for leftovers.
+test: lint test-unit test-component test-e2e test-teardown
+
+# Unit tests: pure logic, no processes, no cluster.
+test-unit:
+	cargo test --lib --bins
+
+# Component tests: the programs run as local processes on loopback.
+test-component:
+	cargo test --workspace --exclude kubedev-e2e --test '*'
+
+# End-to-end tests against the real local cluster (started if it is not up).
+test-e2e: cluster-up
+	cargo test -p kubedev-e2e -- --test-threads 4
+
+# `down` leaves no process, interface, netns, route, iptables chain or state behind.
+test-teardown:
+	$(CLUSTER) down
+	$(CLUSTER) check-clean
+
+cluster-up:
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+## Build everything, start the local cluster, deploy the sample app and show it running.
+demo: build cluster-up
+	$(KUBECTL) -n $(DEMO_NAMESPACE) apply -f examples/echo.yaml
+	$(KUBECTL) -n $(DEMO_NAMESPACE) rollout status deployment/echo --timeout=120s
+	$(KUBECTL) -n $(DEMO_NAMESPACE) wait pod/client --for=condition=Ready --timeout=120s
+	$(KUBECTL) -n $(DEMO_NAMESPACE) get pods -o wide
+	@echo "--- a request from the client pod to the echo service:"
+	$(KUBECTL) -n $(DEMO_NAMESPACE) exec client -- wget -qO- http://echo/hello
+	@echo "--- the cluster stays up; use it with: export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/admin.kubeconfig"

@@ -1,0 +1,15 @@
+//! What every plugin's `main` shares: errors reported the way kubectl reports them.
+
+use std::process::ExitCode;
+
+/// Turns a command's result into its exit status, printing a failure as
+/// `error: what failed: why` on stderr (no backtrace, whatever RUST_BACKTRACE says).
+pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

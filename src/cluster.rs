@@ -1,0 +1,157 @@
+//! kubectl-style cluster selection: `-n/--namespace`, `--context`, `--kubeconfig`
+//! and the `KUBECONFIG` variable, resolved the way kubectl resolves them.
+
+use anyhow::Context as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The flags every plugin shares to pick a cluster, user and namespace.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// Namespace of the workload (default: the context's namespace, else "default").
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+
+    /// Name of the kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// A client for the chosen cluster, with the namespace commands act in.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: kube::Client,
+    pub namespace: String,
+    /// The kubeconfig context in use, which names the tunneld instance to share.
+    pub context: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("namespace", &self.namespace)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterArgs {
+    /// Reads the kubeconfig the way kubectl does and connects to the selected context.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?,
+            None => Kubeconfig::read()
+                .context("cannot read a kubeconfig: set KUBECONFIG or pass --kubeconfig FILE")?,
+        };
+        let context = self
+            .context
+            .clone()
+            .or_else(|| kubeconfig.current_context.clone());
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .context("invalid kubeconfig")?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+        Ok(Connection {
+            client,
+            namespace,
+            context,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    }
+
+    #[test]
+    fn parses_kubectl_style_flags() {
+        let cli = Cli::parse_from([
+            "x",
+            "-n",
+            "shop",
+            "--context",
+            "dev",
+            "--kubeconfig",
+            "/tmp/kc",
+        ]);
+        assert_eq!(cli.cluster.namespace.as_deref(), Some("shop"));
+        assert_eq!(cli.cluster.context.as_deref(), Some("dev"));
+        assert_eq!(
+            cli.cluster.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/tmp/kc"))
+        );
+    }
+
+    const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+current-context: a
+contexts:
+- name: a
+  context: {cluster: c, user: u, namespace: team-a}
+- name: b
+  context: {cluster: c, user: u}
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:6443"}
+users:
+- name: u
+  user: {token: t}
+"#;
+
+    async fn connect_with(args: ClusterArgs) -> Connection {
+        let dir = std::env::temp_dir().join(format!("kubedev-kc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("{:?}", args.context));
+        std::fs::write(&path, KUBECONFIG).expect("write kubeconfig");
+        ClusterArgs {
+            kubeconfig: Some(path),
+            ..args
+        }
+        .connect()
+        .await
+        .expect("connect")
+    }
+
+    #[tokio::test]
+    async fn namespace_comes_from_flag_then_context_then_default() {
+        let from_context = connect_with(ClusterArgs::default()).await;
+        assert_eq!(from_context.namespace, "team-a");
+        assert_eq!(from_context.context.as_deref(), Some("a"));
+
+        let other_context = connect_with(ClusterArgs {
+            context: Some("b".into()),
+            ..ClusterArgs::default()
+        })
+        .await;
+        assert_eq!(other_context.namespace, "default");
+        assert_eq!(other_context.context.as_deref(), Some("b"));
+
+        let from_flag = connect_with(ClusterArgs {
+            namespace: Some("n1".into()),
+            context: Some("a".into()),
+            ..ClusterArgs::default()
+        })
+        .await;
+        assert_eq!(from_flag.namespace, "n1");
+    }
+}

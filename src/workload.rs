@@ -1,0 +1,137 @@
+//! Workload references as users type them: `NAME` (a Deployment) or `KIND/NAME`,
+//! with the kinds and short names kubectl accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The kinds of workload whose pod template kubedev can patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    ReplicaSet,
+}
+
+impl WorkloadKind {
+    /// Parses a kind as kubectl accepts it: singular, plural, short name, or
+    /// `resource.group`, case-insensitively.
+    fn parse(text: &str) -> Option<Self> {
+        let lower = text.to_ascii_lowercase();
+        let resource = lower.strip_suffix(".apps").unwrap_or(&lower);
+        match resource {
+            "deploy" | "deployment" | "deployments" => Some(Self::Deployment),
+            "sts" | "statefulset" | "statefulsets" => Some(Self::StatefulSet),
+            "rs" | "replicaset" | "replicasets" => Some(Self::ReplicaSet),
+            _ => None,
+        }
+    }
+
+    /// The resource name kubectl prints (`deployment`, `statefulset`, `replicaset`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployment",
+            Self::StatefulSet => "statefulset",
+            Self::ReplicaSet => "replicaset",
+        }
+    }
+}
+
+/// A workload named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl FromStr for WorkloadRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, name) = match text.split_once('/') {
+            None => (WorkloadKind::Deployment, text),
+            Some((kind, name)) => {
+                let kind = WorkloadKind::parse(kind).ok_or_else(|| {
+                    format!(
+                        "unsupported workload kind {kind:?}: use deployment/NAME, \
+                         statefulset/NAME or replicaset/NAME"
+                    )
+                })?;
+                (kind, name)
+            }
+        };
+        if !is_dns_subdomain(name) {
+            return Err(format!(
+                "invalid workload name {name:?}: expected a Kubernetes object name \
+                 (lowercase letters, digits, '-' and '.')"
+            ));
+        }
+        Ok(Self {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.resource(), self.name)
+    }
+}
+
+/// RFC 1123 subdomain, the rule for Deployment, StatefulSet and ReplicaSet names.
+fn is_dns_subdomain(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WorkloadRef, String> {
+        text.parse()
+    }
+
+    #[test]
+    fn bare_name_is_a_deployment() {
+        let w = parse("web").expect("valid");
+        assert_eq!(w.kind, WorkloadKind::Deployment);
+        assert_eq!(w.name, "web");
+        assert_eq!(w.to_string(), "deployment/web");
+    }
+
+    #[test]
+    fn accepts_kubectl_kind_spellings() {
+        for (text, kind) in [
+            ("deploy/a", WorkloadKind::Deployment),
+            ("Deployments.apps/a", WorkloadKind::Deployment),
+            ("sts/a", WorkloadKind::StatefulSet),
+            ("statefulset/a", WorkloadKind::StatefulSet),
+            ("rs/a", WorkloadKind::ReplicaSet),
+            ("replicasets.apps/a", WorkloadKind::ReplicaSet),
+        ] {
+            assert_eq!(parse(text).expect(text).kind, kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn names_that_look_like_subcommands_work_with_a_kind() {
+        assert_eq!(parse("deploy/list").expect("valid").name, "list");
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_bad_names() {
+        let err = parse("daemonset/a").expect_err("unsupported");
+        assert!(err.contains("unsupported workload kind"), "{err}");
+        for bad in ["", "Web", "a_b", "-a", "a/", "deploy/a/b"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

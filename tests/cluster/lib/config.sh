@@ -1,0 +1,45 @@
+# Settings of the local test cluster, shared by every harness script.
+# Every address below belongs to hosts this harness creates on this machine.
+
+K8S_VERSION=v1.35.4
+ETCD_VERSION=v3.6.16
+COREDNS_VERSION=v1.14.7
+
+CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_DIR=$(cd "$CLUSTER_DIR/../.." && pwd)
+
+# Built binaries are kept outside the repository and reused across clones.
+CACHE_DIR=${KUBEDEV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubedev}
+# Everything a running cluster writes; `down` removes it.
+STATE_DIR=${KUBEDEV_CLUSTER_DIR:-/var/lib/kubedev-cluster}
+
+NODE_NAME=kubedev-node
+# The node address lives on `lo` as a /32 (this kernel has no dummy interfaces).
+NODE_IP=10.201.0.1
+POD_CIDR=10.244.0.0/16
+NODE_POD_CIDR=10.244.0.0/24
+POD_GATEWAY=10.244.0.1
+SERVICE_CIDR=10.96.0.0/16
+API_SERVICE_IP=10.96.0.1
+DNS_SERVICE_IP=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
+API_PORT=6443
+BRIDGE=kubedev0
+
+PAUSE_IMAGE=registry.k8s.io/pause:3.10
+COREDNS_IMAGE=localhost/kubedev/coredns:${COREDNS_VERSION#v}
+ECHO_IMAGE=localhost/kubedev-test/echo:0.1.0
+CLIENT_IMAGE=localhost/kubedev-test/client:0.1.0
+
+# The namespace that the namespace-scoped test user may work in.
+DEV_NAMESPACE=kubedev-dev
+
+PKI_DIR=$STATE_DIR/pki
+LOG_DIR=$STATE_DIR/logs
+PID_DIR=$STATE_DIR/pids
+CONTAINERD_SOCK=$STATE_DIR/containerd/containerd.sock
+ADMIN_KUBECONFIG=$STATE_DIR/admin.kubeconfig
+DEV_KUBECONFIG=$STATE_DIR/dev.kubeconfig
+
+log() { printf '[cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }

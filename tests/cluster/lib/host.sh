@@ -1,0 +1,148 @@
+# The host side of the cluster: packages, the node address, routes, sysctls, and the
+# removal of every interface, netns, route, iptables chain and mount the cluster made.
+# Tests read command output with `grep -q PATTERN <<<"$(cmd)"`, never `cmd | grep -q`:
+# grep -q exits at the first match and, under pipefail, cmd's SIGPIPE would flip the result.
+
+# Sysctls that the harness, the kubelet or kube-proxy may change; restored by `down`.
+TRACKED_SYSCTLS=(
+    net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
+    net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom
+    kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes
+)
+SYSCTL_BACKUP=$STATE_DIR/sysctl.before-up
+
+# Paths that containerd, the CNI plugins and the kubelet create outside $STATE_DIR (they
+# are compiled in). `up` records which of them already existed, so `down` removes only
+# the others; the record lives in the cache so that check-clean can read it after `down`.
+HOST_PATHS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers /var/log/pods /run/netns)
+HOST_PATHS_BEFORE=$CACHE_DIR/host-paths-before-up
+
+ensure_packages() {
+    # command-or-file => Debian package
+    local -A wanted=(
+        [containerd]=containerd [runc]=runc [/usr/lib/cni/bridge]=containernetworking-plugins
+        [iptables]=iptables [conntrack]=conntrack [openssl]=openssl [jq]=jq [curl]=curl
+        [busybox]=busybox-static [ip]=iproute2 [sshfs]=sshfs [fusermount3]=fuse3 [socat]=socat
+    )
+    local missing=() thing
+    for thing in "${!wanted[@]}"; do
+        if [[ $thing == /* ]]; then [ -e "$thing" ] && continue
+        else command -v "$thing" >/dev/null && continue; fi
+        missing+=("${wanted[$thing]}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+host_up() {
+    if [ ! -f "$SYSCTL_BACKUP" ]; then
+        mkdir -p "$CACHE_DIR"
+        local path
+        for path in "${HOST_PATHS[@]}"; do [ -e "$path" ] && echo "$path"; done > "$HOST_PATHS_BEFORE"
+        local key
+        for key in "${TRACKED_SYSCTLS[@]}"; do
+            sysctl -n "$key" >/dev/null 2>&1 && echo "$key=$(sysctl -n "$key")"
+        done > "$SYSCTL_BACKUP"
+    fi
+    sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
+        net.bridge.bridge-nf-call-ip6tables=1
+    grep -q "inet $NODE_IP/32" <<<"$(ip addr show dev lo)" || ip addr add "$NODE_IP/32" dev lo
+    # A packet for a cluster address with no pod or service behind it stops here
+    # instead of following the default route off the machine.
+    local cidr
+    for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+        grep -q "^unreachable $cidr" <<<"$(ip route show type unreachable)" ||
+            ip route add unreachable "$cidr"
+    done
+}
+
+# created_host_paths: those of HOST_PATHS that exist now but did not before the first `up`.
+created_host_paths() {
+    local path
+    for path in "${HOST_PATHS[@]}"; do
+        [ -e "$path" ] && ! grep -qxF "$path" "$HOST_PATHS_BEFORE" 2>/dev/null && echo "$path"
+    done
+    return 0
+}
+
+# remove_chains TOOL: deletes every KUBE-* and CNI-* chain (and the jumps to them).
+remove_chains() {
+    local tool=$1 table rule chain
+    for table in filter nat mangle raw; do
+        "$tool" -t "$table" -S >/dev/null 2>&1 || continue
+        # Jumps from the built-in chains first, then flush, then delete.
+        while read -r rule; do
+            eval "$tool -t $table $rule"
+        done < <("$tool" -t "$table" -S | sed -nE 's/^-A ([A-Z]+ .*-j (KUBE|CNI)-)/-D \1/p')
+        for chain in $("$tool" -t "$table" -S | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
+            "$tool" -t "$table" -F "$chain"
+        done
+        for chain in $("$tool" -t "$table" -S | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
+            "$tool" -t "$table" -X "$chain"
+        done
+    done
+}
+
+# unmount_below DIR: every mount point under DIR, deepest first.
+unmount_below() {
+    local dir=$1 mount
+    awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+        while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
+}
+
+host_down() {
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
+        ip netns delete "$ns" 2>/dev/null || true
+    done
+    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+    local cidr
+    for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+        ip route del unreachable "$cidr" 2>/dev/null || true
+    done
+    ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
+    remove_chains iptables
+    remove_chains ip6tables
+    # The kubelet's pod cgroups, leaves first.
+    find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice -depth -type d \
+        -exec rmdir {} + 2>/dev/null || true
+    find /var/log/containers -maxdepth 1 -lname "$STATE_DIR/*" -delete 2>/dev/null || true
+    local path
+    for path in $(created_host_paths); do rm -rf "$path"; done
+    if [ -f "$SYSCTL_BACKUP" ]; then
+        sysctl -qw $(cat "$SYSCTL_BACKUP") >/dev/null 2>&1 || true
+    fi
+}
+
+# check_clean: lists any trace of the cluster on this machine; exits 1 if there is one.
+check_clean() {
+    local traces=()
+    local name
+    for name in "${COMPONENTS[@]}"; do
+        process_alive "$name" && traces+=("process $name")
+    done
+    pgrep -f "$STATE_DIR" >/dev/null && traces+=("processes using $STATE_DIR: $(pgrep -d, -f "$STATE_DIR")")
+    pgrep -x containerd-shim >/dev/null && traces+=("containerd shims")
+    ip link show "$BRIDGE" >/dev/null 2>&1 && traces+=("interface $BRIDGE")
+    grep -q "master $BRIDGE" <<<"$(ip -o link show)" && traces+=("links enslaved to $BRIDGE")
+    grep -q '^cni-' <<<"$(ip netns list 2>/dev/null)" && traces+=("network namespace cni-*")
+    grep -q "inet $NODE_IP/" <<<"$(ip addr show dev lo)" && traces+=("address $NODE_IP on lo")
+    grep -qE "^unreachable ($POD_CIDR|$SERVICE_CIDR)" <<<"$(ip route show type unreachable)" &&
+        traces+=("unreachable routes for cluster CIDRs")
+    local tool
+    for tool in iptables ip6tables; do
+        grep -qE '(KUBE|CNI)-' <<<"$("$tool-save" 2>/dev/null)" && traces+=("$tool chains KUBE-*/CNI-*")
+    done
+    [ -e "$STATE_DIR" ] && traces+=("state directory $STATE_DIR")
+    local path
+    for path in $(created_host_paths); do traces+=("directory $path"); done
+    grep -q " $STATE_DIR" /proc/self/mountinfo && traces+=("mounts under $STATE_DIR")
+    if [ ${#traces[@]} -gt 0 ]; then
+        printf 'left behind: %s\n' "${traces[@]}" >&2
+        return 1
+    fi
+    echo "clean: no process, interface, netns, route, iptables chain or state of the cluster"
+}

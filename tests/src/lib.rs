@@ -1,0 +1,236 @@
+//! Helpers for the end-to-end tests: the local cluster that `tests/cluster/cluster.sh up`
+//! started, a throwaway namespace per test, kubectl, and the test images' workloads.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+
+/// Images the harness imports into the cluster (tests/cluster/lib/config.sh).
+pub const ECHO_IMAGE: &str = "localhost/kubedev-test/echo:0.1.0";
+pub const CLIENT_IMAGE: &str = "localhost/kubedev-test/client:0.1.0";
+
+/// How long a test waits for the cluster to converge before failing.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The running local cluster.
+#[derive(Debug, Clone)]
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub admin_kubeconfig: PathBuf,
+    pub dev_kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl TestCluster {
+    /// The cluster in `$KUBEDEV_CLUSTER_DIR` (default `/var/lib/kubedev-cluster`).
+    /// Panics with instructions when it is not up: an e2e test never skips.
+    pub fn get() -> Self {
+        let dir = PathBuf::from(
+            std::env::var("KUBEDEV_CLUSTER_DIR")
+                .unwrap_or_else(|_| "/var/lib/kubedev-cluster".into()),
+        );
+        let cluster = Self {
+            admin_kubeconfig: dir.join("admin.kubeconfig"),
+            dev_kubeconfig: dir.join("dev.kubeconfig"),
+            kubectl: dir.join("bin/kubectl"),
+            dir,
+        };
+        assert!(
+            cluster.admin_kubeconfig.exists() && cluster.kubectl.exists(),
+            "no test cluster in {}: start it with `tests/cluster/cluster.sh up` (or run `make test`)",
+            cluster.dir.display()
+        );
+        cluster
+    }
+
+    /// A client with cluster-admin rights.
+    pub async fn admin_client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.admin_kubeconfig)
+            .expect("admin kubeconfig is readable");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("admin kubeconfig is valid");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Runs the cluster's kubectl as cluster-admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Runs kubectl as cluster-admin and returns its stdout, failing on a non-zero exit.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.kubectl(args);
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+}
+
+/// A namespace that exists for one test and is deleted when the test ends.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: kube::Client,
+    cluster: TestCluster,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    pub async fn create(cluster: &TestCluster, prefix: &str) -> Self {
+        let client = cluster.admin_client().await;
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{prefix}-")}
+        }))
+        .expect("namespace");
+        let created = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create test namespace");
+        Self {
+            name: created.metadata.name.expect("generated name"),
+            client,
+            cluster: cluster.clone(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Runs kubectl as cluster-admin in this namespace.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        self.cluster.kubectl_ok(&all)
+    }
+
+    /// Creates the echo server: a Deployment answering HTTP on 8080, TCP echo on 7000
+    /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
+    pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {
+        let labels = json!({"app": name});
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "echo",
+                            "image": ECHO_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000"],
+                            "ports": [
+                                {"name": "http", "containerPort": 8080},
+                                {"name": "tcp-echo", "containerPort": 7000},
+                                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"}
+                            ],
+                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+                        }]
+                    }
+                }
+            }
+        }))?;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "selector": labels,
+                "ports": [
+                    {"name": "http", "port": 8080, "targetPort": "http"},
+                    {"name": "tcp-echo", "port": 7000, "targetPort": "tcp-echo"},
+                    {"name": "udp-echo", "port": 9000, "targetPort": "udp-echo", "protocol": "UDP"}
+                ]
+            }
+        }))?;
+        self.api::<Deployment>()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .context("create echo deployment")?;
+        let service = self
+            .api::<Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .context("create echo service")?;
+        self.wait_deployment_ready(name).await?;
+        Ok(service)
+    }
+
+    /// Waits until every replica of the Deployment is updated and available.
+    pub async fn wait_deployment_ready(&self, name: &str) -> anyhow::Result<()> {
+        let ready = await_condition(
+            self.api::<Deployment>(),
+            name,
+            conditions::is_deployment_completed(),
+        );
+        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
+            .await
+            .with_context(|| format!("deployment {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    /// Starts the client pod (busybox, `probe`) named `name` and waits until it runs.
+    pub async fn start_client(&self, name: &str) -> anyhow::Result<()> {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "client", "image": CLIENT_IMAGE, "imagePullPolicy": "Never"}]
+            }
+        }))?;
+        self.api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .context("create client pod")?;
+        let running = await_condition(self.api::<Pod>(), name, conditions::is_pod_running());
+        tokio::time::timeout(CONVERGE_TIMEOUT, running)
+            .await
+            .with_context(|| format!("pod {name} not running in {CONVERGE_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    /// Runs a command in a pod with `kubectl exec` and returns its stdout.
+    pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(command);
+        self.kubectl_ok(&args)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Deletion finishes in the background; nothing waits on it.
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
