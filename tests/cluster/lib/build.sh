@@ -4,7 +4,8 @@
 # bin_dir_for NAME VERSION: the cache directory for one wrapper module's binaries.
 bin_dir_for() {
     local name=$1 version=$2 sum
-    sum=$(sha256sum "$CLUSTER_DIR/gomod/$name/go.mod" "$CLUSTER_DIR/gomod/$name/go.sum" | sha256sum | cut -c1-12)
+    # Contents only: the same module in another clone must hit the same cache.
+    sum=$(cat "$CLUSTER_DIR/gomod/$name/go.mod" "$CLUSTER_DIR/gomod/$name/go.sum" | sha256sum | cut -c1-12)
     echo "$CACHE_DIR/bin/$name-$version-$sum"
 }
 
