@@ -1,0 +1,147 @@
+//! The flows a stream can ask for: TCP and UDP from the pod's network, and name lookups
+//! with the pod's resolver (its resolv.conf search path and /etc/hosts, as its programs
+//! see them, through the system resolver).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use kubedev::protocol::codec::{read_datagram, read_message, write_datagram, write_message};
+use kubedev::protocol::mux::MuxStream;
+use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
+use tokio::net::{TcpStream, UdpSocket, lookup_host};
+
+use crate::serve::Settings;
+
+/// Bytes moved per read when relaying TCP: large enough to fill the multiplexer window.
+const TCP_CHUNK: usize = 64 * 1024;
+
+pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>) {
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(err)) => return tracing::debug!("stream without a request: {err}"),
+        Err(_) => return tracing::debug!("stream without a request in {HANDSHAKE_TIMEOUT:?}"),
+    };
+    let result = match request {
+        OpenRequest::Tcp { host, port } => relay_tcp(stream, &host, port).await,
+        OpenRequest::Udp { host, port } => relay_udp(stream, &host, port, &settings).await,
+        OpenRequest::Resolve { name } => answer_lookup(stream, &name).await,
+    };
+    if let Err(err) = result {
+        tracing::debug!("flow ended: {err}");
+    }
+}
+
+async fn refuse(stream: &mut MuxStream, reason: String) -> std::io::Result<()> {
+    tracing::debug!("refused: {reason}");
+    write_message(stream, &OpenReply::Failed { reason })
+        .await
+        .map_err(std::io::Error::other)
+}
+
+async fn relay_tcp(mut stream: MuxStream, host: &str, port: u16) -> std::io::Result<()> {
+    let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect((host, port)));
+    let mut upstream = match connect.await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(err)) => {
+            return refuse(&mut stream, format!("connect to {host}:{port}: {err}")).await;
+        }
+        Err(_) => {
+            let reason = format!("connect to {host}:{port}: no answer in {HANDSHAKE_TIMEOUT:?}");
+            return refuse(&mut stream, reason).await;
+        }
+    };
+    upstream.set_nodelay(true)?;
+    write_message(&mut stream, &OpenReply::Connected)
+        .await
+        .map_err(std::io::Error::other)?;
+    // Each direction ends on its own (half-close), as the endpoints' own FINs do.
+    tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, TCP_CHUNK, TCP_CHUNK)
+        .await?;
+    Ok(())
+}
+
+async fn relay_udp(
+    mut stream: MuxStream,
+    host: &str,
+    port: u16,
+    settings: &Settings,
+) -> std::io::Result<()> {
+    let target = match first_address(host, port).await {
+        Ok(target) => target,
+        Err(reason) => return refuse(&mut stream, reason).await,
+    };
+    let local: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    write_message(&mut stream, &OpenReply::Connected)
+        .await
+        .map_err(std::io::Error::other)?;
+
+    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(stream);
+    // activity_tx: either direction, on every datagram -> the idle watchdog.
+    let (activity_tx, mut activity_rx) = tokio::sync::watch::channel(());
+    // Each direction is one long-lived future: a datagram half-read is never cancelled.
+    let uplink = async {
+        let mut buf = Box::new([0u8; 65535]);
+        while let Some(len) = read_datagram(&mut from_tunnel, &mut buf).await? {
+            socket.send(&buf[..len]).await?;
+            activity_tx.send_replace(());
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let downlink = async {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let len = socket.recv(&mut buf).await?;
+            write_datagram(&mut to_tunnel, &buf[..len]).await?;
+            activity_tx.send_replace(());
+        }
+    };
+    let idle = async {
+        while tokio::time::timeout(settings.udp_idle, activity_rx.changed())
+            .await
+            .is_ok()
+        {}
+        tracing::debug!(
+            "udp flow to {target} idle for {:?}: closing",
+            settings.udp_idle
+        );
+    };
+    tokio::select! {
+        ended = uplink => ended,
+        failed = downlink => failed,
+        () = idle => Ok(()),
+    }
+}
+
+async fn answer_lookup(mut stream: MuxStream, name: &str) -> std::io::Result<()> {
+    let reply = match lookup_host((name, 0)).await {
+        Ok(found) => {
+            let mut addresses: Vec<IpAddr> = Vec::new();
+            for address in found.map(|a| a.ip()) {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+            OpenReply::Resolved { addresses }
+        }
+        Err(err) => OpenReply::Failed {
+            reason: format!("resolve {name}: {err}"),
+        },
+    };
+    write_message(&mut stream, &reply)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+async fn first_address(host: &str, port: u16) -> Result<SocketAddr, String> {
+    lookup_host((host, port))
+        .await
+        .map_err(|err| format!("resolve {host}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host}: no address"))
+}

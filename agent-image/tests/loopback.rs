@@ -1,0 +1,206 @@
+//! Component tests: the agent runs as a local process on loopback and is driven through
+//! the same `AgentLink` that tunneld uses, over a plain TCP connection in place of the
+//! port-forward.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kubedev::protocol::codec::{read_datagram, write_datagram};
+use kubedev::tunnel::{AgentLink, LinkError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const TOKEN: &str = "component-test-token";
+/// A deadlock, not a slow machine, is what this catches.
+const LIVENESS: Duration = Duration::from_secs(60);
+
+struct Agent {
+    process: Child,
+    addr: SocketAddr,
+}
+
+impl Agent {
+    fn start() -> Self {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_kubedev-agent"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KUBEDEV_AGENT_TOKEN", TOKEN)
+            .env("KUBEDEV_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent starts");
+        let mut lines = BufReader::new(process.stderr.take().expect("stderr")).lines();
+        let addr = loop {
+            let line = lines.next().expect("agent log line").expect("utf-8");
+            if let Some((_, addr)) = line.split_once("listening on ") {
+                break addr.trim().parse().expect("listen address");
+            }
+        };
+        // Keep draining the log so the agent never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { process, addr }
+    }
+
+    async fn link(&self, token: &str) -> Result<AgentLink, LinkError> {
+        let connection = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to agent");
+        let (link, _inbound) = AgentLink::connect(connection, token, "component-test").await?;
+        Ok(link)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A TCP server that reads everything, then answers with how many bytes it got.
+async fn counting_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                conn.read_to_end(&mut sink).await.expect("read");
+                conn.write_all(format!("got {} bytes", sink.len()).as_bytes())
+                    .await
+                    .expect("write");
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn tcp_flow_carries_bytes_both_ways_and_half_closes() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+    assert!(
+        link.agent().starts_with("kubedev-agent "),
+        "{}",
+        link.agent()
+    );
+    let port = counting_server().await;
+
+    let mut flow = link.open_tcp("127.0.0.1", port).await.expect("flow opens");
+    let payload = vec![42u8; 3 * 1024 * 1024];
+    flow.write_all(&payload).await.expect("send");
+    // Our FIN must reach the server, or it would never answer.
+    flow.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    flow.read_to_string(&mut answer).await.expect("answer");
+    assert_eq!(answer, "got 3145728 bytes");
+}
+
+#[tokio::test]
+async fn udp_flow_exchanges_datagrams() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+    let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 65535];
+        while let Ok((len, peer)) = server.recv_from(&mut buf).await {
+            let mut answer = b"echo: ".to_vec();
+            answer.extend_from_slice(&buf[..len]);
+            let _ = server.send_to(&answer, peer).await;
+        }
+    });
+
+    let mut flow = link.open_udp("localhost", port).await.expect("flow opens");
+    let mut buf = [0u8; 65535];
+    for message in ["one", "two"] {
+        write_datagram(&mut flow, message.as_bytes())
+            .await
+            .expect("send");
+        let len = read_datagram(&mut flow, &mut buf)
+            .await
+            .expect("receive")
+            .expect("a datagram");
+        assert_eq!(&buf[..len], format!("echo: {message}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn names_resolve_as_in_the_agent_host() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+    let addresses = link.resolve("localhost").await.expect("resolves");
+    assert!(
+        addresses.contains(&"127.0.0.1".parse().expect("ip")),
+        "{addresses:?}"
+    );
+}
+
+#[tokio::test]
+async fn failures_are_reported_with_their_cause() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let err = link.open_tcp("127.0.0.1", port).await.expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("connect to 127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(message.contains("refused"), "{message}");
+
+    // The session survives a failed flow.
+    assert!(link.resolve("localhost").await.is_ok());
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused() {
+    let agent = Agent::start();
+    let err = agent.link("not-the-token").await.expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "the agent refused the session: wrong session token"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_flow_does_not_stall_the_others() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+
+    // A server that sends without end; the one flow to it is never read.
+    let firehose = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let firehose_port = firehose.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let (mut conn, _) = firehose.accept().await.expect("accept");
+        let chunk = vec![0u8; 64 * 1024];
+        while conn.write_all(&chunk).await.is_ok() {}
+    });
+    let _stalled = link
+        .open_tcp("127.0.0.1", firehose_port)
+        .await
+        .expect("flow");
+    // Let the stalled flow fill every buffer it can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let port = counting_server().await;
+    let flows = (0..199).map(|_| {
+        let link = link.clone();
+        async move {
+            let mut flow = link.open_tcp("127.0.0.1", port).await.expect("flow");
+            flow.write_all(&[1u8; 64 * 1024]).await.expect("send");
+            flow.shutdown().await.expect("half-close");
+            let mut answer = String::new();
+            flow.read_to_string(&mut answer).await.expect("answer");
+            answer
+        }
+    });
+    let answers = tokio::time::timeout(LIVENESS, futures::future::join_all(flows))
+        .await
+        .expect("the other flows finish while one is stalled");
+    assert_eq!(answers.len(), 199);
+    assert!(answers.iter().all(|a| a == "got 65536 bytes"));
+}

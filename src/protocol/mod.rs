@@ -1,0 +1,110 @@
+//! The wire protocol between tunneld (on the workstation) and the agent (in the pod).
+//!
+//! One port-forward connection carries one session:
+//! 1. tunneld sends a [`Hello`] (protocol version, session token) as one framed JSON
+//!    message; the agent answers with a [`HelloReply`]. A version mismatch or a wrong token
+//!    ends the connection with a reason the user can act on.
+//! 2. Both sides then run yamux over the connection ([`mux`]): many streams, each with its
+//!    own flow control and half-close, so one slow flow never stalls the others.
+//! 3. Every stream starts with an [`OpenRequest`] from the side that opened it, answered by
+//!    an [`OpenReply`]; after that the stream carries the flow's bytes (TCP) or
+//!    length-prefixed datagrams (UDP, see [`codec::write_datagram`]).
+
+pub mod codec;
+pub mod handshake;
+pub mod mux;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any change that an older peer would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
+/// solely through the Kubernetes API's port-forward.
+pub const AGENT_PORT: u16 = 7329;
+
+/// How long either side waits for the other's handshake message.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first message of a connection, from tunneld.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The session's secret, also given to the agent in its environment.
+    pub token: String,
+    /// Who is connecting, for the agent's log (e.g. `tunneld 0.1.0`).
+    pub client: String,
+}
+
+/// The agent's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HelloReply {
+    Welcome {
+        protocol: u32,
+        /// The agent's version, e.g. `kubedev-agent 0.1.0`.
+        agent: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// What a new stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OpenRequest {
+    /// Connect to `host:port` from the pod (a name is resolved with the pod's resolver).
+    Tcp { host: String, port: u16 },
+    /// Exchange datagrams with `host:port` from the pod.
+    Udp { host: String, port: u16 },
+    /// Resolve a name as a program in the pod would (search path, /etc/hosts).
+    Resolve { name: String },
+}
+
+/// The answer to an [`OpenRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum OpenReply {
+    /// The flow is open; its data follows on the stream.
+    Connected,
+    /// The addresses a [`OpenRequest::Resolve`] found; the stream ends here.
+    Resolved { addresses: Vec<IpAddr> },
+    /// Nothing was opened, and why (connection refused, no such host, ...).
+    Failed { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_json_form() {
+        let open = OpenRequest::Tcp {
+            host: "echo.shop".into(),
+            port: 80,
+        };
+        assert_eq!(
+            serde_json::to_string(&open).expect("json"),
+            r#"{"kind":"tcp","host":"echo.shop","port":80}"#
+        );
+        let reply = OpenReply::Resolved {
+            addresses: vec!["10.96.0.10".parse().expect("ip")],
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).expect("json"),
+            r#"{"result":"resolved","addresses":["10.96.0.10"]}"#
+        );
+        let refused: HelloReply =
+            serde_json::from_str(r#"{"result":"refused","reason":"bad token"}"#).expect("json");
+        assert_eq!(
+            refused,
+            HelloReply::Refused {
+                reason: "bad token".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The stream multiplexer: yamux over one connection, driven by one task.
+//!
+//! yamux buffers each stream's data up to that stream's window, so a stream nobody reads
+//! holds back only itself; the connection keeps carrying every other stream. yamux's
+//! `Connection` is poll-based and must be polled continuously, so [`spawn`] moves it into a
+//! task that also opens outbound streams on request.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+/// One multiplexed stream, with tokio's I/O traits; `shutdown` half-closes it.
+pub type MuxStream = Compat<yamux::Stream>;
+
+/// Which end of the connection this is (yamux numbers streams by it).
+pub use yamux::Mode;
+
+/// Streams allowed open at once on one connection (the agent's 1,000-flow target, with room).
+const MAX_STREAMS: usize = 4096;
+/// Streams the peer opened that may wait to be accepted before new ones are refused.
+const INBOUND_BACKLOG: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the multiplexed connection is closed")]
+pub struct MuxClosed;
+
+enum Command {
+    Open(oneshot::Sender<Result<MuxStream, MuxClosed>>),
+    Close,
+}
+
+/// Opens streams on, and closes, a connection driven by [`spawn`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    // command_tx: handles -> the connection's driver task.
+    command_tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Open(_) => "Open",
+            Command::Close => "Close",
+        })
+    }
+}
+
+impl MuxHandle {
+    pub async fn open(&self) -> Result<MuxStream, MuxClosed> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.command_tx
+            .send(Command::Open(reply_tx))
+            .map_err(|_| MuxClosed)?;
+        reply_rx.await.map_err(|_| MuxClosed)?
+    }
+
+    /// Closes the connection; every stream on it ends.
+    pub fn close(&self) {
+        let _ = self.command_tx.send(Command::Close);
+    }
+
+    /// True once the driver has stopped (the connection ended or was closed).
+    pub fn is_closed(&self) -> bool {
+        self.command_tx.is_closed()
+    }
+}
+
+/// Starts multiplexing over `io`. Streams the peer opens arrive on the returned receiver;
+/// it closes when the connection ends.
+pub fn spawn<S>(io: S, mode: Mode) -> (MuxHandle, mpsc::Receiver<MuxStream>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(MAX_STREAMS);
+    let mut connection = yamux::Connection::new(io.compat(), config, mode);
+    let (command_tx, mut command_rx) = mpsc::unbounded_channel();
+    // inbound_tx: the driver -> whoever serves streams the peer opens.
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BACKLOG);
+
+    tokio::spawn(async move {
+        let mut waiting_opens: VecDeque<oneshot::Sender<Result<MuxStream, MuxClosed>>> =
+            VecDeque::new();
+        let mut closing = false;
+        let ended = poll_fn(|cx| {
+            while let Poll::Ready(Some(command)) = command_rx.poll_recv(cx) {
+                match command {
+                    Command::Open(reply) => waiting_opens.push_back(reply),
+                    Command::Close => closing = true,
+                }
+            }
+            if closing {
+                return connection.poll_close(cx).map(|_| ());
+            }
+            while !waiting_opens.is_empty() {
+                match connection.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(reply) = waiting_opens.pop_front() {
+                            let _ = reply.send(Ok(stream.compat()));
+                        }
+                    }
+                    Poll::Ready(Err(err)) => {
+                        tracing::debug!("multiplexer: cannot open a stream: {err}");
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            // Polling for inbound streams is also what moves every stream's bytes.
+            loop {
+                match connection.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(stream))) => {
+                        if inbound_tx.try_send(stream.compat()).is_err() {
+                            tracing::warn!(
+                                "multiplexer: refusing a stream, {INBOUND_BACKLOG} already wait"
+                            );
+                        }
+                    }
+                    Poll::Ready(Some(Err(err))) => {
+                        tracing::debug!("multiplexer: connection failed: {err}");
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        });
+        ended.await;
+        for reply in waiting_opens {
+            let _ = reply.send(Err(MuxClosed));
+        }
+    });
+    (MuxHandle { command_tx }, inbound_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn both_ends_open_streams_and_half_close() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (client, mut client_inbound) = spawn(a, Mode::Client);
+        let (server, mut server_inbound) = spawn(b, Mode::Server);
+
+        let mut outbound = client.open().await.expect("open");
+        outbound.write_all(b"to server").await.expect("write");
+        outbound.shutdown().await.expect("half-close");
+        let mut accepted = server_inbound.recv().await.expect("inbound");
+        let mut got = String::new();
+        accepted
+            .read_to_string(&mut got)
+            .await
+            .expect("read to FIN");
+        assert_eq!(got, "to server");
+        // The other direction is still open after the client's half-close.
+        accepted.write_all(b"reply").await.expect("write back");
+        accepted.shutdown().await.expect("close");
+        let mut reply = String::new();
+        outbound
+            .read_to_string(&mut reply)
+            .await
+            .expect("read reply");
+        assert_eq!(reply, "reply");
+
+        let mut from_server = server.open().await.expect("server opens too");
+        from_server.write_all(b"x").await.expect("write");
+        from_server.shutdown().await.expect("close");
+        let mut seen = client_inbound.recv().await.expect("inbound on client");
+        let mut byte = String::new();
+        seen.read_to_string(&mut byte).await.expect("read");
+        assert_eq!(byte, "x");
+    }
+
+    #[tokio::test]
+    async fn closing_ends_the_connection_for_both_ends() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (client, _client_inbound) = spawn(a, Mode::Client);
+        let (server, mut server_inbound) = spawn(b, Mode::Server);
+        client.close();
+        assert!(server_inbound.recv().await.is_none(), "peer sees the end");
+        assert!(client.open().await.is_err());
+        assert!(server.open().await.is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! [`AgentLink`]: one handshaken, multiplexed session with one agent, over any byte stream
+//! (a port-forward in production, a loopback TCP connection in component tests).
+
+use std::net::IpAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::protocol::codec::{CodecError, read_message, write_message};
+use crate::protocol::handshake::{HandshakeError, greet_agent};
+use crate::protocol::mux::{self, Mode, MuxHandle, MuxStream};
+use crate::protocol::{OpenReply, OpenRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("the session with the agent is closed")]
+    Closed,
+    #[error("from the pod: {0}")]
+    Refused(String),
+    #[error("unexpected answer from the agent: {0:?}")]
+    Unexpected(OpenReply),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// A live session with one agent. Cloning shares the session.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    mux: MuxHandle,
+    agent: String,
+}
+
+impl AgentLink {
+    /// Handshakes over `io` and starts the multiplexer. Streams the agent opens toward
+    /// the workstation (intercepted connections) arrive on the returned receiver, which
+    /// closes when the session ends.
+    pub async fn connect<S>(
+        mut io: S,
+        token: &str,
+        client: &str,
+    ) -> Result<(Self, mpsc::Receiver<MuxStream>), LinkError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let agent = greet_agent(&mut io, token, client).await?;
+        let (mux, inbound_rx) = mux::spawn(io, Mode::Client);
+        Ok((Self { mux, agent }, inbound_rx))
+    }
+
+    /// The agent's name and version, as it announced itself.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// A TCP connection from the pod to `host:port`; the stream carries its bytes.
+    pub async fn open_tcp(&self, host: &str, port: u16) -> Result<MuxStream, LinkError> {
+        let request = OpenRequest::Tcp {
+            host: host.to_owned(),
+            port,
+        };
+        self.open_flow(&request).await
+    }
+
+    /// A UDP flow from the pod to `host:port`; the stream carries framed datagrams
+    /// ([`crate::protocol::codec::write_datagram`]).
+    pub async fn open_udp(&self, host: &str, port: u16) -> Result<MuxStream, LinkError> {
+        let request = OpenRequest::Udp {
+            host: host.to_owned(),
+            port,
+        };
+        self.open_flow(&request).await
+    }
+
+    /// Resolves `name` as a program in the pod would.
+    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, LinkError> {
+        let request = OpenRequest::Resolve {
+            name: name.to_owned(),
+        };
+        match self.request(&request).await?.1 {
+            OpenReply::Resolved { addresses } => Ok(addresses),
+            OpenReply::Failed { reason } => Err(LinkError::Refused(reason)),
+            other => Err(LinkError::Unexpected(other)),
+        }
+    }
+
+    /// Ends the session and every stream in it.
+    pub fn close(&self) {
+        self.mux.close();
+    }
+
+    /// True once the session has ended, by either side or the connection.
+    pub fn is_closed(&self) -> bool {
+        self.mux.is_closed()
+    }
+
+    async fn open_flow(&self, request: &OpenRequest) -> Result<MuxStream, LinkError> {
+        match self.request(request).await? {
+            (stream, OpenReply::Connected) => Ok(stream),
+            (_, OpenReply::Failed { reason }) => Err(LinkError::Refused(reason)),
+            (_, other) => Err(LinkError::Unexpected(other)),
+        }
+    }
+
+    async fn request(&self, request: &OpenRequest) -> Result<(MuxStream, OpenReply), LinkError> {
+        let mut stream = self.mux.open().await.map_err(|_| LinkError::Closed)?;
+        write_message(&mut stream, request).await?;
+        let reply = read_message(&mut stream).await?;
+        Ok((stream, reply))
+    }
+}
