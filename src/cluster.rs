@@ -27,6 +27,8 @@ pub struct Connection {
     pub namespace: String,
     /// The kubeconfig context in use, which names the tunneld instance to share.
     pub context: Option<String>,
+    /// The API server's URL (its address must never be routed into the tunnel).
+    pub server: String,
 }
 
 impl std::fmt::Debug for Connection {
@@ -34,6 +36,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("namespace", &self.namespace)
             .field("context", &self.context)
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
 }
@@ -62,11 +65,13 @@ impl ClusterArgs {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
         Ok(Connection {
             client,
             namespace,
             context,
+            server,
         })
     }
 }

@@ -67,6 +67,11 @@ impl MuxHandle {
     pub fn is_closed(&self) -> bool {
         self.command_tx.is_closed()
     }
+
+    /// Completes when the driver has stopped.
+    pub async fn closed(&self) {
+        self.command_tx.closed().await;
+    }
 }
 
 /// Starts multiplexing over `io`. Streams the peer opens arrive on the returned receiver;

@@ -95,6 +95,11 @@ impl AgentLink {
         self.mux.is_closed()
     }
 
+    /// Completes when the session ends.
+    pub async fn closed(&self) {
+        self.mux.closed().await;
+    }
+
     async fn open_flow(&self, request: &OpenRequest) -> Result<MuxStream, LinkError> {
         match self.request(request).await? {
             (stream, OpenReply::Connected) => Ok(stream),

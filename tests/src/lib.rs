@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the local cluster that `tests/cluster/cluster.sh up`
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
+pub mod workstation;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,6 +17,8 @@ use serde_json::json;
 /// Images the harness imports into the cluster (tests/cluster/lib/config.sh).
 pub const ECHO_IMAGE: &str = "localhost/kubedev-test/echo:0.1.0";
 pub const CLIENT_IMAGE: &str = "localhost/kubedev-test/client:0.1.0";
+/// The agent image, built by agent-image/build-image.sh and imported by the harness.
+pub const AGENT_IMAGE: &str = concat!("localhost/kubedev/agent:", env!("CARGO_PKG_VERSION"));
 
 /// How long a test waits for the cluster to converge before failing.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,6 +52,21 @@ impl TestCluster {
             cluster.dir.display()
         );
         cluster
+    }
+
+    /// The API server's address, from the admin kubeconfig.
+    pub fn api_server_ip(&self) -> String {
+        let kubeconfig = std::fs::read_to_string(&self.admin_kubeconfig).expect("read kubeconfig");
+        let server = kubeconfig
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("server: https://"))
+            .expect("server in kubeconfig");
+        server.split(':').next().expect("host").to_owned()
+    }
+
+    /// The test probe (tests/fixtures), for use in workstations.
+    pub fn probe(&self) -> String {
+        self.dir.join("bin/probe").display().to_string()
     }
 
     /// A client with cluster-admin rights.
@@ -218,12 +237,75 @@ impl TestNamespace {
         Ok(())
     }
 
+    /// A Deployment of `replicas` agent pods labelled `app=NAME`, with `token`.
+    pub async fn deploy_agents(
+        &self,
+        name: &str,
+        replicas: i32,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        let labels = json!({"app": name});
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "agent",
+                            "image": AGENT_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
+                        }]
+                    }
+                }
+            }
+        }))?;
+        self.api::<Deployment>()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .context("create agent deployment")?;
+        self.wait_deployment_ready(name).await
+    }
+
+    /// Starts a pod running only the agent, with `token` as its session token.
+    pub async fn start_agent(&self, name: &str, token: &str) -> anyhow::Result<()> {
+        start_agent_pod(&self.api::<Pod>(), name, token).await
+    }
+
     /// Runs a command in a pod with `kubectl exec` and returns its stdout.
     pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["exec", pod, "--"];
         args.extend_from_slice(command);
         self.kubectl_ok(&args)
     }
+}
+
+/// Creates a pod running only the agent and waits until it runs.
+pub async fn start_agent_pod(pods: &Api<Pod>, name: &str, token: &str) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "agent",
+                "image": AGENT_IMAGE,
+                "imagePullPolicy": "Never",
+                "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
+            }]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .context("create agent pod")?;
+    let running = await_condition(pods.clone(), name, conditions::is_pod_running());
+    tokio::time::timeout(CONVERGE_TIMEOUT, running)
+        .await
+        .with_context(|| format!("agent pod {name} not running in {CONVERGE_TIMEOUT:?}"))??;
+    Ok(())
 }
 
 impl Drop for TestNamespace {

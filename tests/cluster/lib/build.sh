@@ -28,6 +28,8 @@ go_build() {
             || die "building $name ($package) failed"
     done
     rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
+    # Builds of other versions or module files are not used again.
+    find "$CACHE_DIR/bin" -mindepth 1 -maxdepth 1 -name "$name-*" ! -path "$out" -exec rm -rf {} +
     log "built $name in $((SECONDS - started))s"
 }
 

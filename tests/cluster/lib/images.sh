@@ -1,27 +1,8 @@
-# Container images for the test cluster, built without a Docker engine: each is a
-# docker-archive tar with one reproducible layer (sorted entries, fixed owner and
-# mtime), imported into containerd under a fully qualified name.
+# Container images for the test cluster, built without a Docker engine (oci_image_tar,
+# shared with the agent image) and imported into containerd under fully qualified names.
 
-# oci_image_tar REF ROOTFS OUT ENTRYPOINT...: writes a docker-archive of ROOTFS to OUT.
-oci_image_tar() {
-    local ref=$1 rootfs=$2 out=$3; shift 3
-    local work; work=$(mktemp -d)
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$work/layer.tar" .
-    local layer_sha; layer_sha=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-    mkdir "$work/$layer_sha" && mv "$work/layer.tar" "$work/$layer_sha/layer.tar"
-    jq -cn --arg diff "sha256:$layer_sha" --args '{
-        architecture: "amd64", os: "linux",
-        created: "1970-01-01T00:00:00Z",
-        config: {Entrypoint: $ARGS.positional, Env: ["PATH=/bin"], WorkingDir: "/"},
-        rootfs: {type: "layers", diff_ids: [$diff]}
-    }' "$@" > "$work/config.json"
-    local config_sha; config_sha=$(sha256sum "$work/config.json" | cut -d' ' -f1)
-    mv "$work/config.json" "$work/$config_sha.json"
-    jq -cn --arg config "$config_sha.json" --arg ref "$ref" --arg layer "$layer_sha/layer.tar" \
-        '[{Config: $config, RepoTags: [$ref], Layers: [$layer]}]' > "$work/manifest.json"
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work" -cf "$out" .
-    rm -rf "$work"
-}
+# shellcheck source=../../../agent-image/oci-archive.sh
+source "$REPO_DIR/agent-image/oci-archive.sh"
 
 # The test programs (tests/fixtures), linked statically so an image needs no libraries.
 build_fixtures() {
@@ -31,6 +12,8 @@ build_fixtures() {
         cargo build --quiet --release -p kubedev-test-fixtures --target "$target") \
         || die "building tests/fixtures failed"
     FIXTURES_BIN=$REPO_DIR/target/$target/release
+    # Tests run the probe on the host side too (in their own network namespaces).
+    install -m755 "$FIXTURES_BIN/probe" "$STATE_DIR/bin/probe"
 }
 
 # build_images: writes every image tar into $STATE_DIR/images.
@@ -62,6 +45,7 @@ build_images() {
     oci_image_tar "$CLIENT_IMAGE" "$root/client" "$out/client.tar" /bin/pause
 
     rm -rf "$root"
+    "$REPO_DIR/agent-image/build-image.sh" "$out/agent.tar" >/dev/null
 }
 
 import_images() {

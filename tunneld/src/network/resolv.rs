@@ -1,0 +1,173 @@
+//! Pointing the workstation's resolver at tunneld where systemd-resolved is not running:
+//! /etc/resolv.conf gets tunneld's DNS address and the cluster's search domains, and gets
+//! its original content back when tunneld exits. The original is also kept in tunneld's
+//! state directory, so a run after a crash restores it first.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+const MARKER: &str = "# kubedev tunneld: the original is restored when tunneld exits";
+
+/// The installed configuration; dropping it restores the original file.
+#[derive(Debug)]
+pub(crate) struct ResolvConf {
+    path: PathBuf,
+    backup: PathBuf,
+    original: String,
+}
+
+impl ResolvConf {
+    /// Installs tunneld as the resolver at `path`; returns the guard and the nameserver
+    /// that was configured before (where non-cluster names are forwarded).
+    pub(crate) fn install(
+        path: &Path,
+        state_dir: &Path,
+        dns: Ipv4Addr,
+        search: &[String],
+    ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
+        let backup = state_dir.join("resolv.conf.original");
+        if let Ok(left_behind) = std::fs::read_to_string(&backup) {
+            tracing::info!(
+                "restoring {} left changed by an earlier run",
+                path.display()
+            );
+            write_in_place(path, &left_behind)?;
+        }
+        let original =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        std::fs::create_dir_all(state_dir)?;
+        std::fs::write(&backup, &original)
+            .with_context(|| format!("write {}", backup.display()))?;
+        write_in_place(path, &rewritten(&original, dns, search))?;
+        let upstream = first_nameserver(&original).map(|ip| SocketAddr::new(ip, 53));
+        Ok((
+            Self {
+                path: path.to_owned(),
+                backup,
+                original,
+            },
+            upstream,
+        ))
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        match write_in_place(&self.path, &self.original) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.backup);
+            }
+            Err(err) => tracing::error!(
+                "could not restore {}: {err:#}; its original is in {}",
+                self.path.display(),
+                self.backup.display()
+            ),
+        }
+    }
+}
+
+/// Overwrites the file's content without replacing the file: resolv.conf is often a
+/// bind mount (containers, `ip netns exec`), which a rename would fail on.
+fn write_in_place(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("write {}", path.display()))
+}
+
+fn first_nameserver(conf: &str) -> Option<IpAddr> {
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .find_map(|rest| rest.trim().parse().ok())
+}
+
+/// The original with tunneld as the only nameserver and the cluster's search domains
+/// first; every other line (options, sortlist) is kept.
+fn rewritten(original: &str, dns: Ipv4Addr, search: &[String]) -> String {
+    let mut domains: Vec<String> = search.to_vec();
+    let mut kept = Vec::new();
+    for line in original.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed
+            .strip_prefix("search")
+            .or_else(|| trimmed.strip_prefix("domain"))
+        {
+            domains.extend(
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .filter(|d| !search.contains(d)),
+            );
+        } else if !trimmed.starts_with("nameserver") && trimmed != MARKER {
+            kept.push(line);
+        }
+    }
+    let mut conf = format!("{MARKER}\nnameserver {dns}\nsearch {}\n", domains.join(" "));
+    for line in kept {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    conf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGINAL: &str = "# from DHCP\nnameserver 192.0.2.53\nnameserver 192.0.2.54\nsearch corp.example\noptions edns0\n";
+
+    #[test]
+    fn tunneld_comes_first_and_the_rest_is_kept() {
+        let search = vec![
+            "shop.svc.cluster.local".to_owned(),
+            "svc.cluster.local".to_owned(),
+        ];
+        let conf = rewritten(ORIGINAL, Ipv4Addr::new(198, 18, 0, 53), &search);
+        assert_eq!(
+            conf,
+            format!(
+                "{MARKER}\nnameserver 198.18.0.53\nsearch shop.svc.cluster.local svc.cluster.local corp.example\n\
+                 # from DHCP\noptions edns0\n"
+            )
+        );
+        assert_eq!(
+            first_nameserver(ORIGINAL),
+            Some("192.0.2.53".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn install_then_drop_restores_the_file_and_a_crash_is_repaired() {
+        let dir = std::env::temp_dir().join(format!("kubedev-resolv-{}", std::process::id()));
+        let state = dir.join("state");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, ORIGINAL).expect("write");
+
+        let (guard, upstream) =
+            ResolvConf::install(&path, &state, Ipv4Addr::new(198, 18, 0, 53), &[])
+                .expect("install");
+        assert_eq!(upstream, Some("192.0.2.53:53".parse().expect("addr")));
+        assert!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .contains("nameserver 198.18.0.53")
+        );
+        drop(guard);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
+
+        // A run that died without restoring: the next one puts the original back first.
+        let (crashed, _) = ResolvConf::install(&path, &state, Ipv4Addr::new(198, 18, 0, 53), &[])
+            .expect("install");
+        std::mem::forget(crashed);
+        let (guard, upstream) =
+            ResolvConf::install(&path, &state, Ipv4Addr::new(198, 18, 0, 53), &[])
+                .expect("install");
+        assert_eq!(
+            upstream,
+            Some("192.0.2.53:53".parse().expect("addr")),
+            "not our own address"
+        );
+        drop(guard);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
