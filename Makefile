@@ -8,7 +8,7 @@ export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
 KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
 
-.PHONY: build lint test test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: bench build lint test test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
@@ -38,6 +38,12 @@ test-e2e: cluster-up
 test-teardown:
 	$(CLUSTER) down
 	$(CLUSTER) check-clean
+
+## Measure kubedev's tunnel against kubectl port-forward and direct pod access
+## (same cluster, same run); writes docs/benchmarks.md.
+bench: cluster-up
+	cargo build --release -p tunneld -p kubedev-bench
+	KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld target/release/kubedev-bench
 
 cluster-up:
 	$(CLUSTER) up

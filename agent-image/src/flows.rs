@@ -25,6 +25,9 @@ pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>)
         OpenRequest::Tcp { host, port } => relay_tcp(stream, &host, port).await,
         OpenRequest::Udp { host, port } => relay_udp(stream, &host, port, &settings).await,
         OpenRequest::Resolve { name } => answer_lookup(stream, &name).await,
+        OpenRequest::Ping => write_message(&mut stream, &OpenReply::Pong)
+            .await
+            .map_err(std::io::Error::other),
     };
     if let Err(err) = result {
         tracing::debug!("flow ended: {err}");

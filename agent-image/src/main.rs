@@ -30,15 +30,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Plain lines on stderr, for `kubectl logs`.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KUBEDEV_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    kubedev::logging::init();
     let settings = serve::Settings {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),

@@ -157,6 +157,21 @@ async fn failures_are_reported_with_their_cause() {
 }
 
 #[tokio::test]
+async fn keepalive_ping_is_answered_while_flows_run() {
+    let agent = Agent::start();
+    let link = agent.link(TOKEN).await.expect("session");
+    let port = counting_server().await;
+    let _open_flow = link.open_tcp("127.0.0.1", port).await.expect("flow");
+    link.ping(Duration::from_secs(5)).await.expect("pong");
+    link.close();
+    link.closed().await;
+    assert!(
+        link.ping(Duration::from_secs(5)).await.is_err(),
+        "no pong from a closed session"
+    );
+}
+
+#[tokio::test]
 async fn wrong_token_is_refused() {
     let agent = Agent::start();
     let err = agent.link("not-the-token").await.expect_err("refused");

@@ -63,6 +63,8 @@ pub enum OpenRequest {
     Udp { host: String, port: u16 },
     /// Resolve a name as a program in the pod would (search path, /etc/hosts).
     Resolve { name: String },
+    /// Prove the session is alive end to end; answered with [`OpenReply::Pong`].
+    Ping,
 }
 
 /// The answer to an [`OpenRequest`].
@@ -75,7 +77,13 @@ pub enum OpenReply {
     Resolved { addresses: Vec<IpAddr> },
     /// Nothing was opened, and why (connection refused, no such host, ...).
     Failed { reason: String },
+    /// The answer to [`OpenRequest::Ping`].
+    Pong,
 }
+
+/// How often tunneld checks that a session is alive; port-forwards through proxies and
+/// load balancers are cut when idle, and a dead peer is found within one interval.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {

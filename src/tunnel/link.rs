@@ -85,6 +85,16 @@ impl AgentLink {
         }
     }
 
+    /// Checks that the agent answers through the session, within `limit`.
+    pub async fn ping(&self, limit: std::time::Duration) -> Result<(), LinkError> {
+        match tokio::time::timeout(limit, self.request(&OpenRequest::Ping)).await {
+            Ok(Ok((_, OpenReply::Pong))) => Ok(()),
+            Ok(Ok((_, other))) => Err(LinkError::Unexpected(other)),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(LinkError::Closed),
+        }
+    }
+
     /// Ends the session and every stream in it.
     pub fn close(&self) {
         self.mux.close();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
+use kubedev::control::NetworkStatus;
 use kubedev_e2e::workstation::{ORIGINAL_RESOLV_CONF, Workstation};
 use kubedev_e2e::{TestCluster, TestNamespace};
 
@@ -26,7 +27,9 @@ async fn setup(prefix: &str) -> (TestCluster, TestNamespace, Workstation, String
         .await
         .expect("agent ready");
     let mut workstation = Workstation::create(&cluster);
-    workstation.start_tunneld(&cluster, &ns.name, AGENTS, TOKEN);
+    workstation
+        .start_tunneld(&cluster, &ns.name, AGENTS, TOKEN)
+        .await;
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
     (cluster, ns, workstation, cluster_ip)
 }
@@ -88,7 +91,7 @@ async fn workstation_reaches_services_and_pods_by_name_and_address() {
 
 #[tokio::test]
 async fn tunnel_follows_a_restarted_agent_pod() {
-    let (_cluster, ns, mut workstation, _) = setup("net-restart").await;
+    let (_cluster, ns, workstation, _) = setup("net-restart").await;
     let pods = ns.api::<Pod>();
     let old = pods
         .list(&ListParams::default().labels(AGENTS))
@@ -195,16 +198,21 @@ async fn a_stalled_flow_does_not_stall_199_others() {
 }
 
 #[tokio::test]
-async fn stopping_tunneld_restores_dns_and_removes_the_routes() {
-    let (_cluster, _ns, mut workstation, _) = setup("net-stop").await;
+async fn tunneld_reports_its_sessions_and_exits_when_the_last_one_leaves() {
+    let (_cluster, ns, mut workstation, _) = setup("net-leave").await;
+    let status = workstation.status().await;
+    assert!(
+        matches!(status.network, NetworkStatus::Up { .. }),
+        "{status:?}"
+    );
+    assert_eq!(status.sessions.len(), 1);
+    assert_eq!(status.sessions[0].namespace, ns.name);
+    assert_eq!(status.sessions[0].linked_pods.len(), 1, "{status:?}");
     assert!(workstation.resolv_conf().contains("nameserver 198.18.0.53"));
     assert!(workstation.run_ok(&["ip", "route"]).contains("kubedev-tun"));
 
-    let status = workstation.stop_tunneld();
-    assert!(
-        status.success(),
-        "tunneld exits cleanly on SIGTERM: {status}"
-    );
+    workstation.remove_session().await;
+    workstation.wait_for_tunneld_exit(Duration::from_secs(30));
     assert_eq!(workstation.resolv_conf(), ORIGINAL_RESOLV_CONF);
     let routes = workstation.run_ok(&["ip", "route"]);
     assert!(!routes.contains("kubedev-tun"), "{routes}");

@@ -168,11 +168,12 @@ impl TestNamespace {
                             "name": "echo",
                             "image": ECHO_IMAGE,
                             "imagePullPolicy": "Never",
-                            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000"],
+                            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000", "--bulk", "9100"],
                             "ports": [
                                 {"name": "http", "containerPort": 8080},
                                 {"name": "tcp-echo", "containerPort": 7000},
-                                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"}
+                                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"},
+                                {"name": "bulk", "containerPort": 9100}
                             ],
                             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
                         }]
@@ -254,12 +255,7 @@ impl TestNamespace {
                     "metadata": {"labels": labels},
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
-                        "containers": [{
-                            "name": "agent",
-                            "image": AGENT_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
-                        }]
+                        "containers": [agent_container(token)]
                     }
                 }
             }
@@ -284,18 +280,23 @@ impl TestNamespace {
     }
 }
 
+/// The agent's container, with `token` as its session token.
+fn agent_container(token: &str) -> serde_json::Value {
+    json!({
+        "name": "agent",
+        "image": AGENT_IMAGE,
+        "imagePullPolicy": "Never",
+        "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
+    })
+}
+
 /// Creates a pod running only the agent and waits until it runs.
 pub async fn start_agent_pod(pods: &Api<Pod>, name: &str, token: &str) -> anyhow::Result<()> {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
             "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "agent",
-                "image": AGENT_IMAGE,
-                "imagePullPolicy": "Never",
-                "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
-            }]
+            "containers": [agent_container(token)]
         }
     }))?;
     pods.create(&PostParams::default(), &pod)

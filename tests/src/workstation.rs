@@ -6,9 +6,11 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use kubedev::control::{self, ControlReply, ControlRequest, DaemonStatus};
 
 use crate::TestCluster;
 
@@ -23,9 +25,13 @@ pub struct Workstation {
     pub netns: String,
     host_link: String,
     state_dir: PathBuf,
+    socket: PathBuf,
     pub tunneld_log: PathBuf,
-    tunneld: Option<Child>,
+    tunneld_pid: Option<u32>,
 }
+
+/// The name of the session the tests add.
+const SESSION: &str = "e2e";
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("ip runs");
@@ -34,12 +40,13 @@ fn ip(args: &[&str]) {
 
 impl Workstation {
     pub fn create(cluster: &TestCluster) -> Self {
+        remove_abandoned();
         let index = NEXT_INDEX.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id() % 100_000;
         let netns = format!("kdws-{pid}-{index}");
         let host_link = format!("kdh{pid}x{index}");
         let ns_link = format!("kdn{pid}x{index}");
-        let subnet = format!("10.202.{}", index % 250);
+        let subnet = format!("10.202.{}", (pid % 41 * 6 + index) % 250);
         ip(&["netns", "add", &netns]);
         ip(&[
             "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link, "netns", &netns,
@@ -74,10 +81,11 @@ impl Workstation {
         fs::create_dir_all(&state_dir).expect("state dir");
         Self {
             tunneld_log: state_dir.join("tunneld.log"),
+            socket: state_dir.join("tunneld.sock"),
             netns,
             host_link,
             state_dir,
-            tunneld: None,
+            tunneld_pid: None,
         }
     }
 
@@ -113,48 +121,86 @@ impl Workstation {
         .expect("read")
     }
 
-    /// Starts tunneld in the workstation for the agents matching `selector` in `namespace`,
-    /// and waits until its network is up and it has linked to an agent.
-    pub fn start_tunneld(
+    /// Starts tunneld in the workstation the way the plugins do (on demand, through the
+    /// control socket), adds a session for the agents matching `selector` in `namespace`,
+    /// and waits until the network is up and an agent is linked.
+    pub async fn start_tunneld(
         &mut self,
         cluster: &TestCluster,
         namespace: &str,
         selector: &str,
         token: &str,
     ) {
-        let log = fs::File::create(&self.tunneld_log).expect("log file");
-        let child = Command::new("ip")
+        let mut start = Command::new("ip");
+        start
             .args(["netns", "exec", &self.netns])
             .arg(tunneld_binary())
+            .arg("--socket")
+            .arg(&self.socket)
             .arg("--kubeconfig")
             .arg(&cluster.admin_kubeconfig)
-            .args(["-n", namespace, "--agents", selector, "--state-dir"])
+            .arg("--state-dir")
             .arg(&self.state_dir)
-            .env("KUBEDEV_TOKEN", token)
-            .env("KUBEDEV_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+            .args(["--idle-exit-secs", "1"])
+            .env("KUBEDEV_LOG", "info");
+        control::ensure_running(&self.socket, start, &self.tunneld_log)
+            .await
             .expect("tunneld starts");
-        self.tunneld = Some(child);
+        let add = ControlRequest::AddSession {
+            name: SESSION.into(),
+            namespace: namespace.into(),
+            agents: selector.into(),
+            token: token.into(),
+        };
+        control::request(&self.socket, &add)
+            .await
+            .expect("session added");
+        self.tunneld_pid = Some(self.status().await.pid);
         self.wait_for_log("cluster network on", Duration::from_secs(60));
         self.wait_for_log("linked to", Duration::from_secs(60));
     }
 
+    /// tunneld's status, through its control socket.
+    pub async fn status(&self) -> DaemonStatus {
+        match control::request(&self.socket, &ControlRequest::Status).await {
+            Ok(ControlReply::Status(status)) => status,
+            other => panic!("no status from tunneld: {other:?}"),
+        }
+    }
+
+    /// Ends the session, as a plugin does on leave; tunneld then exits by itself.
+    pub async fn remove_session(&self) {
+        let remove = ControlRequest::RemoveSession {
+            name: SESSION.into(),
+        };
+        control::request(&self.socket, &remove)
+            .await
+            .expect("session removed");
+    }
+
+    /// Waits until the tunneld process has exited.
+    pub fn wait_for_tunneld_exit(&mut self, limit: Duration) {
+        let pid = self.tunneld_pid.take().expect("tunneld was started");
+        let deadline = Instant::now() + limit;
+        // An exited child of this process stays a zombie ('Z') until reaped.
+        while fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tunneld is still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until tunneld's log contains `text`.
-    pub fn wait_for_log(&mut self, text: &str, limit: Duration) {
+    pub fn wait_for_log(&self, text: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             if self.log().contains(text) {
                 return;
-            }
-            if let Some(child) = self.tunneld.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "tunneld exited ({status}) before logging {text:?}:\n{}",
-                    self.log()
-                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -173,15 +219,6 @@ impl Workstation {
         text
     }
 
-    /// Stops tunneld as a user would (SIGTERM, like Ctrl-C) and waits for it to exit.
-    pub fn stop_tunneld(&mut self) -> std::process::ExitStatus {
-        let mut child = self.tunneld.take().expect("tunneld was started");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        // `ip netns exec` execs tunneld, so the pid is tunneld's own.
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal tunneld");
-        child.wait().expect("tunneld exits")
-    }
-
     /// Runs `work` on a thread inside the workstation's network namespace: every socket it
     /// opens is the workstation's.
     pub fn inside<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -197,9 +234,11 @@ impl Workstation {
 
 impl Drop for Workstation {
     fn drop(&mut self) {
-        if let Some(mut child) = self.tunneld.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(pid) = self.tunneld_pid.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
@@ -209,6 +248,32 @@ impl Drop for Workstation {
             .status();
         let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
         let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Removes the workstations of test processes that died without cleaning up (their
+/// links would collide with new ones).
+fn remove_abandoned() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(owner) = name
+            .strip_prefix("kdws-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if owner
+            .parse::<u32>()
+            .is_ok_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists())
+        {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(name));
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The agents of one session: every running pod that matches the session's selector gets
-//! a link, re-established with backoff whenever it drops, for as long as the pod runs.
-//! Flows go to any live link, so traffic keeps moving while one pod restarts.
+//! The agents of every session: each running pod that matches a session's selector gets
+//! a link, re-established with backoff whenever it drops, for as long as the pod runs and
+//! the session lasts. Flows go to any live link, so traffic keeps moving while a pod restarts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +11,10 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use kubedev::protocol::KEEPALIVE_INTERVAL;
 use kubedev::tunnel::{AgentLink, link_through_port_forward};
 use tokio::sync::{Notify, RwLock, watch};
+use tokio_util::sync::CancellationToken;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -26,27 +28,51 @@ pub(crate) struct AgentSelector {
     pub(crate) token: String,
 }
 
+/// A link's key: the session it serves and its pod.
+type LinkKey = (String, String);
+
 #[derive(Debug, Default)]
 pub(crate) struct AgentPool {
-    links: RwLock<HashMap<String, AgentLink>>,
+    links: RwLock<HashMap<LinkKey, AgentLink>>,
     next: AtomicUsize,
     link_added: Notify,
 }
 
 impl AgentPool {
-    /// Starts following the selected pods; the pool fills as links come up.
-    pub(crate) fn follow(client: kube::Client, selector: AgentSelector) -> Arc<Self> {
-        let pool = Arc::new(Self::default());
+    /// Starts following the pods of `session`; the pool fills as links come up. Cancelling
+    /// `stop` ends the following; [`AgentPool::forget`] then drops the session's links.
+    pub(crate) fn follow(
+        self: &Arc<Self>,
+        client: kube::Client,
+        session: String,
+        selector: AgentSelector,
+        stop: CancellationToken,
+    ) {
         // running_tx: the pod watcher -> each pod's supervisor (is my pod still running?).
         let (running_tx, running_rx) = watch::channel(Vec::<String>::new());
-        tokio::spawn(watch_pods(client.clone(), selector.clone(), running_tx));
-        tokio::spawn(supervise_new_pods(
+        let watching = watch_pods(client.clone(), selector.clone(), running_tx);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(watching));
+        let supervising = supervise_new_pods(
             client,
+            session,
             selector,
-            pool.clone(),
+            self.clone(),
             running_rx,
-        ));
-        pool
+            stop.clone(),
+        );
+        tokio::spawn(stop.run_until_cancelled_owned(supervising));
+    }
+
+    /// Closes and drops every link of `session`.
+    pub(crate) async fn forget(&self, session: &str) {
+        let mut links = self.links.write().await;
+        links.retain(|(owner, _), link| {
+            let keep = owner != session;
+            if !keep {
+                link.close();
+            }
+            keep
+        });
     }
 
     /// A live link, taking turns among the pods; waits up to `wait` for one to come up.
@@ -68,13 +94,13 @@ impl AgentPool {
         }
     }
 
-    /// Pod names with a live link.
-    pub(crate) async fn linked_pods(&self) -> Vec<String> {
+    /// The pods of `session` with a live link.
+    pub(crate) async fn linked_pods(&self, session: &str) -> Vec<String> {
         let links = self.links.read().await;
         let mut pods: Vec<String> = links
             .iter()
-            .filter(|(_, link)| !link.is_closed())
-            .map(|(pod, _)| pod.clone())
+            .filter(|((owner, _), link)| owner == session && !link.is_closed())
+            .map(|((_, pod), _)| pod.clone())
             .collect();
         pods.sort();
         pods
@@ -133,9 +159,11 @@ async fn watch_pods(
 /// Starts one supervisor per pod that starts running.
 async fn supervise_new_pods(
     client: kube::Client,
+    session: String,
     selector: AgentSelector,
     pool: Arc<AgentPool>,
     mut running_rx: watch::Receiver<Vec<String>>,
+    stop: CancellationToken,
 ) {
     let mut supervised: Vec<String> = Vec::new();
     loop {
@@ -146,12 +174,12 @@ async fn supervise_new_pods(
                 supervised.push(pod.clone());
                 let supervisor = supervise_pod(
                     client.clone(),
+                    (session.clone(), pod),
                     selector.clone(),
-                    pod,
                     pool.clone(),
                     running_rx.clone(),
                 );
-                tokio::spawn(supervisor);
+                tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor));
             }
         }
         if running_rx.changed().await.is_err() {
@@ -160,14 +188,31 @@ async fn supervise_new_pods(
     }
 }
 
+/// Returns when the link has ended: closed by either side, or silent to a ping (then
+/// closed here, so that the supervisor reconnects).
+async fn keep_alive(link: &AgentLink) {
+    loop {
+        tokio::select! {
+            () = link.closed() => return,
+            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
+        }
+        if let Err(err) = link.ping(KEEPALIVE_INTERVAL).await {
+            tracing::warn!("agent {} did not answer a keepalive: {err}", link.agent());
+            link.close();
+            return;
+        }
+    }
+}
+
 /// Keeps a link to `pod` while it runs: connects, waits for the link to drop, reconnects.
 async fn supervise_pod(
     client: kube::Client,
+    key: LinkKey,
     selector: AgentSelector,
-    pod: String,
     pool: Arc<AgentPool>,
     running_rx: watch::Receiver<Vec<String>>,
 ) {
+    let pod = key.1.clone();
     let still_running = || running_rx.borrow().contains(&pod);
     let mut retry = FIRST_RETRY;
     while still_running() {
@@ -181,10 +226,10 @@ async fn supervise_pod(
                     selector.namespace
                 );
                 retry = FIRST_RETRY;
-                pool.links.write().await.insert(pod.clone(), link.clone());
+                pool.links.write().await.insert(key.clone(), link.clone());
                 pool.link_added.notify_waiters();
-                link.closed().await;
-                pool.links.write().await.remove(&pod);
+                keep_alive(&link).await;
+                pool.links.write().await.remove(&key);
                 tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
             }
             Err(err) => {

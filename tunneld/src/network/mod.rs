@@ -4,6 +4,7 @@
 
 pub(crate) mod dns;
 pub(crate) mod resolv;
+mod rewake;
 mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ipstack::{IpStackStream, IpStackTcpStream, IpStackUdpStream};
 use kubedev::protocol::codec::{read_datagram, write_datagram};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::agents::AgentPool;
 pub(crate) use routes::Cidr;
@@ -30,8 +31,6 @@ const MTU: u16 = 65_000;
 const LINK_WAIT: Duration = Duration::from_secs(10);
 /// Bytes moved per read between the stack and a stream.
 const CHUNK: usize = 64 * 1024;
-/// How often a pending shutdown of a stack-side connection is polled again.
-const SHUTDOWN_REPOLL: Duration = Duration::from_millis(20);
 /// How long the workstation's socket may take to acknowledge the last data.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -115,7 +114,7 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: IpStackTcpStream) {
     };
     tracing::debug!("tcp {source} -> {target}: open in the pod");
     let (mut remote_rx, mut remote_tx) = tokio::io::split(remote);
-    let (local_rx, mut local_tx) = tokio::io::split(local);
+    let (local_rx, mut local_tx) = tokio::io::split(rewake::Rewake::new(local));
     let outbound = async {
         let sent = tokio::io::copy_buf(
             &mut BufReader::with_capacity(CHUNK, local_rx),
@@ -131,7 +130,10 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: IpStackTcpStream) {
             &mut local_tx,
         )
         .await?;
-        shut_down_stack_side(&mut local_tx).await?;
+        // The FIN goes out once everything written is acknowledged.
+        tokio::time::timeout(SHUTDOWN_LIMIT, local_tx.shutdown())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         Ok::<_, std::io::Error>(received)
     };
     match tokio::try_join!(outbound, inbound) {
@@ -139,20 +141,6 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: IpStackTcpStream) {
             tracing::debug!("tcp {source} -> {target}: done, {sent} bytes out, {received} in")
         }
         Err(err) => tracing::debug!("tcp {source} -> {target}: {err}"),
-    }
-}
-
-/// Sends the FIN toward the workstation's socket once everything written is acknowledged.
-/// ipstack 1.0 waits for that acknowledgement but does not wake the waiting shutdown when
-/// it arrives, so the shutdown is polled again on a short timer (for a bounded time).
-async fn shut_down_stack_side<W: AsyncWrite + Unpin>(local_tx: &mut W) -> std::io::Result<()> {
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_LIMIT;
-    loop {
-        match tokio::time::timeout(SHUTDOWN_REPOLL, local_tx.shutdown()).await {
-            Ok(result) => return result,
-            Err(_) if tokio::time::Instant::now() < deadline => {}
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
     }
 }
 

@@ -1,0 +1,158 @@
+//! The measurements, as blocking socket code so they run the same on the node and inside a
+//! workstation namespace: each takes the addresses of the echo pod's bulk port (9100) and
+//! TCP echo port (7000) as one path reaches them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How much each measurement does (`BENCH_*` variables override).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    pub(crate) bulk_bytes: u64,
+    pub(crate) connects: usize,
+    pub(crate) round_trips: usize,
+    pub(crate) parallel_streams: usize,
+    pub(crate) parallel_bytes_each: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    pub(crate) bulk_mib_s: f64,
+    pub(crate) connect_p50: Duration,
+    pub(crate) connect_p99: Duration,
+    pub(crate) rtt_p50: Duration,
+    pub(crate) rtt_p99: Duration,
+    pub(crate) parallel_mib_s: f64,
+    /// Parallel streams that stopped making progress (counted, not waited for).
+    pub(crate) parallel_stalled: usize,
+}
+
+/// A stream that receives nothing for this long is counted as stalled.
+const NO_PROGRESS: Duration = Duration::from_secs(30);
+
+pub(crate) fn run_all(bulk: SocketAddr, echo: SocketAddr, sizes: Sizes) -> Results {
+    let bulk_mib_s = download(bulk, sizes.bulk_bytes);
+    let connects = connect_to_first_byte(echo, sizes.connects);
+    let rtts = round_trips(echo, sizes.round_trips);
+    let (parallel_mib_s, parallel_stalled) =
+        parallel_download(bulk, sizes.parallel_streams, sizes.parallel_bytes_each);
+    Results {
+        bulk_mib_s,
+        connect_p50: percentile(&connects, 0.50),
+        connect_p99: percentile(&connects, 0.99),
+        rtt_p50: percentile(&rtts, 0.50),
+        rtt_p99: percentile(&rtts, 0.99),
+        parallel_mib_s,
+        parallel_stalled,
+    }
+}
+
+fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+/// Receives `bytes` on one connection; returns MiB/s.
+fn download(addr: SocketAddr, bytes: u64) -> f64 {
+    let started = Instant::now();
+    let received = fetch(addr, bytes);
+    assert_eq!(received, bytes, "bulk transfer from {addr} was cut short");
+    mib_per_s(bytes, started.elapsed())
+}
+
+fn fetch(addr: SocketAddr, bytes: u64) -> u64 {
+    let mut stream = TcpStream::connect(addr).expect("connect to the bulk port");
+    stream.set_read_timeout(Some(NO_PROGRESS)).expect("timeout");
+    stream
+        .write_all(format!("{bytes}\n").as_bytes())
+        .expect("request");
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut received = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return received,
+            Ok(len) => received += len as u64,
+        }
+    }
+}
+
+/// New connections, each timed from connect() to the server's first byte (its greeting):
+/// a path that accepts locally before it has reached the pod is not given credit for it.
+fn connect_to_first_byte(addr: SocketAddr, count: usize) -> Vec<Duration> {
+    (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            let stream = TcpStream::connect(addr).expect("connect to the echo port");
+            let mut greeting = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut greeting)
+                .expect("greeting");
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// One byte there and back, `count` times, on one connection.
+fn round_trips(addr: SocketAddr, count: usize) -> Vec<Duration> {
+    let stream = TcpStream::connect(addr).expect("connect to the echo port");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("greeting");
+    let mut writer = stream;
+    let mut byte = [0u8; 1];
+    (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            writer.write_all(b"x").expect("send");
+            reader.read_exact(&mut byte).expect("echo");
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// `streams` downloads at once; returns the aggregate MiB/s of the streams that finished
+/// and how many stalled.
+fn parallel_download(addr: SocketAddr, streams: usize, bytes_each: u64) -> (f64, usize) {
+    let started = Instant::now();
+    let workers: Vec<_> = (0..streams)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let received = fetch(addr, bytes_each);
+                (received, Instant::now())
+            })
+        })
+        .collect();
+    let results: Vec<(u64, Instant)> = workers
+        .into_iter()
+        .map(|w| w.join().expect("download"))
+        .collect();
+    let finished: Vec<&(u64, Instant)> = results
+        .iter()
+        .filter(|(received, _)| *received == bytes_each)
+        .collect();
+    let last = finished.iter().map(|(_, at)| *at).max().unwrap_or(started);
+    let total: u64 = finished.iter().map(|(received, _)| received).sum();
+    (mib_per_s(total, last - started), streams - finished.len())
+}
+
+pub(crate) fn percentile(samples: &[Duration], quantile: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    sorted[index]
+}
+
+/// Keeps `count` flows open to the echo port (each has answered), for memory readings.
+pub(crate) fn open_flows(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            let mut greeting = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut greeting)
+                .expect("greeting");
+            stream
+        })
+        .collect()
+}

@@ -1,0 +1,188 @@
+//! The control API of tunneld, over a Unix socket (one tunneld per user and kube context):
+//! the plugins add and remove sessions and ask for status; tunneld exits by itself when no
+//! session is left. Messages use the agent protocol's framing (length-prefixed JSON).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+
+use crate::protocol::codec::{CodecError, read_message, write_message};
+
+/// How long a plugin waits for a tunneld it started to open its socket.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Keep tunnels to the agent pods matching `agents` (a label selector) in `namespace`.
+    AddSession {
+        name: String,
+        namespace: String,
+        agents: String,
+        token: String,
+    },
+    RemoveSession {
+        name: String,
+    },
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ControlReply {
+    Done,
+    Status(DaemonStatus),
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub network: NetworkStatus,
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// Whether the cluster's network is available on this machine, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NetworkStatus {
+    /// Not started: no session yet, or started with --no-network.
+    Off,
+    Up {
+        routes: Vec<String>,
+        dns: String,
+    },
+    Unavailable {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub name: String,
+    pub namespace: String,
+    /// Agent pods with a live tunnel.
+    pub linked_pods: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("tunneld is not running at {0}")]
+    NotRunning(PathBuf),
+    #[error("tunneld did not start within {START_TIMEOUT:?}; see its log at {0}")]
+    DidNotStart(PathBuf),
+    #[error("cannot start tunneld: {0}")]
+    Spawn(std::io::Error),
+    #[error("talking to tunneld: {0}")]
+    Codec(#[from] CodecError),
+    #[error("tunneld: {0}")]
+    Failed(String),
+}
+
+/// The socket of the tunneld for this user and kube context.
+pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
+    let safe: String = context
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    runtime_dir.join(format!("tunneld-{safe}.sock"))
+}
+
+/// Sends one request and returns tunneld's reply.
+pub async fn request(
+    socket: &Path,
+    request: &ControlRequest,
+) -> Result<ControlReply, ControlError> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
+    write_message(&mut stream, request).await?;
+    match read_message(&mut stream).await? {
+        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
+        reply => Ok(reply),
+    }
+}
+
+/// Makes sure a tunneld answers at `socket`, starting `start` (which must serve that
+/// socket) if none does. The new tunneld is detached from the caller's terminal and
+/// process group, so it outlives the plugin and Ctrl-C in the plugin's terminal.
+pub async fn ensure_running(
+    socket: &Path,
+    mut start: Command,
+    log: &Path,
+) -> Result<(), ControlError> {
+    if request(socket, &ControlRequest::Status).await.is_ok() {
+        return Ok(());
+    }
+    let log_file = std::fs::File::create(log).map_err(ControlError::Spawn)?;
+    use std::os::unix::process::CommandExt as _;
+    start
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .map_err(ControlError::Spawn)?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if request(socket, &ControlRequest::Status).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ControlError::DidNotStart(log.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_socket_per_context_with_a_safe_name() {
+        let dir = Path::new("/run/user/1000/kubedev");
+        assert_eq!(
+            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev"),
+            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
+        );
+        assert_ne!(socket_path(dir, "a"), socket_path(dir, "b"));
+    }
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let add = ControlRequest::AddSession {
+            name: "web".into(),
+            namespace: "shop".into(),
+            agents: "app=web".into(),
+            token: "t".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&add).expect("json"),
+            r#"{"op":"add_session","name":"web","namespace":"shop","agents":"app=web","token":"t"}"#
+        );
+        let unavailable = NetworkStatus::Unavailable {
+            reason: "needs root".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&unavailable).expect("json"),
+            r#"{"state":"unavailable","reason":"needs root"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_daemon_is_reported_as_not_running() {
+        let socket = std::env::temp_dir().join(format!("kubedev-none-{}.sock", std::process::id()));
+        let err = request(&socket, &ControlRequest::Status)
+            .await
+            .expect_err("nothing there");
+        assert!(matches!(err, ControlError::NotRunning(_)), "{err}");
+    }
+}

@@ -1,0 +1,361 @@
+//! The daemon: serves the control socket, keeps the sessions' tunnels, brings up the
+//! cluster network with the first session, and exits once no session is left.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kubedev::control::{ControlReply, ControlRequest, DaemonStatus, NetworkStatus, SessionStatus};
+use kubedev::protocol::codec::{read_message, write_message};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentPool, AgentSelector};
+use crate::cidrs;
+use crate::network::{Cidr, DNS_IP, Network, dns::DnsAnswerer, resolv::ResolvConf};
+
+/// How the daemon was started.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) cluster_domain: String,
+    /// Ranges to route; discovered from the cluster when empty.
+    pub(crate) routes: Vec<Cidr>,
+    pub(crate) no_network: bool,
+    pub(crate) resolv_conf: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    /// How long tunneld stays up with no session (after the last one, or after start).
+    pub(crate) idle_exit: Duration,
+}
+
+#[derive(Debug)]
+enum NetworkState {
+    Off,
+    /// The resolver guard restores the workstation's DNS settings when dropped.
+    Up {
+        routes: Vec<Cidr>,
+        _resolver: ResolvConf,
+    },
+    Unavailable(String),
+}
+
+pub(crate) struct Daemon {
+    client: kube::Client,
+    api_server: String,
+    settings: Settings,
+    pool: Arc<AgentPool>,
+    /// Session name -> (namespace, what stops its tunnels).
+    sessions: Mutex<HashMap<String, (String, CancellationToken)>>,
+    network: Mutex<NetworkState>,
+    sessions_changed: Notify,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("api_server", &self.api_server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    pub(crate) fn new(client: kube::Client, api_server: String, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            api_server,
+            settings,
+            pool: Arc::new(AgentPool::default()),
+            sessions: Mutex::new(HashMap::new()),
+            network: Mutex::new(NetworkState::Off),
+            sessions_changed: Notify::new(),
+        })
+    }
+
+    /// Serves `socket` until no session is left for the idle time, or a stop signal.
+    pub(crate) async fn run(self: &Arc<Self>, socket: &Path) -> anyhow::Result<()> {
+        let listener = bind(socket).await?;
+        tracing::info!(
+            "tunneld {} serving {}",
+            env!("CARGO_PKG_VERSION"),
+            socket.display()
+        );
+        let result = tokio::select! {
+            result = self.accept_loop(&listener) => result,
+            () = self.idle() => {
+                tracing::info!("no session left: exiting");
+                Ok(())
+            }
+            result = stop_signal() => result,
+        };
+        let _ = std::fs::remove_file(socket);
+        for (name, (_, stop)) in self.sessions.lock().await.drain() {
+            stop.cancel();
+            self.pool.forget(&name).await;
+        }
+        // Restores the resolver configuration; the TUN device goes with the process.
+        *self.network.lock().await = NetworkState::Off;
+        result
+    }
+
+    async fn accept_loop(self: &Arc<Self>, listener: &UnixListener) -> anyhow::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await.context("control socket")?;
+            let daemon = self.clone();
+            tokio::spawn(async move {
+                if let Err(err) = daemon.serve_client(stream).await {
+                    tracing::debug!("control client: {err:#}");
+                }
+            });
+        }
+    }
+
+    /// Completes once no session has existed for the idle time.
+    async fn idle(&self) {
+        loop {
+            let changed = self.sessions_changed.notified();
+            if self.sessions.lock().await.is_empty() {
+                if tokio::time::timeout(self.settings.idle_exit, changed)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+
+    async fn serve_client(&self, mut stream: UnixStream) -> anyhow::Result<()> {
+        let request: ControlRequest = read_message(&mut stream).await?;
+        let reply = match request {
+            ControlRequest::AddSession {
+                name,
+                namespace,
+                agents,
+                token,
+            } => self.add_session(name, namespace, agents, token).await,
+            ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
+            ControlRequest::Status => ControlReply::Status(self.status().await),
+        };
+        write_message(&mut stream, &reply).await?;
+        Ok(())
+    }
+
+    async fn add_session(
+        &self,
+        name: String,
+        namespace: String,
+        agents: String,
+        token: String,
+    ) -> ControlReply {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.contains_key(&name) {
+            return ControlReply::Failed {
+                reason: format!("a session named {name:?} already exists"),
+            };
+        }
+        let stop = CancellationToken::new();
+        let selector = AgentSelector {
+            namespace: namespace.clone(),
+            labels: agents,
+            token,
+        };
+        self.pool
+            .follow(self.client.clone(), name.clone(), selector, stop.clone());
+        tracing::info!("session {name} added (namespace {namespace})");
+        sessions.insert(name, (namespace.clone(), stop));
+        drop(sessions);
+        self.sessions_changed.notify_waiters();
+        self.start_network(&namespace).await;
+        ControlReply::Done
+    }
+
+    async fn remove_session(&self, name: &str) -> ControlReply {
+        let Some((_, stop)) = self.sessions.lock().await.remove(name) else {
+            return ControlReply::Failed {
+                reason: format!("no session named {name:?}"),
+            };
+        };
+        stop.cancel();
+        self.pool.forget(name).await;
+        tracing::info!("session {name} removed");
+        self.sessions_changed.notify_waiters();
+        ControlReply::Done
+    }
+
+    async fn status(&self) -> DaemonStatus {
+        let sessions = self.sessions.lock().await;
+        let mut listed = Vec::new();
+        for (name, (namespace, _)) in sessions.iter() {
+            listed.push(SessionStatus {
+                name: name.clone(),
+                namespace: namespace.clone(),
+                linked_pods: self.pool.linked_pods(name).await,
+            });
+        }
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let network = match &*self.network.lock().await {
+            NetworkState::Off => NetworkStatus::Off,
+            NetworkState::Up { routes, .. } => NetworkStatus::Up {
+                routes: routes.iter().map(ToString::to_string).collect(),
+                dns: DNS_IP.to_string(),
+            },
+            NetworkState::Unavailable(reason) => NetworkStatus::Unavailable {
+                reason: reason.clone(),
+            },
+        };
+        DaemonStatus {
+            pid: std::process::id(),
+            network,
+            sessions: listed,
+        }
+    }
+
+    /// Brings up the cluster network once, for the first session's namespace (its DNS
+    /// search path); without root it records why there is none, and tunnels still work.
+    async fn start_network(&self, namespace: &str) {
+        let mut network = self.network.lock().await;
+        if !matches!(*network, NetworkState::Off) || self.settings.no_network {
+            return;
+        }
+        *network = match self.bring_up_network(namespace).await {
+            Ok(up) => up,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                tracing::warn!("no cluster network on this machine: {reason}");
+                NetworkState::Unavailable(reason)
+            }
+        };
+    }
+
+    async fn bring_up_network(&self, namespace: &str) -> anyhow::Result<NetworkState> {
+        let routes = if self.settings.routes.is_empty() {
+            cidrs::discover(&self.client, namespace).await
+        } else {
+            self.settings.routes.clone()
+        };
+        let routes = without_api_server(routes, &self.api_server).await;
+        let network = Network::create(&routes).await?;
+        let domain = self.settings.cluster_domain.trim_end_matches('.');
+        let search = vec![
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.to_owned(),
+        ];
+        let (resolver, upstream) = ResolvConf::install(
+            &self.settings.resolv_conf,
+            &self.settings.state_dir,
+            DNS_IP,
+            &search,
+        )?;
+        let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
+        let serving = network.run(self.pool.clone(), dns);
+        tokio::spawn(async move {
+            if let Err(err) = serving.await {
+                tracing::error!("cluster network stopped: {err:#}");
+            }
+        });
+        Ok(NetworkState::Up {
+            routes,
+            _resolver: resolver,
+        })
+    }
+}
+
+/// Binds the control socket, refusing if another tunneld answers there and replacing a
+/// socket file a dead one left behind. Only this user may connect.
+async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if UnixStream::connect(socket).await.is_ok() {
+        anyhow::bail!("another tunneld is already serving {}", socket.display());
+    }
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("SIGINT handler")?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping on signal");
+    Ok(())
+}
+
+/// Drops any range that holds the API server's own address: routing it into the tunnel
+/// would cut the tunnel's own connection.
+async fn without_api_server(cidrs: Vec<Cidr>, server: &str) -> Vec<Cidr> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    if let Some(host) = server_host(server) {
+        if let Ok(ip) = host.parse() {
+            addresses.push(ip);
+        } else if let Ok(found) = tokio::net::lookup_host((host.as_str(), 443)).await {
+            addresses.extend(found.map(|a| a.ip()));
+        }
+    }
+    cidrs
+        .into_iter()
+        .filter(|cidr| {
+            let holds_server = addresses.iter().any(|ip| cidr.contains(*ip));
+            if holds_server {
+                tracing::warn!("not routing {cidr}: it holds the API server's address");
+            }
+            !holds_server
+        })
+        .collect()
+}
+
+fn server_host(server: &str) -> Option<String> {
+    let after_scheme = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let authority = after_scheme.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    Some(host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_api_server_host() {
+        assert_eq!(
+            server_host("https://10.201.0.1:6443/").as_deref(),
+            Some("10.201.0.1")
+        );
+        assert_eq!(
+            server_host("https://api.example.com").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            server_host("https://[fd00::1]:6443").as_deref(),
+            Some("fd00::1")
+        );
+    }
+
+    #[tokio::test]
+    async fn never_routes_the_api_servers_address() {
+        let cidrs = vec![
+            "10.96.0.0/16".parse().expect("cidr"),
+            "10.201.0.0/16".parse().expect("cidr"),
+        ];
+        let kept = without_api_server(cidrs, "https://10.201.0.1:6443").await;
+        assert_eq!(kept, vec!["10.96.0.0/16".parse::<Cidr>().expect("cidr")]);
+    }
+}
