@@ -279,7 +279,7 @@ cluster_down() {
         "$(bin_dir_for kubernetes "$K8S_VERSION")/kube-proxy" --cleanup >/dev/null 2>&1 || true
     fi
     host_down
-    unmount_below "$STATE_DIR"
+    unmount_all "$STATE_DIR"
     rm -rf "$STATE_DIR"
     log "cluster removed"
 }

@@ -86,17 +86,24 @@ remove_chains() {
     done
 }
 
-# unmount_below DIR: every mount point under DIR, deepest first.
-unmount_below() {
-    local dir=$1 mount
-    awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r |
-        while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
+# unmount_all DIR: every mount at or under DIR, deepest first, in passes: a mount can hide
+# another at the same path (a netns file under /run/netns's own bind mount).
+unmount_all() {
+    local dir=$1 mount pass
+    for pass in 1 2 3 4 5; do
+        local mounts
+        mounts=$(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+        [ -n "$mounts" ] || return 0
+        while read -r mount; do umount -l "$mount" 2>/dev/null || true; done <<<"$mounts"
+    done
 }
 
 host_down() {
     local ns
-    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
-        ip netns delete "$ns" 2>/dev/null || true
+    for ns in $(ls /run/netns 2>/dev/null | grep '^cni-' || true); do
+        # Best effort: a mount made before /run/netns became a bind mount of itself is
+        # hidden under it and is removed with /run/netns below.
+        ip netns delete "$ns" 2>/dev/null || { umount -l "/run/netns/$ns" && rm -f "/run/netns/$ns"; } 2>/dev/null || true
     done
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
     local cidr
@@ -111,7 +118,11 @@ host_down() {
         -exec rmdir {} + 2>/dev/null || true
     find /var/log/containers -maxdepth 1 -lname "$STATE_DIR/*" -delete 2>/dev/null || true
     local path
-    for path in $(created_host_paths); do rm -rf "$path"; done
+    for path in $(created_host_paths); do
+        # `ip netns add` makes /run/netns a mount point of itself.
+        unmount_all "$path"
+        rm -rf "$path" || log "warning: could not remove $path"
+    done
     if [ -f "$SYSCTL_BACKUP" ]; then
         sysctl -qw $(cat "$SYSCTL_BACKUP") >/dev/null 2>&1 || true
     fi
@@ -128,7 +139,7 @@ check_clean() {
     pgrep -x containerd-shim >/dev/null && traces+=("containerd shims")
     ip link show "$BRIDGE" >/dev/null 2>&1 && traces+=("interface $BRIDGE")
     grep -q "master $BRIDGE" <<<"$(ip -o link show)" && traces+=("links enslaved to $BRIDGE")
-    grep -q '^cni-' <<<"$(ip netns list 2>/dev/null)" && traces+=("network namespace cni-*")
+    grep -q '^cni-' <<<"$(ls /run/netns 2>/dev/null)" && traces+=("network namespace cni-*")
     grep -q "inet $NODE_IP/" <<<"$(ip addr show dev lo)" && traces+=("address $NODE_IP on lo")
     grep -qE "^unreachable ($POD_CIDR|$SERVICE_CIDR)" <<<"$(ip route show type unreachable)" &&
         traces+=("unreachable routes for cluster CIDRs")
@@ -140,6 +151,7 @@ check_clean() {
     local path
     for path in $(created_host_paths); do traces+=("directory $path"); done
     grep -q " $STATE_DIR" /proc/self/mountinfo && traces+=("mounts under $STATE_DIR")
+    grep -q " /run/netns/cni-" /proc/self/mountinfo && traces+=("mounts of pod network namespaces")
     if [ ${#traces[@]} -gt 0 ]; then
         printf 'left behind: %s\n' "${traces[@]}" >&2
         return 1
