@@ -155,32 +155,20 @@ impl TestNamespace {
     /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
     pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {
         let labels = json!({"app": name});
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [{
-                            "name": "echo",
-                            "image": ECHO_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000", "--bulk", "9100"],
-                            "ports": [
-                                {"name": "http", "containerPort": 8080},
-                                {"name": "tcp-echo", "containerPort": 7000},
-                                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"},
-                                {"name": "bulk", "containerPort": 9100}
-                            ],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
-                        }]
-                    }
-                }
-            }
-        }))?;
+        let echo = json!({
+            "name": "echo",
+            "image": ECHO_IMAGE,
+            "imagePullPolicy": "Never",
+            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000", "--bulk", "9100"],
+            "ports": [
+                {"name": "http", "containerPort": 8080},
+                {"name": "tcp-echo", "containerPort": 7000},
+                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"},
+                {"name": "bulk", "containerPort": 9100}
+            ],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+        });
+        let deployment = single_container_deployment(name, replicas, echo)?;
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {
@@ -245,21 +233,7 @@ impl TestNamespace {
         replicas: i32,
         token: &str,
     ) -> anyhow::Result<()> {
-        let labels = json!({"app": name});
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [agent_container(token)]
-                    }
-                }
-            }
-        }))?;
+        let deployment = single_container_deployment(name, replicas, agent_container(token))?;
         self.api::<Deployment>()
             .create(&PostParams::default(), &deployment)
             .await
@@ -278,6 +252,29 @@ impl TestNamespace {
         args.extend_from_slice(command);
         self.kubectl_ok(&args)
     }
+}
+
+/// A Deployment of `replicas` pods labelled `app=NAME`, each running `container`.
+fn single_container_deployment(
+    name: &str,
+    replicas: i32,
+    container: serde_json::Value,
+) -> anyhow::Result<Deployment> {
+    let labels = json!({"app": name});
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [container]
+                }
+            }
+        }
+    }))?)
 }
 
 /// The agent's container, with `token` as its session token.
