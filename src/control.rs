@@ -53,7 +53,11 @@ pub enum NetworkStatus {
     Off,
     Up {
         routes: Vec<String>,
+        /// tunneld's DNS address.
         dns: String,
+        /// How the system resolver was pointed at it: `systemd-resolved` or the file it
+        /// rewrote.
+        resolver: String,
     },
     Unavailable {
         reason: String,

@@ -1,14 +1,31 @@
 //! Reaching an agent the only way it can be reached: the Kubernetes API's port-forward to
 //! its loopback port, which needs nothing but `pods/portforward` in the pod's namespace.
+//!
+//! The websocket speaks `v4.channel.k8s.io`: every binary message starts with a channel
+//! byte (0 carries the port's data, 1 its errors) and the first message on each channel
+//! is the port number. kube's own `Portforwarder` moves 4 KiB at a time through a one-slot
+//! channel, which caps a tunnel at a fraction of what the API server can carry, so the
+//! framing is done here with large messages.
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
+use futures::{SinkExt as _, StreamExt as _};
+use kube::core::Request;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{AgentLink, LinkError};
 use crate::protocol::AGENT_PORT;
 use crate::protocol::mux::MuxStream;
+
+/// The largest websocket message sent: big enough to keep per-message costs low, small
+/// enough not to hold back the other direction.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Bytes buffered between the websocket and the multiplexer, each way.
+const BRIDGE_BUFFER: usize = 512 * 1024;
+
+const DATA_CHANNEL: u8 = 0;
+const ERROR_CHANNEL: u8 = 1;
 
 /// Opens a port-forward to the agent in `pod` and starts a session over it.
 pub async fn link_through_port_forward(
@@ -17,18 +34,208 @@ pub async fn link_through_port_forward(
     pod: &str,
     token: &str,
 ) -> anyhow::Result<(AgentLink, mpsc::Receiver<MuxStream>)> {
-    let pods: Api<Pod> = Api::namespaced(client, namespace);
-    let mut forwarder = pods
-        .portforward(pod, &[AGENT_PORT])
+    let stream = open_port_forward(&client, namespace, pod, AGENT_PORT)
         .await
         .with_context(|| format!("port-forward to pod {namespace}/{pod}"))?;
-    let stream = forwarder
-        .take_stream(AGENT_PORT)
-        .context("port-forward gave no stream for the agent port")?;
-    // The forwarder's task carries the stream; it ends with the connection.
     let client_name = concat!("kubedev ", env!("CARGO_PKG_VERSION"));
     AgentLink::connect(stream, token, client_name)
         .await
         .map_err(|err: LinkError| anyhow::anyhow!(err))
         .with_context(|| format!("session with the agent in pod {namespace}/{pod}"))
+}
+
+/// Connects to `port` on the pod's loopback; the returned stream carries its bytes. A task
+/// moves them to and from the websocket until either side ends.
+async fn open_port_forward(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+) -> anyhow::Result<DuplexStream> {
+    let request = Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
+        .portforward(pod, &[port])
+        .context("port-forward request")?;
+    let websocket = client.connect(request).await?.into_stream();
+    let (ours, bridged) = tokio::io::duplex(BRIDGE_BUFFER);
+    tokio::spawn(async move {
+        if let Err(err) = bridge(websocket, bridged, port).await {
+            tracing::debug!("port-forward to {port}: {err}");
+        }
+    });
+    Ok(ours)
+}
+
+/// Moves bytes between `io` and the websocket until either side ends.
+async fn bridge<W>(websocket: W, io: DuplexStream, port: u16) -> anyhow::Result<()>
+where
+    W: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin,
+{
+    let (mut ws_tx, mut ws_rx) = websocket.split();
+    let (mut io_rx, mut io_tx) = tokio::io::split(io);
+    let upstream = async {
+        let mut message = vec![0u8; MAX_MESSAGE + 1];
+        loop {
+            message[0] = DATA_CHANNEL;
+            let len = io_rx.read(&mut message[1..]).await?;
+            if len == 0 {
+                ws_tx.close().await?;
+                return Ok::<_, anyhow::Error>(());
+            }
+            ws_tx
+                .send(Message::binary(message[..=len].to_vec()))
+                .await?;
+        }
+    };
+    let downstream = async {
+        let mut decoder = FrameDecoder::new(port);
+        while let Some(message) = ws_rx.next().await {
+            let data = match message? {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let bytes = decoder.decode(&data)?;
+            if !bytes.is_empty() {
+                io_tx.write_all(bytes).await?;
+            }
+        }
+        io_tx.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::select! {
+        done = upstream => done,
+        done = downstream => done,
+    }
+}
+
+/// What the API server sent that was not data.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum PortForwardError {
+    #[error("the API server reported: {0}")]
+    Remote(String),
+    #[error("port-forward message on unexpected channel {0}")]
+    UnknownChannel(u8),
+    #[error("port-forward answered for port {got}, not {expected}")]
+    WrongPort { expected: u16, got: u16 },
+    #[error("port-forward message too short")]
+    Truncated,
+}
+
+/// Turns the websocket's messages for one port into its bytes.
+#[derive(Debug)]
+struct FrameDecoder {
+    port: u16,
+    data_started: bool,
+    error_started: bool,
+}
+
+impl FrameDecoder {
+    fn new(port: u16) -> Self {
+        Self {
+            port,
+            data_started: false,
+            error_started: false,
+        }
+    }
+
+    /// The data bytes in `message` (empty for control messages), or what went wrong.
+    fn decode<'m>(&mut self, message: &'m [u8]) -> Result<&'m [u8], PortForwardError> {
+        let (&channel, body) = message.split_first().ok_or(PortForwardError::Truncated)?;
+        let started = match channel {
+            DATA_CHANNEL => &mut self.data_started,
+            ERROR_CHANNEL => &mut self.error_started,
+            other => return Err(PortForwardError::UnknownChannel(other)),
+        };
+        let body = if *started {
+            body
+        } else {
+            // Each channel opens with the port number, little-endian.
+            let (port, rest) = body
+                .split_first_chunk::<2>()
+                .ok_or(PortForwardError::Truncated)?;
+            let got = u16::from_le_bytes(*port);
+            if got != self.port {
+                return Err(PortForwardError::WrongPort {
+                    expected: self.port,
+                    got,
+                });
+            }
+            *started = true;
+            rest
+        };
+        match channel {
+            ERROR_CHANNEL if !body.is_empty() => Err(PortForwardError::Remote(
+                String::from_utf8_lossy(body).trim().to_owned(),
+            )),
+            ERROR_CHANNEL => Ok(&[]),
+            _ => Ok(body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PORT: u16 = 7329;
+
+    fn opening(channel: u8) -> Vec<u8> {
+        let mut message = vec![channel];
+        message.extend_from_slice(&PORT.to_le_bytes());
+        message
+    }
+
+    #[test]
+    fn data_follows_the_port_announcement() {
+        let mut decoder = FrameDecoder::new(PORT);
+        assert_eq!(decoder.decode(&opening(DATA_CHANNEL)), Ok(&b""[..]));
+        assert_eq!(decoder.decode(&opening(ERROR_CHANNEL)), Ok(&b""[..]));
+        assert_eq!(decoder.decode(b"\x00hello"), Ok(&b"hello"[..]));
+        // Later messages carry only data, even when they start like a port number.
+        assert_eq!(decoder.decode(b"\x00\xa1\x1cx"), Ok(&b"\xa1\x1cx"[..]));
+    }
+
+    #[test]
+    fn data_may_come_in_the_opening_message() {
+        let mut decoder = FrameDecoder::new(PORT);
+        let mut message = opening(DATA_CHANNEL);
+        message.extend_from_slice(b"early");
+        assert_eq!(decoder.decode(&message), Ok(&b"early"[..]));
+    }
+
+    #[test]
+    fn errors_from_the_api_server_are_reported() {
+        let mut decoder = FrameDecoder::new(PORT);
+        decoder.decode(&opening(ERROR_CHANNEL)).ok();
+        let reported = decoder.decode(b"\x01error forwarding port 7329: connection refused\n");
+        assert_eq!(
+            reported,
+            Err(PortForwardError::Remote(
+                "error forwarding port 7329: connection refused".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        let mut decoder = FrameDecoder::new(PORT);
+        assert_eq!(decoder.decode(b""), Err(PortForwardError::Truncated));
+        assert_eq!(
+            decoder.decode(b"\x00\x01"),
+            Err(PortForwardError::Truncated)
+        );
+        assert_eq!(
+            decoder.decode(b"\x00\x50\x00"),
+            Err(PortForwardError::WrongPort {
+                expected: PORT,
+                got: 80
+            })
+        );
+        assert_eq!(
+            decoder.decode(b"\x04\x00"),
+            Err(PortForwardError::UnknownChannel(4))
+        );
+    }
 }

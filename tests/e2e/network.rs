@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kubedev::control::NetworkStatus;
@@ -32,6 +34,39 @@ async fn setup(prefix: &str) -> (TestCluster, TestNamespace, Workstation, String
         .await;
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
     (cluster, ns, workstation, cluster_ip)
+}
+
+/// Asks `server` for `name`'s IPv4 addresses over TCP.
+fn resolve_over_tcp(server: &str, name: &str) -> Vec<String> {
+    let mut query = Message::query();
+    query.metadata.id = 7;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii(format!("{name}.")).expect("name"),
+        RecordType::A,
+    ));
+    let query = query.to_vec().expect("encode query");
+    let mut stream = TcpStream::connect((server, 53)).expect("connect to the DNS server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let len = u16::try_from(query.len()).expect("small query");
+    stream.write_all(&len.to_be_bytes()).expect("send");
+    stream.write_all(&query).expect("send");
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).expect("answer length");
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut answer).expect("answer");
+    let answer = Message::from_vec(&answer).expect("valid answer");
+    assert_eq!(answer.metadata.id, 7);
+    answer
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(address) => Some(address.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn assert_echo(answer: &str, what: &str) {
@@ -64,12 +99,33 @@ async fn workstation_reaches_services_and_pods_by_name_and_address() {
         assert!(answer.contains("GET /from-workstation"), "{answer}");
     }
 
+    // A program that closes its sending side first still gets the whole answer.
+    let half_closed = workstation.run_ok(&[
+        &cluster.probe(),
+        "tcp",
+        "echo:7000",
+        "sent, then half-closed",
+    ]);
+    assert_echo(&half_closed, "tcp echo after half-close");
+    assert!(
+        half_closed.trim_end().ends_with("sent, then half-closed"),
+        "{half_closed}"
+    );
+
     // Names resolve as in the pod, through the workstation's ordinary resolver.
     let probe = cluster.probe();
     for name in ["echo", qualified.as_str(), fqdn.as_str()] {
         let resolved = workstation.run_ok(&[&probe, "resolve", name, ""]);
         assert_eq!(resolved.trim(), cluster_ip, "{name}");
     }
+    // Over TCP too, which resolvers fall back to for large answers.
+    let NetworkStatus::Up { dns, .. } = workstation.status().await.network else {
+        panic!("the network is up");
+    };
+    let name = fqdn.clone();
+    let over_tcp = workstation.inside(move || resolve_over_tcp(&dns, &name));
+    assert_eq!(over_tcp, std::slice::from_ref(&cluster_ip), "{fqdn} over TCP");
+
     // Names outside the cluster still go to the workstation's own nameserver.
     let outside = workstation.run(&[&probe, "resolve", "example.com", ""]);
     assert!(
@@ -202,7 +258,7 @@ async fn tunneld_reports_its_sessions_and_exits_when_the_last_one_leaves() {
     let (_cluster, ns, mut workstation, _) = setup("net-leave").await;
     let status = workstation.status().await;
     assert!(
-        matches!(status.network, NetworkStatus::Up { .. }),
+        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver == "/etc/resolv.conf"),
         "{status:?}"
     );
     assert_eq!(status.sessions.len(), 1);
@@ -218,4 +274,67 @@ async fn tunneld_reports_its_sessions_and_exits_when_the_last_one_leaves() {
     assert!(!routes.contains("kubedev-tun"), "{routes}");
     let links = workstation.run_ok(&["ip", "link"]);
     assert!(!links.contains("kubedev-tun"), "{links}");
+}
+
+#[tokio::test]
+async fn where_systemd_resolved_runs_cluster_names_go_through_it() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "net-resolved").await;
+    let service = ns.deploy_echo("echo", 1).await.expect("echo ready");
+    ns.deploy_agents("kubedev-agent", 1, TOKEN)
+        .await
+        .expect("agent ready");
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+    let mut workstation = Workstation::create(&cluster);
+    workstation.start_systemd_resolved(&cluster);
+    let resolv_conf_before = workstation.resolv_conf();
+    workstation
+        .start_tunneld(&cluster, &ns.name, AGENTS, TOKEN)
+        .await;
+
+    let status = workstation.status().await;
+    assert!(
+        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver == "systemd-resolved, link kubedev-tun"),
+        "{status:?}"
+    );
+    assert_eq!(
+        workstation.resolv_conf(),
+        resolv_conf_before,
+        "resolv.conf is left to systemd-resolved"
+    );
+    let link = workstation.resolvectl(&["status", "kubedev-tun"]);
+    // resolvectl wraps long lines.
+    let link = String::from_utf8_lossy(&link.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let search = format!(
+        "{}.svc.cluster.local svc.cluster.local cluster.local",
+        ns.name
+    );
+    assert!(link.contains(&format!("DNS Domain: {search}")), "{link}");
+    assert!(link.contains("Current Scopes: DNS"), "{link}");
+    assert!(link.contains("DNS Servers: 198.18.0.53"), "{link}");
+
+    // resolv.conf follows resolved's stub file, as its usual symlink does: the search
+    // domains tunneld gave resolved are there for short names.
+    let stub = workstation.follow_resolved_stub_file();
+    assert!(stub.contains(&format!("search {search}")), "{stub}");
+    let probe = cluster.probe();
+    let qualified = format!("echo.{}", ns.name);
+    let fqdn = format!("echo.{}.svc.cluster.local", ns.name);
+    for name in ["echo", qualified.as_str(), fqdn.as_str()] {
+        let resolved = workstation.run_ok(&[&probe, "resolve", name, ""]);
+        assert_eq!(resolved.trim(), cluster_ip, "{name}");
+    }
+    let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "10", "http://echo:8080/"]);
+    assert_echo(&answer, "http://echo:8080/ through systemd-resolved");
+
+    // The link and its settings go away with tunneld.
+    workstation.remove_session().await;
+    workstation.wait_for_tunneld_exit(Duration::from_secs(30));
+    let links = workstation.resolvectl(&["status"]);
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("kubedev-tun"), "{links}");
+    assert!(!links.contains("198.18.0.53"), "{links}");
 }

@@ -15,6 +15,8 @@ use kubedev::control::{self, ControlReply, ControlRequest, DaemonStatus};
 use crate::TestCluster;
 
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
+/// The unprivileged user systemd-resolved runs as in tests.
+const NOBODY: u32 = 65534;
 
 /// What the workstation's resolv.conf holds before tunneld: a nameserver with nothing
 /// behind it, so names outside the cluster fail at once and nothing leaves the machine.
@@ -28,6 +30,9 @@ pub struct Workstation {
     socket: PathBuf,
     pub tunneld_log: PathBuf,
     tunneld_pid: Option<u32>,
+    /// Environment tunneld gets on top of the test's own.
+    tunneld_env: Vec<(String, String)>,
+    resolved: Option<SystemdResolved>,
 }
 
 /// The name of the session the tests add.
@@ -86,6 +91,8 @@ impl Workstation {
             host_link,
             state_dir,
             tunneld_pid: None,
+            tunneld_env: Vec::new(),
+            resolved: None,
         }
     }
 
@@ -103,10 +110,11 @@ impl Workstation {
         let output = self.run(command);
         assert!(
             output.status.success(),
-            "{} failed: {}{}",
+            "{} failed: {}{}\ntunneld's log:\n{}",
             command.join(" "),
             String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
         );
         String::from_utf8(output.stdout).expect("utf-8")
     }
@@ -142,7 +150,12 @@ impl Workstation {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--idle-exit-secs", "1"])
-            .env("KUBEDEV_LOG", "info");
+            .envs(self.tunneld_env.iter().map(|(k, v)| (k, v)))
+            // KUBEDEV_TEST_TUNNELD_LOG=debug shows every flow when a test fails.
+            .env(
+                "KUBEDEV_LOG",
+                std::env::var("KUBEDEV_TEST_TUNNELD_LOG").unwrap_or_else(|_| "info".into()),
+            );
         control::ensure_running(&self.socket, start, &self.tunneld_log)
             .await
             .expect("tunneld starts");
@@ -219,6 +232,107 @@ impl Workstation {
         text
     }
 
+    /// Runs systemd-resolved inside the workstation, as the system resolver, on a D-Bus
+    /// system bus of its own. Its settings file has no upstream or fallback servers, so it
+    /// never asks anything outside the machine. tunneld, started after this, finds it.
+    pub fn start_systemd_resolved(&mut self, cluster: &TestCluster) {
+        let tools = cluster.dir.join("systemd-resolved");
+        let bus_dir = self.state_dir.join("dbus");
+        let runtime_dir = self.state_dir.join("run-systemd");
+        fs::create_dir_all(&bus_dir).expect("bus dir");
+        // What systemd would create for it (RuntimeDirectory=systemd/resolve).
+        fs::create_dir_all(runtime_dir.join("resolve")).expect("runtime dir");
+        std::os::unix::fs::chown(runtime_dir.join("resolve"), Some(NOBODY), Some(NOBODY))
+            .expect("chown runtime dir");
+        let bus_socket = bus_dir.join("system_bus_socket");
+        let bus_config = bus_dir.join("system.conf");
+        fs::write(&bus_config, bus_config_xml(&bus_socket)).expect("bus config");
+        let bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", bus_config.display()))
+            .args(["--nofork", "--nopidfile"])
+            .spawn()
+            .expect("dbus-daemon starts");
+        let bus_address = format!("unix:path={}", bus_socket.display());
+        wait_until(Duration::from_secs(10), || bus_socket.exists()).expect("dbus-daemon listens");
+
+        // `ip netns exec` mounts /etc/netns/NS/* over /etc/*: resolved reads this settings
+        // file; everything else in the workstation uses it as its resolver.
+        let etc = PathBuf::from("/etc/netns").join(&self.netns);
+        fs::create_dir_all(etc.join("systemd")).expect("etc/systemd");
+        fs::write(
+            etc.join("systemd/resolved.conf"),
+            "[Resolve]\nDNS=\nFallbackDNS=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\n",
+        )
+        .expect("resolved.conf");
+        fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.53\nsearch .\n")
+            .expect("resolv.conf");
+        // resolved drops root for a user this machine does not have: run it unprivileged
+        // with the capabilities it keeps (port 53 for its stub listener; dropping the rest).
+        let script = format!(
+            "mount --bind {runtime} /run/systemd && exec setpriv --reuid={NOBODY} \
+             --regid={NOBODY} --clear-groups --inh-caps=+net_bind_service,+net_raw,+setpcap \
+             --ambient-caps=+net_bind_service,+net_raw,+setpcap {bin}",
+            runtime = runtime_dir.display(),
+            bin = tools.join("systemd-resolved").display(),
+        );
+        let resolved = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "sh", "-c", &script])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus_address)
+            .stderr(fs::File::create(self.state_dir.join("resolved.log")).expect("resolved log"))
+            .spawn()
+            .expect("systemd-resolved starts");
+        let path = format!(
+            "{}:{}",
+            tools.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        self.tunneld_env = vec![
+            ("DBUS_SYSTEM_BUS_ADDRESS".into(), bus_address),
+            ("PATH".into(), path),
+        ];
+        self.resolved = Some(SystemdResolved {
+            processes: vec![resolved, bus],
+            runtime_dir,
+        });
+        let log = self.state_dir.join("resolved.log");
+        wait_until(Duration::from_secs(10), || {
+            self.resolvectl(&["status"]).status.success()
+        })
+        .unwrap_or_else(|()| {
+            panic!(
+                "systemd-resolved did not come up:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    }
+
+    /// Runs resolvectl against the workstation's systemd-resolved.
+    pub fn resolvectl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, "resolvectl"]);
+        command
+            .args(args)
+            .envs(self.tunneld_env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("resolvectl runs")
+    }
+
+    /// Makes the workstation's resolv.conf what systemd-resolved currently offers, as the
+    /// usual symlink to its stub-resolv.conf would.
+    pub fn follow_resolved_stub_file(&self) -> String {
+        let resolved = self.resolved.as_ref().expect("systemd-resolved runs");
+        let stub = fs::read_to_string(resolved.runtime_dir.join("resolve/stub-resolv.conf"))
+            .expect("resolved's stub-resolv.conf");
+        fs::write(
+            PathBuf::from("/etc/netns")
+                .join(&self.netns)
+                .join("resolv.conf"),
+            &stub,
+        )
+        .expect("resolv.conf");
+        stub
+    }
+
     /// Runs `work` on a thread inside the workstation's network namespace: every socket it
     /// opens is the workstation's.
     pub fn inside<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -240,6 +354,7 @@ impl Drop for Workstation {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        drop(self.resolved.take());
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .status();
@@ -249,6 +364,62 @@ impl Drop for Workstation {
         let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
         let _ = fs::remove_dir_all(&self.state_dir);
     }
+}
+
+/// systemd-resolved and its D-Bus daemon, stopped when dropped.
+#[derive(Debug)]
+struct SystemdResolved {
+    processes: Vec<std::process::Child>,
+    runtime_dir: PathBuf,
+}
+
+impl Drop for SystemdResolved {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// A system bus that lets every local process own and call anything: it exists only for
+/// one test's resolved and tunneld.
+fn bus_config_xml(socket: &std::path::Path) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+"#,
+        socket.display()
+    )
+}
+
+/// Polls `ready` until it holds; `Err` once `limit` has passed.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Removes the workstations of test processes that died without cleaning up (their

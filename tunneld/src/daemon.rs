@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentPool, AgentSelector};
 use crate::cidrs;
-use crate::network::{Cidr, DNS_IP, Network, dns::DnsAnswerer, resolv::ResolvConf};
+use crate::network::resolved::{self, ResolvedLink};
+use crate::network::{Cidr, DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, resolv::ResolvConf};
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -31,13 +32,29 @@ pub(crate) struct Settings {
     pub(crate) idle_exit: Duration,
 }
 
+/// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
+#[derive(Debug)]
+enum Resolver {
+    SystemdResolved(ResolvedLink),
+    ResolvConf(ResolvConf),
+}
+
+impl Resolver {
+    fn describe(&self) -> String {
+        match self {
+            Self::SystemdResolved(link) => format!("systemd-resolved, link {}", link.link()),
+            Self::ResolvConf(conf) => conf.path().display().to_string(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum NetworkState {
     Off,
-    /// The resolver guard restores the workstation's DNS settings when dropped.
+    /// `resolver` restores the workstation's DNS settings when dropped.
     Up {
         routes: Vec<Cidr>,
-        _resolver: ResolvConf,
+        resolver: Resolver,
     },
     Unavailable(String),
 }
@@ -200,9 +217,10 @@ impl Daemon {
         listed.sort_by(|a, b| a.name.cmp(&b.name));
         let network = match &*self.network.lock().await {
             NetworkState::Off => NetworkStatus::Off,
-            NetworkState::Up { routes, .. } => NetworkStatus::Up {
+            NetworkState::Up { routes, resolver } => NetworkStatus::Up {
                 routes: routes.iter().map(ToString::to_string).collect(),
                 dns: DNS_IP.to_string(),
+                resolver: resolver.describe(),
             },
             NetworkState::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
@@ -246,12 +264,19 @@ impl Daemon {
             format!("svc.{domain}"),
             domain.to_owned(),
         ];
-        let (resolver, upstream) = ResolvConf::install(
-            &self.settings.resolv_conf,
-            &self.settings.state_dir,
-            DNS_IP,
-            &search,
-        )?;
+        let (resolver, upstream) = if resolved::manages(&self.settings.resolv_conf) {
+            let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, &search)?;
+            // resolved sends only cluster names here: there is nothing to forward.
+            (Resolver::SystemdResolved(link), None)
+        } else {
+            let (conf, upstream) = ResolvConf::install(
+                &self.settings.resolv_conf,
+                &self.settings.state_dir,
+                DNS_IP,
+                &search,
+            )?;
+            (Resolver::ResolvConf(conf), upstream)
+        };
         let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
         let serving = network.run(self.pool.clone(), dns);
         tokio::spawn(async move {
@@ -259,10 +284,7 @@ impl Daemon {
                 tracing::error!("cluster network stopped: {err:#}");
             }
         });
-        Ok(NetworkState::Up {
-            routes,
-            _resolver: resolver,
-        })
+        Ok(NetworkState::Up { routes, resolver })
     }
 }
 

@@ -224,6 +224,7 @@ cluster_up() {
     fi
     mkdir -p "$STATE_DIR/bin" "$LOG_DIR" "$PID_DIR"
     ln -sfn "$KUBECTL" "$STATE_DIR/bin/kubectl"
+    fetch_resolved
     host_up
     make_pki
     build_images

@@ -23,6 +23,7 @@ ensure_packages() {
         [containerd]=containerd [runc]=runc [/usr/lib/cni/bridge]=containernetworking-plugins
         [iptables]=iptables [conntrack]=conntrack [openssl]=openssl [jq]=jq [curl]=curl
         [busybox]=busybox-static [ip]=iproute2 [sshfs]=sshfs [fusermount3]=fuse3 [socat]=socat
+        [dbus-daemon]=dbus-daemon
     )
     local missing=() thing
     for thing in "${!wanted[@]}"; do
@@ -35,6 +36,32 @@ ensure_packages() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed"
+}
+
+# systemd-resolved for the tests that run it inside a workstation namespace. Its package is
+# unpacked, never installed: installing it would take over this machine's own DNS.
+RESOLVED_DIR=$STATE_DIR/systemd-resolved
+
+fetch_resolved() {
+    [ -x "$RESOLVED_DIR/systemd-resolved" ] && return 0
+    local version deb
+    version=$(dpkg-query -W -f '${Version}' systemd)
+    deb=$CACHE_DIR/systemd-resolved_${version//:/%3a}_amd64.deb
+    if [ ! -f "$deb" ]; then
+        log "fetching systemd-resolved $version (unpacked for tests, not installed)"
+        mkdir -p "$CACHE_DIR"
+        # The same version as the installed systemd, whose shared library it links to;
+        # the archive may only hold a newer point release of the same series.
+        (cd "$CACHE_DIR" && { apt-get download -qq "systemd-resolved=$version" 2>/dev/null ||
+            apt-get download -qq systemd-resolved; }) >/dev/null || die "apt-get download systemd-resolved failed"
+        deb=$(ls -t "$CACHE_DIR"/systemd-resolved_*.deb | head -n1)
+    fi
+    local unpacked
+    unpacked=$(mktemp -d)
+    dpkg-deb -x "$deb" "$unpacked"
+    mkdir -p "$RESOLVED_DIR"
+    install -m755 "$unpacked/lib/systemd/systemd-resolved" "$unpacked/usr/bin/resolvectl" "$RESOLVED_DIR/"
+    rm -rf "$unpacked"
 }
 
 host_up() {

@@ -53,6 +53,12 @@ impl ResolvConf {
     }
 }
 
+impl ResolvConf {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for ResolvConf {
     fn drop(&mut self) {
         match write_in_place(&self.path, &self.original) {
