@@ -31,7 +31,7 @@ test-component:
 
 # End-to-end tests against the real local cluster (started if it is not up).
 test-e2e: cluster-up
-	cargo build -p tunneld
+	cargo build
 	cargo test -p kubedev-e2e -- --test-threads 4
 
 # `down` leaves no process, interface, netns, route, iptables chain or state behind.

@@ -76,6 +76,18 @@ impl ClusterArgs {
     }
 }
 
+/// Turns an API error into one that says what to do: a refusal names the verb and
+/// resource that are missing, the way `kubectl auth can-i` asks about them.
+pub fn explain(err: kube::Error, verb: &str, resource: &str, namespace: &str) -> anyhow::Error {
+    match &err {
+        kube::Error::Api(status) if status.code == 403 => anyhow::anyhow!(
+            "not allowed to {verb} {resource} in namespace {namespace}: ask for that permission \
+             (check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
+        ),
+        _ => anyhow::Error::new(err).context(format!("{verb} {resource} in namespace {namespace}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

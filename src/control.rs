@@ -17,17 +17,33 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
-    /// Keep tunnels to the agent pods matching `agents` (a label selector) in `namespace`.
+    /// Keep tunnels to the agent pods matching `agents` (a label selector) in `namespace`,
+    /// and deliver the connections they take over to `forwards`.
     AddSession {
         name: String,
         namespace: String,
         agents: String,
         token: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        forwards: Vec<Forward>,
     },
     RemoveSession {
         name: String,
     },
     Status,
+    /// The app container's environment, from one of the session's agents.
+    Environment {
+        name: String,
+    },
+}
+
+/// Where connections for one of the app's ports go on the workstation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The app container's port the agent took over.
+    pub app_port: u16,
+    pub local_host: String,
+    pub local_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +51,12 @@ pub enum ControlRequest {
 pub enum ControlReply {
     Done,
     Status(DaemonStatus),
-    Failed { reason: String },
+    Environment {
+        variables: std::collections::BTreeMap<String, String>,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +188,7 @@ mod tests {
             namespace: "shop".into(),
             agents: "app=web".into(),
             token: "t".into(),
+            forwards: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&add).expect("json"),

@@ -7,7 +7,9 @@
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
 //! - [`logging`]: the daemons' log format;
 //! - with the `client` feature (default): kubectl-style flags and client construction
-//!   ([`cluster`]), workload references ([`workload`]) and error reporting ([`cli`]).
+//!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
+//!   their exact restoration ([`session`]), env output ([`env`]), the plugins' shared
+//!   command line ([`plugin`]) and error reporting ([`cli`]).
 
 pub mod control;
 pub mod logging;
@@ -18,5 +20,13 @@ pub mod tunnel;
 pub mod cli;
 #[cfg(feature = "client")]
 pub mod cluster;
+#[cfg(feature = "client")]
+pub mod env;
+#[cfg(feature = "client")]
+pub mod inject;
+#[cfg(feature = "client")]
+pub mod plugin;
+#[cfg(feature = "client")]
+pub mod session;
 #[cfg(feature = "client")]
 pub mod workload;

@@ -1,10 +1,14 @@
 //! kubedev-agent: the traffic agent that runs as a container in the workload's pods.
 
 mod flows;
+mod intercept;
 mod serve;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use kubedev::protocol::AgentConfig;
 
 use clap::Parser;
 
@@ -19,8 +23,12 @@ struct Cli {
     listen: SocketAddr,
 
     /// The session token; the plugins set it in the pod spec.
-    #[arg(long, env = "KUBEDEV_AGENT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = kubedev::protocol::AGENT_TOKEN_ENV, hide_env_values = true)]
     token: String,
+
+    /// What the agent does besides serving sessions (JSON; the plugins set it).
+    #[arg(long, env = kubedev::protocol::AGENT_CONFIG_ENV, value_parser = parse_config, default_value = "{}", hide_env_values = true)]
+    config: AgentConfig,
 
     /// Seconds a UDP flow may stay idle before the agent closes it.
     #[arg(long, env = "KUBEDEV_AGENT_UDP_IDLE_SECS", default_value_t = 60)]
@@ -35,5 +43,32 @@ async fn main() -> anyhow::Result<()> {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
     };
-    serve::run(cli.listen, settings).await
+    let sessions = Arc::new(serve::Sessions::default());
+    let serving = async {
+        tokio::try_join!(
+            serve::run(cli.listen, settings, sessions.clone()),
+            intercept::serve(cli.config.listeners, sessions),
+        )
+    };
+    tokio::select! {
+        served = serving => served.map(|_| ()),
+        stopped = stop_signal() => stopped,
+    }
+}
+
+/// As PID 1 of its container the agent gets no default signal handling: without this,
+/// SIGTERM would be ignored and every pod would wait out its grace period.
+async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping on signal");
+    Ok(())
+}
+
+fn parse_config(text: &str) -> Result<AgentConfig, String> {
+    serde_json::from_str(text).map_err(|err| format!("invalid agent configuration: {err}"))
 }

@@ -2,40 +2,83 @@
 
 use clap::Parser;
 use kubedev::cluster::ClusterArgs;
+use kubedev::inject::Mode;
+use kubedev::plugin::{Manage, ModeArgs, SessionArgs};
+use kubedev::session::PortMapping;
 use kubedev::workload::WorkloadRef;
 
 const EXAMPLES: &str = "\
 Examples:
-  # Send every request for deployment/web's service port to localhost:8080
+  # Send every request for deployment/web's service port to localhost:8080, until Ctrl-C
   kubectl intercept web --port 8080
 
-  # Only requests carrying the header x-dev=alice; everything else stays on the app
-  kubectl intercept web --port 8080 --http-header x-dev=alice
+  # The service has several ports: take port 80 (or its name, e.g. http)
+  kubectl intercept web --port 8080:80
+
+  # Run the local server with the container's environment; the session ends with it
+  kubectl intercept web --port 8080 -- ./server --listen :8080
+
+  # Keep the session in the background, then end it
+  kubectl intercept web --port 8080 --detach --env-file web.env
+  kubectl intercept list
+  kubectl intercept leave web
 
   # A StatefulSet in another namespace
   kubectl intercept statefulset/db -n data --port 5432";
 
-/// Route requests for a workload's service ports to a process on this machine,
-/// with the workload's environment, volumes and cluster network available locally.
+/// Route requests for a workload's service ports to a process on this machine, with the
+/// workload's environment and the cluster's network available locally. The app keeps
+/// running in the cluster; the workload is restored exactly when the session ends.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl intercept", version, after_help = EXAMPLES)]
+#[command(
+    name = "kubectl intercept",
+    bin_name = "kubectl intercept",
+    version,
+    after_help = EXAMPLES,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    manage: Option<Manage>,
+
     /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    workload: WorkloadRef,
+    /// A workload named list, leave or status is given as deployment/NAME.
+    #[arg(required = true)]
+    workload: Option<WorkloadRef>,
+
+    /// LOCAL[:SERVICE-PORT]: send the service port (number or name; optional when the
+    /// service has one port) to LOCAL on this machine. Repeat for several ports.
+    #[arg(short = 'p', long = "port", value_name = "LOCAL[:SERVICE-PORT]")]
+    ports: Vec<PortMapping>,
+
+    /// The Service whose traffic to take (when several select the pods).
+    #[arg(long)]
+    service: Option<String>,
+
+    /// The address on this machine that receives the connections.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+
+    #[command(flatten)]
+    session: SessionArgs,
 
     #[command(flatten)]
     cluster: ClusterArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    kubedev::cli::exit_status(run())
-}
-
-fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!(
-        "intercepting {} is not available in kubedev {} yet",
+    let mode_args = ModeArgs {
+        ports: cli.ports,
+        service: cli.service,
+        address: Some(cli.address),
+    };
+    kubedev::plugin::main(
+        Mode::Intercept,
+        cli.cluster,
+        cli.manage,
         cli.workload,
-        env!("CARGO_PKG_VERSION")
+        cli.session,
+        mode_args,
     )
 }

@@ -14,13 +14,14 @@ pub mod codec;
 pub mod handshake;
 pub mod mux;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
 /// solely through the Kubernetes API's port-forward.
@@ -65,6 +66,12 @@ pub enum OpenRequest {
     Resolve { name: String },
     /// Prove the session is alive end to end; answered with [`OpenReply::Pong`].
     Ping,
+    /// The app container's environment, as the kubelet resolved it for the agent;
+    /// answered with [`OpenReply::Environment`].
+    Environment,
+    /// From the agent: a connection arrived for the app container's `port`; the
+    /// workstation answers `Connected` once its local server accepted it.
+    Inbound { port: u16 },
 }
 
 /// The answer to an [`OpenRequest`].
@@ -79,6 +86,36 @@ pub enum OpenReply {
     Failed { reason: String },
     /// The answer to [`OpenRequest::Ping`].
     Pong,
+    /// The answer to [`OpenRequest::Environment`].
+    Environment { variables: BTreeMap<String, String> },
+}
+
+/// The agent's environment variable holding its [`AgentConfig`] (JSON).
+pub const AGENT_CONFIG_ENV: &str = "KUBEDEV_AGENT_CONFIG";
+/// The agent's environment variable holding the session token.
+pub const AGENT_TOKEN_ENV: &str = "KUBEDEV_AGENT_TOKEN";
+/// The app container's variables appear in the agent's environment under this prefix, so
+/// they never collide with the agent's own.
+pub const APP_ENV_PREFIX: &str = "KUBEDEV_APP_";
+
+/// What the plugins tell an agent about its job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Ports the agent listens on in the pod, for connections bound for the workstation.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// One port the agent took over from the app container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    /// Where the agent listens, on every address of the pod.
+    pub port: u16,
+    /// The app container's port this stands for: the workstation is told this one.
+    pub app_port: u16,
+    /// Whether the app container still runs (intercept): connections no workstation takes
+    /// go to it, on localhost. Otherwise (replace) they are refused.
+    pub app_running: bool,
 }
 
 /// How often tunneld checks that a session is alive; port-forwards through proxies and
@@ -105,6 +142,11 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&reply).expect("json"),
             r#"{"result":"resolved","addresses":["10.96.0.10"]}"#
+        );
+        let inbound = OpenRequest::Inbound { port: 8080 };
+        assert_eq!(
+            serde_json::to_string(&inbound).expect("json"),
+            r#"{"kind":"inbound","port":8080}"#
         );
         let refused: HelloReply =
             serde_json::from_str(r#"{"result":"refused","reason":"bad token"}"#).expect("json");

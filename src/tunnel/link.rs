@@ -1,6 +1,7 @@
 //! [`AgentLink`]: one handshaken, multiplexed session with one agent, over any byte stream
 //! (a port-forward in production, a loopback TCP connection in component tests).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -80,6 +81,15 @@ impl AgentLink {
         };
         match self.request(&request).await?.1 {
             OpenReply::Resolved { addresses } => Ok(addresses),
+            OpenReply::Failed { reason } => Err(LinkError::Refused(reason)),
+            other => Err(LinkError::Unexpected(other)),
+        }
+    }
+
+    /// The app container's environment, as the agent got it from the kubelet.
+    pub async fn environment(&self) -> Result<BTreeMap<String, String>, LinkError> {
+        match self.request(&OpenRequest::Environment).await?.1 {
+            OpenReply::Environment { variables } => Ok(variables),
             OpenReply::Failed { reason } => Err(LinkError::Refused(reason)),
             other => Err(LinkError::Unexpected(other)),
         }

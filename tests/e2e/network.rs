@@ -124,7 +124,11 @@ async fn workstation_reaches_services_and_pods_by_name_and_address() {
     };
     let name = fqdn.clone();
     let over_tcp = workstation.inside(move || resolve_over_tcp(&dns, &name));
-    assert_eq!(over_tcp, std::slice::from_ref(&cluster_ip), "{fqdn} over TCP");
+    assert_eq!(
+        over_tcp,
+        std::slice::from_ref(&cluster_ip),
+        "{fqdn} over TCP"
+    );
 
     // Names outside the cluster still go to the workstation's own nameserver.
     let outside = workstation.run(&[&probe, "resolve", "example.com", ""]);

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -154,25 +154,49 @@ impl TestNamespace {
     /// Creates the echo server: a Deployment answering HTTP on 8080, TCP echo on 7000
     /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
     pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {
-        let labels = json!({"app": name});
-        let echo = json!({
-            "name": "echo",
-            "image": ECHO_IMAGE,
-            "imagePullPolicy": "Never",
-            "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000", "--bulk", "9100"],
-            "ports": [
-                {"name": "http", "containerPort": 8080},
-                {"name": "tcp-echo", "containerPort": 7000},
-                {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"},
-                {"name": "bulk", "containerPort": 9100}
-            ],
-            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
-        });
-        let deployment = single_container_deployment(name, replicas, echo)?;
+        let deployment = single_container_deployment(name, replicas, echo_container())?;
+        self.api::<Deployment>()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .context("create echo deployment")?;
+        let service = self.create_echo_service(name).await?;
+        self.wait_deployment_ready(name).await?;
+        Ok(service)
+    }
+
+    /// The echo server as a StatefulSet (and its Service, which it names as its own).
+    pub async fn deploy_echo_statefulset(&self, name: &str, replicas: i32) -> anyhow::Result<()> {
+        let deployment = single_container_deployment(name, replicas, echo_container())?;
+        let mut spec = serde_json::to_value(deployment.spec)?;
+        spec["serviceName"] = json!(name);
+        let statefulset: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": spec
+        }))?;
+        self.create_echo_service(name).await?;
+        self.api::<StatefulSet>()
+            .create(&PostParams::default(), &statefulset)
+            .await
+            .context("create echo statefulset")?;
+        let ready = await_condition(
+            self.api::<StatefulSet>(),
+            name,
+            move |sts: Option<&StatefulSet>| {
+                sts.and_then(|s| s.status.as_ref())
+                    .is_some_and(|status| status.ready_replicas == Some(replicas))
+            },
+        );
+        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
+            .await
+            .with_context(|| format!("statefulset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    async fn create_echo_service(&self, name: &str) -> anyhow::Result<Service> {
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {
-                "selector": labels,
+                "selector": {"app": name},
                 "ports": [
                     {"name": "http", "port": 8080, "targetPort": "http"},
                     {"name": "tcp-echo", "port": 7000, "targetPort": "tcp-echo"},
@@ -180,17 +204,10 @@ impl TestNamespace {
                 ]
             }
         }))?;
-        self.api::<Deployment>()
-            .create(&PostParams::default(), &deployment)
-            .await
-            .context("create echo deployment")?;
-        let service = self
-            .api::<Service>()
+        self.api::<Service>()
             .create(&PostParams::default(), &service)
             .await
-            .context("create echo service")?;
-        self.wait_deployment_ready(name).await?;
-        Ok(service)
+            .context("create echo service")
     }
 
     /// Waits until every replica of the Deployment is updated and available.
@@ -247,11 +264,41 @@ impl TestNamespace {
     }
 
     /// Runs a command in a pod with `kubectl exec` and returns its stdout.
+    /// GETs `path` from `host:port` (a Service name resolves as in the pod) from the client
+    /// pod, and returns the response body.
+    pub fn http_get(&self, client: &str, target: &str, path: &str) -> anyhow::Result<String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+        let response = self.exec(client, &["probe", "tcp", target, &request])?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("not an HTTP response: {response:?}"))?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        Ok(body.to_owned())
+    }
+
     pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["exec", pod, "--"];
         args.extend_from_slice(command);
         self.kubectl_ok(&args)
     }
+}
+
+/// The echo server's container: HTTP on 8080, TCP echo on 7000, UDP echo on 9000.
+fn echo_container() -> serde_json::Value {
+    json!({
+        "name": "echo",
+        "image": ECHO_IMAGE,
+        "imagePullPolicy": "Never",
+        "args": ["--http", "8080", "--tcp", "7000", "--udp", "9000", "--bulk", "9100"],
+        "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "tcp-echo", "containerPort": 7000},
+            {"name": "udp-echo", "containerPort": 9000, "protocol": "UDP"},
+            {"name": "bulk", "containerPort": 9100}
+        ],
+        // By name: intercept renames the app's port, and the probe must keep working.
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}
+    })
 }
 
 /// A Deployment of `replicas` pods labelled `app=NAME`, each running `container`.

@@ -164,6 +164,7 @@ impl Workstation {
             namespace: namespace.into(),
             agents: selector.into(),
             token: token.into(),
+            forwards: Vec::new(),
         };
         control::request(&self.socket, &add)
             .await
@@ -230,6 +231,65 @@ impl Workstation {
             let _ = file.read_to_string(&mut text);
         }
         text
+    }
+
+    /// Runs a kubedev plugin (`kubectl-intercept`, ...) inside the workstation, as a
+    /// developer would, against the cluster as cluster-admin. Its tunneld lives in the
+    /// workstation's state directory.
+    pub fn plugin(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(workspace_binary(plugin))
+            .args(args)
+            .env("KUBECONFIG", &cluster.admin_kubeconfig)
+            .env("KUBEDEV_TUNNELD", tunneld_binary())
+            .env("KUBEDEV_RUNTIME_DIR", &self.state_dir)
+            .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
+            .env("KUBEDEV_LOG", "info")
+            .output()
+            .expect("plugin runs")
+    }
+
+    /// Runs a plugin and returns its stdout, panicking with its output on failure.
+    pub fn plugin_ok(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> String {
+        let output = self.plugin(cluster, plugin, args);
+        assert!(
+            output.status.success(),
+            "{plugin} {} failed ({}):\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// An HTTP server on 127.0.0.1:`port` inside the workstation that answers every request
+    /// with `local <name>: <request line>`; it stops when the value drops.
+    pub fn serve_http(&self, port: u16, name: &str) -> LocalServer {
+        let listener = self.inside(move || {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the local server")
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let name = name.to_owned();
+        let stopping = stop.clone();
+        let serving = listener.try_clone().expect("listener");
+        std::thread::spawn(move || {
+            for connection in serving.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(connection) = connection else { continue };
+                let name = name.clone();
+                std::thread::spawn(move || answer_http(connection, &name));
+            }
+        });
+        LocalServer {
+            port,
+            netns: self.netns.clone(),
+            stop,
+            _listener: listener,
+        }
     }
 
     /// Runs systemd-resolved inside the workstation, as the system resolver, on a D-Bus
@@ -366,6 +426,62 @@ impl Drop for Workstation {
     }
 }
 
+/// A server the test runs on the workstation.
+#[derive(Debug)]
+pub struct LocalServer {
+    port: u16,
+    netns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _listener: std::net::TcpListener,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accepting thread so it sees the flag.
+        if let Ok(netns) = fs::File::open(format!("/run/netns/{}", self.netns)) {
+            let port = self.port;
+            let _ = std::thread::spawn(move || {
+                nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            })
+            .join();
+        }
+    }
+}
+
+fn answer_http(mut connection: std::net::TcpStream, name: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(reader) = connection.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // Skip the headers; requests in these tests have no body.
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header.trim().is_empty() {
+                break;
+            }
+        }
+        let body = format!("local {name}: {}\n", request_line.trim());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+            body.len()
+        );
+        if connection.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
 /// systemd-resolved and its D-Bus daemon, stopped when dropped.
 #[derive(Debug)]
 struct SystemdResolved {
@@ -450,13 +566,17 @@ fn remove_abandoned() {
 
 /// The tunneld binary under test (`make test-e2e` builds it first).
 fn tunneld_binary() -> PathBuf {
-    let path = std::env::var_os("KUBEDEV_TUNNELD").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tunneld"),
-        PathBuf::from,
-    );
+    std::env::var_os("KUBEDEV_TUNNELD").map_or_else(|| workspace_binary("tunneld"), PathBuf::from)
+}
+
+/// A binary of the workspace (`make test-e2e` builds them first).
+fn workspace_binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/debug")
+        .join(name);
     assert!(
         path.exists(),
-        "no tunneld at {}: run `cargo build -p tunneld` first",
+        "no {name} at {}: run `cargo build` first",
         path.display()
     );
     path

@@ -11,10 +11,13 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use kubedev::control::Forward;
 use kubedev::protocol::KEEPALIVE_INTERVAL;
 use kubedev::tunnel::{AgentLink, link_through_port_forward};
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::inbound;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -26,6 +29,8 @@ pub(crate) struct AgentSelector {
     /// A label selector (`app=web,kubedev/session=abc`).
     pub(crate) labels: String,
     pub(crate) token: String,
+    /// Where the connections the agents take over go on this machine.
+    pub(crate) forwards: Arc<[Forward]>,
 }
 
 /// A link's key: the session it serves and its pod.
@@ -87,6 +92,27 @@ impl AgentPool {
                     let turn = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
                     return Some(live[turn].clone());
                 }
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A live link of `session`; waits up to `wait` for one to come up.
+    pub(crate) async fn pick_for(&self, session: &str, wait: Duration) -> Option<AgentLink> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let added = self.link_added.notified();
+            if let Some(link) = self
+                .links
+                .read()
+                .await
+                .iter()
+                .find(|((owner, _), link)| owner == session && !link.is_closed())
+                .map(|(_, link)| link.clone())
+            {
+                return Some(link);
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
                 return None;
@@ -219,7 +245,7 @@ async fn supervise_pod(
         match link_through_port_forward(client.clone(), &selector.namespace, &pod, &selector.token)
             .await
         {
-            Ok((link, _inbound)) => {
+            Ok((link, inbound_rx)) => {
                 tracing::info!(
                     "linked to {} in pod {}/{pod}",
                     link.agent(),
@@ -228,7 +254,10 @@ async fn supervise_pod(
                 retry = FIRST_RETRY;
                 pool.links.write().await.insert(key.clone(), link.clone());
                 pool.link_added.notify_waiters();
+                let delivering =
+                    tokio::spawn(inbound::deliver_all(inbound_rx, selector.forwards.clone()));
                 keep_alive(&link).await;
+                delivering.abort();
                 pool.links.write().await.remove(&key);
                 tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
             }

@@ -32,6 +32,9 @@ pub(crate) struct Settings {
     pub(crate) idle_exit: Duration,
 }
 
+/// How long an environment request waits for a session's agent to be linked.
+const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
+
 /// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
 #[derive(Debug)]
 enum Resolver {
@@ -154,21 +157,25 @@ impl Daemon {
                 namespace,
                 agents,
                 token,
-            } => self.add_session(name, namespace, agents, token).await,
+                forwards,
+            } => {
+                let selector = AgentSelector {
+                    namespace,
+                    labels: agents,
+                    token,
+                    forwards: forwards.into(),
+                };
+                self.add_session(name, selector).await
+            }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
             ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Environment { name } => self.environment(&name).await,
         };
         write_message(&mut stream, &reply).await?;
         Ok(())
     }
 
-    async fn add_session(
-        &self,
-        name: String,
-        namespace: String,
-        agents: String,
-        token: String,
-    ) -> ControlReply {
+    async fn add_session(&self, name: String, selector: AgentSelector) -> ControlReply {
         let mut sessions = self.sessions.lock().await;
         if sessions.contains_key(&name) {
             return ControlReply::Failed {
@@ -176,11 +183,7 @@ impl Daemon {
             };
         }
         let stop = CancellationToken::new();
-        let selector = AgentSelector {
-            namespace: namespace.clone(),
-            labels: agents,
-            token,
-        };
+        let namespace = selector.namespace.clone();
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
         tracing::info!("session {name} added (namespace {namespace})");
@@ -189,6 +192,20 @@ impl Daemon {
         self.sessions_changed.notify_waiters();
         self.start_network(&namespace).await;
         ControlReply::Done
+    }
+
+    async fn environment(&self, name: &str) -> ControlReply {
+        let Some(link) = self.pool.pick_for(name, ENVIRONMENT_WAIT).await else {
+            return ControlReply::Failed {
+                reason: format!("no agent of session {name:?} is linked"),
+            };
+        };
+        match link.environment().await {
+            Ok(variables) => ControlReply::Environment { variables },
+            Err(err) => ControlReply::Failed {
+                reason: format!("environment of session {name:?}: {err}"),
+            },
+        }
     }
 
     async fn remove_session(&self, name: &str) -> ControlReply {

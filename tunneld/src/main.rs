@@ -3,6 +3,7 @@
 mod agents;
 mod cidrs;
 mod daemon;
+mod inbound;
 mod network;
 
 use std::path::PathBuf;

@@ -1,11 +1,19 @@
-//! Workload references as users type them: `NAME` (a Deployment) or `KIND/NAME`,
-//! with the kinds and short names kubectl accepts.
+//! Workloads: references as users type them (`NAME`, a Deployment, or `KIND/NAME`, with the
+//! kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
+//! waiting for their pods ([`wait_for_pods`]).
+
+mod object;
+mod rollout;
 
 use std::fmt;
+
+pub use object::Workload;
+pub use rollout::{Progress, RolloutError, wait_for_pods};
 use std::str::FromStr;
 
 /// The kinds of workload whose pod template kubedev can patch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -26,6 +34,15 @@ impl WorkloadKind {
         }
     }
 
+    /// The API resource, as RBAC rules and `kubectl auth can-i` name it.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployments",
+            Self::StatefulSet => "statefulsets",
+            Self::ReplicaSet => "replicasets",
+        }
+    }
+
     /// The resource name kubectl prints (`deployment`, `statefulset`, `replicaset`).
     pub fn resource(self) -> &'static str {
         match self {
@@ -37,7 +54,7 @@ impl WorkloadKind {
 }
 
 /// A workload named on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadRef {
     pub kind: WorkloadKind,
     pub name: String,

@@ -1,0 +1,109 @@
+//! The ports the agent took over from the app container: every connection goes to a
+//! workstation through one of the live sessions (a stream the agent opens toward it), or,
+//! when no workstation takes it, to the app container on localhost (intercept) or nowhere
+//! (replace: the app is gone).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kubedev::protocol::codec::{read_message, write_message};
+use kubedev::protocol::{HANDSHAKE_TIMEOUT, Listener, OpenReply, OpenRequest};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::serve::Sessions;
+
+const TCP_CHUNK: usize = 64 * 1024;
+
+/// Listens on every port in `listeners` until the process ends.
+pub(crate) async fn serve(listeners: Vec<Listener>, sessions: Arc<Sessions>) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let socket = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], listener.port))).await?;
+        tracing::info!(
+            "taking connections for the app's port {} on port {}",
+            listener.app_port,
+            listener.port
+        );
+        let sessions = sessions.clone();
+        tasks.spawn(async move {
+            loop {
+                match socket.accept().await {
+                    Ok((connection, peer)) => {
+                        tokio::spawn(deliver(
+                            connection,
+                            peer,
+                            listener.clone(),
+                            sessions.clone(),
+                        ));
+                    }
+                    Err(err) => tracing::warn!("accepting on port {}: {err}", listener.port),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn deliver(
+    mut connection: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    sessions: Arc<Sessions>,
+) {
+    let _ = connection.set_nodelay(true);
+    for session in sessions.live() {
+        match to_workstation(&session, listener.app_port).await {
+            Ok(mut stream) => {
+                tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut connection,
+                    &mut stream,
+                    TCP_CHUNK,
+                    TCP_CHUNK,
+                )
+                .await;
+                return;
+            }
+            Err(reason) => tracing::debug!("{peer} -> port {}: {reason}", listener.app_port),
+        }
+    }
+    if !listener.app_running {
+        return tracing::debug!(
+            "{peer} -> port {}: no workstation, closed",
+            listener.app_port
+        );
+    }
+    match TcpStream::connect(("127.0.0.1", listener.app_port)).await {
+        Ok(mut app) => {
+            let _ = app.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut connection,
+                &mut app,
+                TCP_CHUNK,
+                TCP_CHUNK,
+            )
+            .await;
+        }
+        Err(err) => tracing::warn!("{peer} -> the app's port {}: {err}", listener.app_port),
+    }
+}
+
+async fn to_workstation(
+    session: &kubedev::protocol::mux::MuxHandle,
+    app_port: u16,
+) -> Result<kubedev::protocol::mux::MuxStream, String> {
+    let mut stream = session.open().await.map_err(|err| err.to_string())?;
+    write_message(&mut stream, &OpenRequest::Inbound { port: app_port })
+        .await
+        .map_err(|err| err.to_string())?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
+        .await
+        .map_err(|_| "the workstation did not answer".to_owned())?
+        .map_err(|err| err.to_string())?;
+    match reply {
+        OpenReply::Connected => Ok(stream),
+        OpenReply::Failed { reason } => Err(format!("the workstation refused: {reason}")),
+        other => Err(format!("unexpected answer from the workstation: {other:?}")),
+    }
+}

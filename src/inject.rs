@@ -1,0 +1,369 @@
+//! Adding the agent to a pod template, without a webhook: the plugins rewrite the
+//! workload's template themselves and keep the original (see [`crate::session`]) so that
+//! restoring gives it back exactly.
+//!
+//! The agent container gets the app container's `env` and `envFrom` under
+//! [`APP_ENV_PREFIX`] (the kubelet resolves secrets, configMaps and fieldRefs for it), its
+//! volume mounts under [`VOLUMES_ROOT`] (read-only for ingest) and its securityContext, so
+//! files it serves have the owner the app sees.
+//!
+//! - **intercept**: for each intercepted port the agent listens on a free port and takes
+//!   over the Service's target: a named targetPort moves from the app's port to the
+//!   agent's (probes of the app that used the name get the number instead); a numeric one
+//!   is pointed at a name the agent's port gets ([`Injected::service_targets`]). The app
+//!   keeps running and gets every connection no workstation takes.
+//! - **replace**: the app container is removed; the agent listens on its ports, under the
+//!   same names.
+//! - **ingest**: only the agent is added; no traffic moves.
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvFromSource, EnvVar, PodTemplateSpec, Probe, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::protocol::{
+    AGENT_CONFIG_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig, Listener,
+};
+
+/// The agent container's name.
+pub const AGENT_CONTAINER: &str = "kubedev-agent";
+/// Where the agent sees the app container's volumes.
+pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
+/// The pod label that marks a session's pods (its value is the session name).
+pub const SESSION_LABEL: &str = "kubedev.io/session";
+/// The first port tried for the agent's intercept listeners.
+const FIRST_LISTEN_PORT: u16 = 7330;
+
+/// The three modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Intercept,
+    Replace,
+    Ingest,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Intercept => "intercept",
+            Self::Replace => "replace",
+            Self::Ingest => "ingest",
+        })
+    }
+}
+
+/// A Service's `targetPort`, which intercept takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Named(String),
+    Number(u16),
+}
+
+impl TargetPort {
+    pub fn from_int_or_string(value: &IntOrString) -> Option<Self> {
+        match value {
+            IntOrString::Int(number) => u16::try_from(*number).ok().map(Self::Number),
+            IntOrString::String(name) => match name.parse::<u16>() {
+                Ok(number) => Some(Self::Number(number)),
+                Err(_) => Some(Self::Named(name.clone())),
+            },
+        }
+    }
+}
+
+/// What to inject.
+#[derive(Debug, Clone)]
+pub struct InjectSpec<'a> {
+    pub mode: Mode,
+    pub session: &'a str,
+    /// The app container.
+    pub container: &'a str,
+    pub agent_image: &'a str,
+    pub token: &'a str,
+    /// intercept: the Service target ports to take over.
+    pub intercepted: &'a [TargetPort],
+}
+
+/// The rewritten template, and what else must change with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injected {
+    pub template: PodTemplateSpec,
+    /// Numeric Service targetPorts to point at the agent: (the number, the port name).
+    pub service_targets: Vec<(u16, String)>,
+    /// The agent's listeners, by the app port they stand for.
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("the pod template has no container {0:?}")]
+    NoSuchContainer(String),
+    #[error("container {container:?} has no port named {port:?}")]
+    NoSuchPort { container: String, port: String },
+    #[error("the pods already have a kubedev agent: end that session first (`leave`)")]
+    AlreadyInjected,
+    #[error("no free port for the agent in the pod")]
+    NoFreePort,
+}
+
+/// Adds the agent to `template` for `spec`.
+pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injected, InjectError> {
+    let mut template = template.clone();
+    let pod = template.spec.get_or_insert_with(Default::default);
+    if pod.containers.iter().any(|c| c.name == AGENT_CONTAINER) {
+        return Err(InjectError::AlreadyInjected);
+    }
+    let app_index = pod
+        .containers
+        .iter()
+        .position(|c| c.name == spec.container)
+        .ok_or_else(|| InjectError::NoSuchContainer(spec.container.to_owned()))?;
+    let mut used_ports: Vec<u16> = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .chain([AGENT_PORT])
+        .collect();
+
+    let mut agent_ports = Vec::new();
+    let mut listeners = Vec::new();
+    let mut service_targets = Vec::new();
+    match spec.mode {
+        Mode::Intercept => {
+            let app = &mut pod.containers[app_index];
+            for target in spec.intercepted {
+                let listen = free_port(&used_ports)?;
+                used_ports.push(listen);
+                let (app_port, name) = match target {
+                    TargetPort::Named(name) => (take_port_name(app, name)?, name.clone()),
+                    TargetPort::Number(number) => {
+                        let name = format!("kd-{number}");
+                        service_targets.push((*number, name.clone()));
+                        (*number, name)
+                    }
+                };
+                agent_ports.push(ContainerPort {
+                    name: Some(name),
+                    container_port: i32::from(listen),
+                    ..ContainerPort::default()
+                });
+                listeners.push(Listener {
+                    port: listen,
+                    app_port,
+                    app_running: true,
+                });
+            }
+        }
+        Mode::Replace => {
+            let app = pod.containers.remove(app_index);
+            for port in app.ports.iter().flatten() {
+                let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
+                let Ok(number) = u16::try_from(port.container_port) else {
+                    continue;
+                };
+                if tcp {
+                    agent_ports.push(ContainerPort {
+                        name: port.name.clone(),
+                        container_port: port.container_port,
+                        ..ContainerPort::default()
+                    });
+                    listeners.push(Listener {
+                        port: number,
+                        app_port: number,
+                        app_running: false,
+                    });
+                }
+            }
+            pod.containers
+                .push(agent_container(&app, spec, agent_ports, &listeners));
+            label(&mut template, spec.session);
+            return Ok(Injected {
+                template,
+                service_targets,
+                listeners,
+            });
+        }
+        Mode::Ingest => {}
+    }
+    let app = pod.containers[app_index].clone();
+    pod.containers
+        .push(agent_container(&app, spec, agent_ports, &listeners));
+    label(&mut template, spec.session);
+    Ok(Injected {
+        template,
+        service_targets,
+        listeners,
+    })
+}
+
+fn label(template: &mut PodTemplateSpec, session: &str) {
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(SESSION_LABEL.to_owned(), session.to_owned());
+}
+
+fn free_port(used: &[u16]) -> Result<u16, InjectError> {
+    (FIRST_LISTEN_PORT..FIRST_LISTEN_PORT + 100)
+        .find(|port| !used.contains(port))
+        .ok_or(InjectError::NoFreePort)
+}
+
+/// Removes `name` from the app container's port (the agent's port takes it) and returns
+/// the port's number; the app's probes and hooks that used the name get the number.
+fn take_port_name(app: &mut Container, name: &str) -> Result<u16, InjectError> {
+    let port = app
+        .ports
+        .iter_mut()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .ok_or_else(|| InjectError::NoSuchPort {
+            container: app.name.clone(),
+            port: name.to_owned(),
+        })?;
+    port.name = None;
+    let number = port.container_port;
+    let by_number = IntOrString::Int(number);
+    let renamed = |value: &mut IntOrString| {
+        if *value == IntOrString::String(name.to_owned()) {
+            *value = by_number.clone();
+        }
+    };
+    for probe in [
+        &mut app.liveness_probe,
+        &mut app.readiness_probe,
+        &mut app.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        rename_in_probe(probe, renamed);
+    }
+    if let Some(lifecycle) = &mut app.lifecycle {
+        for handler in [&mut lifecycle.post_start, &mut lifecycle.pre_stop]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(http) = &mut handler.http_get {
+                renamed(&mut http.port);
+            }
+            if let Some(tcp) = &mut handler.tcp_socket {
+                renamed(&mut tcp.port);
+            }
+        }
+    }
+    u16::try_from(number).map_err(|_| InjectError::NoSuchPort {
+        container: app.name.clone(),
+        port: name.to_owned(),
+    })
+}
+
+fn rename_in_probe(probe: &mut Probe, renamed: impl Fn(&mut IntOrString)) {
+    if let Some(http) = &mut probe.http_get {
+        renamed(&mut http.port);
+    }
+    if let Some(tcp) = &mut probe.tcp_socket {
+        renamed(&mut tcp.port);
+    }
+}
+
+fn agent_container(
+    app: &Container,
+    spec: &InjectSpec<'_>,
+    ports: Vec<ContainerPort>,
+    listeners: &[Listener],
+) -> Container {
+    let config = AgentConfig {
+        listeners: listeners.to_vec(),
+    };
+    let mut env = vec![
+        EnvVar {
+            name: AGENT_TOKEN_ENV.to_owned(),
+            value: Some(spec.token.to_owned()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: AGENT_CONFIG_ENV.to_owned(),
+            value: Some(serde_json::to_string(&config).unwrap_or_default()),
+            ..EnvVar::default()
+        },
+    ];
+    let app_env = app.env.as_deref().unwrap_or_default();
+    env.extend(app_env.iter().enumerate().map(|(index, var)| {
+        // The kubelet expands references to variables defined earlier in the list only.
+        let earlier: Vec<&str> = app_env[..index].iter().map(|v| v.name.as_str()).collect();
+        EnvVar {
+            name: format!("{APP_ENV_PREFIX}{}", var.name),
+            value: var.value.as_deref().map(|v| prefix_references(v, &earlier)),
+            value_from: var.value_from.clone(),
+        }
+    }));
+    let env_from: Vec<EnvFromSource> = app
+        .env_from
+        .iter()
+        .flatten()
+        .map(|source| EnvFromSource {
+            prefix: Some(format!(
+                "{APP_ENV_PREFIX}{}",
+                source.prefix.as_deref().unwrap_or("")
+            )),
+            ..source.clone()
+        })
+        .collect();
+    let read_only = spec.mode == Mode::Ingest;
+    let mounts: Vec<VolumeMount> = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| VolumeMount {
+            mount_path: format!("{VOLUMES_ROOT}{}", mount.mount_path),
+            read_only: (read_only || mount.read_only == Some(true)).then_some(true),
+            ..mount.clone()
+        })
+        .collect();
+    Container {
+        name: AGENT_CONTAINER.to_owned(),
+        image: Some(spec.agent_image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        env: Some(env),
+        env_from: (!env_from.is_empty()).then_some(env_from),
+        ports: (!ports.is_empty()).then_some(ports),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        security_context: app.security_context.clone(),
+        ..Container::default()
+    }
+}
+
+/// `$(NAME)` references to the app's own variables must name their prefixed copies; the
+/// kubelet leaves `$$(NAME)` (an escaped reference) and names it does not know as they are.
+fn prefix_references(value: &str, app_names: &[&str]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(escaped) = after.strip_prefix("$$") {
+            out.push_str("$$");
+            rest = escaped;
+        } else if let Some(reference) = after
+            .strip_prefix("$(")
+            .and_then(|r| r.find(')').map(|end| &r[..end]))
+            .filter(|name| app_names.contains(name))
+        {
+            out.push_str(&format!("$({APP_ENV_PREFIX}{reference})"));
+            rest = &after[reference.len() + 3..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests;

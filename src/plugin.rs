@@ -1,0 +1,680 @@
+//! What the three plugins share: the session flags, the `list`, `leave` and `status`
+//! subcommands, and running a session in the foreground (until Ctrl-C or until `-- CMD`
+//! exits) or detached (until `leave`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::cluster::{ClusterArgs, Connection};
+use crate::control::{
+    self, ControlError, ControlReply, ControlRequest, DaemonStatus, NetworkStatus,
+};
+use crate::env::{self, EnvSyntax};
+use crate::inject::Mode;
+use crate::session::{self, Plan, PortMapping, Record, Started};
+use crate::workload::{Progress, Workload, WorkloadKind, WorkloadRef};
+
+/// The agent image of this release.
+pub const DEFAULT_AGENT_IMAGE: &str =
+    concat!("ghcr.io/kubedev/kubedev-agent:", env!("CARGO_PKG_VERSION"));
+
+/// Flags every mode takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    /// The app container (needed when the pods have several).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+
+    /// Name of the session (default: the workload's name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Write the container's environment to this file (mode 0600), in --env-syntax.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Write the container's environment to this file (mode 0600) as a JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub env_json: Option<PathBuf>,
+
+    /// The syntax of --env-file.
+    #[arg(long, value_enum, default_value_t = EnvSyntax::Docker)]
+    pub env_syntax: EnvSyntax,
+
+    /// The agent image.
+    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+
+    /// Return once the session is live; it lasts until `leave`.
+    #[arg(long, conflicts_with = "command")]
+    pub detach: bool,
+
+    /// How long to wait for the pods to be ready, e.g. 90s or 5m.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Run this command with the container's environment; the session ends when it exits,
+    /// with its exit status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `list`, `leave` and `status`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Manage {
+    /// List the kubedev sessions in the namespace.
+    List {
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// End a session (or all of them in the namespace) and restore its workload.
+    Leave {
+        /// The session's name, as `list` shows it.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show tunneld's state: the cluster network on this machine and the linked agents.
+    Status {
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 90s or 5m"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("invalid duration {text:?}: use e.g. 90s or 5m")),
+    }
+}
+
+/// A mode's own part of a session request.
+#[derive(Debug, Clone, Default)]
+pub struct ModeArgs {
+    pub ports: Vec<PortMapping>,
+    pub service: Option<String>,
+    pub address: Option<String>,
+}
+
+/// Runs a plugin: a subcommand, or a session on `workload`.
+pub fn main(
+    mode: Mode,
+    cluster: ClusterArgs,
+    manage: Option<Manage>,
+    workload: Option<WorkloadRef>,
+    args: SessionArgs,
+    mode_args: ModeArgs,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return crate::cli::exit_status(Err(err.into())),
+    };
+    runtime.block_on(async move {
+        let result = match (manage, workload) {
+            (Some(manage), _) => run_manage(mode, &cluster, manage)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            (None, Some(workload)) => run_session(mode, &cluster, workload, args, mode_args).await,
+            (None, None) => Err(anyhow::anyhow!("say which workload (see --help)")),
+        };
+        result.unwrap_or_else(|err| {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// The command of a mode, for messages (`kubectl intercept`).
+fn command_of(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Intercept => "kubectl intercept",
+        Mode::Replace => "kubectl replace-container",
+        Mode::Ingest => "kubectl ingest",
+    }
+}
+
+async fn run_session(
+    mode: Mode,
+    cluster: &ClusterArgs,
+    workload: WorkloadRef,
+    args: SessionArgs,
+    mode_args: ModeArgs,
+) -> anyhow::Result<ExitCode> {
+    let connection = cluster.connect().await?;
+    let plan = Plan {
+        mode,
+        name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
+        workload,
+        container: args.container.clone(),
+        agent_image: args.agent_image.clone(),
+        ports: mode_args.ports,
+        service: mode_args.service,
+        address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
+        timeout: args.timeout,
+    };
+    let bar = spinner(format!(
+        "adding the kubedev agent to {} in namespace {}",
+        plan.workload, connection.namespace
+    ));
+    let started = session::start(
+        &connection.client,
+        &connection.namespace,
+        &plan,
+        progress_on(&bar),
+    )
+    .await?;
+    bar.finish_and_clear();
+
+    let live = join_tunneld(&connection, &plan, &started, cluster).await;
+    let variables = match live {
+        Ok(variables) => variables,
+        Err(err) => {
+            end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+            return Err(err);
+        }
+    };
+    report(&plan, &started);
+    if let Err(err) = write_env_files(&args, &variables) {
+        end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+        return Err(err);
+    }
+    if args.detach {
+        eprintln!(
+            "session {:?} is live; end it with `{} leave {}`",
+            plan.name,
+            command_of(mode),
+            plan.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = if args.command.is_empty() {
+        eprintln!("press Ctrl-C to end the session");
+        wait_for_stop_signal().await?;
+        ExitCode::SUCCESS
+    } else {
+        run_command(&args.command, &variables).await?
+    };
+    end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+    Ok(code)
+}
+
+/// Starts tunneld if needed, hands it the session, waits for a link to every pod and
+/// fetches the app's environment.
+async fn join_tunneld(
+    connection: &Connection,
+    plan: &Plan,
+    started: &Started,
+    cluster: &ClusterArgs,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let socket = tunneld_socket(connection)?;
+    let bar = spinner("connecting to the agents".into());
+    control::ensure_running(
+        &socket,
+        tunneld_command(&socket, cluster)?,
+        &socket.with_extension("log"),
+    )
+    .await?;
+    control::request(
+        &socket,
+        &ControlRequest::AddSession {
+            name: plan.name.clone(),
+            namespace: connection.namespace.clone(),
+            agents: started.agents.clone(),
+            token: started.token.clone(),
+            forwards: started.forwards.clone(),
+        },
+    )
+    .await?;
+    let wanted = usize::try_from(started.workload.replicas()).unwrap_or(1);
+    let deadline = tokio::time::Instant::now() + plan.timeout;
+    let status = loop {
+        let status = tunneld_status(&socket).await?;
+        let linked = status
+            .sessions
+            .iter()
+            .find(|s| s.name == plan.name)
+            .map_or(0, |s| s.linked_pods.len());
+        bar.set_message(format!(
+            "connecting to the agents: {linked}/{wanted} linked"
+        ));
+        if linked >= wanted {
+            break status;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tunneld could not reach the agents within {:?}; see {}",
+            plan.timeout,
+            socket.with_extension("log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    if let NetworkStatus::Unavailable { reason } = &status.network {
+        eprintln!(
+            "note: the cluster's network (service names, pod and service IPs) is not available \
+             on this machine: {reason}. Intercepted traffic and the environment work without it."
+        );
+    }
+    match control::request(
+        &socket,
+        &ControlRequest::Environment {
+            name: plan.name.clone(),
+        },
+    )
+    .await?
+    {
+        ControlReply::Environment { variables } => Ok(variables),
+        other => anyhow::bail!("unexpected answer from tunneld: {other:?}"),
+    }
+}
+
+fn report(plan: &Plan, started: &Started) {
+    let what = match plan.mode {
+        Mode::Intercept => "intercepting",
+        Mode::Replace => "replacing",
+        Mode::Ingest => "ingesting",
+    };
+    eprintln!(
+        "{what} container {} of {} ({} pod{})",
+        started.record.container,
+        plan.workload,
+        started.workload.replicas(),
+        if started.workload.replicas() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for forward in &started.forwards {
+        eprintln!(
+            "  port {} -> {}:{}",
+            forward.app_port, forward.local_host, forward.local_port
+        );
+    }
+}
+
+fn write_env_files(args: &SessionArgs, variables: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    if let Some(path) = &args.env_file {
+        env::write_private(path, &env::format(variables, args.env_syntax))?;
+        eprintln!("environment written to {}", path.display());
+    }
+    if let Some(path) = &args.env_json {
+        env::write_private(path, &env::format(variables, EnvSyntax::Json))?;
+        eprintln!("environment written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs `command` with the app's environment on top of ours; its exit status becomes ours.
+/// A signal to the plugin is passed on to it.
+async fn run_command(
+    command: &[String],
+    variables: &BTreeMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let (program, arguments) = command.split_first().context("empty command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(arguments)
+        .envs(variables)
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        stop = wait_for_stop_signal() => {
+            stop?;
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            child.wait().await?
+        }
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+        _ = hangup.recv() => {}
+    }
+    Ok(())
+}
+
+/// Ends a session: tunneld forgets it, and the workload gets its original back.
+async fn end_session(
+    connection: &Connection,
+    name: &str,
+    workload: &WorkloadRef,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if let Ok(socket) = tunneld_socket(connection) {
+        match control::request(
+            &socket,
+            &ControlRequest::RemoveSession { name: name.into() },
+        )
+        .await
+        {
+            Ok(_) | Err(ControlError::NotRunning(_)) => {}
+            Err(err) => eprintln!("warning: {err}"),
+        }
+    }
+    let bar = spinner(format!("restoring {workload}"));
+    session::restore(
+        &connection.client,
+        &connection.namespace,
+        workload,
+        timeout,
+        progress_on(&bar),
+    )
+    .await?;
+    bar.finish_and_clear();
+    eprintln!("{workload} restored");
+    Ok(())
+}
+
+/// One row of `list`.
+#[derive(Debug, Serialize)]
+struct Listed {
+    name: String,
+    mode: Mode,
+    workload: String,
+    container: String,
+    namespace: String,
+    linked_pods: Vec<String>,
+}
+
+async fn sessions_in(connection: &Connection) -> anyhow::Result<Vec<(Workload, Record)>> {
+    let mut found = Vec::new();
+    for kind in [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::ReplicaSet,
+    ] {
+        for workload in Workload::list(&connection.client, &connection.namespace, kind).await? {
+            if workload.is_controlled() {
+                continue;
+            }
+            if let Some(record) = session::record_of(&workload)? {
+                found.push((workload, record));
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn run_manage(mode: Mode, cluster: &ClusterArgs, manage: Manage) -> anyhow::Result<()> {
+    let connection = cluster.connect().await?;
+    let socket = tunneld_socket(&connection)?;
+    match manage {
+        Manage::List { output } => {
+            let daemon = tunneld_status(&socket).await.ok();
+            let rows: Vec<Listed> = sessions_in(&connection)
+                .await?
+                .into_iter()
+                .map(|(workload, record)| Listed {
+                    linked_pods: daemon
+                        .iter()
+                        .flat_map(|d| d.sessions.iter())
+                        .find(|s| s.name == record.name && s.namespace == connection.namespace)
+                        .map(|s| s.linked_pods.clone())
+                        .unwrap_or_default(),
+                    name: record.name,
+                    mode: record.mode,
+                    workload: workload.reference.to_string(),
+                    container: record.container,
+                    namespace: connection.namespace.clone(),
+                })
+                .collect();
+            match output {
+                Some(output) => print!("{}", render(&rows, output)?),
+                None if rows.is_empty() => {
+                    eprintln!("no kubedev sessions in namespace {}", connection.namespace);
+                }
+                None => print!("{}", table(&rows)),
+            }
+        }
+        Manage::Leave { name, all, timeout } => {
+            let sessions = sessions_in(&connection).await?;
+            let chosen: Vec<_> = sessions
+                .iter()
+                .filter(|(_, record)| all || Some(&record.name) == name.as_ref())
+                .collect();
+            if chosen.is_empty() {
+                if all {
+                    eprintln!("no kubedev sessions in namespace {}", connection.namespace);
+                    return Ok(());
+                }
+                anyhow::bail!(
+                    "no session {:?} in namespace {} (see `{} list`)",
+                    name.unwrap_or_default(),
+                    connection.namespace,
+                    command_of(mode)
+                );
+            }
+            for (workload, record) in chosen {
+                end_session(&connection, &record.name, &workload.reference, timeout).await?;
+            }
+        }
+        Manage::Status { output } => {
+            let status = match tunneld_status(&socket).await {
+                Ok(status) => Some(status),
+                Err(ControlError::NotRunning(_)) => None,
+                Err(err) => return Err(err.into()),
+            };
+            match output {
+                Some(output) => print!("{}", render(&status, output)?),
+                None => print!("{}", describe_status(status.as_ref())),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(value)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(value)?,
+    })
+}
+
+fn table(rows: &[Listed]) -> String {
+    let mut lines = vec![[
+        "NAME".to_owned(),
+        "MODE".to_owned(),
+        "WORKLOAD".to_owned(),
+        "CONTAINER".to_owned(),
+        "LINKED PODS".to_owned(),
+    ]];
+    for row in rows {
+        lines.push([
+            row.name.clone(),
+            row.mode.to_string(),
+            row.workload.clone(),
+            row.container.clone(),
+            row.linked_pods.len().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
+    lines
+        .iter()
+        .map(|line| {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            cells.join("   ").trim_end().to_owned() + "\n"
+        })
+        .collect()
+}
+
+fn describe_status(status: Option<&DaemonStatus>) -> String {
+    let Some(status) = status else {
+        return "tunneld is not running (no session on this machine for this context)\n".into();
+    };
+    let mut out = format!("tunneld: running (pid {})\n", status.pid);
+    out += &match &status.network {
+        NetworkStatus::Off => "cluster network: off\n".to_owned(),
+        NetworkStatus::Up {
+            routes,
+            dns,
+            resolver,
+        } => format!(
+            "cluster network: up, routes {}, DNS {dns} (through {resolver})\n",
+            routes.join(" ")
+        ),
+        NetworkStatus::Unavailable { reason } => {
+            format!("cluster network: unavailable: {reason}\n")
+        }
+    };
+    for session in &status.sessions {
+        out += &format!(
+            "session {} (namespace {}): {} linked pod{}\n",
+            session.name,
+            session.namespace,
+            session.linked_pods.len(),
+            if session.linked_pods.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+    }
+    out
+}
+
+async fn tunneld_status(socket: &std::path::Path) -> Result<DaemonStatus, ControlError> {
+    match control::request(socket, &ControlRequest::Status).await? {
+        ControlReply::Status(status) => Ok(status),
+        other => Err(ControlError::Failed(format!(
+            "unexpected answer: {other:?}"
+        ))),
+    }
+}
+
+/// Where this user's tunnelds keep their sockets and state: `$KUBEDEV_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/kubedev`, else a directory in /tmp of this user's own.
+fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KUBEDEV_RUNTIME_DIR") {
+        return dir.into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kubedev"),
+        None => std::env::temp_dir().join(format!("kubedev-{}", nix::unistd::getuid())),
+    }
+}
+
+fn tunneld_socket(connection: &Connection) -> anyhow::Result<PathBuf> {
+    let dir = runtime_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let context = connection.context.as_deref().unwrap_or("default");
+    Ok(control::socket_path(&dir, context))
+}
+
+/// The tunneld to start: `$KUBEDEV_TUNNELD`, else the one beside this plugin, else PATH's.
+fn tunneld_command(
+    socket: &std::path::Path,
+    cluster: &ClusterArgs,
+) -> anyhow::Result<std::process::Command> {
+    let binary = std::env::var_os("KUBEDEV_TUNNELD")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let beside = std::env::current_exe().ok()?.with_file_name("tunneld");
+            beside.exists().then_some(beside)
+        })
+        .unwrap_or_else(|| PathBuf::from("tunneld"));
+    let mut command = std::process::Command::new(binary);
+    command
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(socket.with_extension("state"));
+    if let Some(kubeconfig) = &cluster.kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    if let Some(context) = &cluster.context {
+        command.arg("--context").arg(context);
+    }
+    Ok(command)
+}
+
+fn spinner(message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(message);
+    bar
+}
+
+fn progress_on(bar: &indicatif::ProgressBar) -> impl FnMut(&Progress) + use<> {
+    let bar = bar.clone();
+    let base = bar.message();
+    move |progress| bar.set_message(format!("{base}: {progress}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl_timeouts() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn list_is_a_table_with_aligned_columns() {
+        let rows = [Listed {
+            name: "web".into(),
+            mode: Mode::Intercept,
+            workload: "deployment/web".into(),
+            container: "app".into(),
+            namespace: "shop".into(),
+            linked_pods: vec!["web-1".into()],
+        }];
+        assert_eq!(
+            table(&rows),
+            "NAME   MODE        WORKLOAD         CONTAINER   LINKED PODS\n\
+             web    intercept   deployment/web   app         1\n"
+        );
+        let json = render(&rows, Output::Json).expect("json");
+        assert!(json.contains("\"mode\": \"intercept\""), "{json}");
+        let yaml = render(&rows, Output::Yaml).expect("yaml");
+        assert!(yaml.contains("mode: intercept"), "{yaml}");
+    }
+}

@@ -1,0 +1,514 @@
+//! A session's life in the cluster: injecting the agent into a workload (and, for a numeric
+//! targetPort, pointing its Service at the agent), and restoring both exactly.
+//!
+//! Before anything changes, the original pod template and Service ports are recorded in an
+//! annotation on the workload ([`RECORD_ANNOTATION`]): whoever ends the session, this run
+//! or a later one after a crash, puts back exactly what was there.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
+use kube::api::{Api, PostParams};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::control::Forward;
+use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
+use crate::workload::{Progress, Workload, WorkloadRef, wait_for_pods};
+
+/// The workload annotation holding a session's [`Record`] (JSON).
+pub const RECORD_ANNOTATION: &str = "kubedev.io/session";
+
+/// What a session changed, and the originals to restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub mode: Mode,
+    pub container: String,
+    /// The pod template exactly as it was.
+    pub template: Value,
+    /// Services whose ports were changed, with their original ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub ports: Value,
+}
+
+/// A port the user asked for: `LOCAL[:REMOTE]`, REMOTE a service port (intercept) or a
+/// container port (replace), by number or name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub local: u16,
+    pub remote: Option<String>,
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (local, remote) = match text.split_once(':') {
+            Some((local, remote)) if !remote.is_empty() => (local, Some(remote.to_owned())),
+            Some(_) => return Err(format!("invalid port {text:?}: expected LOCAL[:REMOTE]")),
+            None => (text, None),
+        };
+        let local = local
+            .parse()
+            .map_err(|_| format!("invalid local port {local:?} in {text:?}"))?;
+        Ok(Self { local, remote })
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    pub name: String,
+    pub workload: WorkloadRef,
+    pub container: Option<String>,
+    pub agent_image: String,
+    pub ports: Vec<PortMapping>,
+    /// intercept: the Service to take over (needed when several select the pods).
+    pub service: Option<String>,
+    /// Where intercepted connections go on the workstation.
+    pub address: String,
+    pub timeout: Duration,
+}
+
+/// A session live in the cluster.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub workload: Workload,
+    pub record: Record,
+    pub token: String,
+    /// The label selector of the session's agent pods.
+    pub agents: String,
+    pub forwards: Vec<Forward>,
+}
+
+/// Injects the agent for `plan` and waits for the pods; on any failure after the workload
+/// changed, restores it before returning the error.
+pub async fn start(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    progress: impl FnMut(&Progress),
+) -> anyhow::Result<Started> {
+    let mut workload = Workload::get(client, namespace, &plan.workload).await?;
+    anyhow::ensure!(
+        !workload.is_controlled(),
+        "{} is managed by another workload (its owner would undo any change): name the \
+         owner, e.g. its Deployment, instead",
+        plan.workload
+    );
+    if let Some(existing) = record_of(&workload)? {
+        anyhow::bail!(
+            "{} already has a kubedev session ({} {:?}): end it first with `leave {}`",
+            plan.workload,
+            existing.mode,
+            existing.name,
+            existing.name
+        );
+    }
+    let template = workload.template()?;
+    let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
+    let (targets, service, forwards) = match plan.mode {
+        Mode::Intercept => {
+            let service = choose_service(client, namespace, &template, plan).await?;
+            let (targets, forwards) = intercepted_ports(&service, &template, &container, plan)?;
+            (targets, Some(service), forwards)
+        }
+        Mode::Replace => {
+            let forwards = replaced_ports(&template, &container, plan)?;
+            (Vec::new(), None, forwards)
+        }
+        Mode::Ingest => (Vec::new(), None, Vec::new()),
+    };
+    let token = new_token()?;
+    let injected = inject::inject(
+        &template,
+        &InjectSpec {
+            mode: plan.mode,
+            session: &plan.name,
+            container: &container,
+            agent_image: &plan.agent_image,
+            token: &token,
+            intercepted: &targets,
+        },
+    )?;
+    let mut record = Record {
+        name: plan.name.clone(),
+        mode: plan.mode,
+        container: container.clone(),
+        template: workload
+            .template_value()
+            .cloned()
+            .context("workload without a template")?,
+        services: Vec::new(),
+    };
+    if let Some(service) = service.filter(|_| !injected.service_targets.is_empty()) {
+        record.services.push(ServiceRecord {
+            name: service.metadata.name.clone().unwrap_or_default(),
+            ports: serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))?,
+        });
+    }
+    let annotation = serde_json::to_string(&record)?;
+    workload
+        .write(
+            client,
+            serde_json::to_value(&injected.template)?,
+            RECORD_ANNOTATION,
+            Some(annotation),
+        )
+        .await?;
+    let started = Started {
+        agents: format!("{},{SESSION_LABEL}={}", workload.selector()?, plan.name),
+        workload: workload.clone(),
+        record,
+        token,
+        forwards,
+    };
+    let ready = async {
+        if let Some(service) = started.record.services.first() {
+            point_service_at_agent(client, namespace, &service.name, &injected.service_targets)
+                .await?;
+        }
+        wait_for_pods(client, &workload, true, plan.timeout, progress).await?;
+        anyhow::Ok(())
+    };
+    if let Err(err) = ready.await {
+        let restored = restore(client, namespace, &plan.workload, plan.timeout, |_| {}).await;
+        return Err(match restored {
+            Ok(()) => err.context(format!("{} was restored", plan.workload)),
+            Err(restore_err) => err.context(format!(
+                "restoring {} failed too: {restore_err:#}",
+                plan.workload
+            )),
+        });
+    }
+    Ok(started)
+}
+
+/// Puts back what the session on `reference` changed, and waits for the pods. A workload
+/// without a session is left alone.
+pub async fn restore(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    timeout: Duration,
+    progress: impl FnMut(&Progress),
+) -> anyhow::Result<()> {
+    let mut workload = Workload::get(client, namespace, reference).await?;
+    let Some(record) = record_of(&workload)? else {
+        return Ok(());
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for original in &record.services {
+        let mut service = services
+            .get(&original.name)
+            .await
+            .with_context(|| format!("service {} to restore", original.name))?;
+        if let Some(spec) = service.spec.as_mut() {
+            spec.ports = serde_json::from_value(original.ports.clone())?;
+        }
+        services
+            .replace(&original.name, &PostParams::default(), &service)
+            .await
+            .map_err(|err| crate::cluster::explain(err, "update", "services", namespace))?;
+    }
+    workload
+        .write(client, record.template, RECORD_ANNOTATION, None)
+        .await?;
+    wait_for_pods(client, &workload, false, timeout, progress).await?;
+    Ok(())
+}
+
+/// The session recorded on `workload`, if any.
+pub fn record_of(workload: &Workload) -> anyhow::Result<Option<Record>> {
+    workload
+        .annotation(RECORD_ANNOTATION)
+        .map(|text| {
+            serde_json::from_str(text).with_context(|| {
+                format!(
+                    "{} has an unreadable {RECORD_ANNOTATION} annotation",
+                    workload.reference
+                )
+            })
+        })
+        .transpose()
+}
+
+fn choose_container(
+    template: &PodTemplateSpec,
+    wanted: Option<&str>,
+    workload: &WorkloadRef,
+) -> anyhow::Result<String> {
+    let names: Vec<&str> = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter().map(|c| c.name.as_str()))
+        .collect();
+    match (wanted, names.as_slice()) {
+        (Some(wanted), _) if names.contains(&wanted) => Ok(wanted.to_owned()),
+        (Some(wanted), _) => anyhow::bail!(
+            "{workload} has no container {wanted:?}; its containers: {}",
+            names.join(", ")
+        ),
+        (None, [only]) => Ok((*only).to_owned()),
+        (None, _) => anyhow::bail!(
+            "{workload} has several containers ({}): choose one with -c",
+            names.join(", ")
+        ),
+    }
+}
+
+async fn choose_service(
+    client: &kube::Client,
+    namespace: &str,
+    template: &PodTemplateSpec,
+    plan: &Plan,
+) -> anyhow::Result<Service> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let listed = services
+        .list(&Default::default())
+        .await
+        .map_err(|err| crate::cluster::explain(err, "list", "services", namespace))?;
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let mut matching: Vec<Service> = listed
+        .items
+        .into_iter()
+        .filter(|service| selects(service, &labels))
+        .collect();
+    let names: Vec<String> = matching
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    match &plan.service {
+        Some(wanted) => {
+            let index = names.iter().position(|n| n == wanted).with_context(|| {
+                format!(
+                    "service {wanted:?} does not select the pods of {}{}",
+                    plan.workload,
+                    listing(" (these do: ", &names)
+                )
+            })?;
+            Ok(matching.swap_remove(index))
+        }
+        None if matching.len() == 1 => Ok(matching.remove(0)),
+        None if matching.is_empty() => anyhow::bail!(
+            "no Service in namespace {namespace} selects the pods of {}: intercept works on \
+             Service traffic",
+            plan.workload
+        ),
+        None => anyhow::bail!(
+            "several Services select the pods of {} ({}): choose one with --service",
+            plan.workload,
+            names.join(", ")
+        ),
+    }
+}
+
+fn listing(prefix: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}{})", names.join(", "))
+    }
+}
+
+fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.as_ref())
+        .is_some_and(|selector| {
+            !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+}
+
+/// The Service ports the user named, as the targets the agent takes over and where their
+/// connections go on the workstation.
+fn intercepted_ports(
+    service: &Service,
+    template: &PodTemplateSpec,
+    container: &str,
+    plan: &Plan,
+) -> anyhow::Result<(Vec<TargetPort>, Vec<Forward>)> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let ports: Vec<&ServicePort> = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .collect();
+    let describe = || {
+        ports
+            .iter()
+            .map(|p| match &p.name {
+                Some(n) => format!("{n} ({})", p.port),
+                None => p.port.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    anyhow::ensure!(
+        !plan.ports.is_empty(),
+        "say which port to intercept with --port LOCAL[:SERVICE-PORT]"
+    );
+    let mut targets = Vec::new();
+    let mut forwards = Vec::new();
+    for mapping in &plan.ports {
+        let port = match &mapping.remote {
+            Some(remote) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(remote) || p.port.to_string() == *remote)
+                .with_context(|| {
+                    format!(
+                        "service {name} has no TCP port {remote:?}; its ports: {}",
+                        describe()
+                    )
+                })?,
+            None if ports.len() == 1 => &ports[0],
+            None => anyhow::bail!(
+                "service {name} has several ports ({}): choose one with --port {}:PORT",
+                describe(),
+                mapping.local
+            ),
+        };
+        let target = port
+            .target_port
+            .as_ref()
+            .and_then(TargetPort::from_int_or_string)
+            .unwrap_or(TargetPort::Number(u16::try_from(port.port)?));
+        let app_port = match &target {
+            TargetPort::Number(number) => *number,
+            TargetPort::Named(wanted) => named_port(template, container, wanted).with_context(|| {
+                format!(
+                    "service {name} targets port {wanted:?}, which container {container} does not declare"
+                )
+            })?,
+        };
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+        forwards.push(Forward {
+            app_port,
+            local_host: plan.address.clone(),
+            local_port: mapping.local,
+        });
+    }
+    Ok((targets, forwards))
+}
+
+fn named_port(template: &PodTemplateSpec, container: &str, name: &str) -> Option<u16> {
+    template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+/// replace: every TCP port of the container goes to the same port locally, unless the
+/// user mapped it (`--port LOCAL:CONTAINER-PORT`).
+fn replaced_ports(
+    template: &PodTemplateSpec,
+    container: &str,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Forward>> {
+    let declared: Vec<(Option<String>, u16)> = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .filter(|c| c.name == container)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
+        .collect();
+    let mut forwards: Vec<Forward> = declared
+        .iter()
+        .map(|(_, number)| Forward {
+            app_port: *number,
+            local_host: plan.address.clone(),
+            local_port: *number,
+        })
+        .collect();
+    for mapping in &plan.ports {
+        let remote = mapping.remote.as_deref();
+        let index = match remote {
+            Some(remote) => declared.iter().position(|(name, number)| {
+                name.as_deref() == Some(remote) || number.to_string() == remote
+            }),
+            None if declared.len() == 1 => Some(0),
+            None => None,
+        }
+        .with_context(|| {
+            format!(
+                "container {container} declares no TCP port {}",
+                remote.unwrap_or("(give --port LOCAL:CONTAINER-PORT)")
+            )
+        })?;
+        forwards[index].local_port = mapping.local;
+    }
+    Ok(forwards)
+}
+
+async fn point_service_at_agent(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    targets: &[(u16, String)],
+) -> anyhow::Result<()> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let mut service = services.get(name).await?;
+    for port in service
+        .spec
+        .iter_mut()
+        .flat_map(|spec| spec.ports.iter_mut().flatten())
+    {
+        let target = port
+            .target_port
+            .as_ref()
+            .and_then(TargetPort::from_int_or_string)
+            .unwrap_or(TargetPort::Number(u16::try_from(port.port)?));
+        if let Some((_, agent_name)) = targets
+            .iter()
+            .find(|(number, _)| target == TargetPort::Number(*number))
+        {
+            port.target_port = Some(IntOrString::String(agent_name.clone()));
+        }
+    }
+    services
+        .replace(name, &PostParams::default(), &service)
+        .await
+        .map_err(|err| crate::cluster::explain(err, "update", "services", namespace))?;
+    Ok(())
+}
+
+/// A fresh session token: 128 random bits, hex.
+fn new_token() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+use serde_json::json;
+
+use super::*;
+
+fn template() -> PodTemplateSpec {
+    serde_json::from_value(json!({
+        "metadata": {"labels": {"app": "web", "tier": "front"}},
+        "spec": {"containers": [
+            {"name": "web", "ports": [
+                {"name": "http", "containerPort": 8080},
+                {"name": "admin", "containerPort": 9000}
+            ]},
+            {"name": "proxy"}
+        ]}
+    }))
+    .expect("template")
+}
+
+fn service(ports: serde_json::Value) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": ports}
+    }))
+    .expect("service")
+}
+
+fn plan(mode: Mode, ports: &[&str]) -> Plan {
+    Plan {
+        mode,
+        name: "s".into(),
+        workload: "web".parse().expect("workload"),
+        container: Some("web".into()),
+        agent_image: "agent".into(),
+        ports: ports.iter().map(|p| p.parse().expect("port")).collect(),
+        service: None,
+        address: "127.0.0.1".into(),
+        timeout: Duration::from_secs(1),
+    }
+}
+
+fn forward(app_port: u16, local_port: u16) -> Forward {
+    Forward {
+        app_port,
+        local_host: "127.0.0.1".into(),
+        local_port,
+    }
+}
+
+#[test]
+fn port_mappings_parse_like_kubectl_port_forward() {
+    let mapping: PortMapping = "8080:http".parse().expect("valid");
+    assert_eq!(mapping.local, 8080);
+    assert_eq!(mapping.remote.as_deref(), Some("http"));
+    assert_eq!("3000".parse::<PortMapping>().expect("valid").remote, None);
+    for bad in ["", "x", "80:", "70000"] {
+        assert!(bad.parse::<PortMapping>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_container_must_be_named_when_there_are_several() {
+    let workload: WorkloadRef = "web".parse().expect("workload");
+    let err = choose_container(&template(), None, &workload).expect_err("ambiguous");
+    assert!(err.to_string().contains("choose one with -c"), "{err}");
+    let err = choose_container(&template(), Some("db"), &workload).expect_err("unknown");
+    assert!(
+        err.to_string().contains("its containers: web, proxy"),
+        "{err}"
+    );
+    assert_eq!(
+        choose_container(&template(), Some("proxy"), &workload).expect("known"),
+        "proxy"
+    );
+}
+
+#[test]
+fn services_select_by_every_label_of_their_selector() {
+    let labels = template().metadata.and_then(|m| m.labels).expect("labels");
+    assert!(selects(&service(json!([])), &labels));
+    let mut other = service(json!([]));
+    other.spec.as_mut().expect("spec").selector =
+        Some(BTreeMap::from([("app".to_owned(), "db".to_owned())]));
+    assert!(!selects(&other, &labels));
+}
+
+#[test]
+fn intercepted_ports_follow_the_service_target() {
+    let named = service(json!([{"name": "http", "port": 80, "targetPort": "http"}]));
+    let (targets, forwards) = intercepted_ports(
+        &named,
+        &template(),
+        "web",
+        &plan(Mode::Intercept, &["3000"]),
+    )
+    .expect("resolved");
+    assert_eq!(targets, [TargetPort::Named("http".into())]);
+    assert_eq!(forwards, [forward(8080, 3000)]);
+
+    let numeric = service(json!([
+        {"name": "http", "port": 80, "targetPort": 8080},
+        {"name": "admin", "port": 9000}
+    ]));
+    let (targets, forwards) = intercepted_ports(
+        &numeric,
+        &template(),
+        "web",
+        &plan(Mode::Intercept, &["3000:http", "3001:9000"]),
+    )
+    .expect("resolved");
+    assert_eq!(
+        targets,
+        [TargetPort::Number(8080), TargetPort::Number(9000)]
+    );
+    assert_eq!(forwards, [forward(8080, 3000), forward(9000, 3001)]);
+}
+
+#[test]
+fn intercepting_a_port_the_service_lacks_is_refused() {
+    let two = service(json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}]));
+    let err = intercepted_ports(&two, &template(), "web", &plan(Mode::Intercept, &["3000"]))
+        .expect_err("ambiguous");
+    assert!(err.to_string().contains("several ports"), "{err}");
+    let err = intercepted_ports(
+        &two,
+        &template(),
+        "web",
+        &plan(Mode::Intercept, &["3000:grpc"]),
+    )
+    .expect_err("unknown");
+    assert!(
+        err.to_string()
+            .contains("service web has no TCP port \"grpc\"; its ports: http (80), admin (9000)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn replace_forwards_every_container_port_unless_mapped() {
+    let forwards =
+        replaced_ports(&template(), "web", &plan(Mode::Replace, &["3000:http"])).expect("resolved");
+    assert_eq!(forwards, [forward(8080, 3000), forward(9000, 9000)]);
+    let err = replaced_ports(&template(), "web", &plan(Mode::Replace, &["3000:grpc"]))
+        .expect_err("unknown");
+    assert!(
+        err.to_string().contains("declares no TCP port grpc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokens_are_fresh_hex() {
+    let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+    assert_eq!(a.len(), 32);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}

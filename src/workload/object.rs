@@ -1,0 +1,189 @@
+//! A workload as stored in the cluster: its pod template, selector and replica count, read
+//! and written as the API server holds them (so a restored template is the original, byte
+//! for byte), with optimistic concurrency on every write.
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+
+use super::{WorkloadKind, WorkloadRef};
+
+/// A workload fetched from the cluster.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub reference: WorkloadRef,
+    pub namespace: String,
+    object: DynamicObject,
+}
+
+impl WorkloadKind {
+    fn api_resource(self) -> ApiResource {
+        let kind = match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::ReplicaSet => "ReplicaSet",
+        };
+        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind))
+    }
+}
+
+fn api(client: &kube::Client, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &kind.api_resource())
+}
+
+impl Workload {
+    /// Fetches `reference`; a missing workload is an error that names it.
+    pub async fn get(
+        client: &kube::Client,
+        namespace: &str,
+        reference: &WorkloadRef,
+    ) -> anyhow::Result<Self> {
+        let object = api(client, namespace, reference.kind)
+            .get_opt(&reference.name)
+            .await
+            .map_err(|err| crate::cluster::explain(err, "get", reference.kind.plural(), namespace))?
+            .with_context(|| format!("{reference} not found in namespace {namespace}"))?;
+        Ok(Self {
+            reference: reference.clone(),
+            namespace: namespace.to_owned(),
+            object,
+        })
+    }
+
+    /// Every workload of `kind` in `namespace`.
+    pub async fn list(
+        client: &kube::Client,
+        namespace: &str,
+        kind: WorkloadKind,
+    ) -> anyhow::Result<Vec<Self>> {
+        let objects = api(client, namespace, kind)
+            .list(&Default::default())
+            .await
+            .map_err(|err| crate::cluster::explain(err, "list", kind.plural(), namespace))?;
+        Ok(objects
+            .items
+            .into_iter()
+            .filter_map(|object| {
+                let name = object.metadata.name.clone()?;
+                Some(Self {
+                    reference: WorkloadRef { kind, name },
+                    namespace: namespace.to_owned(),
+                    object,
+                })
+            })
+            .collect())
+    }
+
+    /// Whether another object controls this one (a Deployment's ReplicaSet): sessions are
+    /// started and recorded on the controller, and the record it copies down is not one.
+    pub fn is_controlled(&self) -> bool {
+        self.object
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.controller == Some(true))
+    }
+
+    /// The pod template exactly as stored.
+    pub fn template_value(&self) -> Option<&Value> {
+        self.object.data.get("spec")?.get("template")
+    }
+
+    pub fn template(&self) -> anyhow::Result<PodTemplateSpec> {
+        let value = self
+            .template_value()
+            .with_context(|| format!("{} has no pod template", self.reference))?;
+        serde_json::from_value(value.clone())
+            .with_context(|| format!("{} has an unreadable pod template", self.reference))
+    }
+
+    /// The label selector of its pods, as `key=value,...`.
+    pub fn selector(&self) -> anyhow::Result<String> {
+        let labels = self
+            .object
+            .data
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .filter(|labels| !labels.is_empty())
+            .with_context(|| format!("{} has no matchLabels selector", self.reference))?;
+        Ok(labels
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","))
+    }
+
+    pub fn replicas(&self) -> i32 {
+        self.object
+            .data
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok())
+            .unwrap_or(1)
+    }
+
+    /// Whether changing the template replaces the pods by itself (a ReplicaSet, or a
+    /// StatefulSet with the OnDelete strategy, needs its pods deleted).
+    pub fn rolls_out_by_itself(&self) -> bool {
+        match self.reference.kind {
+            WorkloadKind::Deployment => true,
+            WorkloadKind::ReplicaSet => false,
+            WorkloadKind::StatefulSet => {
+                self.object
+                    .data
+                    .pointer("/spec/updateStrategy/type")
+                    .and_then(Value::as_str)
+                    != Some("OnDelete")
+            }
+        }
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.object
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// Writes `template` and sets (or, with `None`, removes) the annotation `key`, failing
+    /// if the workload changed since it was read.
+    pub async fn write(
+        &mut self,
+        client: &kube::Client,
+        template: Value,
+        key: &str,
+        annotation: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut object = self.object.clone();
+        let spec = object
+            .data
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .with_context(|| format!("{} has no spec", self.reference))?;
+        spec.insert("template".into(), template);
+        let annotations = object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        match annotation {
+            Some(value) => {
+                annotations.insert(key.to_owned(), value);
+            }
+            None => {
+                annotations.remove(key);
+            }
+        }
+        let kind = self.reference.kind;
+        self.object = api(client, &self.namespace, kind)
+            .replace(&self.reference.name, &PostParams::default(), &object)
+            .await
+            .map_err(|err| crate::cluster::explain(err, "update", kind.plural(), &self.namespace))
+            .with_context(|| format!("cannot update {}", self.reference))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Waiting until a workload's pods are what a session wants: all replicas running with
+//! the agent (or, after restore, without it) and ready. An agent image the node cannot
+//! pull is reported at once instead of waited on.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams};
+
+use super::Workload;
+use crate::inject::AGENT_CONTAINER;
+
+/// How often pods are checked.
+const POLL: Duration = Duration::from_millis(500);
+/// How long after the endpoints change until every node's proxy follows.
+const PROXY_SYNC: Duration = Duration::from_millis(1500);
+
+/// Why pods did not get there.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("the agent image cannot be pulled in pod {pod}: {reason}{message}")]
+    AgentImage {
+        pod: String,
+        reason: String,
+        message: String,
+    },
+    #[error("pods of {workload} not ready after {waited:?}: {state}")]
+    Timeout {
+        workload: String,
+        waited: Duration,
+        state: String,
+    },
+    #[error(transparent)]
+    Api(#[from] anyhow::Error),
+}
+
+/// The pods' state against what is wanted, in a line for the progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub ready: usize,
+    pub wanted: usize,
+    pub leftover: usize,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} pods ready", self.ready, self.wanted)?;
+        if self.leftover > 0 {
+            write!(f, ", {} old ones stopping", self.leftover)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until every replica of `workload` runs with the agent (`with_agent`) or without
+/// it, and is ready, and no pod of the other kind is left but ones already terminating
+/// (Services no longer send them traffic). `progress` hears about every change.
+pub async fn wait_for_pods(
+    client: &kube::Client,
+    workload: &Workload,
+    with_agent: bool,
+    limit: Duration,
+    mut progress: impl FnMut(&Progress),
+) -> Result<(), RolloutError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
+    let selector = workload.selector()?;
+    let wanted = usize::try_from(workload.replicas()).unwrap_or(0);
+    let started = tokio::time::Instant::now();
+    let mut recreated = workload.rolls_out_by_itself();
+    let mut last = None;
+    loop {
+        let listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|err| crate::cluster::explain(err, "list", "pods", &workload.namespace))?;
+        let live: Vec<&Pod> = listed
+            .items
+            .iter()
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .collect();
+        if with_agent && let Some(error) = live.iter().find_map(|pod| agent_image_error(pod)) {
+            return Err(error);
+        }
+        let (current, old): (Vec<&Pod>, Vec<&Pod>) =
+            live.iter().partition(|pod| has_agent(pod) == with_agent);
+        if !recreated {
+            // This kind does not replace pods when its template changes: delete the
+            // old ones and let it create new ones.
+            for pod in &old {
+                if let Some(name) = &pod.metadata.name {
+                    pods.delete(name, &DeleteParams::default())
+                        .await
+                        .map_err(|err| {
+                            crate::cluster::explain(err, "delete", "pods", &workload.namespace)
+                        })?;
+                }
+            }
+            recreated = true;
+        }
+        let state = Progress {
+            ready: current.iter().filter(|pod| is_ready(pod)).count(),
+            wanted,
+            leftover: old.len(),
+        };
+        if last.as_ref() != Some(&state) {
+            progress(&state);
+        }
+        if state.ready == wanted && current.len() == wanted && state.leftover == 0 {
+            let replaced: Vec<String> = listed
+                .items
+                .iter()
+                .filter(|pod| has_agent(pod) != with_agent)
+                .filter_map(|pod| pod.metadata.name.clone())
+                .collect();
+            if !still_served(client, &workload.namespace, &replaced).await {
+                // kube-proxy applies endpoint changes at most once per second by default
+                // (minSyncPeriod): give it that, so the next connection takes the new path.
+                tokio::time::sleep(PROXY_SYNC).await;
+                return Ok(());
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(RolloutError::Timeout {
+                workload: workload.reference.to_string(),
+                waited: limit,
+                state: state.to_string(),
+            });
+        }
+        last = Some(state);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether a Service still sends traffic to one of `pods` (the endpoints controller has
+/// not caught up). Without permission to read EndpointSlices there is nothing to wait on.
+async fn still_served(client: &kube::Client, namespace: &str, pods: &[String]) -> bool {
+    if pods.is_empty() {
+        return false;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let Ok(listed) = slices.list(&ListParams::default()).await else {
+        return false;
+    };
+    listed
+        .items
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter())
+        .filter(|endpoint| {
+            endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true)
+        })
+        .filter_map(|endpoint| endpoint.target_ref.as_ref()?.name.as_ref())
+        .any(|name| pods.contains(name))
+}
+
+fn has_agent(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|spec| spec.containers.iter().any(|c| c.name == AGENT_CONTAINER))
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+fn agent_image_error(pod: &Pod) -> Option<RolloutError> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let agent = statuses.iter().find(|s| s.name == AGENT_CONTAINER)?;
+    let waiting = agent.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    matches!(
+        reason,
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
+    )
+    .then(|| RolloutError::AgentImage {
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        reason: reason.to_owned(),
+        message: waiting
+            .message
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(containers: &[&str], ready: bool, waiting: Option<&str>) -> Pod {
+        let statuses: Vec<_> = containers
+            .iter()
+            .map(|name| {
+                let state = match waiting {
+                    Some(reason) if *name == AGENT_CONTAINER => {
+                        json!({"waiting": {"reason": reason, "message": "not found"}})
+                    }
+                    _ => json!({"running": {}}),
+                };
+                json!({"name": name, "image": "i", "imageID": "", "ready": ready,
+                       "restartCount": 0, "state": state})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": containers.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": statuses
+            }
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn readiness_and_agent_presence_are_read_from_the_pod() {
+        let injected = pod(&["web", AGENT_CONTAINER], true, None);
+        assert!(has_agent(&injected) && is_ready(&injected));
+        let plain = pod(&["web"], false, None);
+        assert!(!has_agent(&plain) && !is_ready(&plain));
+    }
+
+    #[test]
+    fn an_agent_image_that_cannot_be_pulled_is_reported() {
+        let failing = pod(&["web", AGENT_CONTAINER], false, Some("ImagePullBackOff"));
+        let error = agent_image_error(&failing).expect("reported");
+        assert_eq!(
+            error.to_string(),
+            "the agent image cannot be pulled in pod p: ImagePullBackOff (not found)"
+        );
+        let starting = pod(&["web", AGENT_CONTAINER], false, Some("ContainerCreating"));
+        assert!(agent_image_error(&starting).is_none());
+    }
+
+    #[test]
+    fn progress_reads_like_kubectl_rollout() {
+        let state = Progress {
+            ready: 1,
+            wanted: 3,
+            leftover: 2,
+        };
+        assert_eq!(state.to_string(), "1/3 pods ready, 2 old ones stopping");
+    }
+}

@@ -1,0 +1,236 @@
+//! `kubectl intercept`, run as a developer would on a workstation: requests to the
+//! intercepted service port reach a server on the workstation, everything else still
+//! reaches the app, and leaving restores the workload and Service exactly.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use kubedev_e2e::workstation::{LocalServer, Workstation};
+use kubedev_e2e::{TestCluster, TestNamespace};
+use serde_json::Value;
+
+const PLUGIN: &str = "kubectl-intercept";
+
+/// The parts of the echo workload and Service that a session may change, as stored.
+async fn stored(ns: &TestNamespace, statefulset: bool) -> (Value, Value) {
+    let template = if statefulset {
+        let sts = ns
+            .api::<StatefulSet>()
+            .get("echo")
+            .await
+            .expect("statefulset");
+        serde_json::to_value(sts.spec.map(|s| s.template))
+    } else {
+        let deployment = ns
+            .api::<Deployment>()
+            .get("echo")
+            .await
+            .expect("deployment");
+        serde_json::to_value(deployment.spec.map(|s| s.template))
+    };
+    let service = ns.api::<Service>().get("echo").await.expect("service");
+    (
+        template.expect("json"),
+        serde_json::to_value(service.spec).expect("json"),
+    )
+}
+
+fn http_from_client(ns: &TestNamespace, target: &str, path: &str) -> String {
+    ns.http_get("client", target, path)
+        .unwrap_or_else(|err| panic!("GET {target}{path} from the client pod: {err:#}"))
+}
+
+/// A namespace with the echo service (as `kind`, with `replicas`), a client pod, and a
+/// workstation serving HTTP on `local_port`; `before` is what must come back on leave.
+struct Setup {
+    cluster: TestCluster,
+    ns: TestNamespace,
+    workstation: Workstation,
+    _server: LocalServer,
+    before: (Value, Value),
+}
+
+async fn setup(prefix: &str, statefulset: bool, replicas: i32, local_port: u16) -> Setup {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, prefix).await;
+    if statefulset {
+        ns.deploy_echo_statefulset("echo", replicas)
+            .await
+            .expect("echo ready");
+    } else {
+        ns.deploy_echo("echo", replicas).await.expect("echo ready");
+    }
+    ns.start_client("client").await.expect("client pod");
+    let before = stored(&ns, statefulset).await;
+    let workstation = Workstation::create(&cluster);
+    let server = workstation.serve_http(local_port, "laptop");
+    Setup {
+        cluster,
+        ns,
+        workstation,
+        _server: server,
+        before,
+    }
+}
+
+impl Setup {
+    /// Runs the plugin in the test's namespace.
+    fn plugin(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["-n", self.ns.name.as_str()];
+        all.extend_from_slice(args);
+        self.workstation.plugin(&self.cluster, PLUGIN, &all)
+    }
+
+    fn plugin_ok(&self, args: &[&str]) -> String {
+        let output = self.plugin(args);
+        assert!(
+            output.status.success(),
+            "{PLUGIN} {args:?} failed: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn get(&self, path: &str) -> String {
+        http_from_client(&self.ns, "echo:8080", path)
+    }
+}
+
+#[tokio::test]
+async fn service_requests_reach_the_workstation_until_leave_restores_the_workload() {
+    let s = setup("intercept", false, 1, 3000).await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+
+    assert_eq!(
+        s.get("/checkout").trim(),
+        "local laptop: GET /checkout HTTP/1.1"
+    );
+    // The app keeps running and keeps its other ports.
+    let other =
+        s.ns.exec("client", &["probe", "tcp", "echo:7000", "still the app"])
+            .expect("tcp echo");
+    assert!(other.starts_with("echo from echo-"), "{other}");
+
+    let listed: Value =
+        serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
+    assert_eq!(listed[0]["name"], "echo");
+    assert_eq!(listed[0]["mode"], "intercept");
+    assert_eq!(listed[0]["workload"], "deployment/echo");
+    assert_eq!(listed[0]["linked_pods"].as_array().map(Vec::len), Some(1));
+
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+    assert!(s.get("/checkout").starts_with("echo from echo-"));
+    assert_eq!(s.plugin_ok(&["list", "-o", "json"]).trim(), "[]");
+}
+
+#[tokio::test]
+async fn every_replica_sends_its_requests_to_the_workstation() {
+    let s = setup("intercept-3", false, 3, 3000).await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+    // Each request is a new connection, balanced over the three pods.
+    for attempt in 0..12 {
+        let path = format!("/r{attempt}");
+        assert_eq!(
+            s.get(&path).trim(),
+            format!("local laptop: GET {path} HTTP/1.1")
+        );
+    }
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn a_statefulset_is_intercepted_and_restored() {
+    let s = setup("intercept-sts", true, 2, 3000).await;
+    s.plugin_ok(&["statefulset/echo", "--port", "3000:http", "--detach"]);
+    assert_eq!(s.get("/sts").trim(), "local laptop: GET /sts HTTP/1.1");
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, true).await, s.before, "restored exactly");
+    assert!(s.get("/sts").starts_with("echo from echo-"));
+}
+
+#[tokio::test]
+async fn a_numeric_target_port_is_taken_over_and_put_back() {
+    let mut s = setup("intercept-num", false, 1, 3000).await;
+    s.ns.kubectl_ok(&[
+        "patch",
+        "service",
+        "echo",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#,
+    ])
+    .expect("numeric targetPort");
+    s.before = stored(&s.ns, false).await;
+
+    s.plugin_ok(&["echo", "--port", "3000:8080", "--detach"]);
+    assert_eq!(s.get("/n").trim(), "local laptop: GET /n HTTP/1.1");
+    s.plugin_ok(&["leave", "--all"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn the_session_ends_with_the_command_and_with_its_exit_status() {
+    let s = setup("intercept-cmd", false, 1, 3000).await;
+    let output = s.plugin(&[
+        "echo",
+        "--port",
+        "3000:http",
+        "--",
+        "sh",
+        "-c",
+        // The container's environment (here a service link) is there.
+        "test -n \"$ECHO_SERVICE_HOST\" && exit 7",
+    ]);
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let s = setup("intercept-bad", false, 1, 3000).await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["nope", "--port", "3000"],
+            "deployment/nope not found in namespace",
+        ),
+        (
+            &["echo", "--port", "3000"],
+            "service echo has several ports",
+        ),
+        (
+            &["echo", "--port", "3000:grpc"],
+            "service echo has no TCP port \"grpc\"",
+        ),
+        (
+            &["echo", "-c", "db", "--port", "3000:http"],
+            "has no container \"db\"",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = args.to_vec();
+        all.push("--detach");
+        let output = s.plugin(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{all:?} should fail");
+        assert!(stderr.contains(expected), "{all:?}: {stderr}");
+        assert_eq!(
+            stored(&s.ns, false).await,
+            s.before,
+            "{all:?} changed nothing"
+        );
+    }
+
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+    let second = s.plugin(&[
+        "echo",
+        "--port",
+        "3001:tcp-echo",
+        "--name",
+        "other",
+        "--detach",
+    ]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already has a kubedev session"), "{stderr}");
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
