@@ -42,8 +42,9 @@ test-teardown:
 ## Measure kubedev's tunnel against kubectl port-forward and direct pod access
 ## (same cluster, same run); writes docs/benchmarks.md.
 bench: cluster-up
-	cargo build --release -p tunneld -p kubedev-bench
-	KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld target/release/kubedev-bench
+	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept
+	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
+		target/release/kubedev-bench
 
 cluster-up:
 	$(CLUSTER) up
@@ -51,12 +52,11 @@ cluster-up:
 cluster-down:
 	$(CLUSTER) down
 
-## Build everything, start the local cluster, deploy the sample app and show it running.
+## Build everything, start the local cluster, deploy the sample app, and show a request
+## from a pod answered by a process on the workstation through kubectl intercept.
 demo: build cluster-up
 	$(KUBECTL) -n $(DEMO_NAMESPACE) apply -f examples/echo.yaml
 	$(KUBECTL) -n $(DEMO_NAMESPACE) rollout status deployment/echo --timeout=120s
 	$(KUBECTL) -n $(DEMO_NAMESPACE) wait pod/client --for=condition=Ready --timeout=120s
-	$(KUBECTL) -n $(DEMO_NAMESPACE) get pods -o wide
-	@echo "--- a request from the client pod to the echo service:"
-	$(KUBECTL) -n $(DEMO_NAMESPACE) exec client -- wget -qO- http://echo/hello
-	@echo "--- the cluster stays up; use it with: export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/admin.kubeconfig"
+	examples/demo.sh
+	@echo "--- the cluster stays up; use it with: export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig"

@@ -44,6 +44,9 @@ pub struct Forward {
     pub app_port: u16,
     pub local_host: String,
     pub local_port: u16,
+    /// Only HTTP requests that match go to this machine; the rest stay with the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::protocol::HttpFilter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

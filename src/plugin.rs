@@ -115,6 +115,7 @@ pub struct ModeArgs {
     pub ports: Vec<PortMapping>,
     pub service: Option<String>,
     pub address: Option<String>,
+    pub filter: Option<crate::protocol::HttpFilter>,
 }
 
 /// Runs a plugin: a subcommand, or a session on `workload`.
@@ -171,6 +172,7 @@ async fn run_session(
         ports: mode_args.ports,
         service: mode_args.service,
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
+        filter: mode_args.filter,
         timeout: args.timeout,
     };
     let bar = spinner(format!(
@@ -307,11 +309,31 @@ fn report(plan: &Plan, started: &Started) {
         }
     );
     for forward in &started.forwards {
+        let only = forward
+            .filter
+            .as_ref()
+            .map(describe_filter)
+            .unwrap_or_default();
         eprintln!(
-            "  port {} -> {}:{}",
+            "  port {} -> {}:{}{only}",
             forward.app_port, forward.local_host, forward.local_port
         );
     }
+}
+
+fn describe_filter(filter: &crate::protocol::HttpFilter) -> String {
+    let mut parts: Vec<String> = filter
+        .headers
+        .iter()
+        .map(|(name, value)| format!("header {name}: {value}"))
+        .collect();
+    if let Some(prefix) = &filter.path_prefix {
+        parts.push(format!("path {prefix}*"));
+    }
+    format!(
+        " (only HTTP requests with {}; the rest go to the app)",
+        parts.join(", ")
+    )
 }
 
 fn write_env_files(args: &SessionArgs, variables: &BTreeMap<String, String>) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
+use crate::protocol::HttpFilter;
 use crate::workload::{Progress, Workload, WorkloadRef, wait_for_pods};
 
 /// The workload annotation holding a session's [`Record`] (JSON).
@@ -77,6 +78,8 @@ pub struct Plan {
     pub service: Option<String>,
     /// Where intercepted connections go on the workstation.
     pub address: String,
+    /// intercept: only the HTTP requests that match come here.
+    pub filter: Option<HttpFilter>,
     pub timeout: Duration,
 }
 
@@ -404,6 +407,7 @@ fn intercepted_ports(
             app_port,
             local_host: plan.address.clone(),
             local_port: mapping.local,
+            filter: plan.filter.clone(),
         });
     }
     Ok((targets, forwards))
@@ -445,6 +449,7 @@ fn replaced_ports(
             app_port: *number,
             local_host: plan.address.clone(),
             local_port: *number,
+            filter: None,
         })
         .collect();
     for mapping in &plan.ports {

@@ -10,12 +10,19 @@ use kubedev::protocol::mux::MuxStream;
 use kubedev::protocol::{APP_ENV_PREFIX, HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
 use tokio::net::{TcpStream, UdpSocket, lookup_host};
 
-use crate::serve::Settings;
+use crate::serve::{Sessions, Settings};
 
 /// Bytes moved per read when relaying TCP: large enough to fill the multiplexer window.
 const TCP_CHUNK: usize = 64 * 1024;
 
-pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>) {
+/// Where a session's claims are kept.
+#[derive(Debug)]
+pub(crate) struct ClaimsOf {
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) id: u64,
+}
+
+pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, claims: ClaimsOf) {
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream)).await {
         Ok(Ok(request)) => request,
         Ok(Err(err)) => return tracing::debug!("stream without a request: {err}"),
@@ -36,6 +43,20 @@ pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>)
         }
         OpenRequest::Inbound { .. } => {
             refuse(&mut stream, "the agent takes no inbound streams".into()).await
+        }
+        OpenRequest::Claim { port, filter } => {
+            tracing::info!(
+                "a workstation takes port {port}{}",
+                if filter.is_some() {
+                    " (matching HTTP requests)"
+                } else {
+                    ""
+                }
+            );
+            claims.sessions.claim(claims.id, port, filter);
+            write_message(&mut stream, &OpenReply::Connected)
+                .await
+                .map_err(std::io::Error::other)
         }
     };
     if let Err(err) = result {

@@ -1,7 +1,8 @@
 //! The ports the agent took over from the app container: every connection goes to a
-//! workstation through one of the live sessions (a stream the agent opens toward it), or,
-//! when no workstation takes it, to the app container on localhost (intercept) or nowhere
-//! (replace: the app is gone).
+//! workstation that claimed the port (a stream the agent opens toward it), or, when none
+//! takes it, to the app container on localhost (intercept) or nowhere (replace: the app is
+//! gone). When a workstation claimed only some HTTP requests, [`http_route`] decides
+//! request by request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::{HANDSHAKE_TIMEOUT, Listener, OpenReply, OpenRequest};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::http_route;
 use crate::serve::Sessions;
 
 const TCP_CHUNK: usize = 64 * 1024;
@@ -52,8 +54,12 @@ async fn deliver(
     sessions: Arc<Sessions>,
 ) {
     let _ = connection.set_nodelay(true);
-    for session in sessions.live() {
-        match to_workstation(&session, listener.app_port).await {
+    let claimants = sessions.claimants(listener.app_port);
+    if claimants.iter().any(|c| c.filter.is_some()) {
+        return http_route::serve(connection, peer, listener, claimants).await;
+    }
+    for claimant in &claimants {
+        match to_workstation(&claimant.handle, listener.app_port).await {
             Ok(mut stream) => {
                 tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
                 let _ = tokio::io::copy_bidirectional_with_sizes(
@@ -89,7 +95,8 @@ async fn deliver(
     }
 }
 
-async fn to_workstation(
+/// Opens a stream to the workstation of `session` for a connection to the app's `app_port`.
+pub(crate) async fn to_workstation(
     session: &kubedev::protocol::mux::MuxHandle,
     app_port: u16,
 ) -> Result<kubedev::protocol::mux::MuxStream, String> {

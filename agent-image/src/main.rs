@@ -1,6 +1,7 @@
 //! kubedev-agent: the traffic agent that runs as a container in the workload's pods.
 
 mod flows;
+mod http_route;
 mod intercept;
 mod serve;
 

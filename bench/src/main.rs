@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -133,7 +133,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    let report = report(
+    eprintln!("bench: intercept sessions");
+    let sessions = session_timings(&cluster, &ns).await?;
+
+    let mut report = report(
         &sizes,
         &direct,
         &via_port_forward,
@@ -142,11 +145,61 @@ async fn main() -> anyhow::Result<()> {
         flows,
         busy_rss,
     );
+    report += &sessions;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     std::fs::write(&path, &report)?;
     println!("{report}");
     eprintln!("bench: written to {}", path.display());
     Ok(())
+}
+
+/// Times `kubectl intercept` on the echo Deployment, as a developer meets it: from the
+/// command to the first request from a pod answered by the workstation, and from `leave`
+/// to restored pods ready (the command returns then).
+async fn session_timings(cluster: &TestCluster, ns: &TestNamespace) -> anyhow::Result<String> {
+    const RUNS: usize = 3;
+    ns.start_client("client").await?;
+    let workstation = Workstation::create(cluster);
+    let _server = workstation.serve_http(3000, "workstation");
+    let plugin = |args: &[&str]| {
+        let mut all = vec!["-n", ns.name.as_str()];
+        all.extend_from_slice(args);
+        workstation.plugin_ok(cluster, "kubectl-intercept", &all);
+    };
+    let mut started = Vec::new();
+    let mut restored = Vec::new();
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        plugin(&["echo", "--port", "3000:http", "--detach"]);
+        while !ns
+            .http_get("client", "echo:8080", "/timing")
+            .is_ok_and(|answer| answer.starts_with("local workstation"))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.push(t0.elapsed());
+        let t1 = Instant::now();
+        plugin(&["leave", "echo"]);
+        restored.push(t1.elapsed());
+    }
+    let seconds = |times: &mut Vec<Duration>| {
+        times.sort();
+        format!(
+            "{:.1} s | {:.1} s",
+            times[times.len() / 2].as_secs_f64(),
+            times[times.len() - 1].as_secs_f64()
+        )
+    };
+    Ok(format!(
+        "\n## Intercept sessions\n\n`kubectl intercept echo --port 3000:http --detach` on a one-pod \
+         Deployment, then `leave`, {RUNS} times. The first request is sent from a client pod \
+         (through `kubectl exec`, which adds a few hundred milliseconds) until the workstation \
+         answers it.\n\n| measurement | median | slowest |\n| --- | ---: | ---: |\n\
+         | command to first intercepted request | {} |\n\
+         | leave to restored pods ready | {} |\n",
+        seconds(&mut started),
+        seconds(&mut restored)
+    ))
 }
 
 fn newest_pid(program: &str) -> u32 {

@@ -4,6 +4,7 @@ use clap::Parser;
 use kubedev::cluster::ClusterArgs;
 use kubedev::inject::Mode;
 use kubedev::plugin::{Manage, ModeArgs, SessionArgs};
+use kubedev::protocol::HttpFilter;
 use kubedev::session::PortMapping;
 use kubedev::workload::WorkloadRef;
 
@@ -11,6 +12,9 @@ const EXAMPLES: &str = "\
 Examples:
   # Send every request for deployment/web's service port to localhost:8080, until Ctrl-C
   kubectl intercept web --port 8080
+
+  # Only requests with the header x-dev: alice; every other request still reaches the app
+  kubectl intercept web --port 8080 --http-header x-dev=alice
 
   # The service has several ports: take port 80 (or its name, e.g. http)
   kubectl intercept web --port 8080:80
@@ -59,6 +63,15 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
 
+    /// NAME=VALUE: only HTTP requests with this header come here (repeat: all must match);
+    /// every other request goes on to the app.
+    #[arg(long = "http-header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    http_headers: Vec<(String, String)>,
+
+    /// Only HTTP requests whose path starts with this come here.
+    #[arg(long, value_name = "PREFIX")]
+    http_path_prefix: Option<String>,
+
     #[command(flatten)]
     session: SessionArgs,
 
@@ -66,12 +79,26 @@ struct Cli {
     cluster: ClusterArgs,
 }
 
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let filtered = !cli.http_headers.is_empty() || cli.http_path_prefix.is_some();
     let mode_args = ModeArgs {
         ports: cli.ports,
         service: cli.service,
         address: Some(cli.address),
+        filter: filtered.then_some(HttpFilter {
+            headers: cli.http_headers,
+            path_prefix: cli.http_path_prefix,
+        }),
     };
     kubedev::plugin::main(
         Mode::Intercept,

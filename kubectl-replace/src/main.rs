@@ -59,6 +59,7 @@ fn main() -> std::process::ExitCode {
         ports: cli.ports,
         service: None,
         address: Some(cli.address),
+        filter: None,
     };
     kubedev::plugin::main(
         Mode::Replace,

@@ -72,6 +72,24 @@ pub enum OpenRequest {
     /// From the agent: a connection arrived for the app container's `port`; the
     /// workstation answers `Connected` once its local server accepted it.
     Inbound { port: u16 },
+    /// This session takes connections (or, with a filter, HTTP requests) for the app
+    /// container's `port` for as long as it lasts; answered with `Connected`.
+    Claim {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<HttpFilter>,
+    },
+}
+
+/// The HTTP requests a workstation takes: every header given has the given value (names
+/// are case-insensitive) and the path starts with the prefix. Other requests on the same
+/// connection go on to the app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
 }
 
 /// The answer to an [`OpenRequest`].

@@ -34,6 +34,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         ports: ports.iter().map(|p| p.parse().expect("port")).collect(),
         service: None,
         address: "127.0.0.1".into(),
+        filter: None,
         timeout: Duration::from_secs(1),
     }
 }
@@ -43,6 +44,7 @@ fn forward(app_port: u16, local_port: u16) -> Forward {
         app_port,
         local_host: "127.0.0.1".into(),
         local_port,
+        filter: None,
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::protocol::codec::{CodecError, read_message, write_message};
 use crate::protocol::handshake::{HandshakeError, greet_agent};
 use crate::protocol::mux::{self, Mode, MuxHandle, MuxStream};
-use crate::protocol::{OpenReply, OpenRequest};
+use crate::protocol::{HttpFilter, OpenReply, OpenRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -84,6 +84,14 @@ impl AgentLink {
             OpenReply::Failed { reason } => Err(LinkError::Refused(reason)),
             other => Err(LinkError::Unexpected(other)),
         }
+    }
+
+    /// Asks the agent to send this session the connections (or, with `filter`, the HTTP
+    /// requests) for the app's `port`.
+    pub async fn claim(&self, port: u16, filter: Option<HttpFilter>) -> Result<(), LinkError> {
+        self.open_flow(&OpenRequest::Claim { port, filter })
+            .await
+            .map(drop)
     }
 
     /// The app container's environment, as the agent got it from the kubelet.

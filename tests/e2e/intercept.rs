@@ -149,6 +149,56 @@ async fn a_statefulset_is_intercepted_and_restored() {
 }
 
 #[tokio::test]
+async fn only_requests_matching_the_filter_reach_the_workstation() {
+    let s = setup("intercept-filter", false, 1, 3000).await;
+    s.plugin_ok(&[
+        "echo",
+        "--port",
+        "3000:http",
+        "--http-header",
+        "x-dev=alice",
+        "--http-path-prefix",
+        "/api/",
+        "--detach",
+    ]);
+    let get = |path: &str, header: Option<&str>| {
+        let extra = header.map(|h| format!("{h}\r\n")).unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{extra}Connection: close\r\n\r\n");
+        let response =
+            s.ns.exec("client", &["probe", "tcp", "echo:8080", &request])
+                .expect("request");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_owned())
+            .unwrap_or(response)
+    };
+    assert_eq!(
+        get("/api/cart", Some("X-Dev: alice")),
+        "local laptop: GET /api/cart HTTP/1.1"
+    );
+    assert!(get("/api/cart", Some("X-Dev: bob")).starts_with("echo from echo-"));
+    assert!(get("/api/cart", None).starts_with("echo from echo-"));
+    assert!(get("/index.html", Some("X-Dev: alice")).starts_with("echo from echo-"));
+
+    // One keep-alive connection carries requests for both places.
+    let both = "GET /api/a HTTP/1.1\r\nHost: echo\r\nX-Dev: alice\r\n\r\n\
+                GET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
+    let answers =
+        s.ns.exec("client", &["probe", "tcp", "echo:8080", both])
+            .expect("two requests");
+    assert!(
+        answers.contains("local laptop: GET /api/a HTTP/1.1"),
+        "{answers}"
+    );
+    assert!(answers.contains(": GET /b"), "{answers}");
+    assert!(answers.contains("echo from echo-"), "{answers}");
+
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
 async fn a_numeric_target_port_is_taken_over_and_put_back() {
     let mut s = setup("intercept-num", false, 1, 3000).await;
     s.ns.kubectl_ok(&[

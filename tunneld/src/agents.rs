@@ -246,6 +246,15 @@ async fn supervise_pod(
             .await
         {
             Ok((link, inbound_rx)) => {
+                // The agent sends this session only the connections it claimed.
+                for forward in selector.forwards.iter() {
+                    if let Err(err) = link.claim(forward.app_port, forward.filter.clone()).await {
+                        tracing::warn!(
+                            "agent in pod {pod} did not take port {}: {err}",
+                            forward.app_port
+                        );
+                    }
+                }
                 tracing::info!(
                     "linked to {} in pod {}/{pod}",
                     link.agent(),

@@ -1,0 +1,165 @@
+//! Request-by-request routing for ports a workstation claimed with an HTTP filter: the
+//! agent speaks HTTP/1.1 on such a port, and each request goes to the workstation whose
+//! filter it matches, else to a workstation that takes everything, else to the app. One
+//! keep-alive connection can so carry requests for several places.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kubedev::protocol::{HttpFilter, Listener};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::intercept::to_workstation;
+use crate::serve::Claimant;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+struct Route {
+    listener: Listener,
+    claimants: Vec<Claimant>,
+}
+
+/// Serves HTTP/1.1 on `connection`, routing every request.
+pub(crate) async fn serve(
+    connection: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    claimants: Vec<Claimant>,
+) {
+    let route = Arc::new(Route {
+        listener,
+        claimants,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let route = route.clone();
+        async move { route.forward(request).await }
+    });
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        // A client that sends its requests and then closes its sending side still gets
+        // every answer.
+        .half_close(true)
+        .serve_connection(TokioIo::new(connection), service)
+        .await
+    {
+        tracing::debug!("http from {peer}: {err}");
+    }
+}
+
+impl Route {
+    async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let port = self.listener.app_port;
+        let chosen = self
+            .claimants
+            .iter()
+            .find(|c| c.filter.as_ref().is_some_and(|f| matches(f, &request)))
+            .or_else(|| self.claimants.iter().find(|c| c.filter.is_none()));
+        if let Some(claimant) = chosen {
+            match to_workstation(&claimant.handle, port).await {
+                Ok(stream) => return Ok(send(stream, request).await),
+                // The workstation is gone or refused: the app answers instead.
+                Err(reason) => tracing::debug!("{} to the app: {reason}", request.uri()),
+            }
+        }
+        if !self.listener.app_running {
+            return Ok(error_response("no workstation takes this request"));
+        }
+        Ok(match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(app) => send(app, request).await,
+            Err(err) => error_response(&format!("the app's port {port}: {err}")),
+        })
+    }
+}
+
+/// Whether `request` is one `filter` asks for.
+fn matches<B>(filter: &HttpFilter, request: &Request<B>) -> bool {
+    let path_ok = filter
+        .path_prefix
+        .as_ref()
+        .is_none_or(|prefix| request.uri().path().starts_with(prefix.as_str()));
+    path_ok
+        && filter.headers.iter().all(|(name, value)| {
+            request
+                .headers()
+                .get_all(name.as_str())
+                .iter()
+                .any(|present| present.as_bytes() == value.as_bytes())
+        })
+}
+
+/// Sends `request` over a new HTTP/1.1 connection on `io` and returns the response.
+async fn send<S>(io: S, request: Request<Incoming>) -> Response<Body>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    };
+    match exchange.await {
+        Ok(response) => response.map(BodyExt::boxed),
+        Err(err) => error_response(&err.to_string()),
+    }
+}
+
+fn error_response(reason: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("kubedev agent: {reason}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn a_filter_takes_requests_with_all_its_headers_under_its_path() {
+        let filter = HttpFilter {
+            headers: vec![("X-Dev".into(), "alice".into())],
+            path_prefix: Some("/api/".into()),
+        };
+        assert!(matches(
+            &filter,
+            &request("/api/cart", &[("x-dev", "alice")])
+        ));
+        assert!(!matches(
+            &filter,
+            &request("/api/cart", &[("x-dev", "bob")])
+        ));
+        assert!(!matches(&filter, &request("/api/cart", &[])));
+        assert!(!matches(
+            &filter,
+            &request("/static/a.css", &[("x-dev", "alice")])
+        ));
+        // Any of a repeated header's values will do.
+        assert!(matches(
+            &filter,
+            &request("/api/", &[("x-dev", "bob"), ("x-dev", "alice")])
+        ));
+    }
+
+    #[test]
+    fn an_empty_filter_takes_everything() {
+        assert!(matches(&HttpFilter::default(), &request("/", &[])));
+    }
+}
