@@ -238,7 +238,8 @@ async fn the_session_ends_with_the_command_and_with_its_exit_status() {
 #[tokio::test]
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
-    let cases: [(&[&str], &str); 4] = [
+    let developer = s.cluster.dev_kubeconfig.display().to_string();
+    let cases: [(&[&str], &str); 6] = [
         (
             &["nope", "--port", "3000"],
             "deployment/nope not found in namespace",
@@ -254,6 +255,22 @@ async fn bad_requests_change_nothing() {
         (
             &["echo", "-c", "db", "--port", "3000:http"],
             "has no container \"db\"",
+        ),
+        // An image the node cannot pull is noticed and the workload rolled back.
+        (
+            &[
+                "echo",
+                "--port",
+                "3000:http",
+                "--agent-image",
+                "localhost:1/kubedev/none:0",
+            ],
+            "the agent image cannot be pulled",
+        ),
+        // The developer's role is in another namespace: the refusal names what is missing.
+        (
+            &["echo", "--port", "3000:http", "--kubeconfig", &developer],
+            "not allowed to get deployments in namespace",
         ),
     ];
     for (args, expected) in cases {
