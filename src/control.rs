@@ -35,6 +35,11 @@ pub enum ControlRequest {
     Environment {
         name: String,
     },
+    /// After `Done`, this connection carries an SFTP session on the app container's
+    /// volumes, with one of the session's agents.
+    OpenFiles {
+        name: String,
+    },
 }
 
 /// Where connections for one of the app's ports go on the workstation.
@@ -137,6 +142,26 @@ pub async fn request(
     match read_message(&mut stream).await? {
         ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
         reply => Ok(reply),
+    }
+}
+
+/// Opens an SFTP session on the volumes of session `name`: the returned connection carries
+/// it (tunneld relays it to an agent).
+pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, ControlError> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
+    write_message(
+        &mut stream,
+        &ControlRequest::OpenFiles { name: name.into() },
+    )
+    .await?;
+    match read_message(&mut stream).await? {
+        ControlReply::Done => Ok(stream),
+        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
+        other => Err(ControlError::Failed(format!(
+            "unexpected answer: {other:?}"
+        ))),
     }
 }
 

@@ -23,12 +23,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::protocol::{
     AGENT_CONFIG_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig, Listener,
+    VOLUMES_ROOT,
 };
 
 /// The agent container's name.
 pub const AGENT_CONTAINER: &str = "kubedev-agent";
-/// Where the agent sees the app container's volumes.
-pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
 /// The pod label that marks a session's pods (its value is the session name).
 pub const SESSION_LABEL: &str = "kubedev.io/session";
 /// The first port tried for the agent's intercept listeners.
@@ -279,6 +278,7 @@ fn agent_container(
 ) -> Container {
     let config = AgentConfig {
         listeners: listeners.to_vec(),
+        read_only_volumes: spec.mode == Mode::Ingest,
     };
     let mut env = vec![
         EnvVar {

@@ -25,6 +25,8 @@ pub mod env;
 #[cfg(feature = "client")]
 pub mod inject;
 #[cfg(feature = "client")]
+pub mod mount;
+#[cfg(feature = "client")]
 pub mod plugin;
 #[cfg(feature = "client")]
 pub mod session;

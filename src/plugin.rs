@@ -16,6 +16,7 @@ use crate::control::{
 };
 use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
+use crate::mount::{self, Mount, MountChoice};
 use crate::session::{self, Plan, PortMapping, Record, Started};
 use crate::workload::{Progress, Workload, WorkloadKind, WorkloadRef};
 
@@ -45,6 +46,11 @@ pub struct SessionArgs {
     /// The syntax of --env-file.
     #[arg(long, value_enum, default_value_t = EnvSyntax::Docker)]
     pub env_syntax: EnvSyntax,
+
+    /// Where to mount the container's volumes: DIR (DIR:ro for read-only), or false
+    /// (default: a new temporary directory, printed). Needs sshfs.
+    #[arg(long, value_name = "DIR|false")]
+    pub mount: Option<MountChoice>,
 
     /// The agent image.
     #[arg(long, env = "KUBEDEV_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
@@ -197,11 +203,26 @@ async fn run_session(
         }
     };
     report(&plan, &started);
+    let mut variables = variables;
+    let mounted = match mount_volumes(&connection, &plan, &args).await {
+        Ok(mounted) => mounted,
+        Err(err) => {
+            end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+            return Err(err);
+        }
+    };
+    if let Some(mounted) = &mounted {
+        eprintln!("volumes mounted at {}", mounted.dir().display());
+        variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());
+    }
     if let Err(err) = write_env_files(&args, &variables) {
+        drop(mounted);
         end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
         return Err(err);
     }
     if args.detach {
+        // The mount lives with sshfs, beyond this command, until `leave` or unmount.
+        std::mem::forget(mounted);
         eprintln!(
             "session {:?} is live; end it with `{} leave {}`",
             plan.name,
@@ -217,6 +238,7 @@ async fn run_session(
     } else {
         run_command(&args.command, &variables).await?
     };
+    drop(mounted);
     end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
     Ok(code)
 }
@@ -288,6 +310,29 @@ async fn join_tunneld(
     {
         ControlReply::Environment { variables } => Ok(variables),
         other => anyhow::bail!("unexpected answer from tunneld: {other:?}"),
+    }
+}
+
+/// The variable that names where the volumes are mounted, for `-- CMD` and env files.
+const ROOT_ENV: &str = "KUBEDEV_ROOT";
+
+/// Mounts the volumes as `--mount` says. Without the flag a failure is only reported: the
+/// session is useful without them.
+async fn mount_volumes(
+    connection: &Connection,
+    plan: &Plan,
+    args: &SessionArgs,
+) -> anyhow::Result<Option<Mount>> {
+    let socket = tunneld_socket(connection)?;
+    let choice = args.mount.clone().unwrap_or(MountChoice::Temporary);
+    let read_only = plan.mode == Mode::Ingest;
+    match mount::mount(&socket, &plan.name, &choice, read_only).await {
+        Ok(mounted) => Ok(mounted),
+        Err(err) if args.mount.is_none() => {
+            eprintln!("note: the volumes are not mounted: {err:#}");
+            Ok(None)
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -411,6 +456,7 @@ async fn end_session(
             Err(err) => eprintln!("warning: {err}"),
         }
     }
+    mount::unmount_session(name);
     let bar = spinner(format!("restoring {workload}"));
     session::restore(
         &connection.client,

@@ -44,6 +44,17 @@ pub(crate) async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>,
         OpenRequest::Inbound { .. } => {
             refuse(&mut stream, "the agent takes no inbound streams".into()).await
         }
+        OpenRequest::Files => {
+            let root = std::path::Path::new(kubedev::protocol::VOLUMES_ROOT);
+            let server = crate::volumes::VolumeServer::new(root, settings.read_only_volumes);
+            match write_message(&mut stream, &OpenReply::Connected).await {
+                Ok(()) => {
+                    russh_sftp::server::run(stream, server).await;
+                    Ok(())
+                }
+                Err(err) => Err(std::io::Error::other(err)),
+            }
+        }
         OpenRequest::Claim { port, filter } => {
             tracing::info!(
                 "a workstation takes port {port}{}",

@@ -4,6 +4,7 @@ mod flows;
 mod http_route;
 mod intercept;
 mod serve;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = serve::Settings {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
+        read_only_volumes: cli.config.read_only_volumes,
     };
     let sessions = Arc::new(serve::Sessions::default());
     let serving = async {

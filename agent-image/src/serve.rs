@@ -17,6 +17,8 @@ use crate::flows;
 pub(crate) struct Settings {
     pub(crate) token: String,
     pub(crate) udp_idle: Duration,
+    /// Ingest: the volumes are served read-only.
+    pub(crate) read_only_volumes: bool,
 }
 
 /// The live sessions, newest first, with the ports each one claimed: intercepted

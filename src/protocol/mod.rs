@@ -72,6 +72,9 @@ pub enum OpenRequest {
     /// From the agent: a connection arrived for the app container's `port`; the
     /// workstation answers `Connected` once its local server accepted it.
     Inbound { port: u16 },
+    /// An SFTP session on the app container's volumes (under [`VOLUMES_ROOT`]), read-only
+    /// for ingest; answered with `Connected`, then SFTP packets follow.
+    Files,
     /// This session takes connections (or, with a filter, HTTP requests) for the app
     /// container's `port` for as long as it lasts; answered with `Connected`.
     Claim {
@@ -116,12 +119,19 @@ pub const AGENT_TOKEN_ENV: &str = "KUBEDEV_AGENT_TOKEN";
 /// they never collide with the agent's own.
 pub const APP_ENV_PREFIX: &str = "KUBEDEV_APP_";
 
+/// Where the agent sees the app container's volumes: a volume the app mounts at /x/y is
+/// at `VOLUMES_ROOT`/x/y.
+pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
+
 /// What the plugins tell an agent about its job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfig {
     /// Ports the agent listens on in the pod, for connections bound for the workstation.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// The volumes are served read-only (ingest), whatever the client asks.
+    #[serde(default)]
+    pub read_only_volumes: bool,
 }
 
 /// One port the agent took over from the app container.

@@ -94,6 +94,11 @@ impl AgentLink {
             .map(drop)
     }
 
+    /// An SFTP session on the app container's volumes.
+    pub async fn open_files(&self) -> Result<MuxStream, LinkError> {
+        self.open_flow(&OpenRequest::Files).await
+    }
+
     /// The app container's environment, as the agent got it from the kubelet.
     pub async fn environment(&self) -> Result<BTreeMap<String, String>, LinkError> {
         match self.request(&OpenRequest::Environment).await?.1 {

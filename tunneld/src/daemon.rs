@@ -170,6 +170,7 @@ impl Daemon {
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
             ControlRequest::Status => ControlReply::Status(self.status().await),
             ControlRequest::Environment { name } => self.environment(&name).await,
+            ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
         };
         write_message(&mut stream, &reply).await?;
         Ok(())
@@ -192,6 +193,25 @@ impl Daemon {
         self.sessions_changed.notify_waiters();
         self.start_network(&namespace).await;
         ControlReply::Done
+    }
+
+    /// Turns the client's connection into an SFTP session on the app's volumes, with one of
+    /// the session's agents, until either side closes.
+    async fn serve_files(&self, name: &str, mut client: UnixStream) -> anyhow::Result<()> {
+        let Some(link) = self.pool.pick_for(name, ENVIRONMENT_WAIT).await else {
+            let reason = format!("no agent of session {name:?} is linked");
+            return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
+        };
+        let mut files = match link.open_files().await {
+            Ok(files) => files,
+            Err(err) => {
+                let reason = format!("volumes of session {name:?}: {err}");
+                return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
+            }
+        };
+        write_message(&mut client, &ControlReply::Done).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut files).await?;
+        Ok(())
     }
 
     async fn environment(&self, name: &str) -> ControlReply {

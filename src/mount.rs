@@ -1,0 +1,202 @@
+//! The app container's volumes on the workstation. `sshfs -o passive` speaks SFTP over its
+//! stdin and stdout, which are a connection to tunneld's control socket that tunneld turned
+//! into an SFTP session with an agent: no port is opened on this machine. A volume the app
+//! mounts at /x/y appears at DIR/x/y.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::control;
+
+/// How long sshfs may take to mount.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the user wants the volumes (`--mount DIR[:ro]|false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountChoice {
+    /// A new temporary directory.
+    Temporary,
+    Dir {
+        path: PathBuf,
+        read_only: bool,
+    },
+    No,
+}
+
+impl std::str::FromStr for MountChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "false" | "no" => Ok(Self::No),
+            "" => Err("expected DIR, DIR:ro or false".into()),
+            _ => Ok(match text.strip_suffix(":ro") {
+                Some(path) => Self::Dir {
+                    path: path.into(),
+                    read_only: true,
+                },
+                None => Self::Dir {
+                    path: text.into(),
+                    read_only: false,
+                },
+            }),
+        }
+    }
+}
+
+/// Mounted volumes; dropping unmounts them (and removes a temporary directory).
+#[derive(Debug)]
+pub struct Mount {
+    dir: PathBuf,
+    sshfs: Child,
+    temporary: bool,
+}
+
+impl Mount {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Mounts the volumes of session `name` as `choice` says (read-only if `read_only`).
+pub async fn mount(
+    socket: &Path,
+    name: &str,
+    choice: &MountChoice,
+    read_only: bool,
+) -> anyhow::Result<Option<Mount>> {
+    let (dir, read_only, temporary) = match choice {
+        MountChoice::No => return Ok(None),
+        MountChoice::Temporary => {
+            let dir = std::env::temp_dir().join(format!("kubedev-{name}-{}", std::process::id()));
+            (dir, read_only, true)
+        }
+        MountChoice::Dir {
+            path,
+            read_only: ro,
+        } => (path.clone(), read_only || *ro, false),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let sftp = control::open_files(socket, name).await?.into_std()?;
+    sftp.set_nonblocking(false)?;
+    let replies = sftp.try_clone()?;
+    let mut command = Command::new("sshfs");
+    command
+        .arg(format!("kubedev-{name}:/"))
+        .arg(&dir)
+        .args(["-f", "-o", "passive", "-o"])
+        .arg(format!("fsname=kubedev-{name}:/"))
+        .stdin(Stdio::from(OwnedFd::from(sftp)))
+        .stdout(Stdio::from(OwnedFd::from(replies)))
+        .stderr(Stdio::null());
+    if read_only {
+        command.args(["-o", "ro"]);
+    }
+    let sshfs = command.spawn().context(
+        "cannot run sshfs, which mounts the volumes (install it, or pass --mount false)",
+    )?;
+    // From here on, any error drops `mount`, which unmounts and cleans up.
+    let mut mount = Mount {
+        dir,
+        sshfs,
+        temporary,
+    };
+    let deadline = std::time::Instant::now() + MOUNT_TIMEOUT;
+    while !is_mounted(&mount.dir) {
+        if let Some(status) = mount.sshfs.try_wait()? {
+            anyhow::bail!("sshfs could not mount the volumes ({status})");
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "sshfs did not mount the volumes within {MOUNT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Some(mount))
+}
+
+/// Unmounts what an earlier, detached run mounted for session `name`.
+pub fn unmount_session(name: &str) {
+    let source = format!("kubedev-{name}:/");
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mounts.lines() {
+        let Some((fields, described)) = line.split_once(" - ") else {
+            continue;
+        };
+        if described.split(' ').nth(1) == Some(source.as_str())
+            && let Some(dir) = fields.split(' ').nth(4)
+        {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let target = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|line| line.split(' ').nth(4) == Some(target.as_ref()))
+    })
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let unmounted = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !unmounted {
+                let _ = Command::new("fusermount")
+                    .arg("-uz")
+                    .arg(&self.dir)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = self.sshfs.kill();
+        let _ = self.sshfs.wait();
+        if self.temporary {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_choices_read_like_the_flag() {
+        assert_eq!("false".parse(), Ok(MountChoice::No));
+        assert_eq!(
+            "/tmp/web".parse(),
+            Ok(MountChoice::Dir {
+                path: "/tmp/web".into(),
+                read_only: false
+            })
+        );
+        assert_eq!(
+            "/tmp/web:ro".parse(),
+            Ok(MountChoice::Dir {
+                path: "/tmp/web".into(),
+                read_only: true
+            })
+        );
+        assert!("".parse::<MountChoice>().is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The container's volumes on the workstation: a volume mounted at /data in the container
+//! is at $KUBEDEV_ROOT/data for `-- CMD`; read-write for intercept, read-only for ingest.
+
+use kubedev_e2e::workstation::Workstation;
+use kubedev_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
+use serde_json::json;
+
+/// A Deployment `vol` whose container (busybox) mounts an emptyDir at /data, behind a
+/// Service on port 8080.
+async fn deploy_app_with_volume(ns: &TestNamespace) {
+    let manifest = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [{
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "vol"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "vol"}},
+                "template": {
+                    "metadata": {"labels": {"app": "vol"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "app",
+                            "image": CLIENT_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                        }],
+                        "volumes": [{"name": "data", "emptyDir": {}}]
+                    }
+                }
+            }
+        }, {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "vol"},
+            "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080}]}
+        }]
+    });
+    let path = std::env::temp_dir().join(format!("{}-vol.json", ns.name));
+    std::fs::write(&path, manifest.to_string()).expect("manifest");
+    ns.kubectl_ok(&["apply", "-f", &path.display().to_string()])
+        .expect("apply");
+    std::fs::remove_file(&path).ok();
+    ns.wait_deployment_ready("vol").await.expect("vol ready");
+}
+
+/// A shell script for `-- sh -c` that runs kubectl in the session's pod.
+fn in_pod(cluster: &TestCluster, ns: &TestNamespace, command: &str) -> String {
+    let kubectl = format!(
+        "{} --kubeconfig {} -n {}",
+        cluster.kubectl.display(),
+        cluster.admin_kubeconfig.display(),
+        ns.name
+    );
+    format!(
+        "pod=$({kubectl} get pods -l kubedev.io/session=vol -o jsonpath='{{.items[0].metadata.name}}') \
+         && {kubectl} exec $pod -c app -- sh -c '{command}'"
+    )
+}
+
+#[tokio::test]
+async fn intercept_mounts_the_volumes_read_write() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes").await;
+    deploy_app_with_volume(&ns).await;
+    let workstation = Workstation::create(&cluster);
+    let script = format!(
+        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {} && {} && cat $KUBEDEV_ROOT/data/pod.txt",
+        in_pod(&cluster, &ns, "cat /data/laptop.txt"),
+        in_pod(&cluster, &ns, "echo from-the-pod > /data/pod.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-intercept",
+        &[
+            "vol",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:8080",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(output, "from-the-laptop\nfrom-the-pod\n");
+}
+
+#[tokio::test]
+async fn ingest_mounts_the_volumes_read_only() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-ro").await;
+    deploy_app_with_volume(&ns).await;
+    let workstation = Workstation::create(&cluster);
+    let script = format!(
+        "{} && cat $KUBEDEV_ROOT/data/pod.txt && if echo x > $KUBEDEV_ROOT/data/laptop.txt; \
+         then echo written; else echo refused; fi",
+        in_pod(&cluster, &ns, "echo from-the-pod > /data/pod.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-ingest",
+        &["vol", "-n", &ns.name, "--", "sh", "-c", &script],
+    );
+    assert_eq!(output, "from-the-pod\nrefused\n");
+}
