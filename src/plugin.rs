@@ -458,16 +458,24 @@ async fn end_session(
     }
     mount::unmount_session(name);
     let bar = spinner(format!("restoring {workload}"));
-    session::restore(
+    let left = session::leave(
         &connection.client,
         &connection.namespace,
         workload,
+        name,
         timeout,
         progress_on(&bar),
     )
     .await?;
     bar.finish_and_clear();
-    eprintln!("{workload} restored");
+    match left {
+        session::Left::Restored => eprintln!("{workload} restored"),
+        session::Left::OthersRemain(count) => eprintln!(
+            "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "s" } else { "" }
+        ),
+    }
     Ok(())
 }
 
@@ -507,20 +515,25 @@ async fn run_manage(mode: Mode, cluster: &ClusterArgs, manage: Manage) -> anyhow
     match manage {
         Manage::List { output } => {
             let daemon = tunneld_status(&socket).await.ok();
-            let rows: Vec<Listed> = sessions_in(&connection)
-                .await?
-                .into_iter()
-                .map(|(workload, record)| Listed {
+            let sessions = sessions_in(&connection).await?;
+            let rows: Vec<Listed> = sessions
+                .iter()
+                .flat_map(|(workload, record)| {
+                    record
+                        .sessions()
+                        .map(move |(name, _)| (workload, record, name))
+                })
+                .map(|(workload, record, name)| Listed {
                     linked_pods: daemon
                         .iter()
                         .flat_map(|d| d.sessions.iter())
-                        .find(|s| s.name == record.name && s.namespace == connection.namespace)
+                        .find(|s| s.name == name && s.namespace == connection.namespace)
                         .map(|s| s.linked_pods.clone())
                         .unwrap_or_default(),
-                    name: record.name,
+                    name: name.to_owned(),
                     mode: record.mode,
                     workload: workload.reference.to_string(),
-                    container: record.container,
+                    container: record.container.clone(),
                     namespace: connection.namespace.clone(),
                 })
                 .collect();
@@ -534,9 +547,14 @@ async fn run_manage(mode: Mode, cluster: &ClusterArgs, manage: Manage) -> anyhow
         }
         Manage::Leave { name, all, timeout } => {
             let sessions = sessions_in(&connection).await?;
-            let chosen: Vec<_> = sessions
+            let chosen: Vec<(&Workload, String)> = sessions
                 .iter()
-                .filter(|(_, record)| all || Some(&record.name) == name.as_ref())
+                .flat_map(|(workload, record)| {
+                    record
+                        .sessions()
+                        .map(move |(session, _)| (workload, session.to_owned()))
+                })
+                .filter(|(_, session)| all || Some(session) == name.as_ref())
                 .collect();
             if chosen.is_empty() {
                 if all {
@@ -550,8 +568,8 @@ async fn run_manage(mode: Mode, cluster: &ClusterArgs, manage: Manage) -> anyhow
                     command_of(mode)
                 );
             }
-            for (workload, record) in chosen {
-                end_session(&connection, &record.name, &workload.reference, timeout).await?;
+            for (workload, session) in chosen {
+                end_session(&connection, &session, &workload.reference, timeout).await?;
             }
         }
         Manage::Status { output } => {

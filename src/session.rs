@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
-use crate::protocol::HttpFilter;
+use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
 use crate::workload::{Progress, Workload, WorkloadRef, wait_for_pods};
 
 /// The workload annotation holding a session's [`Record`] (JSON).
@@ -25,7 +25,14 @@ pub const RECORD_ANNOTATION: &str = "kubedev.io/session";
 /// What a session changed, and the originals to restore.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The session that added the agent; its name labels the pods.
     pub name: String,
+    /// intercept: its HTTP filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<HttpFilter>,
+    /// Intercepts with other HTTP filters that share the agent (see [`start`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<Joined>,
     pub mode: Mode,
     pub container: String,
     /// The pod template exactly as it was.
@@ -33,6 +40,63 @@ pub struct Record {
     /// Services whose ports were changed, with their original ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+}
+
+/// An intercept that joined an existing one, with a different HTTP filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub name: String,
+    pub filter: HttpFilter,
+}
+
+impl Record {
+    /// Every session on the workload: the one that added the agent, then those that joined.
+    pub fn sessions(&self) -> impl Iterator<Item = (&str, Option<&HttpFilter>)> {
+        std::iter::once((self.name.as_str(), self.filter.as_ref())).chain(
+            self.joined
+                .iter()
+                .map(|joined| (joined.name.as_str(), Some(&joined.filter))),
+        )
+    }
+
+    /// Why an intercept named `name` with `filter` cannot share this workload, if it cannot:
+    /// every intercept on it needs a filter, and no two the same.
+    fn refuses_to_share(
+        &self,
+        name: &str,
+        mode: Mode,
+        filter: Option<&HttpFilter>,
+    ) -> Option<String> {
+        if self.mode != Mode::Intercept || mode != Mode::Intercept {
+            return Some(format!(
+                "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
+                self.mode, self.name, self.name
+            ));
+        }
+        if let Some((taken, _)) = self.sessions().find(|(existing, _)| *existing == name) {
+            return Some(format!(
+                "a session named {taken:?} is already on it: choose another --name"
+            ));
+        }
+        let Some(filter) = filter else {
+            return Some(format!(
+                "intercept {:?} is already on it: a second intercept needs an HTTP filter \
+                 (--http-header or --http-path-prefix) that the first does not have",
+                self.name
+            ));
+        };
+        self.sessions()
+            .find_map(|(existing, existing_filter)| match existing_filter {
+                None => Some(format!(
+                    "intercept {existing:?} takes every request on it: it must leave before \
+                 filtered intercepts can share"
+                )),
+                Some(other) if other == filter => Some(format!(
+                    "intercept {existing:?} already takes the requests this filter matches"
+                )),
+                Some(_) => None,
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,13 +174,11 @@ pub async fn start(
         plan.workload
     );
     if let Some(existing) = record_of(&workload)? {
-        anyhow::bail!(
-            "{} already has a kubedev session ({} {:?}): end it first with `leave {}`",
-            plan.workload,
-            existing.mode,
-            existing.name,
-            existing.name
-        );
+        if let Some(reason) = existing.refuses_to_share(&plan.name, plan.mode, plan.filter.as_ref())
+        {
+            anyhow::bail!("cannot intercept {}: {reason}", plan.workload);
+        }
+        return join(client, namespace, plan, workload, existing).await;
     }
     let template = workload.template()?;
     let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
@@ -146,6 +208,8 @@ pub async fn start(
     )?;
     let mut record = Record {
         name: plan.name.clone(),
+        filter: plan.filter.clone(),
+        joined: Vec::new(),
         mode: plan.mode,
         container: container.clone(),
         template: workload
@@ -185,9 +249,17 @@ pub async fn start(
         anyhow::Ok(())
     };
     if let Err(err) = ready.await {
-        let restored = restore(client, namespace, &plan.workload, plan.timeout, |_| {}).await;
+        let restored = leave(
+            client,
+            namespace,
+            &plan.workload,
+            &plan.name,
+            plan.timeout,
+            |_| {},
+        )
+        .await;
         return Err(match restored {
-            Ok(()) => err.context(format!("{} was restored", plan.workload)),
+            Ok(_) => err.context(format!("{} was restored", plan.workload)),
             Err(restore_err) => err.context(format!(
                 "restoring {} failed too: {restore_err:#}",
                 plan.workload
@@ -197,19 +269,47 @@ pub async fn start(
     Ok(started)
 }
 
-/// Puts back what the session on `reference` changed, and waits for the pods. A workload
-/// without a session is left alone.
-pub async fn restore(
+/// What leaving did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// The workload is as it was before the first session.
+    Restored,
+    /// Other intercepts remain on the workload.
+    OthersRemain(usize),
+}
+
+/// Ends session `name` on `reference`. The last session to leave puts back what was
+/// changed, and waits for the pods; one that joined an intercept only removes itself. A
+/// workload without that session is left alone.
+pub async fn leave(
     client: &kube::Client,
     namespace: &str,
     reference: &WorkloadRef,
+    name: &str,
     timeout: Duration,
     progress: impl FnMut(&Progress),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Left> {
     let mut workload = Workload::get(client, namespace, reference).await?;
-    let Some(record) = record_of(&workload)? else {
-        return Ok(());
+    let Some(mut record) = record_of(&workload)? else {
+        return Ok(Left::Restored);
     };
+    if !record.sessions().any(|(session, _)| session == name) {
+        return Ok(Left::OthersRemain(record.sessions().count()));
+    }
+    if !record.joined.is_empty() {
+        // Others stay: the agent stays, and the one leaving hands over or drops out.
+        if record.name == name {
+            let heir = record.joined.remove(0);
+            record.name = heir.name;
+            record.filter = Some(heir.filter);
+        } else {
+            record.joined.retain(|joined| joined.name != name);
+        }
+        workload
+            .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+            .await?;
+        return Ok(Left::OthersRemain(record.sessions().count()));
+    }
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for original in &record.services {
         let mut service = services
@@ -228,7 +328,75 @@ pub async fn restore(
         .write(client, record.template, RECORD_ANNOTATION, None)
         .await?;
     wait_for_pods(client, &workload, false, timeout, progress).await?;
-    Ok(())
+    Ok(Left::Restored)
+}
+
+/// Adds an intercept with its own HTTP filter to the agent already on `workload`: nothing
+/// in the pods changes, so nothing restarts.
+async fn join(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    mut workload: Workload,
+    mut record: Record,
+) -> anyhow::Result<Started> {
+    let original: PodTemplateSpec = serde_json::from_value(record.template.clone())?;
+    let current = workload.template()?;
+    let service = choose_service(client, namespace, &original, plan).await?;
+    let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
+    let agent = current
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .find(|c| c.name == inject::AGENT_CONTAINER)
+        .context("the workload's record says it has an agent, but its pods have none")?;
+    let agent_env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    let config: AgentConfig =
+        serde_json::from_str(&agent_env(AGENT_CONFIG_ENV).unwrap_or_default()).unwrap_or_default();
+    if let Some(missing) = forwards
+        .iter()
+        .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
+    {
+        anyhow::bail!(
+            "cannot intercept {}: the intercepts on it do not take port {}; join with the \
+             same ports",
+            plan.workload,
+            missing.app_port
+        );
+    }
+    let token = agent_env(AGENT_TOKEN_ENV).context("the agent has no session token")?;
+    record.joined.push(Joined {
+        name: plan.name.clone(),
+        filter: plan
+            .filter
+            .clone()
+            .context("a joining intercept has a filter")?,
+    });
+    workload
+        .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+        .await?;
+    // The pods keep the label of the session that added the agent, even after it left.
+    let label = current
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|labels| labels.get(SESSION_LABEL))
+        .context("the pods have no session label")?
+        .clone();
+    Ok(Started {
+        agents: format!("{},{SESSION_LABEL}={label}", workload.selector()?),
+        workload,
+        record,
+        token,
+        forwards,
+    })
 }
 
 /// The session recorded on `workload`, if any.

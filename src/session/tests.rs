@@ -156,3 +156,58 @@ fn tokens_are_fresh_hex() {
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
 }
+
+fn record(filter: Option<HttpFilter>) -> Record {
+    Record {
+        name: "alice".into(),
+        filter,
+        joined: Vec::new(),
+        mode: Mode::Intercept,
+        container: "web".into(),
+        template: json!({}),
+        services: Vec::new(),
+    }
+}
+
+fn header(value: &str) -> HttpFilter {
+    HttpFilter {
+        headers: vec![("x-dev".into(), value.into())],
+        path_prefix: None,
+    }
+}
+
+#[test]
+fn intercepts_share_a_workload_only_with_distinct_filters() {
+    let filtered = record(Some(header("alice")));
+    let bob = header("bob");
+    assert_eq!(
+        filtered.refuses_to_share("bob", Mode::Intercept, Some(&bob)),
+        None
+    );
+
+    let reason = |r: &Record, name: &str, mode: Mode, f: Option<&HttpFilter>| {
+        r.refuses_to_share(name, mode, f).expect("refused")
+    };
+    let same = header("alice");
+    assert!(reason(&filtered, "bob", Mode::Intercept, Some(&same)).contains("already takes"));
+    assert!(reason(&filtered, "bob", Mode::Intercept, None).contains("needs an HTTP filter"));
+    assert!(
+        reason(&filtered, "alice", Mode::Intercept, Some(&bob)).contains("choose another --name")
+    );
+    assert!(reason(&filtered, "bob", Mode::Replace, None).contains("end it first"));
+    let everything = record(None);
+    assert!(
+        reason(&everything, "bob", Mode::Intercept, Some(&bob)).contains("takes every request")
+    );
+}
+
+#[test]
+fn sessions_list_the_first_then_those_that_joined() {
+    let mut shared = record(Some(header("alice")));
+    shared.joined.push(Joined {
+        name: "bob".into(),
+        filter: header("bob"),
+    });
+    let names: Vec<&str> = shared.sessions().map(|(name, _)| name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+}

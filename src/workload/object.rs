@@ -150,6 +150,20 @@ impl Workload {
             .map(String::as_str)
     }
 
+    /// Sets the annotation `key`, leaving the template as it is (so no pod restarts).
+    pub async fn annotate(
+        &mut self,
+        client: &kube::Client,
+        key: &str,
+        value: String,
+    ) -> anyhow::Result<()> {
+        let template = self
+            .template_value()
+            .cloned()
+            .with_context(|| format!("{} has no pod template", self.reference))?;
+        self.write(client, template, key, Some(value)).await
+    }
+
     /// Writes `template` and sets (or, with `None`, removes) the annotation `key`, failing
     /// if the workload changed since it was read.
     pub async fn write(

@@ -92,6 +92,22 @@ impl Setup {
     fn get(&self, path: &str) -> String {
         http_from_client(&self.ns, "echo:8080", path)
     }
+
+    /// GETs `path` from the client pod with an extra `header` line, whatever the status;
+    /// returns the body.
+    fn get_with(&self, path: &str, header: Option<&str>) -> String {
+        let extra = header.map(|h| format!("{h}\r\n")).unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{extra}Connection: close\r\n\r\n");
+        let response = self
+            .ns
+            .exec("client", &["probe", "tcp", "echo:8080", &request])
+            .expect("request");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_owned())
+            .unwrap_or(response)
+    }
 }
 
 #[tokio::test]
@@ -161,18 +177,7 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
         "/api/",
         "--detach",
     ]);
-    let get = |path: &str, header: Option<&str>| {
-        let extra = header.map(|h| format!("{h}\r\n")).unwrap_or_default();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{extra}Connection: close\r\n\r\n");
-        let response =
-            s.ns.exec("client", &["probe", "tcp", "echo:8080", &request])
-                .expect("request");
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.trim().to_owned())
-            .unwrap_or(response)
-    };
+    let get = |path: &str, header: Option<&str>| s.get_with(path, header);
     assert_eq!(
         get("/api/cart", Some("X-Dev: alice")),
         "local laptop: GET /api/cart HTTP/1.1"
@@ -195,6 +200,89 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
     assert!(answers.contains("echo from echo-"), "{answers}");
 
     s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn two_developers_share_a_workload_by_header() {
+    let s = setup("intercept-two", false, 2, 3000).await;
+    let bob = Workstation::create(&s.cluster);
+    let _bob_server = bob.serve_http(3000, "bob");
+    let request = |value: &str| {
+        let header = format!("X-Dev: {value}");
+        s.get_with("/who", (!value.is_empty()).then_some(header.as_str()))
+    };
+
+    s.plugin_ok(&[
+        "echo",
+        "--port",
+        "3000:http",
+        "--http-header",
+        "x-dev=alice",
+        "--name",
+        "alice",
+        "--detach",
+    ]);
+    let bob_args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "echo",
+            "-n",
+            s.ns.name.as_str(),
+            "--port",
+            "3000:http",
+            "--detach",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    // Bob's intercept joins without restarting the pods.
+    let pods_before =
+        s.ns.kubectl_ok(&["get", "pods", "-l", "kubedev.io/session", "-o", "name"])
+            .expect("pods");
+    bob.plugin_ok(
+        &s.cluster,
+        PLUGIN,
+        &bob_args(&["--http-header", "x-dev=bob", "--name", "bob"]),
+    );
+    let pods_after =
+        s.ns.kubectl_ok(&["get", "pods", "-l", "kubedev.io/session", "-o", "name"])
+            .expect("pods");
+    assert_eq!(pods_before, pods_after, "no restart for a second intercept");
+
+    // Every request goes to its own developer, over either replica; the rest to the app.
+    for _ in 0..4 {
+        assert_eq!(request("alice"), "local laptop: GET /who HTTP/1.1");
+        assert_eq!(request("bob"), "local bob: GET /who HTTP/1.1");
+        assert!(request("").starts_with("echo from echo-"));
+    }
+
+    // A third intercept with a filter already taken is refused, and changes nothing.
+    let carol = bob.plugin(
+        &s.cluster,
+        PLUGIN,
+        &bob_args(&["--http-header", "x-dev=bob", "--name", "carol"]),
+    );
+    let stderr = String::from_utf8_lossy(&carol.stderr);
+    assert!(
+        stderr.contains("already takes the requests this filter matches"),
+        "{stderr}"
+    );
+
+    let listed: Value =
+        serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+
+    // Alice leaves first: Bob keeps his requests, and the agent stays.
+    s.plugin_ok(&["leave", "alice"]);
+    assert_eq!(request("bob"), "local bob: GET /who HTTP/1.1");
+    assert!(request("alice").starts_with("echo from echo-"));
+    bob.plugin_ok(&s.cluster, PLUGIN, &["leave", "bob", "-n", &s.ns.name]);
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 
@@ -297,7 +385,10 @@ async fn bad_requests_change_nothing() {
         "--detach",
     ]);
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("already has a kubedev session"), "{stderr}");
+    assert!(
+        stderr.contains("a second intercept needs an HTTP filter"),
+        "{stderr}"
+    );
     s.plugin_ok(&["leave", "echo"]);
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
