@@ -77,6 +77,28 @@ impl Route {
     }
 }
 
+/// What an HTTP/2 client sends first, without upgrading from HTTP/1.1 (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Whether the client on `connection` opens with the HTTP/2 preface (looked at, not read).
+pub(crate) async fn speaks_http2(connection: &TcpStream) -> bool {
+    let mut start = [0u8; HTTP2_PREFACE.len()];
+    let mut seen = 0;
+    // The preface may arrive in pieces; stop as soon as it cannot be one.
+    while seen < start.len() {
+        match connection.peek(&mut start).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) if start[..read] != HTTP2_PREFACE[..read] => return false,
+            // Peeking again returns at once: wait a little for the rest.
+            Ok(read) if read == seen => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(read) => seen = read,
+        }
+    }
+    true
+}
+
 /// Whether `request` is one `filter` asks for.
 fn matches<B>(filter: &HttpFilter, request: &Request<B>) -> bool {
     let path_ok = filter

@@ -54,9 +54,15 @@ async fn deliver(
     sessions: Arc<Sessions>,
 ) {
     let _ = connection.set_nodelay(true);
-    let claimants = sessions.claimants(listener.app_port);
+    let mut claimants = sessions.claimants(listener.app_port);
     if claimants.iter().any(|c| c.filter.is_some()) {
-        return http_route::serve(connection, peer, listener, claimants).await;
+        if !http_route::speaks_http2(&connection).await {
+            return http_route::serve(connection, peer, listener, claimants).await;
+        }
+        // Requests are routed one by one over HTTP/1.1 only: an HTTP/2 connection goes
+        // whole to whoever takes every request, else to the app.
+        tracing::debug!("{peer}: HTTP/2 on a filtered port, not routed by request");
+        claimants.retain(|c| c.filter.is_none());
     }
     for claimant in &claimants {
         match to_workstation(&claimant.handle, listener.app_port).await {

@@ -1,7 +1,7 @@
 //! `kubectl ingest`: the container's environment, as the kubelet resolves it (secrets,
 //! fieldRefs), on the workstation, for env files and for `-- CMD`; no traffic moves.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 use serde_json::{Value, json};
@@ -96,6 +96,39 @@ async fn the_environment_arrives_in_files_and_in_the_command() {
     std::fs::remove_file(&env_json).ok();
 
     let after = ns.api::<Deployment>().get("app").await.expect("app").spec;
+    assert_eq!(
+        serde_json::to_value(after.map(|s| s.template)).expect("json"),
+        serde_json::to_value(before.map(|s| s.template)).expect("json"),
+        "restored exactly"
+    );
+}
+
+#[tokio::test]
+async fn a_statefulset_with_three_replicas_is_ingested_and_restored() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "ingest-sts").await;
+    ns.deploy_echo_statefulset("echo", 3)
+        .await
+        .expect("echo ready");
+    let before = ns.api::<StatefulSet>().get("echo").await.expect("sts").spec;
+    let workstation = Workstation::create(&cluster);
+
+    let output = workstation.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[
+            "statefulset/echo",
+            "-n",
+            &ns.name,
+            "--",
+            "sh",
+            "-c",
+            // Service links are part of the container's environment.
+            "printf %s \"$ECHO_SERVICE_PORT_HTTP\"",
+        ],
+    );
+    assert_eq!(output, "8080");
+    let after = ns.api::<StatefulSet>().get("echo").await.expect("sts").spec;
     assert_eq!(
         serde_json::to_value(after.map(|s| s.template)).expect("json"),
         serde_json::to_value(before.map(|s| s.template)).expect("json"),

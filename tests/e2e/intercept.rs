@@ -2,7 +2,6 @@
 //! intercepted service port reach a server on the workstation, everything else still
 //! reaches the app, and leaving restores the workload and Service exactly.
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use kubedev_e2e::workstation::{LocalServer, Workstation};
 use kubedev_e2e::{TestCluster, TestNamespace};
@@ -12,26 +11,9 @@ const PLUGIN: &str = "kubectl-intercept";
 
 /// The parts of the echo workload and Service that a session may change, as stored.
 async fn stored(ns: &TestNamespace, statefulset: bool) -> (Value, Value) {
-    let template = if statefulset {
-        let sts = ns
-            .api::<StatefulSet>()
-            .get("echo")
-            .await
-            .expect("statefulset");
-        serde_json::to_value(sts.spec.map(|s| s.template))
-    } else {
-        let deployment = ns
-            .api::<Deployment>()
-            .get("echo")
-            .await
-            .expect("deployment");
-        serde_json::to_value(deployment.spec.map(|s| s.template))
-    };
+    let template = ns.echo_template(statefulset).await;
     let service = ns.api::<Service>().get("echo").await.expect("service");
-    (
-        template.expect("json"),
-        serde_json::to_value(service.spec).expect("json"),
-    )
+    (template, serde_json::to_value(service.spec).expect("json"))
 }
 
 fn http_from_client(ns: &TestNamespace, target: &str, path: &str) -> String {
@@ -186,6 +168,13 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
     assert!(get("/api/cart", None).starts_with("echo from echo-"));
     assert!(get("/index.html", Some("X-Dev: alice")).starts_with("echo from echo-"));
 
+    // An HTTP/2 client is not routed by request: its connection goes to the app whole.
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let h2 =
+        s.ns.exec("client", &["probe", "tcp", "echo:8080", preface])
+            .expect("h2 preface");
+    assert!(h2.contains("echo from echo-"), "{h2}");
+
     // One keep-alive connection carries requests for both places.
     let both = "GET /api/a HTTP/1.1\r\nHost: echo\r\nX-Dev: alice\r\n\r\n\
                 GET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
@@ -320,6 +309,34 @@ async fn the_session_ends_with_the_command_and_with_its_exit_status() {
         "test -n \"$ECHO_SERVICE_HOST\" && exit 7",
     ]);
     assert_eq!(output.status.code(), Some(7), "{output:?}");
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn a_foreground_session_ends_on_sigterm_and_restores_the_workload() {
+    let s = setup("intercept-signal", false, 1, 3000).await;
+    let mut plugin = s.workstation.spawn_plugin(
+        &s.cluster,
+        PLUGIN,
+        &["echo", "-n", &s.ns.name, "--port", "3000:http"],
+    );
+    // Live once the workstation answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !s.get_with("/live", None).starts_with("local laptop") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never went live"
+        );
+        assert!(
+            plugin.try_wait().expect("wait").is_none(),
+            "the plugin exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(plugin.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let status = plugin.wait().expect("plugin exits");
+    assert!(status.success(), "{status}");
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 

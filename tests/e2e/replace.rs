@@ -1,64 +1,142 @@
-//! `kubectl replace-container`: the container is gone from the pods while the session lasts,
-//! all of its traffic reaches the workstation, and it comes back exactly on leave.
+//! `kubectl replace-container`: the container is gone from the pods while the session lasts
+//! (sidecars keep running), all of its traffic reaches the workstation, and it comes back
+//! exactly on leave.
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
+use kubedev_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
+use serde_json::json;
 
 const PLUGIN: &str = "kubectl-replace_container";
 
-async fn template(ns: &TestNamespace) -> Value {
-    let deployment = ns
-        .api::<Deployment>()
-        .get("echo")
-        .await
-        .expect("deployment");
-    serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json")
-}
-
+/// The containers of every running echo pod, sorted.
 async fn containers(ns: &TestNamespace) -> Vec<Vec<String>> {
     let pods = ns
         .api::<Pod>()
         .list(&ListParams::default().labels("app=echo"))
         .await
         .expect("pods");
-    pods.items
+    let mut all: Vec<Vec<String>> = pods
+        .items
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
         .map(|pod| {
-            pod.spec
+            let mut names: Vec<String> = pod
+                .spec
                 .iter()
                 .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
-                .collect()
+                .collect();
+            names.sort();
+            names
         })
-        .collect()
+        .collect();
+    all.sort();
+    all
 }
 
 #[tokio::test]
-async fn the_container_is_replaced_by_the_workstation_until_leave() {
+async fn the_container_is_replaced_by_the_workstation_and_sidecars_stay() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "replace").await;
     ns.deploy_echo("echo", 1).await.expect("echo ready");
+    let sidecar = json!([{
+        "op": "add",
+        "path": "/spec/template/spec/containers/-",
+        "value": {"name": "sidecar", "image": CLIENT_IMAGE, "imagePullPolicy": "Never"}
+    }]);
+    ns.kubectl_ok(&[
+        "patch",
+        "deployment",
+        "echo",
+        "--type=json",
+        "-p",
+        &sidecar.to_string(),
+    ])
+    .expect("add a sidecar");
+    ns.wait_deployment_ready("echo").await.expect("echo ready");
     ns.start_client("client").await.expect("client pod");
-    let before = template(&ns).await;
+    let before = ns.echo_template(false).await;
+    let workstation = Workstation::create(&cluster);
+    let _server = workstation.serve_http(3000, "replacement");
+
+    // Two containers: the one to replace must be named.
+    let ambiguous = workstation.plugin(&cluster, PLUGIN, &["echo", "-n", &ns.name, "--detach"]);
+    let stderr = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(stderr.contains("choose one with -c"), "{stderr}");
+
+    workstation.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[
+            "echo",
+            "-c",
+            "echo",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:http",
+            "--detach",
+        ],
+    );
+    assert_eq!(containers(&ns).await, [["kubedev-agent", "sidecar"]]);
+    let answer = ns
+        .http_get("client", "echo:8080", "/r")
+        .expect("GET through the service");
+    assert_eq!(answer.trim(), "local replacement: GET /r HTTP/1.1");
+
+    // A second replace of the same container is refused.
+    let again = workstation.plugin(
+        &cluster,
+        PLUGIN,
+        &[
+            "echo", "-c", "echo", "-n", &ns.name, "--name", "again", "--detach",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already has a kubedev session"), "{stderr}");
+
+    workstation.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
+    assert_eq!(containers(&ns).await, [["echo", "sidecar"]]);
+    assert_eq!(ns.echo_template(false).await, before, "restored exactly");
+}
+
+#[tokio::test]
+async fn every_replica_of_a_statefulset_is_replaced() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "replace-sts").await;
+    ns.deploy_echo_statefulset("echo", 3)
+        .await
+        .expect("echo ready");
+    ns.start_client("client").await.expect("client pod");
+    let before = ns.echo_template(true).await;
     let workstation = Workstation::create(&cluster);
     let _server = workstation.serve_http(3000, "replacement");
 
     workstation.plugin_ok(
         &cluster,
         PLUGIN,
-        &["echo", "-n", &ns.name, "--port", "3000:http", "--detach"],
+        &[
+            "statefulset/echo",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:http",
+            "--detach",
+        ],
     );
-    assert_eq!(containers(&ns).await, [["kubedev-agent"]]);
-    let answer = ns
-        .http_get("client", "echo:8080", "/r")
-        .expect("GET through the service");
-    assert_eq!(answer.trim(), "local replacement: GET /r HTTP/1.1");
-
+    assert_eq!(containers(&ns).await, vec![vec!["kubedev-agent"]; 3]);
+    for attempt in 0..9 {
+        let path = format!("/s{attempt}");
+        let answer = ns
+            .http_get("client", "echo:8080", &path)
+            .expect("GET through the service");
+        assert_eq!(
+            answer.trim(),
+            format!("local replacement: GET {path} HTTP/1.1")
+        );
+    }
     workstation.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
-    assert_eq!(containers(&ns).await, [["echo"]]);
-    assert_eq!(template(&ns).await, before, "restored exactly");
+    assert_eq!(containers(&ns).await, vec![vec!["echo"]; 3]);
+    assert_eq!(ns.echo_template(true).await, before, "restored exactly");
 }

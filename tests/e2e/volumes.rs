@@ -5,8 +5,8 @@ use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
 use serde_json::json;
 
-/// A Deployment `vol` whose container (busybox) mounts an emptyDir at /data, behind a
-/// Service on port 8080.
+/// A Deployment `vol` whose container `app` (busybox) mounts an emptyDir at /data, with a
+/// sidecar that mounts it at /shared, behind a Service on port 8080.
 async fn deploy_app_with_volume(ns: &TestNamespace) {
     let manifest = json!({
         "apiVersion": "v1",
@@ -26,6 +26,11 @@ async fn deploy_app_with_volume(ns: &TestNamespace) {
                             "image": CLIENT_IMAGE,
                             "imagePullPolicy": "Never",
                             "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                        }, {
+                            "name": "sidecar",
+                            "image": CLIENT_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "volumeMounts": [{"name": "data", "mountPath": "/shared"}]
                         }],
                         "volumes": [{"name": "data", "emptyDir": {}}]
                     }
@@ -46,8 +51,8 @@ async fn deploy_app_with_volume(ns: &TestNamespace) {
     ns.wait_deployment_ready("vol").await.expect("vol ready");
 }
 
-/// A shell script for `-- sh -c` that runs kubectl in the session's pod.
-fn in_pod(cluster: &TestCluster, ns: &TestNamespace, command: &str) -> String {
+/// A shell script for `-- sh -c` that runs `command` in `container` of the session's pod.
+fn in_pod(cluster: &TestCluster, ns: &TestNamespace, container: &str, command: &str) -> String {
     let kubectl = format!(
         "{} --kubeconfig {} -n {}",
         cluster.kubectl.display(),
@@ -56,7 +61,7 @@ fn in_pod(cluster: &TestCluster, ns: &TestNamespace, command: &str) -> String {
     );
     format!(
         "pod=$({kubectl} get pods -l kubedev.io/session=vol -o jsonpath='{{.items[0].metadata.name}}') \
-         && {kubectl} exec $pod -c app -- sh -c '{command}'"
+         && {kubectl} exec $pod -c {container} -- sh -c '{command}'"
     )
 }
 
@@ -68,14 +73,16 @@ async fn intercept_mounts_the_volumes_read_write() {
     let workstation = Workstation::create(&cluster);
     let script = format!(
         "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {} && {} && cat $KUBEDEV_ROOT/data/pod.txt",
-        in_pod(&cluster, &ns, "cat /data/laptop.txt"),
-        in_pod(&cluster, &ns, "echo from-the-pod > /data/pod.txt"),
+        in_pod(&cluster, &ns, "app", "cat /data/laptop.txt"),
+        in_pod(&cluster, &ns, "app", "echo from-the-pod > /data/pod.txt"),
     );
     let output = workstation.plugin_ok(
         &cluster,
         "kubectl-intercept",
         &[
             "vol",
+            "-c",
+            "app",
             "-n",
             &ns.name,
             "--port",
@@ -98,12 +105,35 @@ async fn ingest_mounts_the_volumes_read_only() {
     let script = format!(
         "{} && cat $KUBEDEV_ROOT/data/pod.txt && if echo x > $KUBEDEV_ROOT/data/laptop.txt; \
          then echo written; else echo refused; fi",
-        in_pod(&cluster, &ns, "echo from-the-pod > /data/pod.txt"),
+        in_pod(&cluster, &ns, "app", "echo from-the-pod > /data/pod.txt"),
     );
     let output = workstation.plugin_ok(
         &cluster,
         "kubectl-ingest",
-        &["vol", "-n", &ns.name, "--", "sh", "-c", &script],
+        &[
+            "vol", "-c", "app", "-n", &ns.name, "--", "sh", "-c", &script,
+        ],
     );
     assert_eq!(output, "from-the-pod\nrefused\n");
+}
+
+#[tokio::test]
+async fn replace_mounts_the_volumes_read_write() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-replace").await;
+    deploy_app_with_volume(&ns).await;
+    let workstation = Workstation::create(&cluster);
+    // The app container is gone: the sidecar shares the volume and checks it.
+    let script = format!(
+        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {}",
+        in_pod(&cluster, &ns, "sidecar", "cat /shared/laptop.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-replace_container",
+        &[
+            "vol", "-c", "app", "-n", &ns.name, "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(output, "from-the-laptop\n");
 }

@@ -210,6 +210,26 @@ impl TestNamespace {
             .context("create echo service")
     }
 
+    /// The pod template of the echo workload (a StatefulSet or a Deployment), as stored.
+    pub async fn echo_template(&self, statefulset: bool) -> serde_json::Value {
+        let template = if statefulset {
+            let sts = self
+                .api::<StatefulSet>()
+                .get("echo")
+                .await
+                .expect("statefulset");
+            serde_json::to_value(sts.spec.map(|s| s.template))
+        } else {
+            let deployment = self
+                .api::<Deployment>()
+                .get("echo")
+                .await
+                .expect("deployment");
+            serde_json::to_value(deployment.spec.map(|s| s.template))
+        };
+        template.expect("json")
+    }
+
     /// Waits until every replica of the Deployment is updated and available.
     pub async fn wait_deployment_ready(&self, name: &str) -> anyhow::Result<()> {
         let ready = await_condition(

@@ -237,7 +237,29 @@ impl Workstation {
     /// developer would, against the cluster as cluster-admin. Its tunneld lives in the
     /// workstation's state directory.
     pub fn plugin(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Output {
-        Command::new("ip")
+        self.plugin_command(cluster, plugin, args)
+            .output()
+            .expect("plugin runs")
+    }
+
+    /// Starts a plugin in the background (`ip netns exec` becomes the plugin itself, so
+    /// signals to the child reach it).
+    pub fn spawn_plugin(
+        &self,
+        cluster: &TestCluster,
+        plugin: &str,
+        args: &[&str],
+    ) -> std::process::Child {
+        self.plugin_command(cluster, plugin, args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("plugin starts")
+    }
+
+    fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.netns])
             .arg(workspace_binary(plugin))
             .args(args)
@@ -245,9 +267,8 @@ impl Workstation {
             .env("KUBEDEV_TUNNELD", tunneld_binary())
             .env("KUBEDEV_RUNTIME_DIR", &self.state_dir)
             .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
-            .env("KUBEDEV_LOG", "info")
-            .output()
-            .expect("plugin runs")
+            .env("KUBEDEV_LOG", "info");
+        command
     }
 
     /// Runs a plugin and returns its stdout, panicking with its output on failure.
