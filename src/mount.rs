@@ -72,7 +72,11 @@ pub async fn mount(
     let (dir, read_only, temporary) = match choice {
         MountChoice::No => return Ok(None),
         MountChoice::Temporary => {
-            let dir = std::env::temp_dir().join(format!("kubedev-{name}-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!(
+                "{}{}",
+                temporary_prefix(name),
+                std::process::id()
+            ));
             (dir, read_only, true)
         }
         MountChoice::Dir {
@@ -120,12 +124,11 @@ pub async fn mount(
     Ok(Some(mount))
 }
 
-/// Unmounts what an earlier, detached run mounted for session `name`.
+/// Unmounts what an earlier, detached run mounted for session `name`, and removes the
+/// temporary directory it made.
 pub fn unmount_session(name: &str) {
     let source = format!("kubedev-{name}:/");
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mounts.lines() {
         let Some((fields, described)) = line.split_once(" - ") else {
             continue;
@@ -140,6 +143,22 @@ pub fn unmount_session(name: &str) {
                 .status();
         }
     }
+    // Only empty directories go: never anything the user put there.
+    let prefix = temporary_prefix(name);
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) && !is_mounted(&entry.path()) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// The start of the names of session `name`'s temporary mount directories.
+fn temporary_prefix(name: &str) -> String {
+    format!("kubedev-{name}-")
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -179,6 +198,20 @@ impl Drop for Mount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaving_removes_the_empty_temporary_directories_of_the_session_only() {
+        let session = format!("unit-{}", std::process::id());
+        let empty = std::env::temp_dir().join(format!("{}1", temporary_prefix(&session)));
+        let kept = std::env::temp_dir().join(format!("{}2", temporary_prefix(&session)));
+        std::fs::create_dir_all(&empty).expect("empty dir");
+        std::fs::create_dir_all(&kept).expect("dir with a file");
+        std::fs::write(kept.join("notes.txt"), "mine").expect("file");
+        unmount_session(&session);
+        assert!(!empty.exists());
+        assert!(kept.join("notes.txt").exists());
+        std::fs::remove_dir_all(&kept).ok();
+    }
 
     #[test]
     fn mount_choices_read_like_the_flag() {
