@@ -15,6 +15,11 @@ use kubedev::control::{self, ControlReply, ControlRequest, DaemonStatus};
 use crate::TestCluster;
 
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
+/// Unmounts, in the calling process's own mount namespace, every network namespace file
+/// (see [`Workstation::long_lived`]), then runs its arguments.
+const UNPIN_POD_NETNS: &str =
+    r#"for ns in /run/netns/*; do umount -l "$ns" 2>/dev/null; done; exec "$@""#;
+
 /// The unprivileged user systemd-resolved runs as in tests.
 const NOBODY: u32 = 65534;
 
@@ -96,6 +101,25 @@ impl Workstation {
         }
     }
 
+    /// The start of a command for a process that stays up in the workstation (append the
+    /// program and its arguments). `ip netns exec` gives it a copy of the host's mounts,
+    /// including the network namespaces of the pods running then; a copy would keep
+    /// containerd from removing them, so a pod deleted meanwhile (a StatefulSet's, during a
+    /// rollout) would never finish terminating. The copy drops them before the program runs.
+    fn long_lived(&self) -> Command {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "sh",
+            "-c",
+            UNPIN_POD_NETNS,
+            "workstation",
+        ]);
+        command
+    }
+
     /// Runs a command inside the workstation.
     pub fn run(&self, command: &[&str]) -> Output {
         Command::new("ip")
@@ -139,9 +163,8 @@ impl Workstation {
         selector: &str,
         token: &str,
     ) {
-        let mut start = Command::new("ip");
+        let mut start = self.long_lived();
         start
-            .args(["netns", "exec", &self.netns])
             .arg(tunneld_binary())
             .arg("--socket")
             .arg(&self.socket)
@@ -258,9 +281,8 @@ impl Workstation {
     }
 
     fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
+        let mut command = self.long_lived();
         command
-            .args(["netns", "exec", &self.netns])
             .arg(workspace_binary(plugin))
             .args(args)
             .env("KUBECONFIG", &cluster.admin_kubeconfig)
@@ -350,7 +372,8 @@ impl Workstation {
         // resolved drops root for a user this machine does not have: run it unprivileged
         // with the capabilities it keeps (port 53 for its stub listener; dropping the rest).
         let script = format!(
-            "mount --bind {runtime} /run/systemd && exec setpriv --reuid={NOBODY} \
+            "for ns in /run/netns/*; do umount -l \"$ns\" 2>/dev/null; done; \
+             mount --bind {runtime} /run/systemd && exec setpriv --reuid={NOBODY} \
              --regid={NOBODY} --clear-groups --inh-caps=+net_bind_service,+net_raw,+setpcap \
              --ambient-caps=+net_bind_service,+net_raw,+setpcap {bin}",
             runtime = runtime_dir.display(),
