@@ -276,6 +276,60 @@ async fn two_developers_share_a_workload_by_header() {
 }
 
 #[tokio::test]
+async fn a_replicaset_is_intercepted_and_restored() {
+    let s = setup("intercept-rs", false, 1, 3000).await;
+    // A bare ReplicaSet (none controls it) beside the Deployment's, under its own labels.
+    let replicaset = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "bare"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "bare"}},
+            "template": s.ns.echo_template(false).await
+        }
+    });
+    let mut replicaset = replicaset;
+    replicaset["spec"]["template"]["metadata"]["labels"] = serde_json::json!({"app": "bare"});
+    let path = std::env::temp_dir().join(format!("{}-rs.json", s.ns.name));
+    std::fs::write(&path, replicaset.to_string()).expect("manifest");
+    s.ns.kubectl_ok(&["apply", "-f", &path.display().to_string()])
+        .expect("replicaset");
+    std::fs::remove_file(&path).ok();
+    s.ns.kubectl_ok(&[
+        "expose",
+        "replicaset",
+        "bare",
+        "--port",
+        "8080",
+        "--target-port",
+        "http",
+    ])
+    .expect("service");
+    s.ns.kubectl_ok(&[
+        "wait",
+        "pods",
+        "-l",
+        "app=bare",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])
+    .expect("replicaset ready");
+    let before =
+        s.ns.kubectl_ok(&["get", "rs", "bare", "-o", "jsonpath={.spec.template}"]);
+
+    s.plugin_ok(&["rs/bare", "--port", "3000:8080", "--detach"]);
+    // The ReplicaSet does not replace its pods by itself: they were recreated with the agent.
+    let answer = http_from_client(&s.ns, "bare:8080", "/rs");
+    assert_eq!(answer.trim(), "local laptop: GET /rs HTTP/1.1");
+    s.plugin_ok(&["leave", "bare"]);
+    let after =
+        s.ns.kubectl_ok(&["get", "rs", "bare", "-o", "jsonpath={.spec.template}"]);
+    assert_eq!(after.expect("rs"), before.expect("rs"), "restored exactly");
+    assert!(http_from_client(&s.ns, "bare:8080", "/rs").starts_with("echo from bare-"));
+}
+
+#[tokio::test]
 async fn a_numeric_target_port_is_taken_over_and_put_back() {
     let mut s = setup("intercept-num", false, 1, 3000).await;
     s.ns.kubectl_ok(&[

@@ -77,6 +77,14 @@ host_up() {
     sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
         net.bridge.bridge-nf-call-ip6tables=1
     grep -q "inet $NODE_IP/32" <<<"$(ip addr show dev lo)" || ip addr add "$NODE_IP/32" dev lo
+    # The first `ip netns add` (the tests' workstations) bind-mounts /run/netns onto itself;
+    # done while pods run, that hides their network namespaces from containerd, which then
+    # cannot remove them and the pods never finish terminating. Make it a mount point now.
+    mkdir -p /run/netns
+    if ! mountpoint -q /run/netns; then
+        mount --bind /run/netns /run/netns
+        mount --make-shared /run/netns
+    fi
     # A packet for a cluster address with no pod or service behind it stops here
     # instead of following the default route off the machine.
     local cidr
