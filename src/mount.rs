@@ -143,14 +143,28 @@ pub fn unmount_session(name: &str) {
                 .status();
         }
     }
-    // Only empty directories go: never anything the user put there.
+    // Only empty directories go, never anything the user put there, and only those whose
+    // maker has exited: a running session of the same name (another namespace, or another
+    // mount namespace, where its mount is invisible from here) keeps its directory, since
+    // removing a mount point detaches the mount in every namespace.
     let prefix = temporary_prefix(name);
     for entry in std::fs::read_dir(std::env::temp_dir())
         .into_iter()
         .flatten()
         .flatten()
     {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) && !is_mounted(&entry.path()) {
+        let file_name = entry.file_name();
+        let Some(maker) = file_name
+            .to_string_lossy()
+            .strip_prefix(&prefix)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let maker_runs = maker.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
+        });
+        if !maker_runs && !is_mounted(&entry.path()) {
             let _ = std::fs::remove_dir(entry.path());
         }
     }
@@ -199,18 +213,34 @@ impl Drop for Mount {
 mod tests {
     use super::*;
 
+    /// The process id of a process that has exited.
+    fn exited_pid() -> u32 {
+        let mut child = Command::new("true").spawn().expect("run true");
+        child.wait().expect("true exits");
+        child.id()
+    }
+
     #[test]
-    fn leaving_removes_the_empty_temporary_directories_of_the_session_only() {
+    fn leaving_removes_the_empty_temporary_directories_of_exited_sessions_only() {
         let session = format!("unit-{}", std::process::id());
-        let empty = std::env::temp_dir().join(format!("{}1", temporary_prefix(&session)));
-        let kept = std::env::temp_dir().join(format!("{}2", temporary_prefix(&session)));
-        std::fs::create_dir_all(&empty).expect("empty dir");
-        std::fs::create_dir_all(&kept).expect("dir with a file");
+        let dir_of = |maker: u32| {
+            let dir = std::env::temp_dir().join(format!("{}{maker}", temporary_prefix(&session)));
+            std::fs::create_dir_all(&dir).expect("temporary dir");
+            dir
+        };
+        let empty = dir_of(exited_pid());
+        let kept = dir_of(exited_pid());
         std::fs::write(kept.join("notes.txt"), "mine").expect("file");
+        let mut running = Command::new("sleep").arg("30").spawn().expect("run sleep");
+        let in_use = dir_of(running.id());
         unmount_session(&session);
         assert!(!empty.exists());
         assert!(kept.join("notes.txt").exists());
+        assert!(in_use.exists());
+        running.kill().ok();
+        running.wait().ok();
         std::fs::remove_dir_all(&kept).ok();
+        std::fs::remove_dir(&in_use).ok();
     }
 
     #[test]

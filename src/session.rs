@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
 use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
-use crate::workload::{Progress, Workload, WorkloadRef, wait_for_pods};
+use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
 
 /// The workload annotation holding a session's [`Record`] (JSON).
 pub const RECORD_ANNOTATION: &str = "kubedev.io/session";
@@ -166,6 +166,63 @@ pub async fn start(
     plan: &Plan,
     progress: impl FnMut(&Progress),
 ) -> anyhow::Result<Started> {
+    let (started, service_targets) =
+        match retry_on_conflict(|| write_session(client, namespace, plan)).await? {
+            Written::Joined(started) => return Ok(started),
+            Written::Injected {
+                started,
+                service_targets,
+            } => (started, service_targets),
+        };
+    let ready = async {
+        if let Some(service) = started.record.services.first() {
+            retry_on_conflict(|| {
+                point_service_at_agent(client, namespace, &service.name, &service_targets)
+            })
+            .await?;
+        }
+        wait_for_pods(client, &started.workload, true, plan.timeout, progress).await?;
+        anyhow::Ok(())
+    };
+    if let Err(err) = ready.await {
+        let restored = leave(
+            client,
+            namespace,
+            &plan.workload,
+            &plan.name,
+            plan.timeout,
+            |_| {},
+        )
+        .await;
+        return Err(match restored {
+            Ok(_) => err.context(format!("{} was restored", plan.workload)),
+            Err(restore_err) => err.context(format!(
+                "restoring {} failed too: {restore_err:#}",
+                plan.workload
+            )),
+        });
+    }
+    Ok(started)
+}
+
+/// What writing a session onto its workload did.
+enum Written {
+    /// The session joined the agent already there: nothing restarts.
+    Joined(Started),
+    /// The agent was injected; the Service's ports go to `service_targets` once it runs.
+    Injected {
+        started: Started,
+        service_targets: Vec<(u16, String)>,
+    },
+}
+
+/// Reads the workload and records `plan` on it, injecting the agent or joining the one
+/// there; one attempt, which fails if the workload changed since it was read.
+async fn write_session(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+) -> anyhow::Result<Written> {
     let mut workload = Workload::get(client, namespace, &plan.workload).await?;
     anyhow::ensure!(
         !workload.is_controlled(),
@@ -178,7 +235,9 @@ pub async fn start(
         {
             anyhow::bail!("cannot intercept {}: {reason}", plan.workload);
         }
-        return join(client, namespace, plan, workload, existing).await;
+        return Ok(Written::Joined(
+            join(client, namespace, plan, workload, existing).await?,
+        ));
     }
     let template = workload.template()?;
     let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
@@ -233,40 +292,16 @@ pub async fn start(
             Some(annotation),
         )
         .await?;
-    let started = Started {
-        agents: format!("{},{SESSION_LABEL}={}", workload.selector()?, plan.name),
-        workload: workload.clone(),
-        record,
-        token,
-        forwards,
-    };
-    let ready = async {
-        if let Some(service) = started.record.services.first() {
-            point_service_at_agent(client, namespace, &service.name, &injected.service_targets)
-                .await?;
-        }
-        wait_for_pods(client, &workload, true, plan.timeout, progress).await?;
-        anyhow::Ok(())
-    };
-    if let Err(err) = ready.await {
-        let restored = leave(
-            client,
-            namespace,
-            &plan.workload,
-            &plan.name,
-            plan.timeout,
-            |_| {},
-        )
-        .await;
-        return Err(match restored {
-            Ok(_) => err.context(format!("{} was restored", plan.workload)),
-            Err(restore_err) => err.context(format!(
-                "restoring {} failed too: {restore_err:#}",
-                plan.workload
-            )),
-        });
-    }
-    Ok(started)
+    Ok(Written::Injected {
+        started: Started {
+            agents: format!("{},{SESSION_LABEL}={}", workload.selector()?, plan.name),
+            workload,
+            record,
+            token,
+            forwards,
+        },
+        service_targets: injected.service_targets,
+    })
 }
 
 /// What leaving did.
@@ -289,12 +324,40 @@ pub async fn leave(
     timeout: Duration,
     progress: impl FnMut(&Progress),
 ) -> anyhow::Result<Left> {
+    match retry_on_conflict(|| remove_session(client, namespace, reference, name)).await? {
+        Removed::NotThere => Ok(Left::Restored),
+        Removed::OthersRemain(count) => Ok(Left::OthersRemain(count)),
+        Removed::Restored(workload) => {
+            wait_for_pods(client, &workload, false, timeout, progress).await?;
+            Ok(Left::Restored)
+        }
+    }
+}
+
+/// What removing a session from its workload's record did.
+enum Removed {
+    /// The workload has no session of that name (anymore).
+    NotThere,
+    /// This many other sessions remain on the workload.
+    OthersRemain(usize),
+    /// The original template and Service are back; the pods are rolling out.
+    Restored(Box<Workload>),
+}
+
+/// Reads the workload and takes session `name` off it; one attempt, which fails if the
+/// workload changed since it was read.
+async fn remove_session(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    name: &str,
+) -> anyhow::Result<Removed> {
     let mut workload = Workload::get(client, namespace, reference).await?;
     let Some(mut record) = record_of(&workload)? else {
-        return Ok(Left::Restored);
+        return Ok(Removed::NotThere);
     };
     if !record.sessions().any(|(session, _)| session == name) {
-        return Ok(Left::OthersRemain(record.sessions().count()));
+        return Ok(Removed::OthersRemain(record.sessions().count()));
     }
     if !record.joined.is_empty() {
         // Others stay: the agent stays, and the one leaving hands over or drops out.
@@ -308,8 +371,10 @@ pub async fn leave(
         workload
             .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
             .await?;
-        return Ok(Left::OthersRemain(record.sessions().count()));
+        return Ok(Removed::OthersRemain(record.sessions().count()));
     }
+    // Putting the Service's ports back is idempotent, so a retry after a conflict on the
+    // workload does it again harmlessly.
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for original in &record.services {
         let mut service = services
@@ -327,8 +392,7 @@ pub async fn leave(
     workload
         .write(client, record.template, RECORD_ANNOTATION, None)
         .await?;
-    wait_for_pods(client, &workload, false, timeout, progress).await?;
-    Ok(Left::Restored)
+    Ok(Removed::Restored(Box::new(workload)))
 }
 
 /// Adds an intercept with its own HTTP filter to the agent already on `workload`: nothing

@@ -7,7 +7,7 @@ mod rollout;
 
 use std::fmt;
 
-pub use object::Workload;
+pub use object::{Workload, retry_on_conflict};
 pub use rollout::{Progress, RolloutError, wait_for_pods};
 use std::str::FromStr;
 

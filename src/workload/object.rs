@@ -2,6 +2,8 @@
 //! and written as the API server holds them (so a restored template is the original, byte
 //! for byte), with optimistic concurrency on every write.
 
+use std::future::Future;
+
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -9,6 +11,35 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 use super::{WorkloadKind, WorkloadRef};
+
+/// How many times a read-change-write of a workload is redone after the workload changed
+/// under it (its controller writes its status often, which bumps the resource version).
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// Runs `change` (which reads a workload, decides and writes it) again from the start while
+/// its write fails because the workload changed since it was read, as kubectl's own
+/// read-modify-write commands do.
+pub async fn retry_on_conflict<T, F, Fut>(mut change: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match change().await {
+            Err(err) if attempt < CONFLICT_ATTEMPTS && is_conflict(&err) => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Whether `err` is the API server refusing a write of an object that changed since it
+/// was read (HTTP 409).
+fn is_conflict(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.is_conflict())
+    })
+}
 
 /// A workload fetched from the cluster.
 #[derive(Debug, Clone)]
@@ -199,5 +230,54 @@ impl Workload {
             .map_err(|err| crate::cluster::explain(err, "update", kind.plural(), &self.namespace))
             .with_context(|| format!("cannot update {}", self.reference))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn conflict() -> anyhow::Error {
+        let mut status = kube::core::Status::failure("the object has been modified", "Conflict");
+        status.code = 409;
+        anyhow::Error::new(kube::Error::Api(status.boxed())).context("cannot update deployment/x")
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_until_the_write_goes_through() {
+        let calls = Cell::new(0);
+        let result = retry_on_conflict(|| async {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err(conflict())
+            } else {
+                Ok("written")
+            }
+        })
+        .await;
+        assert_eq!(result.expect("written"), "written");
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn other_errors_and_endless_conflicts_are_returned() {
+        let calls = Cell::new(0);
+        let result: anyhow::Result<()> = retry_on_conflict(|| async {
+            calls.set(calls.get() + 1);
+            anyhow::bail!("forbidden")
+        })
+        .await;
+        assert_eq!(result.expect_err("fails").to_string(), "forbidden");
+        assert_eq!(calls.get(), 1);
+
+        let calls = Cell::new(0);
+        let result: anyhow::Result<()> = retry_on_conflict(|| async {
+            calls.set(calls.get() + 1);
+            Err(conflict())
+        })
+        .await;
+        assert!(is_conflict(&result.expect_err("fails")));
+        assert_eq!(calls.get(), CONFLICT_ATTEMPTS);
     }
 }
