@@ -334,6 +334,8 @@ fn agent_container(
         ports: (!ports.is_empty()).then_some(ports),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         security_context: app.security_context.clone(),
+        // A crashing agent's last words reach the pod status, so the plugin can show them.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     }
 }

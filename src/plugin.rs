@@ -18,7 +18,7 @@ use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
 use crate::mount::{self, Mount, MountChoice};
 use crate::session::{self, Plan, PortMapping, Record, Started};
-use crate::workload::{Progress, Workload, WorkloadKind, WorkloadRef};
+use crate::workload::{Progress, Workload, WorkloadKind, WorkloadRef, check_agents};
 
 /// The agent image of this release.
 pub const DEFAULT_AGENT_IMAGE: &str =
@@ -243,6 +243,9 @@ async fn run_session(
     Ok(code)
 }
 
+/// How often the pods are checked for a failing agent while tunneld links to them.
+const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
 /// Starts tunneld if needed, hands it the session, waits for a link to every pod and
 /// fetches the app's environment.
 async fn join_tunneld(
@@ -272,7 +275,12 @@ async fn join_tunneld(
     .await?;
     let wanted = usize::try_from(started.workload.replicas()).unwrap_or(1);
     let deadline = tokio::time::Instant::now() + plan.timeout;
+    let mut agents_checked = tokio::time::Instant::now();
     let status = loop {
+        if agents_checked.elapsed() >= AGENT_CHECK_PERIOD {
+            check_agents(&connection.client, &connection.namespace, &started.agents).await?;
+            agents_checked = tokio::time::Instant::now();
+        }
         let status = tunneld_status(&socket).await?;
         let linked = status
             .sessions

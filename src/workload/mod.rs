@@ -8,7 +8,7 @@ mod rollout;
 use std::fmt;
 
 pub use object::{Workload, retry_on_conflict};
-pub use rollout::{Progress, RolloutError, wait_for_pods};
+pub use rollout::{Progress, RolloutError, check_agents, wait_for_pods};
 use std::str::FromStr;
 
 /// The kinds of workload whose pod template kubedev can patch.

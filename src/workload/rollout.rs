@@ -25,11 +25,17 @@ pub enum RolloutError {
         reason: String,
         message: String,
     },
-    #[error("pods of {workload} not ready after {waited:?}: {state}")]
+    /// `detail` has the exit code and the agent's last log lines (the pod is rolled back,
+    /// so they cannot be fetched later).
+    #[error("the agent keeps crashing in pod {pod}{detail}")]
+    AgentCrash { pod: String, detail: String },
+    #[error("pods of {workload} not ready after {waited:?}: {state}{stuck}")]
     Timeout {
         workload: String,
         waited: Duration,
         state: String,
+        /// Why, as far as the pods say: "; pod P: ...".
+        stuck: String,
     },
     #[error(transparent)]
     Api(#[from] anyhow::Error),
@@ -79,7 +85,7 @@ pub async fn wait_for_pods(
             .iter()
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
             .collect();
-        if with_agent && let Some(error) = live.iter().find_map(|pod| agent_image_error(pod)) {
+        if with_agent && let Some(error) = live.iter().find_map(|pod| agent_failure(pod)) {
             return Err(error);
         }
         let (current, old): (Vec<&Pod>, Vec<&Pod>) =
@@ -121,14 +127,42 @@ pub async fn wait_for_pods(
             }
         }
         if started.elapsed() > limit {
+            let stuck = current
+                .iter()
+                .find_map(|pod| Some((pod, why_not_ready(pod)?)))
+                .map(|(pod, why)| format!("; pod {}: {why}", name_of(pod)))
+                .or_else(|| {
+                    let pod = old.first()?;
+                    Some(format!("; old pod {} has not stopped", name_of(pod)))
+                })
+                .unwrap_or_default();
             return Err(RolloutError::Timeout {
                 workload: workload.reference.to_string(),
                 waited: limit,
                 state: state.to_string(),
+                stuck,
             });
         }
         last = Some(state);
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Fails with the first failure of the agent (see [`agent_failure`]) in the pods that
+/// `selector` picks: an agent can exit right after its pod was counted ready.
+pub async fn check_agents(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<(), RolloutError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|err| crate::cluster::explain(err, "list", "pods", namespace))?;
+    match listed.items.iter().find_map(agent_failure) {
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
 }
 
@@ -174,24 +208,99 @@ fn is_ready(pod: &Pod) -> bool {
         })
 }
 
-fn agent_image_error(pod: &Pod) -> Option<RolloutError> {
+fn name_of(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The agent's own failures, which waiting will not cure: an image the node cannot pull,
+/// or a process that keeps exiting.
+fn agent_failure(pod: &Pod) -> Option<RolloutError> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     let agent = statuses.iter().find(|s| s.name == AGENT_CONTAINER)?;
     let waiting = agent.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref()?;
-    matches!(
-        reason,
-        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
-    )
-    .then(|| RolloutError::AgentImage {
-        pod: pod.metadata.name.clone().unwrap_or_default(),
-        reason: reason.to_owned(),
-        message: waiting
-            .message
-            .as_deref()
-            .map(|m| format!(" ({m})"))
-            .unwrap_or_default(),
-    })
+    let pod = name_of(pod).to_owned();
+    match reason {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+            Some(RolloutError::AgentImage {
+                pod,
+                reason: reason.to_owned(),
+                message: waiting
+                    .message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default(),
+            })
+        }
+        "CrashLoopBackOff" => {
+            let last = agent.last_state.as_ref()?.terminated.as_ref();
+            let detail = last
+                .map(|exit| {
+                    let said = exit
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {}", m.trim()))
+                        .unwrap_or_default();
+                    format!(" (exit code {}{said})", exit.exit_code)
+                })
+                .unwrap_or_default();
+            Some(RolloutError::AgentCrash { pod, detail })
+        }
+        _ => None,
+    }
+}
+
+/// What keeps `pod` from being ready, as its status tells: not scheduled, a container
+/// waiting or exited, or one running whose readiness probe fails.
+fn why_not_ready(pod: &Pod) -> Option<String> {
+    if is_ready(pod) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(condition) = unscheduled {
+        let message = condition.message.as_deref().unwrap_or("no reason given");
+        return Some(format!("not scheduled: {message}"));
+    }
+    let containers: Vec<_> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|c| !c.ready)
+        .collect();
+    // A container that is not running says more than one whose probe fails.
+    for container in &containers {
+        let name = &container.name;
+        let state = container.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.as_deref().unwrap_or("waiting");
+            let message = waiting
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            return Some(format!("container {name} {reason}{message}"));
+        }
+        if let Some(exit) = state.and_then(|s| s.terminated.as_ref()) {
+            let reason = exit.reason.as_deref().unwrap_or("exited");
+            return Some(format!(
+                "container {name} {reason} with exit code {}",
+                exit.exit_code
+            ));
+        }
+    }
+    if let Some(container) = containers.first() {
+        return Some(format!(
+            "container {} runs but is not ready",
+            container.name
+        ));
+    }
+    Some(status.phase.as_deref().unwrap_or("not ready").to_owned())
 }
 
 #[cfg(test)]
@@ -235,13 +344,59 @@ mod tests {
     #[test]
     fn an_agent_image_that_cannot_be_pulled_is_reported() {
         let failing = pod(&["web", AGENT_CONTAINER], false, Some("ImagePullBackOff"));
-        let error = agent_image_error(&failing).expect("reported");
+        let error = agent_failure(&failing).expect("reported");
         assert_eq!(
             error.to_string(),
             "the agent image cannot be pulled in pod p: ImagePullBackOff (not found)"
         );
         let starting = pod(&["web", AGENT_CONTAINER], false, Some("ContainerCreating"));
-        assert!(agent_image_error(&starting).is_none());
+        assert!(agent_failure(&starting).is_none());
+    }
+
+    #[test]
+    fn an_agent_that_keeps_crashing_is_reported_with_its_last_exit() {
+        let mut crashing = pod(&["web", AGENT_CONTAINER], false, Some("CrashLoopBackOff"));
+        let statuses = crashing
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .expect("statuses");
+        statuses[1].last_state = serde_json::from_value(json!({
+            "terminated": {"exitCode": 1, "message": "port 8080 is taken\n"}
+        }))
+        .expect("state");
+        let error = agent_failure(&crashing).expect("reported");
+        assert_eq!(
+            error.to_string(),
+            "the agent keeps crashing in pod p (exit code 1: port 8080 is taken)"
+        );
+    }
+
+    #[test]
+    fn a_pod_that_is_not_ready_says_why() {
+        let crashing_app = pod(&["web", AGENT_CONTAINER], false, Some("ErrImagePull"));
+        assert_eq!(
+            why_not_ready(&crashing_app).as_deref(),
+            Some("container kubedev-agent ErrImagePull: not found")
+        );
+        let probing = pod(&["web"], false, None);
+        assert_eq!(
+            why_not_ready(&probing).as_deref(),
+            Some("container web runs but is not ready")
+        );
+        let unscheduled: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False",
+                "message": "0/1 nodes are available: 1 Insufficient memory."
+            }]}
+        }))
+        .expect("pod");
+        assert_eq!(
+            why_not_ready(&unscheduled).as_deref(),
+            Some("not scheduled: 0/1 nodes are available: 1 Insufficient memory.")
+        );
+        assert_eq!(why_not_ready(&pod(&["web"], true, None)), None);
     }
 
     #[test]

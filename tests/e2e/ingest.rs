@@ -42,11 +42,7 @@ async fn deploy_app_with_env(ns: &TestNamespace) {
             }
         }
     });
-    let path = std::env::temp_dir().join(format!("{}-app.json", ns.name));
-    std::fs::write(&path, deployment.to_string()).expect("manifest");
-    ns.kubectl_ok(&["apply", "-f", &path.display().to_string()])
-        .expect("deployment");
-    std::fs::remove_file(&path).ok();
+    ns.apply_json(&deployment).expect("deployment");
     ns.wait_deployment_ready("app").await.expect("app ready");
 }
 

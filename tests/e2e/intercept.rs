@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 use kubedev_e2e::workstation::{LocalServer, Workstation};
-use kubedev_e2e::{TestCluster, TestNamespace};
+use kubedev_e2e::{ECHO_IMAGE, TestCluster, TestNamespace};
 use serde_json::Value;
 
 const PLUGIN: &str = "kubectl-intercept";
@@ -291,11 +291,7 @@ async fn a_replicaset_is_intercepted_and_restored() {
     });
     let mut replicaset = replicaset;
     replicaset["spec"]["template"]["metadata"]["labels"] = serde_json::json!({"app": "bare"});
-    let path = std::env::temp_dir().join(format!("{}-rs.json", s.ns.name));
-    std::fs::write(&path, replicaset.to_string()).expect("manifest");
-    s.ns.kubectl_ok(&["apply", "-f", &path.display().to_string()])
-        .expect("replicaset");
-    std::fs::remove_file(&path).ok();
+    s.ns.apply_json(&replicaset).expect("replicaset");
     s.ns.kubectl_ok(&[
         "expose",
         "replicaset",
@@ -398,7 +394,7 @@ async fn a_foreground_session_ends_on_sigterm_and_restores_the_workload() {
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
     let developer = s.cluster.dev_kubeconfig.display().to_string();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["nope", "--port", "3000"],
             "deployment/nope not found in namespace",
@@ -425,6 +421,12 @@ async fn bad_requests_change_nothing() {
                 "localhost:1/kubedev/none:0",
             ],
             "the agent image cannot be pulled",
+        ),
+        // An agent that exits (here: a program that is not the agent) is reported with its
+        // exit, and the workload rolled back.
+        (
+            &["echo", "--port", "3000:http", "--agent-image", ECHO_IMAGE],
+            "the agent keeps crashing in pod",
         ),
         // The developer's role is in another namespace: the refusal names what is missing.
         (

@@ -43,11 +43,7 @@ async fn deploy_app_with_volume(ns: &TestNamespace) {
             "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080}]}
         }]
     });
-    let path = std::env::temp_dir().join(format!("{}-vol.json", ns.name));
-    std::fs::write(&path, manifest.to_string()).expect("manifest");
-    ns.kubectl_ok(&["apply", "-f", &path.display().to_string()])
-        .expect("apply");
-    std::fs::remove_file(&path).ok();
+    ns.apply_json(&manifest).expect("apply");
     ns.wait_deployment_ready("vol").await.expect("vol ready");
 }
 

@@ -151,6 +151,16 @@ impl TestNamespace {
         self.cluster.kubectl_ok(&all)
     }
 
+    /// `kubectl apply`s `manifest` (an object or a `List`) as cluster-admin in this namespace.
+    pub fn apply_json(&self, manifest: &serde_json::Value) -> anyhow::Result<String> {
+        let kind = manifest["kind"].as_str().unwrap_or("object").to_lowercase();
+        let path = std::env::temp_dir().join(format!("{}-{kind}.json", self.name));
+        std::fs::write(&path, manifest.to_string()).context("write the manifest")?;
+        let applied = self.kubectl_ok(&["apply", "-f", &path.display().to_string()]);
+        std::fs::remove_file(&path).ok();
+        applied
+    }
+
     /// Creates the echo server: a Deployment answering HTTP on 8080, TCP echo on 7000
     /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
     pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {
