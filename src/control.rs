@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
+use crate::protocol::Transport;
 use crate::protocol::codec::{CodecError, read_message, write_message};
 
 /// How long a plugin waits for a tunneld it started to open its socket.
@@ -40,6 +41,18 @@ pub enum ControlRequest {
     OpenFiles {
         name: String,
     },
+    /// Sent by the plugin that runs session `name` in the foreground, which keeps this
+    /// connection open until it has ended the session and sends `Release`. If the
+    /// connection closes first (the plugin was killed), tunneld ends the session and
+    /// restores `workload` (`KIND/NAME`) itself, waiting at most `timeout_secs` for its pods.
+    Hold {
+        name: String,
+        namespace: String,
+        workload: String,
+        timeout_secs: u64,
+    },
+    /// Ends a `Hold`, on its connection: the plugin has ended the session.
+    Release,
 }
 
 /// Where connections for one of the app's ports go on the workstation.
@@ -52,6 +65,8 @@ pub struct Forward {
     /// Only HTTP requests that match go to this machine; the rest stay with the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<crate::protocol::HttpFilter>,
+    #[serde(default, skip_serializing_if = "Transport::is_tcp")]
+    pub transport: Transport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,21 +163,61 @@ pub async fn request(
 /// Opens an SFTP session on the volumes of session `name`: the returned connection carries
 /// it (tunneld relays it to an agent).
 pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, ControlError> {
+    open_stream(socket, &ControlRequest::OpenFiles { name: name.into() }).await
+}
+
+/// tunneld's promise to end a foreground session if its plugin dies: see
+/// [`ControlRequest::Hold`]. Dropping it without [`Hold::release`] calls that in.
+#[derive(Debug)]
+pub struct Hold {
+    stream: UnixStream,
+}
+
+impl Hold {
+    /// Tells tunneld that the session was ended properly.
+    pub async fn release(mut self) -> Result<(), ControlError> {
+        write_message(&mut self.stream, &ControlRequest::Release).await?;
+        match read_message(&mut self.stream).await? {
+            ControlReply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Asks tunneld to end session `name` and restore `workload` (`KIND/NAME`) if this process dies
+/// before it releases the returned [`Hold`].
+pub async fn hold(
+    socket: &Path,
+    name: &str,
+    namespace: &str,
+    workload: &str,
+    timeout: Duration,
+) -> Result<Hold, ControlError> {
+    let request = ControlRequest::Hold {
+        name: name.into(),
+        namespace: namespace.into(),
+        workload: workload.into(),
+        timeout_secs: timeout.as_secs(),
+    };
+    let stream = open_stream(socket, &request).await?;
+    Ok(Hold { stream })
+}
+
+/// Sends `request`, whose `Done` turns the connection into something longer-lived.
+async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, ControlError> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
-    write_message(
-        &mut stream,
-        &ControlRequest::OpenFiles { name: name.into() },
-    )
-    .await?;
+    write_message(&mut stream, request).await?;
     match read_message(&mut stream).await? {
         ControlReply::Done => Ok(stream),
         ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-        other => Err(ControlError::Failed(format!(
-            "unexpected answer: {other:?}"
-        ))),
+        other => Err(unexpected(&other)),
     }
+}
+
+fn unexpected(reply: &ControlReply) -> ControlError {
+    ControlError::Failed(format!("unexpected answer: {reply:?}"))
 }
 
 /// Makes sure a tunneld answers at `socket`, starting `start` (which must serve that

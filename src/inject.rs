@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::protocol::{
     AGENT_CONFIG_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig, Listener,
-    VOLUMES_ROOT,
+    Transport, VOLUMES_ROOT,
 };
 
 /// The agent container's name.
@@ -152,28 +152,31 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
                     port: listen,
                     app_port,
                     app_running: true,
+                    transport: Transport::Tcp,
                 });
             }
         }
         Mode::Replace => {
             let app = pod.containers.remove(app_index);
             for port in app.ports.iter().flatten() {
-                let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
+                let Some(transport) = transport_of(port) else {
+                    continue;
+                };
                 let Ok(number) = u16::try_from(port.container_port) else {
                     continue;
                 };
-                if tcp {
-                    agent_ports.push(ContainerPort {
-                        name: port.name.clone(),
-                        container_port: port.container_port,
-                        ..ContainerPort::default()
-                    });
-                    listeners.push(Listener {
-                        port: number,
-                        app_port: number,
-                        app_running: false,
-                    });
-                }
+                agent_ports.push(ContainerPort {
+                    name: port.name.clone(),
+                    container_port: port.container_port,
+                    protocol: port.protocol.clone(),
+                    ..ContainerPort::default()
+                });
+                listeners.push(Listener {
+                    port: number,
+                    app_port: number,
+                    app_running: false,
+                    transport,
+                });
             }
             pod.containers
                 .push(agent_container(&app, spec, agent_ports, &listeners));
@@ -195,6 +198,15 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         service_targets,
         listeners,
     })
+}
+
+/// The transport of a container port the agent can take over (SCTP it cannot).
+pub fn transport_of(port: &ContainerPort) -> Option<Transport> {
+    match port.protocol.as_deref() {
+        None | Some("TCP") => Some(Transport::Tcp),
+        Some("UDP") => Some(Transport::Udp),
+        Some(_) => None,
+    }
 }
 
 fn label(template: &mut PodTemplateSpec, session: &str) {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::cluster::{ClusterArgs, Connection};
 use crate::control::{
-    self, ControlError, ControlReply, ControlRequest, DaemonStatus, NetworkStatus,
+    self, ControlError, ControlReply, ControlRequest, DaemonStatus, Hold, NetworkStatus,
 };
 use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
@@ -181,47 +181,53 @@ async fn run_session(
         filter: mode_args.filter,
         timeout: args.timeout,
     };
+    let end = |hold| end_session(&connection, &plan.name, &plan.workload, plan.timeout, hold);
+    // Listening from the start: a stop signal during set-up must not kill the process with
+    // the workload half changed; set-up stops and the workload is restored.
+    let mut signals = StopSignals::listen()?;
     let bar = spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
     ));
-    let started = session::start(
+    let starting = session::start(
         &connection.client,
         &connection.namespace,
         &plan,
         progress_on(&bar),
-    )
-    .await?;
+    );
+    let started = tokio::select! {
+        started = starting => started?,
+        () = signals.recv() => {
+            bar.finish_and_clear();
+            eprintln!("stopped while starting");
+            end(None).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     bar.finish_and_clear();
 
-    let live = join_tunneld(&connection, &plan, &started, cluster).await;
-    let variables = match live {
-        Ok(variables) => variables,
+    // From here until the session ends, tunneld restores the workload if this process dies.
+    let hold = match hold_tunneld(&connection, &plan, cluster).await {
+        Ok(hold) => hold,
         Err(err) => {
-            end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+            end(None).await?;
             return Err(err);
         }
     };
-    report(&plan, &started);
-    let mut variables = variables;
-    let mounted = match mount_volumes(&connection, &plan, &args).await {
-        Ok(mounted) => mounted,
-        Err(err) => {
-            end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
-            return Err(err);
+    let live = tokio::select! {
+        live = go_live(&connection, &plan, &started, &args) => live.map(Some),
+        () = signals.recv() => Ok(None),
+    };
+    let (variables, mounted) = match live {
+        Ok(Some(live)) => live,
+        stopped_or_failed => {
+            end(Some(hold)).await?;
+            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
         }
     };
-    if let Some(mounted) = &mounted {
-        eprintln!("volumes mounted at {}", mounted.dir().display());
-        variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());
-    }
-    if let Err(err) = write_env_files(&args, &variables) {
-        drop(mounted);
-        end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
-        return Err(err);
-    }
     if args.detach {
-        // The mount lives with sshfs, beyond this command, until `leave` or unmount.
+        // The session lives in tunneld until `leave`, and the mount with sshfs.
+        hold.release().await?;
         std::mem::forget(mounted);
         eprintln!(
             "session {:?} is live; end it with `{} leave {}`",
@@ -233,35 +239,72 @@ async fn run_session(
     }
     let code = if args.command.is_empty() {
         eprintln!("press Ctrl-C to end the session");
-        wait_for_stop_signal().await?;
+        signals.recv().await;
         ExitCode::SUCCESS
     } else {
-        run_command(&args.command, &variables).await?
+        run_command(&args.command, &variables, &mut signals).await?
     };
     drop(mounted);
-    end_session(&connection, &plan.name, &plan.workload, plan.timeout).await?;
+    end(Some(hold)).await?;
     Ok(code)
 }
 
-/// How often the pods are checked for a failing agent while tunneld links to them.
-const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
-
-/// Starts tunneld if needed, hands it the session, waits for a link to every pod and
-/// fetches the app's environment.
-async fn join_tunneld(
+/// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes
+/// the env files: what makes a started session usable here.
+async fn go_live(
     connection: &Connection,
     plan: &Plan,
     started: &Started,
+    args: &SessionArgs,
+) -> anyhow::Result<(BTreeMap<String, String>, Option<Mount>)> {
+    let mut variables = join_tunneld(connection, plan, started).await?;
+    report(plan, started);
+    let mounted = mount_volumes(connection, plan, args).await?;
+    if let Some(mounted) = &mounted {
+        eprintln!("volumes mounted at {}", mounted.dir().display());
+        variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());
+    }
+    // An error drops `mounted`, which unmounts.
+    write_env_files(args, &variables)?;
+    Ok((variables, mounted))
+}
+
+/// Starts tunneld if needed and has it hold the session: see [`control::hold`].
+async fn hold_tunneld(
+    connection: &Connection,
+    plan: &Plan,
     cluster: &ClusterArgs,
-) -> anyhow::Result<BTreeMap<String, String>> {
+) -> anyhow::Result<Hold> {
     let socket = tunneld_socket(connection)?;
-    let bar = spinner("connecting to the agents".into());
     control::ensure_running(
         &socket,
         tunneld_command(&socket, cluster)?,
         &socket.with_extension("log"),
     )
     .await?;
+    let workload = plan.workload.to_string();
+    Ok(control::hold(
+        &socket,
+        &plan.name,
+        &connection.namespace,
+        &workload,
+        plan.timeout,
+    )
+    .await?)
+}
+
+/// How often the pods are checked for a failing agent while tunneld links to them.
+const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Hands the session to tunneld, waits for a link to every pod and fetches the app's
+/// environment.
+async fn join_tunneld(
+    connection: &Connection,
+    plan: &Plan,
+    started: &Started,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let socket = tunneld_socket(connection)?;
+    let bar = spinner("connecting to the agents".into());
     control::request(
         &socket,
         &ControlRequest::AddSession {
@@ -402,10 +445,11 @@ fn write_env_files(args: &SessionArgs, variables: &BTreeMap<String, String>) -> 
 }
 
 /// Runs `command` with the app's environment on top of ours; its exit status becomes ours.
-/// A signal to the plugin is passed on to it.
+/// A stop signal to the plugin is passed on to it.
 async fn run_command(
     command: &[String],
     variables: &BTreeMap<String, String>,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
     let mut child = tokio::process::Command::new(program)
@@ -415,8 +459,7 @@ async fn run_command(
         .with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
         status = child.wait() => status?,
-        stop = wait_for_stop_signal() => {
-            stop?;
+        () = signals.recv() => {
             if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -434,16 +477,32 @@ async fn run_command(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-        _ = hangup.recv() => {}
+/// The signals that end a foreground session: Ctrl-C, SIGTERM, and SIGHUP (its terminal
+/// closed). Once listened for they no longer kill the process, and one that arrives before
+/// [`StopSignals::recv`] is asked is kept for it.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
 }
 
 /// Ends a session: tunneld forgets it, and the workload gets its original back.
@@ -452,6 +511,7 @@ async fn end_session(
     name: &str,
     workload: &WorkloadRef,
     timeout: Duration,
+    hold: Option<Hold>,
 ) -> anyhow::Result<()> {
     if let Ok(socket) = tunneld_socket(connection) {
         match control::request(
@@ -476,6 +536,12 @@ async fn end_session(
     )
     .await?;
     bar.finish_and_clear();
+    // Only now: had this process died before, tunneld would have restored the workload.
+    if let Some(hold) = hold
+        && let Err(err) = hold.release().await
+    {
+        eprintln!("warning: tunneld: {err}");
+    }
     match left {
         session::Left::Restored => eprintln!("{workload} restored"),
         session::Left::OthersRemain(count) => eprintln!(
@@ -577,7 +643,7 @@ async fn run_manage(mode: Mode, cluster: &ClusterArgs, manage: Manage) -> anyhow
                 );
             }
             for (workload, session) in chosen {
-                end_session(&connection, &session, &workload.reference, timeout).await?;
+                end_session(&connection, &session, &workload.reference, timeout, None).await?;
             }
         }
         Manage::Status { output } => {

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
-use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
+use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter, Transport};
 use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
 
 /// The workload annotation holding a session's [`Record`] (JSON).
@@ -640,6 +640,7 @@ fn intercepted_ports(
             local_host: plan.address.clone(),
             local_port: mapping.local,
             filter: plan.filter.clone(),
+            transport: Transport::Tcp,
         });
     }
     Ok((targets, forwards))
@@ -666,40 +667,49 @@ fn replaced_ports(
     container: &str,
     plan: &Plan,
 ) -> anyhow::Result<Vec<Forward>> {
-    let declared: Vec<(Option<String>, u16)> = template
+    let declared: Vec<(Option<String>, u16, Transport)> = template
         .spec
         .iter()
         .flat_map(|spec| spec.containers.iter())
         .filter(|c| c.name == container)
         .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
+        .filter_map(|p| {
+            let number = u16::try_from(p.container_port).ok()?;
+            Some((p.name.clone(), number, inject::transport_of(p)?))
+        })
         .collect();
     let mut forwards: Vec<Forward> = declared
         .iter()
-        .map(|(_, number)| Forward {
+        .map(|(_, number, transport)| Forward {
             app_port: *number,
             local_host: plan.address.clone(),
             local_port: *number,
             filter: None,
+            transport: *transport,
         })
         .collect();
+    let mut numbers: Vec<u16> = declared.iter().map(|(_, number, _)| *number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
     for mapping in &plan.ports {
         let remote = mapping.remote.as_deref();
-        let index = match remote {
-            Some(remote) => declared.iter().position(|(name, number)| {
-                name.as_deref() == Some(remote) || number.to_string() == remote
+        // A number (or name) can stand for a TCP and a UDP port at once, as DNS's 53 does.
+        let number = match remote {
+            Some(remote) => declared.iter().find_map(|(name, number, _)| {
+                (name.as_deref() == Some(remote) || number.to_string() == remote).then_some(*number)
             }),
-            None if declared.len() == 1 => Some(0),
+            None if numbers.len() == 1 => numbers.first().copied(),
             None => None,
         }
         .with_context(|| {
             format!(
-                "container {container} declares no TCP port {}",
+                "container {container} declares no port {}",
                 remote.unwrap_or("(give --port LOCAL:CONTAINER-PORT)")
             )
         })?;
-        forwards[index].local_port = mapping.local;
+        for forward in forwards.iter_mut().filter(|f| f.app_port == number) {
+            forward.local_port = mapping.local;
+        }
     }
     Ok(forwards)
 }

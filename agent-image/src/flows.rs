@@ -5,10 +5,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use kubedev::protocol::codec::{read_datagram, read_message, write_datagram, write_message};
+use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::mux::MuxStream;
+use kubedev::protocol::udp_flows::{connected_socket, relay_socket};
 use kubedev::protocol::{APP_ENV_PREFIX, HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
-use tokio::net::{TcpStream, UdpSocket, lookup_host};
+use tokio::net::{TcpStream, lookup_host};
 
 use crate::serve::{Sessions, Settings};
 
@@ -114,52 +115,14 @@ async fn relay_udp(
         Ok(target) => target,
         Err(reason) => return refuse(&mut stream, reason).await,
     };
-    let local: SocketAddr = if target.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(target).await?;
+    let socket = connected_socket(target).await?;
     write_message(&mut stream, &OpenReply::Connected)
         .await
         .map_err(std::io::Error::other)?;
 
-    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(stream);
-    // activity_tx: either direction, on every datagram -> the idle watchdog.
-    let (activity_tx, mut activity_rx) = tokio::sync::watch::channel(());
-    // Each direction is one long-lived future: a datagram half-read is never cancelled.
-    let uplink = async {
-        let mut buf = Box::new([0u8; 65535]);
-        while let Some(len) = read_datagram(&mut from_tunnel, &mut buf).await? {
-            socket.send(&buf[..len]).await?;
-            activity_tx.send_replace(());
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let downlink = async {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let len = socket.recv(&mut buf).await?;
-            write_datagram(&mut to_tunnel, &buf[..len]).await?;
-            activity_tx.send_replace(());
-        }
-    };
-    let idle = async {
-        while tokio::time::timeout(settings.udp_idle, activity_rx.changed())
-            .await
-            .is_ok()
-        {}
-        tracing::debug!(
-            "udp flow to {target} idle for {:?}: closing",
-            settings.udp_idle
-        );
-    };
-    tokio::select! {
-        ended = uplink => ended,
-        failed = downlink => failed,
-        () = idle => Ok(()),
-    }
+    let relayed = relay_socket(stream, &socket, settings.udp_idle).await;
+    tracing::debug!("udp flow to {target} ended");
+    relayed
 }
 
 async fn answer_lookup(mut stream: MuxStream, name: &str) -> std::io::Result<()> {

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use kubedev::protocol::{HttpFilter, Listener};
+use kubedev::protocol::{HttpFilter, Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -61,7 +61,7 @@ impl Route {
             .find(|c| c.filter.as_ref().is_some_and(|f| matches(f, &request)))
             .or_else(|| self.claimants.iter().find(|c| c.filter.is_none()));
         if let Some(claimant) = chosen {
-            match to_workstation(&claimant.handle, port).await {
+            match to_workstation(&claimant.handle, port, Transport::Tcp).await {
                 Ok(stream) => return Ok(send(stream, request).await),
                 // The workstation is gone or refused: the app answers instead.
                 Err(reason) => tracing::debug!("{} to the app: {reason}", request.uri()),

@@ -6,21 +6,42 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kubedev::protocol::codec::{read_message, write_message};
-use kubedev::protocol::{HANDSHAKE_TIMEOUT, Listener, OpenReply, OpenRequest};
-use tokio::net::{TcpListener, TcpStream};
+use kubedev::protocol::{HANDSHAKE_TIMEOUT, Listener, OpenReply, OpenRequest, Transport};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+use crate::datagrams;
 use crate::http_route;
 use crate::serve::Sessions;
 
 const TCP_CHUNK: usize = 64 * 1024;
 
 /// Listens on every port in `listeners` until the process ends.
-pub(crate) async fn serve(listeners: Vec<Listener>, sessions: Arc<Sessions>) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    listeners: Vec<Listener>,
+    sessions: Arc<Sessions>,
+    udp_idle: Duration,
+) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let socket = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], listener.port))).await?;
+        let address = SocketAddr::from(([0, 0, 0, 0], listener.port));
+        if listener.transport == Transport::Udp {
+            let socket = UdpSocket::bind(address).await?;
+            tracing::info!(
+                "taking datagrams for the app's UDP port {}",
+                listener.app_port
+            );
+            let sessions = sessions.clone();
+            tasks.spawn(async move {
+                if let Err(err) = datagrams::serve(socket, listener, sessions, udp_idle).await {
+                    tracing::warn!("udp listener: {err}");
+                }
+            });
+            continue;
+        }
+        let socket = TcpListener::bind(address).await?;
         tracing::info!(
             "taking connections for the app's port {} on port {}",
             listener.app_port,
@@ -65,7 +86,7 @@ async fn deliver(
         claimants.retain(|c| c.filter.is_none());
     }
     for claimant in &claimants {
-        match to_workstation(&claimant.handle, listener.app_port).await {
+        match to_workstation(&claimant.handle, listener.app_port, Transport::Tcp).await {
             Ok(mut stream) => {
                 tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
                 let _ = tokio::io::copy_bidirectional_with_sizes(
@@ -101,13 +122,19 @@ async fn deliver(
     }
 }
 
-/// Opens a stream to the workstation of `session` for a connection to the app's `app_port`.
+/// Opens a stream to the workstation of `session` for a connection to the app's `app_port`
+/// (or, for UDP, one peer's datagrams).
 pub(crate) async fn to_workstation(
     session: &kubedev::protocol::mux::MuxHandle,
     app_port: u16,
+    transport: Transport,
 ) -> Result<kubedev::protocol::mux::MuxStream, String> {
     let mut stream = session.open().await.map_err(|err| err.to_string())?;
-    write_message(&mut stream, &OpenRequest::Inbound { port: app_port })
+    let request = OpenRequest::Inbound {
+        port: app_port,
+        transport,
+    };
+    write_message(&mut stream, &request)
         .await
         .map_err(|err| err.to_string())?;
     let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))

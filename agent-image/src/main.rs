@@ -1,5 +1,6 @@
 //! kubedev-agent: the traffic agent that runs as a container in the workload's pods.
 
+mod datagrams;
 mod flows;
 mod http_route;
 mod intercept;
@@ -46,11 +47,12 @@ async fn main() -> anyhow::Result<()> {
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };
+    let udp_idle = settings.udp_idle;
     let sessions = Arc::new(serve::Sessions::default());
     let serving = async {
         tokio::try_join!(
             serve::run(cli.listen, settings, sessions.clone()),
-            intercept::serve(cli.config.listeners, sessions),
+            intercept::serve(cli.config.listeners, sessions, udp_idle),
         )
     };
     tokio::select! {

@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kubedev::protocol::codec::{read_datagram, write_datagram};
+use kubedev::protocol::codec::{read_datagram, read_message, write_datagram, write_message};
+use kubedev::protocol::mux::MuxStream;
+use kubedev::protocol::{OpenReply, OpenRequest, Transport};
 use kubedev::tunnel::{AgentLink, LinkError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 
 const TOKEN: &str = "component-test-token";
 /// A deadlock, not a slow machine, is what this catches.
@@ -23,9 +26,15 @@ struct Agent {
 
 impl Agent {
     fn start() -> Self {
+        Self::start_with("{}")
+    }
+
+    /// Starts the agent with `config` (JSON, as the plugins set it).
+    fn start_with(config: &str) -> Self {
         let mut process = Command::new(env!("CARGO_BIN_EXE_kubedev-agent"))
             .args(["--listen", "127.0.0.1:0"])
             .env("KUBEDEV_AGENT_TOKEN", TOKEN)
+            .env("KUBEDEV_AGENT_CONFIG", config)
             .env("KUBEDEV_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -48,6 +57,16 @@ impl Agent {
             .expect("connect to agent");
         let (link, _inbound) = AgentLink::connect(connection, token, "component-test").await?;
         Ok(link)
+    }
+
+    /// A session that also receives the streams the agent opens (taken-over ports).
+    async fn link_with_inbound(&self) -> (AgentLink, mpsc::Receiver<MuxStream>) {
+        let connection = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to agent");
+        AgentLink::connect(connection, TOKEN, "component-test")
+            .await
+            .expect("session")
     }
 }
 
@@ -123,6 +142,70 @@ async fn udp_flow_exchanges_datagrams() {
             .expect("receive")
             .expect("a datagram");
         assert_eq!(&buf[..len], format!("echo: {message}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_taken_over_udp_port_carries_each_peers_datagrams_to_the_workstation_and_back() {
+    let port = {
+        let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let config = format!(
+        r#"{{"listeners":[{{"port":{port},"app_port":53,"app_running":false,"transport":"udp"}}]}}"#
+    );
+    let agent = Agent::start_with(&config);
+    let (link, mut inbound_rx) = agent.link_with_inbound().await;
+    link.claim(53, None).await.expect("claimed");
+
+    // The workstation: answers each flow's datagrams, naming the flow.
+    tokio::spawn(async move {
+        let mut flows = 0;
+        while let Some(mut stream) = inbound_rx.recv().await {
+            flows += 1;
+            let request: OpenRequest = read_message(&mut stream).await.expect("request");
+            assert_eq!(
+                request,
+                OpenRequest::Inbound {
+                    port: 53,
+                    transport: Transport::Udp
+                }
+            );
+            write_message(&mut stream, &OpenReply::Connected)
+                .await
+                .expect("reply");
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65535];
+                while let Ok(Some(len)) = read_datagram(&mut stream, &mut buf).await {
+                    let mut answer = format!("flow {flows}: ").into_bytes();
+                    answer.extend_from_slice(&buf[..len]);
+                    write_datagram(&mut stream, &answer).await.expect("answer");
+                }
+            });
+        }
+    });
+
+    let mut buf = [0u8; 65535];
+    let first = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let second = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for (peer, message, answer) in [
+        (&first, "a", "flow 1: a"),
+        (&first, "b", "flow 1: b"),
+        (&second, "c", "flow 2: c"),
+    ] {
+        peer.send_to(message.as_bytes(), ("127.0.0.1", port))
+            .await
+            .expect("send");
+        let (len, from) = tokio::time::timeout(LIVENESS, peer.recv_from(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("receive");
+        assert_eq!(
+            from.port(),
+            port,
+            "the reply comes from the taken-over port"
+        );
+        assert_eq!(&buf[..len], answer.as_bytes());
     }
 }
 

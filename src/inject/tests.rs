@@ -85,7 +85,8 @@ fn intercept_of_a_named_port_moves_the_name_to_the_agent() {
         [Listener {
             port: 7331,
             app_port: 8080,
-            app_running: true
+            app_running: true,
+            transport: Transport::Tcp,
         }]
     );
     assert!(injected.service_targets.is_empty());
@@ -184,7 +185,7 @@ fn agent_sees_the_volumes_under_its_root_read_only_for_ingest() {
 }
 
 #[test]
-fn replace_removes_the_app_and_listens_on_its_tcp_ports() {
+fn replace_removes_the_app_and_listens_on_its_tcp_and_udp_ports() {
     let injected = inject(&template(), &spec(Mode::Replace, &[])).expect("injected");
     let pod = injected.template.spec.as_ref().expect("spec");
     let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
@@ -194,10 +195,19 @@ fn replace_removes_the_app_and_listens_on_its_tcp_ports() {
         .ports
         .iter()
         .flatten()
-        .map(|p| (p.name.as_deref(), p.container_port))
+        .map(|p| (p.name.as_deref(), p.container_port, p.protocol.as_deref()))
         .collect();
-    assert_eq!(ports, [(Some("http"), 8080), (Some("metrics"), 9090)]);
+    assert_eq!(
+        ports,
+        [
+            (Some("http"), 8080, None),
+            (Some("metrics"), 9090, None),
+            (Some("dns"), 53, Some("UDP"))
+        ]
+    );
     assert!(injected.listeners.iter().all(|l| !l.app_running));
+    let transports: Vec<_> = injected.listeners.iter().map(|l| l.transport).collect();
+    assert_eq!(transports, [Transport::Tcp, Transport::Tcp, Transport::Udp]);
 }
 
 #[test]

@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod mux;
+pub mod udp_flows;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -70,8 +71,13 @@ pub enum OpenRequest {
     /// answered with [`OpenReply::Environment`].
     Environment,
     /// From the agent: a connection arrived for the app container's `port`; the
-    /// workstation answers `Connected` once its local server accepted it.
-    Inbound { port: u16 },
+    /// workstation answers `Connected` once its local server accepted it. A UDP one
+    /// carries the datagrams of one peer, framed as [`codec::write_datagram`] does.
+    Inbound {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Transport::is_tcp")]
+        transport: Transport,
+    },
     /// An SFTP session on the app container's volumes (under [`VOLUMES_ROOT`]), read-only
     /// for ingest; answered with `Connected`, then SFTP packets follow.
     Files,
@@ -134,6 +140,30 @@ pub struct AgentConfig {
     pub read_only_volumes: bool,
 }
 
+/// The transport of a port the agent takes over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn is_tcp(&self) -> bool {
+        *self == Self::Tcp
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
 /// One port the agent took over from the app container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listener {
@@ -144,6 +174,8 @@ pub struct Listener {
     /// Whether the app container still runs (intercept): connections no workstation takes
     /// go to it, on localhost. Otherwise (replace) they are refused.
     pub app_running: bool,
+    #[serde(default, skip_serializing_if = "Transport::is_tcp")]
+    pub transport: Transport,
 }
 
 /// How often tunneld checks that a session is alive; port-forwards through proxies and
@@ -171,10 +203,21 @@ mod tests {
             serde_json::to_string(&reply).expect("json"),
             r#"{"result":"resolved","addresses":["10.96.0.10"]}"#
         );
-        let inbound = OpenRequest::Inbound { port: 8080 };
+        let inbound = OpenRequest::Inbound {
+            port: 8080,
+            transport: Transport::Tcp,
+        };
         assert_eq!(
             serde_json::to_string(&inbound).expect("json"),
             r#"{"kind":"inbound","port":8080}"#
+        );
+        let datagrams = OpenRequest::Inbound {
+            port: 53,
+            transport: Transport::Udp,
+        };
+        assert_eq!(
+            serde_json::to_string(&datagrams).expect("json"),
+            r#"{"kind":"inbound","port":53,"transport":"udp"}"#
         );
         let refused: HelloReply =
             serde_json::from_str(r#"{"result":"refused","reason":"bad token"}"#).expect("json");

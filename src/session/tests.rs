@@ -8,7 +8,9 @@ fn template() -> PodTemplateSpec {
         "spec": {"containers": [
             {"name": "web", "ports": [
                 {"name": "http", "containerPort": 8080},
-                {"name": "admin", "containerPort": 9000}
+                {"name": "admin", "containerPort": 9000},
+                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "containerPort": 53}
             ]},
             {"name": "proxy"}
         ]}
@@ -45,6 +47,7 @@ fn forward(app_port: u16, local_port: u16) -> Forward {
         local_host: "127.0.0.1".into(),
         local_port,
         filter: None,
+        transport: Transport::Tcp,
     }
 }
 
@@ -138,15 +141,25 @@ fn intercepting_a_port_the_service_lacks_is_refused() {
 
 #[test]
 fn replace_forwards_every_container_port_unless_mapped() {
+    let mapped = &["3000:http", "5353:53"];
     let forwards =
-        replaced_ports(&template(), "web", &plan(Mode::Replace, &["3000:http"])).expect("resolved");
-    assert_eq!(forwards, [forward(8080, 3000), forward(9000, 9000)]);
+        replaced_ports(&template(), "web", &plan(Mode::Replace, mapped)).expect("resolved");
+    let udp = Forward {
+        transport: Transport::Udp,
+        ..forward(53, 5353)
+    };
+    assert_eq!(
+        forwards,
+        [
+            forward(8080, 3000),
+            forward(9000, 9000),
+            udp,
+            forward(53, 5353)
+        ]
+    );
     let err = replaced_ports(&template(), "web", &plan(Mode::Replace, &["3000:grpc"]))
         .expect_err("unknown");
-    assert!(
-        err.to_string().contains("declares no TCP port grpc"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("declares no port grpc"), "{err}");
 }
 
 #[test]

@@ -78,17 +78,25 @@ impl Setup {
     /// GETs `path` from the client pod with an extra `header` line, whatever the status;
     /// returns the body.
     fn get_with(&self, path: &str, header: Option<&str>) -> String {
+        self.request(path, header).expect("request")
+    }
+
+    /// GETs `path`; a failure to connect is an empty answer.
+    fn try_get(&self, path: &str) -> String {
+        self.request(path, None).unwrap_or_default()
+    }
+
+    fn request(&self, path: &str, header: Option<&str>) -> anyhow::Result<String> {
         let extra = header.map(|h| format!("{h}\r\n")).unwrap_or_default();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{extra}Connection: close\r\n\r\n");
         let response = self
             .ns
-            .exec("client", &["probe", "tcp", "echo:8080", &request])
-            .expect("request");
-        response
+            .exec("client", &["probe", "tcp", "echo:8080", &request])?;
+        Ok(response
             .split_once("\r\n\r\n")
             .map(|(_, body)| body.trim().to_owned())
-            .unwrap_or(response)
+            .unwrap_or(response))
     }
 }
 
@@ -362,15 +370,19 @@ async fn the_session_ends_with_the_command_and_with_its_exit_status() {
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 
-#[tokio::test]
-async fn a_foreground_session_ends_on_sigterm_and_restores_the_workload() {
-    let s = setup("intercept-signal", false, 1, 3000).await;
+/// Starts `kubectl intercept echo` in the foreground and waits until it is live: the
+/// workstation answers.
+fn intercept_in_the_foreground(s: &Setup) -> std::process::Child {
     let mut plugin = s.workstation.spawn_plugin(
         &s.cluster,
         PLUGIN,
         &["echo", "-n", &s.ns.name, "--port", "3000:http"],
     );
-    // Live once the workstation answers.
+    wait_until_local(s, &mut plugin);
+    plugin
+}
+
+fn wait_until_local(s: &Setup, plugin: &mut std::process::Child) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !s.get_with("/live", None).starts_with("local laptop") {
         assert!(
@@ -383,11 +395,42 @@ async fn a_foreground_session_ends_on_sigterm_and_restores_the_workload() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+#[tokio::test]
+async fn a_foreground_session_ends_on_sigterm_and_restores_the_workload() {
+    let s = setup("intercept-signal", false, 1, 3000).await;
+    let mut plugin = intercept_in_the_foreground(&s);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(plugin.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
     let status = plugin.wait().expect("plugin exits");
     assert!(status.success(), "{status}");
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn tunneld_restores_the_workload_when_a_foreground_session_is_killed() {
+    let s = setup("intercept-kill", false, 1, 3000).await;
+    let mut plugin = intercept_in_the_foreground(&s);
+    // SIGKILL: the plugin cannot clean up; tunneld notices its hold end.
+    plugin.kill().expect("kill");
+    plugin.wait().expect("reaped");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while stored(&s.ns, false).await != s.before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload was not restored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The app answers again once its pods are back and the proxies follow.
+    while !s.try_get("/after").starts_with("echo from echo-") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app did not answer again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 #[tokio::test]

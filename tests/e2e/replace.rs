@@ -1,6 +1,6 @@
 //! `kubectl replace-container`: the container is gone from the pods while the session lasts
-//! (sidecars keep running), all of its traffic reaches the workstation, and it comes back
-//! exactly on leave.
+//! (sidecars keep running), all of its traffic (TCP and UDP) reaches the workstation, and
+//! it comes back exactly on leave.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -59,6 +59,7 @@ async fn the_container_is_replaced_by_the_workstation_and_sidecars_stay() {
     let before = ns.echo_template(false).await;
     let workstation = Workstation::create(&cluster);
     let _server = workstation.serve_http(3000, "replacement");
+    let _udp_server = workstation.serve_udp(9000, "replacement");
 
     // Two containers: the one to replace must be named.
     let ambiguous = workstation.plugin(&cluster, PLUGIN, &["echo", "-n", &ns.name, "--detach"]);
@@ -84,6 +85,11 @@ async fn the_container_is_replaced_by_the_workstation_and_sidecars_stay() {
         .http_get("client", "echo:8080", "/r")
         .expect("GET through the service");
     assert_eq!(answer.trim(), "local replacement: GET /r HTTP/1.1");
+    // Its UDP port too: datagrams reach the workstation and the answers come back.
+    let answer = ns
+        .exec("client", &["probe", "udp", "echo:9000", "ping"])
+        .expect("UDP through the service");
+    assert_eq!(answer.trim(), "local replacement: ping");
 
     // A second replace of the same container is refused.
     let again = workstation.plugin(

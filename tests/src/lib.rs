@@ -293,7 +293,6 @@ impl TestNamespace {
         start_agent_pod(&self.api::<Pod>(), name, token).await
     }
 
-    /// Runs a command in a pod with `kubectl exec` and returns its stdout.
     /// GETs `path` from `host:port` (a Service name resolves as in the pod) from the client
     /// pod, and returns the response body.
     pub fn http_get(&self, client: &str, target: &str, path: &str) -> anyhow::Result<String> {
@@ -306,6 +305,7 @@ impl TestNamespace {
         Ok(body.to_owned())
     }
 
+    /// Runs a command in a pod with `kubectl exec` and returns its stdout.
     pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["exec", pod, "--"];
         args.extend_from_slice(command);

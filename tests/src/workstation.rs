@@ -307,6 +307,33 @@ impl Workstation {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// A UDP server on 127.0.0.1:`port` inside the workstation that answers every datagram
+    /// with `local <name>: <datagram>`; it stops when the value drops.
+    pub fn serve_udp(&self, port: u16, name: &str) -> LocalUdpServer {
+        let socket = self.inside(move || {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind the local server")
+        });
+        // The thread looks at the flag between datagrams, at least this often.
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("read timeout");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let prefix = format!("local {name}: ");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65535];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let mut answer = prefix.clone().into_bytes();
+                answer.extend_from_slice(&buf[..len]);
+                let _ = socket.send_to(&answer, peer);
+            }
+        });
+        LocalUdpServer { stop }
+    }
+
     /// An HTTP server on 127.0.0.1:`port` inside the workstation that answers every request
     /// with `local <name>: <request line>`; it stops when the value drops.
     pub fn serve_http(&self, port: u16, name: &str) -> LocalServer {
@@ -491,6 +518,18 @@ impl Drop for LocalServer {
             })
             .join();
         }
+    }
+}
+
+/// A UDP server the test runs on the workstation.
+#[derive(Debug)]
+pub struct LocalUdpServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for LocalUdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use kubedev::control::{ControlReply, ControlRequest, DaemonStatus, NetworkStatus, SessionStatus};
 use kubedev::protocol::codec::{read_message, write_message};
+use kubedev::session::{self, Left};
+use kubedev::workload::WorkloadRef;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +37,32 @@ pub(crate) struct Settings {
 
 /// How long an environment request waits for a session's agent to be linked.
 const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// What a plugin holds tunneld to: see [`ControlRequest::Hold`].
+struct Held {
+    name: String,
+    namespace: String,
+    workload: WorkloadRef,
+    timeout: Duration,
+}
+
+/// Counts one hold in [`Daemon::holds`] while it lives.
+struct HoldCount<'a>(&'a Daemon);
+
+impl<'a> HoldCount<'a> {
+    fn new(daemon: &'a Daemon) -> Self {
+        daemon.holds.fetch_add(1, Ordering::SeqCst);
+        daemon.sessions_changed.notify_waiters();
+        Self(daemon)
+    }
+}
+
+impl Drop for HoldCount<'_> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::SeqCst);
+        self.0.sessions_changed.notify_waiters();
+    }
+}
 
 /// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
 #[derive(Debug)]
@@ -70,6 +99,10 @@ pub(crate) struct Daemon {
     /// Session name -> (namespace, what stops its tunnels).
     sessions: Mutex<HashMap<String, (String, CancellationToken)>>,
     network: Mutex<NetworkState>,
+    /// Plugins holding a session (see [`ControlRequest::Hold`]) and restores under way:
+    /// tunneld stays up while there are any.
+    holds: AtomicUsize,
+    /// Woken when `sessions` or `holds` change.
     sessions_changed: Notify,
 }
 
@@ -90,6 +123,7 @@ impl Daemon {
             pool: Arc::new(AgentPool::default()),
             sessions: Mutex::new(HashMap::new()),
             network: Mutex::new(NetworkState::Off),
+            holds: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
         })
     }
@@ -132,11 +166,11 @@ impl Daemon {
         }
     }
 
-    /// Completes once no session has existed for the idle time.
+    /// Completes once no session (or hold) has existed for the idle time.
     async fn idle(&self) {
         loop {
             let changed = self.sessions_changed.notified();
-            if self.sessions.lock().await.is_empty() {
+            if self.sessions.lock().await.is_empty() && self.holds.load(Ordering::SeqCst) == 0 {
                 if tokio::time::timeout(self.settings.idle_exit, changed)
                     .await
                     .is_err()
@@ -171,6 +205,23 @@ impl Daemon {
             ControlRequest::Status => ControlReply::Status(self.status().await),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
+            ControlRequest::Hold {
+                name,
+                namespace,
+                workload,
+                timeout_secs,
+            } => {
+                let held = Held {
+                    name,
+                    namespace,
+                    workload: workload.parse().map_err(anyhow::Error::msg)?,
+                    timeout: Duration::from_secs(timeout_secs),
+                };
+                return self.hold(held, stream).await;
+            }
+            ControlRequest::Release => ControlReply::Failed {
+                reason: "release without a hold".into(),
+            },
         };
         write_message(&mut stream, &reply).await?;
         Ok(())
@@ -193,6 +244,37 @@ impl Daemon {
         self.sessions_changed.notify_waiters();
         self.start_network(&namespace).await;
         ControlReply::Done
+    }
+
+    /// Keeps `holder`'s connection until it releases the session; if the connection closes
+    /// first, its plugin died with the session live: end it, and restore the workload as
+    /// `leave` does.
+    async fn hold(&self, held: Held, mut holder: UnixStream) -> anyhow::Result<()> {
+        let _counted = HoldCount::new(self);
+        write_message(&mut holder, &ControlReply::Done).await?;
+        if let Ok(ControlRequest::Release) = read_message(&mut holder).await {
+            return Ok(write_message(&mut holder, &ControlReply::Done).await?);
+        }
+        let Held {
+            name,
+            namespace,
+            workload,
+            timeout,
+        } = held;
+        tracing::warn!(
+            "the plugin running session {name} is gone: ending it and restoring {workload}"
+        );
+        self.remove_session(&name).await;
+        match session::leave(&self.client, &namespace, &workload, &name, timeout, |_| {}).await {
+            Ok(Left::Restored) => tracing::info!("{workload} restored"),
+            Ok(Left::OthersRemain(count)) => {
+                tracing::info!("session {name} ended; {count} other sessions remain on {workload}");
+            }
+            Err(err) => tracing::error!(
+                "could not restore {workload}: {err:#}; run `leave {name}` with the plugin"
+            ),
+        }
+        Ok(())
     }
 
     /// Turns the client's connection into an SFTP session on the app's volumes, with one of

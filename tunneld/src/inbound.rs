@@ -1,17 +1,23 @@
 //! Connections the agents took over in the cluster, delivered to the workstation: each
 //! arrives as a stream the agent opened, naming the app's port; it is connected to the
-//! local address that port is forwarded to.
+//! local address that port is forwarded to. A UDP port's stream carries one peer's
+//! datagrams, sent from a socket of its own so that replies find their way back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kubedev::control::Forward;
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::mux::MuxStream;
-use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
-use tokio::net::TcpStream;
+use kubedev::protocol::udp_flows::{connected_socket, relay_socket};
+use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 const TCP_CHUNK: usize = 64 * 1024;
+/// How long one peer's datagrams may pause before its flow is closed (the agent closes
+/// its end after the same time).
+const UDP_IDLE: Duration = Duration::from_secs(60);
 
 /// Serves every stream an agent opens, until its link ends.
 pub(crate) async fn deliver_all(
@@ -24,16 +30,28 @@ pub(crate) async fn deliver_all(
 }
 
 async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
-    let port = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream)).await {
-        Ok(Ok(OpenRequest::Inbound { port })) => port,
+    let (port, transport) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
+        .await
+    {
+        Ok(Ok(OpenRequest::Inbound { port, transport })) => (port, transport),
         Ok(Ok(other)) => return refuse(stream, format!("tunneld does not serve {other:?}")).await,
         Ok(Err(err)) => return tracing::debug!("inbound stream without a request: {err}"),
         Err(_) => return tracing::debug!("inbound stream without a request"),
     };
-    let Some(forward) = forwards.iter().find(|f| f.app_port == port) else {
-        return refuse(stream, format!("port {port} is not forwarded here")).await;
+    let Some(forward) = forwards
+        .iter()
+        .find(|f| f.app_port == port && f.transport == transport)
+    else {
+        return refuse(
+            stream,
+            format!("{transport} port {port} is not forwarded here"),
+        )
+        .await;
     };
     let target = (forward.local_host.as_str(), forward.local_port);
+    if transport == Transport::Udp {
+        return deliver_datagrams(stream, target, port).await;
+    }
     let mut local = match TcpStream::connect(target).await {
         Ok(local) => local,
         Err(err) => {
@@ -52,6 +70,36 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
     tracing::debug!("port {port} -> {}:{}", target.0, target.1);
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, TCP_CHUNK, TCP_CHUNK)
         .await;
+}
+
+/// Relays one peer's datagrams for the app's UDP `port` to `target` and back.
+async fn deliver_datagrams(mut stream: MuxStream, target: (&str, u16), port: u16) {
+    let socket = match connected_udp(target).await {
+        Ok(socket) => socket,
+        Err(err) => {
+            let reason = format!("udp to {}:{}: {err}", target.0, target.1);
+            tracing::warn!("datagrams for port {port} could not be delivered: {reason}");
+            return refuse(stream, reason).await;
+        }
+    };
+    if write_message(&mut stream, &OpenReply::Connected)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::debug!("udp port {port} -> {}:{}", target.0, target.1);
+    if let Err(err) = relay_socket(stream, &socket, UDP_IDLE).await {
+        tracing::debug!("udp port {port}: {err}");
+    }
+}
+
+async fn connected_udp(target: (&str, u16)) -> std::io::Result<UdpSocket> {
+    let address = tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    connected_socket(address).await
 }
 
 async fn refuse(mut stream: MuxStream, reason: String) {

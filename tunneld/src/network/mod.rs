@@ -19,8 +19,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
+use kubedev::protocol::udp_flows::UdpFlows;
 pub(crate) use routes::Cidr;
-use udp::{Datagram, FlowKey, UdpFlows};
+use udp::{Datagram, FlowKey};
 
 /// The TUN device's name.
 pub(crate) const TUN_NAME: &str = "kubedev-tun";
@@ -177,7 +178,7 @@ async fn serve_udp(
                 continue;
             }
             let key = FlowKey { local, remote };
-            if let Some(first) = flows.deliver(key, payload) {
+            if let Some(first) = flows.deliver(&key, payload) {
                 let datagrams_rx = flows.start(key, first);
                 tokio::spawn(udp::relay_flow(
                     pool.clone(),
