@@ -259,7 +259,7 @@ async fn go_live(
 ) -> anyhow::Result<(BTreeMap<String, String>, Option<Mount>)> {
     let mut variables = join_tunneld(connection, plan, started).await?;
     report(plan, started);
-    let mounted = mount_volumes(connection, plan, args).await?;
+    let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
         eprintln!("volumes mounted at {}", mounted.dir().display());
         variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());
@@ -372,10 +372,23 @@ const ROOT_ENV: &str = "KUBEDEV_ROOT";
 async fn mount_volumes(
     connection: &Connection,
     plan: &Plan,
+    started: &Started,
     args: &SessionArgs,
 ) -> anyhow::Result<Option<Mount>> {
-    let socket = tunneld_socket(connection)?;
     let choice = args.mount.clone().unwrap_or(MountChoice::Temporary);
+    if choice == MountChoice::No {
+        return Ok(None);
+    }
+    if !started.record.container_has_volumes() {
+        if args.mount.is_some() {
+            eprintln!(
+                "note: container {} mounts no volume: nothing to mount",
+                started.record.container
+            );
+        }
+        return Ok(None);
+    }
+    let socket = tunneld_socket(connection)?;
     let read_only = plan.mode == Mode::Ingest;
     match mount::mount(&socket, &plan.name, &choice, read_only).await {
         Ok(mounted) => Ok(mounted),

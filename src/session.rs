@@ -50,6 +50,18 @@ pub struct Joined {
 }
 
 impl Record {
+    /// Whether the session's container mounts any volume (in the original template).
+    pub fn container_has_volumes(&self) -> bool {
+        self.template
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("name").and_then(Value::as_str) == Some(self.container.as_str()))
+            .filter_map(|c| c.get("volumeMounts").and_then(Value::as_array))
+            .any(|mounts| !mounts.is_empty())
+    }
+
     /// Every session on the workload: the one that added the agent, then those that joined.
     pub fn sessions(&self) -> impl Iterator<Item = (&str, Option<&HttpFilter>)> {
         std::iter::once((self.name.as_str(), self.filter.as_ref())).chain(

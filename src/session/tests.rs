@@ -224,3 +224,15 @@ fn sessions_list_the_first_then_those_that_joined() {
     let names: Vec<&str> = shared.sessions().map(|(name, _)| name).collect();
     assert_eq!(names, ["alice", "bob"]);
 }
+
+#[test]
+fn only_the_sessions_container_counts_for_volumes() {
+    let mut with_volumes = record(None);
+    with_volumes.template = json!({"spec": {"containers": [
+        {"name": "web"},
+        {"name": "proxy", "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}
+    ]}});
+    assert!(!with_volumes.container_has_volumes());
+    with_volumes.container = "proxy".into();
+    assert!(with_volumes.container_has_volumes());
+}
