@@ -41,18 +41,23 @@ pub enum ControlRequest {
     OpenFiles {
         name: String,
     },
-    /// Sent by the plugin that runs session `name` in the foreground, which keeps this
-    /// connection open until it has ended the session and sends `Release`. If the
-    /// connection closes first (the plugin was killed), tunneld ends the session and
-    /// restores `workload` (`KIND/NAME`) itself, waiting at most `timeout_secs` for its pods.
-    Hold {
-        name: String,
-        namespace: String,
-        workload: String,
-        timeout_secs: u64,
-    },
+    /// Sent by a plugin that runs a session in the foreground, which keeps this connection
+    /// open until it has ended the session and sends `Release`. If the connection closes
+    /// first (the plugin was killed), tunneld ends the session and restores the workload.
+    Hold(Held),
     /// Ends a `Hold`, on its connection: the plugin has ended the session.
     Release,
+}
+
+/// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
+/// `workload` (`KIND/NAME`), waiting at most `timeout_secs` for its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub name: String,
+    pub owner: String,
+    pub namespace: String,
+    pub workload: String,
+    pub timeout_secs: u64,
 }
 
 /// Where connections for one of the app's ports go on the workstation.
@@ -184,22 +189,10 @@ impl Hold {
     }
 }
 
-/// Asks tunneld to end session `name` and restore `workload` (`KIND/NAME`) if this process dies
-/// before it releases the returned [`Hold`].
-pub async fn hold(
-    socket: &Path,
-    name: &str,
-    namespace: &str,
-    workload: &str,
-    timeout: Duration,
-) -> Result<Hold, ControlError> {
-    let request = ControlRequest::Hold {
-        name: name.into(),
-        namespace: namespace.into(),
-        workload: workload.into(),
-        timeout_secs: timeout.as_secs(),
-    };
-    let stream = open_stream(socket, &request).await?;
+/// Asks tunneld to end the session and restore its workload, as `held` says, if this
+/// process dies before it releases the returned [`Hold`].
+pub async fn hold(socket: &Path, held: Held) -> Result<Hold, ControlError> {
+    let stream = open_stream(socket, &ControlRequest::Hold(held)).await?;
     Ok(Hold { stream })
 }
 

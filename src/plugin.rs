@@ -180,11 +180,23 @@ async fn run_session(
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
         filter: mode_args.filter,
         timeout: args.timeout,
+        owner: session::random_id()?,
     };
-    let end = |hold| end_session(&connection, &plan.name, &plan.workload, plan.timeout, hold);
+    let end = |hold| {
+        end_session(
+            &connection,
+            &plan.name,
+            &plan.workload,
+            plan.timeout,
+            Some(hold),
+        )
+    };
     // Listening from the start: a stop signal during set-up must not kill the process with
     // the workload half changed; set-up stops and the workload is restored.
     let mut signals = StopSignals::listen()?;
+    // From before the first change until the session ends, tunneld restores the workload
+    // if this process dies (and only this run's session: see `Plan::owner`).
+    let hold = hold_tunneld(&connection, &plan, cluster).await?;
     let bar = spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
@@ -196,24 +208,23 @@ async fn run_session(
         progress_on(&bar),
     );
     let started = tokio::select! {
-        started = starting => started?,
+        started = starting => match started {
+            Ok(started) => started,
+            Err(err) => {
+                // Nothing is left to restore: `start` rolls back what it changed.
+                hold.release().await?;
+                return Err(err);
+            }
+        },
         () = signals.recv() => {
             bar.finish_and_clear();
             eprintln!("stopped while starting");
-            end(None).await?;
+            end(hold).await?;
             return Ok(ExitCode::SUCCESS);
         }
     };
     bar.finish_and_clear();
 
-    // From here until the session ends, tunneld restores the workload if this process dies.
-    let hold = match hold_tunneld(&connection, &plan, cluster).await {
-        Ok(hold) => hold,
-        Err(err) => {
-            end(None).await?;
-            return Err(err);
-        }
-    };
     let live = tokio::select! {
         live = go_live(&connection, &plan, &started, &args) => live.map(Some),
         () = signals.recv() => Ok(None),
@@ -221,7 +232,7 @@ async fn run_session(
     let (variables, mounted) = match live {
         Ok(Some(live)) => live,
         stopped_or_failed => {
-            end(Some(hold)).await?;
+            end(hold).await?;
             return stopped_or_failed.map(|_| ExitCode::SUCCESS);
         }
     };
@@ -245,7 +256,7 @@ async fn run_session(
         run_command(&args.command, &variables, &mut signals).await?
     };
     drop(mounted);
-    end(Some(hold)).await?;
+    end(hold).await?;
     Ok(code)
 }
 
@@ -282,15 +293,14 @@ async fn hold_tunneld(
         &socket.with_extension("log"),
     )
     .await?;
-    let workload = plan.workload.to_string();
-    Ok(control::hold(
-        &socket,
-        &plan.name,
-        &connection.namespace,
-        &workload,
-        plan.timeout,
-    )
-    .await?)
+    let held = control::Held {
+        name: plan.name.clone(),
+        owner: plan.owner.clone(),
+        namespace: connection.namespace.clone(),
+        workload: plan.workload.to_string(),
+        timeout_secs: plan.timeout.as_secs(),
+    };
+    Ok(control::hold(&socket, held).await?)
 }
 
 /// How often the pods are checked for a failing agent while tunneld links to them.
@@ -544,6 +554,7 @@ async fn end_session(
         &connection.namespace,
         workload,
         name,
+        None,
         timeout,
         progress_on(&bar),
     )
@@ -557,6 +568,7 @@ async fn end_session(
     }
     match left {
         session::Left::Restored => eprintln!("{workload} restored"),
+        session::Left::NotOwned => eprintln!("session {name:?} is not this run's: left as it is"),
         session::Left::OthersRemain(count) => eprintln!(
             "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
             if count == 1 { "" } else { "s" },

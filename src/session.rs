@@ -40,6 +40,10 @@ pub struct Record {
     /// Services whose ports were changed, with their original ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+    /// The run of the plugin that started the session (a random id): tunneld, ending the
+    /// session of a plugin that died, ends only that run's, never a namesake's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An intercept that joined an existing one, with a different HTTP filter.
@@ -47,9 +51,51 @@ pub struct Record {
 pub struct Joined {
     pub name: String,
     pub filter: HttpFilter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// What taking a session off a [`Record`] leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// No session of that name.
+    NotThere,
+    /// The session of that name belongs to another run of a plugin: left as it is.
+    NotOwned,
+    /// Taken off; this many sessions remain and keep the agent.
+    OthersRemain(usize),
+    /// It was the last one: the workload is to be restored.
+    Last,
 }
 
 impl Record {
+    /// Takes session `name` off the record, if it is there and (with `owner`) that run's.
+    /// The first session leaving hands the agent over to the next that joined.
+    pub fn remove(&mut self, name: &str, owner: Option<&str>) -> Removal {
+        let recorded_owner = if self.name == name {
+            self.owner.as_deref()
+        } else if let Some(joined) = self.joined.iter().find(|j| j.name == name) {
+            joined.owner.as_deref()
+        } else {
+            return Removal::NotThere;
+        };
+        if owner.is_some() && recorded_owner != owner {
+            return Removal::NotOwned;
+        }
+        if self.joined.is_empty() {
+            return Removal::Last;
+        }
+        if self.name == name {
+            let heir = self.joined.remove(0);
+            self.name = heir.name;
+            self.filter = Some(heir.filter);
+            self.owner = heir.owner;
+        } else {
+            self.joined.retain(|joined| joined.name != name);
+        }
+        Removal::OthersRemain(self.sessions().count())
+    }
+
     /// Whether the session's container mounts any volume (in the original template).
     pub fn container_has_volumes(&self) -> bool {
         self.template
@@ -157,6 +203,8 @@ pub struct Plan {
     /// intercept: only the HTTP requests that match come here.
     pub filter: Option<HttpFilter>,
     pub timeout: Duration,
+    /// This run of the plugin (see [`Record::owner`]).
+    pub owner: String,
 }
 
 /// A session live in the cluster.
@@ -202,6 +250,7 @@ pub async fn start(
             namespace,
             &plan.workload,
             &plan.name,
+            Some(&plan.owner),
             plan.timeout,
             |_| {},
         )
@@ -265,7 +314,7 @@ async fn write_session(
         }
         Mode::Ingest => (Vec::new(), None, Vec::new()),
     };
-    let token = new_token()?;
+    let token = random_id()?;
     let injected = inject::inject(
         &template,
         &InjectSpec {
@@ -288,6 +337,7 @@ async fn write_session(
             .cloned()
             .context("workload without a template")?,
         services: Vec::new(),
+        owner: Some(plan.owner.clone()),
     };
     if let Some(service) = service.filter(|_| !injected.service_targets.is_empty()) {
         record.services.push(ServiceRecord {
@@ -323,21 +373,25 @@ pub enum Left {
     Restored,
     /// Other intercepts remain on the workload.
     OthersRemain(usize),
+    /// The session of that name is another run's (see [`Record::owner`]): nothing changed.
+    NotOwned,
 }
 
-/// Ends session `name` on `reference`. The last session to leave puts back what was
-/// changed, and waits for the pods; one that joined an intercept only removes itself. A
-/// workload without that session is left alone.
+/// Ends session `name` on `reference`, if it is `owner`'s run's (any run's without one).
+/// The last session to leave puts back what was changed, and waits for the pods; one that
+/// joined an intercept only removes itself. A workload without that session is left alone.
 pub async fn leave(
     client: &kube::Client,
     namespace: &str,
     reference: &WorkloadRef,
     name: &str,
+    owner: Option<&str>,
     timeout: Duration,
     progress: impl FnMut(&Progress),
 ) -> anyhow::Result<Left> {
-    match retry_on_conflict(|| remove_session(client, namespace, reference, name)).await? {
+    match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await? {
         Removed::NotThere => Ok(Left::Restored),
+        Removed::NotOwned => Ok(Left::NotOwned),
         Removed::OthersRemain(count) => Ok(Left::OthersRemain(count)),
         Removed::Restored(workload) => {
             wait_for_pods(client, &workload, false, timeout, progress).await?;
@@ -350,6 +404,8 @@ pub async fn leave(
 enum Removed {
     /// The workload has no session of that name (anymore).
     NotThere,
+    /// The session of that name is another run's.
+    NotOwned,
     /// This many other sessions remain on the workload.
     OthersRemain(usize),
     /// The original template and Service are back; the pods are rolling out.
@@ -363,27 +419,22 @@ async fn remove_session(
     namespace: &str,
     reference: &WorkloadRef,
     name: &str,
+    owner: Option<&str>,
 ) -> anyhow::Result<Removed> {
     let mut workload = Workload::get(client, namespace, reference).await?;
     let Some(mut record) = record_of(&workload)? else {
         return Ok(Removed::NotThere);
     };
-    if !record.sessions().any(|(session, _)| session == name) {
-        return Ok(Removed::OthersRemain(record.sessions().count()));
-    }
-    if !record.joined.is_empty() {
-        // Others stay: the agent stays, and the one leaving hands over or drops out.
-        if record.name == name {
-            let heir = record.joined.remove(0);
-            record.name = heir.name;
-            record.filter = Some(heir.filter);
-        } else {
-            record.joined.retain(|joined| joined.name != name);
+    match record.remove(name, owner) {
+        Removal::NotThere => return Ok(Removed::OthersRemain(record.sessions().count())),
+        Removal::NotOwned => return Ok(Removed::NotOwned),
+        Removal::OthersRemain(count) => {
+            workload
+                .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+                .await?;
+            return Ok(Removed::OthersRemain(count));
         }
-        workload
-            .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
-            .await?;
-        return Ok(Removed::OthersRemain(record.sessions().count()));
+        Removal::Last => {}
     }
     // Putting the Service's ports back is idempotent, so a retry after a conflict on the
     // workload does it again harmlessly.
@@ -454,6 +505,7 @@ async fn join(
             .filter
             .clone()
             .context("a joining intercept has a filter")?,
+        owner: Some(plan.owner.clone()),
     });
     workload
         .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
@@ -759,8 +811,8 @@ async fn point_service_at_agent(
     Ok(())
 }
 
-/// A fresh session token: 128 random bits, hex.
-fn new_token() -> anyhow::Result<String> {
+/// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
+pub fn random_id() -> anyhow::Result<String> {
     use std::io::Read as _;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")

@@ -38,6 +38,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         address: "127.0.0.1".into(),
         filter: None,
         timeout: Duration::from_secs(1),
+        owner: "run-a".into(),
     }
 }
 
@@ -164,7 +165,7 @@ fn replace_forwards_every_container_port_unless_mapped() {
 
 #[test]
 fn tokens_are_fresh_hex() {
-    let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+    let (a, b) = (random_id().expect("token"), random_id().expect("token"));
     assert_eq!(a.len(), 32);
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
@@ -179,6 +180,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         container: "web".into(),
         template: json!({}),
         services: Vec::new(),
+        owner: Some("run-a".into()),
     }
 }
 
@@ -214,15 +216,41 @@ fn intercepts_share_a_workload_only_with_distinct_filters() {
     );
 }
 
-#[test]
-fn sessions_list_the_first_then_those_that_joined() {
+/// Alice's intercept (run-a), which Bob's (run-b) joined.
+fn shared() -> Record {
     let mut shared = record(Some(header("alice")));
     shared.joined.push(Joined {
         name: "bob".into(),
         filter: header("bob"),
+        owner: Some("run-b".into()),
     });
+    shared
+}
+
+#[test]
+fn sessions_list_the_first_then_those_that_joined() {
+    let shared = shared();
     let names: Vec<&str> = shared.sessions().map(|(name, _)| name).collect();
     assert_eq!(names, ["alice", "bob"]);
+}
+
+#[test]
+fn a_session_is_removed_only_by_its_run_or_by_anyone_without_one() {
+    let mut shared = shared();
+    assert_eq!(shared.remove("carol", None), Removal::NotThere);
+    // Another run's session of the same name stays.
+    assert_eq!(shared.remove("alice", Some("run-x")), Removal::NotOwned);
+    assert_eq!(shared.sessions().count(), 2);
+    // The first one leaving hands the agent, and its ownership record, to the next.
+    assert_eq!(
+        shared.remove("alice", Some("run-a")),
+        Removal::OthersRemain(1)
+    );
+    assert_eq!(shared.name, "bob");
+    assert_eq!(shared.filter, Some(header("bob")));
+    assert_eq!(shared.owner.as_deref(), Some("run-b"));
+    // `leave` by name, from anywhere.
+    assert_eq!(shared.remove("bob", None), Removal::Last);
 }
 
 #[test]

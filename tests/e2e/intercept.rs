@@ -415,6 +415,42 @@ async fn tunneld_restores_the_workload_when_a_foreground_session_is_killed() {
     // SIGKILL: the plugin cannot clean up; tunneld notices its hold end.
     plugin.kill().expect("kill");
     plugin.wait().expect("reaped");
+    wait_until_restored(&s).await;
+}
+
+#[tokio::test]
+async fn tunneld_restores_the_workload_when_the_plugin_is_killed_while_starting() {
+    let s = setup("intercept-kill-early", false, 1, 3000).await;
+    let mut plugin = s.workstation.spawn_plugin(
+        &s.cluster,
+        PLUGIN,
+        &["echo", "-n", &s.ns.name, "--port", "3000:http"],
+    );
+    // Killed as soon as the workload records the session, while its pods roll out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let recorded = [
+        "get",
+        "deployment",
+        "echo",
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ];
+    while !s
+        .ns
+        .kubectl_ok(&recorded)
+        .expect("annotations")
+        .contains("kubedev.io/session")
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    plugin.kill().expect("kill");
+    plugin.wait().expect("reaped");
+    wait_until_restored(&s).await;
+}
+
+/// Waits until the workload and Service are what they were and the app answers again.
+async fn wait_until_restored(s: &Setup) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while stored(&s.ns, false).await != s.before {
         assert!(

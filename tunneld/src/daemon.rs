@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kubedev::control::{ControlReply, ControlRequest, DaemonStatus, NetworkStatus, SessionStatus};
+use kubedev::control::{
+    ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, SessionStatus,
+};
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session::{self, Left};
 use kubedev::workload::WorkloadRef;
@@ -37,14 +39,6 @@ pub(crate) struct Settings {
 
 /// How long an environment request waits for a session's agent to be linked.
 const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
-
-/// What a plugin holds tunneld to: see [`ControlRequest::Hold`].
-struct Held {
-    name: String,
-    namespace: String,
-    workload: WorkloadRef,
-    timeout: Duration,
-}
 
 /// Counts one hold in [`Daemon::holds`] while it lives.
 struct HoldCount<'a>(&'a Daemon);
@@ -205,20 +199,7 @@ impl Daemon {
             ControlRequest::Status => ControlReply::Status(self.status().await),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
-            ControlRequest::Hold {
-                name,
-                namespace,
-                workload,
-                timeout_secs,
-            } => {
-                let held = Held {
-                    name,
-                    namespace,
-                    workload: workload.parse().map_err(anyhow::Error::msg)?,
-                    timeout: Duration::from_secs(timeout_secs),
-                };
-                return self.hold(held, stream).await;
-            }
+            ControlRequest::Hold(held) => return self.hold(held, stream).await,
             ControlRequest::Release => ControlReply::Failed {
                 reason: "release without a hold".into(),
             },
@@ -251,22 +232,37 @@ impl Daemon {
     /// `leave` does.
     async fn hold(&self, held: Held, mut holder: UnixStream) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
+        let workload: WorkloadRef = held.workload.parse().map_err(anyhow::Error::msg)?;
         write_message(&mut holder, &ControlReply::Done).await?;
         if let Ok(ControlRequest::Release) = read_message(&mut holder).await {
             return Ok(write_message(&mut holder, &ControlReply::Done).await?);
         }
         let Held {
             name,
+            owner,
             namespace,
-            workload,
-            timeout,
+            timeout_secs,
+            ..
         } = held;
+        let timeout = Duration::from_secs(timeout_secs);
         tracing::warn!(
             "the plugin running session {name} is gone: ending it and restoring {workload}"
         );
         self.remove_session(&name).await;
-        match session::leave(&self.client, &namespace, &workload, &name, timeout, |_| {}).await {
+        let left = session::leave(
+            &self.client,
+            &namespace,
+            &workload,
+            &name,
+            Some(&owner),
+            timeout,
+            |_| {},
+        );
+        match left.await {
             Ok(Left::Restored) => tracing::info!("{workload} restored"),
+            Ok(Left::NotOwned) => {
+                tracing::info!("session {name} on {workload} is another run's: left as it is");
+            }
             Ok(Left::OthersRemain(count)) => {
                 tracing::info!("session {name} ended; {count} other sessions remain on {workload}");
             }
