@@ -390,9 +390,7 @@ pub async fn leave(
     progress: impl FnMut(&Progress),
 ) -> anyhow::Result<Left> {
     match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await? {
-        Removed::NotThere => Ok(Left::Restored),
-        Removed::NotOwned => Ok(Left::NotOwned),
-        Removed::OthersRemain(count) => Ok(Left::OthersRemain(count)),
+        Removed::Settled(left) => Ok(left),
         Removed::Restored(workload) => {
             wait_for_pods(client, &workload, false, timeout, progress).await?;
             Ok(Left::Restored)
@@ -402,12 +400,9 @@ pub async fn leave(
 
 /// What removing a session from its workload's record did.
 enum Removed {
-    /// The workload has no session of that name (anymore).
-    NotThere,
-    /// The session of that name is another run's.
-    NotOwned,
-    /// This many other sessions remain on the workload.
-    OthersRemain(usize),
+    /// Nothing is left to wait for (the session was not there, is another run's, or others
+    /// remain on the agent).
+    Settled(Left),
     /// The original template and Service are back; the pods are rolling out.
     Restored(Box<Workload>),
 }
@@ -423,16 +418,20 @@ async fn remove_session(
 ) -> anyhow::Result<Removed> {
     let mut workload = Workload::get(client, namespace, reference).await?;
     let Some(mut record) = record_of(&workload)? else {
-        return Ok(Removed::NotThere);
+        return Ok(Removed::Settled(Left::Restored));
     };
     match record.remove(name, owner) {
-        Removal::NotThere => return Ok(Removed::OthersRemain(record.sessions().count())),
-        Removal::NotOwned => return Ok(Removed::NotOwned),
+        Removal::NotThere => {
+            return Ok(Removed::Settled(Left::OthersRemain(
+                record.sessions().count(),
+            )));
+        }
+        Removal::NotOwned => return Ok(Removed::Settled(Left::NotOwned)),
         Removal::OthersRemain(count) => {
             workload
                 .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
                 .await?;
-            return Ok(Removed::OthersRemain(count));
+            return Ok(Removed::Settled(Left::OthersRemain(count)));
         }
         Removal::Last => {}
     }
