@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::protocol::AgentConfig;
+use kubedev::protocol::udp_flows::IDLE_TIMEOUT;
 
 use clap::Parser;
 
@@ -34,7 +35,7 @@ struct Cli {
     config: AgentConfig,
 
     /// Seconds a UDP flow may stay idle before the agent closes it.
-    #[arg(long, env = "KUBEDEV_AGENT_UDP_IDLE_SECS", default_value_t = 60)]
+    #[arg(long, env = "KUBEDEV_AGENT_UDP_IDLE_SECS", default_value_t = IDLE_TIMEOUT.as_secs())]
     udp_idle_secs: u64,
 }
 

@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::codec::{read_datagram, write_datagram};
 
+/// How long a flow may stay silent, either way, before its stream is closed (each end
+/// closes after the same time).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Datagrams waiting for one flow's stream; beyond that they are dropped, as a full
 /// socket buffer would.
 pub const FLOW_BACKLOG: usize = 256;

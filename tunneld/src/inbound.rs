@@ -4,20 +4,16 @@
 //! datagrams, sent from a socket of its own so that replies find their way back.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kubedev::control::Forward;
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::mux::MuxStream;
-use kubedev::protocol::udp_flows::{connected_socket, relay_socket};
+use kubedev::protocol::udp_flows::{IDLE_TIMEOUT, connected_socket, relay_socket};
 use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 const TCP_CHUNK: usize = 64 * 1024;
-/// How long one peer's datagrams may pause before its flow is closed (the agent closes
-/// its end after the same time).
-const UDP_IDLE: Duration = Duration::from_secs(60);
 
 /// Serves every stream an agent opens, until its link ends.
 pub(crate) async fn deliver_all(
@@ -89,7 +85,7 @@ async fn deliver_datagrams(mut stream: MuxStream, target: (&str, u16), port: u16
         return;
     }
     tracing::debug!("udp port {port} -> {}:{}", target.0, target.1);
-    if let Err(err) = relay_socket(stream, &socket, UDP_IDLE).await {
+    if let Err(err) = relay_socket(stream, &socket, IDLE_TIMEOUT).await {
         tracing::debug!("udp port {port}: {err}");
     }
 }

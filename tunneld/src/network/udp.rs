@@ -7,13 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::protocol::udp_flows::relay_channel;
+use kubedev::protocol::udp_flows::{IDLE_TIMEOUT, relay_channel};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
 
-/// How long a flow may stay silent before its stream through the agent is closed.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const LINK_WAIT: Duration = Duration::from_secs(10);
 
 /// A datagram on the TUN side: payload, source, destination.
