@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
+use crate::cidr::Cidr;
 use crate::protocol::Transport;
 use crate::protocol::codec::{CodecError, read_message, write_message};
 
@@ -27,6 +28,10 @@ pub enum ControlRequest {
         token: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         forwards: Vec<Forward>,
+        /// The user's choices about which ranges to route; tunneld keeps them, from every
+        /// session, until it exits.
+        #[serde(default, skip_serializing_if = "ProxyChoices::is_empty")]
+        proxy: ProxyChoices,
     },
     RemoveSession {
         name: String,
@@ -58,6 +63,39 @@ pub struct Held {
     pub namespace: String,
     pub workload: String,
     pub timeout_secs: u64,
+}
+
+/// Ranges the user wants routed to the cluster whatever this machine's routes say
+/// (`--also-proxy`), and ranges never to route there (`--never-proxy`, which wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyChoices {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_proxy: Vec<Cidr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub never_proxy: Vec<Cidr>,
+}
+
+impl ProxyChoices {
+    pub fn is_empty(&self) -> bool {
+        self.also_proxy.is_empty() && self.never_proxy.is_empty()
+    }
+
+    /// Adds `other`'s ranges to these; returns whether anything was new.
+    pub fn merge(&mut self, other: &Self) -> bool {
+        let mut changed = false;
+        for (mine, theirs) in [
+            (&mut self.also_proxy, &other.also_proxy),
+            (&mut self.never_proxy, &other.never_proxy),
+        ] {
+            for range in theirs {
+                if !mine.contains(range) {
+                    mine.push(*range);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
 }
 
 /// Where connections for one of the app's ports go on the workstation.
@@ -101,16 +139,53 @@ pub enum NetworkStatus {
     /// Not started: no session yet, or started with --no-network.
     Off,
     Up {
-        routes: Vec<String>,
+        /// The routes tunneld added into its TUN device.
+        routes: Vec<Cidr>,
+        /// What became of each of the cluster's ranges (and `--also-proxy`'s).
+        ranges: Vec<RangeStatus>,
         /// tunneld's DNS address.
         dns: String,
         /// How the system resolver was pointed at it: `systemd-resolved` or the file it
-        /// rewrote.
+        /// rewrote; or why it was left as it is.
         resolver: String,
     },
     Unavailable {
         reason: String,
     },
+}
+
+/// What tunneld did with one address range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeStatus {
+    pub range: Cidr,
+    pub state: RangeState,
+    /// Why, in words.
+    pub reason: String,
+    /// The machine's own route that reaches the range, as `ip route` shows it (state
+    /// `machine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Parts of a routed range that are not routed into the cluster, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<RangePart>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeState {
+    /// Routed into the cluster through tunneld (but for the parts in `except`).
+    Routed,
+    /// Left to the route this machine already has for it (a node's bridge, a VPN).
+    Machine,
+    /// Not routed: `--never-proxy`, or it holds the API server's address.
+    Excluded,
+}
+
+/// A part of a range that tunneld does not route, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangePart {
+    pub range: Cidr,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +340,7 @@ mod tests {
             agents: "app=web".into(),
             token: "t".into(),
             forwards: Vec::new(),
+            proxy: ProxyChoices::default(),
         };
         assert_eq!(
             serde_json::to_string(&add).expect("json"),
@@ -276,6 +352,27 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&unavailable).expect("json"),
             r#"{"state":"unavailable","reason":"needs root"}"#
+        );
+    }
+
+    #[test]
+    fn proxy_choices_merge_and_say_when_something_is_new() {
+        let range = |text| crate::cidr::parse(text).expect("range");
+        let mut held = ProxyChoices {
+            also_proxy: vec![range("10.96.0.0/16")],
+            never_proxy: Vec::new(),
+        };
+        let again = held.clone();
+        assert!(!held.merge(&again));
+        let more = ProxyChoices {
+            also_proxy: vec![range("10.96.0.0/16")],
+            never_proxy: vec![range("10.244.0.0/16")],
+        };
+        assert!(held.merge(&more));
+        assert_eq!(held, more);
+        assert_eq!(
+            serde_json::to_string(&held).expect("json"),
+            r#"{"also_proxy":["10.96.0.0/16"],"never_proxy":["10.244.0.0/16"]}"#
         );
     }
 

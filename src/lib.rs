@@ -5,12 +5,14 @@
 //!   it is all the agent takes from this crate);
 //! - [`tunnel`]: the workstation's end of a session with an agent;
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
+//! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`logging`]: the daemons' log format;
 //! - with the `client` feature (default): kubectl-style flags and client construction
 //!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
 //!   their exact restoration ([`session`]), env output ([`env`]), the plugins' shared
 //!   command line ([`plugin`]) and error reporting ([`cli`]).
 
+pub mod cidr;
 pub mod control;
 pub mod logging;
 pub mod protocol;

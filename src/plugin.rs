@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::cidr::{self, Cidr};
 use crate::cluster::{ClusterArgs, Connection};
 use crate::control::{
     self, ControlError, ControlReply, ControlRequest, DaemonStatus, Hold, NetworkStatus,
+    ProxyChoices, RangeState, RangeStatus,
 };
 use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
@@ -63,6 +65,17 @@ pub struct SessionArgs {
     /// How long to wait for the pods to be ready, e.g. 90s or 5m.
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Route these ranges to the cluster even where this machine has a route of its own
+    /// for them (a VPN's, a bridge's). Comma-separated or repeated; kept by tunneld for
+    /// the kube context until it exits.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    pub also_proxy: Vec<Cidr>,
+
+    /// Never route these ranges to the cluster; wins over --also-proxy. Comma-separated or
+    /// repeated; kept by tunneld for the kube context until it exits.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    pub never_proxy: Vec<Cidr>,
 
     /// Run this command with the container's environment; the session ends when it exits,
     /// with its exit status.
@@ -268,7 +281,11 @@ async fn go_live(
     started: &Started,
     args: &SessionArgs,
 ) -> anyhow::Result<(BTreeMap<String, String>, Option<Mount>)> {
-    let mut variables = join_tunneld(connection, plan, started).await?;
+    let proxy = ProxyChoices {
+        also_proxy: args.also_proxy.clone(),
+        never_proxy: args.never_proxy.clone(),
+    };
+    let mut variables = join_tunneld(connection, plan, started, proxy).await?;
     report(plan, started);
     let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
@@ -312,6 +329,7 @@ async fn join_tunneld(
     connection: &Connection,
     plan: &Plan,
     started: &Started,
+    proxy: ProxyChoices,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let socket = tunneld_socket(connection)?;
     let bar = spinner("connecting to the agents".into());
@@ -323,6 +341,7 @@ async fn join_tunneld(
             agents: started.agents.clone(),
             token: started.token.clone(),
             forwards: started.forwards.clone(),
+            proxy,
         },
     )
     .await?;
@@ -355,11 +374,8 @@ async fn join_tunneld(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
-    if let NetworkStatus::Unavailable { reason } = &status.network {
-        eprintln!(
-            "note: the cluster's network (service names, pod and service IPs) is not available \
-             on this machine: {reason}. Intercepted traffic and the environment work without it."
-        );
+    for note in network_notes(&status.network, command_of(plan.mode)) {
+        eprintln!("note: {note}");
     }
     match control::request(
         &socket,
@@ -726,6 +742,72 @@ fn table(rows: &[Listed]) -> String {
         .collect()
 }
 
+/// What the user should know about the cluster network once a session is live: that it
+/// is missing, or that part of it was left to this machine or excluded (one line).
+fn network_notes(network: &NetworkStatus, command: &str) -> Vec<String> {
+    match network {
+        NetworkStatus::Off => Vec::new(),
+        NetworkStatus::Unavailable { reason } => vec![format!(
+            "the cluster's network (service names, pod and service IPs) is not available on \
+             this machine: {reason}. Intercepted traffic and the environment work without it."
+        )],
+        NetworkStatus::Up {
+            ranges,
+            resolver,
+            dns,
+            ..
+        } => {
+            let mut notes = Vec::new();
+            let skipped: Vec<String> = ranges
+                .iter()
+                .flat_map(|range| match range.state {
+                    RangeState::Routed => range
+                        .except
+                        .iter()
+                        .map(|part| format!("{} ({})", part.range, part.reason))
+                        .collect(),
+                    RangeState::Machine => vec![format!(
+                        "{} (this machine's route {})",
+                        range.range,
+                        range.via.as_deref().unwrap_or_default()
+                    )],
+                    RangeState::Excluded => vec![format!("{} ({})", range.range, range.reason)],
+                })
+                .collect();
+            if !skipped.is_empty() {
+                notes.push(format!(
+                    "not routed to the cluster: {}; see `{command} status`, --also-proxy and \
+                     --never-proxy",
+                    skipped.join(", ")
+                ));
+            }
+            if let Some(reason) = resolver.strip_prefix("none: ") {
+                notes.push(format!(
+                    "this machine's DNS settings are left as they are ({reason}); \
+                     cluster names are answered at {dns}"
+                ));
+            }
+            notes
+        }
+    }
+}
+
+fn describe_range(range: &RangeStatus) -> String {
+    let cidr = range.range.to_string();
+    let mut line = match range.state {
+        RangeState::Routed => format!("  {cidr:<18} routed: {}\n", range.reason),
+        RangeState::Machine => format!(
+            "  {cidr:<18} left to this machine's route {}\n",
+            range.via.as_deref().unwrap_or_default()
+        ),
+        RangeState::Excluded => format!("  {cidr:<18} not routed: {}\n", range.reason),
+    };
+    for part in &range.except {
+        line += &format!("    except {}: {}\n", part.range, part.reason);
+    }
+    line
+}
+
 fn describe_status(status: Option<&DaemonStatus>) -> String {
     let Some(status) = status else {
         return "tunneld is not running (no session on this machine for this context)\n".into();
@@ -735,12 +817,15 @@ fn describe_status(status: Option<&DaemonStatus>) -> String {
         NetworkStatus::Off => "cluster network: off\n".to_owned(),
         NetworkStatus::Up {
             routes,
+            ranges,
             dns,
             resolver,
-        } => format!(
-            "cluster network: up, routes {}, DNS {dns} (through {resolver})\n",
-            routes.join(" ")
-        ),
+        } => {
+            let mut text = format!("cluster network: up, DNS {dns} (through {resolver})\n");
+            text.extend(ranges.iter().map(describe_range));
+            let routes: Vec<String> = routes.iter().map(ToString::to_string).collect();
+            text + &format!("  routes into the tunnel: {}\n", routes.join(" "))
+        }
         NetworkStatus::Unavailable { reason } => {
             format!("cluster network: unavailable: {reason}\n")
         }
@@ -861,5 +946,68 @@ mod tests {
         assert!(json.contains("\"mode\": \"intercept\""), "{json}");
         let yaml = render(&rows, Output::Yaml).expect("yaml");
         assert!(yaml.contains("mode: intercept"), "{yaml}");
+    }
+
+    #[test]
+    fn the_network_is_described_range_by_range_and_skips_are_noted() {
+        let range = |text| cidr::parse(text).expect("range");
+        let network = NetworkStatus::Up {
+            routes: vec![range("10.96.0.0/17"), range("10.96.128.0/17")],
+            ranges: vec![
+                RangeStatus {
+                    range: range("10.96.0.0/16"),
+                    state: RangeState::Routed,
+                    reason: "--also-proxy".into(),
+                    via: None,
+                    except: vec![control::RangePart {
+                        range: range("10.96.0.1/32"),
+                        reason: "the API server's address".into(),
+                    }],
+                },
+                RangeStatus {
+                    range: range("10.244.0.0/24"),
+                    state: RangeState::Machine,
+                    reason: "this machine already reaches it through a route of its own".into(),
+                    via: Some("10.244.0.0/24 dev cni0".into()),
+                    except: Vec::new(),
+                },
+            ],
+            dns: "198.18.0.53".into(),
+            resolver:
+                "none: the kubelet on this machine (pid 7) hands /etc/resolv.conf to its pods"
+                    .into(),
+        };
+        let status = DaemonStatus {
+            pid: 42,
+            network: network.clone(),
+            sessions: Vec::new(),
+        };
+        assert_eq!(
+            describe_status(Some(&status)),
+            "tunneld: running (pid 42)\n\
+             cluster network: up, DNS 198.18.0.53 (through none: the kubelet on this machine \
+             (pid 7) hands /etc/resolv.conf to its pods)\n  \
+             10.96.0.0/16       routed: --also-proxy\n    \
+             except 10.96.0.1/32: the API server's address\n  \
+             10.244.0.0/24      left to this machine's route 10.244.0.0/24 dev cni0\n  \
+             routes into the tunnel: 10.96.0.0/17 10.96.128.0/17\n"
+        );
+        let notes = network_notes(&network, "kubectl intercept");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "not routed to the cluster: 10.96.0.1/32 (the API server's address), \
+                 10.244.0.0/24 (this machine's route 10.244.0.0/24 dev cni0)"
+            ),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[1].contains("cluster names are answered at 198.18.0.53"));
+        let json = render(&status, Output::Json).expect("json");
+        assert!(json.contains("\"state\": \"machine\""), "{json}");
+        assert!(
+            json.contains("\"via\": \"10.244.0.0/24 dev cni0\""),
+            "{json}"
+        );
     }
 }

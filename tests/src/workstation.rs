@@ -188,6 +188,7 @@ impl Workstation {
             agents: selector.into(),
             token: token.into(),
             forwards: Vec::new(),
+            proxy: control::ProxyChoices::default(),
         };
         control::request(&self.socket, &add)
             .await

@@ -3,7 +3,7 @@
 //! a namespace-scoped user can see (its pods' IPs, and the range the API server names when
 //! refusing a dry-run Service with an address outside it).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
-use crate::network::Cidr;
+use kubedev::cidr::{self, Cidr};
 
 /// The prefix assumed around a pod IP when the nodes' ranges cannot be read.
 const POD_RANGE_GUESS: u8 = 16;
@@ -23,11 +23,7 @@ pub(crate) async fn discover(client: &kube::Client, namespace: &str) -> Vec<Cidr
     cidrs.dedup();
     // A wider range makes any range inside it redundant.
     let all = cidrs.clone();
-    cidrs.retain(|c| {
-        !all.iter().any(|other| {
-            other != c && other.prefix < c.prefix && other.contains(IpAddr::V4(c.network))
-        })
-    });
+    cidrs.retain(|c| !all.iter().any(|other| other != c && cidr::holds(other, c)));
     cidrs
 }
 
@@ -40,7 +36,7 @@ async fn service_ranges(client: &kube::Client, namespace: &str) -> Vec<Cidr> {
             .items
             .iter()
             .flat_map(|s| s.spec.iter().flat_map(|spec| spec.cidrs.iter().flatten()))
-            .filter_map(|text| text.parse().ok())
+            .filter_map(|text| cidr::parse(text).ok())
             .collect();
         if !found.is_empty() {
             return found;
@@ -74,9 +70,8 @@ async fn probe_service_range(client: &kube::Client, namespace: &str) -> Option<C
 fn range_in_refusal(message: &str) -> Option<Cidr> {
     let (_, rest) = message.split_once("The range of valid IPs is ")?;
     rest.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-        .next()?
-        .parse()
-        .ok()
+        .next()
+        .and_then(|text| cidr::parse(text).ok())
 }
 
 async fn pod_ranges(client: &kube::Client, namespace: &str) -> Vec<Cidr> {
@@ -89,7 +84,7 @@ async fn pod_ranges(client: &kube::Client, namespace: &str) -> Vec<Cidr> {
             .iter()
             .filter_map(|node| node.spec.as_ref())
             .flat_map(|spec| spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter()))
-            .filter_map(|text| text.parse().ok())
+            .filter_map(|text| cidr::parse(text).ok())
             .collect();
         if !found.is_empty() {
             return found;
@@ -112,7 +107,8 @@ async fn pod_ranges(client: &kube::Client, namespace: &str) -> Vec<Cidr> {
                 .parse::<Ipv4Addr>()
                 .ok()
         })
-        .map(|ip| Cidr::new(ip, POD_RANGE_GUESS))
+        .filter_map(|ip| Cidr::new(ip, POD_RANGE_GUESS).ok())
+        .map(|range| range.trunc())
         .collect()
 }
 
@@ -127,7 +123,7 @@ mod tests {
             the valid range. The range of valid IPs is 10.96.0.0/16";
         assert_eq!(
             range_in_refusal(message),
-            Some("10.96.0.0/16".parse().expect("cidr"))
+            Some(cidr::parse("10.96.0.0/16").expect("cidr"))
         );
         assert_eq!(range_in_refusal("forbidden"), None);
     }

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use kubedev::cidr::Cidr;
 use kubedev::control::{
-    ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, SessionStatus,
+    ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, ProxyChoices, RangeState,
+    RangeStatus, SessionStatus,
 };
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session::{self, Left};
@@ -22,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::{AgentPool, AgentSelector};
 use crate::cidrs;
 use crate::network::resolved::{self, ResolvedLink};
-use crate::network::{Cidr, DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, resolv::ResolvConf};
+use crate::network::route_plan::{self, Exclusion, Wanted};
+use crate::network::routes::TunRoutes;
+use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet, resolv::ResolvConf};
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub(crate) struct Settings {
     pub(crate) cluster_domain: String,
     /// Ranges to route; discovered from the cluster when empty.
     pub(crate) routes: Vec<Cidr>,
+    /// `--also-proxy` and `--never-proxy` from tunneld's command line.
+    pub(crate) proxy: ProxyChoices,
     pub(crate) no_network: bool,
     pub(crate) resolv_conf: PathBuf,
     pub(crate) state_dir: PathBuf,
@@ -63,6 +69,8 @@ impl Drop for HoldCount<'_> {
 enum Resolver {
     SystemdResolved(ResolvedLink),
     ResolvConf(ResolvConf),
+    /// Left as it is, for this reason.
+    Unchanged(String),
 }
 
 impl Resolver {
@@ -70,18 +78,28 @@ impl Resolver {
         match self {
             Self::SystemdResolved(link) => format!("systemd-resolved, link {}", link.link()),
             Self::ResolvConf(conf) => conf.path().display().to_string(),
+            Self::Unchanged(reason) => format!("none: {reason}"),
         }
     }
+}
+
+/// The cluster network while it is up.
+#[derive(Debug)]
+struct UpNetwork {
+    /// The cluster's ranges, as discovered or given.
+    cluster: Vec<Cidr>,
+    /// The API server's own addresses, never routed.
+    api_server: Vec<Exclusion>,
+    routes: TunRoutes,
+    ranges: Vec<RangeStatus>,
+    /// Restores the workstation's DNS settings when dropped.
+    resolver: Resolver,
 }
 
 #[derive(Debug)]
 enum NetworkState {
     Off,
-    /// `resolver` restores the workstation's DNS settings when dropped.
-    Up {
-        routes: Vec<Cidr>,
-        resolver: Resolver,
-    },
+    Up(Box<UpNetwork>),
     Unavailable(String),
 }
 
@@ -93,6 +111,8 @@ pub(crate) struct Daemon {
     /// Session name -> (namespace, what stops its tunnels).
     sessions: Mutex<HashMap<String, (String, CancellationToken)>>,
     network: Mutex<NetworkState>,
+    /// The user's routing choices, from the command line and every session so far.
+    proxy: Mutex<ProxyChoices>,
     /// Plugins holding a session (see [`ControlRequest::Hold`]) and restores under way:
     /// tunneld stays up while there are any.
     holds: AtomicUsize,
@@ -113,6 +133,7 @@ impl Daemon {
         Arc::new(Self {
             client,
             api_server,
+            proxy: Mutex::new(settings.proxy.clone()),
             settings,
             pool: Arc::new(AgentPool::default()),
             sessions: Mutex::new(HashMap::new()),
@@ -186,6 +207,7 @@ impl Daemon {
                 agents,
                 token,
                 forwards,
+                proxy,
             } => {
                 let selector = AgentSelector {
                     namespace,
@@ -193,7 +215,7 @@ impl Daemon {
                     token,
                     forwards: forwards.into(),
                 };
-                self.add_session(name, selector).await
+                self.add_session(name, selector, &proxy).await
             }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
             ControlRequest::Status => ControlReply::Status(self.status().await),
@@ -208,7 +230,12 @@ impl Daemon {
         Ok(())
     }
 
-    async fn add_session(&self, name: String, selector: AgentSelector) -> ControlReply {
+    async fn add_session(
+        &self,
+        name: String,
+        selector: AgentSelector,
+        proxy: &ProxyChoices,
+    ) -> ControlReply {
         let mut sessions = self.sessions.lock().await;
         if sessions.contains_key(&name) {
             return ControlReply::Failed {
@@ -223,7 +250,8 @@ impl Daemon {
         sessions.insert(name, (namespace.clone(), stop));
         drop(sessions);
         self.sessions_changed.notify_waiters();
-        self.start_network(&namespace).await;
+        let new_choices = self.proxy.lock().await.merge(proxy);
+        self.start_network(&namespace, new_choices).await;
         ControlReply::Done
     }
 
@@ -332,10 +360,11 @@ impl Daemon {
         listed.sort_by(|a, b| a.name.cmp(&b.name));
         let network = match &*self.network.lock().await {
             NetworkState::Off => NetworkStatus::Off,
-            NetworkState::Up { routes, resolver } => NetworkStatus::Up {
-                routes: routes.iter().map(ToString::to_string).collect(),
+            NetworkState::Up(up) => NetworkStatus::Up {
+                routes: up.routes.added(),
+                ranges: up.ranges.clone(),
                 dns: DNS_IP.to_string(),
-                resolver: resolver.describe(),
+                resolver: up.resolver.describe(),
             },
             NetworkState::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
@@ -350,8 +379,15 @@ impl Daemon {
 
     /// Brings up the cluster network once, for the first session's namespace (its DNS
     /// search path); without root it records why there is none, and tunnels still work.
-    async fn start_network(&self, namespace: &str) {
+    /// Once it is up, routes again if the user's choices changed.
+    async fn start_network(&self, namespace: &str, new_choices: bool) {
         let mut network = self.network.lock().await;
+        if let NetworkState::Up(up) = &mut *network {
+            if new_choices && let Err(err) = self.route(up).await {
+                tracing::warn!("routing the cluster's ranges again: {err:#}");
+            }
+            return;
+        }
         if !matches!(*network, NetworkState::Off) || self.settings.no_network {
             return;
         }
@@ -366,32 +402,29 @@ impl Daemon {
     }
 
     async fn bring_up_network(&self, namespace: &str) -> anyhow::Result<NetworkState> {
-        let routes = if self.settings.routes.is_empty() {
+        let cluster = if self.settings.routes.is_empty() {
             cidrs::discover(&self.client, namespace).await
         } else {
             self.settings.routes.clone()
         };
-        let routes = without_api_server(routes, &self.api_server).await;
-        let network = Network::create(&routes).await?;
+        let network = Network::create()?;
+        let routes = TunRoutes::new(TUN_NAME).await?;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
         let search = vec![
             format!("{namespace}.svc.{domain}"),
             format!("svc.{domain}"),
             domain.to_owned(),
         ];
-        let (resolver, upstream) = if resolved::manages(&self.settings.resolv_conf) {
-            let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, &search)?;
-            // resolved sends only cluster names here: there is nothing to forward.
-            (Resolver::SystemdResolved(link), None)
-        } else {
-            let (conf, upstream) = ResolvConf::install(
-                &self.settings.resolv_conf,
-                &self.settings.state_dir,
-                DNS_IP,
-                &search,
-            )?;
-            (Resolver::ResolvConf(conf), upstream)
+        let mut up = UpNetwork {
+            cluster,
+            api_server: api_server_exclusions(&self.api_server).await,
+            routes,
+            ranges: Vec::new(),
+            resolver: Resolver::Unchanged("not configured yet".into()),
         };
+        self.route(&mut up).await?;
+        let (resolver, upstream) = self.point_resolver(domain, &search)?;
+        up.resolver = resolver;
         let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
         let serving = network.run(self.pool.clone(), dns);
         tokio::spawn(async move {
@@ -399,7 +432,97 @@ impl Daemon {
                 tracing::error!("cluster network stopped: {err:#}");
             }
         });
-        Ok(NetworkState::Up { routes, resolver })
+        Ok(NetworkState::Up(Box::new(up)))
+    }
+
+    /// Routes what the plan says, from the machine's routes as they are now.
+    async fn route(&self, up: &mut UpNetwork) -> anyhow::Result<()> {
+        let proxy = self.proxy.lock().await.clone();
+        let mut never = up.api_server.clone();
+        never.extend(proxy.never_proxy.iter().map(|range| Exclusion {
+            range: *range,
+            reason: "--never-proxy".into(),
+        }));
+        let wanted = Wanted {
+            cluster: up.cluster.clone(),
+            also: proxy.also_proxy,
+            never,
+        };
+        let machine = up.routes.machine_routes().await?;
+        let plan = route_plan::plan(&wanted, &machine);
+        let mut routes = plan.routes.clone();
+        routes.push(Cidr::from(DNS_IP));
+        for failure in up.routes.set(&routes).await {
+            tracing::warn!("{failure}");
+        }
+        let listed: Vec<String> = up.routes.added().iter().map(ToString::to_string).collect();
+        tracing::info!("cluster network on {TUN_NAME}: {}", listed.join(", "));
+        for range in &plan.ranges {
+            match range.state {
+                RangeState::Routed if range.except.is_empty() => {}
+                RangeState::Routed => {
+                    let parts: Vec<String> = range
+                        .except
+                        .iter()
+                        .map(|part| format!("{} ({})", part.range, part.reason))
+                        .collect();
+                    tracing::info!("{} routed but for {}", range.range, parts.join(", "));
+                }
+                RangeState::Machine => tracing::info!(
+                    "{} not routed: {} ({})",
+                    range.range,
+                    range.reason,
+                    range.via.as_deref().unwrap_or_default()
+                ),
+                RangeState::Excluded => {
+                    tracing::info!("{} not routed: {}", range.range, range.reason);
+                }
+            }
+        }
+        up.ranges = plan.ranges;
+        Ok(())
+    }
+
+    /// Points the system resolver at tunneld's DNS, unless a kubelet on this machine hands
+    /// what would change to its pods. Returns how, and the nameserver to forward other
+    /// names to.
+    fn point_resolver(
+        &self,
+        domain: &str,
+        search: &[String],
+    ) -> anyhow::Result<(Resolver, Option<std::net::SocketAddr>)> {
+        let kubelets = kubelet::find();
+        let handed_out = |file: &Path| {
+            kubelets.iter().find_map(|kubelet| {
+                let theirs = kubelet.hands_out(file)?;
+                Some(format!(
+                    "the kubelet on this machine (pid {}) hands {} to its pods",
+                    kubelet.pid,
+                    theirs.display()
+                ))
+            })
+        };
+        if resolved::manages(&self.settings.resolv_conf) {
+            // resolved lists every link's servers in this file, tunneld's among them.
+            if let Some(reason) = handed_out(Path::new(resolved::UPLINK_RESOLV_CONF)) {
+                tracing::warn!("DNS left as it is: {reason}");
+                return Ok((Resolver::Unchanged(reason), None));
+            }
+            let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, search)?;
+            // resolved sends only cluster names here: there is nothing to forward.
+            return Ok((Resolver::SystemdResolved(link), None));
+        }
+        if let Some(reason) = handed_out(&self.settings.resolv_conf) {
+            tracing::warn!("DNS left as it is: {reason}");
+            return Ok((Resolver::Unchanged(reason), None));
+        }
+        let (conf, upstream) = ResolvConf::install(
+            &self.settings.resolv_conf,
+            &self.settings.state_dir,
+            DNS_IP,
+            search,
+        )?;
+        Ok((Resolver::ResolvConf(conf), upstream))
     }
 }
 
@@ -431,9 +554,9 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops any range that holds the API server's own address: routing it into the tunnel
-/// would cut the tunnel's own connection.
-async fn without_api_server(cidrs: Vec<Cidr>, server: &str) -> Vec<Cidr> {
+/// The API server's own addresses: routing them into the tunnel would cut the tunnel's
+/// own connection.
+async fn api_server_exclusions(server: &str) -> Vec<Exclusion> {
     let mut addresses: Vec<IpAddr> = Vec::new();
     if let Some(host) = server_host(server) {
         if let Ok(ip) = host.parse() {
@@ -442,14 +565,14 @@ async fn without_api_server(cidrs: Vec<Cidr>, server: &str) -> Vec<Cidr> {
             addresses.extend(found.map(|a| a.ip()));
         }
     }
-    cidrs
+    addresses
         .into_iter()
-        .filter(|cidr| {
-            let holds_server = addresses.iter().any(|ip| cidr.contains(*ip));
-            if holds_server {
-                tracing::warn!("not routing {cidr}: it holds the API server's address");
-            }
-            !holds_server
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(Exclusion {
+                range: Cidr::from(v4),
+                reason: "the API server's address".into(),
+            }),
+            IpAddr::V6(_) => None,
         })
         .collect()
 }
@@ -487,12 +610,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn never_routes_the_api_servers_address() {
-        let cidrs = vec![
-            "10.96.0.0/16".parse().expect("cidr"),
-            "10.201.0.0/16".parse().expect("cidr"),
-        ];
-        let kept = without_api_server(cidrs, "https://10.201.0.1:6443").await;
-        assert_eq!(kept, vec!["10.96.0.0/16".parse::<Cidr>().expect("cidr")]);
+    async fn the_api_servers_address_is_excluded() {
+        let excluded = api_server_exclusions("https://10.201.0.1:6443").await;
+        assert_eq!(excluded.len(), 1);
+        assert_eq!(excluded[0].range.to_string(), "10.201.0.1/32");
     }
 }

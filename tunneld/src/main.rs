@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
+use kubedev::control::ProxyChoices;
 
 use daemon::{Daemon, Settings};
-use network::Cidr;
 
 const EXAMPLES: &str = "\
 The plugins start tunneld when a session needs it; it exits when no session is left.
@@ -43,8 +44,17 @@ struct Cli {
     cluster_domain: String,
 
     /// Ranges to route into the cluster (default: discovered from the cluster).
-    #[arg(long = "route", value_name = "CIDR")]
+    #[arg(long = "route", value_name = "CIDR", value_parser = cidr::parse)]
     routes: Vec<Cidr>,
+
+    /// Route these ranges into the cluster even where this machine has a route of its own
+    /// for them (comma-separated or repeated).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    also_proxy: Vec<Cidr>,
+
+    /// Never route these ranges into the cluster (comma-separated or repeated).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    never_proxy: Vec<Cidr>,
 
     /// Do not create the TUN device, routes or DNS settings.
     #[arg(long)]
@@ -74,6 +84,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings {
         cluster_domain: cli.cluster_domain,
         routes: cli.routes,
+        proxy: ProxyChoices {
+            also_proxy: cli.also_proxy,
+            never_proxy: cli.never_proxy,
+        },
         no_network: cli.no_network,
         resolv_conf: cli.resolv_conf,
         state_dir: cli.state_dir,

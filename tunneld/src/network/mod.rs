@@ -1,11 +1,15 @@
 //! The cluster's network on the workstation: a TUN device with routes for the cluster's
-//! pod and service ranges, a userspace TCP/IP stack on it (smoltcp), and every flow it
-//! accepts carried through an agent; DNS for the cluster's names answered at [`DNS_IP`].
+//! pod and service ranges (where the machine has no route of its own for them), a
+//! userspace TCP/IP stack on it (smoltcp), and every flow it accepts carried through an
+//! agent; DNS for the cluster's names answered at [`DNS_IP`].
 
 pub(crate) mod dns;
+pub(crate) mod kubelet;
+mod machine_routes;
 pub(crate) mod resolv;
 pub(crate) mod resolved;
-mod routes;
+pub(crate) mod route_plan;
+pub(crate) mod routes;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,7 +24,6 @@ use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
 use kubedev::protocol::udp_flows::UdpFlows;
-pub(crate) use routes::Cidr;
 use udp::{Datagram, FlowKey};
 
 /// The TUN device's name.
@@ -45,8 +48,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
 const UDP_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The TUN device with its routes, ready to serve. The device and its routes vanish with
-/// the process, whatever way it exits.
+/// The TUN device, ready to serve. The device and its routes ([`routes::TunRoutes`])
+/// vanish with the process, whatever way it exits.
 pub(crate) struct Network {
     device: tun::AsyncDevice,
 }
@@ -58,8 +61,8 @@ impl std::fmt::Debug for Network {
 }
 
 impl Network {
-    /// Creates the device and routes `cidrs` (and the DNS address) into it.
-    pub(crate) async fn create(cidrs: &[Cidr]) -> anyhow::Result<Self> {
+    /// Creates the device, with no route yet.
+    pub(crate) fn create() -> anyhow::Result<Self> {
         let mut tun_config = tun::Configuration::default();
         tun_config
             .tun_name(TUN_NAME)
@@ -70,11 +73,6 @@ impl Network {
         let device = tun::create_as_async(&tun_config).with_context(|| {
             format!("cannot create the TUN device {TUN_NAME} (it needs root or CAP_NET_ADMIN)")
         })?;
-        let mut routed = cidrs.to_vec();
-        routed.push(Cidr::host(DNS_IP));
-        routes::add(TUN_NAME, &routed).await?;
-        let listed: Vec<String> = routed.iter().map(ToString::to_string).collect();
-        tracing::info!("cluster network on {TUN_NAME}: {}", listed.join(", "));
         Ok(Self { device })
     }
 

@@ -10,6 +10,10 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
+/// The file resolved writes with every DNS server it knows, each link's included: what a
+/// kubelet on a machine that runs resolved hands to pods.
+pub(crate) const UPLINK_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
 /// The addresses of resolved's stub listeners.
 const STUB_LISTENERS: [&str; 2] = ["127.0.0.53", "127.0.0.54"];
 

@@ -1,0 +1,224 @@
+//! Whether a kubelet runs on this machine (k3s, minikube --driver=none, kubeadm on a
+//! laptop), and which resolver file it hands to pods: the file a pod with `dnsPolicy:
+//! Default` gets a copy of, whose search domains every other pod gets too. tunneld never
+//! changes that file: a pod started meanwhile would keep an address that only tunneld
+//! serves, long after tunneld is gone.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// The kubelet's own default, and where k3s looks when that holds only a loopback
+/// resolver (systemd-resolved's stub).
+const DEFAULT_FILES: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
+
+/// A kubelet on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kubelet {
+    pub(crate) pid: u32,
+    /// The files it may hand to pods, as the kubelet names them.
+    pub(crate) resolv_confs: Vec<PathBuf>,
+}
+
+impl Kubelet {
+    /// Whether `file` is (the same file as) one this kubelet hands to pods; a path seen
+    /// through the kubelet's own root, so a kubelet in a container (kind) is told apart.
+    pub(crate) fn hands_out(&self, file: &Path) -> Option<&Path> {
+        let ours = std::fs::metadata(file).ok()?;
+        self.resolv_confs
+            .iter()
+            .find(|theirs| {
+                let seen = Path::new(&format!("/proc/{}/root", self.pid))
+                    .join(theirs.strip_prefix("/").unwrap_or(theirs));
+                std::fs::metadata(seen)
+                    .is_ok_and(|meta| meta.dev() == ours.dev() && meta.ino() == ours.ino())
+            })
+            .map(PathBuf::as_path)
+    }
+}
+
+/// The kubelets running on this machine.
+pub(crate) fn find() -> Vec<Kubelet> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|byte| *byte == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let read_config = |path: &Path| {
+                let seen = Path::new(&format!("/proc/{pid}/root"))
+                    .join(path.strip_prefix("/").unwrap_or(path));
+                std::fs::read_to_string(seen).ok()
+            };
+            let resolv_confs = resolver_files(&args, read_config)?;
+            Some(Kubelet { pid, resolv_confs })
+        })
+        .collect()
+}
+
+/// The resolver files of the kubelet run by `args`, if it is one: the kubelet itself, or
+/// k3s (which runs it inside its own process).
+fn resolver_files(
+    args: &[String],
+    read_config: impl Fn(&Path) -> Option<String>,
+) -> Option<Vec<PathBuf>> {
+    let program = Path::new(args.first()?).file_name()?.to_str()?;
+    let flags = &args[1..];
+    let named = match program {
+        "kubelet" => flag(flags, "resolv-conf").or_else(|| {
+            let config = read_config(Path::new(&flag(flags, "config")?))?;
+            config_resolv_conf(&config)
+        }),
+        "k3s" if matches!(flags.first().map(String::as_str), Some("server" | "agent")) => {
+            flag(flags, "resolv-conf").or_else(|| {
+                flags
+                    .iter()
+                    .zip(flags.iter().skip(1).map(Some).chain([None]))
+                    .find_map(|(arg, next)| {
+                        let value = match arg.strip_prefix("--kubelet-arg") {
+                            Some("") => next?.as_str(),
+                            Some(rest) => rest.strip_prefix('=')?,
+                            None => return None,
+                        };
+                        value.strip_prefix("resolv-conf=").map(str::to_owned)
+                    })
+            })
+        }
+        _ => return None,
+    };
+    Some(match named {
+        Some(file) if file.is_empty() => Vec::new(),
+        Some(file) => vec![PathBuf::from(file)],
+        None => DEFAULT_FILES.iter().map(PathBuf::from).collect(),
+    })
+}
+
+/// The value of `--NAME=V` or `--NAME V`.
+fn flag(flags: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    flags.iter().enumerate().find_map(|(at, arg)| {
+        if *arg == long {
+            flags.get(at + 1).cloned()
+        } else {
+            arg.strip_prefix(&long)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        }
+    })
+}
+
+/// `resolvConf` of a KubeletConfiguration file.
+fn config_resolv_conf(config: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct KubeletConfiguration {
+        #[serde(rename = "resolvConf")]
+        resolv_conf: Option<String>,
+    }
+    serde_saphyr::from_str::<KubeletConfiguration>(config)
+        .ok()?
+        .resolv_conf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn no_config(_: &Path) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn reads_the_kubelets_flag_or_its_configuration_file() {
+        assert_eq!(
+            resolver_files(
+                &args("/usr/bin/kubelet --resolv-conf=/etc/k8s-resolv.conf"),
+                no_config
+            ),
+            Some(vec![PathBuf::from("/etc/k8s-resolv.conf")])
+        );
+        let config = |path: &Path| {
+            (path == Path::new("/var/lib/kubelet/config.yaml")).then(|| {
+                "kind: KubeletConfiguration\nresolvConf: /run/systemd/resolve/resolv.conf\n"
+                    .to_owned()
+            })
+        };
+        assert_eq!(
+            resolver_files(
+                &args("kubelet --config /var/lib/kubelet/config.yaml"),
+                config
+            ),
+            Some(vec![PathBuf::from("/run/systemd/resolve/resolv.conf")])
+        );
+        // Neither: the kubelet's default (and k3s's second choice), to be safe.
+        assert_eq!(
+            resolver_files(&args("kubelet --v=2"), no_config).map(|files| files.len()),
+            Some(2)
+        );
+        assert_eq!(
+            resolver_files(&args("kubelet --resolv-conf="), no_config),
+            Some(Vec::new())
+        );
+    }
+
+    #[test]
+    fn k3s_runs_a_kubelet_and_other_programs_do_not() {
+        assert_eq!(
+            resolver_files(
+                &args("/usr/local/bin/k3s server --resolv-conf /etc/k3s-resolv.conf"),
+                no_config
+            ),
+            Some(vec![PathBuf::from("/etc/k3s-resolv.conf")])
+        );
+        assert_eq!(
+            resolver_files(
+                &args("k3s agent --kubelet-arg resolv-conf=/etc/r.conf"),
+                no_config
+            ),
+            Some(vec![PathBuf::from("/etc/r.conf")])
+        );
+        assert_eq!(
+            resolver_files(
+                &args("k3s server --kubelet-arg=resolv-conf=/etc/r.conf"),
+                no_config
+            ),
+            Some(vec![PathBuf::from("/etc/r.conf")])
+        );
+        assert_eq!(
+            resolver_files(&args("k3s kubectl get pods"), no_config),
+            None
+        );
+        assert_eq!(
+            resolver_files(&args("/usr/bin/containerd"), no_config),
+            None
+        );
+        assert_eq!(resolver_files(&[], no_config), None);
+    }
+
+    #[test]
+    fn the_same_file_is_recognised_through_another_path() {
+        let dir = std::env::temp_dir().join(format!("kubedev-kubelet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("resolv.conf");
+        std::fs::write(&file, "nameserver 192.0.2.53\n").expect("write");
+        let link = dir.join("link.conf");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let kubelet = Kubelet {
+            pid: std::process::id(),
+            resolv_confs: vec![file.clone()],
+        };
+        assert_eq!(kubelet.hands_out(&link), Some(file.as_path()));
+        assert_eq!(kubelet.hands_out(Path::new("/proc/self/status")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
