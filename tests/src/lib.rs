@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the local cluster that `tests/cluster/cluster.sh up`
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
+pub mod node;
 pub mod workstation;
 
 use std::path::PathBuf;
@@ -19,6 +20,12 @@ pub const ECHO_IMAGE: &str = "localhost/kubedev-test/echo:0.1.0";
 pub const CLIENT_IMAGE: &str = "localhost/kubedev-test/client:0.1.0";
 /// The agent image, built by agent-image/build-image.sh and imported by the harness.
 pub const AGENT_IMAGE: &str = concat!("localhost/kubedev/agent:", env!("CARGO_PKG_VERSION"));
+
+/// A number no other call in this process returns, for names of things tests create.
+pub fn unique_suffix() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// How long a test waits for the cluster to converge before failing.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -255,10 +262,16 @@ impl TestNamespace {
 
     /// Starts the client pod (busybox, `probe`) named `name` and waits until it runs.
     pub async fn start_client(&self, name: &str) -> anyhow::Result<()> {
+        self.start_client_with_dns(name, "ClusterFirst").await
+    }
+
+    /// Starts a client pod with `dns_policy` (`ClusterFirst`, `Default`, ...).
+    pub async fn start_client_with_dns(&self, name: &str, dns_policy: &str) -> anyhow::Result<()> {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {
                 "terminationGracePeriodSeconds": 1,
+                "dnsPolicy": dns_policy,
                 "containers": [{"name": "client", "image": CLIENT_IMAGE, "imagePullPolicy": "Never"}]
             }
         }))?;

@@ -283,14 +283,7 @@ impl Workstation {
 
     fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.long_lived();
-        command
-            .arg(workspace_binary(plugin))
-            .args(args)
-            .env("KUBECONFIG", &cluster.admin_kubeconfig)
-            .env("KUBEDEV_TUNNELD", tunneld_binary())
-            .env("KUBEDEV_RUNTIME_DIR", &self.state_dir)
-            .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
-            .env("KUBEDEV_LOG", "info");
+        as_developer(&mut command, cluster, &self.state_dir, plugin, args);
         command
     }
 
@@ -646,6 +639,25 @@ fn remove_abandoned() {
             let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(name));
         }
     }
+}
+
+/// Appends `plugin` and `args` to `command`, run as cluster-admin with its tunneld's
+/// socket and state in `runtime_dir` and the agent image of the test cluster.
+pub(crate) fn as_developer(
+    command: &mut Command,
+    cluster: &TestCluster,
+    runtime_dir: &std::path::Path,
+    plugin: &str,
+    args: &[&str],
+) {
+    command
+        .arg(workspace_binary(plugin))
+        .args(args)
+        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .env("KUBEDEV_TUNNELD", tunneld_binary())
+        .env("KUBEDEV_RUNTIME_DIR", runtime_dir)
+        .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
+        .env("KUBEDEV_LOG", "info");
 }
 
 /// The tunneld binary under test (`make test-e2e` builds it first).
