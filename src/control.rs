@@ -145,13 +145,39 @@ pub enum NetworkStatus {
         ranges: Vec<RangeStatus>,
         /// tunneld's DNS address.
         dns: String,
-        /// How the system resolver was pointed at it: `systemd-resolved` or the file it
-        /// rewrote; or why it was left as it is.
-        resolver: String,
+        /// How the system resolver was pointed at it, or why it was left as it is.
+        resolver: ResolverStatus,
     },
     Unavailable {
         reason: String,
     },
+}
+
+/// How the machine's resolver reaches tunneld's DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum ResolverStatus {
+    /// Cluster names go to tunneld through systemd-resolved, on this link.
+    SystemdResolved { link: String },
+    /// This file names tunneld as the nameserver until tunneld exits.
+    ResolvConf { path: PathBuf },
+    /// The machine's resolver is left as it is, for `reason`. `for_commands` is a
+    /// resolver file that points at tunneld, for a program given a view of its own of
+    /// /etc/resolv.conf (`-- CMD`).
+    Unchanged {
+        reason: String,
+        for_commands: PathBuf,
+    },
+}
+
+impl std::fmt::Display for ResolverStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SystemdResolved { link } => write!(f, "systemd-resolved, link {link}"),
+            Self::ResolvConf { path } => write!(f, "{}", path.display()),
+            Self::Unchanged { reason, .. } => write!(f, "none: {reason}"),
+        }
+    }
 }
 
 /// What tunneld did with one address range.

@@ -10,7 +10,8 @@
 //! - with the `client` feature (default): kubectl-style flags and client construction
 //!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
 //!   their exact restoration ([`session`]), env output ([`env`]), the plugins' shared
-//!   command line ([`plugin`]) and error reporting ([`cli`]).
+//!   command line ([`plugin`]), `-- CMD` with tunneld's DNS ([`resolver_view`]) and error
+//!   reporting ([`cli`]).
 
 pub mod cidr;
 pub mod control;
@@ -30,6 +31,8 @@ pub mod inject;
 pub mod mount;
 #[cfg(feature = "client")]
 pub mod plugin;
+#[cfg(feature = "client")]
+pub mod resolver_view;
 #[cfg(feature = "client")]
 pub mod session;
 #[cfg(feature = "client")]

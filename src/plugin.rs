@@ -14,7 +14,7 @@ use crate::cidr::{self, Cidr};
 use crate::cluster::{ClusterArgs, Connection};
 use crate::control::{
     self, ControlError, ControlReply, ControlRequest, DaemonStatus, Hold, NetworkStatus,
-    ProxyChoices, RangeState, RangeStatus,
+    ProxyChoices, RangeState, RangeStatus, ResolverStatus,
 };
 use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
@@ -242,7 +242,11 @@ async fn run_session(
         live = go_live(&connection, &plan, &started, &args) => live.map(Some),
         () = signals.recv() => Ok(None),
     };
-    let (variables, mounted) = match live {
+    let Live {
+        variables,
+        mounted,
+        command_resolver,
+    } = match live {
         Ok(Some(live)) => live,
         stopped_or_failed => {
             end(hold).await?;
@@ -266,11 +270,25 @@ async fn run_session(
         signals.recv().await;
         ExitCode::SUCCESS
     } else {
-        run_command(&args.command, &variables, &mut signals).await?
+        run_command(
+            &args.command,
+            &variables,
+            command_resolver.as_deref(),
+            &mut signals,
+        )
+        .await?
     };
     drop(mounted);
     end(hold).await?;
     Ok(code)
+}
+
+/// A session usable here.
+struct Live {
+    variables: BTreeMap<String, String>,
+    mounted: Option<Mount>,
+    /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
+    command_resolver: Option<PathBuf>,
 }
 
 /// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes
@@ -280,12 +298,12 @@ async fn go_live(
     plan: &Plan,
     started: &Started,
     args: &SessionArgs,
-) -> anyhow::Result<(BTreeMap<String, String>, Option<Mount>)> {
+) -> anyhow::Result<Live> {
     let proxy = ProxyChoices {
         also_proxy: args.also_proxy.clone(),
         never_proxy: args.never_proxy.clone(),
     };
-    let mut variables = join_tunneld(connection, plan, started, proxy).await?;
+    let (mut variables, network) = join_tunneld(connection, plan, started, proxy).await?;
     report(plan, started);
     let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
@@ -294,7 +312,18 @@ async fn go_live(
     }
     // An error drops `mounted`, which unmounts.
     write_env_files(args, &variables)?;
-    Ok((variables, mounted))
+    let command_resolver = match network {
+        NetworkStatus::Up {
+            resolver: ResolverStatus::Unchanged { for_commands, .. },
+            ..
+        } => Some(for_commands),
+        _ => None,
+    };
+    Ok(Live {
+        variables,
+        mounted,
+        command_resolver,
+    })
 }
 
 /// Starts tunneld if needed and has it hold the session: see [`control::hold`].
@@ -324,13 +353,13 @@ async fn hold_tunneld(
 const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Hands the session to tunneld, waits for a link to every pod and fetches the app's
-/// environment.
+/// environment; returns it and the state of the cluster network.
 async fn join_tunneld(
     connection: &Connection,
     plan: &Plan,
     started: &Started,
     proxy: ProxyChoices,
-) -> anyhow::Result<BTreeMap<String, String>> {
+) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
     let socket = tunneld_socket(connection)?;
     let bar = spinner("connecting to the agents".into());
     control::request(
@@ -385,7 +414,7 @@ async fn join_tunneld(
     )
     .await?
     {
-        ControlReply::Environment { variables } => Ok(variables),
+        ControlReply::Environment { variables } => Ok((variables, status.network)),
         other => anyhow::bail!("unexpected answer from tunneld: {other:?}"),
     }
 }
@@ -485,17 +514,29 @@ fn write_env_files(args: &SessionArgs, variables: &BTreeMap<String, String>) -> 
 
 /// Runs `command` with the app's environment on top of ours; its exit status becomes ours.
 /// A stop signal to the plugin is passed on to it.
+/// Runs the command with the environment, seeing `resolver` (if given) as its
+/// /etc/resolv.conf, until it exits or a stop signal comes.
 async fn run_command(
     command: &[String],
     variables: &BTreeMap<String, String>,
+    resolver: Option<&std::path::Path>,
     signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
-    let mut child = tokio::process::Command::new(program)
-        .args(arguments)
-        .envs(variables)
-        .spawn()
-        .with_context(|| format!("cannot run {program}"))?;
+    let mut to_run = tokio::process::Command::new(program);
+    to_run.args(arguments).envs(variables);
+    let spawned = match resolver {
+        Some(resolver) => crate::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
+            eprintln!(
+                "note: {program} runs without the cluster's names ({err}: giving it \
+                 {} as /etc/resolv.conf needs root)",
+                resolver.display()
+            );
+            to_run.spawn()
+        }),
+        None => to_run.spawn(),
+    };
+    let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
         status = child.wait() => status?,
         () = signals.recv() => {
@@ -781,10 +822,10 @@ fn network_notes(network: &NetworkStatus, command: &str) -> Vec<String> {
                     skipped.join(", ")
                 ));
             }
-            if let Some(reason) = resolver.strip_prefix("none: ") {
+            if let ResolverStatus::Unchanged { reason, .. } = resolver {
                 notes.push(format!(
                     "this machine's DNS settings are left as they are ({reason}); \
-                     cluster names are answered at {dns}"
+                     cluster names are answered at {dns}, and `-- CMD` gets them"
                 ));
             }
             notes
@@ -973,9 +1014,11 @@ mod tests {
                 },
             ],
             dns: "198.18.0.53".into(),
-            resolver:
-                "none: the kubelet on this machine (pid 7) hands /etc/resolv.conf to its pods"
+            resolver: ResolverStatus::Unchanged {
+                reason: "the kubelet on this machine (pid 7) hands /etc/resolv.conf to its pods"
                     .into(),
+                for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
+            },
         };
         let status = DaemonStatus {
             pid: 42,

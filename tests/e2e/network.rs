@@ -262,7 +262,7 @@ async fn tunneld_reports_its_sessions_and_exits_when_the_last_one_leaves() {
     let (_cluster, ns, mut workstation, _) = setup("net-leave").await;
     let status = workstation.status().await;
     assert!(
-        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver == "/etc/resolv.conf"),
+        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver.to_string() == "/etc/resolv.conf"),
         "{status:?}"
     );
     assert_eq!(status.sessions.len(), 1);
@@ -298,7 +298,7 @@ async fn where_systemd_resolved_runs_cluster_names_go_through_it() {
 
     let status = workstation.status().await;
     assert!(
-        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver == "systemd-resolved, link kubedev-tun"),
+        matches!(&status.network, NetworkStatus::Up { resolver, .. } if resolver.to_string() == "systemd-resolved, link kubedev-tun"),
         "{status:?}"
     );
     assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus};
+use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
 use kubedev_e2e::node::{self, NodeShell};
 use kubedev_e2e::workstation::{ORIGINAL_RESOLV_CONF, Workstation};
 use kubedev_e2e::{TestCluster, TestNamespace};
@@ -33,7 +33,7 @@ fn range<'a>(status: &'a DaemonStatus, cidr: &str) -> &'a RangeStatus {
         .unwrap_or_else(|| panic!("no range {cidr} in {ranges:?}"))
 }
 
-fn resolver(status: &DaemonStatus) -> &str {
+fn resolver(status: &DaemonStatus) -> &ResolverStatus {
     match &status.network {
         NetworkStatus::Up { resolver, .. } => resolver,
         other => panic!("the cluster network is up: {other:?}"),
@@ -197,7 +197,9 @@ async fn on_a_node_whose_kubelet_hands_the_resolver_file_to_pods_it_is_left_alon
     let _host = HOST.lock().await;
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "node-dns").await;
-    ns.deploy_echo("echo", 1).await.expect("echo ready");
+    let service = ns.deploy_echo("echo", 1).await.expect("echo ready");
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+    ns.deploy_echo("other", 1).await.expect("other ready");
     let before = node::machine_routes();
     // The machine's resolver is the very file the kubelet gives pods, as on a k3s or
     // kubeadm node without systemd-resolved.
@@ -215,14 +217,37 @@ async fn on_a_node_whose_kubelet_hands_the_resolver_file_to_pods_it_is_left_alon
         "{said}"
     );
     let status = shell.status(&cluster, PLUGIN).expect("tunneld runs");
-    let kubelet_file = kubelets.display().to_string();
+    let ResolverStatus::Unchanged { reason, .. } = resolver(&status) else {
+        panic!("the resolver is left as it is: {status:?}");
+    };
     assert!(
-        resolver(&status).starts_with("none: the kubelet on this machine")
-            && resolver(&status).ends_with(&format!("hands {kubelet_file} to its pods")),
-        "{status:?}"
+        reason.starts_with("the kubelet on this machine")
+            && reason.ends_with(&format!("hands {} to its pods", kubelets.display())),
+        "{reason}"
     );
     assert_eq!(std::fs::read_to_string(&kubelets).expect("read"), original);
     assert_eq!(resolver_of_a_new_default_dns_pod(&ns).await, original);
+
+    // The developer's own command still gets the cluster's names.
+    let qualified = format!("echo.{}", ns.name);
+    let (resolved, _) = shell.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[
+            "other",
+            "-n",
+            &ns.name,
+            "--mount",
+            "false",
+            "--",
+            &cluster.probe(),
+            "resolve",
+            &qualified,
+            "",
+        ],
+    );
+    assert_eq!(resolved.trim(), cluster_ip);
+    assert_eq!(std::fs::read_to_string(&kubelets).expect("read"), original);
 
     shell.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
     node::wait_for_exit(status.pid, TUNNELD_EXIT);
@@ -317,10 +342,16 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
     assert!(answer.contains("GET /past-the-vpn"), "{answer}");
     assert_eq!(node::without_device(&routes(), "kubedev-tun"), before);
 
+    // The VPN adds a route while the sessions run: it stays after them.
+    workstation.run_ok(&["ip", "route", "add", "10.99.0.0/16", "dev", "vpn0"]);
+    let with_new_route = node::without_device(&routes(), "kubedev-tun");
+
     for session in ["echo", "other"] {
         workstation.plugin_ok(&cluster, PLUGIN, &["leave", session, "-n", &ns.name]);
     }
     node::wait_for_exit(forced.pid, TUNNELD_EXIT);
-    assert_eq!(routes(), before, "the VPN's route is untouched");
+    assert_eq!(routes(), with_new_route, "the VPN's routes are untouched");
+    workstation.run_ok(&["ip", "route", "del", "10.99.0.0/16", "dev", "vpn0"]);
+    assert_eq!(routes(), before);
     assert_eq!(workstation.resolv_conf(), ORIGINAL_RESOLV_CONF);
 }

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use kubedev::cidr::Cidr;
 use kubedev::control::{
     ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, ProxyChoices, RangeState,
-    RangeStatus, SessionStatus,
+    RangeStatus, ResolverStatus, SessionStatus,
 };
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session::{self, Left};
@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentPool, AgentSelector};
 use crate::cidrs;
+use crate::network::resolv::{CommandResolvConf, ResolvConf};
 use crate::network::resolved::{self, ResolvedLink};
 use crate::network::route_plan::{self, Exclusion, Wanted};
 use crate::network::routes::TunRoutes;
-use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet, resolv::ResolvConf};
+use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet};
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -69,16 +70,29 @@ impl Drop for HoldCount<'_> {
 enum Resolver {
     SystemdResolved(ResolvedLink),
     ResolvConf(ResolvConf),
-    /// Left as it is, for this reason.
-    Unchanged(String),
+    /// Left as it is, for `reason`; commands can be given `for_commands` instead.
+    Unchanged {
+        reason: String,
+        for_commands: CommandResolvConf,
+    },
 }
 
 impl Resolver {
-    fn describe(&self) -> String {
+    fn status(&self) -> ResolverStatus {
         match self {
-            Self::SystemdResolved(link) => format!("systemd-resolved, link {}", link.link()),
-            Self::ResolvConf(conf) => conf.path().display().to_string(),
-            Self::Unchanged(reason) => format!("none: {reason}"),
+            Self::SystemdResolved(link) => ResolverStatus::SystemdResolved {
+                link: link.link().to_owned(),
+            },
+            Self::ResolvConf(conf) => ResolverStatus::ResolvConf {
+                path: conf.path().to_owned(),
+            },
+            Self::Unchanged {
+                reason,
+                for_commands,
+            } => ResolverStatus::Unchanged {
+                reason: reason.clone(),
+                for_commands: for_commands.path().to_owned(),
+            },
         }
     }
 }
@@ -364,7 +378,7 @@ impl Daemon {
                 routes: up.routes.added(),
                 ranges: up.ranges.clone(),
                 dns: DNS_IP.to_string(),
-                resolver: up.resolver.describe(),
+                resolver: up.resolver.status(),
             },
             NetworkState::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
@@ -415,16 +429,16 @@ impl Daemon {
             format!("svc.{domain}"),
             domain.to_owned(),
         ];
+        let api_server = api_server_exclusions(&self.api_server).await;
+        let (resolver, upstream) = self.point_resolver(domain, &search)?;
         let mut up = UpNetwork {
             cluster,
-            api_server: api_server_exclusions(&self.api_server).await,
+            api_server,
             routes,
             ranges: Vec::new(),
-            resolver: Resolver::Unchanged("not configured yet".into()),
+            resolver,
         };
         self.route(&mut up).await?;
-        let (resolver, upstream) = self.point_resolver(domain, &search)?;
-        up.resolver = resolver;
         let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
         let serving = network.run(self.pool.clone(), dns);
         tokio::spawn(async move {
@@ -502,19 +516,34 @@ impl Daemon {
                 ))
             })
         };
-        if resolved::manages(&self.settings.resolv_conf) {
-            // resolved lists every link's servers in this file, tunneld's among them.
-            if let Some(reason) = handed_out(Path::new(resolved::UPLINK_RESOLV_CONF)) {
-                tracing::warn!("DNS left as it is: {reason}");
-                return Ok((Resolver::Unchanged(reason), None));
-            }
+        let unchanged = |reason: String| {
+            tracing::warn!("DNS left as it is: {reason}");
+            let (for_commands, upstream) = CommandResolvConf::write(
+                &self.settings.resolv_conf,
+                &self.settings.state_dir,
+                DNS_IP,
+                search,
+            )?;
+            let resolver = Resolver::Unchanged {
+                reason,
+                for_commands,
+            };
+            Ok((resolver, upstream))
+        };
+        let systemd_resolved = resolved::manages(&self.settings.resolv_conf);
+        // resolved lists every link's servers in its own file, tunneld's among them.
+        let changed_file = if systemd_resolved {
+            Path::new(resolved::UPLINK_RESOLV_CONF)
+        } else {
+            &self.settings.resolv_conf
+        };
+        if let Some(reason) = handed_out(changed_file) {
+            return unchanged(reason);
+        }
+        if systemd_resolved {
             let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, search)?;
             // resolved sends only cluster names here: there is nothing to forward.
             return Ok((Resolver::SystemdResolved(link), None));
-        }
-        if let Some(reason) = handed_out(&self.settings.resolv_conf) {
-            tracing::warn!("DNS left as it is: {reason}");
-            return Ok((Resolver::Unchanged(reason), None));
         }
         let (conf, upstream) = ResolvConf::install(
             &self.settings.resolv_conf,

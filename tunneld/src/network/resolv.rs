@@ -1,7 +1,9 @@
 //! Pointing the workstation's resolver at tunneld where systemd-resolved is not running:
 //! /etc/resolv.conf gets tunneld's DNS address and the cluster's search domains, and gets
 //! its original content back when tunneld exits. The original is also kept in tunneld's
-//! state directory, so a run after a crash restores it first.
+//! state directory, so a run after a crash restores it first. Where the machine's resolver
+//! must stay as it is, the same content goes to a file of tunneld's own instead, for
+//! commands given their own view of /etc/resolv.conf.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,43 @@ impl ResolvConf {
 impl ResolvConf {
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// A resolver file pointing at tunneld, beside the machine's untouched one; removed when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct CommandResolvConf {
+    path: PathBuf,
+}
+
+impl CommandResolvConf {
+    /// Writes what [`ResolvConf::install`] would make of `system` into `state_dir`;
+    /// returns it and the nameserver `system` names (where other names are forwarded).
+    pub(crate) fn write(
+        system: &Path,
+        state_dir: &Path,
+        dns: Ipv4Addr,
+        search: &[String],
+    ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
+        let original = std::fs::read_to_string(system)
+            .with_context(|| format!("read {}", system.display()))?;
+        std::fs::create_dir_all(state_dir)?;
+        let path = state_dir.join("resolv.conf.for-commands");
+        std::fs::write(&path, rewritten(&original, dns, search))
+            .with_context(|| format!("write {}", path.display()))?;
+        let upstream = first_nameserver(&original).map(|ip| SocketAddr::new(ip, 53));
+        Ok((Self { path }, upstream))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CommandResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -138,6 +177,26 @@ mod tests {
             first_nameserver(ORIGINAL),
             Some("192.0.2.53".parse().expect("ip"))
         );
+    }
+
+    #[test]
+    fn a_file_for_commands_leaves_the_machines_alone() {
+        let dir = std::env::temp_dir().join(format!("kubedev-for-commands-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let system = dir.join("resolv.conf");
+        std::fs::write(&system, ORIGINAL).expect("write");
+        let search = vec!["shop.svc.cluster.local".to_owned()];
+        let (file, upstream) =
+            CommandResolvConf::write(&system, &dir, Ipv4Addr::new(198, 18, 0, 53), &search)
+                .expect("write");
+        assert_eq!(upstream, Some("192.0.2.53:53".parse().expect("addr")));
+        let content = std::fs::read_to_string(file.path()).expect("read");
+        assert!(content.contains("nameserver 198.18.0.53\nsearch shop.svc.cluster.local"));
+        assert_eq!(std::fs::read_to_string(&system).expect("read"), ORIGINAL);
+        let path = file.path().to_owned();
+        drop(file);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
