@@ -23,6 +23,13 @@ const TUNNELD_EXIT: Duration = Duration::from_secs(60);
 /// adds links to the host (every workstation has a veth there).
 static HOST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The arguments of an ingest session on `workload` without volumes, then `more`.
+fn session<'a>(workload: &'a str, ns: &'a TestNamespace, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![workload, "-n", &ns.name, "--mount", "false"];
+    args.extend_from_slice(more);
+    args
+}
+
 fn range<'a>(status: &'a DaemonStatus, cidr: &str) -> &'a RangeStatus {
     let NetworkStatus::Up { ranges, .. } = &status.network else {
         panic!("the cluster network is up: {status:?}");
@@ -96,9 +103,9 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     ns.start_client("client").await.expect("client");
     let before = node::machine_routes();
     let shell = NodeShell::create(None);
-    let session = ["echo", "-n", &ns.name, "--mount", "false", "--detach"];
+    let detached = session("echo", &ns, &["--detach"]);
 
-    let (_, said) = shell.plugin_ok(&cluster, PLUGIN, &session);
+    let (_, said) = shell.plugin_ok(&cluster, PLUGIN, &detached);
     assert!(
         said.contains(&format!(
             "not routed to the cluster: {NODE_POD_RANGE} (this machine's route \
@@ -171,7 +178,7 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     assert_eq!(node::machine_routes(), before);
     assert!(shell.resolv_conf().contains("nameserver 198.18.0.53"));
     shell.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
-    shell.plugin_ok(&cluster, PLUGIN, &session);
+    shell.plugin_ok(&cluster, PLUGIN, &detached);
     let restarted = shell.status(&cluster, PLUGIN).expect("tunneld runs");
     assert!(
         shell
@@ -207,11 +214,7 @@ async fn on_a_node_whose_kubelet_hands_the_resolver_file_to_pods_it_is_left_alon
     let original = std::fs::read_to_string(&kubelets).expect("kubelet's resolv.conf");
     let shell = NodeShell::create(Some(kubelets.clone()));
 
-    let (_, said) = shell.plugin_ok(
-        &cluster,
-        PLUGIN,
-        &["echo", "-n", &ns.name, "--mount", "false", "--detach"],
-    );
+    let (_, said) = shell.plugin_ok(&cluster, PLUGIN, &session("echo", &ns, &["--detach"]));
     assert!(
         said.contains("this machine's DNS settings are left as they are"),
         "{said}"
@@ -230,22 +233,9 @@ async fn on_a_node_whose_kubelet_hands_the_resolver_file_to_pods_it_is_left_alon
 
     // The developer's own command still gets the cluster's names.
     let qualified = format!("echo.{}", ns.name);
-    let (resolved, _) = shell.plugin_ok(
-        &cluster,
-        PLUGIN,
-        &[
-            "other",
-            "-n",
-            &ns.name,
-            "--mount",
-            "false",
-            "--",
-            &cluster.probe(),
-            "resolve",
-            &qualified,
-            "",
-        ],
-    );
+    let probe = cluster.probe();
+    let command = ["--", &probe, "resolve", &qualified, ""];
+    let (resolved, _) = shell.plugin_ok(&cluster, PLUGIN, &session("other", &ns, &command));
     assert_eq!(resolved.trim(), cluster_ip);
     assert_eq!(std::fs::read_to_string(&kubelets).expect("read"), original);
 
@@ -295,9 +285,7 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
         serde_json::from_str(&json).expect("status as JSON")
     };
 
-    let pods_never = ["--never-proxy", "10.244.0.0/16"];
-    let mut first = vec!["echo", "-n", &ns.name, "--mount", "false", "--detach"];
-    first.extend(pods_never);
+    let first = session("echo", &ns, &["--detach", "--never-proxy", "10.244.0.0/16"]);
     let output = workstation.plugin(&cluster, PLUGIN, &first);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{said}");
@@ -318,20 +306,8 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
 
     // Another session asks for the service range anyway: tunneld routes it past the VPN's
     // route, which stays as it is.
-    workstation.plugin_ok(
-        &cluster,
-        PLUGIN,
-        &[
-            "other",
-            "-n",
-            &ns.name,
-            "--mount",
-            "false",
-            "--detach",
-            "--also-proxy",
-            SERVICE_RANGE,
-        ],
-    );
+    let also = ["--detach", "--also-proxy", SERVICE_RANGE];
+    workstation.plugin_ok(&cluster, PLUGIN, &session("other", &ns, &also));
     let forced = status();
     let services = range(&forced, SERVICE_RANGE);
     assert_eq!(services.state, RangeState::Routed, "{services:?}");
