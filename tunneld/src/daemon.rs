@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kubedev::cidr::Cidr;
 use kubedev::control::{
-    ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, ProxyChoices, RangeState,
-    RangeStatus, ResolverStatus, SessionStatus,
+    ControlReply, ControlRequest, DaemonStatus, Held, NetworkStatus, ProxyChoices, RangePart,
+    RangeState, RangeStatus, ResolverStatus, SessionStatus,
 };
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session::{self, Left};
@@ -463,11 +463,21 @@ impl Daemon {
             never,
         };
         let machine = up.routes.machine_routes().await?;
-        let plan = route_plan::plan(&wanted, &machine);
+        let mut plan = route_plan::plan(&wanted, &machine);
         let mut routes = plan.routes.clone();
         routes.push(Cidr::from(DNS_IP));
-        for failure in up.routes.set(&routes).await {
-            tracing::warn!("{failure}");
+        for (route, err) in up.routes.set(&routes).await {
+            tracing::warn!("could not add route {route} dev {TUN_NAME}: {err}");
+            let holder = plan
+                .ranges
+                .iter_mut()
+                .find(|range| kubedev::cidr::holds(&range.range, &route));
+            if let Some(range) = holder {
+                range.except.push(RangePart {
+                    range: route,
+                    reason: format!("the route could not be added: {err}"),
+                });
+            }
         }
         let listed: Vec<String> = up.routes.added().iter().map(ToString::to_string).collect();
         tracing::info!("cluster network on {TUN_NAME}: {}", listed.join(", "));

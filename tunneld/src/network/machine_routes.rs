@@ -40,7 +40,11 @@ pub(crate) enum MachineRouteKind {
 
 /// Reads the machine's routes, leaving out those through `own_device` (tunneld's).
 pub(crate) async fn read(handle: &Handle, own_device: u32) -> anyhow::Result<Vec<MachineRoute>> {
-    let table_order = rule_order(handle).await?;
+    // Without policy routing in the kernel there are no rules, only `main`.
+    let table_order = rule_order(handle).await.unwrap_or_else(|err| {
+        tracing::warn!("{err:#}: reading the main table only");
+        HashMap::from([(MAIN_TABLE, 0)])
+    });
     let devices = device_names(handle).await?;
     let main_priority = table_order.get(&MAIN_TABLE).copied().unwrap_or(u32::MAX);
     // A dump without a table names every table.

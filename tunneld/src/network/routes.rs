@@ -49,27 +49,28 @@ impl TunRoutes {
     }
 
     /// Makes the device's routes exactly `wanted`. A route that cannot be added (the
-    /// machine got one of its own for that range meanwhile) is reported and left out.
-    pub(crate) async fn set(&mut self, wanted: &[Cidr]) -> Vec<String> {
+    /// machine got one of its own for that range meanwhile) is left out and returned with
+    /// the kernel's answer; one that cannot be removed is logged.
+    pub(crate) async fn set(&mut self, wanted: &[Cidr]) -> Vec<(Cidr, String)> {
         let wanted: BTreeSet<Cidr> = wanted.iter().copied().collect();
-        let mut failures = Vec::new();
         for gone in self.added.difference(&wanted).copied().collect::<Vec<_>>() {
             match self.handle.route().del(self.message(gone)).execute().await {
                 Ok(()) => {
                     self.added.remove(&gone);
                 }
-                Err(err) => failures.push(format!("remove route {gone}: {err}")),
+                Err(err) => tracing::warn!("remove route {gone}: {err}"),
             }
         }
+        let mut refused = Vec::new();
         for new in wanted.difference(&self.added).copied().collect::<Vec<_>>() {
             match self.handle.route().add(self.message(new)).execute().await {
                 Ok(()) => {
                     self.added.insert(new);
                 }
-                Err(err) => failures.push(format!("add route {new}: {err}")),
+                Err(err) => refused.push((new, err.to_string())),
             }
         }
-        failures
+        refused
     }
 
     /// The routes in the device now.
