@@ -9,9 +9,9 @@
 //! - [`logging`]: the daemons' log format;
 //! - with the `client` feature (default): kubectl-style flags and client construction
 //!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
-//!   their exact restoration ([`session`]), env output ([`env`]), the plugins' shared
-//!   command line ([`plugin`]), `-- CMD` with tunneld's DNS ([`resolver_view`]) and error
-//!   reporting ([`cli`]).
+//!   their exact restoration ([`session`]), env output ([`env`]), and the plugins'
+//!   shared command line, run and output, with errors reported the way kubectl does
+//!   ([`cli`]).
 
 pub mod cidr;
 pub mod control;
@@ -29,10 +29,6 @@ pub mod env;
 pub mod inject;
 #[cfg(feature = "client")]
 pub mod mount;
-#[cfg(feature = "client")]
-pub mod plugin;
-#[cfg(feature = "client")]
-pub mod resolver_view;
 #[cfg(feature = "client")]
 pub mod session;
 #[cfg(feature = "client")]

@@ -1,9 +1,9 @@
 //! `kubectl ingest`: a workload's environment and volumes on this machine, no traffic moved.
 
 use clap::Parser;
+use kubedev::cli::{Manage, ModeArgs, SessionArgs};
 use kubedev::cluster::ClusterArgs;
 use kubedev::inject::Mode;
-use kubedev::plugin::{Manage, ModeArgs, SessionArgs};
 use kubedev::workload::WorkloadRef;
 
 const EXAMPLES: &str = "\
@@ -45,7 +45,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    kubedev::plugin::main(
+    kubedev::cli::main(
         Mode::Ingest,
         cli.cluster,
         cli.manage,

@@ -1,9 +1,9 @@
 //! `kubectl intercept`: send a workload's service traffic to a process on this machine.
 
 use clap::Parser;
+use kubedev::cli::{Manage, ModeArgs, SessionArgs};
 use kubedev::cluster::ClusterArgs;
 use kubedev::inject::Mode;
-use kubedev::plugin::{Manage, ModeArgs, SessionArgs};
 use kubedev::protocol::HttpFilter;
 use kubedev::session::PortMapping;
 use kubedev::workload::WorkloadRef;
@@ -28,7 +28,13 @@ Examples:
   kubectl intercept leave web
 
   # A StatefulSet in another namespace
-  kubectl intercept statefulset/db -n data --port 5432";
+  kubectl intercept statefulset/db -n data --port 5432
+
+  # A VPN routes 10.96.0.0/12 already: send it through the cluster anyway
+  kubectl intercept web --port 8080 --also-proxy 10.96.0.0/12
+
+  # How the cluster's ranges are routed on this machine, and why
+  kubectl intercept status";
 
 /// Route requests for a workload's service ports to a process on this machine, with the
 /// workload's environment and the cluster's network available locally. The app keeps
@@ -100,7 +106,7 @@ fn main() -> std::process::ExitCode {
             path_prefix: cli.http_path_prefix,
         }),
     };
-    kubedev::plugin::main(
+    kubedev::cli::main(
         Mode::Intercept,
         cli.cluster,
         cli.manage,

@@ -1,9 +1,9 @@
 //! `kubectl replace-container`: swap a container for this machine while the session lasts.
 
 use clap::Parser;
+use kubedev::cli::{Manage, ModeArgs, SessionArgs};
 use kubedev::cluster::ClusterArgs;
 use kubedev::inject::Mode;
-use kubedev::plugin::{Manage, ModeArgs, SessionArgs};
 use kubedev::session::PortMapping;
 use kubedev::workload::WorkloadRef;
 
@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
         address: Some(cli.address),
         filter: None,
     };
-    kubedev::plugin::main(
+    kubedev::cli::main(
         Mode::Replace,
         cli.cluster,
         cli.manage,

@@ -13,7 +13,7 @@ const NETNS_DIR: &str = "/run/netns";
 
 /// Spawns `command` seeing `resolv_conf` as /etc/resolv.conf. Needs root (or
 /// CAP_SYS_ADMIN); the caller's own view never changes.
-pub fn spawn(
+pub(super) fn spawn(
     command: &mut tokio::process::Command,
     resolv_conf: &Path,
 ) -> Result<tokio::process::Child, std::io::Error> {

@@ -1,0 +1,139 @@
+//! The command line the three plugins share: the session flags, and the `list`, `leave`
+//! and `status` subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cidr::{self, Cidr};
+use crate::env::EnvSyntax;
+use crate::mount::MountChoice;
+use crate::session::PortMapping;
+
+/// The agent image of this release.
+pub const DEFAULT_AGENT_IMAGE: &str =
+    concat!("ghcr.io/kubedev/kubedev-agent:", env!("CARGO_PKG_VERSION"));
+
+/// Flags every mode takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    /// The app container (needed when the pods have several).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+
+    /// Name of the session (default: the workload's name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Write the container's environment to this file (mode 0600), in --env-syntax.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Write the container's environment to this file (mode 0600) as a JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub env_json: Option<PathBuf>,
+
+    /// The syntax of --env-file.
+    #[arg(long, value_enum, default_value_t = EnvSyntax::Docker)]
+    pub env_syntax: EnvSyntax,
+
+    /// Where to mount the container's volumes: DIR (DIR:ro for read-only), or false
+    /// (default: a new temporary directory, printed). Needs sshfs.
+    #[arg(long, value_name = "DIR|false")]
+    pub mount: Option<MountChoice>,
+
+    /// The agent image.
+    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+
+    /// Return once the session is live; it lasts until `leave`.
+    #[arg(long, conflicts_with = "command")]
+    pub detach: bool,
+
+    /// How long to wait for the pods to be ready, e.g. 90s or 5m.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Route these ranges to the cluster even where this machine has a route of its own
+    /// for them (a VPN's, a bridge's). Comma-separated or repeated; kept by tunneld for
+    /// the kube context until it exits.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    pub also_proxy: Vec<Cidr>,
+
+    /// Never route these ranges to the cluster; wins over --also-proxy. Comma-separated or
+    /// repeated; kept by tunneld for the kube context until it exits.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
+    pub never_proxy: Vec<Cidr>,
+
+    /// Run this command with the container's environment; the session ends when it exits,
+    /// with its exit status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `list`, `leave` and `status`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Manage {
+    /// List the kubedev sessions in the namespace.
+    List {
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// End a session (or all of them in the namespace) and restore its workload.
+    Leave {
+        /// The session's name, as `list` shows it.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show tunneld's state: the cluster network on this machine and the linked agents.
+    Status {
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 90s or 5m"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("invalid duration {text:?}: use e.g. 90s or 5m")),
+    }
+}
+
+/// A mode's own part of a session request.
+#[derive(Debug, Clone, Default)]
+pub struct ModeArgs {
+    pub ports: Vec<PortMapping>,
+    pub service: Option<String>,
+    pub address: Option<String>,
+    pub filter: Option<crate::protocol::HttpFilter>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl_timeouts() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! What the three plugins share: the command line ([`args`]), running a session
+//! ([`run`]) and `-- CMD` ([`command`], with tunneld's DNS where the machine's resolver is
+//! left as it is: [`resolver_view`]), the `list`, `leave` and `status` subcommands
+//! ([`manage`]), what they print ([`output`]), the stop signals ([`signals`]), reaching
+//! tunneld ([`tunneld`]), and errors reported the way kubectl reports them.
+
+mod args;
+mod command;
+mod manage;
+mod output;
+mod resolver_view;
+mod run;
+mod signals;
+mod tunneld;
+
+use std::process::ExitCode;
+
+pub use args::{DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, SessionArgs};
+
+use crate::cluster::ClusterArgs;
+use crate::inject::Mode;
+use crate::workload::WorkloadRef;
+use manage::run_manage;
+use run::run_session;
+
+/// Turns a command's result into its exit status, printing a failure as
+/// `error: what failed: why` on stderr (no backtrace, whatever RUST_BACKTRACE says).
+pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a plugin: a subcommand, or a session on `workload`.
+pub fn main(
+    mode: Mode,
+    cluster: ClusterArgs,
+    manage: Option<Manage>,
+    workload: Option<WorkloadRef>,
+    args: SessionArgs,
+    mode_args: ModeArgs,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return exit_status(Err(err.into())),
+    };
+    runtime.block_on(async move {
+        let result = match (manage, workload) {
+            (Some(manage), _) => run_manage(mode, &cluster, manage)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            (None, Some(workload)) => run_session(mode, &cluster, workload, args, mode_args).await,
+            (None, None) => Err(anyhow::anyhow!("say which workload (see --help)")),
+        };
+        result.unwrap_or_else(|err| {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// The command of a mode, for messages (`kubectl intercept`).
+fn command_of(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Intercept => "kubectl intercept",
+        Mode::Replace => "kubectl replace-container",
+        Mode::Ingest => "kubectl ingest",
+    }
+}

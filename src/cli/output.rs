@@ -1,0 +1,206 @@
+//! What the plugins print: JSON and YAML, tunneld's state, notes about the cluster
+//! network, and progress while waiting on the cluster.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::args::Output;
+use crate::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
+use crate::workload::Progress;
+
+pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(value)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(value)?,
+    })
+}
+
+/// What the user should know about the cluster network once a session is live: that it
+/// is missing, or that part of it was left to this machine or excluded (one line).
+pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<String> {
+    match network {
+        NetworkStatus::Off => Vec::new(),
+        NetworkStatus::Unavailable { reason } => vec![format!(
+            "the cluster's network (service names, pod and service IPs) is not available on \
+             this machine: {reason}. Intercepted traffic and the environment work without it."
+        )],
+        NetworkStatus::Up {
+            ranges,
+            resolver,
+            dns,
+            ..
+        } => {
+            let mut notes = Vec::new();
+            let skipped: Vec<String> = ranges
+                .iter()
+                .flat_map(|range| match range.state {
+                    RangeState::Routed => range
+                        .except
+                        .iter()
+                        .map(|part| format!("{} ({})", part.range, part.reason))
+                        .collect(),
+                    RangeState::Machine => vec![format!(
+                        "{} (this machine's route {})",
+                        range.range,
+                        range.via.as_deref().unwrap_or_default()
+                    )],
+                    RangeState::Excluded => vec![format!("{} ({})", range.range, range.reason)],
+                })
+                .collect();
+            if !skipped.is_empty() {
+                notes.push(format!(
+                    "not routed to the cluster: {}; see `{command} status`, --also-proxy and \
+                     --never-proxy",
+                    skipped.join(", ")
+                ));
+            }
+            if let ResolverStatus::Unchanged { reason, .. } = resolver {
+                notes.push(format!(
+                    "this machine's DNS settings are left as they are ({reason}); \
+                     cluster names are answered at {dns}, and `-- CMD` gets them"
+                ));
+            }
+            notes
+        }
+    }
+}
+
+pub(super) fn describe_range(range: &RangeStatus) -> String {
+    let cidr = range.range.to_string();
+    let mut line = match range.state {
+        RangeState::Routed => format!("  {cidr:<18} routed: {}\n", range.reason),
+        RangeState::Machine => format!(
+            "  {cidr:<18} left to this machine's route {}\n",
+            range.via.as_deref().unwrap_or_default()
+        ),
+        RangeState::Excluded => format!("  {cidr:<18} not routed: {}\n", range.reason),
+    };
+    for part in &range.except {
+        line += &format!("    except {}: {}\n", part.range, part.reason);
+    }
+    line
+}
+
+pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
+    let Some(status) = status else {
+        return "tunneld is not running (no session on this machine for this context)\n".into();
+    };
+    let mut out = format!("tunneld: running (pid {})\n", status.pid);
+    out += &match &status.network {
+        NetworkStatus::Off => "cluster network: off\n".to_owned(),
+        NetworkStatus::Up {
+            routes,
+            ranges,
+            dns,
+            resolver,
+        } => {
+            let mut text = format!("cluster network: up, DNS {dns} (through {resolver})\n");
+            text.extend(ranges.iter().map(describe_range));
+            let routes: Vec<String> = routes.iter().map(ToString::to_string).collect();
+            text + &format!("  routes into the tunnel: {}\n", routes.join(" "))
+        }
+        NetworkStatus::Unavailable { reason } => {
+            format!("cluster network: unavailable: {reason}\n")
+        }
+    };
+    for session in &status.sessions {
+        out += &format!(
+            "session {} (namespace {}): {} linked pod{}\n",
+            session.name,
+            session.namespace,
+            session.linked_pods.len(),
+            if session.linked_pods.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+    }
+    out
+}
+
+pub(super) fn spinner(message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(message);
+    bar
+}
+
+pub(super) fn progress_on(bar: &indicatif::ProgressBar) -> impl FnMut(&Progress) + use<> {
+    let bar = bar.clone();
+    let base = bar.message();
+    move |progress| bar.set_message(format!("{base}: {progress}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cidr;
+    use crate::control;
+
+    #[test]
+    fn the_network_is_described_range_by_range_and_skips_are_noted() {
+        let range = |text| cidr::parse(text).expect("range");
+        let network = NetworkStatus::Up {
+            routes: vec![range("10.96.0.0/17"), range("10.96.128.0/17")],
+            ranges: vec![
+                RangeStatus {
+                    range: range("10.96.0.0/16"),
+                    state: RangeState::Routed,
+                    reason: "--also-proxy".into(),
+                    via: None,
+                    except: vec![control::RangePart {
+                        range: range("10.96.0.1/32"),
+                        reason: "the API server's address".into(),
+                    }],
+                },
+                RangeStatus {
+                    range: range("10.244.0.0/24"),
+                    state: RangeState::Machine,
+                    reason: "this machine already reaches it through a route of its own".into(),
+                    via: Some("10.244.0.0/24 dev cni0".into()),
+                    except: Vec::new(),
+                },
+            ],
+            dns: "198.18.0.53".into(),
+            resolver: ResolverStatus::Unchanged {
+                reason: "the kubelet on this machine (pid 7) hands /etc/resolv.conf to its pods"
+                    .into(),
+                for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
+            },
+        };
+        let status = DaemonStatus {
+            pid: 42,
+            network: network.clone(),
+            sessions: Vec::new(),
+        };
+        assert_eq!(
+            describe_status(Some(&status)),
+            "tunneld: running (pid 42)\n\
+             cluster network: up, DNS 198.18.0.53 (through none: the kubelet on this machine \
+             (pid 7) hands /etc/resolv.conf to its pods)\n  \
+             10.96.0.0/16       routed: --also-proxy\n    \
+             except 10.96.0.1/32: the API server's address\n  \
+             10.244.0.0/24      left to this machine's route 10.244.0.0/24 dev cni0\n  \
+             routes into the tunnel: 10.96.0.0/17 10.96.128.0/17\n"
+        );
+        let notes = network_notes(&network, "kubectl intercept");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "not routed to the cluster: 10.96.0.1/32 (the API server's address), \
+                 10.244.0.0/24 (this machine's route 10.244.0.0/24 dev cni0)"
+            ),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[1].contains("cluster names are answered at 198.18.0.53"));
+        let json = render(&status, Output::Json).expect("json");
+        assert!(json.contains("\"state\": \"machine\""), "{json}");
+        assert!(
+            json.contains("\"via\": \"10.244.0.0/24 dev cni0\""),
+            "{json}"
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! A session run by a plugin: started, made usable here (tunneld, environment, volumes,
+//! env files), then kept in the foreground (until Ctrl-C or until `-- CMD` exits) or
+//! detached (until `leave`), and ended.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::args::{ModeArgs, SessionArgs};
+use super::command::run_command;
+use super::command_of;
+use super::output::{network_notes, progress_on, spinner};
+use super::signals::StopSignals;
+use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
+use crate::cluster::{ClusterArgs, Connection};
+use crate::control::{
+    self, ControlError, ControlReply, ControlRequest, Hold, NetworkStatus, ProxyChoices,
+    ResolverStatus,
+};
+use crate::env::{self, EnvSyntax};
+use crate::inject::Mode;
+use crate::mount::{self, Mount, MountChoice};
+use crate::session::{self, Plan, Started};
+use crate::workload::{WorkloadRef, check_agents};
+
+pub(super) async fn run_session(
+    mode: Mode,
+    cluster: &ClusterArgs,
+    workload: WorkloadRef,
+    args: SessionArgs,
+    mode_args: ModeArgs,
+) -> anyhow::Result<ExitCode> {
+    let connection = cluster.connect().await?;
+    let plan = Plan {
+        mode,
+        name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
+        workload,
+        container: args.container.clone(),
+        agent_image: args.agent_image.clone(),
+        ports: mode_args.ports,
+        service: mode_args.service,
+        address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
+        filter: mode_args.filter,
+        timeout: args.timeout,
+        owner: session::random_id()?,
+    };
+    let end = |hold| {
+        end_session(
+            &connection,
+            &plan.name,
+            &plan.workload,
+            plan.timeout,
+            Some(hold),
+        )
+    };
+    // Listening from the start: a stop signal during set-up must not kill the process with
+    // the workload half changed; set-up stops and the workload is restored.
+    let mut signals = StopSignals::listen()?;
+    // From before the first change until the session ends, tunneld restores the workload
+    // if this process dies (and only this run's session: see `Plan::owner`).
+    let hold = hold_tunneld(&connection, &plan, cluster).await?;
+    let bar = spinner(format!(
+        "adding the kubedev agent to {} in namespace {}",
+        plan.workload, connection.namespace
+    ));
+    let starting = session::start(
+        &connection.client,
+        &connection.namespace,
+        &plan,
+        progress_on(&bar),
+    );
+    let started = tokio::select! {
+        started = starting => match started {
+            Ok(started) => started,
+            Err(err) => {
+                // Nothing is left to restore: `start` rolls back what it changed.
+                hold.release().await?;
+                return Err(err);
+            }
+        },
+        () = signals.recv() => {
+            bar.finish_and_clear();
+            eprintln!("stopped while starting");
+            end(hold).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    bar.finish_and_clear();
+
+    let live = tokio::select! {
+        live = go_live(&connection, &plan, &started, &args) => live.map(Some),
+        () = signals.recv() => Ok(None),
+    };
+    let Live {
+        variables,
+        mounted,
+        command_resolver,
+    } = match live {
+        Ok(Some(live)) => live,
+        stopped_or_failed => {
+            end(hold).await?;
+            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
+        }
+    };
+    if args.detach {
+        // The session lives in tunneld until `leave`, and the mount with sshfs.
+        hold.release().await?;
+        std::mem::forget(mounted);
+        eprintln!(
+            "session {:?} is live; end it with `{} leave {}`",
+            plan.name,
+            command_of(mode),
+            plan.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = if args.command.is_empty() {
+        eprintln!("press Ctrl-C to end the session");
+        signals.recv().await;
+        ExitCode::SUCCESS
+    } else {
+        run_command(
+            &args.command,
+            &variables,
+            command_resolver.as_deref(),
+            &mut signals,
+        )
+        .await?
+    };
+    drop(mounted);
+    end(hold).await?;
+    Ok(code)
+}
+
+/// A session usable here.
+pub(super) struct Live {
+    variables: BTreeMap<String, String>,
+    mounted: Option<Mount>,
+    /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
+    command_resolver: Option<PathBuf>,
+}
+
+/// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes
+/// the env files: what makes a started session usable here.
+pub(super) async fn go_live(
+    connection: &Connection,
+    plan: &Plan,
+    started: &Started,
+    args: &SessionArgs,
+) -> anyhow::Result<Live> {
+    let proxy = ProxyChoices {
+        also_proxy: args.also_proxy.clone(),
+        never_proxy: args.never_proxy.clone(),
+    };
+    let (mut variables, network) = join_tunneld(connection, plan, started, proxy).await?;
+    report(plan, started);
+    let mounted = mount_volumes(connection, plan, started, args).await?;
+    if let Some(mounted) = &mounted {
+        eprintln!("volumes mounted at {}", mounted.dir().display());
+        variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());
+    }
+    // An error drops `mounted`, which unmounts.
+    write_env_files(args, &variables)?;
+    let command_resolver = match network {
+        NetworkStatus::Up {
+            resolver: ResolverStatus::Unchanged { for_commands, .. },
+            ..
+        } => Some(for_commands),
+        _ => None,
+    };
+    Ok(Live {
+        variables,
+        mounted,
+        command_resolver,
+    })
+}
+
+/// Starts tunneld if needed and has it hold the session: see [`control::hold`].
+pub(super) async fn hold_tunneld(
+    connection: &Connection,
+    plan: &Plan,
+    cluster: &ClusterArgs,
+) -> anyhow::Result<Hold> {
+    let socket = tunneld_socket(connection)?;
+    control::ensure_running(
+        &socket,
+        tunneld_command(&socket, cluster)?,
+        &socket.with_extension("log"),
+    )
+    .await?;
+    let held = control::Held {
+        name: plan.name.clone(),
+        owner: plan.owner.clone(),
+        namespace: connection.namespace.clone(),
+        workload: plan.workload.to_string(),
+        timeout_secs: plan.timeout.as_secs(),
+    };
+    Ok(control::hold(&socket, held).await?)
+}
+
+/// How often the pods are checked for a failing agent while tunneld links to them.
+pub(super) const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Hands the session to tunneld, waits for a link to every pod and fetches the app's
+/// environment; returns it and the state of the cluster network.
+pub(super) async fn join_tunneld(
+    connection: &Connection,
+    plan: &Plan,
+    started: &Started,
+    proxy: ProxyChoices,
+) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
+    let socket = tunneld_socket(connection)?;
+    let bar = spinner("connecting to the agents".into());
+    control::request(
+        &socket,
+        &ControlRequest::AddSession {
+            name: plan.name.clone(),
+            namespace: connection.namespace.clone(),
+            agents: started.agents.clone(),
+            token: started.token.clone(),
+            forwards: started.forwards.clone(),
+            proxy,
+        },
+    )
+    .await?;
+    let wanted = usize::try_from(started.workload.replicas()).unwrap_or(1);
+    let deadline = tokio::time::Instant::now() + plan.timeout;
+    let mut agents_checked = tokio::time::Instant::now();
+    let status = loop {
+        if agents_checked.elapsed() >= AGENT_CHECK_PERIOD {
+            check_agents(&connection.client, &connection.namespace, &started.agents).await?;
+            agents_checked = tokio::time::Instant::now();
+        }
+        let status = tunneld_status(&socket).await?;
+        let linked = status
+            .sessions
+            .iter()
+            .find(|s| s.name == plan.name)
+            .map_or(0, |s| s.linked_pods.len());
+        bar.set_message(format!(
+            "connecting to the agents: {linked}/{wanted} linked"
+        ));
+        if linked >= wanted {
+            break status;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tunneld could not reach the agents within {:?}; see {}",
+            plan.timeout,
+            socket.with_extension("log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    for note in network_notes(&status.network, command_of(plan.mode)) {
+        eprintln!("note: {note}");
+    }
+    match control::request(
+        &socket,
+        &ControlRequest::Environment {
+            name: plan.name.clone(),
+        },
+    )
+    .await?
+    {
+        ControlReply::Environment { variables } => Ok((variables, status.network)),
+        other => anyhow::bail!("unexpected answer from tunneld: {other:?}"),
+    }
+}
+
+/// The variable that names where the volumes are mounted, for `-- CMD` and env files.
+pub(super) const ROOT_ENV: &str = "KUBEDEV_ROOT";
+
+/// Mounts the volumes as `--mount` says. Without the flag a failure is only reported: the
+/// session is useful without them.
+pub(super) async fn mount_volumes(
+    connection: &Connection,
+    plan: &Plan,
+    started: &Started,
+    args: &SessionArgs,
+) -> anyhow::Result<Option<Mount>> {
+    let choice = args.mount.clone().unwrap_or(MountChoice::Temporary);
+    if choice == MountChoice::No {
+        return Ok(None);
+    }
+    if !started.record.container_has_volumes() {
+        if args.mount.is_some() {
+            eprintln!(
+                "note: container {} mounts no volume: nothing to mount",
+                started.record.container
+            );
+        }
+        return Ok(None);
+    }
+    let socket = tunneld_socket(connection)?;
+    let read_only = plan.mode == Mode::Ingest;
+    match mount::mount(&socket, &plan.name, &choice, read_only).await {
+        Ok(mounted) => Ok(mounted),
+        Err(err) if args.mount.is_none() => {
+            eprintln!("note: the volumes are not mounted: {err:#}");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+pub(super) fn report(plan: &Plan, started: &Started) {
+    let what = match plan.mode {
+        Mode::Intercept => "intercepting",
+        Mode::Replace => "replacing",
+        Mode::Ingest => "ingesting",
+    };
+    eprintln!(
+        "{what} container {} of {} ({} pod{})",
+        started.record.container,
+        plan.workload,
+        started.workload.replicas(),
+        if started.workload.replicas() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for forward in &started.forwards {
+        let only = forward
+            .filter
+            .as_ref()
+            .map(describe_filter)
+            .unwrap_or_default();
+        eprintln!(
+            "  port {} -> {}:{}{only}",
+            forward.app_port, forward.local_host, forward.local_port
+        );
+    }
+}
+
+pub(super) fn describe_filter(filter: &crate::protocol::HttpFilter) -> String {
+    let mut parts: Vec<String> = filter
+        .headers
+        .iter()
+        .map(|(name, value)| format!("header {name}: {value}"))
+        .collect();
+    if let Some(prefix) = &filter.path_prefix {
+        parts.push(format!("path {prefix}*"));
+    }
+    format!(
+        " (only HTTP requests with {}; the rest go to the app)",
+        parts.join(", ")
+    )
+}
+
+pub(super) fn write_env_files(
+    args: &SessionArgs,
+    variables: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.env_file {
+        env::write_private(path, &env::format(variables, args.env_syntax))?;
+        eprintln!("environment written to {}", path.display());
+    }
+    if let Some(path) = &args.env_json {
+        env::write_private(path, &env::format(variables, EnvSyntax::Json))?;
+        eprintln!("environment written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Ends a session: tunneld forgets it, and the workload gets its original back.
+pub(super) async fn end_session(
+    connection: &Connection,
+    name: &str,
+    workload: &WorkloadRef,
+    timeout: Duration,
+    hold: Option<Hold>,
+) -> anyhow::Result<()> {
+    if let Ok(socket) = tunneld_socket(connection) {
+        match control::request(
+            &socket,
+            &ControlRequest::RemoveSession { name: name.into() },
+        )
+        .await
+        {
+            Ok(_) | Err(ControlError::NotRunning(_)) => {}
+            Err(err) => eprintln!("warning: {err}"),
+        }
+    }
+    mount::unmount_session(name);
+    let bar = spinner(format!("restoring {workload}"));
+    let left = session::leave(
+        &connection.client,
+        &connection.namespace,
+        workload,
+        name,
+        None,
+        timeout,
+        progress_on(&bar),
+    )
+    .await?;
+    bar.finish_and_clear();
+    // Only now: had this process died before, tunneld would have restored the workload.
+    if let Some(hold) = hold
+        && let Err(err) = hold.release().await
+    {
+        eprintln!("warning: tunneld: {err}");
+    }
+    match left {
+        session::Left::Restored => eprintln!("{workload} restored"),
+        session::Left::NotOwned => eprintln!("session {name:?} is not this run's: left as it is"),
+        session::Left::OthersRemain(count) => eprintln!(
+            "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "s" } else { "" }
+        ),
+    }
+    Ok(())
+}
