@@ -403,14 +403,6 @@ pub(super) async fn end_session(
     {
         eprintln!("warning: tunneld: {err}");
     }
-    match left {
-        session::Left::Restored => eprintln!("{workload} restored"),
-        session::Left::NotOwned => eprintln!("session {name:?} is not this run's: left as it is"),
-        session::Left::OthersRemain(count) => eprintln!(
-            "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
-            if count == 1 { "" } else { "s" },
-            if count == 1 { "s" } else { "" }
-        ),
-    }
+    eprintln!("{}", left.describe(name, workload));
     Ok(())
 }

@@ -1,6 +1,16 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use serde_json::json;
 
+use super::ports::{choose_container, intercepted_ports, replaced_ports};
+use super::service::selects;
 use super::*;
+use crate::control::Forward;
+use crate::inject::{Mode, TargetPort};
+use crate::protocol::{HttpFilter, Transport};
+use crate::workload::WorkloadRef;
 
 fn template() -> PodTemplateSpec {
     serde_json::from_value(json!({

@@ -15,7 +15,7 @@ use kubedev::control::{
     RangeState, RangeStatus, ResolverStatus, SessionStatus,
 };
 use kubedev::protocol::codec::{read_message, write_message};
-use kubedev::session::{self, Left};
+use kubedev::session;
 use kubedev::workload::WorkloadRef;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
@@ -301,13 +301,7 @@ impl Daemon {
             |_| {},
         );
         match left.await {
-            Ok(Left::Restored) => tracing::info!("{workload} restored"),
-            Ok(Left::NotOwned) => {
-                tracing::info!("session {name} on {workload} is another run's: left as it is");
-            }
-            Ok(Left::OthersRemain(count)) => {
-                tracing::info!("session {name} ended; {count} other sessions remain on {workload}");
-            }
+            Ok(left) => tracing::info!("{}", left.describe(&name, &workload)),
             Err(err) => tracing::error!(
                 "could not restore {workload}: {err:#}; run `leave {name}` with the plugin"
             ),

@@ -1,0 +1,150 @@
+//! Ending a session: taking it off its workload's record and, for the last one, putting
+//! back the original template and Service ports, then waiting for the pods.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, PostParams};
+
+use super::record::{RECORD_ANNOTATION, Removal, record_of};
+use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
+
+/// What leaving did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// The workload is as it was before the first session.
+    Restored,
+    /// Other intercepts remain on the workload.
+    OthersRemain(usize),
+    /// The session of that name is another run's (see [`super::Record::owner`]): nothing
+    /// changed.
+    NotOwned,
+    /// No session of that name is on the workload: nothing changed.
+    NotThere,
+}
+
+impl Left {
+    /// What happened to session `name` on `workload`, in words, for the plugins and tunneld.
+    pub fn describe(self, name: &str, workload: &WorkloadRef) -> String {
+        match self {
+            Self::Restored => format!("{workload} restored"),
+            Self::OthersRemain(count) => format!(
+                "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
+                if count == 1 { "" } else { "s" },
+                if count == 1 { "s" } else { "" }
+            ),
+            Self::NotOwned => {
+                format!("session {name:?} on {workload} is another run's: left as it is")
+            }
+            Self::NotThere => format!("no session {name:?} on {workload}: nothing to end"),
+        }
+    }
+}
+
+/// Ends session `name` on `reference`, if it is `owner`'s run's (any run's without one).
+/// The last session to leave puts back what was changed, and waits for the pods; one that
+/// joined an intercept only removes itself. A workload without that session is left alone.
+pub async fn leave(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    name: &str,
+    owner: Option<&str>,
+    timeout: Duration,
+    progress: impl FnMut(&Progress),
+) -> anyhow::Result<Left> {
+    match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await? {
+        Removed::Settled(left) => Ok(left),
+        Removed::Restored(workload) => {
+            wait_for_pods(client, &workload, false, timeout, progress).await?;
+            Ok(Left::Restored)
+        }
+    }
+}
+
+/// What removing a session from its workload's record did.
+pub(super) enum Removed {
+    /// Nothing is left to wait for (the session was not there, is another run's, or others
+    /// remain on the agent).
+    Settled(Left),
+    /// The original template and Service are back; the pods are rolling out.
+    Restored(Box<Workload>),
+}
+
+/// Reads the workload and takes session `name` off it; one attempt, which fails if the
+/// workload changed since it was read.
+pub(super) async fn remove_session(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    name: &str,
+    owner: Option<&str>,
+) -> anyhow::Result<Removed> {
+    let mut workload = Workload::get(client, namespace, reference).await?;
+    let Some(mut record) = record_of(&workload)? else {
+        return Ok(Removed::Settled(Left::NotThere));
+    };
+    match record.remove(name, owner) {
+        Removal::NotThere => return Ok(Removed::Settled(Left::NotThere)),
+        Removal::NotOwned => return Ok(Removed::Settled(Left::NotOwned)),
+        Removal::OthersRemain(count) => {
+            workload
+                .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+                .await?;
+            return Ok(Removed::Settled(Left::OthersRemain(count)));
+        }
+        Removal::Last => {}
+    }
+    // Putting the Service's ports back is idempotent, so a retry after a conflict on the
+    // workload does it again harmlessly.
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for original in &record.services {
+        let mut service = services
+            .get(&original.name)
+            .await
+            .with_context(|| format!("service {} to restore", original.name))?;
+        if let Some(spec) = service.spec.as_mut() {
+            spec.ports = serde_json::from_value(original.ports.clone())?;
+        }
+        services
+            .replace(&original.name, &PostParams::default(), &service)
+            .await
+            .map_err(|err| crate::cluster::explain(err, "update", "services", namespace))?;
+    }
+    workload
+        .write(client, record.template, RECORD_ANNOTATION, None)
+        .await?;
+    Ok(Removed::Restored(Box::new(workload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_reads_as_what_happened() {
+        let workload: WorkloadRef = "web".parse().expect("reference");
+        assert_eq!(
+            Left::Restored.describe("web", &workload),
+            "deployment/web restored"
+        );
+        assert_eq!(
+            Left::OthersRemain(1).describe("bob", &workload),
+            "session \"bob\" ended; 1 other intercept of deployment/web remains"
+        );
+        assert_eq!(
+            Left::OthersRemain(2).describe("bob", &workload),
+            "session \"bob\" ended; 2 other intercepts of deployment/web remain"
+        );
+        assert_eq!(
+            Left::NotThere.describe("gone", &workload),
+            "no session \"gone\" on deployment/web: nothing to end"
+        );
+        assert!(
+            Left::NotOwned
+                .describe("web", &workload)
+                .ends_with("is another run's: left as it is")
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! A session's life in the cluster: injecting the agent into a workload (and, for a numeric
+//! targetPort, pointing its Service at the agent), and restoring both exactly.
+//!
+//! Before anything changes, the original pod template and Service ports are recorded in an
+//! annotation on the workload ([`RECORD_ANNOTATION`]): whoever ends the session, this run
+//! or a later one after a crash, puts back exactly what was there.
+
+mod leave;
+mod ports;
+mod record;
+mod service;
+mod start;
+
+use anyhow::Context as _;
+
+pub use leave::{Left, leave};
+pub use ports::PortMapping;
+pub use record::{Joined, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
+pub use start::{Plan, Started, start};
+
+/// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
+pub fn random_id() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! Which container and which of its ports a session takes: the ports the user named, as
+//! the agent's targets and where their connections go on the workstation.
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
+
+use super::start::Plan;
+use crate::control::Forward;
+use crate::inject::{self, TargetPort};
+use crate::protocol::Transport;
+use crate::workload::WorkloadRef;
+
+/// A port the user asked for: `LOCAL[:REMOTE]`, REMOTE a service port (intercept) or a
+/// container port (replace), by number or name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub local: u16,
+    pub remote: Option<String>,
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (local, remote) = match text.split_once(':') {
+            Some((local, remote)) if !remote.is_empty() => (local, Some(remote.to_owned())),
+            Some(_) => return Err(format!("invalid port {text:?}: expected LOCAL[:REMOTE]")),
+            None => (text, None),
+        };
+        let local = local
+            .parse()
+            .map_err(|_| format!("invalid local port {local:?} in {text:?}"))?;
+        Ok(Self { local, remote })
+    }
+}
+
+pub(super) fn choose_container(
+    template: &PodTemplateSpec,
+    wanted: Option<&str>,
+    workload: &WorkloadRef,
+) -> anyhow::Result<String> {
+    let names: Vec<&str> = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter().map(|c| c.name.as_str()))
+        .collect();
+    match (wanted, names.as_slice()) {
+        (Some(wanted), _) if names.contains(&wanted) => Ok(wanted.to_owned()),
+        (Some(wanted), _) => anyhow::bail!(
+            "{workload} has no container {wanted:?}; its containers: {}",
+            names.join(", ")
+        ),
+        (None, [only]) => Ok((*only).to_owned()),
+        (None, _) => anyhow::bail!(
+            "{workload} has several containers ({}): choose one with -c",
+            names.join(", ")
+        ),
+    }
+}
+
+/// The Service ports the user named, as the targets the agent takes over and where their
+/// connections go on the workstation.
+pub(super) fn intercepted_ports(
+    service: &Service,
+    template: &PodTemplateSpec,
+    container: &str,
+    plan: &Plan,
+) -> anyhow::Result<(Vec<TargetPort>, Vec<Forward>)> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let ports: Vec<&ServicePort> = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .collect();
+    let describe = || {
+        ports
+            .iter()
+            .map(|p| match &p.name {
+                Some(n) => format!("{n} ({})", p.port),
+                None => p.port.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    anyhow::ensure!(
+        !plan.ports.is_empty(),
+        "say which port to intercept with --port LOCAL[:SERVICE-PORT]"
+    );
+    let mut targets = Vec::new();
+    let mut forwards = Vec::new();
+    for mapping in &plan.ports {
+        let port = match &mapping.remote {
+            Some(remote) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(remote) || p.port.to_string() == *remote)
+                .with_context(|| {
+                    format!(
+                        "service {name} has no TCP port {remote:?}; its ports: {}",
+                        describe()
+                    )
+                })?,
+            None if ports.len() == 1 => &ports[0],
+            None => anyhow::bail!(
+                "service {name} has several ports ({}): choose one with --port {}:PORT",
+                describe(),
+                mapping.local
+            ),
+        };
+        let target = port
+            .target_port
+            .as_ref()
+            .and_then(TargetPort::from_int_or_string)
+            .unwrap_or(TargetPort::Number(u16::try_from(port.port)?));
+        let app_port = match &target {
+            TargetPort::Number(number) => *number,
+            TargetPort::Named(wanted) => named_port(template, container, wanted).with_context(|| {
+                format!(
+                    "service {name} targets port {wanted:?}, which container {container} does not declare"
+                )
+            })?,
+        };
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+        forwards.push(Forward {
+            app_port,
+            local_host: plan.address.clone(),
+            local_port: mapping.local,
+            filter: plan.filter.clone(),
+            transport: Transport::Tcp,
+        });
+    }
+    Ok((targets, forwards))
+}
+
+pub(super) fn named_port(template: &PodTemplateSpec, container: &str, name: &str) -> Option<u16> {
+    template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+/// replace: every TCP port of the container goes to the same port locally, unless the
+/// user mapped it (`--port LOCAL:CONTAINER-PORT`).
+pub(super) fn replaced_ports(
+    template: &PodTemplateSpec,
+    container: &str,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Forward>> {
+    let declared: Vec<(Option<String>, u16, Transport)> = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .filter(|c| c.name == container)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let number = u16::try_from(p.container_port).ok()?;
+            Some((p.name.clone(), number, inject::transport_of(p)?))
+        })
+        .collect();
+    let mut forwards: Vec<Forward> = declared
+        .iter()
+        .map(|(_, number, transport)| Forward {
+            app_port: *number,
+            local_host: plan.address.clone(),
+            local_port: *number,
+            filter: None,
+            transport: *transport,
+        })
+        .collect();
+    let mut numbers: Vec<u16> = declared.iter().map(|(_, number, _)| *number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    for mapping in &plan.ports {
+        let remote = mapping.remote.as_deref();
+        // A number (or name) can stand for a TCP and a UDP port at once, as DNS's 53 does.
+        let number = match remote {
+            Some(remote) => declared.iter().find_map(|(name, number, _)| {
+                (name.as_deref() == Some(remote) || number.to_string() == remote).then_some(*number)
+            }),
+            None if numbers.len() == 1 => numbers.first().copied(),
+            None => None,
+        }
+        .with_context(|| {
+            format!(
+                "container {container} declares no port {}",
+                remote.unwrap_or("(give --port LOCAL:CONTAINER-PORT)")
+            )
+        })?;
+        for forward in forwards.iter_mut().filter(|f| f.app_port == number) {
+            forward.local_port = mapping.local;
+        }
+    }
+    Ok(forwards)
+}

@@ -1,0 +1,169 @@
+//! The record of a session on its workload: what changed, the originals to restore, and
+//! which sessions (and runs of the plugin) share the agent.
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::inject::Mode;
+use crate::protocol::HttpFilter;
+use crate::workload::Workload;
+
+/// The workload annotation holding a session's [`Record`] (JSON).
+pub const RECORD_ANNOTATION: &str = "kubedev.io/session";
+
+/// What a session changed, and the originals to restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The session that added the agent; its name labels the pods.
+    pub name: String,
+    /// intercept: its HTTP filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<HttpFilter>,
+    /// Intercepts with other HTTP filters that share the agent (see [`start`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<Joined>,
+    pub mode: Mode,
+    pub container: String,
+    /// The pod template exactly as it was.
+    pub template: Value,
+    /// Services whose ports were changed, with their original ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRecord>,
+    /// The run of the plugin that started the session (a random id): tunneld, ending the
+    /// session of a plugin that died, ends only that run's, never a namesake's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// An intercept that joined an existing one, with a different HTTP filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub name: String,
+    pub filter: HttpFilter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// What taking a session off a [`Record`] leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// No session of that name.
+    NotThere,
+    /// The session of that name belongs to another run of a plugin: left as it is.
+    NotOwned,
+    /// Taken off; this many sessions remain and keep the agent.
+    OthersRemain(usize),
+    /// It was the last one: the workload is to be restored.
+    Last,
+}
+
+impl Record {
+    /// Takes session `name` off the record, if it is there and (with `owner`) that run's.
+    /// The first session leaving hands the agent over to the next that joined.
+    pub fn remove(&mut self, name: &str, owner: Option<&str>) -> Removal {
+        let recorded_owner = if self.name == name {
+            self.owner.as_deref()
+        } else if let Some(joined) = self.joined.iter().find(|j| j.name == name) {
+            joined.owner.as_deref()
+        } else {
+            return Removal::NotThere;
+        };
+        if owner.is_some() && recorded_owner != owner {
+            return Removal::NotOwned;
+        }
+        if self.joined.is_empty() {
+            return Removal::Last;
+        }
+        if self.name == name {
+            let heir = self.joined.remove(0);
+            self.name = heir.name;
+            self.filter = Some(heir.filter);
+            self.owner = heir.owner;
+        } else {
+            self.joined.retain(|joined| joined.name != name);
+        }
+        Removal::OthersRemain(self.sessions().count())
+    }
+
+    /// Whether the session's container mounts any volume (in the original template).
+    pub fn container_has_volumes(&self) -> bool {
+        self.template
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("name").and_then(Value::as_str) == Some(self.container.as_str()))
+            .filter_map(|c| c.get("volumeMounts").and_then(Value::as_array))
+            .any(|mounts| !mounts.is_empty())
+    }
+
+    /// Every session on the workload: the one that added the agent, then those that joined.
+    pub fn sessions(&self) -> impl Iterator<Item = (&str, Option<&HttpFilter>)> {
+        std::iter::once((self.name.as_str(), self.filter.as_ref())).chain(
+            self.joined
+                .iter()
+                .map(|joined| (joined.name.as_str(), Some(&joined.filter))),
+        )
+    }
+
+    /// Why an intercept named `name` with `filter` cannot share this workload, if it cannot:
+    /// every intercept on it needs a filter, and no two the same.
+    pub(super) fn refuses_to_share(
+        &self,
+        name: &str,
+        mode: Mode,
+        filter: Option<&HttpFilter>,
+    ) -> Option<String> {
+        if self.mode != Mode::Intercept || mode != Mode::Intercept {
+            return Some(format!(
+                "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
+                self.mode, self.name, self.name
+            ));
+        }
+        if let Some((taken, _)) = self.sessions().find(|(existing, _)| *existing == name) {
+            return Some(format!(
+                "a session named {taken:?} is already on it: choose another --name"
+            ));
+        }
+        let Some(filter) = filter else {
+            return Some(format!(
+                "intercept {:?} is already on it: a second intercept needs an HTTP filter \
+                 (--http-header or --http-path-prefix) that the first does not have",
+                self.name
+            ));
+        };
+        self.sessions()
+            .find_map(|(existing, existing_filter)| match existing_filter {
+                None => Some(format!(
+                    "intercept {existing:?} takes every request on it: it must leave before \
+                 filtered intercepts can share"
+                )),
+                Some(other) if other == filter => Some(format!(
+                    "intercept {existing:?} already takes the requests this filter matches"
+                )),
+                Some(_) => None,
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub ports: Value,
+}
+
+/// The session recorded on `workload`, if any.
+pub fn record_of(workload: &Workload) -> anyhow::Result<Option<Record>> {
+    workload
+        .annotation(RECORD_ANNOTATION)
+        .map(|text| {
+            serde_json::from_str(text).with_context(|| {
+                format!(
+                    "{} has an unreadable {RECORD_ANNOTATION} annotation",
+                    workload.reference
+                )
+            })
+        })
+        .transpose()
+}

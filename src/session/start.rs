@@ -1,0 +1,266 @@
+//! Starting a session: the agent injected into the workload (or an intercept joining the
+//! agent already there), the Service pointed at it, and the pods awaited; rolled back on
+//! any failure.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use super::leave::leave;
+use super::ports::{PortMapping, choose_container, intercepted_ports, replaced_ports};
+use super::random_id;
+use super::record::{Joined, RECORD_ANNOTATION, Record, ServiceRecord, record_of};
+use super::service::{choose_service, point_service_at_agent};
+use crate::control::Forward;
+use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL};
+use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
+use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    pub name: String,
+    pub workload: WorkloadRef,
+    pub container: Option<String>,
+    pub agent_image: String,
+    pub ports: Vec<PortMapping>,
+    /// intercept: the Service to take over (needed when several select the pods).
+    pub service: Option<String>,
+    /// Where intercepted connections go on the workstation.
+    pub address: String,
+    /// intercept: only the HTTP requests that match come here.
+    pub filter: Option<HttpFilter>,
+    pub timeout: Duration,
+    /// This run of the plugin (see [`Record::owner`]).
+    pub owner: String,
+}
+
+/// A session live in the cluster.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub workload: Workload,
+    pub record: Record,
+    pub token: String,
+    /// The label selector of the session's agent pods.
+    pub agents: String,
+    pub forwards: Vec<Forward>,
+}
+
+/// Injects the agent for `plan` and waits for the pods; on any failure after the workload
+/// changed, restores it before returning the error.
+pub async fn start(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    progress: impl FnMut(&Progress),
+) -> anyhow::Result<Started> {
+    let (started, service_targets) =
+        match retry_on_conflict(|| write_session(client, namespace, plan)).await? {
+            Written::Joined(started) => return Ok(started),
+            Written::Injected {
+                started,
+                service_targets,
+            } => (started, service_targets),
+        };
+    let ready = async {
+        if let Some(service) = started.record.services.first() {
+            retry_on_conflict(|| {
+                point_service_at_agent(client, namespace, &service.name, &service_targets)
+            })
+            .await?;
+        }
+        wait_for_pods(client, &started.workload, true, plan.timeout, progress).await?;
+        anyhow::Ok(())
+    };
+    if let Err(err) = ready.await {
+        let restored = leave(
+            client,
+            namespace,
+            &plan.workload,
+            &plan.name,
+            Some(&plan.owner),
+            plan.timeout,
+            |_| {},
+        )
+        .await;
+        return Err(match restored {
+            Ok(_) => err.context(format!("{} was restored", plan.workload)),
+            Err(restore_err) => err.context(format!(
+                "restoring {} failed too: {restore_err:#}",
+                plan.workload
+            )),
+        });
+    }
+    Ok(started)
+}
+
+/// What writing a session onto its workload did.
+pub(super) enum Written {
+    /// The session joined the agent already there: nothing restarts.
+    Joined(Started),
+    /// The agent was injected; the Service's ports go to `service_targets` once it runs.
+    Injected {
+        started: Started,
+        service_targets: Vec<(u16, String)>,
+    },
+}
+
+/// Reads the workload and records `plan` on it, injecting the agent or joining the one
+/// there; one attempt, which fails if the workload changed since it was read.
+pub(super) async fn write_session(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+) -> anyhow::Result<Written> {
+    let mut workload = Workload::get(client, namespace, &plan.workload).await?;
+    anyhow::ensure!(
+        !workload.is_controlled(),
+        "{} is managed by another workload (its owner would undo any change): name the \
+         owner, e.g. its Deployment, instead",
+        plan.workload
+    );
+    if let Some(existing) = record_of(&workload)? {
+        if let Some(reason) = existing.refuses_to_share(&plan.name, plan.mode, plan.filter.as_ref())
+        {
+            anyhow::bail!("cannot intercept {}: {reason}", plan.workload);
+        }
+        return Ok(Written::Joined(
+            join(client, namespace, plan, workload, existing).await?,
+        ));
+    }
+    let template = workload.template()?;
+    let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
+    let (targets, service, forwards) = match plan.mode {
+        Mode::Intercept => {
+            let service = choose_service(client, namespace, &template, plan).await?;
+            let (targets, forwards) = intercepted_ports(&service, &template, &container, plan)?;
+            (targets, Some(service), forwards)
+        }
+        Mode::Replace => {
+            let forwards = replaced_ports(&template, &container, plan)?;
+            (Vec::new(), None, forwards)
+        }
+        Mode::Ingest => (Vec::new(), None, Vec::new()),
+    };
+    let token = random_id()?;
+    let injected = inject::inject(
+        &template,
+        &InjectSpec {
+            mode: plan.mode,
+            session: &plan.name,
+            container: &container,
+            agent_image: &plan.agent_image,
+            token: &token,
+            intercepted: &targets,
+        },
+    )?;
+    let mut record = Record {
+        name: plan.name.clone(),
+        filter: plan.filter.clone(),
+        joined: Vec::new(),
+        mode: plan.mode,
+        container: container.clone(),
+        template: workload
+            .template_value()
+            .cloned()
+            .context("workload without a template")?,
+        services: Vec::new(),
+        owner: Some(plan.owner.clone()),
+    };
+    if let Some(service) = service.filter(|_| !injected.service_targets.is_empty()) {
+        record.services.push(ServiceRecord {
+            name: service.metadata.name.clone().unwrap_or_default(),
+            ports: serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))?,
+        });
+    }
+    let annotation = serde_json::to_string(&record)?;
+    workload
+        .write(
+            client,
+            serde_json::to_value(&injected.template)?,
+            RECORD_ANNOTATION,
+            Some(annotation),
+        )
+        .await?;
+    Ok(Written::Injected {
+        started: Started {
+            agents: format!("{},{SESSION_LABEL}={}", workload.selector()?, plan.name),
+            workload,
+            record,
+            token,
+            forwards,
+        },
+        service_targets: injected.service_targets,
+    })
+}
+
+/// Adds an intercept with its own HTTP filter to the agent already on `workload`: nothing
+/// in the pods changes, so nothing restarts.
+pub(super) async fn join(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    mut workload: Workload,
+    mut record: Record,
+) -> anyhow::Result<Started> {
+    let original: PodTemplateSpec = serde_json::from_value(record.template.clone())?;
+    let current = workload.template()?;
+    let service = choose_service(client, namespace, &original, plan).await?;
+    let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
+    let agent = current
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .find(|c| c.name == inject::AGENT_CONTAINER)
+        .context("the workload's record says it has an agent, but its pods have none")?;
+    let agent_env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    let config: AgentConfig =
+        serde_json::from_str(&agent_env(AGENT_CONFIG_ENV).unwrap_or_default()).unwrap_or_default();
+    if let Some(missing) = forwards
+        .iter()
+        .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
+    {
+        anyhow::bail!(
+            "cannot intercept {}: the intercepts on it do not take port {}; join with the \
+             same ports",
+            plan.workload,
+            missing.app_port
+        );
+    }
+    let token = agent_env(AGENT_TOKEN_ENV).context("the agent has no session token")?;
+    record.joined.push(Joined {
+        name: plan.name.clone(),
+        filter: plan
+            .filter
+            .clone()
+            .context("a joining intercept has a filter")?,
+        owner: Some(plan.owner.clone()),
+    });
+    workload
+        .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+        .await?;
+    // The pods keep the label of the session that added the agent, even after it left.
+    let label = current
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|labels| labels.get(SESSION_LABEL))
+        .context("the pods have no session label")?
+        .clone();
+    Ok(Started {
+        agents: format!("{},{SESSION_LABEL}={label}", workload.selector()?),
+        workload,
+        record,
+        token,
+        forwards,
+    })
+}
