@@ -7,6 +7,7 @@
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`logging`]: the daemons' log format;
+//! - [`signals`]: the signals that stop every kubedev process cleanly;
 //! - with the `client` feature (default): kubectl-style flags and client construction
 //!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
 //!   their exact restoration ([`session`]), env output ([`env`]), and the plugins'
@@ -17,6 +18,7 @@ pub mod cidr;
 pub mod control;
 pub mod logging;
 pub mod protocol;
+pub mod signals;
 pub mod tunnel;
 
 #[cfg(feature = "client")]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use kubedev::protocol::AgentConfig;
 use kubedev::protocol::udp_flows::IDLE_TIMEOUT;
+use kubedev::signals::StopSignals;
 
 use clap::Parser;
 
@@ -62,15 +63,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// As PID 1 of its container the agent gets no default signal handling: without this,
-/// SIGTERM would be ignored and every pod would wait out its grace period.
 async fn stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-    }
+    StopSignals::listen()?.recv().await;
     tracing::info!("stopping on signal");
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! What the three plugins share: the command line ([`args`]), running a session
 //! ([`run`]) and `-- CMD` ([`command`], with tunneld's DNS where the machine's resolver is
 //! left as it is: [`resolver_view`]), the `list`, `leave` and `status` subcommands
-//! ([`manage`]), what they print ([`output`]), the stop signals ([`signals`]), reaching
-//! tunneld ([`tunneld`]), and errors reported the way kubectl reports them.
+//! ([`manage`]), what they print ([`output`]), reaching tunneld ([`tunneld`]), and errors
+//! reported the way kubectl reports them.
 
 mod args;
 mod command;
@@ -10,7 +10,6 @@ mod manage;
 mod output;
 mod resolver_view;
 mod run;
-mod signals;
 mod tunneld;
 
 use std::process::ExitCode;

@@ -11,7 +11,6 @@ use super::args::{ModeArgs, SessionArgs};
 use super::command::run_command;
 use super::command_of;
 use super::output::{network_notes, progress_on, spinner};
-use super::signals::StopSignals;
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
 use crate::cluster::{ClusterArgs, Connection};
 use crate::control::{
@@ -22,6 +21,7 @@ use crate::env::{self, EnvSyntax};
 use crate::inject::Mode;
 use crate::mount::{self, Mount, MountChoice};
 use crate::session::{self, Plan, Started};
+use crate::signals::StopSignals;
 use crate::workload::{WorkloadRef, check_agents};
 
 pub(super) async fn run_session(

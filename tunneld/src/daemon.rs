@@ -16,6 +16,7 @@ use kubedev::control::{
 };
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session;
+use kubedev::signals::StopSignals;
 use kubedev::workload::WorkloadRef;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
@@ -577,12 +578,8 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 async fn stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("SIGINT handler")?,
-        _ = terminate.recv() => {}
-    }
+    let mut signals = StopSignals::listen().context("signal handlers")?;
+    signals.recv().await;
     tracing::info!("stopping on signal");
     Ok(())
 }
