@@ -7,14 +7,12 @@ use std::sync::Arc;
 
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::mux::MuxStream;
+use kubedev::protocol::splice::splice;
 use kubedev::protocol::udp_flows::{connected_socket, relay_socket};
 use kubedev::protocol::{APP_ENV_PREFIX, HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
 use tokio::net::{TcpStream, lookup_host};
 
 use crate::serve::{Sessions, Settings};
-
-/// Bytes moved per read when relaying TCP: large enough to fill the multiplexer window.
-const TCP_CHUNK: usize = 64 * 1024;
 
 /// Where a session's claims are kept.
 #[derive(Debug)]
@@ -99,9 +97,7 @@ async fn relay_tcp(mut stream: MuxStream, host: &str, port: u16) -> std::io::Res
     write_message(&mut stream, &OpenReply::Connected)
         .await
         .map_err(std::io::Error::other)?;
-    // Each direction ends on its own (half-close), as the endpoints' own FINs do.
-    tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, TCP_CHUNK, TCP_CHUNK)
-        .await?;
+    splice(&mut stream, &mut upstream).await?;
     Ok(())
 }
 

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::protocol::codec::{read_message, write_message};
+use kubedev::protocol::splice::splice;
 use kubedev::protocol::{HANDSHAKE_TIMEOUT, Listener, OpenReply, OpenRequest, Transport};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::datagrams;
 use crate::http_route;
 use crate::serve::Sessions;
-
-const TCP_CHUNK: usize = 64 * 1024;
 
 /// Listens on every port in `listeners` until the process ends.
 pub(crate) async fn serve(
@@ -89,13 +88,7 @@ async fn deliver(
         match to_workstation(&claimant.handle, listener.app_port, Transport::Tcp).await {
             Ok(mut stream) => {
                 tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut connection,
-                    &mut stream,
-                    TCP_CHUNK,
-                    TCP_CHUNK,
-                )
-                .await;
+                let _ = splice(&mut connection, &mut stream).await;
                 return;
             }
             Err(reason) => tracing::debug!("{peer} -> port {}: {reason}", listener.app_port),
@@ -110,13 +103,7 @@ async fn deliver(
     match TcpStream::connect(("127.0.0.1", listener.app_port)).await {
         Ok(mut app) => {
             let _ = app.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut connection,
-                &mut app,
-                TCP_CHUNK,
-                TCP_CHUNK,
-            )
-            .await;
+            let _ = splice(&mut connection, &mut app).await;
         }
         Err(err) => tracing::warn!("{peer} -> the app's port {}: {err}", listener.app_port),
     }

@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod mux;
+pub mod splice;
 pub mod udp_flows;
 
 use std::collections::BTreeMap;

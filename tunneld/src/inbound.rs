@@ -8,12 +8,11 @@ use std::sync::Arc;
 use kubedev::control::Forward;
 use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::protocol::mux::MuxStream;
+use kubedev::protocol::splice::splice;
 use kubedev::protocol::udp_flows::{IDLE_TIMEOUT, connected_socket, relay_socket};
 use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
-
-const TCP_CHUNK: usize = 64 * 1024;
 
 /// Serves every stream an agent opens, until its link ends.
 pub(crate) async fn deliver_all(
@@ -64,8 +63,7 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
         return;
     }
     tracing::debug!("port {port} -> {}:{}", target.0, target.1);
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, TCP_CHUNK, TCP_CHUNK)
-        .await;
+    let _ = splice(&mut stream, &mut local).await;
 }
 
 /// Relays one peer's datagrams for the app's UDP `port` to `target` and back.

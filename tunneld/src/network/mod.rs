@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
+use kubedev::protocol::splice::CHUNK;
 use kubedev::protocol::udp_flows::UdpFlows;
 use udp::{Datagram, FlowKey};
 
@@ -41,8 +42,6 @@ const TCP_WINDOW: u32 = 512 * 1024;
 const PACKET_QUEUE: usize = 1024;
 /// How long a new flow waits for an agent link before it is refused.
 const LINK_WAIT: Duration = Duration::from_secs(10);
-/// Bytes moved per read between the stack and a stream.
-const CHUNK: usize = 64 * 1024;
 /// How long the workstation's socket may take to acknowledge the last data.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
