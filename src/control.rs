@@ -55,14 +55,14 @@ pub enum ControlRequest {
 }
 
 /// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
-/// `workload` (`KIND/NAME`), waiting at most `timeout_secs` for its pods.
+/// `workload` (`KIND/NAME`), waiting at most `timeout` for its pods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
     pub name: String,
     pub owner: String,
     pub namespace: String,
     pub workload: String,
-    pub timeout_secs: u64,
+    pub timeout: Duration,
 }
 
 /// Ranges the user wants routed to the cluster whatever this machine's routes say

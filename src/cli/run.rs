@@ -194,7 +194,7 @@ pub(super) async fn hold_tunneld(
         owner: plan.owner.clone(),
         namespace: connection.namespace.clone(),
         workload: plan.workload.to_string(),
-        timeout_secs: plan.timeout.as_secs(),
+        timeout: plan.timeout,
     };
     Ok(control::hold(&socket, held).await?)
 }

@@ -34,7 +34,11 @@ pub(crate) struct AgentSelector {
 }
 
 /// A link's key: the session it serves and its pod.
-type LinkKey = (String, String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LinkKey {
+    session: String,
+    pod: String,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct AgentPool {
@@ -71,8 +75,8 @@ impl AgentPool {
     /// Closes and drops every link of `session`.
     pub(crate) async fn forget(&self, session: &str) {
         let mut links = self.links.write().await;
-        links.retain(|(owner, _), link| {
-            let keep = owner != session;
+        links.retain(|key, link| {
+            let keep = key.session != session;
             if !keep {
                 link.close();
             }
@@ -80,39 +84,25 @@ impl AgentPool {
         });
     }
 
-    /// A live link, taking turns among the pods; waits up to `wait` for one to come up.
-    pub(crate) async fn pick(&self, wait: Duration) -> Option<AgentLink> {
+    /// A live link (of `session`'s pods only, if given), taking turns among them; waits up
+    /// to `wait` for one to come up.
+    pub(crate) async fn pick(&self, session: Option<&str>, wait: Duration) -> Option<AgentLink> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let added = self.link_added.notified();
             {
                 let links = self.links.read().await;
-                let live: Vec<&AgentLink> = links.values().filter(|l| !l.is_closed()).collect();
+                let live: Vec<&AgentLink> = links
+                    .iter()
+                    .filter(|(key, link)| {
+                        session.is_none_or(|wanted| key.session == wanted) && !link.is_closed()
+                    })
+                    .map(|(_, link)| link)
+                    .collect();
                 if !live.is_empty() {
                     let turn = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
                     return Some(live[turn].clone());
                 }
-            }
-            if tokio::time::timeout_at(deadline, added).await.is_err() {
-                return None;
-            }
-        }
-    }
-
-    /// A live link of `session`; waits up to `wait` for one to come up.
-    pub(crate) async fn pick_for(&self, session: &str, wait: Duration) -> Option<AgentLink> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let added = self.link_added.notified();
-            if let Some(link) = self
-                .links
-                .read()
-                .await
-                .iter()
-                .find(|((owner, _), link)| owner == session && !link.is_closed())
-                .map(|(_, link)| link.clone())
-            {
-                return Some(link);
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
                 return None;
@@ -125,8 +115,8 @@ impl AgentPool {
         let links = self.links.read().await;
         let mut pods: Vec<String> = links
             .iter()
-            .filter(|((owner, _), link)| owner == session && !link.is_closed())
-            .map(|((_, pod), _)| pod.clone())
+            .filter(|(key, link)| key.session == session && !link.is_closed())
+            .map(|(key, _)| key.pod.clone())
             .collect();
         pods.sort();
         pods
@@ -200,7 +190,10 @@ async fn supervise_new_pods(
                 supervised.push(pod.clone());
                 let supervisor = supervise_pod(
                     client.clone(),
-                    (session.clone(), pod),
+                    LinkKey {
+                        session: session.clone(),
+                        pod,
+                    },
                     selector.clone(),
                     pool.clone(),
                     running_rx.clone(),
@@ -238,7 +231,7 @@ async fn supervise_pod(
     pool: Arc<AgentPool>,
     running_rx: watch::Receiver<Vec<String>>,
 ) {
-    let pod = key.1.clone();
+    let pod = key.pod.clone();
     let still_running = || running_rx.borrow().contains(&pod);
     let mut retry = FIRST_RETRY;
     while still_running() {

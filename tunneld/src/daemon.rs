@@ -284,10 +284,9 @@ impl Daemon {
             name,
             owner,
             namespace,
-            timeout_secs,
+            timeout,
             ..
         } = held;
-        let timeout = Duration::from_secs(timeout_secs);
         tracing::warn!(
             "the plugin running session {name} is gone: ending it and restoring {workload}"
         );
@@ -313,7 +312,7 @@ impl Daemon {
     /// Turns the client's connection into an SFTP session on the app's volumes, with one of
     /// the session's agents, until either side closes.
     async fn serve_files(&self, name: &str, mut client: UnixStream) -> anyhow::Result<()> {
-        let Some(link) = self.pool.pick_for(name, ENVIRONMENT_WAIT).await else {
+        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
             let reason = format!("no agent of session {name:?} is linked");
             return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
         };
@@ -330,7 +329,7 @@ impl Daemon {
     }
 
     async fn environment(&self, name: &str) -> ControlReply {
-        let Some(link) = self.pool.pick_for(name, ENVIRONMENT_WAIT).await else {
+        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
             return ControlReply::Failed {
                 reason: format!("no agent of session {name:?} is linked"),
             };

@@ -76,7 +76,7 @@ impl DnsAnswerer {
     }
 
     async fn resolve_in_cluster(&self, name: &str) -> Option<Vec<IpAddr>> {
-        let link = self.pool.pick(LINK_WAIT).await?;
+        let link = self.pool.pick(None, LINK_WAIT).await?;
         match link.resolve(name).await {
             Ok(addresses) => Some(addresses),
             Err(err) => {

@@ -236,7 +236,7 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
     tracing::debug!("tcp {source} -> {target}: accepted");
-    let Some(link) = pool.pick(LINK_WAIT).await else {
+    let Some(link) = pool.pick(None, LINK_WAIT).await else {
         return tracing::warn!("no agent to carry a connection to {target}");
     };
     let remote = match link.open_tcp(&target.ip().to_string(), target.port()).await {

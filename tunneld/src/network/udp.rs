@@ -33,7 +33,7 @@ pub(super) async fn relay_flow(
     replies_tx: mpsc::Sender<Datagram>,
 ) {
     let FlowKey { local, remote } = key;
-    let Some(link) = pool.pick(LINK_WAIT).await else {
+    let Some(link) = pool.pick(None, LINK_WAIT).await else {
         return tracing::warn!("no agent to carry datagrams to {remote}");
     };
     let stream = match link.open_udp(&remote.ip().to_string(), remote.port()).await {
