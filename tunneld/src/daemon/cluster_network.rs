@@ -1,0 +1,325 @@
+//! The cluster network's life in the daemon: brought up with the first session (range
+//! discovery, the TUN device, routes planned against the machine's, DNS), routed again
+//! when the user's choices change, and undone when dropped.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use kubedev::cidr::Cidr;
+use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus, ResolverStatus};
+
+use super::Daemon;
+use crate::cidrs;
+use crate::network::resolv::{CommandResolvConf, ResolvConf};
+use crate::network::resolved::{self, ResolvedLink};
+use crate::network::route_plan::{self, Exclusion, Wanted};
+use crate::network::routes::TunRoutes;
+use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet};
+
+/// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
+#[derive(Debug)]
+enum Resolver {
+    SystemdResolved(ResolvedLink),
+    ResolvConf(ResolvConf),
+    /// Left as it is, for `reason`; commands can be given `for_commands` instead.
+    Unchanged {
+        reason: String,
+        for_commands: CommandResolvConf,
+    },
+}
+
+impl Resolver {
+    fn status(&self) -> ResolverStatus {
+        match self {
+            Self::SystemdResolved(link) => ResolverStatus::SystemdResolved {
+                link: link.link().to_owned(),
+            },
+            Self::ResolvConf(conf) => ResolverStatus::ResolvConf {
+                path: conf.path().to_owned(),
+            },
+            Self::Unchanged {
+                reason,
+                for_commands,
+            } => ResolverStatus::Unchanged {
+                reason: reason.clone(),
+                for_commands: for_commands.path().to_owned(),
+            },
+        }
+    }
+}
+
+/// The cluster network while it is up.
+#[derive(Debug)]
+pub(super) struct UpNetwork {
+    /// The cluster's ranges, as discovered or given.
+    cluster: Vec<Cidr>,
+    /// The API server's own addresses, never routed.
+    api_server: Vec<Exclusion>,
+    routes: TunRoutes,
+    ranges: Vec<RangeStatus>,
+    /// Restores the workstation's DNS settings when dropped.
+    resolver: Resolver,
+}
+
+#[derive(Debug)]
+pub(super) enum NetworkState {
+    Off,
+    Up(Box<UpNetwork>),
+    Unavailable(String),
+}
+
+impl NetworkState {
+    pub(super) fn status(&self) -> NetworkStatus {
+        match self {
+            Self::Off => NetworkStatus::Off,
+            Self::Up(up) => NetworkStatus::Up {
+                routes: up.routes.added(),
+                ranges: up.ranges.clone(),
+                dns: DNS_IP.to_string(),
+                resolver: up.resolver.status(),
+            },
+            Self::Unavailable(reason) => NetworkStatus::Unavailable {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+impl Daemon {
+    /// Brings up the cluster network once, for the first session's namespace (its DNS
+    /// search path); without root it records why there is none, and tunnels still work.
+    /// Once it is up, routes again if the user's choices changed.
+    pub(super) async fn start_network(&self, namespace: &str, new_choices: bool) {
+        let mut network = self.network.lock().await;
+        if let NetworkState::Up(up) = &mut *network {
+            if new_choices && let Err(err) = self.route(up).await {
+                tracing::warn!("routing the cluster's ranges again: {err:#}");
+            }
+            return;
+        }
+        if !matches!(*network, NetworkState::Off) || self.settings.no_network {
+            return;
+        }
+        *network = match self.bring_up_network(namespace).await {
+            Ok(up) => up,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                tracing::warn!("no cluster network on this machine: {reason}");
+                NetworkState::Unavailable(reason)
+            }
+        };
+    }
+
+    async fn bring_up_network(&self, namespace: &str) -> anyhow::Result<NetworkState> {
+        let cluster = if self.settings.routes.is_empty() {
+            cidrs::discover(&self.client, namespace).await
+        } else {
+            self.settings.routes.clone()
+        };
+        let network = Network::create()?;
+        let routes = TunRoutes::new(TUN_NAME).await?;
+        let domain = self.settings.cluster_domain.trim_end_matches('.');
+        let search = vec![
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.to_owned(),
+        ];
+        let api_server = api_server_exclusions(&self.api_server).await;
+        let (resolver, upstream) = self.point_resolver(domain, &search)?;
+        let mut up = UpNetwork {
+            cluster,
+            api_server,
+            routes,
+            ranges: Vec::new(),
+            resolver,
+        };
+        self.route(&mut up).await?;
+        let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
+        let serving = network.run(self.pool.clone(), dns);
+        tokio::spawn(async move {
+            if let Err(err) = serving.await {
+                tracing::error!("cluster network stopped: {err:#}");
+            }
+        });
+        Ok(NetworkState::Up(Box::new(up)))
+    }
+
+    /// Routes what the plan says, from the machine's routes as they are now.
+    async fn route(&self, up: &mut UpNetwork) -> anyhow::Result<()> {
+        let proxy = self.proxy.lock().await.clone();
+        let mut never = up.api_server.clone();
+        never.extend(proxy.never_proxy.iter().map(|range| Exclusion {
+            range: *range,
+            reason: "--never-proxy".into(),
+        }));
+        let wanted = Wanted {
+            cluster: up.cluster.clone(),
+            also: proxy.also_proxy,
+            never,
+        };
+        let machine = up.routes.machine_routes().await?;
+        let mut plan = route_plan::plan(&wanted, &machine);
+        let mut routes = plan.routes.clone();
+        routes.push(Cidr::from(DNS_IP));
+        for (route, err) in up.routes.set(&routes).await {
+            tracing::warn!("could not add route {route} dev {TUN_NAME}: {err}");
+            let holder = plan
+                .ranges
+                .iter_mut()
+                .find(|range| kubedev::cidr::holds(&range.range, &route));
+            if let Some(range) = holder {
+                range.except.push(RangePart {
+                    range: route,
+                    reason: format!("the route could not be added: {err}"),
+                });
+            }
+        }
+        let listed: Vec<String> = up.routes.added().iter().map(ToString::to_string).collect();
+        tracing::info!("cluster network on {TUN_NAME}: {}", listed.join(", "));
+        for range in &plan.ranges {
+            match range.state {
+                RangeState::Routed if range.except.is_empty() => {}
+                RangeState::Routed => {
+                    let parts: Vec<String> = range
+                        .except
+                        .iter()
+                        .map(|part| format!("{} ({})", part.range, part.reason))
+                        .collect();
+                    tracing::info!("{} routed but for {}", range.range, parts.join(", "));
+                }
+                RangeState::Machine => tracing::info!(
+                    "{} not routed: {} ({})",
+                    range.range,
+                    range.reason,
+                    range.via.as_deref().unwrap_or_default()
+                ),
+                RangeState::Excluded => {
+                    tracing::info!("{} not routed: {}", range.range, range.reason);
+                }
+            }
+        }
+        up.ranges = plan.ranges;
+        Ok(())
+    }
+
+    /// Points the system resolver at tunneld's DNS, unless a kubelet on this machine hands
+    /// what would change to its pods. Returns how, and the nameserver to forward other
+    /// names to.
+    fn point_resolver(
+        &self,
+        domain: &str,
+        search: &[String],
+    ) -> anyhow::Result<(Resolver, Option<std::net::SocketAddr>)> {
+        let kubelets = kubelet::find();
+        let handed_out = |file: &Path| {
+            kubelets.iter().find_map(|kubelet| {
+                let theirs = kubelet.hands_out(file)?;
+                Some(format!(
+                    "the kubelet on this machine (pid {}) hands {} to its pods",
+                    kubelet.pid,
+                    theirs.display()
+                ))
+            })
+        };
+        let unchanged = |reason: String| {
+            tracing::warn!("DNS left as it is: {reason}");
+            let (for_commands, upstream) = CommandResolvConf::write(
+                &self.settings.resolv_conf,
+                &self.settings.state_dir,
+                DNS_IP,
+                search,
+            )?;
+            let resolver = Resolver::Unchanged {
+                reason,
+                for_commands,
+            };
+            Ok((resolver, upstream))
+        };
+        let systemd_resolved = resolved::manages(&self.settings.resolv_conf);
+        // resolved lists every link's servers in its own file, tunneld's among them.
+        let changed_file = if systemd_resolved {
+            Path::new(resolved::UPLINK_RESOLV_CONF)
+        } else {
+            &self.settings.resolv_conf
+        };
+        if let Some(reason) = handed_out(changed_file) {
+            return unchanged(reason);
+        }
+        if systemd_resolved {
+            let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, search)?;
+            // resolved sends only cluster names here: there is nothing to forward.
+            return Ok((Resolver::SystemdResolved(link), None));
+        }
+        let (conf, upstream) = ResolvConf::install(
+            &self.settings.resolv_conf,
+            &self.settings.state_dir,
+            DNS_IP,
+            search,
+        )?;
+        Ok((Resolver::ResolvConf(conf), upstream))
+    }
+}
+
+/// The API server's own addresses: routing them into the tunnel would cut the tunnel's
+/// own connection.
+async fn api_server_exclusions(server: &str) -> Vec<Exclusion> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    if let Some(host) = server_host(server) {
+        if let Ok(ip) = host.parse() {
+            addresses.push(ip);
+        } else if let Ok(found) = tokio::net::lookup_host((host.as_str(), 443)).await {
+            addresses.extend(found.map(|a| a.ip()));
+        }
+    }
+    addresses
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(Exclusion {
+                range: Cidr::from(v4),
+                reason: "the API server's address".into(),
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+fn server_host(server: &str) -> Option<String> {
+    let after_scheme = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let authority = after_scheme.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    Some(host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_api_server_host() {
+        assert_eq!(
+            server_host("https://10.201.0.1:6443/").as_deref(),
+            Some("10.201.0.1")
+        );
+        assert_eq!(
+            server_host("https://api.example.com").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            server_host("https://[fd00::1]:6443").as_deref(),
+            Some("fd00::1")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_servers_address_is_excluded() {
+        let excluded = api_server_exclusions("https://10.201.0.1:6443").await;
+        assert_eq!(excluded.len(), 1);
+        assert_eq!(excluded[0].range.to_string(), "10.201.0.1/32");
+    }
+}
