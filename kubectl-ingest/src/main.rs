@@ -1,10 +1,8 @@
 //! `kubectl ingest`: a workload's environment and volumes on this machine, no traffic moved.
 
 use clap::Parser;
-use kubedev::cli::{Manage, ModeArgs, SessionArgs};
-use kubedev::cluster::ClusterArgs;
+use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
-use kubedev::workload::WorkloadRef;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -28,29 +26,11 @@ Examples:
     subcommand_negates_reqs = true
 )]
 struct Cli {
-    #[command(subcommand)]
-    manage: Option<Manage>,
-
-    /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named list, leave or status is given as deployment/NAME.
-    #[arg(required = true)]
-    workload: Option<WorkloadRef>,
-
     #[command(flatten)]
-    session: SessionArgs,
-
-    #[command(flatten)]
-    cluster: ClusterArgs,
+    common: PluginArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    kubedev::cli::main(
-        Mode::Ingest,
-        cli.cluster,
-        cli.manage,
-        cli.workload,
-        cli.session,
-        ModeArgs::default(),
-    )
+    kubedev::cli::main(Mode::Ingest, cli.common, ModeArgs::default())
 }

@@ -1,12 +1,10 @@
 //! `kubectl intercept`: send a workload's service traffic to a process on this machine.
 
 use clap::Parser;
-use kubedev::cli::{Manage, ModeArgs, SessionArgs};
-use kubedev::cluster::ClusterArgs;
+use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
 use kubedev::protocol::HttpFilter;
 use kubedev::session::PortMapping;
-use kubedev::workload::WorkloadRef;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -48,14 +46,6 @@ Examples:
     subcommand_negates_reqs = true
 )]
 struct Cli {
-    #[command(subcommand)]
-    manage: Option<Manage>,
-
-    /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named list, leave or status is given as deployment/NAME.
-    #[arg(required = true)]
-    workload: Option<WorkloadRef>,
-
     /// LOCAL[:SERVICE-PORT]: send the service port (number or name; optional when the
     /// service has one port) to LOCAL on this machine. Repeat for several ports.
     #[arg(short = 'p', long = "port", value_name = "LOCAL[:SERVICE-PORT]")]
@@ -79,10 +69,7 @@ struct Cli {
     http_path_prefix: Option<String>,
 
     #[command(flatten)]
-    session: SessionArgs,
-
-    #[command(flatten)]
-    cluster: ClusterArgs,
+    common: PluginArgs,
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -106,12 +93,5 @@ fn main() -> std::process::ExitCode {
             path_prefix: cli.http_path_prefix,
         }),
     };
-    kubedev::cli::main(
-        Mode::Intercept,
-        cli.cluster,
-        cli.manage,
-        cli.workload,
-        cli.session,
-        mode_args,
-    )
+    kubedev::cli::main(Mode::Intercept, cli.common, mode_args)
 }

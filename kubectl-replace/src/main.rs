@@ -1,11 +1,9 @@
 //! `kubectl replace-container`: swap a container for this machine while the session lasts.
 
 use clap::Parser;
-use kubedev::cli::{Manage, ModeArgs, SessionArgs};
-use kubedev::cluster::ClusterArgs;
+use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
 use kubedev::session::PortMapping;
-use kubedev::workload::WorkloadRef;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -29,14 +27,6 @@ Examples:
     subcommand_negates_reqs = true
 )]
 struct Cli {
-    #[command(subcommand)]
-    manage: Option<Manage>,
-
-    /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named list, leave or status is given as deployment/NAME.
-    #[arg(required = true)]
-    workload: Option<WorkloadRef>,
-
     /// LOCAL[:CONTAINER-PORT]: serve the container's port (number or name) from LOCAL here
     /// (default: every declared port from the same port number).
     #[arg(short = 'p', long = "port", value_name = "LOCAL[:CONTAINER-PORT]")]
@@ -47,10 +37,7 @@ struct Cli {
     address: String,
 
     #[command(flatten)]
-    session: SessionArgs,
-
-    #[command(flatten)]
-    cluster: ClusterArgs,
+    common: PluginArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,12 +48,5 @@ fn main() -> std::process::ExitCode {
         address: Some(cli.address),
         filter: None,
     };
-    kubedev::cli::main(
-        Mode::Replace,
-        cli.cluster,
-        cli.manage,
-        cli.workload,
-        cli.session,
-        mode_args,
-    )
+    kubedev::cli::main(Mode::Replace, cli.common, mode_args)
 }

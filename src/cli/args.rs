@@ -5,9 +5,30 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cidr::{self, Cidr};
+use crate::cluster::ClusterArgs;
 use crate::env::EnvSyntax;
 use crate::mount::MountChoice;
 use crate::session::PortMapping;
+use crate::workload::WorkloadRef;
+
+/// What every plugin's command line has besides its mode's own flags: a subcommand or a
+/// workload, the session flags and the cluster flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginArgs {
+    #[command(subcommand)]
+    pub manage: Option<Manage>,
+
+    /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
+    /// A workload named list, leave or status is given as deployment/NAME.
+    #[arg(required = true)]
+    pub workload: Option<WorkloadRef>,
+
+    #[command(flatten)]
+    pub session: SessionArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
 
 /// The agent image of this release.
 pub const DEFAULT_AGENT_IMAGE: &str =

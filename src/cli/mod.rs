@@ -14,11 +14,9 @@ mod tunneld;
 
 use std::process::ExitCode;
 
-pub use args::{DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, SessionArgs};
+pub use args::{DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, PluginArgs, SessionArgs};
 
-use crate::cluster::ClusterArgs;
 use crate::inject::Mode;
-use crate::workload::WorkloadRef;
 use manage::run_manage;
 use run::run_session;
 
@@ -34,15 +32,14 @@ pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Runs a plugin: a subcommand, or a session on `workload`.
-pub fn main(
-    mode: Mode,
-    cluster: ClusterArgs,
-    manage: Option<Manage>,
-    workload: Option<WorkloadRef>,
-    args: SessionArgs,
-    mode_args: ModeArgs,
-) -> ExitCode {
+/// Runs a plugin: a subcommand, or a session on the workload.
+pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
+    let PluginArgs {
+        manage,
+        workload,
+        session: args,
+        cluster,
+    } = args;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return exit_status(Err(err.into())),
