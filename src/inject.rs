@@ -104,6 +104,8 @@ pub enum InjectError {
     AlreadyInjected,
     #[error("no free port for the agent in the pod")]
     NoFreePort,
+    #[error("the agent's configuration cannot be written: {0}")]
+    Config(String),
 }
 
 /// Adds the agent to `template` for `spec`.
@@ -179,7 +181,7 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
                 });
             }
             pod.containers
-                .push(agent_container(&app, spec, agent_ports, &listeners));
+                .push(agent_container(&app, spec, agent_ports, &listeners)?);
             label(&mut template, spec.session);
             return Ok(Injected {
                 template,
@@ -191,7 +193,7 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
     }
     let app = pod.containers[app_index].clone();
     pod.containers
-        .push(agent_container(&app, spec, agent_ports, &listeners));
+        .push(agent_container(&app, spec, agent_ports, &listeners)?);
     label(&mut template, spec.session);
     Ok(Injected {
         template,
@@ -287,7 +289,7 @@ fn agent_container(
     spec: &InjectSpec<'_>,
     ports: Vec<ContainerPort>,
     listeners: &[Listener],
-) -> Container {
+) -> Result<Container, InjectError> {
     let config = AgentConfig {
         listeners: listeners.to_vec(),
         read_only_volumes: spec.mode == Mode::Ingest,
@@ -300,7 +302,10 @@ fn agent_container(
         },
         EnvVar {
             name: AGENT_CONFIG_ENV.to_owned(),
-            value: Some(serde_json::to_string(&config).unwrap_or_default()),
+            value: Some(
+                serde_json::to_string(&config)
+                    .map_err(|err| InjectError::Config(err.to_string()))?,
+            ),
             ..EnvVar::default()
         },
     ];
@@ -337,7 +342,7 @@ fn agent_container(
             ..mount.clone()
         })
         .collect();
-    Container {
+    Ok(Container {
         name: AGENT_CONTAINER.to_owned(),
         image: Some(spec.agent_image.to_owned()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
@@ -349,7 +354,7 @@ fn agent_container(
         // A crashing agent's last words reach the pod status, so the plugin can show them.
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
-    }
+    })
 }
 
 /// `$(NAME)` references to the app's own variables must name their prefixed copies; the

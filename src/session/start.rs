@@ -223,8 +223,9 @@ pub(super) async fn join(
             .find(|var| var.name == name)
             .and_then(|var| var.value.clone())
     };
+    let config = agent_env(AGENT_CONFIG_ENV).context("the agent has no configuration")?;
     let config: AgentConfig =
-        serde_json::from_str(&agent_env(AGENT_CONFIG_ENV).unwrap_or_default()).unwrap_or_default();
+        serde_json::from_str(&config).context("the agent's configuration is unreadable")?;
     if let Some(missing) = forwards
         .iter()
         .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
