@@ -87,13 +87,8 @@ fn plan_range(
     if let Some(exclusion) = never.iter().find(|n| cidr::holds(&n.range, &range)) {
         return status(RangeState::Excluded, exclusion.reason.clone());
     }
-    let paths: Vec<&MachineRoute> = machine
-        .iter()
-        .filter(|r| r.kind == MachineRouteKind::Path && !is_default(r))
-        .collect();
     if !forced
-        && let Some(own) = paths
-            .iter()
+        && let Some(own) = own_paths(machine)
             .filter(|r| cidr::holds(&r.destination, &range))
             .max_by_key(|r| r.destination.prefix_len())
     {
@@ -105,7 +100,37 @@ fn plan_range(
             )
         };
     }
+    let (routed, except) = pieces_to_route(range, forced, never, machine);
+    if routed.is_empty() {
+        return RangeStatus {
+            except,
+            ..status(
+                RangeState::Excluded,
+                "no part of it is left to route".into(),
+            )
+        };
+    }
+    routes.extend(routed);
+    RangeStatus {
+        except,
+        ..status(RangeState::Routed, routed_because(range, forced, machine))
+    }
+}
 
+/// The machine's routes through an interface, but for its default routes.
+fn own_paths(machine: &[MachineRoute]) -> impl Iterator<Item = &MachineRoute> {
+    machine
+        .iter()
+        .filter(|r| r.kind == MachineRouteKind::Path && !is_default(r))
+}
+
+/// The routes that take `range` to the cluster, and the parts of it that stay out.
+fn pieces_to_route(
+    range: Cidr,
+    forced: bool,
+    never: &[Exclusion],
+    machine: &[MachineRoute],
+) -> (Vec<Cidr>, Vec<RangePart>) {
     let mut except: Vec<RangePart> = never
         .iter()
         .filter(|n| cidr::overlap(&n.range, &range))
@@ -118,8 +143,7 @@ fn plan_range(
     if !forced {
         // More specific than the routes below, they keep their traffic.
         except.extend(
-            paths
-                .iter()
+            own_paths(machine)
                 .filter(|r| cidr::holds(&range, &r.destination))
                 .map(|r| RangePart {
                     range: r.destination,
@@ -136,7 +160,7 @@ fn plan_range(
     let mut pending = cidr::subtract(&range, &holes);
     let mut routed = Vec::new();
     while let Some(piece) = pending.pop() {
-        if !forced && paths.iter().any(|r| cidr::holds(&r.destination, &piece)) {
+        if !forced && own_paths(machine).any(|r| cidr::holds(&r.destination, &piece)) {
             continue; // the machine's, listed in `except`
         }
         if let Some(first) = machine
@@ -159,17 +183,6 @@ fn plan_range(
             routed.push(piece);
             continue;
         };
-        if blocker.before_main {
-            except.push(RangePart {
-                range: blocker.destination,
-                reason: format!(
-                    "this machine's route {} is looked up before tunneld's",
-                    blocker.description
-                ),
-            });
-            pending.extend(cidr::subtract(&piece, &[blocker.destination]));
-            continue;
-        }
         match cidr::halves(&piece) {
             Some(halves) => pending.extend(halves),
             None => except.push(RangePart {
@@ -180,37 +193,30 @@ fn plan_range(
     }
     except.sort_by_key(|part| part.range);
     except.dedup();
-    if routed.is_empty() {
-        return RangeStatus {
-            except,
-            ..status(
-                RangeState::Excluded,
-                "no part of it is left to route".into(),
-            )
-        };
+    (routed, except)
+}
+
+/// Why a range that is routed needed tunneld.
+fn routed_because(range: Cidr, forced: bool, machine: &[MachineRoute]) -> String {
+    if forced {
+        return "--also-proxy".to_owned();
     }
-    routes.extend(routed);
-    let reason = if forced {
-        "--also-proxy".to_owned()
-    } else if let Some(reject) = machine
+    if let Some(reject) = machine
         .iter()
         .find(|r| r.kind == MachineRouteKind::Reject && cidr::overlap(&r.destination, &range))
     {
-        format!(
+        return format!(
             "this machine only rejects it ({}), a route left in place",
             reject.description
-        )
-    } else if machine
+        );
+    }
+    if machine
         .iter()
         .any(|r| r.kind == MachineRouteKind::Path && is_default(r))
     {
         "this machine reaches it only through its default route".to_owned()
     } else {
         "this machine has no route to it".to_owned()
-    };
-    RangeStatus {
-        except,
-        ..status(RangeState::Routed, reason)
     }
 }
 
