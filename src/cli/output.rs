@@ -120,8 +120,11 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
     out
 }
 
+/// A spinner with `message`; it clears itself when dropped, also unfinished (the wait it
+/// shows was cut short).
 pub(super) fn spinner(message: String) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new_spinner();
+    let bar =
+        indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message(message);
     bar

@@ -32,19 +32,7 @@ pub(super) async fn run_session(
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
-    let plan = Plan {
-        mode,
-        name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
-        workload,
-        container: args.container.clone(),
-        agent_image: args.agent_image.clone(),
-        ports: mode_args.ports,
-        service: mode_args.service,
-        address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
-        filter: mode_args.filter,
-        timeout: args.timeout,
-        owner: session::random_id()?,
-    };
+    let plan = plan_of(mode, workload, &args, mode_args)?;
     let end = |hold| {
         end_session(
             &connection,
@@ -60,18 +48,8 @@ pub(super) async fn run_session(
     // From before the first change until the session ends, tunneld restores the workload
     // if this process dies (and only this run's session: see `Plan::owner`).
     let hold = hold_tunneld(&connection, &plan, cluster).await?;
-    let bar = spinner(format!(
-        "adding the kubedev agent to {} in namespace {}",
-        plan.workload, connection.namespace
-    ));
-    let starting = session::start(
-        &connection.client,
-        &connection.namespace,
-        &plan,
-        progress_on(&bar),
-    );
     let started = tokio::select! {
-        started = starting => match started {
+        started = start(&connection, &plan) => match started {
             Ok(started) => started,
             Err(err) => {
                 // Nothing is left to restore: `start` rolls back what it changed.
@@ -80,23 +58,16 @@ pub(super) async fn run_session(
             }
         },
         () = signals.recv() => {
-            bar.finish_and_clear();
             eprintln!("stopped while starting");
             end(hold).await?;
             return Ok(ExitCode::SUCCESS);
         }
     };
-    bar.finish_and_clear();
-
     let live = tokio::select! {
         live = go_live(&connection, &plan, &started, &args) => live.map(Some),
         () = signals.recv() => Ok(None),
     };
-    let Live {
-        variables,
-        mounted,
-        command_resolver,
-    } = match live {
+    let live = match live {
         Ok(Some(live)) => live,
         stopped_or_failed => {
             end(hold).await?;
@@ -106,7 +77,7 @@ pub(super) async fn run_session(
     if args.detach {
         // The session lives in tunneld until `leave`, and the mount with sshfs.
         hold.release().await?;
-        std::mem::forget(mounted);
+        std::mem::forget(live.mounted);
         eprintln!(
             "session {:?} is live; end it with `{} leave {}`",
             plan.name,
@@ -115,22 +86,68 @@ pub(super) async fn run_session(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let code = if args.command.is_empty() {
-        eprintln!("press Ctrl-C to end the session");
-        signals.recv().await;
-        ExitCode::SUCCESS
-    } else {
-        run_command(
-            &args.command,
-            &variables,
-            command_resolver.as_deref(),
-            &mut signals,
-        )
-        .await?
-    };
-    drop(mounted);
+    let code = stay(&args.command, &live, &mut signals).await?;
+    drop(live);
     end(hold).await?;
     Ok(code)
+}
+
+/// What the user asked for, as a session's plan.
+fn plan_of(
+    mode: Mode,
+    workload: WorkloadRef,
+    args: &SessionArgs,
+    mode_args: ModeArgs,
+) -> anyhow::Result<Plan> {
+    Ok(Plan {
+        mode,
+        name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
+        workload,
+        container: args.container.clone(),
+        agent_image: args.agent_image.clone(),
+        ports: mode_args.ports,
+        service: mode_args.service,
+        address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
+        filter: mode_args.filter,
+        timeout: args.timeout,
+        owner: session::random_id()?,
+    })
+}
+
+/// Changes the workload for `plan` and waits for its pods, showing how far it got.
+async fn start(connection: &Connection, plan: &Plan) -> anyhow::Result<Started> {
+    let bar = spinner(format!(
+        "adding the kubedev agent to {} in namespace {}",
+        plan.workload, connection.namespace
+    ));
+    session::start(
+        &connection.client,
+        &connection.namespace,
+        plan,
+        progress_on(&bar),
+    )
+    .await
+}
+
+/// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
+/// it exits; returns the exit status to pass on.
+async fn stay(
+    command: &[String],
+    live: &Live,
+    signals: &mut StopSignals,
+) -> anyhow::Result<ExitCode> {
+    if command.is_empty() {
+        eprintln!("press Ctrl-C to end the session");
+        signals.recv().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    run_command(
+        command,
+        &live.variables,
+        live.command_resolver.as_deref(),
+        signals,
+    )
+    .await
 }
 
 /// A session usable here.
