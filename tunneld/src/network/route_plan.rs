@@ -46,6 +46,8 @@ fn is_default(route: &MachineRoute) -> bool {
     route.destination.prefix_len() <= 1
 }
 
+/// Decides, range by range, what to route into the TUN device given the machine's routes.
+/// A cluster range inside an `--also-proxy` range is routed as that one is.
 pub(crate) fn plan(wanted: &Wanted, machine: &[MachineRoute]) -> RoutePlan {
     let mut candidates: Vec<(Cidr, bool)> = wanted
         .cluster
@@ -70,6 +72,7 @@ pub(crate) fn plan(wanted: &Wanted, machine: &[MachineRoute]) -> RoutePlan {
     plan
 }
 
+/// What becomes of one range (`forced`: `--also-proxy`); its routes go onto `routes`.
 fn plan_range(
     range: Cidr,
     forced: bool,
