@@ -13,9 +13,15 @@ DEMO_NAMESPACE := kubedev-dev
 build:
 	cargo build --workspace
 
+# The shell entry points; shellcheck follows what they source.
+SHELL_SCRIPTS := .ci/run agent-image/build-image.sh examples/demo.sh tests/cluster/cluster.sh
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	command -v shellcheck >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
+	shellcheck -x -P SCRIPTDIR $(SHELL_SCRIPTS)
 
 ## Every test: unit, component, then e2e against the local cluster, which is then
 ## torn down and checked for leftovers.
