@@ -186,7 +186,7 @@ pub(super) async fn write_session(
         .await?;
     Ok(Written::Injected {
         started: Started {
-            agents: format!("{},{SESSION_LABEL}={}", workload.selector()?, plan.name),
+            agents: workload.agent_selector(&plan.name)?,
             workload,
             record,
             token,
@@ -258,7 +258,7 @@ pub(super) async fn join(
         .context("the pods have no session label")?
         .clone();
     Ok(Started {
-        agents: format!("{},{SESSION_LABEL}={label}", workload.selector()?),
+        agents: workload.agent_selector(&label)?,
         workload,
         record,
         token,

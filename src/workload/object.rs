@@ -131,6 +131,16 @@ impl Workload {
             .with_context(|| format!("{} has an unreadable pod template", self.reference))
     }
 
+    /// The label selector of the pods that session `session` put its agent into: the
+    /// workload's own selector and the session label the agent's pods carry.
+    pub fn agent_selector(&self, session: &str) -> anyhow::Result<String> {
+        Ok(format!(
+            "{},{}={session}",
+            self.selector()?,
+            crate::inject::SESSION_LABEL
+        ))
+    }
+
     /// The label selector of its pods, as `key=value,...`.
     pub fn selector(&self) -> anyhow::Result<String> {
         let labels = self
@@ -237,6 +247,26 @@ impl Workload {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn the_agents_are_the_workloads_pods_with_the_session_label() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web", "tier": "front"}}}
+        }))
+        .expect("object");
+        let workload = Workload {
+            reference: "web".parse().expect("reference"),
+            namespace: "shop".into(),
+            object,
+        };
+        assert_eq!(
+            workload.agent_selector("alice").expect("selector"),
+            format!("app=web,tier=front,{}=alice", crate::inject::SESSION_LABEL)
+        );
+    }
 
     fn conflict() -> anyhow::Error {
         let mut status = kube::core::Status::failure("the object has been modified", "Conflict");
