@@ -1,0 +1,238 @@
+//! Component tests: tunneld runs as a local process (without the cluster network) and is
+//! driven through its control socket as the plugins drive it. Its kubeconfig names a port
+//! on loopback where nothing listens, so every call it makes to the cluster fails at once:
+//! these tests are about the daemon's own promises (status, sessions, holds, exiting by
+//! itself), and about what it says when the cluster cannot be reached.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use kubedev::control::{self, ControlError, ControlReply, ControlRequest, Held, NetworkStatus};
+
+/// Nothing listens here (the discard port), on this machine only.
+const NO_CLUSTER: &str = "https://127.0.0.1:9";
+/// A hang, not a slow machine, is what this catches.
+const LIVENESS: Duration = Duration::from_secs(30);
+
+struct Tunneld {
+    process: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Tunneld {
+    /// Starts tunneld, idle-exiting after 1 s, and waits until its socket answers.
+    async fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tunneld-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_for(NO_CLUSTER)).expect("kubeconfig");
+        let socket = dir.join("tunneld.sock");
+        let process = tunneld_command(&dir, &socket)
+            .spawn()
+            .expect("tunneld starts");
+        let tunneld = Self {
+            process,
+            dir,
+            socket,
+        };
+        let deadline = Instant::now() + LIVENESS;
+        while control::request(&tunneld.socket, &ControlRequest::Status)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "tunneld never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tunneld
+    }
+
+    async fn request(&self, request: &ControlRequest) -> Result<ControlReply, ControlError> {
+        control::request(&self.socket, request).await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tunneld.log")).unwrap_or_default()
+    }
+
+    /// Waits for tunneld to exit by itself.
+    fn exited(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tunneld is still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.process.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Tunneld {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tunneld_command(dir: &Path, socket: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tunneld"));
+    command
+        .arg("--socket")
+        .arg(socket)
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--no-network", "--idle-exit-secs", "1"])
+        .env("KUBEDEV_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("tunneld.log")).expect("log file"));
+    command
+}
+
+fn kubeconfig_for(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: test\n  user:\n    token: test\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: shop\n"
+    )
+}
+
+fn add_session(name: &str) -> ControlRequest {
+    ControlRequest::AddSession {
+        name: name.into(),
+        namespace: "shop".into(),
+        agents: "app=web".into(),
+        token: "token".into(),
+        forwards: Vec::new(),
+        proxy: Default::default(),
+    }
+}
+
+fn held(name: &str) -> Held {
+    Held {
+        name: name.into(),
+        owner: "run-1".into(),
+        namespace: "shop".into(),
+        workload: "deployment/web".into(),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn status_answers_only_this_user_and_one_tunneld_serves_a_socket() {
+    let mut tunneld = Tunneld::start("status").await;
+    let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
+        panic!("a status");
+    };
+    assert_eq!(status.pid, tunneld.process.id());
+    assert_eq!(
+        status.network,
+        NetworkStatus::Off,
+        "started with --no-network"
+    );
+    assert!(status.sessions.is_empty());
+    let mode = std::fs::metadata(&tunneld.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "only this user may connect");
+
+    let second = tunneld_command(&tunneld.dir, &tunneld.socket)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("second tunneld runs");
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another tunneld is already serving"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(tunneld.running(), "the first one is unharmed");
+}
+
+#[tokio::test]
+async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
+    let mut tunneld = Tunneld::start("sessions").await;
+    assert_eq!(
+        tunneld.request(&add_session("web")).await.expect("added"),
+        ControlReply::Done
+    );
+    let refused = tunneld.request(&add_session("web")).await;
+    assert!(
+        matches!(&refused, Err(ControlError::Failed(reason)) if reason.contains("already exists")),
+        "{refused:?}"
+    );
+    let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
+        panic!("a status");
+    };
+    assert_eq!(status.sessions.len(), 1);
+    assert_eq!(status.sessions[0].name, "web");
+    assert_eq!(status.sessions[0].namespace, "shop");
+    assert!(status.sessions[0].linked_pods.is_empty(), "no cluster here");
+
+    // A session lasts while tunneld has one: past the idle time, it is still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(tunneld.running(), "{}", tunneld.log());
+    let remove = ControlRequest::RemoveSession { name: "web".into() };
+    assert_eq!(
+        tunneld.request(&remove).await.expect("removed"),
+        ControlReply::Done
+    );
+    let again = tunneld.request(&remove).await;
+    assert!(
+        matches!(&again, Err(ControlError::Failed(reason)) if reason.contains("no session named")),
+        "{again:?}"
+    );
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    assert!(tunneld.log().contains("no session left: exiting"));
+    assert!(!tunneld.socket.exists(), "the socket goes with it");
+}
+
+#[tokio::test]
+async fn a_released_hold_ends_quietly_and_keeps_tunneld_up_until_then() {
+    let mut tunneld = Tunneld::start("release").await;
+    let hold = control::hold(&tunneld.socket, held("web"))
+        .await
+        .expect("held");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(tunneld.running(), "a hold keeps tunneld up");
+    hold.release().await.expect("released");
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    assert!(!tunneld.log().contains("is gone"), "{}", tunneld.log());
+}
+
+#[tokio::test]
+async fn a_dead_plugins_session_is_restored_or_the_user_is_told_how() {
+    let mut tunneld = Tunneld::start("dead-plugin").await;
+    let hold = control::hold(&tunneld.socket, held("web"))
+        .await
+        .expect("held");
+    // The plugin dies: its end of the connection closes without a release.
+    drop(hold);
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    let log = tunneld.log();
+    assert!(
+        log.contains(
+            "the plugin running session web is gone: ending it and restoring deployment/web"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("could not restore deployment/web") && log.contains("run `leave web`"),
+        "with the API server unreachable, the log says what to run: {log}"
+    );
+}
