@@ -1,8 +1,11 @@
 //! `list`, `leave` and `status`.
 
+use std::path::Path;
+use std::time::Duration;
+
 use serde::Serialize;
 
-use super::args::Manage;
+use super::args::{Manage, Output};
 use super::command_of;
 use super::output::{describe_status, render};
 use super::run::end_session;
@@ -53,64 +56,9 @@ pub(super) async fn run_manage(
     let connection = cluster.connect().await?;
     let socket = tunneld_socket(&connection)?;
     match manage {
-        Manage::List { output } => {
-            let daemon = tunneld_status(&socket).await.ok();
-            let sessions = sessions_in(&connection).await?;
-            let rows: Vec<Listed> = sessions
-                .iter()
-                .flat_map(|(workload, record)| {
-                    record
-                        .sessions()
-                        .map(move |(name, _)| (workload, record, name))
-                })
-                .map(|(workload, record, name)| Listed {
-                    linked_pods: daemon
-                        .iter()
-                        .flat_map(|d| d.sessions.iter())
-                        .find(|s| s.name == name && s.namespace == connection.namespace)
-                        .map(|s| s.linked_pods.clone())
-                        .unwrap_or_default(),
-                    name: name.to_owned(),
-                    mode: record.mode,
-                    workload: workload.reference.to_string(),
-                    container: record.container.clone(),
-                    namespace: connection.namespace.clone(),
-                })
-                .collect();
-            match output {
-                Some(output) => print!("{}", render(&rows, output)?),
-                None if rows.is_empty() => {
-                    eprintln!("no kubedev sessions in namespace {}", connection.namespace);
-                }
-                None => print!("{}", table(&rows)),
-            }
-        }
+        Manage::List { output } => list(&connection, &socket, output).await,
         Manage::Leave { name, all, timeout } => {
-            let sessions = sessions_in(&connection).await?;
-            let chosen: Vec<(&Workload, String)> = sessions
-                .iter()
-                .flat_map(|(workload, record)| {
-                    record
-                        .sessions()
-                        .map(move |(session, _)| (workload, session.to_owned()))
-                })
-                .filter(|(_, session)| all || Some(session) == name.as_ref())
-                .collect();
-            if chosen.is_empty() {
-                if all {
-                    eprintln!("no kubedev sessions in namespace {}", connection.namespace);
-                    return Ok(());
-                }
-                anyhow::bail!(
-                    "no session {:?} in namespace {} (see `{} list`)",
-                    name.unwrap_or_default(),
-                    connection.namespace,
-                    command_of(mode)
-                );
-            }
-            for (workload, session) in chosen {
-                end_session(&connection, &session, &workload.reference, timeout, None).await?;
-            }
+            leave(&connection, mode, name.as_deref(), all, timeout).await
         }
         Manage::Status { output } => {
             let status = match tunneld_status(&socket).await {
@@ -122,7 +70,82 @@ pub(super) async fn run_manage(
                 Some(output) => print!("{}", render(&status, output)?),
                 None => print!("{}", describe_status(status.as_ref())),
             }
+            Ok(())
         }
+    }
+}
+
+/// `list`: the sessions in the namespace, with the pods tunneld links to here.
+async fn list(
+    connection: &Connection,
+    socket: &Path,
+    output: Option<Output>,
+) -> anyhow::Result<()> {
+    let daemon = tunneld_status(socket).await.ok();
+    let sessions = sessions_in(connection).await?;
+    let rows: Vec<Listed> = sessions
+        .iter()
+        .flat_map(|(workload, record)| {
+            record
+                .sessions()
+                .map(move |(name, _)| (workload, record, name))
+        })
+        .map(|(workload, record, name)| Listed {
+            linked_pods: daemon
+                .iter()
+                .flat_map(|d| d.sessions.iter())
+                .find(|s| s.name == name && s.namespace == connection.namespace)
+                .map(|s| s.linked_pods.clone())
+                .unwrap_or_default(),
+            name: name.to_owned(),
+            mode: record.mode,
+            workload: workload.reference.to_string(),
+            container: record.container.clone(),
+            namespace: connection.namespace.clone(),
+        })
+        .collect();
+    match output {
+        Some(output) => print!("{}", render(&rows, output)?),
+        None if rows.is_empty() => {
+            eprintln!("no kubedev sessions in namespace {}", connection.namespace);
+        }
+        None => print!("{}", table(&rows)),
+    }
+    Ok(())
+}
+
+/// `leave NAME` or `leave --all`: ends the sessions and restores their workloads.
+async fn leave(
+    connection: &Connection,
+    mode: Mode,
+    name: Option<&str>,
+    all: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let sessions = sessions_in(connection).await?;
+    let chosen: Vec<(&Workload, String)> = sessions
+        .iter()
+        .flat_map(|(workload, record)| {
+            record
+                .sessions()
+                .map(move |(session, _)| (workload, session.to_owned()))
+        })
+        .filter(|(_, session)| all || Some(session.as_str()) == name)
+        .collect();
+    if chosen.is_empty() {
+        if all {
+            eprintln!("no kubedev sessions in namespace {}", connection.namespace);
+            return Ok(());
+        }
+        anyhow::bail!(
+            "no session {:?} in namespace {} (see `{} list`)",
+            name.unwrap_or_default(),
+            connection.namespace,
+            command_of(mode)
+        );
+    }
+    for (workload, session) in chosen {
+        end_session(connection, &session, &workload.reference, timeout, None).await?;
     }
     Ok(())
 }
@@ -163,7 +186,6 @@ pub(super) fn table(rows: &[Listed]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Output;
 
     #[test]
     fn list_is_a_table_with_aligned_columns() {
