@@ -120,86 +120,103 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         .iter()
         .position(|c| c.name == spec.container)
         .ok_or_else(|| InjectError::NoSuchContainer(spec.container.to_owned()))?;
-    let mut used_ports: Vec<u16> = pod
+    let used_ports: Vec<u16> = pod
         .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .chain([AGENT_PORT])
         .collect();
-
-    let mut agent_ports = Vec::new();
-    let mut listeners = Vec::new();
-    let mut service_targets = Vec::new();
-    match spec.mode {
+    let (app, taken) = match spec.mode {
         Mode::Intercept => {
             let app = &mut pod.containers[app_index];
-            for target in spec.intercepted {
-                let listen = free_port(&used_ports)?;
-                used_ports.push(listen);
-                let (app_port, name) = match target {
-                    TargetPort::Named(name) => (take_port_name(app, name)?, name.clone()),
-                    TargetPort::Number(number) => {
-                        let name = format!("kd-{number}");
-                        service_targets.push((*number, name.clone()));
-                        (*number, name)
-                    }
-                };
-                agent_ports.push(ContainerPort {
-                    name: Some(name),
-                    container_port: i32::from(listen),
-                    ..ContainerPort::default()
-                });
-                listeners.push(Listener {
-                    port: listen,
-                    app_port,
-                    app_running: true,
-                    transport: Transport::Tcp,
-                });
-            }
+            let taken = take_over(app, spec.intercepted, used_ports)?;
+            (app.clone(), taken)
         }
         Mode::Replace => {
             let app = pod.containers.remove(app_index);
-            for port in app.ports.iter().flatten() {
-                let Some(transport) = transport_of(port) else {
-                    continue;
-                };
-                let Ok(number) = u16::try_from(port.container_port) else {
-                    continue;
-                };
-                agent_ports.push(ContainerPort {
-                    name: port.name.clone(),
-                    container_port: port.container_port,
-                    protocol: port.protocol.clone(),
-                    ..ContainerPort::default()
-                });
-                listeners.push(Listener {
-                    port: number,
-                    app_port: number,
-                    app_running: false,
-                    transport,
-                });
-            }
-            pod.containers
-                .push(agent_container(&app, spec, agent_ports, &listeners)?);
-            label(&mut template, spec.session);
-            return Ok(Injected {
-                template,
-                service_targets,
-                listeners,
-            });
+            let taken = replace(&app);
+            (app, taken)
         }
-        Mode::Ingest => {}
-    }
-    let app = pod.containers[app_index].clone();
+        Mode::Ingest => (pod.containers[app_index].clone(), AgentPorts::default()),
+    };
     pod.containers
-        .push(agent_container(&app, spec, agent_ports, &listeners)?);
+        .push(agent_container(&app, spec, taken.ports, &taken.listeners)?);
     label(&mut template, spec.session);
     Ok(Injected {
         template,
-        service_targets,
-        listeners,
+        service_targets: taken.service_targets,
+        listeners: taken.listeners,
     })
+}
+
+/// The ports the agent gets, what it does on each, and the Service targets to point at it.
+#[derive(Debug, Default)]
+struct AgentPorts {
+    ports: Vec<ContainerPort>,
+    listeners: Vec<Listener>,
+    service_targets: Vec<(u16, String)>,
+}
+
+/// intercept: the agent listens on a free port for each of `targets`; a named target's name
+/// moves from `app`'s port to the agent's, a numeric one gets a name of its own for the
+/// Service to target.
+fn take_over(
+    app: &mut Container,
+    targets: &[TargetPort],
+    mut used_ports: Vec<u16>,
+) -> Result<AgentPorts, InjectError> {
+    let mut taken = AgentPorts::default();
+    for target in targets {
+        let listen = free_port(&used_ports)?;
+        used_ports.push(listen);
+        let (app_port, name) = match target {
+            TargetPort::Named(name) => (take_port_name(app, name)?, name.clone()),
+            TargetPort::Number(number) => {
+                let name = format!("kd-{number}");
+                taken.service_targets.push((*number, name.clone()));
+                (*number, name)
+            }
+        };
+        taken.ports.push(ContainerPort {
+            name: Some(name),
+            container_port: i32::from(listen),
+            ..ContainerPort::default()
+        });
+        taken.listeners.push(Listener {
+            port: listen,
+            app_port,
+            app_running: true,
+            transport: Transport::Tcp,
+        });
+    }
+    Ok(taken)
+}
+
+/// replace: the agent listens on every TCP and UDP port the app declared, as the app did.
+fn replace(app: &Container) -> AgentPorts {
+    let mut taken = AgentPorts::default();
+    for port in app.ports.iter().flatten() {
+        let Some(transport) = transport_of(port) else {
+            continue;
+        };
+        let Ok(number) = u16::try_from(port.container_port) else {
+            continue;
+        };
+        taken.ports.push(ContainerPort {
+            name: port.name.clone(),
+            container_port: port.container_port,
+            protocol: port.protocol.clone(),
+            ..ContainerPort::default()
+        });
+        taken.listeners.push(Listener {
+            port: number,
+            app_port: number,
+            app_running: false,
+            transport,
+        });
+    }
+    taken
 }
 
 /// The transport of a container port the agent can take over (SCTP it cannot).
