@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 
 use super::leave::leave;
 use super::ports::{PortMapping, choose_container, intercepted_ports, replaced_ports};
@@ -13,7 +13,7 @@ use super::random_id;
 use super::record::{Joined, RECORD_ANNOTATION, Record, ServiceRecord, record_of};
 use super::service::{choose_service, point_service_at_agent};
 use crate::control::Forward;
-use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL};
+use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
 use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
 use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
 
@@ -132,18 +132,8 @@ pub(super) async fn write_session(
     }
     let template = workload.template()?;
     let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
-    let (targets, service, forwards) = match plan.mode {
-        Mode::Intercept => {
-            let service = choose_service(client, namespace, &template, plan).await?;
-            let (targets, forwards) = intercepted_ports(&service, &template, &container, plan)?;
-            (targets, Some(service), forwards)
-        }
-        Mode::Replace => {
-            let forwards = replaced_ports(&template, &container, plan)?;
-            (Vec::new(), None, forwards)
-        }
-        Mode::Ingest => (Vec::new(), None, Vec::new()),
-    };
+    let (targets, service, forwards) =
+        ports_to_take(client, namespace, plan, &template, &container).await?;
     let token = random_id()?;
     let injected = inject::inject(
         &template,
@@ -193,6 +183,29 @@ pub(super) async fn write_session(
             forwards,
         },
         service_targets: injected.service_targets,
+    })
+}
+
+/// The app's ports the agent takes for `plan` (intercept: of the Service it takes over),
+/// and where their connections go on the workstation.
+async fn ports_to_take(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    template: &PodTemplateSpec,
+    container: &str,
+) -> anyhow::Result<(Vec<TargetPort>, Option<Service>, Vec<Forward>)> {
+    Ok(match plan.mode {
+        Mode::Intercept => {
+            let service = choose_service(client, namespace, template, plan).await?;
+            let (targets, forwards) = intercepted_ports(&service, template, container, plan)?;
+            (targets, Some(service), forwards)
+        }
+        Mode::Replace => {
+            let forwards = replaced_ports(template, container, plan)?;
+            (Vec::new(), None, forwards)
+        }
+        Mode::Ingest => (Vec::new(), None, Vec::new()),
     })
 }
 
