@@ -93,15 +93,7 @@ pub async fn wait_for_pods(
         if !recreated {
             // This kind does not replace pods when its template changes: delete the
             // old ones and let it create new ones.
-            for pod in &old {
-                if let Some(name) = &pod.metadata.name {
-                    pods.delete(name, &DeleteParams::default())
-                        .await
-                        .map_err(|err| {
-                            crate::cluster::explain(err, "delete", "pods", &workload.namespace)
-                        })?;
-                }
-            }
+            delete_pods(&pods, &old, &workload.namespace).await?;
             recreated = true;
         }
         let state = Progress {
@@ -127,25 +119,45 @@ pub async fn wait_for_pods(
             }
         }
         if started.elapsed() > limit {
-            let stuck = current
-                .iter()
-                .find_map(|pod| Some((pod, why_not_ready(pod)?)))
-                .map(|(pod, why)| format!("; pod {}: {why}", name_of(pod)))
-                .or_else(|| {
-                    let pod = old.first()?;
-                    Some(format!("; old pod {} has not stopped", name_of(pod)))
-                })
-                .unwrap_or_default();
             return Err(RolloutError::Timeout {
                 workload: workload.reference.to_string(),
                 waited: limit,
                 state: state.to_string(),
-                stuck,
+                stuck: stuck_on(&current, &old),
             });
         }
         last = Some(state);
         tokio::time::sleep(POLL).await;
     }
+}
+
+async fn delete_pods(
+    pods: &Api<Pod>,
+    doomed: &[&Pod],
+    namespace: &str,
+) -> Result<(), RolloutError> {
+    for pod in doomed {
+        if let Some(name) = &pod.metadata.name {
+            pods.delete(name, &DeleteParams::default())
+                .await
+                .map_err(|err| crate::cluster::explain(err, "delete", "pods", namespace))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a rollout has not finished, for its timeout: a new pod and why it is not ready,
+/// else an old pod that has not stopped.
+fn stuck_on(current: &[&Pod], old: &[&Pod]) -> String {
+    current
+        .iter()
+        .find_map(|pod| Some((pod, why_not_ready(pod)?)))
+        .map(|(pod, why)| format!("; pod {}: {why}", name_of(pod)))
+        .or_else(|| {
+            let pod = old.first()?;
+            Some(format!("; old pod {} has not stopped", name_of(pod)))
+        })
+        .unwrap_or_default()
 }
 
 /// Fails with the first failure of the agent (see [`agent_failure`]) in the pods that
