@@ -140,13 +140,15 @@ users:
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join(format!("{:?}", args.context));
         std::fs::write(&path, KUBECONFIG).expect("write kubeconfig");
-        ClusterArgs {
+        let connection = ClusterArgs {
             kubeconfig: Some(path),
             ..args
         }
         .connect()
         .await
-        .expect("connect")
+        .expect("connect");
+        let _ = std::fs::remove_dir_all(&dir);
+        connection
     }
 
     #[tokio::test]
