@@ -27,9 +27,7 @@ impl Kubelet {
         self.resolv_confs
             .iter()
             .find(|theirs| {
-                let seen = Path::new(&format!("/proc/{}/root", self.pid))
-                    .join(theirs.strip_prefix("/").unwrap_or(theirs));
-                std::fs::metadata(seen)
+                std::fs::metadata(through_root(self.pid, theirs))
                     .is_ok_and(|meta| meta.dev() == ours.dev() && meta.ino() == ours.ino())
             })
             .map(PathBuf::as_path)
@@ -51,15 +49,16 @@ pub(crate) fn find() -> Vec<Kubelet> {
                 .filter(|arg| !arg.is_empty())
                 .map(|arg| String::from_utf8_lossy(arg).into_owned())
                 .collect();
-            let read_config = |path: &Path| {
-                let seen = Path::new(&format!("/proc/{pid}/root"))
-                    .join(path.strip_prefix("/").unwrap_or(path));
-                std::fs::read_to_string(seen).ok()
-            };
+            let read_config = |path: &Path| std::fs::read_to_string(through_root(pid, path)).ok();
             let resolv_confs = resolver_files(&args, read_config)?;
             Some(Kubelet { pid, resolv_confs })
         })
         .collect()
+}
+
+/// `path` as process `pid` sees it, through its own root (a container's, say).
+fn through_root(pid: u32, path: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// The resolver files of the kubelet run by `args`, if it is one: the kubelet itself, or

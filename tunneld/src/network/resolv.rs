@@ -43,7 +43,7 @@ impl ResolvConf {
         std::fs::write(&backup, &original)
             .with_context(|| format!("write {}", backup.display()))?;
         write_in_place(path, &rewritten(&original, dns, search))?;
-        let upstream = first_nameserver(&original).map(|ip| SocketAddr::new(ip, 53));
+        let upstream = upstream_of(&original);
         Ok((
             Self {
                 path: path.to_owned(),
@@ -83,7 +83,7 @@ impl CommandResolvConf {
         let path = state_dir.join("resolv.conf.for-commands");
         std::fs::write(&path, rewritten(&original, dns, search))
             .with_context(|| format!("write {}", path.display()))?;
-        let upstream = first_nameserver(&original).map(|ip| SocketAddr::new(ip, 53));
+        let upstream = upstream_of(&original);
         Ok((Self { path }, upstream))
     }
 
@@ -119,10 +119,12 @@ fn write_in_place(path: &Path, content: &str) -> anyhow::Result<()> {
     std::fs::write(path, content).with_context(|| format!("write {}", path.display()))
 }
 
-fn first_nameserver(conf: &str) -> Option<IpAddr> {
+/// Where `conf` sends queries: its first nameserver, on port 53.
+fn upstream_of(conf: &str) -> Option<SocketAddr> {
     conf.lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .find_map(|rest| rest.trim().parse().ok())
+        .find_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
 }
 
 /// The original with tunneld as the only nameserver and the cluster's search domains
@@ -174,8 +176,8 @@ mod tests {
             )
         );
         assert_eq!(
-            first_nameserver(ORIGINAL),
-            Some("192.0.2.53".parse().expect("ip"))
+            upstream_of(ORIGINAL),
+            Some("192.0.2.53:53".parse().expect("address"))
         );
     }
 
