@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
 use crate::cidr::Cidr;
-use crate::protocol::Transport;
-use crate::protocol::codec::{CodecError, read_message, write_message};
+use kubedev_protocol::Transport;
+use kubedev_protocol::codec::{CodecError, read_message, write_message};
 
 /// How long a plugin waits for a tunneld it started to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -107,7 +107,7 @@ pub struct Forward {
     pub local_port: u16,
     /// Only HTTP requests that match go to this machine; the rest stay with the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<crate::protocol::HttpFilter>,
+    pub filter: Option<kubedev_protocol::HttpFilter>,
     #[serde(default, skip_serializing_if = "Transport::is_tcp")]
     pub transport: Transport,
 }

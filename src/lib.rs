@@ -1,37 +1,25 @@
-//! Shared library of the kubedev kubectl plugins (`kubectl intercept`,
-//! `kubectl replace-container`, `kubectl ingest`), tunneld and the agent.
+//! What the kubedev plugins (`kubectl intercept`, `kubectl replace-container`,
+//! `kubectl ingest`) and tunneld share:
 //!
-//! - [`protocol`]: the wire protocol between tunneld and the in-pod agent (always built;
-//!   it is all the agent takes from this crate);
-//! - [`tunnel`]: the workstation's end of a session with an agent;
+//! - [`cluster`]: kubectl-style flags and client construction;
+//! - [`workload`]: finding workloads, changing their pod template, waiting for rollouts;
+//! - [`inject`]: putting the agent into a pod template, and taking it out again;
+//! - [`session`]: sessions, recorded on the workload, and their exact restoration;
+//! - [`tunnel`]: reaching an agent through the Kubernetes API's port-forward;
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
-//! - [`logging`]: the daemons' log format;
-//! - [`signals`]: the signals that stop every kubedev process cleanly;
-//! - with the `client` feature (default): kubectl-style flags and client construction
-//!   ([`cluster`]), workloads ([`workload`]), agent injection ([`inject`]), sessions and
-//!   their exact restoration ([`session`]), env output ([`env`]), and the plugins'
-//!   shared command line, run and output, with errors reported the way kubectl does
-//!   ([`cli`]).
+//! - [`env`]: the container's environment, as files and shells take it;
+//! - [`mount`]: the container's volumes on this machine.
+//!
+//! The wire protocol with the agent is the `kubedev-protocol` crate; the plugins' command
+//! line is `kubedev-cli`.
 
 pub mod cidr;
-pub mod control;
-pub mod logging;
-pub mod protocol;
-pub mod signals;
-pub mod tunnel;
-
-#[cfg(feature = "client")]
-pub mod cli;
-#[cfg(feature = "client")]
 pub mod cluster;
-#[cfg(feature = "client")]
+pub mod control;
 pub mod env;
-#[cfg(feature = "client")]
 pub mod inject;
-#[cfg(feature = "client")]
 pub mod mount;
-#[cfg(feature = "client")]
 pub mod session;
-#[cfg(feature = "client")]
+pub mod tunnel;
 pub mod workload;

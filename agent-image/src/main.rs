@@ -1,19 +1,19 @@
 //! kubedev-agent: the traffic agent that runs as a container in the workload's pods.
 
-mod datagrams;
-mod flows;
-mod http_route;
-mod intercept;
-mod serve;
-mod volumes;
+mod accept;
+mod env;
+mod files;
+mod incoming;
+mod outgoing;
+mod workstations;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::protocol::AgentConfig;
-use kubedev::protocol::udp_flows::IDLE_TIMEOUT;
-use kubedev::signals::StopSignals;
+use kubedev_process::signals::StopSignals;
+use kubedev_protocol::AgentConfig;
+use kubedev_protocol::udp_flows::IDLE_TIMEOUT;
 
 use clap::Parser;
 
@@ -24,15 +24,15 @@ use clap::Parser;
 #[command(name = "kubedev-agent", version)]
 struct Cli {
     /// Where to listen. Keep it on loopback: port-forward reaches it, nothing else does.
-    #[arg(long, env = "KUBEDEV_AGENT_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], kubedev::protocol::AGENT_PORT)))]
+    #[arg(long, env = "KUBEDEV_AGENT_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], kubedev_protocol::AGENT_PORT)))]
     listen: SocketAddr,
 
     /// The session token; the plugins set it in the pod spec.
-    #[arg(long, env = kubedev::protocol::AGENT_TOKEN_ENV, hide_env_values = true)]
+    #[arg(long, env = kubedev_protocol::AGENT_TOKEN_ENV, hide_env_values = true)]
     token: String,
 
     /// What the agent does besides serving sessions (JSON; the plugins set it).
-    #[arg(long, env = kubedev::protocol::AGENT_CONFIG_ENV, value_parser = parse_config, default_value = "{}", hide_env_values = true)]
+    #[arg(long, env = kubedev_protocol::AGENT_CONFIG_ENV, value_parser = parse_config, default_value = "{}", hide_env_values = true)]
     config: AgentConfig,
 
     /// Seconds a UDP flow may stay idle before the agent closes it.
@@ -43,18 +43,18 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kubedev::logging::init();
-    let settings = serve::Settings {
+    kubedev_process::logging::init();
+    let settings = accept::Settings {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };
     let udp_idle = settings.udp_idle;
-    let sessions = Arc::new(serve::Sessions::default());
+    let workstations = Arc::new(workstations::Workstations::default());
     let serving = async {
         tokio::try_join!(
-            serve::run(cli.listen, settings, sessions.clone()),
-            intercept::serve(cli.config.listeners, sessions, udp_idle),
+            accept::run(cli.listen, settings, workstations.clone()),
+            incoming::serve(cli.config.listeners, workstations, udp_idle),
         )
     };
     tokio::select! {

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kubedev::protocol::codec::{read_datagram, read_message, write_datagram, write_message};
-use kubedev::protocol::mux::MuxStream;
-use kubedev::protocol::{OpenReply, OpenRequest, Transport};
-use kubedev::tunnel::{AgentLink, LinkError};
+use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write_message};
+use kubedev_protocol::link::{AgentLink, LinkError};
+use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::{OpenReply, OpenRequest, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

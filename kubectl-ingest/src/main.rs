@@ -1,8 +1,8 @@
 //! `kubectl ingest`: a workload's environment and volumes on this machine, no traffic moved.
 
 use clap::Parser;
-use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
+use kubedev_cli::{ModeArgs, PluginArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -32,5 +32,5 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    kubedev::cli::main(Mode::Ingest, cli.common, ModeArgs::default())
+    kubedev_cli::main(Mode::Ingest, cli.common, ModeArgs::default())
 }

@@ -1,10 +1,10 @@
 //! `kubectl intercept`: send a workload's service traffic to a process on this machine.
 
 use clap::Parser;
-use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
-use kubedev::protocol::HttpFilter;
 use kubedev::session::PortMapping;
+use kubedev_cli::{ModeArgs, PluginArgs};
+use kubedev_protocol::HttpFilter;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -93,5 +93,5 @@ fn main() -> std::process::ExitCode {
             path_prefix: cli.http_path_prefix,
         }),
     };
-    kubedev::cli::main(Mode::Intercept, cli.common, mode_args)
+    kubedev_cli::main(Mode::Intercept, cli.common, mode_args)
 }

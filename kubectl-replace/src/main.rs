@@ -1,9 +1,9 @@
 //! `kubectl replace-container`: swap a container for this machine while the session lasts.
 
 use clap::Parser;
-use kubedev::cli::{ModeArgs, PluginArgs};
 use kubedev::inject::Mode;
 use kubedev::session::PortMapping;
+use kubedev_cli::{ModeArgs, PluginArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -48,5 +48,5 @@ fn main() -> std::process::ExitCode {
         address: Some(cli.address),
         filter: None,
     };
-    kubedev::cli::main(Mode::Replace, cli.common, mode_args)
+    kubedev_cli::main(Mode::Replace, cli.common, mode_args)
 }

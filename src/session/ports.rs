@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 use super::start::Plan;
 use crate::control::Forward;
 use crate::inject::{self, TargetPort};
-use crate::protocol::Transport;
 use crate::workload::WorkloadRef;
+use kubedev_protocol::Transport;
 
 /// A port the user asked for: `LOCAL[:REMOTE]`, REMOTE a service port (intercept) or a
 /// container port (replace), by number or name.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::inject::Mode;
-use crate::protocol::HttpFilter;
 use crate::workload::Workload;
+use kubedev_protocol::HttpFilter;
 
 /// The workload annotation holding a session's [`Record`] (JSON).
 pub const RECORD_ANNOTATION: &str = "kubedev.io/session";

@@ -14,8 +14,8 @@ use super::record::{Joined, RECORD_ANNOTATION, Record, ServiceRecord, record_of}
 use super::service::{choose_service, point_service_at_agent};
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
-use crate::protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
 use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
+use kubedev_protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use super::service::selects;
 use super::*;
 use crate::control::Forward;
 use crate::inject::{Mode, TargetPort};
-use crate::protocol::{HttpFilter, Transport};
 use crate::workload::WorkloadRef;
+use kubedev_protocol::{HttpFilter, Transport};
 
 fn template() -> PodTemplateSpec {
     serde_json::from_value(json!({

@@ -7,9 +7,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::DeleteParams;
-use kubedev::protocol::codec::{read_datagram, write_datagram};
-use kubedev::tunnel::{AgentLink, link_through_port_forward};
+use kubedev::tunnel::link_through_port_forward;
 use kubedev_e2e::{TestCluster, TestNamespace, start_agent_pod};
+use kubedev_protocol::codec::{read_datagram, write_datagram};
+use kubedev_protocol::link::AgentLink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "e2e-agent-token";

@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kubedev::control::Forward;
-use kubedev::protocol::KEEPALIVE_INTERVAL;
-use kubedev::tunnel::{AgentLink, link_through_port_forward};
+use kubedev::tunnel::link_through_port_forward;
+use kubedev_protocol::KEEPALIVE_INTERVAL;
+use kubedev_protocol::link::AgentLink;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 

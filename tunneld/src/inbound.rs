@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use kubedev::control::Forward;
-use kubedev::protocol::codec::{read_message, write_message};
-use kubedev::protocol::mux::MuxStream;
-use kubedev::protocol::splice::splice;
-use kubedev::protocol::udp_flows::{IDLE_TIMEOUT, connected_socket, relay_socket};
-use kubedev::protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
+use kubedev_protocol::codec::{read_message, write_message};
+use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::splice::splice;
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, connected_socket, relay_socket};
+use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 

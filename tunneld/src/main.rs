@@ -75,8 +75,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    kubedev::logging::init();
-    kubedev::cli::exit_status(run(Cli::parse()).await)
+    kubedev_process::logging::init();
+    kubedev_process::exit_status(run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

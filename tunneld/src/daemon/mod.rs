@@ -15,10 +15,10 @@ use kubedev::cidr::Cidr;
 use kubedev::control::{
     ControlReply, ControlRequest, DaemonStatus, Held, ProxyChoices, SessionStatus,
 };
-use kubedev::protocol::codec::{read_message, write_message};
 use kubedev::session;
-use kubedev::signals::StopSignals;
 use kubedev::workload::WorkloadRef;
+use kubedev_process::signals::StopSignals;
+use kubedev_protocol::codec::{read_message, write_message};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;

@@ -23,8 +23,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
-use kubedev::protocol::splice::CHUNK;
-use kubedev::protocol::udp_flows::UdpFlows;
+use kubedev_protocol::splice::CHUNK;
+use kubedev_protocol::udp_flows::UdpFlows;
 use udp::{Datagram, FlowKey};
 
 /// The TUN device's name.

@@ -1,13 +1,13 @@
 //! UDP on the TUN device: the userspace stack hands over every datagram with its addresses;
 //! datagrams between the same two addresses form a flow ([`FlowKey`], in a
-//! [`kubedev::protocol::udp_flows::UdpFlows`] table), and each flow gets its own stream
+//! [`kubedev_protocol::udp_flows::UdpFlows`] table), and each flow gets its own stream
 //! through an agent. A flow ends after [`IDLE_TIMEOUT`] without a datagram either way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::protocol::udp_flows::{IDLE_TIMEOUT, relay_channel};
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, relay_channel};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;

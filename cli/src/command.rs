@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::signals::StopSignals;
+use kubedev_process::signals::StopSignals;
 
 /// Runs `command` with the app's environment on top of ours; its exit status becomes ours.
 /// A stop signal to the plugin is passed on to it.

@@ -16,21 +16,10 @@ use std::process::ExitCode;
 
 pub use args::{DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, PluginArgs, SessionArgs};
 
-use crate::inject::Mode;
+use kubedev::inject::Mode;
+use kubedev_process::exit_status;
 use manage::run_manage;
 use run::run_session;
-
-/// Turns a command's result into its exit status, printing a failure as
-/// `error: what failed: why` on stderr (no backtrace, whatever RUST_BACKTRACE says).
-pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
 
 /// Runs a plugin: a subcommand, or a session on the workload.
 pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
@@ -52,10 +41,10 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
             (None, Some(workload)) => run_session(mode, &cluster, workload, args, mode_args).await,
             (None, None) => Err(anyhow::anyhow!("say which workload (see --help)")),
         };
-        result.unwrap_or_else(|err| {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        })
+        match result {
+            Ok(code) => code,
+            Err(err) => exit_status(Err(err)),
+        }
     })
 }
 

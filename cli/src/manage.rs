@@ -10,11 +10,11 @@ use super::command_of;
 use super::output::{describe_status, render};
 use super::run::end_session;
 use super::tunneld::{tunneld_socket, tunneld_status};
-use crate::cluster::{ClusterArgs, Connection};
-use crate::control::ControlError;
-use crate::inject::Mode;
-use crate::session::{self, Record};
-use crate::workload::{Workload, WorkloadKind};
+use kubedev::cluster::{ClusterArgs, Connection};
+use kubedev::control::ControlError;
+use kubedev::inject::Mode;
+use kubedev::session::{self, Record};
+use kubedev::workload::{Workload, WorkloadKind};
 
 /// One row of `list`.
 #[derive(Debug, Serialize)]

@@ -12,17 +12,17 @@ use super::command::run_command;
 use super::command_of;
 use super::output::{network_notes, progress_on, spinner};
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
-use crate::cluster::{ClusterArgs, Connection};
-use crate::control::{
+use kubedev::cluster::{ClusterArgs, Connection};
+use kubedev::control::{
     self, ControlError, ControlReply, ControlRequest, Hold, NetworkStatus, ProxyChoices,
     ResolverStatus,
 };
-use crate::env::{self, EnvSyntax};
-use crate::inject::Mode;
-use crate::mount::{self, Mount, MountChoice};
-use crate::session::{self, Plan, Started};
-use crate::signals::StopSignals;
-use crate::workload::{WorkloadRef, check_agents};
+use kubedev::env::{self, EnvSyntax};
+use kubedev::inject::Mode;
+use kubedev::mount::{self, Mount, MountChoice};
+use kubedev::session::{self, Plan, Started};
+use kubedev::workload::{WorkloadRef, check_agents};
+use kubedev_process::signals::StopSignals;
 
 pub(super) async fn run_session(
     mode: Mode,
@@ -352,7 +352,7 @@ pub(super) fn report(plan: &Plan, started: &Started) {
     }
 }
 
-pub(super) fn describe_filter(filter: &crate::protocol::HttpFilter) -> String {
+pub(super) fn describe_filter(filter: &kubedev_protocol::HttpFilter) -> String {
     let mut parts: Vec<String> = filter
         .headers
         .iter()

@@ -76,6 +76,11 @@ impl MuxHandle {
     pub async fn closed(&self) {
         self.command_tx.closed().await;
     }
+
+    /// Whether `other` is a handle of the same connection.
+    pub fn same_connection(&self, other: &MuxHandle) -> bool {
+        self.command_tx.same_channel(&other.command_tx)
+    }
 }
 
 /// Starts multiplexing over `io`. Streams the peer opens arrive on the returned receiver;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::args::Output;
-use crate::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
-use crate::workload::Progress;
+use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
+use kubedev::workload::Progress;
 
 pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<String> {
     Ok(match output {
@@ -139,8 +139,8 @@ pub(super) fn progress_on(bar: &indicatif::ProgressBar) -> impl FnMut(&Progress)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cidr;
-    use crate::control;
+    use kubedev::cidr;
+    use kubedev::control;
 
     #[test]
     fn the_network_is_described_range_by_range_and_skips_are_noted() {

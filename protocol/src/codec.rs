@@ -102,7 +102,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::OpenRequest;
+    use crate::OpenRequest;
 
     #[tokio::test]
     async fn messages_round_trip() {

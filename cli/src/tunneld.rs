@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::cluster::{ClusterArgs, Connection};
-use crate::control::{self, ControlError, ControlReply, ControlRequest, DaemonStatus};
+use kubedev::cluster::{ClusterArgs, Connection};
+use kubedev::control::{self, ControlError, ControlReply, ControlRequest, DaemonStatus};
 
 pub(super) async fn tunneld_status(socket: &std::path::Path) -> Result<DaemonStatus, ControlError> {
     match control::request(socket, &ControlRequest::Status).await? {

@@ -12,6 +12,7 @@
 
 pub mod codec;
 pub mod handshake;
+pub mod link;
 pub mod mux;
 pub mod splice;
 pub mod udp_flows;

@@ -7,22 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::protocol::udp_flows::{UdpFlows, relay_channel};
-use kubedev::protocol::{Listener, Transport};
+use kubedev_protocol::udp_flows::{UdpFlows, relay_channel};
+use kubedev_protocol::{Listener, Transport};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::intercept::to_workstation;
-use crate::serve::Sessions;
+use super::to_workstation;
+use crate::workstations::Workstations;
 
 /// How often flows that ended are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Reads `socket` until it fails, handing each datagram to its peer's flow.
-pub(crate) async fn serve(
+pub(super) async fn serve(
     socket: UdpSocket,
     listener: Listener,
-    sessions: Arc<Sessions>,
+    workstations: Arc<Workstations>,
     idle: Duration,
 ) -> std::io::Result<()> {
     let socket = Arc::new(socket);
@@ -45,7 +45,7 @@ pub(crate) async fn serve(
                 app_port: listener.app_port,
                 idle,
             };
-            tokio::spawn(flow.relay(datagrams_rx, sessions.clone()));
+            tokio::spawn(flow.relay(datagrams_rx, workstations.clone()));
         }
     }
 }
@@ -61,7 +61,7 @@ struct Flow {
 impl Flow {
     /// Carries what `datagrams_rx` brings from the peer to the first workstation that
     /// takes it, and its replies back, until the flow is idle.
-    async fn relay(self, datagrams_rx: mpsc::Receiver<Vec<u8>>, sessions: Arc<Sessions>) {
+    async fn relay(self, datagrams_rx: mpsc::Receiver<Vec<u8>>, workstations: Arc<Workstations>) {
         let Self {
             socket,
             peer,
@@ -69,7 +69,7 @@ impl Flow {
             idle,
         } = self;
         let mut stream = None;
-        for claimant in sessions.claimants(app_port) {
+        for claimant in workstations.claimants(app_port) {
             match to_workstation(&claimant.handle, app_port, Transport::Udp).await {
                 Ok(opened) => {
                     stream = Some(opened);

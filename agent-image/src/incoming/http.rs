@@ -12,12 +12,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use kubedev::protocol::{HttpFilter, Listener, Transport};
+use kubedev_protocol::{HttpFilter, Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::intercept::to_workstation;
-use crate::serve::Claimant;
+use super::to_workstation;
+use crate::workstations::Claimant;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -27,7 +27,7 @@ struct Route {
 }
 
 /// Serves HTTP/1.1 on `connection`, routing every request.
-pub(crate) async fn serve(
+pub(super) async fn serve(
     connection: TcpStream,
     peer: SocketAddr,
     listener: Listener,
@@ -81,7 +81,7 @@ impl Route {
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Whether the client on `connection` opens with the HTTP/2 preface (looked at, not read).
-pub(crate) async fn speaks_http2(connection: &TcpStream) -> bool {
+pub(super) async fn speaks_http2(connection: &TcpStream) -> bool {
     let mut start = [0u8; HTTP2_PREFACE.len()];
     let mut seen = 0;
     // The preface may arrive in pieces; stop as soon as it cannot be one.

@@ -7,10 +7,14 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::{OpenReply, VOLUMES_ROOT};
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
 };
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::outgoing::answer;
 
 /// The most one read returns: what sshfs asks for, and what russh-sftp's packets allow.
 const MAX_READ: u32 = 256 * 1024;
@@ -21,7 +25,15 @@ enum Open {
     Dir(Option<Vec<File>>),
 }
 
-pub(crate) struct VolumeServer {
+/// Serves the volumes over SFTP on `stream` until the workstation ends the session.
+pub(crate) async fn serve(mut stream: MuxStream, read_only: bool) -> std::io::Result<()> {
+    answer(&mut stream, &OpenReply::Connected).await?;
+    let server = VolumeServer::new(Path::new(VOLUMES_ROOT), read_only);
+    russh_sftp::server::run(stream, server).await;
+    Ok(())
+}
+
+struct VolumeServer {
     root: PathBuf,
     read_only: bool,
     open: HashMap<String, Open>,
@@ -29,7 +41,7 @@ pub(crate) struct VolumeServer {
 }
 
 impl VolumeServer {
-    pub(crate) fn new(root: &Path, read_only: bool) -> Self {
+    fn new(root: &Path, read_only: bool) -> Self {
         Self {
             root: root.to_owned(),
             read_only,

@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{AgentLink, LinkError};
-use crate::protocol::AGENT_PORT;
-use crate::protocol::mux::MuxStream;
+use kubedev_protocol::AGENT_PORT;
+use kubedev_protocol::link::{AgentLink, LinkError};
+use kubedev_protocol::mux::MuxStream;
 
 /// The largest websocket message sent: big enough to keep per-message costs low, small
 /// enough not to hold back the other direction.

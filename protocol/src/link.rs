@@ -1,5 +1,6 @@
-//! [`AgentLink`]: one handshaken, multiplexed session with one agent, over any byte stream
-//! (a port-forward in production, a loopback TCP connection in component tests).
+//! The client side of a session: [`AgentLink`], one handshaken, multiplexed session with one
+//! agent over any byte stream (a port-forward in production, a loopback TCP connection in
+//! component tests), and [`open_flow`], which the agent uses for the flows it starts.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,10 +8,10 @@ use std::net::IpAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::protocol::codec::{CodecError, read_message, write_message};
-use crate::protocol::handshake::{HandshakeError, greet_agent};
-use crate::protocol::mux::{self, Mode, MuxHandle, MuxStream};
-use crate::protocol::{HttpFilter, OpenReply, OpenRequest};
+use crate::codec::{CodecError, read_message, write_message};
+use crate::handshake::{HandshakeError, greet_agent};
+use crate::mux::{self, Mode, MuxHandle, MuxStream};
+use crate::{HttpFilter, OpenReply, OpenRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -65,7 +66,7 @@ impl AgentLink {
     }
 
     /// A UDP flow from the pod to `host:port`; the stream carries framed datagrams
-    /// ([`crate::protocol::codec::write_datagram`]).
+    /// ([`crate::codec::write_datagram`]).
     pub async fn open_udp(&self, host: &str, port: u16) -> Result<MuxStream, LinkError> {
         let request = OpenRequest::Udp {
             host: host.to_owned(),
@@ -134,17 +135,31 @@ impl AgentLink {
     }
 
     async fn open_flow(&self, request: &OpenRequest) -> Result<MuxStream, LinkError> {
-        match self.request(request).await? {
-            (stream, OpenReply::Connected) => Ok(stream),
-            (_, OpenReply::Failed { reason }) => Err(LinkError::Refused(reason)),
-            (_, other) => Err(LinkError::Unexpected(other)),
-        }
+        open_flow(&self.mux, request).await
     }
 
     async fn request(&self, request: &OpenRequest) -> Result<(MuxStream, OpenReply), LinkError> {
-        let mut stream = self.mux.open().await.map_err(|_| LinkError::Closed)?;
-        write_message(&mut stream, request).await?;
-        let reply = read_message(&mut stream).await?;
-        Ok((stream, reply))
+        self::request(&self.mux, request).await
     }
+}
+
+/// Opens a stream on `mux` for `request`: the stream, once the other end answered
+/// `Connected`. Both ends start their flows this way (the agent its inbound ones).
+pub async fn open_flow(mux: &MuxHandle, request: &OpenRequest) -> Result<MuxStream, LinkError> {
+    match self::request(mux, request).await? {
+        (stream, OpenReply::Connected) => Ok(stream),
+        (_, OpenReply::Failed { reason }) => Err(LinkError::Refused(reason)),
+        (_, other) => Err(LinkError::Unexpected(other)),
+    }
+}
+
+/// Opens a stream on `mux`, sends `request` and reads the answer.
+async fn request(
+    mux: &MuxHandle,
+    request: &OpenRequest,
+) -> Result<(MuxStream, OpenReply), LinkError> {
+    let mut stream = mux.open().await.map_err(|_| LinkError::Closed)?;
+    write_message(&mut stream, request).await?;
+    let reply = read_message(&mut stream).await?;
+    Ok((stream, reply))
 }

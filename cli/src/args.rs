@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cidr::{self, Cidr};
-use crate::cluster::ClusterArgs;
-use crate::env::EnvSyntax;
-use crate::mount::MountChoice;
-use crate::session::PortMapping;
-use crate::workload::WorkloadRef;
+use kubedev::cidr::{self, Cidr};
+use kubedev::cluster::ClusterArgs;
+use kubedev::env::EnvSyntax;
+use kubedev::mount::MountChoice;
+use kubedev::session::PortMapping;
+use kubedev::workload::WorkloadRef;
 
 /// What every plugin's command line has besides its mode's own flags: a subcommand or a
 /// workload, the session flags and the cluster flags.
@@ -142,7 +142,7 @@ pub struct ModeArgs {
     pub ports: Vec<PortMapping>,
     pub service: Option<String>,
     pub address: Option<String>,
-    pub filter: Option<crate::protocol::HttpFilter>,
+    pub filter: Option<kubedev_protocol::HttpFilter>,
 }
 
 #[cfg(test)]

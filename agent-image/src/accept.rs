@@ -1,0 +1,122 @@
+//! Accepting workstations: one port-forward connection each, handshaken, then
+//! multiplexed; every stream a workstation opens is served by what it asks for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedev_protocol::codec::read_message;
+use kubedev_protocol::handshake::welcome_client;
+use kubedev_protocol::mux::{self, Mode, MuxStream};
+use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::outgoing::{self, answer, refuse};
+use crate::workstations::{WorkstationId, Workstations};
+use crate::{env, files};
+
+/// What every workstation's connection shares.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) token: String,
+    pub(crate) udp_idle: Duration,
+    /// Ingest: the volumes are served read-only.
+    pub(crate) read_only_volumes: bool,
+}
+
+pub(crate) const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));
+
+/// Accepts workstations on `listen` until the process ends.
+pub(crate) async fn run(
+    listen: SocketAddr,
+    settings: Settings,
+    workstations: Arc<Workstations>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!("{AGENT_NAME} listening on {}", listener.local_addr()?);
+    let settings = Arc::new(settings);
+    loop {
+        let (connection, peer) = listener.accept().await?;
+        tokio::spawn(serve_workstation(
+            connection,
+            peer,
+            settings.clone(),
+            workstations.clone(),
+        ));
+    }
+}
+
+async fn serve_workstation(
+    mut connection: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<Settings>,
+    workstations: Arc<Workstations>,
+) {
+    let _ = connection.set_nodelay(true);
+    let hello = match welcome_client(&mut connection, &settings.token, AGENT_NAME).await {
+        Ok(hello) => hello,
+        Err(err) => {
+            tracing::warn!("refused a session from {peer}: {err}");
+            return;
+        }
+    };
+    tracing::info!("session opened by {} ({peer})", hello.client);
+    // The handle is how intercepted connections reach this workstation.
+    let (handle, mut streams_rx) = mux::spawn(connection, Mode::Server);
+    let id = workstations.add(handle);
+    while let Some(stream) = streams_rx.recv().await {
+        let requester = Requester {
+            workstations: workstations.clone(),
+            id,
+        };
+        tokio::spawn(serve_stream(stream, settings.clone(), requester));
+    }
+    workstations.remove(id);
+    tracing::info!("session of {} ({peer}) closed", hello.client);
+}
+
+/// The workstation a stream came from, for the ports it claims.
+#[derive(Debug)]
+struct Requester {
+    workstations: Arc<Workstations>,
+    id: WorkstationId,
+}
+
+async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester: Requester) {
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(err)) => return tracing::debug!("stream without a request: {err}"),
+        Err(_) => return tracing::debug!("stream without a request in {HANDSHAKE_TIMEOUT:?}"),
+    };
+    let result = match request {
+        OpenRequest::Tcp { host, port } => outgoing::tcp::relay(stream, &host, port).await,
+        OpenRequest::Udp { host, port } => {
+            outgoing::udp::relay(stream, &host, port, settings.udp_idle).await
+        }
+        OpenRequest::Resolve { name } => outgoing::dns::answer_lookup(stream, &name).await,
+        OpenRequest::Ping => answer(&mut stream, &OpenReply::Pong).await,
+        OpenRequest::Environment => {
+            let variables = env::app_environment(std::env::vars());
+            answer(&mut stream, &OpenReply::Environment { variables }).await
+        }
+        OpenRequest::Inbound { .. } => {
+            refuse(&mut stream, "the agent takes no inbound streams".into()).await
+        }
+        OpenRequest::Files => files::serve(stream, settings.read_only_volumes).await,
+        OpenRequest::Claim { port, filter } => {
+            tracing::info!(
+                "a workstation takes port {port}{}",
+                if filter.is_some() {
+                    " (matching HTTP requests)"
+                } else {
+                    ""
+                }
+            );
+            requester.workstations.claim(requester.id, port, filter);
+            answer(&mut stream, &OpenReply::Connected).await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!("flow ended: {err}");
+    }
+}

@@ -1,0 +1,92 @@
+//! Connections for the app container's ports the agent took over: each goes to a
+//! workstation that claimed the port (on a stream the agent opens toward it) or, when none
+//! takes it, to the app container on localhost (intercept) or nowhere (replace: the app is
+//! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
+//! some HTTP requests ([`http`]); UDP peers in [`udp`].
+
+mod http;
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedev_protocol::link::{LinkError, open_flow};
+use kubedev_protocol::mux::{MuxHandle, MuxStream};
+use kubedev_protocol::{HANDSHAKE_TIMEOUT, Listener, OpenRequest, Transport};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::workstations::Workstations;
+
+/// Listens on every port in `listeners` until the process ends.
+pub(crate) async fn serve(
+    listeners: Vec<Listener>,
+    workstations: Arc<Workstations>,
+    udp_idle: Duration,
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let address = SocketAddr::from(([0, 0, 0, 0], listener.port));
+        if listener.transport == Transport::Udp {
+            let socket = UdpSocket::bind(address).await?;
+            tracing::info!(
+                "taking datagrams for the app's UDP port {}",
+                listener.app_port
+            );
+            let workstations = workstations.clone();
+            tasks.spawn(async move {
+                if let Err(err) = udp::serve(socket, listener, workstations, udp_idle).await {
+                    tracing::warn!("udp listener: {err}");
+                }
+            });
+            continue;
+        }
+        let socket = TcpListener::bind(address).await?;
+        tracing::info!(
+            "taking connections for the app's port {} on port {}",
+            listener.app_port,
+            listener.port
+        );
+        let workstations = workstations.clone();
+        tasks.spawn(async move {
+            loop {
+                match socket.accept().await {
+                    Ok((connection, peer)) => {
+                        tokio::spawn(tcp::deliver(
+                            connection,
+                            peer,
+                            listener.clone(),
+                            workstations.clone(),
+                        ));
+                    }
+                    Err(err) => tracing::warn!("accepting on port {}: {err}", listener.port),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Opens a stream to the workstation of `session` for a connection to the app's `app_port`
+/// (or, for UDP, one peer's datagrams).
+pub(crate) async fn to_workstation(
+    session: &MuxHandle,
+    app_port: u16,
+    transport: Transport,
+) -> Result<MuxStream, String> {
+    let request = OpenRequest::Inbound {
+        port: app_port,
+        transport,
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, open_flow(session, &request)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
+        Ok(Err(LinkError::Unexpected(reply))) => {
+            Err(format!("unexpected answer from the workstation: {reply:?}"))
+        }
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("the workstation did not answer".to_owned()),
+    }
+}
