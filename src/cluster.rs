@@ -1,8 +1,25 @@
 //! kubectl-style cluster selection: `-n/--namespace`, `--context`, `--kubeconfig`
 //! and the `KUBECONFIG` variable, resolved the way kubectl resolves them.
 
-use anyhow::Context as _;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::PathBuf;
+
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+
+/// Why no client for the cluster could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read kubeconfig {}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: KubeconfigError,
+    },
+    #[error("cannot read a kubeconfig: set KUBECONFIG or pass --kubeconfig FILE")]
+    Read { source: KubeconfigError },
+    #[error("invalid kubeconfig")]
+    Invalid { source: KubeconfigError },
+    #[error("cannot build a Kubernetes client")]
+    Client { source: kube::Error },
+}
 
 /// The flags every plugin shares to pick a cluster, user and namespace.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -17,7 +34,7 @@ pub struct ClusterArgs {
 
     /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, global = true, value_name = "FILE")]
-    pub kubeconfig: Option<std::path::PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A client for the chosen cluster, with the namespace commands act in.
@@ -43,12 +60,13 @@ impl std::fmt::Debug for Connection {
 
 impl ClusterArgs {
     /// Reads the kubeconfig the way kubectl does and connects to the selected context.
-    pub async fn connect(&self) -> anyhow::Result<Connection> {
+    pub async fn connect(&self) -> Result<Connection, ClusterError> {
         let kubeconfig = match &self.kubeconfig {
-            Some(path) => Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?,
-            None => Kubeconfig::read()
-                .context("cannot read a kubeconfig: set KUBECONFIG or pass --kubeconfig FILE")?,
+            Some(path) => Kubeconfig::read_from(path).map_err(|source| ClusterError::ReadFile {
+                path: path.clone(),
+                source,
+            })?,
+            None => Kubeconfig::read().map_err(|source| ClusterError::Read { source })?,
         };
         let context = self
             .context
@@ -60,31 +78,20 @@ impl ClusterArgs {
         };
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
-            .context("invalid kubeconfig")?;
+            .map_err(|source| ClusterError::Invalid { source })?;
         let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+        let client =
+            kube::Client::try_from(config).map_err(|source| ClusterError::Client { source })?;
         Ok(Connection {
             client,
             namespace,
             context,
             server,
         })
-    }
-}
-
-/// Turns an API error into one that says what to do: a refusal names the verb and
-/// resource that are missing, the way `kubectl auth can-i` asks about them.
-pub fn explain(err: kube::Error, verb: &str, resource: &str, namespace: &str) -> anyhow::Error {
-    match &err {
-        kube::Error::Api(status) if status.code == 403 => anyhow::anyhow!(
-            "not allowed to {verb} {resource} in namespace {namespace}: ask for that permission \
-             (check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
-        ),
-        _ => anyhow::Error::new(err).context(format!("{verb} {resource} in namespace {namespace}")),
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
 use crate::cidr::Cidr;
+use crate::workload::WorkloadRef;
 use kubedev_protocol::Transport;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 
@@ -55,13 +56,13 @@ pub enum ControlRequest {
 }
 
 /// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
-/// `workload` (`KIND/NAME`), waiting at most `timeout` for its pods.
+/// `workload`, waiting at most `timeout` for its pods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
     pub name: String,
     pub owner: String,
     pub namespace: String,
-    pub workload: String,
+    pub workload: WorkloadRef,
     pub timeout: Duration,
 }
 

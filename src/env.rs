@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
-
-use anyhow::Context as _;
+use std::path::{Path, PathBuf};
 
 /// The syntaxes `--env-syntax` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -76,21 +74,32 @@ fn double_quoted(value: &str) -> String {
     out
 }
 
+/// A file that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}", path.display())]
+pub struct WriteError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
 /// Writes `content` to `path`, readable by this user only.
-pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
+pub fn write_private(path: &Path, content: &str) -> Result<(), WriteError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // An existing file keeps its mode on open: tighten it.
-    use std::os::unix::fs::PermissionsExt as _;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(content.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+        .and_then(|mut file| {
+            // An existing file keeps its mode on open: tighten it.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.write_all(content.as_bytes())
+        });
+    written.map_err(|source| WriteError {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -88,10 +88,17 @@ pub struct InjectSpec<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Injected {
     pub template: PodTemplateSpec,
-    /// Numeric Service targetPorts to point at the agent: (the number, the port name).
-    pub service_targets: Vec<(u16, String)>,
+    /// Numeric Service targetPorts to point at the agent.
+    pub service_targets: Vec<ServiceTarget>,
     /// The agent's listeners, by the app port they stand for.
     pub listeners: Vec<Listener>,
+}
+
+/// A Service whose targetPort is `number` is pointed at the agent's port of this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub number: u16,
+    pub agent_port_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,7 +162,7 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
 struct AgentPorts {
     ports: Vec<ContainerPort>,
     listeners: Vec<Listener>,
-    service_targets: Vec<(u16, String)>,
+    service_targets: Vec<ServiceTarget>,
 }
 
 /// intercept: the agent listens on a free port for each of `targets`; a named target's name
@@ -174,7 +181,10 @@ fn take_over(
             TargetPort::Named(name) => (take_port_name(app, name)?, name.clone()),
             TargetPort::Number(number) => {
                 let name = format!("kd-{number}");
-                taken.service_targets.push((*number, name.clone()));
+                taken.service_targets.push(ServiceTarget {
+                    number: *number,
+                    agent_port_name: name.clone(),
+                });
                 (*number, name)
             }
         };

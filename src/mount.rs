@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use crate::control;
+use crate::control::{self, ControlError};
 
 /// How long sshfs may take to mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,13 +60,33 @@ impl Mount {
     }
 }
 
+/// Why the volumes could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot create {}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run sshfs, which mounts the volumes (install it, or pass --mount false)")]
+    NoSshfs { source: std::io::Error },
+    #[error("sshfs could not mount the volumes ({0})")]
+    Failed(std::process::ExitStatus),
+    #[error("sshfs did not mount the volumes within {MOUNT_TIMEOUT:?}")]
+    Timeout,
+    #[error("cannot open the volumes through tunneld")]
+    Files(#[from] ControlError),
+    #[error("the volumes' connection to tunneld")]
+    Connection(#[from] std::io::Error),
+}
+
 /// Mounts the volumes of session `name` as `choice` says (read-only if `read_only`).
 pub async fn mount(
     socket: &Path,
     name: &str,
     choice: &MountChoice,
     read_only: bool,
-) -> anyhow::Result<Option<Mount>> {
+) -> Result<Option<Mount>, MountError> {
     let (dir, read_only, temporary) = match choice {
         MountChoice::No => return Ok(None),
         MountChoice::Temporary => {
@@ -84,8 +102,8 @@ pub async fn mount(
             read_only: ro,
         } => (path.clone(), read_only || *ro, false),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
+    let created = std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize());
+    let dir = created.map_err(|source| MountError::CreateDir { dir, source })?;
     let sftp = control::open_files(socket, name).await?.into_std()?;
     sftp.set_nonblocking(false)?;
     let replies = sftp.try_clone()?;
@@ -101,9 +119,9 @@ pub async fn mount(
     if read_only {
         command.args(["-o", "ro"]);
     }
-    let sshfs = command.spawn().context(
-        "cannot run sshfs, which mounts the volumes (install it, or pass --mount false)",
-    )?;
+    let sshfs = command
+        .spawn()
+        .map_err(|source| MountError::NoSshfs { source })?;
     // From here on, any error drops `mount`, which unmounts and cleans up.
     let mut mount = Mount {
         dir,
@@ -113,12 +131,11 @@ pub async fn mount(
     let deadline = std::time::Instant::now() + MOUNT_TIMEOUT;
     while !is_mounted(&mount.dir) {
         if let Some(status) = mount.sshfs.try_wait()? {
-            anyhow::bail!("sshfs could not mount the volumes ({status})");
+            return Err(MountError::Failed(status));
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "sshfs did not mount the volumes within {MOUNT_TIMEOUT:?}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return Err(MountError::Timeout);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Some(mount))

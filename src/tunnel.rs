@@ -7,12 +7,11 @@
 //! channel, which caps a tunnel at a fraction of what the API server can carry, so the
 //! framing is done here with large messages.
 
-use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
 use kube::core::Request;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use kubedev_protocol::AGENT_PORT;
 use kubedev_protocol::link::{AgentLink, LinkError};
@@ -27,21 +26,34 @@ const BRIDGE_BUFFER: usize = 512 * 1024;
 const DATA_CHANNEL: u8 = 0;
 const ERROR_CHANNEL: u8 = 1;
 
+/// Why no session with an agent came up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("port-forward to pod {pod}")]
+    PortForward { pod: String, source: kube::Error },
+    #[error("session with the agent in pod {pod}")]
+    Session { pod: String, source: LinkError },
+}
+
 /// Opens a port-forward to the agent in `pod` and starts a session over it.
 pub async fn link_through_port_forward(
     client: kube::Client,
     namespace: &str,
     pod: &str,
     token: &str,
-) -> anyhow::Result<(AgentLink, mpsc::Receiver<MuxStream>)> {
-    let stream = open_port_forward(&client, namespace, pod, AGENT_PORT)
-        .await
-        .with_context(|| format!("port-forward to pod {namespace}/{pod}"))?;
+) -> Result<(AgentLink, mpsc::Receiver<MuxStream>), TunnelError> {
+    let stream = match open_port_forward(&client, namespace, pod, AGENT_PORT).await {
+        Ok(stream) => stream,
+        Err(source) => {
+            let pod = format!("{namespace}/{pod}");
+            return Err(TunnelError::PortForward { pod, source });
+        }
+    };
+    let pod = format!("{namespace}/{pod}");
     let client_name = concat!("kubedev ", env!("CARGO_PKG_VERSION"));
     AgentLink::connect(stream, token, client_name)
         .await
-        .map_err(|err: LinkError| anyhow::anyhow!(err))
-        .with_context(|| format!("session with the agent in pod {namespace}/{pod}"))
+        .map_err(|source| TunnelError::Session { pod, source })
 }
 
 /// Connects to `port` on the pod's loopback; the returned stream carries its bytes. A task
@@ -51,10 +63,10 @@ async fn open_port_forward(
     namespace: &str,
     pod: &str,
     port: u16,
-) -> anyhow::Result<DuplexStream> {
+) -> Result<DuplexStream, kube::Error> {
     let request = Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
         .portforward(pod, &[port])
-        .context("port-forward request")?;
+        .map_err(kube::Error::BuildRequest)?;
     let websocket = client.connect(request).await?.into_stream();
     let (ours, bridged) = tokio::io::duplex(BRIDGE_BUFFER);
     tokio::spawn(async move {
@@ -66,10 +78,10 @@ async fn open_port_forward(
 }
 
 /// Moves bytes between `io` and the websocket until either side ends.
-async fn bridge<W>(websocket: W, io: DuplexStream, port: u16) -> anyhow::Result<()>
+async fn bridge<W>(websocket: W, io: DuplexStream, port: u16) -> Result<(), BridgeError>
 where
-    W: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+    W: futures::Stream<Item = Result<Message, tungstenite::Error>>
+        + futures::Sink<Message, Error = tungstenite::Error>
         + Unpin,
 {
     let (mut ws_tx, mut ws_rx) = websocket.split();
@@ -81,7 +93,7 @@ where
             let len = io_rx.read(&mut message[1..]).await?;
             if len == 0 {
                 ws_tx.close().await?;
-                return Ok::<_, anyhow::Error>(());
+                return Ok::<_, BridgeError>(());
             }
             ws_tx
                 .send(Message::binary(message[..=len].to_vec()))
@@ -102,12 +114,23 @@ where
             }
         }
         io_tx.shutdown().await?;
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, BridgeError>(())
     };
     tokio::select! {
         done = upstream => done,
         done = downstream => done,
     }
+}
+
+/// Why a port-forward's bytes stopped moving.
+#[derive(Debug, thiserror::Error)]
+enum BridgeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Websocket(#[from] tungstenite::Error),
+    #[error(transparent)]
+    PortForward(#[from] PortForwardError),
 }
 
 /// What the API server sent that was not data.

@@ -127,6 +127,7 @@ async fn start(connection: &Connection, plan: &Plan) -> anyhow::Result<Started> 
         progress_on(&bar),
     )
     .await
+    .map_err(anyhow::Error::from)
 }
 
 /// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
@@ -210,7 +211,7 @@ pub(super) async fn hold_tunneld(
         name: plan.name.clone(),
         owner: plan.owner.clone(),
         namespace: connection.namespace.clone(),
-        workload: plan.workload.to_string(),
+        workload: plan.workload.clone(),
         timeout: plan.timeout,
     };
     Ok(control::hold(&socket, held).await?)
@@ -315,10 +316,11 @@ pub(super) async fn mount_volumes(
     match mount::mount(&socket, &plan.name, &choice, read_only).await {
         Ok(mounted) => Ok(mounted),
         Err(err) if args.mount.is_none() => {
+            let err = anyhow::Error::from(err);
             eprintln!("note: the volumes are not mounted: {err:#}");
             Ok(None)
         }
-        Err(err) => Err(err),
+        Err(err) => Err(err.into()),
     }
 }
 

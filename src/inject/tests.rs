@@ -111,7 +111,13 @@ fn intercept_of_a_named_port_moves_the_name_to_the_agent() {
 fn intercept_of_a_numeric_port_names_the_agent_port_for_the_service() {
     let targets = [TargetPort::Number(8080)];
     let injected = inject(&template(), &spec(Mode::Intercept, &targets)).expect("injected");
-    assert_eq!(injected.service_targets, [(8080, "kd-8080".to_owned())]);
+    assert_eq!(
+        injected.service_targets,
+        [ServiceTarget {
+            number: 8080,
+            agent_port_name: "kd-8080".to_owned()
+        }]
+    );
     let agent = container(&injected.template, AGENT_CONTAINER);
     assert_eq!(
         agent.ports.as_ref().expect("ports")[0].name.as_deref(),

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 
+use super::SessionError;
+use super::error::corrupt;
 use super::record::{RECORD_ANNOTATION, Removal, record_of};
-use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
+use crate::workload::{
+    Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
+};
 
 /// What leaving did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +56,7 @@ pub async fn leave(
     owner: Option<&str>,
     timeout: Duration,
     progress: impl FnMut(&Progress),
-) -> anyhow::Result<Left> {
+) -> Result<Left, SessionError> {
     match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await? {
         Removed::Settled(left) => Ok(left),
         Removed::Restored(workload) => {
@@ -80,7 +83,7 @@ pub(super) async fn remove_session(
     reference: &WorkloadRef,
     name: &str,
     owner: Option<&str>,
-) -> anyhow::Result<Removed> {
+) -> Result<Removed, SessionError> {
     let mut workload = Workload::get(client, namespace, reference).await?;
     let Some(mut record) = record_of(&workload)? else {
         return Ok(Removed::Settled(Left::NotThere));
@@ -90,7 +93,7 @@ pub(super) async fn remove_session(
         Removal::NotOwned => return Ok(Removed::Settled(Left::NotOwned)),
         Removal::OthersRemain(count) => {
             workload
-                .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+                .annotate(client, RECORD_ANNOTATION, record.to_annotation())
                 .await?;
             return Ok(Removed::Settled(Left::OthersRemain(count)));
         }
@@ -101,16 +104,25 @@ pub(super) async fn remove_session(
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for original in &record.services {
         let mut service = services
-            .get(&original.name)
+            .get_opt(&original.name)
             .await
-            .with_context(|| format!("service {} to restore", original.name))?;
+            .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?
+            .ok_or_else(|| WorkloadError::NotFound {
+                what: format!("service {} to restore", original.name),
+                namespace: namespace.to_owned(),
+            })?;
         if let Some(spec) = service.spec.as_mut() {
-            spec.ports = serde_json::from_value(original.ports.clone())?;
+            spec.ports = serde_json::from_value(original.ports.clone()).map_err(|err| {
+                corrupt(
+                    reference,
+                    format!("the recorded ports of service {}: {err}", original.name),
+                )
+            })?;
         }
         services
             .replace(&original.name, &PostParams::default(), &service)
             .await
-            .map_err(|err| crate::cluster::explain(err, "update", "services", namespace))?;
+            .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     }
     workload
         .write(client, record.template, RECORD_ANNOTATION, None)

@@ -5,26 +5,26 @@
 //! annotation on the workload ([`RECORD_ANNOTATION`]): whoever ends the session, this run
 //! or a later one after a crash, puts back exactly what was there.
 
+mod error;
 mod leave;
 mod ports;
 mod record;
 mod service;
 mod start;
 
-use anyhow::Context as _;
-
+pub use error::SessionError;
 pub use leave::{Left, leave};
 pub use ports::PortMapping;
 pub use record::{Joined, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
 pub use start::{Plan, Started, start};
 
 /// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
-pub fn random_id() -> anyhow::Result<String> {
+pub fn random_id() -> Result<String, SessionError> {
     use std::io::Read as _;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut bytes))
-        .context("read /dev/urandom")?;
+        .map_err(|source| SessionError::Random { source })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -1,9 +1,10 @@
 //! Which container and which of its ports a session takes: the ports the user named, as
 //! the agent's targets and where their connections go on the workstation.
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 
+use super::SessionError;
+use super::error::corrupt;
 use super::start::Plan;
 use crate::control::Forward;
 use crate::inject::{self, TargetPort};
@@ -38,7 +39,7 @@ pub(super) fn choose_container(
     template: &PodTemplateSpec,
     wanted: Option<&str>,
     workload: &WorkloadRef,
-) -> anyhow::Result<String> {
+) -> Result<String, SessionError> {
     let names: Vec<&str> = template
         .spec
         .iter()
@@ -46,15 +47,15 @@ pub(super) fn choose_container(
         .collect();
     match (wanted, names.as_slice()) {
         (Some(wanted), _) if names.contains(&wanted) => Ok(wanted.to_owned()),
-        (Some(wanted), _) => anyhow::bail!(
+        (Some(wanted), _) => Err(SessionError::Choice(format!(
             "{workload} has no container {wanted:?}; its containers: {}",
             names.join(", ")
-        ),
+        ))),
         (None, [only]) => Ok((*only).to_owned()),
-        (None, _) => anyhow::bail!(
+        (None, _) => Err(SessionError::Choice(format!(
             "{workload} has several containers ({}): choose one with -c",
             names.join(", ")
-        ),
+        ))),
     }
 }
 
@@ -65,7 +66,7 @@ pub(super) fn intercepted_ports(
     template: &PodTemplateSpec,
     container: &str,
     plan: &Plan,
-) -> anyhow::Result<(Vec<TargetPort>, Vec<Forward>)> {
+) -> Result<(Vec<TargetPort>, Vec<Forward>), SessionError> {
     let name = service.metadata.name.clone().unwrap_or_default();
     let ports: Vec<&ServicePort> = service
         .spec
@@ -83,10 +84,11 @@ pub(super) fn intercepted_ports(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    anyhow::ensure!(
-        !plan.ports.is_empty(),
-        "say which port to intercept with --port LOCAL[:SERVICE-PORT]"
-    );
+    if plan.ports.is_empty() {
+        return Err(SessionError::Choice(
+            "say which port to intercept with --port LOCAL[:SERVICE-PORT]".into(),
+        ));
+    }
     let mut targets = Vec::new();
     let mut forwards = Vec::new();
     for mapping in &plan.ports {
@@ -94,30 +96,33 @@ pub(super) fn intercepted_ports(
             Some(remote) => ports
                 .iter()
                 .find(|p| p.name.as_deref() == Some(remote) || p.port.to_string() == *remote)
-                .with_context(|| {
-                    format!(
+                .ok_or_else(|| {
+                    SessionError::Choice(format!(
                         "service {name} has no TCP port {remote:?}; its ports: {}",
                         describe()
-                    )
+                    ))
                 })?,
             None if ports.len() == 1 => &ports[0],
-            None => anyhow::bail!(
-                "service {name} has several ports ({}): choose one with --port {}:PORT",
-                describe(),
-                mapping.local
-            ),
+            None => {
+                return Err(SessionError::Choice(format!(
+                    "service {name} has several ports ({}): choose one with --port {}:PORT",
+                    describe(),
+                    mapping.local
+                )));
+            }
         };
         let target = port
             .target_port
             .as_ref()
             .and_then(TargetPort::from_int_or_string)
-            .unwrap_or(TargetPort::Number(u16::try_from(port.port)?));
+            .or_else(|| u16::try_from(port.port).ok().map(TargetPort::Number))
+            .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
         let app_port = match &target {
             TargetPort::Number(number) => *number,
-            TargetPort::Named(wanted) => named_port(template, container, wanted).with_context(|| {
-                format!(
+            TargetPort::Named(wanted) => named_port(template, container, wanted).ok_or_else(|| {
+                SessionError::Choice(format!(
                     "service {name} targets port {wanted:?}, which container {container} does not declare"
-                )
+                ))
             })?,
         };
         if !targets.contains(&target) {
@@ -154,7 +159,7 @@ pub(super) fn replaced_ports(
     template: &PodTemplateSpec,
     container: &str,
     plan: &Plan,
-) -> anyhow::Result<Vec<Forward>> {
+) -> Result<Vec<Forward>, SessionError> {
     let declared: Vec<(Option<String>, u16, Transport)> = template
         .spec
         .iter()
@@ -189,11 +194,11 @@ pub(super) fn replaced_ports(
             None if numbers.len() == 1 => numbers.first().copied(),
             None => None,
         }
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            SessionError::Choice(format!(
                 "container {container} declares no port {}",
                 remote.unwrap_or("(give --port LOCAL:CONTAINER-PORT)")
-            )
+            ))
         })?;
         for forward in forwards.iter_mut().filter(|f| f.app_port == number) {
             forward.local_port = mapping.local;

@@ -1,10 +1,11 @@
 //! The record of a session on its workload: what changed, the originals to restore, and
 //! which sessions (and runs of the plugin) share the agent.
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::SessionError;
+use super::error::corrupt;
 use crate::inject::Mode;
 use crate::workload::Workload;
 use kubedev_protocol::HttpFilter;
@@ -59,6 +60,12 @@ pub enum Removal {
 }
 
 impl Record {
+    /// The record as the workload's [`RECORD_ANNOTATION`] holds it.
+    pub fn to_annotation(&self) -> String {
+        // Strings, numbers and JSON values only: serializing cannot fail.
+        serde_json::to_string(self).expect("a record is plain JSON")
+    }
+
     /// Takes session `name` off the record, if it is there and (with `owner`) that run's.
     /// The first session leaving hands the agent over to the next that joined.
     pub fn remove(&mut self, name: &str, owner: Option<&str>) -> Removal {
@@ -154,14 +161,14 @@ pub struct ServiceRecord {
 }
 
 /// The session recorded on `workload`, if any.
-pub fn record_of(workload: &Workload) -> anyhow::Result<Option<Record>> {
+pub fn record_of(workload: &Workload) -> Result<Option<Record>, SessionError> {
     workload
         .annotation(RECORD_ANNOTATION)
         .map(|text| {
-            serde_json::from_str(text).with_context(|| {
-                format!(
-                    "{} has an unreadable {RECORD_ANNOTATION} annotation",
-                    workload.reference
+            serde_json::from_str(text).map_err(|err| {
+                corrupt(
+                    &workload.reference,
+                    format!("its {RECORD_ANNOTATION} annotation is unreadable: {err}"),
                 )
             })
         })

@@ -3,24 +3,26 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use kube::api::{Api, PostParams};
 
+use super::SessionError;
+use super::error::corrupt;
 use super::start::Plan;
-use crate::inject::TargetPort;
+use crate::inject::{ServiceTarget, TargetPort};
+use crate::workload::WorkloadError;
 
 pub(super) async fn choose_service(
     client: &kube::Client,
     namespace: &str,
     template: &PodTemplateSpec,
     plan: &Plan,
-) -> anyhow::Result<Service> {
+) -> Result<Service, SessionError> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let listed = services
         .list(&Default::default())
         .await
-        .map_err(|err| crate::cluster::explain(err, "list", "services", namespace))?;
+        .map_err(|err| WorkloadError::from_api(err, "list", "services", namespace))?;
     let labels = template
         .metadata
         .as_ref()
@@ -37,26 +39,26 @@ pub(super) async fn choose_service(
         .collect();
     match &plan.service {
         Some(wanted) => {
-            let index = names.iter().position(|n| n == wanted).with_context(|| {
-                format!(
+            let index = names.iter().position(|n| n == wanted).ok_or_else(|| {
+                SessionError::Choice(format!(
                     "service {wanted:?} does not select the pods of {}{}",
                     plan.workload,
                     listing(" (these do: ", &names)
-                )
+                ))
             })?;
             Ok(matching.swap_remove(index))
         }
         None if matching.len() == 1 => Ok(matching.remove(0)),
-        None if matching.is_empty() => anyhow::bail!(
+        None if matching.is_empty() => Err(SessionError::Choice(format!(
             "no Service in namespace {namespace} selects the pods of {}: intercept works on \
              Service traffic",
             plan.workload
-        ),
-        None => anyhow::bail!(
+        ))),
+        None => Err(SessionError::Choice(format!(
             "several Services select the pods of {} ({}): choose one with --service",
             plan.workload,
             names.join(", ")
-        ),
+        ))),
     }
 }
 
@@ -82,11 +84,14 @@ pub(super) async fn point_service_at_agent(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-    targets: &[(u16, String)],
-) -> anyhow::Result<()> {
+    targets: &[ServiceTarget],
+) -> Result<(), SessionError> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let mut service = services.get(name).await?;
+    let mut service = services
+        .get(name)
+        .await
+        .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
     for port in service
         .spec
         .iter_mut()
@@ -96,17 +101,18 @@ pub(super) async fn point_service_at_agent(
             .target_port
             .as_ref()
             .and_then(TargetPort::from_int_or_string)
-            .unwrap_or(TargetPort::Number(u16::try_from(port.port)?));
-        if let Some((_, agent_name)) = targets
+            .or_else(|| u16::try_from(port.port).ok().map(TargetPort::Number))
+            .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
+        if let Some(agent_port) = targets
             .iter()
-            .find(|(number, _)| target == TargetPort::Number(*number))
+            .find(|agent_port| target == TargetPort::Number(agent_port.number))
         {
-            port.target_port = Some(IntOrString::String(agent_name.clone()));
+            port.target_port = Some(IntOrString::String(agent_port.agent_port_name.clone()));
         }
     }
     services
         .replace(name, &PostParams::default(), &service)
         .await
-        .map_err(|err| crate::cluster::explain(err, "update", "services", namespace))?;
+        .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     Ok(())
 }

@@ -4,16 +4,17 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 
+use super::SessionError;
+use super::error::corrupt;
 use super::leave::leave;
 use super::ports::{PortMapping, choose_container, intercepted_ports, replaced_ports};
 use super::random_id;
 use super::record::{Joined, RECORD_ANNOTATION, Record, ServiceRecord, record_of};
 use super::service::{choose_service, point_service_at_agent};
 use crate::control::Forward;
-use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, TargetPort};
+use crate::inject::{self, InjectSpec, Mode, SESSION_LABEL, ServiceTarget, TargetPort};
 use crate::workload::{Progress, Workload, WorkloadRef, retry_on_conflict, wait_for_pods};
 use kubedev_protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilter};
 
@@ -55,7 +56,7 @@ pub async fn start(
     namespace: &str,
     plan: &Plan,
     progress: impl FnMut(&Progress),
-) -> anyhow::Result<Started> {
+) -> Result<Started, SessionError> {
     let (started, service_targets) =
         match retry_on_conflict(|| write_session(client, namespace, plan)).await? {
             Written::Joined(started) => return Ok(started),
@@ -72,7 +73,7 @@ pub async fn start(
             .await?;
         }
         wait_for_pods(client, &started.workload, true, plan.timeout, progress).await?;
-        anyhow::Ok(())
+        Ok::<_, SessionError>(())
     };
     if let Err(err) = ready.await {
         let restored = leave(
@@ -85,12 +86,15 @@ pub async fn start(
             |_| {},
         )
         .await;
+        let workload = plan.workload.to_string();
+        let source = Box::new(err);
         return Err(match restored {
-            Ok(_) => err.context(format!("{} was restored", plan.workload)),
-            Err(restore_err) => err.context(format!(
-                "restoring {} failed too: {restore_err:#}",
-                plan.workload
-            )),
+            Ok(_) => SessionError::RolledBack { workload, source },
+            Err(restore) => SessionError::NotRolledBack {
+                workload,
+                restore: Box::new(restore),
+                source,
+            },
         });
     }
     Ok(started)
@@ -103,7 +107,7 @@ pub(super) enum Written {
     /// The agent was injected; the Service's ports go to `service_targets` once it runs.
     Injected {
         started: Started,
-        service_targets: Vec<(u16, String)>,
+        service_targets: Vec<ServiceTarget>,
     },
 }
 
@@ -113,18 +117,22 @@ pub(super) async fn write_session(
     client: &kube::Client,
     namespace: &str,
     plan: &Plan,
-) -> anyhow::Result<Written> {
+) -> Result<Written, SessionError> {
     let mut workload = Workload::get(client, namespace, &plan.workload).await?;
-    anyhow::ensure!(
-        !workload.is_controlled(),
-        "{} is managed by another workload (its owner would undo any change): name the \
-         owner, e.g. its Deployment, instead",
-        plan.workload
-    );
+    if workload.is_controlled() {
+        return Err(SessionError::Refused(format!(
+            "{} is managed by another workload (its owner would undo any change): name the \
+             owner, e.g. its Deployment, instead",
+            plan.workload
+        )));
+    }
     if let Some(existing) = record_of(&workload)? {
         if let Some(reason) = existing.refuses_to_share(&plan.name, plan.mode, plan.filter.as_ref())
         {
-            anyhow::bail!("cannot intercept {}: {reason}", plan.workload);
+            return Err(SessionError::Refused(format!(
+                "cannot intercept {}: {reason}",
+                plan.workload
+            )));
         }
         return Ok(Written::Joined(
             join(client, namespace, plan, workload, existing).await?,
@@ -152,26 +160,25 @@ pub(super) async fn write_session(
         joined: Vec::new(),
         mode: plan.mode,
         container: container.clone(),
-        template: workload
-            .template_value()
-            .cloned()
-            .context("workload without a template")?,
+        template: workload.stored_template()?.clone(),
         services: Vec::new(),
         owner: Some(plan.owner.clone()),
     };
     if let Some(service) = service.filter(|_| !injected.service_targets.is_empty()) {
         record.services.push(ServiceRecord {
             name: service.metadata.name.clone().unwrap_or_default(),
-            ports: serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))?,
+            ports: serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))
+                .map_err(|err| corrupt(&plan.workload, format!("its Service's ports: {err}")))?,
         });
     }
-    let annotation = serde_json::to_string(&record)?;
+    let template = serde_json::to_value(&injected.template)
+        .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
     workload
         .write(
             client,
-            serde_json::to_value(&injected.template)?,
+            template,
             RECORD_ANNOTATION,
-            Some(annotation),
+            Some(record.to_annotation()),
         )
         .await?;
     Ok(Written::Injected {
@@ -194,7 +201,7 @@ async fn ports_to_take(
     plan: &Plan,
     template: &PodTemplateSpec,
     container: &str,
-) -> anyhow::Result<(Vec<TargetPort>, Option<Service>, Vec<Forward>)> {
+) -> Result<(Vec<TargetPort>, Option<Service>, Vec<Forward>), SessionError> {
     Ok(match plan.mode {
         Mode::Intercept => {
             let service = choose_service(client, namespace, template, plan).await?;
@@ -217,8 +224,9 @@ pub(super) async fn join(
     plan: &Plan,
     mut workload: Workload,
     mut record: Record,
-) -> anyhow::Result<Started> {
-    let original: PodTemplateSpec = serde_json::from_value(record.template.clone())?;
+) -> Result<Started, SessionError> {
+    let original: PodTemplateSpec = serde_json::from_value(record.template.clone())
+        .map_err(|err| corrupt(&plan.workload, format!("the recorded pod template: {err}")))?;
     let current = workload.template()?;
     let service = choose_service(client, namespace, &original, plan).await?;
     let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
@@ -227,7 +235,12 @@ pub(super) async fn join(
         .iter()
         .flat_map(|spec| spec.containers.iter())
         .find(|c| c.name == inject::AGENT_CONTAINER)
-        .context("the workload's record says it has an agent, but its pods have none")?;
+        .ok_or_else(|| {
+            corrupt(
+                &plan.workload,
+                "the workload's record says it has an agent, but its pods have none",
+            )
+        })?;
     let agent_env = |name: &str| {
         agent
             .env
@@ -236,31 +249,39 @@ pub(super) async fn join(
             .find(|var| var.name == name)
             .and_then(|var| var.value.clone())
     };
-    let config = agent_env(AGENT_CONFIG_ENV).context("the agent has no configuration")?;
-    let config: AgentConfig =
-        serde_json::from_str(&config).context("the agent's configuration is unreadable")?;
+    let config = agent_env(AGENT_CONFIG_ENV)
+        .ok_or_else(|| corrupt(&plan.workload, "the agent has no configuration"))?;
+    let config: AgentConfig = serde_json::from_str(&config).map_err(|err| {
+        corrupt(
+            &plan.workload,
+            format!("the agent's configuration is unreadable: {err}"),
+        )
+    })?;
     if let Some(missing) = forwards
         .iter()
         .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
     {
-        anyhow::bail!(
+        return Err(SessionError::Choice(format!(
             "cannot intercept {}: the intercepts on it do not take port {}; join with the \
              same ports",
-            plan.workload,
-            missing.app_port
-        );
+            plan.workload, missing.app_port
+        )));
     }
-    let token = agent_env(AGENT_TOKEN_ENV).context("the agent has no session token")?;
+    let token = agent_env(AGENT_TOKEN_ENV)
+        .ok_or_else(|| corrupt(&plan.workload, "the agent has no session token"))?;
     record.joined.push(Joined {
         name: plan.name.clone(),
-        filter: plan
-            .filter
-            .clone()
-            .context("a joining intercept has a filter")?,
+        // Only a filtered intercept gets this far (see `Record::refuses_to_share`).
+        filter: plan.filter.clone().ok_or_else(|| {
+            SessionError::Refused(format!(
+                "cannot intercept {}: a second intercept needs an HTTP filter",
+                plan.workload
+            ))
+        })?,
         owner: Some(plan.owner.clone()),
     });
     workload
-        .annotate(client, RECORD_ANNOTATION, serde_json::to_string(&record)?)
+        .annotate(client, RECORD_ANNOTATION, record.to_annotation())
         .await?;
     // The pods keep the label of the session that added the agent, even after it left.
     let label = current
@@ -268,7 +289,7 @@ pub(super) async fn join(
         .as_ref()
         .and_then(|m| m.labels.as_ref())
         .and_then(|labels| labels.get(SESSION_LABEL))
-        .context("the pods have no session label")?
+        .ok_or_else(|| corrupt(&plan.workload, "the pods have no session label"))?
         .clone();
     Ok(Started {
         agents: workload.agent_selector(&label)?,

@@ -2,12 +2,14 @@
 //! kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
 //! waiting for their pods ([`wait_for_pods`]).
 
+mod error;
 mod object;
 mod rollout;
 
 use std::fmt;
 
-pub use object::{Workload, retry_on_conflict};
+pub use error::WorkloadError;
+pub use object::{MayConflict, Workload, retry_on_conflict};
 pub use rollout::{Progress, RolloutError, check_agents, wait_for_pods};
 use std::str::FromStr;
 

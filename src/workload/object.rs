@@ -4,41 +4,44 @@
 
 use std::future::Future;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
-use super::{WorkloadKind, WorkloadRef};
+use super::{WorkloadError, WorkloadKind, WorkloadRef};
 
 /// How many times a read-change-write of a workload is redone after the workload changed
 /// under it (its controller writes its status often, which bumps the resource version).
 const CONFLICT_ATTEMPTS: usize = 5;
 
+/// An error that may be an object changing between its read and its write.
+pub trait MayConflict {
+    fn is_conflict(&self) -> bool;
+}
+
+impl MayConflict for WorkloadError {
+    fn is_conflict(&self) -> bool {
+        WorkloadError::is_conflict(self)
+    }
+}
+
 /// Runs `change` (which reads a workload, decides and writes it) again from the start while
 /// its write fails because the workload changed since it was read, as kubectl's own
 /// read-modify-write commands do.
-pub async fn retry_on_conflict<T, F, Fut>(mut change: F) -> anyhow::Result<T>
+pub async fn retry_on_conflict<T, E, F, Fut>(mut change: F) -> Result<T, E>
 where
+    E: MayConflict,
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempt = 1;
     loop {
         match change().await {
-            Err(err) if attempt < CONFLICT_ATTEMPTS && is_conflict(&err) => attempt += 1,
+            Err(err) if attempt < CONFLICT_ATTEMPTS && err.is_conflict() => attempt += 1,
             result => return result,
         }
     }
-}
-
-/// Whether `err` is the API server refusing a write of an object that changed since it
-/// was read (HTTP 409).
-fn is_conflict(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.is_conflict())
-    })
 }
 
 /// A workload fetched from the cluster.
@@ -70,12 +73,15 @@ impl Workload {
         client: &kube::Client,
         namespace: &str,
         reference: &WorkloadRef,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, WorkloadError> {
         let object = api(client, namespace, reference.kind)
             .get_opt(&reference.name)
             .await
-            .map_err(|err| crate::cluster::explain(err, "get", reference.kind.plural(), namespace))?
-            .with_context(|| format!("{reference} not found in namespace {namespace}"))?;
+            .map_err(|err| WorkloadError::from_api(err, "get", reference.kind.plural(), namespace))?
+            .ok_or_else(|| WorkloadError::NotFound {
+                what: reference.to_string(),
+                namespace: namespace.to_owned(),
+            })?;
         Ok(Self {
             reference: reference.clone(),
             namespace: namespace.to_owned(),
@@ -88,11 +94,11 @@ impl Workload {
         client: &kube::Client,
         namespace: &str,
         kind: WorkloadKind,
-    ) -> anyhow::Result<Vec<Self>> {
+    ) -> Result<Vec<Self>, WorkloadError> {
         let objects = api(client, namespace, kind)
             .list(&Default::default())
             .await
-            .map_err(|err| crate::cluster::explain(err, "list", kind.plural(), namespace))?;
+            .map_err(|err| WorkloadError::from_api(err, "list", kind.plural(), namespace))?;
         Ok(objects
             .items
             .into_iter()
@@ -123,17 +129,31 @@ impl Workload {
         self.object.data.get("spec")?.get("template")
     }
 
-    pub fn template(&self) -> anyhow::Result<PodTemplateSpec> {
-        let value = self
-            .template_value()
-            .with_context(|| format!("{} has no pod template", self.reference))?;
-        serde_json::from_value(value.clone())
-            .with_context(|| format!("{} has an unreadable pod template", self.reference))
+    /// The pod template, typed.
+    pub fn template(&self) -> Result<PodTemplateSpec, WorkloadError> {
+        let value = self.stored_template()?;
+        serde_json::from_value(value.clone()).map_err(|source| WorkloadError::Template {
+            workload: self.reference.to_string(),
+            source,
+        })
+    }
+
+    /// The pod template exactly as stored; a workload without one is an error.
+    pub fn stored_template(&self) -> Result<&Value, WorkloadError> {
+        self.template_value()
+            .ok_or_else(|| self.malformed("has no pod template"))
+    }
+
+    fn malformed(&self, lacks: &'static str) -> WorkloadError {
+        WorkloadError::Malformed {
+            workload: self.reference.to_string(),
+            lacks,
+        }
     }
 
     /// The label selector of the pods that session `session` put its agent into: the
     /// workload's own selector and the session label the agent's pods carry.
-    pub fn agent_selector(&self, session: &str) -> anyhow::Result<String> {
+    pub fn agent_selector(&self, session: &str) -> Result<String, WorkloadError> {
         Ok(format!(
             "{},{}={session}",
             self.selector()?,
@@ -142,14 +162,14 @@ impl Workload {
     }
 
     /// The label selector of its pods, as `key=value,...`.
-    pub fn selector(&self) -> anyhow::Result<String> {
+    pub fn selector(&self) -> Result<String, WorkloadError> {
         let labels = self
             .object
             .data
             .pointer("/spec/selector/matchLabels")
             .and_then(Value::as_object)
             .filter(|labels| !labels.is_empty())
-            .with_context(|| format!("{} has no matchLabels selector", self.reference))?;
+            .ok_or_else(|| self.malformed("has no matchLabels selector"))?;
         Ok(labels
             .iter()
             .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
@@ -197,11 +217,8 @@ impl Workload {
         client: &kube::Client,
         key: &str,
         value: String,
-    ) -> anyhow::Result<()> {
-        let template = self
-            .template_value()
-            .cloned()
-            .with_context(|| format!("{} has no pod template", self.reference))?;
+    ) -> Result<(), WorkloadError> {
+        let template = self.stored_template()?.clone();
         self.write(client, template, key, Some(value)).await
     }
 
@@ -213,13 +230,13 @@ impl Workload {
         template: Value,
         key: &str,
         annotation: Option<String>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WorkloadError> {
         let mut object = self.object.clone();
         let spec = object
             .data
             .get_mut("spec")
             .and_then(Value::as_object_mut)
-            .with_context(|| format!("{} has no spec", self.reference))?;
+            .ok_or_else(|| self.malformed("has no spec"))?;
         spec.insert("template".into(), template);
         let annotations = object
             .metadata
@@ -237,8 +254,9 @@ impl Workload {
         self.object = api(client, &self.namespace, kind)
             .replace(&self.reference.name, &PostParams::default(), &object)
             .await
-            .map_err(|err| crate::cluster::explain(err, "update", kind.plural(), &self.namespace))
-            .with_context(|| format!("cannot update {}", self.reference))?;
+            .map_err(|err| {
+                WorkloadError::from_api(err, "update", kind.plural(), &self.namespace)
+            })?;
         Ok(())
     }
 }
@@ -268,10 +286,15 @@ mod tests {
         );
     }
 
-    fn conflict() -> anyhow::Error {
+    fn conflict() -> WorkloadError {
         let mut status = kube::core::Status::failure("the object has been modified", "Conflict");
         status.code = 409;
-        anyhow::Error::new(kube::Error::Api(status.boxed())).context("cannot update deployment/x")
+        WorkloadError::from_api(
+            kube::Error::Api(status.boxed()),
+            "update",
+            "deployments",
+            "shop",
+        )
     }
 
     #[tokio::test]
@@ -293,21 +316,27 @@ mod tests {
     #[tokio::test]
     async fn other_errors_and_endless_conflicts_are_returned() {
         let calls = Cell::new(0);
-        let result: anyhow::Result<()> = retry_on_conflict(|| async {
+        let result: Result<(), WorkloadError> = retry_on_conflict(|| async {
             calls.set(calls.get() + 1);
-            anyhow::bail!("forbidden")
+            Err(WorkloadError::NotFound {
+                what: "deployment/x".into(),
+                namespace: "shop".into(),
+            })
         })
         .await;
-        assert_eq!(result.expect_err("fails").to_string(), "forbidden");
+        assert!(matches!(
+            result.expect_err("fails"),
+            WorkloadError::NotFound { .. }
+        ));
         assert_eq!(calls.get(), 1);
 
         let calls = Cell::new(0);
-        let result: anyhow::Result<()> = retry_on_conflict(|| async {
+        let result: Result<(), WorkloadError> = retry_on_conflict(|| async {
             calls.set(calls.get() + 1);
             Err(conflict())
         })
         .await;
-        assert!(is_conflict(&result.expect_err("fails")));
+        assert!(result.expect_err("fails").is_conflict());
         assert_eq!(calls.get(), CONFLICT_ATTEMPTS);
     }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams};
 
-use super::Workload;
+use super::{Workload, WorkloadError};
 use crate::inject::AGENT_CONTAINER;
 
 /// How often pods are checked.
@@ -38,7 +38,7 @@ pub enum RolloutError {
         stuck: String,
     },
     #[error(transparent)]
-    Api(#[from] anyhow::Error),
+    Workload(#[from] WorkloadError),
 }
 
 /// The pods' state against what is wanted, in a line for the progress display.
@@ -79,7 +79,7 @@ pub async fn wait_for_pods(
         let listed = pods
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|err| crate::cluster::explain(err, "list", "pods", &workload.namespace))?;
+            .map_err(|err| WorkloadError::from_api(err, "list", "pods", &workload.namespace))?;
         let live: Vec<&Pod> = listed
             .items
             .iter()
@@ -140,7 +140,7 @@ async fn delete_pods(
         if let Some(name) = &pod.metadata.name {
             pods.delete(name, &DeleteParams::default())
                 .await
-                .map_err(|err| crate::cluster::explain(err, "delete", "pods", namespace))?;
+                .map_err(|err| WorkloadError::from_api(err, "delete", "pods", namespace))?;
         }
     }
     Ok(())
@@ -171,7 +171,7 @@ pub async fn check_agents(
     let listed = pods
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(|err| crate::cluster::explain(err, "list", "pods", namespace))?;
+        .map_err(|err| WorkloadError::from_api(err, "list", "pods", namespace))?;
     match listed.items.iter().find_map(agent_failure) {
         Some(failure) => Err(failure),
         None => Ok(()),

@@ -265,6 +265,7 @@ async fn supervise_pod(
                 tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
             }
             Err(err) => {
+                let err = anyhow::Error::from(err);
                 tracing::debug!("no link to pod {}/{pod} yet: {err:#}", selector.namespace);
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(MAX_RETRY);

@@ -16,7 +16,6 @@ use kubedev::control::{
     ControlReply, ControlRequest, DaemonStatus, Held, ProxyChoices, SessionStatus,
 };
 use kubedev::session;
-use kubedev::workload::WorkloadRef;
 use kubedev_process::signals::StopSignals;
 use kubedev_protocol::codec::{read_message, write_message};
 use tokio::net::{UnixListener, UnixStream};
@@ -62,13 +61,21 @@ impl Drop for HoldCount<'_> {
     }
 }
 
+/// A session tunneld keeps links to.
+#[derive(Debug)]
+struct Tunneled {
+    namespace: String,
+    /// Cancelled when the session is removed: its links end.
+    stop: CancellationToken,
+}
+
 pub(crate) struct Daemon {
     client: kube::Client,
     api_server: String,
     settings: Settings,
     pool: Arc<AgentPool>,
-    /// Session name -> (namespace, what stops its tunnels).
-    sessions: Mutex<HashMap<String, (String, CancellationToken)>>,
+    /// The sessions tunneld links to, by name.
+    sessions: Mutex<HashMap<String, Tunneled>>,
     network: Mutex<NetworkState>,
     /// The user's routing choices, from the command line and every session so far.
     proxy: Mutex<ProxyChoices>,
@@ -119,8 +126,8 @@ impl Daemon {
             result = stop_signal() => result,
         };
         let _ = std::fs::remove_file(socket);
-        for (name, (_, stop)) in self.sessions.lock().await.drain() {
-            stop.cancel();
+        for (name, tunneled) in self.sessions.lock().await.drain() {
+            tunneled.stop.cancel();
             self.pool.forget(&name).await;
         }
         // Restores the resolver configuration; the TUN device goes with the process.
@@ -206,7 +213,11 @@ impl Daemon {
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
         tracing::info!("session {name} added (namespace {namespace})");
-        sessions.insert(name, (namespace.clone(), stop));
+        let tunneled = Tunneled {
+            namespace: namespace.clone(),
+            stop,
+        };
+        sessions.insert(name, tunneled);
         drop(sessions);
         self.sessions_changed.notify_waiters();
         let new_choices = self.proxy.lock().await.merge(proxy);
@@ -219,7 +230,6 @@ impl Daemon {
     /// `leave` does.
     async fn hold(&self, held: Held, mut holder: UnixStream) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
-        let workload: WorkloadRef = held.workload.parse().map_err(anyhow::Error::msg)?;
         write_message(&mut holder, &ControlReply::Done).await?;
         if let Ok(ControlRequest::Release) = read_message(&mut holder).await {
             return Ok(write_message(&mut holder, &ControlReply::Done).await?);
@@ -228,8 +238,8 @@ impl Daemon {
             name,
             owner,
             namespace,
+            workload,
             timeout,
-            ..
         } = held;
         tracing::warn!(
             "the plugin running session {name} is gone: ending it and restoring {workload}"
@@ -247,7 +257,8 @@ impl Daemon {
         match left.await {
             Ok(left) => tracing::info!("{}", left.describe(&name, &workload)),
             Err(err) => tracing::error!(
-                "could not restore {workload}: {err:#}; run `leave {name}` with the plugin"
+                "could not restore {workload}: {:#}; run `leave {name}` with the plugin",
+                anyhow::Error::from(err)
             ),
         }
         Ok(())
@@ -287,12 +298,12 @@ impl Daemon {
     }
 
     async fn remove_session(&self, name: &str) -> ControlReply {
-        let Some((_, stop)) = self.sessions.lock().await.remove(name) else {
+        let Some(tunneled) = self.sessions.lock().await.remove(name) else {
             return ControlReply::Failed {
                 reason: format!("no session named {name:?}"),
             };
         };
-        stop.cancel();
+        tunneled.stop.cancel();
         self.pool.forget(name).await;
         tracing::info!("session {name} removed");
         self.sessions_changed.notify_waiters();
@@ -302,10 +313,10 @@ impl Daemon {
     async fn status(&self) -> DaemonStatus {
         let sessions = self.sessions.lock().await;
         let mut listed = Vec::new();
-        for (name, (namespace, _)) in sessions.iter() {
+        for (name, tunneled) in sessions.iter() {
             listed.push(SessionStatus {
                 name: name.clone(),
-                namespace: namespace.clone(),
+                namespace: tunneled.namespace.clone(),
                 linked_pods: self.pool.linked_pods(name).await,
             });
         }

@@ -1,0 +1,59 @@
+//! [`SessionError`]: why a session could not start or end.
+
+use crate::inject::InjectError;
+use crate::workload::{MayConflict, RolloutError, WorkloadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// What was asked does not fit the workload (a container, port or Service that is not
+    /// there, or a choice left open); the message says what to give instead.
+    #[error("{0}")]
+    Choice(String),
+    /// The workload cannot take this session as it is (another owner, a session that
+    /// cannot be shared); the message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// What kubedev recorded on the workload, or put in its pods, is not as kubedev writes
+    /// it (changed by hand, or by another version).
+    #[error("{workload}: {what}")]
+    Corrupt { workload: String, what: String },
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// The session did not come up; the workload is as it was.
+    #[error("{workload} was restored")]
+    RolledBack {
+        workload: String,
+        source: Box<SessionError>,
+    },
+    /// The session did not come up, and putting the workload back failed too.
+    #[error("restoring {workload} failed too: {restore}")]
+    NotRolledBack {
+        workload: String,
+        restore: Box<SessionError>,
+        source: Box<SessionError>,
+    },
+    #[error("cannot read /dev/urandom")]
+    Random { source: std::io::Error },
+}
+
+impl MayConflict for SessionError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Workload(err) if err.is_conflict())
+            || matches!(self, Self::Rollout(RolloutError::Workload(err)) if err.is_conflict())
+    }
+}
+
+/// A JSON form kubedev wrote that does not read back.
+pub(super) fn corrupt(
+    workload: &impl std::fmt::Display,
+    what: impl std::fmt::Display,
+) -> SessionError {
+    SessionError::Corrupt {
+        workload: workload.to_string(),
+        what: what.to_string(),
+    }
+}

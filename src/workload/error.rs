@@ -1,0 +1,123 @@
+//! [`WorkloadError`]: what can go wrong reading and changing a workload, its pods and its
+//! Services, in terms a user can act on.
+
+/// A failed call to the Kubernetes API about a workload, its pods or its Services, or a
+/// workload kubedev cannot work with.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// The user's role lacks a permission; the message names it, the way
+    /// `kubectl auth can-i` asks about it.
+    #[error(
+        "not allowed to {verb} {resource} in namespace {namespace}: ask for that permission \
+         (check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
+    )]
+    Forbidden {
+        verb: &'static str,
+        resource: &'static str,
+        namespace: String,
+    },
+    /// `what` (`deployment/web`, `service web`) does not exist.
+    #[error("{what} not found in namespace {namespace}")]
+    NotFound { what: String, namespace: String },
+    /// The object changed between the read and the write (HTTP 409): read it again and
+    /// redo the change ([`super::retry_on_conflict`] does).
+    #[error("{verb} {resource} in namespace {namespace}: it changed meanwhile")]
+    Conflict {
+        verb: &'static str,
+        resource: &'static str,
+        namespace: String,
+        source: Box<kube::Error>,
+    },
+    #[error("{verb} {resource} in namespace {namespace}")]
+    Api {
+        verb: &'static str,
+        resource: &'static str,
+        namespace: String,
+        source: Box<kube::Error>,
+    },
+    /// The workload lacks what every Deployment, StatefulSet and ReplicaSet has.
+    #[error("{workload} {lacks}")]
+    Malformed {
+        workload: String,
+        /// e.g. "has no pod template".
+        lacks: &'static str,
+    },
+    #[error("{workload} has an unreadable pod template")]
+    Template {
+        workload: String,
+        source: serde_json::Error,
+    },
+}
+
+impl WorkloadError {
+    /// Classifies an error of the API call `verb` `resource` in `namespace`.
+    pub fn from_api(
+        err: kube::Error,
+        verb: &'static str,
+        resource: &'static str,
+        namespace: &str,
+    ) -> Self {
+        let namespace = namespace.to_owned();
+        match &err {
+            kube::Error::Api(status) if status.code == 403 => Self::Forbidden {
+                verb,
+                resource,
+                namespace,
+            },
+            kube::Error::Api(status) if status.is_conflict() => Self::Conflict {
+                verb,
+                resource,
+                namespace,
+                source: Box::new(err),
+            },
+            _ => Self::Api {
+                verb,
+                resource,
+                namespace,
+                source: Box::new(err),
+            },
+        }
+    }
+
+    /// Whether redoing the read-change-write may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        let mut status = kube::core::Status::failure("refused", reason);
+        status.code = code;
+        kube::Error::Api(status.boxed())
+    }
+
+    #[test]
+    fn a_refusal_names_the_permission_to_ask_for() {
+        let err = WorkloadError::from_api(api_error(403, "Forbidden"), "patch", "services", "shop");
+        assert!(matches!(err, WorkloadError::Forbidden { .. }));
+        assert_eq!(
+            err.to_string(),
+            "not allowed to patch services in namespace shop: ask for that permission \
+             (check with `kubectl auth can-i patch services -n shop`)"
+        );
+    }
+
+    #[test]
+    fn a_conflict_is_told_apart_from_other_failures() {
+        let conflict =
+            WorkloadError::from_api(api_error(409, "Conflict"), "update", "deployments", "shop");
+        assert!(conflict.is_conflict());
+        let other = WorkloadError::from_api(
+            api_error(500, "InternalError"),
+            "update",
+            "deployments",
+            "shop",
+        );
+        assert!(!other.is_conflict());
+        assert_eq!(other.to_string(), "update deployments in namespace shop");
+    }
+}
