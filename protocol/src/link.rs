@@ -119,6 +119,11 @@ impl AgentLink {
         }
     }
 
+    /// Whether `other` is a clone of this link (the same session with the same agent).
+    pub fn same_session(&self, other: &AgentLink) -> bool {
+        self.mux.same_connection(&other.mux)
+    }
+
     /// Ends the session and every stream in it.
     pub fn close(&self) {
         self.mux.close();

@@ -111,14 +111,21 @@ pub(super) async fn remove_session(
                 what: format!("service {} to restore", original.name),
                 namespace: namespace.to_owned(),
             })?;
-        if let Some(spec) = service.spec.as_mut() {
-            spec.ports = serde_json::from_value(original.ports.clone()).map_err(|err| {
-                corrupt(
-                    reference,
-                    format!("the recorded ports of service {}: {err}", original.name),
-                )
-            })?;
+        let ports = serde_json::from_value(original.ports.clone()).map_err(|err| {
+            corrupt(
+                reference,
+                format!("the recorded ports of service {}: {err}", original.name),
+            )
+        })?;
+        let Some(spec) = service.spec.as_mut() else {
+            continue;
+        };
+        if spec.ports == ports {
+            // Never changed (the session failed before it got that far), or put back
+            // already: no write, so no permission, is needed.
+            continue;
         }
+        spec.ports = ports;
         services
             .replace(&original.name, &PostParams::default(), &service)
             .await

@@ -29,4 +29,6 @@ pub fn random_id() -> Result<String, SessionError> {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod tests;

@@ -111,7 +111,7 @@ pub async fn wait_for_pods(
                 .filter(|pod| has_agent(pod) != with_agent)
                 .filter_map(|pod| pod.metadata.name.clone())
                 .collect();
-            if !still_served(client, &workload.namespace, &replaced).await {
+            if !still_served(client, &workload.namespace, &replaced).await? {
                 // kube-proxy applies endpoint changes at most once per second by default
                 // (minSyncPeriod): give it that, so the next connection takes the new path.
                 tokio::time::sleep(PROXY_SYNC).await;
@@ -180,15 +180,25 @@ pub async fn check_agents(
 
 /// Whether a Service still sends traffic to one of `pods` (the endpoints controller has
 /// not caught up). Without permission to read EndpointSlices there is nothing to wait on.
-async fn still_served(client: &kube::Client, namespace: &str, pods: &[String]) -> bool {
+async fn still_served(
+    client: &kube::Client,
+    namespace: &str,
+    pods: &[String],
+) -> Result<bool, WorkloadError> {
     if pods.is_empty() {
-        return false;
+        return Ok(false);
     }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-    let Ok(listed) = slices.list(&ListParams::default()).await else {
-        return false;
+    let listed = match slices.list(&ListParams::default()).await {
+        Ok(listed) => listed,
+        Err(err) => {
+            return match WorkloadError::from_api(err, "list", "endpointslices", namespace) {
+                WorkloadError::Forbidden { .. } => Ok(false),
+                other => Err(other),
+            };
+        }
     };
-    listed
+    Ok(listed
         .items
         .iter()
         .flat_map(|slice| slice.endpoints.iter())
@@ -200,7 +210,7 @@ async fn still_served(client: &kube::Client, namespace: &str, pods: &[String]) -
                 .unwrap_or(true)
         })
         .filter_map(|endpoint| endpoint.target_ref.as_ref()?.name.as_ref())
-        .any(|name| pods.contains(name))
+        .any(|name| pods.contains(name)))
 }
 
 fn has_agent(pod: &Pod) -> bool {

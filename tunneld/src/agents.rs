@@ -111,6 +111,12 @@ impl AgentPool {
         }
     }
 
+    /// A link came up: flows may take it from now on.
+    async fn add(&self, key: LinkKey, link: AgentLink) {
+        self.links.write().await.insert(key, link);
+        self.link_added.notify_waiters();
+    }
+
     /// The pods of `session` with a live link.
     pub(crate) async fn linked_pods(&self, session: &str) -> Vec<String> {
         let links = self.links.read().await;
@@ -255,8 +261,7 @@ async fn supervise_pod(
                     selector.namespace
                 );
                 retry = FIRST_RETRY;
-                pool.links.write().await.insert(key.clone(), link.clone());
-                pool.link_added.notify_waiters();
+                pool.add(key.clone(), link.clone()).await;
                 let delivering =
                     tokio::spawn(inbound::deliver_all(inbound_rx, selector.forwards.clone()));
                 keep_alive(&link).await;
@@ -273,3 +278,6 @@ async fn supervise_pod(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,9 @@
 //! Component tests: tunneld runs as a local process (without the cluster network) and is
-//! driven through its control socket as the plugins drive it. Its kubeconfig names a port
-//! on loopback where nothing listens, so every call it makes to the cluster fails at once:
-//! these tests are about the daemon's own promises (status, sessions, holds, exiting by
-//! itself), and about what it says when the cluster cannot be reached.
+//! driven through its control socket as the plugins drive it. Its kubeconfig names either a
+//! port on loopback where nothing listens, so every call it makes to the cluster fails at
+//! once (the daemon's own promises: status, sessions, holds, exiting by itself, and what it
+//! says when the cluster cannot be reached), or a fake API server on loopback (restoring a
+//! workload whose plugin died).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use kubedev::control::{self, ControlError, ControlReply, ControlRequest, Held, NetworkStatus};
+use kubedev::inject::{AGENT_CONTAINER, Mode};
+use kubedev::session::{self, Plan};
+use kubedev_fake_api::{FakeApi, NAMESPACE};
 
 /// Nothing listens here (the discard port), on this machine only.
 const NO_CLUSTER: &str = "https://127.0.0.1:9";
@@ -25,11 +29,16 @@ struct Tunneld {
 impl Tunneld {
     /// Starts tunneld, idle-exiting after 1 s, and waits until its socket answers.
     async fn start(name: &str) -> Self {
+        Self::start_for(name, NO_CLUSTER).await
+    }
+
+    /// Starts tunneld with the API server at `server`.
+    async fn start_for(name: &str, server: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tunneld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_for(NO_CLUSTER)).expect("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_for(server)).expect("kubeconfig");
         let socket = dir.join("tunneld.sock");
         let process = tunneld_command(&dir, &socket)
             .spawn()
@@ -235,4 +244,79 @@ async fn a_dead_plugins_session_is_restored_or_the_user_is_told_how() {
         log.contains("could not restore deployment/web") && log.contains("run `leave web`"),
         "with the API server unreachable, the log says what to run: {log}"
     );
+}
+
+/// A session of run `run-1` on the fake cluster's `web`, live as a plugin leaves it.
+async fn started_session(fake: &FakeApi) -> Held {
+    let plan = Plan {
+        mode: Mode::Intercept,
+        name: "web".into(),
+        workload: "deployment/web".parse().expect("workload"),
+        container: None,
+        agent_image: "kubedev-agent:test".into(),
+        ports: vec!["3000".parse().expect("port")],
+        service: None,
+        address: "127.0.0.1".into(),
+        filter: None,
+        timeout: Duration::from_secs(5),
+        owner: "run-1".into(),
+    };
+    session::start(&fake.client(), NAMESPACE, &plan, |_| {})
+        .await
+        .expect("session starts");
+    held("web")
+}
+
+fn containers(fake: &FakeApi) -> serde_json::Value {
+    fake.deployment("web")["spec"]["template"]["spec"]["containers"].clone()
+}
+
+// Multi-threaded: the fake API server answers tunneld while the test waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_plugins_workload_is_restored_exactly_by_tunneld() {
+    let fake = FakeApi::with_web_app(serde_json::json!(8080));
+    let original = fake.deployment("web");
+    let original_service = fake.service("web");
+    let held = started_session(&fake).await;
+    assert_ne!(
+        containers(&fake),
+        original["spec"]["template"]["spec"]["containers"]
+    );
+    let server = format!("http://{}", fake.serve().await.expect("fake API server"));
+    let mut tunneld = Tunneld::start_for("restores", &server).await;
+
+    drop(control::hold(&tunneld.socket, held).await.expect("held"));
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    let log = tunneld.log();
+    assert!(log.contains("deployment/web restored"), "{log}");
+    let restored = fake.deployment("web");
+    assert_eq!(restored["spec"]["template"], original["spec"]["template"]);
+    assert!(
+        restored["metadata"]["annotations"]
+            .get("kubedev.io/session")
+            .is_none()
+    );
+    assert_eq!(fake.service("web")["spec"], original_service["spec"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_hold_leaves_the_workload_to_its_plugin() {
+    let fake = FakeApi::with_web_app(serde_json::json!("http"));
+    let held = started_session(&fake).await;
+    let server = format!("http://{}", fake.serve().await.expect("fake API server"));
+    let mut tunneld = Tunneld::start_for("leaves-alone", &server).await;
+    let writes = fake.write_count();
+
+    let hold = control::hold(&tunneld.socket, held).await.expect("held");
+    hold.release().await.expect("released");
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    assert_eq!(fake.write_count(), writes, "tunneld changed nothing");
+    let containers = containers(&fake);
+    let names: Vec<&str> = containers
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web", AGENT_CONTAINER]);
 }

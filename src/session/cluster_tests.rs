@@ -1,0 +1,212 @@
+//! Starting, joining and leaving sessions against a fake API server: what reaches the
+//! cluster, and that leaving puts back exactly what was there.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::inject::{AGENT_CONTAINER, Mode};
+use kubedev_fake_api::{FakeApi, NAMESPACE};
+use kubedev_protocol::HttpFilter;
+
+fn plan(name: &str, filter: Option<&str>) -> Plan {
+    Plan {
+        mode: Mode::Intercept,
+        name: name.into(),
+        workload: "web".parse().expect("workload"),
+        container: None,
+        agent_image: "kubedev-agent:test".into(),
+        ports: vec!["3000".parse().expect("port")],
+        service: None,
+        address: "127.0.0.1".into(),
+        filter: filter.map(|value| HttpFilter {
+            headers: vec![("x-dev".into(), value.into())],
+            path_prefix: None,
+        }),
+        timeout: Duration::from_secs(30),
+        owner: format!("run-{name}"),
+    }
+}
+
+async fn leave_session(fake: &FakeApi, plan: &Plan, owner: Option<&str>) -> Left {
+    leave(
+        &fake.client(),
+        NAMESPACE,
+        &plan.workload,
+        &plan.name,
+        owner,
+        plan.timeout,
+        |_| {},
+    )
+    .await
+    .expect("leave")
+}
+
+fn containers(object: &Value) -> Vec<&str> {
+    object["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect()
+}
+
+fn annotations(object: &Value) -> &Value {
+    &object["metadata"]["annotations"]
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactly() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let original = fake.deployment("web");
+    let plan = plan("alice", None);
+
+    let started = start(&fake.client(), NAMESPACE, &plan, |_| {})
+        .await
+        .expect("start");
+    let during = fake.deployment("web");
+    assert_eq!(containers(&during), ["web", AGENT_CONTAINER]);
+    assert!(annotations(&during)[RECORD_ANNOTATION].is_string());
+    assert_eq!(started.forwards.len(), 1);
+    assert_eq!(started.forwards[0].app_port, 8080);
+    assert_eq!(started.forwards[0].local_port, 3000);
+    assert!(started.agents.contains("app=web"), "{}", started.agents);
+
+    assert_eq!(
+        leave_session(&fake, &plan, Some(&plan.owner)).await,
+        Left::Restored
+    );
+    let after = fake.deployment("web");
+    assert_eq!(after["spec"]["template"], original["spec"]["template"]);
+    assert!(annotations(&after).get(RECORD_ANNOTATION).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_numeric_target_port_is_pointed_at_the_agent_and_put_back() {
+    let fake = FakeApi::with_web_app(json!(8080));
+    let original = fake.service("web");
+    let plan = plan("alice", None);
+
+    start(&fake.client(), NAMESPACE, &plan, |_| {})
+        .await
+        .expect("start");
+    assert_eq!(
+        fake.service("web")["spec"]["ports"][0]["targetPort"],
+        json!("kd-8080")
+    );
+
+    leave_session(&fake, &plan, None).await;
+    assert_eq!(fake.service("web")["spec"], original["spec"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_conflicts_is_redone_from_a_fresh_read() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    fake.refuse_writes(2);
+
+    start(&fake.client(), NAMESPACE, &plan("alice", None), |_| {})
+        .await
+        .expect("start after two conflicts");
+    assert_eq!(
+        containers(&fake.deployment("web")),
+        ["web", AGENT_CONTAINER]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_intercept_joins_the_agent_without_restarting_the_pods() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let (alice, bob) = (plan("alice", Some("alice")), plan("bob", Some("bob")));
+    start(&fake.client(), NAMESPACE, &alice, |_| {})
+        .await
+        .expect("alice starts");
+    let alone = fake.deployment("web");
+
+    let joined = start(&fake.client(), NAMESPACE, &bob, |_| {})
+        .await
+        .expect("bob joins");
+    let shared = fake.deployment("web");
+    assert_eq!(shared["spec"]["template"], alone["spec"]["template"]);
+    let names: Vec<&str> = joined.record.sessions().map(|(name, _)| name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    // Bob's agents are the pods alice's session labelled.
+    assert!(joined.agents.ends_with("=alice"), "{}", joined.agents);
+
+    assert_eq!(
+        leave_session(&fake, &bob, Some(&bob.owner)).await,
+        Left::OthersRemain(1)
+    );
+    assert_eq!(
+        fake.deployment("web")["spec"]["template"],
+        alone["spec"]["template"]
+    );
+    assert_eq!(
+        leave_session(&fake, &alice, Some(&alice.owner)).await,
+        Left::Restored
+    );
+    assert_eq!(containers(&fake.deployment("web")), ["web"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intercept_without_a_filter_is_refused_on_a_taken_workload() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    start(&fake.client(), NAMESPACE, &plan("alice", None), |_| {})
+        .await
+        .expect("alice starts");
+    let writes = fake.write_count();
+
+    let err = start(&fake.client(), NAMESPACE, &plan("bob", None), |_| {})
+        .await
+        .expect_err("bob is refused");
+    assert!(matches!(err, SessionError::Refused(_)), "{err}");
+    assert_eq!(fake.write_count(), writes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaving_changes_nothing_when_the_session_is_absent_or_another_runs() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let alice = plan("alice", None);
+    assert_eq!(
+        leave_session(&fake, &alice, None).await,
+        Left::NotThere,
+        "nothing started yet"
+    );
+    start(&fake.client(), NAMESPACE, &alice, |_| {})
+        .await
+        .expect("start");
+    let writes = fake.write_count();
+
+    assert_eq!(
+        leave_session(&fake, &alice, Some("run-someone-else")).await,
+        Left::NotOwned
+    );
+    assert_eq!(
+        leave_session(&fake, &plan("ghost", None), None).await,
+        Left::NotThere
+    );
+    assert_eq!(fake.write_count(), writes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_after_changing_the_workload_puts_it_back() {
+    let fake = FakeApi::with_web_app(json!(8080));
+    let original = fake.deployment("web");
+    fake.forbid_service_writes();
+
+    let err = start(&fake.client(), NAMESPACE, &plan("alice", None), |_| {})
+        .await
+        .expect_err("the Service cannot be changed");
+    let SessionError::RolledBack { source, .. } = &err else {
+        panic!("not rolled back: {err}");
+    };
+    assert!(
+        source
+            .to_string()
+            .contains("not allowed to update services"),
+        "{source}"
+    );
+    let after = fake.deployment("web");
+    assert_eq!(after["spec"]["template"], original["spec"]["template"]);
+    assert!(annotations(&after).get(RECORD_ANNOTATION).is_none());
+}

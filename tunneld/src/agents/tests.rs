@@ -1,0 +1,104 @@
+use kubedev_protocol::handshake::welcome_client;
+use kubedev_protocol::mux::{self, Mode};
+
+use super::*;
+
+const TOKEN: &str = "pool-test";
+
+/// A link to an in-process agent that only handshakes: enough to be picked and closed.
+async fn link() -> AgentLink {
+    let (workstation, mut agent) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        if welcome_client(&mut agent, TOKEN, "test-agent")
+            .await
+            .is_ok()
+        {
+            let (handle, _streams_rx) = mux::spawn(agent, Mode::Server);
+            handle.closed().await;
+        }
+    });
+    AgentLink::connect(workstation, TOKEN, "pool-test")
+        .await
+        .expect("handshake")
+        .0
+}
+
+fn key(session: &str, pod: &str) -> LinkKey {
+    LinkKey {
+        session: session.into(),
+        pod: pod.into(),
+    }
+}
+
+/// The pod of the link `picked` is a clone of.
+fn which(picked: &AgentLink, links: &[(&str, &AgentLink)]) -> String {
+    links
+        .iter()
+        .find(|(_, link)| link.same_session(picked))
+        .map(|(pod, _)| (*pod).to_owned())
+        .expect("a link of the pool")
+}
+
+#[tokio::test]
+async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
+    let pool = AgentPool::default();
+    let (a, b, other) = (link().await, link().await, link().await);
+    pool.add(key("web", "web-a"), a.clone()).await;
+    pool.add(key("web", "web-b"), b.clone()).await;
+    pool.add(key("db", "db-0"), other.clone()).await;
+    let links = [("web-a", &a), ("web-b", &b), ("db-0", &other)];
+
+    let mut picked = Vec::new();
+    for _ in 0..4 {
+        let link = pool
+            .pick(Some("web"), Duration::ZERO)
+            .await
+            .expect("a link");
+        picked.push(which(&link, &links));
+    }
+    picked.sort();
+    assert_eq!(picked, ["web-a", "web-a", "web-b", "web-b"], "each in turn");
+
+    a.close();
+    a.closed().await;
+    for _ in 0..3 {
+        let link = pool
+            .pick(Some("web"), Duration::ZERO)
+            .await
+            .expect("a link");
+        assert_eq!(
+            which(&link, &links),
+            "web-b",
+            "a closed link is never picked"
+        );
+    }
+    assert_eq!(pool.linked_pods("web").await, ["web-b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pick_waits_for_a_link_to_come_up_or_gives_up() {
+    let pool = Arc::new(AgentPool::default());
+    assert!(pool.pick(None, Duration::from_secs(1)).await.is_none());
+
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.pick(Some("web"), Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pool.add(key("web", "web-a"), link().await).await;
+    assert!(waiting.await.expect("joined").is_some());
+}
+
+#[tokio::test]
+async fn forgetting_a_session_closes_its_links_only() {
+    let pool = AgentPool::default();
+    let (web, db) = (link().await, link().await);
+    pool.add(key("web", "web-a"), web.clone()).await;
+    pool.add(key("db", "db-0"), db.clone()).await;
+
+    pool.forget("web").await;
+    web.closed().await;
+    assert!(pool.pick(Some("web"), Duration::ZERO).await.is_none());
+    assert!(!db.is_closed());
+    assert_eq!(pool.linked_pods("db").await, ["db-0"]);
+}
