@@ -19,6 +19,8 @@ SHELL_SCRIPTS := .ci/run agent-image/build-image.sh examples/demo.sh tests/clust
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
+		-p kubedev -p kubedev-protocol -p kubedev-process -p kubedev-cli -p kubedev-fake-api
 	command -v shellcheck >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
 	shellcheck -x -P SCRIPTDIR $(SHELL_SCRIPTS)

@@ -8,17 +8,32 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The file `--kubeconfig` names cannot be read.
     #[error("cannot read kubeconfig {}", path.display())]
     ReadFile {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: KubeconfigError,
     },
+    /// Neither `KUBECONFIG` nor ~/.kube/config can be read.
     #[error("cannot read a kubeconfig: set KUBECONFIG or pass --kubeconfig FILE")]
-    Read { source: KubeconfigError },
+    Read {
+        /// Why.
+        source: KubeconfigError,
+    },
+    /// The kubeconfig lacks the context, cluster or user it names.
     #[error("invalid kubeconfig")]
-    Invalid { source: KubeconfigError },
+    Invalid {
+        /// What is missing.
+        source: KubeconfigError,
+    },
+    /// The client could not be configured (its TLS settings, say).
     #[error("cannot build a Kubernetes client")]
-    Client { source: kube::Error },
+    Client {
+        /// Why.
+        source: kube::Error,
+    },
 }
 
 /// The flags every plugin shares to pick a cluster, user and namespace.
@@ -40,7 +55,9 @@ pub struct ClusterArgs {
 /// A client for the chosen cluster, with the namespace commands act in.
 #[derive(Clone)]
 pub struct Connection {
+    /// The client, for the context's user.
     pub client: kube::Client,
+    /// Where commands act: `-n`, else the context's namespace, else "default".
     pub namespace: String,
     /// The kubeconfig context in use, which names the tunneld instance to share.
     pub context: Option<String>,

@@ -17,16 +17,22 @@ use kubedev_protocol::codec::{CodecError, read_message, write_message};
 /// How long a plugin waits for a tunneld it started to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A request on tunneld's control socket, from a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
     /// Keep tunnels to the agent pods matching `agents` (a label selector) in `namespace`,
     /// and deliver the connections they take over to `forwards`.
     AddSession {
+        /// The session's name, unique in this tunneld.
         name: String,
+        /// Where its agent pods run.
         namespace: String,
+        /// The label selector of its agent pods.
         agents: String,
+        /// The secret the agents were started with.
         token: String,
+        /// Where the connections the agents take over go on this machine.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         forwards: Vec<Forward>,
         /// The user's choices about which ranges to route; tunneld keeps them, from every
@@ -34,17 +40,22 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "ProxyChoices::is_empty")]
         proxy: ProxyChoices,
     },
+    /// Drop the tunnels of a session (its workload is the plugin's to restore).
     RemoveSession {
+        /// The session's name.
         name: String,
     },
+    /// What tunneld runs: its sessions and the cluster network, answered with `Status`.
     Status,
     /// The app container's environment, from one of the session's agents.
     Environment {
+        /// The session whose agent answers.
         name: String,
     },
     /// After `Done`, this connection carries an SFTP session on the app container's
     /// volumes, with one of the session's agents.
     OpenFiles {
+        /// The session whose agent serves the volumes.
         name: String,
     },
     /// Sent by a plugin that runs a session in the foreground, which keeps this connection
@@ -59,10 +70,15 @@ pub enum ControlRequest {
 /// `workload`, waiting at most `timeout` for its pods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
+    /// The session's name.
     pub name: String,
+    /// The plugin run that started it (see `Record::owner`).
     pub owner: String,
+    /// The workload's namespace.
     pub namespace: String,
+    /// The workload to restore.
     pub workload: WorkloadRef,
+    /// How long to wait for the restored pods.
     pub timeout: Duration,
 }
 
@@ -70,13 +86,16 @@ pub struct Held {
 /// (`--also-proxy`), and ranges never to route there (`--never-proxy`, which wins).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyChoices {
+    /// Routed to the cluster even where this machine has a route (`--also-proxy`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_proxy: Vec<Cidr>,
+    /// Never routed to the cluster (`--never-proxy`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub never_proxy: Vec<Cidr>,
 }
 
 impl ProxyChoices {
+    /// Whether the user chose nothing.
     pub fn is_empty(&self) -> bool {
         self.also_proxy.is_empty() && self.never_proxy.is_empty()
     }
@@ -104,32 +123,46 @@ impl ProxyChoices {
 pub struct Forward {
     /// The app container's port the agent took over.
     pub app_port: u16,
+    /// The address on this machine that receives them.
     pub local_host: String,
+    /// The port on this machine that receives them.
     pub local_port: u16,
     /// Only HTTP requests that match go to this machine; the rest stay with the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<kubedev_protocol::HttpFilter>,
+    /// TCP connections or UDP datagrams.
     #[serde(default, skip_serializing_if = "Transport::is_tcp")]
     pub transport: Transport,
 }
 
+/// tunneld's answer to a [`ControlRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ControlReply {
+    /// The request was carried out.
     Done,
+    /// The answer to `Status`.
     Status(DaemonStatus),
+    /// The answer to `Environment`.
     Environment {
+        /// The app container's variables, by name.
         variables: std::collections::BTreeMap<String, String>,
     },
+    /// The request could not be carried out.
     Failed {
+        /// Why, in words for the user.
         reason: String,
     },
 }
 
+/// What a tunneld runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
+    /// Its process id.
     pub pid: u32,
+    /// The cluster's network on this machine.
     pub network: NetworkStatus,
+    /// Its sessions, by name.
     pub sessions: Vec<SessionStatus>,
 }
 
@@ -139,6 +172,7 @@ pub struct DaemonStatus {
 pub enum NetworkStatus {
     /// Not started: no session yet, or started with --no-network.
     Off,
+    /// Up: the ranges are routed as `ranges` says, and names resolve through tunneld.
     Up {
         /// The routes tunneld added into its TUN device.
         routes: Vec<Cidr>,
@@ -149,7 +183,9 @@ pub enum NetworkStatus {
         /// How the system resolver was pointed at it, or why it was left as it is.
         resolver: ResolverStatus,
     },
+    /// It could not be brought up (no permission for a TUN device, say).
     Unavailable {
+        /// Why, in words for the user.
         reason: String,
     },
 }
@@ -159,14 +195,22 @@ pub enum NetworkStatus {
 #[serde(tag = "via", rename_all = "snake_case")]
 pub enum ResolverStatus {
     /// Cluster names go to tunneld through systemd-resolved, on this link.
-    SystemdResolved { link: String },
+    SystemdResolved {
+        /// The link (network interface) systemd-resolved sends cluster names to.
+        link: String,
+    },
     /// This file names tunneld as the nameserver until tunneld exits.
-    ResolvConf { path: PathBuf },
+    ResolvConf {
+        /// The resolver file changed.
+        path: PathBuf,
+    },
     /// The machine's resolver is left as it is, for `reason`. `for_commands` is a
     /// resolver file that points at tunneld, for a program given a view of its own of
     /// /etc/resolv.conf (`-- CMD`).
     Unchanged {
+        /// Why the resolver is left alone.
         reason: String,
+        /// The resolver file for `-- CMD`.
         for_commands: PathBuf,
     },
 }
@@ -184,7 +228,9 @@ impl std::fmt::Display for ResolverStatus {
 /// What tunneld did with one address range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeStatus {
+    /// The range.
     pub range: Cidr,
+    /// Whether it is routed into the cluster.
     pub state: RangeState,
     /// Why, in words.
     pub reason: String,
@@ -197,6 +243,7 @@ pub struct RangeStatus {
     pub except: Vec<RangePart>,
 }
 
+/// Whether a range is routed into the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RangeState {
@@ -211,28 +258,39 @@ pub enum RangeState {
 /// A part of a range that tunneld does not route, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangePart {
+    /// The part.
     pub range: Cidr,
+    /// Why it is not routed, in words.
     pub reason: String,
 }
 
+/// One session of a tunneld.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStatus {
+    /// The session's name.
     pub name: String,
+    /// Where its agents run.
     pub namespace: String,
     /// Agent pods with a live tunnel.
     pub linked_pods: Vec<String>,
 }
 
+/// Why a request to tunneld failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// Nothing serves the socket at this path.
     #[error("tunneld is not running at {0}")]
     NotRunning(PathBuf),
+    /// tunneld was started but never answered; its log is at this path.
     #[error("tunneld did not start within {START_TIMEOUT:?}; see its log at {0}")]
     DidNotStart(PathBuf),
+    /// tunneld could not be started.
     #[error("cannot start tunneld: {0}")]
     Spawn(std::io::Error),
+    /// The connection to tunneld failed, or carried something unreadable.
     #[error("talking to tunneld: {0}")]
     Codec(#[from] CodecError),
+    /// tunneld refused the request, and said why.
     #[error("tunneld: {0}")]
     Failed(String),
 }

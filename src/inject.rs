@@ -37,8 +37,11 @@ const FIRST_LISTEN_PORT: u16 = 7330;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// `kubectl intercept`: chosen Service ports come to the workstation; the app keeps running.
     Intercept,
+    /// `kubectl replace-container`: the app container leaves; all its traffic comes here.
     Replace,
+    /// `kubectl ingest`: no traffic moves; the environment and volumes are read here.
     Ingest,
 }
 
@@ -55,11 +58,14 @@ impl std::fmt::Display for Mode {
 /// A Service's `targetPort`, which intercept takes over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPort {
+    /// A port name, looked up in the app container.
     Named(String),
+    /// A port number.
     Number(u16),
 }
 
 impl TargetPort {
+    /// Reads a `targetPort` as the API server stores it (a number may come as a string).
     pub fn from_int_or_string(value: &IntOrString) -> Option<Self> {
         match value {
             IntOrString::Int(number) => u16::try_from(*number).ok().map(Self::Number),
@@ -74,11 +80,15 @@ impl TargetPort {
 /// What to inject.
 #[derive(Debug, Clone)]
 pub struct InjectSpec<'a> {
+    /// Which mode the agent serves.
     pub mode: Mode,
+    /// The session's name, which labels the pods.
     pub session: &'a str,
     /// The app container.
     pub container: &'a str,
+    /// The agent's image reference.
     pub agent_image: &'a str,
+    /// The session's secret, given to the agent.
     pub token: &'a str,
     /// intercept: the Service target ports to take over.
     pub intercepted: &'a [TargetPort],
@@ -87,6 +97,7 @@ pub struct InjectSpec<'a> {
 /// The rewritten template, and what else must change with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Injected {
+    /// The pod template with the agent.
     pub template: PodTemplateSpec,
     /// Numeric Service targetPorts to point at the agent.
     pub service_targets: Vec<ServiceTarget>,
@@ -97,20 +108,33 @@ pub struct Injected {
 /// A Service whose targetPort is `number` is pointed at the agent's port of this name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceTarget {
+    /// The Service's numeric targetPort.
     pub number: u16,
+    /// The name of the agent's port that now stands for it.
     pub agent_port_name: String,
 }
 
+/// Why the agent cannot go into a pod template.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
+    /// The container asked for is not in the template.
     #[error("the pod template has no container {0:?}")]
     NoSuchContainer(String),
+    /// A Service targets a port name the app container does not declare.
     #[error("container {container:?} has no port named {port:?}")]
-    NoSuchPort { container: String, port: String },
+    NoSuchPort {
+        /// The app container.
+        container: String,
+        /// The port name.
+        port: String,
+    },
+    /// The template has an agent already.
     #[error("the pods already have a kubedev agent: end that session first (`leave`)")]
     AlreadyInjected,
+    /// Every port the agent could take is in use in the pod.
     #[error("no free port for the agent in the pod")]
     NoFreePort,
+    /// The agent's configuration could not be serialized.
     #[error("the agent's configuration cannot be written: {0}")]
     Config(String),
 }

@@ -8,11 +8,13 @@
 //! - [`tunnel`]: reaching an agent through the Kubernetes API's port-forward;
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
-//! - [`env`]: the container's environment, as files and shells take it;
+//! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine.
 //!
 //! The wire protocol with the agent is the `kubedev-protocol` crate; the plugins' command
 //! line is `kubedev-cli`.
+
+#![warn(missing_docs)]
 
 pub mod cidr;
 pub mod cluster;

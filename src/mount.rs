@@ -18,10 +18,14 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum MountChoice {
     /// A new temporary directory.
     Temporary,
+    /// This directory, created if it is missing.
     Dir {
+        /// Where.
         path: PathBuf,
+        /// Mounted read-only (`DIR:ro`).
         read_only: bool,
     },
+    /// No mount (`--mount false`).
     No,
 }
 
@@ -55,6 +59,7 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Where the volumes are.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -63,19 +68,30 @@ impl Mount {
 /// Why the volumes could not be mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    /// The mount point could not be made.
     #[error("cannot create {}", dir.display())]
     CreateDir {
+        /// The mount point.
         dir: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// sshfs is not installed, or cannot run.
     #[error("cannot run sshfs, which mounts the volumes (install it, or pass --mount false)")]
-    NoSshfs { source: std::io::Error },
+    NoSshfs {
+        /// Why it could not be run.
+        source: std::io::Error,
+    },
+    /// sshfs exited before the volumes were mounted.
     #[error("sshfs could not mount the volumes ({0})")]
     Failed(std::process::ExitStatus),
+    /// sshfs did not mount them in time.
     #[error("sshfs did not mount the volumes within {MOUNT_TIMEOUT:?}")]
     Timeout,
+    /// tunneld could not open an SFTP session with an agent.
     #[error("cannot open the volumes through tunneld")]
     Files(#[from] ControlError),
+    /// The connection to tunneld could not be handed to sshfs.
     #[error("the volumes' connection to tunneld")]
     Connection(#[from] std::io::Error),
 }

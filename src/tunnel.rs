@@ -29,10 +29,22 @@ const ERROR_CHANNEL: u8 = 1;
 /// Why no session with an agent came up.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
+    /// The API server did not open the port-forward.
     #[error("port-forward to pod {pod}")]
-    PortForward { pod: String, source: kube::Error },
+    PortForward {
+        /// `NAMESPACE/POD`.
+        pod: String,
+        /// Why.
+        source: kube::Error,
+    },
+    /// The agent did not open a session.
     #[error("session with the agent in pod {pod}")]
-    Session { pod: String, source: LinkError },
+    Session {
+        /// `NAMESPACE/POD`.
+        pod: String,
+        /// Why.
+        source: LinkError,
+    },
 }
 
 /// Opens a port-forward to the agent in `pod` and starts a session over it.

@@ -15,6 +15,7 @@ use kubedev::workload::WorkloadRef;
 /// workload, the session flags and the cluster flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
+    /// `list`, `leave` or `status`, in place of a session.
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
@@ -23,9 +24,11 @@ pub struct PluginArgs {
     #[arg(required = true)]
     pub workload: Option<WorkloadRef>,
 
+    /// How the session runs.
     #[command(flatten)]
     pub session: SessionArgs,
 
+    /// Which cluster, user and namespace.
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -96,6 +99,7 @@ pub struct SessionArgs {
 pub enum Manage {
     /// List the kubedev sessions in the namespace.
     List {
+        /// Print the sessions as JSON or YAML instead of a table.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
@@ -104,19 +108,27 @@ pub enum Manage {
         /// The session's name, as `list` shows it.
         #[arg(required_unless_present = "all")]
         name: Option<String>,
+        /// End every kubedev session in the namespace.
         #[arg(long, conflicts_with = "name")]
         all: bool,
+        /// How long to wait for the restored pods (e.g. 90s, 5m).
         #[arg(long, default_value = "3m", value_parser = parse_duration)]
         timeout: Duration,
     },
     /// Show tunneld's state: the cluster network on this machine and the linked agents.
     Status {
+        /// Print the state as JSON or YAML instead of text.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
 }
 
+/// A machine-readable output format (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(
+    missing_docs,
+    reason = "clap prints a variant's doc as its help; the names say it all"
+)]
 pub enum Output {
     Json,
     Yaml,
@@ -139,9 +151,13 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// A mode's own part of a session request.
 #[derive(Debug, Clone, Default)]
 pub struct ModeArgs {
+    /// The ports asked for (`--port`).
     pub ports: Vec<PortMapping>,
+    /// intercept: the Service to take over (`--service`).
     pub service: Option<String>,
+    /// intercept: the address on this machine that receives the connections.
     pub address: Option<String>,
+    /// intercept: only the HTTP requests that match come here.
     pub filter: Option<kubedev_protocol::HttpFilter>,
 }
 

@@ -1,8 +1,10 @@
-//! What the three plugins share: the command line ([`args`]), running a session
-//! ([`run`]) and `-- CMD` ([`command`], with tunneld's DNS where the machine's resolver is
-//! left as it is: [`resolver_view`]), the `list`, `leave` and `status` subcommands
-//! ([`manage`]), what they print ([`output`]), reaching tunneld ([`tunneld`]), and errors
+//! What the three plugins share: the command line (`args`), running a session
+//! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
+//! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
+//! (`manage`), what they print (`output`), reaching tunneld (`tunneld`), and errors
 //! reported the way kubectl reports them.
+
+#![warn(missing_docs)]
 
 mod args;
 mod command;

@@ -1,6 +1,8 @@
 //! What every kubedev program does alike: how its daemons log ([`logging`]), the signals
 //! that stop it cleanly ([`signals`]), and how a failure ends it ([`exit_status`]).
 
+#![warn(missing_docs)]
+
 pub mod logging;
 pub mod signals;
 

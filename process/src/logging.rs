@@ -1,6 +1,7 @@
 //! Logging of the daemons (agent, tunneld): plain lines on stderr, readable in
 //! `kubectl logs` and in tunneld's log file, at the level `KUBEDEV_LOG` sets (default info).
 
+/// Sends the process's log to stderr, at the level `KUBEDEV_LOG` sets (default info).
 pub fn init() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -16,6 +16,7 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
+    /// Starts listening for them.
     pub fn listen() -> std::io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,

@@ -10,12 +10,16 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Errors reading or writing a framed message.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// The connection ended before a whole message.
     #[error("connection closed")]
     Closed,
+    /// A message announced more bytes than any message may have.
     #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
     TooLong(usize),
+    /// A message is not the JSON expected.
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

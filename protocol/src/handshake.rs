@@ -5,19 +5,30 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::codec::{CodecError, read_message, write_message};
 use super::{HANDSHAKE_TIMEOUT, Hello, HelloReply, PROTOCOL_VERSION};
 
+/// Why a session did not open.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The other side sent nothing in time.
     #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
+    /// The two sides speak different protocol versions.
     #[error(
         "protocol version mismatch: this side speaks {ours}, the other {theirs}; \
          use a kubedev agent image of the same release as the plugins (--agent-image)"
     )]
-    VersionMismatch { ours: u32, theirs: u32 },
+    VersionMismatch {
+        /// This side's version.
+        ours: u32,
+        /// The other side's version.
+        theirs: u32,
+    },
+    /// The agent refused, and said why.
     #[error("the agent refused the session: {0}")]
     Refused(String),
+    /// The client's token is not the agent's.
     #[error("wrong session token")]
     BadToken,
+    /// The connection failed, or carried something unreadable.
     #[error("handshake: {0}")]
     Codec(#[from] CodecError),
 }

@@ -10,6 +10,8 @@
 //!    an [`OpenReply`]; after that the stream carries the flow's bytes (TCP) or
 //!    length-prefixed datagrams (UDP, see [`codec::write_datagram`]).
 
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod handshake;
 pub mod link;
@@ -36,6 +38,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first message of a connection, from tunneld.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The [`PROTOCOL_VERSION`] tunneld speaks.
     pub protocol: u32,
     /// The session's secret, also given to the agent in its environment.
     pub token: String,
@@ -47,12 +50,16 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum HelloReply {
+    /// The session is open: yamux follows.
     Welcome {
+        /// The [`PROTOCOL_VERSION`] the agent speaks.
         protocol: u32,
         /// The agent's version, e.g. `kubedev-agent 0.1.0`.
         agent: String,
     },
+    /// The session is refused, and the connection ends.
     Refused {
+        /// Why, for the user.
         reason: String,
     },
 }
@@ -62,11 +69,24 @@ pub enum HelloReply {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OpenRequest {
     /// Connect to `host:port` from the pod (a name is resolved with the pod's resolver).
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// A name or an address.
+        host: String,
+        /// The destination port.
+        port: u16,
+    },
     /// Exchange datagrams with `host:port` from the pod.
-    Udp { host: String, port: u16 },
+    Udp {
+        /// A name or an address.
+        host: String,
+        /// The destination port.
+        port: u16,
+    },
     /// Resolve a name as a program in the pod would (search path, /etc/hosts).
-    Resolve { name: String },
+    Resolve {
+        /// The name, as a program would give it (`web`, `web.shop.svc`).
+        name: String,
+    },
     /// Prove the session is alive end to end; answered with [`OpenReply::Pong`].
     Ping,
     /// The app container's environment, as the kubelet resolved it for the agent;
@@ -76,7 +96,9 @@ pub enum OpenRequest {
     /// workstation answers `Connected` once its local server accepted it. A UDP one
     /// carries the datagrams of one peer, framed as [`codec::write_datagram`] does.
     Inbound {
+        /// The app container's port the connection was for.
         port: u16,
+        /// TCP (a connection) or UDP (one peer's datagrams).
         #[serde(default, skip_serializing_if = "Transport::is_tcp")]
         transport: Transport,
     },
@@ -86,7 +108,9 @@ pub enum OpenRequest {
     /// This session takes connections (or, with a filter, HTTP requests) for the app
     /// container's `port` for as long as it lasts; answered with `Connected`.
     Claim {
+        /// The app container's port.
         port: u16,
+        /// Only the HTTP requests this matches; every request without it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filter: Option<HttpFilter>,
     },
@@ -97,8 +121,10 @@ pub enum OpenRequest {
 /// connection go on to the app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpFilter {
+    /// (name, value): each must be present with that value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// The request path must start with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
 }
@@ -110,13 +136,22 @@ pub enum OpenReply {
     /// The flow is open; its data follows on the stream.
     Connected,
     /// The addresses a [`OpenRequest::Resolve`] found; the stream ends here.
-    Resolved { addresses: Vec<IpAddr> },
+    Resolved {
+        /// Every address the name has, without repeats.
+        addresses: Vec<IpAddr>,
+    },
     /// Nothing was opened, and why (connection refused, no such host, ...).
-    Failed { reason: String },
+    Failed {
+        /// Why, in words for the user.
+        reason: String,
+    },
     /// The answer to [`OpenRequest::Ping`].
     Pong,
     /// The answer to [`OpenRequest::Environment`].
-    Environment { variables: BTreeMap<String, String> },
+    Environment {
+        /// The variables, by name.
+        variables: BTreeMap<String, String>,
+    },
 }
 
 /// The agent's environment variable holding its [`AgentConfig`] (JSON).
@@ -146,12 +181,15 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// A TCP port: connections.
     #[default]
     Tcp,
+    /// A UDP port: datagrams, one flow per peer.
     Udp,
 }
 
 impl Transport {
+    /// Whether this is TCP (the default, left out of the JSON form).
     pub fn is_tcp(&self) -> bool {
         *self == Self::Tcp
     }
@@ -176,6 +214,7 @@ pub struct Listener {
     /// Whether the app container still runs (intercept): connections no workstation takes
     /// go to it, on localhost. Otherwise (replace) they are refused.
     pub app_running: bool,
+    /// TCP or UDP.
     #[serde(default, skip_serializing_if = "Transport::is_tcp")]
     pub transport: Transport,
 }

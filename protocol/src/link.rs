@@ -13,16 +13,22 @@ use crate::handshake::{HandshakeError, greet_agent};
 use crate::mux::{self, Mode, MuxHandle, MuxStream};
 use crate::{HttpFilter, OpenReply, OpenRequest};
 
+/// Why a session or a flow with an agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The session did not open.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The session ended.
     #[error("the session with the agent is closed")]
     Closed,
+    /// The other end refused the flow, and said why.
     #[error("from the pod: {0}")]
     Refused(String),
+    /// The other end answered something that does not fit the request.
     #[error("unexpected answer from the agent: {0:?}")]
     Unexpected(OpenReply),
+    /// The stream failed, or carried something unreadable.
     #[error(transparent)]
     Codec(#[from] CodecError),
 }

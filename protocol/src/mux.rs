@@ -28,6 +28,7 @@ const INBOUND_BACKLOG: usize = 256;
 /// 64 KiB still interleaves streams finely.
 const MAX_FRAME: usize = 64 * 1024;
 
+/// The connection a stream was asked of has ended.
 #[derive(Debug, thiserror::Error)]
 #[error("the multiplexed connection is closed")]
 pub struct MuxClosed;
@@ -54,6 +55,7 @@ impl std::fmt::Debug for Command {
 }
 
 impl MuxHandle {
+    /// Opens a stream to the peer.
     pub async fn open(&self) -> Result<MuxStream, MuxClosed> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.command_tx

@@ -75,10 +75,12 @@ impl<K: Hash + Eq + Debug> UdpFlows<K> {
         self.flows.retain(|_, flow| !flow.is_closed());
     }
 
+    /// How many flows are kept.
     pub fn len(&self) -> usize {
         self.flows.len()
     }
 
+    /// Whether no flow is kept.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }

@@ -3,6 +3,7 @@
 use crate::inject::InjectError;
 use crate::workload::{MayConflict, RolloutError, WorkloadError};
 
+/// Why a session could not start or end.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// What was asked does not fit the workload (a container, port or Service that is not
@@ -16,28 +17,45 @@ pub enum SessionError {
     /// What kubedev recorded on the workload, or put in its pods, is not as kubedev writes
     /// it (changed by hand, or by another version).
     #[error("{workload}: {what}")]
-    Corrupt { workload: String, what: String },
+    Corrupt {
+        /// The workload.
+        workload: String,
+        /// What is wrong, in words.
+        what: String,
+    },
+    /// The cluster refused or failed a call.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    /// The pods did not get there.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// The agent cannot go into the pod template.
     #[error(transparent)]
     Inject(#[from] InjectError),
     /// The session did not come up; the workload is as it was.
     #[error("{workload} was restored")]
     RolledBack {
+        /// The workload.
         workload: String,
+        /// Why the session did not come up.
         source: Box<SessionError>,
     },
     /// The session did not come up, and putting the workload back failed too.
     #[error("restoring {workload} failed too: {restore}")]
     NotRolledBack {
+        /// The workload.
         workload: String,
+        /// Why it could not be put back.
         restore: Box<SessionError>,
+        /// Why the session did not come up.
         source: Box<SessionError>,
     },
+    /// No random bytes for a session token.
     #[error("cannot read /dev/urandom")]
-    Random { source: std::io::Error },
+    Random {
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl MayConflict for SessionError {

@@ -15,7 +15,9 @@ use kubedev_protocol::Transport;
 /// container port (replace), by number or name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortMapping {
+    /// The port on this machine.
     pub local: u16,
+    /// The service or container port, by number or name.
     pub remote: Option<String>,
 }
 

@@ -21,10 +21,12 @@ pub struct Record {
     /// intercept: its HTTP filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<HttpFilter>,
-    /// Intercepts with other HTTP filters that share the agent (see [`start`]).
+    /// Intercepts with other HTTP filters that share the agent (see [`start`](super::start())).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub joined: Vec<Joined>,
+    /// The mode the agent was injected for.
     pub mode: Mode,
+    /// The app container.
     pub container: String,
     /// The pod template exactly as it was.
     pub template: Value,
@@ -40,8 +42,11 @@ pub struct Record {
 /// An intercept that joined an existing one, with a different HTTP filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Joined {
+    /// The intercept's session name.
     pub name: String,
+    /// The HTTP requests it takes.
     pub filter: HttpFilter,
+    /// The plugin run that started it (see [`Record::owner`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
@@ -154,9 +159,12 @@ impl Record {
     }
 }
 
+/// A Service whose ports a session changed, and its original ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
+    /// The Service's name.
     pub name: String,
+    /// Its `spec.ports` exactly as they were.
     pub ports: Value,
 }
 

@@ -21,11 +21,17 @@ use kubedev_protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig, HttpFilte
 /// What the user asked for.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Which plugin asks.
     pub mode: Mode,
+    /// The session's name (the workload's, unless `--name` says otherwise).
     pub name: String,
+    /// The workload to change.
     pub workload: WorkloadRef,
+    /// The app container (`-c`; needed when the pods have several).
     pub container: Option<String>,
+    /// The agent's image reference.
     pub agent_image: String,
+    /// The ports asked for (`--port`).
     pub ports: Vec<PortMapping>,
     /// intercept: the Service to take over (needed when several select the pods).
     pub service: Option<String>,
@@ -33,6 +39,7 @@ pub struct Plan {
     pub address: String,
     /// intercept: only the HTTP requests that match come here.
     pub filter: Option<HttpFilter>,
+    /// How long to wait for the pods.
     pub timeout: Duration,
     /// This run of the plugin (see [`Record::owner`]).
     pub owner: String,
@@ -41,11 +48,15 @@ pub struct Plan {
 /// A session live in the cluster.
 #[derive(Debug, Clone)]
 pub struct Started {
+    /// The workload as written.
     pub workload: Workload,
+    /// What the session recorded on it.
     pub record: Record,
+    /// The secret its agents take.
     pub token: String,
     /// The label selector of the session's agent pods.
     pub agents: String,
+    /// Where the connections the agents take over go on this machine.
     pub forwards: Vec<Forward>,
 }
 

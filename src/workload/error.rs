@@ -12,39 +12,60 @@ pub enum WorkloadError {
          (check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
     )]
     Forbidden {
+        /// The verb refused (`get`, `update`, `list`, ...).
         verb: &'static str,
+        /// The resource (`deployments`, `services`, `pods`, ...).
         resource: &'static str,
+        /// Where.
         namespace: String,
     },
     /// `what` (`deployment/web`, `service web`) does not exist.
     #[error("{what} not found in namespace {namespace}")]
-    NotFound { what: String, namespace: String },
+    NotFound {
+        /// The object, as a user names it.
+        what: String,
+        /// Where it was looked for.
+        namespace: String,
+    },
     /// The object changed between the read and the write (HTTP 409): read it again and
     /// redo the change ([`super::retry_on_conflict`] does).
     #[error("{verb} {resource} in namespace {namespace}: it changed meanwhile")]
     Conflict {
+        /// The verb (`update`).
         verb: &'static str,
+        /// The resource.
         resource: &'static str,
+        /// Where.
         namespace: String,
+        /// The API server's answer.
         source: Box<kube::Error>,
     },
+    /// Any other failure of the call.
     #[error("{verb} {resource} in namespace {namespace}")]
     Api {
+        /// The verb.
         verb: &'static str,
+        /// The resource.
         resource: &'static str,
+        /// Where.
         namespace: String,
+        /// Why.
         source: Box<kube::Error>,
     },
     /// The workload lacks what every Deployment, StatefulSet and ReplicaSet has.
     #[error("{workload} {lacks}")]
     Malformed {
+        /// The workload.
         workload: String,
         /// e.g. "has no pod template".
         lacks: &'static str,
     },
+    /// The pod template does not read as one.
     #[error("{workload} has an unreadable pod template")]
     Template {
+        /// The workload.
         workload: String,
+        /// Why.
         source: serde_json::Error,
     },
 }

@@ -17,8 +17,11 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
+    /// A Deployment (`deploy`).
     Deployment,
+    /// A StatefulSet (`sts`).
     StatefulSet,
+    /// A ReplicaSet (`rs`).
     ReplicaSet,
 }
 
@@ -58,7 +61,9 @@ impl WorkloadKind {
 /// A workload named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadRef {
+    /// Its kind.
     pub kind: WorkloadKind,
+    /// Its name.
     pub name: String,
 }
 

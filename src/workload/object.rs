@@ -17,6 +17,7 @@ const CONFLICT_ATTEMPTS: usize = 5;
 
 /// An error that may be an object changing between its read and its write.
 pub trait MayConflict {
+    /// Whether redoing the read-change-write may succeed.
     fn is_conflict(&self) -> bool;
 }
 
@@ -47,7 +48,9 @@ where
 /// A workload fetched from the cluster.
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// Its kind and name.
     pub reference: WorkloadRef,
+    /// Its namespace.
     pub namespace: String,
     object: DynamicObject,
 }
@@ -177,6 +180,7 @@ impl Workload {
             .join(","))
     }
 
+    /// How many pods it asks for (1 when unset, as the API server defaults it).
     pub fn replicas(&self) -> i32 {
         self.object
             .data
@@ -202,6 +206,7 @@ impl Workload {
         }
     }
 
+    /// The value of its annotation `key`, if set.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.object
             .metadata

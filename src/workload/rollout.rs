@@ -19,24 +19,38 @@ const PROXY_SYNC: Duration = Duration::from_millis(1500);
 /// Why pods did not get there.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// The node cannot pull the agent's image.
     #[error("the agent image cannot be pulled in pod {pod}: {reason}{message}")]
     AgentImage {
+        /// The pod.
         pod: String,
+        /// The kubelet's reason (`ErrImagePull`, `ImagePullBackOff`, ...).
         reason: String,
+        /// The kubelet's message, with ": " before it.
         message: String,
     },
     /// `detail` has the exit code and the agent's last log lines (the pod is rolled back,
     /// so they cannot be fetched later).
     #[error("the agent keeps crashing in pod {pod}{detail}")]
-    AgentCrash { pod: String, detail: String },
+    AgentCrash {
+        /// The pod.
+        pod: String,
+        /// Its exit and last log lines.
+        detail: String,
+    },
+    /// The pods did not get there in time.
     #[error("pods of {workload} not ready after {waited:?}: {state}{stuck}")]
     Timeout {
+        /// The workload.
         workload: String,
+        /// How long.
         waited: Duration,
+        /// How far the pods got ([`Progress`]).
         state: String,
         /// Why, as far as the pods say: "; pod P: ...".
         stuck: String,
     },
+    /// The pods could not be listed or deleted.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
 }
@@ -44,8 +58,11 @@ pub enum RolloutError {
 /// The pods' state against what is wanted, in a line for the progress display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
+    /// Pods of the wanted kind (with or without the agent) that are ready.
     pub ready: usize,
+    /// The replicas the workload asks for.
     pub wanted: usize,
+    /// Pods of the other kind still running.
     pub leftover: usize,
 }
 
@@ -160,7 +177,7 @@ fn stuck_on(current: &[&Pod], old: &[&Pod]) -> String {
         .unwrap_or_default()
 }
 
-/// Fails with the first failure of the agent (see [`agent_failure`]) in the pods that
+/// Fails with the first failure of the agent (see `agent_failure`) in the pods that
 /// `selector` picks: an agent can exit right after its pod was counted ready.
 pub async fn check_agents(
     client: &kube::Client,

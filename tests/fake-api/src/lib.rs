@@ -5,6 +5,8 @@
 //! check what reached the "cluster". Unit tests use it in process ([`FakeApi::client`]);
 //! component tests give a program its address on loopback ([`FakeApi::serve`]).
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -115,6 +117,7 @@ impl FakeApi {
         Ok(address)
     }
 
+    /// Stores a Deployment (JSON, as the API server returns it).
     pub fn add_deployment(&self, object: Value) {
         let mut state = self.lock();
         let object = state.versioned(object);
@@ -122,6 +125,7 @@ impl FakeApi {
         state.deployments.insert(name, object);
     }
 
+    /// Stores a Service.
     pub fn add_service(&self, object: Value) {
         let mut state = self.lock();
         let object = state.versioned(object);
@@ -129,10 +133,12 @@ impl FakeApi {
         state.services.insert(name, object);
     }
 
+    /// Deployment `name` as stored now.
     pub fn deployment(&self, name: &str) -> Value {
         self.lock().deployments[name].clone()
     }
 
+    /// Service `name` as stored now.
     pub fn service(&self, name: &str) -> Value {
         self.lock().services[name].clone()
     }
