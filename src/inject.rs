@@ -17,7 +17,8 @@
 //! - **ingest**: only the agent is added; no traffic moves.
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvFromSource, EnvVar, PodTemplateSpec, Probe, VolumeMount,
+    Container, ContainerPort, EnvFromSource, EnvVar, PodTemplateSpec, Probe, ServicePort,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -65,8 +66,17 @@ pub enum TargetPort {
 }
 
 impl TargetPort {
+    /// The target of a Service port: its `targetPort`, else its own port number, as the
+    /// API server defaults it. `None` for a number out of range.
+    pub fn of_service_port(port: &ServicePort) -> Option<Self> {
+        match &port.target_port {
+            Some(target) => Self::from_int_or_string(target),
+            None => u16::try_from(port.port).ok().map(Self::Number),
+        }
+    }
+
     /// Reads a `targetPort` as the API server stores it (a number may come as a string).
-    pub fn from_int_or_string(value: &IntOrString) -> Option<Self> {
+    fn from_int_or_string(value: &IntOrString) -> Option<Self> {
         match value {
             IntOrString::Int(number) => u16::try_from(*number).ok().map(Self::Number),
             IntOrString::String(name) => match name.parse::<u16>() {

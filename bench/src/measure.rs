@@ -16,6 +16,26 @@ pub(crate) struct Sizes {
     pub(crate) parallel_bytes_each: u64,
 }
 
+impl Sizes {
+    /// The sizes `make bench` uses, as the `BENCH_*` variables change them.
+    pub(crate) fn from_env() -> Self {
+        let setting = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            bulk_bytes: setting("BENCH_BULK_BYTES", 1 << 30),
+            connects: setting("BENCH_CONNECTS", 1000) as usize,
+            round_trips: setting("BENCH_ROUND_TRIPS", 1000) as usize,
+            parallel_streams: setting("BENCH_PARALLEL_STREAMS", 100) as usize,
+            parallel_bytes_each: setting("BENCH_PARALLEL_BYTES_EACH", 16 << 20),
+        }
+    }
+}
+
+/// What one path measured.
 #[derive(Debug, Clone)]
 pub(crate) struct Results {
     pub(crate) bulk_mib_s: f64,

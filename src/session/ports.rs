@@ -113,11 +113,7 @@ pub(super) fn intercepted_ports(
                 )));
             }
         };
-        let target = port
-            .target_port
-            .as_ref()
-            .and_then(TargetPort::from_int_or_string)
-            .or_else(|| u16::try_from(port.port).ok().map(TargetPort::Number))
+        let target = TargetPort::of_service_port(port)
             .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
         let app_port = match &target {
             TargetPort::Number(number) => *number,

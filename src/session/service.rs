@@ -97,11 +97,7 @@ pub(super) async fn point_service_at_agent(
         .iter_mut()
         .flat_map(|spec| spec.ports.iter_mut().flatten())
     {
-        let target = port
-            .target_port
-            .as_ref()
-            .and_then(TargetPort::from_int_or_string)
-            .or_else(|| u16::try_from(port.port).ok().map(TargetPort::Number))
+        let target = TargetPort::of_service_port(port)
             .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
         if let Some(agent_port) = targets
             .iter()

@@ -241,33 +241,7 @@ pub(super) async fn join(
     let current = workload.template()?;
     let service = choose_service(client, namespace, &original, plan).await?;
     let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
-    let agent = current
-        .spec
-        .iter()
-        .flat_map(|spec| spec.containers.iter())
-        .find(|c| c.name == inject::AGENT_CONTAINER)
-        .ok_or_else(|| {
-            corrupt(
-                &plan.workload,
-                "the workload's record says it has an agent, but its pods have none",
-            )
-        })?;
-    let agent_env = |name: &str| {
-        agent
-            .env
-            .iter()
-            .flatten()
-            .find(|var| var.name == name)
-            .and_then(|var| var.value.clone())
-    };
-    let config = agent_env(AGENT_CONFIG_ENV)
-        .ok_or_else(|| corrupt(&plan.workload, "the agent has no configuration"))?;
-    let config: AgentConfig = serde_json::from_str(&config).map_err(|err| {
-        corrupt(
-            &plan.workload,
-            format!("the agent's configuration is unreadable: {err}"),
-        )
-    })?;
+    let (config, token) = running_agent(&current, &plan.workload)?;
     if let Some(missing) = forwards
         .iter()
         .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
@@ -278,8 +252,6 @@ pub(super) async fn join(
             plan.workload, missing.app_port
         )));
     }
-    let token = agent_env(AGENT_TOKEN_ENV)
-        .ok_or_else(|| corrupt(&plan.workload, "the agent has no session token"))?;
     record.joined.push(Joined {
         name: plan.name.clone(),
         // Only a filtered intercept gets this far (see `Record::refuses_to_share`).
@@ -309,4 +281,42 @@ pub(super) async fn join(
         token,
         forwards,
     })
+}
+
+/// The configuration and token of the agent in `template`, as the session that added it
+/// wrote them.
+fn running_agent(
+    template: &PodTemplateSpec,
+    workload: &WorkloadRef,
+) -> Result<(AgentConfig, String), SessionError> {
+    let agent = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .find(|c| c.name == inject::AGENT_CONTAINER)
+        .ok_or_else(|| {
+            corrupt(
+                workload,
+                "the workload's record says it has an agent, but its pods have none",
+            )
+        })?;
+    let agent_env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    let config = agent_env(AGENT_CONFIG_ENV)
+        .ok_or_else(|| corrupt(workload, "the agent has no configuration"))?;
+    let config = serde_json::from_str(&config).map_err(|err| {
+        corrupt(
+            workload,
+            format!("the agent's configuration is unreadable: {err}"),
+        )
+    })?;
+    let token = agent_env(AGENT_TOKEN_ENV)
+        .ok_or_else(|| corrupt(workload, "the agent has no session token"))?;
+    Ok((config, token))
 }

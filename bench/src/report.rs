@@ -1,0 +1,171 @@
+//! docs/benchmarks.md: what was measured, on what machine, and kubedev against the
+//! baseline of the same run.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::measure::{Results, Sizes};
+use crate::memory::AgentMemory;
+use crate::sessions::{RUNS, SessionTimes};
+
+/// What each path to the echo pod measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub(crate) direct: Results,
+    pub(crate) port_forward: Results,
+    pub(crate) kubedev: Results,
+}
+
+pub(crate) fn render(
+    sizes: &Sizes,
+    paths: &Paths,
+    memory: &AgentMemory,
+    sessions: &SessionTimes,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Made by `make bench` on the local test cluster (Kubernetes v1.35, one node, everything on \
+         one machine: {}). All three paths reach the same echo pod in the same run.\n",
+        machine()
+    );
+    let _ = writeln!(
+        out,
+        "- **direct**: the node connects to the pod IP (no tunnel: the ceiling).\n\
+         - **kubectl port-forward**: local ports forwarded by kubectl v1.35 (a new stream through the API server per connection).\n\
+         - **kubedev**: a network namespace whose only route leads to the API server connects to the pod IP; \
+         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over one port-forward to the agent).\n"
+    );
+    out += &path_table(sizes, paths);
+    out += &memory_table(memory);
+    out += &session_table(sessions);
+    out
+}
+
+fn path_table(sizes: &Sizes, paths: &Paths) -> String {
+    let Paths {
+        direct,
+        port_forward,
+        kubedev,
+    } = paths;
+    let throughput = |name: String, of: fn(&Results) -> f64| {
+        let (d, p, k) = (of(direct), of(port_forward), of(kubedev));
+        format!("| {name} | {d:.0} | {p:.0} | {k:.0} | {:.2}x |\n", k / p)
+    };
+    let latency = |name: String, of: fn(&Results) -> Duration| {
+        let (d, p, k) = (of(direct), of(port_forward), of(kubedev));
+        let ratio = k.as_secs_f64() / p.as_secs_f64();
+        format!(
+            "| {name} | {} | {} | {} | {ratio:.2}x |\n",
+            ms(d),
+            ms(p),
+            ms(k)
+        )
+    };
+    let bulk_gib = sizes.bulk_bytes as f64 / f64::from(1 << 30);
+    let mut out = String::from(
+        "| measurement | direct | kubectl port-forward | kubedev | kubedev / port-forward |\n\
+         | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    out += &throughput(
+        format!("bulk, one stream ({bulk_gib:.2} GiB), MiB/s"),
+        |r| r.bulk_mib_s,
+    );
+    out += &latency(
+        format!(
+            "new connection to first byte, p50 ({} connects)",
+            sizes.connects
+        ),
+        |r| r.connect_p50,
+    );
+    out += &latency("new connection to first byte, p99".into(), |r| {
+        r.connect_p99
+    });
+    out += &latency(
+        format!(
+            "1-byte round trip, p50 ({} on one connection)",
+            sizes.round_trips
+        ),
+        |r| r.rtt_p50,
+    );
+    out += &latency("1-byte round trip, p99".into(), |r| r.rtt_p99);
+    out += &throughput(
+        format!(
+            "{} streams at once ({} MiB each), aggregate MiB/s",
+            sizes.parallel_streams,
+            sizes.parallel_bytes_each >> 20
+        ),
+        |r| r.parallel_mib_s,
+    );
+    let _ = writeln!(
+        out,
+        "| streams of those that stalled (no data for 30 s; left out of the aggregate) | {} | {} | {} | |",
+        direct.parallel_stalled, port_forward.parallel_stalled, kubedev.parallel_stalled
+    );
+    out +=
+        "\nFor latency rows a ratio under 1 means kubedev is faster; for throughput, over 1.\n\n";
+    out
+}
+
+fn memory_table(memory: &AgentMemory) -> String {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    format!(
+        "## Agent memory\n\n| state | agent RSS |\n| --- | ---: |\n\
+         | fresh agent, one session, idle | {:.1} MiB |\n\
+         | {} open TCP flows | {:.1} MiB |\n",
+        mib(memory.idle_kib),
+        memory.flows,
+        mib(memory.busy_kib)
+    )
+}
+
+fn session_table(sessions: &SessionTimes) -> String {
+    let seconds = |times: &[Duration]| {
+        format!(
+            "{:.1} s | {:.1} s",
+            times[times.len() / 2].as_secs_f64(),
+            times[times.len() - 1].as_secs_f64()
+        )
+    };
+    format!(
+        "\n## Intercept sessions\n\n`kubectl intercept echo --port 3000:http --detach` on a one-pod \
+         Deployment, then `leave`, {RUNS} times. The first request is sent from a client pod \
+         (through `kubectl exec`, which adds a few hundred milliseconds) until the workstation \
+         answers it.\n\n| measurement | median | slowest |\n| --- | ---: | ---: |\n\
+         | command to first intercepted request | {} |\n\
+         | leave to restored pods ready | {} |\n",
+        seconds(&sessions.started),
+        seconds(&sessions.restored)
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let total = info.lines().next()?.split_whitespace().nth(1)?;
+            total.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {} GiB memory, Linux {}",
+        memory_kib / (1024 * 1024),
+        kernel.trim()
+    )
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
