@@ -101,8 +101,7 @@ impl ClusterArgs {
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
-        let client =
-            kube::Client::try_from(config).map_err(|source| ClusterError::Client { source })?;
+        let client = client_for(config).map_err(|source| ClusterError::Client { source })?;
         Ok(Connection {
             client,
             namespace,
@@ -110,6 +109,36 @@ impl ClusterArgs {
             server,
         })
     }
+}
+
+/// A client for `config` whose connections to the API server send small writes at once.
+///
+/// kube's own stack leaves Nagle's algorithm on: a small write (a stream's open request, a
+/// window update, one keystroke) then waits for the ACK of what is in flight, a whole round
+/// trip and more with the server's delayed ACKs, on every port-forward. kubectl (Go) sets
+/// TCP_NODELAY; so does this. Through a proxy, kube builds the tunnel as it does.
+fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt as _;
+    if config.proxy_url.is_some() {
+        return kube::Client::try_from(config);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        // The auth layer's errors are boxed; the others' must be too, to be one type.
+        .map_err(tower::BoxError::from)
+        .service(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https),
+        );
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 #[cfg(test)]

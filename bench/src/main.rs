@@ -8,17 +8,21 @@
 //! - kubedev: a workstation network namespace whose only route is to the API server
 //!   connects to the pod IP through tunneld (TUN, userspace stack, one port-forward).
 //!
-//! Then the agent's memory ([`memory`]) and how long intercept sessions take to start and
-//! end ([`sessions`]); [`report`] writes it all up.
+//! Then kubectl port-forward and kubedev over a wire with added round-trip times
+//! ([`distance`]), the agent's memory ([`memory`]) and how long intercept sessions take to
+//! start and end ([`sessions`]); [`report`] writes it all up.
 
+mod distance;
 mod measure;
 mod memory;
 mod paths;
 mod report;
 mod sessions;
 
+use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 use measure::Sizes;
+use paths::Vantage;
 
 /// The agents the tunnel measurements link to.
 const TOKEN: &str = "bench-token";
@@ -33,11 +37,17 @@ async fn main() -> anyhow::Result<()> {
     let echo = paths::EchoPod::find(&ns).await?;
 
     eprintln!("bench: direct to the pod from the node");
-    let direct = paths::direct(&echo, sizes).await?;
+    let direct = paths::direct(&echo, sizes);
     eprintln!("bench: kubectl port-forward");
-    let port_forward = paths::port_forward(&cluster, &ns, &echo, sizes).await?;
+    let port_forward = paths::port_forward(&cluster, &ns, &echo, Vantage::Node, sizes)?;
     eprintln!("bench: kubedev (workstation namespace, tunneld)");
-    let kubedev = paths::kubedev(&cluster, &ns, "app=kubedev-agent", &echo, sizes).await?;
+    let mut workstation = Workstation::create(&cluster);
+    let agents = "app=kubedev-agent";
+    let kubedev = paths::kubedev(&cluster, &ns, agents, &mut workstation, &echo, sizes).await;
+    drop(workstation);
+    let distance_sizes = Sizes::at_distance_from_env();
+    let rtts = distance::rtts_from_env();
+    let at_distance = distance::measure(&cluster, &ns, &echo, &rtts, distance_sizes).await?;
     eprintln!("bench: agent memory");
     let memory = memory::agent_memory(&cluster, &ns, &echo).await?;
     eprintln!("bench: intercept sessions");
@@ -48,7 +58,14 @@ async fn main() -> anyhow::Result<()> {
         port_forward,
         kubedev,
     };
-    let report = report::render(&sizes, &paths, &memory, &sessions);
+    let report = report::render(&report::Measured {
+        sizes: &sizes,
+        paths: &paths,
+        distance_sizes: &distance_sizes,
+        at_distance: &at_distance,
+        memory: &memory,
+        sessions: &sessions,
+    });
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     std::fs::write(&path, &report)?;
     println!("{report}");

@@ -17,14 +17,8 @@ pub(crate) struct Sizes {
 }
 
 impl Sizes {
-    /// The sizes `make bench` uses, as the `BENCH_*` variables change them.
+    /// The sizes one hop from the API server, as the `BENCH_*` variables change them.
     pub(crate) fn from_env() -> Self {
-        let setting = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
         Self {
             bulk_bytes: setting("BENCH_BULK_BYTES", 1 << 30),
             connects: setting("BENCH_CONNECTS", 1000) as usize,
@@ -33,6 +27,25 @@ impl Sizes {
             parallel_bytes_each: setting("BENCH_PARALLEL_BYTES_EACH", 16 << 20),
         }
     }
+
+    /// The sizes over distance (`BENCH_DISTANCE_*`): fewer round trips, as each costs one
+    /// RTT, and 8 parallel streams, as a developer's tools open.
+    pub(crate) fn at_distance_from_env() -> Self {
+        Self {
+            bulk_bytes: setting("BENCH_DISTANCE_BULK_BYTES", 256 << 20),
+            connects: setting("BENCH_DISTANCE_CONNECTS", 200) as usize,
+            round_trips: setting("BENCH_DISTANCE_ROUND_TRIPS", 200) as usize,
+            parallel_streams: setting("BENCH_DISTANCE_PARALLEL_STREAMS", 8) as usize,
+            parallel_bytes_each: setting("BENCH_DISTANCE_PARALLEL_BYTES_EACH", 32 << 20),
+        }
+    }
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// What one path measured.

@@ -1,4 +1,5 @@
-//! The three paths to the echo pod, each measured with [`measure::run_all`].
+//! The paths to the echo pod, each measured with [`measure::run_all`] from a vantage point:
+//! the node itself, or a workstation (one hop from the API server, or at a distance).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -42,20 +43,51 @@ impl EchoPod {
     }
 }
 
-/// The node connects to the pod IP.
-pub(crate) async fn direct(pod: &EchoPod, sizes: Sizes) -> anyhow::Result<Results> {
-    let (bulk, echo) = (pod.bulk(), pod.echo());
-    Ok(tokio::task::spawn_blocking(move || measure::run_all(bulk, echo, sizes)).await?)
+/// Where the measuring client (and kubectl) runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Vantage<'a> {
+    Node,
+    Workstation(&'a Workstation),
 }
 
-/// Local ports forwarded by the cluster's kubectl.
-pub(crate) async fn port_forward(
+impl Vantage<'_> {
+    /// Measures `bulk` and `echo` from here; the measurements block, so the runtime's
+    /// other tasks move to other threads meanwhile.
+    fn measure(self, bulk: SocketAddr, echo: SocketAddr, sizes: Sizes) -> Results {
+        let work = move || measure::run_all(bulk, echo, sizes);
+        tokio::task::block_in_place(|| match self {
+            Self::Node => work(),
+            Self::Workstation(workstation) => workstation.inside(work),
+        })
+    }
+
+    fn command(self, program: &std::path::Path) -> Command {
+        match self {
+            Self::Node => Command::new(program),
+            Self::Workstation(workstation) => {
+                let mut command = workstation.long_lived();
+                command.arg(program);
+                command
+            }
+        }
+    }
+}
+
+/// The node connects to the pod IP.
+pub(crate) fn direct(pod: &EchoPod, sizes: Sizes) -> Results {
+    Vantage::Node.measure(pod.bulk(), pod.echo(), sizes)
+}
+
+/// Local ports forwarded by the cluster's kubectl, run at `vantage`.
+pub(crate) fn port_forward(
     cluster: &TestCluster,
     ns: &TestNamespace,
     pod: &EchoPod,
+    vantage: Vantage<'_>,
     sizes: Sizes,
 ) -> anyhow::Result<Results> {
-    let mut kubectl = Command::new(&cluster.kubectl)
+    let mut kubectl = vantage
+        .command(&cluster.kubectl)
         .arg("--kubeconfig")
         .arg(&cluster.admin_kubeconfig)
         .args(["-n", &ns.name, "port-forward"])
@@ -68,7 +100,9 @@ pub(crate) async fn port_forward(
     let mut local = Vec::new();
     while local.len() < 2 {
         let mut line = String::new();
-        forwarded.read_line(&mut line)?;
+        if forwarded.read_line(&mut line)? == 0 {
+            anyhow::bail!("kubectl port-forward ended before forwarding");
+        }
         // "Forwarding from 127.0.0.1:PORT -> 9100"
         if let Some(address) = line
             .split_whitespace()
@@ -80,29 +114,24 @@ pub(crate) async fn port_forward(
     }
     // kubectl logs every connection on stdout: keep reading it so it never blocks.
     std::thread::spawn(move || forwarded.lines().for_each(drop));
-    let (bulk, echo) = (local[0], local[1]);
-    let results = tokio::task::spawn_blocking(move || measure::run_all(bulk, echo, sizes)).await?;
+    let results = vantage.measure(local[0], local[1], sizes);
     kubectl.kill()?;
     let _ = kubectl.wait();
     Ok(results)
 }
 
-/// A workstation namespace connects to the pod IP through tunneld, linked to the agents
-/// `agents` selects.
+/// `workstation` connects to the pod IP through tunneld, linked to the agents `agents`
+/// selects.
 pub(crate) async fn kubedev(
     cluster: &TestCluster,
     ns: &TestNamespace,
     agents: &str,
+    workstation: &mut Workstation,
     pod: &EchoPod,
     sizes: Sizes,
-) -> anyhow::Result<Results> {
-    let mut workstation = Workstation::create(cluster);
+) -> Results {
     workstation
         .start_tunneld(cluster, &ns.name, agents, TOKEN)
         .await;
-    let (bulk, echo) = (pod.bulk(), pod.echo());
-    Ok(tokio::task::spawn_blocking(move || {
-        workstation.inside(move || measure::run_all(bulk, echo, sizes))
-    })
-    .await?)
+    Vantage::Workstation(workstation).measure(pod.bulk(), pod.echo(), sizes)
 }

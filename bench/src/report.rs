@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::distance::AtDistance;
 use crate::measure::{Results, Sizes};
 use crate::memory::AgentMemory;
 use crate::sessions::{RUNS, SessionTimes};
@@ -16,18 +17,24 @@ pub(crate) struct Paths {
     pub(crate) kubedev: Results,
 }
 
-pub(crate) fn render(
-    sizes: &Sizes,
-    paths: &Paths,
-    memory: &AgentMemory,
-    sessions: &SessionTimes,
-) -> String {
+/// Everything one run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured<'a> {
+    pub(crate) sizes: &'a Sizes,
+    pub(crate) paths: &'a Paths,
+    pub(crate) distance_sizes: &'a Sizes,
+    pub(crate) at_distance: &'a [AtDistance],
+    pub(crate) memory: &'a AgentMemory,
+    pub(crate) sessions: &'a SessionTimes,
+}
+
+pub(crate) fn render(measured: &Measured<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
         "Made by `make bench` on the local test cluster (Kubernetes v1.35, one node, everything on \
-         one machine: {}). All three paths reach the same echo pod in the same run.\n",
+         one machine: {}). Every row compares paths to the same echo pod in the same run.\n",
         machine()
     );
     let _ = writeln!(
@@ -37,9 +44,11 @@ pub(crate) fn render(
          - **kubedev**: a network namespace whose only route leads to the API server connects to the pod IP; \
          tunneld carries it (TUN device, userspace TCP/IP stack, yamux over one port-forward to the agent).\n"
     );
-    out += &path_table(sizes, paths);
-    out += &memory_table(memory);
-    out += &session_table(sessions);
+    out += "## One hop from the API server\n\n";
+    out += &path_table(measured.sizes, measured.paths);
+    out += &distance_table(measured.distance_sizes, measured.at_distance);
+    out += &memory_table(measured.memory);
+    out += &session_table(measured.sessions);
     out
 }
 
@@ -106,6 +115,82 @@ fn path_table(sizes: &Sizes, paths: &Paths) -> String {
     out +=
         "\nFor latency rows a ratio under 1 means kubedev is faster; for throughput, over 1.\n\n";
     out
+}
+
+fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
+    let mut out = String::from(
+        "## Over distance\n\nThe workstation's route to the API server passes a delay line that \
+         adds the round-trip time (RTT) given; kubectl port-forward runs in the same workstation, \
+         over the same wire.\n\n\
+         | measurement | RTT | kubectl port-forward | kubedev | kubedev / port-forward | kubedev in RTTs |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let rows: [(String, Row); 6] = [
+        (
+            format!("bulk, one stream ({} MiB), MiB/s", sizes.bulk_bytes >> 20),
+            Row::Throughput(|r| r.bulk_mib_s),
+        ),
+        (
+            format!(
+                "{} streams at once ({} MiB each), aggregate MiB/s",
+                sizes.parallel_streams,
+                sizes.parallel_bytes_each >> 20
+            ),
+            Row::Throughput(|r| r.parallel_mib_s),
+        ),
+        (
+            format!("connect to first byte, p50 ({})", sizes.connects),
+            Row::Latency(|r| r.connect_p50),
+        ),
+        (
+            "connect to first byte, p99".into(),
+            Row::Latency(|r| r.connect_p99),
+        ),
+        (
+            format!("1-byte round trip, p50 ({})", sizes.round_trips),
+            Row::Latency(|r| r.rtt_p50),
+        ),
+        ("1-byte round trip, p99".into(), Row::Latency(|r| r.rtt_p99)),
+    ];
+    for (name, row) in rows {
+        for measured in at_distance {
+            out += &row.render(&name, measured);
+        }
+    }
+    out += "\n";
+    out
+}
+
+/// A row of the distance table: what it reads from each path's results.
+enum Row {
+    Throughput(fn(&Results) -> f64),
+    Latency(fn(&Results) -> Duration),
+}
+
+impl Row {
+    fn render(&self, name: &str, at: &AtDistance) -> String {
+        let rtt = format!("{} ms", at.rtt.as_millis());
+        match self {
+            Self::Throughput(of) => {
+                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
+                format!("| {name} | {rtt} | {p:.0} | {k:.0} | {:.2}x | |\n", k / p)
+            }
+            Self::Latency(of) => {
+                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
+                let ratio = k.as_secs_f64() / p.as_secs_f64();
+                let in_rtts = if at.rtt.is_zero() {
+                    String::new()
+                } else {
+                    format!("{:.2}", k.as_secs_f64() / at.rtt.as_secs_f64())
+                };
+                format!(
+                    "| {name} | {rtt} | {} | {} | {ratio:.2}x | {in_rtts} |\n",
+                    ms(p),
+                    ms(k)
+                )
+            }
+        }
+    }
 }
 
 fn memory_table(memory: &AgentMemory) -> String {

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the local cluster that `tests/cluster/cluster.sh up`
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
+pub mod delay_line;
 pub mod node;
 pub mod workstation;
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use kubedev::control::{self, ControlReply, ControlRequest, DaemonStatus};
 
 use crate::TestCluster;
+use crate::delay_line::DelayLine;
 
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
 /// Unmounts, in the calling process's own mount namespace, every network namespace file
@@ -38,6 +39,8 @@ pub struct Workstation {
     /// Environment tunneld gets on top of the test's own.
     tunneld_env: Vec<(String, String)>,
     resolved: Option<SystemdResolved>,
+    /// The route to the API server with an added round-trip time, if any.
+    delay_line: Option<DelayLine>,
 }
 
 /// The name of the session the tests add.
@@ -49,7 +52,18 @@ fn ip(args: &[&str]) {
 }
 
 impl Workstation {
+    /// A workstation one hop from the API server, with no added latency.
     pub fn create(cluster: &TestCluster) -> Self {
+        Self::create_inner(cluster, None)
+    }
+
+    /// A workstation whose round trips to the API server take `rtt` longer, as a cluster
+    /// in a cloud region is (see [`DelayLine`]).
+    pub fn create_at_distance(cluster: &TestCluster, rtt: Duration) -> Self {
+        Self::create_inner(cluster, Some(rtt))
+    }
+
+    fn create_inner(cluster: &TestCluster, rtt: Option<Duration>) -> Self {
         remove_abandoned();
         let index = NEXT_INDEX.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id() % 100_000;
@@ -84,6 +98,7 @@ impl Workstation {
             "via",
             &format!("{subnet}.1"),
         ]);
+        let delay_line = rtt.map(|rtt| DelayLine::install(&netns, &api_server, rtt, index));
         let etc = PathBuf::from("/etc/netns").join(&netns);
         fs::create_dir_all(&etc).expect("create /etc/netns/NS");
         fs::write(etc.join("resolv.conf"), ORIGINAL_RESOLV_CONF).expect("write resolv.conf");
@@ -98,6 +113,7 @@ impl Workstation {
             tunneld_pid: None,
             tunneld_env: Vec::new(),
             resolved: None,
+            delay_line,
         }
     }
 
@@ -106,7 +122,7 @@ impl Workstation {
     /// including the network namespaces of the pods running then; a copy would keep
     /// containerd from removing them, so a pod deleted meanwhile (a StatefulSet's, during a
     /// rollout) would never finish terminating. The copy drops them before the program runs.
-    fn long_lived(&self) -> Command {
+    pub fn long_lived(&self) -> Command {
         let mut command = Command::new("ip");
         command.args([
             "netns",
@@ -480,6 +496,7 @@ impl Drop for Workstation {
             );
         }
         drop(self.resolved.take());
+        drop(self.delay_line.take());
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .status();

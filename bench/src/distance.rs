@@ -1,0 +1,61 @@
+//! The tunnel over distance: a workstation whose round trips to the API server take RTT
+//! longer (a delay line), kubectl port-forward and kubedev over the same wire, in the
+//! same run.
+
+use std::time::Duration;
+
+use kubedev_e2e::workstation::Workstation;
+use kubedev_e2e::{TestCluster, TestNamespace};
+
+use crate::measure::{Results, Sizes};
+use crate::paths::{self, EchoPod, Vantage};
+
+/// One round-trip time's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct AtDistance {
+    pub(crate) rtt: Duration,
+    pub(crate) port_forward: Results,
+    pub(crate) kubedev: Results,
+}
+
+/// The round-trip times measured (`BENCH_RTTS_MS`, default "0,20,50").
+pub(crate) fn rtts_from_env() -> Vec<Duration> {
+    std::env::var("BENCH_RTTS_MS")
+        .unwrap_or_else(|_| "0,20,50".into())
+        .split(',')
+        .filter_map(|ms| ms.trim().parse().ok())
+        .map(Duration::from_millis)
+        .collect()
+}
+
+/// Measures both paths at every RTT in `rtts`, each in a workstation of its own.
+pub(crate) async fn measure(
+    cluster: &TestCluster,
+    ns: &TestNamespace,
+    pod: &EchoPod,
+    rtts: &[Duration],
+    sizes: Sizes,
+) -> anyhow::Result<Vec<AtDistance>> {
+    let mut measured = Vec::new();
+    for &rtt in rtts {
+        eprintln!("bench: at {} ms RTT", rtt.as_millis());
+        let mut workstation = Workstation::create_at_distance(cluster, rtt);
+        let port_forward =
+            paths::port_forward(cluster, ns, pod, Vantage::Workstation(&workstation), sizes)?;
+        let kubedev = paths::kubedev(
+            cluster,
+            ns,
+            "app=kubedev-agent",
+            &mut workstation,
+            pod,
+            sizes,
+        )
+        .await;
+        measured.push(AtDistance {
+            rtt,
+            port_forward,
+            kubedev,
+        });
+    }
+    Ok(measured)
+}
