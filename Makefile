@@ -50,7 +50,7 @@ test-teardown:
 ## Measure kubedev's tunnel against kubectl port-forward and direct pod access
 ## (same cluster, same run); writes docs/benchmarks.md.
 bench: cluster-up
-	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept
+	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept -p kubedev-test-fixtures
 	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
 		target/release/kubedev-bench
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 
+use crate::intercepted::{self, Intercepted};
 use crate::measure::{Results, Sizes};
+use crate::mounts::{self, MountTimes};
 use crate::paths::{self, EchoPod, Vantage};
 
 /// One round-trip time's figures.
@@ -16,6 +18,10 @@ pub(crate) struct AtDistance {
     pub(crate) rtt: Duration,
     pub(crate) port_forward: Results,
     pub(crate) kubedev: Results,
+    /// A client pod's transfers with the workstation through `kubectl intercept`.
+    pub(crate) intercepted: Intercepted,
+    /// The volumes mounted on the workstation.
+    pub(crate) mount: MountTimes,
 }
 
 /// The round-trip times measured (`BENCH_RTTS_MS`, default "0,20,50").
@@ -28,11 +34,13 @@ pub(crate) fn rtts_from_env() -> Vec<Duration> {
         .collect()
 }
 
-/// Measures both paths at every RTT in `rtts`, each in a workstation of its own.
+/// Measures both paths, intercepted transfers with the pod `client` and the mounted
+/// volumes at every RTT in `rtts`, each in a workstation of its own.
 pub(crate) async fn measure(
     cluster: &TestCluster,
     ns: &TestNamespace,
     pod: &EchoPod,
+    client: &str,
     rtts: &[Duration],
     sizes: Sizes,
 ) -> anyhow::Result<Vec<AtDistance>> {
@@ -51,10 +59,15 @@ pub(crate) async fn measure(
             sizes,
         )
         .await;
+        let intercepted =
+            intercepted::measure(cluster, ns, &workstation, client, sizes.bulk_bytes).await?;
+        let mount = tokio::task::block_in_place(|| mounts::measure(cluster, ns, &workstation))?;
         measured.push(AtDistance {
             rtt,
             port_forward,
             kubedev,
+            intercepted,
+            mount,
         });
     }
     Ok(measured)

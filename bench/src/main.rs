@@ -13,8 +13,10 @@
 //! start and end ([`sessions`]); [`report`] writes it all up.
 
 mod distance;
+mod intercepted;
 mod measure;
 mod memory;
+mod mounts;
 mod paths;
 mod report;
 mod sessions;
@@ -26,6 +28,8 @@ use paths::Vantage;
 
 /// The agents the tunnel measurements link to.
 const TOKEN: &str = "bench-token";
+/// The pod that sends requests to intercepted workloads.
+const CLIENT: &str = "client";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
     ns.deploy_echo("echo", 1).await?;
     ns.deploy_agents("kubedev-agent", 1, TOKEN).await?;
     let echo = paths::EchoPod::find(&ns).await?;
+    ns.start_client(CLIENT).await?;
+    ns.deploy_echo(intercepted::TARGET, 1).await?;
+    mounts::deploy_app(&ns).await?;
 
     eprintln!("bench: direct to the pod from the node");
     let direct = paths::direct(&echo, sizes);
@@ -47,11 +54,12 @@ async fn main() -> anyhow::Result<()> {
     drop(workstation);
     let distance_sizes = Sizes::at_distance_from_env();
     let rtts = distance::rtts_from_env();
-    let at_distance = distance::measure(&cluster, &ns, &echo, &rtts, distance_sizes).await?;
+    let at_distance =
+        distance::measure(&cluster, &ns, &echo, CLIENT, &rtts, distance_sizes).await?;
     eprintln!("bench: agent memory");
     let memory = memory::agent_memory(&cluster, &ns, &echo).await?;
     eprintln!("bench: intercept sessions");
-    let sessions = sessions::time_sessions(&cluster, &ns).await?;
+    let sessions = sessions::time_sessions(&cluster, &ns, CLIENT).await?;
 
     let paths = report::Paths {
         direct,

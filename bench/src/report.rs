@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::distance::AtDistance;
+use crate::intercepted::Intercepted;
 use crate::measure::{Results, Sizes};
 use crate::memory::AgentMemory;
+use crate::mounts;
 use crate::sessions::{RUNS, SessionTimes};
 
 /// What each path to the echo pod measured.
@@ -47,6 +49,8 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     out += "## One hop from the API server\n\n";
     out += &path_table(measured.sizes, measured.paths);
     out += &distance_table(measured.distance_sizes, measured.at_distance);
+    out += &intercepted_table(measured.distance_sizes, measured.at_distance);
+    out += &mount_table(measured.at_distance);
     out += &memory_table(measured.memory);
     out += &session_table(measured.sessions);
     out
@@ -191,6 +195,69 @@ impl Row {
             }
         }
     }
+}
+
+fn intercepted_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
+    let mut out = format!(
+        "A client pod moves {} MiB to and from a server on the workstation through `kubectl \
+         intercept` (the pod times it), against the tunnel's outbound bulk above at the same RTT.\n\n\
+         | RTT | outbound bulk, MiB/s | intercepted download, MiB/s | / outbound | intercepted upload, MiB/s | / outbound |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        sizes.bulk_bytes >> 20
+    );
+    for at in at_distance {
+        let outbound = at.kubedev.bulk_mib_s;
+        let Intercepted {
+            download_mib_s: down,
+            upload_mib_s: up,
+        } = at.intercepted;
+        let _ = writeln!(
+            out,
+            "| {} ms | {outbound:.0} | {down:.0} | {:.2}x | {up:.0} | {:.2}x |",
+            at.rtt.as_millis(),
+            down / outbound,
+            up / outbound
+        );
+    }
+    out += "\n";
+    out
+}
+
+fn mount_table(at_distance: &[AtDistance]) -> String {
+    let mut out = format!(
+        "The volumes mounted on the workstation (sshfs, SFTP through tunneld and the agent), \
+         timed by the plugin's `-- CMD`: a {} MiB file read and written sequentially, `ls -lR` of \
+         {} files, and `stat` of files nothing has looked at yet.\n\n\
+         | RTT | tunnel bulk, MiB/s | read, MiB/s | / bulk | write, MiB/s | ls -lR | in RTTs | stat, each | in RTTs |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        mounts::big_mib(),
+        mounts::tree_files()
+    );
+    for at in at_distance {
+        let mount = &at.mount;
+        let bulk = at.kubedev.bulk_mib_s;
+        let in_rtts = |took: Duration| {
+            if at.rtt.is_zero() {
+                String::new()
+            } else {
+                format!("{:.1}", took.as_secs_f64() / at.rtt.as_secs_f64())
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} ms | {bulk:.0} | {:.0} | {:.2}x | {:.0} | {} | {} | {} | {} |",
+            at.rtt.as_millis(),
+            mount.read_mib_s,
+            mount.read_mib_s / bulk,
+            mount.write_mib_s,
+            ms(mount.list_tree),
+            in_rtts(mount.list_tree),
+            ms(mount.stat),
+            in_rtts(mount.stat)
+        );
+    }
+    out += "\n";
+    out
 }
 
 fn memory_table(memory: &AgentMemory) -> String {

@@ -17,11 +17,12 @@ pub(crate) struct SessionTimes {
     pub(crate) restored: Vec<Duration>,
 }
 
+/// Starts and ends `RUNS` sessions, each first answered for a request from pod `client`.
 pub(crate) async fn time_sessions(
     cluster: &TestCluster,
     ns: &TestNamespace,
+    client: &str,
 ) -> anyhow::Result<SessionTimes> {
-    ns.start_client("client").await?;
     let workstation = Workstation::create(cluster);
     let _server = workstation.serve_http(3000, "workstation");
     let plugin = |args: &[&str]| {
@@ -35,7 +36,7 @@ pub(crate) async fn time_sessions(
         let t0 = Instant::now();
         plugin(&["echo", "--port", "3000:http", "--detach"]);
         while !ns
-            .http_get("client", "echo:8080", "/timing")
+            .http_get(client, "echo:8080", "/timing")
             .is_ok_and(|answer| answer.starts_with("local workstation"))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
