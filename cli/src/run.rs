@@ -314,7 +314,16 @@ pub(super) async fn mount_volumes(
     let socket = tunneld_socket(connection)?;
     let read_only = plan.mode == Mode::Ingest;
     match mount::mount(&socket, &plan.name, &choice, read_only).await {
-        Ok(mounted) => Ok(mounted),
+        Ok(Some(mounted)) => {
+            if let Err(err) = mounted.raise_readahead() {
+                eprintln!(
+                    "note: reading the volumes sequentially is slower over distance: raising \
+                     the mount's readahead needs root ({err})"
+                );
+            }
+            Ok(Some(mounted))
+        }
+        Ok(None) => Ok(None),
         Err(err) if args.mount.is_none() => {
             let err = anyhow::Error::from(err);
             eprintln!("note: the volumes are not mounted: {err:#}");

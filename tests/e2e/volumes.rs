@@ -67,8 +67,10 @@ async fn intercept_mounts_the_volumes_read_write() {
     let ns = TestNamespace::create(&cluster, "volumes").await;
     deploy_app_with_volume(&ns).await;
     let workstation = Workstation::create(&cluster);
+    // The mount reads ahead a bandwidth-delay product, not the kernel's 128 KiB.
+    let readahead = "cat /sys/class/bdi/$(mountpoint -d $KUBEDEV_ROOT)/read_ahead_kb";
     let script = format!(
-        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {} && {} && cat $KUBEDEV_ROOT/data/pod.txt",
+        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {} && {} && cat $KUBEDEV_ROOT/data/pod.txt && {readahead}",
         in_pod(&cluster, &ns, "app", "cat /data/laptop.txt"),
         in_pod(&cluster, &ns, "app", "echo from-the-pod > /data/pod.txt"),
     );
@@ -89,7 +91,7 @@ async fn intercept_mounts_the_volumes_read_write() {
             &script,
         ],
     );
-    assert_eq!(output, "from-the-laptop\nfrom-the-pod\n");
+    assert_eq!(output, "from-the-laptop\nfrom-the-pod\n16384\n");
 }
 
 #[tokio::test]
