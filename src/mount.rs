@@ -64,7 +64,7 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Raises the kernel's readahead on the mount to [`READAHEAD_KIB`]: a setting of the
+    /// Raises the kernel's readahead on the mount to 16 MiB (`READAHEAD_KIB`): a setting of the
     /// mount's backing device in sysfs, which needs root.
     pub fn raise_readahead(&self) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
