@@ -54,18 +54,23 @@ pub async fn link_through_port_forward(
     pod: &str,
     token: &str,
 ) -> Result<(AgentLink, mpsc::Receiver<MuxStream>), TunnelError> {
+    let described = format!("{namespace}/{pod}");
     let stream = match open_port_forward(&client, namespace, pod, AGENT_PORT).await {
         Ok(stream) => stream,
         Err(source) => {
-            let pod = format!("{namespace}/{pod}");
-            return Err(TunnelError::PortForward { pod, source });
+            return Err(TunnelError::PortForward {
+                pod: described,
+                source,
+            });
         }
     };
-    let pod = format!("{namespace}/{pod}");
     let client_name = concat!("kubedev ", env!("CARGO_PKG_VERSION"));
     AgentLink::connect(stream, token, client_name)
         .await
-        .map_err(|source| TunnelError::Session { pod, source })
+        .map_err(|source| TunnelError::Session {
+            pod: described,
+            source,
+        })
 }
 
 /// Connects to `port` on the pod's loopback; the returned stream carries its bytes. A task

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let echo = paths::EchoPod::find(&ns).await?;
     ns.start_client(CLIENT).await?;
     ns.deploy_echo(intercepted::TARGET, 1).await?;
-    mounts::deploy_app(&ns).await?;
+    ns.deploy_app_with_volume().await?;
 
     eprintln!("bench: direct to the pod from the node");
     let direct = paths::direct(&echo, sizes);

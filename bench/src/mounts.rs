@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
-use serde_json::json;
+use kubedev_e2e::{TestCluster, TestNamespace};
 
-/// The Deployment whose volume is mounted.
+/// The Deployment whose volume is mounted ([`TestNamespace::deploy_app_with_volume`]).
 const APP: &str = "vol";
 /// The big file's size, MiB.
 const BIG_MIB: u64 = 128;
@@ -27,44 +26,6 @@ pub(crate) struct MountTimes {
     pub(crate) list_tree: Duration,
     /// One `stat` of a file not yet looked at, on average.
     pub(crate) stat: Duration,
-}
-
-/// Deploys `vol`: a busybox container with an emptyDir at /data, behind a Service (an
-/// intercept needs one).
-pub(crate) async fn deploy_app(ns: &TestNamespace) -> anyhow::Result<()> {
-    ns.apply_json(&json!({
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [{
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": APP},
-            "spec": {
-                "selector": {"matchLabels": {"app": APP}},
-                "template": {
-                    "metadata": {"labels": {"app": APP}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [{
-                            "name": "app",
-                            "image": CLIENT_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]
-                        }],
-                        "volumes": [{"name": "data", "emptyDir": {}}]
-                    }
-                }
-            }
-        }, {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": APP},
-            "spec": {"selector": {"app": APP}, "ports": [{"port": 8080, "targetPort": "http"}]}
-        }]
-    }))?;
-    ns.wait_deployment_ready(APP).await?;
-    Ok(())
 }
 
 /// Intercepts `vol` with its volume mounted on `workstation`, fills the volume in the pod
@@ -107,6 +68,8 @@ pub(crate) fn measure(
             "-n",
             &ns.name,
             APP,
+            "-c",
+            "app",
             "--port",
             "3005:8080",
             "--",

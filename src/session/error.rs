@@ -61,7 +61,6 @@ pub enum SessionError {
 impl MayConflict for SessionError {
     fn is_conflict(&self) -> bool {
         matches!(self, Self::Workload(err) if err.is_conflict())
-            || matches!(self, Self::Rollout(RolloutError::Workload(err)) if err.is_conflict())
     }
 }
 

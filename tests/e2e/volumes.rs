@@ -2,50 +2,7 @@
 //! is at $KUBEDEV_ROOT/data for `-- CMD`; read-write for intercept, read-only for ingest.
 
 use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
-use serde_json::json;
-
-/// A Deployment `vol` whose container `app` (busybox) mounts an emptyDir at /data, with a
-/// sidecar that mounts it at /shared, behind a Service on port 8080.
-async fn deploy_app_with_volume(ns: &TestNamespace) {
-    let manifest = json!({
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [{
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "vol"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "vol"}},
-                "template": {
-                    "metadata": {"labels": {"app": "vol"}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [{
-                            "name": "app",
-                            "image": CLIENT_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]
-                        }, {
-                            "name": "sidecar",
-                            "image": CLIENT_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "volumeMounts": [{"name": "data", "mountPath": "/shared"}]
-                        }],
-                        "volumes": [{"name": "data", "emptyDir": {}}]
-                    }
-                }
-            }
-        }, {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "vol"},
-            "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080}]}
-        }]
-    });
-    ns.apply_json(&manifest).expect("apply");
-    ns.wait_deployment_ready("vol").await.expect("vol ready");
-}
+use kubedev_e2e::{TestCluster, TestNamespace};
 
 /// A shell script for `-- sh -c` that runs `command` in `container` of the session's pod.
 fn in_pod(cluster: &TestCluster, ns: &TestNamespace, container: &str, command: &str) -> String {
@@ -65,7 +22,7 @@ fn in_pod(cluster: &TestCluster, ns: &TestNamespace, container: &str, command: &
 async fn intercept_mounts_the_volumes_read_write() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "volumes").await;
-    deploy_app_with_volume(&ns).await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
     let workstation = Workstation::create(&cluster);
     // The mount reads ahead a bandwidth-delay product, not the kernel's 128 KiB.
     let readahead = "cat /sys/class/bdi/$(mountpoint -d $KUBEDEV_ROOT)/read_ahead_kb";
@@ -98,7 +55,7 @@ async fn intercept_mounts_the_volumes_read_write() {
 async fn ingest_mounts_the_volumes_read_only() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "volumes-ro").await;
-    deploy_app_with_volume(&ns).await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
     let workstation = Workstation::create(&cluster);
     let script = format!(
         "{} && cat $KUBEDEV_ROOT/data/pod.txt && if echo x > $KUBEDEV_ROOT/data/laptop.txt; \
@@ -119,7 +76,7 @@ async fn ingest_mounts_the_volumes_read_only() {
 async fn replace_mounts_the_volumes_read_write() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "volumes-replace").await;
-    deploy_app_with_volume(&ns).await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
     let workstation = Workstation::create(&cluster);
     // The app container is gone: the sidecar shares the volume and checks it.
     let script = format!(

@@ -6,12 +6,13 @@
 //! packet rate stays low enough for that. The devices go when the line is dropped.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+use crate::workstation::ip;
 
 /// Large packets keep the rate of packets to copy low.
 const MTU: u16 = 65000;
@@ -31,11 +32,6 @@ fn ends(index: u32) -> (Ipv4Addr, Ipv4Addr) {
         Ipv4Addr::new(10, 203, high, low + 1),
         Ipv4Addr::new(10, 203, high, low + 2),
     )
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip runs");
-    assert!(status.success(), "ip {}", args.join(" "));
 }
 
 impl DelayLine {

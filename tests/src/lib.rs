@@ -319,6 +319,48 @@ impl TestNamespace {
         Ok(body.to_owned())
     }
 
+    /// A Deployment `vol` whose container `app` (busybox) mounts an emptyDir at /data, with a
+    /// sidecar that mounts it at /shared, behind a Service on port 8080.
+    pub async fn deploy_app_with_volume(&self) -> anyhow::Result<()> {
+        let manifest = json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [{
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "vol"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "vol"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "vol"}},
+                        "spec": {
+                            "terminationGracePeriodSeconds": 1,
+                            "containers": [{
+                                "name": "app",
+                                "image": CLIENT_IMAGE,
+                                "imagePullPolicy": "Never",
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                            }, {
+                                "name": "sidecar",
+                                "image": CLIENT_IMAGE,
+                                "imagePullPolicy": "Never",
+                                "volumeMounts": [{"name": "data", "mountPath": "/shared"}]
+                            }],
+                            "volumes": [{"name": "data", "emptyDir": {}}]
+                        }
+                    }
+                }
+            }, {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "vol"},
+                "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080}]}
+            }]
+        });
+        self.apply_json(&manifest)?;
+        self.wait_deployment_ready("vol").await
+    }
+
     /// Runs a command in a pod with `kubectl exec` and returns its stdout.
     pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["exec", pod, "--"];

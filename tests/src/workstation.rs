@@ -46,7 +46,8 @@ pub struct Workstation {
 /// The name of the session the tests add.
 const SESSION: &str = "e2e";
 
-fn ip(args: &[&str]) {
+/// Runs `ip` with `args`, failing the test if it fails.
+pub(crate) fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("ip runs");
     assert!(status.success(), "ip {}", args.join(" "));
 }
