@@ -58,7 +58,7 @@ pub(crate) async fn measure(
             pod,
             sizes,
         )
-        .await;
+        .await?;
         let intercepted =
             intercepted::measure(cluster, ns, &workstation, client, sizes.bulk_bytes).await?;
         let mount = tokio::task::block_in_place(|| mounts::measure(cluster, ns, &workstation))?;

@@ -18,6 +18,7 @@ mod measure;
 mod memory;
 mod mounts;
 mod paths;
+mod processes;
 mod report;
 mod sessions;
 
@@ -50,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: kubedev (workstation namespace, tunneld)");
     let mut workstation = Workstation::create(&cluster);
     let agents = "app=kubedev-agent";
-    let kubedev = paths::kubedev(&cluster, &ns, agents, &mut workstation, &echo, sizes).await;
+    let kubedev = paths::kubedev(&cluster, &ns, agents, &mut workstation, &echo, sizes).await?;
     drop(workstation);
     let distance_sizes = Sizes::at_distance_from_env();
     let rtts = distance::rtts_from_env();

@@ -1,10 +1,23 @@
 //! The measurements, as blocking socket code so they run the same on the node and inside a
-//! workstation namespace: each takes the addresses of the echo pod's bulk port (9100) and
-//! TCP echo port (7000) as one path reaches them.
+//! workstation namespace: each takes the addresses of the echo pod's ports as one path
+//! reaches them ([`Target`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
+
+use crate::processes::cpu_seconds;
+
+/// The echo pod's ports as one path reaches them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    /// Sends the bytes asked for (9100).
+    pub(crate) bulk: SocketAddr,
+    /// Greets, then echoes (TCP 7000).
+    pub(crate) echo: SocketAddr,
+    /// Answers each datagram (UDP 9000); `None` where the path carries no UDP.
+    pub(crate) udp: Option<SocketAddr>,
+}
 
 /// How much each measurement does (`BENCH_*` variables override).
 #[derive(Debug, Clone, Copy)]
@@ -12,6 +25,7 @@ pub(crate) struct Sizes {
     pub(crate) bulk_bytes: u64,
     pub(crate) connects: usize,
     pub(crate) round_trips: usize,
+    pub(crate) udp_round_trips: usize,
     pub(crate) parallel_streams: usize,
     pub(crate) parallel_bytes_each: u64,
 }
@@ -23,6 +37,7 @@ impl Sizes {
             bulk_bytes: setting("BENCH_BULK_BYTES", 1 << 30),
             connects: setting("BENCH_CONNECTS", 1000) as usize,
             round_trips: setting("BENCH_ROUND_TRIPS", 1000) as usize,
+            udp_round_trips: setting("BENCH_UDP_ROUND_TRIPS", 1000) as usize,
             parallel_streams: setting("BENCH_PARALLEL_STREAMS", 100) as usize,
             parallel_bytes_each: setting("BENCH_PARALLEL_BYTES_EACH", 16 << 20),
         }
@@ -35,6 +50,7 @@ impl Sizes {
             bulk_bytes: setting("BENCH_DISTANCE_BULK_BYTES", 256 << 20),
             connects: setting("BENCH_DISTANCE_CONNECTS", 200) as usize,
             round_trips: setting("BENCH_DISTANCE_ROUND_TRIPS", 200) as usize,
+            udp_round_trips: setting("BENCH_DISTANCE_UDP_ROUND_TRIPS", 200) as usize,
             parallel_streams: setting("BENCH_DISTANCE_PARALLEL_STREAMS", 8) as usize,
             parallel_bytes_each: setting("BENCH_DISTANCE_PARALLEL_BYTES_EACH", 32 << 20),
         }
@@ -52,10 +68,13 @@ fn setting(name: &str, default: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct Results {
     pub(crate) bulk_mib_s: f64,
+    /// CPU time the path's own processes spent per GiB of the bulk transfer.
+    pub(crate) bulk_cpu_s_per_gib: f64,
     pub(crate) connect_p50: Duration,
     pub(crate) connect_p99: Duration,
     pub(crate) rtt_p50: Duration,
     pub(crate) rtt_p99: Duration,
+    pub(crate) udp: Option<UdpRoundTrips>,
     pub(crate) parallel_mib_s: f64,
     /// Parallel streams that stopped making progress (counted, not waited for).
     pub(crate) parallel_stalled: usize,
@@ -64,14 +83,39 @@ pub(crate) struct Results {
 /// A stream that receives nothing for this long is counted as stalled.
 const NO_PROGRESS: Duration = Duration::from_secs(30);
 
-pub(crate) fn run_all(bulk: SocketAddr, echo: SocketAddr, sizes: Sizes) -> Results {
-    let bulk_mib_s = download(bulk, sizes.bulk_bytes);
-    let connects = connect_to_first_byte(echo, sizes.connects);
-    let rtts = round_trips(echo, sizes.round_trips);
-    let (parallel_mib_s, parallel_stalled) =
-        parallel_download(bulk, sizes.parallel_streams, sizes.parallel_bytes_each);
+/// UDP request/response, one datagram in flight at a time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UdpRoundTrips {
+    pub(crate) per_s: f64,
+    pub(crate) p50: Duration,
+    /// Requests without an answer within [`UDP_ANSWER_WAIT`] (left out of the rate).
+    pub(crate) lost: usize,
+}
+
+/// A UDP request not answered within this is counted lost.
+const UDP_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Every measurement through one path; `busy` are the processes that carry the path
+/// (kubectl; tunneld and the agent), whose CPU time the bulk transfer is charged.
+pub(crate) fn run_all(target: Target, sizes: Sizes, busy: &[u32]) -> Results {
+    let cpu_before = cpu_seconds(busy);
+    let bulk_mib_s = download(target.bulk, sizes.bulk_bytes);
+    let gib = sizes.bulk_bytes as f64 / f64::from(1u32 << 30);
+    let bulk_cpu_s_per_gib = (cpu_seconds(busy) - cpu_before) / gib;
+    let connects = connect_to_first_byte(target.echo, sizes.connects);
+    let rtts = round_trips(target.echo, sizes.round_trips);
+    let udp = target
+        .udp
+        .map(|udp| udp_round_trips(udp, sizes.udp_round_trips));
+    let (parallel_mib_s, parallel_stalled) = parallel_download(
+        target.bulk,
+        sizes.parallel_streams,
+        sizes.parallel_bytes_each,
+    );
     Results {
         bulk_mib_s,
+        bulk_cpu_s_per_gib,
+        udp,
         connect_p50: percentile(&connects, 0.50),
         connect_p99: percentile(&connects, 0.99),
         rtt_p50: percentile(&rtts, 0.50),
@@ -142,6 +186,42 @@ fn round_trips(addr: SocketAddr, count: usize) -> Vec<Duration> {
             started.elapsed()
         })
         .collect()
+}
+
+/// `count` datagrams to the UDP echo port, each sent once the previous one was answered.
+fn udp_round_trips(addr: SocketAddr, count: usize) -> UdpRoundTrips {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    socket.connect(addr).expect("connect the UDP socket");
+    socket
+        .set_read_timeout(Some(UDP_ANSWER_WAIT))
+        .expect("timeout");
+    let mut answer = [0u8; 256];
+    let mut answered = Vec::with_capacity(count);
+    let started = Instant::now();
+    for i in 0..count {
+        let request = format!("request {i}");
+        let sent = Instant::now();
+        socket.send(request.as_bytes()).expect("send");
+        // An answer to an earlier, lost request is not this one's.
+        loop {
+            match socket.recv(&mut answer) {
+                Ok(len) if answer[..len].ends_with(request.as_bytes()) => {
+                    answered.push(sent.elapsed());
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(!answered.is_empty(), "no datagram to {addr} was answered");
+    let lost = count - answered.len();
+    let answering: Duration = started.elapsed() - UDP_ANSWER_WAIT * lost as u32;
+    UdpRoundTrips {
+        per_s: answered.len() as f64 / answering.as_secs_f64(),
+        p50: percentile(&answered, 0.50),
+        lost,
+    }
 }
 
 /// `streams` downloads at once; returns the aggregate MiB/s of the streams that finished

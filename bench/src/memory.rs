@@ -1,6 +1,5 @@
 //! The agent's resident memory: idle with one session, and with 1000 open flows.
 
-use std::process::Command;
 use std::time::Duration;
 
 use kubedev_e2e::workstation::Workstation;
@@ -9,6 +8,7 @@ use kubedev_e2e::{TestCluster, TestNamespace};
 use crate::TOKEN;
 use crate::measure;
 use crate::paths::EchoPod;
+use crate::processes::{agent_pid, rss_kib};
 
 /// How many TCP flows the busy figure holds open.
 const FLOWS: usize = 1000;
@@ -34,7 +34,7 @@ pub(crate) async fn agent_memory(
     workstation
         .start_tunneld(cluster, &ns.name, "app=kubedev-agent-fresh", TOKEN)
         .await;
-    let agent_pid = newest_pid("kubedev-agent");
+    let agent_pid = agent_pid(ns, "app=kubedev-agent-fresh").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_kib = rss_kib(agent_pid);
     let echo = pod.echo();
@@ -51,24 +51,4 @@ pub(crate) async fn agent_memory(
         flows,
         busy_kib,
     })
-}
-
-fn newest_pid(program: &str) -> u32 {
-    let output = Command::new("pgrep")
-        .args(["-n", "-x", program])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("agent process on this node")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }

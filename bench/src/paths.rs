@@ -11,9 +11,11 @@ use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 
 use crate::TOKEN;
-use crate::measure::{self, Results, Sizes};
+use crate::measure::{self, Results, Sizes, Target};
+use crate::processes::agent_pid;
 
-/// The echo pod every path reaches: its bulk port (9100) and TCP echo port (7000).
+/// The echo pod every path reaches: its bulk port (9100), TCP echo port (7000) and UDP echo
+/// port (9000).
 #[derive(Debug, Clone)]
 pub(crate) struct EchoPod {
     pub(crate) name: String,
@@ -41,6 +43,15 @@ impl EchoPod {
     pub(crate) fn echo(&self) -> SocketAddr {
         format!("{}:7000", self.ip).parse().expect("address")
     }
+
+    /// Its ports at its IP address.
+    fn target(&self) -> Target {
+        Target {
+            bulk: self.bulk(),
+            echo: self.echo(),
+            udp: Some(format!("{}:9000", self.ip).parse().expect("address")),
+        }
+    }
 }
 
 /// Where the measuring client (and kubectl) runs.
@@ -51,10 +62,10 @@ pub(crate) enum Vantage<'a> {
 }
 
 impl Vantage<'_> {
-    /// Measures `bulk` and `echo` from here; the measurements block, so the runtime's
-    /// other tasks move to other threads meanwhile.
-    fn measure(self, bulk: SocketAddr, echo: SocketAddr, sizes: Sizes) -> Results {
-        let work = move || measure::run_all(bulk, echo, sizes);
+    /// Measures `target` from here, charging `busy` processes the CPU time; the
+    /// measurements block, so the runtime's other tasks move to other threads meanwhile.
+    fn measure(self, target: Target, sizes: Sizes, busy: Vec<u32>) -> Results {
+        let work = move || measure::run_all(target, sizes, &busy);
         tokio::task::block_in_place(|| match self {
             Self::Node => work(),
             Self::Workstation(workstation) => workstation.inside(work),
@@ -75,7 +86,7 @@ impl Vantage<'_> {
 
 /// The node connects to the pod IP.
 pub(crate) fn direct(pod: &EchoPod, sizes: Sizes) -> Results {
-    Vantage::Node.measure(pod.bulk(), pod.echo(), sizes)
+    Vantage::Node.measure(pod.target(), sizes, Vec::new())
 }
 
 /// Local ports forwarded by the cluster's kubectl, run at `vantage`.
@@ -114,13 +125,19 @@ pub(crate) fn port_forward(
     }
     // kubectl logs every connection on stdout: keep reading it so it never blocks.
     std::thread::spawn(move || forwarded.lines().for_each(drop));
-    let results = vantage.measure(local[0], local[1], sizes);
+    // kubectl carries no UDP.
+    let target = Target {
+        bulk: local[0],
+        echo: local[1],
+        udp: None,
+    };
+    let results = vantage.measure(target, sizes, vec![kubectl.id()]);
     kubectl.kill()?;
     let _ = kubectl.wait();
     Ok(results)
 }
 
-/// `workstation` connects to the pod IP through tunneld, linked to the agents `agents`
+/// `workstation` connects to the pod IP through tunneld, linked to the one agent `agents`
 /// selects.
 pub(crate) async fn kubedev(
     cluster: &TestCluster,
@@ -129,9 +146,10 @@ pub(crate) async fn kubedev(
     workstation: &mut Workstation,
     pod: &EchoPod,
     sizes: Sizes,
-) -> Results {
+) -> anyhow::Result<Results> {
     workstation
         .start_tunneld(cluster, &ns.name, agents, TOKEN)
         .await;
-    Vantage::Workstation(workstation).measure(pod.bulk(), pod.echo(), sizes)
+    let busy = vec![workstation.tunneld_pid(), agent_pid(ns, agents).await?];
+    Ok(Vantage::Workstation(workstation).measure(pod.target(), sizes, busy))
 }

@@ -44,7 +44,7 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
         "- **direct**: the node connects to the pod IP (no tunnel: the ceiling).\n\
          - **kubectl port-forward**: local ports forwarded by kubectl v1.35 (a new stream through the API server per connection).\n\
          - **kubedev**: a network namespace whose only route leads to the API server connects to the pod IP; \
-         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over one port-forward to the agent).\n"
+         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over three port-forwards to the agent).\n"
     );
     out += "## One hop from the API server\n\n";
     out += &path_table(measured.sizes, measured.paths);
@@ -116,6 +116,20 @@ fn path_table(sizes: &Sizes, paths: &Paths) -> String {
         "| streams of those that stalled (no data for 30 s; left out of the aggregate) | {} | {} | {} | |",
         direct.parallel_stalled, port_forward.parallel_stalled, kubedev.parallel_stalled
     );
+    let _ = writeln!(
+        out,
+        "| CPU seconds per GiB of the bulk stream (kubectl; tunneld and the agent) | | {:.2} | {:.2} | {:.2}x |",
+        port_forward.bulk_cpu_s_per_gib,
+        kubedev.bulk_cpu_s_per_gib,
+        kubedev.bulk_cpu_s_per_gib / port_forward.bulk_cpu_s_per_gib
+    );
+    if let (Some(d), Some(k)) = (direct.udp, kubedev.udp) {
+        let _ = writeln!(
+            out,
+            "| UDP request/response, one at a time ({}), per second | {:.0} | none (TCP only) | {:.0} | |",
+            sizes.udp_round_trips, d.per_s, k.per_s
+        );
+    }
     out +=
         "\nFor latency rows a ratio under 1 means kubedev is faster; for throughput, over 1.\n\n";
     out
@@ -129,7 +143,7 @@ fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
          | measurement | RTT | kubectl port-forward | kubedev | kubedev / port-forward | kubedev in RTTs |\n\
          | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    let rows: [(String, Row); 6] = [
+    let rows: [(String, Row); 8] = [
         (
             format!("bulk, one stream ({} MiB), MiB/s", sizes.bulk_bytes >> 20),
             Row::Throughput(|r| r.bulk_mib_s),
@@ -155,6 +169,17 @@ fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
             Row::Latency(|r| r.rtt_p50),
         ),
         ("1-byte round trip, p99".into(), Row::Latency(|r| r.rtt_p99)),
+        (
+            format!(
+                "UDP request/response, one at a time ({}), per second",
+                sizes.udp_round_trips
+            ),
+            Row::Udp,
+        ),
+        (
+            "CPU seconds per GiB of the bulk stream (kubectl; tunneld and the agent)".into(),
+            Row::Cost(|r| r.bulk_cpu_s_per_gib),
+        ),
     ];
     for (name, row) in rows {
         for measured in at_distance {
@@ -169,6 +194,10 @@ fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
 enum Row {
     Throughput(fn(&Results) -> f64),
     Latency(fn(&Results) -> Duration),
+    /// Lower is better, as for latency.
+    Cost(fn(&Results) -> f64),
+    /// kubedev only: kubectl port-forward carries no UDP.
+    Udp,
 }
 
 impl Row {
@@ -179,21 +208,45 @@ impl Row {
                 let (p, k) = (of(&at.port_forward), of(&at.kubedev));
                 format!("| {name} | {rtt} | {p:.0} | {k:.0} | {:.2}x | |\n", k / p)
             }
+            Self::Cost(of) => {
+                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
+                format!("| {name} | {rtt} | {p:.2} | {k:.2} | {:.2}x | |\n", k / p)
+            }
+            Self::Udp => {
+                let Some(udp) = at.kubedev.udp else {
+                    return String::new();
+                };
+                let lost = if udp.lost == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} lost)", udp.lost)
+                };
+                format!(
+                    "| {name} | {rtt} | none (TCP only) | {:.0}{lost} | | {} |\n",
+                    udp.per_s,
+                    in_rtts(udp.p50, at.rtt)
+                )
+            }
             Self::Latency(of) => {
                 let (p, k) = (of(&at.port_forward), of(&at.kubedev));
                 let ratio = k.as_secs_f64() / p.as_secs_f64();
-                let in_rtts = if at.rtt.is_zero() {
-                    String::new()
-                } else {
-                    format!("{:.2}", k.as_secs_f64() / at.rtt.as_secs_f64())
-                };
                 format!(
-                    "| {name} | {rtt} | {} | {} | {ratio:.2}x | {in_rtts} |\n",
+                    "| {name} | {rtt} | {} | {} | {ratio:.2}x | {} |\n",
                     ms(p),
-                    ms(k)
+                    ms(k),
+                    in_rtts(k, at.rtt)
                 )
             }
         }
+    }
+}
+
+/// `took` as a multiple of `rtt` (blank at RTT 0).
+fn in_rtts(took: Duration, rtt: Duration) -> String {
+    if rtt.is_zero() {
+        String::new()
+    } else {
+        format!("{:.2}", took.as_secs_f64() / rtt.as_secs_f64())
     }
 }
 
@@ -227,7 +280,8 @@ fn mount_table(at_distance: &[AtDistance]) -> String {
     let mut out = format!(
         "The volumes mounted on the workstation (sshfs, SFTP through tunneld and the agent), \
          timed by the plugin's `-- CMD`: a {} MiB file read and written sequentially, `ls -lR` of \
-         {} files, and `stat` of files nothing has looked at yet.\n\n\
+         {} files, and `stat` of files nothing has looked at yet (less a `stat` of a local file: \
+         starting the program).\n\n\
          | RTT | tunnel bulk, MiB/s | read, MiB/s | / bulk | write, MiB/s | ls -lR | in RTTs | stat, each | in RTTs |\n\
          | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         mounts::big_mib(),
@@ -236,13 +290,6 @@ fn mount_table(at_distance: &[AtDistance]) -> String {
     for at in at_distance {
         let mount = &at.mount;
         let bulk = at.kubedev.bulk_mib_s;
-        let in_rtts = |took: Duration| {
-            if at.rtt.is_zero() {
-                String::new()
-            } else {
-                format!("{:.1}", took.as_secs_f64() / at.rtt.as_secs_f64())
-            }
-        };
         let _ = writeln!(
             out,
             "| {} ms | {bulk:.0} | {:.0} | {:.2}x | {:.0} | {} | {} | {} | {} |",
@@ -251,9 +298,9 @@ fn mount_table(at_distance: &[AtDistance]) -> String {
             mount.read_mib_s / bulk,
             mount.write_mib_s,
             ms(mount.list_tree),
-            in_rtts(mount.list_tree),
+            in_rtts(mount.list_tree, at.rtt),
             ms(mount.stat),
-            in_rtts(mount.stat)
+            in_rtts(mount.stat, at.rtt)
         );
     }
     out += "\n";

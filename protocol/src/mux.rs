@@ -165,8 +165,84 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes `chunk` to `stream`, which `written` bytes went to already, until a write
+    /// makes no progress for half a second or `limit` bytes are written, checking after
+    /// each write that no more than `bound` bytes are on their way (written, not yet
+    /// `read`); returns the bytes written.
+    async fn write_within_bound(
+        stream: &mut MuxStream,
+        chunk: &[u8],
+        mut written: usize,
+        limit: usize,
+        read: &AtomicUsize,
+        bound: usize,
+    ) -> usize {
+        while written < limit {
+            let write = stream.write_all(chunk);
+            match tokio::time::timeout(Duration::from_millis(500), write).await {
+                Ok(Ok(())) => written += chunk.len(),
+                _ => break,
+            }
+            let unread = written - read.load(Ordering::SeqCst);
+            assert!(
+                unread <= bound,
+                "{unread} bytes on their way, bound {bound}"
+            );
+        }
+        written
+    }
+
+    #[tokio::test]
+    async fn a_stream_never_has_more_than_its_window_bound_on_its_way() {
+        // What the receiver may buffer, plus one write the sender may have in yamux's hands.
+        let chunk = vec![7u8; 64 * 1024];
+        let bound = yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH + chunk.len();
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let (client, _client_inbound) = spawn(a, Mode::Client);
+        let (_server, mut server_inbound) = spawn(b, Mode::Server);
+        let mut sending = client.open().await.expect("open");
+        let read = Arc::new(AtomicUsize::new(0));
+        sending.write_all(&chunk).await.expect("first write");
+        let mut receiving = server_inbound.recv().await.expect("inbound");
+
+        // A busy stream, whose window grows, then a reader that stops.
+        let read_all = 64 << 20;
+        let reader = tokio::spawn({
+            let read = read.clone();
+            async move {
+                let mut buf = vec![0u8; 1 << 20];
+                while read.load(Ordering::SeqCst) < read_all {
+                    let got = receiving.read(&mut buf).await.expect("read");
+                    read.fetch_add(got, Ordering::SeqCst);
+                }
+                receiving
+            }
+        });
+        let limit = read_all + 4 * bound;
+        let written =
+            write_within_bound(&mut sending, &chunk, chunk.len(), limit, &read, bound).await;
+        let _stalled = reader.await.expect("reader");
+        assert!(
+            written < limit,
+            "the writer was held back once the reader stopped"
+        );
+
+        // The connection still carries a new stream.
+        let mut other = client.open().await.expect("open another");
+        other.write_all(b"still moving").await.expect("write");
+        other.shutdown().await.expect("close");
+        let mut accepted = server_inbound.recv().await.expect("the other stream");
+        let mut got = String::new();
+        accepted.read_to_string(&mut got).await.expect("read");
+        assert_eq!(got, "still moving");
+    }
 
     #[tokio::test]
     async fn both_ends_open_streams_and_half_close() {

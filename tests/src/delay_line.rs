@@ -1,27 +1,30 @@
 //! A delay line: a workstation's route to the API server that adds a round-trip time, as a
 //! cluster in a cloud region has. This kernel has no netem, so the delay is added here:
 //! two TUN devices made by this process, one moved into the workstation's network
-//! namespace, addressed as a point-to-point pair, and a thread that copies each packet to
-//! the other device after holding it for half the round trip. With a 65000-byte MTU the
+//! namespace, addressed as a point-to-point pair, and per direction a thread that reads
+//! packets and one that writes each to the other device half the round trip after it
+//! arrived. Plain threads sleep to within tens of microseconds (an async timer rounds to
+//! whole milliseconds, which would add to every round trip). With a 65000-byte MTU the
 //! packet rate stays low enough for that. The devices go when the line is dropped.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::workstation::ip;
 
 /// Large packets keep the rate of packets to copy low.
 const MTU: u16 = 65000;
+/// How often an idle thread looks whether the line was dropped.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct DelayLine {
-    /// Dropped (or sent) to stop the copying; the devices close with the thread's runtime.
-    stop_tx: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Set to stop the copying; the devices close when the threads end.
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// The addresses of one line's two ends, unique per `index` on this machine.
@@ -90,69 +93,76 @@ impl DelayLine {
             &ns_end.to_string(),
         ]);
 
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
         let one_way = rtt / 2;
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("delay line runtime");
-            runtime.block_on(async move {
-                let host = Arc::new(host_device);
-                let ns = Arc::new(ns_device);
-                tokio::select! {
-                    () = carry(host.clone(), ns.clone(), one_way) => {}
-                    () = carry(ns, host, one_way) => {}
-                    _ = stop_rx => {}
-                }
-            });
-        });
-        Self {
-            stop_tx: Some(stop_tx),
-            thread: Some(thread),
-        }
+        let (host, ns) = (Arc::new(host_device), Arc::new(ns_device));
+        let mut threads = Vec::from(carry(host.clone(), ns.clone(), one_way, &stop));
+        threads.extend(carry(ns, host, one_way, &stop));
+        Self { stop, threads }
     }
 }
 
 impl Drop for DelayLine {
     fn drop(&mut self) {
-        drop(self.stop_tx.take());
-        if let Some(thread) = self.thread.take() {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn create_device(name: &str) -> tun::AsyncDevice {
+fn create_device(name: &str) -> tun::Device {
     let mut config = tun::Configuration::default();
     config.tun_name(name).mtu(MTU);
-    tun::create_as_async(&config).expect("a TUN device for the delay line (needs root)")
+    tun::create(&config).expect("a TUN device for the delay line (needs root)")
 }
 
-/// Copies every packet from `from` to `to`, each `delay` after it arrived, in order.
-async fn carry(from: Arc<tun::AsyncDevice>, to: Arc<tun::AsyncDevice>, delay: Duration) {
+/// Copies every packet from `from` to `to`, each `delay` after it arrived, in order, until
+/// `stop` is set: a reading and a writing thread.
+fn carry(
+    from: Arc<tun::Device>,
+    to: Arc<tun::Device>,
+    delay: Duration,
+    stop: &Arc<AtomicBool>,
+) -> [JoinHandle<()>; 2] {
     // held_tx: the reader -> the writer, each packet with the time it is due.
-    let (held_tx, mut held_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let reading = async move {
-        let mut buf = vec![0u8; usize::from(MTU) + 4];
-        while let Ok(len) = from.recv(&mut buf).await {
-            if held_tx
-                .send((Instant::now() + delay, buf[..len].to_vec()))
-                .is_err()
-            {
-                return;
+    let (held_tx, held_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let reading = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; usize::from(MTU) + 4];
+            while !stop.load(Ordering::Relaxed) {
+                match from.recv_timeout(&mut buf, STOP_POLL) {
+                    Ok(len) => {
+                        if held_tx
+                            .send((Instant::now() + delay, buf[..len].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    let stop = stop.clone();
+    let writing = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match held_rx.recv_timeout(STOP_POLL) {
+                Ok((due, packet)) => {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    if to.send(&packet).is_err() {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
-    };
-    let writing = async move {
-        while let Some((due, packet)) = held_rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.send(&packet).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::join!(reading, writing);
+    });
+    [reading, writing]
 }
 
 #[cfg(test)]

@@ -215,6 +215,11 @@ impl Workstation {
         self.wait_for_log("linked to", Duration::from_secs(60));
     }
 
+    /// The process id of the tunneld [`Workstation::start_tunneld`] started.
+    pub fn tunneld_pid(&self) -> u32 {
+        self.tunneld_pid.expect("tunneld was started")
+    }
+
     /// tunneld's status, through its control socket.
     pub async fn status(&self) -> DaemonStatus {
         match control::request(&self.socket, &ControlRequest::Status).await {

@@ -1,6 +1,7 @@
 //! The agents of every session: each running pod that matches a session's selector gets
-//! a link, re-established with backoff whenever it drops, for as long as the pod runs and
-//! the session lasts. Flows go to any live link, so traffic keeps moving while a pod restarts.
+//! [`LINKS_PER_POD`] links, each re-established with backoff whenever it drops, for as long
+//! as the pod runs and the session lasts. Flows go to any live link, so traffic keeps moving
+//! while a pod restarts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,12 @@ use crate::inbound;
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
+/// Port-forward connections kept to each agent. Each is one TCP connection through the API
+/// server, whose send buffer (4 MiB by default on Linux) caps it at about 2 MiB in flight:
+/// 40 MiB/s at 50 ms. Flows spread over several lift the aggregate over distance, and a
+/// pod's traffic keeps a link while one of them reconnects.
+pub(crate) const LINKS_PER_POD: usize = 3;
+
 /// Where a session's agents run and how to authenticate to them.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentSelector {
@@ -34,11 +41,12 @@ pub(crate) struct AgentSelector {
     pub(crate) forwards: Arc<[Forward]>,
 }
 
-/// A link's key: the session it serves and its pod.
+/// A link's key: the session it serves, its pod, and which of the pod's links it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct LinkKey {
     session: String,
     pod: String,
+    index: usize,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +134,7 @@ impl AgentPool {
             .map(|(key, _)| key.pod.clone())
             .collect();
         pods.sort();
+        pods.dedup();
         pods
     }
 }
@@ -179,7 +188,7 @@ async fn watch_pods(
     }
 }
 
-/// Starts one supervisor per pod that starts running.
+/// Starts [`LINKS_PER_POD`] supervisors per pod that starts running.
 async fn supervise_new_pods(
     client: kube::Client,
     session: String,
@@ -195,17 +204,21 @@ async fn supervise_new_pods(
         for pod in running {
             if !supervised.contains(&pod) {
                 supervised.push(pod.clone());
-                let supervisor = supervise_pod(
-                    client.clone(),
-                    LinkKey {
+                for index in 0..LINKS_PER_POD {
+                    let key = LinkKey {
                         session: session.clone(),
-                        pod,
-                    },
-                    selector.clone(),
-                    pool.clone(),
-                    running_rx.clone(),
-                );
-                tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor));
+                        pod: pod.clone(),
+                        index,
+                    };
+                    let supervisor = supervise_link(
+                        client.clone(),
+                        key,
+                        selector.clone(),
+                        pool.clone(),
+                        running_rx.clone(),
+                    );
+                    tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor));
+                }
             }
         }
         if running_rx.changed().await.is_err() {
@@ -230,8 +243,10 @@ async fn keep_alive(link: &AgentLink) {
     }
 }
 
-/// Keeps a link to `pod` while it runs: connects, waits for the link to drop, reconnects.
-async fn supervise_pod(
+/// Keeps one link to its pod while the pod runs: connects, waits for the link to drop,
+/// reconnects. Every link claims the session's ports; the agent gives each connection to
+/// the newest claimant, so another link of the session takes over while one reconnects.
+async fn supervise_link(
     client: kube::Client,
     key: LinkKey,
     selector: AgentSelector,

@@ -24,9 +24,14 @@ async fn link() -> AgentLink {
 }
 
 fn key(session: &str, pod: &str) -> LinkKey {
+    nth_key(session, pod, 0)
+}
+
+fn nth_key(session: &str, pod: &str, index: usize) -> LinkKey {
     LinkKey {
         session: session.into(),
         pod: pod.into(),
+        index,
     }
 }
 
@@ -39,6 +44,20 @@ fn which(picked: &AgentLink, links: &[(&str, &AgentLink)]) -> String {
         .expect("a link of the pool")
 }
 
+/// Which links four picks among the `web` session's links got, sorted.
+async fn pick_four(pool: &AgentPool, links: &[(&str, &AgentLink)]) -> Vec<String> {
+    let mut picked = Vec::new();
+    for _ in 0..4 {
+        let link = pool
+            .pick(Some("web"), Duration::ZERO)
+            .await
+            .expect("a link");
+        picked.push(which(&link, links));
+    }
+    picked.sort();
+    picked
+}
+
 #[tokio::test]
 async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
     let pool = AgentPool::default();
@@ -48,15 +67,7 @@ async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
     pool.add(key("db", "db-0"), other.clone()).await;
     let links = [("web-a", &a), ("web-b", &b), ("db-0", &other)];
 
-    let mut picked = Vec::new();
-    for _ in 0..4 {
-        let link = pool
-            .pick(Some("web"), Duration::ZERO)
-            .await
-            .expect("a link");
-        picked.push(which(&link, &links));
-    }
-    picked.sort();
+    let picked = pick_four(&pool, &links).await;
     assert_eq!(picked, ["web-a", "web-a", "web-b", "web-b"], "each in turn");
 
     a.close();
@@ -73,6 +84,27 @@ async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
         );
     }
     assert_eq!(pool.linked_pods("web").await, ["web-b"]);
+}
+
+#[tokio::test]
+async fn flows_spread_over_a_pods_links_and_the_pod_is_listed_once() {
+    let pool = AgentPool::default();
+    let (first, second) = (link().await, link().await);
+    pool.add(nth_key("web", "web-a", 0), first.clone()).await;
+    pool.add(nth_key("web", "web-a", 1), second.clone()).await;
+    let links = [("first", &first), ("second", &second)];
+
+    let picked = pick_four(&pool, &links).await;
+    assert_eq!(picked, ["first", "first", "second", "second"]);
+    assert_eq!(pool.linked_pods("web").await, ["web-a"]);
+
+    first.close();
+    first.closed().await;
+    assert_eq!(
+        pool.linked_pods("web").await,
+        ["web-a"],
+        "the pod keeps its other link"
+    );
 }
 
 #[tokio::test(start_paused = true)]
