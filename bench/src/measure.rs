@@ -70,6 +70,8 @@ pub(crate) struct Results {
     pub(crate) bulk_mib_s: f64,
     /// CPU time the path's own processes spent per GiB of the bulk transfer.
     pub(crate) bulk_cpu_s_per_gib: f64,
+    /// The same bulk sent the other way, to the pod.
+    pub(crate) upload_mib_s: f64,
     pub(crate) connect_p50: Duration,
     pub(crate) connect_p99: Duration,
     pub(crate) rtt_p50: Duration,
@@ -102,6 +104,7 @@ pub(crate) fn run_all(target: Target, sizes: Sizes, busy: &[u32]) -> Results {
     let bulk_mib_s = download(target.bulk, sizes.bulk_bytes);
     let gib = sizes.bulk_bytes as f64 / f64::from(1u32 << 30);
     let bulk_cpu_s_per_gib = (cpu_seconds(busy) - cpu_before) / gib;
+    let upload_mib_s = upload(target.bulk, sizes.bulk_bytes);
     let connects = connect_to_first_byte(target.echo, sizes.connects);
     let rtts = round_trips(target.echo, sizes.round_trips);
     let udp = target
@@ -115,6 +118,7 @@ pub(crate) fn run_all(target: Target, sizes: Sizes, busy: &[u32]) -> Results {
     Results {
         bulk_mib_s,
         bulk_cpu_s_per_gib,
+        upload_mib_s,
         udp,
         connect_p50: percentile(&connects, 0.50),
         connect_p99: percentile(&connects, 0.99),
@@ -134,6 +138,34 @@ fn download(addr: SocketAddr, bytes: u64) -> f64 {
     let started = Instant::now();
     let received = fetch(addr, bytes);
     assert_eq!(received, bytes, "bulk transfer from {addr} was cut short");
+    mib_per_s(bytes, started.elapsed())
+}
+
+/// Sends `bytes` on one connection, timed until the server says it has them all; returns
+/// MiB/s.
+fn upload(addr: SocketAddr, bytes: u64) -> f64 {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect to the bulk port");
+    stream.set_read_timeout(Some(NO_PROGRESS)).expect("timeout");
+    stream
+        .write_all(format!("put {bytes}\n").as_bytes())
+        .expect("request");
+    let chunk = vec![0u8; 1024 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let len = chunk.len().min((bytes - sent) as usize);
+        stream.write_all(&chunk[..len]).expect("upload");
+        sent += len as u64;
+    }
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .expect("the server's count");
+    assert_eq!(
+        answer.trim(),
+        format!("received {bytes}"),
+        "upload to {addr}"
+    );
     mib_per_s(bytes, started.elapsed())
 }
 

@@ -85,6 +85,10 @@ fn path_table(sizes: &Sizes, paths: &Paths) -> String {
         format!("bulk, one stream ({bulk_gib:.2} GiB), MiB/s"),
         |r| r.bulk_mib_s,
     );
+    out += &throughput(
+        format!("bulk upload, one stream ({bulk_gib:.2} GiB), MiB/s"),
+        |r| r.upload_mib_s,
+    );
     out += &latency(
         format!(
             "new connection to first byte, p50 ({} connects)",
@@ -143,10 +147,17 @@ fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
          | measurement | RTT | kubectl port-forward | kubedev | kubedev / port-forward | kubedev in RTTs |\n\
          | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    let rows: [(String, Row); 8] = [
+    let rows: [(String, Row); 9] = [
         (
             format!("bulk, one stream ({} MiB), MiB/s", sizes.bulk_bytes >> 20),
             Row::Throughput(|r| r.bulk_mib_s),
+        ),
+        (
+            format!(
+                "bulk upload, one stream ({} MiB), MiB/s",
+                sizes.bulk_bytes >> 20
+            ),
+            Row::Throughput(|r| r.upload_mib_s),
         ),
         (
             format!(
@@ -253,9 +264,11 @@ fn in_rtts(took: Duration, rtt: Duration) -> String {
 fn intercepted_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
     let mut out = format!(
         "A client pod moves {} MiB to and from a server on the workstation through `kubectl \
-         intercept` (the pod times it), against the tunnel's outbound bulk above at the same RTT.\n\n\
-         | RTT | outbound bulk, MiB/s | intercepted download, MiB/s | / outbound | intercepted upload, MiB/s | / outbound |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         intercept` (the pod times it), against the tunnel's outbound bulk above at the same RTT. \
+         A download moves data toward the pod, as kubectl port-forward's upload does (last column, \
+         for what that direction of the API server's path carries).\n\n\
+         | RTT | outbound bulk, MiB/s | intercepted download, MiB/s | / outbound | intercepted upload, MiB/s | / outbound | kubectl port-forward upload, MiB/s |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         sizes.bulk_bytes >> 20
     );
     for at in at_distance {
@@ -266,10 +279,11 @@ fn intercepted_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
         } = at.intercepted;
         let _ = writeln!(
             out,
-            "| {} ms | {outbound:.0} | {down:.0} | {:.2}x | {up:.0} | {:.2}x |",
+            "| {} ms | {outbound:.0} | {down:.0} | {:.2}x | {up:.0} | {:.2}x | {:.0} |",
             at.rtt.as_millis(),
             down / outbound,
-            up / outbound
+            up / outbound,
+            at.port_forward.upload_mib_s
         );
     }
     out += "\n";

@@ -1,8 +1,9 @@
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use russh_sftp::protocol::{
-    Close, FileAttributes, Init, MkDir, Open, OpenDir, OpenFlags, Read, ReadDir, Remove, Rename,
-    SetStat, Stat, Write,
+    Close, FileAttributes, Init, Lstat, MkDir, Open, OpenDir, OpenFlags, Read, ReadDir, Remove,
+    Rename, SetStat, Write,
 };
 use tokio::io::DuplexStream;
 
@@ -43,10 +44,16 @@ impl Client {
     }
 
     async fn reply(&mut self) -> Packet {
+        self.sized_reply().await.1
+    }
+
+    /// The next reply and its length on the wire.
+    async fn sized_reply(&mut self) -> (u32, Packet) {
         let length = self.stream.read_u32().await.expect("a reply");
         let mut body = vec![0u8; length as usize];
         self.stream.read_exact(&mut body).await.expect("its body");
-        Packet::try_from(&mut Bytes::from(body)).expect("decodes")
+        let reply = Packet::try_from(&mut Bytes::from(body)).expect("decodes");
+        (length, reply)
     }
 
     async fn ask(&mut self, request: Packet) -> Packet {
@@ -201,7 +208,35 @@ async fn requests_on_one_file_are_served_in_order_and_the_file_lands_on_disk() {
 }
 
 #[tokio::test]
-async fn a_request_that_waits_does_not_hold_up_the_others() {
+async fn a_file_opened_and_looked_up_at_once_is_found_as_sshfs_expects() {
+    let root = scratch("create");
+    let mut client = Client::start(&root, false).await;
+    // sshfs creates a file with its open and lstat sent together.
+    client
+        .send(Packet::Open(Open {
+            id: 1,
+            filename: "/data/created.txt".into(),
+            pflags: WRITE,
+            attrs: FileAttributes::default(),
+        }))
+        .await;
+    client
+        .send(Packet::Lstat(Lstat {
+            id: 2,
+            path: "/data/created.txt".into(),
+        }))
+        .await;
+    let (opened, looked_up) = (client.reply().await, client.reply().await);
+    assert!(matches!(opened, Packet::Handle(_)), "{opened:?}");
+    assert!(
+        matches!(&looked_up, Packet::Attrs(attrs) if attrs.id == 2),
+        "the lstat sees the file the open created: {looked_up:?}"
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[tokio::test]
+async fn a_read_that_waits_does_not_hold_up_other_reads() {
     let root = scratch("concurrent");
     let fifo = root.join("data/fifo");
     let made = std::process::Command::new("mkfifo")
@@ -210,31 +245,87 @@ async fn a_request_that_waits_does_not_hold_up_the_others() {
         .expect("mkfifo");
     assert!(made.success());
     let mut client = Client::start(&root, false).await;
-    // Opening a FIFO to read waits for a writer, as a slow volume would.
-    client
-        .send(Packet::Open(Open {
-            id: 1,
-            filename: "/data/fifo".into(),
-            pflags: OpenFlags::READ,
-            attrs: FileAttributes::default(),
-        }))
-        .await;
-    let stat = client
-        .ask(Packet::Stat(Stat {
-            id: 2,
-            path: "/data/seed.txt".into(),
-        }))
-        .await;
+    // The FIFO's writer: it opens once the agent opens the FIFO, and writes when told.
+    let (write_tx, write_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            use std::io::Write as _;
+            let mut writer = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("the FIFO's writer");
+            let _ = write_rx.recv();
+            writer.write_all(b"late").expect("write to the FIFO");
+        }
+    });
+    let slow = handle(client.open(1, "/data/fifo", OpenFlags::READ).await);
+    let seed = handle(client.open(2, "/data/seed.txt", OpenFlags::READ).await);
+    // A read of the FIFO waits for data, as one from a slow volume would.
+    for (id, handle) in [(3, slow), (4, seed)] {
+        client
+            .send(Packet::Read(Read {
+                id,
+                handle,
+                offset: 0,
+                len: 1024,
+            }))
+            .await;
+    }
+    let first = client.reply().await;
     assert!(
-        matches!(&stat, Packet::Attrs(attrs) if attrs.id == 2 && attrs.attrs.size == Some(12)),
-        "answered while the open waits: {stat:?}"
+        matches!(&first, Packet::Data(data) if data.id == 4 && data.data == b"from the pod"),
+        "the seed is read while the FIFO waits: {first:?}"
     );
-    let writer = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&fifo)
-        .expect("the FIFO's writer");
-    assert_eq!(answers(&client.reply().await), 1, "then the open");
-    drop(writer);
+    write_tx.send(()).expect("the writer waits");
+    let second = client.reply().await;
+    assert!(
+        matches!(&second, Packet::Data(data) if data.id == 3 && data.data == b"late"),
+        "{second:?}"
+    );
+    writer.join().expect("writer");
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[tokio::test]
+async fn a_large_directory_comes_in_replies_sshfs_takes() {
+    let root = scratch("large-dir");
+    let dir = root.join("data/many");
+    std::fs::create_dir(&dir).expect("dir");
+    let names: Vec<String> = (0..3000)
+        .map(|i| format!("a-rather-long-file-name-as-node-modules-have-{i:04}.js"))
+        .collect();
+    for name in &names {
+        std::fs::write(dir.join(name), "x").expect("file");
+    }
+    let mut client = Client::start(&root, true).await;
+    let listed = handle(
+        client
+            .ask(Packet::OpenDir(OpenDir {
+                id: 1,
+                path: "/data/many".into(),
+            }))
+            .await,
+    );
+    let mut seen = Vec::new();
+    for id in 2.. {
+        let request = Packet::ReadDir(ReadDir {
+            id,
+            handle: listed.clone(),
+        });
+        client.send(request).await;
+        let (length, reply) = client.sized_reply().await;
+        assert!(length <= 128 * 1024, "a reply of {length} bytes");
+        match reply {
+            Packet::Name(batch) => seen.extend(batch.files.into_iter().map(|f| f.filename)),
+            end => {
+                assert_eq!(status(&end), StatusCode::Eof);
+                break;
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, names, "every entry once");
     std::fs::remove_dir_all(root).ok();
 }
 

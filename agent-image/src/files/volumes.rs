@@ -1,10 +1,10 @@
 //! The operations on the app container's volumes, one SFTP request each. Paths are
 //! confined to the volumes' root: `..` never climbs above it. For ingest every change is
 //! refused here, in the agent, whatever the client's mount options say. Methods take
-//! `&self`: the server in [`super`] runs requests concurrently.
+//! `&self`: the server in [`super`] runs reads concurrently.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +16,15 @@ use russh_sftp::protocol::{
 
 /// The most one read returns: what sshfs asks for, and what an SFTP packet holds.
 const MAX_READ: u32 = 256 * 1024;
+/// The most one `readdir` reply holds: sshfs takes no reply over 128 KiB (and drops the
+/// mount on one), so a large directory comes in several.
+const READDIR_REPLY_BYTES: usize = 64 * 1024;
 
 enum Open {
     /// Read and written at offsets, so requests need no shared cursor.
     File(Arc<std::fs::File>),
-    /// A directory's entries, handed out by the first `readdir`.
-    Dir(Option<Vec<File>>),
+    /// A directory's entries not yet handed out by `readdir`.
+    Dir(Vec<File>),
 }
 
 /// The volumes under one root, and the files and directories a client has open.
@@ -164,7 +167,14 @@ impl Volumes {
             let mut data = vec![0u8; wanted];
             let mut filled = 0;
             while filled < wanted {
-                match file.read_at(&mut data[filled..], offset + filled as u64) {
+                let read = match file.read_at(&mut data[filled..], offset + filled as u64) {
+                    // A FIFO or a device has no offsets: its data comes in order.
+                    Err(err) if err.kind() == ErrorKind::NotSeekable => {
+                        (&*file).read(&mut data[filled..])
+                    }
+                    read => read,
+                };
+                match read {
                     Ok(0) => break,
                     Ok(read) => filled += read,
                     Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -274,18 +284,30 @@ impl Volumes {
         }
         Ok(Handle {
             id,
-            handle: self.keep(Open::Dir(Some(files))),
+            handle: self.keep(Open::Dir(files)),
         })
     }
 
     fn readdir(&self, id: u32, handle: &str) -> Result<Name, StatusCode> {
-        match self.opened().get_mut(handle) {
-            Some(Open::Dir(files)) => match files.take() {
-                Some(files) if !files.is_empty() => Ok(Name { id, files }),
-                _ => Err(StatusCode::Eof),
-            },
-            _ => Err(StatusCode::Failure),
+        let mut opened = self.opened();
+        let Some(Open::Dir(left)) = opened.get_mut(handle) else {
+            return Err(StatusCode::Failure);
+        };
+        if left.is_empty() {
+            return Err(StatusCode::Eof);
         }
+        let mut bytes = 0;
+        let fits = left
+            .iter()
+            .take_while(|file| {
+                bytes += encoded_len(file);
+                bytes <= READDIR_REPLY_BYTES
+            })
+            .count();
+        Ok(Name {
+            id,
+            files: left.drain(..fits.max(1)).collect(),
+        })
     }
 
     async fn remove(&self, id: u32, filename: String) -> Result<Status, StatusCode> {
@@ -334,6 +356,12 @@ impl Volumes {
             files: vec![File::dummy(target.to_string_lossy())],
         })
     }
+}
+
+/// A directory entry's size in a reply, at most: both names with their lengths, and every
+/// attribute (flags, size, owner, permissions, times).
+fn encoded_len(file: &File) -> usize {
+    4 + file.filename.len() + 4 + file.longname.len() + 32
 }
 
 fn realpath(id: u32, path: &str) -> Name {
