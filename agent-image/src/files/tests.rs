@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use russh_sftp::protocol::{
     Close, FileAttributes, Init, Lstat, MkDir, Open, OpenDir, OpenFlags, Read, ReadDir, Remove,
-    Rename, SetStat, Write,
+    Rename, SetStat, Stat, Write,
 };
 use tokio::io::DuplexStream;
 
@@ -327,6 +327,59 @@ async fn a_large_directory_comes_in_replies_sshfs_takes() {
     seen.sort();
     assert_eq!(seen, names, "every entry once");
     std::fs::remove_dir_all(root).ok();
+}
+
+#[tokio::test]
+async fn symlinks_never_lead_out_of_the_volumes() {
+    use std::os::unix::fs::symlink;
+    let root = scratch("symlinks");
+    let outside = root.with_extension("outside");
+    std::fs::create_dir_all(&outside).expect("a directory outside");
+    std::fs::write(outside.join("secret"), "agent's").expect("a file outside");
+    let data = root.join("data");
+    symlink(&outside, data.join("out")).expect("link to a directory outside");
+    symlink(outside.join("secret"), data.join("secret")).expect("link to a file outside");
+    symlink(outside.join("created"), data.join("dangling")).expect("link to nothing");
+    symlink("seed.txt", data.join("inner")).expect("link inside");
+    let mut client = Client::start(&root, false).await;
+    let stat = |id, path: &str| {
+        Packet::Stat(Stat {
+            id,
+            path: path.into(),
+        })
+    };
+
+    for (id, path) in [(1, "/data/secret"), (2, "/data/out/secret")] {
+        let refused = client.ask(stat(id, path)).await;
+        assert_eq!(status(&refused), StatusCode::PermissionDenied, "{path}");
+    }
+    let read = client.open(3, "/data/secret", OpenFlags::READ).await;
+    assert_eq!(status(&read), StatusCode::PermissionDenied);
+    let listing = client
+        .ask(Packet::OpenDir(OpenDir {
+            id: 4,
+            path: "/data/out".into(),
+        }))
+        .await;
+    assert_eq!(status(&listing), StatusCode::PermissionDenied);
+    let create = client.open(5, "/data/dangling", WRITE).await;
+    assert_eq!(status(&create), StatusCode::PermissionDenied);
+    assert!(!outside.join("created").exists(), "nothing created outside");
+
+    let inner = client.ask(stat(6, "/data/inner")).await;
+    assert!(
+        matches!(&inner, Packet::Attrs(attrs) if attrs.attrs.size == Some(12)),
+        "a link inside is followed: {inner:?}"
+    );
+    let link = client
+        .ask(Packet::Lstat(Lstat {
+            id: 7,
+            path: "/data/secret".into(),
+        }))
+        .await;
+    assert!(matches!(link, Packet::Attrs(_)), "the link itself is seen");
+    std::fs::remove_dir_all(root).ok();
+    std::fs::remove_dir_all(outside).ok();
 }
 
 #[test]

@@ -30,6 +30,8 @@ enum Open {
 /// The volumes under one root, and the files and directories a client has open.
 pub(super) struct Volumes {
     root: PathBuf,
+    /// The root with its own symlinks resolved, which every path must stay under.
+    resolved_root: PathBuf,
     read_only: bool,
     open: Mutex<HashMap<String, Open>>,
     next_handle: AtomicU64,
@@ -39,6 +41,7 @@ impl Volumes {
     pub(super) fn new(root: &Path, read_only: bool) -> Self {
         Self {
             root: root.to_owned(),
+            resolved_root: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned()),
             read_only,
             open: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
@@ -47,6 +50,31 @@ impl Volumes {
 
     fn local(&self, path: &str) -> PathBuf {
         self.root.join(confined(path).trim_start_matches('/'))
+    }
+
+    /// `path` on this machine, if it stays inside the volumes: a symlink in the pod's files
+    /// may point anywhere in the agent's container, so the directories on the way must
+    /// resolve inside the root, and so must the entry itself when the operation follows
+    /// it (`follows`: open, stat, listing, changing attributes). A symlink that leads out,
+    /// or nowhere, is refused.
+    async fn inside(&self, path: &str, follows: bool) -> Result<PathBuf, StatusCode> {
+        let local = self.local(path);
+        if local == self.root {
+            return Ok(local);
+        }
+        let entry = tokio::fs::symlink_metadata(&local).await;
+        let resolved = match (&entry, local.parent()) {
+            (Ok(_), _) if follows => tokio::fs::canonicalize(&local).await,
+            (_, Some(parent)) => tokio::fs::canonicalize(parent).await,
+            (_, None) => return Err(StatusCode::PermissionDenied),
+        };
+        match resolved {
+            Ok(resolved) if resolved.starts_with(&self.resolved_root) => Ok(local),
+            Ok(_) => Err(StatusCode::PermissionDenied),
+            // A symlink to nothing would create its target wherever it points.
+            Err(_) if entry.is_ok() => Err(StatusCode::PermissionDenied),
+            Err(err) => Err(code(err)),
+        }
     }
 
     fn writable(&self) -> Result<(), StatusCode> {
@@ -147,7 +175,7 @@ impl Volumes {
             }
             options.mode(attrs.permissions.map_or(0o644, |mode| mode & 0o7777));
         }
-        let local = self.local(&filename);
+        let local = self.inside(&filename, true).await?;
         let file = blocking(move || options.open(local)).await?;
         Ok(Handle {
             id,
@@ -206,7 +234,7 @@ impl Volumes {
     }
 
     async fn lstat(&self, id: u32, path: String) -> Result<Attrs, StatusCode> {
-        let metadata = tokio::fs::symlink_metadata(self.local(&path))
+        let metadata = tokio::fs::symlink_metadata(self.inside(&path, false).await?)
             .await
             .map_err(code)?;
         Ok(Attrs {
@@ -216,7 +244,8 @@ impl Volumes {
     }
 
     async fn stat(&self, id: u32, path: String) -> Result<Attrs, StatusCode> {
-        let metadata = tokio::fs::metadata(self.local(&path)).await.map_err(code)?;
+        let local = self.inside(&path, true).await?;
+        let metadata = tokio::fs::metadata(local).await.map_err(code)?;
         Ok(Attrs {
             id,
             attrs: FileAttributes::from(&metadata),
@@ -239,7 +268,7 @@ impl Volumes {
         attrs: FileAttributes,
     ) -> Result<Status, StatusCode> {
         self.writable()?;
-        let local = self.local(&path);
+        let local = self.inside(&path, true).await?;
         if let Some(size) = attrs.size {
             let file = tokio::fs::OpenOptions::new()
                 .write(true)
@@ -273,7 +302,8 @@ impl Volumes {
     }
 
     async fn opendir(&self, id: u32, path: String) -> Result<Handle, StatusCode> {
-        let mut entries = tokio::fs::read_dir(self.local(&path)).await.map_err(code)?;
+        let local = self.inside(&path, true).await?;
+        let mut entries = tokio::fs::read_dir(local).await.map_err(code)?;
         let mut files = Vec::new();
         while let Some(entry) = entries.next_entry().await.map_err(code)? {
             let Ok(metadata) = tokio::fs::symlink_metadata(entry.path()).await else {
@@ -312,7 +342,7 @@ impl Volumes {
 
     async fn remove(&self, id: u32, filename: String) -> Result<Status, StatusCode> {
         self.writable()?;
-        tokio::fs::remove_file(self.local(&filename))
+        tokio::fs::remove_file(self.inside(&filename, false).await?)
             .await
             .map_err(code)?;
         Ok(ok(id))
@@ -320,7 +350,7 @@ impl Volumes {
 
     async fn mkdir(&self, id: u32, path: String) -> Result<Status, StatusCode> {
         self.writable()?;
-        tokio::fs::create_dir(self.local(&path))
+        tokio::fs::create_dir(self.inside(&path, false).await?)
             .await
             .map_err(code)?;
         Ok(ok(id))
@@ -328,7 +358,7 @@ impl Volumes {
 
     async fn rmdir(&self, id: u32, path: String) -> Result<Status, StatusCode> {
         self.writable()?;
-        tokio::fs::remove_dir(self.local(&path))
+        tokio::fs::remove_dir(self.inside(&path, false).await?)
             .await
             .map_err(code)?;
         Ok(ok(id))
@@ -341,14 +371,16 @@ impl Volumes {
         newpath: String,
     ) -> Result<Status, StatusCode> {
         self.writable()?;
-        tokio::fs::rename(self.local(&oldpath), self.local(&newpath))
-            .await
-            .map_err(code)?;
+        let (from, to) = (
+            self.inside(&oldpath, false).await?,
+            self.inside(&newpath, false).await?,
+        );
+        tokio::fs::rename(from, to).await.map_err(code)?;
         Ok(ok(id))
     }
 
     async fn readlink(&self, id: u32, path: String) -> Result<Name, StatusCode> {
-        let target = tokio::fs::read_link(self.local(&path))
+        let target = tokio::fs::read_link(self.inside(&path, false).await?)
             .await
             .map_err(code)?;
         Ok(Name {
