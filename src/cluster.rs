@@ -2,6 +2,7 @@
 //! and the `KUBECONFIG` variable, resolved the way kubectl resolves them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
@@ -111,12 +112,26 @@ impl ClusterArgs {
     }
 }
 
-/// A client for `config` whose connections to the API server send small writes at once.
+/// How long the API server may leave what was sent unacknowledged before the connection is
+/// given up (TCP_USER_TIMEOUT): a route that vanished (a VPN went down, a network namespace
+/// was deleted) would otherwise hold a call for the kernel's ~15 minutes of retransmits.
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
+/// An idle connection is probed after this, then every [`KEEPALIVE_INTERVAL`], and given
+/// up after [`KEEPALIVE_PROBES`] unanswered probes: about 30 s for a dead one, as kubectl.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// A client for `config` whose connections to the API server send small writes at once and
+/// notice a dead path within a minute.
 ///
 /// kube's own stack leaves Nagle's algorithm on: a small write (a stream's open request, a
 /// window update, one keystroke) then waits for the ACK of what is in flight, a whole round
 /// trip and more with the server's delayed ACKs, on every port-forward. kubectl (Go) sets
-/// TCP_NODELAY; so does this. Through a proxy, kube builds the tunnel as it does.
+/// TCP_NODELAY; so does this. It sets no read deadline either (watches and port-forwards
+/// are idle for long), so a call over a path that died would wait for TCP to give up; keepalive
+/// probes and TCP_USER_TIMEOUT end such a connection, and the call fails, in well under a
+/// minute. Through a proxy, kube builds the tunnel as it does.
 fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt as _;
@@ -127,6 +142,10 @@ fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(config.connect_timeout);
+    http.set_keepalive(Some(KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
+    http.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
     let https = config.rustls_https_connector_with_connector(http)?;
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())

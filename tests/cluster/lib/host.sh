@@ -164,8 +164,22 @@ host_down() {
 }
 
 # check_clean: lists any trace of the cluster on this machine; exits 1 if there is one.
+# The processes the suite's workstations started (tunneld, the plugins, sshfs): named by
+# the workstations' directories (kubedev-kdws-*) and mounts (kubedev-NAME:/).
+suite_processes() {
+    pgrep -d, -f 'kubedev-kdws-|sshfs kubedev-' || true
+}
+
 check_clean() {
     local traces=()
+    # Once their cluster is gone they end within a minute (every call to the API server
+    # gives up on a dead path by then); one still running has hung.
+    local waited=0
+    while [ -n "$(suite_processes)" ] && [ "$waited" -lt 60 ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    [ -n "$(suite_processes)" ] && traces+=("processes of the test workstations: $(suite_processes)")
     local name
     for name in "${COMPONENTS[@]}"; do
         process_alive "$name" && traces+=("process $name")
