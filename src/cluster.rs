@@ -121,9 +121,15 @@ const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: u32 = 3;
+/// How long the API server may take to start answering a request: more than admission
+/// webhooks may take (30 s at most), so only a server that stopped answering hits it.
+/// Watches and port-forwards are answered at once and then stream for as long as they
+/// last.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A client for `config` whose connections to the API server send small writes at once and
-/// notice a dead path within a minute.
+/// A client for `config` whose connections to the API server send small writes at once,
+/// notice a dead path within a minute, and whose requests are answered within
+/// [`ANSWER_DEADLINE`] or fail.
 ///
 /// kube's own stack leaves Nagle's algorithm on: a small write (a stream's open request, a
 /// window update, one keystroke) then waits for the ACK of what is in flight, a whole round
@@ -153,6 +159,7 @@ fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
         .layer(config.extra_headers_layer()?)
         // The auth layer's errors are boxed; the others' must be too, to be one type.
         .map_err(tower::BoxError::from)
+        .timeout(ANSWER_DEADLINE)
         .service(
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https),
@@ -244,5 +251,31 @@ users:
         })
         .await;
         assert_eq!(from_flag.namespace, "n1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_api_server_never_answers_fails_at_the_deadline() {
+        // Takes the connection and the request, and says nothing.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", silent.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = client_for(config).expect("client");
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(ANSWER_DEADLINE * 2, client.apiserver_version())
+            .await
+            .expect("the request gave up by itself");
+        assert!(answer.is_err(), "no answer, yet {answer:?}");
+        assert!(
+            started.elapsed() >= ANSWER_DEADLINE,
+            "failed only at the deadline"
+        );
     }
 }
