@@ -28,7 +28,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// server, whose send buffer (4 MiB by default on Linux) caps it at about 2 MiB in flight:
 /// 40 MiB/s at 50 ms. Flows spread over several lift the aggregate over distance, and a
 /// pod's traffic keeps a link while one of them reconnects.
-pub(crate) const LINKS_PER_POD: usize = 3;
+const LINKS_PER_POD: usize = 3;
 
 /// Where a session's agents run and how to authenticate to them.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::{OpenReply, VOLUMES_ROOT};
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::outgoing::answer;
@@ -51,8 +51,7 @@ where
         replies.shutdown().await
     });
 
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // The reads started since the last other request.
+    // The reads started since the last other request and not yet answered.
     let mut reads = JoinSet::new();
     let ended = loop {
         let request = match read_request(&mut requests).await {
@@ -60,15 +59,14 @@ where
             Err(err) => break err,
         };
         if matches!(request, Packet::Read(_)) {
-            let Ok(slot) = in_flight.clone().acquire_owned().await else {
-                break std::io::ErrorKind::BrokenPipe.into();
-            };
+            while reads.try_join_next().is_some() {}
+            if reads.len() >= MAX_IN_FLIGHT {
+                reads.join_next().await;
+            }
             let (volumes, reply_tx) = (volumes.clone(), reply_tx.clone());
             reads.spawn(async move {
                 let _ = reply_tx.send(volumes.respond(request).await).await;
-                drop(slot);
             });
-            while reads.try_join_next().is_some() {}
             continue;
         }
         while reads.join_next().await.is_some() {}
