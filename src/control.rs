@@ -58,9 +58,12 @@ pub enum ControlRequest {
         /// The session whose agent serves the volumes.
         name: String,
     },
-    /// Sent by a plugin that runs a session in the foreground, which keeps this connection
-    /// open until it has ended the session and sends `Release`. If the connection closes
-    /// first (the plugin was killed), tunneld ends the session and restores the workload.
+    /// Sent by a plugin before it changes anything for a session; it keeps this connection
+    /// open until it has ended the session, or detached it, and sends `Release`. If the
+    /// connection closes first (the plugin was killed), tunneld ends the session and
+    /// restores the workload. Meanwhile tunneld renews the session's lease; if the lease is
+    /// lost (another run restored the session after it ran out), tunneld ends the session
+    /// here and says so with `Ended` on this connection.
     Hold(Held),
     /// Ends a `Hold`, on its connection: the plugin has ended the session.
     Release,
@@ -80,6 +83,10 @@ pub struct Held {
     pub workload: WorkloadRef,
     /// How long to wait for the restored pods.
     pub timeout: Duration,
+    /// The lifetime of the session's lease, which tunneld renews; none where the user's
+    /// role has no leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Duration>,
 }
 
 /// Ranges the user wants routed to the cluster whatever this machine's routes say
@@ -150,6 +157,12 @@ pub enum ControlReply {
     },
     /// The request could not be carried out.
     Failed {
+        /// Why, in words for the user.
+        reason: String,
+    },
+    /// On a `Hold`'s connection: the session is over without its plugin (its lease was
+    /// lost); there is nothing left to restore.
+    Ended {
         /// Why, in words for the user.
         reason: String,
     },
@@ -331,29 +344,65 @@ pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, Control
     open_stream(socket, &ControlRequest::OpenFiles { name: name.into() }).await
 }
 
-/// tunneld's promise to end a foreground session if its plugin dies: see
-/// [`ControlRequest::Hold`]. Dropping it without [`Hold::release`] calls that in.
+/// tunneld's promise to end a session if its plugin dies: see [`ControlRequest::Hold`].
+/// Dropping it without [`Hold::release`] calls that in.
 #[derive(Debug)]
 pub struct Hold {
-    stream: UnixStream,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    /// tunneld's one message on the connection: `Done` after `Release`, or `Ended`; a
+    /// reader task owns the read half, so waiting for it can be cancelled at any time.
+    reply_rx: tokio::sync::watch::Receiver<Option<HoldNews>>,
+}
+
+/// What tunneld says on a [`Hold`]'s connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldNews {
+    /// It took the release.
+    Released,
+    /// The session is over without this plugin (see [`ControlReply::Ended`]).
+    Ended(String),
+    /// tunneld is gone: its tunnels, and the renewals of the session's lease, with it.
+    DaemonGone,
 }
 
 impl Hold {
-    /// Tells tunneld that the session was ended properly.
+    /// Tells tunneld that the session was ended properly, or detached (its tunnels stay in
+    /// tunneld).
     pub async fn release(mut self) -> Result<(), ControlError> {
-        write_message(&mut self.stream, &ControlRequest::Release).await?;
-        match read_message(&mut self.stream).await? {
-            ControlReply::Done => Ok(()),
-            other => Err(unexpected(&other)),
+        write_message(&mut self.writer, &ControlRequest::Release).await?;
+        match self.news().await {
+            // Over already: nothing was left for tunneld to do.
+            HoldNews::Released | HoldNews::Ended(_) => Ok(()),
+            HoldNews::DaemonGone => Err(ControlError::Failed(
+                "tunneld closed the session's connection".into(),
+            )),
+        }
+    }
+
+    /// Waits until tunneld says something on the connection (see [`HoldNews`]).
+    pub async fn news(&mut self) -> HoldNews {
+        match self.reply_rx.wait_for(Option::is_some).await {
+            Ok(news) => news.clone().unwrap_or(HoldNews::DaemonGone),
+            Err(_) => HoldNews::DaemonGone,
         }
     }
 }
 
 /// Asks tunneld to end the session and restore its workload, as `held` says, if this
-/// process dies before it releases the returned [`Hold`].
+/// process dies before it releases the returned [`Hold`], and to renew its lease meanwhile.
 pub async fn hold(socket: &Path, held: Held) -> Result<Hold, ControlError> {
     let stream = open_stream(socket, &ControlRequest::Hold(held)).await?;
-    Ok(Hold { stream })
+    let (mut reader, writer) = stream.into_split();
+    let (reply_tx, reply_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let news = match read_message(&mut reader).await {
+            Ok(ControlReply::Done) => HoldNews::Released,
+            Ok(ControlReply::Ended { reason }) => HoldNews::Ended(reason),
+            _ => HoldNews::DaemonGone,
+        };
+        let _ = reply_tx.send(Some(news));
+    });
+    Ok(Hold { writer, reply_rx })
 }
 
 /// Sends `request`, whose `Done` turns the connection into something longer-lived.

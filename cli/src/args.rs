@@ -9,18 +9,19 @@ use kubedev::cluster::ClusterArgs;
 use kubedev::env::EnvSyntax;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
+use kubedev::session::lease::SHORTEST_LEASE;
 use kubedev::workload::WorkloadRef;
 
 /// What every plugin's command line has besides its mode's own flags: a subcommand or a
 /// workload, the session flags and the cluster flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
-    /// `list`, `leave` or `status`, in place of a session.
+    /// `list`, `leave`, `role` or `status`, in place of a session.
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
     /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named list, leave or status is given as deployment/NAME.
+    /// A workload named list, leave, role or status is given as deployment/NAME.
     #[arg(required = true)]
     pub workload: Option<WorkloadRef>,
 
@@ -77,6 +78,13 @@ pub struct SessionArgs {
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// How long the session outlives this machine losing the cluster (the laptop asleep,
+    /// off, or offline): tunneld renews the session's lease while it runs; once the lease
+    /// has run out, the next kubedev command anyone runs in the namespace restores the
+    /// workload. At least 3s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_lease)]
+    pub lease: Duration,
+
     /// Route these ranges to the cluster even where this machine has a route of its own
     /// for them (a VPN's, a bridge's). Comma-separated or repeated; kept by tunneld for
     /// the kube context until it exits.
@@ -94,7 +102,7 @@ pub struct SessionArgs {
     pub command: Vec<String>,
 }
 
-/// `list`, `leave` and `status`.
+/// `list`, `leave`, `role` and `status`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Manage {
     /// List the kubedev sessions in the namespace.
@@ -115,6 +123,9 @@ pub enum Manage {
         #[arg(long, default_value = "3m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print the Role kubedev needs in a namespace (apply it with
+    /// `kubectl apply -n NAMESPACE -f -`, then bind it to the developers).
+    Role,
     /// Show tunneld's state: the cluster network on this machine and the linked agents.
     Status {
         /// Print the state as JSON or YAML instead of text.
@@ -132,6 +143,17 @@ pub enum Manage {
 pub enum Output {
     Json,
     Yaml,
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < SHORTEST_LEASE {
+        return Err(format!(
+            "a lease shorter than {}s would run out between renewals",
+            SHORTEST_LEASE.as_secs()
+        ));
+    }
+    Ok(lease)
 }
 
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -172,5 +194,7 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("m").is_err());
+        assert_eq!(parse_lease("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_lease("2s").is_err());
     }
 }

@@ -5,17 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use kubedev_process::signals::StopSignals;
-
-/// Runs `command` with the app's environment on top of ours; its exit status becomes ours.
-/// A stop signal to the plugin is passed on to it.
-/// Runs the command with the environment, seeing `resolver` (if given) as its
-/// /etc/resolv.conf, until it exits or a stop signal comes.
+/// Runs `command` with the app's environment on top of ours, seeing `resolver` (if given)
+/// as its /etc/resolv.conf, until it exits; once `stop` completes (a stop signal to the
+/// plugin, the session ending without it) it gets SIGTERM. Its exit status becomes ours.
 pub(super) async fn run_command(
     command: &[String],
     variables: &BTreeMap<String, String>,
     resolver: Option<&std::path::Path>,
-    signals: &mut StopSignals,
+    stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
     let mut to_run = tokio::process::Command::new(program);
@@ -34,7 +31,7 @@ pub(super) async fn run_command(
     let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
         status = child.wait() => status?,
-        () = signals.recv() => {
+        () = stop => {
             if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),

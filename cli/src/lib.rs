@@ -1,7 +1,8 @@
 //! What the three plugins share: the command line (`args`), running a session
 //! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
 //! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
-//! (`manage`), what they print (`output`), reaching tunneld (`tunneld`), and errors
+//! (`manage`), what they print (`output`), restoring sessions whose lease ran out
+//! (`reclaim`), reaching tunneld (`tunneld`), and errors
 //! reported the way kubectl reports them.
 
 #![warn(missing_docs)]
@@ -10,6 +11,7 @@ mod args;
 mod command;
 mod manage;
 mod output;
+mod reclaim;
 mod resolver_view;
 mod run;
 mod tunneld;

@@ -11,15 +11,17 @@ use super::args::{ModeArgs, SessionArgs};
 use super::command::run_command;
 use super::command_of;
 use super::output::{network_notes, progress_on, spinner};
+use super::reclaim::reclaim_expired;
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
-    self, ControlError, ControlReply, ControlRequest, Hold, NetworkStatus, ProxyChoices,
+    self, ControlError, ControlReply, ControlRequest, Hold, HoldNews, NetworkStatus, ProxyChoices,
     ResolverStatus,
 };
 use kubedev::env::{self, EnvSyntax};
 use kubedev::inject::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
+use kubedev::session::lease::Holder;
 use kubedev::session::{self, Plan, Started};
 use kubedev::workload::{WorkloadRef, check_agents};
 use kubedev_process::signals::StopSignals;
@@ -33,6 +35,7 @@ pub(super) async fn run_session(
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
     let plan = plan_of(mode, workload, &args, mode_args)?;
+    reclaim_expired(&connection, &plan.owner, plan.timeout).await;
     let end = |hold| {
         end_session(
             &connection,
@@ -45,15 +48,24 @@ pub(super) async fn run_session(
     // Listening from the start: a stop signal during set-up must not kill the process with
     // the workload half changed; set-up stops and the workload is restored.
     let mut signals = StopSignals::listen()?;
-    // From before the first change until the session ends, tunneld restores the workload
-    // if this process dies (and only this run's session: see `Plan::owner`).
-    let hold = hold_tunneld(&connection, &plan, cluster).await?;
+    // From before the first change until the session ends, the session has a lease, and
+    // tunneld renews it and restores the workload if this process dies (and only this
+    // run's session: see `Plan::owner`).
+    let lease = take_lease(&connection, &plan, args.lease).await?;
+    let hold = match hold_tunneld(&connection, &plan, cluster, lease).await {
+        Ok(hold) => hold,
+        Err(err) => {
+            end_lease(&connection, &plan).await;
+            return Err(err);
+        }
+    };
     let started = tokio::select! {
         started = start(&connection, &plan) => match started {
             Ok(started) => started,
             Err(err) => {
                 // Nothing is left to restore: `start` rolls back what it changed.
                 hold.release().await?;
+                end_lease(&connection, &plan).await;
                 return Err(err);
             }
         },
@@ -86,10 +98,67 @@ pub(super) async fn run_session(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let code = stay(&args.command, &live, &mut signals).await?;
+    let mut hold = hold;
+    let stayed = stay(&args.command, &live, &mut signals, &mut hold).await?;
     drop(live);
-    end(hold).await?;
-    Ok(code)
+    match stayed {
+        Stayed::Done(code) => {
+            end(hold).await?;
+            Ok(code)
+        }
+        Stayed::Lost(reason) => {
+            let _ = hold.release().await;
+            anyhow::bail!("{reason}: the session is over")
+        }
+        Stayed::TunneldGone => {
+            end(hold).await?;
+            anyhow::bail!(
+                "tunneld exited during the session (see {}): the session was ended",
+                tunneld_socket(&connection)?.with_extension("log").display()
+            )
+        }
+    }
+}
+
+/// Takes the session's lease; returns its lifetime, or none where the user's role has no
+/// leases (the session then works, but only `leave` can end it if this machine dies).
+async fn take_lease(
+    connection: &Connection,
+    plan: &Plan,
+    lifetime: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let taken = session::lease::take_lease(
+        &connection.client,
+        &connection.namespace,
+        &Holder::here(&plan.owner),
+        &plan.name,
+        &plan.workload.to_string(),
+        lifetime,
+    )
+    .await;
+    match taken {
+        Ok(()) => Ok(Some(lifetime)),
+        Err(err) if err.is_forbidden() => {
+            let command = command_of(plan.mode);
+            eprintln!(
+                "warning: {err}; without a lease, a session whose machine dies stays in the \
+                 cluster until someone runs `{command} leave {}` (`{command} role` prints the \
+                 Role kubedev needs)",
+                plan.name
+            );
+            Ok(None)
+        }
+        Err(err) => Err(anyhow::Error::from(err).context("taking the session's lease")),
+    }
+}
+
+/// Ends the session's lease where the session never reached the workload.
+async fn end_lease(connection: &Connection, plan: &Plan) {
+    if let Err(err) =
+        session::lease::end_lease(&connection.client, &connection.namespace, &plan.owner).await
+    {
+        eprintln!("warning: {err} (the next kubedev command in the namespace deletes it)");
+    }
 }
 
 /// What the user asked for, as a session's plan.
@@ -130,25 +199,49 @@ async fn start(connection: &Connection, plan: &Plan) -> anyhow::Result<Started> 
     .map_err(anyhow::Error::from)
 }
 
+/// How a foreground session's stay ended.
+enum Stayed {
+    /// Ctrl-C, or `-- CMD` exited with this status: the session is to be ended.
+    Done(ExitCode),
+    /// The session is over without this run: tunneld says why.
+    Lost(String),
+    /// tunneld exited: the session's tunnels are gone.
+    TunneldGone,
+}
+
 /// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
-/// it exits; returns the exit status to pass on.
+/// it exits, unless tunneld ends the session first.
 async fn stay(
     command: &[String],
     live: &Live,
     signals: &mut StopSignals,
-) -> anyhow::Result<ExitCode> {
-    if command.is_empty() {
+    hold: &mut Hold,
+) -> anyhow::Result<Stayed> {
+    let mut news = None;
+    let stop = async {
+        tokio::select! {
+            () = signals.recv() => {}
+            told = hold.news() => news = Some(told),
+        }
+    };
+    let code = if command.is_empty() {
         eprintln!("press Ctrl-C to end the session");
-        signals.recv().await;
-        return Ok(ExitCode::SUCCESS);
-    }
-    run_command(
-        command,
-        &live.variables,
-        live.command_resolver.as_deref(),
-        signals,
-    )
-    .await
+        stop.await;
+        ExitCode::SUCCESS
+    } else {
+        run_command(
+            command,
+            &live.variables,
+            live.command_resolver.as_deref(),
+            stop,
+        )
+        .await?
+    };
+    Ok(match news {
+        None | Some(HoldNews::Released) => Stayed::Done(code),
+        Some(HoldNews::Ended(reason)) => Stayed::Lost(reason),
+        Some(HoldNews::DaemonGone) => Stayed::TunneldGone,
+    })
 }
 
 /// A session usable here.
@@ -199,6 +292,7 @@ pub(super) async fn hold_tunneld(
     connection: &Connection,
     plan: &Plan,
     cluster: &ClusterArgs,
+    lease: Option<Duration>,
 ) -> anyhow::Result<Hold> {
     let socket = tunneld_socket(connection)?;
     control::ensure_running(
@@ -213,6 +307,7 @@ pub(super) async fn hold_tunneld(
         namespace: connection.namespace.clone(),
         workload: plan.workload.clone(),
         timeout: plan.timeout,
+        lease,
     };
     Ok(control::hold(&socket, held).await?)
 }

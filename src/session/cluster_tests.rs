@@ -10,7 +10,7 @@ use crate::inject::{AGENT_CONTAINER, Mode};
 use kubedev_fake_api::{FakeApi, NAMESPACE};
 use kubedev_protocol::HttpFilter;
 
-fn plan(name: &str, filter: Option<&str>) -> Plan {
+pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
     Plan {
         mode: Mode::Intercept,
         name: name.into(),

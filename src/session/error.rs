@@ -58,6 +58,13 @@ pub enum SessionError {
     },
 }
 
+impl SessionError {
+    /// Whether the user's role lacks a permission the call needed.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Workload(WorkloadError::Forbidden { .. }))
+    }
+}
+
 impl MayConflict for SessionError {
     fn is_conflict(&self) -> bool {
         matches!(self, Self::Workload(err) if err.is_conflict())

@@ -8,6 +8,7 @@ use kube::api::{Api, PostParams};
 
 use super::SessionError;
 use super::error::corrupt;
+use super::lease::end_lease;
 use super::record::{RECORD_ANNOTATION, Removal, record_of};
 use crate::workload::{
     Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
@@ -48,6 +49,7 @@ impl Left {
 /// Ends session `name` on `reference`, if it is `owner`'s run's (any run's without one).
 /// The last session to leave puts back what was changed, and waits for the pods; one that
 /// joined an intercept only removes itself. A workload without that session is left alone.
+/// The session's lease ends with it.
 pub async fn leave(
     client: &kube::Client,
     namespace: &str,
@@ -57,9 +59,18 @@ pub async fn leave(
     timeout: Duration,
     progress: impl FnMut(&Progress),
 ) -> Result<Left, SessionError> {
-    match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await? {
-        Removed::Settled(left) => Ok(left),
-        Removed::Restored(workload) => {
+    let removed =
+        retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await?;
+    if let Some(owner) = &removed.owner {
+        // Nothing is left to reclaim once the record no longer has the session; a lease
+        // left behind is deleted by the next reclaim.
+        if let Err(err) = end_lease(client, namespace, owner).await {
+            tracing::warn!("ending the lease of session {name}: {err}");
+        }
+    }
+    match removed.outcome {
+        Outcome::Settled(left) => Ok(left),
+        Outcome::Restored(workload) => {
             wait_for_pods(client, &workload, false, timeout, progress).await?;
             Ok(Left::Restored)
         }
@@ -67,7 +78,14 @@ pub async fn leave(
 }
 
 /// What removing a session from its workload's record did.
-pub(super) enum Removed {
+pub(super) struct Removed {
+    pub(super) outcome: Outcome,
+    /// The run whose session was taken off the record, if one was and it said.
+    pub(super) owner: Option<String>,
+}
+
+/// Whether removing a session left anything to wait for.
+pub(super) enum Outcome {
     /// Nothing is left to wait for (the session was not there, is another run's, or others
     /// remain on the agent).
     Settled(Left),
@@ -85,17 +103,25 @@ pub(super) async fn remove_session(
     owner: Option<&str>,
 ) -> Result<Removed, SessionError> {
     let mut workload = Workload::get(client, namespace, reference).await?;
-    let Some(mut record) = record_of(&workload)? else {
-        return Ok(Removed::Settled(Left::NotThere));
+    let settled = |left| Removed {
+        outcome: Outcome::Settled(left),
+        owner: None,
     };
+    let Some(mut record) = record_of(&workload)? else {
+        return Ok(settled(Left::NotThere));
+    };
+    let removed_owner = record.owner_of(name).map(str::to_owned);
     match record.remove(name, owner) {
-        Removal::NotThere => return Ok(Removed::Settled(Left::NotThere)),
-        Removal::NotOwned => return Ok(Removed::Settled(Left::NotOwned)),
+        Removal::NotThere => return Ok(settled(Left::NotThere)),
+        Removal::NotOwned => return Ok(settled(Left::NotOwned)),
         Removal::OthersRemain(count) => {
             workload
                 .annotate(client, RECORD_ANNOTATION, record.to_annotation())
                 .await?;
-            return Ok(Removed::Settled(Left::OthersRemain(count)));
+            return Ok(Removed {
+                outcome: Outcome::Settled(Left::OthersRemain(count)),
+                owner: removed_owner,
+            });
         }
         Removal::Last => {}
     }
@@ -134,7 +160,10 @@ pub(super) async fn remove_session(
     workload
         .write(client, record.template, RECORD_ANNOTATION, None)
         .await?;
-    Ok(Removed::Restored(Box::new(workload)))
+    Ok(Removed {
+        outcome: Outcome::Restored(Box::new(workload)),
+        owner: removed_owner,
+    })
 }
 
 #[cfg(test)]

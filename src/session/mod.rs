@@ -3,11 +3,15 @@
 //!
 //! Before anything changes, the original pod template and Service ports are recorded in an
 //! annotation on the workload ([`RECORD_ANNOTATION`]): whoever ends the session, this run
-//! or a later one after a crash, puts back exactly what was there.
+//! or a later one after a crash, puts back exactly what was there. Each run holds a lease
+//! on its session ([`lease`]); a session whose lease ran out is restored by the next run of
+//! any plugin in the namespace ([`reclaim_expired`]).
 
 mod error;
+pub mod lease;
 mod leave;
 mod ports;
+mod reclaim;
 mod record;
 mod service;
 mod start;
@@ -15,6 +19,7 @@ mod start;
 pub use error::SessionError;
 pub use leave::{Left, leave};
 pub use ports::PortMapping;
+pub use reclaim::{Expired, reclaim_expired, sessions_in};
 pub use record::{Joined, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
 pub use start::{Plan, Started, start};
 
@@ -30,5 +35,7 @@ pub fn random_id() -> Result<String, SessionError> {
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;

@@ -71,14 +71,26 @@ impl Record {
         serde_json::to_string(self).expect("a record is plain JSON")
     }
 
+    /// The run that started session `name`, if it is on the record and said.
+    pub fn owner_of(&self, name: &str) -> Option<&str> {
+        self.holders()
+            .find(|(session, _)| *session == name)
+            .and_then(|(_, owner)| owner)
+    }
+
+    /// Every session on the workload with the run that started it, if it said.
+    pub fn holders(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        std::iter::once((self.name.as_str(), self.owner.as_deref())).chain(
+            self.joined
+                .iter()
+                .map(|joined| (joined.name.as_str(), joined.owner.as_deref())),
+        )
+    }
+
     /// Takes session `name` off the record, if it is there and (with `owner`) that run's.
     /// The first session leaving hands the agent over to the next that joined.
     pub fn remove(&mut self, name: &str, owner: Option<&str>) -> Removal {
-        let recorded_owner = if self.name == name {
-            self.owner.as_deref()
-        } else if let Some(joined) = self.joined.iter().find(|j| j.name == name) {
-            joined.owner.as_deref()
-        } else {
+        let Some((_, recorded_owner)) = self.holders().find(|(session, _)| *session == name) else {
             return Removal::NotThere;
         };
         if owner.is_some() && recorded_owner != owner {

@@ -472,8 +472,7 @@ async fn wait_until_restored(s: &Setup) {
 #[tokio::test]
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
-    let developer = s.cluster.dev_kubeconfig.display().to_string();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["nope", "--port", "3000"],
             "deployment/nope not found in namespace",
@@ -507,11 +506,6 @@ async fn bad_requests_change_nothing() {
             &["echo", "--port", "3000:http", "--agent-image", ECHO_IMAGE],
             "the agent keeps crashing in pod",
         ),
-        // The developer's role is in another namespace: the refusal names what is missing.
-        (
-            &["echo", "--port", "3000:http", "--kubeconfig", &developer],
-            "not allowed to get deployments in namespace",
-        ),
     ];
     for (args, expected) in cases {
         let mut all = args.to_vec();
@@ -526,6 +520,23 @@ async fn bad_requests_change_nothing() {
             "{all:?} changed nothing"
         );
     }
+
+    // A Role without a verb the plugin needs: the refusal names it, and nothing changed.
+    s.ns.revoke_from_developer(0, &["get", "list"]);
+    let refused = s.plugin(&["echo", "--port", "3000:http", "--detach"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("not allowed to update deployments in namespace")
+            && stderr.contains("kubectl auth can-i update deployments"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stored(&s.ns, false).await,
+        s.before,
+        "refused: changed nothing"
+    );
+    s.ns.grant_developer_role();
 
     s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
     let second = s.plugin(&[
@@ -543,4 +554,123 @@ async fn bad_requests_change_nothing() {
     );
     s.plugin_ok(&["leave", "echo"]);
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+/// The lease of the recovery tests: short, so that they wait seconds, not a minute.
+const SHORT_LEASE: &str = "6s";
+
+/// Starts `kubectl intercept echo --lease SHORT_LEASE` in the foreground, logging to `log`,
+/// and waits until it is live; returns it and its tunneld's pid.
+fn leased_intercept(s: &Setup, log: &std::path::Path) -> (std::process::Child, u32) {
+    let args = [
+        "echo",
+        "-n",
+        &s.ns.name,
+        "--port",
+        "3000:http",
+        "--lease",
+        SHORT_LEASE,
+    ];
+    let mut plugin = s
+        .workstation
+        .spawn_plugin_logged(&s.cluster, PLUGIN, &args, log);
+    wait_until_local(s, &mut plugin);
+    let tunneld = s.workstation.plugins_tunneld_pid(&s.cluster, PLUGIN);
+    (plugin, tunneld)
+}
+
+/// Runs `list` until a run of it restores a session whose lease ran out; returns what it
+/// said.
+fn list_until_reclaimed(s: &Setup) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = s.plugin(&["list"]);
+        let stderr = String::from_utf8_lossy(&listed.stderr).into_owned();
+        assert!(listed.status.success(), "list: {stderr}");
+        if stderr.contains("its lease ran out") {
+            return stderr;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reclaimed: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[tokio::test]
+async fn a_session_whose_machine_died_is_restored_by_the_next_list_once_its_lease_ran_out() {
+    let s = setup("intercept-machine-dies", false, 1, 3000).await;
+    let log = s.workstation.file("plugin.log");
+    let (mut plugin, tunneld) = leased_intercept(&s, &log);
+    let during = stored(&s.ns, false).await;
+
+    // The machine dies: plugin and tunneld together, neither able to clean up.
+    kubedev_e2e::freeze_then_kill(&[plugin.id(), tunneld]);
+    plugin.wait().expect("reaped");
+    // The intercepted port fails open: every request is answered by the app.
+    for attempt in 0..10 {
+        let answer = s.try_get(&format!("/through-the-kill-{attempt}"));
+        assert!(
+            answer.starts_with("echo from echo-"),
+            "request {attempt}: {answer}"
+        );
+    }
+    // Within the lease the session is someone's: `list` shows whose and leaves it.
+    let listed = s.plugin_ok(&["list"]);
+    assert!(
+        listed.contains("HOLDER") && listed.contains("s left"),
+        "{listed}"
+    );
+    assert_eq!(stored(&s.ns, false).await, during, "live lease: left alone");
+
+    let said = list_until_reclaimed(&s);
+    assert!(said.contains("deployment/echo restored"), "{said}");
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+    let leases =
+        s.ns.kubectl_ok(&["get", "leases", "-o", "name"])
+            .expect("leases");
+    assert!(leases.trim().is_empty(), "no lease left: {leases}");
+}
+
+#[tokio::test]
+async fn a_machine_that_slept_past_its_lease_finds_the_session_restored_and_says_so() {
+    use nix::sys::signal::{Signal, kill};
+    let s = setup("intercept-sleeps", false, 1, 3000).await;
+    let log = s.workstation.file("plugin.log");
+    let (mut plugin, tunneld) = leased_intercept(&s, &log);
+    let pids = [plugin.id(), tunneld].map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+
+    // The laptop sleeps past the lease, and a colleague's `list` restores the workload.
+    for pid in pids {
+        kill(pid, Signal::SIGSTOP).expect("stop");
+    }
+    let said = list_until_reclaimed(&s);
+    assert!(said.contains("deployment/echo restored"), "{said}");
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+
+    // It wakes: tunneld finds its lease taken, ends the session and tells the plugin,
+    // which exits saying why, with nothing left to restore.
+    for pid in pids {
+        kill(pid, Signal::SIGCONT).expect("continue");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = plugin.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin kept going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stderr = std::fs::read_to_string(&log).expect("plugin log");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("restored its workload: the session is over"),
+        "{stderr}"
+    );
+    assert_eq!(stored(&s.ns, false).await, s.before, "still as it was");
+    assert!(s.try_get("/after-waking").starts_with("echo from echo-"));
 }

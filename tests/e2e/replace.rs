@@ -146,3 +146,70 @@ async fn every_replica_of_a_statefulset_is_replaced() {
     assert_eq!(containers(&ns).await, vec![vec!["echo"]; 3]);
     assert_eq!(ns.echo_template(true).await, before, "restored exactly");
 }
+
+#[tokio::test]
+async fn a_replace_whose_machine_died_refuses_connections_and_is_restored_after_its_lease() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "replace-machine-dies").await;
+    ns.deploy_echo("echo", 1).await.expect("echo ready");
+    ns.start_client("client").await.expect("client pod");
+    let before = ns.echo_template(false).await;
+    let workstation = Workstation::create(&cluster);
+    let _server = workstation.serve_http(3000, "replacement");
+    let args = [
+        "echo",
+        "-n",
+        &ns.name,
+        "--port",
+        "3000:http",
+        "--lease",
+        "6s",
+    ];
+    let mut plugin =
+        workstation.spawn_plugin_logged(&cluster, PLUGIN, &args, &workstation.file("plugin.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ns
+        .http_get("client", "echo:8080", "/live")
+        .is_ok_and(|answer| answer.starts_with("local replacement"))
+    {
+        assert!(std::time::Instant::now() < deadline, "never live");
+        assert!(
+            plugin.try_wait().expect("wait").is_none(),
+            "the plugin exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let tunneld = workstation.plugins_tunneld_pid(&cluster, PLUGIN);
+
+    kubedev_e2e::freeze_then_kill(&[plugin.id(), tunneld]);
+    plugin.wait().expect("reaped");
+    // No container is left to answer, and no workstation: connections are refused or
+    // closed at once, never left hanging until the client's timeout.
+    for attempt in 0..3 {
+        let refused = ns
+            .http_get("client", "echo:8080", &format!("/gone-{attempt}"))
+            .expect_err("nothing answers");
+        let message = format!("{refused:#}");
+        assert!(
+            !message.contains("timed out") && !message.contains("temporarily unavailable"),
+            "{message}"
+        );
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let said = loop {
+        let listed = workstation.plugin(&cluster, PLUGIN, &["list", "-n", &ns.name]);
+        let stderr = String::from_utf8_lossy(&listed.stderr).into_owned();
+        if stderr.contains("its lease ran out") {
+            break stderr;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reclaimed: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    assert!(said.contains("deployment/echo restored"), "{said}");
+    assert_eq!(ns.echo_template(false).await, before, "restored exactly");
+    assert_eq!(containers(&ns).await, [["echo"]]);
+}

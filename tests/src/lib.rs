@@ -126,6 +126,21 @@ impl std::fmt::Debug for TestNamespace {
     }
 }
 
+/// Stops every process in `pids` at once, then kills them: as a machine that dies, none
+/// gets to notice the others go.
+pub fn freeze_then_kill(pids: &[u32]) {
+    use nix::sys::signal::{Signal, kill};
+    let pids: Vec<nix::unistd::Pid> = pids
+        .iter()
+        .map(|pid| nix::unistd::Pid::from_raw(i32::try_from(*pid).expect("pid")))
+        .collect();
+    for signal in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for pid in &pids {
+            kill(*pid, signal).expect("signal");
+        }
+    }
+}
+
 impl TestNamespace {
     pub async fn create(cluster: &TestCluster, prefix: &str) -> Self {
         let client = cluster.admin_client().await;
@@ -137,11 +152,56 @@ impl TestNamespace {
             .create(&PostParams::default(), &namespace)
             .await
             .expect("create test namespace");
-        Self {
+        let namespace = Self {
             name: created.metadata.name.expect("generated name"),
             client,
             cluster: cluster.clone(),
+        };
+        namespace.grant_developer_role();
+        namespace
+    }
+
+    /// Gives the test developer (dev.kubeconfig, whom the plugins run as) the Role kubedev
+    /// documents, in this namespace only: no `edit`, nothing cluster-wide.
+    pub fn grant_developer_role(&self) {
+        let role = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubedev-role.yaml");
+        self.kubectl_ok(&["apply", "-f", &role.display().to_string()])
+            .expect("apply the kubedev Role");
+        let bound = self.kubectl_ok(&[
+            "get",
+            "rolebinding",
+            "kubedev-developers",
+            "--ignore-not-found",
+        ]);
+        if bound.expect("read the RoleBinding").trim().is_empty() {
+            self.kubectl_ok(&[
+                "create",
+                "rolebinding",
+                "kubedev-developers",
+                "--role=kubedev-developer",
+                "--group=kubedev-developers",
+            ])
+            .expect("bind the kubedev Role");
         }
+    }
+
+    /// Takes `verb` off the developer's Role for the resources of rule `rule` (its index in
+    /// deploy/kubedev-role.yaml), until [`Self::grant_developer_role`] again.
+    pub fn revoke_from_developer(&self, rule: usize, verbs_left: &[&str]) {
+        let patch = json!([{
+            "op": "replace",
+            "path": format!("/rules/{rule}/verbs"),
+            "value": verbs_left,
+        }]);
+        self.kubectl_ok(&[
+            "patch",
+            "role",
+            "kubedev-developer",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ])
+        .expect("narrow the Role");
     }
 
     pub fn api<K>(&self) -> Api<K>

@@ -280,8 +280,8 @@ impl Workstation {
     }
 
     /// Runs a kubedev plugin (`kubectl-intercept`, ...) inside the workstation, as a
-    /// developer would, against the cluster as cluster-admin. Its tunneld lives in the
-    /// workstation's state directory.
+    /// developer would, against the cluster with the kubedev Role only. Its tunneld lives in
+    /// the workstation's state directory.
     pub fn plugin(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Output {
         self.plugin_command(cluster, plugin, args)
             .output()
@@ -301,6 +301,36 @@ impl Workstation {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("plugin starts")
+    }
+
+    /// Starts a plugin in the background with its stderr going to `stderr`.
+    pub fn spawn_plugin_logged(
+        &self,
+        cluster: &TestCluster,
+        plugin: &str,
+        args: &[&str],
+        stderr: &std::path::Path,
+    ) -> std::process::Child {
+        self.plugin_command(cluster, plugin, args)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(stderr).expect("the plugin's log"))
+            .spawn()
+            .expect("plugin starts")
+    }
+
+    /// A file for this workstation's test to write (`name` in its state directory).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
+    /// The process id of the tunneld the plugins started, as `status` reports it.
+    pub fn plugins_tunneld_pid(&self, cluster: &TestCluster, plugin: &str) -> u32 {
+        let status = self.plugin_ok(cluster, plugin, &["status", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+        status["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no tunneld in {status}"))
     }
 
     fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
@@ -664,8 +694,9 @@ fn remove_abandoned() {
     }
 }
 
-/// Appends `plugin` and `args` to `command`, run as cluster-admin with its tunneld's
-/// socket and state in `runtime_dir` and the agent image of the test cluster.
+/// Appends `plugin` and `args` to `command`, run as the test developer (the kubedev Role in
+/// each test namespace, nothing else) with its tunneld's socket and state in
+/// `runtime_dir` and the agent image of the test cluster.
 pub(crate) fn as_developer(
     command: &mut Command,
     cluster: &TestCluster,
@@ -676,7 +707,7 @@ pub(crate) fn as_developer(
     command
         .arg(workspace_binary(plugin))
         .args(args)
-        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .env("KUBECONFIG", &cluster.dev_kubeconfig)
         .env("KUBEDEV_TUNNELD", tunneld_binary())
         .env("KUBEDEV_RUNTIME_DIR", runtime_dir)
         .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use kubedev::control::{self, ControlError, ControlReply, ControlRequest, Held, NetworkStatus};
+use kubedev::control::{
+    self, ControlError, ControlReply, ControlRequest, Held, HoldNews, NetworkStatus,
+};
 use kubedev::inject::{AGENT_CONTAINER, Mode};
+use kubedev::session::lease::{self, Holder};
 use kubedev::session::{self, Plan};
 use kubedev_fake_api::{FakeApi, NAMESPACE};
 
@@ -19,6 +22,8 @@ use kubedev_fake_api::{FakeApi, NAMESPACE};
 const NO_CLUSTER: &str = "https://127.0.0.1:9";
 /// A hang, not a slow machine, is what this catches.
 const LIVENESS: Duration = Duration::from_secs(30);
+/// The sessions' leases: renewed every second.
+const LEASE: Duration = Duration::from_secs(3);
 
 struct Tunneld {
     process: Child,
@@ -138,6 +143,7 @@ fn held(name: &str) -> Held {
         namespace: "shop".into(),
         workload: "deployment/web".parse().expect("workload"),
         timeout: Duration::from_secs(5),
+        lease: Some(LEASE),
     }
 }
 
@@ -241,8 +247,11 @@ async fn a_dead_plugins_session_is_restored_or_the_user_is_told_how() {
         "{log}"
     );
     assert!(
-        log.contains("could not restore deployment/web") && log.contains("run `leave web`"),
-        "with the API server unreachable, the log says what to run: {log}"
+        log.contains("could not restore deployment/web")
+            && log.contains("the next kubedev command in namespace shop restores it")
+            && log.contains("run `leave web`"),
+        "with the API server unreachable, after retrying for the lease's lifetime, the log \
+         says what happens next: {log}"
     );
 }
 
@@ -261,10 +270,24 @@ async fn started_session(fake: &FakeApi) -> Held {
         timeout: Duration::from_secs(5),
         owner: "run-1".into(),
     };
+    lease::take_lease(
+        &fake.client(),
+        NAMESPACE,
+        &Holder::here("run-1"),
+        "web",
+        "deployment/web",
+        LEASE,
+    )
+    .await
+    .expect("lease");
     session::start(&fake.client(), NAMESPACE, &plan, |_| {})
         .await
         .expect("session starts");
     held("web")
+}
+
+fn renewed_at(fake: &FakeApi) -> serde_json::Value {
+    fake.lease("kubedev-run-1").expect("the lease")["spec"]["renewTime"].clone()
 }
 
 fn containers(fake: &FakeApi) -> serde_json::Value {
@@ -289,6 +312,10 @@ async fn a_dead_plugins_workload_is_restored_exactly_by_tunneld() {
     assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
     let log = tunneld.log();
     assert!(log.contains("deployment/web restored"), "{log}");
+    assert!(
+        fake.lease("kubedev-run-1").is_none(),
+        "the lease ends with it"
+    );
     let restored = fake.deployment("web");
     assert_eq!(restored["spec"]["template"], original["spec"]["template"]);
     assert!(
@@ -319,4 +346,63 @@ async fn a_released_hold_leaves_the_workload_to_its_plugin() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, ["web", AGENT_CONTAINER]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_session_has_its_lease_renewed_until_it_is_released() {
+    let fake = FakeApi::with_web_app(serde_json::json!("http"));
+    let held = started_session(&fake).await;
+    let server = format!("http://{}", fake.serve().await.expect("fake API server"));
+    let mut tunneld = Tunneld::start_for("renews", &server).await;
+    let taken = renewed_at(&fake);
+
+    let hold = control::hold(&tunneld.socket, held).await.expect("held");
+    // Three lifetimes: it would have run out twice over.
+    tokio::time::sleep(LEASE * 3).await;
+    let renewed = renewed_at(&fake);
+    assert_ne!(renewed, taken, "{}", tunneld.log());
+    assert!(tunneld.running());
+    hold.release().await.expect("released");
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    assert!(!tunneld.log().contains("WARN"), "{}", tunneld.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reclaimed_by_another_run_is_ended_here_and_its_plugin_told_who() {
+    let fake = FakeApi::with_web_app(serde_json::json!("http"));
+    let held = started_session(&fake).await;
+    let server = format!("http://{}", fake.serve().await.expect("fake API server"));
+    let mut tunneld = Tunneld::start_for("lost", &server).await;
+    let mut hold = control::hold(&tunneld.socket, held).await.expect("held");
+    tunneld
+        .request(&add_session("web"))
+        .await
+        .expect("session added");
+
+    // This machine slept past the lease; bob's run took it over to restore the session.
+    let mut lease = fake.lease("kubedev-run-1").expect("the lease");
+    lease["spec"]["holderIdentity"] = "run-bob".into();
+    lease["metadata"]["annotations"]["kubedev.io/reclaimed-by"] = "bob@desk".into();
+    fake.put_lease(lease);
+    let news = tokio::time::timeout(LIVENESS, hold.news())
+        .await
+        .expect("told in time");
+    let HoldNews::Ended(reason) = news else {
+        panic!("ended: {news:?}");
+    };
+    assert!(
+        reason.contains("bob@desk restored its workload"),
+        "{reason}"
+    );
+    let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
+        panic!("a status");
+    };
+    assert!(status.sessions.is_empty(), "ended here: {status:?}");
+    drop(hold);
+    assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
+    assert!(
+        !tunneld.log().contains("is gone"),
+        "nothing left for tunneld to restore: {}",
+        tunneld.log()
+    );
 }

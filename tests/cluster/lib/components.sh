@@ -243,6 +243,7 @@ cluster_up() {
     for manifest in "$CLUSTER_DIR"/manifests/*.yaml; do
         render "$manifest" | kubectl_admin apply -f - >/dev/null
     done
+    kubectl_admin -n "$DEV_NAMESPACE" apply -f "$CLUSTER_DIR/../../deploy/kubedev-role.yaml" >/dev/null
     kubectl_admin -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null ||
         die "CoreDNS did not become ready (kubectl -n kube-system describe pods)"
     log "cluster ready in $((SECONDS - started))s"

@@ -1,6 +1,6 @@
 //! A fake Kubernetes API server for tests of the logic that talks to the cluster:
 //! Deployments (with optimistic concurrency: a write with a stale resourceVersion, or one
-//! the test asked to be refused, gets 409), Services, and pods that follow each
+//! the test asked to be refused, gets 409), Services, Leases, and pods that follow each
 //! Deployment's current template at once, all ready. It counts every write, so a test can
 //! check what reached the "cluster". Unit tests use it in process ([`FakeApi::client`]);
 //! component tests give a program its address on loopback ([`FakeApi::serve`]).
@@ -67,6 +67,7 @@ pub struct FakeApi {
 struct State {
     deployments: BTreeMap<String, Value>,
     services: BTreeMap<String, Value>,
+    leases: BTreeMap<String, Value>,
     /// Deployment writes to refuse with a conflict, as if its controller wrote first.
     conflicts: usize,
     /// Service writes are refused as a Role without `update services` refuses them.
@@ -143,6 +144,19 @@ impl FakeApi {
         self.lock().services[name].clone()
     }
 
+    /// Lease `name` as stored now, if there is one.
+    pub fn lease(&self, name: &str) -> Option<Value> {
+        self.lock().leases.get(name).cloned()
+    }
+
+    /// Stores a Lease, replacing one of the same name.
+    pub fn put_lease(&self, object: Value) {
+        let mut state = self.lock();
+        let object = state.versioned(object);
+        let name = name_of(&object);
+        state.leases.insert(name, object);
+    }
+
     /// The next `count` writes of a Deployment are refused with 409.
     pub fn refuse_writes(&self, count: usize) {
         self.lock().conflicts = count;
@@ -177,6 +191,20 @@ impl FakeApi {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut state = self.lock();
         match (parts.method.clone(), segments.as_slice()) {
+            (Method::GET, ["apis", "apps", "v1", "namespaces", _, "deployments"]) => {
+                list(state.deployments.values().cloned().collect())
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "apps",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "statefulsets" | "replicasets",
+                ],
+            ) => list(Vec::new()),
             (Method::GET, ["apis", "apps", "v1", "namespaces", _, "deployments", name]) => {
                 found(state.deployments.get(*name))
             }
@@ -202,6 +230,51 @@ impl FakeApi {
                 state.replace(Kind::Service, name, &body)
             }
             (Method::GET, ["api", "v1", "namespaces", _, "pods"]) => list(state.pods(&query)),
+            (Method::GET, [.., "coordination.k8s.io", "v1", "namespaces", _, "leases"]) => {
+                list(state.leases.values().cloned().collect())
+            }
+            (Method::POST, [.., "coordination.k8s.io", "v1", "namespaces", _, "leases"]) => {
+                state.create_lease(&body)
+            }
+            (
+                Method::GET,
+                [
+                    ..,
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                    name,
+                ],
+            ) => found(state.leases.get(*name)),
+            (
+                Method::PUT,
+                [
+                    ..,
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                    name,
+                ],
+            ) => state.replace(Kind::Lease, name, &body),
+            (
+                Method::DELETE,
+                [
+                    ..,
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                    name,
+                ],
+            ) => match state.leases.remove(*name) {
+                Some(_) => status(StatusCode::OK, "deleted"),
+                None => status(StatusCode::NOT_FOUND, "not found"),
+            },
             (
                 Method::GET,
                 [
@@ -224,6 +297,7 @@ impl FakeApi {
 enum Kind {
     Deployment,
     Service,
+    Lease,
 }
 
 impl State {
@@ -241,6 +315,7 @@ impl State {
         let store = match kind {
             Kind::Deployment => &mut self.deployments,
             Kind::Service => &mut self.services,
+            Kind::Lease => &mut self.leases,
         };
         let Some(stored) = store.get_mut(name) else {
             return status(StatusCode::NOT_FOUND, name);
@@ -253,6 +328,22 @@ impl State {
         stored["metadata"]["resourceVersion"] = json!(self.next_version.to_string());
         self.writes += 1;
         json_response(StatusCode::OK, stored)
+    }
+
+    /// A new Lease; one of the same name is refused with 409 (AlreadyExists).
+    fn create_lease(&mut self, body: &[u8]) -> Response<Full<Bytes>> {
+        let Ok(object) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "unreadable object");
+        };
+        let name = name_of(&object);
+        if self.leases.contains_key(&name) {
+            return status(StatusCode::CONFLICT, "already exists");
+        }
+        let object = self.versioned(object);
+        self.writes += 1;
+        let response = json_response(StatusCode::CREATED, &object);
+        self.leases.insert(name, object);
+        response
     }
 
     /// Every Deployment's replicas, running its current template, ready, whose labels

@@ -3,6 +3,7 @@
 //! is left.
 
 mod cluster_network;
+mod leases;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use kubedev::cidr::Cidr;
 use kubedev::control::{
     ControlReply, ControlRequest, DaemonStatus, Held, ProxyChoices, SessionStatus,
 };
-use kubedev::session;
+use kubedev::session::lease::DEFAULT_LEASE;
+use kubedev::session::{self, SessionError};
 use kubedev_process::signals::StopSignals;
 use kubedev_protocol::codec::{read_message, write_message};
 use tokio::net::{UnixListener, UnixStream};
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentPool, AgentSelector};
 use cluster_network::NetworkState;
+use leases::LeaseKeeping;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub(crate) struct Settings {
 
 /// How long an environment request waits for a session's agent to be linked.
 const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest pause between two attempts to restore a workload.
+const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
 
 /// Counts one hold in [`Daemon::holds`] while it lives.
 struct HoldCount<'a>(&'a Daemon);
@@ -84,6 +90,8 @@ pub(crate) struct Daemon {
     holds: AtomicUsize,
     /// Woken when `sessions` or `holds` change.
     sessions_changed: Notify,
+    /// The sessions whose leases tunneld renews, by the run that holds them.
+    leases: Mutex<HashMap<String, Arc<LeaseKeeping>>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -106,6 +114,7 @@ impl Daemon {
             network: Mutex::new(NetworkState::Off),
             holds: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,7 +173,7 @@ impl Daemon {
         }
     }
 
-    async fn serve_client(&self, mut stream: UnixStream) -> anyhow::Result<()> {
+    async fn serve_client(self: &Arc<Self>, mut stream: UnixStream) -> anyhow::Result<()> {
         let request: ControlRequest = read_message(&mut stream).await?;
         let reply = match request {
             ControlRequest::AddSession {
@@ -225,43 +234,120 @@ impl Daemon {
         ControlReply::Done
     }
 
-    /// Keeps `holder`'s connection until it releases the session; if the connection closes
-    /// first, its plugin died with the session live: end it, and restore the workload as
-    /// `leave` does.
-    async fn hold(&self, held: Held, mut holder: UnixStream) -> anyhow::Result<()> {
+    /// Keeps `holder`'s connection, renewing the session's lease, until the plugin releases
+    /// the session. If the connection closes first, its plugin died with the session live:
+    /// end it, and restore the workload as `leave` does. If the lease is lost, end the
+    /// session here and tell the plugin.
+    async fn hold(self: &Arc<Self>, held: Held, mut holder: UnixStream) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
-        write_message(&mut holder, &ControlReply::Done).await?;
-        if let Ok(ControlRequest::Release) = read_message(&mut holder).await {
-            return Ok(write_message(&mut holder, &ControlReply::Done).await?);
+        let keeping = Arc::new(LeaseKeeping::new(
+            held.name.clone(),
+            held.owner.clone(),
+            held.namespace.clone(),
+            held.lease,
+        ));
+        if held.lease.is_some() {
+            self.leases
+                .lock()
+                .await
+                .insert(held.owner.clone(), keeping.clone());
+            tokio::spawn(leases::keep_lease(self.clone(), Arc::downgrade(&keeping)));
         }
+        write_message(&mut holder, &ControlReply::Done).await?;
+        let mut lost_rx = keeping.lost_tx.subscribe();
+        let lost = tokio::select! {
+            request = read_message::<_, ControlRequest>(&mut holder) => match request {
+                Ok(ControlRequest::Release) => None,
+                _ => Some(None),
+            },
+            reason = lost_rx.wait_for(Option::is_some) => {
+                Some(Some(reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default()))
+            }
+        };
+        match lost {
+            None => {
+                if self.sessions.lock().await.contains_key(&held.name) {
+                    // Detached: the lease lives as long as the session does here.
+                    keeping.mark_detached();
+                } else {
+                    keeping.mark_ending();
+                    self.forget_lease(&held.owner).await;
+                }
+                return Ok(write_message(&mut holder, &ControlReply::Done).await?);
+            }
+            Some(Some(reason)) => {
+                return Ok(write_message(&mut holder, &ControlReply::Ended { reason }).await?);
+            }
+            Some(None) => {}
+        }
+        keeping.mark_ending();
+        tracing::warn!(
+            "the plugin running session {} is gone: ending it and restoring {}",
+            held.name,
+            held.workload
+        );
+        self.remove_session(&held.name).await;
+        self.restore(&held).await;
+        self.forget_lease(&held.owner).await;
+        Ok(())
+    }
+
+    /// Restores `held`'s workload as `leave` does, retrying while the cluster fails for as
+    /// long as the session's lease lasts: a cluster out of reach for that long cannot renew
+    /// it either, and the session is left to the next run in the namespace to reclaim.
+    async fn restore(&self, held: &Held) {
         let Held {
             name,
             owner,
             namespace,
             workload,
             timeout,
+            lease,
         } = held;
-        tracing::warn!(
-            "the plugin running session {name} is gone: ending it and restoring {workload}"
-        );
-        self.remove_session(&name).await;
-        let left = session::leave(
-            &self.client,
-            &namespace,
-            &workload,
-            &name,
-            Some(&owner),
-            timeout,
-            |_| {},
-        );
-        match left.await {
-            Ok(left) => tracing::info!("{}", left.describe(&name, &workload)),
-            Err(err) => tracing::error!(
-                "could not restore {workload}: {:#}; run `leave {name}` with the plugin",
-                anyhow::Error::from(err)
-            ),
+        let deadline = tokio::time::Instant::now() + lease.unwrap_or(DEFAULT_LEASE);
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let left = session::leave(
+                &self.client,
+                namespace,
+                workload,
+                name,
+                Some(owner),
+                *timeout,
+                |_| {},
+            )
+            .await;
+            let err = match left {
+                Ok(left) => return tracing::info!("{}", left.describe(name, workload)),
+                // The original is back; only its pods are late.
+                Err(err @ SessionError::Rollout(_)) => {
+                    return tracing::warn!("{workload} restored; {:#}", anyhow::Error::from(err));
+                }
+                Err(err) => anyhow::Error::from(err),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return match lease {
+                    Some(lease) => tracing::error!(
+                        "could not restore {workload}: {err:#}; its lease runs out {lease:?} \
+                         after the last renewal, and then the next kubedev command in \
+                         namespace {namespace} restores it (or run `leave {name}` with the \
+                         plugin)"
+                    ),
+                    None => tracing::error!(
+                        "could not restore {workload}: {err:#}; run `leave {name}` with the \
+                         plugin"
+                    ),
+                };
+            }
+            tracing::warn!("restoring {workload}: {err:#}; trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RESTORE_RETRY_PAUSE);
         }
-        Ok(())
+    }
+
+    /// Stops renewing the lease of run `owner`'s session.
+    async fn forget_lease(&self, owner: &str) {
+        self.leases.lock().await.remove(owner);
     }
 
     /// Turns the client's connection into an SFTP session on the app's volumes, with one of
@@ -305,6 +391,14 @@ impl Daemon {
         };
         tunneled.stop.cancel();
         self.pool.forget(name).await;
+        // Ended on purpose: its lease goes with it (a detached session's renewals end here).
+        self.leases.lock().await.retain(|_, keeping| {
+            if keeping.session != name {
+                return true;
+            }
+            keeping.mark_ending();
+            !keeping.is_detached()
+        });
         tracing::info!("session {name} removed");
         self.sessions_changed.notify_waiters();
         ControlReply::Done

@@ -1,0 +1,41 @@
+//! What every run of a plugin does first: restore the sessions in the namespace whose lease
+//! has run out (their machine died, or has been away for longer than the lease), and say so.
+
+use std::time::Duration;
+
+use kubedev::cluster::Connection;
+use kubedev::session::{self, lease::Holder};
+
+/// Restores, as `leave` does, every session in the connection's namespace whose lease has
+/// run out, on behalf of run `owner`. Failing to look is only a warning: the command the
+/// user asked for goes on.
+pub(super) async fn reclaim_expired(connection: &Connection, owner: &str, timeout: Duration) {
+    let namespace = &connection.namespace;
+    let reclaimed = session::reclaim_expired(
+        &connection.client,
+        namespace,
+        &Holder::here(owner),
+        timeout,
+        |expired| eprintln!("{}: restoring it", expired.describe()),
+    )
+    .await;
+    match reclaimed {
+        Ok(reclaimed) => {
+            for (expired, left) in reclaimed {
+                match left {
+                    Ok(left) => eprintln!("{}", left.describe(&expired.session, &expired.workload)),
+                    Err(err) => eprintln!(
+                        "warning: could not restore {}: {:#}",
+                        expired.workload,
+                        anyhow::Error::from(err)
+                    ),
+                }
+            }
+        }
+        Err(err) => eprintln!(
+            "warning: could not look for sessions in namespace {namespace} whose lease ran out: \
+             {:#}",
+            anyhow::Error::from(err)
+        ),
+    }
+}

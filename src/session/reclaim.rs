@@ -1,0 +1,146 @@
+//! The sessions in a namespace, and restoring those whose lease has run out: what every run
+//! of a plugin does first, so that a session whose machine died is undone by the next
+//! kubedev command anyone runs there.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::SessionError;
+use super::lease::{Holder, end_lease, leases_in, take_over};
+use super::leave::{Left, leave};
+use super::record::{Record, record_of};
+use crate::workload::{Workload, WorkloadKind, WorkloadRef};
+
+/// Every workload in `namespace` with a session on it, and its record.
+pub async fn sessions_in(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Vec<(Workload, Record)>, SessionError> {
+    let mut found = Vec::new();
+    for kind in [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::ReplicaSet,
+    ] {
+        for workload in Workload::list(client, namespace, kind).await? {
+            if workload.is_controlled() {
+                continue;
+            }
+            if let Some(record) = record_of(&workload)? {
+                found.push((workload, record));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A session whose lease has run out.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    /// The session's name.
+    pub session: String,
+    /// Its workload.
+    pub workload: WorkloadRef,
+    /// Who held it (`user@host`).
+    pub holder: String,
+    /// How long ago its lease ran out.
+    pub ended_ago: Duration,
+}
+
+impl Expired {
+    /// The session and why it is being restored, in words.
+    pub fn describe(&self) -> String {
+        format!(
+            "session {:?} on {}: its lease ran out {}s ago (held by {})",
+            self.session,
+            self.workload,
+            self.ended_ago.as_secs(),
+            self.holder
+        )
+    }
+}
+
+/// Restores, as `leave` does, every session in `namespace` whose lease has run out (one
+/// without a lease is left to `leave`), taking its lease over first so that no two runs restore one session and its holder, if it comes
+/// back, learns that it is over. Calls `found` before restoring each; returns what each
+/// restore did. Leases whose session is on no workload are deleted.
+pub async fn reclaim_expired(
+    client: &kube::Client,
+    namespace: &str,
+    by: &Holder,
+    timeout: Duration,
+    mut found: impl FnMut(&Expired),
+) -> Result<Vec<(Expired, Result<Left, SessionError>)>, SessionError> {
+    let (sessions, leases) =
+        futures::try_join!(sessions_in(client, namespace), leases_in(client, namespace))?;
+    let now = Timestamp::now();
+    let mut on_record = HashSet::new();
+    let mut reclaimed = Vec::new();
+    for (workload, record) in &sessions {
+        for (session, owner) in record.holders() {
+            // A session without a lease (its Role has no leases, or it was deleted by
+            // hand) is never reclaimed: only `leave` ends it.
+            let Some(owner) = owner else { continue };
+            on_record.insert(owner.to_owned());
+            let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(owner)) else {
+                continue;
+            };
+            let Some(ended_ago) = lease.ended_ago(now) else {
+                continue;
+            };
+            // Held for the restore and the pods' wait, with room for the calls.
+            let restore_time = timeout + timeout / 2;
+            if !take_over(client, namespace, lease, by, restore_time).await? {
+                continue;
+            }
+            let expired = Expired {
+                session: session.to_owned(),
+                workload: workload.reference.clone(),
+                holder: lease.holder.describe(),
+                ended_ago,
+            };
+            found(&expired);
+            let left = leave(
+                client,
+                namespace,
+                &workload.reference,
+                session,
+                Some(owner),
+                timeout,
+                |_| {},
+            )
+            .await;
+            reclaimed.push((expired, left));
+        }
+    }
+    for lease in leases.iter().filter(|lease| lease.ended_ago(now).is_some()) {
+        let Some(owner) = lease.session_owner() else {
+            continue;
+        };
+        if !on_record.contains(owner) {
+            end_lease(client, namespace, owner).await?;
+        }
+    }
+    Ok(reclaimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_session_says_whose_it_was_and_since_when() {
+        let expired = Expired {
+            session: "web".into(),
+            workload: "web".parse().expect("workload"),
+            holder: "alice@laptop".into(),
+            ended_ago: Duration::from_secs(42),
+        };
+        assert_eq!(
+            expired.describe(),
+            "session \"web\" on deployment/web: its lease ran out 42s ago (held by alice@laptop)"
+        );
+    }
+}
