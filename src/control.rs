@@ -306,6 +306,14 @@ pub enum ControlError {
     /// tunneld refused the request, and said why.
     #[error("tunneld: {0}")]
     Failed(String),
+    /// tunneld took the request but did not answer in time (stopped, or stuck).
+    #[error("tunneld at {socket} did not answer within {waited:?} (stopped or stuck?)")]
+    NoAnswer {
+        /// Its socket.
+        socket: PathBuf,
+        /// How long it was given.
+        waited: Duration,
+    },
 }
 
 /// The socket of the tunneld for this user and kube context.
@@ -328,15 +336,37 @@ pub async fn request(
     socket: &Path,
     request: &ControlRequest,
 ) -> Result<ControlReply, ControlError> {
-    let mut stream = UnixStream::connect(socket)
+    let waited = answer_deadline(request);
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
+        write_message(&mut stream, request).await?;
+        match read_message(&mut stream).await? {
+            ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
+            reply => Ok(reply),
+        }
+    };
+    tokio::time::timeout(waited, exchange)
         .await
-        .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
-    write_message(&mut stream, request).await?;
-    match read_message(&mut stream).await? {
-        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-        reply => Ok(reply),
+        .map_err(|_| ControlError::NoAnswer {
+            socket: socket.to_owned(),
+            waited,
+        })?
+}
+
+/// How long tunneld may take to answer `request`: a stopped tunneld (SIGSTOP, a machine
+/// frozen mid-session) still accepts connections, and must not hang the plugins.
+fn answer_deadline(request: &ControlRequest) -> Duration {
+    match request {
+        ControlRequest::Status | ControlRequest::RemoveSession { .. } => STATUS_DEADLINE,
+        // Waits for a link to an agent, or brings up the network.
+        _ => Duration::from_secs(60),
     }
 }
+
+/// How long tunneld may take to say what it runs.
+pub const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Opens an SFTP session on the volumes of session `name`: the returned connection carries
 /// it (tunneld relays it to an agent).
@@ -407,15 +437,24 @@ pub async fn hold(socket: &Path, held: Held) -> Result<Hold, ControlError> {
 
 /// Sends `request`, whose `Done` turns the connection into something longer-lived.
 async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, ControlError> {
-    let mut stream = UnixStream::connect(socket)
+    let waited = answer_deadline(request);
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
+        write_message(&mut stream, request).await?;
+        match read_message(&mut stream).await? {
+            ControlReply::Done => Ok(stream),
+            ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
+            other => Err(unexpected(&other)),
+        }
+    };
+    tokio::time::timeout(waited, exchange)
         .await
-        .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
-    write_message(&mut stream, request).await?;
-    match read_message(&mut stream).await? {
-        ControlReply::Done => Ok(stream),
-        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-        other => Err(unexpected(&other)),
-    }
+        .map_err(|_| ControlError::NoAnswer {
+            socket: socket.to_owned(),
+            waited,
+        })?
 }
 
 fn unexpected(reply: &ControlReply) -> ControlError {
@@ -455,6 +494,35 @@ pub async fn ensure_running(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunneld_that_takes_the_request_and_never_answers_is_given_up_on() {
+        let dir = std::env::temp_dir().join(format!("kubedev-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = dir.join("stopped.sock");
+        let _ = std::fs::remove_file(&socket);
+        // Bound and listening, as a stopped tunneld's socket is: connections are queued
+        // by the kernel and never answered.
+        let _listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let answer = request(&socket, &ControlRequest::Status).await;
+        assert!(
+            matches!(&answer, Err(ControlError::NoAnswer { waited, .. }) if *waited == STATUS_DEADLINE),
+            "{answer:?}"
+        );
+        let held = Held {
+            name: "web".into(),
+            owner: "run".into(),
+            namespace: "shop".into(),
+            workload: "web".parse().expect("workload"),
+            timeout: Duration::from_secs(5),
+            lease: None,
+        };
+        assert!(matches!(
+            hold(&socket, held).await,
+            Err(ControlError::NoAnswer { .. })
+        ));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn one_socket_per_context_with_a_safe_name() {

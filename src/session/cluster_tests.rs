@@ -210,3 +210,139 @@ async fn a_start_that_fails_after_changing_the_workload_puts_it_back() {
     assert_eq!(after["spec"]["template"], original["spec"]["template"]);
     assert!(annotations(&after).get(RECORD_ANNOTATION).is_none());
 }
+
+/// The session record on `web`, which must read.
+async fn recorded(fake: &FakeApi) -> Record {
+    let workload = crate::workload::Workload::get(
+        &fake.client(),
+        NAMESPACE,
+        &"web".parse().expect("workload"),
+    )
+    .await
+    .expect("web");
+    record_of(&workload)
+        .expect("the record reads")
+        .expect("a record")
+}
+
+/// Two runs of a plugin starting on one workload at the same moment, each with its lease.
+async fn race(fake: &FakeApi, first: &Plan, second: &Plan) -> [Result<Started, SessionError>; 2] {
+    for plan in [first, second] {
+        let holder = lease::Holder {
+            owner: plan.owner.clone(),
+            host: "laptop".into(),
+            user: plan.name.clone(),
+        };
+        lease::take_lease(
+            &fake.client(),
+            NAMESPACE,
+            &holder,
+            &plan.name,
+            "deployment/web",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("lease");
+    }
+    let client = fake.client();
+    let (a, b) = tokio::join!(
+        start(&client, NAMESPACE, first, |_| {}),
+        start(&client, NAMESPACE, second, |_| {})
+    );
+    [a, b]
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_runs_racing_for_one_workload_leave_one_winner_and_an_exact_restore() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let original = fake.deployment("web");
+    for round in 0..10 {
+        let (alice, bob) = (plan("alice", None), plan("bob", None));
+        let (first, second) = if round % 2 == 0 {
+            (&alice, &bob)
+        } else {
+            (&bob, &alice)
+        };
+        let results = race(&fake, first, second).await;
+        let won: Vec<&Plan> = [first, second]
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(plan, _)| plan)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: one wins");
+        let refusal = results
+            .iter()
+            .find_map(|result| result.as_ref().err())
+            .expect("one refused")
+            .to_string();
+        let winner = if won[0].name == "alice" {
+            "alice@laptop"
+        } else {
+            "bob@laptop"
+        };
+        assert!(
+            refusal.contains(&format!("intercept {:?} is already on it", won[0].name))
+                && refusal.contains(&format!("(held by {winner})")),
+            "round {round}: {refusal}"
+        );
+        let record = recorded(&fake).await;
+        assert_eq!(record.name, won[0].name);
+        assert!(record.joined.is_empty());
+
+        assert_eq!(
+            leave_session(&fake, won[0], Some(&won[0].owner)).await,
+            Left::Restored
+        );
+        assert_eq!(
+            fake.deployment("web")["spec"]["template"],
+            original["spec"]["template"],
+            "round {round}: restored exactly"
+        );
+        for plan in [&alice, &bob] {
+            lease::end_lease(&fake.client(), NAMESPACE, &plan.owner)
+                .await
+                .expect("end lease");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restores() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let original = fake.deployment("web");
+    for round in 0..10 {
+        let (alice, bob) = (plan("alice", Some("alice")), plan("bob", Some("bob")));
+        let results = race(&fake, &alice, &bob).await;
+        assert!(
+            results.iter().all(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+        let record = recorded(&fake).await;
+        let mut names: Vec<&str> = record.sessions().map(|(name, _)| name).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["alice", "bob"], "round {round}");
+
+        let (first, last) = if round % 2 == 0 {
+            (&alice, &bob)
+        } else {
+            (&bob, &alice)
+        };
+        assert_eq!(
+            leave_session(&fake, first, Some(&first.owner)).await,
+            Left::OthersRemain(1)
+        );
+        assert_eq!(
+            leave_session(&fake, last, Some(&last.owner)).await,
+            Left::Restored
+        );
+        assert_eq!(
+            fake.deployment("web")["spec"]["template"],
+            original["spec"]["template"],
+            "round {round}: restored exactly"
+        );
+        assert!(
+            fake.lease("kubedev-run-alice").is_none() && fake.lease("kubedev-run-bob").is_none()
+        );
+    }
+}

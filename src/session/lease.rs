@@ -259,6 +259,15 @@ pub async fn end_lease(
     }
 }
 
+/// Who holds run `owner`'s session, from its lease, if it has one that can be read.
+pub async fn holder_of(client: &kube::Client, namespace: &str, owner: &str) -> Option<Holder> {
+    let lease = leases(client, namespace)
+        .get_opt(&lease_name(owner))
+        .await
+        .ok()??;
+    SessionLease::from_object(lease).map(|lease| lease.holder)
+}
+
 /// The sessions' leases in `namespace`.
 pub async fn leases_in(
     client: &kube::Client,

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 
 use super::SessionError;
 use super::error::corrupt;
+use super::lease::holder_of;
 use super::leave::leave;
 use super::ports::{PortMapping, choose_container, intercepted_ports, replaced_ports};
 use super::random_id;
@@ -140,9 +141,16 @@ pub(super) async fn write_session(
     if let Some(existing) = record_of(&workload)? {
         if let Some(reason) = existing.refuses_to_share(&plan.name, plan.mode, plan.filter.as_ref())
         {
+            let holder = match existing.owner.as_deref() {
+                Some(owner) => holder_of(client, namespace, owner).await,
+                None => None,
+            };
+            let held_by = holder
+                .map(|holder| format!(" (held by {})", holder.describe()))
+                .unwrap_or_default();
             return Err(SessionError::Refused(format!(
-                "cannot intercept {}: {reason}",
-                plan.workload
+                "cannot {} {}: {reason}{held_by}",
+                plan.mode, plan.workload
             )));
         }
         return Ok(Written::Joined(
