@@ -103,7 +103,11 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     ns.start_client("client").await.expect("client");
     let before = node::machine_routes();
     let shell = NodeShell::create(None);
-    let detached = session("echo", &ns, &["--detach"]);
+    // As a developer who may also read the nodes, so that tunneld routes each node's
+    // podCIDR exactly; with the namespace Role alone it routes a /16 around the pods' IPs,
+    // as every other test does.
+    let admin = cluster.admin_kubeconfig.display().to_string();
+    let detached = session("echo", &ns, &["--detach", "--kubeconfig", &admin]);
 
     let (_, said) = shell.plugin_ok(&cluster, PLUGIN, &detached);
     assert!(
@@ -285,7 +289,19 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
         serde_json::from_str(&json).expect("status as JSON")
     };
 
-    let first = session("echo", &ns, &["--detach", "--never-proxy", "10.244.0.0/16"]);
+    // As a developer who may also read the nodes (see the node test).
+    let admin = cluster.admin_kubeconfig.display().to_string();
+    let first = session(
+        "echo",
+        &ns,
+        &[
+            "--detach",
+            "--never-proxy",
+            "10.244.0.0/16",
+            "--kubeconfig",
+            &admin,
+        ],
+    );
     let output = workstation.plugin(&cluster, PLUGIN, &first);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{said}");

@@ -173,8 +173,17 @@ async fn developer_user_is_confined_to_its_namespace() {
             .output()
             .expect("kubectl runs")
     };
-    let allowed = as_developer(&["auth", "can-i", "create", "pods/portforward"]);
+    let allowed = as_developer(&[
+        "auth",
+        "can-i",
+        "create",
+        "pods",
+        "--subresource=portforward",
+    ]);
     assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "yes");
+    // The kubedev Role, not `edit`: it starts no pods of its own.
+    let creates = as_developer(&["auth", "can-i", "create", "pods"]);
+    assert_eq!(String::from_utf8_lossy(&creates.stdout).trim(), "no");
     let own = as_developer(&["get", "pods"]);
     assert!(
         own.status.success(),
