@@ -2,13 +2,15 @@
 //! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
 //! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
 //! (`manage`), what they print (`output`), restoring sessions whose lease ran out
-//! (`reclaim`), reaching tunneld (`tunneld`), and errors
+//! (`reclaim`), the links to the agents while a session lasts (`links`), reaching tunneld
+//! (`tunneld`), and errors
 //! reported the way kubectl reports them.
 
 #![warn(missing_docs)]
 
 mod args;
 mod command;
+mod links;
 mod manage;
 mod output;
 mod reclaim;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::args::{ModeArgs, SessionArgs};
 use super::command::run_command;
 use super::command_of;
+use super::links::{Watched, report_links};
 use super::output::{network_notes, progress_on, spinner};
 use super::reclaim::reclaim_expired;
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
@@ -99,7 +100,13 @@ pub(super) async fn run_session(
         return Ok(ExitCode::SUCCESS);
     }
     let mut hold = hold;
-    let stayed = stay(&args.command, &live, &mut signals, &mut hold).await?;
+    let links = Watched {
+        socket: tunneld_socket(&connection)?,
+        session: plan.name.clone(),
+        mode,
+        wanted: usize::try_from(started.workload.replicas()).unwrap_or(1),
+    };
+    let stayed = stay(&args.command, &live, &mut signals, &mut hold, links).await?;
     drop(live);
     match stayed {
         Stayed::Done(code) => {
@@ -211,17 +218,20 @@ enum Stayed {
 
 /// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
 /// it exits, unless tunneld ends the session first.
+/// Meanwhile, says when the links to the agents go and come back.
 async fn stay(
     command: &[String],
     live: &Live,
     signals: &mut StopSignals,
     hold: &mut Hold,
+    links: Watched,
 ) -> anyhow::Result<Stayed> {
     let mut news = None;
     let stop = async {
         tokio::select! {
             () = signals.recv() => {}
             told = hold.news() => news = Some(told),
+            () = report_links(links) => {}
         }
     };
     let code = if command.is_empty() {

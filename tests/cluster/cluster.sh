@@ -5,6 +5,7 @@
 #   cluster.sh status  say whether it is up
 #   cluster.sh check-clean  exit 1, listing them, if any trace of the cluster is left
 #   cluster.sh build   only build (or find in the cache) the binaries
+#   cluster.sh restart-apiserver  kill -9 the kube-apiserver and start it again, same arguments
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib/config.sh
@@ -20,7 +21,7 @@ source "$here/lib/host.sh"
 # shellcheck source=lib/components.sh
 source "$here/lib/components.sh"
 
-usage() { sed -n '2,7s/^# \{0,1\}//p' "$0"; exit 2; }
+usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "the test cluster needs root (it runs containerd, kubelet and iptables)"
 
@@ -30,5 +31,6 @@ case "${1:-}" in
     down) cluster_down ;;
     status) cluster_status ;;
     check-clean) check_clean ;;
+    restart-apiserver) restart_apiserver ;;
     *) usage ;;
 esac

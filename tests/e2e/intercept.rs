@@ -674,3 +674,40 @@ async fn a_machine_that_slept_past_its_lease_finds_the_session_restored_and_says
     assert_eq!(stored(&s.ns, false).await, s.before, "still as it was");
     assert!(s.try_get("/after-waking").starts_with("echo from echo-"));
 }
+
+#[tokio::test]
+async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_seconds() {
+    let s = setup("intercept-cut-off", false, 1, 3000).await;
+    let log = s.workstation.file("plugin.log");
+    let mut plugin = s.workstation.spawn_plugin_logged(
+        &s.cluster,
+        PLUGIN,
+        &["echo", "-n", &s.ns.name, "--port", "3000:http"],
+        &log,
+    );
+    wait_until_local(&s, &mut plugin);
+
+    s.workstation
+        .cut_off_from_api_server(&s.cluster, std::time::Duration::from_secs(30));
+    // The app answers meanwhile; then the laptop again, with nothing done by hand.
+    wait_until_local(&s, &mut plugin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let said = loop {
+        let said = std::fs::read_to_string(&log).expect("plugin log");
+        if said.contains("linked again to the agents of session echo (1/1)") {
+            break said;
+        }
+        assert!(std::time::Instant::now() < deadline, "never said: {said}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(
+        said.contains("lost the links to the agents of session echo")
+            && said.contains("intercepted requests go to the app until tunneld links again"),
+        "{said}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(plugin.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    assert!(plugin.wait().expect("plugin exits").success());
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}

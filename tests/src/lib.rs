@@ -87,6 +87,17 @@ impl TestCluster {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// Kills the kube-apiserver (SIGKILL) and starts it again with the same arguments,
+    /// returning once it is ready; nothing else of the cluster stops.
+    pub fn restart_apiserver(&self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh");
+        let status = Command::new(script)
+            .arg("restart-apiserver")
+            .status()
+            .expect("cluster.sh runs");
+        assert!(status.success(), "restart-apiserver: {status}");
+    }
+
     /// Runs the cluster's kubectl as cluster-admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new(&self.kubectl)

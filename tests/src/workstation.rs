@@ -318,6 +318,18 @@ impl Workstation {
             .expect("plugin starts")
     }
 
+    /// Takes away the workstation's route to the API server for `outage`, then puts it back
+    /// as it was: Wi-Fi dropping, a VPN reconnecting.
+    pub fn cut_off_from_api_server(&self, cluster: &TestCluster, outage: Duration) {
+        let api_server = format!("{}/32", cluster.api_server_ip());
+        let route = self.run_ok(&["ip", "route", "show", &api_server]);
+        self.run_ok(&["ip", "route", "del", &api_server]);
+        std::thread::sleep(outage);
+        let mut add = vec!["ip", "route", "add"];
+        add.extend(route.split_whitespace());
+        self.run_ok(&add);
+    }
+
     /// A file for this workstation's test to write (`name` in its state directory).
     pub fn file(&self, name: &str) -> PathBuf {
         self.state_dir.join(name)
@@ -531,6 +543,8 @@ impl Drop for Workstation {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // A tunneld the plugins started (a test that failed before its session ended).
+        kill_tunnelds_in(&self.state_dir);
         drop(self.resolved.take());
         drop(self.delay_line.take());
         let _ = Command::new("ip")
@@ -542,6 +556,17 @@ impl Drop for Workstation {
         let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
         let _ = fs::remove_dir_all(&self.state_dir);
     }
+}
+
+/// Kills every tunneld whose socket is in `dir`: a failed test leaves none behind.
+pub(crate) fn kill_tunnelds_in(dir: &std::path::Path) {
+    let _ = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("tunneld --socket {}/", dir.display()),
+        ])
+        .status();
 }
 
 /// A server the test runs on the workstation.

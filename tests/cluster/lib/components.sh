@@ -83,6 +83,19 @@ start_apiserver() {
     wait_for kube-apiserver 120 api_get /readyz
 }
 
+# restart_apiserver: the API server alone dies (kill -9) and comes back with the same
+# arguments, as on a control-plane upgrade or crash; everything else keeps running.
+restart_apiserver() {
+    process_alive kube-apiserver || die "the cluster is not up"
+    build_binaries
+    local pid
+    read -r pid _ < "$PID_DIR/kube-apiserver.pid"
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$PID_DIR/kube-apiserver.pid"
+    start_apiserver
+}
+
 start_controllers() {
     start_process kube-controller-manager "$K8S_BIN/kube-controller-manager" \
         --kubeconfig "$PKI_DIR/controller-manager.kubeconfig" \
