@@ -556,12 +556,10 @@ async fn bad_requests_change_nothing() {
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 
-/// The lease of the recovery tests: short, so that they wait seconds, not a minute.
-const SHORT_LEASE: &str = "6s";
-
-/// Starts `kubectl intercept echo --lease SHORT_LEASE` in the foreground, logging to `log`,
-/// and waits until it is live; returns it and its tunneld's pid.
-fn leased_intercept(s: &Setup, log: &std::path::Path) -> (std::process::Child, u32) {
+/// Starts `kubectl intercept echo --lease LEASE` in the foreground, logging to `log`, and
+/// waits until it is live; returns it and its tunneld's pid. The recovery tests' leases are
+/// short, so that they wait seconds, not a minute.
+fn leased_intercept(s: &Setup, lease: &str, log: &std::path::Path) -> (std::process::Child, u32) {
     let args = [
         "echo",
         "-n",
@@ -569,7 +567,7 @@ fn leased_intercept(s: &Setup, log: &std::path::Path) -> (std::process::Child, u
         "--port",
         "3000:http",
         "--lease",
-        SHORT_LEASE,
+        lease,
     ];
     let mut plugin = s
         .workstation
@@ -602,7 +600,8 @@ fn list_until_reclaimed(s: &Setup) -> String {
 async fn a_session_whose_machine_died_is_restored_by_the_next_list_once_its_lease_ran_out() {
     let s = setup("intercept-machine-dies", false, 1, 3000).await;
     let log = s.workstation.file("plugin.log");
-    let (mut plugin, tunneld) = leased_intercept(&s, &log);
+    // Long enough for the checks made within it, on a loaded machine.
+    let (mut plugin, tunneld) = leased_intercept(&s, "20s", &log);
     let during = stored(&s.ns, false).await;
 
     // The machine dies: plugin and tunneld together, neither able to clean up.
@@ -638,7 +637,7 @@ async fn a_machine_that_slept_past_its_lease_finds_the_session_restored_and_says
     use nix::sys::signal::{Signal, kill};
     let s = setup("intercept-sleeps", false, 1, 3000).await;
     let log = s.workstation.file("plugin.log");
-    let (mut plugin, tunneld) = leased_intercept(&s, &log);
+    let (mut plugin, tunneld) = leased_intercept(&s, "6s", &log);
     let pids = [plugin.id(), tunneld].map(|pid| nix::unistd::Pid::from_raw(pid as i32));
 
     // The laptop sleeps past the lease, and a colleague's `list` restores the workload.
