@@ -336,18 +336,28 @@ pub async fn request(
     socket: &Path,
     request: &ControlRequest,
 ) -> Result<ControlReply, ControlError> {
+    match exchange(socket, request).await?.1 {
+        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
+        reply => Ok(reply),
+    }
+}
+
+/// Connects, sends `request` and reads tunneld's first reply, within the request's
+/// [`answer_deadline`]; returns the connection with it.
+async fn exchange(
+    socket: &Path,
+    request: &ControlRequest,
+) -> Result<(UnixStream, ControlReply), ControlError> {
     let waited = answer_deadline(request);
-    let exchange = async {
+    let exchanged = async {
         let mut stream = UnixStream::connect(socket)
             .await
             .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
         write_message(&mut stream, request).await?;
-        match read_message(&mut stream).await? {
-            ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-            reply => Ok(reply),
-        }
+        let reply = read_message(&mut stream).await?;
+        Ok((stream, reply))
     };
-    tokio::time::timeout(waited, exchange)
+    tokio::time::timeout(waited, exchanged)
         .await
         .map_err(|_| ControlError::NoAnswer {
             socket: socket.to_owned(),
@@ -437,24 +447,11 @@ pub async fn hold(socket: &Path, held: Held) -> Result<Hold, ControlError> {
 
 /// Sends `request`, whose `Done` turns the connection into something longer-lived.
 async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, ControlError> {
-    let waited = answer_deadline(request);
-    let exchange = async {
-        let mut stream = UnixStream::connect(socket)
-            .await
-            .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
-        write_message(&mut stream, request).await?;
-        match read_message(&mut stream).await? {
-            ControlReply::Done => Ok(stream),
-            ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-            other => Err(unexpected(&other)),
-        }
-    };
-    tokio::time::timeout(waited, exchange)
-        .await
-        .map_err(|_| ControlError::NoAnswer {
-            socket: socket.to_owned(),
-            waited,
-        })?
+    match exchange(socket, request).await? {
+        (stream, ControlReply::Done) => Ok(stream),
+        (_, ControlReply::Failed { reason }) => Err(ControlError::Failed(reason)),
+        (_, other) => Err(unexpected(&other)),
+    }
 }
 
 fn unexpected(reply: &ControlReply) -> ControlError {
