@@ -8,7 +8,7 @@ export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
 KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
 
-.PHONY: bench build lint test test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: bench build fuzz lint test test-fuzz test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
@@ -27,7 +27,7 @@ lint:
 
 ## Every test: unit, component, then e2e against the local cluster, which is then
 ## torn down and checked for leftovers.
-test: lint test-unit test-component test-e2e test-teardown
+test: lint test-unit test-component test-fuzz test-e2e test-teardown
 
 # Unit tests: pure logic, no processes, no cluster.
 test-unit:
@@ -36,6 +36,10 @@ test-unit:
 # Component tests: the programs run as local processes on loopback.
 test-component:
 	cargo test --workspace --exclude kubedev-e2e --test '*'
+
+# A short fuzzing run: every target builds, and finds nothing within seconds.
+test-fuzz:
+	$(MAKE) fuzz FUZZ_SECONDS=15
 
 # End-to-end tests against the real local cluster (started if it is not up).
 test-e2e: cluster-up
@@ -59,6 +63,23 @@ cluster-up:
 
 cluster-down:
 	$(CLUSTER) down
+
+## Fuzz what peers send (frames, the handshake, control requests, HTTP requests, SFTP
+## paths) for FUZZ_SECONDS per target; crashes land in fuzz/artifacts/TARGET/. Keep each
+## one in fuzz/inputs/TARGET/ once fixed: the unit tests replay those.
+FUZZ_TARGETS := frame_codec handshake control_request http_request sftp_paths
+FUZZ_SECONDS ?= 300
+fuzz:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz build
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target; \
+		cargo +nightly fuzz run $$target corpus/$$target inputs/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+			-print_final_stats=1 2>&1 | \
+			grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|.*panicked)' ; \
+	done
 
 ## Build everything, start the local cluster, deploy the sample app, and show a request
 ## from a pod answered by a process on the workstation through kubectl intercept.

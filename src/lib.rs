@@ -9,7 +9,8 @@
 //! - [`control`]: tunneld's control API, and starting tunneld on demand;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
-//! - [`mount`]: the container's volumes on this machine.
+//! - [`mount`]: the container's volumes on this machine;
+//! - [`fuzzing`]: what the fuzz targets of the control socket run.
 //!
 //! The wire protocol with the agent is the `kubedev-protocol` crate; the plugins' command
 //! line is `kubedev-cli`.
@@ -20,6 +21,7 @@ pub mod cidr;
 pub mod cluster;
 pub mod control;
 pub mod env;
+pub mod fuzzing;
 pub mod inject;
 pub mod mount;
 pub mod session;

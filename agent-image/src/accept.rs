@@ -17,11 +17,13 @@ use crate::{env, files};
 
 /// What every workstation's connection shares.
 #[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) token: String,
-    pub(crate) udp_idle: Duration,
+pub struct Settings {
+    /// The session token a workstation must present.
+    pub token: String,
+    /// How long a UDP flow may stay idle before it is closed.
+    pub udp_idle: Duration,
     /// Ingest: the volumes are served read-only.
-    pub(crate) read_only_volumes: bool,
+    pub read_only_volumes: bool,
 }
 
 pub(crate) const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));

@@ -1,14 +1,6 @@
 //! kubedev-agent: the traffic agent that runs as a container in the workload's pods.
 
-mod accept;
-mod env;
-mod files;
-mod incoming;
-mod outgoing;
-mod workstations;
-
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev_process::signals::StopSignals;
@@ -44,21 +36,13 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kubedev_process::logging::init();
-    let settings = accept::Settings {
+    let settings = kubedev_agent::Settings {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };
-    let udp_idle = settings.udp_idle;
-    let workstations = Arc::new(workstations::Workstations::default());
-    let serving = async {
-        tokio::try_join!(
-            accept::run(cli.listen, settings, workstations.clone()),
-            incoming::serve(cli.config.listeners, workstations, udp_idle),
-        )
-    };
     tokio::select! {
-        served = serving => served.map(|_| ()),
+        served = kubedev_agent::run(cli.listen, settings, cli.config.listeners) => served,
         stopped = stop_signal() => stopped,
     }
 }

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod fuzzing;
 pub mod handshake;
 pub mod link;
 pub mod mux;

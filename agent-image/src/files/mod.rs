@@ -31,8 +31,19 @@ const MAX_REQUEST: u32 = 256 * 1024 + 1024;
 /// Serves the volumes over SFTP on `stream` until the workstation ends the session.
 pub(crate) async fn serve(mut stream: MuxStream, read_only: bool) -> std::io::Result<()> {
     answer(&mut stream, &OpenReply::Connected).await?;
-    let volumes = Volumes::new(std::path::Path::new(VOLUMES_ROOT), read_only);
-    serve_sftp(stream, volumes).await
+    serve_dir(stream, std::path::Path::new(VOLUMES_ROOT), read_only).await
+}
+
+/// Serves the files under `root` over SFTP on `stream`, as if they were the volumes.
+pub(crate) async fn serve_dir<S>(
+    stream: S,
+    root: &std::path::Path,
+    read_only: bool,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    serve_sftp(stream, Volumes::new(root, read_only)).await
 }
 
 async fn serve_sftp<S>(stream: S, volumes: Volumes) -> std::io::Result<()>

@@ -27,12 +27,14 @@ struct Route {
 }
 
 /// Serves HTTP/1.1 on `connection`, routing every request.
-pub(super) async fn serve(
-    connection: TcpStream,
+pub(crate) async fn serve<C>(
+    connection: C,
     peer: SocketAddr,
     listener: Listener,
     claimants: Vec<Claimant>,
-) {
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let route = Arc::new(Route {
         listener,
         claimants,

@@ -4,7 +4,7 @@
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
 //! some HTTP requests ([`http`]); UDP peers in [`udp`].
 
-mod http;
+pub(crate) mod http;
 mod tcp;
 mod udp;
 

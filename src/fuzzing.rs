@@ -1,0 +1,102 @@
+//! What the `control_request` fuzz target in `fuzz/` runs: bytes on tunneld's control
+//! socket. A request that decodes must encode back to itself, and the ranges it asks for
+//! (`--also-proxy`, `--never-proxy`) must come out of the route arithmetic as promised.
+//! The unit test replays every input kept in `fuzz/inputs/control_request/`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use kubedev_protocol::codec::{CodecError, read_message, write_message};
+use kubedev_protocol::fuzzing::block_on;
+
+use crate::cidr::{self, Cidr};
+use crate::control::{ControlRequest, ProxyChoices, socket_path};
+
+/// Reads control requests from `input` until one does not decode.
+pub fn control_request(mut input: &[u8]) {
+    block_on(async {
+        while let Ok(request) = read_message::<_, ControlRequest>(&mut input).await {
+            let mut encoded = Vec::new();
+            match write_message(&mut encoded, &request).await {
+                Ok(()) => {}
+                Err(CodecError::TooLong(_)) => continue,
+                Err(err) => panic!("{request:?} does not encode: {err}"),
+            }
+            let decoded: ControlRequest = read_message(&mut encoded.as_slice())
+                .await
+                .expect("what was encoded decodes");
+            assert_eq!(decoded, request);
+            check_names(&request);
+            if let ControlRequest::AddSession { proxy, .. } = &request {
+                check_proxy_choices(proxy);
+            }
+        }
+    });
+}
+
+/// A name from a request never leads a socket out of its directory.
+fn check_names(request: &ControlRequest) {
+    let name = match request {
+        ControlRequest::AddSession { name, .. }
+        | ControlRequest::RemoveSession { name }
+        | ControlRequest::Environment { name }
+        | ControlRequest::OpenFiles { name } => name,
+        ControlRequest::Hold(held) => &held.name,
+        ControlRequest::Status | ControlRequest::Release => return,
+    };
+    let dir = Path::new("/run/user/1000");
+    assert_eq!(socket_path(dir, name).parent(), Some(dir));
+}
+
+fn check_proxy_choices(proxy: &ProxyChoices) {
+    let mut merged = ProxyChoices::default();
+    merged.merge(proxy);
+    assert!(
+        !merged.merge(proxy),
+        "merging the same choices twice adds nothing"
+    );
+    for range in &proxy.also_proxy {
+        check_subtract(range, &proxy.never_proxy);
+    }
+}
+
+/// What is left of `range` without `removed`: inside `range`, outside every removed
+/// range, and every address at an edge of a range is on the right side.
+fn check_subtract(range: &Cidr, removed: &[Cidr]) {
+    let left = cidr::subtract(range, removed);
+    for (i, part) in left.iter().enumerate() {
+        assert!(cidr::holds(&range.trunc(), part), "{part} outside {range}");
+        assert!(!removed.iter().any(|cut| cidr::overlap(cut, part)));
+        assert!(!left[i + 1..].iter().any(|other| cidr::overlap(other, part)));
+    }
+    let edges = std::iter::once(range)
+        .chain(removed)
+        .flat_map(|r| [u32::from(r.network()), u32::from(r.broadcast())])
+        .flat_map(|edge| [edge.saturating_sub(1), edge, edge.saturating_add(1)]);
+    for address in edges.map(Ipv4Addr::from) {
+        let kept = left.iter().any(|part| part.contains(&address));
+        let wanted =
+            range.trunc().contains(&address) && !removed.iter().any(|cut| cut.contains(&address));
+        assert_eq!(
+            kept, wanted,
+            "{address} of {range} less {removed:?}: {left:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kubedev_protocol::fuzzing::kept_inputs;
+
+    use super::*;
+
+    #[test]
+    fn kept_control_request_inputs_pass() {
+        let inputs = kept_inputs("control_request");
+        assert!(!inputs.is_empty());
+        for (path, input) in inputs {
+            eprintln!("{}", path.display());
+            control_request(&input);
+        }
+    }
+}
