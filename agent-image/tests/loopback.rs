@@ -302,3 +302,51 @@ async fn a_stalled_flow_does_not_stall_the_others() {
     assert_eq!(answers.len(), 199);
     assert!(answers.iter().all(|a| a == "got 65536 bytes"));
 }
+
+/// A free TCP port on loopback, for the agent to listen on.
+async fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    probe.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn a_connection_the_workstation_does_not_accept_goes_to_the_app_before_its_client_gives_up() {
+    let app_port = counting_server().await;
+    let port = free_port().await;
+    let config =
+        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
+    let agent = Agent::start_with(&config);
+    // The workstation claims the port, then stops answering (its link died unnoticed):
+    // the streams the agent opens toward it are kept, never answered.
+    let (link, mut inbound_rx) = agent.link_with_inbound().await;
+    link.claim(app_port, None).await.expect("claimed");
+    let (unanswered_tx, mut unanswered_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(stream) = inbound_rx.recv().await {
+            let _ = unanswered_tx.send(stream);
+        }
+    });
+
+    // A client with a common timeout gets the app's answer, and so does every next one.
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+    for attempt in 0..3 {
+        let mut client = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        client.write_all(b"hello").await.expect("send");
+        client.shutdown().await.expect("half-close");
+        let mut answer = String::new();
+        tokio::time::timeout(CLIENT_TIMEOUT, client.read_to_string(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("connection {attempt}: no answer within {CLIENT_TIMEOUT:?}"))
+            .expect("answer");
+        assert_eq!(
+            answer, "got 5 bytes",
+            "connection {attempt}: the app answers"
+        );
+        assert!(
+            unanswered_rx.recv().await.is_some(),
+            "the workstation was asked first"
+        );
+    }
+}

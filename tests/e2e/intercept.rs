@@ -122,6 +122,35 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
     assert_eq!(listed[0]["workload"], "deployment/echo");
     assert_eq!(listed[0]["linked_pods"].as_array().map(Vec::len), Some(1));
 
+    // The agent's control port is reachable only through the API server's port-forward:
+    // another pod finds it closed on the agent pod, whose other ports answer.
+    let pod_ip =
+        s.ns.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "kubedev.io/session",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])
+        .expect("the agent pod's IP");
+    let control = format!("{}:{}", pod_ip.trim(), kubedev_protocol::AGENT_PORT);
+    let refused =
+        s.ns.exec("client", &["probe", "tcp", &control, "hello"])
+            .expect_err("the control port is closed to other pods");
+    assert!(
+        format!("{refused:#}").contains("Connection refused"),
+        "{refused:#}"
+    );
+    let app_port = format!("{}:7000", pod_ip.trim());
+    let answered =
+        s.ns.exec(
+            "client",
+            &["probe", "tcp", &app_port, "the pod is reachable"],
+        )
+        .expect("the app's port");
+    assert!(answered.starts_with("echo from echo-"), "{answered}");
+
     s.plugin_ok(&["leave", "echo"]);
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
     assert!(s.get("/checkout").starts_with("echo from echo-"));
@@ -717,4 +746,136 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
     assert!(plugin.wait().expect("plugin exits").success());
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+#[tokio::test]
+async fn two_developers_racing_for_one_workload_one_wins_and_the_other_is_told_who() {
+    let s = setup("intercept-race", false, 1, 3000).await;
+    let bob = Workstation::create(&s.cluster);
+    let _bob_server = bob.serve_http(3000, "bob");
+    let developers = [("alice", &s.workstation), ("bob", &bob)];
+    let (cluster, namespace) = (&s.cluster, s.ns.name.as_str());
+    for round in 0..10 {
+        // Each round another developer's run starts first.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let outputs = std::thread::scope(|scope| {
+            let runs = order.map(|i| {
+                let (name, workstation) = developers[i];
+                let args = [
+                    "echo",
+                    "-n",
+                    namespace,
+                    "--port",
+                    "3000:http",
+                    "--name",
+                    name,
+                    "--detach",
+                ];
+                scope.spawn(move || (name, workstation.plugin(cluster, PLUGIN, &args)))
+            });
+            runs.map(|run| run.join().expect("a plugin run"))
+        });
+        let won: Vec<&str> = outputs
+            .iter()
+            .filter(|(_, output)| output.status.success())
+            .map(|(name, _)| *name)
+            .collect();
+        let [winner] = won[..] else {
+            panic!("round {round}: not one winner: {outputs:?}");
+        };
+        let (_, lost) = outputs
+            .iter()
+            .find(|(name, _)| *name != winner)
+            .expect("a loser");
+        let refusal = String::from_utf8_lossy(&lost.stderr);
+        assert!(
+            refusal.contains(&format!("intercept \"{winner}\" is already on it"))
+                && refusal.contains("(held by "),
+            "round {round}: the refusal names the holder: {refusal}"
+        );
+        // The record is the winner's, whole: the session lists and the laptop answers.
+        let listed: Value =
+            serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
+        assert_eq!(listed[0]["name"], winner, "round {round}: {listed}");
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+        let local = if winner == "alice" { "laptop" } else { "bob" };
+        assert_eq!(
+            s.get("/race").trim(),
+            format!("local {local}: GET /race HTTP/1.1")
+        );
+
+        let leaver = developers.iter().find(|(name, _)| *name == winner);
+        let (_, workstation) = leaver.expect("the winner");
+        workstation.plugin_ok(&s.cluster, PLUGIN, &["leave", winner, "-n", &s.ns.name]);
+        assert_eq!(
+            stored(&s.ns, false).await,
+            s.before,
+            "round {round}: restored"
+        );
+    }
+    let leases =
+        s.ns.kubectl_ok(&["get", "leases", "-o", "name"])
+            .expect("leases");
+    assert!(leases.trim().is_empty(), "no lease left: {leases}");
+}
+
+#[tokio::test]
+async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restores() {
+    let s = setup("intercept-race-filtered", false, 1, 3000).await;
+    let bob = Workstation::create(&s.cluster);
+    let _bob_server = bob.serve_http(3000, "bob");
+    let developers = [("alice", &s.workstation), ("bob", &bob)];
+    let (cluster, namespace) = (&s.cluster, s.ns.name.as_str());
+    for round in 0..3 {
+        std::thread::scope(|scope| {
+            let runs = developers.map(|(name, workstation)| {
+                let header = format!("x-dev={name}");
+                scope.spawn(move || {
+                    let args = [
+                        "echo",
+                        "-n",
+                        namespace,
+                        "--port",
+                        "3000:http",
+                        "--http-header",
+                        &header,
+                        "--name",
+                        name,
+                        "--detach",
+                    ];
+                    workstation.plugin_ok(cluster, PLUGIN, &args)
+                })
+            });
+            runs.map(|run| run.join().expect("both get in"))
+        });
+        assert_eq!(
+            s.get_with("/who", Some("X-Dev: alice")),
+            "local laptop: GET /who HTTP/1.1"
+        );
+        assert_eq!(
+            s.get_with("/who", Some("X-Dev: bob")),
+            "local bob: GET /who HTTP/1.1"
+        );
+        // Whoever leaves first, the other keeps the session; the last restores.
+        let (first, last) = if round % 2 == 0 {
+            (developers[0], developers[1])
+        } else {
+            (developers[1], developers[0])
+        };
+        first
+            .1
+            .plugin_ok(&s.cluster, PLUGIN, &["leave", first.0, "-n", &s.ns.name]);
+        assert_ne!(
+            stored(&s.ns, false).await,
+            s.before,
+            "round {round}: one left"
+        );
+        last.1
+            .plugin_ok(&s.cluster, PLUGIN, &["leave", last.0, "-n", &s.ns.name]);
+        assert_eq!(
+            stored(&s.ns, false).await,
+            s.before,
+            "round {round}: restored"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
-use kubedev_protocol::{HANDSHAKE_TIMEOUT, Listener, OpenRequest, Transport};
+use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::workstations::Workstations;
@@ -69,6 +69,12 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// How long a workstation has to accept a connection before it goes to the app (or, with
+/// no app, is refused). Nothing of it has been relayed by then; a link that died unnoticed
+/// (a laptop gone from the network, found dead only by the next keepalive) must not hold
+/// requests until their clients give up. An accept takes one round trip to the workstation.
+const WORKSTATION_ACCEPT_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Opens a stream to the workstation of `session` for a connection to the app's `app_port`
 /// (or, for UDP, one peer's datagrams).
 pub(crate) async fn to_workstation(
@@ -80,7 +86,7 @@ pub(crate) async fn to_workstation(
         port: app_port,
         transport,
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, open_flow(session, &request)).await {
+    match tokio::time::timeout(WORKSTATION_ACCEPT_TIMEOUT, open_flow(session, &request)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
         Ok(Err(LinkError::Unexpected(reply))) => {
