@@ -8,7 +8,7 @@ export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
 KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
 
-.PHONY: bench build fuzz lint test test-fuzz test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: bench build fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
@@ -27,7 +27,7 @@ lint:
 
 ## Every test: unit, component, then e2e against the local cluster, which is then
 ## torn down and checked for leftovers.
-test: lint test-unit test-component test-fuzz test-e2e test-teardown
+test: lint test-unit test-component test-fuzz test-e2e test-soak test-teardown
 
 # Unit tests: pure logic, no processes, no cluster.
 test-unit:
@@ -46,6 +46,11 @@ test-e2e: cluster-up
 	cargo build
 	cargo test -p kubedev-e2e -- --test-threads 4
 
+# The soak in a bounded form: a minute under load, every bound checked.
+test-soak: cluster-up
+	cargo build -p kubedev-bench
+	SOAK_SECONDS=60 target/debug/kubedev-bench soak
+
 # `down` leaves no process, interface, netns, route, iptables chain or state behind.
 test-teardown:
 	$(CLUSTER) down
@@ -63,6 +68,15 @@ cluster-up:
 
 cluster-down:
 	$(CLUSTER) down
+
+## One session under steady load for SOAK_SECONDS (1,000 flows through the tunnel,
+## intercepted requests from a pod), then the highest intercepted request rate with no
+## error; fails on any failed request or a bound passed. Figures go to docs/benchmarks.md.
+SOAK_SECONDS ?= 600
+soak: cluster-up
+	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept -p kubedev-test-fixtures
+	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
+		SOAK_SECONDS=$(SOAK_SECONDS) KUBEDEV_SOAK_REPORT=1 target/release/kubedev-bench soak
 
 ## Fuzz what peers send (frames, the handshake, control requests, HTTP requests, SFTP
 ## paths) for FUZZ_SECONDS per target; crashes land in fuzz/artifacts/TARGET/. Keep each

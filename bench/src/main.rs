@@ -11,6 +11,10 @@
 //! Then kubectl port-forward and kubedev over a wire with added round-trip times
 //! ([`distance`]), the agent's memory ([`memory`]) and how long intercept sessions take to
 //! start and end ([`sessions`]); [`report`] writes it all up.
+//!
+//! `kubedev-bench soak` ([`soak`], `make soak`) runs one session under steady load for
+//! `SOAK_SECONDS` and fails if anything failed or grew past its bounds; with
+//! `KUBEDEV_SOAK_REPORT=1` its figures replace the soak section of docs/benchmarks.md.
 
 mod distance;
 mod intercepted;
@@ -21,6 +25,7 @@ mod paths;
 mod processes;
 mod report;
 mod sessions;
+mod soak;
 
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
@@ -32,8 +37,16 @@ const TOKEN: &str = "bench-token";
 /// The pod that sends requests to intercepted workloads.
 const CLIENT: &str = "client";
 
+/// Where the report goes.
+fn benchmarks_md() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        return soak_main().await;
+    }
     let sizes = Sizes::from_env();
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "bench").await;
@@ -75,9 +88,39 @@ async fn main() -> anyhow::Result<()> {
         memory: &memory,
         sessions: &sessions,
     });
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    let path = benchmarks_md();
+    // The soak's figures are the soak's to write.
+    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    let report = match soak::section_of(&before) {
+        Some(section) => soak::with_section(&report, section),
+        None => report,
+    };
     std::fs::write(&path, &report)?;
     println!("{report}");
     eprintln!("bench: written to {}", path.display());
+    Ok(())
+}
+
+async fn soak_main() -> anyhow::Result<()> {
+    let seconds = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "soak").await;
+    ns.deploy_echo("echo", 1).await?;
+    let echo = paths::EchoPod::find(&ns).await?;
+    ns.start_client(CLIENT).await?;
+    let soaked = soak::soak(&cluster, &ns, &echo, seconds).await?;
+    let section = soak::render(&soaked);
+    println!("{section}");
+    if std::env::var_os("KUBEDEV_SOAK_REPORT").is_some_and(|v| v == "1") {
+        let path = benchmarks_md();
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, soak::with_section(&doc, &section))?;
+        eprintln!("soak: written to {}", path.display());
+    }
+    let problems = soaked.problems();
+    anyhow::ensure!(problems.is_empty(), "soak failed:\n{}", problems.join("\n"));
     Ok(())
 }

@@ -34,7 +34,7 @@ pub(crate) async fn agent_memory(
     workstation
         .start_tunneld(cluster, &ns.name, "app=kubedev-agent-fresh", TOKEN)
         .await;
-    let agent_pid = agent_pid(ns, "app=kubedev-agent-fresh").await?;
+    let agent_pid = agent_pid(ns, "app=kubedev-agent-fresh", "agent").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_kib = rss_kib(agent_pid);
     let echo = pod.echo();

@@ -150,6 +150,9 @@ pub(crate) async fn kubedev(
     workstation
         .start_tunneld(cluster, &ns.name, agents, TOKEN)
         .await;
-    let busy = vec![workstation.tunneld_pid(), agent_pid(ns, agents).await?];
+    let busy = vec![
+        workstation.tunneld_pid(),
+        agent_pid(ns, agents, "agent").await?,
+    ];
     Ok(Vantage::Workstation(workstation).measure(pod.target(), sizes, busy))
 }

@@ -5,8 +5,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kubedev_e2e::TestNamespace;
 
-/// The process id of the agent container in the one pod `labels` selects.
-pub(crate) async fn agent_pid(ns: &TestNamespace, labels: &str) -> anyhow::Result<u32> {
+/// The process id of the agent in container `container` of the one pod `labels` selects.
+pub(crate) async fn agent_pid(
+    ns: &TestNamespace,
+    labels: &str,
+    container: &str,
+) -> anyhow::Result<u32> {
     let pods = ns
         .api::<Pod>()
         .list(&ListParams::default().labels(labels))
@@ -18,7 +22,7 @@ pub(crate) async fn agent_pid(ns: &TestNamespace, labels: &str) -> anyhow::Resul
         .status
         .as_ref()
         .and_then(|status| status.container_statuses.as_ref())
-        .and_then(|containers| containers.iter().find(|c| c.name == "agent"))
+        .and_then(|containers| containers.iter().find(|c| c.name == container))
         .and_then(|agent| agent.container_id.as_deref())
         .and_then(|id| id.rsplit("://").next())
         .ok_or_else(|| anyhow::anyhow!("no running agent container in {labels}"))?
@@ -58,6 +62,13 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
             ticks as f64 / TICKS_PER_S
         })
         .sum()
+}
+
+/// The file descriptors `pid` holds.
+pub(crate) fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| fds.count() as u64)
+        .unwrap_or_else(|err| panic!("descriptors of process {pid}: {err}"))
 }
 
 /// The resident memory of `pid`, KiB.

@@ -1,0 +1,146 @@
+//! The soak's section of docs/benchmarks.md, which `make bench` keeps when it writes the
+//! rest of the file.
+
+use std::fmt::Write as _;
+
+use super::{BOUNDS, FLOW_PERIOD, FLOWS, RATE_STEP_SECONDS, REQUEST_RATE, Soaked, Usage};
+
+/// The first line of the section; everything from it to the end of the file is the soak's.
+pub(crate) const HEADING: &str = "## Soak (`make soak`)";
+
+/// The soak's section of `doc`, if it has one.
+pub(crate) fn section_of(doc: &str) -> Option<&str> {
+    doc.find(HEADING).map(|start| &doc[start..])
+}
+
+/// `doc` with its soak section (if any) replaced by `section`.
+pub(crate) fn with_section(doc: &str, section: &str) -> String {
+    let before = doc.find(HEADING).map_or(doc, |start| &doc[..start]);
+    format!("{}\n\n{section}", before.trim_end())
+}
+
+pub(crate) fn render(soaked: &Soaked) -> String {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let usage = |usage: &Usage| {
+        (
+            format!(
+                "{:.1} / {:.1} / {:.1} MiB",
+                mib(usage.first_rss_kib),
+                mib(usage.max_rss_kib),
+                mib(usage.last_rss_kib)
+            ),
+            format!(
+                "{} / {} / {}",
+                usage.first_fds, usage.max_fds, usage.last_fds
+            ),
+        )
+    };
+    let (agent_rss, agent_fds) = usage(&soaked.agent);
+    let (tunneld_rss, tunneld_fds) = usage(&soaked.tunneld);
+    let steady = &soaked.steady;
+    let mut out = format!("{HEADING}\n\n");
+    let _ = writeln!(
+        out,
+        "One intercept session under steady load for {} s, on the same cluster and machine. A \
+         workstation network namespace holds {FLOWS} TCP flows through tunneld to an echo pod \
+         and sends a message on each in turn (each flow every {} s), while a client pod sends \
+         {REQUEST_RATE} requests/s (a new connection each) to the intercepted Service, answered \
+         on the workstation. Memory and descriptors are read every 5 s from /proc: first under \
+         load / highest / last.\n",
+        soaked.seconds,
+        FLOW_PERIOD.as_secs()
+    );
+    out += "| measurement | figure | bound |\n| --- | ---: | ---: |\n";
+    let _ = writeln!(
+        out,
+        "| flows held open through the tunnel | {} | {FLOWS} |",
+        soaked.flows.open
+    );
+    let _ = writeln!(
+        out,
+        "| messages echoed on them | {} of {} ({} failed) | 0 failed |",
+        soaked.flows.exchanges - soaked.flows.failed,
+        soaked.flows.exchanges,
+        soaked.flows.failed
+    );
+    let _ = writeln!(
+        out,
+        "| intercepted requests answered by the workstation | {} of {} ({} failed) | 0 failed |",
+        steady.requests - steady.failed,
+        steady.requests,
+        steady.failed
+    );
+    let _ = writeln!(
+        out,
+        "| their latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | |",
+        steady.p50_ms, steady.p99_ms, steady.max_ms
+    );
+    let _ = writeln!(
+        out,
+        "| agent RSS | {agent_rss} | {} MiB |",
+        BOUNDS.agent_rss_mib
+    );
+    let _ = writeln!(
+        out,
+        "| agent file descriptors | {agent_fds} | {} |",
+        BOUNDS.agent_fds
+    );
+    let _ = writeln!(
+        out,
+        "| tunneld RSS | {tunneld_rss} | {} MiB |",
+        BOUNDS.tunneld_rss_mib
+    );
+    let _ = writeln!(
+        out,
+        "| tunneld file descriptors | {tunneld_fds} | {} |",
+        BOUNDS.tunneld_fds
+    );
+    out += "\nBounds also hold over time: by the end at most a quarter (and 8 MiB) more memory and \
+            16 more descriptors than at first.\n\n";
+    let _ = writeln!(
+        out,
+        "### Highest intercepted request rate\n\n\
+         After the soak, the client pod sends requests flat out from more and more workers \
+         ({RATE_STEP_SECONDS} s each, a new connection per request, the {FLOWS} flows still \
+         open).\n\n\
+         | workers | requests/s | failed | p50 | p99 |\n| ---: | ---: | ---: | ---: | ---: |"
+    );
+    for step in &soaked.rate_steps {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {:.1} ms | {:.1} ms |",
+            step.workers, step.rate, step.failed, step.p50_ms, step.p99_ms
+        );
+    }
+    if let Some(best) = soaked.best_rate() {
+        let _ = writeln!(
+            out,
+            "\nHighest rate held with no error: **{:.0} requests/s** ({} workers).",
+            best.rate, best.workers
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_replaced_and_kept_whole() {
+        let doc = format!("# Benchmarks\n\ntables\n\n{HEADING}\n\nold figures\n");
+        assert_eq!(
+            section_of(&doc),
+            Some(format!("{HEADING}\n\nold figures\n").as_str())
+        );
+        let new = format!("{HEADING}\n\nnew figures\n");
+        assert_eq!(
+            with_section(&doc, &new),
+            format!("# Benchmarks\n\ntables\n\n{HEADING}\n\nnew figures\n")
+        );
+        assert_eq!(
+            with_section("# Benchmarks\n", &new),
+            format!("# Benchmarks\n\n{new}")
+        );
+    }
+}
