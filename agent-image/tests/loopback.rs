@@ -316,16 +316,21 @@ async fn a_connection_the_workstation_does_not_accept_goes_to_the_app_before_its
     let config =
         format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
     let agent = Agent::start_with(&config);
-    // The workstation claims the port, then stops answering (its link died unnoticed):
-    // the streams the agent opens toward it are kept, never answered.
-    let (link, mut inbound_rx) = agent.link_with_inbound().await;
-    link.claim(app_port, None).await.expect("claimed");
+    // The workstation claims the port on each of its links, then stops answering (they died
+    // unnoticed): the streams the agent opens toward it are kept, never answered.
     let (unanswered_tx, mut unanswered_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(stream) = inbound_rx.recv().await {
-            let _ = unanswered_tx.send(stream);
-        }
-    });
+    let mut links = Vec::new();
+    for _ in 0..4 {
+        let (link, mut inbound_rx) = agent.link_with_inbound().await;
+        link.claim(app_port, None).await.expect("claimed");
+        let unanswered_tx = unanswered_tx.clone();
+        tokio::spawn(async move {
+            while let Some(stream) = inbound_rx.recv().await {
+                let _ = unanswered_tx.send(stream);
+            }
+        });
+        links.push(link);
+    }
 
     // A client with a common timeout gets the app's answer, and so does every next one.
     const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);

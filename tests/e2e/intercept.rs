@@ -715,8 +715,27 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
     );
     wait_until_local(&s, &mut plugin);
 
-    s.workstation
-        .cut_off_from_api_server(&s.cluster, std::time::Duration::from_secs(30));
+    // Requests sent all through the outage are answered: by the app while the workstation
+    // does not accept them (its link is dead, not yet found dead), by the laptop once back.
+    let during = std::thread::scope(|scope| {
+        let requests = scope.spawn(|| {
+            s.ns.exec(
+                "client",
+                &[
+                    "probe",
+                    "load",
+                    "echo:8080",
+                    "workers=1,seconds=25,rate=1,expect=GET /load",
+                ],
+            )
+        });
+        s.workstation
+            .cut_off_from_api_server(&s.cluster, std::time::Duration::from_secs(30));
+        requests.join().expect("the requests")
+    });
+    let during = during.expect("probe load");
+    eprintln!("requests during the outage: {during}");
+    assert!(during.contains(" failed=0 "), "{during}");
     // The laptop answers again, with nothing done by hand: its links to the agent lived
     // through the outage, or tunneld found them dead and linked again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);

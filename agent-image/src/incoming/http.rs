@@ -16,7 +16,7 @@ use kubedev_protocol::{HttpFilter, Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::to_workstation;
+use super::to_first_workstation;
 use crate::workstations::Claimant;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -63,10 +63,12 @@ impl Route {
             .find(|c| c.filter.as_ref().is_some_and(|f| matches(f, &request)))
             .or_else(|| self.claimants.iter().find(|c| c.filter.is_none()));
         if let Some(claimant) = chosen {
-            match to_workstation(&claimant.handle, port, Transport::Tcp).await {
-                Ok(stream) => return Ok(send(stream, request).await),
-                // The workstation is gone or refused: the app answers instead.
-                Err(reason) => tracing::debug!("{} to the app: {reason}", request.uri()),
+            let what = request.uri().to_string();
+            let claimant = std::slice::from_ref(claimant);
+            // The workstation gone or refusing, the app answers instead.
+            if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, &what).await
+            {
+                return Ok(send(stream, request).await);
             }
         }
         if !self.listener.app_running {

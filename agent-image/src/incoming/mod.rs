@@ -16,8 +16,9 @@ use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
 use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::Instant;
 
-use crate::workstations::Workstations;
+use crate::workstations::{Claimant, Workstations};
 
 /// Listens on every port in `listeners` until the process ends.
 pub(crate) async fn serve(
@@ -69,30 +70,55 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// How long a workstation has to accept a connection before it goes to the app (or, with
-/// no app, is refused). Nothing of it has been relayed by then; a link that died unnoticed
-/// (a laptop gone from the network, found dead only by the next keepalive) must not hold
-/// requests until their clients give up. An accept takes one round trip to the workstation.
+/// How long the workstations have to accept a connection, in all, before it goes to the
+/// app (or, with no app, is refused). Nothing of it has been relayed by then; a link that
+/// died unnoticed (a laptop gone from the network, found dead only by the next keepalive)
+/// must not hold requests until their clients give up, however many links claimed the
+/// port. An accept takes one round trip to the workstation.
 const WORKSTATION_ACCEPT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// Opens a stream to the workstation of `session` for a connection to the app's `app_port`
-/// (or, for UDP, one peer's datagrams).
-pub(crate) async fn to_workstation(
+/// Opens a stream for a connection to the app's `app_port` (or, for UDP, one peer's
+/// datagrams) with the first of `claimants` that accepts it in time; `what` names the
+/// connection in the log.
+pub(crate) async fn to_first_workstation(
+    claimants: &[Claimant],
+    app_port: u16,
+    transport: Transport,
+    what: &str,
+) -> Option<MuxStream> {
+    let deadline = Instant::now() + WORKSTATION_ACCEPT_TIMEOUT;
+    for claimant in claimants {
+        if Instant::now() >= deadline {
+            tracing::debug!("{what} -> port {app_port}: no workstation accepted in time");
+            break;
+        }
+        match to_workstation(&claimant.handle, app_port, transport, deadline).await {
+            Ok(stream) => return Some(stream),
+            Err(reason) => tracing::debug!("{what} -> port {app_port}: {reason}"),
+        }
+    }
+    None
+}
+
+/// Opens a stream to the workstation of `session` for a connection to the app's
+/// `app_port`, if it accepts before `deadline`.
+async fn to_workstation(
     session: &MuxHandle,
     app_port: u16,
     transport: Transport,
+    deadline: Instant,
 ) -> Result<MuxStream, String> {
     let request = OpenRequest::Inbound {
         port: app_port,
         transport,
     };
-    match tokio::time::timeout(WORKSTATION_ACCEPT_TIMEOUT, open_flow(session, &request)).await {
+    match tokio::time::timeout_at(deadline, open_flow(session, &request)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
         Ok(Err(LinkError::Unexpected(reply))) => {
             Err(format!("unexpected answer from the workstation: {reply:?}"))
         }
         Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("the workstation did not answer".to_owned()),
+        Err(_) => Err("the workstation did not answer in time".to_owned()),
     }
 }

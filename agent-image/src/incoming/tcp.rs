@@ -7,7 +7,7 @@ use kubedev_protocol::splice::splice;
 use kubedev_protocol::{Listener, Transport};
 use tokio::net::TcpStream;
 
-use super::{http, to_workstation};
+use super::{http, to_first_workstation};
 use crate::workstations::Workstations;
 
 /// Hands one connection to the first claimant that takes it, else to the app.
@@ -28,15 +28,13 @@ pub(super) async fn deliver(
         tracing::debug!("{peer}: HTTP/2 on a filtered port, not routed by request");
         claimants.retain(|c| c.filter.is_none());
     }
-    for claimant in &claimants {
-        match to_workstation(&claimant.handle, listener.app_port, Transport::Tcp).await {
-            Ok(mut stream) => {
-                tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
-                let _ = splice(&mut connection, &mut stream).await;
-                return;
-            }
-            Err(reason) => tracing::debug!("{peer} -> port {}: {reason}", listener.app_port),
-        }
+    let what = peer.to_string();
+    if let Some(mut stream) =
+        to_first_workstation(&claimants, listener.app_port, Transport::Tcp, &what).await
+    {
+        tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
+        let _ = splice(&mut connection, &mut stream).await;
+        return;
     }
     if !listener.app_running {
         return tracing::debug!(

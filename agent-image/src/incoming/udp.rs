@@ -12,7 +12,7 @@ use kubedev_protocol::{Listener, Transport};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::to_workstation;
+use super::to_first_workstation;
 use crate::workstations::Workstations;
 
 /// How often flows that ended are forgotten.
@@ -68,17 +68,10 @@ impl Flow {
             app_port,
             idle,
         } = self;
-        let mut stream = None;
-        for claimant in workstations.claimants(app_port) {
-            match to_workstation(&claimant.handle, app_port, Transport::Udp).await {
-                Ok(opened) => {
-                    stream = Some(opened);
-                    break;
-                }
-                Err(reason) => tracing::debug!("udp {peer} -> port {app_port}: {reason}"),
-            }
-        }
-        let Some(stream) = stream else {
+        let claimants = workstations.claimants(app_port);
+        let what = format!("udp {peer}");
+        let Some(stream) = to_first_workstation(&claimants, app_port, Transport::Udp, &what).await
+        else {
             return tracing::debug!("udp {peer} -> port {app_port}: no workstation, dropped");
         };
         tracing::debug!("udp {peer} -> port {app_port}: to the workstation");
