@@ -35,7 +35,9 @@ const LOCAL_PORT: u16 = 3000;
 /// How often memory and descriptors are read.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The workers of each flat-out step of the request-rate search, and each step's length.
-const RATE_STEPS: [u32; 5] = [1, 4, 16, 32, 64];
+/// Each step also measures the app answering directly (a Service not intercepted): the
+/// baseline of the same run.
+const RATE_STEPS: [u32; 5] = [1, 4, 16, 64, 128];
 const RATE_STEP_SECONDS: u32 = 5;
 
 /// What each process may hold at most while the soak runs.
@@ -163,7 +165,15 @@ pub(crate) struct Soaked {
     pub(crate) steady: Load,
     pub(crate) agent: Usage,
     pub(crate) tunneld: Usage,
-    pub(crate) rate_steps: Vec<Load>,
+    pub(crate) rate_steps: Vec<RateStep>,
+}
+
+/// One step of the request-rate search: the same load on the app directly, and on the
+/// intercepted Service.
+#[derive(Debug, Clone)]
+pub(crate) struct RateStep {
+    pub(crate) direct: Load,
+    pub(crate) intercepted: Load,
 }
 
 impl Soaked {
@@ -198,6 +208,7 @@ impl Soaked {
     pub(crate) fn best_rate(&self) -> Option<&Load> {
         self.rate_steps
             .iter()
+            .map(|step| &step.intercepted)
             .filter(|step| step.failed == 0)
             .max_by(|a, b| a.rate.total_cmp(&b.rate))
     }
@@ -219,12 +230,15 @@ pub(crate) async fn soak(
         workstation.plugin_ok(cluster, "kubectl-intercept", &all)
     };
     plugin(&[TARGET, "--port", &format!("{LOCAL_PORT}:http"), "--detach"]);
-    let target = format!("{TARGET}:8080");
-    let load = |workers: u32, seconds: u32, rate: Option<u32>| -> anyhow::Result<Load> {
+    let load_on = |target: &str, expect: &str, workers: u32, seconds: u32, rate: Option<u32>| {
         let rate = rate.map(|r| format!(",rate={r}")).unwrap_or_default();
-        let spec = format!("workers={workers},seconds={seconds}{rate},expect=local laptop");
-        let summary = ns.exec(CLIENT, &["probe", "load", &target, &spec])?;
+        let spec = format!("workers={workers},seconds={seconds}{rate},expect={expect}");
+        let summary = ns.exec(CLIENT, &["probe", "load", target, &spec])?;
         Load::parse(workers, summary.trim())
+    };
+    let intercepted = format!("{TARGET}:8080");
+    let load = |workers: u32, seconds: u32, rate: Option<u32>| {
+        load_on(&intercepted, "local laptop", workers, seconds, rate)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -282,10 +296,13 @@ pub(crate) async fn soak(
     eprintln!("soak: the highest intercepted request rate with no error");
     let mut rate_steps = Vec::new();
     for workers in RATE_STEPS {
-        let step = load(workers, RATE_STEP_SECONDS, None)?;
+        let step = RateStep {
+            direct: load_on("echo:8080", "echo from", workers, RATE_STEP_SECONDS, None)?,
+            intercepted: load(workers, RATE_STEP_SECONDS, None)?,
+        };
         eprintln!(
-            "soak: {workers} workers: {:.0} requests/s, {} failed",
-            step.rate, step.failed
+            "soak: {workers} workers: {:.0} requests/s intercepted ({} failed), {:.0} direct",
+            step.intercepted.rate, step.intercepted.failed, step.direct.rate
         );
         rate_steps.push(step);
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{BOUNDS, FLOW_PERIOD, FLOWS, RATE_STEP_SECONDS, REQUEST_RATE, Soaked, Usage};
+use super::{BOUNDS, FLOW_PERIOD, FLOWS, RATE_STEP_SECONDS, REQUEST_RATE, RateStep, Soaked, Usage};
 
 /// The first line of the section; everything from it to the end of the file is the soak's.
 pub(crate) const HEADING: &str = "## Soak (`make soak`)";
@@ -101,15 +101,27 @@ pub(crate) fn render(soaked: &Soaked) -> String {
         out,
         "### Highest intercepted request rate\n\n\
          After the soak, the client pod sends requests flat out from more and more workers \
-         ({RATE_STEP_SECONDS} s each, a new connection per request, the {FLOWS} flows still \
-         open).\n\n\
-         | workers | requests/s | failed | p50 | p99 |\n| ---: | ---: | ---: | ---: | ---: |"
+         ({RATE_STEP_SECONDS} s each, a new connection per request, closed by the server as \
+         `Connection: close` asks). The baseline is the same load on a Service of the same \
+         app that is not intercepted, in the same run.\n\n\
+         | workers | app directly, requests/s | intercepted, requests/s | intercepted / direct \
+         | failed | p50 | p99 |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    for step in &soaked.rate_steps {
+    for RateStep {
+        direct,
+        intercepted,
+    } in &soaked.rate_steps
+    {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {} | {:.1} ms | {:.1} ms |",
-            step.workers, step.rate, step.failed, step.p50_ms, step.p99_ms
+            "| {} | {:.0} | {:.0} | {:.2}x | {} | {:.1} ms | {:.1} ms |",
+            intercepted.workers,
+            direct.rate,
+            intercepted.rate,
+            intercepted.rate / direct.rate,
+            intercepted.failed,
+            intercepted.p50_ms,
+            intercepted.p99_ms
         );
     }
     if let Some(best) = soaked.best_rate() {
