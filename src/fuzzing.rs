@@ -6,32 +6,19 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use kubedev_protocol::codec::{CodecError, read_message, write_message};
-use kubedev_protocol::fuzzing::block_on;
+use kubedev_protocol::fuzzing::{block_on, messages_round_trip};
 
 use crate::cidr::{self, Cidr};
 use crate::control::{ControlRequest, ProxyChoices, socket_path};
 
 /// Reads control requests from `input` until one does not decode.
-pub fn control_request(mut input: &[u8]) {
-    block_on(async {
-        while let Ok(request) = read_message::<_, ControlRequest>(&mut input).await {
-            let mut encoded = Vec::new();
-            match write_message(&mut encoded, &request).await {
-                Ok(()) => {}
-                Err(CodecError::TooLong(_)) => continue,
-                Err(err) => panic!("{request:?} does not encode: {err}"),
-            }
-            let decoded: ControlRequest = read_message(&mut encoded.as_slice())
-                .await
-                .expect("what was encoded decodes");
-            assert_eq!(decoded, request);
-            check_names(&request);
-            if let ControlRequest::AddSession { proxy, .. } = &request {
-                check_proxy_choices(proxy);
-            }
+pub fn control_request(input: &[u8]) {
+    for request in block_on(messages_round_trip::<ControlRequest>(input)) {
+        check_names(&request);
+        if let ControlRequest::AddSession { proxy, .. } = &request {
+            check_proxy_choices(proxy);
         }
-    });
+    }
 }
 
 /// A name from a request never leads a socket out of its directory.
@@ -86,17 +73,12 @@ fn check_subtract(range: &Cidr, removed: &[Cidr]) {
 
 #[cfg(test)]
 mod tests {
-    use kubedev_protocol::fuzzing::kept_inputs;
+    use kubedev_protocol::fuzzing::replay_kept_inputs;
 
     use super::*;
 
     #[test]
     fn kept_control_request_inputs_pass() {
-        let inputs = kept_inputs("control_request");
-        assert!(!inputs.is_empty());
-        for (path, input) in inputs {
-            eprintln!("{}", path.display());
-            control_request(&input);
-        }
+        replay_kept_inputs("control_request", control_request);
     }
 }

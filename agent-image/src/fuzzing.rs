@@ -422,27 +422,17 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
-    use kubedev_protocol::fuzzing::kept_inputs;
+    use kubedev_protocol::fuzzing::replay_kept_inputs;
 
     use super::*;
 
     #[test]
     fn kept_http_request_inputs_pass() {
-        let inputs = kept_inputs("http_request");
-        assert!(!inputs.is_empty());
-        for (path, input) in inputs {
-            eprintln!("{}", path.display());
-            http_request(&input);
-        }
+        replay_kept_inputs("http_request", http_request);
     }
 
     #[test]
     fn kept_sftp_paths_inputs_pass() {
-        let inputs = kept_inputs("sftp_paths");
-        assert!(!inputs.is_empty());
-        for (path, input) in inputs {
-            eprintln!("{}", path.display());
-            sftp_paths(&input);
-        }
+        replay_kept_inputs("sftp_paths", sftp_paths);
     }
 }

@@ -71,6 +71,15 @@ impl Setup {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Every session's lease went with it.
+    fn assert_no_lease_left(&self) {
+        let leases = self
+            .ns
+            .kubectl_ok(&["get", "leases", "-o", "name"])
+            .expect("leases");
+        assert!(leases.trim().is_empty(), "no lease left: {leases}");
+    }
+
     fn get(&self, path: &str) -> String {
         http_from_client(&self.ns, "echo:8080", path)
     }
@@ -655,10 +664,7 @@ async fn a_session_whose_machine_died_is_restored_by_the_next_list_once_its_leas
     let said = list_until_reclaimed(&s);
     assert!(said.contains("deployment/echo restored"), "{said}");
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
-    let leases =
-        s.ns.kubectl_ok(&["get", "leases", "-o", "name"])
-            .expect("leases");
-    assert!(leases.trim().is_empty(), "no lease left: {leases}");
+    s.assert_no_lease_left();
 }
 
 #[tokio::test]
@@ -832,10 +838,7 @@ async fn two_developers_racing_for_one_workload_one_wins_and_the_other_is_told_w
             "round {round}: restored"
         );
     }
-    let leases =
-        s.ns.kubectl_ok(&["get", "leases", "-o", "name"])
-            .expect("leases");
-    assert!(leases.trim().is_empty(), "no lease left: {leases}");
+    s.assert_no_lease_left();
 }
 
 #[tokio::test]
