@@ -99,6 +99,9 @@ async fn answer_as_workstation(mut stream: MuxStream) {
 /// The file outside the volumes that symlinks in them lead to.
 const SECRET_NAME: &str = "secret-outside";
 const SECRET: &[u8] = b"not for the workstation";
+/// Another file beside it, whose name no request makes: a listing that shows it is a
+/// listing of the directory outside (a file named [`SECRET_NAME`] may be created inside).
+const MARKER_NAME: &str = "marker-outside";
 /// The most requests taken from one input.
 const MAX_REQUESTS: usize = 64;
 /// Names the paths are made of: what the volumes and the files beside them hold.
@@ -197,7 +200,7 @@ impl SftpSession {
                 "read a file outside the volumes"
             ),
             Packet::Name(name) if lists => assert!(
-                !name.files.iter().any(|f| f.filename == SECRET_NAME),
+                !name.files.iter().any(|f| f.filename == MARKER_NAME),
                 "listed a directory outside the volumes"
             ),
             _ => {}
@@ -367,6 +370,7 @@ impl Scratch {
         std::fs::create_dir_all(&outside).expect("beside them");
         std::fs::write(volumes.join("data/seed.txt"), "from the pod").expect("a file");
         std::fs::write(outside.join(SECRET_NAME), SECRET).expect("the secret");
+        std::fs::write(outside.join(MARKER_NAME), "").expect("the marker");
         let links: [(&str, PathBuf); 4] = [
             ("out", "../outside".into()),
             ("abs", outside.clone()),

@@ -57,15 +57,16 @@ pub(crate) struct Bounds {
     pub(crate) tunneld_fds: u64,
 }
 
-/// One process's resources, first once under load, at their highest, and at the end.
+/// One process's resources: first once under load, at their highest under load, and
+/// after the load ended (the flows closed).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Usage {
     pub(crate) first_rss_kib: u64,
     pub(crate) max_rss_kib: u64,
-    pub(crate) last_rss_kib: u64,
+    pub(crate) after_rss_kib: u64,
     pub(crate) first_fds: u64,
     pub(crate) max_fds: u64,
-    pub(crate) last_fds: u64,
+    pub(crate) after_fds: u64,
 }
 
 impl Usage {
@@ -76,11 +77,15 @@ impl Usage {
         }
         self.max_rss_kib = self.max_rss_kib.max(rss);
         self.max_fds = self.max_fds.max(fds);
-        (self.last_rss_kib, self.last_fds) = (rss, fds);
     }
 
-    /// Whether it stayed under `rss_mib` and `fds`, and did not keep growing: by the end
-    /// at most a quarter (and 8 MiB) more memory and 16 more descriptors than at first.
+    fn sample_after(&mut self, pid: u32) {
+        (self.after_rss_kib, self.after_fds) = (rss_kib(pid), open_fds(pid));
+    }
+
+    /// Whether it stayed under `rss_mib` and `fds`, and gave back what the load took:
+    /// after it at most a quarter (and 8 MiB) more memory and 16 more descriptors than
+    /// when it began.
     fn problems(&self, who: &str, rss_mib: u64, fds: u64) -> Vec<String> {
         let mut problems = Vec::new();
         if self.max_rss_kib > rss_mib * 1024 {
@@ -95,16 +100,16 @@ impl Usage {
                 self.max_fds
             ));
         }
-        if self.last_rss_kib > self.first_rss_kib * 5 / 4 + 8 * 1024 {
+        if self.after_rss_kib > self.first_rss_kib * 5 / 4 + 8 * 1024 {
             problems.push(format!(
                 "{who} RSS grew from {} to {} KiB",
-                self.first_rss_kib, self.last_rss_kib
+                self.first_rss_kib, self.after_rss_kib
             ));
         }
-        if self.last_fds > self.first_fds + 16 {
+        if self.after_fds > self.first_fds + 16 {
             problems.push(format!(
                 "{who} descriptors grew from {} to {}",
-                self.first_fds, self.last_fds
+                self.first_fds, self.after_fds
             ));
         }
         problems
@@ -290,7 +295,10 @@ pub(crate) async fn soak(
         )
     });
     sampling.store(false, Ordering::Relaxed);
-    let (agent, tunneld) = sampler.join().expect("the sampler");
+    let (mut agent, mut tunneld) = sampler.join().expect("the sampler");
+    tokio::time::sleep(SAMPLE_EVERY).await;
+    agent.sample_after(agent_pid);
+    tunneld.sample_after(tunneld_pid);
     let steady = steady?;
 
     eprintln!("soak: the highest intercepted request rate with no error");

@@ -27,11 +27,11 @@ pub(crate) fn render(soaked: &Soaked) -> String {
                 "{:.1} / {:.1} / {:.1} MiB",
                 mib(usage.first_rss_kib),
                 mib(usage.max_rss_kib),
-                mib(usage.last_rss_kib)
+                mib(usage.after_rss_kib)
             ),
             format!(
                 "{} / {} / {}",
-                usage.first_fds, usage.max_fds, usage.last_fds
+                usage.first_fds, usage.max_fds, usage.after_fds
             ),
         )
     };
@@ -46,7 +46,7 @@ pub(crate) fn render(soaked: &Soaked) -> String {
          and sends a message on each in turn (each flow every {} s), while a client pod sends \
          {REQUEST_RATE} requests/s (a new connection each) to the intercepted Service, answered \
          on the workstation. Memory and descriptors are read every 5 s from /proc: first under \
-         load / highest / last.\n",
+         load / highest / after the load ended.\n",
         soaked.seconds,
         FLOW_PERIOD.as_secs()
     );
@@ -95,8 +95,8 @@ pub(crate) fn render(soaked: &Soaked) -> String {
         "| tunneld file descriptors | {tunneld_fds} | {} |",
         BOUNDS.tunneld_fds
     );
-    out += "\nBounds also hold over time: by the end at most a quarter (and 8 MiB) more memory and \
-            16 more descriptors than at first.\n\n";
+    out += "\nWhat the load took is given back: after it, at most a quarter (and 8 MiB) more \
+            memory and 16 more descriptors than when it began.\n\n";
     let _ = writeln!(
         out,
         "### Highest intercepted request rate\n\n\
