@@ -54,6 +54,15 @@ async fn setup(prefix: &str, statefulset: bool, replicas: i32, local_port: u16) 
     }
 }
 
+/// [`setup`] for a Deployment, and a second developer, Bob, serving HTTP on port 3000 of
+/// a workstation of his own.
+async fn setup_with_bob(prefix: &str, replicas: i32) -> (Setup, Workstation, LocalServer) {
+    let s = setup(prefix, false, replicas, 3000).await;
+    let bob = Workstation::create(&s.cluster);
+    let server = bob.serve_http(3000, "bob");
+    (s, bob, server)
+}
+
 impl Setup {
     /// Runs the plugin in the test's namespace.
     fn plugin(&self, args: &[&str]) -> std::process::Output {
@@ -240,9 +249,7 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
 
 #[tokio::test]
 async fn two_developers_share_a_workload_by_header() {
-    let s = setup("intercept-two", false, 2, 3000).await;
-    let bob = Workstation::create(&s.cluster);
-    let _bob_server = bob.serve_http(3000, "bob");
+    let (s, bob, _bob_server) = setup_with_bob("intercept-two", 2).await;
     let request = |value: &str| {
         let header = format!("X-Dev: {value}");
         s.get_with("/who", (!value.is_empty()).then_some(header.as_str()))
@@ -775,9 +782,7 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
 
 #[tokio::test]
 async fn two_developers_racing_for_one_workload_one_wins_and_the_other_is_told_who() {
-    let s = setup("intercept-race", false, 1, 3000).await;
-    let bob = Workstation::create(&s.cluster);
-    let _bob_server = bob.serve_http(3000, "bob");
+    let (s, bob, _bob_server) = setup_with_bob("intercept-race", 1).await;
     let developers = [("alice", &s.workstation), ("bob", &bob)];
     let (cluster, namespace) = (&s.cluster, s.ns.name.as_str());
     for round in 0..10 {
@@ -843,9 +848,7 @@ async fn two_developers_racing_for_one_workload_one_wins_and_the_other_is_told_w
 
 #[tokio::test]
 async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restores() {
-    let s = setup("intercept-race-filtered", false, 1, 3000).await;
-    let bob = Workstation::create(&s.cluster);
-    let _bob_server = bob.serve_http(3000, "bob");
+    let (s, bob, _bob_server) = setup_with_bob("intercept-race-filtered", 1).await;
     let developers = [("alice", &s.workstation), ("bob", &bob)];
     let (cluster, namespace) = (&s.cluster, s.ns.name.as_str());
     for round in 0..3 {

@@ -63,11 +63,10 @@ impl Route {
             .find(|c| c.filter.as_ref().is_some_and(|f| matches(f, &request)))
             .or_else(|| self.claimants.iter().find(|c| c.filter.is_none()));
         if let Some(claimant) = chosen {
-            let what = request.uri().to_string();
             let claimant = std::slice::from_ref(claimant);
+            let what = request.uri();
             // The workstation gone or refusing, the app answers instead.
-            if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, &what).await
-            {
+            if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, what).await {
                 return Ok(send(stream, request).await);
             }
         }

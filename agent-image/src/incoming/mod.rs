@@ -84,7 +84,7 @@ pub(crate) async fn to_first_workstation(
     claimants: &[Claimant],
     app_port: u16,
     transport: Transport,
-    what: &str,
+    what: &(dyn std::fmt::Display + Sync),
 ) -> Option<MuxStream> {
     let deadline = Instant::now() + WORKSTATION_ACCEPT_TIMEOUT;
     for claimant in claimants {

@@ -28,9 +28,8 @@ pub(super) async fn deliver(
         tracing::debug!("{peer}: HTTP/2 on a filtered port, not routed by request");
         claimants.retain(|c| c.filter.is_none());
     }
-    let what = peer.to_string();
     if let Some(mut stream) =
-        to_first_workstation(&claimants, listener.app_port, Transport::Tcp, &what).await
+        to_first_workstation(&claimants, listener.app_port, Transport::Tcp, &peer).await
     {
         tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
         let _ = splice(&mut connection, &mut stream).await;
