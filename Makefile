@@ -5,16 +5,18 @@ export PATH := $(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 
 CLUSTER := tests/cluster/cluster.sh
 export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
 
-.PHONY: bench build fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: agent-image push-agent bench build dist fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
 
 # The shell entry points; shellcheck follows what they source.
-SHELL_SCRIPTS := .ci/run agent-image/build-image.sh examples/demo.sh tests/cluster/cluster.sh
+SHELL_SCRIPTS := .ci/run agent-image/build-image.sh agent-image/push-image.sh examples/demo.sh \
+	packaging/dist.sh tests/cluster/cluster.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -41,8 +43,9 @@ test-component:
 test-fuzz:
 	$(MAKE) fuzz FUZZ_SECONDS=15
 
-# End-to-end tests against the real local cluster (started if it is not up).
-test-e2e: cluster-up
+# End-to-end tests against the real local cluster (started if it is not up); the krew
+# install test takes `make dist`'s archives.
+test-e2e: cluster-up dist
 	cargo build
 	cargo test -p kubedev-e2e -- --test-threads 4
 
@@ -94,6 +97,26 @@ fuzz:
 			-print_final_stats=1 2>&1 | \
 			grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|.*panicked)' ; \
 	done
+
+## The release in dist/: per plugin an archive (the plugin, tunneld, LICENSE) for each of
+## TARGETS (Rust target triples; default this machine's), SHA256SUMS, and the krew
+## manifests in dist/krew/, validated with validate-krew-manifest. See docs/releasing.md.
+dist:
+	packaging/dist.sh dist
+
+## The agent image as an OCI archive (no Docker engine needed); TARGET=aarch64-unknown-linux-gnu
+## for arm64 nodes.
+AGENT_ARCHIVE := dist/kubedev-agent-$(VERSION).oci.tar
+agent-image:
+	mkdir -p dist
+	agent-image/build-image.sh $(AGENT_ARCHIVE)
+
+## Push the agent image: make push-agent REGISTRY=ghcr.io/my-org (credentials: skopeo login);
+## SKOPEO_FLAGS passes flags to skopeo copy (e.g. --dest-cert-dir DIR).
+push-agent: agent-image
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make push-agent REGISTRY=ghcr.io/my-org" >&2; exit 2; }
+	agent-image/push-image.sh $(AGENT_ARCHIVE) $(REGISTRY) $(SKOPEO_FLAGS)
+	@echo "point kubedev at it: kubectl intercept config set agent-image $(REGISTRY)/kubedev-agent:$(VERSION)"
 
 ## Build everything, start the local cluster, deploy the sample app, and show a request
 ## from a pod answered by a process on the workstation through kubectl intercept.

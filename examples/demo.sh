@@ -46,7 +46,7 @@ ip netns exec "$workstation" env \
     KUBECONFIG="$state/dev.kubeconfig" \
     KUBEDEV_RUNTIME_DIR="$runtime" \
     KUBEDEV_TUNNELD="$repo/target/debug/tunneld" \
-    KUBEDEV_AGENT_IMAGE=localhost/kubedev/agent:0.1.0 \
+    KUBEDEV_AGENT_IMAGE="$api_server:5000/kubedev/kubedev-agent:0.1.0" \
     "$repo/target/debug/kubectl-intercept" -n "$namespace" echo --port 3000 -- "${request[@]}"
 
 echo "--- the same request after the session ended:"

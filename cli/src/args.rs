@@ -66,9 +66,10 @@ pub struct SessionArgs {
     #[arg(long, value_name = "DIR|false")]
     pub mount: Option<MountChoice>,
 
-    /// The agent image.
-    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
-    pub agent_image: String,
+    /// The agent image (default: the one `config set-agent-image` chose for the kube
+    /// context, else this release's).
+    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
 
     /// Return once the session is live; it lasts until `leave`.
     #[arg(long, conflicts_with = "command")]
@@ -132,6 +133,32 @@ pub enum Manage {
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
+    /// Show or change kubedev's settings (the agent image for each kube context), kept in
+    /// $KUBEDEV_CONFIG, else $XDG_CONFIG_HOME/kubedev/config.yaml, else
+    /// ~/.config/kubedev/config.yaml.
+    #[command(subcommand)]
+    Config(ConfigAction),
+}
+
+/// What `config` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigAction {
+    /// Use IMAGE as the agent image for the kube context (the current one, or --context),
+    /// or for every context without an image of its own (--all-contexts).
+    #[command(after_help = "Examples:\n  \
+        # After `make push-agent REGISTRY=registry.example.com/team`\n  \
+        kubectl intercept config set-agent-image registry.example.com/team/kubedev-agent:0.1.0\n\n  \
+        # The same image whatever the context\n  \
+        kubectl intercept config set-agent-image --all-contexts ghcr.io/my-org/kubedev-agent:0.1.0")]
+    SetAgentImage {
+        /// The image, as the cluster's nodes pull it (REGISTRY/REPOSITORY:TAG).
+        image: String,
+        /// Set it for every context without an image of its own.
+        #[arg(long)]
+        all_contexts: bool,
+    },
+    /// Print the settings file and the agent image the kube context gets.
+    View,
 }
 
 /// A machine-readable output format (`-o`).

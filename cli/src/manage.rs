@@ -1,4 +1,4 @@
-//! `list`, `leave`, `role` and `status`.
+//! `list`, `leave`, `role`, `status` and `config`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::args::{Manage, Output};
 use super::command_of;
+use super::config::run_config;
 use super::output::{describe_status, render};
 use super::reclaim::reclaim_expired;
 use super::run::end_session;
@@ -47,9 +48,13 @@ pub(super) async fn run_manage(
     cluster: &ClusterArgs,
     manage: Manage,
 ) -> anyhow::Result<()> {
-    if let Manage::Role = manage {
-        print!("{ROLE}");
-        return Ok(());
+    match manage {
+        Manage::Role => {
+            print!("{ROLE}");
+            return Ok(());
+        }
+        Manage::Config(action) => return run_config(cluster, action).await,
+        _ => {}
     }
     let connection = cluster.connect().await?;
     let socket = tunneld_socket(&connection)?;
@@ -63,7 +68,7 @@ pub(super) async fn run_manage(
         Manage::Leave { name, all, timeout } => {
             leave(&connection, mode, name.as_deref(), all, timeout).await
         }
-        Manage::Role => unreachable!("printed without a connection"),
+        Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
         Manage::Status { output } => {
             let status = match tunneld_status(&socket).await {
                 Ok(status) => Some(status),

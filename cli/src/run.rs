@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::args::{ModeArgs, SessionArgs};
 use super::command::run_command;
 use super::command_of;
+use super::config::{self, ImageSource};
 use super::links::{Watched, report_links};
 use super::output::{network_notes, progress_on, spinner};
 use super::reclaim::reclaim_expired;
@@ -23,8 +24,8 @@ use kubedev::env::{self, EnvSyntax};
 use kubedev::inject::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
 use kubedev::session::lease::Holder;
-use kubedev::session::{self, Plan, Started};
-use kubedev::workload::{WorkloadRef, check_agents};
+use kubedev::session::{self, Plan, SessionError, Started};
+use kubedev::workload::{RolloutError, WorkloadRef, check_agents};
 use kubedev_process::signals::StopSignals;
 
 pub(super) async fn run_session(
@@ -35,7 +36,9 @@ pub(super) async fn run_session(
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
-    let plan = plan_of(mode, workload, &args, mode_args)?;
+    let (agent_image, image_source) =
+        config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;
+    let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
     reclaim_expired(&connection, &plan.owner, plan.timeout).await;
     let end = |hold| {
         end_session(
@@ -61,7 +64,7 @@ pub(super) async fn run_session(
         }
     };
     let started = tokio::select! {
-        started = start(&connection, &plan) => match started {
+        started = start(&connection, &plan, &image_source) => match started {
             Ok(started) => started,
             Err(err) => {
                 // Nothing is left to restore: `start` rolls back what it changed.
@@ -174,13 +177,14 @@ fn plan_of(
     workload: WorkloadRef,
     args: &SessionArgs,
     mode_args: ModeArgs,
+    agent_image: String,
 ) -> anyhow::Result<Plan> {
     Ok(Plan {
         mode,
         name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
         workload,
         container: args.container.clone(),
-        agent_image: args.agent_image.clone(),
+        agent_image,
         ports: mode_args.ports,
         service: mode_args.service,
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
@@ -191,19 +195,57 @@ fn plan_of(
 }
 
 /// Changes the workload for `plan` and waits for its pods, showing how far it got.
-async fn start(connection: &Connection, plan: &Plan) -> anyhow::Result<Started> {
+async fn start(
+    connection: &Connection,
+    plan: &Plan,
+    image_source: &ImageSource,
+) -> anyhow::Result<Started> {
     let bar = spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
     ));
-    session::start(
+    let started = session::start(
         &connection.client,
         &connection.namespace,
         plan,
         progress_on(&bar),
     )
-    .await
-    .map_err(anyhow::Error::from)
+    .await;
+    started.map_err(|err| {
+        let err = anyhow::Error::from(err);
+        match cannot_pull_agent(&err) {
+            true => anyhow::anyhow!("{err:#}\n{}", publish_hint(plan, image_source)),
+            false => err,
+        }
+    })
+}
+
+/// Whether the session failed because the nodes cannot pull the agent image.
+fn cannot_pull_agent(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<SessionError>(),
+            Some(SessionError::Rollout(RolloutError::AgentImage { .. }))
+        ) || matches!(
+            cause.downcast_ref::<RolloutError>(),
+            Some(RolloutError::AgentImage { .. })
+        )
+    })
+}
+
+/// What to do when the nodes cannot pull the agent image.
+fn publish_hint(plan: &Plan, image_source: &ImageSource) -> String {
+    let command = command_of(plan.mode);
+    let version = env!("CARGO_PKG_VERSION");
+    format!(
+        "The cluster's nodes cannot pull the agent image {image} ({image_source}). Publish it \
+         to a registry they pull from and point kubedev at it:\n  \
+         make push-agent REGISTRY=registry.example.com/team   # in kubedev's source tree; no Docker needed\n  \
+         {command} config set-agent-image registry.example.com/team/kubedev-agent:{version}\n\
+         or give --agent-image IMAGE (KUBEDEV_AGENT_IMAGE) for one run. A private registry also \
+         needs an imagePullSecret on the pods' service account.",
+        image = plan.agent_image,
+    )
 }
 
 /// How a foreground session's stay ended.

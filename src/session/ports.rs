@@ -61,14 +61,43 @@ pub(super) fn choose_container(
     }
 }
 
-/// The Service ports the user named, as the targets the agent takes over and where their
-/// connections go on the workstation.
-pub(super) fn intercepted_ports(
+/// intercept without `-c` on pods with several containers: the one container that declares
+/// every port the asked-for Service ports target (by name, or by number), if exactly one does.
+pub(super) fn container_serving(
     service: &Service,
     template: &PodTemplateSpec,
-    container: &str,
     plan: &Plan,
-) -> Result<(Vec<TargetPort>, Vec<Forward>), SessionError> {
+) -> Result<Option<String>, SessionError> {
+    let targets: Vec<TargetPort> = asked_service_ports(service, plan)?
+        .into_iter()
+        .filter_map(TargetPort::of_service_port)
+        .collect();
+    let serving: Vec<&str> = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .filter(|container| {
+            let declared = container.ports.iter().flatten();
+            targets.iter().all(|target| {
+                declared.clone().any(|port| match target {
+                    TargetPort::Named(name) => port.name.as_deref() == Some(name),
+                    TargetPort::Number(number) => port.container_port == i32::from(*number),
+                })
+            })
+        })
+        .map(|container| container.name.as_str())
+        .collect();
+    Ok(match serving.as_slice() {
+        [only] => Some((*only).to_owned()),
+        _ => None,
+    })
+}
+
+/// The TCP ports of `service` that `plan --port` names, one for each mapping.
+fn asked_service_ports<'a>(
+    service: &'a Service,
+    plan: &Plan,
+) -> Result<Vec<&'a ServicePort>, SessionError> {
     let name = service.metadata.name.clone().unwrap_or_default();
     let ports: Vec<&ServicePort> = service
         .spec
@@ -91,28 +120,41 @@ pub(super) fn intercepted_ports(
             "say which port to intercept with --port LOCAL[:SERVICE-PORT]".into(),
         ));
     }
-    let mut targets = Vec::new();
-    let mut forwards = Vec::new();
-    for mapping in &plan.ports {
-        let port = match &mapping.remote {
+    plan.ports
+        .iter()
+        .map(|mapping| match &mapping.remote {
             Some(remote) => ports
                 .iter()
                 .find(|p| p.name.as_deref() == Some(remote) || p.port.to_string() == *remote)
+                .copied()
                 .ok_or_else(|| {
                     SessionError::Choice(format!(
                         "service {name} has no TCP port {remote:?}; its ports: {}",
                         describe()
                     ))
-                })?,
-            None if ports.len() == 1 => &ports[0],
-            None => {
-                return Err(SessionError::Choice(format!(
-                    "service {name} has several ports ({}): choose one with --port {}:PORT",
-                    describe(),
-                    mapping.local
-                )));
-            }
-        };
+                }),
+            None if ports.len() == 1 => Ok(ports[0]),
+            None => Err(SessionError::Choice(format!(
+                "service {name} has several ports ({}): choose one with --port {}:PORT",
+                describe(),
+                mapping.local
+            ))),
+        })
+        .collect()
+}
+
+/// The Service ports the user named, as the targets the agent takes over and where their
+/// connections go on the workstation.
+pub(super) fn intercepted_ports(
+    service: &Service,
+    template: &PodTemplateSpec,
+    container: &str,
+    plan: &Plan,
+) -> Result<(Vec<TargetPort>, Vec<Forward>), SessionError> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let mut targets = Vec::new();
+    let mut forwards = Vec::new();
+    for (mapping, port) in plan.ports.iter().zip(asked_service_ports(service, plan)?) {
         let target = TargetPort::of_service_port(port)
             .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
         let app_port = match &target {

@@ -10,7 +10,9 @@ use super::SessionError;
 use super::error::corrupt;
 use super::lease::holder_of;
 use super::leave::leave;
-use super::ports::{PortMapping, choose_container, intercepted_ports, replaced_ports};
+use super::ports::{
+    PortMapping, choose_container, container_serving, intercepted_ports, replaced_ports,
+};
 use super::random_id;
 use super::record::{Joined, RECORD_ANNOTATION, Record, ServiceRecord, record_of};
 use super::service::{choose_service, point_service_at_agent};
@@ -158,7 +160,15 @@ pub(super) async fn write_session(
         ));
     }
     let template = workload.template()?;
-    let container = choose_container(&template, plan.container.as_deref(), &plan.workload)?;
+    let container = match choose_container(&template, plan.container.as_deref(), &plan.workload) {
+        Ok(container) => container,
+        // Several containers and no -c: the Service's target port may tell which.
+        Err(ambiguous) if plan.mode == Mode::Intercept && plan.container.is_none() => {
+            let service = choose_service(client, namespace, &template, plan).await?;
+            container_serving(&service, &template, plan)?.ok_or(ambiguous)?
+        }
+        Err(err) => return Err(err),
+    };
     let (targets, service, forwards) =
         ports_to_take(client, namespace, plan, &template, &container).await?;
     let token = random_id()?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use serde_json::json;
 
-use super::ports::{choose_container, intercepted_ports, replaced_ports};
+use super::ports::{choose_container, container_serving, intercepted_ports, replaced_ports};
 use super::service::selects;
 use super::*;
 use crate::control::Forward;
@@ -86,6 +86,35 @@ fn a_container_must_be_named_when_there_are_several() {
     assert_eq!(
         choose_container(&template(), Some("proxy"), &workload).expect("known"),
         "proxy"
+    );
+}
+
+#[test]
+fn intercept_finds_the_container_from_the_service_s_target_port() {
+    let mut plan = plan(Mode::Intercept, &["3000"]);
+    plan.container = None;
+    let by_name = service(json!([{"port": 80, "targetPort": "http"}]));
+    let by_number = service(json!([{"port": 80, "targetPort": 9000}]));
+    let same_number = service(json!([{"port": 8080}]));
+    for service in [by_name, by_number, same_number] {
+        assert_eq!(
+            container_serving(&service, &template(), &plan).expect("valid"),
+            Some("web".to_owned())
+        );
+    }
+    // A port no container declares (declaring is optional), or one both declare: -c it is.
+    let undeclared = service(json!([{"port": 80, "targetPort": 7000}]));
+    assert_eq!(
+        container_serving(&undeclared, &template(), &plan).expect("valid"),
+        None
+    );
+    let mut both: PodTemplateSpec = template();
+    let containers = &mut both.spec.as_mut().expect("spec").containers;
+    containers[1].ports = containers[0].ports.clone();
+    let named = service(json!([{"port": 80, "targetPort": "http"}]));
+    assert_eq!(
+        container_serving(&named, &both, &plan).expect("valid"),
+        None
     );
 }
 

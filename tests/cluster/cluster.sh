@@ -6,6 +6,7 @@
 #   cluster.sh check-clean  exit 1, listing them, if any trace of the cluster is left
 #   cluster.sh build   only build (or find in the cache) the binaries
 #   cluster.sh restart-apiserver  kill -9 the kube-apiserver and start it again, same arguments
+#   cluster.sh krew-bin-dir  build (or find in the cache) krew and validate-krew-manifest; print their directory
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib/config.sh
@@ -21,8 +22,12 @@ source "$here/lib/host.sh"
 # shellcheck source=lib/components.sh
 source "$here/lib/components.sh"
 
-usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 2; }
+usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; exit 2; }
 
+if [ "${1:-}" = krew-bin-dir ]; then
+    build_krew && echo "$KREW_BIN"
+    exit
+fi
 [ "$(id -u)" = 0 ] || die "the test cluster needs root (it runs containerd, kubelet and iptables)"
 
 case "${1:-}" in

@@ -517,7 +517,7 @@ async fn wait_until_restored(s: &Setup) {
 #[tokio::test]
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["nope", "--port", "3000"],
             "deployment/nope not found in namespace",
@@ -543,7 +543,20 @@ async fn bad_requests_change_nothing() {
                 "--agent-image",
                 "localhost:1/kubedev/none:0",
             ],
-            "the agent image cannot be pulled",
+            "the agent image cannot be pulled in pod",
+        ),
+        // ... and the message says how to publish the image and point kubedev at it.
+        (
+            &[
+                "echo",
+                "--port",
+                "3000:http",
+                "--agent-image",
+                "localhost:1/kubedev/none:0",
+            ],
+            "cannot pull the agent image localhost:1/kubedev/none:0 (from --agent-image or \
+             KUBEDEV_AGENT_IMAGE). Publish it to a registry they pull from and point kubedev at \
+             it:\n  make push-agent REGISTRY=",
         ),
         // An agent that exits (here: a program that is not the agent) is reported with its
         // exit, and the workload rolled back.

@@ -34,10 +34,9 @@ async fn intercept_mounts_the_volumes_read_write() {
     let output = workstation.plugin_ok(
         &cluster,
         "kubectl-intercept",
+        // No -c: of the two containers, only app declares the port the Service targets.
         &[
             "vol",
-            "-c",
-            "app",
             "-n",
             &ns.name,
             "--port",

@@ -2,6 +2,7 @@
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
 pub mod delay_line;
+pub mod krew;
 pub mod node;
 pub mod workstation;
 
@@ -19,8 +20,12 @@ use serde_json::json;
 /// Images the harness imports into the cluster (tests/cluster/lib/config.sh).
 pub const ECHO_IMAGE: &str = "localhost/kubedev-test/echo:0.1.0";
 pub const CLIENT_IMAGE: &str = "localhost/kubedev-test/client:0.1.0";
-/// The agent image, built by agent-image/build-image.sh and imported by the harness.
-pub const AGENT_IMAGE: &str = concat!("localhost/kubedev/agent:", env!("CARGO_PKG_VERSION"));
+/// The agent image, which the harness pushes to its registry (REGISTRY_REPOSITORY in
+/// tests/cluster/lib/config.sh) and the kubelet pulls from there.
+pub const AGENT_IMAGE: &str = concat!(
+    "10.201.0.1:5000/kubedev/kubedev-agent:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// A number no other call in this process returns, for names of things tests create.
 pub fn unique_suffix() -> u32 {
@@ -391,7 +396,8 @@ impl TestNamespace {
     }
 
     /// A Deployment `vol` whose container `app` (busybox) mounts an emptyDir at /data, with a
-    /// sidecar that mounts it at /shared, behind a Service on port 8080.
+    /// sidecar that mounts it at /shared, behind a Service on port 8080 that targets the
+    /// port `http` only `app` declares.
     pub async fn deploy_app_with_volume(&self) -> anyhow::Result<()> {
         let manifest = json!({
             "apiVersion": "v1",
@@ -410,6 +416,7 @@ impl TestNamespace {
                                 "name": "app",
                                 "image": CLIENT_IMAGE,
                                 "imagePullPolicy": "Never",
+                                "ports": [{"name": "http", "containerPort": 8080}],
                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]
                             }, {
                                 "name": "sidecar",
@@ -425,7 +432,7 @@ impl TestNamespace {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {"name": "vol"},
-                "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080}]}
+                "spec": {"selector": {"app": "vol"}, "ports": [{"port": 8080, "targetPort": "http"}]}
             }]
         });
         self.apply_json(&manifest)?;
@@ -486,7 +493,7 @@ fn agent_container(token: &str) -> serde_json::Value {
     json!({
         "name": "agent",
         "image": AGENT_IMAGE,
-        "imagePullPolicy": "Never",
+        "imagePullPolicy": "IfNotPresent",
         "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
     })
 }

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -343,6 +343,24 @@ impl Workstation {
             .as_u64()
             .and_then(|pid| u32::try_from(pid).ok())
             .unwrap_or_else(|| panic!("no tunneld in {status}"))
+    }
+
+    /// `program ARGS` inside the workstation as the test developer (the kubedev Role only),
+    /// with its tunneld's socket and state, and kubedev's settings file, in the
+    /// workstation's directory; nothing says where tunneld or the agent image are, as on a
+    /// user's machine.
+    pub fn as_user(&self, cluster: &TestCluster, program: &Path, args: &[&str]) -> Command {
+        let mut command = self.long_lived();
+        command
+            .arg(program)
+            .args(args)
+            .env("KUBECONFIG", &cluster.dev_kubeconfig)
+            .env("KUBEDEV_RUNTIME_DIR", &self.state_dir)
+            .env("KUBEDEV_CONFIG", self.state_dir.join("config.yaml"))
+            .env("KUBEDEV_LOG", "info")
+            .env_remove("KUBEDEV_TUNNELD")
+            .env_remove("KUBEDEV_AGENT_IMAGE");
+        command
     }
 
     fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {

@@ -49,8 +49,21 @@ build_binaries() {
             echo "k8s.io/kubernetes/cmd/$cmd=$cmd"; done)
     go_build etcd "$ETCD_VERSION" "-s -w" go.etcd.io/etcd/server/v3=etcd
     go_build coredns "$COREDNS_VERSION" "-s -w" github.com/coredns/coredns=coredns
+    go_build registry "$REGISTRY_VERSION" "-s -w" \
+        github.com/distribution/distribution/v3/cmd/registry=registry
+    build_krew
     K8S_BIN=$(bin_dir_for kubernetes "$K8S_VERSION")
     ETCD_BIN=$(bin_dir_for etcd "$ETCD_VERSION")/etcd
     COREDNS_BIN=$(bin_dir_for coredns "$COREDNS_VERSION")/coredns
     KUBECTL=$K8S_BIN/kubectl
+    REGISTRY_BIN=$(bin_dir_for registry "$REGISTRY_VERSION")/registry
+}
+
+# build_krew: krew (as the kubectl plugin kubectl-krew) and validate-krew-manifest, for
+# `make dist` and the install test; KREW_BIN names their directory.
+build_krew() {
+    go_build krew "$KREW_VERSION" "-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$KREW_VERSION" \
+        sigs.k8s.io/krew/cmd/krew=kubectl-krew \
+        sigs.k8s.io/krew/cmd/validate-krew-manifest=validate-krew-manifest
+    KREW_BIN=$(bin_dir_for krew "$KREW_VERSION")
 }

@@ -113,6 +113,48 @@ start_controllers() {
         --bind-address 127.0.0.1 --leader-elect=false
 }
 
+# start_registry: the OCI registry at $REGISTRY_HOST, its certificate issued by the cluster's
+# CA (which containerd trusts for it), its blobs under $STATE_DIR/registry.
+start_registry() {
+    [ -f "$PKI_DIR/registry.crt" ] || issue_cert registry "/CN=kubedev-registry" serverAuth "IP:$NODE_IP"
+    mkdir -p "$STATE_DIR/registry/data" "$STATE_DIR/registry/trust"
+    # What `skopeo --dest-cert-dir` reads: every *.crt in it is a CA.
+    cp "$PKI_DIR/ca.crt" "$STATE_DIR/registry/trust/ca.crt"
+    write_file "$STATE_DIR/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $STATE_DIR/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_HOST
+  secret: kubedev-test-registry
+  tls:
+    certificate: $PKI_DIR/registry.crt
+    key: $PKI_DIR/registry.key
+YAML
+    # No traces are exported anywhere.
+    OTEL_TRACES_EXPORTER=none start_process registry "$REGISTRY_BIN" serve "$STATE_DIR/registry/config.yml"
+    wait_for registry 30 curl -sf --cacert "$PKI_DIR/ca.crt" "https://$REGISTRY_HOST/v2/"
+}
+
+# push_agent_image: builds the agent image and pushes it to the registry the way users do
+# (`make push-agent`), then forgets containerd's copy so that the next agent pulls it anew.
+push_agent_image() {
+    local archive=$STATE_DIR/agent-image.tar
+    "$REPO_DIR/agent-image/build-image.sh" "$archive" >/dev/null
+    local ref
+    ref=$("$REPO_DIR/agent-image/push-image.sh" "$archive" "$REGISTRY_REPOSITORY" \
+        --dest-cert-dir "$STATE_DIR/registry/trust" | tail -1) || die "pushing the agent image failed"
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images rm "$ref" >/dev/null 2>&1 || true
+    log "agent image at $ref"
+}
+
 start_containerd() {
     mkdir -p "$STATE_DIR/containerd" "$STATE_DIR/cni/net.d"
     # containerd 1.6 reads only the first conflist. No ipMasq: pods have no way off the
@@ -155,6 +197,8 @@ state = "$STATE_DIR/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE_DIR/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_HOST".tls]
+    ca_file = "$PKI_DIR/ca.crt"
 TOML
     start_process containerd containerd --config "$STATE_DIR/containerd/config.toml"
     wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
@@ -225,7 +269,7 @@ node_ready() {
         -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy)
 
 cluster_up() {
     local started=$SECONDS
@@ -245,9 +289,11 @@ cluster_up() {
     start_etcd
     start_apiserver
     start_controllers
-    log "starting containerd, kubelet and kube-proxy"
+    log "starting the registry, containerd, kubelet and kube-proxy"
+    start_registry
     start_containerd
     import_images
+    push_agent_image
     start_kubelet
     start_kube_proxy
     wait_for "node $NODE_NAME" 120 node_ready
@@ -286,6 +332,7 @@ cluster_down() {
         done
     fi
     stop_process containerd
+    stop_process registry
     stop_process kube-scheduler
     stop_process kube-controller-manager
     stop_process kube-apiserver

@@ -4,6 +4,8 @@
 K8S_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
 COREDNS_VERSION=v1.14.7
+REGISTRY_VERSION=v3.1.2
+KREW_VERSION=v0.4.3
 
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_DIR=$(cd "$CLUSTER_DIR/../.." && pwd)
@@ -30,6 +32,11 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 COREDNS_IMAGE=localhost/kubedev/coredns:${COREDNS_VERSION#v}
 ECHO_IMAGE=localhost/kubedev-test/echo:0.1.0
 CLIENT_IMAGE=localhost/kubedev-test/client:0.1.0
+
+# An OCI registry (CNCF distribution) on the node, over TLS from the cluster's CA; the
+# agent image is pushed there and the kubelet pulls it, as from a user's own registry.
+REGISTRY_HOST=$NODE_IP:5000
+REGISTRY_REPOSITORY=$REGISTRY_HOST/kubedev
 
 # The namespace that the namespace-scoped test user may work in.
 DEV_NAMESPACE=kubedev-dev

@@ -23,7 +23,7 @@ ensure_packages() {
         [containerd]=containerd [runc]=runc [/usr/lib/cni/bridge]=containernetworking-plugins
         [iptables]=iptables [conntrack]=conntrack [openssl]=openssl [jq]=jq [curl]=curl
         [busybox]=busybox-static [ip]=iproute2 [sshfs]=sshfs [fusermount3]=fuse3 [socat]=socat
-        [dbus-daemon]=dbus-daemon
+        [dbus-daemon]=dbus-daemon [skopeo]=skopeo
     )
     local missing=() thing
     for thing in "${!wanted[@]}"; do

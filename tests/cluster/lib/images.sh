@@ -1,5 +1,6 @@
-# Container images for the test cluster, built without a Docker engine (oci_image_tar,
-# shared with the agent image) and imported into containerd under fully qualified names.
+# The test cluster's own images, built without a Docker engine (oci_image_tar, shared with
+# the agent image) and imported into containerd under fully qualified names. The agent
+# image is not among them: the kubelet pulls it from the registry (push_agent_image).
 
 # shellcheck source=../../../agent-image/oci-archive.sh
 source "$REPO_DIR/agent-image/oci-archive.sh"
@@ -45,7 +46,6 @@ build_images() {
     oci_image_tar "$CLIENT_IMAGE" "$root/client" "$out/client.tar" /bin/pause
 
     rm -rf "$root"
-    "$REPO_DIR/agent-image/build-image.sh" "$out/agent.tar" >/dev/null
 }
 
 import_images() {

@@ -1,0 +1,255 @@
+//! The user's kubedev settings file: which agent image to use, for every kube context or
+//! for one (clusters often pull from different registries).
+//!
+//! ```yaml
+//! agentImage: registry.example.com/team/kubedev-agent:0.1.0   # every context without its own
+//! contexts:
+//!   prod-eu:
+//!     agentImage: eu.registry.example.com/kubedev-agent:0.1.0
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::args::{ConfigAction, DEFAULT_AGENT_IMAGE};
+use kubedev::cluster::ClusterArgs;
+
+/// The settings file's contents.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct Settings {
+    /// The agent image for every context without one of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_image: Option<String>,
+    /// Settings of single kube contexts, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    contexts: BTreeMap<String, ContextSettings>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ContextSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_image: Option<String>,
+}
+
+/// Where an agent image name came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ImageSource {
+    /// `--agent-image` or `KUBEDEV_AGENT_IMAGE`.
+    Given,
+    /// The settings file, for this context.
+    Context(PathBuf, String),
+    /// The settings file, for every context.
+    AllContexts(PathBuf),
+    /// This release's default.
+    Default,
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given => f.write_str("from --agent-image or KUBEDEV_AGENT_IMAGE"),
+            Self::Context(path, context) => {
+                write!(f, "from {} for context {context}", path.display())
+            }
+            Self::AllContexts(path) => write!(f, "from {}", path.display()),
+            Self::Default => f.write_str("this release's default"),
+        }
+    }
+}
+
+/// The settings file: `$KUBEDEV_CONFIG`, else `$XDG_CONFIG_HOME/kubedev/config.yaml`, else
+/// `~/.config/kubedev/config.yaml`.
+pub(super) fn settings_path() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBEDEV_CONFIG") {
+        return Ok(path.into());
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME").context(
+            "cannot find the settings file: set HOME, XDG_CONFIG_HOME or KUBEDEV_CONFIG",
+        )?)
+        .join(".config"),
+    };
+    Ok(base.join("kubedev").join("config.yaml"))
+}
+
+impl Settings {
+    /// Reads `path`; a file that does not exist is empty settings.
+    pub(super) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a kubedev settings file (keys: agentImage, contexts.NAME.agentImage)",
+                path.display()
+            )
+        })
+    }
+
+    /// Writes the settings to `path` whole (a new file renamed over the old one), creating
+    /// its directory.
+    pub(super) fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = serde_saphyr::to_string(self)?;
+        let new = path.with_extension("yaml.new");
+        std::fs::write(&new, text)
+            .and_then(|()| std::fs::rename(&new, path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The agent image for `context`: its own, else every context's.
+    fn agent_image_for(&self, context: Option<&str>) -> Option<(&str, bool)> {
+        let own = context
+            .and_then(|name| self.contexts.get(name))
+            .and_then(|settings| settings.agent_image.as_deref());
+        own.map(|image| (image, true))
+            .or_else(|| self.agent_image.as_deref().map(|image| (image, false)))
+    }
+
+    /// Sets the agent image of `context`, or of every context without its own.
+    pub(super) fn set_agent_image(&mut self, context: Option<&str>, image: String) {
+        match context {
+            Some(name) => {
+                self.contexts
+                    .entry(name.to_owned())
+                    .or_default()
+                    .agent_image = Some(image);
+            }
+            None => self.agent_image = Some(image),
+        }
+    }
+}
+
+/// The agent image to use: `given` (flag or environment), else the settings file's for
+/// `context`, else this release's default; and where it came from.
+pub(super) fn agent_image(
+    given: Option<&str>,
+    context: Option<&str>,
+) -> anyhow::Result<(String, ImageSource)> {
+    if let Some(image) = given {
+        return Ok((image.to_owned(), ImageSource::Given));
+    }
+    let path = settings_path()?;
+    let settings = Settings::load(&path)?;
+    Ok(match settings.agent_image_for(context) {
+        Some((image, true)) => (
+            image.to_owned(),
+            ImageSource::Context(path, context.unwrap_or_default().to_owned()),
+        ),
+        Some((image, false)) => (image.to_owned(), ImageSource::AllContexts(path)),
+        None => (DEFAULT_AGENT_IMAGE.to_owned(), ImageSource::Default),
+    })
+}
+
+/// `config set-agent-image` and `config view`.
+pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> anyhow::Result<()> {
+    let path = settings_path()?;
+    match action {
+        ConfigAction::SetAgentImage {
+            image,
+            all_contexts,
+        } => {
+            if image.is_empty() || image.contains(char::is_whitespace) {
+                anyhow::bail!("{image:?} is not an image name (REGISTRY/REPOSITORY:TAG)");
+            }
+            let context = match all_contexts {
+                true => None,
+                false => Some(context_name(cluster).await?),
+            };
+            let mut settings = Settings::load(&path)?;
+            settings.set_agent_image(context.as_deref(), image.clone());
+            settings.save(&path)?;
+            match context {
+                Some(context) => eprintln!("context {context} now uses the agent image {image}"),
+                None => eprintln!("every context without its own now uses the agent image {image}"),
+            }
+            eprintln!("(saved in {})", path.display());
+        }
+        ConfigAction::View => {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => print!("# {}\n{text}", path.display()),
+                Err(_) => println!("# no settings file at {}", path.display()),
+            }
+            let context = context_name(cluster).await.ok();
+            let (image, source) = agent_image(None, context.as_deref())?;
+            println!(
+                "# context {}: agent image {image} ({source})",
+                context.as_deref().unwrap_or("(none)")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The kube context the plugins would use: `--context`, else the kubeconfig's current one.
+async fn context_name(cluster: &ClusterArgs) -> anyhow::Result<String> {
+    cluster.connect().await?.context.context(
+        "the kubeconfig has no current context: say which with --context, or use --all-contexts",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_s_own_image_wins_over_every_context_s() {
+        let mut settings = Settings::default();
+        settings.set_agent_image(None, "all:1".into());
+        settings.set_agent_image(Some("eu"), "eu:1".into());
+        assert_eq!(settings.agent_image_for(Some("eu")), Some(("eu:1", true)));
+        assert_eq!(settings.agent_image_for(Some("us")), Some(("all:1", false)));
+        assert_eq!(settings.agent_image_for(None), Some(("all:1", false)));
+        assert_eq!(Settings::default().agent_image_for(Some("eu")), None);
+    }
+
+    #[test]
+    fn settings_are_written_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("kubedev-settings-{}", std::process::id()));
+        let path = dir.join("nested").join("config.yaml");
+        assert_eq!(
+            Settings::load(&path).expect("missing is empty"),
+            Settings::default()
+        );
+        let mut settings = Settings::default();
+        settings.set_agent_image(
+            Some("kind-dev"),
+            "localhost:5001/kubedev-agent:0.1.0".into(),
+        );
+        settings.save(&path).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("kind-dev:"), "{text}");
+        assert!(
+            text.contains("agentImage: localhost:5001/kubedev-agent:0.1.0"),
+            "{text}"
+        );
+        assert_eq!(Settings::load(&path).expect("load"), settings);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_file_with_unknown_keys_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("kubedev-settings-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, "agent-image: x:1\n").expect("write");
+        let err = Settings::load(&path).expect_err("unknown key");
+        assert!(format!("{err:#}").contains("config.yaml is not a kubedev settings file"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
