@@ -55,7 +55,7 @@ for target in $targets; do
     built=$repo/target/$target/release
     for plugin in "${!binaries[@]}"; do
         name=kubectl-$plugin-v$version-$os-$arch.tar.gz
-        stage=$(mktemp -d)
+        stage=$(mktemp -d) && chmod 755 "$stage"
         install -m755 "$built/${binaries[$plugin]}" "$built/tunneld" "$stage/"
         install -m644 "$repo/LICENSE" "$stage/"
         reproducible_tar_gz "$stage" "$out/$name"

@@ -106,18 +106,24 @@ pub struct SessionArgs {
 /// `list`, `leave`, `role` and `status`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Manage {
-    /// List the kubedev sessions in the namespace.
+    /// List the kubedev sessions in the namespace (with none, the workloads a session can
+    /// start on, their containers and Service ports).
     List {
         /// Print the sessions as JSON or YAML instead of a table.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
+        /// List the sessions in every namespace (where the role may list workloads
+        /// cluster-wide; else in the namespaces of this machine's sessions and the current one).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
-    /// End a session (or all of them in the namespace) and restore its workload.
+    /// End a session (or all of this machine's) and restore its workload.
     Leave {
         /// The session's name, as `list` shows it.
         #[arg(required_unless_present = "all")]
         name: Option<String>,
-        /// End every kubedev session in the namespace.
+        /// End every session of this machine, in every namespace; sessions of other
+        /// machines are named, and left alone.
         #[arg(long, conflicts_with = "name")]
         all: bool,
         /// How long to wait for the restored pods (e.g. 90s, 5m).

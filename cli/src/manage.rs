@@ -14,10 +14,11 @@ use super::run::end_session;
 use super::tunneld::{tunneld_socket, tunneld_status};
 use k8s_openapi::jiff::Timestamp;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::ControlError;
+use kubedev::control::{ControlError, DaemonStatus};
 use kubedev::inject::Mode;
-use kubedev::session::{self, lease::Holder};
-use kubedev::workload::Workload;
+use kubedev::session::lease::{Holder, SessionLease};
+use kubedev::session::{self, Candidate, Record};
+use kubedev::workload::{Workload, WorkloadRef};
 
 /// How long `list` and `status` wait for the pods of a workload they restore (see
 /// [`reclaim_expired`]), as `leave` does by default.
@@ -64,9 +65,12 @@ pub(super) async fn run_manage(
     };
     reclaim_expired(&connection, &session::random_id()?, timeout).await;
     match manage {
-        Manage::List { output } => list(&connection, &socket, output).await,
-        Manage::Leave { name, all, timeout } => {
-            leave(&connection, mode, name.as_deref(), all, timeout).await
+        Manage::List {
+            output,
+            all_namespaces,
+        } => list(&connection, &socket, output, all_namespaces).await,
+        Manage::Leave { name, timeout, .. } => {
+            leave(&connection, &socket, mode, name.as_deref(), timeout).await
         }
         Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
         Manage::Status { output } => {
@@ -84,101 +88,251 @@ pub(super) async fn run_manage(
     }
 }
 
-/// `list`: the sessions in the namespace, with the pods tunneld links to here.
+/// The sessions `list` and `leave --all` look at, and their leases.
+struct Survey {
+    sessions: Vec<(Workload, Record)>,
+    leases: Vec<SessionLease>,
+    /// Where the role may not list workloads cluster-wide: the namespaces looked in instead.
+    only: Option<Vec<String>>,
+}
+
+/// The sessions in the namespace, or (`everywhere`) in every namespace the role may list:
+/// cluster-wide, else the namespaces of this machine's sessions and the current one.
+async fn survey(
+    connection: &Connection,
+    daemon: Option<&DaemonStatus>,
+    everywhere: bool,
+) -> anyhow::Result<Survey> {
+    let client = &connection.client;
+    let mut only = None;
+    let sessions = if everywhere {
+        match session::sessions_everywhere(client).await {
+            Ok(found) => found,
+            Err(err) if err.is_forbidden() => {
+                let mut namespaces: Vec<String> = daemon
+                    .iter()
+                    .flat_map(|daemon| daemon.sessions.iter())
+                    .map(|session| session.namespace.clone())
+                    .chain([connection.namespace.clone()])
+                    .collect();
+                namespaces.sort_unstable();
+                namespaces.dedup();
+                let mut found = Vec::new();
+                for namespace in &namespaces {
+                    match session::sessions_in(client, namespace).await {
+                        Ok(more) => found.extend(more),
+                        Err(err) if err.is_forbidden() => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                only = Some(namespaces);
+                found
+            }
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        session::sessions_in(client, &connection.namespace).await?
+    };
+    let mut namespaces: Vec<&str> = sessions
+        .iter()
+        .map(|(workload, _)| workload.namespace.as_str())
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    // Without the right to read leases the list is still worth having.
+    let leases = futures::future::join_all(
+        namespaces
+            .iter()
+            .map(|namespace| session::lease::leases_in(client, namespace)),
+    )
+    .await
+    .into_iter()
+    .flat_map(Result::unwrap_or_default)
+    .collect();
+    Ok(Survey {
+        sessions,
+        leases,
+        only,
+    })
+}
+
+impl Survey {
+    /// One row per session, with the pods `daemon` links to here.
+    fn rows(&self, daemon: Option<&DaemonStatus>) -> Vec<Listed> {
+        self.sessions
+            .iter()
+            .flat_map(|(workload, record)| {
+                record
+                    .holders()
+                    .map(move |(name, owner)| (workload, record, name, owner))
+            })
+            .map(|(workload, record, name, owner)| {
+                let lease = self
+                    .leases
+                    .iter()
+                    .find(|lease| owner.is_some() && lease.session_owner() == owner);
+                Listed {
+                    linked_pods: daemon
+                        .iter()
+                        .flat_map(|d| d.sessions.iter())
+                        .find(|s| s.name == name && s.namespace == workload.namespace)
+                        .map(|s| s.linked_pods.clone())
+                        .unwrap_or_default(),
+                    name: name.to_owned(),
+                    mode: record.mode,
+                    workload: workload.reference.to_string(),
+                    container: record.container.clone(),
+                    namespace: workload.namespace.clone(),
+                    holder: lease.map(|lease| lease.holder.clone()),
+                    lease_ends: lease.map(|lease| lease.ends),
+                }
+            })
+            .collect()
+    }
+
+    /// Says where the role kept `list -A` or `leave --all` from looking.
+    fn note_limits(&self) {
+        if let Some(namespaces) = &self.only {
+            eprintln!(
+                "note: your role may not list workloads in every namespace; looked in {}",
+                namespaces.join(", ")
+            );
+        }
+    }
+}
+
+/// `list`: the sessions, with the pods tunneld links to here; with none in the namespace,
+/// what a session can start on.
 async fn list(
     connection: &Connection,
     socket: &Path,
     output: Option<Output>,
+    all_namespaces: bool,
 ) -> anyhow::Result<()> {
     let daemon = tunneld_status(socket).await.ok();
-    let (sessions, leases) = futures::try_join!(
-        session::sessions_in(&connection.client, &connection.namespace),
-        async {
-            // Without the right to read leases the list is still worth having.
-            Ok(
-                session::lease::leases_in(&connection.client, &connection.namespace)
-                    .await
-                    .unwrap_or_default(),
-            )
-        }
-    )?;
-    let rows: Vec<Listed> = sessions
-        .iter()
-        .flat_map(|(workload, record)| {
-            record
-                .holders()
-                .map(move |(name, owner)| (workload, record, name, owner))
-        })
-        .map(|(workload, record, name, owner)| {
-            let lease = leases
-                .iter()
-                .find(|lease| owner.is_some() && lease.session_owner() == owner);
-            (workload, record, name, lease)
-        })
-        .map(|(workload, record, name, lease)| Listed {
-            linked_pods: daemon
-                .iter()
-                .flat_map(|d| d.sessions.iter())
-                .find(|s| s.name == name && s.namespace == connection.namespace)
-                .map(|s| s.linked_pods.clone())
-                .unwrap_or_default(),
-            name: name.to_owned(),
-            mode: record.mode,
-            workload: workload.reference.to_string(),
-            container: record.container.clone(),
-            namespace: connection.namespace.clone(),
-            holder: lease.map(|lease| lease.holder.clone()),
-            lease_ends: lease.map(|lease| lease.ends),
-        })
-        .collect();
+    let survey = survey(connection, daemon.as_ref(), all_namespaces).await?;
+    survey.note_limits();
+    let rows = survey.rows(daemon.as_ref());
     match output {
         Some(output) => print!("{}", render(&rows, output)?),
+        None if rows.is_empty() && all_namespaces => eprintln!("no kubedev sessions"),
         None if rows.is_empty() => {
-            eprintln!("no kubedev sessions in namespace {}", connection.namespace);
+            let namespace = &connection.namespace;
+            let candidates = session::candidates_in(&connection.client, namespace).await?;
+            if candidates.is_empty() {
+                eprintln!("no kubedev sessions and no workloads in namespace {namespace}");
+            } else {
+                eprintln!("no kubedev sessions in namespace {namespace}; its workloads:");
+                print!("{}", candidates_table(&candidates));
+            }
         }
-        None => print!("{}", table(&rows, Timestamp::now())),
+        None => print!("{}", table(&rows, all_namespaces, Timestamp::now())),
     }
     Ok(())
 }
 
-/// `leave NAME` or `leave --all`: ends the sessions and restores their workloads.
+/// `leave NAME`, or `leave --all`: the sessions this machine's tunneld keeps for the context,
+/// in every namespace; ends them and restores their workloads, and names the sessions of
+/// other machines (or of a tunneld that is gone) it left alone.
 async fn leave(
     connection: &Connection,
+    socket: &Path,
     mode: Mode,
     name: Option<&str>,
-    all: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    let Some(name) = name else {
+        return leave_all(connection, socket, mode, timeout).await;
+    };
     let sessions = session::sessions_in(&connection.client, &connection.namespace).await?;
-    let chosen: Vec<(&Workload, String)> = sessions
-        .iter()
-        .flat_map(|(workload, record)| {
-            record
-                .sessions()
-                .map(move |(session, _)| (workload, session.to_owned()))
-        })
-        .filter(|(_, session)| all || Some(session.as_str()) == name)
-        .collect();
-    if chosen.is_empty() {
-        if all {
-            eprintln!("no kubedev sessions in namespace {}", connection.namespace);
-            return Ok(());
-        }
+    let workload = sessions.iter().find_map(|(workload, record)| {
+        record
+            .sessions()
+            .any(|(session, _)| session == name)
+            .then_some(workload)
+    });
+    let Some(workload) = workload else {
         anyhow::bail!(
-            "no session {:?} in namespace {} (see `{} list`)",
-            name.unwrap_or_default(),
+            "no session {name:?} in namespace {} (see `{} list -A`)",
             connection.namespace,
             command_of(mode)
         );
+    };
+    end_session(connection, name, &workload.reference, timeout, None).await
+}
+
+async fn leave_all(
+    connection: &Connection,
+    socket: &Path,
+    mode: Mode,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let daemon = tunneld_status(socket).await.ok();
+    let survey = survey(connection, daemon.as_ref(), true).await?;
+    survey.note_limits();
+    let (mine, others): (Vec<Listed>, Vec<Listed>) =
+        survey.rows(daemon.as_ref()).into_iter().partition(|row| {
+            daemon
+                .iter()
+                .flat_map(|d| d.sessions.iter())
+                .any(|session| session.name == row.name && session.namespace == row.namespace)
+        });
+    if mine.is_empty() {
+        eprintln!("no kubedev sessions of this machine");
     }
-    for (workload, session) in chosen {
-        end_session(connection, &session, &workload.reference, timeout, None).await?;
+    for row in &mine {
+        let in_namespace = Connection {
+            namespace: row.namespace.clone(),
+            ..connection.clone()
+        };
+        let workload: WorkloadRef = row.workload.parse().map_err(anyhow::Error::msg)?;
+        end_session(&in_namespace, &row.name, &workload, timeout, None).await?;
+    }
+    for row in &others {
+        let holder = row
+            .holder
+            .as_ref()
+            .map_or_else(|| "no lease".to_owned(), Holder::describe);
+        eprintln!(
+            "left alone: session {} on {} in namespace {} ({holder}); end it with `{} leave {} -n {}`",
+            row.name,
+            row.workload,
+            row.namespace,
+            command_of(mode),
+            row.name,
+            row.namespace
+        );
     }
     Ok(())
 }
 
-pub(super) fn table(rows: &[Listed], now: Timestamp) -> String {
+/// The workloads of a namespace, their containers and the Service ports leading to them.
+fn candidates_table(candidates: &[Candidate]) -> String {
     let mut lines = vec![[
+        "WORKLOAD".to_owned(),
+        "CONTAINERS".to_owned(),
+        "SERVICE PORTS".to_owned(),
+    ]];
+    for candidate in candidates {
+        let services = candidate
+            .services
+            .iter()
+            .map(|(service, ports)| format!("{service}: {}", ports.join(", ")))
+            .collect::<Vec<_>>();
+        lines.push([
+            candidate.workload.to_string(),
+            candidate.containers.join(","),
+            match services.is_empty() {
+                true => "(no Service)".to_owned(),
+                false => services.join("; "),
+            },
+        ]);
+    }
+    aligned(&lines)
+}
+
+pub(super) fn table(rows: &[Listed], with_namespace: bool, now: Timestamp) -> String {
+    let mut lines = vec![vec![
         "NAME".to_owned(),
         "MODE".to_owned(),
         "WORKLOAD".to_owned(),
@@ -188,7 +342,7 @@ pub(super) fn table(rows: &[Listed], now: Timestamp) -> String {
         "LINKED PODS".to_owned(),
     ]];
     for row in rows {
-        lines.push([
+        lines.push(vec![
             row.name.clone(),
             row.mode.to_string(),
             row.workload.clone(),
@@ -201,13 +355,26 @@ pub(super) fn table(rows: &[Listed], now: Timestamp) -> String {
             row.linked_pods.len().to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+    if with_namespace {
+        lines[0].insert(0, "NAMESPACE".to_owned());
+        for (line, row) in lines.iter_mut().skip(1).zip(rows) {
+            line.insert(0, row.namespace.clone());
+        }
+    }
+    aligned(&lines)
+}
+
+/// `lines` as columns as wide as their widest cell, three spaces apart.
+fn aligned<Line: AsRef<[String]>>(lines: &[Line]) -> String {
+    let columns = lines.first().map_or(0, |line| line.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| lines.iter().map(|l| l.as_ref()[i].len()).max().unwrap_or(0))
         .collect();
     lines
         .iter()
         .map(|line| {
             let cells: Vec<String> = line
+                .as_ref()
                 .iter()
                 .zip(&widths)
                 .map(|(cell, width)| format!("{cell:<width$}"))
@@ -281,12 +448,18 @@ mod tests {
         }];
         let now = "2026-12-01T10:00:15Z".parse().expect("time");
         assert_eq!(
-            table(&rows, now),
+            table(&rows, false, now),
             "NAME   MODE        WORKLOAD         CONTAINER   HOLDER         LEASE      LINKED PODS\n\
              web    intercept   deployment/web   app         alice@laptop   45s left   1\n"
         );
         let later = "2026-12-01T10:01:03Z".parse().expect("time");
-        assert!(table(&rows, later).contains("   ran out 3s ago   "));
+        assert!(table(&rows, false, later).contains("   ran out 3s ago   "));
+        assert!(
+            table(&rows, true, now).starts_with("NAMESPACE   NAME   MODE")
+                && table(&rows, true, now).contains("\nshop        web    intercept"),
+            "{}",
+            table(&rows, true, now)
+        );
         let json = render(&rows, Output::Json).expect("json");
         assert!(json.contains("\"mode\": \"intercept\""), "{json}");
         let yaml = render(&rows, Output::Yaml).expect("yaml");

@@ -24,8 +24,8 @@ use kubedev::env::{self, EnvSyntax};
 use kubedev::inject::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
 use kubedev::session::lease::Holder;
-use kubedev::session::{self, Plan, SessionError, Started};
-use kubedev::workload::{RolloutError, WorkloadRef, check_agents};
+use kubedev::session::{self, Plan, Started};
+use kubedev::workload::{WorkloadRef, check_agents};
 use kubedev_process::signals::StopSignals;
 
 pub(super) async fn run_session(
@@ -211,25 +211,12 @@ async fn start(
         progress_on(&bar),
     )
     .await;
-    started.map_err(|err| {
-        let err = anyhow::Error::from(err);
-        match cannot_pull_agent(&err) {
-            true => anyhow::anyhow!("{err:#}\n{}", publish_hint(plan, image_source)),
-            false => err,
+    started.map_err(|err| match err.cannot_pull_agent() {
+        true => {
+            let err = anyhow::Error::from(err);
+            anyhow::anyhow!("{err:#}\n{}", publish_hint(plan, image_source))
         }
-    })
-}
-
-/// Whether the session failed because the nodes cannot pull the agent image.
-fn cannot_pull_agent(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<SessionError>(),
-            Some(SessionError::Rollout(RolloutError::AgentImage { .. }))
-        ) || matches!(
-            cause.downcast_ref::<RolloutError>(),
-            Some(RolloutError::AgentImage { .. })
-        )
+        false => err.into(),
     })
 }
 

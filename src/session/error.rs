@@ -59,6 +59,17 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Whether the session failed because the nodes cannot pull the agent image.
+    pub fn cannot_pull_agent(&self) -> bool {
+        match self {
+            Self::Rollout(RolloutError::AgentImage { .. }) => true,
+            Self::RolledBack { source, .. } | Self::NotRolledBack { source, .. } => {
+                source.cannot_pull_agent()
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the user's role lacks a permission the call needed.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Workload(WorkloadError::Forbidden { .. }))

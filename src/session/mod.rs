@@ -7,6 +7,7 @@
 //! on its session ([`lease`]); a session whose lease ran out is restored by the next run of
 //! any plugin in the namespace ([`reclaim_expired`]).
 
+mod candidates;
 mod error;
 pub mod lease;
 mod leave;
@@ -16,10 +17,11 @@ mod record;
 mod service;
 mod start;
 
+pub use candidates::{Candidate, candidates_in};
 pub use error::SessionError;
 pub use leave::{Left, leave};
 pub use ports::PortMapping;
-pub use reclaim::{Expired, reclaim_expired, sessions_in};
+pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
 pub use record::{Joined, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
 pub use start::{Plan, Started, start};
 

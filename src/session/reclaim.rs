@@ -18,13 +18,31 @@ pub async fn sessions_in(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<Vec<(Workload, Record)>, SessionError> {
+    sessions_of(client, Some(namespace)).await
+}
+
+/// The sessions recorded on workloads in every namespace (a role with cluster-wide `list`).
+pub async fn sessions_everywhere(
+    client: &kube::Client,
+) -> Result<Vec<(Workload, Record)>, SessionError> {
+    sessions_of(client, None).await
+}
+
+async fn sessions_of(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> Result<Vec<(Workload, Record)>, SessionError> {
     let mut found = Vec::new();
     for kind in [
         WorkloadKind::Deployment,
         WorkloadKind::StatefulSet,
         WorkloadKind::ReplicaSet,
     ] {
-        for workload in Workload::list(client, namespace, kind).await? {
+        let workloads = match namespace {
+            Some(namespace) => Workload::list(client, namespace, kind).await?,
+            None => Workload::list_everywhere(client, kind).await?,
+        };
+        for workload in workloads {
             if workload.is_controlled() {
                 continue;
             }

@@ -98,18 +98,43 @@ impl Workload {
         namespace: &str,
         kind: WorkloadKind,
     ) -> Result<Vec<Self>, WorkloadError> {
-        let objects = api(client, namespace, kind)
-            .list(&Default::default())
-            .await
-            .map_err(|err| WorkloadError::from_api(err, "list", kind.plural(), namespace))?;
+        Self::list_in(client, Some(namespace), kind).await
+    }
+
+    /// Lists the workloads of `kind` in every namespace (a role with cluster-wide `list`).
+    pub async fn list_everywhere(
+        client: &kube::Client,
+        kind: WorkloadKind,
+    ) -> Result<Vec<Self>, WorkloadError> {
+        Self::list_in(client, None, kind).await
+    }
+
+    async fn list_in(
+        client: &kube::Client,
+        namespace: Option<&str>,
+        kind: WorkloadKind,
+    ) -> Result<Vec<Self>, WorkloadError> {
+        let api = match namespace {
+            Some(namespace) => api(client, namespace, kind),
+            None => Api::all_with(client.clone(), &kind.api_resource()),
+        };
+        let objects = api.list(&Default::default()).await.map_err(|err| {
+            WorkloadError::from_api(err, "list", kind.plural(), namespace.unwrap_or("(all)"))
+        })?;
         Ok(objects
             .items
             .into_iter()
             .filter_map(|object| {
                 let name = object.metadata.name.clone()?;
+                let namespace = object
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .or(namespace)?
+                    .to_owned();
                 Some(Self {
                     reference: WorkloadRef { kind, name },
-                    namespace: namespace.to_owned(),
+                    namespace,
                     object,
                 })
             })

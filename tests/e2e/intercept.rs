@@ -917,3 +917,87 @@ async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restor
         );
     }
 }
+
+#[tokio::test]
+async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
+    let (s, bob, _bob_server) = setup_with_bob("intercept-all", 1).await;
+    // With no session yet, list shows what a session can start on.
+    let output = s.plugin(&["list"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains("deployment/echo")
+            && listed.contains("echo: http 8080->http, tcp-echo 7000->tcp-echo"),
+        "list with no session: {listed} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let other = TestNamespace::create(&s.cluster, "intercept-all-b").await;
+    other.deploy_echo("echo", 1).await.expect("echo ready");
+    let other_before = other.echo_template(false).await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+    let in_other = |workstation: &Workstation, args: &[&str]| {
+        let mut all = vec!["-n", other.name.as_str()];
+        all.extend_from_slice(args);
+        workstation.plugin_ok(&s.cluster, PLUGIN, &all)
+    };
+    let filtered = |name: &'static str, header: &'static str| {
+        [
+            "echo",
+            "--port",
+            "3000:http",
+            "--http-header",
+            header,
+            "--name",
+            name,
+            "--detach",
+        ]
+    };
+    in_other(&s.workstation, &filtered("mine-b", "x-dev=me"));
+    in_other(&bob, &filtered("bob", "x-dev=bob"));
+
+    let names = |json: &str| -> Vec<(String, String)> {
+        let rows: Vec<Value> = serde_json::from_str(json).expect("list JSON");
+        let mut names: Vec<(String, String)> = rows
+            .iter()
+            .map(|row| {
+                let field = |key: &str| row[key].as_str().expect("string").to_owned();
+                (field("namespace"), field("name"))
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let here = s.ns.name.clone();
+    let there = other.name.clone();
+    assert_eq!(
+        names(&s.plugin_ok(&["list", "-o", "json"])),
+        [(here.clone(), "echo".to_owned())]
+    );
+    assert_eq!(
+        names(&s.plugin_ok(&["list", "-A", "-o", "json"])),
+        [
+            (here.clone(), "echo".to_owned()),
+            (there.clone(), "bob".to_owned()),
+            (there.clone(), "mine-b".to_owned())
+        ]
+    );
+    assert!(s.plugin_ok(&["list", "-A"]).starts_with("NAMESPACE "));
+
+    // leave --all ends this machine's sessions in both namespaces, and names Bob's.
+    let left = s.plugin(&["leave", "--all"]);
+    let said = String::from_utf8_lossy(&left.stderr);
+    assert!(left.status.success(), "leave --all: {said}");
+    assert!(
+        said.contains(&format!(
+            "left alone: session bob on deployment/echo in namespace {there}"
+        )),
+        "{said}"
+    );
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+    assert_eq!(
+        names(&in_other(&bob, &["list", "-o", "json"])),
+        [(there.clone(), "bob".to_owned())]
+    );
+    in_other(&bob, &["leave", "bob"]);
+    assert_eq!(other.echo_template(false).await, other_before);
+}

@@ -39,7 +39,10 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         .output()
         .expect("kubectl plugin list runs");
     let listed = succeeded("kubectl plugin list", &list);
-    let mut names: Vec<&str> = listed.lines().collect();
+    let mut names: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.starts_with("kubectl-"))
+        .collect();
     names.sort_unstable();
     assert_eq!(
         names,
@@ -90,7 +93,7 @@ async fn krew_installs_the_release_and_its_intercept_works() {
             &ns.name,
             "echo",
             "--port",
-            "3000",
+            "3000:http",
             "--detach",
         ]),
     );
