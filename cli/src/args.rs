@@ -144,6 +144,16 @@ pub enum Manage {
     /// ~/.config/kubedev/config.yaml.
     #[command(subcommand)]
     Config(ConfigAction),
+    /// Gather what a bug report needs into one archive: tunneld's logs and state, the
+    /// sessions' records and leases, and each agent pod's status and logs.
+    GatherLogs {
+        /// Where to write the archive (default: kubedev-logs-TIME.tar.gz here).
+        #[arg(long, value_name = "FILE")]
+        output_file: Option<PathBuf>,
+        /// Gather the sessions of every namespace (see `list -A`).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
 }
 
 /// What `config` does.

@@ -1,7 +1,7 @@
 //! What the three plugins share: the command line (`args`), running a session
 //! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
 //! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
-//! (`manage`), the settings file (`config`), what they print (`output`), restoring sessions whose lease ran out
+//! (`manage`), the settings file (`config`), bug report archives (`gather`), what they print (`output`), restoring sessions whose lease ran out
 //! (`reclaim`), the links to the agents while a session lasts (`links`), reaching tunneld
 //! (`tunneld`), and errors
 //! reported the way kubectl reports them.
@@ -11,6 +11,7 @@
 mod args;
 mod command;
 mod config;
+mod gather;
 mod links;
 mod manage;
 mod output;

@@ -1,4 +1,4 @@
-//! `list`, `leave`, `role`, `status` and `config`.
+//! `list`, `leave`, `role`, `status`, `config` and `gather-logs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::args::{Manage, Output};
 use super::command_of;
 use super::config::run_config;
+use super::gather::gather_logs;
 use super::output::{describe_status, render};
 use super::reclaim::reclaim_expired;
 use super::run::end_session;
@@ -63,7 +64,10 @@ pub(super) async fn run_manage(
         Manage::Leave { timeout, .. } => *timeout,
         _ => RESTORE_TIMEOUT,
     };
-    reclaim_expired(&connection, &session::random_id()?, timeout).await;
+    // A bug report wants the sessions as they are, expired or not.
+    if !matches!(manage, Manage::GatherLogs { .. }) {
+        reclaim_expired(&connection, &session::random_id()?, timeout).await;
+    }
     match manage {
         Manage::List {
             output,
@@ -73,6 +77,18 @@ pub(super) async fn run_manage(
             leave(&connection, &socket, mode, name.as_deref(), timeout).await
         }
         Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
+        Manage::GatherLogs {
+            output_file,
+            all_namespaces,
+        } => {
+            let path = gather_logs(&connection, &socket, output_file, all_namespaces).await?;
+            eprintln!(
+                "wrote {}: attach it to your report (it holds logs, pod states and the \
+                 sessions' pod templates: look for anything secret first)",
+                path.display()
+            );
+            Ok(())
+        }
         Manage::Status { output } => {
             let status = match tunneld_status(&socket).await {
                 Ok(status) => Some(status),
@@ -88,9 +104,9 @@ pub(super) async fn run_manage(
     }
 }
 
-/// The sessions `list` and `leave --all` look at, and their leases.
-struct Survey {
-    sessions: Vec<(Workload, Record)>,
+/// The sessions `list`, `leave --all` and `gather-logs` look at, and their leases.
+pub(super) struct Survey {
+    pub(super) sessions: Vec<(Workload, Record)>,
     leases: Vec<SessionLease>,
     /// Where the role may not list workloads cluster-wide: the namespaces looked in instead.
     only: Option<Vec<String>>,
@@ -98,7 +114,7 @@ struct Survey {
 
 /// The sessions in the namespace, or (`everywhere`) in every namespace the role may list:
 /// cluster-wide, else the namespaces of this machine's sessions and the current one.
-async fn survey(
+pub(super) async fn survey(
     connection: &Connection,
     daemon: Option<&DaemonStatus>,
     everywhere: bool,
@@ -158,7 +174,7 @@ async fn survey(
 
 impl Survey {
     /// One row per session, with the pods `daemon` links to here.
-    fn rows(&self, daemon: Option<&DaemonStatus>) -> Vec<Listed> {
+    pub(super) fn rows(&self, daemon: Option<&DaemonStatus>) -> Vec<Listed> {
         self.sessions
             .iter()
             .flat_map(|(workload, record)| {
@@ -418,6 +434,7 @@ mod tests {
             ("", "services", "update"),
             ("", "pods", "watch"),
             ("", "pods/portforward", "create"),
+            ("", "pods/log", "get"),
             ("discovery.k8s.io", "endpointslices", "list"),
             ("coordination.k8s.io", "leases", "update"),
             ("coordination.k8s.io", "leases", "delete"),

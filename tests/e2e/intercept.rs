@@ -973,15 +973,41 @@ async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
         names(&s.plugin_ok(&["list", "-o", "json"])),
         [(here.clone(), "echo".to_owned())]
     );
+    let mut everywhere = vec![
+        (here.clone(), "echo".to_owned()),
+        (there.clone(), "bob".to_owned()),
+        (there.clone(), "mine-b".to_owned()),
+    ];
+    everywhere.sort();
     assert_eq!(
         names(&s.plugin_ok(&["list", "-A", "-o", "json"])),
-        [
-            (here.clone(), "echo".to_owned()),
-            (there.clone(), "bob".to_owned()),
-            (there.clone(), "mine-b".to_owned())
-        ]
+        everywhere
     );
     assert!(s.plugin_ok(&["list", "-A"]).starts_with("NAMESPACE "));
+
+    // gather-logs: tunneld's log, every session's record, each agent's status and log.
+    let archive = s.workstation.file("report.tar.gz");
+    let archive = archive.to_str().expect("utf-8 path");
+    s.plugin_ok(&["gather-logs", "-A", "--output-file", archive]);
+    let listing = std::process::Command::new("tar")
+        .args(["tzf", archive])
+        .output()
+        .expect("tar runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for (what, wanted) in [
+        ("tunneld's log", "tunneld/".to_owned()),
+        (
+            "a session's record",
+            format!("sessions/{there}/mine-b/record.json"),
+        ),
+        ("an agent's log", format!("sessions/{here}/echo/echo-")),
+    ] {
+        assert!(
+            listing.contains(&wanted),
+            "no {what} in the archive:\n{listing}"
+        );
+    }
+    assert!(listing.contains(".agent.log\n"), "{listing}");
 
     // leave --all ends this machine's sessions in both namespaces, and names Bob's.
     let left = s.plugin(&["leave", "--all"]);
