@@ -116,7 +116,7 @@ agent-image:
 push-agent: agent-image
 	@[ -n "$(REGISTRY)" ] || { echo "usage: make push-agent REGISTRY=ghcr.io/my-org" >&2; exit 2; }
 	agent-image/push-image.sh $(AGENT_ARCHIVE) $(REGISTRY) $(SKOPEO_FLAGS)
-	@echo "point kubedev at it: kubectl intercept config set agent-image $(REGISTRY)/kubedev-agent:$(VERSION)"
+	@echo "point kubedev at it: kubectl intercept config set-agent-image $(REGISTRY)/kubedev-agent:$(VERSION)"
 
 ## Build everything, start the local cluster, deploy the sample app, and show a request
 ## from a pod answered by a process on the workstation through kubectl intercept.

@@ -58,6 +58,13 @@ for target in $targets; do
         stage=$(mktemp -d) && chmod 755 "$stage"
         install -m755 "$built/${binaries[$plugin]}" "$built/tunneld" "$stage/"
         install -m644 "$repo/LICENSE" "$stage/"
+        completer=kubectl_complete-${binaries[$plugin]#kubectl-}
+        cat > "$stage/$completer" <<COMPLETER
+#!/bin/sh
+# kubectl (1.26 and later) runs this for \`kubectl $plugin ...<TAB>\` once it is on PATH.
+exec "\$(dirname "\$(readlink -f "\$0")")/${binaries[$plugin]}" __complete "\$@"
+COMPLETER
+        chmod 755 "$stage/$completer"
         reproducible_tar_gz "$stage" "$out/$name"
         rm -rf "$stage"
         sha=$(sha256sum "$out/$name" | cut -d' ' -f1)
@@ -72,6 +79,8 @@ for target in $targets; do
     - from: ${binaries[$plugin]}
       to: .
     - from: tunneld
+      to: .
+    - from: $completer
       to: .
     - from: LICENSE
       to: .

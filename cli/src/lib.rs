@@ -1,7 +1,7 @@
 //! What the three plugins share: the command line (`args`), running a session
 //! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
 //! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
-//! (`manage`), the settings file (`config`), bug report archives (`gather`), what they print (`output`), restoring sessions whose lease ran out
+//! (`manage`), shell completion through kubectl (`complete`), the settings file (`config`), bug report archives (`gather`), what they print (`output`), restoring sessions whose lease ran out
 //! (`reclaim`), the links to the agents while a session lasts (`links`), reaching tunneld
 //! (`tunneld`), and errors
 //! reported the way kubectl reports them.
@@ -10,6 +10,7 @@
 
 mod args;
 mod command;
+mod complete;
 mod config;
 mod gather;
 mod links;
@@ -25,6 +26,7 @@ use std::process::ExitCode;
 pub use args::{
     ConfigAction, DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, PluginArgs, SessionArgs,
 };
+pub use complete::{COMPLETE_ARG, complete_if_asked};
 
 use kubedev::inject::Mode;
 use kubedev_process::exit_status;

@@ -333,7 +333,10 @@ fn candidates_table(candidates: &[Candidate]) -> String {
         let services = candidate
             .services
             .iter()
-            .map(|(service, ports)| format!("{service}: {}", ports.join(", ")))
+            .map(|(service, ports)| {
+                let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                format!("{service}: {}", ports.join(", "))
+            })
             .collect::<Vec<_>>();
         lines.push([
             candidate.workload.to_string(),

@@ -1,6 +1,6 @@
 //! `kubectl ingest`: a workload's environment and volumes on this machine, no traffic moved.
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use kubedev::inject::Mode;
 use kubedev_cli::{ModeArgs, PluginArgs};
 
@@ -31,6 +31,9 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = kubedev_cli::complete_if_asked(Mode::Ingest, &Cli::command()) {
+        return code;
+    }
     let cli = Cli::parse();
     kubedev_cli::main(Mode::Ingest, cli.common, ModeArgs::default())
 }

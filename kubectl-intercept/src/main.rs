@@ -1,6 +1,6 @@
 //! `kubectl intercept`: send a workload's service traffic to a process on this machine.
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use kubedev::inject::Mode;
 use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
@@ -82,6 +82,9 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = kubedev_cli::complete_if_asked(Mode::Intercept, &Cli::command()) {
+        return code;
+    }
     let cli = Cli::parse();
     let filtered = !cli.http_headers.is_empty() || cli.http_path_prefix.is_some();
     let mode_args = ModeArgs {

@@ -1,6 +1,6 @@
 //! `kubectl replace-container`: swap a container for this machine while the session lasts.
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use kubedev::inject::Mode;
 use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
@@ -41,6 +41,9 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = kubedev_cli::complete_if_asked(Mode::Replace, &Cli::command()) {
+        return code;
+    }
     let cli = Cli::parse();
     let mode_args = ModeArgs {
         ports: cli.ports,

@@ -16,8 +16,28 @@ pub struct Candidate {
     pub workload: WorkloadRef,
     /// Its containers, by name.
     pub containers: Vec<String>,
-    /// The Services selecting its pods, each with its TCP ports as `NAME PORT->TARGET`.
-    pub services: Vec<(String, Vec<String>)>,
+    /// The Services selecting its pods, each with its TCP ports.
+    pub services: Vec<(String, Vec<CandidatePort>)>,
+}
+
+/// A TCP port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidatePort {
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// The port the Service listens on.
+    pub port: i32,
+    /// The pods' port it leads to, by number or name.
+    pub target: String,
+}
+
+impl std::fmt::Display for CandidatePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} {}->{}", self.port, self.target),
+            None => write!(f, "{}->{}", self.port, self.target),
+        }
+    }
 }
 
 /// The Deployments, StatefulSets and ReplicaSets of their own (not a Deployment's) in
@@ -68,16 +88,14 @@ fn candidate(workload: &Workload, services: &[Service]) -> Result<Candidate, Ses
                 .iter()
                 .flat_map(|spec| spec.ports.iter().flatten())
                 .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-                .map(|p| {
-                    let target = match &p.target_port {
+                .map(|p| CandidatePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target: match &p.target_port {
                         Some(IntOrString::Int(number)) => number.to_string(),
                         Some(IntOrString::String(name)) => name.clone(),
                         None => p.port.to_string(),
-                    };
-                    match &p.name {
-                        Some(name) => format!("{name} {}->{target}", p.port),
-                        None => format!("{}->{target}", p.port),
-                    }
+                    },
                 })
                 .collect();
             (service.metadata.name.clone().unwrap_or_default(), ports)

@@ -17,7 +17,7 @@ mod record;
 mod service;
 mod start;
 
-pub use candidates::{Candidate, candidates_in};
+pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;
 pub use leave::{Left, leave};
 pub use ports::PortMapping;

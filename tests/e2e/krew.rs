@@ -105,6 +105,43 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         "the workstation answered: {answer}"
     );
 
+    // Completion through kubectl, once the archive's completer is on PATH as the caveats say.
+    std::os::unix::fs::symlink(
+        krew.root().join(format!(
+            "store/intercept/v{}/kubectl_complete-intercept",
+            env!("CARGO_PKG_VERSION")
+        )),
+        krew.root().join("bin/kubectl_complete-intercept"),
+    )
+    .expect("the completer on PATH");
+    let complete = |words: &[&str]| -> Vec<String> {
+        let output = krew
+            .kubectl(&["__complete", "intercept", "-n", &ns.name])
+            .args(words)
+            .env("KUBECONFIG", &cluster.dev_kubeconfig)
+            .output()
+            .expect("kubectl __complete runs");
+        succeeded("kubectl __complete intercept", &output)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    for (words, wanted) in [
+        (&[""][..], "deployment/"),
+        (&[""], "echo"),
+        (&["deploy/"], "deploy/echo"),
+        (&["echo", "-c", ""], "echo"),
+        (&["echo", "--port", "3000:"], "3000:http"),
+        (&["leave", ""], "echo"),
+        (&["--cont"], "--container"),
+    ] {
+        let offered = complete(words);
+        assert!(
+            offered.iter().any(|line| line == wanted),
+            "kubectl intercept {words:?}<TAB> offered {offered:?}, not {wanted}"
+        );
+    }
+
     // The tunneld that carries it is the one krew installed beside the plugin.
     let status = succeeded(
         "kubectl intercept status",
