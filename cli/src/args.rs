@@ -161,11 +161,16 @@ pub enum Manage {
 pub enum ConfigAction {
     /// Use IMAGE as the agent image for the kube context (the current one, or --context),
     /// or for every context without an image of its own (--all-contexts).
-    #[command(after_help = "Examples:\n  \
-        # After `make push-agent REGISTRY=registry.example.com/team`\n  \
-        kubectl intercept config set-agent-image registry.example.com/team/kubedev-agent:0.1.0\n\n  \
+    #[command(after_help = concat!(
+        "Examples:\n  \
+        # After `make push-agent REGISTRY=registry.example.com/team` (any of the three plugins)\n  \
+        kubectl intercept config set-agent-image registry.example.com/team/kubedev-agent:",
+        env!("CARGO_PKG_VERSION"),
+        "\n\n  \
         # The same image whatever the context\n  \
-        kubectl intercept config set-agent-image --all-contexts ghcr.io/my-org/kubedev-agent:0.1.0")]
+        kubectl intercept config set-agent-image --all-contexts ghcr.io/my-org/kubedev-agent:",
+        env!("CARGO_PKG_VERSION")
+    ))]
     SetAgentImage {
         /// The image, as the cluster's nodes pull it (REGISTRY/REPOSITORY:TAG).
         image: String,

@@ -4,7 +4,8 @@ use clap::{CommandFactory as _, Parser};
 use kubedev::inject::Mode;
 use kubedev_cli::{ModeArgs, PluginArgs};
 
-const EXAMPLES: &str = "\
+const EXAMPLES: &str = concat!(
+    "\
 Examples:
   # Write the environment of deployment/web's only container to web.env, and stay
   kubectl ingest web --env-file web.env
@@ -13,7 +14,20 @@ Examples:
   kubectl ingest web -- env
 
   # Pick the container of a multi-container StatefulSet
-  kubectl ingest statefulset/db -c postgres --detach";
+  kubectl ingest statefulset/db -c postgres --detach
+
+  # Once per kube context: the agent image your nodes pull (after `make push-agent`)
+  kubectl ingest config set-agent-image registry.example.com/team/kubedev-agent:",
+    env!("CARGO_PKG_VERSION"),
+    "
+
+  # Sessions in every namespace; with none, the workloads a session can start on
+  kubectl ingest list -A
+
+  # End this machine's sessions everywhere; gather logs for a bug report
+  kubectl ingest leave --all
+  kubectl ingest gather-logs"
+);
 
 /// Bring a container's environment and read-only volumes to this machine, with the
 /// cluster's network, without moving any of its traffic.

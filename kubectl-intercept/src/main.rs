@@ -6,7 +6,8 @@ use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
 use kubedev_protocol::HttpFilter;
 
-const EXAMPLES: &str = "\
+const EXAMPLES: &str = concat!(
+    "\
 Examples:
   # Send every request for deployment/web's service port to localhost:8080, until Ctrl-C
   kubectl intercept web --port 8080
@@ -32,7 +33,20 @@ Examples:
   kubectl intercept web --port 8080 --also-proxy 10.96.0.0/12
 
   # How the cluster's ranges are routed on this machine, and why
-  kubectl intercept status";
+  kubectl intercept status
+
+  # Once per kube context: the agent image your nodes pull (after `make push-agent`)
+  kubectl intercept config set-agent-image registry.example.com/team/kubedev-agent:",
+    env!("CARGO_PKG_VERSION"),
+    "
+
+  # Sessions in every namespace; with none, the workloads a session can start on
+  kubectl intercept list -A
+
+  # End this machine's sessions everywhere; gather logs for a bug report
+  kubectl intercept leave --all
+  kubectl intercept gather-logs"
+);
 
 /// Route requests for a workload's service ports to a process on this machine, with the
 /// workload's environment and the cluster's network available locally. The app keeps

@@ -5,7 +5,8 @@ use kubedev::inject::Mode;
 use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
 
-const EXAMPLES: &str = "\
+const EXAMPLES: &str = concat!(
+    "\
 Examples:
   # Replace deployment/web's container; its ports are served from the same ports here
   kubectl replace-container web
@@ -14,7 +15,20 @@ Examples:
   kubectl replace-container web -c api --port 3000:8080
 
   # Run the replacement with the container's environment; the session ends with it
-  kubectl replace-container web -- ./server";
+  kubectl replace-container web -- ./server
+
+  # Once per kube context: the agent image your nodes pull (after `make push-agent`)
+  kubectl replace-container config set-agent-image registry.example.com/team/kubedev-agent:",
+    env!("CARGO_PKG_VERSION"),
+    "
+
+  # Sessions in every namespace; with none, the workloads a session can start on
+  kubectl replace-container list -A
+
+  # End this machine's sessions everywhere; gather logs for a bug report
+  kubectl replace-container leave --all
+  kubectl replace-container gather-logs"
+);
 
 /// Remove a container from a workload's pods and put this machine in its place: all of
 /// its traffic comes here, and the container is restored exactly when the session ends.
