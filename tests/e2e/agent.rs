@@ -32,7 +32,18 @@ async fn link(client: kube::Client, namespace: &str, pod: &str) -> AgentLink {
 }
 
 async fn http_get(link: &AgentLink, host: &str, port: u16, path: &str) -> String {
-    let mut flow = link.open_tcp(host, port).await.expect("tcp flow opens");
+    // A new Service's endpoints reach the node's proxy rules a moment after its pods are
+    // ready; until then its ClusterIP refuses ("No route to host").
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut flow = loop {
+        match link.open_tcp(host, port).await {
+            Ok(flow) => break flow,
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                panic!("tcp flow to {host}:{port} opens: {err:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     flow.write_all(request.as_bytes()).await.expect("send");
     let mut answer = String::new();
