@@ -160,17 +160,25 @@ pub(super) async fn write_session(
         ));
     }
     let template = workload.template()?;
-    let container = match choose_container(&template, plan.container.as_deref(), &plan.workload) {
-        Ok(container) => container,
-        // Several containers and no -c: the Service's target port may tell which.
-        Err(ambiguous) if plan.mode == Mode::Intercept && plan.container.is_none() => {
-            let service = choose_service(client, namespace, &template, plan).await?;
-            container_serving(&service, &template, plan)?.ok_or(ambiguous)?
-        }
-        Err(err) => return Err(err),
+    let chosen = choose_container(&template, plan.container.as_deref(), &plan.workload);
+    // Several containers and no -c: an intercept's Service target port may tell which.
+    let inferable = plan.mode == Mode::Intercept && plan.container.is_none();
+    let chosen = match chosen {
+        Err(err) if !inferable => return Err(err),
+        chosen => chosen,
     };
-    let (targets, service, forwards) =
-        ports_to_take(client, namespace, plan, &template, &container).await?;
+    let service = match plan.mode {
+        Mode::Intercept => Some(choose_service(client, namespace, &template, plan).await?),
+        Mode::Replace | Mode::Ingest => None,
+    };
+    let container = match (chosen, &service) {
+        (Ok(container), _) => container,
+        (Err(ambiguous), Some(service)) => {
+            container_serving(service, &template, plan)?.ok_or(ambiguous)?
+        }
+        (Err(err), None) => return Err(err),
+    };
+    let (targets, forwards) = ports_to_take(plan, &template, &container, service.as_ref())?;
     let token = random_id()?;
     let injected = inject::inject(
         &template,
@@ -222,26 +230,18 @@ pub(super) async fn write_session(
     })
 }
 
-/// The app's ports the agent takes for `plan` (intercept: of the Service it takes over),
-/// and where their connections go on the workstation.
-async fn ports_to_take(
-    client: &kube::Client,
-    namespace: &str,
+/// The app's ports the agent takes for `plan` (intercept: of `service`, the Service it takes
+/// over), and where their connections go on the workstation.
+fn ports_to_take(
     plan: &Plan,
     template: &PodTemplateSpec,
     container: &str,
-) -> Result<(Vec<TargetPort>, Option<Service>, Vec<Forward>), SessionError> {
-    Ok(match plan.mode {
-        Mode::Intercept => {
-            let service = choose_service(client, namespace, template, plan).await?;
-            let (targets, forwards) = intercepted_ports(&service, template, container, plan)?;
-            (targets, Some(service), forwards)
-        }
-        Mode::Replace => {
-            let forwards = replaced_ports(template, container, plan)?;
-            (Vec::new(), None, forwards)
-        }
-        Mode::Ingest => (Vec::new(), None, Vec::new()),
+    service: Option<&Service>,
+) -> Result<(Vec<TargetPort>, Vec<Forward>), SessionError> {
+    Ok(match (service, plan.mode) {
+        (Some(service), _) => intercepted_ports(service, template, container, plan)?,
+        (None, Mode::Replace) => (Vec::new(), replaced_ports(template, container, plan)?),
+        (None, _) => (Vec::new(), Vec::new()),
     })
 }
 
