@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 
 use crate::cidr::Cidr;
 use crate::workload::WorkloadRef;
-use kubedev_protocol::Transport;
+use kubedev_protocol::{Transport, WiretapCounts};
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 
 /// How long a plugin waits for a tunneld it started to open its socket.
@@ -140,6 +140,9 @@ pub struct Forward {
     /// TCP connections or UDP datagrams.
     #[serde(default, skip_serializing_if = "Transport::is_tcp")]
     pub transport: Transport,
+    /// A wiretap: this machine gets copies, and the app still answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wiretap: bool,
 }
 
 /// tunneld's answer to a [`ControlRequest`].
@@ -286,6 +289,9 @@ pub struct SessionStatus {
     pub namespace: String,
     /// Agent pods with a live tunnel.
     pub linked_pods: Vec<String>,
+    /// A wiretap's copies, over its linked pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiretap: Option<WiretapCounts>,
 }
 
 /// Why a request to tunneld failed.

@@ -105,17 +105,32 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
             refuse(&mut stream, "the agent takes no inbound streams".into()).await
         }
         OpenRequest::Files => files::serve(stream, settings.read_only_volumes).await,
-        OpenRequest::Claim { port, filter } => {
+        OpenRequest::Claim {
+            port,
+            filter,
+            wiretap,
+        } => {
             tracing::info!(
-                "a workstation takes port {port}{}",
+                "a workstation {} port {port}{}",
+                if wiretap.is_some() {
+                    "wiretaps"
+                } else {
+                    "takes"
+                },
                 if filter.is_some() {
                     " (matching HTTP requests)"
                 } else {
                     ""
                 }
             );
-            requester.workstations.claim(requester.id, port, filter);
+            requester
+                .workstations
+                .claim(requester.id, port, filter, wiretap);
             answer(&mut stream, &OpenReply::Connected).await
+        }
+        OpenRequest::WiretapCounts { session } => {
+            let counts = requester.workstations.counts(&session);
+            answer(&mut stream, &OpenReply::WiretapCounts(counts)).await
         }
     };
     if let Err(err) = result {

@@ -23,8 +23,8 @@ use russh_sftp::protocol::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-use crate::incoming::http;
-use crate::workstations::Claimant;
+use crate::incoming::http::{self, Route};
+use crate::workstations::{Claimant, Wiretapper};
 
 /// `input` as one client connection to a port a workstation claimed with a filter: the
 /// agent parses and routes every request in it, and the connection ends with the input.
@@ -39,21 +39,34 @@ pub fn http_request(input: &[u8]) {
             }
         });
         let claimants = vec![Claimant {
-            handle,
+            handle: handle.clone(),
             filter: Some(HttpFilter {
                 headers: vec![("x-dev".into(), "alice".into())],
                 path_prefix: Some("/api".into()),
             }),
         }];
-        let listener = Listener {
-            port: 8081,
-            app_port: 8080,
-            app_running: false,
-            transport: Transport::Tcp,
+        // The same workstation also wiretaps every request.
+        let wiretappers = vec![Wiretapper {
+            links: vec![Claimant {
+                handle,
+                filter: None,
+            }],
+            filter: None,
+            tally: Default::default(),
+        }];
+        let route = Route {
+            listener: Listener {
+                port: 8081,
+                app_port: 8080,
+                app_running: false,
+                transport: Transport::Tcp,
+            },
+            claimants,
+            wiretappers,
         };
         let (client, served) = tokio::io::duplex(1 << 16);
         let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
-        let serving = tokio::spawn(http::serve(served, peer, listener, claimants));
+        let serving = tokio::spawn(http::serve_http1(served, peer, route));
         let (mut from_agent, mut to_agent) = tokio::io::split(client);
         let sending = async {
             let _ = to_agent.write_all(input).await;

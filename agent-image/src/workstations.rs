@@ -1,11 +1,13 @@
 //! The workstations connected to this agent, newest first, and the app ports each one
-//! claimed: intercepted connections go to the workstations that claimed their port.
+//! claimed: intercepted connections go to the workstations that claimed their port, and
+//! wiretaps get copies of them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kubedev_protocol::HttpFilter;
 use kubedev_protocol::mux::MuxHandle;
+use kubedev_protocol::{HttpFilter, WiretapCounts};
 
 /// Identifies one workstation's connection while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub(crate) struct WorkstationId(u64);
 pub(crate) struct Workstations {
     next_id: AtomicU64,
     connected: Mutex<Vec<Workstation>>,
+    /// Each wiretap's counts, by its id; kept while the agent runs, across reconnects.
+    tallies: Mutex<HashMap<String, Arc<Tally>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -25,11 +29,47 @@ struct Workstation {
     claims: Vec<Claim>,
 }
 
-/// An app port a workstation takes, wholly or (with a filter) only some HTTP requests.
+/// An app port a workstation takes, wholly or (with a filter) only some HTTP requests; or,
+/// for a wiretap (its id), gets copies of.
 #[derive(Debug, Clone)]
 struct Claim {
     app_port: u16,
     filter: Option<HttpFilter>,
+    wiretap: Option<String>,
+}
+
+/// A wiretap on a port: the links of its session, newest first, any of which may take a
+/// copy, the requests it copies, and its counts.
+#[derive(Debug, Clone)]
+pub(crate) struct Wiretapper {
+    pub(crate) links: Vec<Claimant>,
+    pub(crate) filter: Option<HttpFilter>,
+    pub(crate) tally: Arc<Tally>,
+}
+
+/// What became of one wiretap's copies.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    copied: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Tally {
+    pub(crate) fn count(&self, delivered: bool) {
+        let counter = if delivered {
+            &self.copied
+        } else {
+            &self.dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> WiretapCounts {
+        WiretapCounts {
+            copied: self.copied.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A workstation that claimed a port, and which of its HTTP requests it takes.
@@ -58,18 +98,73 @@ impl Workstations {
     }
 
     /// Workstation `id` takes `app_port` (only the HTTP requests `filter` matches, if
-    /// given), in place of what it claimed on that port before.
-    pub(crate) fn claim(&self, id: WorkstationId, app_port: u16, filter: Option<HttpFilter>) {
+    /// given; copies of them, for wiretap `wiretap`), in place of what it claimed on that
+    /// port before.
+    pub(crate) fn claim(
+        &self,
+        id: WorkstationId,
+        app_port: u16,
+        filter: Option<HttpFilter>,
+        wiretap: Option<String>,
+    ) {
         if let Some(workstation) = self.lock().iter_mut().find(|w| w.id == id) {
             workstation
                 .claims
                 .retain(|claim| claim.app_port != app_port);
-            workstation.claims.push(Claim { app_port, filter });
+            workstation.claims.push(Claim {
+                app_port,
+                filter,
+                wiretap,
+            });
         }
     }
 
-    /// The workstations that claimed `app_port`, newest first.
+    /// The workstations that take `app_port` (not wiretaps), newest first.
     pub(crate) fn claimants(&self, app_port: u16) -> Vec<Claimant> {
+        self.claims_on(app_port)
+            .into_iter()
+            .filter(|(_, wiretap)| wiretap.is_none())
+            .map(|(claimant, _)| claimant)
+            .collect()
+    }
+
+    /// The wiretaps on `app_port`, each with its links, newest first.
+    pub(crate) fn wiretappers(&self, app_port: u16) -> Vec<Wiretapper> {
+        let mut wiretappers: Vec<(String, Wiretapper)> = Vec::new();
+        for (claimant, wiretap) in self.claims_on(app_port) {
+            let Some(id) = wiretap else { continue };
+            match wiretappers.iter_mut().find(|(known, _)| *known == id) {
+                Some((_, wiretapper)) => wiretapper.links.push(claimant),
+                None => {
+                    let tally = self.tally(&id);
+                    let filter = claimant.filter.clone();
+                    let links = vec![claimant];
+                    wiretappers.push((
+                        id,
+                        Wiretapper {
+                            links,
+                            filter,
+                            tally,
+                        },
+                    ));
+                }
+            }
+        }
+        wiretappers.into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// What became of wiretap `id`'s copies so far.
+    pub(crate) fn counts(&self, id: &str) -> WiretapCounts {
+        self.tally(id).counts()
+    }
+
+    fn tally(&self, id: &str) -> Arc<Tally> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        tallies.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Every claim on `app_port` with the claimant, newest workstation first.
+    fn claims_on(&self, app_port: u16) -> Vec<(Claimant, Option<String>)> {
         self.lock()
             .iter()
             .flat_map(|workstation| {
@@ -77,9 +172,12 @@ impl Workstations {
                     .claims
                     .iter()
                     .filter(|claim| claim.app_port == app_port)
-                    .map(|claim| Claimant {
-                        handle: workstation.handle.clone(),
-                        filter: claim.filter.clone(),
+                    .map(|claim| {
+                        let claimant = Claimant {
+                            handle: workstation.handle.clone(),
+                            filter: claim.filter.clone(),
+                        };
+                        (claimant, claim.wiretap.clone())
                     })
             })
             .collect()

@@ -10,7 +10,9 @@ use std::time::Duration;
 use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write_message};
 use kubedev_protocol::link::{AgentLink, LinkError};
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::{OpenReply, OpenRequest, Transport};
+use kubedev_protocol::splice::splice;
+use kubedev_protocol::{HttpFilter, OpenReply, OpenRequest, Transport};
+use kubedev_test_fixtures::grpc::{self, Call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -156,7 +158,7 @@ async fn a_taken_over_udp_port_carries_each_peers_datagrams_to_the_workstation_a
     );
     let agent = Agent::start_with(&config);
     let (link, mut inbound_rx) = agent.link_with_inbound().await;
-    link.claim(53, None).await.expect("claimed");
+    link.claim(53, None, None).await.expect("claimed");
 
     // The workstation: answers each flow's datagrams, naming the flow.
     tokio::spawn(async move {
@@ -322,7 +324,7 @@ async fn a_connection_the_workstation_does_not_accept_goes_to_the_app_before_its
     let mut links = Vec::new();
     for _ in 0..4 {
         let (link, mut inbound_rx) = agent.link_with_inbound().await;
-        link.claim(app_port, None).await.expect("claimed");
+        link.claim(app_port, None, None).await.expect("claimed");
         let unanswered_tx = unanswered_tx.clone();
         tokio::spawn(async move {
             while let Some(stream) = inbound_rx.recv().await {
@@ -353,5 +355,212 @@ async fn a_connection_the_workstation_does_not_accept_goes_to_the_app_before_its
             unanswered_rx.recv().await.is_some(),
             "the workstation was asked first"
         );
+    }
+}
+
+/// A gRPC echo server answering as `name`, on a free loopback port.
+async fn grpc_server(name: &str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(grpc::serve(listener, name.to_owned()));
+    port
+}
+
+/// Delivers every stream the agent opens to `local_port`, as tunneld does.
+fn deliver_inbound(mut inbound_rx: mpsc::Receiver<MuxStream>, local_port: u16) {
+    tokio::spawn(async move {
+        while let Some(mut stream) = inbound_rx.recv().await {
+            tokio::spawn(async move {
+                let _: OpenRequest = read_message(&mut stream).await.expect("request");
+                let mut local = TcpStream::connect(("127.0.0.1", local_port))
+                    .await
+                    .expect("local server");
+                write_message(&mut stream, &OpenReply::Connected)
+                    .await
+                    .expect("reply");
+                let _ = splice(&mut stream, &mut local).await;
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn grpc_calls_on_one_channel_are_routed_one_by_one_by_their_metadata() {
+    let app_port = grpc_server("app").await;
+    let laptop_port = grpc_server("laptop").await;
+    let port = free_port().await;
+    let config =
+        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
+    let agent = Agent::start_with(&config);
+    let (link, inbound_rx) = agent.link_with_inbound().await;
+    let filter = HttpFilter {
+        headers: vec![("x-dev".into(), "alice".into())],
+        path_prefix: None,
+    };
+    link.claim(app_port, Some(filter), None).await.expect("claimed");
+    deliver_inbound(inbound_rx, laptop_port);
+
+    let calls: Vec<Call> = [
+        "say:x-dev=alice",
+        "say",
+        "count:x-dev=alice",
+        "count:x-dev=bob",
+        "chat:x-dev=alice",
+        "chat",
+    ]
+    .iter()
+    .map(|spec| Call::parse(spec).expect("call"))
+    .collect();
+    let answers = tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
+        .await
+        .expect("answered in time")
+        .expect("every call answered");
+    assert_eq!(
+        answers,
+        [
+            "laptop: say",
+            "app: say",
+            "laptop: count 1 | laptop: count 2 | laptop: count 3",
+            "app: count 1 | app: count 2 | app: count 3",
+            "laptop: chat 1 | laptop: chat 2 | laptop: chat 3",
+            "app: chat 1 | app: chat 2 | app: chat 3",
+        ]
+    );
+}
+
+/// Sends `bytes` bytes to the agent's `port`, closes its side, and returns the answer.
+async fn send_through(port: u16, bytes: usize) -> String {
+    let mut client = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    client.write_all(&vec![b'x'; bytes]).await.expect("send");
+    client.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.expect("answer");
+    answer
+}
+
+/// Accepts every stream the agent opens; `read` says whether its bytes are read (and
+/// their count sent on `copied_tx`) or left unread, as by a workstation that stalled.
+fn wiretap_workstation(
+    mut inbound_rx: mpsc::Receiver<MuxStream>,
+    read: bool,
+    copied_tx: mpsc::UnboundedSender<usize>,
+) {
+    tokio::spawn(async move {
+        let mut stalled = Vec::new();
+        while let Some(mut stream) = inbound_rx.recv().await {
+            let _: OpenRequest = read_message(&mut stream).await.expect("request");
+            write_message(&mut stream, &OpenReply::Connected)
+                .await
+                .expect("reply");
+            if !read {
+                stalled.push(stream);
+                continue;
+            }
+            let copied_tx = copied_tx.clone();
+            tokio::spawn(async move {
+                let mut copy = Vec::new();
+                if stream.read_to_end(&mut copy).await.is_ok() {
+                    let _ = copied_tx.send(copy.len());
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_wiretap_gets_the_clients_bytes_and_a_stalled_one_never_slows_the_connection() {
+    let app_port = counting_server().await;
+    let port = free_port().await;
+    let config =
+        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
+    let agent = Agent::start_with(&config);
+    let (copied_tx, mut copied_rx) = mpsc::unbounded_channel();
+    // Alice's wiretap reads its copies; Bob's two links accept theirs and never read.
+    let (alice, alice_rx) = agent.link_with_inbound().await;
+    alice
+        .claim(app_port, None, Some("alice".into()))
+        .await
+        .expect("claimed");
+    wiretap_workstation(alice_rx, true, copied_tx.clone());
+    let mut bob_links = Vec::new();
+    for _ in 0..2 {
+        let (bob, bob_rx) = agent.link_with_inbound().await;
+        bob.claim(app_port, None, Some("bob".into()))
+            .await
+            .expect("claimed");
+        wiretap_workstation(bob_rx, false, copied_tx.clone());
+        bob_links.push(bob);
+    }
+
+    for bytes in [5, 1 << 20] {
+        assert_eq!(send_through(port, bytes).await, format!("got {bytes} bytes"));
+        let copied = tokio::time::timeout(LIVENESS, copied_rx.recv()).await;
+        assert_eq!(copied.expect("in time"), Some(bytes), "alice got a copy");
+    }
+
+    // Far more than the windows and the backlog hold: Bob's copy falls behind and is
+    // dropped (so may Alice's: copies are best effort); the connection itself goes on.
+    const BIG: usize = 64 << 20;
+    let answer = tokio::time::timeout(LIVENESS, send_through(port, BIG))
+        .await
+        .expect("not held back by the stalled wiretap");
+    assert_eq!(answer, format!("got {BIG} bytes"));
+
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let alice_counts = alice.wiretap_counts("alice").await.expect("counts");
+        let bob_counts = bob_links[0].wiretap_counts("bob").await.expect("counts");
+        if alice_counts.copied + alice_counts.dropped == 3 && bob_counts.dropped >= 1 {
+            assert!(alice_counts.copied >= 2, "{alice_counts:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{alice_counts:?} {bob_counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_filtered_wiretap_gets_copies_of_matching_grpc_calls_while_the_app_answers_all() {
+    let app_port = grpc_server("app").await;
+    let laptop_port = grpc_server("laptop").await;
+    let port = free_port().await;
+    let config =
+        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
+    let agent = Agent::start_with(&config);
+    let (link, inbound_rx) = agent.link_with_inbound().await;
+    let filter = HttpFilter {
+        headers: vec![("x-dev".into(), "alice".into())],
+        path_prefix: None,
+    };
+    link.claim(app_port, Some(filter), Some("alice".into()))
+        .await
+        .expect("claimed");
+    deliver_inbound(inbound_rx, laptop_port);
+
+    let calls: Vec<Call> = ["say:x-dev=alice", "count:x-dev=alice", "chat:x-dev=alice", "say"]
+        .iter()
+        .map(|spec| Call::parse(spec).expect("call"))
+        .collect();
+    let answers = tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
+        .await
+        .expect("answered in time")
+        .expect("every call answered");
+    assert!(answers.iter().all(|a| a.starts_with("app: ")), "{answers:?}");
+
+    // The three matching calls were copied, and the laptop answered each.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let counts = link.wiretap_counts("alice").await.expect("counts");
+        if counts.copied + counts.dropped == 3 {
+            assert_eq!(counts.dropped, 0, "{counts:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -229,6 +229,8 @@ pub struct ModeArgs {
     pub address: Option<String>,
     /// intercept: only the HTTP requests that match come here.
     pub filter: Option<kubedev_protocol::HttpFilter>,
+    /// intercept: copies come here, and the app still answers (`--wiretap`).
+    pub wiretap: bool,
 }
 
 #[cfg(test)]

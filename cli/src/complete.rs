@@ -242,7 +242,7 @@ async fn from_cluster(line: &Line, wanted: Wanted, partial: &str) -> anyhow::Res
         Wanted::Session => session::sessions_in(&connection.client, &connection.namespace)
             .await?
             .iter()
-            .flat_map(|(_, record)| record.sessions().map(|(name, _)| name.to_owned()))
+            .flat_map(|(_, record)| record.sessions().map(|s| s.name.to_owned()))
             .collect(),
         Wanted::Namespace => Api::<Namespace>::all(connection.client.clone())
             .list(&Default::default())

@@ -264,7 +264,7 @@ async fn leave(
     let workload = sessions.iter().find_map(|(workload, record)| {
         record
             .sessions()
-            .any(|(session, _)| session == name)
+            .any(|session| session.name == name)
             .then_some(workload)
     });
     let Some(workload) = workload else {

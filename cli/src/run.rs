@@ -189,6 +189,7 @@ fn plan_of(
         service: mode_args.service,
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
         filter: mode_args.filter,
+        wiretap: mode_args.wiretap,
         timeout: args.timeout,
         owner: session::random_id()?,
     })

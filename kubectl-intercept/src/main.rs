@@ -15,6 +15,9 @@ Examples:
   # Only requests with the header x-dev: alice; every other request still reaches the app
   kubectl intercept web --port 8080 --http-header x-dev=alice
 
+  # Wiretap: copies of the requests come here, and the app still answers every one
+  kubectl intercept web --port 8080 --wiretap --name web-copy
+
   # The service has several ports: take port 80 (or its name, e.g. http)
   kubectl intercept web --port 8080:80
 
@@ -82,6 +85,14 @@ struct Cli {
     #[arg(long, value_name = "PREFIX")]
     http_path_prefix: Option<String>,
 
+    /// Copy, don't take: a copy of each connection (with --http-header or
+    /// --http-path-prefix, of each matching HTTP request) comes here, its answer is
+    /// discarded, and the app still answers the real one. A copy that falls behind is
+    /// dropped, never slowing the real request; `status` counts both. Shares the workload
+    /// with any other intercept or wiretap.
+    #[arg(long)]
+    wiretap: bool,
+
     #[command(flatten)]
     common: PluginArgs,
 }
@@ -109,6 +120,7 @@ fn main() -> std::process::ExitCode {
             headers: cli.http_headers,
             path_prefix: cli.http_path_prefix,
         }),
+        wiretap: cli.wiretap,
     };
     kubedev_cli::main(Mode::Intercept, cli.common, mode_args)
 }

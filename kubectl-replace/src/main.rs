@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
         ports: cli.ports,
         service: None,
         address: Some(cli.address),
-        filter: None,
+        ..ModeArgs::default()
     };
     kubedev_cli::main(Mode::Replace, cli.common, mode_args)
 }

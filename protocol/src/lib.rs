@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
 /// solely through the Kubernetes API's port-forward.
@@ -114,6 +114,17 @@ pub enum OpenRequest {
         /// Only the HTTP requests this matches; every request without it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filter: Option<HttpFilter>,
+        /// A wiretap: the session gets a copy of each connection (with a filter, of each
+        /// matching HTTP request) and the app still answers. The id names the session the
+        /// same way on each of its links, so each copy is sent once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wiretap: Option<String>,
+    },
+    /// How many copies the agent sent to wiretap `session`, and how many it dropped;
+    /// answered with [`OpenReply::WiretapCounts`].
+    WiretapCounts {
+        /// The wiretap's id, as in its `Claim`.
+        session: String,
     },
 }
 
@@ -153,6 +164,26 @@ pub enum OpenReply {
         /// The variables, by name.
         variables: BTreeMap<String, String>,
     },
+    /// The answer to [`OpenRequest::WiretapCounts`].
+    WiretapCounts(WiretapCounts),
+}
+
+/// What became of a wiretap's copies in one agent. A copy is one connection's client bytes
+/// or one HTTP request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WiretapCounts {
+    /// Copies delivered whole to the workstation.
+    pub copied: u64,
+    /// Copies given up: the workstation was gone, refused, or fell behind the real
+    /// traffic (a copy never slows the request it copies).
+    pub dropped: u64,
+}
+
+impl std::ops::AddAssign for WiretapCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.copied += other.copied;
+        self.dropped += other.dropped;
+    }
 }
 
 /// The agent's environment variable holding its [`AgentConfig`] (JSON).

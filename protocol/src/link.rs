@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::codec::{CodecError, read_message, write_message};
 use crate::handshake::{HandshakeError, greet_agent};
 use crate::mux::{self, Mode, MuxHandle, MuxStream};
-use crate::{HttpFilter, OpenReply, OpenRequest};
+use crate::{HttpFilter, OpenReply, OpenRequest, WiretapCounts};
 
 /// Why a session or a flow with an agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +94,32 @@ impl AgentLink {
     }
 
     /// Asks the agent to send this session the connections (or, with `filter`, the HTTP
-    /// requests) for the app's `port`.
-    pub async fn claim(&self, port: u16, filter: Option<HttpFilter>) -> Result<(), LinkError> {
-        self.open_flow(&OpenRequest::Claim { port, filter })
-            .await
-            .map(drop)
+    /// requests) for the app's `port`; with `wiretap` (the session's id), copies of them.
+    pub async fn claim(
+        &self,
+        port: u16,
+        filter: Option<HttpFilter>,
+        wiretap: Option<String>,
+    ) -> Result<(), LinkError> {
+        self.open_flow(&OpenRequest::Claim {
+            port,
+            filter,
+            wiretap,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// What became of wiretap `session`'s copies in this agent.
+    pub async fn wiretap_counts(&self, session: &str) -> Result<WiretapCounts, LinkError> {
+        let request = OpenRequest::WiretapCounts {
+            session: session.to_owned(),
+        };
+        match self.request(&request).await?.1 {
+            OpenReply::WiretapCounts(counts) => Ok(counts),
+            OpenReply::Failed { reason } => Err(LinkError::Refused(reason)),
+            other => Err(LinkError::Unexpected(other)),
+        }
     }
 
     /// An SFTP session on the app container's volumes.

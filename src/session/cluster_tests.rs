@@ -24,6 +24,7 @@ pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
             headers: vec![("x-dev".into(), value.into())],
             path_prefix: None,
         }),
+        wiretap: false,
         timeout: Duration::from_secs(30),
         owner: format!("run-{name}"),
     }
@@ -128,7 +129,7 @@ async fn a_second_intercept_joins_the_agent_without_restarting_the_pods() {
         .expect("bob joins");
     let shared = fake.deployment("web");
     assert_eq!(shared["spec"]["template"], alone["spec"]["template"]);
-    let names: Vec<&str> = joined.record.sessions().map(|(name, _)| name).collect();
+    let names: Vec<&str> = joined.record.sessions().map(|s| s.name).collect();
     assert_eq!(names, ["alice", "bob"]);
     // Bob's agents are the pods alice's session labelled.
     assert!(joined.agents.ends_with("=alice"), "{}", joined.agents);
@@ -319,7 +320,7 @@ async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restor
             "round {round}: {results:?}"
         );
         let record = recorded(&fake).await;
-        let mut names: Vec<&str> = record.sessions().map(|(name, _)| name).collect();
+        let mut names: Vec<&str> = record.sessions().map(|s| s.name).collect();
         names.sort_unstable();
         assert_eq!(names, ["alice", "bob"], "round {round}");
 

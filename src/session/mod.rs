@@ -22,7 +22,7 @@ pub use error::SessionError;
 pub use leave::{Left, leave};
 pub use ports::PortMapping;
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
-pub use record::{Joined, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
+pub use record::{Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
 pub use start::{Plan, Started, start};
 
 /// A fresh random id (session tokens, plugin runs): 128 random bits, hex.

@@ -174,6 +174,7 @@ pub(super) fn intercepted_ports(
             local_port: mapping.local,
             filter: plan.filter.clone(),
             transport: Transport::Tcp,
+            wiretap: plan.wiretap,
         });
     }
     Ok((targets, forwards))
@@ -219,6 +220,7 @@ pub(super) fn replaced_ports(
             local_port: *number,
             filter: None,
             transport: *transport,
+            wiretap: false,
         })
         .collect();
     let mut numbers: Vec<u16> = declared.iter().map(|(_, number, _)| *number).collect();

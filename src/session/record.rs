@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::SessionError;
 use super::error::corrupt;
+use super::{Plan, SessionError};
 use crate::inject::Mode;
 use crate::workload::Workload;
 use kubedev_protocol::HttpFilter;
@@ -21,7 +21,10 @@ pub struct Record {
     /// intercept: its HTTP filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<HttpFilter>,
-    /// Intercepts with other HTTP filters that share the agent (see [`start`](super::start())).
+    /// intercept: a wiretap, which gets copies and takes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wiretap: bool,
+    /// Intercepts and wiretaps that share the agent (see [`start`](super::start())).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub joined: Vec<Joined>,
     /// The mode the agent was injected for.
@@ -39,13 +42,17 @@ pub struct Record {
     pub owner: Option<String>,
 }
 
-/// An intercept that joined an existing one, with a different HTTP filter.
+/// An intercept that joined an existing one (with a different HTTP filter), or a wiretap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Joined {
     /// The intercept's session name.
     pub name: String,
-    /// The HTTP requests it takes.
-    pub filter: HttpFilter,
+    /// The HTTP requests it takes (or, as a wiretap, copies); every request without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<HttpFilter>,
+    /// A wiretap, which gets copies and takes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wiretap: bool,
     /// The plugin run that started it (see [`Record::owner`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -102,7 +109,8 @@ impl Record {
         if self.name == name {
             let heir = self.joined.remove(0);
             self.name = heir.name;
-            self.filter = Some(heir.filter);
+            self.filter = heir.filter;
+            self.wiretap = heir.wiretap;
             self.owner = heir.owner;
         } else {
             self.joined.retain(|joined| joined.name != name);
@@ -123,52 +131,72 @@ impl Record {
     }
 
     /// Every session on the workload: the one that added the agent, then those that joined.
-    pub fn sessions(&self) -> impl Iterator<Item = (&str, Option<&HttpFilter>)> {
-        std::iter::once((self.name.as_str(), self.filter.as_ref())).chain(
-            self.joined
-                .iter()
-                .map(|joined| (joined.name.as_str(), Some(&joined.filter))),
-        )
+    pub fn sessions(&self) -> impl Iterator<Item = Listed<'_>> {
+        let first = Listed {
+            name: &self.name,
+            filter: self.filter.as_ref(),
+            wiretap: self.wiretap,
+        };
+        std::iter::once(first).chain(self.joined.iter().map(|joined| Listed {
+            name: &joined.name,
+            filter: joined.filter.as_ref(),
+            wiretap: joined.wiretap,
+        }))
     }
 
-    /// Why an intercept named `name` with `filter` cannot share this workload, if it cannot:
-    /// every intercept on it needs a filter, and no two the same.
-    pub(super) fn refuses_to_share(
-        &self,
-        name: &str,
-        mode: Mode,
-        filter: Option<&HttpFilter>,
-    ) -> Option<String> {
-        if self.mode != Mode::Intercept || mode != Mode::Intercept {
+    /// Why `plan` cannot share this workload, if it cannot: intercepts that take requests
+    /// need a filter each, and no two the same; wiretaps share with any intercept.
+    pub(super) fn refuses_to_share(&self, plan: &Plan) -> Option<String> {
+        if self.mode != Mode::Intercept || plan.mode != Mode::Intercept {
             return Some(format!(
                 "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
                 self.mode, self.name, self.name
             ));
         }
-        if let Some((taken, _)) = self.sessions().find(|(existing, _)| *existing == name) {
+        if let Some(taken) = self.sessions().find(|existing| existing.name == plan.name) {
             return Some(format!(
-                "a session named {taken:?} is already on it: choose another --name"
+                "a session named {:?} is already on it: choose another --name",
+                taken.name
             ));
         }
-        let Some(filter) = filter else {
-            return Some(format!(
-                "intercept {:?} is already on it: a second intercept needs an HTTP filter \
-                 (--http-header or --http-path-prefix) that the first does not have",
-                self.name
-            ));
+        if plan.wiretap {
+            return None;
+        }
+        let mut takers = self.sessions().filter(|existing| !existing.wiretap).peekable();
+        let Some(filter) = &plan.filter else {
+            return takers.peek().map(|first| {
+                format!(
+                    "intercept {:?} is already on it: a second intercept needs an HTTP filter \
+                     (--http-header or --http-path-prefix) that the first does not have, or \
+                     --wiretap to get copies",
+                    first.name
+                )
+            });
         };
-        self.sessions()
-            .find_map(|(existing, existing_filter)| match existing_filter {
-                None => Some(format!(
-                    "intercept {existing:?} takes every request on it: it must leave before \
-                 filtered intercepts can share"
-                )),
-                Some(other) if other == filter => Some(format!(
-                    "intercept {existing:?} already takes the requests this filter matches"
-                )),
-                Some(_) => None,
-            })
+        takers.find_map(|existing| match existing.filter {
+            None => Some(format!(
+                "intercept {:?} takes every request on it: it must leave before filtered \
+                 intercepts can share",
+                existing.name
+            )),
+            Some(other) if other == filter => Some(format!(
+                "intercept {:?} already takes the requests this filter matches",
+                existing.name
+            )),
+            Some(_) => None,
+        })
     }
+}
+
+/// One session on a workload, as its [`Record`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed<'a> {
+    /// The session's name.
+    pub name: &'a str,
+    /// The HTTP requests it takes or copies; all without one.
+    pub filter: Option<&'a HttpFilter>,
+    /// A wiretap: it gets copies and takes nothing.
+    pub wiretap: bool,
 }
 
 /// A Service whose ports a session changed, and its original ports.

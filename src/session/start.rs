@@ -42,6 +42,8 @@ pub struct Plan {
     pub address: String,
     /// intercept: only the HTTP requests that match come here.
     pub filter: Option<HttpFilter>,
+    /// intercept: copies come here, and the app still answers.
+    pub wiretap: bool,
     /// How long to wait for the pods.
     pub timeout: Duration,
     /// This run of the plugin (see [`Record::owner`]).
@@ -141,8 +143,7 @@ pub(super) async fn write_session(
         )));
     }
     if let Some(existing) = record_of(&workload)? {
-        if let Some(reason) = existing.refuses_to_share(&plan.name, plan.mode, plan.filter.as_ref())
-        {
+        if let Some(reason) = existing.refuses_to_share(plan) {
             let holder = match existing.owner.as_deref() {
                 Some(owner) => holder_of(client, namespace, owner).await,
                 None => None,
@@ -194,6 +195,7 @@ pub(super) async fn write_session(
     let mut record = Record {
         name: plan.name.clone(),
         filter: plan.filter.clone(),
+        wiretap: plan.wiretap,
         joined: Vec::new(),
         mode: plan.mode,
         container: container.clone(),
@@ -272,13 +274,8 @@ pub(super) async fn join(
     }
     record.joined.push(Joined {
         name: plan.name.clone(),
-        // Only a filtered intercept gets this far (see `Record::refuses_to_share`).
-        filter: plan.filter.clone().ok_or_else(|| {
-            SessionError::Refused(format!(
-                "cannot intercept {}: a second intercept needs an HTTP filter",
-                plan.workload
-            ))
-        })?,
+        filter: plan.filter.clone(),
+        wiretap: plan.wiretap,
         owner: Some(plan.owner.clone()),
     });
     workload

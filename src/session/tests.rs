@@ -47,6 +47,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         service: None,
         address: "127.0.0.1".into(),
         filter: None,
+        wiretap: false,
         timeout: Duration::from_secs(1),
         owner: "run-a".into(),
     }
@@ -59,6 +60,7 @@ fn forward(app_port: u16, local_port: u16) -> Forward {
         local_port,
         filter: None,
         transport: Transport::Tcp,
+        wiretap: false,
     }
 }
 
@@ -214,6 +216,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
     Record {
         name: "alice".into(),
         filter,
+        wiretap: false,
         joined: Vec::new(),
         mode: Mode::Intercept,
         container: "web".into(),
@@ -230,29 +233,68 @@ fn header(value: &str) -> HttpFilter {
     }
 }
 
+/// Why an intercept (or, with `wiretap`, a wiretap) named `name` with `filter` may not
+/// join `existing`.
+fn refusal(
+    existing: &Record,
+    name: &str,
+    mode: Mode,
+    filter: Option<HttpFilter>,
+    wiretap: bool,
+) -> Option<String> {
+    let plan = Plan {
+        name: name.into(),
+        filter,
+        wiretap,
+        ..plan(mode, &[])
+    };
+    existing.refuses_to_share(&plan)
+}
+
 #[test]
 fn intercepts_share_a_workload_only_with_distinct_filters() {
     let filtered = record(Some(header("alice")));
-    let bob = header("bob");
+    let bob = || Some(header("bob"));
     assert_eq!(
-        filtered.refuses_to_share("bob", Mode::Intercept, Some(&bob)),
+        refusal(&filtered, "bob", Mode::Intercept, bob(), false),
         None
     );
 
-    let reason = |r: &Record, name: &str, mode: Mode, f: Option<&HttpFilter>| {
-        r.refuses_to_share(name, mode, f).expect("refused")
+    let reason = |r: &Record, name: &str, mode: Mode, f: Option<HttpFilter>| {
+        refusal(r, name, mode, f, false).expect("refused")
     };
-    let same = header("alice");
-    assert!(reason(&filtered, "bob", Mode::Intercept, Some(&same)).contains("already takes"));
+    let same = Some(header("alice"));
+    assert!(reason(&filtered, "bob", Mode::Intercept, same).contains("already takes"));
     assert!(reason(&filtered, "bob", Mode::Intercept, None).contains("needs an HTTP filter"));
-    assert!(
-        reason(&filtered, "alice", Mode::Intercept, Some(&bob)).contains("choose another --name")
-    );
+    assert!(reason(&filtered, "alice", Mode::Intercept, bob()).contains("choose another --name"));
     assert!(reason(&filtered, "bob", Mode::Replace, None).contains("end it first"));
     let everything = record(None);
-    assert!(
-        reason(&everything, "bob", Mode::Intercept, Some(&bob)).contains("takes every request")
-    );
+    assert!(reason(&everything, "bob", Mode::Intercept, bob()).contains("takes every request"));
+}
+
+#[test]
+fn wiretaps_share_with_any_intercept_and_take_nothing_from_them() {
+    let everything = record(None);
+    // A wiretap joins an intercept that takes every request, with or without a filter.
+    assert_eq!(refusal(&everything, "tap", Mode::Intercept, None, true), None);
+    let alice = Some(header("alice"));
+    assert_eq!(refusal(&everything, "tap", Mode::Intercept, alice, true), None);
+    // Its name must still be its own.
+    let taken = refusal(&everything, "alice", Mode::Intercept, None, true);
+    assert!(taken.is_some_and(|r| r.contains("choose another --name")));
+
+    // Next to wiretaps alone, an intercept takes every request.
+    let mut tapped = record(None);
+    tapped.wiretap = true;
+    tapped.joined.push(Joined {
+        name: "tap-2".into(),
+        filter: Some(header("bob")),
+        wiretap: true,
+        owner: None,
+    });
+    assert_eq!(refusal(&tapped, "carol", Mode::Intercept, None, false), None);
+    let listed: Vec<bool> = tapped.sessions().map(|s| s.wiretap).collect();
+    assert_eq!(listed, [true, true]);
 }
 
 /// Alice's intercept (run-a), which Bob's (run-b) joined.
@@ -260,7 +302,8 @@ fn shared() -> Record {
     let mut shared = record(Some(header("alice")));
     shared.joined.push(Joined {
         name: "bob".into(),
-        filter: header("bob"),
+        filter: Some(header("bob")),
+        wiretap: false,
         owner: Some("run-b".into()),
     });
     shared
@@ -269,7 +312,7 @@ fn shared() -> Record {
 #[test]
 fn sessions_list_the_first_then_those_that_joined() {
     let shared = shared();
-    let names: Vec<&str> = shared.sessions().map(|(name, _)| name).collect();
+    let names: Vec<&str> = shared.sessions().map(|s| s.name).collect();
     assert_eq!(names, ["alice", "bob"]);
 }
 

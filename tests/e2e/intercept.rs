@@ -223,13 +223,6 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
     assert!(get("/api/cart", None).starts_with("echo from echo-"));
     assert!(get("/index.html", Some("X-Dev: alice")).starts_with("echo from echo-"));
 
-    // An HTTP/2 client is not routed by request: its connection goes to the app whole.
-    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let h2 =
-        s.ns.exec("client", &["probe", "tcp", "echo:8080", preface])
-            .expect("h2 preface");
-    assert!(h2.contains("echo from echo-"), "{h2}");
-
     // One keep-alive connection carries requests for both places.
     let both = "GET /api/a HTTP/1.1\r\nHost: echo\r\nX-Dev: alice\r\n\r\n\
                 GET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";

@@ -258,6 +258,37 @@ impl TestNamespace {
         Ok(service)
     }
 
+    /// Creates the gRPC echo service (`kubedev_test_fixtures::grpc`, answering as `echo
+    /// from POD`): a Deployment serving h2c on its port `grpc` (9090) and a Service `name`
+    /// with port 9090 named `grpc` in front of it.
+    pub async fn deploy_grpc_echo(&self, name: &str) -> anyhow::Result<()> {
+        let container = json!({
+            "name": "grpc",
+            "image": ECHO_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["/grpc-echo", "serve", "9090"],
+            "ports": [{"name": "grpc", "containerPort": 9090}],
+            "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 1}
+        });
+        let deployment = single_container_deployment(name, 1, container)?;
+        self.api::<Deployment>()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .context("create grpc deployment")?;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"app": name},
+                "ports": [{"name": "grpc", "port": 9090, "targetPort": "grpc"}]
+            }
+        }))?;
+        self.api::<Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .context("create grpc service")?;
+        self.wait_deployment_ready(name).await
+    }
+
     /// The echo server as a StatefulSet (and its Service, which it names as its own).
     pub async fn deploy_echo_statefulset(&self, name: &str, replicas: i32) -> anyhow::Result<()> {
         let deployment = single_container_deployment(name, replicas, echo_container())?;

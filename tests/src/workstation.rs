@@ -438,6 +438,24 @@ impl Workstation {
         }
     }
 
+    /// Serves the gRPC echo service (`kubedev_test_fixtures::grpc`) on 127.0.0.1:`port`
+    /// inside the workstation, answering as `local NAME`, until the value drops. Call from
+    /// a Tokio runtime.
+    pub fn serve_grpc(&self, port: u16, name: &str) -> LocalGrpcServer {
+        let listener = self.inside(move || {
+            let listener =
+                std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the local server");
+            listener.set_nonblocking(true).expect("non-blocking");
+            listener
+        });
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let name = format!("local {name}");
+        let serving = tokio::spawn(async move {
+            let _ = kubedev_test_fixtures::grpc::serve(listener, name).await;
+        });
+        LocalGrpcServer { serving }
+    }
+
     /// Runs systemd-resolved inside the workstation, as the system resolver, on a D-Bus
     /// system bus of its own. Its settings file has no upstream or fallback servers, so it
     /// never asks anything outside the machine. tunneld, started after this, finds it.
@@ -608,6 +626,18 @@ impl Drop for LocalServer {
             })
             .join();
         }
+    }
+}
+
+/// A gRPC server the test runs on the workstation.
+#[derive(Debug)]
+pub struct LocalGrpcServer {
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LocalGrpcServer {
+    fn drop(&mut self) {
+        self.serving.abort();
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct AgentSelector {
     pub(crate) token: String,
     /// Where the connections the agents take over go on this machine.
     pub(crate) forwards: Arc<[Forward]>,
+    /// The id the session's wiretap claims carry, the same on every link.
+    pub(crate) wiretap: String,
 }
 
 /// A link's key: the session it serves, its pod, and which of the pod's links it is.
@@ -126,6 +128,18 @@ impl AgentPool {
     }
 
     /// The pods of `session` with a live link.
+    /// One live link to each pod of `session`.
+    pub(crate) async fn link_per_pod(&self, session: &str) -> Vec<AgentLink> {
+        let links = self.links.read().await;
+        let mut chosen: HashMap<&str, AgentLink> = HashMap::new();
+        for (key, link) in links.iter() {
+            if key.session == session && !link.is_closed() {
+                chosen.entry(&key.pod).or_insert_with(|| link.clone());
+            }
+        }
+        chosen.into_values().collect()
+    }
+
     pub(crate) async fn linked_pods(&self, session: &str) -> Vec<String> {
         let links = self.links.read().await;
         let mut pods: Vec<String> = links
@@ -263,7 +277,9 @@ async fn supervise_link(
             Ok((link, inbound_rx)) => {
                 // The agent sends this session only the connections it claimed.
                 for forward in selector.forwards.iter() {
-                    if let Err(err) = link.claim(forward.app_port, forward.filter.clone()).await {
+                    let wiretap = forward.wiretap.then(|| selector.wiretap.clone());
+                    let filter = forward.filter.clone();
+                    if let Err(err) = link.claim(forward.app_port, filter, wiretap).await {
                         tracing::warn!(
                             "agent in pod {pod} did not take port {}: {err}",
                             forward.app_port

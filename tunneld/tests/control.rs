@@ -267,6 +267,7 @@ async fn started_session(fake: &FakeApi) -> Held {
         service: None,
         address: "127.0.0.1".into(),
         filter: None,
+        wiretap: false,
         timeout: Duration::from_secs(5),
         owner: "run-1".into(),
     };

@@ -1,7 +1,7 @@
-//! Request-by-request routing for ports a workstation claimed with an HTTP filter: the
-//! agent speaks HTTP/1.1 on such a port, and each request goes to the workstation whose
-//! filter it matches, else to a workstation that takes everything, else to the app. One
-//! keep-alive connection can so carry requests for several places.
+//! Request-by-request routing for ports a workstation claimed with an HTTP filter: each
+//! request goes to the workstation whose filter it matches, else to a workstation that
+//! takes everything, else to the app. One client connection can so carry requests for
+//! several places. HTTP/1.1 is served here; HTTP/2 (h2c, gRPC) in [`super::http2`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,28 +17,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::to_first_workstation;
-use crate::workstations::Claimant;
+use super::wiretap::TeeBody;
+use crate::workstations::{Claimant, Wiretapper};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
-struct Route {
-    listener: Listener,
-    claimants: Vec<Claimant>,
+/// A filtered port's claimants and wiretaps, and where requests no one takes go.
+pub(crate) struct Route {
+    pub(crate) listener: Listener,
+    pub(crate) claimants: Vec<Claimant>,
+    pub(crate) wiretappers: Vec<Wiretapper>,
 }
 
 /// Serves HTTP/1.1 on `connection`, routing every request.
-pub(crate) async fn serve<C>(
-    connection: C,
-    peer: SocketAddr,
-    listener: Listener,
-    claimants: Vec<Claimant>,
-) where
+pub(crate) async fn serve_http1<C>(connection: C, peer: SocketAddr, route: Route)
+where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let route = Arc::new(Route {
-        listener,
-        claimants,
-    });
+    let route = Arc::new(route);
     let service = hyper::service::service_fn(move |request| {
         let route = route.clone();
         async move { route.forward(request).await }
@@ -55,15 +51,21 @@ pub(crate) async fn serve<C>(
 }
 
 impl Route {
+    /// The claimant that takes `request`: the first whose filter it matches, else the
+    /// first that takes every request.
+    pub(super) fn choose<B>(&self, request: &Request<B>) -> Option<usize> {
+        let claimants = &self.claimants;
+        claimants
+            .iter()
+            .position(|c| c.filter.as_ref().is_some_and(|f| matches(f, request)))
+            .or_else(|| claimants.iter().position(|c| c.filter.is_none()))
+    }
+
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let port = self.listener.app_port;
-        let chosen = self
-            .claimants
-            .iter()
-            .find(|c| c.filter.as_ref().is_some_and(|f| matches(f, &request)))
-            .or_else(|| self.claimants.iter().find(|c| c.filter.is_none()));
-        if let Some(claimant) = chosen {
-            let claimant = std::slice::from_ref(claimant);
+        let request = TeeBody::copy_request(request, &self.wiretappers, port);
+        if let Some(index) = self.choose(&request) {
+            let claimant = std::slice::from_ref(&self.claimants[index]);
             let what = request.uri();
             // The workstation gone or refusing, the app answers instead.
             if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, what).await {
@@ -103,7 +105,7 @@ pub(super) async fn speaks_http2(connection: &TcpStream) -> bool {
 }
 
 /// Whether `request` is one `filter` asks for.
-fn matches<B>(filter: &HttpFilter, request: &Request<B>) -> bool {
+pub(super) fn matches<B>(filter: &HttpFilter, request: &Request<B>) -> bool {
     let path_ok = filter
         .path_prefix
         .as_ref()
@@ -119,7 +121,7 @@ fn matches<B>(filter: &HttpFilter, request: &Request<B>) -> bool {
 }
 
 /// Sends `request` over a new HTTP/1.1 connection on `io` and returns the response.
-async fn send<S>(io: S, request: Request<Incoming>) -> Response<Body>
+async fn send<S>(io: S, request: Request<TeeBody>) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -135,7 +137,7 @@ where
     }
 }
 
-fn error_response(reason: &str) -> Response<Body> {
+pub(super) fn error_response(reason: &str) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(format!("kubedev agent: {reason}\n")))
             .map_err(|never| match never {})

@@ -5,35 +5,46 @@ use std::sync::Arc;
 
 use kubedev_protocol::splice::splice;
 use kubedev_protocol::{Listener, Transport};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::{http, to_first_workstation};
+use super::http::Route;
+use super::wiretap::{ByteCopies, splice_copying};
+use super::{http, http2, to_first_workstation};
 use crate::workstations::Workstations;
 
-/// Hands one connection to the first claimant that takes it, else to the app.
+/// Hands one connection to the first claimant that takes it, else to the app; wiretaps
+/// get copies of it (of its HTTP requests, where any claim has a filter).
 pub(super) async fn deliver(
-    mut connection: TcpStream,
+    connection: TcpStream,
     peer: SocketAddr,
     listener: Listener,
     workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
-    let mut claimants = workstations.claimants(listener.app_port);
-    if claimants.iter().any(|c| c.filter.is_some()) {
-        if !http::speaks_http2(&connection).await {
-            return http::serve(connection, peer, listener, claimants).await;
-        }
-        // Requests are routed one by one over HTTP/1.1 only: an HTTP/2 connection goes
-        // whole to whoever takes every request, else to the app.
-        tracing::debug!("{peer}: HTTP/2 on a filtered port, not routed by request");
-        claimants.retain(|c| c.filter.is_none());
+    let claimants = workstations.claimants(listener.app_port);
+    let wiretappers = workstations.wiretappers(listener.app_port);
+    let filtered = claimants.iter().any(|c| c.filter.is_some())
+        || wiretappers.iter().any(|w| w.filter.is_some());
+    if filtered {
+        let http2 = http::speaks_http2(&connection).await;
+        let route = Route {
+            listener,
+            claimants,
+            wiretappers,
+        };
+        return if http2 {
+            http2::serve(connection, peer, route).await
+        } else {
+            http::serve_http1(connection, peer, route).await
+        };
     }
-    if let Some(mut stream) =
+    let copies = ByteCopies::start(wiretappers, listener.app_port, peer);
+    if let Some(stream) =
         to_first_workstation(&claimants, listener.app_port, Transport::Tcp, &peer).await
     {
         tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
-        let _ = splice(&mut connection, &mut stream).await;
-        return;
+        return relay(connection, stream, copies).await;
     }
     if !listener.app_running {
         return tracing::debug!(
@@ -42,10 +53,23 @@ pub(super) async fn deliver(
         );
     }
     match TcpStream::connect(("127.0.0.1", listener.app_port)).await {
-        Ok(mut app) => {
+        Ok(app) => {
             let _ = app.set_nodelay(true);
-            let _ = splice(&mut connection, &mut app).await;
+            relay(connection, app, copies).await;
         }
         Err(err) => tracing::warn!("{peer} -> the app's port {}: {err}", listener.app_port),
+    }
+}
+
+/// Relays `connection` to `upstream`, through the copying relay only where someone
+/// wiretaps.
+async fn relay<U>(mut connection: TcpStream, mut upstream: U, copies: ByteCopies)
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if copies.is_empty() {
+        let _ = splice(&mut connection, &mut upstream).await;
+    } else {
+        splice_copying(connection, upstream, copies).await;
     }
 }

@@ -31,6 +31,7 @@ build_images() {
     oci_image_tar "$COREDNS_IMAGE" "$root/coredns" "$out/coredns.tar" /coredns
 
     mkdir -p "$root/echo" && install -m755 "$FIXTURES_BIN/echo-server" "$root/echo/echo-server"
+    install -m755 "$FIXTURES_BIN/grpc-echo" "$root/echo/grpc-echo"
     oci_image_tar "$ECHO_IMAGE" "$root/echo" "$out/echo.tar" /echo-server
 
     # The client: busybox (sh, wget, nslookup, ...), the probe, and pause to idle on.
@@ -42,6 +43,7 @@ build_images() {
         [ -e "$root/client/bin/$applet" ] || ln -s busybox "$root/client/bin/$applet"
     done
     install -m755 "$FIXTURES_BIN/probe" "$root/client/bin/probe"
+    install -m755 "$FIXTURES_BIN/grpc-echo" "$root/client/bin/grpc-echo"
     install -m755 "$FIXTURES_BIN/pause" "$root/client/bin/pause"
     oci_image_tar "$CLIENT_IMAGE" "$root/client" "$out/client.tar" /bin/pause
 

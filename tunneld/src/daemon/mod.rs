@@ -19,6 +19,7 @@ use kubedev::control::{
 use kubedev::session::lease::DEFAULT_LEASE;
 use kubedev::session::{self, SessionError};
 use kubedev_process::signals::StopSignals;
+use kubedev_protocol::WiretapCounts;
 use kubedev_protocol::codec::{read_message, write_message};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
@@ -42,6 +43,9 @@ pub(crate) struct Settings {
     /// How long tunneld stays up with no session (after the last one, or after start).
     pub(crate) idle_exit: Duration,
 }
+
+/// How long a status request waits for an agent's wiretap counts.
+const COUNTS_WAIT: Duration = Duration::from_secs(2);
 
 /// How long an environment request waits for a session's agent to be linked.
 const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
@@ -71,6 +75,8 @@ impl Drop for HoldCount<'_> {
 #[derive(Debug)]
 struct Tunneled {
     namespace: String,
+    /// A wiretap's id in its claims.
+    wiretap: Option<String>,
     /// Cancelled when the session is removed: its links end.
     stop: CancellationToken,
 }
@@ -185,6 +191,7 @@ impl Daemon {
                 proxy,
             } => {
                 let selector = AgentSelector {
+                    wiretap: format!("{name}/{}", std::process::id()),
                     namespace,
                     labels: agents,
                     token,
@@ -219,11 +226,17 @@ impl Daemon {
         }
         let stop = CancellationToken::new();
         let namespace = selector.namespace.clone();
+        let wiretap = selector
+            .forwards
+            .iter()
+            .any(|forward| forward.wiretap)
+            .then(|| selector.wiretap.clone());
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
         tracing::info!("session {name} added (namespace {namespace})");
         let tunneled = Tunneled {
             namespace: namespace.clone(),
+            wiretap,
             stop,
         };
         sessions.insert(name, tunneled);
@@ -404,14 +417,32 @@ impl Daemon {
         ControlReply::Done
     }
 
+    /// A wiretap's counts over every pod it is linked to; a pod that does not answer in
+    /// time is left out.
+    async fn wiretap_counts(&self, name: &str, id: &str) -> WiretapCounts {
+        let asked = self.pool.link_per_pod(name).await.into_iter().map(|link| async move {
+            tokio::time::timeout(COUNTS_WAIT, link.wiretap_counts(id)).await
+        });
+        let mut total = WiretapCounts::default();
+        for counts in futures::future::join_all(asked).await.into_iter().flatten().flatten() {
+            total += counts;
+        }
+        total
+    }
+
     async fn status(&self) -> DaemonStatus {
         let sessions = self.sessions.lock().await;
         let mut listed = Vec::new();
         for (name, tunneled) in sessions.iter() {
+            let wiretap = match &tunneled.wiretap {
+                Some(id) => Some(self.wiretap_counts(name, id).await),
+                None => None,
+            };
             listed.push(SessionStatus {
                 name: name.clone(),
                 namespace: tunneled.namespace.clone(),
                 linked_pods: self.pool.linked_pods(name).await,
+                wiretap,
             });
         }
         listed.sort_by(|a, b| a.name.cmp(&b.name));
