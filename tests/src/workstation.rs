@@ -439,8 +439,8 @@ impl Workstation {
     }
 
     /// Serves the gRPC echo service (`kubedev_test_fixtures::grpc`) on 127.0.0.1:`port`
-    /// inside the workstation, answering as `local NAME`, until the value drops. Call from
-    /// a Tokio runtime.
+    /// inside the workstation, answering as `local NAME`, until the value drops. It runs
+    /// on a thread of its own, so a test blocked on a command does not stall it.
     pub fn serve_grpc(&self, port: u16, name: &str) -> LocalGrpcServer {
         let listener = self.inside(move || {
             let listener =
@@ -448,12 +448,23 @@ impl Workstation {
             listener.set_nonblocking(true).expect("non-blocking");
             listener
         });
-        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let name = format!("local {name}");
-        let serving = tokio::spawn(async move {
-            let _ = kubedev_test_fixtures::grpc::serve(listener, name).await;
+        // stop_tx: the test -> the server's thread, when the server is dropped.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                tokio::select! {
+                    _ = kubedev_test_fixtures::grpc::serve(listener, name) => {}
+                    _ = stop_rx => {}
+                }
+            });
         });
-        LocalGrpcServer { serving }
+        LocalGrpcServer { _stop_tx: stop_tx }
     }
 
     /// Runs systemd-resolved inside the workstation, as the system resolver, on a D-Bus
@@ -629,16 +640,10 @@ impl Drop for LocalServer {
     }
 }
 
-/// A gRPC server the test runs on the workstation.
+/// A gRPC server the test runs on the workstation; it stops when dropped.
 #[derive(Debug)]
 pub struct LocalGrpcServer {
-    serving: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LocalGrpcServer {
-    fn drop(&mut self) {
-        self.serving.abort();
-    }
+    _stop_tx: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A UDP server the test runs on the workstation.
