@@ -33,6 +33,9 @@ const ROLE: &str = include_str!("../../deploy/kubedev-role.yaml");
 pub(super) struct Listed {
     name: String,
     mode: Mode,
+    /// An intercept that gets copies and takes nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    wiretap: bool,
     workload: String,
     container: String,
     namespace: String,
@@ -196,6 +199,7 @@ impl Survey {
                         .unwrap_or_default(),
                     name: name.to_owned(),
                     mode: record.mode,
+                    wiretap: record.sessions().any(|s| s.name == name && s.wiretap),
                     workload: workload.reference.to_string(),
                     container: record.container.clone(),
                     namespace: workload.namespace.clone(),
@@ -363,7 +367,11 @@ pub(super) fn table(rows: &[Listed], with_namespace: bool, now: Timestamp) -> St
     for row in rows {
         lines.push(vec![
             row.name.clone(),
-            row.mode.to_string(),
+            if row.wiretap {
+                "wiretap".to_owned()
+            } else {
+                row.mode.to_string()
+            },
             row.workload.clone(),
             row.container.clone(),
             row.holder
@@ -455,6 +463,7 @@ mod tests {
         let rows = [Listed {
             name: "web".into(),
             mode: Mode::Intercept,
+            wiretap: false,
             workload: "deployment/web".into(),
             container: "app".into(),
             namespace: "shop".into(),

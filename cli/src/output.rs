@@ -106,7 +106,7 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
     };
     for session in &status.sessions {
         out += &format!(
-            "session {} (namespace {}): {} linked pod{}\n",
+            "session {} (namespace {}): {} linked pod{}",
             session.name,
             session.namespace,
             session.linked_pods.len(),
@@ -116,6 +116,13 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
                 "s"
             }
         );
+        if let Some(counts) = &session.wiretap {
+            out += &format!(
+                ", wiretap: {} copied, {} dropped",
+                counts.copied, counts.dropped
+            );
+        }
+        out.push('\n');
     }
     out
 }

@@ -470,6 +470,7 @@ pub(super) async fn mount_volumes(
 
 pub(super) fn report(plan: &Plan, started: &Started) {
     let what = match plan.mode {
+        Mode::Intercept if plan.wiretap => "wiretapping",
         Mode::Intercept => "intercepting",
         Mode::Replace => "replacing",
         Mode::Ingest => "ingesting",
@@ -491,8 +492,13 @@ pub(super) fn report(plan: &Plan, started: &Started) {
             .as_ref()
             .map(describe_filter)
             .unwrap_or_default();
+        let copies = if forward.wiretap {
+            " (copies; the app answers every request)"
+        } else {
+            ""
+        };
         eprintln!(
-            "  port {} -> {}:{}{only}",
+            "  port {} -> {}:{}{only}{copies}",
             forward.app_port, forward.local_host, forward.local_port
         );
     }
