@@ -11,8 +11,8 @@ use tokio::net::UnixStream;
 
 use crate::cidr::Cidr;
 use crate::workload::WorkloadRef;
-use kubedev_protocol::{Transport, WiretapCounts};
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
+use kubedev_protocol::{Transport, WiretapCounts};
 
 /// How long a plugin waits for a tunneld it started to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,6 +39,10 @@ pub enum ControlRequest {
         /// session, until it exits.
         #[serde(default, skip_serializing_if = "ProxyChoices::is_empty")]
         proxy: ProxyChoices,
+        /// Ports on this machine's localhost forwarded to the same port on a pod's own
+        /// localhost (`--to-pod`), while the session lasts.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        to_pod: Vec<PodPort>,
     },
     /// Drop the tunnels of a session (its workload is the plugin's to restore).
     RemoveSession {
@@ -143,6 +147,44 @@ pub struct Forward {
     /// A wiretap: this machine gets copies, and the app still answers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wiretap: bool,
+}
+
+/// A port forwarded from this machine's localhost to a pod's own (`--to-pod PORT[/udp]`):
+/// a sidecar's admin port, a debug endpoint that listens on localhost only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPort {
+    /// The port, the same on both ends.
+    pub port: u16,
+    /// TCP or UDP.
+    #[serde(default, skip_serializing_if = "Transport::is_tcp")]
+    pub transport: Transport,
+}
+
+impl std::str::FromStr for PodPort {
+    type Err = String;
+
+    /// `PORT`, `PORT/tcp` or `PORT/udp`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (number, transport) = match text.split_once('/') {
+            None => (text, Transport::Tcp),
+            Some((number, "tcp" | "TCP")) => (number, Transport::Tcp),
+            Some((number, "udp" | "UDP")) => (number, Transport::Udp),
+            Some(_) => return Err(format!("expected PORT or PORT/udp, got {text:?}")),
+        };
+        match number.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Self { port, transport }),
+            _ => Err(format!("expected PORT or PORT/udp (1-65535), got {text:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for PodPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.transport {
+            Transport::Tcp => write!(f, "{}", self.port),
+            Transport::Udp => write!(f, "{}/udp", self.port),
+        }
+    }
 }
 
 /// tunneld's answer to a [`ControlRequest`].
@@ -498,6 +540,27 @@ pub async fn ensure_running(
 mod tests {
     use super::*;
 
+    #[test]
+    fn pod_ports_read_as_port_and_transport() {
+        let port = |text: &str| text.parse::<PodPort>();
+        assert_eq!(
+            port("9901"),
+            Ok(PodPort {
+                port: 9901,
+                transport: Transport::Tcp
+            })
+        );
+        assert_eq!(port("53/udp").map(|p| p.transport), Ok(Transport::Udp));
+        assert_eq!(port("53/tcp").map(|p| p.to_string()).as_deref(), Ok("53"));
+        assert_eq!(
+            port("53/udp").map(|p| p.to_string()).as_deref(),
+            Ok("53/udp")
+        );
+        for bad in ["", "0", "70000", "53/sctp", "x/udp"] {
+            assert!(port(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tunneld_that_takes_the_request_and_never_answers_is_given_up_on() {
         let dir = std::env::temp_dir().join(format!("kubedev-control-{}", std::process::id()));
@@ -546,6 +609,7 @@ mod tests {
             token: "t".into(),
             forwards: Vec::new(),
             proxy: ProxyChoices::default(),
+            to_pod: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&add).expect("json"),

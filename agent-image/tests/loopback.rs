@@ -397,7 +397,9 @@ async fn grpc_calls_on_one_channel_are_routed_one_by_one_by_their_metadata() {
         headers: vec![("x-dev".into(), "alice".into())],
         path_prefix: None,
     };
-    link.claim(app_port, Some(filter), None).await.expect("claimed");
+    link.claim(app_port, Some(filter), None)
+        .await
+        .expect("claimed");
     deliver_inbound(inbound_rx, laptop_port);
 
     let calls: Vec<Call> = [
@@ -495,7 +497,10 @@ async fn a_wiretap_gets_the_clients_bytes_and_a_stalled_one_never_slows_the_conn
     }
 
     for bytes in [5, 1 << 20] {
-        assert_eq!(send_through(port, bytes).await, format!("got {bytes} bytes"));
+        assert_eq!(
+            send_through(port, bytes).await,
+            format!("got {bytes} bytes")
+        );
         let copied = tokio::time::timeout(LIVENESS, copied_rx.recv()).await;
         assert_eq!(copied.expect("in time"), Some(bytes), "alice got a copy");
     }
@@ -542,15 +547,23 @@ async fn a_filtered_wiretap_gets_copies_of_matching_grpc_calls_while_the_app_ans
         .expect("claimed");
     deliver_inbound(inbound_rx, laptop_port);
 
-    let calls: Vec<Call> = ["say:x-dev=alice", "count:x-dev=alice", "chat:x-dev=alice", "say"]
-        .iter()
-        .map(|spec| Call::parse(spec).expect("call"))
-        .collect();
+    let calls: Vec<Call> = [
+        "say:x-dev=alice",
+        "count:x-dev=alice",
+        "chat:x-dev=alice",
+        "say",
+    ]
+    .iter()
+    .map(|spec| Call::parse(spec).expect("call"))
+    .collect();
     let answers = tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
         .await
         .expect("answered in time")
         .expect("every call answered");
-    assert!(answers.iter().all(|a| a.starts_with("app: ")), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.starts_with("app: ")),
+        "{answers:?}"
+    );
 
     // The three matching calls were copied, and the laptop answered each.
     let deadline = tokio::time::Instant::now() + LIVENESS;

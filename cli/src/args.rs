@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
+use kubedev::control::PodPort;
 use kubedev::env::EnvSyntax;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
@@ -70,6 +71,12 @@ pub struct SessionArgs {
     /// context, else this release's).
     #[arg(long, env = "KUBEDEV_AGENT_IMAGE", value_name = "IMAGE")]
     pub agent_image: Option<String>,
+
+    /// PORT[/udp]: forward this port of this machine's localhost to the same port of a
+    /// pod's own localhost while the session lasts (a sidecar's admin port, a debug
+    /// endpoint that listens on localhost only). Repeat for several.
+    #[arg(long = "to-pod", value_name = "PORT[/udp]")]
+    pub to_pod: Vec<PodPort>,
 
     /// Return once the session is live; it lasts until `leave`.
     #[arg(long, conflicts_with = "command")]

@@ -17,8 +17,8 @@ use super::reclaim::reclaim_expired;
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
-    self, ControlError, ControlReply, ControlRequest, Hold, HoldNews, NetworkStatus, ProxyChoices,
-    ResolverStatus,
+    self, ControlError, ControlReply, ControlRequest, Hold, HoldNews, NetworkStatus, PodPort,
+    ProxyChoices, ResolverStatus,
 };
 use kubedev::env::{self, EnvSyntax};
 use kubedev::inject::Mode;
@@ -27,6 +27,7 @@ use kubedev::session::lease::Holder;
 use kubedev::session::{self, Plan, Started};
 use kubedev::workload::{WorkloadRef, check_agents};
 use kubedev_process::signals::StopSignals;
+use kubedev_protocol::Transport;
 
 pub(super) async fn run_session(
     mode: Mode,
@@ -39,6 +40,7 @@ pub(super) async fn run_session(
     let (agent_image, image_source) =
         config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;
     let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
+    check_local_ports(&args.to_pod)?;
     reclaim_expired(&connection, &plan.owner, plan.timeout).await;
     let end = |hold| {
         end_session(
@@ -160,6 +162,25 @@ async fn take_lease(
         }
         Err(err) => Err(anyhow::Error::from(err).context("taking the session's lease")),
     }
+}
+
+/// Fails, before anything changes, where a `--to-pod` port is taken on this machine.
+fn check_local_ports(ports: &[PodPort]) -> anyhow::Result<()> {
+    for port in ports {
+        let address = (std::net::Ipv4Addr::LOCALHOST, port.port);
+        let free = match port.transport {
+            Transport::Tcp => std::net::TcpListener::bind(address).map(drop),
+            Transport::Udp => std::net::UdpSocket::bind(address).map(drop),
+        };
+        free.map_err(|err| {
+            anyhow::anyhow!(
+                "--to-pod {port}: localhost:{} is taken on this machine ({err}); stop what \
+                 listens there or forward another port",
+                port.port
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Ends the session's lease where the session never reached the workload.
@@ -304,8 +325,9 @@ pub(super) async fn go_live(
         also_proxy: args.also_proxy.clone(),
         never_proxy: args.never_proxy.clone(),
     };
-    let (mut variables, network) = join_tunneld(connection, plan, started, proxy).await?;
-    report(plan, started);
+    let (mut variables, network) =
+        join_tunneld(connection, plan, started, proxy, &args.to_pod).await?;
+    report(plan, started, &args.to_pod);
     let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
         eprintln!("volumes mounted at {}", mounted.dir().display());
@@ -362,6 +384,7 @@ pub(super) async fn join_tunneld(
     plan: &Plan,
     started: &Started,
     proxy: ProxyChoices,
+    to_pod: &[PodPort],
 ) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
     let socket = tunneld_socket(connection)?;
     let bar = spinner("connecting to the agents".into());
@@ -374,6 +397,7 @@ pub(super) async fn join_tunneld(
             token: started.token.clone(),
             forwards: started.forwards.clone(),
             proxy,
+            to_pod: to_pod.to_vec(),
         },
     )
     .await?;
@@ -468,7 +492,7 @@ pub(super) async fn mount_volumes(
     }
 }
 
-pub(super) fn report(plan: &Plan, started: &Started) {
+pub(super) fn report(plan: &Plan, started: &Started, to_pod: &[PodPort]) {
     let what = match plan.mode {
         Mode::Intercept if plan.wiretap => "wiretapping",
         Mode::Intercept => "intercepting",
@@ -501,6 +525,9 @@ pub(super) fn report(plan: &Plan, started: &Started) {
             "  port {} -> {}:{}{only}{copies}",
             forward.app_port, forward.local_host, forward.local_port
         );
+    }
+    for port in to_pod {
+        eprintln!("  localhost:{port} -> the pod's localhost:{port}");
     }
 }
 

@@ -126,6 +126,54 @@ where
     }
 }
 
+/// How often a [`serve_peers`] socket forgets flows that ended.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Reads `socket` until it fails. Each peer's datagrams form a flow, carried on the stream
+/// `open` gives for it (none: its datagrams are dropped, as a port nobody listens on drops
+/// them); what comes back on the stream goes to the peer from `socket`.
+pub async fn serve_peers<S, O, Fut>(
+    socket: std::sync::Arc<UdpSocket>,
+    idle: Duration,
+    open: O,
+) -> std::io::Result<()>
+where
+    O: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut flows = UdpFlows::default();
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (len, peer) = tokio::select! {
+            received = socket.recv_from(&mut buf) => received?,
+            _ = prune.tick() => {
+                flows.prune();
+                continue;
+            }
+        };
+        let Some(first) = flows.deliver(&peer, buf[..len].to_vec()) else {
+            continue;
+        };
+        let datagrams_rx = flows.start(peer, first);
+        let opening = open(peer);
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let Some(stream) = opening.await else {
+                return;
+            };
+            let reply = |datagram: Vec<u8>| {
+                let socket = socket.clone();
+                async move { socket.send_to(&datagram, peer).await.map(drop) }
+            };
+            if let Err(err) = relay_channel(stream, datagrams_rx, reply, idle).await {
+                tracing::debug!("udp {peer}: {err}");
+            }
+        });
+    }
+}
+
 /// Carries one flow between `stream` and `socket` (connected to the other end), until
 /// either side ends or no datagram went either way for `idle`.
 pub async fn relay_socket<S>(stream: S, socket: &UdpSocket, idle: Duration) -> std::io::Result<()>

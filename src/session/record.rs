@@ -162,7 +162,10 @@ impl Record {
         if plan.wiretap {
             return None;
         }
-        let mut takers = self.sessions().filter(|existing| !existing.wiretap).peekable();
+        let mut takers = self
+            .sessions()
+            .filter(|existing| !existing.wiretap)
+            .peekable();
         let Some(filter) = &plan.filter else {
             return takers.peek().map(|first| {
                 format!(

@@ -276,9 +276,15 @@ fn intercepts_share_a_workload_only_with_distinct_filters() {
 fn wiretaps_share_with_any_intercept_and_take_nothing_from_them() {
     let everything = record(None);
     // A wiretap joins an intercept that takes every request, with or without a filter.
-    assert_eq!(refusal(&everything, "tap", Mode::Intercept, None, true), None);
+    assert_eq!(
+        refusal(&everything, "tap", Mode::Intercept, None, true),
+        None
+    );
     let alice = Some(header("alice"));
-    assert_eq!(refusal(&everything, "tap", Mode::Intercept, alice, true), None);
+    assert_eq!(
+        refusal(&everything, "tap", Mode::Intercept, alice, true),
+        None
+    );
     // Its name must still be its own.
     let taken = refusal(&everything, "alice", Mode::Intercept, None, true);
     assert!(taken.is_some_and(|r| r.contains("choose another --name")));
@@ -292,7 +298,10 @@ fn wiretaps_share_with_any_intercept_and_take_nothing_from_them() {
         wiretap: true,
         owner: None,
     });
-    assert_eq!(refusal(&tapped, "carol", Mode::Intercept, None, false), None);
+    assert_eq!(
+        refusal(&tapped, "carol", Mode::Intercept, None, false),
+        None
+    );
     let listed: Vec<bool> = tapped.sessions().map(|s| s.wiretap).collect();
     assert_eq!(listed, [true, true]);
 }

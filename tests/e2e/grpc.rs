@@ -11,7 +11,11 @@ const PLUGIN: &str = "kubectl-intercept";
 
 /// The `grpc` Deployment's pod template and Service spec, as stored.
 async fn stored(ns: &TestNamespace) -> (Value, Value) {
-    let deployment = ns.api::<Deployment>().get("grpc").await.expect("deployment");
+    let deployment = ns
+        .api::<Deployment>()
+        .get("grpc")
+        .await
+        .expect("deployment");
     let service = ns.api::<Service>().get("grpc").await.expect("service");
     (
         serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json"),

@@ -14,7 +14,11 @@ const PLUGIN: &str = "kubectl-intercept";
 
 /// The echo Deployment's pod template and Service spec, as stored.
 async fn stored(ns: &TestNamespace) -> (Value, Value) {
-    let deployment = ns.api::<Deployment>().get("echo").await.expect("deployment");
+    let deployment = ns
+        .api::<Deployment>()
+        .get("echo")
+        .await
+        .expect("deployment");
     let service = ns.api::<Service>().get("echo").await.expect("service");
     (
         serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json"),
@@ -29,8 +33,7 @@ fn get(ns: &TestNamespace, path: &str, developer: &str) -> String {
         "" => String::new(),
         name => format!("X-Dev: {name}\r\n"),
     };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{header}Connection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: echo\r\n{header}Connection: close\r\n\r\n");
     let response = ns
         .exec("client", &["probe", "tcp", "echo:8080", &request])
         .expect("request");
@@ -96,7 +99,10 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
     };
 
     // Bob wiretaps every connection to the app's port: the app answers, Bob gets copies.
-    run(&bob, session("3000:http", &["--wiretap", "--name", "bob-tap"]));
+    run(
+        &bob,
+        session("3000:http", &["--wiretap", "--name", "bob-tap"]),
+    );
     for path in ["/one", "/two"] {
         assert!(get(&ns, path, "").starts_with("echo from echo-"));
     }
@@ -104,8 +110,17 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
 
     // Alice intercepts her requests, and Carol wiretaps only Alice's: each request still
     // gets exactly one real answer, and every wiretap whose filter matches gets a copy.
-    run(&alice, session("3000:http", &["--http-header", "x-dev=alice"]));
-    let carol_tap = ["--wiretap", "--http-header", "x-dev=alice", "--name", "carol-tap"];
+    run(
+        &alice,
+        session("3000:http", &["--http-header", "x-dev=alice"]),
+    );
+    let carol_tap = [
+        "--wiretap",
+        "--http-header",
+        "x-dev=alice",
+        "--name",
+        "carol-tap",
+    ];
     run(&bob, session("3001:http", &carol_tap));
     assert_eq!(get(&ns, "/a", "alice"), "local laptop: GET /a HTTP/1.1");
     assert!(get(&ns, "/b", "").starts_with("echo from echo-"));

@@ -249,6 +249,30 @@ impl TestNamespace {
     /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
     pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {
         let deployment = single_container_deployment(name, replicas, echo_container())?;
+        self.create_echo(name, deployment).await
+    }
+
+    /// [`deploy_echo`](Self::deploy_echo) with one replica and a sidecar `admin` that
+    /// answers HTTP on 127.0.0.1:9901 and UDP on 127.0.0.1:9902 only, as `echo from POD`.
+    pub async fn deploy_echo_with_admin_sidecar(&self, name: &str) -> anyhow::Result<Service> {
+        let mut deployment = single_container_deployment(name, 1, echo_container())?;
+        let admin = serde_json::from_value(json!({
+            "name": "admin",
+            "image": ECHO_IMAGE,
+            "imagePullPolicy": "Never",
+            "args": ["--local", "--http", "9901", "--udp", "9902"]
+        }))?;
+        deployment
+            .spec
+            .as_mut()
+            .and_then(|spec| spec.template.spec.as_mut())
+            .context("the echo template")?
+            .containers
+            .push(admin);
+        self.create_echo(name, deployment).await
+    }
+
+    async fn create_echo(&self, name: &str, deployment: Deployment) -> anyhow::Result<Service> {
         self.api::<Deployment>()
             .create(&PostParams::default(), &deployment)
             .await

@@ -206,6 +206,7 @@ impl Workstation {
             token: token.into(),
             forwards: Vec::new(),
             proxy: control::ProxyChoices::default(),
+            to_pod: Vec::new(),
         };
         control::request(&self.socket, &add)
             .await

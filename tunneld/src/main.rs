@@ -5,6 +5,7 @@ mod cidrs;
 mod daemon;
 mod inbound;
 mod network;
+mod to_pod;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -133,6 +133,7 @@ fn add_session(name: &str) -> ControlRequest {
         token: "token".into(),
         forwards: Vec::new(),
         proxy: Default::default(),
+        to_pod: Vec::new(),
     }
 }
 

@@ -38,7 +38,11 @@ struct Upstream(Mutex<Option<SendRequest<TeeBody>>>);
 /// Serves HTTP/2 on `connection`, routing every stream.
 pub(super) async fn serve(connection: TcpStream, peer: SocketAddr, route: Route) {
     let streams = Arc::new(Streams {
-        workstations: route.claimants.iter().map(|_| Upstream::default()).collect(),
+        workstations: route
+            .claimants
+            .iter()
+            .map(|_| Upstream::default())
+            .collect(),
         route,
         app: Upstream::default(),
     });

@@ -234,7 +234,11 @@ impl TeeBody {
     ) -> Request<TeeBody> {
         let watching: Vec<&Wiretapper> = wiretappers
             .iter()
-            .filter(|w| w.filter.as_ref().is_none_or(|f| super::http::matches(f, &request)))
+            .filter(|w| {
+                w.filter
+                    .as_ref()
+                    .is_none_or(|f| super::http::matches(f, &request))
+            })
             .collect();
         let (head, inner) = request.into_parts();
         let copies = watching
@@ -351,9 +355,10 @@ async fn deliver_request(
     let stream = open(wiretapper, app_port, copy.uri()).await?;
     let io = TokioIo::new(stream);
     let response = if copy.version() == Version::HTTP_2 {
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(drop)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(drop)?;
         tokio::spawn(connection);
         sender.send_request(copy).await.map_err(drop)?
     } else {

@@ -95,5 +95,10 @@ async fn a_wiretap_gets_copies_once_however_many_links_it_has() {
     workstations.remove(second_link);
     let counts = workstations.counts("alice-1");
     assert_eq!((counts.copied, counts.dropped), (1, 1));
-    assert!(workstations.wiretappers(8080).iter().all(|w| w.filter.is_none()));
+    assert!(
+        workstations
+            .wiretappers(8080)
+            .iter()
+            .all(|w| w.filter.is_none())
+    );
 }

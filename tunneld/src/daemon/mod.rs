@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kubedev::cidr::Cidr;
 use kubedev::control::{
-    ControlReply, ControlRequest, DaemonStatus, Held, ProxyChoices, SessionStatus,
+    ControlReply, ControlRequest, DaemonStatus, Held, PodPort, ProxyChoices, SessionStatus,
 };
 use kubedev::session::lease::DEFAULT_LEASE;
 use kubedev::session::{self, SessionError};
@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentPool, AgentSelector};
+use crate::to_pod;
 use cluster_network::NetworkState;
 use leases::LeaseKeeping;
 
@@ -189,6 +190,7 @@ impl Daemon {
                 token,
                 forwards,
                 proxy,
+                to_pod,
             } => {
                 let selector = AgentSelector {
                     wiretap: format!("{name}/{}", std::process::id()),
@@ -197,7 +199,7 @@ impl Daemon {
                     token,
                     forwards: forwards.into(),
                 };
-                self.add_session(name, selector, &proxy).await
+                self.add_session(name, selector, &proxy, &to_pod).await
             }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
             ControlRequest::Status => ControlReply::Status(self.status().await),
@@ -217,6 +219,7 @@ impl Daemon {
         name: String,
         selector: AgentSelector,
         proxy: &ProxyChoices,
+        to_pod: &[PodPort],
     ) -> ControlReply {
         let mut sessions = self.sessions.lock().await;
         if sessions.contains_key(&name) {
@@ -224,6 +227,10 @@ impl Daemon {
                 reason: format!("a session named {name:?} already exists"),
             };
         }
+        let to_pod = match to_pod::bind(to_pod).await {
+            Ok(bound) => bound,
+            Err(reason) => return ControlReply::Failed { reason },
+        };
         let stop = CancellationToken::new();
         let namespace = selector.namespace.clone();
         let wiretap = selector
@@ -233,6 +240,7 @@ impl Daemon {
             .then(|| selector.wiretap.clone());
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
+        to_pod::serve(to_pod, name.clone(), self.pool.clone(), &stop);
         tracing::info!("session {name} added (namespace {namespace})");
         let tunneled = Tunneled {
             namespace: namespace.clone(),
@@ -420,11 +428,21 @@ impl Daemon {
     /// A wiretap's counts over every pod it is linked to; a pod that does not answer in
     /// time is left out.
     async fn wiretap_counts(&self, name: &str, id: &str) -> WiretapCounts {
-        let asked = self.pool.link_per_pod(name).await.into_iter().map(|link| async move {
-            tokio::time::timeout(COUNTS_WAIT, link.wiretap_counts(id)).await
-        });
+        let asked =
+            self.pool
+                .link_per_pod(name)
+                .await
+                .into_iter()
+                .map(|link| async move {
+                    tokio::time::timeout(COUNTS_WAIT, link.wiretap_counts(id)).await
+                });
         let mut total = WiretapCounts::default();
-        for counts in futures::future::join_all(asked).await.into_iter().flatten().flatten() {
+        for counts in futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             total += counts;
         }
         total

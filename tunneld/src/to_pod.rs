@@ -1,0 +1,105 @@
+//! `--to-pod PORT[/udp]`: a port of this machine's localhost forwarded, for as long as its
+//! session lasts, to the same port of a pod's own localhost, where only containers of the
+//! pod can reach it (a sidecar's admin port, a debug endpoint). Each connection (or UDP
+//! peer) goes through one of the session's agents, which shares the pod's network.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedev::control::PodPort;
+use kubedev_protocol::Transport;
+use kubedev_protocol::splice::splice;
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, serve_peers};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::AgentPool;
+
+/// Where the agent connects, in the pod's network namespace.
+const LOCALHOST: &str = "127.0.0.1";
+
+/// How long a connection waits for a link to one of the session's pods.
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// A `--to-pod` port, bound on localhost.
+#[derive(Debug)]
+pub(crate) enum Bound {
+    Tcp(PodPort, TcpListener),
+    Udp(PodPort, UdpSocket),
+}
+
+/// Binds every port on localhost, or fails naming the one that is taken.
+pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
+    let mut bound = Vec::new();
+    for port in ports {
+        let address = (Ipv4Addr::LOCALHOST, port.port);
+        let result = match port.transport {
+            Transport::Tcp => TcpListener::bind(address)
+                .await
+                .map(|l| Bound::Tcp(*port, l)),
+            Transport::Udp => UdpSocket::bind(address).await.map(|s| Bound::Udp(*port, s)),
+        };
+        bound.push(
+            result.map_err(|err| {
+                format!("--to-pod {port}: cannot listen on localhost:{port}: {err}")
+            })?,
+        );
+    }
+    Ok(bound)
+}
+
+/// Forwards every bound port to the pods of `session` until `stop` is cancelled.
+pub(crate) fn serve(
+    bound: Vec<Bound>,
+    session: String,
+    pool: Arc<AgentPool>,
+    stop: &CancellationToken,
+) {
+    for bound in bound {
+        let forwarding = forward(bound, session.clone(), pool.clone());
+        tokio::spawn(stop.clone().run_until_cancelled_owned(forwarding));
+    }
+}
+
+async fn forward(bound: Bound, session: String, pool: Arc<AgentPool>) {
+    match bound {
+        Bound::Tcp(port, listener) => loop {
+            match listener.accept().await {
+                Ok((connection, _)) => {
+                    tokio::spawn(relay(connection, port.port, session.clone(), pool.clone()));
+                }
+                Err(err) => tracing::warn!("--to-pod {port}: accepting: {err}"),
+            }
+        },
+        Bound::Udp(port, socket) => {
+            let served = serve_peers(Arc::new(socket), IDLE_TIMEOUT, |peer| {
+                let (session, pool) = (session.clone(), pool.clone());
+                async move {
+                    let link = pool.pick(Some(&session), LINK_WAIT).await?;
+                    link.open_udp(LOCALHOST, port.port)
+                        .await
+                        .inspect_err(|err| tracing::warn!("--to-pod {port} for {peer}: {err}"))
+                        .ok()
+                }
+            });
+            if let Err(err) = served.await {
+                tracing::warn!("--to-pod {port}: {err}");
+            }
+        }
+    }
+}
+
+/// Relays one local connection to `port` on the localhost of one of `session`'s pods.
+async fn relay(mut connection: TcpStream, port: u16, session: String, pool: Arc<AgentPool>) {
+    let _ = connection.set_nodelay(true);
+    let Some(link) = pool.pick(Some(&session), LINK_WAIT).await else {
+        return tracing::warn!("--to-pod {port}: no pod of session {session} is linked");
+    };
+    match link.open_tcp(LOCALHOST, port).await {
+        Ok(mut stream) => {
+            let _ = splice(&mut connection, &mut stream).await;
+        }
+        Err(err) => tracing::warn!("--to-pod {port}: {err}"),
+    }
+}
