@@ -10,7 +10,8 @@
 //!
 //! Then kubectl port-forward and kubedev over a wire with added round-trip times
 //! ([`distance`]), the agent's memory ([`memory`]) and how long intercept sessions take to
-//! start and end ([`sessions`]); [`report`] writes it all up.
+//! start and end ([`sessions`]), and what a wiretap adds to the requests it copies
+//! ([`wiretapped`]); [`report`] writes it all up.
 //!
 //! `kubedev-bench soak` ([`soak`], `make soak`) runs one session under steady load for
 //! `SOAK_SECONDS` and fails if anything failed or grew past its bounds; with
@@ -26,6 +27,7 @@ mod processes;
 mod report;
 mod sessions;
 mod soak;
+mod wiretapped;
 
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
@@ -55,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let echo = paths::EchoPod::find(&ns).await?;
     ns.start_client(CLIENT).await?;
     ns.deploy_echo(intercepted::TARGET, 1).await?;
+    ns.deploy_echo(wiretapped::TARGET, 1).await?;
     ns.deploy_app_with_volume().await?;
 
     eprintln!("bench: direct to the pod from the node");
@@ -74,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
     let memory = memory::agent_memory(&cluster, &ns, &echo).await?;
     eprintln!("bench: intercept sessions");
     let sessions = sessions::time_sessions(&cluster, &ns, CLIENT).await?;
+    eprintln!("bench: wiretapped requests");
+    let wiretapped = wiretapped::measure(&cluster, &ns, CLIENT).await?;
 
     let paths = report::Paths {
         direct,
@@ -87,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         at_distance: &at_distance,
         memory: &memory,
         sessions: &sessions,
+        wiretapped: &wiretapped,
     });
     let path = benchmarks_md();
     // The soak's figures are the soak's to write.

@@ -10,6 +10,7 @@ use crate::measure::{Results, Sizes};
 use crate::memory::AgentMemory;
 use crate::mounts;
 use crate::sessions::{RUNS, SessionTimes};
+use crate::wiretapped::Tapped;
 
 /// What each path to the echo pod measured.
 #[derive(Debug, Clone)]
@@ -28,6 +29,7 @@ pub(crate) struct Measured<'a> {
     pub(crate) at_distance: &'a [AtDistance],
     pub(crate) memory: &'a AgentMemory,
     pub(crate) sessions: &'a SessionTimes,
+    pub(crate) wiretapped: &'a [Tapped],
 }
 
 pub(crate) fn render(measured: &Measured<'_>) -> String {
@@ -53,6 +55,7 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     out += &mount_table(measured.at_distance);
     out += &memory_table(measured.memory);
     out += &session_table(measured.sessions);
+    out += &wiretap_table(measured.wiretapped);
     out
 }
 
@@ -351,6 +354,38 @@ fn session_table(sessions: &SessionTimes) -> String {
         seconds(&sessions.started),
         seconds(&sessions.restored)
     )
+}
+
+fn wiretap_table(measured: &[Tapped]) -> String {
+    let mut out = String::from(
+        "\n## Wiretapped requests\n\nThe same paced HTTP load (new connection per request) from a \
+         client pod on a one-pod echo Deployment's Service, with no session and under \
+         `kubectl intercept --wiretap`, each copy answered by a server on the workstation. \
+         Latency is the client's, from connect to the whole answer.\n\n\
+         | path | requests (failed) | p50 | p99 | p50 added | p99 added | copies (dropped) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let Some(base) = measured.first() else {
+        return out;
+    };
+    for tapped in measured {
+        let load = &tapped.load;
+        let copies = tapped
+            .copies
+            .map_or_else(|| "-".to_owned(), |(c, d)| format!("{c} ({d})"));
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}) | {:.2} ms | {:.2} ms | {:+.2} ms | {:+.2} ms | {copies} |",
+            tapped.what,
+            load.requests,
+            load.failed,
+            load.p50_ms,
+            load.p99_ms,
+            load.p50_ms - base.load.p50_ms,
+            load.p99_ms - base.load.p99_ms,
+        );
+    }
+    out
 }
 
 fn machine() -> String {

@@ -139,7 +139,7 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    fn parse(workers: u32, summary: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(workers: u32, summary: &str) -> anyhow::Result<Self> {
         let field = |key: &str| -> anyhow::Result<f64> {
             summary
                 .split_whitespace()

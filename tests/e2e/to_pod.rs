@@ -8,7 +8,11 @@ use kubedev_e2e::{TestCluster, TestNamespace};
 use serde_json::Value;
 
 async fn template(ns: &TestNamespace) -> Value {
-    let deployment = ns.api::<Deployment>().get("echo").await.expect("deployment");
+    let deployment = ns
+        .api::<Deployment>()
+        .get("echo")
+        .await
+        .expect("deployment");
     serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json")
 }
 
