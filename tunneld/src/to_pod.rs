@@ -103,3 +103,32 @@ async fn relay(mut connection: TcpStream, port: u16, session: String, pool: Arc<
         Err(err) => tracing::warn!("--to-pod {port}: {err}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_taken_here_is_named_and_the_other_transport_is_another_port() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let port = taken.local_addr().expect("address").port();
+        let tcp = PodPort {
+            port,
+            transport: Transport::Tcp,
+        };
+        let err = bind(&[tcp]).await.expect_err("taken");
+        assert!(err.starts_with(&format!(
+            "--to-pod {port}: cannot listen on localhost:{port}"
+        )));
+        let udp = PodPort {
+            port,
+            transport: Transport::Udp,
+        };
+        assert!(matches!(
+            bind(&[udp]).await.as_deref(),
+            Ok([Bound::Udp(..)])
+        ));
+    }
+}

@@ -89,8 +89,11 @@ impl<T> Feed<T> {
 
     /// The real traffic is over: the copy is whole once its backlog is delivered.
     fn finish(mut self) {
-        if self.pieces_tx.take().is_some() {
+        if let Some(pieces_tx) = self.pieces_tx.take() {
+            // Settled before the channel closes, so the delivering side never sees the
+            // end without knowing it is complete.
             self.state.settle(COMPLETE);
+            drop(pieces_tx);
         }
     }
 }
@@ -165,7 +168,7 @@ where
         to_client.shutdown().await
     };
     if let Err(err) = tokio::try_join!(outward, inward) {
-        tracing::debug!("wiretapped connection from: {err}");
+        tracing::debug!("wiretapped connection: {err}");
     }
 }
 
@@ -370,4 +373,40 @@ async fn deliver_request(
     };
     response.into_body().collect().await.map_err(drop)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_finished_copy_is_whole() {
+        let (mut feed, frames_rx, state) = Feed::new();
+        feed.offer(frame("GET "));
+        feed.offer(frame("body"));
+        feed.finish();
+        let copied = CopiedBody { frames_rx, state }.collect().await;
+        assert_eq!(copied.expect("whole").to_bytes(), "GET body");
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_falls_behind_or_is_cut_short_fails_rather_than_ending_early() {
+        let (mut feed, frames_rx, state) = Feed::new();
+        for _ in 0..=BACKLOG {
+            feed.offer(frame("x"));
+        }
+        // The real traffic goes on; the copy no longer takes anything.
+        feed.finish();
+        assert!(state.is(ABANDONED));
+        assert!(CopiedBody { frames_rx, state }.collect().await.is_err());
+
+        let (mut feed, frames_rx, state) = Feed::new();
+        feed.offer(frame("x"));
+        drop(feed);
+        assert!(CopiedBody { frames_rx, state }.collect().await.is_err());
+    }
 }
