@@ -74,7 +74,7 @@ pub enum ControlRequest {
 }
 
 /// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
-/// `workload`, waiting at most `timeout` for its pods.
+/// `workload`, waiting at most `timeout` for its pods, or a connect session's pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
     /// The session's name.
@@ -83,8 +83,9 @@ pub struct Held {
     pub owner: String,
     /// The workload's namespace.
     pub namespace: String,
-    /// The workload to restore.
-    pub workload: WorkloadRef,
+    /// The workload to restore; none for a connect session, whose pod is deleted instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
     /// How long to wait for the restored pods.
     pub timeout: Duration,
     /// The lifetime of the session's lease, which tunneld renews; none where the user's
@@ -579,7 +580,7 @@ mod tests {
             name: "web".into(),
             owner: "run".into(),
             namespace: "shop".into(),
-            workload: "web".parse().expect("workload"),
+            workload: Some("web".parse().expect("workload")),
             timeout: Duration::from_secs(5),
             lease: None,
         };

@@ -46,10 +46,6 @@ pub struct SessionArgs {
     #[arg(short = 'c', long)]
     pub container: Option<String>,
 
-    /// Name of the session (default: the workload's name).
-    #[arg(long)]
-    pub name: Option<String>,
-
     /// Write the container's environment to this file (mode 0600), in --env-syntax.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
@@ -67,16 +63,29 @@ pub struct SessionArgs {
     #[arg(long, value_name = "DIR|false")]
     pub mount: Option<MountChoice>,
 
-    /// The agent image (default: the one `config set-agent-image` chose for the kube
-    /// context, else this release's).
-    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", value_name = "IMAGE")]
-    pub agent_image: Option<String>,
-
     /// PORT[/udp]: forward this port of this machine's localhost to the same port of a
     /// pod's own localhost while the session lasts (a sidecar's admin port, a debug
     /// endpoint that listens on localhost only). Repeat for several.
     #[arg(long = "to-pod", value_name = "PORT[/udp]")]
     pub to_pod: Vec<PodPort>,
+
+    /// How the session lives.
+    #[command(flatten)]
+    pub life: SessionLife,
+}
+
+/// How a session lives: its name, agent image, lease, network choices and what it runs;
+/// `connect` takes these too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionLife {
+    /// Name of the session (default: the workload's name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// The agent image (default: the one `config set-agent-image` chose for the kube
+    /// context, else this release's).
+    #[arg(long, env = "KUBEDEV_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
 
     /// Return once the session is live; it lasts until `leave`.
     #[arg(long, conflicts_with = "command")]
@@ -104,15 +113,26 @@ pub struct SessionArgs {
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = cidr::parse)]
     pub never_proxy: Vec<Cidr>,
 
-    /// Run this command with the container's environment; the session ends when it exits,
-    /// with its exit status.
+    /// Run this command with the container's environment (connect: with the cluster's
+    /// network only); the session ends when it exits, with its exit status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
-/// `list`, `leave`, `role` and `status`.
+/// `connect`, `list`, `leave`, `role`, `status`, `config` and `gather-logs`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Manage {
+    /// The cluster's network on this machine (service names, pod and service IPs), with no
+    /// workload touched: an agent pod of the session's own runs in the namespace until
+    /// the session ends (default name: connect). Needs root for the network, as sessions do.
+    #[command(after_help = "Examples:\n  \
+        # Until Ctrl-C\n  \
+        kubectl intercept connect -n shop\n\n  \
+        # In the background; end it with `leave connect`\n  \
+        kubectl intercept connect --detach\n\n  \
+        # Run the tests against the cluster's services, then disconnect\n  \
+        kubectl intercept connect -- make integration-test")]
+    Connect(SessionLife),
     /// List the kubedev sessions in the namespace (with none, the workloads a session can
     /// start on, their containers and Service ports).
     List {

@@ -274,11 +274,19 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
             .map(|workload| format!("{kind_word}/{}", workload.reference.name))
             .collect());
     }
-    let mut candidates: Vec<String> = ["list", "leave", "status", "role", "config", "gather-logs"]
-        .iter()
-        .chain(&["deployment/", "statefulset/", "replicaset/"])
-        .map(|word| (*word).to_owned())
-        .collect();
+    let mut candidates: Vec<String> = [
+        "connect",
+        "list",
+        "leave",
+        "status",
+        "role",
+        "config",
+        "gather-logs",
+    ]
+    .iter()
+    .chain(&["deployment/", "statefulset/", "replicaset/"])
+    .map(|word| (*word).to_owned())
+    .collect();
     candidates.extend(
         Workload::list(client, namespace, WorkloadKind::Deployment)
             .await?

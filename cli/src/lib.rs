@@ -12,6 +12,7 @@ mod args;
 mod command;
 mod complete;
 mod config;
+mod connect;
 mod gather;
 mod links;
 mod manage;
@@ -25,9 +26,11 @@ use std::process::ExitCode;
 
 pub use args::{
     ConfigAction, DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, PluginArgs, SessionArgs,
+    SessionLife,
 };
 pub use complete::{COMPLETE_ARG, complete_if_asked};
 
+use connect::run_connect;
 use kubedev::inject::Mode;
 use kubedev_process::exit_status;
 use manage::run_manage;
@@ -47,6 +50,7 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let result = match (manage, workload) {
+            (Some(Manage::Connect(life)), _) => run_connect(mode, &cluster, life).await,
             (Some(manage), _) => run_manage(mode, &cluster, manage)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::args::{Manage, Output};
 use super::command_of;
 use super::config::run_config;
+use super::connect::end_connect;
 use super::gather::gather_logs;
 use super::output::{describe_status, render};
 use super::reclaim::reclaim_expired;
@@ -17,6 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{ControlError, DaemonStatus};
 use kubedev::inject::Mode;
+use kubedev::session::connect::{self, ConnectPod};
 use kubedev::session::lease::{Holder, SessionLease};
 use kubedev::session::{self, Candidate, Record};
 use kubedev::workload::{Workload, WorkloadRef};
@@ -28,11 +30,15 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
 /// The Role the plugins need in a namespace (deploy/kubedev-role.yaml).
 const ROLE: &str = include_str!("../../deploy/kubedev-role.yaml");
 
+/// The mode `list` shows for a connect session.
+const CONNECT_MODE: &str = "connect";
+
 /// One row of `list`.
 #[derive(Debug, Serialize)]
 pub(super) struct Listed {
     name: String,
-    mode: Mode,
+    /// intercept, replace or ingest, or connect (a session with an agent pod of its own).
+    mode: String,
     /// An intercept that gets copies and takes nothing.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     wiretap: bool,
@@ -80,6 +86,7 @@ pub(super) async fn run_manage(
             leave(&connection, &socket, mode, name.as_deref(), timeout).await
         }
         Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
+        Manage::Connect(_) => unreachable!("a session, run by `run_connect`"),
         Manage::GatherLogs {
             output_file,
             all_namespaces,
@@ -110,6 +117,8 @@ pub(super) async fn run_manage(
 /// The sessions `list`, `leave --all` and `gather-logs` look at, and their leases.
 pub(super) struct Survey {
     pub(super) sessions: Vec<(Workload, Record)>,
+    /// Connect sessions' pods, by namespace.
+    connects: Vec<(String, ConnectPod)>,
     leases: Vec<SessionLease>,
     /// Where the role may not list workloads cluster-wide: the namespaces looked in instead.
     only: Option<Vec<String>>,
@@ -152,9 +161,34 @@ pub(super) async fn survey(
     } else {
         session::sessions_in(client, &connection.namespace).await?
     };
+    // Connect sessions: in the namespaces above, this machine's sessions' and the current one.
+    let mut looked_in: Vec<&str> = sessions
+        .iter()
+        .map(|(workload, _)| workload.namespace.as_str())
+        .chain(
+            daemon
+                .iter()
+                .flat_map(|d| d.sessions.iter().map(|s| s.namespace.as_str())),
+        )
+        .chain([connection.namespace.as_str()])
+        .collect();
+    if !everywhere {
+        looked_in = vec![connection.namespace.as_str()];
+    }
+    looked_in.sort_unstable();
+    looked_in.dedup();
+    let mut connects = Vec::new();
+    for namespace in looked_in {
+        match connect::connects_in(client, namespace).await {
+            Ok(found) => connects.extend(found.into_iter().map(|c| (namespace.to_owned(), c))),
+            Err(err) if err.is_forbidden() => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
     let mut namespaces: Vec<&str> = sessions
         .iter()
         .map(|(workload, _)| workload.namespace.as_str())
+        .chain(connects.iter().map(|(namespace, _)| namespace.as_str()))
         .collect();
     namespaces.sort_unstable();
     namespaces.dedup();
@@ -170,6 +204,7 @@ pub(super) async fn survey(
     .collect();
     Ok(Survey {
         sessions,
+        connects,
         leases,
         only,
     })
@@ -178,6 +213,33 @@ pub(super) async fn survey(
 impl Survey {
     /// One row per session, with the pods `daemon` links to here.
     pub(super) fn rows(&self, daemon: Option<&DaemonStatus>) -> Vec<Listed> {
+        let lease_of = |owner: Option<&str>| {
+            self.leases
+                .iter()
+                .find(|lease| owner.is_some() && lease.session_owner() == owner)
+        };
+        let linked_pods = |name: &str, namespace: &str| {
+            daemon
+                .iter()
+                .flat_map(|d| d.sessions.iter())
+                .find(|s| s.name == name && s.namespace == namespace)
+                .map(|s| s.linked_pods.clone())
+                .unwrap_or_default()
+        };
+        let connects = self.connects.iter().map(|(namespace, connect)| {
+            let lease = lease_of(connect.owner.as_deref());
+            Listed {
+                linked_pods: linked_pods(&connect.session, namespace),
+                name: connect.session.clone(),
+                mode: CONNECT_MODE.to_owned(),
+                wiretap: false,
+                workload: format!("pod/{}", connect.pod),
+                container: "-".to_owned(),
+                namespace: namespace.clone(),
+                holder: lease.map(|lease| lease.holder.clone()),
+                lease_ends: lease.map(|lease| lease.ends),
+            }
+        });
         self.sessions
             .iter()
             .flat_map(|(workload, record)| {
@@ -186,19 +248,11 @@ impl Survey {
                     .map(move |(name, owner)| (workload, record, name, owner))
             })
             .map(|(workload, record, name, owner)| {
-                let lease = self
-                    .leases
-                    .iter()
-                    .find(|lease| owner.is_some() && lease.session_owner() == owner);
+                let lease = lease_of(owner);
                 Listed {
-                    linked_pods: daemon
-                        .iter()
-                        .flat_map(|d| d.sessions.iter())
-                        .find(|s| s.name == name && s.namespace == workload.namespace)
-                        .map(|s| s.linked_pods.clone())
-                        .unwrap_or_default(),
+                    linked_pods: linked_pods(name, &workload.namespace),
                     name: name.to_owned(),
-                    mode: record.mode,
+                    mode: record.mode.to_string(),
                     wiretap: record.sessions().any(|s| s.name == name && s.wiretap),
                     workload: workload.reference.to_string(),
                     container: record.container.clone(),
@@ -207,6 +261,7 @@ impl Survey {
                     lease_ends: lease.map(|lease| lease.ends),
                 }
             })
+            .chain(connects)
             .collect()
     }
 
@@ -271,14 +326,18 @@ async fn leave(
             .any(|session| session.name == name)
             .then_some(workload)
     });
-    let Some(workload) = workload else {
-        anyhow::bail!(
-            "no session {name:?} in namespace {} (see `{} list -A`)",
-            connection.namespace,
-            command_of(mode)
-        );
-    };
-    end_session(connection, name, &workload.reference, timeout, None).await
+    if let Some(workload) = workload {
+        return end_session(connection, name, &workload.reference, timeout, None).await;
+    }
+    let connects = connect::connects_in(&connection.client, &connection.namespace).await?;
+    if connects.iter().any(|c| c.session == name) {
+        return end_connect(connection, name, None, None).await;
+    }
+    anyhow::bail!(
+        "no session {name:?} in namespace {} (see `{} list -A`)",
+        connection.namespace,
+        command_of(mode)
+    );
 }
 
 async fn leave_all(
@@ -305,6 +364,10 @@ async fn leave_all(
             namespace: row.namespace.clone(),
             ..connection.clone()
         };
+        if row.mode == CONNECT_MODE {
+            end_connect(&in_namespace, &row.name, None, None).await?;
+            continue;
+        }
         let workload: WorkloadRef = row.workload.parse().map_err(anyhow::Error::msg)?;
         end_session(&in_namespace, &row.name, &workload, timeout, None).await?;
     }
@@ -370,7 +433,7 @@ pub(super) fn table(rows: &[Listed], with_namespace: bool, now: Timestamp) -> St
             if row.wiretap {
                 "wiretap".to_owned()
             } else {
-                row.mode.to_string()
+                row.mode.clone()
             },
             row.workload.clone(),
             row.container.clone(),
@@ -462,7 +525,7 @@ mod tests {
     fn list_is_a_table_with_aligned_columns() {
         let rows = [Listed {
             name: "web".into(),
-            mode: Mode::Intercept,
+            mode: "intercept".into(),
             wiretap: false,
             workload: "deployment/web".into(),
             container: "app".into(),

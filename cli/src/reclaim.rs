@@ -23,10 +23,10 @@ pub(super) async fn reclaim_expired(connection: &Connection, owner: &str, timeou
         Ok(reclaimed) => {
             for (expired, left) in reclaimed {
                 match left {
-                    Ok(left) => eprintln!("{}", left.describe(&expired.session, &expired.workload)),
+                    Ok(left) => eprintln!("{left}"),
                     Err(err) => eprintln!(
                         "warning: could not restore {}: {:#}",
-                        expired.workload,
+                        expired.target,
                         anyhow::Error::from(err)
                     ),
                 }

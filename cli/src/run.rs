@@ -11,13 +11,14 @@ use super::args::{ModeArgs, SessionArgs};
 use super::command::run_command;
 use super::command_of;
 use super::config::{self, ImageSource};
+use super::connect::forget_in_tunneld;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, progress_on, spinner};
 use super::reclaim::reclaim_expired;
 use super::tunneld::{tunneld_command, tunneld_socket, tunneld_status};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
-    self, ControlError, ControlReply, ControlRequest, Hold, HoldNews, NetworkStatus, PodPort,
+    self, ControlReply, ControlRequest, Forward, Hold, HoldNews, NetworkStatus, PodPort,
     ProxyChoices, ResolverStatus,
 };
 use kubedev::env::{self, EnvSyntax};
@@ -37,8 +38,10 @@ pub(super) async fn run_session(
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
-    let (agent_image, image_source) =
-        config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;
+    let (agent_image, image_source) = config::agent_image(
+        args.life.agent_image.as_deref(),
+        connection.context.as_deref(),
+    )?;
     let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
     check_local_ports(&args.to_pod)?;
     reclaim_expired(&connection, &plan.owner, plan.timeout).await;
@@ -57,11 +60,25 @@ pub(super) async fn run_session(
     // From before the first change until the session ends, the session has a lease, and
     // tunneld renews it and restores the workload if this process dies (and only this
     // run's session: see `Plan::owner`).
-    let lease = take_lease(&connection, &plan, args.lease).await?;
-    let hold = match hold_tunneld(&connection, &plan, cluster, lease).await {
+    let identity = Identity {
+        mode,
+        name: &plan.name,
+        owner: &plan.owner,
+        target: &plan.workload.to_string(),
+    };
+    let lease = take_lease(&connection, &identity, args.life.lease).await?;
+    let held = control::Held {
+        name: plan.name.clone(),
+        owner: plan.owner.clone(),
+        namespace: connection.namespace.clone(),
+        workload: Some(plan.workload.clone()),
+        timeout: plan.timeout,
+        lease,
+    };
+    let hold = match hold_tunneld(&connection, cluster, held).await {
         Ok(hold) => hold,
         Err(err) => {
-            end_lease(&connection, &plan).await;
+            end_lease(&connection, &plan.owner).await;
             return Err(err);
         }
     };
@@ -71,7 +88,7 @@ pub(super) async fn run_session(
             Err(err) => {
                 // Nothing is left to restore: `start` rolls back what it changed.
                 hold.release().await?;
-                end_lease(&connection, &plan).await;
+                end_lease(&connection, &plan.owner).await;
                 return Err(err);
             }
         },
@@ -92,7 +109,7 @@ pub(super) async fn run_session(
             return stopped_or_failed.map(|_| ExitCode::SUCCESS);
         }
     };
-    if args.detach {
+    if args.life.detach {
         // The session lives in tunneld until `leave`, and the mount with sshfs.
         hold.release().await?;
         std::mem::forget(live.mounted);
@@ -111,7 +128,7 @@ pub(super) async fn run_session(
         mode,
         wanted: usize::try_from(started.workload.replicas()).unwrap_or(1),
     };
-    let stayed = stay(&args.command, &live, &mut signals, &mut hold, links).await?;
+    let stayed = stay(&args.life.command, &live, &mut signals, &mut hold, links).await?;
     drop(live);
     match stayed {
         Stayed::Done(code) => {
@@ -132,31 +149,40 @@ pub(super) async fn run_session(
     }
 }
 
+/// Who a session is, for its lease: its plugin, name, run and what it changes.
+pub(super) struct Identity<'a> {
+    pub(super) mode: Mode,
+    pub(super) name: &'a str,
+    pub(super) owner: &'a str,
+    /// Its workload (`deployment/web`), or a connect session's pod.
+    pub(super) target: &'a str,
+}
+
 /// Takes the session's lease; returns its lifetime, or none where the user's role has no
 /// leases (the session then works, but only `leave` can end it if this machine dies).
-async fn take_lease(
+pub(super) async fn take_lease(
     connection: &Connection,
-    plan: &Plan,
+    session: &Identity<'_>,
     lifetime: Duration,
 ) -> anyhow::Result<Option<Duration>> {
     let taken = session::lease::take_lease(
         &connection.client,
         &connection.namespace,
-        &Holder::here(&plan.owner),
-        &plan.name,
-        &plan.workload.to_string(),
+        &Holder::here(session.owner),
+        session.name,
+        session.target,
         lifetime,
     )
     .await;
     match taken {
         Ok(()) => Ok(Some(lifetime)),
         Err(err) if err.is_forbidden() => {
-            let command = command_of(plan.mode);
+            let command = command_of(session.mode);
             eprintln!(
                 "warning: {err}; without a lease, a session whose machine dies stays in the \
                  cluster until someone runs `{command} leave {}` (`{command} role` prints the \
                  Role kubedev needs)",
-                plan.name
+                session.name
             );
             Ok(None)
         }
@@ -183,10 +209,10 @@ fn check_local_ports(ports: &[PodPort]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends the session's lease where the session never reached the workload.
-async fn end_lease(connection: &Connection, plan: &Plan) {
+/// Ends run `owner`'s lease where its session never reached the cluster.
+pub(super) async fn end_lease(connection: &Connection, owner: &str) {
     if let Err(err) =
-        session::lease::end_lease(&connection.client, &connection.namespace, &plan.owner).await
+        session::lease::end_lease(&connection.client, &connection.namespace, owner).await
     {
         eprintln!("warning: {err} (the next kubedev command in the namespace deletes it)");
     }
@@ -202,7 +228,11 @@ fn plan_of(
 ) -> anyhow::Result<Plan> {
     Ok(Plan {
         mode,
-        name: args.name.clone().unwrap_or_else(|| workload.name.clone()),
+        name: args
+            .life
+            .name
+            .clone()
+            .unwrap_or_else(|| workload.name.clone()),
         workload,
         container: args.container.clone(),
         agent_image,
@@ -211,7 +241,7 @@ fn plan_of(
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
         filter: mode_args.filter,
         wiretap: mode_args.wiretap,
-        timeout: args.timeout,
+        timeout: args.life.timeout,
         owner: session::random_id()?,
     })
 }
@@ -236,15 +266,16 @@ async fn start(
     started.map_err(|err| match err.cannot_pull_agent() {
         true => {
             let err = anyhow::Error::from(err);
-            anyhow::anyhow!("{err:#}\n{}", publish_hint(plan, image_source))
+            let hint = publish_hint(plan.mode, &plan.agent_image, image_source);
+            anyhow::anyhow!("{err:#}\n{hint}")
         }
         false => err.into(),
     })
 }
 
 /// What to do when the nodes cannot pull the agent image.
-fn publish_hint(plan: &Plan, image_source: &ImageSource) -> String {
-    let command = command_of(plan.mode);
+pub(super) fn publish_hint(mode: Mode, image: &str, image_source: &ImageSource) -> String {
+    let command = command_of(mode);
     let version = env!("CARGO_PKG_VERSION");
     format!(
         "The cluster's nodes cannot pull the agent image {image} ({image_source}). Publish it \
@@ -252,13 +283,12 @@ fn publish_hint(plan: &Plan, image_source: &ImageSource) -> String {
          make push-agent REGISTRY=registry.example.com/team   # in kubedev's source tree; no Docker needed\n  \
          {command} config set-agent-image registry.example.com/team/kubedev-agent:{version}\n\
          or give --agent-image IMAGE (KUBEDEV_AGENT_IMAGE) for one run. A private registry also \
-         needs an imagePullSecret on the pods' service account.",
-        image = plan.agent_image,
+         needs an imagePullSecret on the pods' service account."
     )
 }
 
 /// How a foreground session's stay ended.
-enum Stayed {
+pub(super) enum Stayed {
     /// Ctrl-C, or `-- CMD` exited with this status: the session is to be ended.
     Done(ExitCode),
     /// The session is over without this run: tunneld says why.
@@ -270,7 +300,7 @@ enum Stayed {
 /// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
 /// it exits, unless tunneld ends the session first.
 /// Meanwhile, says when the links to the agents go and come back.
-async fn stay(
+pub(super) async fn stay(
     command: &[String],
     live: &Live,
     signals: &mut StopSignals,
@@ -307,10 +337,10 @@ async fn stay(
 
 /// A session usable here.
 pub(super) struct Live {
-    variables: BTreeMap<String, String>,
-    mounted: Option<Mount>,
+    pub(super) variables: BTreeMap<String, String>,
+    pub(super) mounted: Option<Mount>,
     /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
-    command_resolver: Option<PathBuf>,
+    pub(super) command_resolver: Option<PathBuf>,
 }
 
 /// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes
@@ -322,11 +352,19 @@ pub(super) async fn go_live(
     args: &SessionArgs,
 ) -> anyhow::Result<Live> {
     let proxy = ProxyChoices {
-        also_proxy: args.also_proxy.clone(),
-        never_proxy: args.never_proxy.clone(),
+        also_proxy: args.life.also_proxy.clone(),
+        never_proxy: args.life.never_proxy.clone(),
     };
-    let (mut variables, network) =
-        join_tunneld(connection, plan, started, proxy, &args.to_pod).await?;
+    let joining = Joining {
+        mode: plan.mode,
+        name: &plan.name,
+        agents: &started.agents,
+        token: &started.token,
+        forwards: &started.forwards,
+        pods: usize::try_from(started.workload.replicas()).unwrap_or(1),
+        timeout: plan.timeout,
+    };
+    let (mut variables, network) = join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
     report(plan, started, &args.to_pod);
     let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
@@ -335,13 +373,7 @@ pub(super) async fn go_live(
     }
     // An error drops `mounted`, which unmounts.
     write_env_files(args, &variables)?;
-    let command_resolver = match network {
-        NetworkStatus::Up {
-            resolver: ResolverStatus::Unchanged { for_commands, .. },
-            ..
-        } => Some(for_commands),
-        _ => None,
-    };
+    let command_resolver = command_resolver(network);
     Ok(Live {
         variables,
         mounted,
@@ -349,12 +381,22 @@ pub(super) async fn go_live(
     })
 }
 
+/// tunneld's resolver file for `-- CMD`, where the machine's resolver was left as it is.
+pub(super) fn command_resolver(network: NetworkStatus) -> Option<PathBuf> {
+    match network {
+        NetworkStatus::Up {
+            resolver: ResolverStatus::Unchanged { for_commands, .. },
+            ..
+        } => Some(for_commands),
+        _ => None,
+    }
+}
+
 /// Starts tunneld if needed and has it hold the session: see [`control::hold`].
 pub(super) async fn hold_tunneld(
     connection: &Connection,
-    plan: &Plan,
     cluster: &ClusterArgs,
-    lease: Option<Duration>,
+    held: control::Held,
 ) -> anyhow::Result<Hold> {
     let socket = tunneld_socket(connection)?;
     control::ensure_running(
@@ -363,26 +405,30 @@ pub(super) async fn hold_tunneld(
         &socket.with_extension("log"),
     )
     .await?;
-    let held = control::Held {
-        name: plan.name.clone(),
-        owner: plan.owner.clone(),
-        namespace: connection.namespace.clone(),
-        workload: plan.workload.clone(),
-        timeout: plan.timeout,
-        lease,
-    };
     Ok(control::hold(&socket, held).await?)
 }
 
 /// How often the pods are checked for a failing agent while tunneld links to them.
 pub(super) const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
+/// A live session in the cluster, as tunneld is handed it.
+pub(super) struct Joining<'a> {
+    pub(super) mode: Mode,
+    pub(super) name: &'a str,
+    /// The label selector of its agent pods.
+    pub(super) agents: &'a str,
+    pub(super) token: &'a str,
+    pub(super) forwards: &'a [Forward],
+    /// How many agent pods to link to.
+    pub(super) pods: usize,
+    pub(super) timeout: Duration,
+}
+
 /// Hands the session to tunneld, waits for a link to every pod and fetches the app's
 /// environment; returns it and the state of the cluster network.
 pub(super) async fn join_tunneld(
     connection: &Connection,
-    plan: &Plan,
-    started: &Started,
+    session: &Joining<'_>,
     proxy: ProxyChoices,
     to_pod: &[PodPort],
 ) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
@@ -391,29 +437,29 @@ pub(super) async fn join_tunneld(
     control::request(
         &socket,
         &ControlRequest::AddSession {
-            name: plan.name.clone(),
+            name: session.name.to_owned(),
             namespace: connection.namespace.clone(),
-            agents: started.agents.clone(),
-            token: started.token.clone(),
-            forwards: started.forwards.clone(),
+            agents: session.agents.to_owned(),
+            token: session.token.to_owned(),
+            forwards: session.forwards.to_vec(),
             proxy,
             to_pod: to_pod.to_vec(),
         },
     )
     .await?;
-    let wanted = usize::try_from(started.workload.replicas()).unwrap_or(1);
-    let deadline = tokio::time::Instant::now() + plan.timeout;
+    let wanted = session.pods;
+    let deadline = tokio::time::Instant::now() + session.timeout;
     let mut agents_checked = tokio::time::Instant::now();
     let status = loop {
         if agents_checked.elapsed() >= AGENT_CHECK_PERIOD {
-            check_agents(&connection.client, &connection.namespace, &started.agents).await?;
+            check_agents(&connection.client, &connection.namespace, session.agents).await?;
             agents_checked = tokio::time::Instant::now();
         }
         let status = tunneld_status(&socket).await?;
         let linked = status
             .sessions
             .iter()
-            .find(|s| s.name == plan.name)
+            .find(|s| s.name == session.name)
             .map_or(0, |s| s.linked_pods.len());
         bar.set_message(format!(
             "connecting to the agents: {linked}/{wanted} linked"
@@ -424,19 +470,19 @@ pub(super) async fn join_tunneld(
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "tunneld could not reach the agents within {:?}; see {}",
-            plan.timeout,
+            session.timeout,
             socket.with_extension("log").display()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
-    for note in network_notes(&status.network, command_of(plan.mode)) {
+    for note in network_notes(&status.network, command_of(session.mode)) {
         eprintln!("note: {note}");
     }
     match control::request(
         &socket,
         &ControlRequest::Environment {
-            name: plan.name.clone(),
+            name: session.name.to_owned(),
         },
     )
     .await?
@@ -569,17 +615,7 @@ pub(super) async fn end_session(
     timeout: Duration,
     hold: Option<Hold>,
 ) -> anyhow::Result<()> {
-    if let Ok(socket) = tunneld_socket(connection) {
-        match control::request(
-            &socket,
-            &ControlRequest::RemoveSession { name: name.into() },
-        )
-        .await
-        {
-            Ok(_) | Err(ControlError::NotRunning(_)) => {}
-            Err(err) => eprintln!("warning: {err}"),
-        }
-    }
+    forget_in_tunneld(connection, name).await;
     mount::unmount_session(name);
     let bar = spinner(format!("restoring {workload}"));
     let left = session::leave(

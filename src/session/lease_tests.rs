@@ -43,7 +43,7 @@ fn let_run_out(fake: &FakeApi, owner: &str) {
     fake.put_lease(lease);
 }
 
-async fn reclaim(fake: &FakeApi, by: &str) -> Vec<(Expired, Result<Left, SessionError>)> {
+async fn reclaim(fake: &FakeApi, by: &str) -> Vec<(Expired, Result<String, SessionError>)> {
     reclaim_expired(
         &fake.client(),
         NAMESPACE,
@@ -78,7 +78,7 @@ async fn a_session_whose_lease_ran_out_is_restored_once_by_the_next_run() {
     let (expired, left) = &reclaimed[0];
     assert_eq!(expired.session, "web");
     assert_eq!(expired.holder, "alice@laptop");
-    assert_eq!(left.as_ref().expect("restored"), &Left::Restored);
+    assert_eq!(left.as_ref().expect("restored"), "deployment/web restored");
     let after = fake.deployment("web");
     assert_eq!(template(&after), template(&original));
     assert!(

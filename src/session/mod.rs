@@ -8,6 +8,7 @@
 //! any plugin in the namespace ([`reclaim_expired`]).
 
 mod candidates;
+pub mod connect;
 mod error;
 pub mod lease;
 mod leave;

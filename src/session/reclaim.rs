@@ -8,10 +8,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use super::SessionError;
+use super::connect::{connects_in, end_connect};
 use super::lease::{Holder, end_lease, leases_in, take_over};
-use super::leave::{Left, leave};
+use super::leave::leave;
 use super::record::{Record, record_of};
-use crate::workload::{Workload, WorkloadKind, WorkloadRef};
+use crate::workload::{Workload, WorkloadKind};
 
 /// Every workload in `namespace` with a session on it, and its record.
 pub async fn sessions_in(
@@ -59,8 +60,9 @@ async fn sessions_of(
 pub struct Expired {
     /// The session's name.
     pub session: String,
-    /// Its workload.
-    pub workload: WorkloadRef,
+    /// What it changed: its workload (`deployment/web`), or a connect session's pod
+    /// (`pod/kubedev-connect-dev`).
+    pub target: String,
     /// Who held it (`user@host`).
     pub holder: String,
     /// How long ago its lease ran out.
@@ -73,7 +75,7 @@ impl Expired {
         format!(
             "session {:?} on {}: its lease ran out {}s ago (held by {})",
             self.session,
-            self.workload,
+            self.target,
             self.ended_ago.as_secs(),
             self.holder
         )
@@ -81,18 +83,22 @@ impl Expired {
 }
 
 /// Restores, as `leave` does, every session in `namespace` whose lease has run out (one
-/// without a lease is left to `leave`), taking its lease over first so that no two runs restore one session and its holder, if it comes
-/// back, learns that it is over. Calls `found` before restoring each; returns what each
-/// restore did. Leases whose session is on no workload are deleted.
+/// without a lease is left to `leave`), taking its lease over first so that no two runs
+/// restore one session and its holder, if it comes back, learns that it is over; a
+/// connect session's pod is deleted. Calls `found` before restoring each; returns what
+/// each restore did, in words. Leases whose session is nowhere are deleted.
 pub async fn reclaim_expired(
     client: &kube::Client,
     namespace: &str,
     by: &Holder,
     timeout: Duration,
     mut found: impl FnMut(&Expired),
-) -> Result<Vec<(Expired, Result<Left, SessionError>)>, SessionError> {
-    let (sessions, leases) =
-        futures::try_join!(sessions_in(client, namespace), leases_in(client, namespace))?;
+) -> Result<Vec<(Expired, Result<String, SessionError>)>, SessionError> {
+    let (sessions, connects, leases) = futures::try_join!(
+        sessions_in(client, namespace),
+        connects_in(client, namespace),
+        leases_in(client, namespace)
+    )?;
     let now = Timestamp::now();
     let mut on_record = HashSet::new();
     let mut reclaimed = Vec::new();
@@ -115,7 +121,7 @@ pub async fn reclaim_expired(
             }
             let expired = Expired {
                 session: session.to_owned(),
-                workload: workload.reference.clone(),
+                target: workload.reference.to_string(),
                 holder: lease.holder.describe(),
                 ended_ago,
             };
@@ -130,8 +136,34 @@ pub async fn reclaim_expired(
                 |_| {},
             )
             .await;
+            let left = left.map(|left| left.describe(session, &workload.reference));
             reclaimed.push((expired, left));
         }
+    }
+    for connect in &connects {
+        let Some(owner) = &connect.owner else {
+            continue;
+        };
+        on_record.insert(owner.clone());
+        let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(owner)) else {
+            continue;
+        };
+        let Some(ended_ago) = lease.ended_ago(now) else {
+            continue;
+        };
+        if !take_over(client, namespace, lease, by, timeout).await? {
+            continue;
+        }
+        let expired = Expired {
+            session: connect.session.clone(),
+            target: format!("pod/{}", connect.pod),
+            holder: lease.holder.describe(),
+            ended_ago,
+        };
+        found(&expired);
+        let ended = end_connect(client, namespace, &connect.session, Some(owner)).await;
+        let ended = ended.map(|_| format!("connect session {:?} ended", connect.session));
+        reclaimed.push((expired, ended));
     }
     for lease in leases.iter().filter(|lease| lease.ended_ago(now).is_some()) {
         let Some(owner) = lease.session_owner() else {
@@ -152,7 +184,7 @@ mod tests {
     fn an_expired_session_says_whose_it_was_and_since_when() {
         let expired = Expired {
             session: "web".into(),
-            workload: "web".parse().expect("workload"),
+            target: "deployment/web".into(),
             holder: "alice@laptop".into(),
             ended_ago: Duration::from_secs(42),
         };

@@ -11,6 +11,7 @@ use std::fmt;
 pub use error::WorkloadError;
 pub use object::{MayConflict, Workload, retry_on_conflict};
 pub use rollout::{Progress, RolloutError, check_agents, wait_for_pods};
+pub(crate) use rollout::{agent_failure, is_ready, why_not_ready};
 use std::str::FromStr;
 
 /// The kinds of workload whose pod template kubedev can patch.

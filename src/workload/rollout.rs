@@ -236,7 +236,7 @@ fn has_agent(pod: &Pod) -> bool {
         .is_some_and(|spec| spec.containers.iter().any(|c| c.name == AGENT_CONTAINER))
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|status| status.conditions.as_ref())
@@ -253,7 +253,7 @@ fn name_of(pod: &Pod) -> &str {
 
 /// The agent's own failures, which waiting will not cure: an image the node cannot pull,
 /// or a process that keeps exiting.
-fn agent_failure(pod: &Pod) -> Option<RolloutError> {
+pub(crate) fn agent_failure(pod: &Pod) -> Option<RolloutError> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     let agent = statuses.iter().find(|s| s.name == AGENT_CONTAINER)?;
     let waiting = agent.state.as_ref()?.waiting.as_ref()?;
@@ -291,7 +291,7 @@ fn agent_failure(pod: &Pod) -> Option<RolloutError> {
 
 /// What keeps `pod` from being ready, as its status tells: not scheduled, a container
 /// waiting or exited, or one running whose readiness probe fails.
-fn why_not_ready(pod: &Pod) -> Option<String> {
+pub(crate) fn why_not_ready(pod: &Pod) -> Option<String> {
     if is_ready(pod) {
         return None;
     }

@@ -64,12 +64,20 @@ async fn probe_service_range(client: &kube::Client, namespace: &str) -> Option<C
         .create(&params, &probe)
         .await
         .err()?;
-    range_in_refusal(&err.to_string())
+    let message = match &err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    };
+    let range = range_in_refusal(&message);
+    if range.is_none() {
+        tracing::warn!("the service range is unknown: the API server answered {err}");
+    }
+    range
 }
 
 fn range_in_refusal(message: &str) -> Option<Cidr> {
     let (_, rest) = message.split_once("The range of valid IPs is ")?;
-    rest.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+    rest.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'))
         .next()
         .and_then(|text| cidr::parse(text).ok())
 }
@@ -126,5 +134,10 @@ mod tests {
             Some(cidr::parse("10.96.0.0/16").expect("cidr"))
         );
         assert_eq!(range_in_refusal("forbidden"), None);
+        // As kube's error shows it, the reason after the message.
+        assert_eq!(
+            range_in_refusal("... The range of valid IPs is 10.96.0.0/16: Invalid"),
+            Some(cidr::parse("10.96.0.0/16").expect("cidr"))
+        );
     }
 }

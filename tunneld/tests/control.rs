@@ -142,7 +142,7 @@ fn held(name: &str) -> Held {
         name: name.into(),
         owner: "run-1".into(),
         namespace: "shop".into(),
-        workload: "deployment/web".parse().expect("workload"),
+        workload: Some("deployment/web".parse().expect("workload")),
         timeout: Duration::from_secs(5),
         lease: Some(LEASE),
     }

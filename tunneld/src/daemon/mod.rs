@@ -16,6 +16,7 @@ use kubedev::cidr::Cidr;
 use kubedev::control::{
     ControlReply, ControlRequest, DaemonStatus, Held, PodPort, ProxyChoices, SessionStatus,
 };
+use kubedev::session::connect::{self, end_connect};
 use kubedev::session::lease::DEFAULT_LEASE;
 use kubedev::session::{self, SessionError};
 use kubedev_process::signals::StopSignals;
@@ -305,7 +306,7 @@ impl Daemon {
         tracing::warn!(
             "the plugin running session {} is gone: ending it and restoring {}",
             held.name,
-            held.workload
+            restored(&held)
         );
         self.remove_session(&held.name).await;
         self.restore(&held).await;
@@ -313,9 +314,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// Restores `held`'s workload as `leave` does, retrying while the cluster fails for as
-    /// long as the session's lease lasts: a cluster out of reach for that long cannot renew
-    /// it either, and the session is left to the next run in the namespace to reclaim.
+    /// Restores `held`'s workload as `leave` does (or deletes a connect session's pod),
+    /// retrying while the cluster fails for as long as the session's lease lasts: a
+    /// cluster out of reach for that long cannot renew it either, and the session is left
+    /// to the next run in the namespace to reclaim.
     async fn restore(&self, held: &Held) {
         let Held {
             name,
@@ -325,42 +327,50 @@ impl Daemon {
             timeout,
             lease,
         } = held;
+        let what = restored(held);
         let deadline = tokio::time::Instant::now() + lease.unwrap_or(DEFAULT_LEASE);
         let mut pause = Duration::from_secs(1);
         loop {
-            let left = session::leave(
-                &self.client,
-                namespace,
-                workload,
-                name,
-                Some(owner),
-                *timeout,
-                |_| {},
-            )
-            .await;
-            let err = match left {
-                Ok(left) => return tracing::info!("{}", left.describe(name, workload)),
+            let attempt = match workload {
+                Some(workload) => {
+                    let left = session::leave(
+                        &self.client,
+                        namespace,
+                        workload,
+                        name,
+                        Some(owner),
+                        *timeout,
+                        |_| {},
+                    );
+                    left.await.map(|left| left.describe(name, workload))
+                }
+                None => end_connect(&self.client, namespace, name, Some(owner))
+                    .await
+                    .map(|_| format!("connect session {name} ended")),
+            };
+            let err = match attempt {
+                Ok(done) => return tracing::info!("{done}"),
                 // The original is back; only its pods are late.
                 Err(err @ SessionError::Rollout(_)) => {
-                    return tracing::warn!("{workload} restored; {:#}", anyhow::Error::from(err));
+                    return tracing::warn!("{what} restored; {:#}", anyhow::Error::from(err));
                 }
                 Err(err) => anyhow::Error::from(err),
             };
             if tokio::time::Instant::now() + pause > deadline {
                 return match lease {
                     Some(lease) => tracing::error!(
-                        "could not restore {workload}: {err:#}; its lease runs out {lease:?} \
+                        "could not restore {what}: {err:#}; its lease runs out {lease:?} \
                          after the last renewal, and then the next kubedev command in \
                          namespace {namespace} restores it (or run `leave {name}` with the \
                          plugin)"
                     ),
                     None => tracing::error!(
-                        "could not restore {workload}: {err:#}; run `leave {name}` with the \
+                        "could not restore {what}: {err:#}; run `leave {name}` with the \
                          plugin"
                     ),
                 };
             }
-            tracing::warn!("restoring {workload}: {err:#}; trying again in {pause:?}");
+            tracing::warn!("restoring {what}: {err:#}; trying again in {pause:?}");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RESTORE_RETRY_PAUSE);
         }
@@ -470,6 +480,14 @@ impl Daemon {
             network,
             sessions: listed,
         }
+    }
+}
+
+/// What restoring `held` puts back, in words: its workload, or a connect session's pod.
+fn restored(held: &Held) -> String {
+    match &held.workload {
+        Some(workload) => workload.to_string(),
+        None => format!("pod/{}", connect::pod_name(&held.name)),
     }
 }
 
