@@ -53,6 +53,16 @@ impl Agent {
         Self { process, addr }
     }
 
+    /// Starts the agent in front of an app running on `app_port` (intercept); returns it
+    /// and the port it takes that app's connections on.
+    async fn intercepting(app_port: u16) -> (Self, u16) {
+        let port = free_port().await;
+        let config = format!(
+            r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#
+        );
+        (Self::start_with(&config), port)
+    }
+
     async fn link(&self, token: &str) -> Result<AgentLink, LinkError> {
         let connection = TcpStream::connect(self.addr)
             .await
@@ -314,10 +324,7 @@ async fn free_port() -> u16 {
 #[tokio::test]
 async fn a_connection_the_workstation_does_not_accept_goes_to_the_app_before_its_client_gives_up() {
     let app_port = counting_server().await;
-    let port = free_port().await;
-    let config =
-        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
-    let agent = Agent::start_with(&config);
+    let (agent, port) = Agent::intercepting(app_port).await;
     // The workstation claims the port on each of its links, then stops answering (they died
     // unnoticed): the streams the agent opens toward it are kept, never answered.
     let (unanswered_tx, mut unanswered_rx) = mpsc::unbounded_channel();
@@ -366,6 +373,37 @@ async fn grpc_server(name: &str) -> u16 {
     port
 }
 
+/// An agent in front of a gRPC app, and a workstation ("laptop", serving gRPC too) that
+/// claimed the requests with `x-dev: alice` (copies of them, for wiretap `wiretap`);
+/// returns the agent, the workstation's link and the port that takes the app's clients.
+async fn grpc_app_and_laptop(wiretap: Option<&str>) -> (Agent, AgentLink, u16) {
+    let app_port = grpc_server("app").await;
+    let laptop_port = grpc_server("laptop").await;
+    let (agent, port) = Agent::intercepting(app_port).await;
+    let (link, inbound_rx) = agent.link_with_inbound().await;
+    let filter = HttpFilter {
+        headers: vec![("x-dev".into(), "alice".into())],
+        path_prefix: None,
+    };
+    link.claim(app_port, Some(filter), wiretap.map(str::to_owned))
+        .await
+        .expect("claimed");
+    deliver_inbound(inbound_rx, laptop_port);
+    (agent, link, port)
+}
+
+/// Makes the gRPC `calls` (see `Call::parse`) on one channel to the agent's `port`.
+async fn grpc_calls(port: u16, calls: &[&str]) -> Vec<String> {
+    let calls: Vec<Call> = calls
+        .iter()
+        .map(|spec| Call::parse(spec).expect("call"))
+        .collect();
+    tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
+        .await
+        .expect("answered in time")
+        .expect("every call answered")
+}
+
 /// Delivers every stream the agent opens to `local_port`, as tunneld does.
 fn deliver_inbound(mut inbound_rx: mpsc::Receiver<MuxStream>, local_port: u16) {
     tokio::spawn(async move {
@@ -386,37 +424,20 @@ fn deliver_inbound(mut inbound_rx: mpsc::Receiver<MuxStream>, local_port: u16) {
 
 #[tokio::test]
 async fn grpc_calls_on_one_channel_are_routed_one_by_one_by_their_metadata() {
-    let app_port = grpc_server("app").await;
-    let laptop_port = grpc_server("laptop").await;
-    let port = free_port().await;
-    let config =
-        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
-    let agent = Agent::start_with(&config);
-    let (link, inbound_rx) = agent.link_with_inbound().await;
-    let filter = HttpFilter {
-        headers: vec![("x-dev".into(), "alice".into())],
-        path_prefix: None,
-    };
-    link.claim(app_port, Some(filter), None)
-        .await
-        .expect("claimed");
-    deliver_inbound(inbound_rx, laptop_port);
+    let (_agent, _link, port) = grpc_app_and_laptop(None).await;
 
-    let calls: Vec<Call> = [
-        "say:x-dev=alice",
-        "say",
-        "count:x-dev=alice",
-        "count:x-dev=bob",
-        "chat:x-dev=alice",
-        "chat",
-    ]
-    .iter()
-    .map(|spec| Call::parse(spec).expect("call"))
-    .collect();
-    let answers = tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
-        .await
-        .expect("answered in time")
-        .expect("every call answered");
+    let answers = grpc_calls(
+        port,
+        &[
+            "say:x-dev=alice",
+            "say",
+            "count:x-dev=alice",
+            "count:x-dev=bob",
+            "chat:x-dev=alice",
+            "chat",
+        ],
+    )
+    .await;
     assert_eq!(
         answers,
         [
@@ -474,10 +495,7 @@ fn wiretap_workstation(
 #[tokio::test]
 async fn a_wiretap_gets_the_clients_bytes_and_a_stalled_one_never_slows_the_connection() {
     let app_port = counting_server().await;
-    let port = free_port().await;
-    let config =
-        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
-    let agent = Agent::start_with(&config);
+    let (agent, port) = Agent::intercepting(app_port).await;
     let (copied_tx, mut copied_rx) = mpsc::unbounded_channel();
     // Alice's wiretap reads its copies; Bob's two links accept theirs and never read.
     let (alice, alice_rx) = agent.link_with_inbound().await;
@@ -531,35 +549,18 @@ async fn a_wiretap_gets_the_clients_bytes_and_a_stalled_one_never_slows_the_conn
 
 #[tokio::test]
 async fn a_filtered_wiretap_gets_copies_of_matching_grpc_calls_while_the_app_answers_all() {
-    let app_port = grpc_server("app").await;
-    let laptop_port = grpc_server("laptop").await;
-    let port = free_port().await;
-    let config =
-        format!(r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true}}]}}"#);
-    let agent = Agent::start_with(&config);
-    let (link, inbound_rx) = agent.link_with_inbound().await;
-    let filter = HttpFilter {
-        headers: vec![("x-dev".into(), "alice".into())],
-        path_prefix: None,
-    };
-    link.claim(app_port, Some(filter), Some("alice".into()))
-        .await
-        .expect("claimed");
-    deliver_inbound(inbound_rx, laptop_port);
+    let (_agent, link, port) = grpc_app_and_laptop(Some("alice")).await;
 
-    let calls: Vec<Call> = [
-        "say:x-dev=alice",
-        "count:x-dev=alice",
-        "chat:x-dev=alice",
-        "say",
-    ]
-    .iter()
-    .map(|spec| Call::parse(spec).expect("call"))
-    .collect();
-    let answers = tokio::time::timeout(LIVENESS, grpc::call(&format!("127.0.0.1:{port}"), &calls))
-        .await
-        .expect("answered in time")
-        .expect("every call answered");
+    let answers = grpc_calls(
+        port,
+        &[
+            "say:x-dev=alice",
+            "count:x-dev=alice",
+            "chat:x-dev=alice",
+            "say",
+        ],
+    )
+    .await;
     assert!(
         answers.iter().all(|a| a.starts_with("app: ")),
         "{answers:?}"

@@ -4,19 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 use serde_json::Value;
-
-async fn template(ns: &TestNamespace) -> Value {
-    let deployment = ns
-        .api::<Deployment>()
-        .get("echo")
-        .await
-        .expect("deployment");
-    serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json")
-}
 
 /// A namespace with the echo service in it, then restricted Pod Security enforced.
 async fn restricted_namespace(cluster: &TestCluster, prefix: &str) -> TestNamespace {
@@ -56,7 +46,7 @@ fn wait_until_no_connect_pod(ns: &TestNamespace, limit: Duration) {
 async fn connect_brings_the_cluster_network_from_every_plugin_and_touches_no_workload() {
     let cluster = TestCluster::get();
     let ns = restricted_namespace(&cluster, "connect").await;
-    let before = template(&ns).await;
+    let before = ns.echo_template(false).await;
     let workstation = Workstation::create(&cluster);
     let probe = cluster.probe();
     for plugin in [
@@ -86,7 +76,11 @@ async fn connect_brings_the_cluster_network_from_every_plugin_and_touches_no_wor
             status["sessions"][0]["linked_pods"],
             serde_json::json!(["kubedev-connect-connect"])
         );
-        assert_eq!(template(&ns).await, before, "{plugin}: no workload touched");
+        assert_eq!(
+            ns.echo_template(false).await,
+            before,
+            "{plugin}: no workload touched"
+        );
 
         run(&["leave", "connect"]);
         assert!(connect_pods(&ns).trim().is_empty(), "{plugin}: pod deleted");

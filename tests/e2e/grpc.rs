@@ -1,27 +1,10 @@
 //! HTTP/2 on a filtered port: a real gRPC client in the cluster makes unary and streaming
 //! calls on one channel, and each call goes to the workstation or the app by its metadata.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
 
 const PLUGIN: &str = "kubectl-intercept";
-
-/// The `grpc` Deployment's pod template and Service spec, as stored.
-async fn stored(ns: &TestNamespace) -> (Value, Value) {
-    let deployment = ns
-        .api::<Deployment>()
-        .get("grpc")
-        .await
-        .expect("deployment");
-    let service = ns.api::<Service>().get("grpc").await.expect("service");
-    (
-        serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json"),
-        serde_json::to_value(service.spec).expect("json"),
-    )
-}
 
 #[tokio::test]
 async fn grpc_calls_on_one_channel_reach_the_workstation_only_when_their_metadata_matches() {
@@ -29,7 +12,7 @@ async fn grpc_calls_on_one_channel_reach_the_workstation_only_when_their_metadat
     let ns = TestNamespace::create(&cluster, "grpc").await;
     ns.deploy_grpc_echo("grpc").await.expect("grpc ready");
     ns.start_client("client").await.expect("client pod");
-    let before = stored(&ns).await;
+    let before = ns.stored_deployment_and_service("grpc").await;
     let workstation = Workstation::create(&cluster);
     let _server = workstation.serve_grpc(3000, "laptop");
 
@@ -78,5 +61,9 @@ async fn grpc_calls_on_one_channel_reach_the_workstation_only_when_their_metadat
     );
 
     workstation.plugin_ok(&cluster, PLUGIN, &["-n", &ns.name, "leave", "grpc"]);
-    assert_eq!(stored(&ns).await, before, "restored exactly");
+    assert_eq!(
+        ns.stored_deployment_and_service("grpc").await,
+        before,
+        "restored exactly"
+    );
 }

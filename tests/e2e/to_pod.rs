@@ -2,19 +2,8 @@
 //! same port of the pod's own localhost (here a sidecar that listens nowhere else) for as
 //! long as the session lasts.
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
-
-async fn template(ns: &TestNamespace) -> Value {
-    let deployment = ns
-        .api::<Deployment>()
-        .get("echo")
-        .await
-        .expect("deployment");
-    serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json")
-}
 
 #[tokio::test]
 async fn to_pod_reaches_the_pods_localhost_in_every_mode() {
@@ -23,7 +12,7 @@ async fn to_pod_reaches_the_pods_localhost_in_every_mode() {
     ns.deploy_echo_with_admin_sidecar("echo")
         .await
         .expect("echo ready");
-    let before = template(&ns).await;
+    let before = ns.echo_template(false).await;
     let workstation = Workstation::create(&cluster);
     let probe = cluster.probe();
     let admin_get = "GET /admin HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
@@ -44,7 +33,7 @@ async fn to_pod_reaches_the_pods_localhost_in_every_mode() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("is taken on this machine"), "{stderr}");
-    assert_eq!(template(&ns).await, before, "nothing changed");
+    assert_eq!(ns.echo_template(false).await, before, "nothing changed");
     drop(taken);
 
     for (plugin, extra) in [
@@ -66,6 +55,10 @@ async fn to_pod_reaches_the_pods_localhost_in_every_mode() {
         workstation.plugin_ok(&cluster, plugin, &["-n", &ns.name, "leave", "echo"]);
         let closed = workstation.run(&[&probe, "tcp", "127.0.0.1:9901", admin_get]);
         assert!(!closed.status.success(), "{plugin}: closed after leave");
-        assert_eq!(template(&ns).await, before, "{plugin}: restored exactly");
+        assert_eq!(
+            ns.echo_template(false).await,
+            before,
+            "{plugin}: restored exactly"
+        );
     }
 }

@@ -4,27 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use kubedev_e2e::workstation::Workstation;
 use kubedev_e2e::{TestCluster, TestNamespace};
 use serde_json::Value;
 
 const PLUGIN: &str = "kubectl-intercept";
-
-/// The echo Deployment's pod template and Service spec, as stored.
-async fn stored(ns: &TestNamespace) -> (Value, Value) {
-    let deployment = ns
-        .api::<Deployment>()
-        .get("echo")
-        .await
-        .expect("deployment");
-    let service = ns.api::<Service>().get("echo").await.expect("service");
-    (
-        serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json"),
-        serde_json::to_value(service.spec).expect("json"),
-    )
-}
 
 /// GETs `path` on the echo Service from the client pod, with an `X-Dev` header when
 /// `developer` is not empty; returns the body.
@@ -82,7 +66,7 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
     let ns = TestNamespace::create(&cluster, "wiretap").await;
     ns.deploy_echo("echo", 1).await.expect("echo ready");
     ns.start_client("client").await.expect("client pod");
-    let before = stored(&ns).await;
+    let before = ns.stored_deployment_and_service("echo").await;
     let alice = Workstation::create(&cluster);
     let _alice_server = alice.serve_http(3000, "laptop");
     let bob = Workstation::create(&cluster);
@@ -152,5 +136,9 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
     for (workstation, name) in [(&bob, "bob-tap"), (&alice, "echo"), (&bob, "carol-tap")] {
         workstation.plugin_ok(&cluster, PLUGIN, &["-n", &ns.name, "leave", name]);
     }
-    assert_eq!(stored(&ns).await, before, "restored exactly");
+    assert_eq!(
+        ns.stored_deployment_and_service("echo").await,
+        before,
+        "restored exactly"
+    );
 }

@@ -359,6 +359,24 @@ impl TestNamespace {
             .context("create echo service")
     }
 
+    /// Deployment `name`'s pod template and Service `name`'s spec, as stored: what a
+    /// session may change and must put back.
+    pub async fn stored_deployment_and_service(
+        &self,
+        name: &str,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let deployment = self
+            .api::<Deployment>()
+            .get(name)
+            .await
+            .expect("deployment");
+        let service = self.api::<Service>().get(name).await.expect("service");
+        (
+            serde_json::to_value(deployment.spec.map(|s| s.template)).expect("json"),
+            serde_json::to_value(service.spec).expect("json"),
+        )
+    }
+
     /// The pod template of the echo workload (a StatefulSet or a Deployment), as stored.
     pub async fn echo_template(&self, statefulset: bool) -> serde_json::Value {
         let template = if statefulset {
