@@ -161,19 +161,13 @@ pub(super) async fn survey(
     } else {
         session::sessions_in(client, &connection.namespace).await?
     };
-    // Connect sessions: in the namespaces above, this machine's sessions' and the current one.
-    let mut looked_in: Vec<&str> = sessions
-        .iter()
-        .map(|(workload, _)| workload.namespace.as_str())
-        .chain(
-            daemon
-                .iter()
-                .flat_map(|d| d.sessions.iter().map(|s| s.namespace.as_str())),
-        )
-        .chain([connection.namespace.as_str()])
-        .collect();
-    if !everywhere {
-        looked_in = vec![connection.namespace.as_str()];
+    // Connect sessions: in the current namespace; everywhere, also in those of the sessions
+    // found and of this machine's sessions.
+    let mut looked_in = vec![connection.namespace.as_str()];
+    if everywhere {
+        let daemons = daemon.iter().flat_map(|d| d.sessions.iter());
+        looked_in.extend(daemons.map(|s| s.namespace.as_str()));
+        looked_in.extend(sessions.iter().map(|(w, _)| w.namespace.as_str()));
     }
     looked_in.sort_unstable();
     looked_in.dedup();

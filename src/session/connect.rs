@@ -112,20 +112,25 @@ pub async fn start_connect(
             err => WorkloadError::from_api(err, "create", "pods", namespace).into(),
         });
     }
-    let running = wait_running(&pods, &pod_name(name), timeout).await;
+    let running = wait_running(&pods, namespace, &pod_name(name), timeout).await;
     if running.is_err() {
         let _ = pods.delete(&pod_name(name), &DeleteParams::default()).await;
     }
     running
 }
 
-async fn wait_running(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<(), SessionError> {
+async fn wait_running(
+    pods: &Api<Pod>,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), SessionError> {
     let started = tokio::time::Instant::now();
     loop {
         let pod = pods
             .get(name)
             .await
-            .map_err(|err| WorkloadError::from_api(err, "get", "pods", ""))?;
+            .map_err(|err| WorkloadError::from_api(err, "get", "pods", namespace))?;
         if let Some(failure) = agent_failure(&pod) {
             return Err(failure.into());
         }
