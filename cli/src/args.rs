@@ -78,7 +78,7 @@ pub struct SessionArgs {
 /// `connect` takes these too.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionLife {
-    /// Name of the session (default: the workload's name).
+    /// Name of the session (default: the workload's name; for `connect`, connect).
     #[arg(long)]
     pub name: Option<String>,
 
