@@ -17,18 +17,29 @@ async fn deployment_with_service_becomes_ready() {
         .await
         .expect("echo deployment ready");
 
-    let slices = ns
-        .api::<EndpointSlice>()
-        .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
-        .await
-        .expect("list endpoint slices");
-    let ready = slices
-        .items
-        .iter()
-        .flat_map(|slice| &slice.endpoints)
-        .filter(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-        .count();
-    assert_eq!(ready, 2, "both replicas are ready endpoints of the service");
+    // The endpoints controller follows the pods' readiness a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let slices = ns
+            .api::<EndpointSlice>()
+            .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
+            .await
+            .expect("list endpoint slices");
+        let ready = slices
+            .items
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            .filter(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        if ready == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both replicas are ready endpoints of the service: {ready} of 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -181,8 +192,8 @@ async fn developer_user_is_confined_to_its_namespace() {
         "--subresource=portforward",
     ]);
     assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "yes");
-    // The kubedev Role, not `edit`: it starts no pods of its own.
-    let creates = as_developer(&["auth", "can-i", "create", "pods"]);
+    // The kubedev Role, not `edit`: it creates no workloads (its only pods are `connect`'s).
+    let creates = as_developer(&["auth", "can-i", "create", "deployments"]);
     assert_eq!(String::from_utf8_lossy(&creates.stdout).trim(), "no");
     let own = as_developer(&["get", "pods"]);
     assert!(
