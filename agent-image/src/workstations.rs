@@ -121,18 +121,19 @@ impl Workstations {
 
     /// The workstations that take `app_port` (not wiretaps), newest first.
     pub(crate) fn claimants(&self, app_port: u16) -> Vec<Claimant> {
-        self.claims_on(app_port)
-            .into_iter()
-            .filter(|(_, wiretap)| wiretap.is_none())
-            .map(|(claimant, _)| claimant)
-            .collect()
+        self.claims(app_port).0
     }
 
-    /// The wiretaps on `app_port`, each with its links, newest first.
-    pub(crate) fn wiretappers(&self, app_port: u16) -> Vec<Wiretapper> {
+    /// Who claimed `app_port`, newest first: the workstations that take it, and the
+    /// wiretaps on it, each with its links.
+    pub(crate) fn claims(&self, app_port: u16) -> (Vec<Claimant>, Vec<Wiretapper>) {
+        let mut takers = Vec::new();
         let mut wiretappers: Vec<(String, Wiretapper)> = Vec::new();
         for (claimant, wiretap) in self.claims_on(app_port) {
-            let Some(id) = wiretap else { continue };
+            let Some(id) = wiretap else {
+                takers.push(claimant);
+                continue;
+            };
             match wiretappers.iter_mut().find(|(known, _)| *known == id) {
                 Some((_, wiretapper)) => wiretapper.links.push(claimant),
                 None => {
@@ -150,7 +151,7 @@ impl Workstations {
                 }
             }
         }
-        wiretappers.into_iter().map(|(_, w)| w).collect()
+        (takers, wiretappers.into_iter().map(|(_, w)| w).collect())
     }
 
     /// What became of wiretap `id`'s copies so far.

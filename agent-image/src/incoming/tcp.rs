@@ -22,8 +22,7 @@ pub(super) async fn deliver(
     workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
-    let claimants = workstations.claimants(listener.app_port);
-    let wiretappers = workstations.wiretappers(listener.app_port);
+    let (claimants, wiretappers) = workstations.claims(listener.app_port);
     let filtered = claimants.iter().any(|c| c.filter.is_some())
         || wiretappers.iter().any(|w| w.filter.is_some());
     if filtered {

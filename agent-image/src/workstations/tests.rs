@@ -79,8 +79,8 @@ async fn a_wiretap_gets_copies_once_however_many_links_it_has() {
     workstations.claim(other_tap, 8080, None, Some("bob-1".into()));
 
     // Wiretaps take nothing away from the app or the intercept.
-    assert_eq!(workstations.claimants(8080).len(), 1);
-    let wiretappers = workstations.wiretappers(8080);
+    let (takers, wiretappers) = workstations.claims(8080);
+    assert_eq!(takers.len(), 1);
     assert_eq!(wiretappers.len(), 2, "{wiretappers:?}");
     let bob = &wiretappers[0];
     let alice = &wiretappers[1];
@@ -97,7 +97,8 @@ async fn a_wiretap_gets_copies_once_however_many_links_it_has() {
     assert_eq!((counts.copied, counts.dropped), (1, 1));
     assert!(
         workstations
-            .wiretappers(8080)
+            .claims(8080)
+            .1
             .iter()
             .all(|w| w.filter.is_none())
     );
