@@ -6,7 +6,9 @@ export PATH := $(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 CLUSTER := tests/cluster/cluster.sh
 export KUBEDEV_CLUSTER_DIR ?= /var/lib/kubedev-cluster
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-KUBECTL := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig
+# The demo's sample app is the platform team's: deployed as the cluster's admin. kubedev
+# itself runs as the namespace-scoped developer (examples/demo.sh).
+KUBECTL_ADMIN := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/admin.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
 
 .PHONY: agent-image push-agent bench build dist fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
@@ -121,8 +123,8 @@ push-agent: agent-image
 ## Build everything, start the local cluster, deploy the sample app, and show a request
 ## from a pod answered by a process on the workstation through kubectl intercept.
 demo: build cluster-up
-	$(KUBECTL) -n $(DEMO_NAMESPACE) apply -f examples/echo.yaml
-	$(KUBECTL) -n $(DEMO_NAMESPACE) rollout status deployment/echo --timeout=120s
-	$(KUBECTL) -n $(DEMO_NAMESPACE) wait pod/client --for=condition=Ready --timeout=120s
+	$(KUBECTL_ADMIN) -n $(DEMO_NAMESPACE) apply -f examples/echo.yaml
+	$(KUBECTL_ADMIN) -n $(DEMO_NAMESPACE) rollout status deployment/echo --timeout=120s
+	$(KUBECTL_ADMIN) -n $(DEMO_NAMESPACE) wait pod/client --for=condition=Ready --timeout=120s
 	examples/demo.sh
 	@echo "--- the cluster stays up; use it with: export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig"

@@ -4,12 +4,13 @@
 # `kubectl intercept` sends the echo Service's requests to it; a request from a pod in the
 # cluster is answered by the workstation; when the command given to intercept ends, the
 # workload is restored and the same request is answered by the app again.
-# Runs as the namespace-scoped developer user: no cluster-wide rights are needed.
+# kubedev runs as the namespace-scoped developer user: no cluster-wide rights are needed.
+# The client pod's requests are sent as the cluster's admin, as the sample app was deployed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${KUBEDEV_CLUSTER_DIR:-/var/lib/kubedev-cluster}
 namespace=kubedev-dev
-kubectl=("$state/bin/kubectl" --kubeconfig "$state/dev.kubeconfig" -n "$namespace")
+admin_kubectl=("$state/bin/kubectl" --kubeconfig "$state/admin.kubeconfig" -n "$namespace")
 workstation=kubedev-demo
 runtime=$(mktemp -d)
 api_server=$(sed -n 's|.*server: https://\([0-9.]*\):.*|\1|p' "$state/dev.kubeconfig" | head -n1)
@@ -33,7 +34,7 @@ ip -n "$workstation" route add "$api_server/32" via 10.203.0.1
 mkdir -p "/etc/netns/$workstation"
 echo "nameserver 127.0.0.1" > "/etc/netns/$workstation/resolv.conf"
 
-request=("${kubectl[@]}" exec client -- wget -qO- http://echo/hello)
+request=("${admin_kubectl[@]}" exec client -- wget -qO- http://echo/hello)
 echo "--- a request from the client pod, before:"
 "${request[@]}"
 
