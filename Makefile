@@ -24,7 +24,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
-		-p kubedev -p kubedev-protocol -p kubedev-process -p kubedev-cli -p kubedev-fake-api
+		-p kubedev -p kubedev-protocol -p kubedev-process -p kubedev-cli -p tests-fake-api
 	command -v shellcheck >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
 	shellcheck -x -P SCRIPTDIR $(SHELL_SCRIPTS)
@@ -39,7 +39,7 @@ test-unit:
 
 # Component tests: the programs run as local processes on loopback.
 test-component:
-	cargo test --workspace --exclude kubedev-e2e --test '*'
+	cargo test --workspace --exclude tests-e2e --test '*'
 
 # A short fuzzing run: every target builds, and finds nothing within seconds.
 test-fuzz:
@@ -49,11 +49,11 @@ test-fuzz:
 # install test takes `make dist`'s archives.
 test-e2e: cluster-up dist
 	cargo build
-	cargo test -p kubedev-e2e -- --test-threads 4
+	cargo test -p tests-e2e -- --test-threads 4
 
 # The soak in a bounded form: a minute under load, every bound checked.
 test-soak: cluster-up
-	cargo build -p kubedev-bench
+	cargo build -p bench
 	SOAK_SECONDS=60 target/debug/kubedev-bench soak
 
 # `down` leaves no process, interface, netns, route, iptables chain or state behind.
@@ -64,7 +64,7 @@ test-teardown:
 ## Measure kubedev's tunnel against kubectl port-forward and direct pod access
 ## (same cluster, same run); writes docs/benchmarks.md.
 bench: cluster-up
-	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept -p kubedev-test-fixtures
+	cargo build --release -p tunneld -p bench -p kubectl-intercept -p tests-fixtures
 	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
 		target/release/kubedev-bench
 
@@ -79,7 +79,7 @@ cluster-down:
 ## error; fails on any failed request or a bound passed. Figures go to docs/benchmarks.md.
 SOAK_SECONDS ?= 600
 soak: cluster-up
-	cargo build --release -p tunneld -p kubedev-bench -p kubectl-intercept -p kubedev-test-fixtures
+	cargo build --release -p tunneld -p bench -p kubectl-intercept -p tests-fixtures
 	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
 		SOAK_SECONDS=$(SOAK_SECONDS) KUBEDEV_SOAK_REPORT=1 target/release/kubedev-bench soak
 

@@ -19,7 +19,7 @@ target=${TARGET:-$(rustc -vV | sed -n 's/^host: //p')}
 # Static, so the image needs no libc; name lookups use the pod's resolv.conf and
 # /etc/hosts through glibc's built-in files and dns modules.
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --quiet --release -p kubedev-agent --target "$target")
+    cargo build --quiet --release -p agent-image --target "$target")
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

@@ -373,7 +373,7 @@ impl Scratch {
     fn new() -> Self {
         static INPUTS: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "kubedev-fuzz-sftp-{}-{}",
+            "fuzz-sftp-{}-{}",
             std::process::id(),
             INPUTS.fetch_add(1, Ordering::Relaxed)
         ));

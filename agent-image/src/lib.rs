@@ -9,6 +9,7 @@
 mod accept;
 mod env;
 mod files;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod incoming;
 mod outgoing;

@@ -36,13 +36,13 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kubedev_process::logging::init();
-    let settings = kubedev_agent::Settings {
+    let settings = agent_image::Settings {
         token: cli.token,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };
     tokio::select! {
-        served = kubedev_agent::run(cli.listen, settings, cli.config.listeners) => served,
+        served = agent_image::run(cli.listen, settings, cli.config.listeners) => served,
         stopped = stop_signal() => stopped,
     }
 }

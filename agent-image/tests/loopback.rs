@@ -12,7 +12,7 @@ use kubedev_protocol::link::{AgentLink, LinkError};
 use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
 use kubedev_protocol::{HttpFilter, OpenReply, OpenRequest, Transport};
-use kubedev_test_fixtures::grpc::{self, Call};
+use tests_fixtures::grpc::{self, Call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

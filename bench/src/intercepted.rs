@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 /// The echo Deployment intercepted: one of its own, as an intercept replaces its pods.
 pub(crate) const TARGET: &str = "echo-intercepted";

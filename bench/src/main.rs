@@ -29,8 +29,8 @@ mod sessions;
 mod soak;
 mod wiretapped;
 
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 use measure::Sizes;
 use paths::Vantage;
 

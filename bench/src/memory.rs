@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 use crate::TOKEN;
 use crate::measure;

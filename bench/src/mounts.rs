@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 /// The Deployment whose volume is mounted ([`TestNamespace::deploy_app_with_volume`]).
 const APP: &str = "vol";

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 use crate::TOKEN;
 use crate::measure::{self, Results, Sizes, Target};

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kubedev_e2e::TestNamespace;
+use tests_e2e::TestNamespace;
 
 /// The process id of the agent in container `container` of the one pod `labels` selects.
 pub(crate) async fn agent_pid(

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use kubedev_e2e::workstation::Workstation;
-use kubedev_e2e::{TestCluster, TestNamespace};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 /// Sessions started and ended.
 pub(crate) const RUNS: usize = 3;

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|input: &[u8]| kubedev_agent::fuzzing::sftp_paths(input));
+libfuzzer_sys::fuzz_target!(|input: &[u8]| agent_image::fuzzing::sftp_paths(input));

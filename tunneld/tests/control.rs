@@ -16,7 +16,7 @@ use kubedev::control::{
 use kubedev::inject::{AGENT_CONTAINER, Mode};
 use kubedev::session::lease::{self, Holder};
 use kubedev::session::{self, Plan};
-use kubedev_fake_api::{FakeApi, NAMESPACE};
+use tests_fake_api::{FakeApi, NAMESPACE};
 
 /// Nothing listens here (the discard port), on this machine only.
 const NO_CLUSTER: &str = "https://127.0.0.1:9";

@@ -10,7 +10,7 @@ build_fixtures() {
     local target; target=$(rustc -vV | sed -n 's/^host: //p')
     log "building test image programs"
     (cd "$REPO_DIR" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --quiet --release -p kubedev-test-fixtures --target "$target") \
+        cargo build --quiet --release -p tests-fixtures --target "$target") \
         || die "building tests/fixtures failed"
     FIXTURES_BIN=$REPO_DIR/target/$target/release
     # Tests run the probe on the host side too (in their own network namespaces).

@@ -1,0 +1,31 @@
+//! What the kubedev plugins (`kubectl intercept`, `kubectl replace-container`,
+//! `kubectl ingest`) and tunneld share:
+//!
+//! - [`cluster`]: kubectl-style flags and client construction;
+//! - [`workload`]: finding workloads, changing their pod template, waiting for rollouts;
+//! - [`inject`]: putting the agent into a pod template, and taking it out again;
+//! - [`session`]: sessions, recorded on the workload, and their exact restoration;
+//! - [`tunnel`]: reaching an agent through the Kubernetes API's port-forward;
+//! - [`control`]: tunneld's control API, and starting tunneld on demand;
+//! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
+//! - [`env`](mod@env): the container's environment, as files and shells take it;
+//! - [`mount`]: the container's volumes on this machine;
+//! - `fuzzing` (in tests and with the `fuzzing` feature): what the fuzz targets of the
+//!   control socket run.
+//!
+//! The wire protocol with the agent is the `kubedev-protocol` crate; the plugins' command
+//! line is `kubedev-cli`.
+
+#![warn(missing_docs)]
+
+pub mod cidr;
+pub mod cluster;
+pub mod control;
+pub mod env;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+pub mod inject;
+pub mod mount;
+pub mod session;
+pub mod tunnel;
+pub mod workload;

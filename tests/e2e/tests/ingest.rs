@@ -1,0 +1,133 @@
+//! `kubectl ingest`: the container's environment, as the kubelet resolves it (secrets,
+//! fieldRefs), on the workstation, for env files and for `-- CMD`; no traffic moves.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = "kubectl-ingest";
+
+async fn deploy_app_with_env(ns: &TestNamespace) {
+    ns.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=DB_PASSWORD=s3cret",
+    ])
+    .expect("secret");
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "app"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "app"}},
+            "template": {
+                "metadata": {"labels": {"app": "app"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "app",
+                        "image": tests_e2e::ECHO_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "args": ["--http", "8080"],
+                        "env": [
+                            {"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "GREETING", "value": "hello from $(MY_POD)"}
+                        ],
+                        "envFrom": [{"secretRef": {"name": "creds"}}]
+                    }]
+                }
+            }
+        }
+    });
+    ns.apply_json(&deployment).expect("deployment");
+    ns.wait_deployment_ready("app").await.expect("app ready");
+}
+
+#[tokio::test]
+async fn the_environment_arrives_in_files_and_in_the_command() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "ingest").await;
+    deploy_app_with_env(&ns).await;
+    let before = ns.api::<Deployment>().get("app").await.expect("app").spec;
+    let workstation = Workstation::create(&cluster);
+    let env_json = std::env::temp_dir().join(format!("{}-env.json", ns.name));
+
+    let output = workstation.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[
+            "app",
+            "-n",
+            &ns.name,
+            "--env-json",
+            &env_json.display().to_string(),
+            "--",
+            "sh",
+            "-c",
+            "printf '%s|%s|%s' \"$DB_PASSWORD\" \"$MY_POD\" \"$GREETING\"",
+        ],
+    );
+    let [password, pod, greeting] = output.split('|').collect::<Vec<_>>()[..] else {
+        panic!("unexpected output {output:?}");
+    };
+    assert_eq!(password, "s3cret", "from the secret");
+    assert!(
+        pod.starts_with("app-"),
+        "the pod's name from a fieldRef: {pod}"
+    );
+    assert_eq!(greeting, format!("hello from {pod}"), "a $(VAR) reference");
+
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&env_json)
+        .expect("env file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&env_json).expect("read")).expect("json");
+    assert_eq!(written["DB_PASSWORD"], "s3cret");
+    std::fs::remove_file(&env_json).ok();
+
+    let after = ns.api::<Deployment>().get("app").await.expect("app").spec;
+    assert_eq!(
+        serde_json::to_value(after.map(|s| s.template)).expect("json"),
+        serde_json::to_value(before.map(|s| s.template)).expect("json"),
+        "restored exactly"
+    );
+}
+
+#[tokio::test]
+async fn a_statefulset_with_three_replicas_is_ingested_and_restored() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "ingest-sts").await;
+    ns.deploy_echo_statefulset("echo", 3)
+        .await
+        .expect("echo ready");
+    let before = ns.api::<StatefulSet>().get("echo").await.expect("sts").spec;
+    let workstation = Workstation::create(&cluster);
+
+    let output = workstation.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[
+            "statefulset/echo",
+            "-n",
+            &ns.name,
+            "--",
+            "sh",
+            "-c",
+            // Service links are part of the container's environment.
+            "printf %s \"$ECHO_SERVICE_PORT_HTTP\"",
+        ],
+    );
+    assert_eq!(output, "8080");
+    let after = ns.api::<StatefulSet>().get("echo").await.expect("sts").spec;
+    assert_eq!(
+        serde_json::to_value(after.map(|s| s.template)).expect("json"),
+        serde_json::to_value(before.map(|s| s.template)).expect("json"),
+        "restored exactly"
+    );
+}

@@ -1,0 +1,93 @@
+//! The container's volumes on the workstation: a volume mounted at /data in the container
+//! is at $KUBEDEV_ROOT/data for `-- CMD`; read-write for intercept, read-only for ingest.
+
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
+
+/// A shell script for `-- sh -c` that runs `command` in `container` of the session's pod.
+fn in_pod(cluster: &TestCluster, ns: &TestNamespace, container: &str, command: &str) -> String {
+    let kubectl = format!(
+        "{} --kubeconfig {} -n {}",
+        cluster.kubectl.display(),
+        cluster.admin_kubeconfig.display(),
+        ns.name
+    );
+    format!(
+        "pod=$({kubectl} get pods -l kubedev.io/session=vol -o jsonpath='{{.items[0].metadata.name}}') \
+         && {kubectl} exec $pod -c {container} -- sh -c '{command}'"
+    )
+}
+
+#[tokio::test]
+async fn intercept_mounts_the_volumes_read_write() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes").await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
+    let workstation = Workstation::create(&cluster);
+    // The mount reads ahead a bandwidth-delay product, not the kernel's 128 KiB.
+    let readahead = "cat /sys/class/bdi/$(mountpoint -d $KUBEDEV_ROOT)/read_ahead_kb";
+    let script = format!(
+        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {} && {} && cat $KUBEDEV_ROOT/data/pod.txt && {readahead}",
+        in_pod(&cluster, &ns, "app", "cat /data/laptop.txt"),
+        in_pod(&cluster, &ns, "app", "echo from-the-pod > /data/pod.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-intercept",
+        // No -c: of the two containers, only app declares the port the Service targets.
+        &[
+            "vol",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:8080",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(output, "from-the-laptop\nfrom-the-pod\n16384\n");
+}
+
+#[tokio::test]
+async fn ingest_mounts_the_volumes_read_only() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-ro").await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
+    let workstation = Workstation::create(&cluster);
+    let script = format!(
+        "{} && cat $KUBEDEV_ROOT/data/pod.txt && if echo x > $KUBEDEV_ROOT/data/laptop.txt; \
+         then echo written; else echo refused; fi",
+        in_pod(&cluster, &ns, "app", "echo from-the-pod > /data/pod.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-ingest",
+        &[
+            "vol", "-c", "app", "-n", &ns.name, "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(output, "from-the-pod\nrefused\n");
+}
+
+#[tokio::test]
+async fn replace_mounts_the_volumes_read_write() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-replace").await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
+    let workstation = Workstation::create(&cluster);
+    // The app container is gone: the sidecar shares the volume and checks it.
+    let script = format!(
+        "echo from-the-laptop > $KUBEDEV_ROOT/data/laptop.txt && {}",
+        in_pod(&cluster, &ns, "sidecar", "cat /shared/laptop.txt"),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-replace_container",
+        &[
+            "vol", "-c", "app", "-n", &ns.name, "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(output, "from-the-laptop\n");
+}
