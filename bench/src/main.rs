@@ -29,10 +29,10 @@ mod sessions;
 mod soak;
 mod wiretapped;
 
-use tests_e2e::workstation::Workstation;
-use tests_e2e::{TestCluster, TestNamespace};
 use measure::Sizes;
 use paths::Vantage;
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
 
 /// The agents the tunnel measurements link to.
 const TOKEN: &str = "bench-token";

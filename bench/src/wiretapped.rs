@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
 
 use crate::soak::Load;
 

@@ -1,7 +1,7 @@
 //! `kubectl ingest`: a workload's environment and volumes on this machine, no traffic moved.
 
 use clap::{CommandFactory as _, Parser};
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
 use kubedev_cli::{ModeArgs, PluginArgs};
 
 const EXAMPLES: &str = concat!(

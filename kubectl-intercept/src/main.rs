@@ -1,7 +1,7 @@
 //! `kubectl intercept`: send a workload's service traffic to a process on this machine.
 
 use clap::{CommandFactory as _, Parser};
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
 use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
 use kubedev_protocol::HttpFilter;

@@ -1,7 +1,7 @@
 //! `kubectl replace-container`: swap a container for this machine while the session lasts.
 
 use clap::{CommandFactory as _, Parser};
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
 use kubedev::session::PortMapping;
 use kubedev_cli::{ModeArgs, PluginArgs};
 

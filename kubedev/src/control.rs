@@ -1,21 +1,16 @@
 //! The control API of tunneld, over a Unix socket (one tunneld per user and kube context):
-//! the plugins add and remove sessions and ask for status; tunneld exits by itself when no
-//! session is left. Messages use the agent protocol's framing (length-prefixed JSON).
+//! what the plugins may ask ([`ControlRequest`]) and what tunneld answers
+//! ([`ControlReply`]). tunneld serves it; the plugins reach it through [`crate::tunneld`].
+//! Messages use the agent protocol's framing (length-prefixed JSON).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::UnixStream;
 
 use crate::cidr::Cidr;
 use crate::workload::WorkloadRef;
-use kubedev_protocol::codec::{CodecError, read_message, write_message};
 use kubedev_protocol::{Transport, WiretapCounts};
-
-/// How long a plugin waits for a tunneld it started to open its socket.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A request on tunneld's control socket, from a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,206 +332,6 @@ pub struct SessionStatus {
     pub wiretap: Option<WiretapCounts>,
 }
 
-/// Why a request to tunneld failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// Nothing serves the socket at this path.
-    #[error("tunneld is not running at {0}")]
-    NotRunning(PathBuf),
-    /// tunneld was started but never answered; its log is at this path.
-    #[error("tunneld did not start within {START_TIMEOUT:?}; see its log at {0}")]
-    DidNotStart(PathBuf),
-    /// tunneld could not be started.
-    #[error("cannot start tunneld: {0}")]
-    Spawn(std::io::Error),
-    /// The connection to tunneld failed, or carried something unreadable.
-    #[error("talking to tunneld: {0}")]
-    Codec(#[from] CodecError),
-    /// tunneld refused the request, and said why.
-    #[error("tunneld: {0}")]
-    Failed(String),
-    /// tunneld took the request but did not answer in time (stopped, or stuck).
-    #[error("tunneld at {socket} did not answer within {waited:?} (stopped or stuck?)")]
-    NoAnswer {
-        /// Its socket.
-        socket: PathBuf,
-        /// How long it was given.
-        waited: Duration,
-    },
-}
-
-/// The socket of the tunneld for this user and kube context.
-pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
-    let safe: String = context
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    runtime_dir.join(format!("tunneld-{safe}.sock"))
-}
-
-/// Sends one request and returns tunneld's reply.
-pub async fn request(
-    socket: &Path,
-    request: &ControlRequest,
-) -> Result<ControlReply, ControlError> {
-    match exchange(socket, request).await?.1 {
-        ControlReply::Failed { reason } => Err(ControlError::Failed(reason)),
-        reply => Ok(reply),
-    }
-}
-
-/// Connects, sends `request` and reads tunneld's first reply, within the request's
-/// [`answer_deadline`]; returns the connection with it.
-async fn exchange(
-    socket: &Path,
-    request: &ControlRequest,
-) -> Result<(UnixStream, ControlReply), ControlError> {
-    let waited = answer_deadline(request);
-    let exchanged = async {
-        let mut stream = UnixStream::connect(socket)
-            .await
-            .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
-        write_message(&mut stream, request).await?;
-        let reply = read_message(&mut stream).await?;
-        Ok((stream, reply))
-    };
-    tokio::time::timeout(waited, exchanged)
-        .await
-        .map_err(|_| ControlError::NoAnswer {
-            socket: socket.to_owned(),
-            waited,
-        })?
-}
-
-/// How long tunneld may take to answer `request`: a stopped tunneld (SIGSTOP, a machine
-/// frozen mid-session) still accepts connections, and must not hang the plugins.
-fn answer_deadline(request: &ControlRequest) -> Duration {
-    match request {
-        ControlRequest::Status | ControlRequest::RemoveSession { .. } => STATUS_DEADLINE,
-        // Waits for a link to an agent, or brings up the network.
-        _ => Duration::from_secs(60),
-    }
-}
-
-/// How long tunneld may take to say what it runs.
-pub const STATUS_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Opens an SFTP session on the volumes of session `name`: the returned connection carries
-/// it (tunneld relays it to an agent).
-pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, ControlError> {
-    open_stream(socket, &ControlRequest::OpenFiles { name: name.into() }).await
-}
-
-/// tunneld's promise to end a session if its plugin dies: see [`ControlRequest::Hold`].
-/// Dropping it without [`Hold::release`] calls that in.
-#[derive(Debug)]
-pub struct Hold {
-    writer: tokio::net::unix::OwnedWriteHalf,
-    /// tunneld's one message on the connection: `Done` after `Release`, or `Ended`; a
-    /// reader task owns the read half, so waiting for it can be cancelled at any time.
-    reply_rx: tokio::sync::watch::Receiver<Option<HoldNews>>,
-}
-
-/// What tunneld says on a [`Hold`]'s connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HoldNews {
-    /// It took the release.
-    Released,
-    /// The session is over without this plugin (see [`ControlReply::Ended`]).
-    Ended(String),
-    /// tunneld is gone: its tunnels, and the renewals of the session's lease, with it.
-    DaemonGone,
-}
-
-impl Hold {
-    /// Tells tunneld that the session was ended properly, or detached (its tunnels stay in
-    /// tunneld).
-    pub async fn release(mut self) -> Result<(), ControlError> {
-        write_message(&mut self.writer, &ControlRequest::Release).await?;
-        match self.news().await {
-            // Over already: nothing was left for tunneld to do.
-            HoldNews::Released | HoldNews::Ended(_) => Ok(()),
-            HoldNews::DaemonGone => Err(ControlError::Failed(
-                "tunneld closed the session's connection".into(),
-            )),
-        }
-    }
-
-    /// Waits until tunneld says something on the connection (see [`HoldNews`]).
-    pub async fn news(&mut self) -> HoldNews {
-        match self.reply_rx.wait_for(Option::is_some).await {
-            Ok(news) => news.clone().unwrap_or(HoldNews::DaemonGone),
-            Err(_) => HoldNews::DaemonGone,
-        }
-    }
-}
-
-/// Asks tunneld to end the session and restore its workload, as `held` says, if this
-/// process dies before it releases the returned [`Hold`], and to renew its lease meanwhile.
-pub async fn hold(socket: &Path, held: Held) -> Result<Hold, ControlError> {
-    let stream = open_stream(socket, &ControlRequest::Hold(held)).await?;
-    let (mut reader, writer) = stream.into_split();
-    let (reply_tx, reply_rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(async move {
-        let news = match read_message(&mut reader).await {
-            Ok(ControlReply::Done) => HoldNews::Released,
-            Ok(ControlReply::Ended { reason }) => HoldNews::Ended(reason),
-            _ => HoldNews::DaemonGone,
-        };
-        let _ = reply_tx.send(Some(news));
-    });
-    Ok(Hold { writer, reply_rx })
-}
-
-/// Sends `request`, whose `Done` turns the connection into something longer-lived.
-async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, ControlError> {
-    match exchange(socket, request).await? {
-        (stream, ControlReply::Done) => Ok(stream),
-        (_, ControlReply::Failed { reason }) => Err(ControlError::Failed(reason)),
-        (_, other) => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(reply: &ControlReply) -> ControlError {
-    ControlError::Failed(format!("unexpected answer: {reply:?}"))
-}
-
-/// Makes sure a tunneld answers at `socket`, starting `start` (which must serve that
-/// socket) if none does. The new tunneld is detached from the caller's terminal and
-/// process group, so it outlives the plugin and Ctrl-C in the plugin's terminal.
-pub async fn ensure_running(
-    socket: &Path,
-    mut start: Command,
-    log: &Path,
-) -> Result<(), ControlError> {
-    if request(socket, &ControlRequest::Status).await.is_ok() {
-        return Ok(());
-    }
-    let log_file = std::fs::File::create(log).map_err(ControlError::Spawn)?;
-    use std::os::unix::process::CommandExt as _;
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .process_group(0)
-        .spawn()
-        .map_err(ControlError::Spawn)?;
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        if request(socket, &ControlRequest::Status).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(ControlError::DidNotStart(log.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,45 +355,6 @@ mod tests {
         for bad in ["", "0", "70000", "53/sctp", "x/udp"] {
             assert!(port(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_tunneld_that_takes_the_request_and_never_answers_is_given_up_on() {
-        let dir = std::env::temp_dir().join(format!("kubedev-control-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let socket = dir.join("stopped.sock");
-        let _ = std::fs::remove_file(&socket);
-        // Bound and listening, as a stopped tunneld's socket is: connections are queued
-        // by the kernel and never answered.
-        let _listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-        let answer = request(&socket, &ControlRequest::Status).await;
-        assert!(
-            matches!(&answer, Err(ControlError::NoAnswer { waited, .. }) if *waited == STATUS_DEADLINE),
-            "{answer:?}"
-        );
-        let held = Held {
-            name: "web".into(),
-            owner: "run".into(),
-            namespace: "shop".into(),
-            workload: Some("web".parse().expect("workload")),
-            timeout: Duration::from_secs(5),
-            lease: None,
-        };
-        assert!(matches!(
-            hold(&socket, held).await,
-            Err(ControlError::NoAnswer { .. })
-        ));
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn one_socket_per_context_with_a_safe_name() {
-        let dir = Path::new("/run/user/1000/kubedev");
-        assert_eq!(
-            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev"),
-            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
-        );
-        assert_ne!(socket_path(dir, "a"), socket_path(dir, "b"));
     }
 
     #[test]
@@ -644,14 +400,5 @@ mod tests {
             serde_json::to_string(&held).expect("json"),
             r#"{"also_proxy":["10.96.0.0/16"],"never_proxy":["10.244.0.0/16"]}"#
         );
-    }
-
-    #[tokio::test]
-    async fn a_missing_daemon_is_reported_as_not_running() {
-        let socket = std::env::temp_dir().join(format!("kubedev-none-{}.sock", std::process::id()));
-        let err = request(&socket, &ControlRequest::Status)
-            .await
-            .expect_err("nothing there");
-        assert!(matches!(err, ControlError::NotRunning(_)), "{err}");
     }
 }

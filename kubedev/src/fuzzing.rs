@@ -9,7 +9,8 @@ use std::path::Path;
 use kubedev_protocol::fuzzing::{block_on, messages_round_trip};
 
 use crate::cidr::{self, Cidr};
-use crate::control::{ControlRequest, ProxyChoices, socket_path};
+use crate::control::{ControlRequest, ProxyChoices};
+use crate::tunneld::socket_path;
 
 /// Reads control requests from `input` until one does not decode.
 pub fn control_request(input: &[u8]) {

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::mode::Mode;
 use kubedev_protocol::{
     AGENT_CONFIG_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig, Listener,
     Transport, VOLUMES_ROOT,
@@ -33,28 +34,6 @@ pub const AGENT_CONTAINER: &str = "kubedev-agent";
 pub const SESSION_LABEL: &str = "kubedev.io/session";
 /// The first port tried for the agent's intercept listeners.
 const FIRST_LISTEN_PORT: u16 = 7330;
-
-/// The three modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// `kubectl intercept`: chosen Service ports come to the workstation; the app keeps running.
-    Intercept,
-    /// `kubectl replace-container`: the app container leaves; all its traffic comes here.
-    Replace,
-    /// `kubectl ingest`: no traffic moves; the environment and volumes are read here.
-    Ingest,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Intercept => "intercept",
-            Self::Replace => "replace",
-            Self::Ingest => "ingest",
-        })
-    }
-}
 
 /// A Service's `targetPort`, which intercept takes over.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,10 +3,12 @@
 //!
 //! - [`cluster`]: kubectl-style flags and client construction;
 //! - [`workload`]: finding workloads, changing their pod template, waiting for rollouts;
+//! - [`mode`]: intercept, replace or ingest: what a session does with the app container;
 //! - [`inject`]: putting the agent into a pod template, and taking it out again;
 //! - [`session`]: sessions, recorded on the workload, and their exact restoration;
 //! - [`tunnel`]: reaching an agent through the Kubernetes API's port-forward;
-//! - [`control`]: tunneld's control API, and starting tunneld on demand;
+//! - [`control`]: tunneld's control API: what the plugins ask and tunneld answers;
+//! - [`tunneld`]: reaching this user's tunneld from a plugin, and starting it on demand;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
@@ -25,7 +27,9 @@ pub mod env;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod inject;
+pub mod mode;
 pub mod mount;
 pub mod session;
 pub mod tunnel;
+pub mod tunneld;
 pub mod workload;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::control::{self, ControlError};
+use crate::tunneld::{self, TunneldError};
 
 /// What the kernel reads ahead of a sequential reader on the mount: a bandwidth-delay
 /// product (200 MB/s at 80 ms is 16 MB). FUSE holds it at the kernel's default, 128 KiB,
@@ -108,7 +108,7 @@ pub enum MountError {
     Timeout,
     /// tunneld could not open an SFTP session with an agent.
     #[error("cannot open the volumes through tunneld")]
-    Files(#[from] ControlError),
+    Files(#[from] TunneldError),
     /// The connection to tunneld could not be handed to sshfs.
     #[error("the volumes' connection to tunneld")]
     Connection(#[from] std::io::Error),
@@ -138,7 +138,7 @@ pub async fn mount(
     };
     let created = std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize());
     let dir = created.map_err(|source| MountError::CreateDir { dir, source })?;
-    let sftp = control::open_files(socket, name).await?.into_std()?;
+    let sftp = tunneld::open_files(socket, name).await?.into_std()?;
     sftp.set_nonblocking(false)?;
     let replies = sftp.try_clone()?;
     let mut command = Command::new("sshfs");

@@ -10,8 +10,10 @@
 mod candidates;
 pub mod connect;
 mod error;
+mod join;
 pub mod lease;
 mod leave;
+mod plan;
 mod ports;
 mod reclaim;
 mod record;
@@ -21,10 +23,10 @@ mod start;
 pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;
 pub use leave::{Left, leave};
-pub use ports::PortMapping;
+pub use plan::{Plan, PortMapping, Started};
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
 pub use record::{Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
-pub use start::{Plan, Started, start};
+pub use start::start;
 
 /// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
 pub fn random_id() -> Result<String, SessionError> {

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use kubedev::control::{
-    self, ControlError, ControlReply, ControlRequest, Held, HoldNews, NetworkStatus,
-};
-use kubedev::inject::{AGENT_CONTAINER, Mode};
+use kubedev::control::{ControlReply, ControlRequest, Held, NetworkStatus};
+use kubedev::inject::AGENT_CONTAINER;
+use kubedev::mode::Mode;
 use kubedev::session::lease::{self, Holder};
 use kubedev::session::{self, Plan};
+use kubedev::tunneld::{self, HoldNews, TunneldError};
 use tests_fake_api::{FakeApi, NAMESPACE};
 
 /// Nothing listens here (the discard port), on this machine only.
@@ -54,7 +54,7 @@ impl Tunneld {
             socket,
         };
         let deadline = Instant::now() + LIVENESS;
-        while control::request(&tunneld.socket, &ControlRequest::Status)
+        while tunneld::request(&tunneld.socket, &ControlRequest::Status)
             .await
             .is_err()
         {
@@ -64,8 +64,8 @@ impl Tunneld {
         tunneld
     }
 
-    async fn request(&self, request: &ControlRequest) -> Result<ControlReply, ControlError> {
-        control::request(&self.socket, request).await
+    async fn request(&self, request: &ControlRequest) -> Result<ControlReply, TunneldError> {
+        tunneld::request(&self.socket, request).await
     }
 
     fn log(&self) -> String {
@@ -189,7 +189,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     );
     let refused = tunneld.request(&add_session("web")).await;
     assert!(
-        matches!(&refused, Err(ControlError::Failed(reason)) if reason.contains("already exists")),
+        matches!(&refused, Err(TunneldError::Failed(reason)) if reason.contains("already exists")),
         "{refused:?}"
     );
     let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
@@ -210,7 +210,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     );
     let again = tunneld.request(&remove).await;
     assert!(
-        matches!(&again, Err(ControlError::Failed(reason)) if reason.contains("no session named")),
+        matches!(&again, Err(TunneldError::Failed(reason)) if reason.contains("no session named")),
         "{again:?}"
     );
     assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
@@ -221,7 +221,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
 #[tokio::test]
 async fn a_released_hold_ends_quietly_and_keeps_tunneld_up_until_then() {
     let mut tunneld = Tunneld::start("release").await;
-    let hold = control::hold(&tunneld.socket, held("web"))
+    let hold = tunneld::hold(&tunneld.socket, held("web"))
         .await
         .expect("held");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -234,7 +234,7 @@ async fn a_released_hold_ends_quietly_and_keeps_tunneld_up_until_then() {
 #[tokio::test]
 async fn a_dead_plugins_session_is_restored_or_the_user_is_told_how() {
     let mut tunneld = Tunneld::start("dead-plugin").await;
-    let hold = control::hold(&tunneld.socket, held("web"))
+    let hold = tunneld::hold(&tunneld.socket, held("web"))
         .await
         .expect("held");
     // The plugin dies: its end of the connection closes without a release.
@@ -310,7 +310,7 @@ async fn a_dead_plugins_workload_is_restored_exactly_by_tunneld() {
     let server = format!("http://{}", fake.serve().await.expect("fake API server"));
     let mut tunneld = Tunneld::start_for("restores", &server).await;
 
-    drop(control::hold(&tunneld.socket, held).await.expect("held"));
+    drop(tunneld::hold(&tunneld.socket, held).await.expect("held"));
     assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
     let log = tunneld.log();
     assert!(log.contains("deployment/web restored"), "{log}");
@@ -336,7 +336,7 @@ async fn a_released_hold_leaves_the_workload_to_its_plugin() {
     let mut tunneld = Tunneld::start_for("leaves-alone", &server).await;
     let writes = fake.write_count();
 
-    let hold = control::hold(&tunneld.socket, held).await.expect("held");
+    let hold = tunneld::hold(&tunneld.socket, held).await.expect("held");
     hold.release().await.expect("released");
     assert!(tunneld.exited(LIVENESS).success(), "{}", tunneld.log());
     assert_eq!(fake.write_count(), writes, "tunneld changed nothing");
@@ -358,7 +358,7 @@ async fn a_held_session_has_its_lease_renewed_until_it_is_released() {
     let mut tunneld = Tunneld::start_for("renews", &server).await;
     let taken = renewed_at(&fake);
 
-    let hold = control::hold(&tunneld.socket, held).await.expect("held");
+    let hold = tunneld::hold(&tunneld.socket, held).await.expect("held");
     // Three lifetimes: it would have run out twice over.
     tokio::time::sleep(LEASE * 3).await;
     let renewed = renewed_at(&fake);
@@ -375,7 +375,7 @@ async fn a_session_reclaimed_by_another_run_is_ended_here_and_its_plugin_told_wh
     let held = started_session(&fake).await;
     let server = format!("http://{}", fake.serve().await.expect("fake API server"));
     let mut tunneld = Tunneld::start_for("lost", &server).await;
-    let mut hold = control::hold(&tunneld.socket, held).await.expect("held");
+    let mut hold = tunneld::hold(&tunneld.socket, held).await.expect("held");
     tunneld
         .request(&add_session("web"))
         .await

@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::config::Kubeconfig;
 
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
 use kubedev::session;
 use kubedev::workload::{Workload, WorkloadKind, WorkloadRef};
 

@@ -16,7 +16,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::args::{ConfigAction, DEFAULT_AGENT_IMAGE};
+use super::command_of;
 use kubedev::cluster::ClusterArgs;
+use kubedev::mode::Mode;
 
 /// The settings file's contents.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +202,20 @@ pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> a
 async fn context_name(cluster: &ClusterArgs) -> anyhow::Result<String> {
     cluster.connect().await?.context.context(
         "the kubeconfig has no current context: say which with --context, or use --all-contexts",
+    )
+}
+
+/// What to do when the nodes cannot pull the agent image.
+pub(super) fn publish_hint(mode: Mode, image: &str, image_source: &ImageSource) -> String {
+    let command = command_of(mode);
+    let version = env!("CARGO_PKG_VERSION");
+    format!(
+        "The cluster's nodes cannot pull the agent image {image} ({image_source}). Publish it \
+         to a registry they pull from and point kubedev at it:\n  \
+         make push-agent REGISTRY=registry.example.com/team   # in kubedev's source tree; no Docker needed\n  \
+         {command} config set-agent-image registry.example.com/team/kubedev-agent:{version}\n\
+         or give --agent-image IMAGE (KUBEDEV_AGENT_IMAGE) for one run. A private registry also \
+         needs an imagePullSecret on the pods' service account."
     )
 }
 

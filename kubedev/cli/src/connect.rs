@@ -1,27 +1,23 @@
 //! `connect`: the cluster's network on this machine with no workload touched, through an
 //! agent pod of the session's own (`kubedev::session::connect`). Held by tunneld and
-//! covered by a lease like any session: the pod goes when the session ends, however it
-//! ends.
+//! covered by a lease like any session (see `life`): the pod goes when the session ends,
+//! however it ends.
 
 use std::process::ExitCode;
 
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{self, ControlError, ControlRequest, Hold, ProxyChoices};
-use kubedev::inject::Mode;
+use kubedev::control::ProxyChoices;
+use kubedev::mode::Mode;
 use kubedev::session::{self, connect};
-use kubedev_process::signals::StopSignals;
+use kubedev::tunneld::Hold;
 
 use super::args::SessionLife;
-use super::command_of;
-use super::config;
-use super::links::Watched;
+use super::config::{self, ImageSource};
+use super::life::{
+    Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+};
 use super::output::spinner;
 use super::reclaim::reclaim_expired;
-use super::run::{
-    Identity, Joining, Live, Stayed, command_resolver, end_lease, hold_tunneld, join_tunneld,
-    publish_hint, stay, take_lease,
-};
-use super::tunneld::tunneld_socket;
 
 /// The session's name when `--name` does not give one.
 const DEFAULT_NAME: &str = "connect";
@@ -29,132 +25,116 @@ const DEFAULT_NAME: &str = "connect";
 pub(super) async fn run_connect(
     mode: Mode,
     cluster: &ClusterArgs,
-    life: SessionLife,
+    args: SessionLife,
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
     let (image, image_source) =
-        config::agent_image(life.agent_image.as_deref(), connection.context.as_deref())?;
-    let name = life.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
+        config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;
+    let name = args.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
     let owner = session::random_id()?;
-    reclaim_expired(&connection, &owner, life.timeout).await;
-    let mut signals = StopSignals::listen()?;
+    reclaim_expired(&connection, &owner, args.timeout).await;
     let pod = connect::pod_name(&name);
-    let identity = Identity {
+    let life = Life {
+        connection: &connection,
+        cluster,
         mode,
         name: &name,
         owner: &owner,
-        target: &format!("pod/{pod}"),
-    };
-    let lease = take_lease(&connection, &identity, life.lease).await?;
-    let held = control::Held {
-        name: name.clone(),
-        owner: owner.clone(),
-        namespace: connection.namespace.clone(),
         workload: None,
-        timeout: life.timeout,
-        lease,
+        target: format!("pod/{pod}"),
+        args: &args,
     };
-    let hold = match hold_tunneld(&connection, cluster, held).await {
-        Ok(hold) => hold,
-        Err(err) => {
-            end_lease(&connection, &owner).await;
-            return Err(err);
-        }
-    };
-    let token = session::random_id()?;
-    let bar = spinner(format!(
-        "starting pod {pod} in namespace {}",
-        connection.namespace
-    ));
-    let started = tokio::select! {
-        started = connect::start_connect(
-            &connection.client,
-            &connection.namespace,
-            &name,
-            &owner,
-            &token,
-            &image,
-            life.timeout,
-        ) => started,
-        () = signals.recv() => {
-            drop(bar);
-            eprintln!("stopped while starting");
-            end_connect(&connection, &name, Some(&owner), Some(hold)).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
-    };
-    drop(bar);
-    if let Err(err) = started {
-        let _ = hold.release().await;
-        end_lease(&connection, &owner).await;
-        let hint = err
-            .cannot_pull_agent()
-            .then(|| format!("\n{}", publish_hint(mode, &image, &image_source)));
-        let err = anyhow::Error::from(err);
-        anyhow::bail!("{err:#}{}", hint.unwrap_or_default());
-    }
-    let agents = connect::selector(&name);
-    let joining = Joining {
+    let session = OwnPod {
+        connection: &connection,
         mode,
         name: &name,
-        agents: &agents,
-        token: &token,
-        forwards: &[],
-        pods: 1,
-        timeout: life.timeout,
+        owner: &owner,
+        pod: &pod,
+        token: session::random_id()?,
+        image: &image,
+        image_source: &image_source,
+        args: &args,
     };
-    let proxy = ProxyChoices {
-        also_proxy: life.also_proxy.clone(),
-        never_proxy: life.never_proxy.clone(),
-    };
-    let joined = tokio::select! {
-        joined = join_tunneld(&connection, &joining, proxy, &[]) => joined.map(Some),
-        () = signals.recv() => Ok(None),
-    };
-    let (variables, network) = match joined {
-        Ok(Some(joined)) => joined,
-        stopped_or_failed => {
-            end_connect(&connection, &name, Some(&owner), Some(hold)).await?;
-            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
-        }
-    };
-    eprintln!(
-        "connected: the cluster's network is here, through pod {pod} in namespace {}",
-        connection.namespace
-    );
-    if life.detach {
-        hold.release().await?;
-        eprintln!(
-            "session {name:?} is live; end it with `{} leave {name}`",
-            command_of(mode)
-        );
-        return Ok(ExitCode::SUCCESS);
+    live_through(&life, &session).await
+}
+
+/// A connect session, as its life sees it.
+struct OwnPod<'a> {
+    connection: &'a Connection,
+    mode: Mode,
+    name: &'a str,
+    owner: &'a str,
+    pod: &'a str,
+    /// The secret its agent takes.
+    token: String,
+    image: &'a str,
+    image_source: &'a ImageSource,
+    args: &'a SessionLife,
+}
+
+impl Session for OwnPod<'_> {
+    type Started = ();
+
+    async fn start(&self) -> anyhow::Result<()> {
+        let namespace = &self.connection.namespace;
+        let bar = spinner(format!(
+            "starting pod {} in namespace {namespace}",
+            self.pod
+        ));
+        let started = connect::start_connect(
+            &self.connection.client,
+            namespace,
+            self.name,
+            self.owner,
+            &self.token,
+            self.image,
+            self.args.timeout,
+        )
+        .await;
+        drop(bar);
+        started.map_err(|err| {
+            let hint = err.cannot_pull_agent().then(|| {
+                let hint = config::publish_hint(self.mode, self.image, self.image_source);
+                format!("\n{hint}")
+            });
+            let err = anyhow::Error::from(err);
+            anyhow::anyhow!("{err:#}{}", hint.unwrap_or_default())
+        })
     }
-    let live = Live {
-        variables,
-        mounted: None,
-        command_resolver: command_resolver(network),
-    };
-    let links = Watched {
-        socket: tunneld_socket(&connection)?,
-        session: name.clone(),
-        mode,
-        wanted: 1,
-    };
-    let mut hold = hold;
-    match stay(&life.command, &live, &mut signals, &mut hold, links).await? {
-        Stayed::Done(code) => {
-            end_connect(&connection, &name, Some(&owner), Some(hold)).await?;
-            Ok(code)
-        }
-        Stayed::Lost(reason) => {
-            let _ = hold.release().await;
-            anyhow::bail!("{reason}: the session is over")
-        }
-        Stayed::TunneldGone => {
-            end_connect(&connection, &name, Some(&owner), Some(hold)).await?;
-            anyhow::bail!("tunneld exited during the session: the session was ended")
-        }
+
+    async fn go_live(&self, (): &()) -> anyhow::Result<Live> {
+        let agents = connect::selector(self.name);
+        let joining = Joining {
+            mode: self.mode,
+            name: self.name,
+            agents: &agents,
+            token: &self.token,
+            forwards: &[],
+            pods: 1,
+            timeout: self.args.timeout,
+        };
+        let proxy = ProxyChoices {
+            also_proxy: self.args.also_proxy.clone(),
+            never_proxy: self.args.never_proxy.clone(),
+        };
+        let (variables, network) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
+        eprintln!(
+            "connected: the cluster's network is here, through pod {} in namespace {}",
+            self.pod, self.connection.namespace
+        );
+        Ok(Live {
+            variables,
+            mounted: None,
+            command_resolver: command_resolver(network),
+        })
+    }
+
+    async fn end(&self, hold: Option<Hold>) -> anyhow::Result<()> {
+        end_connect(self.connection, self.name, Some(self.owner), hold).await
+    }
+
+    fn pods((): &()) -> usize {
+        1
     }
 }
 
@@ -176,19 +156,4 @@ pub(super) async fn end_connect(
     }
     eprintln!("connect session {name:?} ended");
     Ok(())
-}
-
-/// Has tunneld drop session `name`'s tunnels, if it runs.
-pub(super) async fn forget_in_tunneld(connection: &Connection, name: &str) {
-    if let Ok(socket) = tunneld_socket(connection) {
-        match control::request(
-            &socket,
-            &ControlRequest::RemoveSession { name: name.into() },
-        )
-        .await
-        {
-            Ok(_) | Err(ControlError::NotRunning(_)) => {}
-            Err(err) => eprintln!("warning: {err}"),
-        }
-    }
 }

@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, LogParams};
 
-use super::manage::survey;
-use super::tunneld::{runtime_dir, tunneld_status};
+use super::survey::survey;
 use kubedev::cluster::Connection;
 use kubedev::inject::AGENT_CONTAINER;
+use kubedev::tunneld;
 
 /// How much of each agent's log to keep.
 const LOG_LINES: i64 = 20_000;
@@ -89,7 +89,7 @@ pub(super) async fn gather_logs(
         .as_bytes(),
     )?;
     add_tunneld_logs(&mut archive)?;
-    let daemon = tunneld_status(socket).await;
+    let daemon = tunneld::status(socket).await;
     archive.add_found(
         "tunneld/status.json",
         daemon
@@ -129,7 +129,7 @@ pub(super) async fn gather_logs(
 
 /// Every tunneld's log on this machine (one tunneld per kube context).
 fn add_tunneld_logs(archive: &mut Archive) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(runtime_dir()) else {
+    let Ok(entries) = std::fs::read_dir(tunneld::runtime_dir()) else {
         return archive.add("tunneld/none.txt", b"no tunneld has run on this machine\n");
     };
     for entry in entries.flatten() {

@@ -14,13 +14,16 @@ mod complete;
 mod config;
 mod connect;
 mod gather;
+mod leave;
+mod life;
 mod links;
+mod list;
 mod manage;
 mod output;
 mod reclaim;
 mod resolver_view;
 mod run;
-mod tunneld;
+mod survey;
 
 use std::process::ExitCode;
 
@@ -31,7 +34,7 @@ pub use args::{
 pub use complete::{COMPLETE_ARG, complete_if_asked};
 
 use connect::run_connect;
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
 use kubedev_process::exit_status;
 use manage::run_manage;
 use run::run_session;

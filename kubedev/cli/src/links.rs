@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::tunneld::tunneld_status;
-use kubedev::inject::Mode;
+use kubedev::mode::Mode;
+use kubedev::tunneld;
 
 /// How often tunneld is asked how many agents it links to.
 const LINK_CHECK_PERIOD: Duration = Duration::from_secs(2);
@@ -27,7 +27,7 @@ pub(super) async fn report_links(watched: Watched) {
     loop {
         tokio::time::sleep(LINK_CHECK_PERIOD).await;
         // A tunneld that does not answer is the hold's to report.
-        let Ok(status) = tunneld_status(&watched.socket).await else {
+        let Ok(status) = tunneld::status(&watched.socket).await else {
             continue;
         };
         let linked = status

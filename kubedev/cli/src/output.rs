@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::args::Output;
+use kubedev::control::PodPort;
 use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
+use kubedev::mode::Mode;
+use kubedev::session::{Plan, Started};
 use kubedev::workload::Progress;
 
 pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<String> {
@@ -141,6 +144,62 @@ pub(super) fn progress_on(bar: &indicatif::ProgressBar) -> impl FnMut(&Progress)
     let bar = bar.clone();
     let base = bar.message();
     move |progress| bar.set_message(format!("{base}: {progress}"))
+}
+
+/// What a started session does, port by port.
+pub(super) fn report_started(plan: &Plan, started: &Started, to_pod: &[PodPort]) {
+    let what = match plan.mode {
+        Mode::Intercept if plan.wiretap => "wiretapping",
+        Mode::Intercept => "intercepting",
+        Mode::Replace => "replacing",
+        Mode::Ingest => "ingesting",
+    };
+    eprintln!(
+        "{what} container {} of {} ({} pod{})",
+        started.record.container,
+        plan.workload,
+        started.workload.replicas(),
+        if started.workload.replicas() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for forward in &started.forwards {
+        let only = forward
+            .filter
+            .as_ref()
+            .map(describe_filter)
+            .unwrap_or_default();
+        let copies = if forward.wiretap {
+            " (copies; the app answers every request)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "  port {} -> {}:{}{only}{copies}",
+            forward.app_port, forward.local_host, forward.local_port
+        );
+    }
+    for port in to_pod {
+        eprintln!("  localhost:{port} -> the pod's localhost:{port}");
+    }
+}
+
+/// An HTTP filter, in words.
+fn describe_filter(filter: &kubedev_protocol::HttpFilter) -> String {
+    let mut parts: Vec<String> = filter
+        .headers
+        .iter()
+        .map(|(name, value)| format!("header {name}: {value}"))
+        .collect();
+    if let Some(prefix) = &filter.path_prefix {
+        parts.push(format!("path {prefix}*"));
+    }
+    format!(
+        " (only HTTP requests with {}; the rest go to the app)",
+        parts.join(", ")
+    )
 }
 
 #[cfg(test)]

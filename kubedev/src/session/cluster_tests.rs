@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::inject::{AGENT_CONTAINER, Mode};
-use tests_fake_api::{FakeApi, NAMESPACE};
+use crate::inject::AGENT_CONTAINER;
+use crate::mode::Mode;
 use kubedev_protocol::HttpFilter;
+use tests_fake_api::{FakeApi, NAMESPACE};
 
 pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
     Plan {

@@ -3,39 +3,13 @@
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 
+use super::Plan;
 use super::SessionError;
 use super::error::corrupt;
-use super::start::Plan;
 use crate::control::Forward;
 use crate::inject::{self, TargetPort};
 use crate::workload::WorkloadRef;
 use kubedev_protocol::Transport;
-
-/// A port the user asked for: `LOCAL[:REMOTE]`, REMOTE a service port (intercept) or a
-/// container port (replace), by number or name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortMapping {
-    /// The port on this machine.
-    pub local: u16,
-    /// The service or container port, by number or name.
-    pub remote: Option<String>,
-}
-
-impl std::str::FromStr for PortMapping {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (local, remote) = match text.split_once(':') {
-            Some((local, remote)) if !remote.is_empty() => (local, Some(remote.to_owned())),
-            Some(_) => return Err(format!("invalid port {text:?}: expected LOCAL[:REMOTE]")),
-            None => (text, None),
-        };
-        let local = local
-            .parse()
-            .map_err(|_| format!("invalid local port {local:?} in {text:?}"))?;
-        Ok(Self { local, remote })
-    }
-}
 
 pub(super) fn choose_container(
     template: &PodTemplateSpec,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use super::SessionError;
-use super::connect::{connects_in, end_connect};
+use super::connect::{ConnectPod, connects_in, end_connect};
 use super::lease::{Holder, end_lease, leases_in, take_over};
 use super::leave::leave;
 use super::record::{Record, record_of};
@@ -99,81 +99,115 @@ pub async fn reclaim_expired(
         connects_in(client, namespace),
         leases_in(client, namespace)
     )?;
+    // A session without a lease (its Role has no leases, or it was deleted by hand) is
+    // never reclaimed: only `leave` ends it.
+    let on_workloads = sessions.iter().flat_map(|(workload, record)| {
+        record.holders().filter_map(move |(session, owner)| {
+            Some((Claim::OnWorkload { workload, session }, owner?))
+        })
+    });
+    let on_pods = connects
+        .iter()
+        .filter_map(|pod| Some((Claim::Connect(pod), pod.owner.as_deref()?)));
+    let claims: Vec<(Claim<'_>, &str)> = on_workloads.chain(on_pods).collect();
     let now = Timestamp::now();
-    let mut on_record = HashSet::new();
     let mut reclaimed = Vec::new();
-    for (workload, record) in &sessions {
-        for (session, owner) in record.holders() {
-            // A session without a lease (its Role has no leases, or it was deleted by
-            // hand) is never reclaimed: only `leave` ends it.
-            let Some(owner) = owner else { continue };
-            on_record.insert(owner.to_owned());
-            let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(owner)) else {
-                continue;
-            };
-            let Some(ended_ago) = lease.ended_ago(now) else {
-                continue;
-            };
-            // Held for the restore and the pods' wait, with room for the calls.
-            let restore_time = timeout + timeout / 2;
-            if !take_over(client, namespace, lease, by, restore_time).await? {
-                continue;
-            }
-            let expired = Expired {
-                session: session.to_owned(),
-                target: workload.reference.to_string(),
-                holder: lease.holder.describe(),
-                ended_ago,
-            };
-            found(&expired);
-            let left = leave(
-                client,
-                namespace,
-                &workload.reference,
-                session,
-                Some(owner),
-                timeout,
-                |_| {},
-            )
-            .await;
-            let left = left.map(|left| left.describe(session, &workload.reference));
-            reclaimed.push((expired, left));
-        }
-    }
-    for connect in &connects {
-        let Some(owner) = &connect.owner else {
-            continue;
-        };
-        on_record.insert(owner.clone());
-        let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(owner)) else {
+    for (claim, owner) in &claims {
+        let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(*owner)) else {
             continue;
         };
         let Some(ended_ago) = lease.ended_ago(now) else {
             continue;
         };
-        if !take_over(client, namespace, lease, by, timeout).await? {
+        if !take_over(client, namespace, lease, by, claim.restore_time(timeout)).await? {
             continue;
         }
         let expired = Expired {
-            session: connect.session.clone(),
-            target: format!("pod/{}", connect.pod),
+            session: claim.session().to_owned(),
+            target: claim.target(),
             holder: lease.holder.describe(),
             ended_ago,
         };
         found(&expired);
-        let ended = end_connect(client, namespace, &connect.session, Some(owner)).await;
-        let ended = ended.map(|_| format!("connect session {:?} ended", connect.session));
-        reclaimed.push((expired, ended));
+        let restored = claim.restore(client, namespace, owner, timeout).await;
+        reclaimed.push((expired, restored));
     }
+    let claimed: HashSet<&str> = claims.iter().map(|(_, owner)| *owner).collect();
     for lease in leases.iter().filter(|lease| lease.ended_ago(now).is_some()) {
-        let Some(owner) = lease.session_owner() else {
-            continue;
-        };
-        if !on_record.contains(owner) {
-            end_lease(client, namespace, owner).await?;
+        match lease.session_owner() {
+            Some(owner) if !claimed.contains(owner) => {
+                end_lease(client, namespace, owner).await?;
+            }
+            _ => {}
         }
     }
     Ok(reclaimed)
+}
+
+/// What a leased session changed in the cluster.
+enum Claim<'a> {
+    /// A session recorded on a workload.
+    OnWorkload {
+        workload: &'a Workload,
+        session: &'a str,
+    },
+    /// A connect session's pod.
+    Connect(&'a ConnectPod),
+}
+
+impl Claim<'_> {
+    fn session(&self) -> &str {
+        match self {
+            Self::OnWorkload { session, .. } => session,
+            Self::Connect(pod) => &pod.session,
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            Self::OnWorkload { workload, .. } => workload.reference.to_string(),
+            Self::Connect(pod) => format!("pod/{}", pod.pod),
+        }
+    }
+
+    /// How long the taken-over lease is held: for the restore and the pods' wait, with
+    /// room for the calls.
+    fn restore_time(&self, timeout: Duration) -> Duration {
+        match self {
+            Self::OnWorkload { .. } => timeout + timeout / 2,
+            Self::Connect(_) => timeout,
+        }
+    }
+
+    /// Undoes the session of run `owner`; says what was done, in words.
+    async fn restore(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        owner: &str,
+        timeout: Duration,
+    ) -> Result<String, SessionError> {
+        match self {
+            Self::OnWorkload { workload, session } => {
+                let reference = &workload.reference;
+                let left = leave(
+                    client,
+                    namespace,
+                    reference,
+                    session,
+                    Some(owner),
+                    timeout,
+                    |_| {},
+                )
+                .await?;
+                Ok(left.describe(session, reference))
+            }
+            Self::Connect(pod) => {
+                end_connect(client, namespace, &pod.session, Some(owner)).await?;
+                Ok(format!("connect session {:?} ended", pod.session))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::SessionError;
 use super::error::corrupt;
-use super::{Plan, SessionError};
-use crate::inject::Mode;
+use crate::mode::Mode;
 use crate::workload::Workload;
 use kubedev_protocol::HttpFilter;
 
@@ -24,7 +24,8 @@ pub struct Record {
     /// intercept: a wiretap, which gets copies and takes nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wiretap: bool,
-    /// Intercepts and wiretaps that share the agent (see [`start`](super::start())).
+    /// Intercepts and wiretaps that joined the agent this session added, each with its own
+    /// filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub joined: Vec<Joined>,
     /// The mode the agent was injected for.
@@ -142,52 +143,6 @@ impl Record {
             filter: joined.filter.as_ref(),
             wiretap: joined.wiretap,
         }))
-    }
-
-    /// Why `plan` cannot share this workload, if it cannot: intercepts that take requests
-    /// need a filter each, and no two the same; wiretaps share with any intercept.
-    pub(super) fn refuses_to_share(&self, plan: &Plan) -> Option<String> {
-        if self.mode != Mode::Intercept || plan.mode != Mode::Intercept {
-            return Some(format!(
-                "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
-                self.mode, self.name, self.name
-            ));
-        }
-        if let Some(taken) = self.sessions().find(|existing| existing.name == plan.name) {
-            return Some(format!(
-                "a session named {:?} is already on it: choose another --name",
-                taken.name
-            ));
-        }
-        if plan.wiretap {
-            return None;
-        }
-        let mut takers = self
-            .sessions()
-            .filter(|existing| !existing.wiretap)
-            .peekable();
-        let Some(filter) = &plan.filter else {
-            return takers.peek().map(|first| {
-                format!(
-                    "intercept {:?} is already on it: a second intercept needs an HTTP filter \
-                     (--http-header or --http-path-prefix) that the first does not have, or \
-                     --wiretap to get copies",
-                    first.name
-                )
-            });
-        };
-        takers.find_map(|existing| match existing.filter {
-            None => Some(format!(
-                "intercept {:?} takes every request on it: it must leave before filtered \
-                 intercepts can share",
-                existing.name
-            )),
-            Some(other) if other == filter => Some(format!(
-                "intercept {:?} already takes the requests this filter matches",
-                existing.name
-            )),
-            Some(_) => None,
-        })
     }
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use kube::api::{Api, PostParams};
 
+use super::Plan;
 use super::SessionError;
 use super::error::corrupt;
-use super::start::Plan;
 use crate::inject::{ServiceTarget, TargetPort};
 use crate::workload::WorkloadError;
 

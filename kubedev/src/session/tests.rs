@@ -8,7 +8,8 @@ use super::ports::{choose_container, container_serving, intercepted_ports, repla
 use super::service::selects;
 use super::*;
 use crate::control::Forward;
-use crate::inject::{Mode, TargetPort};
+use crate::inject::TargetPort;
+use crate::mode::Mode;
 use crate::workload::WorkloadRef;
 use kubedev_protocol::{HttpFilter, Transport};
 
@@ -248,7 +249,7 @@ fn refusal(
         wiretap,
         ..plan(mode, &[])
     };
-    existing.refuses_to_share(&plan)
+    super::join::refusal(existing, &plan)
 }
 
 #[test]

@@ -80,7 +80,8 @@ impl Drop for KrewRoot {
 
 /// `make dist`'s output: `$KUBEDEV_DIST_DIR`, else dist/ in the repository.
 pub fn dist_dir() -> PathBuf {
-    std::env::var_os("KUBEDEV_DIST_DIR").map_or_else(|| crate::repo_dir().join("dist"), PathBuf::from)
+    std::env::var_os("KUBEDEV_DIST_DIR")
+        .map_or_else(|| crate::repo_dir().join("dist"), PathBuf::from)
 }
 
 /// The archive of `plugin` for this machine, and its krew manifest.

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kubedev::control::{self, ControlReply, ControlRequest, DaemonStatus};
+use kubedev::control::{self, ControlRequest, DaemonStatus};
+use kubedev::tunneld;
 
 use crate::TestCluster;
 use crate::delay_line::DelayLine;
@@ -196,7 +197,7 @@ impl Workstation {
                 "KUBEDEV_LOG",
                 std::env::var("KUBEDEV_TEST_TUNNELD_LOG").unwrap_or_else(|_| "info".into()),
             );
-        control::ensure_running(&self.socket, start, &self.tunneld_log)
+        tunneld::ensure_running(&self.socket, start, &self.tunneld_log)
             .await
             .expect("tunneld starts");
         let add = ControlRequest::AddSession {
@@ -208,7 +209,7 @@ impl Workstation {
             proxy: control::ProxyChoices::default(),
             to_pod: Vec::new(),
         };
-        control::request(&self.socket, &add)
+        tunneld::request(&self.socket, &add)
             .await
             .expect("session added");
         self.tunneld_pid = Some(self.status().await.pid);
@@ -223,10 +224,9 @@ impl Workstation {
 
     /// tunneld's status, through its control socket.
     pub async fn status(&self) -> DaemonStatus {
-        match control::request(&self.socket, &ControlRequest::Status).await {
-            Ok(ControlReply::Status(status)) => status,
-            other => panic!("no status from tunneld: {other:?}"),
-        }
+        tunneld::status(&self.socket)
+            .await
+            .expect("tunneld answers with its status")
     }
 
     /// Ends the session, as a plugin does on leave; tunneld then exits by itself.
@@ -234,7 +234,7 @@ impl Workstation {
         let remove = ControlRequest::RemoveSession {
             name: SESSION.into(),
         };
-        control::request(&self.socket, &remove)
+        tunneld::request(&self.socket, &remove)
             .await
             .expect("session removed");
     }

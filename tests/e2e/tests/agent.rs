@@ -8,9 +8,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::DeleteParams;
 use kubedev::tunnel::link_through_port_forward;
-use tests_e2e::{TestCluster, TestNamespace, start_agent_pod};
 use kubedev_protocol::codec::{read_datagram, write_datagram};
 use kubedev_protocol::link::AgentLink;
+use tests_e2e::{TestCluster, TestNamespace, start_agent_pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "e2e-agent-token";

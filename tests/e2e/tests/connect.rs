@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
 
 /// A namespace with the echo service in it, then restricted Pod Security enforced.
 async fn restricted_namespace(cluster: &TestCluster, prefix: &str) -> TestNamespace {

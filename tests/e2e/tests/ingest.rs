@@ -2,9 +2,9 @@
 //! fieldRefs), on the workstation, for env files and for `-- CMD`; no traffic moves.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use serde_json::{Value, json};
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
-use serde_json::{Value, json};
 
 const PLUGIN: &str = "kubectl-ingest";
 

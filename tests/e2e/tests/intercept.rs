@@ -3,9 +3,9 @@
 //! reaches the app, and leaving restores the workload and Service exactly.
 
 use k8s_openapi::api::core::v1::Service;
+use serde_json::Value;
 use tests_e2e::workstation::{LocalServer, Workstation};
 use tests_e2e::{ECHO_IMAGE, TestCluster, TestNamespace};
-use serde_json::Value;
 
 const PLUGIN: &str = "kubectl-intercept";
 

@@ -4,9 +4,9 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use serde_json::json;
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{CLIENT_IMAGE, TestCluster, TestNamespace};
-use serde_json::json;
 
 const PLUGIN: &str = "kubectl-replace_container";
 

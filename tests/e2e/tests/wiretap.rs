@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
-use serde_json::Value;
 
 const PLUGIN: &str = "kubectl-intercept";
 

@@ -1,0 +1,365 @@
+//! A session's life, the same for a workload's session (`run`) and a connect session
+//! (`connect`): its lease taken and tunneld holding it before anything changes, started,
+//! made usable here (live), kept in the foreground (until Ctrl-C, until `-- CMD` exits, or
+//! until tunneld ends it) or detached (until `leave`), and ended however it ends.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::args::SessionLife;
+use super::command::run_command;
+use super::command_of;
+use super::links::{Watched, report_links};
+use super::output::{network_notes, spinner};
+use kubedev::cluster::{ClusterArgs, Connection};
+use kubedev::control::{
+    ControlRequest, Forward, Held, NetworkStatus, PodPort, ProxyChoices, ResolverStatus,
+};
+use kubedev::mode::Mode;
+use kubedev::mount::Mount;
+use kubedev::session;
+use kubedev::session::lease::Holder;
+use kubedev::tunneld::{self, Hold, HoldNews};
+use kubedev::workload::{WorkloadRef, check_agents};
+use kubedev_process::signals::StopSignals;
+
+/// How often the pods are checked for a failing agent while tunneld links to them.
+const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// What differs between a workload's session and a connect session.
+pub(super) trait Session {
+    /// What starting gave.
+    type Started;
+    /// Changes the cluster for the session; on failure, puts back what it changed.
+    async fn start(&self) -> anyhow::Result<Self::Started>;
+    /// Makes the started session usable here.
+    async fn go_live(&self, started: &Self::Started) -> anyhow::Result<Live>;
+    /// Ends the session: tunneld forgets it and the cluster gets back what was there; then
+    /// `hold`, if any, is released.
+    async fn end(&self, hold: Option<Hold>) -> anyhow::Result<()>;
+    /// How many agent pods tunneld links to while the session lasts.
+    fn pods(started: &Self::Started) -> usize;
+}
+
+/// Who a session is and how it lives, whatever it changes.
+pub(super) struct Life<'a> {
+    pub(super) connection: &'a Connection,
+    pub(super) cluster: &'a ClusterArgs,
+    pub(super) mode: Mode,
+    pub(super) name: &'a str,
+    /// This run of the plugin (see `Plan::owner`).
+    pub(super) owner: &'a str,
+    /// Its workload, or none for a connect session (whose pod is its `target`).
+    pub(super) workload: Option<WorkloadRef>,
+    /// What it changes, for its lease: `deployment/web`, or a connect session's pod.
+    pub(super) target: String,
+    pub(super) args: &'a SessionLife,
+}
+
+/// Lives `session` through: held, started, made live, then detached or kept until it
+/// ends. A stop signal at any point ends it with everything put back.
+pub(super) async fn live_through<S: Session>(
+    life: &Life<'_>,
+    session: &S,
+) -> anyhow::Result<ExitCode> {
+    // Listening from the start: a stop signal during set-up must not kill the process with
+    // the cluster half changed; set-up stops and the session is ended.
+    let mut signals = StopSignals::listen()?;
+    let hold = hold(life).await?;
+    let started = tokio::select! {
+        started = session.start() => started,
+        () = signals.recv() => {
+            eprintln!("stopped while starting");
+            session.end(Some(hold)).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let started = match started {
+        Ok(started) => started,
+        Err(err) => {
+            // Nothing is left to restore: `start` put back what it changed.
+            if let Err(release) = hold.release().await {
+                eprintln!("warning: tunneld: {release}");
+            }
+            end_lease(life.connection, life.owner).await;
+            return Err(err);
+        }
+    };
+    let live = tokio::select! {
+        live = session.go_live(&started) => live.map(Some),
+        () = signals.recv() => Ok(None),
+    };
+    let live = match live {
+        Ok(Some(live)) => live,
+        stopped_or_failed => {
+            session.end(Some(hold)).await?;
+            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
+        }
+    };
+    if life.args.detach {
+        // The session lives in tunneld until `leave`, and the mount with sshfs.
+        hold.release().await?;
+        std::mem::forget(live.mounted);
+        eprintln!(
+            "session {:?} is live; end it with `{} leave {}`",
+            life.name,
+            command_of(life.mode),
+            life.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pods = S::pods(&started);
+    stay_until_the_end(life, session, pods, live, signals, hold).await
+}
+
+/// Keeps a live foreground session until it ends, then ends it.
+async fn stay_until_the_end(
+    life: &Life<'_>,
+    session: &impl Session,
+    pods: usize,
+    live: Live,
+    mut signals: StopSignals,
+    mut hold: Hold,
+) -> anyhow::Result<ExitCode> {
+    let socket = tunneld::socket_for(life.connection)?;
+    let links = Watched {
+        socket: socket.clone(),
+        session: life.name.to_owned(),
+        mode: life.mode,
+        wanted: pods,
+    };
+    let stayed = stay(&life.args.command, &live, &mut signals, &mut hold, links).await?;
+    // Unmounts the volumes before the session ends.
+    drop(live);
+    match stayed {
+        Stayed::Done(code) => {
+            session.end(Some(hold)).await?;
+            Ok(code)
+        }
+        Stayed::Lost(reason) => {
+            let _ = hold.release().await;
+            anyhow::bail!("{reason}: the session is over")
+        }
+        Stayed::TunneldGone => {
+            session.end(Some(hold)).await?;
+            anyhow::bail!(
+                "tunneld exited during the session (see {}): the session was ended",
+                tunneld::log_path(&socket).display()
+            )
+        }
+    }
+}
+
+/// Takes the session's lease and has tunneld hold the session, so that it is ended if
+/// this process dies (and only this run's session: see `Plan::owner`).
+async fn hold(life: &Life<'_>) -> anyhow::Result<Hold> {
+    let lease = take_lease(life).await?;
+    let held = Held {
+        name: life.name.to_owned(),
+        owner: life.owner.to_owned(),
+        namespace: life.connection.namespace.clone(),
+        workload: life.workload.clone(),
+        timeout: life.args.timeout,
+        lease,
+    };
+    let held = async {
+        let socket = tunneld::socket_for(life.connection)?;
+        let start = tunneld::start_command(&socket, life.cluster);
+        tunneld::ensure_running(&socket, start, &tunneld::log_path(&socket)).await?;
+        tunneld::hold(&socket, held).await
+    };
+    match held.await {
+        Ok(hold) => Ok(hold),
+        Err(err) => {
+            end_lease(life.connection, life.owner).await;
+            Err(err.into())
+        }
+    }
+}
+
+/// Takes the session's lease; returns its lifetime, or none where the user's role has no
+/// leases (the session then works, but only `leave` can end it if this machine dies).
+async fn take_lease(life: &Life<'_>) -> anyhow::Result<Option<Duration>> {
+    let lifetime = life.args.lease;
+    let taken = session::lease::take_lease(
+        &life.connection.client,
+        &life.connection.namespace,
+        &Holder::here(life.owner),
+        life.name,
+        &life.target,
+        lifetime,
+    )
+    .await;
+    match taken {
+        Ok(()) => Ok(Some(lifetime)),
+        Err(err) if err.is_forbidden() => {
+            let command = command_of(life.mode);
+            eprintln!(
+                "warning: {err}; without a lease, a session whose machine dies stays in the \
+                 cluster until someone runs `{command} leave {}` (`{command} role` prints the \
+                 Role kubedev needs)",
+                life.name
+            );
+            Ok(None)
+        }
+        Err(err) => Err(anyhow::Error::from(err).context("taking the session's lease")),
+    }
+}
+
+/// Ends run `owner`'s lease where its session never reached the cluster.
+async fn end_lease(connection: &Connection, owner: &str) {
+    if let Err(err) =
+        session::lease::end_lease(&connection.client, &connection.namespace, owner).await
+    {
+        eprintln!("warning: {err} (the next kubedev command in the namespace deletes it)");
+    }
+}
+
+/// A session usable here.
+pub(super) struct Live {
+    pub(super) variables: BTreeMap<String, String>,
+    pub(super) mounted: Option<Mount>,
+    /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
+    pub(super) command_resolver: Option<PathBuf>,
+}
+
+/// tunneld's resolver file for `-- CMD`, where the machine's resolver was left as it is.
+pub(super) fn command_resolver(network: NetworkStatus) -> Option<PathBuf> {
+    match network {
+        NetworkStatus::Up {
+            resolver: ResolverStatus::Unchanged { for_commands, .. },
+            ..
+        } => Some(for_commands),
+        _ => None,
+    }
+}
+
+/// How a foreground session's stay ended.
+enum Stayed {
+    /// Ctrl-C, or `-- CMD` exited with this status: the session is to be ended.
+    Done(ExitCode),
+    /// The session is over without this run: tunneld says why.
+    Lost(String),
+    /// tunneld exited: the session's tunnels are gone.
+    TunneldGone,
+}
+
+/// Keeps a foreground session until Ctrl-C, or runs `-- CMD` with its environment until
+/// it exits, unless tunneld ends the session first.
+/// Meanwhile, says when the links to the agents go and come back.
+async fn stay(
+    command: &[String],
+    live: &Live,
+    signals: &mut StopSignals,
+    hold: &mut Hold,
+    links: Watched,
+) -> anyhow::Result<Stayed> {
+    let mut news = None;
+    let stop = async {
+        tokio::select! {
+            () = signals.recv() => {}
+            told = hold.news() => news = Some(told),
+            () = report_links(links) => {}
+        }
+    };
+    let code = if command.is_empty() {
+        eprintln!("press Ctrl-C to end the session");
+        stop.await;
+        ExitCode::SUCCESS
+    } else {
+        run_command(
+            command,
+            &live.variables,
+            live.command_resolver.as_deref(),
+            stop,
+        )
+        .await?
+    };
+    Ok(match news {
+        None | Some(HoldNews::Released) => Stayed::Done(code),
+        Some(HoldNews::Ended(reason)) => Stayed::Lost(reason),
+        Some(HoldNews::DaemonGone) => Stayed::TunneldGone,
+    })
+}
+
+/// A live session in the cluster, as tunneld is handed it.
+pub(super) struct Joining<'a> {
+    pub(super) mode: Mode,
+    pub(super) name: &'a str,
+    /// The label selector of its agent pods.
+    pub(super) agents: &'a str,
+    pub(super) token: &'a str,
+    pub(super) forwards: &'a [Forward],
+    /// How many agent pods to link to.
+    pub(super) pods: usize,
+    pub(super) timeout: Duration,
+}
+
+/// Hands the session to tunneld, waits for a link to every pod and fetches the app's
+/// environment; returns it and the state of the cluster network.
+pub(super) async fn join_tunneld(
+    connection: &Connection,
+    session: &Joining<'_>,
+    proxy: ProxyChoices,
+    to_pod: &[PodPort],
+) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
+    let socket = tunneld::socket_for(connection)?;
+    let bar = spinner("connecting to the agents".into());
+    let adding = ControlRequest::AddSession {
+        name: session.name.to_owned(),
+        namespace: connection.namespace.clone(),
+        agents: session.agents.to_owned(),
+        token: session.token.to_owned(),
+        forwards: session.forwards.to_vec(),
+        proxy,
+        to_pod: to_pod.to_vec(),
+    };
+    tunneld::request(&socket, &adding).await?;
+    let wanted = session.pods;
+    let deadline = tokio::time::Instant::now() + session.timeout;
+    let mut agents_checked = tokio::time::Instant::now();
+    let status = loop {
+        if agents_checked.elapsed() >= AGENT_CHECK_PERIOD {
+            check_agents(&connection.client, &connection.namespace, session.agents).await?;
+            agents_checked = tokio::time::Instant::now();
+        }
+        let status = tunneld::status(&socket).await?;
+        let linked = status
+            .sessions
+            .iter()
+            .find(|s| s.name == session.name)
+            .map_or(0, |s| s.linked_pods.len());
+        bar.set_message(format!(
+            "connecting to the agents: {linked}/{wanted} linked"
+        ));
+        if linked >= wanted {
+            break status;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tunneld could not reach the agents within {:?}; see {}",
+            session.timeout,
+            tunneld::log_path(&socket).display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    for note in network_notes(&status.network, command_of(session.mode)) {
+        eprintln!("note: {note}");
+    }
+    let variables = tunneld::environment(&socket, session.name).await?;
+    Ok((variables, status.network))
+}
+
+/// Has tunneld drop session `name`'s tunnels, if it runs.
+pub(super) async fn forget_in_tunneld(connection: &Connection, name: &str) {
+    let forgotten = match tunneld::socket_for(connection) {
+        Ok(socket) => tunneld::forget(&socket, name).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = forgotten {
+        eprintln!("warning: {err}");
+    }
+}

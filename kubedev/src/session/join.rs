@@ -1,0 +1,179 @@
+//! An intercept joining the agent another intercept of the workload added: whether it may
+//! (each intercept that takes requests needs a filter of its own), and its filter recorded
+//! beside theirs, with nothing in the pods changed.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use super::error::corrupt;
+use super::lease::holder_of;
+use super::ports::intercepted_ports;
+use super::record::{Joined, RECORD_ANNOTATION, Record};
+use super::service::choose_service;
+use super::{Plan, SessionError, Started};
+use crate::inject::{self, SESSION_LABEL};
+use crate::mode::Mode;
+use crate::workload::{Workload, WorkloadRef};
+use kubedev_protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig};
+
+/// Fails, naming who holds it, where the session already on the workload cannot take
+/// `plan` beside it.
+pub(super) async fn check_shareable(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    existing: &Record,
+) -> Result<(), SessionError> {
+    let Some(reason) = refusal(existing, plan) else {
+        return Ok(());
+    };
+    let holder = match existing.owner.as_deref() {
+        Some(owner) => holder_of(client, namespace, owner).await,
+        None => None,
+    };
+    let held_by = holder
+        .map(|holder| format!(" (held by {})", holder.describe()))
+        .unwrap_or_default();
+    Err(SessionError::Refused(format!(
+        "cannot {} {}: {reason}{held_by}",
+        plan.mode, plan.workload
+    )))
+}
+
+/// Why `plan` cannot share the workload whose record is `existing`, if it cannot:
+/// intercepts that take requests need a filter each, and no two the same; wiretaps share
+/// with any intercept.
+pub(super) fn refusal(existing: &Record, plan: &Plan) -> Option<String> {
+    if existing.mode != Mode::Intercept || plan.mode != Mode::Intercept {
+        return Some(format!(
+            "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
+            existing.mode, existing.name, existing.name
+        ));
+    }
+    if let Some(taken) = existing
+        .sessions()
+        .find(|session| session.name == plan.name)
+    {
+        return Some(format!(
+            "a session named {:?} is already on it: choose another --name",
+            taken.name
+        ));
+    }
+    if plan.wiretap {
+        return None;
+    }
+    let mut takers = existing
+        .sessions()
+        .filter(|session| !session.wiretap)
+        .peekable();
+    let Some(filter) = &plan.filter else {
+        return takers.peek().map(|first| {
+            format!(
+                "intercept {:?} is already on it: a second intercept needs an HTTP filter \
+                 (--http-header or --http-path-prefix) that the first does not have, or \
+                 --wiretap to get copies",
+                first.name
+            )
+        });
+    };
+    takers.find_map(|taker| match taker.filter {
+        None => Some(format!(
+            "intercept {:?} takes every request on it: it must leave before filtered \
+             intercepts can share",
+            taker.name
+        )),
+        Some(other) if other == filter => Some(format!(
+            "intercept {:?} already takes the requests this filter matches",
+            taker.name
+        )),
+        Some(_) => None,
+    })
+}
+
+/// Adds an intercept with its own HTTP filter to the agent already on `workload`: nothing
+/// in the pods changes, so nothing restarts.
+pub(super) async fn join(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+    mut workload: Workload,
+    mut record: Record,
+) -> Result<Started, SessionError> {
+    let original: PodTemplateSpec = serde_json::from_value(record.template.clone())
+        .map_err(|err| corrupt(&plan.workload, format!("the recorded pod template: {err}")))?;
+    let current = workload.template()?;
+    let service = choose_service(client, namespace, &original, plan).await?;
+    let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
+    let (config, token) = running_agent(&current, &plan.workload)?;
+    if let Some(missing) = forwards
+        .iter()
+        .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
+    {
+        return Err(SessionError::Choice(format!(
+            "cannot intercept {}: the intercepts on it do not take port {}; join with the \
+             same ports",
+            plan.workload, missing.app_port
+        )));
+    }
+    record.joined.push(Joined {
+        name: plan.name.clone(),
+        filter: plan.filter.clone(),
+        wiretap: plan.wiretap,
+        owner: Some(plan.owner.clone()),
+    });
+    workload
+        .annotate(client, RECORD_ANNOTATION, record.to_annotation())
+        .await?;
+    // The pods keep the label of the session that added the agent, even after it left.
+    let label = current
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|labels| labels.get(SESSION_LABEL))
+        .ok_or_else(|| corrupt(&plan.workload, "the pods have no session label"))?
+        .clone();
+    Ok(Started {
+        agents: workload.agent_selector(&label)?,
+        workload,
+        record,
+        token,
+        forwards,
+    })
+}
+
+/// The configuration and token of the agent in `template`, as the session that added it
+/// wrote them.
+fn running_agent(
+    template: &PodTemplateSpec,
+    workload: &WorkloadRef,
+) -> Result<(AgentConfig, String), SessionError> {
+    let agent = template
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .find(|c| c.name == inject::AGENT_CONTAINER)
+        .ok_or_else(|| {
+            corrupt(
+                workload,
+                "the workload's record says it has an agent, but its pods have none",
+            )
+        })?;
+    let agent_env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    let config = agent_env(AGENT_CONFIG_ENV)
+        .ok_or_else(|| corrupt(workload, "the agent has no configuration"))?;
+    let config = serde_json::from_str(&config).map_err(|err| {
+        corrupt(
+            workload,
+            format!("the agent's configuration is unreadable: {err}"),
+        )
+    })?;
+    let token = agent_env(AGENT_TOKEN_ENV)
+        .ok_or_else(|| corrupt(workload, "the agent has no session token"))?;
+    Ok((config, token))
+}
