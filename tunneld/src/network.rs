@@ -6,10 +6,10 @@
 pub(crate) mod dns;
 pub(crate) mod kubelet;
 mod machine_routes;
-pub(crate) mod resolv;
-pub(crate) mod resolved;
+pub(crate) mod resolv_conf;
 pub(crate) mod route_plan;
-pub(crate) mod routes;
+pub(crate) mod systemd_resolved;
+pub(crate) mod tun_routes;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,7 +47,7 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
 const UDP_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The TUN device, ready to serve. The device and its routes ([`routes::TunRoutes`])
+/// The TUN device, ready to serve. The device and its routes ([`tun_routes::TunRoutes`])
 /// vanish with the process, whatever way it exits.
 pub(crate) struct Network {
     device: tun::AsyncDevice,
