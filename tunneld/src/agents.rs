@@ -19,7 +19,7 @@ use kubedev_protocol::link::AgentLink;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::inbound;
+use crate::incoming;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -127,7 +127,6 @@ impl AgentPool {
         self.link_added.notify_waiters();
     }
 
-    /// The pods of `session` with a live link.
     /// One live link to each pod of `session`.
     pub(crate) async fn link_per_pod(&self, session: &str) -> Vec<AgentLink> {
         let links = self.links.read().await;
@@ -140,6 +139,7 @@ impl AgentPool {
         chosen.into_values().collect()
     }
 
+    /// The pods of `session` with a live link.
     pub(crate) async fn linked_pods(&self, session: &str) -> Vec<String> {
         let links = self.links.read().await;
         let mut pods: Vec<String> = links
@@ -274,7 +274,7 @@ async fn supervise_link(
         match link_through_port_forward(client.clone(), &selector.namespace, &pod, &selector.token)
             .await
         {
-            Ok((link, inbound_rx)) => {
+            Ok((link, incoming_rx)) => {
                 // The agent sends this session only the connections it claimed.
                 for forward in selector.forwards.iter() {
                     let wiretap = forward.wiretap.then(|| selector.wiretap.clone());
@@ -293,8 +293,10 @@ async fn supervise_link(
                 );
                 retry = FIRST_RETRY;
                 pool.add(key.clone(), link.clone()).await;
-                let delivering =
-                    tokio::spawn(inbound::deliver_all(inbound_rx, selector.forwards.clone()));
+                let delivering = tokio::spawn(incoming::deliver_all(
+                    incoming_rx,
+                    selector.forwards.clone(),
+                ));
                 keep_alive(&link).await;
                 delivering.abort();
                 pool.links.write().await.remove(&key);

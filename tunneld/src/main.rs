@@ -1,9 +1,9 @@
 //! tunneld: the local daemon the kubedev plugins share (one per user and kube context).
 
 mod agents;
-mod cidrs;
+mod cluster_ranges;
 mod daemon;
-mod inbound;
+mod incoming;
 mod network;
 mod to_pod;
 

@@ -6,10 +6,10 @@
 pub(crate) mod dns;
 pub(crate) mod kubelet;
 mod machine_routes;
-pub(crate) mod resolv;
-pub(crate) mod resolved;
+pub(crate) mod resolv_conf;
 pub(crate) mod route_plan;
-pub(crate) mod routes;
+pub(crate) mod systemd_resolved;
+pub(crate) mod tun_routes;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,7 +47,7 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
 const UDP_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The TUN device, ready to serve. The device and its routes ([`routes::TunRoutes`])
+/// The TUN device, ready to serve. The device and its routes ([`tun_routes::TunRoutes`])
 /// vanish with the process, whatever way it exits.
 pub(crate) struct Network {
     device: tun::AsyncDevice,
@@ -232,6 +232,10 @@ async fn answer_dns_over_tcp(dns: Arc<dns::DnsAnswerer>, stream: TcpStream) {
     }
 }
 
+/// Carries one TCP connection from the TUN device through an agent. Not
+/// [`kubedev_protocol::splice::splice`]: the userspace stack's shutdown completes only once
+/// the workstation's side has closed too, and that wait must be bounded here, or a socket
+/// that never closes would keep the relay forever.
 async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
@@ -246,7 +250,7 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
     tracing::debug!("tcp {source} -> {target}: open in the pod");
     let (mut remote_rx, mut remote_tx) = tokio::io::split(remote);
     let (local_rx, mut local_tx) = tokio::io::split(local);
-    let outbound = async {
+    let to_cluster = async {
         let sent = tokio::io::copy_buf(
             &mut BufReader::with_capacity(CHUNK, local_rx),
             &mut remote_tx,
@@ -255,7 +259,7 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
         remote_tx.shutdown().await?;
         Ok::<_, std::io::Error>(sent)
     };
-    let inbound = async {
+    let to_workstation = async {
         let received = tokio::io::copy_buf(
             &mut BufReader::with_capacity(CHUNK, &mut remote_rx),
             &mut local_tx,
@@ -267,7 +271,7 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         Ok::<_, std::io::Error>(received)
     };
-    match tokio::try_join!(outbound, inbound) {
+    match tokio::try_join!(to_cluster, to_workstation) {
         Ok((sent, received)) => {
             tracing::debug!("tcp {source} -> {target}: done, {sent} bytes out, {received} in")
         }

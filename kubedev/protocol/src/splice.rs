@@ -1,6 +1,8 @@
-//! Relaying a TCP connection over a stream (or to another connection) and back: the one
-//! copy loop every relay of kubedev uses (the agent's flows and takeovers, tunneld's
-//! delivery to local ports and its cluster network).
+//! Relaying a TCP connection over a stream (or to another connection) and back: the copy
+//! loop kubedev's relays share (the agent's flows and takeovers, tunneld's delivery to local
+//! ports and its `--to-pod` ports). Two copy on their own: the agent's wiretapped
+//! connections, whose bytes also go to the wiretaps, and tunneld's cluster network, which
+//! bounds how long the workstation's side may take to close.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -10,11 +10,11 @@ use kubedev::cidr::Cidr;
 use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus, ResolverStatus};
 
 use super::Daemon;
-use crate::cidrs;
-use crate::network::resolv::{CommandResolvConf, ResolvConf};
-use crate::network::resolved::{self, ResolvedLink};
+use crate::cluster_ranges;
+use crate::network::resolv_conf::{CommandResolvConf, ResolvConf};
 use crate::network::route_plan::{self, Exclusion, Wanted};
-use crate::network::routes::TunRoutes;
+use crate::network::systemd_resolved::{self, ResolvedLink};
+use crate::network::tun_routes::TunRoutes;
 use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet};
 
 /// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
@@ -113,7 +113,7 @@ impl Daemon {
 
     async fn bring_up_network(&self, namespace: &str) -> anyhow::Result<NetworkState> {
         let cluster = if self.settings.routes.is_empty() {
-            cidrs::discover(&self.client, namespace).await
+            cluster_ranges::discover(&self.client, namespace).await
         } else {
             self.settings.routes.clone()
         };
@@ -236,17 +236,17 @@ impl Daemon {
             };
             Ok((resolver, upstream))
         };
-        let systemd_resolved = resolved::manages(&self.settings.resolv_conf);
+        let through_resolved = systemd_resolved::manages(&self.settings.resolv_conf);
         // resolved lists every link's servers in its own file, tunneld's among them.
-        let changed_file = if systemd_resolved {
-            Path::new(resolved::UPLINK_RESOLV_CONF)
+        let changed_file = if through_resolved {
+            Path::new(systemd_resolved::UPLINK_RESOLV_CONF)
         } else {
             &self.settings.resolv_conf
         };
         if let Some(reason) = handed_out(changed_file) {
             return unchanged(reason);
         }
-        if systemd_resolved {
+        if through_resolved {
             let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, search)?;
             // resolved sends only cluster names here: there is nothing to forward.
             return Ok((Resolver::SystemdResolved(link), None));

@@ -66,6 +66,13 @@ impl LeaseKeeping {
     }
 }
 
+impl Daemon {
+    /// Stops renewing the lease of run `owner`'s session.
+    pub(super) async fn forget_lease(&self, owner: &str) {
+        self.leases.lock().await.remove(owner);
+    }
+}
+
 /// Renews `keeping`'s lease every [`renew_period`] for as long as anyone (the hold, or the
 /// daemon's list of leases) still has it.
 pub(super) async fn keep_lease(daemon: Arc<Daemon>, keeping: Weak<LeaseKeeping>) {

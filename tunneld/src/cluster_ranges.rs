@@ -16,15 +16,16 @@ use kubedev::cidr::{self, Cidr};
 /// The prefix assumed around a pod IP when the nodes' ranges cannot be read.
 const POD_RANGE_GUESS: u8 = 16;
 
+/// The cluster's pod and service ranges, none inside another.
 pub(crate) async fn discover(client: &kube::Client, namespace: &str) -> Vec<Cidr> {
-    let mut cidrs = service_ranges(client, namespace).await;
-    cidrs.extend(pod_ranges(client, namespace).await);
-    cidrs.sort();
-    cidrs.dedup();
+    let mut ranges = service_ranges(client, namespace).await;
+    ranges.extend(pod_ranges(client, namespace).await);
+    ranges.sort();
+    ranges.dedup();
     // A wider range makes any range inside it redundant.
-    let all = cidrs.clone();
-    cidrs.retain(|c| !all.iter().any(|other| other != c && cidr::holds(other, c)));
-    cidrs
+    let all = ranges.clone();
+    ranges.retain(|c| !all.iter().any(|other| other != c && cidr::holds(other, c)));
+    ranges
 }
 
 async fn service_ranges(client: &kube::Client, namespace: &str) -> Vec<Cidr> {

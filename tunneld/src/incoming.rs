@@ -1,7 +1,8 @@
-//! Connections the agents took over in the cluster, delivered to the workstation: each
-//! arrives as a stream the agent opened, naming the app's port; it is connected to the
-//! local address that port is forwarded to. A UDP port's stream carries one peer's
-//! datagrams, sent from a socket of its own so that replies find their way back.
+//! Incoming connections, from the cluster to the workstation: those the agents took over,
+//! delivered to local ports. Each arrives as a stream the agent opened, naming the app's
+//! port; it is connected to the local address that port is forwarded to. A UDP port's
+//! stream carries one peer's datagrams, sent from a socket of its own so that replies find
+//! their way back.
 
 use std::sync::Arc;
 
@@ -16,10 +17,10 @@ use tokio::sync::mpsc;
 
 /// Serves every stream an agent opens, until its link ends.
 pub(crate) async fn deliver_all(
-    mut inbound_rx: mpsc::Receiver<MuxStream>,
+    mut incoming_rx: mpsc::Receiver<MuxStream>,
     forwards: Arc<[Forward]>,
 ) {
-    while let Some(stream) = inbound_rx.recv().await {
+    while let Some(stream) = incoming_rx.recv().await {
         tokio::spawn(deliver(stream, forwards.clone()));
     }
 }
@@ -30,8 +31,8 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
     {
         Ok(Ok(OpenRequest::Inbound { port, transport })) => (port, transport),
         Ok(Ok(other)) => return refuse(stream, format!("tunneld does not serve {other:?}")).await,
-        Ok(Err(err)) => return tracing::debug!("inbound stream without a request: {err}"),
-        Err(_) => return tracing::debug!("inbound stream without a request"),
+        Ok(Err(err)) => return tracing::debug!("incoming stream without a request: {err}"),
+        Err(_) => return tracing::debug!("incoming stream without a request"),
     };
     let Some(forward) = forwards
         .iter()

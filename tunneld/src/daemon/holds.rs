@@ -1,0 +1,172 @@
+//! A plugin's hold on its session: tunneld keeps the connection, and the session's lease
+//! renewed, until the plugin releases it. A plugin that dies first leaves its workload to
+//! tunneld to restore, as `leave` would.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kubedev::control::{ControlReply, ControlRequest, Held};
+use kubedev::session::connect::{self, end_connect};
+use kubedev::session::lease::DEFAULT_LEASE;
+use kubedev::session::{self, SessionError};
+use kubedev_protocol::codec::{read_message, write_message};
+use tokio::net::UnixStream;
+
+use super::Daemon;
+use super::leases::{self, LeaseKeeping};
+
+/// The longest pause between two attempts to restore a workload.
+const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
+
+/// Counts one hold in [`Daemon::holds`] while it lives.
+struct HoldCount<'a>(&'a Daemon);
+
+impl<'a> HoldCount<'a> {
+    fn new(daemon: &'a Daemon) -> Self {
+        daemon.holds.fetch_add(1, Ordering::SeqCst);
+        daemon.sessions_changed.notify_waiters();
+        Self(daemon)
+    }
+}
+
+impl Drop for HoldCount<'_> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::SeqCst);
+        self.0.sessions_changed.notify_waiters();
+    }
+}
+
+impl Daemon {
+    /// Keeps `holder`'s connection, renewing the session's lease, until the plugin releases
+    /// the session. If the connection closes first, its plugin died with the session live:
+    /// end it, and restore the workload as `leave` does. If the lease is lost, end the
+    /// session here and tell the plugin.
+    pub(super) async fn hold(
+        self: &Arc<Self>,
+        held: Held,
+        mut holder: UnixStream,
+    ) -> anyhow::Result<()> {
+        let _counted = HoldCount::new(self);
+        let keeping = Arc::new(LeaseKeeping::new(
+            held.name.clone(),
+            held.owner.clone(),
+            held.namespace.clone(),
+            held.lease,
+        ));
+        if held.lease.is_some() {
+            self.leases
+                .lock()
+                .await
+                .insert(held.owner.clone(), keeping.clone());
+            tokio::spawn(leases::keep_lease(self.clone(), Arc::downgrade(&keeping)));
+        }
+        write_message(&mut holder, &ControlReply::Done).await?;
+        let mut lost_rx = keeping.lost_tx.subscribe();
+        let lost = tokio::select! {
+            request = read_message::<_, ControlRequest>(&mut holder) => match request {
+                Ok(ControlRequest::Release) => None,
+                _ => Some(None),
+            },
+            reason = lost_rx.wait_for(Option::is_some) => {
+                Some(Some(reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default()))
+            }
+        };
+        match lost {
+            None => {
+                if self.sessions.lock().await.contains_key(&held.name) {
+                    // Detached: the lease lives as long as the session does here.
+                    keeping.mark_detached();
+                } else {
+                    keeping.mark_ending();
+                    self.forget_lease(&held.owner).await;
+                }
+                return Ok(write_message(&mut holder, &ControlReply::Done).await?);
+            }
+            Some(Some(reason)) => {
+                return Ok(write_message(&mut holder, &ControlReply::Ended { reason }).await?);
+            }
+            Some(None) => {}
+        }
+        keeping.mark_ending();
+        tracing::warn!(
+            "the plugin running session {} is gone: ending it and restoring {}",
+            held.name,
+            restored(&held)
+        );
+        self.remove_session(&held.name).await;
+        self.restore(&held).await;
+        self.forget_lease(&held.owner).await;
+        Ok(())
+    }
+
+    /// Restores `held`'s workload as `leave` does (or deletes a connect session's pod),
+    /// retrying while the cluster fails for as long as the session's lease lasts: a
+    /// cluster out of reach for that long cannot renew it either, and the session is left
+    /// to the next run in the namespace to reclaim.
+    async fn restore(&self, held: &Held) {
+        let Held {
+            name,
+            owner,
+            namespace,
+            workload,
+            timeout,
+            lease,
+        } = held;
+        let what = restored(held);
+        let deadline = tokio::time::Instant::now() + lease.unwrap_or(DEFAULT_LEASE);
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let attempt = match workload {
+                Some(workload) => {
+                    let left = session::leave(
+                        &self.client,
+                        namespace,
+                        workload,
+                        name,
+                        Some(owner),
+                        *timeout,
+                        |_| {},
+                    );
+                    left.await.map(|left| left.describe(name, workload))
+                }
+                None => end_connect(&self.client, namespace, name, Some(owner))
+                    .await
+                    .map(|_| format!("connect session {name} ended")),
+            };
+            let err = match attempt {
+                Ok(done) => return tracing::info!("{done}"),
+                // The original is back; only its pods are late.
+                Err(err @ SessionError::Rollout(_)) => {
+                    return tracing::warn!("{what} restored; {:#}", anyhow::Error::from(err));
+                }
+                Err(err) => anyhow::Error::from(err),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return match lease {
+                    Some(lease) => tracing::error!(
+                        "could not restore {what}: {err:#}; its lease runs out {lease:?} \
+                         after the last renewal, and then the next kubedev command in \
+                         namespace {namespace} restores it (or run `leave {name}` with the \
+                         plugin)"
+                    ),
+                    None => tracing::error!(
+                        "could not restore {what}: {err:#}; run `leave {name}` with the \
+                         plugin"
+                    ),
+                };
+            }
+            tracing::warn!("restoring {what}: {err:#}; trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RESTORE_RETRY_PAUSE);
+        }
+    }
+}
+
+/// What restoring `held` puts back, in words: its workload, or a connect session's pod.
+fn restored(held: &Held) -> String {
+    match &held.workload {
+        Some(workload) => workload.to_string(),
+        None => format!("pod/{}", connect::pod_name(&held.name)),
+    }
+}

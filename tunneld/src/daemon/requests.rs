@@ -1,0 +1,205 @@
+//! The control socket's requests: each client connection brings one [`ControlRequest`] and
+//! gets its reply, but for a hold ([`super::holds`]) and an SFTP session on the app's
+//! volumes, which keep the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedev::control::{
+    ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionStatus,
+};
+use kubedev_protocol::WiretapCounts;
+use kubedev_protocol::codec::{read_message, write_message};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Daemon, Tunneled};
+use crate::agents::AgentSelector;
+use crate::to_pod;
+
+/// How long a status request waits for an agent's wiretap counts.
+const COUNTS_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an environment request waits for a session's agent to be linked.
+const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
+
+impl Daemon {
+    pub(super) async fn serve_client(
+        self: &Arc<Self>,
+        mut stream: UnixStream,
+    ) -> anyhow::Result<()> {
+        let request: ControlRequest = read_message(&mut stream).await?;
+        let reply = match request {
+            ControlRequest::AddSession {
+                name,
+                namespace,
+                agents,
+                token,
+                forwards,
+                proxy,
+                to_pod,
+            } => {
+                let selector = AgentSelector {
+                    wiretap: format!("{name}/{}", std::process::id()),
+                    namespace,
+                    labels: agents,
+                    token,
+                    forwards: forwards.into(),
+                };
+                self.add_session(name, selector, &proxy, &to_pod).await
+            }
+            ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
+            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Environment { name } => self.environment(&name).await,
+            ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
+            ControlRequest::Hold(held) => return self.hold(held, stream).await,
+            ControlRequest::Release => ControlReply::Failed {
+                reason: "release without a hold".into(),
+            },
+        };
+        write_message(&mut stream, &reply).await?;
+        Ok(())
+    }
+
+    async fn add_session(
+        &self,
+        name: String,
+        selector: AgentSelector,
+        proxy: &ProxyChoices,
+        to_pod: &[PodPort],
+    ) -> ControlReply {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.contains_key(&name) {
+            return ControlReply::Failed {
+                reason: format!("a session named {name:?} already exists"),
+            };
+        }
+        let to_pod = match to_pod::bind(to_pod).await {
+            Ok(bound) => bound,
+            Err(reason) => return ControlReply::Failed { reason },
+        };
+        let stop = CancellationToken::new();
+        let namespace = selector.namespace.clone();
+        let wiretap = selector
+            .forwards
+            .iter()
+            .any(|forward| forward.wiretap)
+            .then(|| selector.wiretap.clone());
+        self.pool
+            .follow(self.client.clone(), name.clone(), selector, stop.clone());
+        to_pod::serve(to_pod, name.clone(), self.pool.clone(), &stop);
+        tracing::info!("session {name} added (namespace {namespace})");
+        let tunneled = Tunneled {
+            namespace: namespace.clone(),
+            wiretap,
+            stop,
+        };
+        sessions.insert(name, tunneled);
+        drop(sessions);
+        self.sessions_changed.notify_waiters();
+        let new_choices = self.proxy.lock().await.merge(proxy);
+        self.start_network(&namespace, new_choices).await;
+        ControlReply::Done
+    }
+
+    /// Turns the client's connection into an SFTP session on the app's volumes, with one of
+    /// the session's agents, until either side closes.
+    async fn serve_files(&self, name: &str, mut client: UnixStream) -> anyhow::Result<()> {
+        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
+            let reason = format!("no agent of session {name:?} is linked");
+            return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
+        };
+        let mut files = match link.open_files().await {
+            Ok(files) => files,
+            Err(err) => {
+                let reason = format!("volumes of session {name:?}: {err}");
+                return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
+            }
+        };
+        write_message(&mut client, &ControlReply::Done).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut files).await?;
+        Ok(())
+    }
+
+    async fn environment(&self, name: &str) -> ControlReply {
+        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
+            return ControlReply::Failed {
+                reason: format!("no agent of session {name:?} is linked"),
+            };
+        };
+        match link.environment().await {
+            Ok(variables) => ControlReply::Environment { variables },
+            Err(err) => ControlReply::Failed {
+                reason: format!("environment of session {name:?}: {err}"),
+            },
+        }
+    }
+
+    pub(super) async fn remove_session(&self, name: &str) -> ControlReply {
+        let Some(tunneled) = self.sessions.lock().await.remove(name) else {
+            return ControlReply::Failed {
+                reason: format!("no session named {name:?}"),
+            };
+        };
+        tunneled.stop.cancel();
+        self.pool.forget(name).await;
+        // Ended on purpose: its lease goes with it (a detached session's renewals end here).
+        self.leases.lock().await.retain(|_, keeping| {
+            if keeping.session != name {
+                return true;
+            }
+            keeping.mark_ending();
+            !keeping.is_detached()
+        });
+        tracing::info!("session {name} removed");
+        self.sessions_changed.notify_waiters();
+        ControlReply::Done
+    }
+
+    /// A wiretap's counts over every pod it is linked to; a pod that does not answer in
+    /// time is left out.
+    async fn wiretap_counts(&self, name: &str, id: &str) -> WiretapCounts {
+        let asked =
+            self.pool
+                .link_per_pod(name)
+                .await
+                .into_iter()
+                .map(|link| async move {
+                    tokio::time::timeout(COUNTS_WAIT, link.wiretap_counts(id)).await
+                });
+        let mut total = WiretapCounts::default();
+        for counts in futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            total += counts;
+        }
+        total
+    }
+
+    async fn status(&self) -> DaemonStatus {
+        let sessions = self.sessions.lock().await;
+        let mut listed = Vec::new();
+        for (name, tunneled) in sessions.iter() {
+            let wiretap = match &tunneled.wiretap {
+                Some(id) => Some(self.wiretap_counts(name, id).await),
+                None => None,
+            };
+            listed.push(SessionStatus {
+                name: name.clone(),
+                namespace: tunneled.namespace.clone(),
+                linked_pods: self.pool.linked_pods(name).await,
+                wiretap,
+            });
+        }
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let network = self.network.lock().await.status();
+        DaemonStatus {
+            pid: std::process::id(),
+            network,
+            sessions: listed,
+        }
+    }
+}
