@@ -59,6 +59,7 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     out
 }
 
+/// Throughput and latency over each path, and kubedev against port-forward.
 fn path_table(sizes: &Sizes, paths: &Paths) -> String {
     let Paths {
         direct,
@@ -118,6 +119,20 @@ fn path_table(sizes: &Sizes, paths: &Paths) -> String {
         ),
         |r| r.parallel_mib_s,
     );
+    out += &path_counter_rows(sizes, paths);
+    out +=
+        "\nFor latency rows a ratio under 1 means kubedev is faster; for throughput, over 1.\n\n";
+    out
+}
+
+/// The rows that are counts, not speeds: stalled streams, CPU per GiB, UDP exchanges.
+fn path_counter_rows(sizes: &Sizes, paths: &Paths) -> String {
+    let Paths {
+        direct,
+        port_forward,
+        kubedev,
+    } = paths;
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "| streams of those that stalled (no data for 30 s; left out of the aggregate) | {} | {} | {} | |",
@@ -137,8 +152,6 @@ fn path_table(sizes: &Sizes, paths: &Paths) -> String {
             sizes.udp_round_trips, d.per_s, k.per_s
         );
     }
-    out +=
-        "\nFor latency rows a ratio under 1 means kubedev is faster; for throughput, over 1.\n\n";
     out
 }
 

@@ -235,26 +235,12 @@ pub(crate) async fn soak(
         workstation.plugin_ok(cluster, "kubectl-intercept", &all)
     };
     plugin(&[TARGET, "--port", &format!("{LOCAL_PORT}:http"), "--detach"]);
-    let load_on = |target: &str, expect: &str, workers: u32, seconds: u32, rate: Option<u32>| {
-        let rate = rate.map(|r| format!(",rate={r}")).unwrap_or_default();
-        let spec = format!("workers={workers},seconds={seconds}{rate},expect={expect}");
-        let summary = ns.exec(CLIENT, &["probe", "load", target, &spec])?;
-        Load::parse(workers, summary.trim())
-    };
-    let intercepted = format!("{TARGET}:8080");
-    let load = |workers: u32, seconds: u32, rate: Option<u32>| {
-        load_on(&intercepted, "local laptop", workers, seconds, rate)
+    let loads = Loads {
+        ns,
+        intercepted: format!("{TARGET}:8080"),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match load(1, 1, None) {
-            Ok(tried) if tried.failed == 0 => break,
-            tried => anyhow::ensure!(
-                Instant::now() < deadline,
-                "the intercept never took the port: {tried:?}"
-            ),
-        }
-    }
+    loads.wait_for_the_intercept(deadline)?;
     let tunneld_pid = workstation.plugins_tunneld_pid(cluster, "kubectl-intercept");
     // The pods the intercept replaced may still be going away.
     let agent_pid = loop {
@@ -270,25 +256,12 @@ pub(crate) async fn soak(
     );
     let until = Instant::now() + Duration::from_secs(seconds);
     let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let (mut agent, mut tunneld) = (Usage::default(), Usage::default());
-            // Once the flows are open and the requests flow.
-            std::thread::sleep(SAMPLE_EVERY * 2);
-            while sampling.load(Ordering::Relaxed) {
-                agent.sample(agent_pid);
-                tunneld.sample(tunneld_pid);
-                std::thread::sleep(SAMPLE_EVERY);
-            }
-            (agent, tunneld)
-        })
-    };
+    let sampler = sample_usage(agent_pid, tunneld_pid, sampling.clone());
     let echo = echo.echo();
     let steady_seconds = u32::try_from(seconds)?;
     let (flows, steady) = std::thread::scope(|scope| {
         let flows = scope.spawn(|| workstation.inside(move || keep_flows(echo, FLOWS, until)));
-        let steady = scope.spawn(|| load(8, steady_seconds, Some(REQUEST_RATE)));
+        let steady = scope.spawn(|| loads.intercepted(8, steady_seconds, Some(REQUEST_RATE)));
         (
             flows.join().expect("the flows"),
             steady.join().expect("the requests"),
@@ -300,20 +273,7 @@ pub(crate) async fn soak(
     agent.sample_after(agent_pid);
     tunneld.sample_after(tunneld_pid);
     let steady = steady?;
-
-    eprintln!("soak: the highest intercepted request rate with no error");
-    let mut rate_steps = Vec::new();
-    for workers in RATE_STEPS {
-        let step = RateStep {
-            direct: load_on("echo:8080", "echo from", workers, RATE_STEP_SECONDS, None)?,
-            intercepted: load(workers, RATE_STEP_SECONDS, None)?,
-        };
-        eprintln!(
-            "soak: {workers} workers: {:.0} requests/s intercepted ({} failed), {:.0} direct",
-            step.intercepted.rate, step.intercepted.failed, step.direct.rate
-        );
-        rate_steps.push(step);
-    }
+    let rate_steps = loads.rate_steps()?;
     plugin(&["leave", TARGET]);
     Ok(Soaked {
         seconds,
@@ -322,6 +282,87 @@ pub(crate) async fn soak(
         agent,
         tunneld,
         rate_steps,
+    })
+}
+
+/// Loads the client pod sends.
+struct Loads<'a> {
+    ns: &'a TestNamespace,
+    /// The intercepted Service's address.
+    intercepted: String,
+}
+
+impl Loads<'_> {
+    /// `workers` sending to `target` for `seconds` (at `rate` requests/s in all, else flat
+    /// out), each answer expected to start with `expect`.
+    fn on(
+        &self,
+        target: &str,
+        expect: &str,
+        workers: u32,
+        seconds: u32,
+        rate: Option<u32>,
+    ) -> anyhow::Result<Load> {
+        let rate = rate.map(|r| format!(",rate={r}")).unwrap_or_default();
+        let spec = format!("workers={workers},seconds={seconds}{rate},expect={expect}");
+        let summary = self.ns.exec(CLIENT, &["probe", "load", target, &spec])?;
+        Load::parse(workers, summary.trim())
+    }
+
+    /// A load on the intercepted Service, answered by the workstation.
+    fn intercepted(&self, workers: u32, seconds: u32, rate: Option<u32>) -> anyhow::Result<Load> {
+        self.on(&self.intercepted, "local laptop", workers, seconds, rate)
+    }
+
+    /// Returns once the workstation answers the intercepted Service.
+    fn wait_for_the_intercept(&self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            match self.intercepted(1, 1, None) {
+                Ok(tried) if tried.failed == 0 => return Ok(()),
+                tried => anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the intercept never took the port: {tried:?}"
+                ),
+            }
+        }
+    }
+
+    /// The request rate, intercepted and directly, with more and more workers.
+    fn rate_steps(&self) -> anyhow::Result<Vec<RateStep>> {
+        eprintln!("soak: the highest intercepted request rate with no error");
+        let mut rate_steps = Vec::new();
+        for workers in RATE_STEPS {
+            let step = RateStep {
+                direct: self.on("echo:8080", "echo from", workers, RATE_STEP_SECONDS, None)?,
+                intercepted: self.intercepted(workers, RATE_STEP_SECONDS, None)?,
+            };
+            eprintln!(
+                "soak: {workers} workers: {:.0} requests/s intercepted ({} failed), {:.0} direct",
+                step.intercepted.rate, step.intercepted.failed, step.direct.rate
+            );
+            rate_steps.push(step);
+        }
+        Ok(rate_steps)
+    }
+}
+
+/// Samples the agent's and tunneld's memory and descriptors every [`SAMPLE_EVERY`] while
+/// `sampling` is set.
+fn sample_usage(
+    agent_pid: u32,
+    tunneld_pid: u32,
+    sampling: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Usage, Usage)> {
+    std::thread::spawn(move || {
+        let (mut agent, mut tunneld) = (Usage::default(), Usage::default());
+        // Once the flows are open and the requests flow.
+        std::thread::sleep(SAMPLE_EVERY * 2);
+        while sampling.load(Ordering::Relaxed) {
+            agent.sample(agent_pid);
+            tunneld.sample(tunneld_pid);
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+        (agent, tunneld)
     })
 }
 

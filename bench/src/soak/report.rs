@@ -19,25 +19,9 @@ pub(crate) fn with_section(doc: &str, section: &str) -> String {
     format!("{}\n\n{section}", before.trim_end())
 }
 
+/// The soak's section: the steady load's figures against their bounds, then the highest
+/// intercepted request rate.
 pub(crate) fn render(soaked: &Soaked) -> String {
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    let usage = |usage: &Usage| {
-        (
-            format!(
-                "{:.1} / {:.1} / {:.1} MiB",
-                mib(usage.first_rss_kib),
-                mib(usage.max_rss_kib),
-                mib(usage.after_rss_kib)
-            ),
-            format!(
-                "{} / {} / {}",
-                usage.first_fds, usage.max_fds, usage.after_fds
-            ),
-        )
-    };
-    let (agent_rss, agent_fds) = usage(&soaked.agent);
-    let (tunneld_rss, tunneld_fds) = usage(&soaked.tunneld);
-    let steady = &soaked.steady;
     let mut out = format!("{HEADING}\n\n");
     let _ = writeln!(
         out,
@@ -51,52 +35,92 @@ pub(crate) fn render(soaked: &Soaked) -> String {
         FLOW_PERIOD.as_secs()
     );
     out += "| measurement | figure | bound |\n| --- | ---: | ---: |\n";
-    let _ = writeln!(
-        out,
-        "| flows held open through the tunnel | {} | {FLOWS} |",
-        soaked.flows.open
-    );
-    let _ = writeln!(
-        out,
-        "| messages echoed on them | {} of {} ({} failed) | 0 failed |",
-        soaked.flows.exchanges - soaked.flows.failed,
-        soaked.flows.exchanges,
-        soaked.flows.failed
-    );
-    let _ = writeln!(
-        out,
-        "| intercepted requests answered by the workstation | {} of {} ({} failed) | 0 failed |",
-        steady.requests - steady.failed,
-        steady.requests,
-        steady.failed
-    );
-    let _ = writeln!(
-        out,
-        "| their latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | |",
-        steady.p50_ms, steady.p99_ms, steady.max_ms
-    );
-    let _ = writeln!(
-        out,
-        "| agent RSS | {agent_rss} | {} MiB |",
-        BOUNDS.agent_rss_mib
-    );
-    let _ = writeln!(
-        out,
-        "| agent file descriptors | {agent_fds} | {} |",
-        BOUNDS.agent_fds
-    );
-    let _ = writeln!(
-        out,
-        "| tunneld RSS | {tunneld_rss} | {} MiB |",
-        BOUNDS.tunneld_rss_mib
-    );
-    let _ = writeln!(
-        out,
-        "| tunneld file descriptors | {tunneld_fds} | {} |",
-        BOUNDS.tunneld_fds
-    );
+    for (measurement, figure, bound) in steady_rows(soaked) {
+        let _ = writeln!(out, "| {measurement} | {figure} | {bound} |");
+    }
     out += "\nWhat the load took is given back: after it, at most a quarter (and 8 MiB) more \
             memory and 16 more descriptors than when it began.\n\n";
+    render_rate_steps(&mut out, soaked);
+    out
+}
+
+/// The steady load's rows: what was measured, the figure, and its bound.
+fn steady_rows(soaked: &Soaked) -> Vec<(&'static str, String, String)> {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let rss = |usage: &Usage| {
+        format!(
+            "{:.1} / {:.1} / {:.1} MiB",
+            mib(usage.first_rss_kib),
+            mib(usage.max_rss_kib),
+            mib(usage.after_rss_kib)
+        )
+    };
+    let fds = |usage: &Usage| {
+        format!(
+            "{} / {} / {}",
+            usage.first_fds, usage.max_fds, usage.after_fds
+        )
+    };
+    let (flows, steady) = (&soaked.flows, &soaked.steady);
+    vec![
+        (
+            "flows held open through the tunnel",
+            flows.open.to_string(),
+            FLOWS.to_string(),
+        ),
+        (
+            "messages echoed on them",
+            format!(
+                "{} of {} ({} failed)",
+                flows.exchanges - flows.failed,
+                flows.exchanges,
+                flows.failed
+            ),
+            "0 failed".to_owned(),
+        ),
+        (
+            "intercepted requests answered by the workstation",
+            format!(
+                "{} of {} ({} failed)",
+                steady.requests - steady.failed,
+                steady.requests,
+                steady.failed
+            ),
+            "0 failed".to_owned(),
+        ),
+        (
+            "their latency p50 / p99 / max",
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                steady.p50_ms, steady.p99_ms, steady.max_ms
+            ),
+            String::new(),
+        ),
+        (
+            "agent RSS",
+            rss(&soaked.agent),
+            format!("{} MiB", BOUNDS.agent_rss_mib),
+        ),
+        (
+            "agent file descriptors",
+            fds(&soaked.agent),
+            BOUNDS.agent_fds.to_string(),
+        ),
+        (
+            "tunneld RSS",
+            rss(&soaked.tunneld),
+            format!("{} MiB", BOUNDS.tunneld_rss_mib),
+        ),
+        (
+            "tunneld file descriptors",
+            fds(&soaked.tunneld),
+            BOUNDS.tunneld_fds.to_string(),
+        ),
+    ]
+}
+
+/// The highest intercepted request rate, step by step against the app directly.
+fn render_rate_steps(out: &mut String, soaked: &Soaked) {
     let _ = writeln!(
         out,
         "### Highest intercepted request rate\n\n\
@@ -131,7 +155,6 @@ pub(crate) fn render(soaked: &Soaked) -> String {
             best.rate, best.workers
         );
     }
-    out
 }
 
 #[cfg(test)]
