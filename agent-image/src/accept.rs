@@ -11,7 +11,8 @@ use kubedev_protocol::mux::{self, Mode, MuxStream};
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::outgoing::{self, answer, refuse};
+use crate::outgoing;
+use crate::reply::{answer, refuse};
 use crate::workstations::{WorkstationId, Workstations};
 use crate::{env, files};
 
