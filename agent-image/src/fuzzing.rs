@@ -23,7 +23,8 @@ use russh_sftp::protocol::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-use crate::incoming::http::{self, Route};
+use crate::incoming::http1;
+use crate::incoming::route::Route;
 use crate::workstations::{Claimant, Wiretapper};
 
 /// `input` as one client connection to a port a workstation claimed with a filter: the
@@ -66,7 +67,7 @@ pub fn http_request(input: &[u8]) {
         };
         let (client, served) = tokio::io::duplex(1 << 16);
         let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
-        let serving = tokio::spawn(http::serve_http1(served, peer, route));
+        let serving = tokio::spawn(http1::serve(served, peer, route));
         let (mut from_agent, mut to_agent) = tokio::io::split(client);
         let sending = async {
             let _ = to_agent.write_all(input).await;

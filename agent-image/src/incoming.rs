@@ -2,11 +2,13 @@
 //! workstation that claimed the port (on a stream the agent opens toward it) or, when none
 //! takes it, to the app container on localhost (intercept) or nowhere (replace: the app is
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
-//! some HTTP requests ([`http`] for HTTP/1.1, [`http2`] for HTTP/2); UDP peers in [`udp`].
-//! Wiretaps get copies of connections or requests ([`wiretap`]).
+//! some HTTP requests ([`route`] decides, [`http1`] and [`http2`] serve the client's HTTP
+//! version); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
+//! ([`wiretap`]).
 
-pub(crate) mod http;
+pub(crate) mod http1;
 mod http2;
+pub(crate) mod route;
 mod tcp;
 mod udp;
 mod wiretap;
