@@ -27,7 +27,8 @@ pub struct Settings {
     pub read_only_volumes: bool,
 }
 
-pub(crate) const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));
+/// How the agent names itself to workstations and in its log.
+const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));
 
 /// Accepts workstations on `listen` until the process ends.
 pub(crate) async fn run(

@@ -105,10 +105,10 @@ pub(crate) async fn to_first_workstation(
     None
 }
 
-/// Opens a stream to the workstation of `session` for a connection to the app's
+/// Opens a stream toward the workstation on `handle` for a connection to the app's
 /// `app_port`, if it accepts before `deadline`.
 async fn to_workstation(
-    session: &MuxHandle,
+    handle: &MuxHandle,
     app_port: u16,
     transport: Transport,
     deadline: Instant,
@@ -117,7 +117,7 @@ async fn to_workstation(
         port: app_port,
         transport,
     };
-    match tokio::time::timeout_at(deadline, open_flow(session, &request)).await {
+    match tokio::time::timeout_at(deadline, open_flow(handle, &request)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
         Ok(Err(LinkError::Unexpected(reply))) => {
