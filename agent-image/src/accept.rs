@@ -11,7 +11,8 @@ use kubedev_protocol::mux::{self, Mode, MuxStream};
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::outgoing::{self, answer, refuse};
+use crate::outgoing;
+use crate::reply::{answer, refuse};
 use crate::workstations::{WorkstationId, Workstations};
 use crate::{env, files};
 
@@ -26,7 +27,8 @@ pub struct Settings {
     pub read_only_volumes: bool,
 }
 
-pub(crate) const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));
+/// How the agent names itself to workstations and in its log.
+const AGENT_NAME: &str = concat!("kubedev-agent ", env!("CARGO_PKG_VERSION"));
 
 /// Accepts workstations on `listen` until the process ends.
 pub(crate) async fn run(

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::outgoing::answer;
+use crate::reply::answer;
 use volumes::Volumes;
 
 /// Reads served at once; further requests wait in the stream, which slows the client down.

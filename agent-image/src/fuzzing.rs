@@ -23,7 +23,8 @@ use russh_sftp::protocol::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-use crate::incoming::http::{self, Route};
+use crate::incoming::http1;
+use crate::incoming::route::Route;
 use crate::workstations::{Claimant, Wiretapper};
 
 /// `input` as one client connection to a port a workstation claimed with a filter: the
@@ -66,7 +67,7 @@ pub fn http_request(input: &[u8]) {
         };
         let (client, served) = tokio::io::duplex(1 << 16);
         let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
-        let serving = tokio::spawn(http::serve_http1(served, peer, route));
+        let serving = tokio::spawn(http1::serve(served, peer, route));
         let (mut from_agent, mut to_agent) = tokio::io::split(client);
         let sending = async {
             let _ = to_agent.write_all(input).await;
@@ -282,86 +283,78 @@ impl Requests<'_> {
         Some(attrs)
     }
 
+    /// The next request, with `id`; none once the input runs out.
     fn next(&mut self, id: u32, handles: &[String]) -> Option<Packet> {
-        Some(match self.byte()? % 17 {
-            0 => Packet::Open(Open {
-                id,
-                filename: self.path()?,
-                pflags: OpenFlags::from_bits_truncate(u32::from(self.byte()?)),
-                attrs: FileAttributes::empty(),
-            }),
+        match self.byte()? % 17 {
+            kind @ (1 | 2 | 3 | 7 | 13 | 14) => {
+                let handle = self.handle(handles)?;
+                self.on_handle(kind, id, handle)
+            }
+            kind => {
+                let path = self.path()?;
+                self.on_path(kind, id, path)
+            }
+        }
+    }
+
+    /// The request of `kind` on an open file or directory; every such request names its
+    /// handle first.
+    fn on_handle(&mut self, kind: u8, id: u32, handle: String) -> Option<Packet> {
+        Some(match kind {
             1 => Packet::Read(Read {
                 id,
-                handle: self.handle(handles)?,
+                handle,
                 offset: u64::from(self.byte()?),
                 len: u32::from(self.byte()?) * 64,
             }),
             2 => Packet::Write(Write {
                 id,
-                handle: self.handle(handles)?,
+                handle,
                 offset: u64::from(self.byte()?),
                 data: self.bytes(32),
             }),
-            3 => Packet::Close(Close {
+            3 => Packet::Close(Close { id, handle }),
+            7 => Packet::ReadDir(ReadDir { id, handle }),
+            13 => Packet::FSetStat(FSetStat {
                 id,
-                handle: self.handle(handles)?,
+                handle,
+                attrs: self.attrs()?,
             }),
-            4 => Packet::Stat(Stat {
+            _ => Packet::Fstat(Fstat { id, handle }),
+        })
+    }
+
+    /// The request of `kind` on a path; every such request names its path first.
+    fn on_path(&mut self, kind: u8, id: u32, path: String) -> Option<Packet> {
+        Some(match kind {
+            0 => Packet::Open(Open {
                 id,
-                path: self.path()?,
-            }),
-            5 => Packet::Lstat(Lstat {
-                id,
-                path: self.path()?,
-            }),
-            6 => Packet::OpenDir(OpenDir {
-                id,
-                path: self.path()?,
-            }),
-            7 => Packet::ReadDir(ReadDir {
-                id,
-                handle: self.handle(handles)?,
-            }),
-            8 => Packet::Remove(Remove {
-                id,
-                filename: self.path()?,
-            }),
-            9 => Packet::MkDir(MkDir {
-                id,
-                path: self.path()?,
+                filename: path,
+                pflags: OpenFlags::from_bits_truncate(u32::from(self.byte()?)),
                 attrs: FileAttributes::empty(),
             }),
-            10 => Packet::RmDir(RmDir {
+            4 => Packet::Stat(Stat { id, path }),
+            5 => Packet::Lstat(Lstat { id, path }),
+            6 => Packet::OpenDir(OpenDir { id, path }),
+            8 => Packet::Remove(Remove { id, filename: path }),
+            9 => Packet::MkDir(MkDir {
                 id,
-                path: self.path()?,
+                path,
+                attrs: FileAttributes::empty(),
             }),
+            10 => Packet::RmDir(RmDir { id, path }),
             11 => Packet::Rename(Rename {
                 id,
-                oldpath: self.path()?,
+                oldpath: path,
                 newpath: self.path()?,
             }),
             12 => Packet::SetStat(SetStat {
                 id,
-                path: self.path()?,
+                path,
                 attrs: self.attrs()?,
             }),
-            13 => Packet::FSetStat(FSetStat {
-                id,
-                handle: self.handle(handles)?,
-                attrs: self.attrs()?,
-            }),
-            14 => Packet::Fstat(Fstat {
-                id,
-                handle: self.handle(handles)?,
-            }),
-            15 => Packet::ReadLink(ReadLink {
-                id,
-                path: self.path()?,
-            }),
-            _ => Packet::RealPath(RealPath {
-                id,
-                path: self.path()?,
-            }),
+            15 => Packet::ReadLink(ReadLink { id, path }),
+            _ => Packet::RealPath(RealPath { id, path }),
         })
     }
 }

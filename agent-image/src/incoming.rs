@@ -2,11 +2,13 @@
 //! workstation that claimed the port (on a stream the agent opens toward it) or, when none
 //! takes it, to the app container on localhost (intercept) or nowhere (replace: the app is
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
-//! some HTTP requests ([`http`] for HTTP/1.1, [`http2`] for HTTP/2); UDP peers in [`udp`].
-//! Wiretaps get copies of connections or requests ([`wiretap`]).
+//! some HTTP requests ([`route`] decides, [`http1`] and [`http2`] serve the client's HTTP
+//! version); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
+//! ([`wiretap`]).
 
-pub(crate) mod http;
+pub(crate) mod http1;
 mod http2;
+pub(crate) mod route;
 mod tcp;
 mod udp;
 mod wiretap;
@@ -103,10 +105,10 @@ pub(crate) async fn to_first_workstation(
     None
 }
 
-/// Opens a stream to the workstation of `session` for a connection to the app's
+/// Opens a stream toward the workstation on `handle` for a connection to the app's
 /// `app_port`, if it accepts before `deadline`.
 async fn to_workstation(
-    session: &MuxHandle,
+    handle: &MuxHandle,
     app_port: u16,
     transport: Transport,
     deadline: Instant,
@@ -115,7 +117,7 @@ async fn to_workstation(
         port: app_port,
         transport,
     };
-    match tokio::time::timeout_at(deadline, open_flow(session, &request)).await {
+    match tokio::time::timeout_at(deadline, open_flow(handle, &request)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
         Ok(Err(LinkError::Unexpected(reply))) => {

@@ -13,6 +13,7 @@ mod files;
 pub mod fuzzing;
 mod incoming;
 mod outgoing;
+mod reply;
 mod workstations;
 
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write
 use kubedev_protocol::link::{AgentLink, LinkError};
 use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
-use kubedev_protocol::{HttpFilter, OpenReply, OpenRequest, Transport};
+use kubedev_protocol::{AgentConfig, HttpFilter, OpenReply, OpenRequest, Transport};
 use tests_fixtures::grpc::{self, Call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -41,13 +41,23 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("agent starts");
+        let listeners = serde_json::from_str::<AgentConfig>(config)
+            .expect("agent config")
+            .listeners
+            .len();
         let mut lines = BufReader::new(process.stderr.take().expect("stderr")).lines();
-        let addr = loop {
+        // Ready once it listens for workstations and has bound every port it takes over
+        // (it does both at once): a client sooner would find the port closed.
+        let (mut addr, mut taking) = (None, 0);
+        while addr.is_none() || taking < listeners {
             let line = lines.next().expect("agent log line").expect("utf-8");
-            if let Some((_, addr)) = line.split_once("listening on ") {
-                break addr.trim().parse().expect("listen address");
+            if let Some((_, listen)) = line.split_once("listening on ") {
+                addr = Some(listen.trim().parse().expect("listen address"));
+            } else if line.contains("taking ") {
+                taking += 1;
             }
-        };
+        }
+        let addr = addr.expect("listen address");
         // Keep draining the log so the agent never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Self { process, addr }

@@ -1,5 +1,5 @@
-//! Request-by-request routing of HTTP/2 (h2c, and so gRPC) on a filtered port: the agent
-//! serves HTTP/2 to the client, and each stream goes where [`Route::choose`] says. Streams
+//! HTTP/2 (h2c, and so gRPC) on a filtered port: the agent serves HTTP/2 to the client,
+//! and each stream goes where [`Route::choose`] says. Streams
 //! for one destination share one HTTP/2 connection to it per client connection, opened
 //! when first needed and again after it closes; request and response bodies, trailers
 //! included, flow through as they come, so streaming calls stream.
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::http::{Body, Route, error_response};
+use super::route::{ResponseBody, Route, error_response};
 use super::to_first_workstation;
 use super::wiretap::TeeBody;
 
@@ -34,6 +34,28 @@ struct Streams {
 /// An HTTP/2 connection to one destination, opened on first use.
 #[derive(Default)]
 struct Upstream(Mutex<Option<SendRequest<TeeBody>>>);
+
+/// What an HTTP/2 client sends first, without upgrading from HTTP/1.1 (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Whether the client on `connection` opens with the HTTP/2 preface (looked at, not read).
+pub(super) async fn speaks_http2(connection: &TcpStream) -> bool {
+    let mut start = [0u8; HTTP2_PREFACE.len()];
+    let mut seen = 0;
+    // The preface may arrive in pieces; stop as soon as it cannot be one.
+    while seen < start.len() {
+        match connection.peek(&mut start).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) if start[..read] != HTTP2_PREFACE[..read] => return false,
+            // Peeking again returns at once: wait a little for the rest.
+            Ok(read) if read == seen => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(read) => seen = read,
+        }
+    }
+    true
+}
 
 /// Serves HTTP/2 on `connection`, routing every stream.
 pub(super) async fn serve(connection: TcpStream, peer: SocketAddr, route: Route) {
@@ -59,7 +81,7 @@ pub(super) async fn serve(connection: TcpStream, peer: SocketAddr, route: Route)
 }
 
 impl Streams {
-    async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let port = self.route.listener.app_port;
         let request = TeeBody::copy_request(request, &self.route.wiretappers, port);
         if let Some(index) = self.route.choose(&request) {
@@ -123,7 +145,10 @@ impl Upstream {
     }
 }
 
-async fn send(mut sender: SendRequest<TeeBody>, request: Request<TeeBody>) -> Response<Body> {
+async fn send(
+    mut sender: SendRequest<TeeBody>,
+    request: Request<TeeBody>,
+) -> Response<ResponseBody> {
     let exchange = async {
         sender.ready().await?;
         sender.send_request(request).await

@@ -8,9 +8,9 @@ use kubedev_protocol::{Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::http::Route;
+use super::route::Route;
 use super::wiretap::{ByteCopies, splice_copying};
-use super::{http, http2, to_first_workstation};
+use super::{http1, http2, to_first_workstation};
 use crate::workstations::Workstations;
 
 /// Hands one connection to the first claimant that takes it, else to the app; wiretaps
@@ -26,16 +26,15 @@ pub(super) async fn deliver(
     let filtered = claimants.iter().any(|c| c.filter.is_some())
         || wiretappers.iter().any(|w| w.filter.is_some());
     if filtered {
-        let http2 = http::speaks_http2(&connection).await;
         let route = Route {
             listener,
             claimants,
             wiretappers,
         };
-        return if http2 {
+        return if http2::speaks_http2(&connection).await {
             http2::serve(connection, peer, route).await
         } else {
-            http::serve_http1(connection, peer, route).await
+            http1::serve(connection, peer, route).await
         };
     }
     let copies = ByteCopies::start(wiretappers, listener.app_port, peer);

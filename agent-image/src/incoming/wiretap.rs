@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::to_first_workstation;
+use super::{route, to_first_workstation};
 use crate::workstations::Wiretapper;
 
 /// How many chunks (of up to [`CHUNK`] bytes) or body frames a copy may be behind the
@@ -240,7 +240,7 @@ impl TeeBody {
             .filter(|w| {
                 w.filter
                     .as_ref()
-                    .is_none_or(|f| super::http::matches(f, &request))
+                    .is_none_or(|f| route::matches(f, &request))
             })
             .collect();
         let (head, inner) = request.into_parts();

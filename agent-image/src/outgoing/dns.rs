@@ -7,7 +7,7 @@ use kubedev_protocol::OpenReply;
 use kubedev_protocol::mux::MuxStream;
 use tokio::net::lookup_host;
 
-use super::answer;
+use crate::reply::answer;
 
 /// Answers with the addresses `name` has for a program in the pod.
 pub(crate) async fn answer_lookup(mut stream: MuxStream, name: &str) -> std::io::Result<()> {

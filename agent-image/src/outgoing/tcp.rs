@@ -5,7 +5,7 @@ use kubedev_protocol::splice::splice;
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply};
 use tokio::net::TcpStream;
 
-use super::{answer, refuse};
+use crate::reply::{answer, refuse};
 
 /// Connects to `host:port` from the pod and carries the connection's bytes.
 pub(crate) async fn relay(mut stream: MuxStream, host: &str, port: u16) -> std::io::Result<()> {

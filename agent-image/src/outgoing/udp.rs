@@ -6,7 +6,8 @@ use kubedev_protocol::OpenReply;
 use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::udp_flows::{connected_socket, relay_socket};
 
-use super::{answer, dns, refuse};
+use super::dns;
+use crate::reply::{answer, refuse};
 
 /// Exchanges datagrams with `host:port` from the pod until the flow is idle for `idle`.
 pub(crate) async fn relay(
