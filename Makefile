@@ -20,11 +20,21 @@ build:
 SHELL_SCRIPTS := .ci/run agent-image/build-image.sh agent-image/push-image.sh examples/demo.sh \
 	packaging/dist.sh tests/cluster/cluster.sh
 
+# cargo-deny's version, pinned so that a fresh machine checks what this one does.
+CARGO_DENY_VERSION := 0.20.2
+
+## Style, clippy (clippy.toml bans), docs, the tree's limits (STYLE.md: file and function
+## lengths, import loops), dependencies' licenses, duplicates and sources (deny.toml), and
+## the shell scripts.
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
 		-p kubedev -p kubedev-protocol -p kubedev-process -p kubedev-cli -p tests-fake-api
+	cargo run --quiet -p tests-limits
+	cargo deny --version 2>/dev/null | grep -qF '$(CARGO_DENY_VERSION)' || \
+		cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --quiet
+	cargo deny check licenses bans sources
 	command -v shellcheck >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
 	shellcheck -x -P SCRIPTDIR $(SHELL_SCRIPTS)

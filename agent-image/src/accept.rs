@@ -103,8 +103,8 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
             let variables = env::app_environment(std::env::vars());
             answer(&mut stream, &OpenReply::Environment { variables }).await
         }
-        OpenRequest::Inbound { .. } => {
-            refuse(&mut stream, "the agent takes no inbound streams".into()).await
+        OpenRequest::Incoming { .. } => {
+            refuse(&mut stream, "the agent takes no incoming streams".into()).await
         }
         OpenRequest::Files => files::serve(stream, settings.read_only_volumes).await,
         OpenRequest::Claim {

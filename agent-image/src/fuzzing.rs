@@ -90,7 +90,7 @@ pub fn http_request(input: &[u8]) {
 async fn answer_as_workstation(mut stream: MuxStream) {
     if !matches!(
         read_message(&mut stream).await,
-        Ok(OpenRequest::Inbound { .. })
+        Ok(OpenRequest::Incoming { .. })
     ) {
         return;
     }

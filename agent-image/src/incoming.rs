@@ -113,7 +113,7 @@ async fn to_workstation(
     transport: Transport,
     deadline: Instant,
 ) -> Result<MuxStream, String> {
-    let request = OpenRequest::Inbound {
+    let request = OpenRequest::Incoming {
         port: app_port,
         transport,
     };

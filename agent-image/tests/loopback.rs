@@ -188,7 +188,7 @@ async fn a_taken_over_udp_port_carries_each_peers_datagrams_to_the_workstation_a
             let request: OpenRequest = read_message(&mut stream).await.expect("request");
             assert_eq!(
                 request,
-                OpenRequest::Inbound {
+                OpenRequest::Incoming {
                     port: 53,
                     transport: Transport::Udp
                 }

@@ -1,6 +1,7 @@
 //! The control API of tunneld, over a Unix socket (one tunneld per user and kube context):
 //! what the plugins may ask ([`ControlRequest`]) and what tunneld answers
-//! ([`ControlReply`]). tunneld serves it; the plugins reach it through [`crate::tunneld`].
+//! ([`ControlReply`]). tunneld serves it; the plugins reach it through the `tunneld`
+//! module.
 //! Messages use the agent protocol's framing (length-prefixed JSON).
 
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
     let (port, transport) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
         .await
     {
-        Ok(Ok(OpenRequest::Inbound { port, transport })) => (port, transport),
+        Ok(Ok(OpenRequest::Incoming { port, transport })) => (port, transport),
         Ok(Ok(other)) => return refuse(stream, format!("tunneld does not serve {other:?}")).await,
         Ok(Err(err)) => return tracing::debug!("incoming stream without a request: {err}"),
         Err(_) => return tracing::debug!("incoming stream without a request"),

@@ -97,7 +97,9 @@ pub enum OpenRequest {
     /// From the agent: a connection arrived for the app container's `port`; the
     /// workstation answers `Connected` once its local server accepted it. A UDP one
     /// carries the datagrams of one peer, framed as [`codec::write_datagram`] does.
-    Inbound {
+    /// (`inbound` on the wire, as protocol version 3 named it.)
+    #[serde(rename = "inbound")]
+    Incoming {
         /// The app container's port the connection was for.
         port: u16,
         /// TCP (a connection) or UDP (one peer's datagrams).
@@ -277,7 +279,7 @@ mod tests {
             serde_json::to_string(&reply).expect("json"),
             r#"{"result":"resolved","addresses":["10.96.0.10"]}"#
         );
-        let inbound = OpenRequest::Inbound {
+        let inbound = OpenRequest::Incoming {
             port: 8080,
             transport: Transport::Tcp,
         };
@@ -285,7 +287,7 @@ mod tests {
             serde_json::to_string(&inbound).expect("json"),
             r#"{"kind":"inbound","port":8080}"#
         );
-        let datagrams = OpenRequest::Inbound {
+        let datagrams = OpenRequest::Incoming {
             port: 53,
             transport: Transport::Udp,
         };

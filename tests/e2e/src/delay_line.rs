@@ -13,7 +13,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::workstation::ip;
+use crate::ip;
 
 /// Large packets keep the rate of packets to copy low.
 const MTU: u16 = 65000;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use kubedev::control::{self, ControlRequest, DaemonStatus};
 use kubedev::tunneld;
 
-use crate::TestCluster;
 use crate::delay_line::DelayLine;
+use crate::{TestCluster, ip};
 
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
 /// Unmounts, in the calling process's own mount namespace, every network namespace file
@@ -46,12 +46,6 @@ pub struct Workstation {
 
 /// The name of the session the tests add.
 const SESSION: &str = "e2e";
-
-/// Runs `ip` with `args`, failing the test if it fails.
-pub(crate) fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip runs");
-    assert!(status.success(), "ip {}", args.join(" "));
-}
 
 impl Workstation {
     /// A workstation one hop from the API server, with no added latency.
