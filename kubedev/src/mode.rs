@@ -22,3 +22,22 @@ impl std::fmt::Display for Mode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mode_is_written_and_recorded_under_one_name() {
+        for (mode, name) in [
+            (Mode::Intercept, "intercept"),
+            (Mode::Replace, "replace"),
+            (Mode::Ingest, "ingest"),
+        ] {
+            assert_eq!(mode.to_string(), name);
+            let recorded = serde_json::to_string(&mode).expect("json");
+            assert_eq!(recorded, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<Mode>(&recorded).ok(), Some(mode));
+        }
+    }
+}

@@ -358,4 +358,14 @@ mod tests {
             .expect_err("nothing there");
         assert!(matches!(err, TunneldError::NotRunning(_)), "{err}");
     }
+
+    #[tokio::test]
+    async fn forgetting_a_session_where_no_tunneld_runs_is_no_error() {
+        let socket = std::env::temp_dir().join(format!("kubedev-gone-{}.sock", std::process::id()));
+        assert!(forget(&socket, "web").await.is_ok());
+        assert!(matches!(
+            status(&socket).await,
+            Err(TunneldError::NotRunning(_))
+        ));
+    }
 }

@@ -1,10 +1,13 @@
-//! What the three plugins share: the command line (`args`), running a session
-//! (`run`) and `-- CMD` (`command`, with tunneld's DNS where the machine's resolver is
-//! left as it is: `resolver_view`), the `list`, `leave` and `status` subcommands
-//! (`manage`), shell completion through kubectl (`complete`), the settings file (`config`), bug report archives (`gather`), what they print (`output`), restoring sessions whose lease ran out
-//! (`reclaim`), the links to the agents while a session lasts (`links`), reaching tunneld
-//! (`tunneld`), and errors
-//! reported the way kubectl reports them.
+//! What the three plugins share:
+//!
+//! - the command line (`args`) and errors reported the way kubectl reports them;
+//! - a session's life, whatever it changes (`life`): on a workload (`run`) or through a pod
+//!   of its own (`connect`); `-- CMD` (`command`, with tunneld's DNS where the machine's
+//!   resolver is left as it is: `resolver_view`); the links to the agents while it lasts
+//!   (`links`); restoring sessions whose lease ran out, first (`reclaim`);
+//! - the subcommands (`manage`): `list`, `leave` and the sessions they look at (`survey`),
+//!   `status`, bug report archives (`gather`), the settings file (`config`);
+//! - shell completion through kubectl (`complete`) and what the plugins print (`output`).
 
 #![warn(missing_docs)]
 
