@@ -101,7 +101,7 @@ for plugin in "${!binaries[@]}"; do
         echo "  platforms:"
         printf '%s' "${platforms[$plugin]}"
     } > "$manifest"
-    # The install itself is tested against the archives (tests/e2e/krew.rs): validating it
+    # The install itself is tested against the archives (tests/e2e/tests/krew.rs): validating it
     # here would download the uri.
     if ! report=$("$validate" -manifest "$manifest" -skip-install 2>&1); then
         echo "$report" >&2

@@ -34,7 +34,7 @@ const LINKS_PER_POD: usize = 3;
 #[derive(Debug, Clone)]
 pub(crate) struct AgentSelector {
     pub(crate) namespace: String,
-    /// A label selector (`app=web,kubedev/session=abc`).
+    /// A label selector (`app=web,kubedev.io/session=abc`).
     pub(crate) labels: String,
     pub(crate) token: String,
     /// Where the connections the agents take over go on this machine.

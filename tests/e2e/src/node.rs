@@ -48,7 +48,8 @@ impl NodeShell {
         }
     }
 
-    /// Runs a plugin as cluster-admin, with its tunneld in this shell's state directory.
+    /// Runs a plugin as the namespace-scoped developer, with its tunneld in this shell's
+    /// state directory.
     pub fn plugin(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Output {
         let mut command = Command::new("unshare");
         command
