@@ -42,7 +42,11 @@ pub(crate) fn import_loops(modules: &BTreeMap<ModulePath, Names>) -> Vec<Loop> {
                 .filter(|e| component.contains(&&e.from) && component.contains(&&e.to))
                 .cloned()
                 .collect(),
-            modules: component.into_iter().cloned().collect(),
+            modules: {
+                let mut modules: Vec<ModulePath> = component.into_iter().cloned().collect();
+                modules.sort();
+                modules
+            },
         })
         .collect()
 }
@@ -195,7 +199,7 @@ mod tests {
             ("a", "use super::b::B; pub struct A;"),
             ("b", "pub struct B; fn f(_: crate::a::A) {}"),
         ]);
-        assert_eq!(found, [vec!["b".to_owned(), "a".to_owned()]]);
+        assert_eq!(found, [vec!["a".to_owned(), "b".to_owned()]]);
     }
 
     #[test]
