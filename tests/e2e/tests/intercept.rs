@@ -507,58 +507,60 @@ async fn wait_until_restored(s: &Setup) {
     }
 }
 
+/// Arguments each plugin run refuses, and what its error says.
+const BAD_ARGUMENTS: [(&[&str], &str); 7] = [
+    (
+        &["nope", "--port", "3000"],
+        "deployment/nope not found in namespace",
+    ),
+    (
+        &["echo", "--port", "3000"],
+        "service echo has several ports",
+    ),
+    (
+        &["echo", "--port", "3000:grpc"],
+        "service echo has no TCP port \"grpc\"",
+    ),
+    (
+        &["echo", "-c", "db", "--port", "3000:http"],
+        "has no container \"db\"",
+    ),
+    // An image the node cannot pull is noticed and the workload rolled back.
+    (
+        &[
+            "echo",
+            "--port",
+            "3000:http",
+            "--agent-image",
+            "localhost:1/kubedev/none:0",
+        ],
+        "the agent image cannot be pulled in pod",
+    ),
+    // ... and the message says how to publish the image and point kubedev at it.
+    (
+        &[
+            "echo",
+            "--port",
+            "3000:http",
+            "--agent-image",
+            "localhost:1/kubedev/none:0",
+        ],
+        "cannot pull the agent image localhost:1/kubedev/none:0 (from --agent-image or \
+         KUBEDEV_AGENT_IMAGE). Publish it to a registry they pull from and point kubedev at \
+         it:\n  make push-agent REGISTRY=",
+    ),
+    // An agent that exits (here: a program that is not the agent) is reported with its
+    // exit, and the workload rolled back.
+    (
+        &["echo", "--port", "3000:http", "--agent-image", ECHO_IMAGE],
+        "the agent keeps crashing in pod",
+    ),
+];
+
 #[tokio::test]
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
-    let cases: [(&[&str], &str); 7] = [
-        (
-            &["nope", "--port", "3000"],
-            "deployment/nope not found in namespace",
-        ),
-        (
-            &["echo", "--port", "3000"],
-            "service echo has several ports",
-        ),
-        (
-            &["echo", "--port", "3000:grpc"],
-            "service echo has no TCP port \"grpc\"",
-        ),
-        (
-            &["echo", "-c", "db", "--port", "3000:http"],
-            "has no container \"db\"",
-        ),
-        // An image the node cannot pull is noticed and the workload rolled back.
-        (
-            &[
-                "echo",
-                "--port",
-                "3000:http",
-                "--agent-image",
-                "localhost:1/kubedev/none:0",
-            ],
-            "the agent image cannot be pulled in pod",
-        ),
-        // ... and the message says how to publish the image and point kubedev at it.
-        (
-            &[
-                "echo",
-                "--port",
-                "3000:http",
-                "--agent-image",
-                "localhost:1/kubedev/none:0",
-            ],
-            "cannot pull the agent image localhost:1/kubedev/none:0 (from --agent-image or \
-             KUBEDEV_AGENT_IMAGE). Publish it to a registry they pull from and point kubedev at \
-             it:\n  make push-agent REGISTRY=",
-        ),
-        // An agent that exits (here: a program that is not the agent) is reported with its
-        // exit, and the workload rolled back.
-        (
-            &["echo", "--port", "3000:http", "--agent-image", ECHO_IMAGE],
-            "the agent keeps crashing in pod",
-        ),
-    ];
-    for (args, expected) in cases {
+    for (args, expected) in BAD_ARGUMENTS {
         let mut all = args.to_vec();
         all.push("--detach");
         let output = s.plugin(&all);
@@ -572,22 +574,7 @@ async fn bad_requests_change_nothing() {
         );
     }
 
-    // A Role without a verb the plugin needs: the refusal names it, and nothing changed.
-    s.ns.revoke_from_developer(0, &["get", "list"]);
-    let refused = s.plugin(&["echo", "--port", "3000:http", "--detach"]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains("not allowed to update deployments in namespace")
-            && stderr.contains("kubectl auth can-i update deployments"),
-        "{stderr}"
-    );
-    assert_eq!(
-        stored(&s.ns, false).await,
-        s.before,
-        "refused: changed nothing"
-    );
-    s.ns.grant_developer_role();
+    a_role_without_a_verb_changes_nothing(&s).await;
 
     s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
     let second = s.plugin(&[
@@ -605,6 +592,25 @@ async fn bad_requests_change_nothing() {
     );
     s.plugin_ok(&["leave", "echo"]);
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+}
+
+/// A Role without a verb the plugin needs: the refusal names it, and nothing changed.
+async fn a_role_without_a_verb_changes_nothing(s: &Setup) {
+    s.ns.revoke_from_developer(0, &["get", "list"]);
+    let refused = s.plugin(&["echo", "--port", "3000:http", "--detach"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("not allowed to update deployments in namespace")
+            && stderr.contains("kubectl auth can-i update deployments"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stored(&s.ns, false).await,
+        s.before,
+        "refused: changed nothing"
+    );
+    s.ns.grant_developer_role();
 }
 
 /// Starts `kubectl intercept echo --lease LEASE` in the foreground, logging to `log`, and
@@ -948,22 +954,10 @@ async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
     in_other(&s.workstation, &filtered("mine-b", "x-dev=me"));
     in_other(&bob, &filtered("bob", "x-dev=bob"));
 
-    let names = |json: &str| -> Vec<(String, String)> {
-        let rows: Vec<Value> = serde_json::from_str(json).expect("list JSON");
-        let mut names: Vec<(String, String)> = rows
-            .iter()
-            .map(|row| {
-                let field = |key: &str| row[key].as_str().expect("string").to_owned();
-                (field("namespace"), field("name"))
-            })
-            .collect();
-        names.sort();
-        names
-    };
     let here = s.ns.name.clone();
     let there = other.name.clone();
     assert_eq!(
-        names(&s.plugin_ok(&["list", "-o", "json"])),
+        listed_names(&s.plugin_ok(&["list", "-o", "json"])),
         [(here.clone(), "echo".to_owned())]
     );
     let mut everywhere = vec![
@@ -973,12 +967,48 @@ async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
     ];
     everywhere.sort();
     assert_eq!(
-        names(&s.plugin_ok(&["list", "-A", "-o", "json"])),
+        listed_names(&s.plugin_ok(&["list", "-A", "-o", "json"])),
         everywhere
     );
     assert!(s.plugin_ok(&["list", "-A"]).starts_with("NAMESPACE "));
 
-    // gather-logs: tunneld's log, every session's record, each agent's status and log.
+    gathers_every_session(&s, &here, &there);
+
+    // leave --all ends this machine's sessions in both namespaces, and names Bob's.
+    let left = s.plugin(&["leave", "--all"]);
+    let said = String::from_utf8_lossy(&left.stderr);
+    assert!(left.status.success(), "leave --all: {said}");
+    assert!(
+        said.contains(&format!(
+            "left alone: session bob on deployment/echo in namespace {there}"
+        )),
+        "{said}"
+    );
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
+    assert_eq!(
+        listed_names(&in_other(&bob, &["list", "-o", "json"])),
+        [(there.clone(), "bob".to_owned())]
+    );
+    in_other(&bob, &["leave", "bob"]);
+    assert_eq!(other.echo_template(false).await, other_before);
+}
+
+/// The namespace and name of each row of `list -o json`, sorted.
+fn listed_names(json: &str) -> Vec<(String, String)> {
+    let rows: Vec<Value> = serde_json::from_str(json).expect("list JSON");
+    let mut names: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            let field = |key: &str| row[key].as_str().expect("string").to_owned();
+            (field("namespace"), field("name"))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// gather-logs: tunneld's log, every session's record, each agent's status and log.
+fn gathers_every_session(s: &Setup, here: &str, there: &str) {
     let archive = s.workstation.file("report.tar.gz");
     let archive = archive.to_str().expect("utf-8 path");
     s.plugin_ok(&["gather-logs", "-A", "--output-file", archive]);
@@ -1001,22 +1031,4 @@ async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
         );
     }
     assert!(listing.contains(".agent.log\n"), "{listing}");
-
-    // leave --all ends this machine's sessions in both namespaces, and names Bob's.
-    let left = s.plugin(&["leave", "--all"]);
-    let said = String::from_utf8_lossy(&left.stderr);
-    assert!(left.status.success(), "leave --all: {said}");
-    assert!(
-        said.contains(&format!(
-            "left alone: session bob on deployment/echo in namespace {there}"
-        )),
-        "{said}"
-    );
-    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
-    assert_eq!(
-        names(&in_other(&bob, &["list", "-o", "json"])),
-        [(there.clone(), "bob".to_owned())]
-    );
-    in_other(&bob, &["leave", "bob"]);
-    assert_eq!(other.echo_template(false).await, other_before);
 }

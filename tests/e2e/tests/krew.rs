@@ -22,52 +22,7 @@ fn succeeded(what: &str, output: &std::process::Output) -> String {
 async fn krew_installs_the_release_and_its_intercept_works() {
     let cluster = TestCluster::get();
     let krew = KrewRoot::create(&cluster);
-    for plugin in PLUGINS {
-        let (archive, manifest) = release_of(plugin);
-        let install = krew
-            .kubectl(&["krew", "install"])
-            .arg(format!("--manifest={}", manifest.display()))
-            .arg(format!("--archive={}", archive.display()))
-            .output()
-            .expect("kubectl krew install runs");
-        succeeded(&format!("kubectl krew install {plugin}"), &install);
-    }
-
-    // kubectl sees exactly the three plugins and krew, and has nothing to warn about.
-    let list = krew
-        .kubectl(&["plugin", "list", "--name-only"])
-        .output()
-        .expect("kubectl plugin list runs");
-    let listed = succeeded("kubectl plugin list", &list);
-    let mut names: Vec<&str> = listed
-        .lines()
-        .filter(|line| line.starts_with("kubectl-"))
-        .collect();
-    names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "kubectl-ingest",
-            "kubectl-intercept",
-            "kubectl-krew",
-            "kubectl-replace_container"
-        ]
-    );
-    let warnings = String::from_utf8_lossy(&list.stderr);
-    assert!(warnings.trim().is_empty(), "plugin list warned: {warnings}");
-
-    // Each plugin's help, through kubectl's plugin dispatch.
-    for plugin in PLUGINS {
-        let help = krew
-            .kubectl(&[plugin, "--help"])
-            .output()
-            .expect("kubectl PLUGIN --help runs");
-        let help = succeeded(&format!("kubectl {plugin} --help"), &help);
-        assert!(
-            help.contains(&format!("Usage: kubectl {plugin}")) && help.contains("Examples:"),
-            "kubectl {plugin} --help: {help}"
-        );
-    }
+    install_and_list(&krew);
 
     // A real intercept through the installed plugin, from a workstation, as a user runs it.
     let ns = TestNamespace::create(&cluster, "krew").await;
@@ -104,8 +59,84 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         answer.contains("local laptop") && answer.contains("GET /through-krew"),
         "the workstation answered: {answer}"
     );
+    completes_through_kubectl(&cluster, &krew, &ns);
 
-    // Completion through kubectl, once the archive's completer is on PATH as the caveats say.
+    // The tunneld that carries it is the one krew installed beside the plugin.
+    let status = succeeded(
+        "kubectl intercept status",
+        &kubectl(&["intercept", "status", "-o", "json"]),
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let pid = status["pid"].as_u64().expect("tunneld's pid");
+    let tunneld = std::fs::read_link(format!("/proc/{pid}/exe")).expect("tunneld's binary");
+    let store = krew.root().join("store/intercept");
+    assert!(
+        tunneld.starts_with(&store) && tunneld.file_name() == Some("tunneld".as_ref()),
+        "tunneld runs from {}, not from krew's {}",
+        tunneld.display(),
+        store.display()
+    );
+
+    succeeded(
+        "kubectl intercept leave",
+        &kubectl(&["intercept", "leave", "-n", &ns.name, "echo"]),
+    );
+    assert_eq!(
+        ns.echo_template(false).await,
+        before,
+        "the workload is exactly as before"
+    );
+}
+
+/// Installs the three plugins from the release; kubectl then sees exactly them and krew,
+/// with nothing to warn about, and each one's help through kubectl's plugin dispatch.
+fn install_and_list(krew: &KrewRoot) {
+    for plugin in PLUGINS {
+        let (archive, manifest) = release_of(plugin);
+        let install = krew
+            .kubectl(&["krew", "install"])
+            .arg(format!("--manifest={}", manifest.display()))
+            .arg(format!("--archive={}", archive.display()))
+            .output()
+            .expect("kubectl krew install runs");
+        succeeded(&format!("kubectl krew install {plugin}"), &install);
+    }
+    let list = krew
+        .kubectl(&["plugin", "list", "--name-only"])
+        .output()
+        .expect("kubectl plugin list runs");
+    let listed = succeeded("kubectl plugin list", &list);
+    let mut names: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.starts_with("kubectl-"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "kubectl-ingest",
+            "kubectl-intercept",
+            "kubectl-krew",
+            "kubectl-replace_container"
+        ]
+    );
+    let warnings = String::from_utf8_lossy(&list.stderr);
+    assert!(warnings.trim().is_empty(), "plugin list warned: {warnings}");
+    for plugin in PLUGINS {
+        let help = krew
+            .kubectl(&[plugin, "--help"])
+            .output()
+            .expect("kubectl PLUGIN --help runs");
+        let help = succeeded(&format!("kubectl {plugin} --help"), &help);
+        assert!(
+            help.contains(&format!("Usage: kubectl {plugin}")) && help.contains("Examples:"),
+            "kubectl {plugin} --help: {help}"
+        );
+    }
+}
+
+/// Completion through kubectl, once the archive's completer is on PATH as the caveats say.
+fn completes_through_kubectl(cluster: &TestCluster, krew: &KrewRoot, ns: &TestNamespace) {
     std::os::unix::fs::symlink(
         krew.root().join(format!(
             "store/intercept/v{}/kubectl_complete-intercept",
@@ -141,30 +172,4 @@ async fn krew_installs_the_release_and_its_intercept_works() {
             "kubectl intercept {words:?}<TAB> offered {offered:?}, not {wanted}"
         );
     }
-
-    // The tunneld that carries it is the one krew installed beside the plugin.
-    let status = succeeded(
-        "kubectl intercept status",
-        &kubectl(&["intercept", "status", "-o", "json"]),
-    );
-    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-    let pid = status["pid"].as_u64().expect("tunneld's pid");
-    let tunneld = std::fs::read_link(format!("/proc/{pid}/exe")).expect("tunneld's binary");
-    let store = krew.root().join("store/intercept");
-    assert!(
-        tunneld.starts_with(&store) && tunneld.file_name() == Some("tunneld".as_ref()),
-        "tunneld runs from {}, not from krew's {}",
-        tunneld.display(),
-        store.display()
-    );
-
-    succeeded(
-        "kubectl intercept leave",
-        &kubectl(&["intercept", "leave", "-n", &ns.name, "echo"]),
-    );
-    assert_eq!(
-        ns.echo_template(false).await,
-        before,
-        "the workload is exactly as before"
-    );
 }

@@ -136,40 +136,8 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     assert_eq!(node::without_device(&during, "kubedev-tun"), before);
     assert!(during.contains("10.96.0.0/17 dev kubedev-tun"), "{during}");
 
-    // The node's pods: services by name, CoreDNS, pods started now.
-    let answer = ns
-        .http_get("client", "echo:8080", "/during")
-        .expect("by name");
-    assert!(answer.starts_with("echo from echo-"), "{answer}");
-    assert_coredns_ready(&cluster);
-    ns.start_client("started-during").await.expect("client");
-    let resolved = ns
-        .exec("started-during", &["probe", "resolve", "echo", ""])
-        .expect("resolve");
-    assert_eq!(resolved.trim(), cluster_ip);
-    let handed_out = resolver_of_a_new_default_dns_pod(&ns).await;
-    let kubelets =
-        std::fs::read_to_string(cluster.dir.join("kubelet/resolv.conf")).expect("kubelet's");
-    assert_eq!(handed_out, kubelets, "the kubelet's file, untouched");
-
-    // The node itself: services by name through tunneld's DNS, pods on its bridge.
-    let qualified = format!("echo.{}", ns.name);
-    let resolved = stdout(
-        &shell.in_tunneld_mounts(status.pid, &[&cluster.probe(), "resolve", &qualified, ""]),
-    );
-    assert_eq!(resolved.trim(), cluster_ip);
-    let url = format!("http://{qualified}:8080/from-the-node");
-    let answer =
-        stdout(&shell.in_tunneld_mounts(status.pid, &["curl", "-sS", "--max-time", "10", &url]));
-    assert!(answer.contains("GET /from-the-node"), "{answer}");
-    let pod_url = format!("http://{}:8080/to-a-pod", pod_ip(&ns, "app=echo").await);
-    let answer = stdout(
-        &std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10", &pod_url])
-            .output()
-            .expect("curl"),
-    );
-    assert!(answer.contains("GET /to-a-pod"), "{answer}");
+    the_node_s_pods_still_work(&cluster, &ns, &cluster_ip).await;
+    the_node_itself_reaches_services_and_pods(&cluster, &shell, &ns, status.pid, &cluster_ip).await;
 
     // kill -9: the routes go with the TUN device at once; the resolver file is put back
     // by the next tunneld.
@@ -201,6 +169,52 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
         .expect("by name");
     assert!(answer.starts_with("echo from echo-"), "{answer}");
     assert_coredns_ready(&cluster);
+}
+
+/// The node's pods, while tunneld runs on it: services by name, CoreDNS, pods started now
+/// with the kubelet's resolver file, untouched.
+async fn the_node_s_pods_still_work(cluster: &TestCluster, ns: &TestNamespace, cluster_ip: &str) {
+    let answer = ns
+        .http_get("client", "echo:8080", "/during")
+        .expect("by name");
+    assert!(answer.starts_with("echo from echo-"), "{answer}");
+    assert_coredns_ready(cluster);
+    ns.start_client("started-during").await.expect("client");
+    let resolved = ns
+        .exec("started-during", &["probe", "resolve", "echo", ""])
+        .expect("resolve");
+    assert_eq!(resolved.trim(), cluster_ip);
+    let handed_out = resolver_of_a_new_default_dns_pod(ns).await;
+    let kubelets =
+        std::fs::read_to_string(cluster.dir.join("kubelet/resolv.conf")).expect("kubelet's");
+    assert_eq!(handed_out, kubelets, "the kubelet's file, untouched");
+}
+
+/// The node itself: services by name through tunneld's DNS, pods on its bridge.
+async fn the_node_itself_reaches_services_and_pods(
+    cluster: &TestCluster,
+    shell: &NodeShell,
+    ns: &TestNamespace,
+    tunneld_pid: u32,
+    cluster_ip: &str,
+) {
+    let qualified = format!("echo.{}", ns.name);
+    let resolved = stdout(
+        &shell.in_tunneld_mounts(tunneld_pid, &[&cluster.probe(), "resolve", &qualified, ""]),
+    );
+    assert_eq!(resolved.trim(), cluster_ip);
+    let url = format!("http://{qualified}:8080/from-the-node");
+    let answer =
+        stdout(&shell.in_tunneld_mounts(tunneld_pid, &["curl", "-sS", "--max-time", "10", &url]));
+    assert!(answer.contains("GET /from-the-node"), "{answer}");
+    let pod_url = format!("http://{}:8080/to-a-pod", pod_ip(ns, "app=echo").await);
+    let answer = stdout(
+        &std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", &pod_url])
+            .output()
+            .expect("curl"),
+    );
+    assert!(answer.contains("GET /to-a-pod"), "{answer}");
 }
 
 #[tokio::test]
@@ -257,32 +271,11 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
     ns.deploy_echo("echo", 1).await.expect("echo ready");
     ns.deploy_echo("other", 1).await.expect("other ready");
     let workstation = Workstation::create(&cluster);
-    // A VPN that routes the cluster's service range to its own device.
-    for command in [
-        &[
-            "ip", "link", "add", "vpn0", "type", "veth", "peer", "name", "vpn1",
-        ][..],
-        &["ip", "link", "set", "vpn0", "up"],
-        &["ip", "link", "set", "vpn1", "up"],
-        &["ip", "route", "add", SERVICE_RANGE, "dev", "vpn0"],
-    ] {
-        workstation.run_ok(command);
-    }
+    add_a_vpn(&workstation);
     let routes = || {
         workstation.run_ok(&["ip", "route", "show", "table", "all"])
             + &workstation.run_ok(&["ip", "rule", "show"])
     };
-    // New links' IPv6 addresses reach the local table once duplicate address detection
-    // has passed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !workstation
-        .run_ok(&["ip", "-6", "addr", "show", "tentative"])
-        .trim()
-        .is_empty()
-    {
-        assert!(std::time::Instant::now() < deadline, "addresses settle");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let before = routes();
     let status = || -> DaemonStatus {
         let json = workstation.plugin_ok(&cluster, PLUGIN, &["status", "-o", "json"]);
@@ -346,4 +339,30 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
     workstation.run_ok(&["ip", "route", "del", "10.99.0.0/16", "dev", "vpn0"]);
     assert_eq!(routes(), before);
     assert_eq!(workstation.resolv_conf(), ORIGINAL_RESOLV_CONF);
+}
+
+/// A VPN on the workstation that routes the cluster's service range to its own device;
+/// returns once the new links' addresses have settled.
+fn add_a_vpn(workstation: &Workstation) {
+    for command in [
+        &[
+            "ip", "link", "add", "vpn0", "type", "veth", "peer", "name", "vpn1",
+        ][..],
+        &["ip", "link", "set", "vpn0", "up"],
+        &["ip", "link", "set", "vpn1", "up"],
+        &["ip", "route", "add", SERVICE_RANGE, "dev", "vpn0"],
+    ] {
+        workstation.run_ok(command);
+    }
+    // New links' IPv6 addresses reach the local table once duplicate address detection
+    // has passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !workstation
+        .run_ok(&["ip", "-6", "addr", "show", "tentative"])
+        .trim()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "addresses settle");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -113,20 +113,10 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
         (copied, dropped) == (1, 0)
     });
 
-    let listed: Value = serde_json::from_str(&bob.plugin_ok(
-        &cluster,
-        PLUGIN,
-        &["-n", &ns.name, "list", "-o", "json"],
-    ))
-    .expect("list -o json");
-    let wiretaps: Vec<&str> = listed
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|row| row["wiretap"] == true)
-        .filter_map(|row| row["name"].as_str())
-        .collect();
-    assert_eq!(wiretaps, ["bob-tap", "carol-tap"], "{listed:#}");
+    assert_eq!(
+        listed_wiretaps(&cluster, &bob, &ns),
+        ["bob-tap", "carol-tap"]
+    );
 
     // Carol's server goes away: her copies are dropped and counted; Alice still answers.
     drop(carol_server);
@@ -141,4 +131,25 @@ async fn wiretaps_get_copies_next_to_an_intercept_and_the_real_requests_never_fa
         before,
         "restored exactly"
     );
+}
+
+/// The sessions `list -o json` shows as wiretaps, in its order.
+fn listed_wiretaps(
+    cluster: &TestCluster,
+    workstation: &Workstation,
+    ns: &TestNamespace,
+) -> Vec<String> {
+    let listed: Value = serde_json::from_str(&workstation.plugin_ok(
+        cluster,
+        PLUGIN,
+        &["-n", &ns.name, "list", "-o", "json"],
+    ))
+    .expect("list -o json");
+    listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["wiretap"] == true)
+        .filter_map(|row| row["name"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -190,107 +190,93 @@ impl FakeApi {
         let query = parts.uri.query().unwrap_or_default().to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut state = self.lock();
-        match (parts.method.clone(), segments.as_slice()) {
-            (Method::GET, ["apis", "apps", "v1", "namespaces", _, "deployments"]) => {
-                list(state.deployments.values().cloned().collect())
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "apps",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "statefulsets" | "replicasets",
-                ],
-            ) => list(Vec::new()),
-            (Method::GET, ["apis", "apps", "v1", "namespaces", _, "deployments", name]) => {
-                found(state.deployments.get(*name))
-            }
-            (Method::PUT, ["apis", "apps", "v1", "namespaces", _, "deployments", name]) => {
-                if state.conflicts > 0 {
-                    state.conflicts -= 1;
-                    return status(StatusCode::CONFLICT, "the object has been modified");
+        let method = &parts.method;
+        let answered = match segments.as_slice() {
+            ["apis", "apps", "v1", "namespaces", _, rest @ ..] => state.apps(method, rest, &body),
+            ["api", "v1", "namespaces", _, rest @ ..] => state.core(method, rest, &query, &body),
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                rest @ ..,
+            ] => state.coordination(method, rest, &body),
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                "endpointslices",
+            ] if method == Method::GET => Some(list(Vec::new())),
+            _ => None,
+        };
+        answered.unwrap_or_else(|| status(StatusCode::NOT_FOUND, &format!("no {method} {path}")))
+    }
+}
+
+impl State {
+    /// Deployments (StatefulSets and ReplicaSets: none), below `namespaces/NS/`.
+    fn apps(
+        &mut self,
+        method: &Method,
+        rest: &[&str],
+        body: &[u8],
+    ) -> Option<Response<Full<Bytes>>> {
+        Some(match (method.clone(), rest) {
+            (Method::GET, ["deployments"]) => list(self.deployments.values().cloned().collect()),
+            (Method::GET, ["statefulsets" | "replicasets"]) => list(Vec::new()),
+            (Method::GET, ["deployments", name]) => found(self.deployments.get(*name)),
+            (Method::PUT, ["deployments", name]) => {
+                if self.conflicts > 0 {
+                    self.conflicts -= 1;
+                    return Some(status(StatusCode::CONFLICT, "the object has been modified"));
                 }
-                state.replace(Kind::Deployment, name, &body)
+                self.replace(Kind::Deployment, name, body)
             }
-            (Method::GET, ["api", "v1", "namespaces", _, "services"]) => {
-                list(state.services.values().cloned().collect())
-            }
-            (Method::GET, ["api", "v1", "namespaces", _, "services", name]) => {
-                found(state.services.get(*name))
-            }
-            (Method::PUT, ["api", "v1", "namespaces", _, "services", _])
-                if state.services_forbidden =>
-            {
+            _ => return None,
+        })
+    }
+
+    /// Services and pods, below `namespaces/NS/`.
+    fn core(
+        &mut self,
+        method: &Method,
+        rest: &[&str],
+        query: &str,
+        body: &[u8],
+    ) -> Option<Response<Full<Bytes>>> {
+        Some(match (method.clone(), rest) {
+            (Method::GET, ["services"]) => list(self.services.values().cloned().collect()),
+            (Method::GET, ["services", name]) => found(self.services.get(*name)),
+            (Method::PUT, ["services", _]) if self.services_forbidden => {
                 status(StatusCode::FORBIDDEN, "services is forbidden")
             }
-            (Method::PUT, ["api", "v1", "namespaces", _, "services", name]) => {
-                state.replace(Kind::Service, name, &body)
-            }
-            (Method::GET, ["api", "v1", "namespaces", _, "pods"]) => list(state.pods(&query)),
-            (Method::GET, [.., "coordination.k8s.io", "v1", "namespaces", _, "leases"]) => {
-                list(state.leases.values().cloned().collect())
-            }
-            (Method::POST, [.., "coordination.k8s.io", "v1", "namespaces", _, "leases"]) => {
-                state.create_lease(&body)
-            }
-            (
-                Method::GET,
-                [
-                    ..,
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                    name,
-                ],
-            ) => found(state.leases.get(*name)),
-            (
-                Method::PUT,
-                [
-                    ..,
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                    name,
-                ],
-            ) => state.replace(Kind::Lease, name, &body),
-            (
-                Method::DELETE,
-                [
-                    ..,
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                    name,
-                ],
-            ) => match state.leases.remove(*name) {
+            (Method::PUT, ["services", name]) => self.replace(Kind::Service, name, body),
+            (Method::GET, ["pods"]) => list(self.pods(query)),
+            _ => return None,
+        })
+    }
+
+    /// Leases, below `namespaces/NS/`.
+    fn coordination(
+        &mut self,
+        method: &Method,
+        rest: &[&str],
+        body: &[u8],
+    ) -> Option<Response<Full<Bytes>>> {
+        Some(match (method.clone(), rest) {
+            (Method::GET, ["leases"]) => list(self.leases.values().cloned().collect()),
+            (Method::POST, ["leases"]) => self.create_lease(body),
+            (Method::GET, ["leases", name]) => found(self.leases.get(*name)),
+            (Method::PUT, ["leases", name]) => self.replace(Kind::Lease, name, body),
+            (Method::DELETE, ["leases", name]) => match self.leases.remove(*name) {
                 Some(_) => status(StatusCode::OK, "deleted"),
                 None => status(StatusCode::NOT_FOUND, "not found"),
             },
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "discovery.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "endpointslices",
-                ],
-            ) => list(Vec::new()),
-            _ => status(
-                StatusCode::NOT_FOUND,
-                &format!("no {} {path}", parts.method),
-            ),
-        }
+            _ => return None,
+        })
     }
 }
 

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 
 use syn::visit::Visit;
 
-use super::lengths::is_test_only;
-
 /// A path into the crate, and the line it is named on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reference {
@@ -107,6 +105,16 @@ impl<'ast> Visit<'ast> for Names {
             syn::visit::visit_item_mod(self, item);
         }
     }
+}
+
+/// Whether `attrs` hold `#[cfg(test)]`.
+fn is_test_only(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|attr| {
+        attr.path().is_ident("cfg")
+            && attr
+                .parse_args::<syn::Ident>()
+                .is_ok_and(|ident| ident == "test")
+    })
 }
 
 #[cfg(test)]

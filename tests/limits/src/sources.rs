@@ -22,6 +22,8 @@ pub(crate) struct Source {
     pub(crate) module: Option<ModulePath>,
     /// Not a test and not test support.
     pub(crate) production: bool,
+    /// A module of unit tests (`tests.rs`, `*_tests.rs`).
+    pub(crate) unit_tests: bool,
 }
 
 /// Every Rust file git tracks, or would track, below `top`, with its crate and module.
@@ -41,6 +43,7 @@ pub(crate) fn sources(top: &Path) -> anyhow::Result<Vec<Source>> {
             Some(Source {
                 module: module_path(&relative),
                 production: is_production(&path),
+                unit_tests: is_unit_tests(&path),
                 krate,
                 path,
             })
@@ -48,12 +51,12 @@ pub(crate) fn sources(top: &Path) -> anyhow::Result<Vec<Source>> {
         .collect())
 }
 
-/// The production modules of each crate, by crate folder: module path -> file.
+/// The modules of each crate but its unit tests, by crate folder: module path -> file.
 pub(crate) fn modules_by_crate(
     sources: &[Source],
 ) -> BTreeMap<&Path, BTreeMap<&ModulePath, &Path>> {
     let mut crates: BTreeMap<&Path, BTreeMap<&ModulePath, &Path>> = BTreeMap::new();
-    for source in sources.iter().filter(|source| source.production) {
+    for source in sources.iter().filter(|source| !source.unit_tests) {
         if let Some(module) = &source.module {
             crates
                 .entry(source.krate.as_path())
@@ -115,15 +118,18 @@ fn module_path(relative: &Path) -> Option<ModulePath> {
     Some(parts)
 }
 
-/// Production code: not under a `tests` folder, not a `tests.rs` or `*_tests.rs` module,
-/// not a fuzz target.
+/// Production code: not under a `tests` folder, not a module of unit tests, not a fuzz
+/// target.
 fn is_production(path: &Path) -> bool {
-    let name = path
-        .file_stem()
-        .map(|stem| stem.to_string_lossy().into_owned());
-    let test_module = name.is_some_and(|name| name == "tests" || name.ends_with("_tests"));
     let in_tests = path.iter().any(|part| part == "tests" || part == "fuzz");
-    !test_module && !in_tests
+    !is_unit_tests(path) && !in_tests
+}
+
+/// A module of unit tests: `tests.rs` or `*_tests.rs`.
+fn is_unit_tests(path: &Path) -> bool {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy())
+        .is_some_and(|name| name == "tests" || name.ends_with("_tests"))
 }
 
 #[cfg(test)]
