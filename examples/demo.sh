@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: kubectl intercept on the local cluster. A "workstation" (a network namespace
 # whose only route leads to the API server, as a laptop's would) runs a local HTTP server;
-# `kubectl intercept` sends the echo Service's requests to it; a request from a pod in the
-# cluster is answered by the workstation; when the command given to intercept ends, the
+# `kubectl intercept --detach` sends the echo Service's requests to it; a request from a pod
+# in the cluster is answered by the workstation; after `kubectl intercept leave` the
 # workload is restored and the same request is answered by the app again.
 # kubedev runs as the namespace-scoped developer user: no cluster-wide rights are needed.
 # The client pod's requests are sent as the cluster's admin, as the sample app was deployed.
@@ -16,7 +16,19 @@ runtime=$(mktemp -d)
 api_server=$(sed -n 's|.*server: https://\([0-9.]*\):.*|\1|p' "$state/dev.kubeconfig" | head -n1)
 echo_server=$repo/target/$(rustc -vV | sed -n 's/^host: //p')/release/echo-server
 
+# kubectl intercept as the developer on the workstation.
+intercept=(ip netns exec "$workstation" env
+    KUBECONFIG="$state/dev.kubeconfig"
+    KUBEDEV_RUNTIME_DIR="$runtime"
+    KUBEDEV_TUNNELD="$repo/target/debug/tunneld"
+    KUBEDEV_AGENT_IMAGE="$api_server:5000/kubedev/kubedev-agent:0.1.0"
+    "$repo/target/debug/kubectl-intercept" -n "$namespace")
+
 cleanup() {
+    # A demo stopped half way leaves no session behind.
+    if ip netns pids "$workstation" >/dev/null 2>&1; then
+        "${intercept[@]}" leave echo >/dev/null 2>&1 || true
+    fi
     ip netns pids "$workstation" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip link del kddemo0 2>/dev/null || true
     ip netns del "$workstation" 2>/dev/null || true
@@ -42,13 +54,14 @@ echo "--- a server on the workstation, answering as 'your-laptop':"
 ip netns exec "$workstation" env HOSTNAME=your-laptop "$echo_server" --http 3000 &
 sleep 0.5
 
-echo "--- kubectl intercept echo --port 3000 -- <the same request from the client pod>:"
-ip netns exec "$workstation" env \
-    KUBECONFIG="$state/dev.kubeconfig" \
-    KUBEDEV_RUNTIME_DIR="$runtime" \
-    KUBEDEV_TUNNELD="$repo/target/debug/tunneld" \
-    KUBEDEV_AGENT_IMAGE="$api_server:5000/kubedev/kubedev-agent:0.1.0" \
-    "$repo/target/debug/kubectl-intercept" -n "$namespace" echo --port 3000 -- "${request[@]}"
+echo "--- kubectl intercept echo --port 3000 --detach, on the workstation:"
+"${intercept[@]}" echo --port 3000 --detach
+
+echo "--- the same request, answered by the workstation:"
+"${request[@]}"
+
+echo "--- kubectl intercept leave echo:"
+"${intercept[@]}" leave echo
 
 echo "--- the same request after the session ended:"
 "${request[@]}"

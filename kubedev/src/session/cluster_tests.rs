@@ -348,3 +348,29 @@ async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restor
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_workload_whose_pods_cannot_be_selected_is_refused_before_it_changes() {
+    let fake = FakeApi::default();
+    let mut web = tests_fake_api::web_deployment();
+    web["spec"]["selector"] = json!({
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]
+    });
+    fake.add_deployment(web);
+    let original = fake.deployment("web");
+    let plan = Plan {
+        mode: Mode::Ingest,
+        ports: Vec::new(),
+        ..plan("alice", None)
+    };
+
+    let refused = start(&fake.client(), NAMESPACE, &plan, |_| {}).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|err| err.to_string().contains("has no matchLabels selector")),
+        "{refused:?}"
+    );
+    assert_eq!(fake.deployment("web"), original, "nothing was written");
+    assert_eq!(fake.write_count(), 0);
+}

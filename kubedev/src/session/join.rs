@@ -114,6 +114,15 @@ pub(super) async fn join(
             plan.workload, missing.app_port
         )));
     }
+    // The pods keep the label of the session that added the agent, even after it left.
+    let label = current
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|labels| labels.get(SESSION_LABEL))
+        .ok_or_else(|| corrupt(&plan.workload, "the pods have no session label"))?;
+    // Everything that can fail is done before the write, which is the join's only change.
+    let agents = workload.agent_selector(label)?;
     record.joined.push(Joined {
         name: plan.name.clone(),
         filter: plan.filter.clone(),
@@ -123,16 +132,8 @@ pub(super) async fn join(
     workload
         .annotate(client, RECORD_ANNOTATION, record.to_annotation())
         .await?;
-    // The pods keep the label of the session that added the agent, even after it left.
-    let label = current
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .and_then(|labels| labels.get(SESSION_LABEL))
-        .ok_or_else(|| corrupt(&plan.workload, "the pods have no session label"))?
-        .clone();
     Ok(Started {
-        agents: workload.agent_selector(&label)?,
+        agents,
         workload,
         record,
         token,

@@ -119,6 +119,9 @@ pub(super) async fn write_session(
     let record = new_record(plan, &workload, container, changed_service.as_ref())?;
     let template = serde_json::to_value(&injected.template)
         .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
+    // Everything that can fail is done before the write: after it, only the pods' wait
+    // remains, which rolls back.
+    let agents = workload.agent_selector(&plan.name)?;
     workload
         .write(
             client,
@@ -129,7 +132,7 @@ pub(super) async fn write_session(
         .await?;
     Ok(Written::Injected {
         started: Started {
-            agents: workload.agent_selector(&plan.name)?,
+            agents,
             workload,
             record,
             token,

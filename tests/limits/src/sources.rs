@@ -69,7 +69,13 @@ pub(crate) fn modules_by_crate(
 
 fn git_files(top: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let output = Command::new("git")
-        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .current_dir(top)
         .output()
         .context("running git ls-files")?;
@@ -82,7 +88,8 @@ fn git_files(top: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let listed = String::from_utf8(output.stdout).context("git ls-files printed non-UTF-8")?;
     // A deleted file is still listed until the deletion is staged.
     Ok(listed
-        .lines()
+        .split('\0')
+        .filter(|path| !path.is_empty())
         .map(PathBuf::from)
         .filter(|path| top.join(path).exists())
         .collect())
