@@ -10,6 +10,8 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # itself runs as the namespace-scoped developer (examples/demo.sh).
 KUBECTL_ADMIN := $(KUBEDEV_CLUSTER_DIR)/bin/kubectl --kubeconfig $(KUBEDEV_CLUSTER_DIR)/admin.kubeconfig
 DEMO_NAMESPACE := kubedev-dev
+# Where the local cluster's registry serves the agent image (tests/cluster/lib/config.sh).
+DEMO_AGENT_IMAGE := 10.201.0.1:5000/kubedev/kubedev-agent:$(VERSION)
 
 .PHONY: agent-image push-agent bench build dist fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
@@ -110,7 +112,7 @@ fuzz:
 			grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|.*panicked)' ; \
 	done
 
-## The release in dist/: per plugin an archive (the plugin, tunneld, LICENSE) for each of
+## The release in dist/: per plugin an archive (the plugin, tunneld, its completer, LICENSE) for each of
 ## TARGETS (Rust target triples; default this machine's), SHA256SUMS, and the krew
 ## manifests in dist/krew/, validated with validate-krew-manifest. See docs/releasing.md.
 dist:
@@ -137,4 +139,8 @@ demo: build cluster-up
 	$(KUBECTL_ADMIN) -n $(DEMO_NAMESPACE) rollout status deployment/echo --timeout=120s
 	$(KUBECTL_ADMIN) -n $(DEMO_NAMESPACE) wait pod/client --for=condition=Ready --timeout=120s
 	examples/demo.sh
-	@echo "--- the cluster stays up; use it with: export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig"
+	@echo "--- the cluster stays up. Use it as the namespace's developer, with this tree's plugins:"
+	@echo "  export KUBECONFIG=$(KUBEDEV_CLUSTER_DIR)/dev.kubeconfig PATH=$(KUBEDEV_CLUSTER_DIR)/bin:$(CURDIR)/target/debug:\$$PATH"
+	@echo "  kubectl intercept config set-agent-image $(DEMO_AGENT_IMAGE)   # the agent image in its registry"
+	@echo "  kubectl intercept -n $(DEMO_NAMESPACE) echo --port 3000:http -- ./your-server"
+	@echo "Stop it and remove every trace of it: make cluster-down"

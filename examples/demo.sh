@@ -14,6 +14,7 @@ admin_kubectl=("$state/bin/kubectl" --kubeconfig "$state/admin.kubeconfig" -n "$
 workstation=kubedev-demo
 runtime=$(mktemp -d)
 api_server=$(sed -n 's|.*server: https://\([0-9.]*\):.*|\1|p' "$state/dev.kubeconfig" | head -n1)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 echo_server=$repo/target/$(rustc -vV | sed -n 's/^host: //p')/release/echo-server
 
 # kubectl intercept as the developer on the workstation.
@@ -21,7 +22,7 @@ intercept=(ip netns exec "$workstation" env
     KUBECONFIG="$state/dev.kubeconfig"
     KUBEDEV_RUNTIME_DIR="$runtime"
     KUBEDEV_TUNNELD="$repo/target/debug/tunneld"
-    KUBEDEV_AGENT_IMAGE="$api_server:5000/kubedev/kubedev-agent:0.1.0"
+    KUBEDEV_AGENT_IMAGE="$api_server:5000/kubedev/kubedev-agent:$version"
     "$repo/target/debug/kubectl-intercept" -n "$namespace")
 
 cleanup() {
@@ -54,13 +55,13 @@ echo "--- a server on the workstation, answering as 'your-laptop':"
 ip netns exec "$workstation" env HOSTNAME=your-laptop "$echo_server" --http 3000 &
 sleep 0.5
 
-echo "--- kubectl intercept echo --port 3000 --detach, on the workstation:"
+echo "--- on the workstation, as the namespace's developer: kubectl intercept echo --port 3000 --detach"
 "${intercept[@]}" echo --port 3000 --detach
 
 echo "--- the same request, answered by the workstation:"
 "${request[@]}"
 
-echo "--- kubectl intercept leave echo:"
+echo "--- on the workstation: kubectl intercept leave echo"
 "${intercept[@]}" leave echo
 
 echo "--- the same request after the session ended:"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The release: one archive per plugin and platform (the plugin, tunneld, LICENSE), their
-# SHA256SUMS, and the krew manifests that point at them, validated.
+# The release: one archive per plugin and platform (the plugin, tunneld, its completer,
+# LICENSE), their SHA256SUMS, and the krew manifests that point at them, validated.
 #   packaging/dist.sh [OUT_DIR]          (`make dist`; OUT_DIR defaults to dist/)
 # TARGETS: Rust target triples to build, separated by spaces (default: this machine's).
 #   Linux builds are static (no libc needed on the user's machine). For the others, install

@@ -17,12 +17,14 @@ use kubedev::workload::WorkloadRef;
 /// workload, the session flags and the cluster flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
-    /// `list`, `leave`, `role` or `status`, in place of a session.
+    /// A subcommand (`connect`, `list`, `leave`, `role`, `status`, `config`, `gather-logs`),
+    /// in place of a session on a workload.
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
     /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named list, leave, role or status is given as deployment/NAME.
+    /// A workload named like a subcommand (connect, list, leave, role, status, config,
+    /// gather-logs, help) is given as deployment/NAME.
     #[arg(required = true)]
     pub workload: Option<WorkloadRef>,
 
