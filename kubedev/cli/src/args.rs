@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
-use kubedev::control::PodPort;
+use kubedev::control::{PodPort, ProxyChoices};
 use kubedev::env::EnvSyntax;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
@@ -119,6 +119,16 @@ pub struct SessionLife {
     /// network only); the session ends when it exits, with its exit status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+impl SessionLife {
+    /// What `--also-proxy` and `--never-proxy` ask of tunneld's routes.
+    pub fn proxy_choices(&self) -> ProxyChoices {
+        ProxyChoices {
+            also_proxy: self.also_proxy.clone(),
+            never_proxy: self.never_proxy.clone(),
+        }
+    }
 }
 
 /// `connect`, `list`, `leave`, `role`, `status`, `config` and `gather-logs`.

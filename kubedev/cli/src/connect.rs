@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::ProxyChoices;
 use kubedev::mode::Mode;
 use kubedev::session::{self, connect};
 use kubedev::tunneld::Hold;
@@ -15,6 +14,7 @@ use super::args::SessionLife;
 use super::config::{self, ImageSource};
 use super::life::{
     Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+    release_after_the_end,
 };
 use super::output::spinner;
 use super::reclaim::reclaim_expired;
@@ -113,10 +113,7 @@ impl Session for OwnPod<'_> {
             pods: 1,
             timeout: self.args.timeout,
         };
-        let proxy = ProxyChoices {
-            also_proxy: self.args.also_proxy.clone(),
-            never_proxy: self.args.never_proxy.clone(),
-        };
+        let proxy = self.args.proxy_choices();
         let (variables, network) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
         eprintln!(
             "connected: the cluster's network is here, through pod {} in namespace {}",
@@ -149,11 +146,7 @@ pub(super) async fn end_connect(
     forget_in_tunneld(connection, name).await;
     connect::end_connect(&connection.client, &connection.namespace, name, owner).await?;
     // Only now: had this process died before, tunneld would have deleted the pod.
-    if let Some(hold) = hold
-        && let Err(err) = hold.release().await
-    {
-        eprintln!("warning: tunneld: {err}");
-    }
+    release_after_the_end(hold).await;
     eprintln!("connect session {name:?} ended");
     Ok(())
 }

@@ -80,9 +80,7 @@ pub(super) async fn live_through<S: Session>(
         Ok(started) => started,
         Err(err) => {
             // Nothing is left to restore: `start` put back what it changed.
-            if let Err(release) = hold.release().await {
-                eprintln!("warning: tunneld: {release}");
-            }
+            release_after_the_end(Some(hold)).await;
             end_lease(life.connection, life.owner).await;
             return Err(err);
         }
@@ -205,6 +203,16 @@ async fn take_lease(life: &Life<'_>) -> anyhow::Result<Option<Duration>> {
             Ok(None)
         }
         Err(err) => Err(anyhow::Error::from(err).context("taking the session's lease")),
+    }
+}
+
+/// Releases `hold`, if any, once the session's end was done by the plugin; a failure only
+/// warns, since nothing is left for tunneld to restore.
+pub(super) async fn release_after_the_end(hold: Option<Hold>) {
+    if let Some(hold) = hold
+        && let Err(err) = hold.release().await
+    {
+        eprintln!("warning: tunneld: {err}");
     }
 }
 

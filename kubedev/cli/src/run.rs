@@ -10,11 +10,12 @@ use super::args::{ModeArgs, SessionArgs};
 use super::config::{self, ImageSource};
 use super::life::{
     Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+    release_after_the_end,
 };
 use super::output::{progress_on, report_started, spinner};
 use super::reclaim::reclaim_expired;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{PodPort, ProxyChoices};
+use kubedev::control::PodPort;
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
@@ -175,10 +176,7 @@ async fn go_live(
     started: &Started,
     args: &SessionArgs,
 ) -> anyhow::Result<Live> {
-    let proxy = ProxyChoices {
-        also_proxy: args.life.also_proxy.clone(),
-        never_proxy: args.life.never_proxy.clone(),
-    };
+    let proxy = args.life.proxy_choices();
     let joining = Joining {
         mode: plan.mode,
         name: &plan.name,
@@ -286,11 +284,7 @@ pub(super) async fn end_session(
     .await?;
     bar.finish_and_clear();
     // Only now: had this process died before, tunneld would have restored the workload.
-    if let Some(hold) = hold
-        && let Err(err) = hold.release().await
-    {
-        eprintln!("warning: tunneld: {err}");
-    }
+    release_after_the_end(hold).await;
     eprintln!("{}", left.describe(name, workload));
     Ok(())
 }

@@ -216,6 +216,12 @@ impl FakeApi {
     }
 }
 
+enum Kind {
+    Deployment,
+    Service,
+    Lease,
+}
+
 impl State {
     /// Deployments (StatefulSets and ReplicaSets: none), below `namespaces/NS/`.
     fn apps(
@@ -278,15 +284,7 @@ impl State {
             _ => return None,
         })
     }
-}
 
-enum Kind {
-    Deployment,
-    Service,
-    Lease,
-}
-
-impl State {
     fn versioned(&mut self, mut object: Value) -> Value {
         self.next_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.next_version.to_string());
