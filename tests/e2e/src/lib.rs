@@ -2,6 +2,7 @@
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
 pub mod delay_line;
+pub mod developer;
 pub mod krew;
 pub mod node;
 pub mod workstation;

@@ -1,0 +1,246 @@
+//! A developer's own account on the workstation, as on a laptop: an unprivileged user with
+//! kubectl and the plugins on its PATH where krew puts them (`~/.krew/bin`), its own
+//! kubeconfig (the kubedev Role only), no `XDG_RUNTIME_DIR` (no login session) and nothing
+//! of root's. The account, its processes and its files are removed when the value drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::TestCluster;
+use crate::workstation::Workstation;
+
+/// The plugins' binaries, and tunneld beside them, as a krew install has them.
+const INSTALLED: [&str; 4] = [
+    "kubectl-intercept",
+    "kubectl-ingest",
+    "kubectl-replace_container",
+    "tunneld",
+];
+
+/// An unprivileged account made for one test.
+#[derive(Debug)]
+pub struct Developer {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl Developer {
+    /// Makes the account, with the plugins in `~/.krew/bin` (links into this build, as krew
+    /// links into its store), kubectl in `~/.local/bin`, and the test developer's
+    /// kubeconfig as `~/.kube/config`.
+    pub fn create(cluster: &TestCluster) -> Self {
+        let name = format!("kd{}x{}", std::process::id(), crate::unique_suffix());
+        run_ok(
+            Command::new("useradd")
+                .args(["--create-home", "--user-group", "--shell"])
+                .args(["/bin/sh", &name]),
+        );
+        let id = |flag: &str| -> u32 {
+            let output = run_ok(Command::new("id").args([flag, &name]));
+            output.trim().parse().expect("a numeric id")
+        };
+        let developer = Self {
+            uid: id("-u"),
+            gid: id("-g"),
+            home: PathBuf::from("/home").join(&name),
+            name,
+        };
+        developer.install(cluster);
+        developer
+    }
+
+    fn install(&self, cluster: &TestCluster) {
+        let krew_bin = self.home.join(".krew/bin");
+        let local_bin = self.home.join(".local/bin");
+        let kube = self.home.join(".kube");
+        for dir in [&krew_bin, &local_bin, &kube] {
+            std::fs::create_dir_all(dir).expect("the developer's directories");
+        }
+        let build = crate::repo_dir().join("target/debug");
+        for binary in INSTALLED {
+            let built = build.join(binary);
+            assert!(
+                built.exists(),
+                "no {}: run `cargo build` first",
+                built.display()
+            );
+            std::os::unix::fs::symlink(&built, krew_bin.join(binary)).expect("link a plugin");
+        }
+        std::fs::copy(&cluster.kubectl, local_bin.join("kubectl")).expect("kubectl");
+        std::fs::copy(&cluster.dev_kubeconfig, kube.join("config")).expect("kubeconfig");
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "-h", &format!("{0}:{0}", self.name)])
+                .arg(&self.home),
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(kube.join("config"), std::fs::Permissions::from_mode(0o600))
+            .expect("kubeconfig mode");
+    }
+
+    /// `program ARGS` as this developer inside `workstation`, with the environment a login
+    /// shell would give: HOME, USER, a PATH with `~/.krew/bin` first, and nothing else but
+    /// the agent image of the test cluster (a setting users make once).
+    pub fn command(&self, workstation: &Workstation, program: &str, args: &[&str]) -> Command {
+        let path = format!(
+            "{}:{}:/usr/local/bin:/usr/bin:/bin",
+            self.home.join(".krew/bin").display(),
+            self.home.join(".local/bin").display()
+        );
+        let mut command = workstation.long_lived();
+        command
+            .arg("setpriv")
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .args(["--init-groups", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("USER={}", self.name))
+            .arg(format!("LOGNAME={}", self.name))
+            .arg(format!("PATH={path}"))
+            .arg(format!("KUBEDEV_AGENT_IMAGE={}", crate::AGENT_IMAGE))
+            .arg("KUBEDEV_LOG=info")
+            .current_dir(&self.home)
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    /// `kubectl ARGS` as this developer inside `workstation`: kubectl finds the plugins on
+    /// PATH, as it does for a krew user.
+    pub fn kubectl(&self, workstation: &Workstation, args: &[&str]) -> Output {
+        self.command(workstation, "kubectl", args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Like [`Self::kubectl`], panicking with its output unless it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, workstation: &Workstation, args: &[&str]) -> String {
+        let output = self.kubectl(workstation, args);
+        assert!(
+            output.status.success(),
+            "kubectl {} as {} failed ({}):\n{}{}",
+            args.join(" "),
+            self.name,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Where kubedev keeps this developer's tunnelds when there is no `XDG_RUNTIME_DIR`.
+    pub fn runtime_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("kubedev-{}", self.uid))
+    }
+
+    /// Every file under the developer's home and kubedev's runtime directory that is not
+    /// the developer's own: a plugin must never leave root's files (or anyone else's)
+    /// where the developer works.
+    pub fn files_not_own(&self) -> Vec<PathBuf> {
+        let mut search = Command::new("find");
+        search.arg(&self.home);
+        if self.runtime_dir().exists() {
+            search.arg(self.runtime_dir());
+        }
+        let found = run_ok(search.args(["!", "-user", &self.name]));
+        found.lines().map(PathBuf::from).collect()
+    }
+
+    fn stop_processes(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let killed = Command::new("pkill")
+                .args(["-KILL", "-U", &self.uid.to_string()])
+                .status()
+                .expect("pkill runs");
+            // pkill exits 1 when no process matched.
+            if killed.code() == Some(1) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Developer {
+    fn drop(&mut self) {
+        self.stop_processes();
+        let _ = Command::new("find")
+            .arg(std::env::temp_dir())
+            .args([
+                "-maxdepth",
+                "1",
+                "-user",
+                &self.name,
+                "-exec",
+                "rm",
+                "-rf",
+                "{}",
+                "+",
+            ])
+            .status();
+        let _ = std::fs::remove_dir_all(self.runtime_dir());
+        let _ = Command::new("userdel")
+            .args(["--remove", &self.name])
+            .output();
+    }
+}
+
+/// `/dev/net/tun` open to every user while held, as distributions ship it (udev makes it
+/// 0666; this machine has it 0600): unprivileged users can then make a TUN device in a
+/// network namespace of their own. Put back as it was when the last holder drops.
+#[derive(Debug)]
+pub struct TunOpenToAll {
+    _private: (),
+}
+
+/// How many [`TunOpenToAll`] are held, and the mode to put back.
+static TUN_HOLDERS: Mutex<(usize, u32)> = Mutex::new((0, 0));
+const TUN_DEVICE: &str = "/dev/net/tun";
+
+impl TunOpenToAll {
+    pub fn hold() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut holders = TUN_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if holders.0 == 0 {
+            let mode = std::fs::metadata(TUN_DEVICE)
+                .expect(TUN_DEVICE)
+                .permissions()
+                .mode();
+            holders.1 = mode & 0o7777;
+            set_mode(Path::new(TUN_DEVICE), 0o666);
+        }
+        holders.0 += 1;
+        Self { _private: () }
+    }
+}
+
+impl Drop for TunOpenToAll {
+    fn drop(&mut self) {
+        let mut holders = TUN_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        holders.0 -= 1;
+        if holders.0 == 0 {
+            set_mode(Path::new(TUN_DEVICE), holders.1);
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|err| panic!("chmod {mode:o} {}: {err}", path.display()));
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
