@@ -1,10 +1,15 @@
 //! The app container's environment written for the workstation, in the syntax the user's
 //! tools read (`--env-syntax`), and the files it goes to (`--env-file`, `--env-json`):
-//! created with mode 0600, since they hold secrets.
+//! created with mode 0600, since they hold secrets. Only names that every syntax and shell
+//! can carry are written ([`check_names`]); what `-- CMD` gets is in [`command`].
+
+mod command;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
+pub use command::{WORKSTATION_OWNED, for_command};
 
 /// The syntaxes `--env-syntax` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -25,37 +30,129 @@ pub enum EnvSyntax {
     Json,
     /// `$Env:KEY='value'` lines for PowerShell.
     Ps,
-    /// `set KEY=value` lines for cmd.exe.
+    /// `set KEY=value` lines for a cmd.exe batch file (`call FILE`), special characters
+    /// escaped with `^` and `%` doubled; newlines become spaces.
     Cmd,
 }
 
-/// `variables` in `syntax`.
-pub fn format(variables: &BTreeMap<String, String>, syntax: EnvSyntax) -> String {
+/// Variables whose names not every shell and env file can carry.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the container's environment has variables named {}: kubedev passes on only names made \
+     of letters, digits and _ (not starting with a digit), which every shell and env file \
+     reads as written (bash would take BASH_FUNC_NAME%% for a function, say); rename them in \
+     the workload",
+    names.join(", ")
+)]
+pub struct BadNames {
+    /// The names, quoted.
+    names: Vec<String>,
+}
+
+/// Whether `name` is `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_portable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Refuses `variables` if any name is not `[A-Za-z_][A-Za-z0-9_]*`, naming them all.
+pub fn check_names(variables: &BTreeMap<String, String>) -> Result<(), BadNames> {
+    let names: Vec<String> = variables
+        .keys()
+        .filter(|name| !is_portable_name(name))
+        .map(|name| format!("{name:?}"))
+        .collect();
+    if names.is_empty() {
+        Ok(())
+    } else {
+        Err(BadNames { names })
+    }
+}
+
+/// `variables` in `syntax`; refused if a name is not portable ([`check_names`]).
+pub fn format(variables: &BTreeMap<String, String>, syntax: EnvSyntax) -> Result<String, BadNames> {
+    check_names(variables)?;
     if syntax == EnvSyntax::Json {
         let mut json = serde_json::to_string_pretty(variables).unwrap_or_default();
         json.push('\n');
-        return json;
+        return Ok(json);
     }
     let mut out = String::new();
     for (key, value) in variables {
         let line = match syntax {
+            // docker reads the rest of the line as it is: only a newline cannot be written.
             EnvSyntax::Docker => format!("{key}={}", value.replace('\n', "\\n")),
             EnvSyntax::Compose => format!("{key}={}", double_quoted(value)),
             EnvSyntax::Sh => format!("{key}={}", single_quoted(value)),
             EnvSyntax::ShExport => format!("export {key}={}", single_quoted(value)),
-            EnvSyntax::Csh => format!("setenv {key} {}", single_quoted(value)),
-            EnvSyntax::Ps => format!("$Env:{key}='{}'", value.replace('\'', "''")),
-            EnvSyntax::Cmd => format!("set {key}={}", value.replace('\n', " ")),
+            EnvSyntax::Csh => format!("setenv {key} {}", csh_quoted(value)),
+            EnvSyntax::Ps => format!("$Env:{key}={}", powershell_quoted(value)),
+            EnvSyntax::Cmd => format!("set {key}={}", cmd_escaped(value)),
             EnvSyntax::Json => unreachable!("handled above"),
         };
         out.push_str(&line);
         out.push('\n');
     }
+    Ok(out)
+}
+
+/// POSIX shells: nothing is special inside single quotes, and a quote is closed, escaped
+/// and reopened.
+fn single_quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// csh and tcsh: as for POSIX shells, but history's `!` is special even inside single
+/// quotes (escaped outside them), and a newline inside them needs a backslash.
+fn csh_quoted(value: &str) -> String {
+    let mut out = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str(r"'\''"),
+            '!' => out.push_str(r"'\!'"),
+            '\n' => out.push_str("\\\n"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
     out
 }
 
-fn single_quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
+/// PowerShell: nothing is special inside single quotes but the quote itself, written
+/// twice; PowerShell also takes the typographic single quotes (U+2018 to U+201B) for one.
+fn powershell_quoted(value: &str) -> String {
+    let mut out = String::from("'");
+    for c in value.chars() {
+        if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// cmd.exe batch files: `%` is written twice (percent expansion runs first), and `^`
+/// escapes every character cmd would otherwise act on, `"` included (quoting cannot be
+/// used: a `"` in the value would end it). Delayed expansion (`!`) is off in batch files
+/// unless they turn it on. A newline cannot be written: it becomes a space.
+fn cmd_escaped(value: &str) -> String {
+    let mut out = String::new();
+    for c in value.chars() {
+        match c {
+            '%' => out.push_str("%%"),
+            '^' | '&' | '|' | '<' | '>' | '(' | ')' | '"' => {
+                out.push('^');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn double_quoted(value: &str) -> String {
@@ -67,6 +164,7 @@ fn double_quoted(value: &str) -> String {
                 out.push(c);
             }
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
             _ => out.push(c),
         }
     }
@@ -131,11 +229,90 @@ mod tests {
             (EnvSyntax::Cmd, "set A=it's $HOME\nset B=plain\n"),
         ];
         for (syntax, expected) in cases {
-            assert_eq!(format(&vars(), syntax), expected, "{syntax:?}");
+            assert_eq!(
+                format(&vars(), syntax).expect("format"),
+                expected,
+                "{syntax:?}"
+            );
         }
         let json: BTreeMap<String, String> =
-            serde_json::from_str(&format(&vars(), EnvSyntax::Json)).expect("json");
+            serde_json::from_str(&format(&vars(), EnvSyntax::Json).expect("format")).expect("json");
         assert_eq!(json, vars());
+    }
+
+    /// A value that tries every reader's special characters: quotes of each kind, command
+    /// substitution, history, percent and caret, redirections, a newline.
+    const HOSTILE: &str = "a'b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\\\nrm -rf ~";
+
+    #[test]
+    fn hostile_values_stay_values_in_every_syntax() {
+        let hostile = BTreeMap::from([("V".to_owned(), HOSTILE.to_owned())]);
+        let cases = [
+            (
+                EnvSyntax::Docker,
+                "V=a'b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\\\\nrm -rf ~\n",
+            ),
+            (
+                EnvSyntax::Compose,
+                "V=\"a'b\\\"c`id`\\$(id)\\$HOME!%PATH%^&|<>()\u{2019}\\\\\\nrm -rf ~\"\n",
+            ),
+            (
+                EnvSyntax::Sh,
+                "V='a'\\''b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\\\nrm -rf ~'\n",
+            ),
+            (
+                EnvSyntax::ShExport,
+                "export V='a'\\''b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\\\nrm -rf ~'\n",
+            ),
+            (
+                EnvSyntax::Csh,
+                "setenv V 'a'\\''b\"c`id`$(id)$HOME'\\!'%PATH%^&|<>()\u{2019}\\\\\nrm -rf ~'\n",
+            ),
+            (
+                EnvSyntax::Ps,
+                "$Env:V='a''b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\u{2019}\\\nrm -rf ~'\n",
+            ),
+            (
+                EnvSyntax::Cmd,
+                "set V=a'b^\"c`id`$^(id^)$HOME!%%PATH%%^^^&^|^<^>^(^)\u{2019}\\ rm -rf ~\n",
+            ),
+        ];
+        for (syntax, expected) in cases {
+            assert_eq!(
+                format(&hostile, syntax).expect("format"),
+                expected,
+                "{syntax:?}"
+            );
+        }
+        let json: BTreeMap<String, String> =
+            serde_json::from_str(&format(&hostile, EnvSyntax::Json).expect("format"))
+                .expect("json");
+        assert_eq!(json, hostile);
+    }
+
+    #[test]
+    fn a_posix_shell_reads_back_exactly_the_hostile_value() {
+        let hostile = BTreeMap::from([("V".to_owned(), HOSTILE.to_owned())]);
+        let script = format!(
+            "{}printf %s \"$V\"",
+            format(&hostile, EnvSyntax::ShExport).expect("format")
+        );
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), HOSTILE);
+    }
+
+    #[test]
+    fn names_no_syntax_can_carry_are_refused_by_name() {
+        for name in ["BASH_FUNC_ls%%", "a.b", "1ST", "X-Y", "", "A B", "A\nB=1"] {
+            let variables = BTreeMap::from([(name.to_owned(), "v".to_owned())]);
+            let err = format(&variables, EnvSyntax::Sh).expect_err(name);
+            assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+        }
+        let fine = BTreeMap::from([("_a1".to_owned(), String::new())]);
+        assert!(format(&fine, EnvSyntax::Cmd).is_ok());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
+//! - [`private_files`]: directories and files only this user can have made;
+//! - [`run_as`]: the developer, never root through sudo;
 //! - `fuzzing` (in tests and with the `fuzzing` feature): what the fuzz targets of the
 //!   control socket run.
 //!
@@ -29,6 +31,8 @@ pub mod fuzzing;
 pub mod inject;
 pub mod mode;
 pub mod mount;
+pub mod private_files;
+pub mod run_as;
 pub mod session;
 pub mod tunnel;
 pub mod tunneld;

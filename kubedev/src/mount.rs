@@ -94,6 +94,23 @@ pub enum MountError {
         /// Why.
         source: std::io::Error,
     },
+    /// The mount point given is not a directory of this user's own.
+    #[error(
+        "--mount {}: it belongs to uid {owner}, not to you (uid {you}): choose a directory \
+         of your own",
+        dir.display()
+    )]
+    NotOwn {
+        /// The mount point.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The user kubedev runs as.
+        you: u32,
+    },
+    /// The mount point given is not a directory.
+    #[error("--mount {}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
     /// sshfs is not installed, or cannot run.
     #[error("cannot run sshfs, which mounts the volumes (install it, or pass --mount false)")]
     NoSshfs {
@@ -123,21 +140,12 @@ pub async fn mount(
 ) -> Result<Option<Mount>, MountError> {
     let (dir, read_only, temporary) = match choice {
         MountChoice::No => return Ok(None),
-        MountChoice::Temporary => {
-            let dir = std::env::temp_dir().join(format!(
-                "{}{}",
-                temporary_prefix(name),
-                std::process::id()
-            ));
-            (dir, read_only, true)
-        }
+        MountChoice::Temporary => (temporary_dir(name)?, read_only, true),
         MountChoice::Dir {
             path,
             read_only: ro,
-        } => (path.clone(), read_only || *ro, false),
+        } => (user_dir(path)?, read_only || *ro, false),
     };
-    let created = std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize());
-    let dir = created.map_err(|source| MountError::CreateDir { dir, source })?;
     let sftp = tunneld::open_files(socket, name).await?.into_std()?;
     sftp.set_nonblocking(false)?;
     let replies = sftp.try_clone()?;
@@ -201,32 +209,97 @@ pub fn unmount_session(name: &str) {
     // maker has exited: a running session of the same name (another namespace, or another
     // mount namespace, where its mount is invisible from here) keeps its directory, since
     // removing a mount point detaches the mount in every namespace.
-    let prefix = temporary_prefix(name);
-    for entry in std::fs::read_dir(std::env::temp_dir())
+    for entry in std::fs::read_dir(crate::run_as::temp_dir())
         .into_iter()
         .flatten()
         .flatten()
     {
-        let file_name = entry.file_name();
-        let Some(maker) = file_name
-            .to_string_lossy()
-            .strip_prefix(&prefix)
-            .map(str::to_owned)
-        else {
+        let Some(maker) = maker_of(&entry.file_name().to_string_lossy(), name) else {
             continue;
         };
-        let maker_runs = maker.parse::<u32>().is_ok_and(|pid| {
-            pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
-        });
-        if !maker_runs && !is_mounted(&entry.path()) {
+        let maker_runs =
+            maker != std::process::id() && Path::new("/proc").join(maker.to_string()).exists();
+        use std::os::unix::fs::MetadataExt as _;
+        let own = std::fs::symlink_metadata(entry.path())
+            .is_ok_and(|meta| meta.is_dir() && meta.uid() == crate::private_files::own_uid());
+        if own && !maker_runs && !is_mounted(&entry.path()) {
             let _ = std::fs::remove_dir(entry.path());
         }
     }
 }
 
-/// The start of the names of session `name`'s temporary mount directories.
+/// The start of the names of session `name`'s temporary mount directories; the maker's
+/// process id and a random part follow.
 fn temporary_prefix(name: &str) -> String {
     format!("kubedev-{name}-")
+}
+
+/// A new directory for session `name`'s volumes, in the temporary directory, with a name
+/// no one can make first (mkdtemp: a random part, mode 0700).
+fn temporary_dir(name: &str) -> Result<PathBuf, MountError> {
+    let template = crate::run_as::temp_dir().join(format!(
+        "{}{}-XXXXXX",
+        temporary_prefix(name),
+        std::process::id()
+    ));
+    nix::unistd::mkdtemp(&template).map_err(|errno| MountError::CreateDir {
+        dir: template,
+        source: errno.into(),
+    })
+}
+
+/// Refuses a directory the user gave for the volumes that exists and is not a directory
+/// of this user's own: checked before the session changes anything.
+pub fn check_given_dir(path: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => own_dir(path, &meta),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(MountError::CreateDir {
+            dir: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The directory the user gave for the volumes: made if missing, and refused if it is
+/// anyone else's (whoever made it first could see, or swap, what is mounted there).
+fn user_dir(path: &Path) -> Result<PathBuf, MountError> {
+    let created = std::fs::create_dir_all(path).and_then(|()| path.canonicalize());
+    let dir = created.map_err(|source| MountError::CreateDir {
+        dir: path.to_owned(),
+        source,
+    })?;
+    let meta = std::fs::metadata(&dir).map_err(|source| MountError::CreateDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    own_dir(path, &meta)?;
+    Ok(dir)
+}
+
+/// Refuses what is not a directory of this user's own.
+fn own_dir(path: &Path, meta: &std::fs::Metadata) -> Result<(), MountError> {
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory(path.to_owned()));
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let you = crate::private_files::own_uid();
+    if meta.uid() != you {
+        return Err(MountError::NotOwn {
+            dir: path.to_owned(),
+            owner: meta.uid(),
+            you,
+        });
+    }
+    Ok(())
+}
+
+/// The process that made temporary mount directory `file_name` of session `name`.
+fn maker_of(file_name: &str, name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix(&temporary_prefix(name))?;
+    let (maker, random) = rest.rsplit_once('-')?;
+    (random.len() == 6).then_some(())?;
+    maker.parse().ok()
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -278,7 +351,8 @@ mod tests {
     fn leaving_removes_the_empty_temporary_directories_of_exited_sessions_only() {
         let session = format!("unit-{}", std::process::id());
         let dir_of = |maker: u32| {
-            let dir = std::env::temp_dir().join(format!("{}{maker}", temporary_prefix(&session)));
+            let dir =
+                std::env::temp_dir().join(format!("{}{maker}-a1B2c3", temporary_prefix(&session)));
             std::fs::create_dir_all(&dir).expect("temporary dir");
             dir
         };
@@ -295,6 +369,70 @@ mod tests {
         running.wait().ok();
         std::fs::remove_dir_all(&kept).ok();
         std::fs::remove_dir(&in_use).ok();
+    }
+
+    #[test]
+    fn a_temporary_mount_point_is_new_private_and_unguessable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let session = format!("fresh-{}", std::process::id());
+        // Whoever guesses the old name (the session and the process id) makes it first.
+        let guessed = std::env::temp_dir().join(format!(
+            "{}{}",
+            temporary_prefix(&session),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&guessed).expect("guessed dir");
+        let made = temporary_dir(&session).expect("made");
+        let again = temporary_dir(&session).expect("made");
+        assert_ne!(made, guessed);
+        assert_ne!(made, again);
+        let mode = std::fs::metadata(&made).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let name = made
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(maker_of(&name, &session), Some(std::process::id()));
+        // Another session whose name starts the same is not this one's.
+        assert_eq!(maker_of(&name, "fresh"), None);
+        for dir in [made, again, guessed] {
+            std::fs::remove_dir(dir).ok();
+        }
+    }
+
+    #[test]
+    fn a_mount_dir_given_must_be_a_directory_of_ones_own() {
+        let dir = std::env::temp_dir().join(format!("kubedev-given-{}", std::process::id()));
+        let made = user_dir(&dir.join("volumes")).expect("made");
+        assert!(made.is_dir());
+        let file = dir.join("file");
+        std::fs::write(&file, "").expect("file");
+        assert!(matches!(
+            user_dir(&file),
+            Err(MountError::CreateDir { .. } | MountError::NotADirectory(_))
+        ));
+        // Someone else's directory (root's, or whoever else's this user is not).
+        let theirs = if crate::private_files::own_uid() == 0 {
+            let theirs = dir.join("theirs");
+            std::fs::create_dir_all(&theirs).expect("dir");
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+            theirs
+        } else {
+            PathBuf::from("/")
+        };
+        let err = user_dir(&theirs).expect_err("not own");
+        assert!(matches!(err, MountError::NotOwn { .. }), "{err}");
+        assert!(matches!(
+            check_given_dir(&theirs),
+            Err(MountError::NotOwn { .. })
+        ));
+        assert!(check_given_dir(&dir.join("not yet")).is_ok());
+        assert!(
+            err.to_string().contains("choose a directory of your own"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -1,20 +1,23 @@
-//! Reaching this user's tunneld from a plugin: where its socket is, starting it, and every
-//! request on its control socket ([`crate::control`]): sessions added, held, asked about
-//! and forgotten, their environment and volumes.
+//! Reaching this user's tunneld from a plugin: where its socket is and starting it
+//! ([`start`]), connecting to it and to nothing else ([`connect`]), and every request on
+//! its control socket ([`crate::control`]): sessions added, held, asked about and
+//! forgotten, their environment and volumes.
+
+mod connect;
+mod start;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
 
-use crate::cluster::{ClusterArgs, Connection};
 use crate::control::{ControlReply, ControlRequest, DaemonStatus, Held};
+use crate::private_files::PrivateFileError;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
-
-/// How long a plugin waits for a tunneld it started to open its socket.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub use start::{
+    START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
+};
 
 /// Why a request to tunneld failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,13 +29,63 @@ pub enum TunneldError {
     #[error("tunneld did not start within {START_TIMEOUT:?}; see its log at {0}")]
     DidNotStart(PathBuf),
     /// tunneld could not be started.
-    #[error("cannot start tunneld: {0}")]
-    Spawn(std::io::Error),
-    /// The directory for tunneld's socket, state and log could not be made.
-    #[error("cannot create {}: {source}", dir.display())]
+    #[error("cannot start tunneld ({program}): {source}")]
+    Spawn {
+        /// The program run.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The directory for tunneld's socket, state and log cannot be used.
+    #[error(
+        "cannot keep tunneld's socket and log in {}: {source}; or set KUBEDEV_RUNTIME_DIR to \
+         a directory of your own",
+        dir.display()
+    )]
     RuntimeDir {
         /// The directory.
         dir: PathBuf,
+        /// Why.
+        source: PrivateFileError,
+    },
+    /// tunneld's log cannot be opened (another user's, a symbolic link).
+    #[error("cannot open tunneld's log: {0}")]
+    Log(PrivateFileError),
+    /// The socket file is another user's.
+    #[error(
+        "the socket at {} belongs to uid {owner}{}, not to you: remove it or stop that \
+         tunneld as that user",
+        socket.display(),
+        if *owner == 0 { " (started with sudo?)" } else { "" }
+    )]
+    ForeignSocket {
+        /// The socket.
+        socket: PathBuf,
+        /// Its owner.
+        owner: u32,
+    },
+    /// Something else than a socket is where tunneld's socket belongs.
+    #[error("{} is not a socket (a symbolic link, or a file): remove it", .0.display())]
+    NotASocket(PathBuf),
+    /// The process at the other end of the socket runs as another user: nothing was sent.
+    #[error(
+        "the process serving {} is not your tunneld: it runs as uid {uid} (pid {pid}); \
+         nothing was sent to it. Remove the socket and find out who runs that process",
+        socket.display()
+    )]
+    Impostor {
+        /// The socket.
+        socket: PathBuf,
+        /// The peer's user.
+        uid: u32,
+        /// The peer's process, as the kernel reports it.
+        pid: String,
+    },
+    /// The connection failed for another reason than the above.
+    #[error("cannot connect to tunneld at {}: {source}", socket.display())]
+    Connect {
+        /// The socket.
+        socket: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -52,73 +105,19 @@ pub enum TunneldError {
     },
 }
 
-/// Where this user's tunnelds keep their sockets and state: `$KUBEDEV_RUNTIME_DIR`, else
-/// `$XDG_RUNTIME_DIR/kubedev`, else a directory in /tmp of this user's own.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KUBEDEV_RUNTIME_DIR") {
-        return dir.into();
+impl TunneldError {
+    /// Whether this refuses what is at the socket or in the runtime directory: starting
+    /// a tunneld would not help, the user has to act.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::RuntimeDir { .. }
+                | Self::Log(_)
+                | Self::ForeignSocket { .. }
+                | Self::NotASocket(_)
+                | Self::Impostor { .. }
+        )
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) => PathBuf::from(dir).join("kubedev"),
-        None => std::env::temp_dir().join(format!("kubedev-{}", nix::unistd::getuid())),
-    }
-}
-
-/// The socket of the tunneld for this user and kube context.
-pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
-    let safe: String = context
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    runtime_dir.join(format!("tunneld-{safe}.sock"))
-}
-
-/// The socket of the tunneld for `connection`'s kube context, in [`runtime_dir`] (made if
-/// missing).
-pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
-    let dir = runtime_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| TunneldError::RuntimeDir {
-        dir: dir.clone(),
-        source,
-    })?;
-    let context = connection.context.as_deref().unwrap_or("default");
-    Ok(socket_path(&dir, context))
-}
-
-/// The log of the tunneld serving `socket`.
-pub fn log_path(socket: &Path) -> PathBuf {
-    socket.with_extension("log")
-}
-
-/// The command that starts a tunneld serving `socket` for `cluster`'s context:
-/// `$KUBEDEV_TUNNELD`, else the tunneld beside this plugin, else PATH's.
-pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
-    let binary = std::env::var_os("KUBEDEV_TUNNELD")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let beside = std::env::current_exe().ok()?.with_file_name("tunneld");
-            beside.exists().then_some(beside)
-        })
-        .unwrap_or_else(|| PathBuf::from("tunneld"));
-    let mut command = Command::new(binary);
-    command
-        .arg("--socket")
-        .arg(socket)
-        .arg("--state-dir")
-        .arg(socket.with_extension("state"));
-    if let Some(kubeconfig) = &cluster.kubeconfig {
-        command.arg("--kubeconfig").arg(kubeconfig);
-    }
-    if let Some(context) = &cluster.context {
-        command.arg("--context").arg(context);
-    }
-    command
 }
 
 /// Sends one request and returns tunneld's reply.
@@ -140,9 +139,7 @@ async fn exchange(
 ) -> Result<(UnixStream, ControlReply), TunneldError> {
     let waited = answer_deadline(request);
     let exchanged = async {
-        let mut stream = UnixStream::connect(socket)
-            .await
-            .map_err(|_| TunneldError::NotRunning(socket.to_owned()))?;
+        let mut stream = connect::connect(socket).await?;
         write_message(&mut stream, request).await?;
         let reply = read_message(&mut stream).await?;
         Ok((stream, reply))
@@ -277,36 +274,6 @@ fn unexpected(reply: &ControlReply) -> TunneldError {
     TunneldError::Failed(format!("unexpected answer: {reply:?}"))
 }
 
-/// Makes sure a tunneld answers at `socket`, starting `start` (which must serve that
-/// socket) if none does. The new tunneld is detached from the caller's terminal and
-/// process group, so it outlives the plugin and Ctrl-C in the plugin's terminal.
-pub async fn ensure_running(
-    socket: &Path,
-    mut start: Command,
-    log: &Path,
-) -> Result<(), TunneldError> {
-    if request(socket, &ControlRequest::Status).await.is_ok() {
-        return Ok(());
-    }
-    let log_file = std::fs::File::create(log).map_err(TunneldError::Spawn)?;
-    use std::os::unix::process::CommandExt as _;
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .process_group(0)
-        .spawn()
-        .map_err(TunneldError::Spawn)?;
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        if request(socket, &ControlRequest::Status).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(TunneldError::DidNotStart(log.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,16 +305,6 @@ mod tests {
             Err(TunneldError::NoAnswer { .. })
         ));
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn one_socket_per_context_with_a_safe_name() {
-        let dir = Path::new("/run/user/1000/kubedev");
-        assert_eq!(
-            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev"),
-            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
-        );
-        assert_ne!(socket_path(dir, "a"), socket_path(dir, "b"));
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
 //! The daemon: serves the control socket ([`requests`]), keeps the sessions' tunnels, brings
 //! up the cluster network with the first session ([`cluster_network`]), keeps a session
 //! while its plugin holds it ([`holds`], renewing its lease in [`leases`]), and exits once
-//! no session is left.
+//! no session is left. Only its own user's connections are served ([`peers`]).
 
 mod cluster_network;
 mod holds;
 mod leases;
+mod peers;
 mod requests;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::AgentPool;
 use cluster_network::NetworkState;
 use leases::LeaseKeeping;
+use peers::AllowedPeers;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -121,8 +123,17 @@ impl Daemon {
     }
 
     async fn accept_loop(self: &Arc<Self>, listener: &UnixListener) -> anyhow::Result<()> {
+        let peers = AllowedPeers::this_user();
         loop {
             let (stream, _) = listener.accept().await.context("control socket")?;
+            let allowed = match stream.peer_cred() {
+                Ok(peer) => peers.check(peer.uid(), peer.pid()),
+                Err(err) => Err(format!("refused a control connection: its user: {err}")),
+            };
+            if let Err(refusal) = allowed {
+                tracing::warn!("{refusal}");
+                continue;
+            }
             let daemon = self.clone();
             tokio::spawn(async move {
                 if let Err(err) = daemon.serve_client(stream).await {
@@ -150,16 +161,18 @@ impl Daemon {
     }
 }
 
-/// Binds the control socket, refusing if another tunneld answers there and replacing a
-/// socket file a dead one left behind. Only this user may connect.
+/// Binds the control socket in a directory of this user's own that no one else may enter
+/// (made with mode 0700 if missing), refusing if another tunneld answers there and
+/// replacing a socket file a dead one left behind. Only this user may connect.
 async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        kubedev::private_files::private_dir(dir)
+            .context("the control socket's directory must be tunneld's own")?;
+    }
     if UnixStream::connect(socket).await.is_ok() {
         anyhow::bail!("another tunneld is already serving {}", socket.display());
     }
     let _ = std::fs::remove_file(socket);
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
     let listener =
         UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt as _;

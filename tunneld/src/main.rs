@@ -77,7 +77,14 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     kubedev_process::logging::init();
-    kubedev_process::exit_status(run(Cli::parse()).await)
+    let cli = Cli::parse();
+    // The log is appended to, run after run: each start is marked, with its time and pid.
+    tracing::info!(
+        "---- tunneld {} starting, pid {} ----",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    kubedev_process::exit_status(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -27,8 +27,10 @@ use kubedev_protocol::splice::CHUNK;
 use kubedev_protocol::udp_flows::UdpFlows;
 use udp::{Datagram, FlowKey};
 
-/// The TUN device's name.
-pub(crate) const TUN_NAME: &str = "kubedev-tun";
+/// The TUN device's name, as a template: the kernel puts the first free number for `%d`,
+/// so every tunneld on the machine (one per user and kube context) gets a device of its
+/// own. [`Network::name`] is the name it got.
+pub(crate) const TUN_NAME: &str = "kubedev-tun%d";
 /// The TUN device's own address.
 const TUN_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Where the workstation's resolver sends queries (routed into the TUN, answered by tunneld).
@@ -51,6 +53,7 @@ const UDP_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// vanish with the process, whatever way it exits.
 pub(crate) struct Network {
     device: tun::AsyncDevice,
+    name: String,
 }
 
 impl std::fmt::Debug for Network {
@@ -69,10 +72,16 @@ impl Network {
             .netmask(Ipv4Addr::BROADCAST)
             .mtu(MTU)
             .up();
-        let device = tun::create_as_async(&tun_config).with_context(|| {
-            format!("cannot create the TUN device {TUN_NAME} (it needs root or CAP_NET_ADMIN)")
-        })?;
-        Ok(Self { device })
+        let device = tun::create_as_async(&tun_config)
+            .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
+        use tun::AbstractDevice as _;
+        let name = device.tun_name().context("the TUN device's name")?;
+        Ok(Self { device, name })
+    }
+
+    /// The device's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Serves every flow that enters the device: DNS here, the rest through an agent.
@@ -135,6 +144,31 @@ impl Network {
             () = serve_udp(pool.clone(), dns.clone(), udp) => {}
         }
         anyhow::bail!("the userspace network stack stopped")
+    }
+}
+
+/// Why no TUN device could be made, in words for the user of tunneld running as `uid`.
+fn why_no_device(err: &tun::Error, uid: u32) -> String {
+    let errno = match err {
+        tun::Error::Io(io) => io.raw_os_error(),
+        _ => None,
+    };
+    match errno.map(nix::errno::Errno::from_raw) {
+        Some(nix::errno::Errno::EPERM) => format!(
+            "creating a TUN device needs root or CAP_NET_ADMIN, and tunneld runs as uid {uid} \
+             without them"
+        ),
+        Some(nix::errno::Errno::EACCES) => format!(
+            "/dev/net/tun may not be opened by uid {uid}, whom tunneld runs as (creating a TUN \
+             device needs root or CAP_NET_ADMIN)"
+        ),
+        Some(nix::errno::Errno::EBUSY) => {
+            "every TUN device name tunneld may take is in use (busy)".to_owned()
+        }
+        Some(nix::errno::Errno::ENOENT | nix::errno::Errno::ENODEV) => {
+            "this machine has no /dev/net/tun (the tun kernel module is not loaded)".to_owned()
+        }
+        _ => format!("cannot create a TUN device: {err}"),
     }
 }
 
@@ -276,5 +310,26 @@ async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
             tracing::debug!("tcp {source} -> {target}: done, {sent} bytes out, {received} in")
         }
         Err(err) => tracing::debug!("tcp {source} -> {target}: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_device_is_explained_by_what_the_kernel_said() {
+        let said = |errno: nix::errno::Errno| {
+            why_no_device(&tun::Error::Io(std::io::Error::from(errno)), 1000)
+        };
+        assert!(said(nix::errno::Errno::EPERM).contains("needs root or CAP_NET_ADMIN"));
+        assert!(said(nix::errno::Errno::EACCES).contains("/dev/net/tun may not be opened"));
+        let busy = said(nix::errno::Errno::EBUSY);
+        assert!(busy.contains("busy") && !busy.contains("root"), "{busy}");
+        assert!(said(nix::errno::Errno::ENODEV).contains("no /dev/net/tun"));
+        assert!(
+            TUN_NAME.contains("%d"),
+            "each tunneld gets a device of its own"
+        );
     }
 }

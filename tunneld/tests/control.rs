@@ -41,7 +41,10 @@ impl Tunneld {
     async fn start_for(name: &str, server: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tunneld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
+        // tunneld serves a socket only in a directory of its user's own, closed to others.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .expect("test dir");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_for(server)).expect("kubeconfig");
         let socket = dir.join("tunneld.sock");
@@ -178,6 +181,19 @@ async fn status_answers_only_this_user_and_one_tunneld_serves_a_socket() {
         String::from_utf8_lossy(&second.stderr)
     );
     assert!(tunneld.running(), "the first one is unharmed");
+
+    // A socket in a directory others may write to (they could swap the socket) is refused.
+    let open = tunneld.dir.join("open");
+    std::fs::create_dir(&open).expect("dir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let refused = tunneld_command(&tunneld.dir, &open.join("tunneld.sock"))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("tunneld runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("open to other users"), "{stderr}");
+    assert!(!open.join("tunneld.sock").exists());
 }
 
 #[tokio::test]

@@ -66,10 +66,15 @@ impl fmt::Display for ImageSource {
 }
 
 /// The settings file: `$KUBEDEV_CONFIG`, else `$XDG_CONFIG_HOME/kubedev/config.yaml`, else
-/// `~/.config/kubedev/config.yaml`.
+/// `~/.config/kubedev/config.yaml`; root's own for root through sudo, whose environment
+/// may name the invoking user's.
 pub(super) fn settings_path() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBEDEV_CONFIG") {
         return Ok(path.into());
+    }
+    if kubedev::run_as::through_sudo() {
+        let root = kubedev::run_as::root_home().join(".config");
+        return Ok(root.join("kubedev").join("config.yaml"));
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),

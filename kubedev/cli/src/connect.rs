@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use kubedev::cluster::{ClusterArgs, Connection};
+use kubedev::control::NetworkStatus;
 use kubedev::mode::Mode;
 use kubedev::session::{self, connect};
 use kubedev::tunneld::Hold;
@@ -116,8 +117,8 @@ impl Session for OwnPod<'_> {
         let proxy = self.args.proxy_choices();
         let (variables, network) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
         eprintln!(
-            "connected: the cluster's network is here, through pod {} in namespace {}",
-            self.pod, self.connection.namespace
+            "{}",
+            connected(self.pod, &self.connection.namespace, &network)
         );
         Ok(Live {
             variables,
@@ -135,6 +136,21 @@ impl Session for OwnPod<'_> {
     }
 }
 
+/// What a connect session brought here: the cluster's network only where tunneld says it
+/// is up.
+fn connected(pod: &str, namespace: &str, network: &NetworkStatus) -> String {
+    match network {
+        NetworkStatus::Up { .. } => format!(
+            "connected: the cluster's network is here, through pod {pod} in namespace {namespace}"
+        ),
+        NetworkStatus::Unavailable { .. } | NetworkStatus::Off => format!(
+            "connected to pod {pod} in namespace {namespace}, but without the cluster's \
+             network: service names and pod and service IPs do not reach the cluster from \
+             here, only --to-pod ports do"
+        ),
+    }
+}
+
 /// Ends connect session `name` (of run `owner`, if given): tunneld forgets it and its pod
 /// is deleted; then the hold, if any, is released.
 pub(super) async fn end_connect(
@@ -149,4 +165,30 @@ pub(super) async fn end_connect(
     release_after_the_end(hold).await;
     eprintln!("connect session {name:?} ended");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_claims_the_network_only_where_it_is_up() {
+        let unavailable = NetworkStatus::Unavailable {
+            reason: "creating a TUN device needs root or CAP_NET_ADMIN".into(),
+        };
+        for network in [unavailable, NetworkStatus::Off] {
+            let said = connected("kubedev-connect-x", "shop", &network);
+            assert!(!said.contains("network is here"), "{said}");
+            assert!(said.contains("without the cluster's network"), "{said}");
+        }
+        let up = NetworkStatus::Up {
+            routes: Vec::new(),
+            ranges: Vec::new(),
+            dns: "198.18.0.53".into(),
+            resolver: kubedev::control::ResolverStatus::ResolvConf {
+                path: "/etc/resolv.conf".into(),
+            },
+        };
+        assert!(connected("p", "shop", &up).contains("the cluster's network is here"));
+    }
 }

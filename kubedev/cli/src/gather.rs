@@ -136,7 +136,10 @@ fn add_tunneld_logs(archive: &mut Archive) -> anyhow::Result<()> {
         let path = entry.path();
         if path.extension().is_some_and(|ext| ext == "log") {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let found = std::fs::read_to_string(&path).map_err(anyhow::Error::from);
+            // Only this user's own logs, never through a link to someone else's file.
+            let found = kubedev::private_files::read_own(&path)
+                .map(Option::unwrap_or_default)
+                .map_err(anyhow::Error::from);
             archive.add_found(&format!("tunneld/{name}"), found)?;
         }
     }

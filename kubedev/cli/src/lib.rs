@@ -42,8 +42,12 @@ use kubedev_process::exit_status;
 use manage::run_manage;
 use run::run_session;
 
-/// Runs a plugin: a subcommand, or a session on the workload.
+/// Runs a plugin: a subcommand, or a session on the workload. Root through sudo is refused
+/// before anything is made (see [`kubedev::run_as`]).
 pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
+    if let Err(err) = kubedev::run_as::run_as() {
+        return exit_status(Err(err.into()));
+    }
     let PluginArgs {
         manage,
         workload,

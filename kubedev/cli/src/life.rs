@@ -86,7 +86,9 @@ pub(super) async fn live_through<S: Session>(
         }
     };
     let live = tokio::select! {
-        live = session.go_live(&started) => live.map(Some),
+        live = session.go_live(&started) => {
+            live.and_then(|live| for_the_command(live, &life.args.command)).map(Some)
+        }
         () = signals.recv() => Ok(None),
     };
     let live = match live {
@@ -110,6 +112,25 @@ pub(super) async fn live_through<S: Session>(
     }
     let pods = S::pods(&started);
     stay_until_the_end(life, session, pods, live, signals, hold).await
+}
+
+/// Gives `-- CMD`, if there is one, the container's environment but the variables that stay
+/// this machine's ([`kubedev::env::for_command`]), saying which; refused if a name is not
+/// one every shell can carry.
+fn for_the_command(mut live: Live, command: &[String]) -> anyhow::Result<Live> {
+    let Some(program) = command.first() else {
+        return Ok(live);
+    };
+    let (given, kept_here) = kubedev::env::for_command(&live.variables)?;
+    if !kept_here.is_empty() {
+        eprintln!(
+            "warning: {program} keeps this machine's {}: the container's values would decide \
+             how programs here load code or run (the env files have them)",
+            kept_here.join(", ")
+        );
+    }
+    live.variables = given;
+    Ok(live)
 }
 
 /// Keeps a live foreground session until it ends, then ends it.
@@ -227,6 +248,7 @@ async fn end_lease(connection: &Connection, owner: &str) {
 
 /// A session usable here.
 pub(super) struct Live {
+    /// The container's environment; once live, what `-- CMD` gets of it.
     pub(super) variables: BTreeMap<String, String>,
     pub(super) mounted: Option<Mount>,
     /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.

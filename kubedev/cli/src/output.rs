@@ -25,8 +25,10 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
     match network {
         NetworkStatus::Off => Vec::new(),
         NetworkStatus::Unavailable { reason } => vec![format!(
-            "the cluster's network (service names, pod and service IPs) is not available on \
-             this machine: {reason}. Intercepted traffic and the environment work without it."
+            "the cluster's network (service names, pod and service IPs) is not available \
+             without root on this machine ({reason}); the privileged network helper brings it \
+             to the whole machine (see the README). Sessions' traffic, environment and \
+             volumes, and --to-pod ports, work without it"
         )],
         NetworkStatus::Up {
             ranges,

@@ -38,6 +38,9 @@ pub(super) async fn run_session(
     )?;
     let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
     check_local_ports(&args.to_pod)?;
+    if let Some(MountChoice::Dir { path, .. }) = &args.mount {
+        mount::check_given_dir(path)?;
+    }
     reclaim_expired(&connection, &plan.owner, plan.timeout).await;
     let life = Life {
         connection: &connection,
@@ -251,11 +254,11 @@ async fn mount_volumes(
 
 fn write_env_files(args: &SessionArgs, variables: &BTreeMap<String, String>) -> anyhow::Result<()> {
     if let Some(path) = &args.env_file {
-        env::write_private(path, &env::format(variables, args.env_syntax))?;
+        env::write_private(path, &env::format(variables, args.env_syntax)?)?;
         eprintln!("environment written to {}", path.display());
     }
     if let Some(path) = &args.env_json {
-        env::write_private(path, &env::format(variables, EnvSyntax::Json))?;
+        env::write_private(path, &env::format(variables, EnvSyntax::Json)?)?;
         eprintln!("environment written to {}", path.display());
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kubedev::control::DaemonStatus;
 
 use crate::TestCluster;
-use crate::workstation::{ORIGINAL_RESOLV_CONF, as_developer};
+use crate::workstation::{ORIGINAL_RESOLV_CONF, as_developer, private_dir};
 
 /// Drops the pods' network namespace mounts from the new mount namespace (a long-lived
 /// copy would keep containerd from removing them), shows `$0` as /etc/resolv.conf, and
@@ -36,7 +36,8 @@ impl NodeShell {
             std::process::id(),
             crate::unique_suffix()
         ));
-        fs::create_dir_all(&state_dir).expect("state dir");
+        // kubedev's runtime directory, closed to other users.
+        private_dir(&state_dir);
         let resolv_conf = resolv_conf.unwrap_or_else(|| {
             let own = state_dir.join("resolv.conf");
             fs::write(&own, ORIGINAL_RESOLV_CONF).expect("write resolv.conf");

@@ -34,6 +34,10 @@ pub struct Workstation {
     pub netns: String,
     host_link: String,
     state_dir: PathBuf,
+    /// tunneld's socket, log and state, and the plugins' runtime directory: closed to other
+    /// users, as kubedev requires (the state directory is not: systemd-resolved, run as
+    /// another user, reaches its bus there).
+    runtime_dir: PathBuf,
     socket: PathBuf,
     pub tunneld_log: PathBuf,
     tunneld_pid: Option<u32>,
@@ -100,9 +104,11 @@ impl Workstation {
         fs::write(etc.join("resolv.conf"), ORIGINAL_RESOLV_CONF).expect("write resolv.conf");
         let state_dir = std::env::temp_dir().join(format!("kubedev-{netns}"));
         fs::create_dir_all(&state_dir).expect("state dir");
+        let runtime_dir = private_dir(&state_dir.join("run"));
         Self {
-            tunneld_log: state_dir.join("tunneld.log"),
-            socket: state_dir.join("tunneld.sock"),
+            tunneld_log: runtime_dir.join("tunneld.log"),
+            socket: runtime_dir.join("tunneld.sock"),
+            runtime_dir,
             netns,
             host_link,
             state_dir,
@@ -183,7 +189,7 @@ impl Workstation {
             .arg("--kubeconfig")
             .arg(&cluster.admin_kubeconfig)
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(self.runtime_dir.join("state"))
             .args(["--idle-exit-secs", "1"])
             .envs(self.tunneld_env.iter().map(|(k, v)| (k, v)))
             // KUBEDEV_TEST_TUNNELD_LOG=debug shows every flow when a test fails.
@@ -350,7 +356,7 @@ impl Workstation {
             .arg(program)
             .args(args)
             .env("KUBECONFIG", &cluster.dev_kubeconfig)
-            .env("KUBEDEV_RUNTIME_DIR", &self.state_dir)
+            .env("KUBEDEV_RUNTIME_DIR", &self.runtime_dir)
             .env("KUBEDEV_CONFIG", self.state_dir.join("config.yaml"))
             .env("KUBEDEV_LOG", "info")
             .env_remove("KUBEDEV_TUNNELD")
@@ -360,7 +366,7 @@ impl Workstation {
 
     fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.long_lived();
-        as_developer(&mut command, cluster, &self.state_dir, plugin, args);
+        as_developer(&mut command, cluster, &self.runtime_dir, plugin, args);
         command
     }
 
@@ -598,6 +604,16 @@ impl Drop for Workstation {
         let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
         let _ = fs::remove_dir_all(&self.state_dir);
     }
+}
+
+/// Makes `dir` with mode 0700, as kubedev wants its runtime directory.
+pub(crate) fn private_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
+    dir.to_owned()
 }
 
 /// Kills every tunneld whose socket is in `dir`: a failed test leaves none behind.

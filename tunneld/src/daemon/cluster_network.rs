@@ -15,7 +15,7 @@ use crate::network::resolv_conf::{CommandResolvConf, ResolvConf};
 use crate::network::route_plan::{self, Exclusion, Wanted};
 use crate::network::systemd_resolved::{self, ResolvedLink};
 use crate::network::tun_routes::TunRoutes;
-use crate::network::{DNS_IP, Network, TUN_NAME, dns::DnsAnswerer, kubelet};
+use crate::network::{DNS_IP, Network, dns::DnsAnswerer, kubelet};
 
 /// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
 #[derive(Debug)]
@@ -56,6 +56,8 @@ pub(super) struct UpNetwork {
     cluster: Vec<Cidr>,
     /// The API server's own addresses, never routed.
     api_server: Vec<Exclusion>,
+    /// The TUN device's name.
+    device: String,
     routes: TunRoutes,
     ranges: Vec<RangeStatus>,
     /// Restores the workstation's DNS settings when dropped.
@@ -118,7 +120,8 @@ impl Daemon {
             self.settings.routes.clone()
         };
         let network = Network::create()?;
-        let routes = TunRoutes::new(TUN_NAME).await?;
+        let device = network.name().to_owned();
+        let routes = TunRoutes::new(&device).await?;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
         let search = vec![
             format!("{namespace}.svc.{domain}"),
@@ -126,10 +129,11 @@ impl Daemon {
             domain.to_owned(),
         ];
         let api_server = api_server_exclusions(&self.api_server).await;
-        let (resolver, upstream) = self.point_resolver(domain, &search)?;
+        let (resolver, upstream) = self.point_resolver(domain, &search, &device)?;
         let mut up = UpNetwork {
             cluster,
             api_server,
+            device,
             routes,
             ranges: Vec::new(),
             resolver,
@@ -163,7 +167,7 @@ impl Daemon {
         let mut routes = plan.routes.clone();
         routes.push(Cidr::from(DNS_IP));
         for (route, err) in up.routes.set(&routes).await {
-            tracing::warn!("could not add route {route} dev {TUN_NAME}: {err}");
+            tracing::warn!("could not add route {route} dev {}: {err}", up.device);
             let holder = plan
                 .ranges
                 .iter_mut()
@@ -176,7 +180,7 @@ impl Daemon {
             }
         }
         let listed: Vec<String> = up.routes.added().iter().map(ToString::to_string).collect();
-        tracing::info!("cluster network on {TUN_NAME}: {}", listed.join(", "));
+        tracing::info!("cluster network on {}: {}", up.device, listed.join(", "));
         for range in &plan.ranges {
             match range.state {
                 RangeState::Routed if range.except.is_empty() => {}
@@ -203,13 +207,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Points the system resolver at tunneld's DNS, unless a kubelet on this machine hands
+    /// Points the system resolver at tunneld's DNS (through `device`, where systemd-resolved
+    /// runs), unless a kubelet on this machine hands
     /// what would change to its pods. Returns how, and the nameserver to forward other
     /// names to.
     fn point_resolver(
         &self,
         domain: &str,
         search: &[String],
+        device: &str,
     ) -> anyhow::Result<(Resolver, Option<std::net::SocketAddr>)> {
         let kubelets = kubelet::find();
         let handed_out = |file: &Path| {
@@ -247,7 +253,7 @@ impl Daemon {
             return unchanged(reason);
         }
         if through_resolved {
-            let link = ResolvedLink::configure(TUN_NAME, DNS_IP, domain, search)?;
+            let link = ResolvedLink::configure(device, DNS_IP, domain, search)?;
             // resolved sends only cluster names here: there is nothing to forward.
             return Ok((Resolver::SystemdResolved(link), None));
         }

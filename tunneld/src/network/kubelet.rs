@@ -2,7 +2,9 @@
 //! laptop), and which resolver file it hands to pods: the file a pod with `dnsPolicy:
 //! Default` gets a copy of, whose search domains every other pod gets too. tunneld never
 //! changes that file: a pod started meanwhile would keep an address that only tunneld
-//! serves, long after tunneld is gone.
+//! serves, long after tunneld is gone. Only a kubelet no local user could fake counts: one
+//! that runs as root from an executable root owns and no one else may change; a process
+//! any user can start under that name is ignored.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -43,17 +45,71 @@ pub(crate) fn find() -> Vec<Kubelet> {
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args: Vec<String> = raw
-                .split(|byte| *byte == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
+            let args = command_line(pid)?;
             let read_config = |path: &Path| std::fs::read_to_string(through_root(pid, path)).ok();
             let resolv_confs = resolver_files(&args, read_config)?;
+            if !runs_as_root_from_roots_file(pid) {
+                tracing::info!(
+                    "process {pid} is named like a kubelet, but does not run as root from an \
+                     executable only root may change: not taken for one"
+                );
+                return None;
+            }
             Some(Kubelet { pid, resolv_confs })
         })
         .collect()
+}
+
+/// The arguments process `pid` runs with, its program first.
+fn command_line(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect(),
+    )
+}
+
+/// What matters of a process's executable.
+#[derive(Debug, Clone, Copy)]
+struct Executable {
+    regular: bool,
+    owner: u32,
+    mode: u32,
+}
+
+/// Whether process `pid` runs as root from an executable root owns and only root may
+/// change. Where this cannot be read (another user's process, for a tunneld without root),
+/// it is not.
+fn runs_as_root_from_roots_file(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let executable = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|meta| Executable {
+            regular: meta.is_file(),
+            owner: meta.uid(),
+            mode: meta.mode(),
+        });
+    trusted(status.as_deref(), executable)
+}
+
+/// Whether a process with `status` (its /proc status) and `executable` is root's: every
+/// one of its user ids is 0, and its executable is a regular file of root's that neither
+/// its group nor others may write.
+fn trusted(status: Option<&str>, executable: Option<Executable>) -> bool {
+    let root_only = status.is_some_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                !ids.is_empty() && ids.iter().all(|id| *id == "0")
+            })
+    });
+    let roots_file =
+        executable.is_some_and(|exe| exe.regular && exe.owner == 0 && exe.mode & 0o022 == 0);
+    root_only && roots_file
 }
 
 /// `path` as process `pid` sees it, through its own root (a container's, say).
@@ -219,5 +275,61 @@ mod tests {
         assert_eq!(kubelet.hands_out(&link), Some(file.as_path()));
         assert_eq!(kubelet.hands_out(Path::new("/proc/self/status")), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_kubelet_run_by_root_from_roots_file_counts() {
+        let root = "Name:\tkubelet\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        let user = "Name:\tkubelet\nUid:\t1000\t1000\t1000\t1000\n";
+        let setuid_by_user = "Uid:\t1000\t0\t0\t0\n";
+        let roots = Executable {
+            regular: true,
+            owner: 0,
+            mode: 0o100_755,
+        };
+        assert!(trusted(Some(root), Some(roots)));
+        assert!(!trusted(Some(user), Some(roots)));
+        assert!(!trusted(Some(setuid_by_user), Some(roots)));
+        assert!(
+            !trusted(Some(root), None),
+            "an executable that cannot be read"
+        );
+        assert!(!trusted(None, Some(roots)));
+        let users = Executable {
+            owner: 1000,
+            ..roots
+        };
+        assert!(!trusted(Some(root), Some(users)));
+        let group_writable = Executable {
+            mode: 0o100_775,
+            ..roots
+        };
+        assert!(!trusted(Some(root), Some(group_writable)));
+    }
+
+    #[test]
+    fn a_kubelet_any_user_could_start_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("kubedev-fake-kubelet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fake = dir.join("kubelet");
+        std::fs::copy("/bin/sleep", &fake).expect("copy sleep");
+        // Writable by anyone: whoever runs it, anyone could have put anything there.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let mut running = std::process::Command::new(&fake)
+            .arg("30")
+            .spawn()
+            .expect("run the fake kubelet");
+        let pid = running.id();
+        let named = command_line(pid).expect("it runs");
+        assert!(
+            resolver_files(&named, no_config).is_some(),
+            "named like a kubelet"
+        );
+        let found = find();
+        running.kill().ok();
+        running.wait().ok();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(found.iter().all(|kubelet| kubelet.pid != pid), "{found:?}");
     }
 }

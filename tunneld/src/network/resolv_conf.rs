@@ -3,12 +3,15 @@
 //! its original content back when tunneld exits. The original is also kept in tunneld's
 //! state directory, so a run after a crash restores it first. Where the machine's resolver
 //! must stay as it is, the same content goes to a file of tunneld's own instead, for
-//! commands given their own view of /etc/resolv.conf.
+//! commands given their own view of /etc/resolv.conf. The state directory and its files
+//! are tunneld's own (see [`private_files`]): a saved original planted by someone else is
+//! never written back.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use kubedev::private_files;
 
 const MARKER: &str = "# kubedev tunneld: the original is restored when tunneld exits";
 
@@ -29,8 +32,12 @@ impl ResolvConf {
         dns: Ipv4Addr,
         search: &[String],
     ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
+        private_files::private_dir(state_dir).context("tunneld's state directory")?;
         let backup = state_dir.join("resolv.conf.original");
-        if let Ok(left_behind) = std::fs::read_to_string(&backup) {
+        // Written back into the machine's resolver: only if tunneld itself saved it.
+        let left_behind = private_files::read_own(&backup)
+            .context("the resolver configuration an earlier run saved")?;
+        if let Some(left_behind) = left_behind {
             tracing::info!(
                 "restoring {} left changed by an earlier run",
                 path.display()
@@ -39,9 +46,7 @@ impl ResolvConf {
         }
         let original =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        std::fs::create_dir_all(state_dir)?;
-        std::fs::write(&backup, &original)
-            .with_context(|| format!("write {}", backup.display()))?;
+        private_files::write_own(&backup, &original)?;
         write_in_place(path, &rewritten(&original, dns, search))?;
         let upstream = upstream_of(&original);
         Ok((
@@ -79,10 +84,9 @@ impl CommandResolvConf {
     ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
         let original = std::fs::read_to_string(system)
             .with_context(|| format!("read {}", system.display()))?;
-        std::fs::create_dir_all(state_dir)?;
+        private_files::private_dir(state_dir).context("tunneld's state directory")?;
         let path = state_dir.join("resolv.conf.for-commands");
-        std::fs::write(&path, rewritten(&original, dns, search))
-            .with_context(|| format!("write {}", path.display()))?;
+        private_files::write_own(&path, &rewritten(&original, dns, search))?;
         let upstream = upstream_of(&original);
         Ok((Self { path }, upstream))
     }
@@ -188,8 +192,9 @@ mod tests {
         let system = dir.join("resolv.conf");
         std::fs::write(&system, ORIGINAL).expect("write");
         let search = vec!["shop.svc.cluster.local".to_owned()];
+        let state = dir.join("state");
         let (file, upstream) =
-            CommandResolvConf::write(&system, &dir, Ipv4Addr::new(198, 18, 0, 53), &search)
+            CommandResolvConf::write(&system, &state, Ipv4Addr::new(198, 18, 0, 53), &search)
                 .expect("write");
         assert_eq!(upstream, Some("192.0.2.53:53".parse().expect("addr")));
         let content = std::fs::read_to_string(file.path()).expect("read");
@@ -234,6 +239,35 @@ mod tests {
             "not our own address"
         );
         drop(guard);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_saved_original_planted_through_a_link_is_never_written_back() {
+        let dir = std::env::temp_dir().join(format!("kubedev-planted-{}", std::process::id()));
+        let state = dir.join("state");
+        private_files::private_dir(&state).expect("state dir");
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, ORIGINAL).expect("write");
+        let planted = dir.join("attacker's");
+        std::fs::write(&planted, "nameserver 203.0.113.66\n").expect("write");
+        std::os::unix::fs::symlink(&planted, state.join("resolv.conf.original")).expect("link");
+        let err = ResolvConf::install(&path, &state, Ipv4Addr::new(198, 18, 0, 53), &[])
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
+
+        // A state directory others can write to is refused before anything is saved there.
+        std::fs::remove_file(state.join("resolv.conf.original")).expect("remove");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = ResolvConf::install(&path, &state, Ipv4Addr::new(198, 18, 0, 53), &[])
+            .expect_err("refused");
+        assert!(
+            format!("{err:#}").contains("open to other users"),
+            "{err:#}"
+        );
         assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
         let _ = std::fs::remove_dir_all(&dir);
     }

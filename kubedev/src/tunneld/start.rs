@@ -1,0 +1,194 @@
+//! Where this user's tunneld is (its runtime directory, socket and log), and starting it
+//! when none answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{TunneldError, request};
+use crate::cluster::{ClusterArgs, Connection};
+use crate::control::ControlRequest;
+use crate::private_files;
+use crate::run_as;
+
+/// How long a plugin waits for a tunneld it started to open its socket.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where this user's tunnelds keep their sockets and state: `$KUBEDEV_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/kubedev`, else a directory in /tmp of this user's own; for root
+/// through sudo (see [`run_as`]), /run/kubedev rather than the invoking user's.
+pub fn runtime_dir() -> PathBuf {
+    choose_runtime_dir(
+        |name| std::env::var_os(name),
+        run_as::through_sudo(),
+        nix::unistd::getuid().as_raw(),
+    )
+}
+
+fn choose_runtime_dir(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    through_sudo: bool,
+    uid: u32,
+) -> PathBuf {
+    if let Some(dir) = env("KUBEDEV_RUNTIME_DIR") {
+        return dir.into();
+    }
+    if through_sudo {
+        return PathBuf::from(run_as::ROOT_RUNTIME_DIR);
+    }
+    match env("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kubedev"),
+        None => std::env::temp_dir().join(format!("kubedev-{uid}")),
+    }
+}
+
+/// The socket of the tunneld for this user and kube context.
+pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
+    let safe: String = context
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    runtime_dir.join(format!("tunneld-{safe}.sock"))
+}
+
+/// The socket of the tunneld for `connection`'s kube context, in [`runtime_dir`]: made
+/// with mode 0700 if missing, and refused if it is anyone else's or open to others (see
+/// [`private_files::private_dir`]).
+pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
+    let dir = runtime_dir();
+    private_files::private_dir(&dir).map_err(|source| TunneldError::RuntimeDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    let context = connection.context.as_deref().unwrap_or("default");
+    Ok(socket_path(&dir, context))
+}
+
+/// The log of the tunneld serving `socket`.
+pub fn log_path(socket: &Path) -> PathBuf {
+    socket.with_extension("log")
+}
+
+/// The command that starts a tunneld serving `socket` for `cluster`'s context:
+/// `$KUBEDEV_TUNNELD`, else the tunneld beside this plugin, else PATH's.
+pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
+    let binary = std::env::var_os("KUBEDEV_TUNNELD")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let beside = std::env::current_exe().ok()?.with_file_name("tunneld");
+            beside.exists().then_some(beside)
+        })
+        .unwrap_or_else(|| PathBuf::from("tunneld"));
+    let mut command = Command::new(binary);
+    command
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(socket.with_extension("state"));
+    if let Some(kubeconfig) = &cluster.kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    if let Some(context) = &cluster.context {
+        command.arg("--context").arg(context);
+    }
+    command
+}
+
+/// Makes sure this user's tunneld answers at `socket`, starting `start` (which must serve
+/// that socket) if none does, with its log appended to `log`. The new tunneld is detached
+/// from the caller's terminal and process group, so it outlives the plugin and Ctrl-C in
+/// the plugin's terminal. A socket or log that is not this user's is refused, never
+/// replaced.
+pub async fn ensure_running(
+    socket: &Path,
+    mut start: Command,
+    log: &Path,
+) -> Result<(), TunneldError> {
+    match request(socket, &ControlRequest::Status).await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.is_refusal() => return Err(err),
+        Err(_) => {}
+    }
+    let log_file = private_files::append_own(log).map_err(TunneldError::Log)?;
+    use std::os::unix::process::CommandExt as _;
+    start
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| TunneldError::Spawn {
+            program: start.get_program().to_string_lossy().into_owned(),
+            source,
+        })?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        match request(socket, &ControlRequest::Status).await {
+            Ok(_) => return Ok(()),
+            Err(err) if err.is_refusal() => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Err(TunneldError::DidNotStart(log.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn one_socket_per_context_with_a_safe_name() {
+        let dir = Path::new("/run/user/1000/kubedev");
+        assert_eq!(
+            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev"),
+            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
+        );
+        assert_ne!(socket_path(dir, "a"), socket_path(dir, "b"));
+    }
+
+    #[test]
+    fn root_through_sudo_keeps_out_of_the_invoking_users_runtime_dir() {
+        let xdg =
+            |name: &str| (name == "XDG_RUNTIME_DIR").then(|| OsString::from("/run/user/1000"));
+        assert_eq!(
+            choose_runtime_dir(xdg, false, 1000),
+            Path::new("/run/user/1000/kubedev")
+        );
+        assert_eq!(choose_runtime_dir(xdg, true, 0), Path::new("/run/kubedev"));
+        assert_eq!(
+            choose_runtime_dir(|_| None, false, 1000),
+            std::env::temp_dir().join("kubedev-1000")
+        );
+        let given = |name: &str| (name == "KUBEDEV_RUNTIME_DIR").then(|| OsString::from("/srv/kd"));
+        assert_eq!(choose_runtime_dir(given, true, 0), Path::new("/srv/kd"));
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_log_is_refused_and_its_target_left_alone() {
+        let dir = std::env::temp_dir().join(format!("kubedev-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        private_files::private_dir(&dir).expect("dir");
+        let target = dir.join("precious");
+        std::fs::write(&target, "precious\n").expect("write");
+        let log = dir.join("tunneld.log");
+        std::os::unix::fs::symlink(&target, &log).expect("symlink");
+        let socket = dir.join("tunneld.sock");
+        let err = ensure_running(&socket, Command::new("true"), &log)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, TunneldError::Log(_)), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("read"),
+            "precious\n"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
