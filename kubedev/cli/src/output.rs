@@ -24,12 +24,17 @@ pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<
 pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<String> {
     match network {
         NetworkStatus::Off => Vec::new(),
-        NetworkStatus::Unavailable { reason } => vec![format!(
-            "the cluster's network (service names, pod and service IPs) is not available \
-             without root on this machine ({reason}); the privileged network helper brings it \
-             to the whole machine (see the README). Sessions' traffic, environment and \
-             volumes, and --to-pod ports, work without it"
-        )],
+        NetworkStatus::Unavailable { reason } => {
+            // tunneld runs as this plugin's user.
+            let root = kubedev::private_files::own_uid() == 0;
+            let without = if root { "" } else { " without root" };
+            vec![format!(
+                "the cluster's network (service names, pod and service IPs) is not available\
+                 {without} on this machine ({reason}); the privileged network helper brings it \
+                 to the whole machine (see the README). Sessions' traffic, environment and \
+                 volumes, and --to-pod ports, work without it"
+            )]
+        }
         NetworkStatus::Up {
             ranges,
             resolver,

@@ -331,6 +331,12 @@ impl Workstation {
         self.run_ok(&add);
     }
 
+    /// Where the plugins run in this workstation keep their tunneld's socket, log and state
+    /// (`KUBEDEV_RUNTIME_DIR`).
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
     /// A file for this workstation's test to write (`name` in its state directory).
     pub fn file(&self, name: &str) -> PathBuf {
         self.state_dir.join(name)
