@@ -114,6 +114,7 @@ async fn another_user_can_neither_plant_kubedevs_files_nor_stand_in_for_its_tunn
     let socket = tunneld_socket(&runtime);
     tunneld_serves_no_other_user(&socket).await;
     stop_tunneld(&victim, &socket);
+    roots_leftovers_are_named_not_used(&victim, &socket);
     a_stand_in_for_tunneld_is_sent_nothing(&victim, &attacker, &socket);
     assert_eq!(ns.stored_deployment_and_service("web").await, before);
 }
@@ -230,6 +231,32 @@ fn stop_tunneld(victim: &Victim<'_>, socket: &Path) {
     )
     .expect("signal tunneld");
     wait_until("tunneld removes its socket", || !socket.exists());
+}
+
+/// A log and a socket root left in the developer's directory (an earlier run with sudo)
+/// are refused, saying whose they are and what to do, not written to or connected to.
+fn roots_leftovers_are_named_not_used(victim: &Victim<'_>, socket: &Path) {
+    let log = socket.with_extension("log");
+    clear(&log);
+    std::fs::write(&log, "root's\n").expect("root's log");
+    refused(
+        &victim.ingest(&[]),
+        &["tunneld's log", "belongs to uid 0", "sudo", "remove it"],
+    );
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "root's\n");
+    clear(&log);
+
+    let roots = std::os::unix::net::UnixListener::bind(socket).expect("root's socket");
+    refused(
+        &victim.ingest(&[]),
+        &[
+            "belongs to uid 0 (started with sudo?)",
+            "remove it or stop that tunneld",
+        ],
+    );
+    assert!(!victim.command_ran());
+    drop(roots);
+    clear(socket);
 }
 
 /// The attacker's process listens where the developer's tunneld did, recording whatever it
