@@ -1,7 +1,7 @@
 //! The app container's environment written for the workstation, in the syntax the user's
 //! tools read (`--env-syntax`), and the files it goes to (`--env-file`, `--env-json`):
 //! created with mode 0600, since they hold secrets. Only names that every syntax and shell
-//! can carry are written ([`check_names`]); what `-- CMD` gets is in [`command`].
+//! can carry are written ([`check_names`]); what `-- CMD` gets is [`for_command`].
 
 mod command;
 

@@ -1,7 +1,8 @@
 //! Reaching this user's tunneld from a plugin: where its socket is and starting it
-//! ([`start`]), connecting to it and to nothing else ([`connect`]), and every request on
-//! its control socket ([`crate::control`]): sessions added, held, asked about and
-//! forgotten, their environment and volumes.
+//! ([`socket_for`], [`ensure_running`]), connecting to it and to nothing else (its socket
+//! and the process behind it must be this user's: see [`TunneldError::Impostor`]), and
+//! every request on its control socket ([`crate::control`]): sessions added, held, asked
+//! about and forgotten, their environment and volumes.
 
 mod connect;
 mod start;

@@ -411,6 +411,17 @@ async fn the_workloads_environment_cannot_choose_what_runs_on_the_workstation() 
     );
     assert!(written.contains("HOME='/evil'"), "{written}");
 
+    a_name_bash_would_import_as_a_function_is_refused(&ns, &workstation, &developer).await;
+    assert_eq!(developer.files_not_own(), Vec::<PathBuf>::new());
+}
+
+/// The workload `badname` has a variable bash would import as a function: its `-- CMD` is
+/// refused before it runs, and the session ends with the workload restored.
+async fn a_name_bash_would_import_as_a_function_is_refused(
+    ns: &TestNamespace,
+    workstation: &Workstation,
+    developer: &Developer,
+) {
     let template = |deployment: Deployment| {
         serde_json::to_value(deployment.spec.map(|spec| spec.template)).expect("json")
     };
@@ -418,7 +429,7 @@ async fn the_workloads_environment_cannot_choose_what_runs_on_the_workstation() 
     let marker = developer.home.join("greeted");
     let greet = format!("greet; touch {}", marker.display());
     let output = developer.kubectl(
-        &workstation,
+        workstation,
         &[
             "ingest", "badname", "-n", &ns.name, "--", "bash", "-c", &greet,
         ],
@@ -433,7 +444,6 @@ async fn the_workloads_environment_cannot_choose_what_runs_on_the_workstation() 
         after, before,
         "the session was ended and the workload restored"
     );
-    assert_eq!(developer.files_not_own(), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
