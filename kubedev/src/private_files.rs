@@ -18,7 +18,7 @@ use nix::fcntl::OFlag;
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFileError {
     /// It could not be made or opened.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// What was being done: `create`, `open`, `read`, `write`.
         action: &'static str,

@@ -30,7 +30,7 @@ pub enum TunneldError {
     #[error("tunneld did not start within {START_TIMEOUT:?}; see its log at {0}")]
     DidNotStart(PathBuf),
     /// tunneld could not be started.
-    #[error("cannot start tunneld ({program}): {source}")]
+    #[error("cannot start tunneld ({program})")]
     Spawn {
         /// The program run.
         program: String,
@@ -39,15 +39,15 @@ pub enum TunneldError {
     },
     /// The directory for tunneld's socket, state and log cannot be used.
     #[error(
-        "cannot keep tunneld's socket and log in {}: {source}; or set KUBEDEV_RUNTIME_DIR to \
-         a directory of your own",
+        "cannot keep tunneld's socket and log in {}: {why}; or set KUBEDEV_RUNTIME_DIR to a \
+         directory of your own",
         dir.display()
     )]
     RuntimeDir {
         /// The directory.
         dir: PathBuf,
-        /// Why.
-        source: PrivateFileError,
+        /// Why, in words that say what to do.
+        why: PrivateFileError,
     },
     /// tunneld's log cannot be opened (another user's, a symbolic link).
     #[error("cannot open tunneld's log: {0}")]
@@ -83,7 +83,7 @@ pub enum TunneldError {
         pid: String,
     },
     /// The connection failed for another reason than the above.
-    #[error("cannot connect to tunneld at {}: {source}", socket.display())]
+    #[error("cannot connect to tunneld at {}", socket.display())]
     Connect {
         /// The socket.
         socket: PathBuf,

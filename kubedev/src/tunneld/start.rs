@@ -62,9 +62,9 @@ pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
 /// [`private_files::private_dir`]).
 pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
     let dir = runtime_dir();
-    private_files::private_dir(&dir).map_err(|source| TunneldError::RuntimeDir {
+    private_files::private_dir(&dir).map_err(|why| TunneldError::RuntimeDir {
         dir: dir.clone(),
-        source,
+        why,
     })?;
     let context = connection.context.as_deref().unwrap_or("default");
     Ok(socket_path(&dir, context))

@@ -321,10 +321,18 @@ mod tests {
             .spawn()
             .expect("run the fake kubelet");
         let pid = running.id();
-        let named = command_line(pid).expect("it runs");
+        // The kernel sets a new program's arguments a moment after spawn returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let named = loop {
+            let named = command_line(pid).expect("it runs");
+            if !named.is_empty() || std::time::Instant::now() > deadline {
+                break named;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert!(
             resolver_files(&named, no_config).is_some(),
-            "named like a kubelet"
+            "named like a kubelet: {named:?}"
         );
         let found = find();
         running.kill().ok();
