@@ -4,6 +4,7 @@
 //! module.
 //! Messages use the agent protocol's framing (length-prefixed JSON).
 
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +68,50 @@ pub enum ControlRequest {
     Hold(Held),
     /// Ends a `Hold`, on its connection: the plugin has ended the session.
     Release,
+    /// Serve the network namespace session `name`'s command runs in (made by the plugin,
+    /// unprivileged: see [`NamespaceFiles`]), whose files follow this message. tunneld
+    /// answers `CommandNetwork`, then serves the namespace's TUN device (the cluster's
+    /// ranges and names, everything else from this machine) and delivers the session's
+    /// incoming connections inside it, until this connection closes or the session ends.
+    ServeCommandNetwork {
+        /// The session whose command runs in the namespace.
+        name: String,
+    },
+}
+
+/// The MTU of tunneld's TUN devices, its own and those of the commands' network namespaces:
+/// large packets mean fewer trips through its userspace stack.
+pub const TUN_MTU: u16 = 65_000;
+
+/// The open files that make a command's network namespace reachable from outside: its TUN
+/// device, its user namespace and its network namespace, passed in this order
+/// ([`crate::fd_passing`]).
+#[derive(Debug)]
+pub struct NamespaceFiles {
+    /// The TUN device all of the namespace's traffic is routed into.
+    pub tun: OwnedFd,
+    /// `/proc/PID/ns/user` of the namespace's maker: whoever joins the network namespace
+    /// joins this one first.
+    pub user: OwnedFd,
+    /// `/proc/PID/ns/net`.
+    pub network: OwnedFd,
+}
+
+impl NamespaceFiles {
+    /// The files in the order they are passed.
+    pub fn as_sent(&self) -> [RawFd; 3] {
+        [
+            self.tun.as_raw_fd(),
+            self.user.as_raw_fd(),
+            self.network.as_raw_fd(),
+        ]
+    }
+
+    /// The files as received: exactly three, in the order [`Self::as_sent`] gives.
+    pub fn from_received(files: Vec<OwnedFd>) -> Option<Self> {
+        let [tun, user, network] = <[OwnedFd; 3]>::try_from(files).ok()?;
+        Some(Self { tun, user, network })
+    }
 }
 
 /// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
@@ -201,6 +246,13 @@ pub enum ControlReply {
     Failed {
         /// Why, in words for the user.
         reason: String,
+    },
+    /// The answer to `ServeCommandNetwork`: the namespace is served; the command's
+    /// /etc/resolv.conf is to read `resolv_conf` (tunneld's DNS, the session namespace's
+    /// search path).
+    CommandNetwork {
+        /// The resolver file's content.
+        resolv_conf: String,
     },
     /// On a `Hold`'s connection: the session is over without its plugin (its lease was
     /// lost); there is nothing left to restore.

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::incoming;
+use crate::local_network::LocalNetwork;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -41,6 +42,8 @@ pub(crate) struct AgentSelector {
     pub(crate) forwards: Arc<[Forward]>,
     /// The id the session's wiretap claims carry, the same on every link.
     pub(crate) wiretap: String,
+    /// Where the connections the agents take over are delivered.
+    pub(crate) local: Arc<LocalNetwork>,
 }
 
 /// A link's key: the session it serves, its pod, and which of the pod's links it is.
@@ -296,6 +299,7 @@ async fn supervise_link(
                 let delivering = tokio::spawn(incoming::deliver_all(
                     incoming_rx,
                     selector.forwards.clone(),
+                    selector.local.clone(),
                 ));
                 keep_alive(&link).await;
                 delivering.abort();

@@ -1,9 +1,11 @@
 //! The daemon: serves the control socket ([`requests`]), keeps the sessions' tunnels, brings
-//! up the cluster network with the first session ([`cluster_network`]), keeps a session
+//! up the cluster network with the first session ([`cluster_network`]) or serves the network
+//! namespaces of the sessions' commands without it ([`command_network`]), keeps a session
 //! while its plugin holds it ([`holds`], renewing its lease in [`leases`]), and exits once
 //! no session is left.
 
 mod cluster_network;
+mod command_network;
 mod holds;
 mod leases;
 mod requests;
@@ -23,6 +25,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentPool;
+use crate::local_network::LocalNetwork;
 use cluster_network::NetworkState;
 use leases::LeaseKeeping;
 
@@ -47,6 +50,8 @@ struct Tunneled {
     namespace: String,
     /// A wiretap's id in its claims.
     wiretap: Option<String>,
+    /// Where its incoming connections are delivered.
+    local: Arc<LocalNetwork>,
     /// Cancelled when the session is removed: its links end.
     stop: CancellationToken,
 }

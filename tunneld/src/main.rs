@@ -4,6 +4,8 @@ mod agents;
 mod cluster_ranges;
 mod daemon;
 mod incoming;
+mod local_network;
+mod namespace_sockets;
 mod network;
 mod to_pod;
 
@@ -74,10 +76,18 @@ struct Cli {
     idle_exit_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the async runtime starts any thread.
+    if let Some(code) = namespace_sockets::serve_if_asked() {
+        return code;
+    }
     kubedev_process::logging::init();
-    kubedev_process::exit_status(run(Cli::parse()).await)
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return kubedev_process::exit_status(Err(err.into())),
+    };
+    kubedev_process::exit_status(runtime.block_on(run(cli)))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ pub(crate) mod tun_routes;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{IntoRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +34,7 @@ pub(crate) const TUN_NAME: &str = "kubedev-tun";
 const TUN_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Where the workstation's resolver sends queries (routed into the TUN, answered by tunneld).
 pub(crate) const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
-/// Large packets mean fewer trips through the userspace stack.
-const MTU: u16 = 65_000;
+const MTU: u16 = kubedev::control::TUN_MTU;
 /// Each TCP connection's window in the userspace stack, each way. The TUN's round trip
 /// is tiny, so this is plenty for full speed while keeping 1,000 flows affordable.
 const TCP_WINDOW: u32 = 512 * 1024;
@@ -72,6 +72,15 @@ impl Network {
         let device = tun::create_as_async(&tun_config).with_context(|| {
             format!("cannot create the TUN device {TUN_NAME} (it needs root or CAP_NET_ADMIN)")
         })?;
+        Ok(Self { device })
+    }
+
+    /// Serves a TUN device made elsewhere: in a command's own network namespace, whose
+    /// maker configured it (addresses, routes, MTU [`kubedev::control::TUN_MTU`]).
+    pub(crate) fn from_fd(tun: OwnedFd) -> anyhow::Result<Self> {
+        let mut tun_config = tun::Configuration::default();
+        tun_config.raw_fd(tun.into_raw_fd()).close_fd_on_drop(true);
+        let device = tun::create_as_async(&tun_config).context("serve a TUN device")?;
         Ok(Self { device })
     }
 

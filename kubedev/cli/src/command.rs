@@ -1,32 +1,92 @@
-//! `-- CMD`: the developer's command, run with the container's environment.
+//! `-- CMD`: the developer's command, run with the container's environment and the
+//! cluster's network, however this machine has it.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use kubedev::control::{NetworkStatus, ResolverStatus};
 
-/// Runs `command` with the app's environment on top of ours, seeing `resolver` (if given)
-/// as its /etc/resolv.conf, until it exits; once `stop` completes (a stop signal to the
-/// plugin, the session ending without it) it gets SIGTERM. Its exit status becomes ours.
+use super::netns::{self, Started};
+
+/// How `-- CMD` reaches the cluster's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CommandNetwork {
+    /// Through the machine's: tunneld's TUN device, routes and resolver (or none at all,
+    /// where tunneld was told to bring up no network).
+    Machine,
+    /// Through the machine's, whose resolver was left as it is: the command sees this
+    /// file as /etc/resolv.conf, in a mount namespace of its own (which needs root, as the
+    /// machine's network does).
+    ResolverView(PathBuf),
+    /// In a network namespace of its own, which the tunneld at `socket` serves for session
+    /// `session`: where tunneld could not bring the network to the machine (no root).
+    OwnNamespace { socket: PathBuf, session: String },
+}
+
+impl CommandNetwork {
+    /// How a command of session `session`, whose tunneld at `socket` reports `network`,
+    /// reaches the cluster.
+    pub(super) fn of(network: &NetworkStatus, socket: &Path, session: &str) -> Self {
+        match network {
+            NetworkStatus::Up {
+                resolver: ResolverStatus::Unchanged { for_commands, .. },
+                ..
+            } => Self::ResolverView(for_commands.clone()),
+            NetworkStatus::Up { .. } | NetworkStatus::Off => Self::Machine,
+            NetworkStatus::Unavailable { .. } => Self::OwnNamespace {
+                socket: socket.to_owned(),
+                session: session.to_owned(),
+            },
+        }
+    }
+}
+
+/// Runs `command` with the app's environment on top of ours, reaching the cluster as
+/// `network` says, until it exits; once `stop` completes (a stop signal to the plugin,
+/// the session ending without it) it gets SIGTERM. Its exit status becomes ours.
 pub(super) async fn run_command(
     command: &[String],
     variables: &BTreeMap<String, String>,
-    resolver: Option<&std::path::Path>,
+    network: &CommandNetwork,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
     let mut to_run = tokio::process::Command::new(program);
     to_run.args(arguments).envs(variables);
-    let spawned = match resolver {
-        Some(resolver) => super::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
-            eprintln!(
-                "note: {program} runs without the cluster's names ({err}: giving it \
-                 {} as /etc/resolv.conf needs root)",
-                resolver.display()
-            );
-            to_run.spawn()
-        }),
-        None => to_run.spawn(),
+    // Kept open while the command runs: tunneld serves its namespace until it closes.
+    let mut served = None;
+    let spawned = match network {
+        CommandNetwork::Machine => to_run.spawn(),
+        CommandNetwork::ResolverView(resolver) => {
+            super::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
+                eprintln!(
+                    "note: {program} runs without the cluster's names ({err}: giving it \
+                     {} as /etc/resolv.conf needs root)",
+                    resolver.display()
+                );
+                to_run.spawn()
+            })
+        }
+        CommandNetwork::OwnNamespace { socket, session } => {
+            match netns::spawn(program, arguments, variables, socket, session).await? {
+                Started::InNamespace {
+                    child,
+                    served: connection,
+                } => {
+                    served = Some(connection);
+                    Ok(*child)
+                }
+                Started::Unavailable(reason) => {
+                    eprintln!(
+                        "note: {program} runs without a network namespace of its own, so \
+                         without the cluster's network ({reason})"
+                    );
+                    spawn_without_namespace(&mut to_run)
+                }
+            }
+        }
     };
     let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
@@ -41,10 +101,19 @@ pub(super) async fn run_command(
             child.wait().await?
         }
     };
+    drop(served);
     use std::os::unix::process::ExitStatusExt as _;
     let code = status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Starts the command where no network namespace of its own can be made for it: as it
+/// is, on this machine's network. (The place to give it a proxy to the cluster instead.)
+fn spawn_without_namespace(
+    command: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    command.spawn()
 }

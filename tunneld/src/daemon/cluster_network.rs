@@ -120,11 +120,7 @@ impl Daemon {
         let network = Network::create()?;
         let routes = TunRoutes::new(TUN_NAME).await?;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let search = vec![
-            format!("{namespace}.svc.{domain}"),
-            format!("svc.{domain}"),
-            domain.to_owned(),
-        ];
+        let search = search_path(namespace, domain);
         let api_server = api_server_exclusions(&self.api_server).await;
         let (resolver, upstream) = self.point_resolver(domain, &search)?;
         let mut up = UpNetwork {
@@ -259,6 +255,15 @@ impl Daemon {
         )?;
         Ok((Resolver::ResolvConf(conf), upstream))
     }
+}
+
+/// The resolver's search path for a session in `namespace`: names resolve as in its pods.
+pub(super) fn search_path(namespace: &str, domain: &str) -> Vec<String> {
+    vec![
+        format!("{namespace}.svc.{domain}"),
+        format!("svc.{domain}"),
+        domain.to_owned(),
+    ]
 }
 
 /// The API server's own addresses: routing them into the tunnel would cut the tunnel's

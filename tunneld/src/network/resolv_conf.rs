@@ -77,13 +77,10 @@ impl CommandResolvConf {
         dns: Ipv4Addr,
         search: &[String],
     ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
-        let original = std::fs::read_to_string(system)
-            .with_context(|| format!("read {}", system.display()))?;
+        let (content, upstream) = for_commands(system, dns, search)?;
         std::fs::create_dir_all(state_dir)?;
         let path = state_dir.join("resolv.conf.for-commands");
-        std::fs::write(&path, rewritten(&original, dns, search))
-            .with_context(|| format!("write {}", path.display()))?;
-        let upstream = upstream_of(&original);
+        std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
         Ok((Self { path }, upstream))
     }
 
@@ -111,6 +108,19 @@ impl Drop for ResolvConf {
             ),
         }
     }
+}
+
+/// What [`ResolvConf::install`] would make of `system`, for a command given a view of its
+/// own of /etc/resolv.conf; and the nameserver `system` names (where other names are
+/// forwarded).
+pub(crate) fn for_commands(
+    system: &Path,
+    dns: Ipv4Addr,
+    search: &[String],
+) -> anyhow::Result<(String, Option<SocketAddr>)> {
+    let original =
+        std::fs::read_to_string(system).with_context(|| format!("read {}", system.display()))?;
+    Ok((rewritten(&original, dns, search), upstream_of(&original)))
 }
 
 /// Overwrites the file's content without replacing the file: resolv.conf is often a
