@@ -5,6 +5,16 @@ mod cluster_ranges;
 mod daemon;
 mod incoming;
 mod network;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the proxy, coming next, dials by name and by route"
+    )
+)]
+mod outbound;
+#[cfg(test)]
+mod test_agent;
 mod to_pod;
 
 use std::path::PathBuf;
