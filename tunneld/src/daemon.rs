@@ -21,12 +21,13 @@ use kubedev::cidr::Cidr;
 use kubedev::control::ProxyChoices;
 use kubedev_process::signals::StopSignals;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentPool;
 use crate::local_network::LocalNetwork;
-use cluster_network::NetworkState;
+use crate::outbound::Outbound;
+use cluster_network::{KnownCluster, NetworkState};
 use leases::LeaseKeeping;
 
 /// How the daemon was started.
@@ -61,6 +62,10 @@ pub(crate) struct Daemon {
     api_server: String,
     settings: Settings,
     pool: Arc<AgentPool>,
+    /// Where every flow leaves from, and dialling it.
+    outbound: Arc<Outbound>,
+    /// The cluster's ranges, learned with the first session.
+    cluster: OnceCell<KnownCluster>,
     /// The sessions tunneld links to, by name.
     sessions: Mutex<HashMap<String, Tunneled>>,
     network: Mutex<NetworkState>,
@@ -85,12 +90,15 @@ impl std::fmt::Debug for Daemon {
 
 impl Daemon {
     pub(crate) fn new(client: kube::Client, api_server: String, settings: Settings) -> Arc<Self> {
+        let pool = Arc::new(AgentPool::default());
         Arc::new(Self {
             client,
             api_server,
             proxy: Mutex::new(settings.proxy.clone()),
+            outbound: Arc::new(Outbound::new(pool.clone(), &settings.cluster_domain)),
+            cluster: OnceCell::new(),
             settings,
-            pool: Arc::new(AgentPool::default()),
+            pool,
             sessions: Mutex::new(HashMap::new()),
             network: Mutex::new(NetworkState::Off),
             holds: AtomicUsize::new(0),

@@ -7,6 +7,16 @@ mod incoming;
 mod local_network;
 mod namespace_sockets;
 mod network;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the proxy, coming next, dials by name and by route"
+    )
+)]
+mod outbound;
+#[cfg(test)]
+mod test_agent;
 mod to_pod;
 
 use std::path::PathBuf;

@@ -15,10 +15,9 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
-use super::cluster_network::search_path;
 use crate::local_network::LocalNetwork;
 use crate::namespace_sockets::NamespaceSockets;
-use crate::network::dns::DnsAnswerer;
+use crate::network::dns::{self, DnsAnswerer};
 use crate::network::{DNS_IP, Network, resolv_conf};
 
 /// A command's network, ready to serve.
@@ -64,7 +63,7 @@ impl Daemon {
         served.local.enter(served.sockets);
         tracing::info!("serving the network of session {name}'s command");
         let ended = tokio::select! {
-            served = served.network.run(self.pool.clone(), served.dns) => match served {
+            served = served.network.run(self.outbound.clone(), served.dns) => match served {
                 Ok(()) => "its device closed".to_owned(),
                 Err(err) => format!("{err:#}"),
             },
@@ -94,7 +93,7 @@ impl Daemon {
             )
         };
         let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let search = search_path(&namespace, domain);
+        let search = dns::search_path(&self.settings.cluster_domain, &namespace);
         let (resolv_conf, upstream) =
             resolv_conf::for_commands(&self.settings.resolv_conf, DNS_IP, &search)?;
         let sockets = NamespaceSockets::start(&files.user, &files.network).await?;

@@ -104,7 +104,8 @@ impl Daemon {
         drop(sessions);
         self.sessions_changed.notify_waiters();
         let new_choices = self.proxy.lock().await.merge(proxy);
-        self.start_network(&namespace, new_choices).await;
+        let cluster = self.learn_cluster(&namespace).await;
+        self.start_network(cluster, new_choices).await;
         ControlReply::Done
     }
 
