@@ -51,7 +51,9 @@ impl NamespaceSockets {
             .kill_on_drop(true)
             .spawn()
             .context("start a helper in the command's network namespace")?;
-        let helper = UnixStream::from_std(std::os::unix::net::UnixStream::from(ours))?;
+        let ours = std::os::unix::net::UnixStream::from(ours);
+        ours.set_nonblocking(true)?;
+        let helper = UnixStream::from_std(ours)?;
         fd_passing::send_on(&helper, b"join", &[user.as_raw_fd(), network.as_raw_fd()]).await?;
         let (answer, _) = answer(&helper).await?;
         if answer != DONE {

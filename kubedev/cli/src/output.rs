@@ -26,7 +26,9 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
         NetworkStatus::Off => Vec::new(),
         NetworkStatus::Unavailable { reason } => vec![format!(
             "the cluster's network (service names, pod and service IPs) is not available on \
-             this machine: {reason}. Intercepted traffic and the environment work without it."
+             this machine: {reason}. Intercepted traffic and the environment work without it, \
+             and `-- CMD` gets it in a network namespace of its own where this machine allows \
+             one."
         )],
         NetworkStatus::Up {
             ranges,
