@@ -117,3 +117,48 @@ fn spawn_without_namespace(
 ) -> std::io::Result<tokio::process::Child> {
     command.spawn()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_of_its_own_only_where_the_machine_has_no_cluster_network() {
+        let socket = Path::new("/run/user/1000/kubedev/tunneld-dev.sock");
+        let unavailable = NetworkStatus::Unavailable {
+            reason: "needs root".into(),
+        };
+        assert_eq!(
+            CommandNetwork::of(&unavailable, socket, "web"),
+            CommandNetwork::OwnNamespace {
+                socket: socket.to_owned(),
+                session: "web".into()
+            }
+        );
+        let up = |resolver| NetworkStatus::Up {
+            routes: Vec::new(),
+            ranges: Vec::new(),
+            dns: "198.18.0.53".into(),
+            resolver,
+        };
+        let machine = up(ResolverStatus::ResolvConf {
+            path: "/etc/resolv.conf".into(),
+        });
+        assert_eq!(
+            CommandNetwork::of(&machine, socket, "web"),
+            CommandNetwork::Machine
+        );
+        let node = up(ResolverStatus::Unchanged {
+            reason: "a kubelet hands it to its pods".into(),
+            for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
+        });
+        assert_eq!(
+            CommandNetwork::of(&node, socket, "web"),
+            CommandNetwork::ResolverView("/run/kubedev/resolv.conf.for-commands".into())
+        );
+        assert_eq!(
+            CommandNetwork::of(&NetworkStatus::Off, socket, "web"),
+            CommandNetwork::Machine
+        );
+    }
+}

@@ -212,6 +212,28 @@ mod tests {
     }
 
     #[test]
+    fn a_commands_own_resolver_file_names_tunneld_and_the_sessions_namespace_first() {
+        let dir = std::env::temp_dir().join(format!("kubedev-namespace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let system = dir.join("resolv.conf");
+        std::fs::write(&system, ORIGINAL).expect("write");
+        let search = crate::network::dns::search_path("cluster.local", "shop");
+        let (content, upstream) =
+            for_commands(&system, Ipv4Addr::new(198, 18, 0, 53), &search).expect("read");
+        assert_eq!(
+            content,
+            format!(
+                "{MARKER}\nnameserver 198.18.0.53\n\
+                 search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\n\
+                 # from DHCP\noptions edns0\n"
+            )
+        );
+        assert_eq!(upstream, Some("192.0.2.53:53".parse().expect("addr")));
+        assert_eq!(std::fs::read_to_string(&system).expect("read"), ORIGINAL);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn install_then_drop_restores_the_file_and_a_crash_is_repaired() {
         let dir = std::env::temp_dir().join(format!("kubedev-resolv-{}", std::process::id()));
         let state = dir.join("state");

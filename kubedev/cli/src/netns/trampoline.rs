@@ -23,7 +23,7 @@ use nix::unistd::{Gid, Uid};
 use super::{MAX_MESSAGE, Report, interfaces};
 
 /// The first argument that makes a plugin the trampoline; the command follows it.
-pub(super) const TRAMPOLINE_ARG: &str = "__command-netns";
+const TRAMPOLINE_ARG: &str = "__command-netns";
 
 /// Where the resolver file is made, on a filesystem only this namespace sees, before it
 /// is bound over /etc/resolv.conf.
@@ -32,12 +32,24 @@ const SCRATCH: &str = "/tmp";
 /// Runs the trampoline if this process was started as one (before anything starts a
 /// thread); its exit status is the command's, once it became the command.
 pub fn trampoline_if_asked() -> Option<ExitCode> {
-    let mut args = std::env::args_os().skip(1);
+    let command = command_in(std::env::args_os().skip(1))?;
+    Some(trampoline(&command))
+}
+
+/// The arguments that start the trampoline for `program` with `arguments`.
+pub(super) fn arguments(program: &str, arguments: &[String]) -> Vec<OsString> {
+    let mut all = vec![OsString::from(TRAMPOLINE_ARG), OsString::from(program)];
+    all.extend(arguments.iter().map(OsString::from));
+    all
+}
+
+/// The command a trampoline is to become, if `args` (without the program's name) start
+/// one.
+fn command_in(mut args: impl Iterator<Item = OsString>) -> Option<Vec<OsString>> {
     if args.next().is_none_or(|arg| arg != TRAMPOLINE_ARG) {
         return None;
     }
-    let command: Vec<OsString> = args.collect();
-    Some(trampoline(&command))
+    Some(args.collect())
 }
 
 fn trampoline(command: &[OsString]) -> ExitCode {
@@ -125,7 +137,7 @@ fn map_own_ids(uid: Uid, gid: Gid) -> anyhow::Result<()> {
 }
 
 /// One id, mapped to itself.
-pub(super) fn id_map(id: u32) -> String {
+fn id_map(id: u32) -> String {
     format!("{id} {id} 1\n")
 }
 
@@ -195,4 +207,36 @@ fn become_command(command: &[OsString], stdin: Vec<OwnedFd>) -> std::io::Error {
 fn report(plugin: &OwnedFd, report: &Report, files: &[RawFd]) -> std::io::Result<()> {
     let message = serde_json::to_vec(report)?;
     fd_passing::send(plugin, &message, files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_reaches_the_trampoline_as_it_was_given() {
+        let given: Vec<String> = ["-c", "id -u; echo \"$HOME\"", "--", TRAMPOLINE_ARG, ""]
+            .map(String::from)
+            .to_vec();
+        let command = command_in(arguments("sh", &given).into_iter()).expect("a trampoline");
+        let mut expected = vec![OsString::from("sh")];
+        expected.extend(given.iter().map(OsString::from));
+        assert_eq!(command, expected);
+    }
+
+    #[test]
+    fn only_its_own_first_argument_starts_a_trampoline() {
+        for args in [&[][..], &["web", TRAMPOLINE_ARG][..], &["__complete"][..]] {
+            assert_eq!(
+                command_in(args.iter().map(OsString::from)),
+                None,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_map_to_themselves() {
+        assert_eq!(id_map(1000), "1000 1000 1\n");
+    }
 }
