@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{Credentials, HANDSHAKE_LIMIT, Target, relay};
-use crate::outbound::{Host, Outbound};
+use crate::outbound::{Host, Outbound, OutboundTcp};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -149,7 +149,7 @@ fn target_of(method: &Method, uri: &Uri) -> Result<Target, String> {
 /// Sends a plain HTTP request on to `remote`, in origin form, and hands back the answer.
 async fn forward(
     request: Request<Incoming>,
-    remote: crate::outbound::OutboundTcp,
+    remote: OutboundTcp,
     target: &Target,
 ) -> Result<Response<Body>, hyper::Error> {
     let (mut sender, connection) =
