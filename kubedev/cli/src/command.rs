@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kubedev::control::{NetworkStatus, ResolverStatus};
+use kubedev::control::{DaemonStatus, NetworkStatus, ProxyStatus, ResolverStatus};
 
 use super::netns::{self, Started};
 
@@ -22,22 +22,28 @@ pub(super) enum CommandNetwork {
     ResolverView(PathBuf),
     /// In a network namespace of its own, which the tunneld at `socket` serves for session
     /// `session`: where tunneld could not bring the network to the machine (no root).
-    OwnNamespace { socket: PathBuf, session: String },
+    /// Where no such namespace can be made, through tunneld's `proxy`, if it runs one.
+    OwnNamespace {
+        socket: PathBuf,
+        session: String,
+        proxy: Option<ProxyStatus>,
+    },
 }
 
 impl CommandNetwork {
-    /// How a command of session `session`, whose tunneld at `socket` reports `network`,
-    /// reaches the cluster.
-    pub(super) fn of(network: &NetworkStatus, socket: &Path, session: &str) -> Self {
-        match network {
+    /// How a command of session `session`, whose tunneld at `socket` runs as `status`
+    /// says, reaches the cluster.
+    pub(super) fn of(status: &DaemonStatus, socket: &Path, session: &str) -> Self {
+        match &status.network {
             NetworkStatus::Up {
                 resolver: ResolverStatus::Unchanged { for_commands, .. },
                 ..
             } => Self::ResolverView(for_commands.clone()),
-            NetworkStatus::Up { .. } | NetworkStatus::Off => Self::Machine,
-            NetworkStatus::Unavailable { .. } => Self::OwnNamespace {
+            NetworkStatus::Up { .. } => Self::Machine,
+            NetworkStatus::Off | NetworkStatus::Unavailable { .. } => Self::OwnNamespace {
                 socket: socket.to_owned(),
                 session: session.to_owned(),
+                proxy: status.proxy.clone(),
             },
         }
     }
@@ -69,24 +75,22 @@ pub(super) async fn run_command(
                 to_run.spawn()
             })
         }
-        CommandNetwork::OwnNamespace { socket, session } => {
-            match netns::spawn(program, arguments, variables, socket, session).await? {
-                Started::InNamespace {
-                    child,
-                    served: connection,
-                } => {
-                    served = Some(connection);
-                    Ok(*child)
-                }
-                Started::Unavailable(reason) => {
-                    eprintln!(
-                        "note: {program} runs without a network namespace of its own, so \
-                         without the cluster's network ({reason})"
-                    );
-                    spawn_without_namespace(&mut to_run)
-                }
+        CommandNetwork::OwnNamespace {
+            socket,
+            session,
+            proxy,
+        } => match netns::spawn(program, arguments, variables, socket, session).await? {
+            Started::InNamespace {
+                child,
+                served: connection,
+            } => {
+                served = Some(connection);
+                Ok(*child)
             }
-        }
+            Started::Unavailable(reason) => {
+                spawn_without_namespace(&mut to_run, program, &reason, proxy.as_ref())
+            }
+        },
     };
     let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
@@ -110,11 +114,30 @@ pub(super) async fn run_command(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// Starts the command where no network namespace of its own can be made for it: as it
-/// is, on this machine's network. (The place to give it a proxy to the cluster instead.)
+/// Starts the command where no network namespace of its own can be made for it (for
+/// `reason`): on this machine's network, with the variables that send its connections
+/// through tunneld's `proxy`, if it runs one; says so in one line.
 fn spawn_without_namespace(
     command: &mut tokio::process::Command,
+    program: &str,
+    reason: &str,
+    proxy: Option<&ProxyStatus>,
 ) -> std::io::Result<tokio::process::Child> {
+    match proxy {
+        Some(proxy) => {
+            eprintln!(
+                "note: {program} reaches the cluster through tunneld's proxy at {} (no network \
+                 namespace of its own here: {reason}; ALL_PROXY, HTTP_PROXY and HTTPS_PROXY are \
+                 set for it; tools that ignore them reach only this machine's network)",
+                proxy.address
+            );
+            command.envs(kubedev::proxy_env::for_command(proxy));
+        }
+        None => eprintln!(
+            "note: {program} runs without the cluster's network (no network namespace of its \
+             own here: {reason})"
+        ),
+    }
     command.spawn()
 }
 
@@ -122,17 +145,28 @@ fn spawn_without_namespace(
 mod tests {
     use super::*;
 
+    fn status(network: NetworkStatus, proxy: Option<ProxyStatus>) -> DaemonStatus {
+        DaemonStatus {
+            pid: 1,
+            network,
+            proxy,
+            sessions: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_namespace_of_its_own_only_where_the_machine_has_no_cluster_network() {
         let socket = Path::new("/run/user/1000/kubedev/tunneld-dev.sock");
+        let proxy = ProxyStatus::new("127.0.0.1:41234".parse().expect("address"), "secret");
         let unavailable = NetworkStatus::Unavailable {
             reason: "needs root".into(),
         };
         assert_eq!(
-            CommandNetwork::of(&unavailable, socket, "web"),
+            CommandNetwork::of(&status(unavailable, Some(proxy.clone())), socket, "web"),
             CommandNetwork::OwnNamespace {
                 socket: socket.to_owned(),
-                session: "web".into()
+                session: "web".into(),
+                proxy: Some(proxy.clone()),
             }
         );
         let up = |resolver| NetworkStatus::Up {
@@ -145,7 +179,7 @@ mod tests {
             path: "/etc/resolv.conf".into(),
         });
         assert_eq!(
-            CommandNetwork::of(&machine, socket, "web"),
+            CommandNetwork::of(&status(machine, Some(proxy)), socket, "web"),
             CommandNetwork::Machine
         );
         let node = up(ResolverStatus::Unchanged {
@@ -153,12 +187,8 @@ mod tests {
             for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
         });
         assert_eq!(
-            CommandNetwork::of(&node, socket, "web"),
+            CommandNetwork::of(&status(node, None), socket, "web"),
             CommandNetwork::ResolverView("/run/kubedev/resolv.conf.for-commands".into())
-        );
-        assert_eq!(
-            CommandNetwork::of(&NetworkStatus::Off, socket, "web"),
-            CommandNetwork::Machine
         );
     }
 }

@@ -338,7 +338,7 @@ pub(super) async fn join_tunneld(
         eprintln!("note: {note}");
     }
     let variables = tunneld::environment(&socket, session.name).await?;
-    let command_network = CommandNetwork::of(&status.network, &socket, session.name);
+    let command_network = CommandNetwork::of(&status, &socket, session.name);
     Ok((variables, command_network))
 }
 

@@ -94,7 +94,7 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
         .filter(|line| line.starts_with("echo from web-"))
         .count();
     assert_eq!((greetings, from_web), (4, 4), "{stdout}{stderr}");
-    assert!(!stderr.contains("without a network namespace"), "{stderr}");
+    assert!(!stderr.contains("no network namespace"), "{stderr}");
 
     assert_eq!(
         workstation_network(&workstation),
@@ -180,7 +180,7 @@ async fn intercepted_requests_reach_a_server_on_the_commands_own_localhost() {
     assert!(output.status.success(), "{stdout}{stderr}");
     // Nothing listened on the workstation's own localhost: only the namespace's server
     // could answer, and it did.
-    assert!(!stderr.contains("without a network namespace"), "{stderr}");
+    assert!(!stderr.contains("no network namespace"), "{stderr}");
 }
 
 #[tokio::test]
@@ -215,12 +215,13 @@ async fn without_an_open_tun_device_the_command_runs_and_the_plugin_says_why() {
     );
     let notes: Vec<&str> = stderr
         .lines()
-        .filter(|line| line.contains("without a network namespace of its own"))
+        .filter(|line| line.contains("no network namespace of its own here"))
         .collect();
     assert_eq!(notes.len(), 1, "one line says why:\n{stderr}");
     assert!(
-        notes[0].contains("/dev/net/tun"),
-        "it names what is missing (is /dev/net/tun 0600 on this machine?): {}",
+        notes[0].contains("/dev/net/tun") && notes[0].contains("through tunneld's proxy"),
+        "it names what is missing (is /dev/net/tun 0600 on this machine?) and that the proxy \
+         carries the command's connections instead: {}",
         notes[0]
     );
     assert_eq!(

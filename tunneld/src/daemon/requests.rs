@@ -50,7 +50,7 @@ impl Daemon {
                 self.add_session(name, selector, &proxy, &to_pod).await
             }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
-            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
             ControlRequest::Hold(held) => return self.hold(held, stream).await,
@@ -206,6 +206,7 @@ impl Daemon {
         DaemonStatus {
             pid: std::process::id(),
             network,
+            proxy: self.proxy_status.get().cloned(),
             sessions: listed,
         }
     }
