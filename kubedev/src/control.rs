@@ -4,6 +4,7 @@
 //! module.
 //! Messages use the agent protocol's framing (length-prefixed JSON).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -191,7 +192,7 @@ pub enum ControlReply {
     /// The request was carried out.
     Done,
     /// The answer to `Status`.
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     /// The answer to `Environment`.
     Environment {
         /// The app container's variables, by name.
@@ -217,8 +218,40 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// The cluster's network on this machine.
     pub network: NetworkStatus,
+    /// Its proxy, for every tool and platform (none from a tunneld without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
     /// Its sessions, by name.
     pub sessions: Vec<SessionStatus>,
+}
+
+/// The user name tunneld's proxy takes; the password is each tunneld's own secret.
+pub const PROXY_USER: &str = "kubedev";
+
+/// tunneld's proxy: SOCKS5 and HTTP on one loopback port, into the cluster's network (and
+/// everywhere else from this machine), for tools and platforms without the machine-wide
+/// network. It takes only its own credentials, which these URLs carry: only the user sees
+/// them (tunneld's control socket is theirs alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub address: SocketAddr,
+    /// SOCKS5 with names resolved by the proxy: `socks5h://kubedev:SECRET@127.0.0.1:PORT`.
+    pub socks_url: String,
+    /// An HTTP proxy (CONNECT, and plain HTTP requests): `http://kubedev:SECRET@127.0.0.1:PORT`.
+    pub http_url: String,
+}
+
+impl ProxyStatus {
+    /// The proxy on `address` whose password is `secret` (made of URL-safe characters).
+    pub fn new(address: SocketAddr, secret: &str) -> Self {
+        let credentials = format!("{PROXY_USER}:{secret}@{address}");
+        Self {
+            address,
+            socks_url: format!("socks5h://{credentials}"),
+            http_url: format!("http://{credentials}"),
+        }
+    }
 }
 
 /// Whether the cluster's network is available on this machine, and if not, why.
@@ -380,6 +413,16 @@ mod tests {
             serde_json::to_string(&unavailable).expect("json"),
             r#"{"state":"unavailable","reason":"needs root"}"#
         );
+    }
+
+    #[test]
+    fn the_proxys_urls_carry_its_credentials() {
+        let proxy = ProxyStatus::new("127.0.0.1:41234".parse().expect("address"), "0123abcd");
+        assert_eq!(
+            proxy.socks_url,
+            "socks5h://kubedev:0123abcd@127.0.0.1:41234"
+        );
+        assert_eq!(proxy.http_url, "http://kubedev:0123abcd@127.0.0.1:41234");
     }
 
     #[test]

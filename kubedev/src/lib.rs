@@ -13,6 +13,8 @@
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
+//! - [`proxy_env`]: `-- CMD`'s variables for tunneld's proxy, where the machine-wide
+//!   network is not up;
 //! - `fuzzing` (in tests and with the `fuzzing` feature): what the fuzz targets of the
 //!   control socket run.
 //!
@@ -30,6 +32,7 @@ pub mod fuzzing;
 pub mod inject;
 pub mod mode;
 pub mod mount;
+pub mod proxy_env;
 pub mod session;
 pub mod tunnel;
 pub mod tunneld;

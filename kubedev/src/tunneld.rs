@@ -171,7 +171,7 @@ pub const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// What the tunneld at `socket` runs.
 pub async fn status(socket: &Path) -> Result<DaemonStatus, TunneldError> {
     match request(socket, &ControlRequest::Status).await? {
-        ControlReply::Status(status) => Ok(status),
+        ControlReply::Status(status) => Ok(*status),
         other => Err(unexpected(&other)),
     }
 }

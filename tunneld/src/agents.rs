@@ -127,6 +127,17 @@ impl AgentPool {
         self.link_added.notify_waiters();
     }
 
+    /// Adds `link` as the first link to `pod` of `session`, as if it had come up.
+    #[cfg(test)]
+    pub(crate) async fn add_link(&self, session: &str, pod: &str, link: AgentLink) {
+        let key = LinkKey {
+            session: session.into(),
+            pod: pod.into(),
+            index: 0,
+        };
+        self.add(key, link).await;
+    }
+
     /// One live link to each pod of `session`.
     pub(crate) async fn link_per_pod(&self, session: &str) -> Vec<AgentLink> {
         let links = self.links.read().await;

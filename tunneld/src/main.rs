@@ -5,6 +5,10 @@ mod cluster_ranges;
 mod daemon;
 mod incoming;
 mod network;
+mod outbound;
+mod proxy;
+#[cfg(test)]
+mod test_agent;
 mod to_pod;
 
 use std::path::PathBuf;
@@ -28,8 +32,9 @@ Examples:
 
 /// The local daemon that the kubectl intercept, replace-container and ingest plugins
 /// share. It keeps a tunnel to every agent pod of every session (following pod restarts
-/// and replicas) and, with root, brings the cluster's network here: routes for the pod
-/// and service ranges into a TUN device, and DNS for the cluster's names.
+/// and replicas), serves a SOCKS5 and HTTP proxy into the cluster's network on 127.0.0.1
+/// and, with root, brings the cluster's network here: routes for the pod and service
+/// ranges into a TUN device, and DNS for the cluster's names.
 #[derive(Debug, Parser)]
 #[command(name = "tunneld", version, after_help = EXAMPLES)]
 struct Cli {
@@ -61,6 +66,10 @@ struct Cli {
     #[arg(long)]
     no_network: bool,
 
+    /// The proxy's port on 127.0.0.1 (default: one the kernel picks; `status` shows it).
+    #[arg(long, env = "KUBEDEV_PROXY_PORT", default_value_t = 0)]
+    proxy_port: u16,
+
     /// The resolver configuration to point at tunneld's DNS.
     #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
     resolv_conf: PathBuf,
@@ -90,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             never_proxy: cli.never_proxy,
         },
         no_network: cli.no_network,
+        proxy_port: cli.proxy_port,
         resolv_conf: cli.resolv_conf,
         state_dir: cli.state_dir,
         idle_exit: Duration::from_secs(cli.idle_exit_secs),

@@ -22,7 +22,7 @@ use netstack_smoltcp::{StackBuilder, TcpStream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
-use crate::agents::AgentPool;
+use crate::outbound::{Leaves, Outbound};
 use kubedev_protocol::splice::CHUNK;
 use kubedev_protocol::udp_flows::UdpFlows;
 use udp::{Datagram, FlowKey};
@@ -40,8 +40,6 @@ const MTU: u16 = 65_000;
 const TCP_WINDOW: u32 = 512 * 1024;
 /// Packets queued between the device and the stack.
 const PACKET_QUEUE: usize = 1024;
-/// How long a new flow waits for an agent link before it is refused.
-const LINK_WAIT: Duration = Duration::from_secs(10);
 /// How long the workstation's socket may take to acknowledge the last data.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
@@ -78,7 +76,7 @@ impl Network {
     /// Serves every flow that enters the device: DNS here, the rest through an agent.
     pub(crate) async fn run(
         self,
-        pool: Arc<AgentPool>,
+        outbound: Arc<Outbound>,
         dns: Arc<dns::DnsAnswerer>,
     ) -> anyhow::Result<()> {
         let (stack, runner, udp, tcp) = StackBuilder::default()
@@ -120,7 +118,7 @@ impl Network {
                 if *stream.remote_addr() == dns_address {
                     tokio::spawn(answer_dns_over_tcp(dns.clone(), stream));
                 } else {
-                    tokio::spawn(relay_tcp(pool.clone(), stream));
+                    tokio::spawn(relay_tcp(outbound.clone(), stream));
                 }
             }
         };
@@ -132,7 +130,7 @@ impl Network {
             }
             done = to_device => done.context("writing the TUN device")?,
             () = accept_tcp => {}
-            () = serve_udp(pool.clone(), dns.clone(), udp) => {}
+            () = serve_udp(outbound.clone(), dns.clone(), udp) => {}
         }
         anyhow::bail!("the userspace network stack stopped")
     }
@@ -141,7 +139,7 @@ impl Network {
 /// Reads every datagram from the stack: DNS queries are answered here, the rest go to their
 /// flow. Replies from all flows reach the stack through one writer.
 async fn serve_udp(
-    pool: Arc<AgentPool>,
+    outbound: Arc<Outbound>,
     dns: Arc<dns::DnsAnswerer>,
     socket: netstack_smoltcp::UdpSocket,
 ) {
@@ -178,7 +176,7 @@ async fn serve_udp(
             if let Some(first) = flows.deliver(&key, payload) {
                 let datagrams_rx = flows.start(key, first);
                 tokio::spawn(udp::relay_flow(
-                    pool.clone(),
+                    outbound.clone(),
                     key,
                     datagrams_rx,
                     replies_tx.clone(),
@@ -232,19 +230,21 @@ async fn answer_dns_over_tcp(dns: Arc<dns::DnsAnswerer>, stream: TcpStream) {
     }
 }
 
-/// Carries one TCP connection from the TUN device through an agent. Not
+/// Carries one TCP connection from the TUN device through an agent: what enters the
+/// device was routed there for the cluster, and dialled from the workstation it would
+/// only come back into the device. Not
 /// [`kubedev_protocol::splice::splice`]: the userspace stack's shutdown completes only once
 /// the workstation's side has closed too, and that wait must be bounded here, or a socket
 /// that never closes would keep the relay forever.
-async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
+async fn relay_tcp(outbound: Arc<Outbound>, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
     tracing::debug!("tcp {source} -> {target}: accepted");
-    let Some(link) = pool.pick(None, LINK_WAIT).await else {
-        return tracing::warn!("no agent to carry a connection to {target}");
-    };
-    let remote = match link.open_tcp(&target.ip().to_string(), target.port()).await {
+    let remote = match outbound.tcp_from(Leaves::Cluster, target).await {
         Ok(remote) => remote,
+        Err(err) if err.kind() == std::io::ErrorKind::NotConnected => {
+            return tracing::warn!("tcp {source} -> {target}: {err}");
+        }
         Err(err) => return tracing::debug!("tcp {source} -> {target}: {err}"),
     };
     tracing::debug!("tcp {source} -> {target}: open in the pod");

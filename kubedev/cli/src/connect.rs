@@ -13,7 +13,7 @@ use kubedev::tunneld::Hold;
 use super::args::SessionLife;
 use super::config::{self, ImageSource};
 use super::life::{
-    Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+    Joining, Life, Live, Session, command_network, forget_in_tunneld, join_tunneld, live_through,
     release_after_the_end,
 };
 use super::output::spinner;
@@ -114,7 +114,7 @@ impl Session for OwnPod<'_> {
             timeout: self.args.timeout,
         };
         let proxy = self.args.proxy_choices();
-        let (variables, network) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
+        let (variables, status) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
         eprintln!(
             "connected: the cluster's network is here, through pod {} in namespace {}",
             self.pod, self.connection.namespace
@@ -122,7 +122,7 @@ impl Session for OwnPod<'_> {
         Ok(Live {
             variables,
             mounted: None,
-            command_resolver: command_resolver(network),
+            command_network: command_network(status),
         })
     }
 

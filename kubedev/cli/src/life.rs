@@ -15,7 +15,8 @@ use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
-    ControlRequest, Forward, Held, NetworkStatus, PodPort, ProxyChoices, ResolverStatus,
+    ControlRequest, DaemonStatus, Forward, Held, NetworkStatus, PodPort, ProxyChoices, ProxyStatus,
+    ResolverStatus,
 };
 use kubedev::mode::Mode;
 use kubedev::mount::Mount;
@@ -229,18 +230,31 @@ async fn end_lease(connection: &Connection, owner: &str) {
 pub(super) struct Live {
     pub(super) variables: BTreeMap<String, String>,
     pub(super) mounted: Option<Mount>,
-    /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
-    pub(super) command_resolver: Option<PathBuf>,
+    pub(super) command_network: CommandNetwork,
 }
 
-/// tunneld's resolver file for `-- CMD`, where the machine's resolver was left as it is.
-pub(super) fn command_resolver(network: NetworkStatus) -> Option<PathBuf> {
-    match network {
-        NetworkStatus::Up {
-            resolver: ResolverStatus::Unchanged { for_commands, .. },
-            ..
-        } => Some(for_commands),
-        _ => None,
+/// How `-- CMD` reaches the cluster's network.
+pub(super) struct CommandNetwork {
+    /// tunneld's resolver file, where the machine's resolver was left as it is.
+    resolver: Option<PathBuf>,
+    /// tunneld's proxy, where the machine-wide network is not up.
+    proxy: Option<ProxyStatus>,
+}
+
+/// How `-- CMD` reaches the cluster's network, as tunneld runs it.
+pub(super) fn command_network(status: DaemonStatus) -> CommandNetwork {
+    match status.network {
+        NetworkStatus::Up { resolver, .. } => CommandNetwork {
+            resolver: match resolver {
+                ResolverStatus::Unchanged { for_commands, .. } => Some(for_commands),
+                _ => None,
+            },
+            proxy: None,
+        },
+        NetworkStatus::Off | NetworkStatus::Unavailable { .. } => CommandNetwork {
+            resolver: None,
+            proxy: status.proxy,
+        },
     }
 }
 
@@ -277,13 +291,18 @@ async fn stay(
         stop.await;
         ExitCode::SUCCESS
     } else {
-        run_command(
-            command,
-            &live.variables,
-            live.command_resolver.as_deref(),
-            stop,
-        )
-        .await?
+        let mut variables = live.variables.clone();
+        if let Some(proxy) = &live.command_network.proxy {
+            eprintln!(
+                "note: {} reaches the cluster through tunneld's proxy at {} (ALL_PROXY, \
+                 HTTP_PROXY and HTTPS_PROXY are set for it; tools that ignore them reach only \
+                 this machine's network)",
+                command[0], proxy.address
+            );
+            variables.extend(kubedev::proxy_env::for_command(proxy));
+        }
+        let resolver = live.command_network.resolver.as_deref();
+        run_command(command, &variables, resolver, stop).await?
     };
     Ok(match news {
         None | Some(HoldNews::Released) => Stayed::Done(code),
@@ -306,13 +325,13 @@ pub(super) struct Joining<'a> {
 }
 
 /// Hands the session to tunneld, waits for a link to every pod and fetches the app's
-/// environment; returns it and the state of the cluster network.
+/// environment; returns it and what tunneld runs.
 pub(super) async fn join_tunneld(
     connection: &Connection,
     session: &Joining<'_>,
     proxy: ProxyChoices,
     to_pod: &[PodPort],
-) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
+) -> anyhow::Result<(BTreeMap<String, String>, DaemonStatus)> {
     let socket = tunneld::socket_for(connection)?;
     let bar = spinner("connecting to the agents".into());
     let adding = ControlRequest::AddSession {
@@ -358,7 +377,7 @@ pub(super) async fn join_tunneld(
         eprintln!("note: {note}");
     }
     let variables = tunneld::environment(&socket, session.name).await?;
-    Ok((variables, status.network))
+    Ok((variables, status))
 }
 
 /// Has tunneld drop session `name`'s tunnels, if it runs.

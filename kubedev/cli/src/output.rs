@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::args::Output;
 use kubedev::control::PodPort;
-use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
+use kubedev::control::{
+    DaemonStatus, NetworkStatus, ProxyStatus, RangeState, RangeStatus, ResolverStatus,
+};
 use kubedev::mode::Mode;
 use kubedev::session::{Plan, Started};
 use kubedev::workload::Progress;
@@ -25,8 +27,10 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
     match network {
         NetworkStatus::Off => Vec::new(),
         NetworkStatus::Unavailable { reason } => vec![format!(
-            "the cluster's network (service names, pod and service IPs) is not available on \
-             this machine: {reason}. Intercepted traffic and the environment work without it."
+            "the cluster's network (service names, pod and service IPs) is not available to \
+             this whole machine: {reason}. tunneld's proxy carries it for tools that take a \
+             proxy (`{command} status` shows how); intercepted traffic and the environment \
+             work without it."
         )],
         NetworkStatus::Up {
             ranges,
@@ -107,6 +111,9 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
             format!("cluster network: unavailable: {reason}\n")
         }
     };
+    if let Some(proxy) = &status.proxy {
+        out += &describe_proxy(proxy);
+    }
     for session in &status.sessions {
         out += &format!(
             "session {} (namespace {}): {} linked pod{}",
@@ -128,6 +135,19 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The proxy, and how to use it. A shell gets `ALL_PROXY` only: kubectl and the plugins
+/// follow `HTTPS_PROXY` to the API server, and the proxy goes when tunneld does.
+fn describe_proxy(proxy: &ProxyStatus) -> String {
+    let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
+    format!(
+        "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
+         curl --proxy {} http://SERVICE.NAMESPACE:PORT/\n  \
+         export ALL_PROXY={} NO_PROXY={no_proxy}\n  \
+         HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {}\n",
+        proxy.address, proxy.socks_url, proxy.socks_url, proxy.http_url
+    )
 }
 
 /// A spinner with `message`; it clears itself when dropped, also unfinished (the wait it
@@ -242,6 +262,7 @@ mod tests {
         let status = DaemonStatus {
             pid: 42,
             network: network.clone(),
+            proxy: None,
             sessions: Vec::new(),
         };
         assert_eq!(
@@ -271,5 +292,45 @@ mod tests {
             json.contains("\"via\": \"10.244.0.0/24 dev cni0\""),
             "{json}"
         );
+    }
+
+    #[test]
+    fn the_proxy_is_shown_with_how_to_use_it() {
+        let status = DaemonStatus {
+            pid: 42,
+            network: NetworkStatus::Unavailable {
+                reason: "needs root".into(),
+            },
+            proxy: Some(ProxyStatus::new(
+                "127.0.0.1:41234".parse().expect("address"),
+                "s3cr3t",
+            )),
+            sessions: Vec::new(),
+        };
+        let text = describe_status(Some(&status));
+        let socks = "socks5h://kubedev:s3cr3t@127.0.0.1:41234";
+        let http = "http://kubedev:s3cr3t@127.0.0.1:41234";
+        assert!(
+            text.contains("\nproxy: 127.0.0.1:41234, SOCKS5 and HTTP"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  curl --proxy {socks} http://SERVICE.NAMESPACE:PORT/\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  export ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1\n  \
+                 HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {http}\n"
+            )),
+            "{text}"
+        );
+        for output in [Output::Json, Output::Yaml] {
+            let rendered = render(&status, output).expect("rendered");
+            assert!(rendered.contains(socks), "{rendered}");
+            assert!(rendered.contains(http), "{rendered}");
+        }
     }
 }

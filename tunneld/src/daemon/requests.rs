@@ -49,7 +49,7 @@ impl Daemon {
                 self.add_session(name, selector, &proxy, &to_pod).await
             }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
-            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
             ControlRequest::Hold(held) => return self.hold(held, stream).await,
@@ -98,7 +98,8 @@ impl Daemon {
         drop(sessions);
         self.sessions_changed.notify_waiters();
         let new_choices = self.proxy.lock().await.merge(proxy);
-        self.start_network(&namespace, new_choices).await;
+        let cluster = self.learn_cluster(&namespace).await;
+        self.start_network(cluster, new_choices).await;
         ControlReply::Done
     }
 
@@ -199,6 +200,7 @@ impl Daemon {
         DaemonStatus {
             pid: std::process::id(),
             network,
+            proxy: self.proxy_status.get().cloned(),
             sessions: listed,
         }
     }
