@@ -1,7 +1,8 @@
 //! What the kubedev plugins (`kubectl intercept`, `kubectl replace-container`,
 //! `kubectl ingest`) and tunneld share:
 //!
-//! - [`cluster`]: kubectl-style flags and client construction;
+//! - [`cluster`]: kubectl-style flags and client construction, through the proxy kubectl
+//!   would use;
 //! - [`workload`]: finding workloads, changing their pod template, waiting for rollouts;
 //! - [`mode`]: intercept, replace or ingest: what a session does with the app container;
 //! - [`inject`]: putting the agent into a pod template, and taking it out again;

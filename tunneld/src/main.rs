@@ -114,6 +114,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         idle_exit: Duration::from_secs(cli.idle_exit_secs),
     };
-    let daemon = Daemon::new(connection.client, connection.server, settings);
+    // What must never be routed into the tunnel: the address the connections to the API
+    // server dial, which is the proxy's when they go through one.
+    let first_hop = match &connection.proxy {
+        Some(proxy) => proxy.uri().to_string(),
+        None => connection.server,
+    };
+    let daemon = Daemon::new(connection.client, first_hop, settings);
     daemon.run(&cli.socket).await
 }

@@ -138,14 +138,16 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
     out
 }
 
-/// The proxy, and how to use it.
+/// The proxy, and how to use it. A shell gets `ALL_PROXY` only: kubectl and the plugins
+/// follow `HTTPS_PROXY` to the API server, and the proxy goes when tunneld does.
 fn describe_proxy(proxy: &ProxyStatus) -> String {
     let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
     format!(
         "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
          curl --proxy {} http://SERVICE.NAMESPACE:PORT/\n  \
-         export ALL_PROXY={} HTTP_PROXY={} HTTPS_PROXY={} NO_PROXY={no_proxy}\n",
-        proxy.address, proxy.socks_url, proxy.socks_url, proxy.http_url, proxy.http_url
+         export ALL_PROXY={} NO_PROXY={no_proxy}\n  \
+         HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {}\n",
+        proxy.address, proxy.socks_url, proxy.socks_url, proxy.http_url
     )
 }
 
@@ -321,8 +323,8 @@ mod tests {
         );
         assert!(
             text.contains(&format!(
-                "  export ALL_PROXY={socks} HTTP_PROXY={http} HTTPS_PROXY={http} \
-                 NO_PROXY=localhost,127.0.0.1,::1\n"
+                "  export ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1\n  \
+                 HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {http}\n"
             )),
             "{text}"
         );
