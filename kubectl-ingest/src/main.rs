@@ -45,6 +45,10 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    // First: a command's network namespace is made before anything starts a thread.
+    if let Some(code) = kubedev_cli::trampoline_if_asked() {
+        return code;
+    }
     if let Some(code) = kubedev_cli::complete_if_asked(Mode::Ingest, &Cli::command()) {
         return code;
     }

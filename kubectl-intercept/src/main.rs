@@ -107,6 +107,10 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // First: a command's network namespace is made before anything starts a thread.
+    if let Some(code) = kubedev_cli::trampoline_if_asked() {
+        return code;
+    }
     if let Some(code) = kubedev_cli::complete_if_asked(Mode::Intercept, &Cli::command()) {
         return code;
     }

@@ -1,10 +1,14 @@
 //! kubectl-style cluster selection: `-n/--namespace`, `--context`, `--kubeconfig`
-//! and the `KUBECONFIG` variable, resolved the way kubectl resolves them.
+//! and the `KUBECONFIG` variable, resolved the way kubectl resolves them; the API server
+//! is reached through the proxy kubectl would use ([`proxy`]).
+
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use proxy::{Proxy, ProxyEnvironment, ProxyError, ProxyProtocol};
 
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,9 @@ pub enum ClusterError {
         /// What is missing.
         source: KubeconfigError,
     },
+    /// The proxy settings name no proxy that can be used.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// The client could not be configured (its TLS settings, say).
     #[error("cannot build a Kubernetes client")]
     Client {
@@ -64,6 +71,9 @@ pub struct Connection {
     pub context: Option<String>,
     /// The API server's URL (its address must never be routed into the tunnel).
     pub server: String,
+    /// The proxy the client reaches the API server through, if any (its address must
+    /// never be routed into the tunnel either).
+    pub proxy: Option<Proxy>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -72,6 +82,7 @@ impl std::fmt::Debug for Connection {
             .field("namespace", &self.namespace)
             .field("context", &self.context)
             .field("server", &self.server)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +101,7 @@ impl ClusterArgs {
             .context
             .clone()
             .or_else(|| kubeconfig.current_context.clone());
+        let proxy = proxy_for(&kubeconfig, context.as_deref())?;
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..KubeConfigOptions::default()
@@ -102,14 +114,41 @@ impl ClusterArgs {
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
-        let client = client_for(config).map_err(|source| ClusterError::Client { source })?;
+        let client =
+            client_for(config, proxy.as_ref()).map_err(|source| ClusterError::Client { source })?;
         Ok(Connection {
             client,
             namespace,
             context,
             server,
+            proxy,
         })
     }
+}
+
+/// The proxy for the server of `context`'s cluster (kube reports a context, cluster or
+/// server that is missing or malformed).
+fn proxy_for(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<Option<Proxy>, ProxyError> {
+    let cluster = context.and_then(|context| {
+        let named = kubeconfig
+            .contexts
+            .iter()
+            .find(|named| named.name == context)?;
+        let cluster = &named.context.as_ref()?.cluster;
+        let named = kubeconfig
+            .clusters
+            .iter()
+            .find(|named| &named.name == cluster)?;
+        named.cluster.as_ref()
+    });
+    let Some(server) = cluster
+        .and_then(|cluster| cluster.server.as_deref())
+        .and_then(|server| server.parse().ok())
+    else {
+        return Ok(None);
+    };
+    let proxy_url = cluster.and_then(|cluster| cluster.proxy_url.as_deref());
+    proxy::choose(&server, proxy_url, &ProxyEnvironment::read())
 }
 
 /// How long the API server may leave what was sent unacknowledged before the connection is
@@ -127,9 +166,9 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// last.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A client for `config` whose connections to the API server send small writes at once,
-/// notice a dead path within a minute, and whose requests are answered within
-/// [`ANSWER_DEADLINE`] or fail.
+/// A client for `config`, through `proxy` when there is one, whose connections to the
+/// API server (or the proxy) send small writes at once, notice a dead path within a
+/// minute, and whose requests are answered within [`ANSWER_DEADLINE`] or fail.
 ///
 /// kube's own stack leaves Nagle's algorithm on: a small write (a stream's open request, a
 /// window update, one keystroke) then waits for the ACK of what is in flight, a whole round
@@ -137,13 +176,10 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
 /// TCP_NODELAY; so does this. It sets no read deadline either (watches and port-forwards
 /// are idle for long), so a call over a path that died would wait for TCP to give up; keepalive
 /// probes and TCP_USER_TIMEOUT end such a connection, and the call fails, in well under a
-/// minute. Through a proxy, kube builds the tunnel as it does.
-fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
+/// minute.
+fn client_for(config: kube::Config, proxy: Option<&Proxy>) -> Result<kube::Client, kube::Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt as _;
-    if config.proxy_url.is_some() {
-        return kube::Client::try_from(config);
-    }
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -152,7 +188,36 @@ fn client_for(config: kube::Config) -> Result<kube::Client, kube::Error> {
     http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
     http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
     http.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
-    let https = config.rustls_https_connector_with_connector(http)?;
+    let Some(proxy) = proxy else {
+        return client_over(config, http);
+    };
+    match proxy.protocol() {
+        ProxyProtocol::Http => client_over(config, proxy.named(proxy.tunnel(http))),
+        ProxyProtocol::Https => {
+            // As kubectl, the proxy's TLS is the cluster's: its certificate authority, if
+            // the kubeconfig names one.
+            let tls = config.rustls_https_connector_with_connector(http)?;
+            client_over(config, proxy.named(proxy.tunnel(tls)))
+        }
+        ProxyProtocol::Socks5 => client_over(config, proxy.named(proxy.socks(http))),
+    }
+}
+
+/// A client for `config` whose connections to the API server `connector` makes.
+fn client_over<C>(config: kube::Config, connector: C) -> Result<kube::Client, kube::Error>
+where
+    C: tower::Service<hyper::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper_util::client::legacy::connect::Connection
+        + hyper::rt::Read
+        + hyper::rt::Write
+        + Send
+        + Unpin
+        + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<tower::BoxError>,
+{
+    use kube::client::ConfigExt as _;
+    let https = config.rustls_https_connector_with_connector(connector)?;
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
@@ -267,7 +332,7 @@ users:
             }
         });
         let config = kube::Config::new(url.parse().expect("url"));
-        let client = client_for(config).expect("client");
+        let client = client_for(config, None).expect("client");
         let started = tokio::time::Instant::now();
         let answer = tokio::time::timeout(ANSWER_DEADLINE * 2, client.apiserver_version())
             .await
@@ -277,5 +342,86 @@ users:
             started.elapsed() >= ANSWER_DEADLINE,
             "failed only at the deadline"
         );
+    }
+
+    /// What a request through the proxy at `proxy_url` fails with, its causes after it.
+    async fn failure_through(proxy_url: &str) -> String {
+        // Only the proxy is dialled; the server is named in the CONNECT request.
+        let server: hyper::Uri = "https://127.0.0.1:6443".parse().expect("server");
+        let proxy = proxy::choose(&server, Some(proxy_url), &ProxyEnvironment::default())
+            .expect("usable")
+            .expect("a proxy");
+        let client = client_for(kube::Config::new(server), Some(&proxy)).expect("client");
+        let failure = client.apiserver_version().await.expect_err("no tunnel");
+        let mut message = failure.to_string();
+        let mut cause = std::error::Error::source(&failure);
+        while let Some(error) = cause {
+            message = format!("{message}: {error}");
+            cause = error.source();
+        }
+        message
+    }
+
+    /// A proxy on loopback (`scheme://127.0.0.1:PORT`) that answers each message of every
+    /// connection with the next of `replies`.
+    async fn proxy_answering(scheme: &str, replies: &'static [&'static [u8]]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("{scheme}://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                for reply in replies {
+                    let mut request = [0; 1024];
+                    let _ = connection.read(&mut request).await;
+                    let _ = connection.write_all(reply).await;
+                }
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_cannot_be_reached_is_named() {
+        for scheme in ["http", "socks5"] {
+            // Bound, so no other test takes the port, but not listening: connections to it
+            // are refused.
+            let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+            closed
+                .bind("127.0.0.1:0".parse().expect("address"))
+                .expect("bind");
+            let url = format!("{scheme}://{}", closed.local_addr().expect("address"));
+            let message = failure_through(&url).await;
+            assert!(
+                message.contains(&format!(
+                    "the proxy {url} (from the kubeconfig cluster's proxy-url) is unreachable"
+                )),
+                "{message}"
+            );
+            assert!(message.contains("refused"), "and why: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_refuses_the_tunnel_is_named() {
+        const FORBIDDEN: &[&[u8]] = &[b"HTTP/1.1 403 Forbidden\r\n\r\n"];
+        const CREDENTIALS: &[&[u8]] = &[b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"];
+        // No authentication; then "connection refused" for the request.
+        const SOCKS_REFUSAL: &[&[u8]] = &[&[5, 0], &[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]];
+        for (scheme, replies, failure) in [
+            ("http", FORBIDDEN, "refused the tunnel"),
+            ("http", CREDENTIALS, "asks for credentials"),
+            ("socks5", SOCKS_REFUSAL, "refused the connection"),
+        ] {
+            let url = proxy_answering(scheme, replies).await;
+            let message = failure_through(&url).await;
+            assert!(
+                message.contains(&format!(
+                    "the proxy {url} (from the kubeconfig cluster's proxy-url) {failure}"
+                )),
+                "{message}"
+            );
+        }
     }
 }

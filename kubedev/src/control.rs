@@ -4,6 +4,8 @@
 //! module.
 //! Messages use the agent protocol's framing (length-prefixed JSON).
 
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +69,50 @@ pub enum ControlRequest {
     Hold(Held),
     /// Ends a `Hold`, on its connection: the plugin has ended the session.
     Release,
+    /// Serve the network namespace session `name`'s command runs in (made by the plugin,
+    /// unprivileged: see [`NamespaceFiles`]), whose files follow this message. tunneld
+    /// answers `CommandNetwork`, then serves the namespace's TUN device (the cluster's
+    /// ranges and names, everything else from this machine) and delivers the session's
+    /// incoming connections inside it, until this connection closes or the session ends.
+    ServeCommandNetwork {
+        /// The session whose command runs in the namespace.
+        name: String,
+    },
+}
+
+/// The MTU of tunneld's TUN devices, its own and those of the commands' network namespaces:
+/// large packets mean fewer trips through its userspace stack.
+pub const TUN_MTU: u16 = 65_000;
+
+/// The open files that make a command's network namespace reachable from outside: its TUN
+/// device, its user namespace and its network namespace, passed in this order
+/// ([`crate::fd_passing`]).
+#[derive(Debug)]
+pub struct NamespaceFiles {
+    /// The TUN device all of the namespace's traffic is routed into.
+    pub tun: OwnedFd,
+    /// `/proc/PID/ns/user` of the namespace's maker: whoever joins the network namespace
+    /// joins this one first.
+    pub user: OwnedFd,
+    /// `/proc/PID/ns/net`.
+    pub network: OwnedFd,
+}
+
+impl NamespaceFiles {
+    /// The files in the order they are passed.
+    pub fn as_sent(&self) -> [RawFd; 3] {
+        [
+            self.tun.as_raw_fd(),
+            self.user.as_raw_fd(),
+            self.network.as_raw_fd(),
+        ]
+    }
+
+    /// The files as received: exactly three, in the order [`Self::as_sent`] gives.
+    pub fn from_received(files: Vec<OwnedFd>) -> Option<Self> {
+        let [tun, user, network] = <[OwnedFd; 3]>::try_from(files).ok()?;
+        Some(Self { tun, user, network })
+    }
 }
 
 /// What tunneld restores if the plugin holding it dies: session `name` of run `owner` on
@@ -191,7 +237,7 @@ pub enum ControlReply {
     /// The request was carried out.
     Done,
     /// The answer to `Status`.
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     /// The answer to `Environment`.
     Environment {
         /// The app container's variables, by name.
@@ -201,6 +247,13 @@ pub enum ControlReply {
     Failed {
         /// Why, in words for the user.
         reason: String,
+    },
+    /// The answer to `ServeCommandNetwork`: the namespace is served; the command's
+    /// /etc/resolv.conf is to read `resolv_conf` (tunneld's DNS, the session namespace's
+    /// search path).
+    CommandNetwork {
+        /// The resolver file's content.
+        resolv_conf: String,
     },
     /// On a `Hold`'s connection: the session is over without its plugin (its lease was
     /// lost); there is nothing left to restore.
@@ -217,8 +270,40 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// The cluster's network on this machine.
     pub network: NetworkStatus,
+    /// Its proxy, for every tool and platform (none from a tunneld without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
     /// Its sessions, by name.
     pub sessions: Vec<SessionStatus>,
+}
+
+/// The user name tunneld's proxy takes; the password is each tunneld's own secret.
+pub const PROXY_USER: &str = "kubedev";
+
+/// tunneld's proxy: SOCKS5 and HTTP on one loopback port, into the cluster's network (and
+/// everywhere else from this machine), for tools and platforms without the machine-wide
+/// network. It takes only its own credentials, which these URLs carry: only the user sees
+/// them (tunneld's control socket is theirs alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub address: SocketAddr,
+    /// SOCKS5 with names resolved by the proxy: `socks5h://kubedev:SECRET@127.0.0.1:PORT`.
+    pub socks_url: String,
+    /// An HTTP proxy (CONNECT, and plain HTTP requests): `http://kubedev:SECRET@127.0.0.1:PORT`.
+    pub http_url: String,
+}
+
+impl ProxyStatus {
+    /// The proxy on `address` whose password is `secret` (made of URL-safe characters).
+    pub fn new(address: SocketAddr, secret: &str) -> Self {
+        let credentials = format!("{PROXY_USER}:{secret}@{address}");
+        Self {
+            address,
+            socks_url: format!("socks5h://{credentials}"),
+            http_url: format!("http://{credentials}"),
+        }
+    }
 }
 
 /// Whether the cluster's network is available on this machine, and if not, why.
@@ -380,6 +465,16 @@ mod tests {
             serde_json::to_string(&unavailable).expect("json"),
             r#"{"state":"unavailable","reason":"needs root"}"#
         );
+    }
+
+    #[test]
+    fn the_proxys_urls_carry_its_credentials() {
+        let proxy = ProxyStatus::new("127.0.0.1:41234".parse().expect("address"), "0123abcd");
+        assert_eq!(
+            proxy.socks_url,
+            "socks5h://kubedev:0123abcd@127.0.0.1:41234"
+        );
+        assert_eq!(proxy.http_url, "http://kubedev:0123abcd@127.0.0.1:41234");
     }
 
     #[test]

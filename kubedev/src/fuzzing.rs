@@ -28,7 +28,8 @@ fn check_names(request: &ControlRequest) {
         ControlRequest::AddSession { name, .. }
         | ControlRequest::RemoveSession { name }
         | ControlRequest::Environment { name }
-        | ControlRequest::OpenFiles { name } => name,
+        | ControlRequest::OpenFiles { name }
+        | ControlRequest::ServeCommandNetwork { name } => name,
         ControlRequest::Hold(held) => &held.name,
         ControlRequest::Status | ControlRequest::Release => return,
     };

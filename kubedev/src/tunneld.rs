@@ -2,18 +2,20 @@
 //! ([`socket_for`], [`ensure_running`]), connecting to it and to nothing else (its socket
 //! and the process behind it must be this user's: see [`TunneldError::Impostor`]), and
 //! every request on its control socket ([`crate::control`]): sessions added, held, asked
-//! about and forgotten, their environment and volumes.
+//! about and forgotten, their environment and volumes, and their commands' own networks.
 
 mod connect;
 mod start;
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
 
-use crate::control::{ControlReply, ControlRequest, DaemonStatus, Held};
+use crate::control::{ControlReply, ControlRequest, DaemonStatus, Held, NamespaceFiles};
+use crate::fd_passing;
 use crate::private_files::PrivateFileError;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
@@ -126,22 +128,28 @@ pub async fn request(
     socket: &Path,
     request: &ControlRequest,
 ) -> Result<ControlReply, TunneldError> {
-    match exchange(socket, request).await?.1 {
+    match exchange(socket, request, &[]).await?.1 {
         ControlReply::Failed { reason } => Err(TunneldError::Failed(reason)),
         reply => Ok(reply),
     }
 }
 
-/// Connects, sends `request` and reads tunneld's first reply, within the request's
-/// [`answer_deadline`]; returns the connection with it.
+/// Connects, sends `request` (and `files` after it, if any) and reads tunneld's first
+/// reply, within the request's [`answer_deadline`]; returns the connection with it.
 async fn exchange(
     socket: &Path,
     request: &ControlRequest,
+    files: &[RawFd],
 ) -> Result<(UnixStream, ControlReply), TunneldError> {
     let waited = answer_deadline(request);
     let exchanged = async {
         let mut stream = connect::connect(socket).await?;
         write_message(&mut stream, request).await?;
+        if !files.is_empty() {
+            fd_passing::send_on(&stream, FILES_MESSAGE, files)
+                .await
+                .map_err(CodecError::Io)?;
+        }
         let reply = read_message(&mut stream).await?;
         Ok((stream, reply))
     };
@@ -169,7 +177,7 @@ pub const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// What the tunneld at `socket` runs.
 pub async fn status(socket: &Path) -> Result<DaemonStatus, TunneldError> {
     match request(socket, &ControlRequest::Status).await? {
-        ControlReply::Status(status) => Ok(status),
+        ControlReply::Status(status) => Ok(*status),
         other => Err(unexpected(&other)),
     }
 }
@@ -262,9 +270,28 @@ pub async fn hold(socket: &Path, held: Held) -> Result<Hold, TunneldError> {
     Ok(Hold { writer, reply_rx })
 }
 
+/// What carries the files after a request that has some.
+pub const FILES_MESSAGE: &[u8] = b"files";
+
+/// Has tunneld serve the network namespace that session `name`'s command runs in (see
+/// [`ControlRequest::ServeCommandNetwork`]); returns the connection, which keeps it served
+/// until it closes, and the resolver file for the command.
+pub async fn serve_command_network(
+    socket: &Path,
+    name: &str,
+    files: &NamespaceFiles,
+) -> Result<(UnixStream, String), TunneldError> {
+    let request = ControlRequest::ServeCommandNetwork { name: name.into() };
+    match exchange(socket, &request, &files.as_sent()).await? {
+        (stream, ControlReply::CommandNetwork { resolv_conf }) => Ok((stream, resolv_conf)),
+        (_, ControlReply::Failed { reason }) => Err(TunneldError::Failed(reason)),
+        (_, other) => Err(unexpected(&other)),
+    }
+}
+
 /// Sends `request`, whose `Done` turns the connection into something longer-lived.
 async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, TunneldError> {
-    match exchange(socket, request).await? {
+    match exchange(socket, request, &[]).await? {
         (stream, ControlReply::Done) => Ok(stream),
         (_, ControlReply::Failed { reason }) => Err(TunneldError::Failed(reason)),
         (_, other) => Err(unexpected(&other)),

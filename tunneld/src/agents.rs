@@ -20,6 +20,7 @@ use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::incoming;
+use crate::local_network::LocalNetwork;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -41,6 +42,8 @@ pub(crate) struct AgentSelector {
     pub(crate) forwards: Arc<[Forward]>,
     /// The id the session's wiretap claims carry, the same on every link.
     pub(crate) wiretap: String,
+    /// Where the connections the agents take over are delivered.
+    pub(crate) local: Arc<LocalNetwork>,
 }
 
 /// A link's key: the session it serves, its pod, and which of the pod's links it is.
@@ -125,6 +128,17 @@ impl AgentPool {
     async fn add(&self, key: LinkKey, link: AgentLink) {
         self.links.write().await.insert(key, link);
         self.link_added.notify_waiters();
+    }
+
+    /// Adds `link` as the first link to `pod` of `session`, as if it had come up.
+    #[cfg(test)]
+    pub(crate) async fn add_link(&self, session: &str, pod: &str, link: AgentLink) {
+        let key = LinkKey {
+            session: session.into(),
+            pod: pod.into(),
+            index: 0,
+        };
+        self.add(key, link).await;
     }
 
     /// One live link to each pod of `session`.
@@ -296,6 +310,7 @@ async fn supervise_link(
                 let delivering = tokio::spawn(incoming::deliver_all(
                     incoming_rx,
                     selector.forwards.clone(),
+                    selector.local.clone(),
                 ));
                 keep_alive(&link).await;
                 delivering.abort();

@@ -1,9 +1,12 @@
-//! The daemon: serves the control socket ([`requests`]), keeps the sessions' tunnels, brings
-//! up the cluster network with the first session ([`cluster_network`]), keeps a session
+//! The daemon: serves the control socket ([`requests`]) and the proxy ([`crate::proxy`]),
+//! keeps the sessions' tunnels, learns the cluster's ranges and brings up the cluster
+//! network with the first session ([`cluster_network`]) or serves the network namespaces of
+//! the sessions' commands without it ([`command_network`]), keeps a session
 //! while its plugin holds it ([`holds`], renewing its lease in [`leases`]), and exits once
 //! no session is left. Only its own user's connections are served ([`peers`]).
 
 mod cluster_network;
+mod command_network;
 mod holds;
 mod leases;
 mod peers;
@@ -11,20 +14,23 @@ mod requests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use kubedev::cidr::Cidr;
-use kubedev::control::ProxyChoices;
+use kubedev::control::{ProxyChoices, ProxyStatus};
 use kubedev_process::signals::StopSignals;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentPool;
-use cluster_network::NetworkState;
+use crate::local_network::LocalNetwork;
+use crate::outbound::Outbound;
+use crate::proxy::Proxy;
+use cluster_network::{KnownCluster, NetworkState};
 use leases::LeaseKeeping;
 use peers::AllowedPeers;
 
@@ -37,6 +43,8 @@ pub(crate) struct Settings {
     /// `--also-proxy` and `--never-proxy` from tunneld's command line.
     pub(crate) proxy: ProxyChoices,
     pub(crate) no_network: bool,
+    /// The proxy's port on 127.0.0.1; 0 for one the kernel picks.
+    pub(crate) proxy_port: u16,
     pub(crate) resolv_conf: PathBuf,
     pub(crate) state_dir: PathBuf,
     /// How long tunneld stays up with no session (after the last one, or after start).
@@ -49,6 +57,8 @@ struct Tunneled {
     namespace: String,
     /// A wiretap's id in its claims.
     wiretap: Option<String>,
+    /// Where its incoming connections are delivered.
+    local: Arc<LocalNetwork>,
     /// Cancelled when the session is removed: its links end.
     stop: CancellationToken,
 }
@@ -58,6 +68,12 @@ pub(crate) struct Daemon {
     api_server: String,
     settings: Settings,
     pool: Arc<AgentPool>,
+    /// Where every flow leaves from, and dialling it.
+    outbound: Arc<Outbound>,
+    /// The cluster's ranges, learned with the first session.
+    cluster: OnceCell<KnownCluster>,
+    /// Where the proxy listens, and its URLs, once it does.
+    proxy_status: OnceLock<ProxyStatus>,
     /// The sessions tunneld links to, by name.
     sessions: Mutex<HashMap<String, Tunneled>>,
     network: Mutex<NetworkState>,
@@ -82,12 +98,16 @@ impl std::fmt::Debug for Daemon {
 
 impl Daemon {
     pub(crate) fn new(client: kube::Client, api_server: String, settings: Settings) -> Arc<Self> {
+        let pool = Arc::new(AgentPool::default());
         Arc::new(Self {
             client,
             api_server,
             proxy: Mutex::new(settings.proxy.clone()),
+            outbound: Arc::new(Outbound::new(pool.clone(), &settings.cluster_domain)),
+            cluster: OnceCell::new(),
+            proxy_status: OnceLock::new(),
             settings,
-            pool: Arc::new(AgentPool::default()),
+            pool,
             sessions: Mutex::new(HashMap::new()),
             network: Mutex::new(NetworkState::Off),
             holds: AtomicUsize::new(0),
@@ -96,9 +116,18 @@ impl Daemon {
         })
     }
 
-    /// Serves `socket` until no session is left for the idle time, or a stop signal.
+    /// Serves `socket` and the proxy until no session is left for the idle time, or a
+    /// stop signal.
     pub(crate) async fn run(self: &Arc<Self>, socket: &Path) -> anyhow::Result<()> {
         let listener = bind(socket).await?;
+        let proxy = match Proxy::bind(self.settings.proxy_port, self.outbound.clone()).await {
+            Ok(proxy) => proxy,
+            Err(err) => {
+                let _ = std::fs::remove_file(socket);
+                return Err(err);
+            }
+        };
+        let _ = self.proxy_status.set(proxy.status().clone());
         tracing::info!(
             "tunneld {} serving {}",
             env!("CARGO_PKG_VERSION"),
@@ -106,6 +135,7 @@ impl Daemon {
         );
         let result = tokio::select! {
             result = self.accept_loop(&listener) => result,
+            () = proxy.serve() => Ok(()),
             () = self.idle() => {
                 tracing::info!("no session left: exiting");
                 Ok(())

@@ -1,31 +1,35 @@
 //! Incoming connections, from the cluster to the workstation: those the agents took over,
 //! delivered to local ports. Each arrives as a stream the agent opened, naming the app's
-//! port; it is connected to the local address that port is forwarded to. A UDP port's
+//! port; it is connected to the local address that port is forwarded to, on the
+//! session's [`LocalNetwork`] (a command's own network namespace, say). A UDP port's
 //! stream carries one peer's datagrams, sent from a socket of its own so that replies find
 //! their way back.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kubedev::control::Forward;
 use kubedev_protocol::codec::{read_message, write_message};
 use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
-use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, connected_socket, relay_socket};
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, relay_socket};
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
-use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-/// Serves every stream an agent opens, until its link ends.
+use crate::local_network::LocalNetwork;
+
+/// Serves every stream an agent opens, until its link ends, delivering on `local`.
 pub(crate) async fn deliver_all(
     mut incoming_rx: mpsc::Receiver<MuxStream>,
     forwards: Arc<[Forward]>,
+    local: Arc<LocalNetwork>,
 ) {
     while let Some(stream) = incoming_rx.recv().await {
-        tokio::spawn(deliver(stream, forwards.clone()));
+        tokio::spawn(deliver(stream, forwards.clone(), local.clone()));
     }
 }
 
-async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
+async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>, local: Arc<LocalNetwork>) {
     let (port, transport) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
         .await
     {
@@ -46,9 +50,13 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
     };
     let target = (forward.local_host.as_str(), forward.local_port);
     if transport == Transport::Udp {
-        return deliver_datagrams(stream, target, port).await;
+        return deliver_datagrams(stream, &local, target, port).await;
     }
-    let mut local = match TcpStream::connect(target).await {
+    let connected = match address_of(target).await {
+        Ok(address) => local.connect_tcp(address).await,
+        Err(err) => Err(err),
+    };
+    let mut local = match connected {
         Ok(local) => local,
         Err(err) => {
             let reason = format!("connect to {}:{}: {err}", target.0, target.1);
@@ -68,8 +76,17 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>) {
 }
 
 /// Relays one peer's datagrams for the app's UDP `port` to `target` and back.
-async fn deliver_datagrams(mut stream: MuxStream, target: (&str, u16), port: u16) {
-    let socket = match connected_udp(target).await {
+async fn deliver_datagrams(
+    mut stream: MuxStream,
+    local: &LocalNetwork,
+    target: (&str, u16),
+    port: u16,
+) {
+    let connected = match address_of(target).await {
+        Ok(address) => local.connect_udp(address).await,
+        Err(err) => Err(err),
+    };
+    let socket = match connected {
         Ok(socket) => socket,
         Err(err) => {
             let reason = format!("udp to {}:{}: {err}", target.0, target.1);
@@ -89,12 +106,12 @@ async fn deliver_datagrams(mut stream: MuxStream, target: (&str, u16), port: u16
     }
 }
 
-async fn connected_udp(target: (&str, u16)) -> std::io::Result<UdpSocket> {
-    let address = tokio::net::lookup_host(target)
+/// The address of a local host and port (an address already, but for `localhost`).
+async fn address_of(target: (&str, u16)) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host(target)
         .await?
         .next()
-        .ok_or_else(|| std::io::Error::other("no address"))?;
-    connected_socket(address).await
+        .ok_or_else(|| std::io::Error::other("no address"))
 }
 
 async fn refuse(mut stream: MuxStream, reason: String) {

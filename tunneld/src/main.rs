@@ -4,7 +4,13 @@ mod agents;
 mod cluster_ranges;
 mod daemon;
 mod incoming;
+mod local_network;
+mod namespace_sockets;
 mod network;
+mod outbound;
+mod proxy;
+#[cfg(test)]
+mod test_agent;
 mod to_pod;
 
 use std::path::PathBuf;
@@ -28,8 +34,9 @@ Examples:
 
 /// The local daemon that the kubectl intercept, replace-container and ingest plugins
 /// share. It keeps a tunnel to every agent pod of every session (following pod restarts
-/// and replicas) and, with root, brings the cluster's network here: routes for the pod
-/// and service ranges into a TUN device, and DNS for the cluster's names.
+/// and replicas), serves a SOCKS5 and HTTP proxy into the cluster's network on 127.0.0.1
+/// and, with root, brings the cluster's network here: routes for the pod and service
+/// ranges into a TUN device, and DNS for the cluster's names.
 #[derive(Debug, Parser)]
 #[command(name = "tunneld", version, after_help = EXAMPLES)]
 struct Cli {
@@ -61,6 +68,10 @@ struct Cli {
     #[arg(long)]
     no_network: bool,
 
+    /// The proxy's port on 127.0.0.1 (default: one the kernel picks; `status` shows it).
+    #[arg(long, env = "KUBEDEV_PROXY_PORT", default_value_t = 0)]
+    proxy_port: u16,
+
     /// The resolver configuration to point at tunneld's DNS.
     #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
     resolv_conf: PathBuf,
@@ -74,8 +85,11 @@ struct Cli {
     idle_exit_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the async runtime starts any thread.
+    if let Some(code) = namespace_sockets::serve_if_asked() {
+        return code;
+    }
     kubedev_process::logging::init();
     let cli = Cli::parse();
     // The log is appended to, run after run: each start is marked, with its time and pid.
@@ -84,7 +98,11 @@ async fn main() -> std::process::ExitCode {
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
-    kubedev_process::exit_status(run(cli).await)
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return kubedev_process::exit_status(Err(err.into())),
+    };
+    kubedev_process::exit_status(runtime.block_on(run(cli)))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -97,10 +115,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             never_proxy: cli.never_proxy,
         },
         no_network: cli.no_network,
+        proxy_port: cli.proxy_port,
         resolv_conf: cli.resolv_conf,
         state_dir: cli.state_dir,
         idle_exit: Duration::from_secs(cli.idle_exit_secs),
     };
-    let daemon = Daemon::new(connection.client, connection.server, settings);
+    // What must never be routed into the tunnel: the address the connections to the API
+    // server dial, which is the proxy's when they go through one.
+    let first_hop = match &connection.proxy {
+        Some(proxy) => proxy.uri().to_string(),
+        None => connection.server,
+    };
+    let daemon = Daemon::new(connection.client, first_hop, settings);
     daemon.run(&cli.socket).await
 }

@@ -13,6 +13,7 @@ pub(crate) mod tun_routes;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{IntoRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use netstack_smoltcp::{StackBuilder, TcpStream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 
-use crate::agents::AgentPool;
+use crate::outbound::{Leaves, Outbound};
 use kubedev_protocol::splice::CHUNK;
 use kubedev_protocol::udp_flows::UdpFlows;
 use udp::{Datagram, FlowKey};
@@ -35,15 +36,12 @@ pub(crate) const TUN_NAME: &str = "kubedev-tun%d";
 const TUN_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Where the workstation's resolver sends queries (routed into the TUN, answered by tunneld).
 pub(crate) const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
-/// Large packets mean fewer trips through the userspace stack.
-const MTU: u16 = 65_000;
+const MTU: u16 = kubedev::control::TUN_MTU;
 /// Each TCP connection's window in the userspace stack, each way. The TUN's round trip
 /// is tiny, so this is plenty for full speed while keeping 1,000 flows affordable.
 const TCP_WINDOW: u32 = 512 * 1024;
 /// Packets queued between the device and the stack.
 const PACKET_QUEUE: usize = 1024;
-/// How long a new flow waits for an agent link before it is refused.
-const LINK_WAIT: Duration = Duration::from_secs(10);
 /// How long the workstation's socket may take to acknowledge the last data.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// How often flows that went idle are forgotten.
@@ -79,15 +77,28 @@ impl Network {
         Ok(Self { device, name })
     }
 
-    /// The device's name.
+    /// The device's name, as the kernel gave it (empty for one served from a descriptor).
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Serves a TUN device made elsewhere: in a command's own network namespace, whose
+    /// maker configured it (addresses, routes, MTU [`kubedev::control::TUN_MTU`]).
+    pub(crate) fn from_fd(tun: OwnedFd) -> anyhow::Result<Self> {
+        let mut tun_config = tun::Configuration::default();
+        tun_config.raw_fd(tun.into_raw_fd()).close_fd_on_drop(true);
+        let device = tun::create_as_async(&tun_config).context("serve a TUN device")?;
+        // Named in its own namespace, where nothing here refers to it by name.
+        Ok(Self {
+            device,
+            name: String::new(),
+        })
     }
 
     /// Serves every flow that enters the device: DNS here, the rest through an agent.
     pub(crate) async fn run(
         self,
-        pool: Arc<AgentPool>,
+        outbound: Arc<Outbound>,
         dns: Arc<dns::DnsAnswerer>,
     ) -> anyhow::Result<()> {
         let (stack, runner, udp, tcp) = StackBuilder::default()
@@ -129,7 +140,7 @@ impl Network {
                 if *stream.remote_addr() == dns_address {
                     tokio::spawn(answer_dns_over_tcp(dns.clone(), stream));
                 } else {
-                    tokio::spawn(relay_tcp(pool.clone(), stream));
+                    tokio::spawn(relay_tcp(outbound.clone(), stream));
                 }
             }
         };
@@ -141,7 +152,7 @@ impl Network {
             }
             done = to_device => done.context("writing the TUN device")?,
             () = accept_tcp => {}
-            () = serve_udp(pool.clone(), dns.clone(), udp) => {}
+            () = serve_udp(outbound.clone(), dns.clone(), udp) => {}
         }
         anyhow::bail!("the userspace network stack stopped")
     }
@@ -175,7 +186,7 @@ fn why_no_device(err: &tun::Error, uid: u32) -> String {
 /// Reads every datagram from the stack: DNS queries are answered here, the rest go to their
 /// flow. Replies from all flows reach the stack through one writer.
 async fn serve_udp(
-    pool: Arc<AgentPool>,
+    outbound: Arc<Outbound>,
     dns: Arc<dns::DnsAnswerer>,
     socket: netstack_smoltcp::UdpSocket,
 ) {
@@ -212,7 +223,7 @@ async fn serve_udp(
             if let Some(first) = flows.deliver(&key, payload) {
                 let datagrams_rx = flows.start(key, first);
                 tokio::spawn(udp::relay_flow(
-                    pool.clone(),
+                    outbound.clone(),
                     key,
                     datagrams_rx,
                     replies_tx.clone(),
@@ -266,19 +277,21 @@ async fn answer_dns_over_tcp(dns: Arc<dns::DnsAnswerer>, stream: TcpStream) {
     }
 }
 
-/// Carries one TCP connection from the TUN device through an agent. Not
+/// Carries one TCP connection from the TUN device through an agent: what enters the
+/// device was routed there for the cluster, and dialled from the workstation it would
+/// only come back into the device. Not
 /// [`kubedev_protocol::splice::splice`]: the userspace stack's shutdown completes only once
 /// the workstation's side has closed too, and that wait must be bounded here, or a socket
 /// that never closes would keep the relay forever.
-async fn relay_tcp(pool: Arc<AgentPool>, local: TcpStream) {
+async fn relay_tcp(outbound: Arc<Outbound>, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
     tracing::debug!("tcp {source} -> {target}: accepted");
-    let Some(link) = pool.pick(None, LINK_WAIT).await else {
-        return tracing::warn!("no agent to carry a connection to {target}");
-    };
-    let remote = match link.open_tcp(&target.ip().to_string(), target.port()).await {
+    let remote = match outbound.tcp_from(Leaves::Cluster, target).await {
         Ok(remote) => remote,
+        Err(err) if err.kind() == std::io::ErrorKind::NotConnected => {
+            return tracing::warn!("tcp {source} -> {target}: {err}");
+        }
         Err(err) => return tracing::debug!("tcp {source} -> {target}: {err}"),
     };
     tracing::debug!("tcp {source} -> {target}: open in the pod");

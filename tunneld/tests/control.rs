@@ -424,3 +424,74 @@ async fn a_session_reclaimed_by_another_run_is_ended_here_and_its_plugin_told_wh
         tunneld.log()
     );
 }
+
+/// A one-page HTTP server on this machine's loopback, answering `hello` to every request.
+fn hello_server() -> std::net::SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = connection.read(&mut request);
+            let _ = connection.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    address
+}
+
+/// `curl URL` through `proxy`: its exit status and what it printed.
+fn curl(proxy: &str, url: &str, more: &[&str]) -> (bool, String) {
+    let output = Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "20",
+            "--noproxy",
+            "",
+            "--proxy",
+            proxy,
+        ])
+        .args(more)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), printed)
+}
+
+#[tokio::test]
+async fn the_proxy_in_status_takes_only_its_own_credentials() {
+    let tunneld = Tunneld::start("proxy").await;
+    // A session keeps tunneld up; with no cluster, every destination is this machine's.
+    tunneld.request(&add_session("web")).await.expect("added");
+    let status = tunneld::status(&tunneld.socket).await.expect("status");
+    let proxy = status.proxy.expect("a proxy");
+    assert_eq!(proxy.address.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let url = format!("http://localhost:{}/", hello_server().port());
+
+    for through in [&proxy.socks_url, &proxy.http_url] {
+        assert_eq!(
+            curl(through, &url, &[]),
+            (true, "hello".into()),
+            "{through}"
+        );
+    }
+    let anonymous = format!("http://{}", proxy.address);
+    let status_code = ["--output", "/dev/null", "--write-out", "%{http_code}"];
+    assert_eq!(curl(&anonymous, &url, &status_code).1, "407");
+    let guessed = format!("http://kubedev:guess@{}", proxy.address);
+    assert_eq!(curl(&guessed, &url, &status_code).1, "407");
+    for refused in [
+        format!("socks5h://{}", proxy.address),
+        format!("socks5h://kubedev:guess@{}", proxy.address),
+    ] {
+        assert_eq!(
+            curl(&refused, &url, &[]),
+            (false, String::new()),
+            "{refused}"
+        );
+    }
+}

@@ -1,32 +1,96 @@
-//! `-- CMD`: the developer's command, run with the container's environment.
+//! `-- CMD`: the developer's command, run with the container's environment and the
+//! cluster's network, however this machine has it.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use kubedev::control::{DaemonStatus, NetworkStatus, ProxyStatus, ResolverStatus};
 
-/// Runs `command` with the app's environment on top of ours, seeing `resolver` (if given)
-/// as its /etc/resolv.conf, until it exits; once `stop` completes (a stop signal to the
-/// plugin, the session ending without it) it gets SIGTERM. Its exit status becomes ours.
+use super::netns::{self, Started};
+
+/// How `-- CMD` reaches the cluster's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CommandNetwork {
+    /// Through the machine's: tunneld's TUN device, routes and resolver (or none at all,
+    /// where tunneld was told to bring up no network).
+    Machine,
+    /// Through the machine's, whose resolver was left as it is: the command sees this
+    /// file as /etc/resolv.conf, in a mount namespace of its own (which needs root, as the
+    /// machine's network does).
+    ResolverView(PathBuf),
+    /// In a network namespace of its own, which the tunneld at `socket` serves for session
+    /// `session`: where tunneld could not bring the network to the machine (no root).
+    /// Where no such namespace can be made, through tunneld's `proxy`, if it runs one.
+    OwnNamespace {
+        socket: PathBuf,
+        session: String,
+        proxy: Option<ProxyStatus>,
+    },
+}
+
+impl CommandNetwork {
+    /// How a command of session `session`, whose tunneld at `socket` runs as `status`
+    /// says, reaches the cluster.
+    pub(super) fn of(status: &DaemonStatus, socket: &Path, session: &str) -> Self {
+        match &status.network {
+            NetworkStatus::Up {
+                resolver: ResolverStatus::Unchanged { for_commands, .. },
+                ..
+            } => Self::ResolverView(for_commands.clone()),
+            NetworkStatus::Up { .. } => Self::Machine,
+            NetworkStatus::Off | NetworkStatus::Unavailable { .. } => Self::OwnNamespace {
+                socket: socket.to_owned(),
+                session: session.to_owned(),
+                proxy: status.proxy.clone(),
+            },
+        }
+    }
+}
+
+/// Runs `command` with the app's environment on top of ours, reaching the cluster as
+/// `network` says, until it exits; once `stop` completes (a stop signal to the plugin,
+/// the session ending without it) it gets SIGTERM. Its exit status becomes ours.
 pub(super) async fn run_command(
     command: &[String],
     variables: &BTreeMap<String, String>,
-    resolver: Option<&std::path::Path>,
+    network: &CommandNetwork,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
     let mut to_run = tokio::process::Command::new(program);
     to_run.args(arguments).envs(variables);
-    let spawned = match resolver {
-        Some(resolver) => super::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
-            eprintln!(
-                "note: {program} runs without the cluster's names ({err}: giving it \
-                 {} as /etc/resolv.conf needs root)",
-                resolver.display()
-            );
-            to_run.spawn()
-        }),
-        None => to_run.spawn(),
+    // Kept open while the command runs: tunneld serves its namespace until it closes.
+    let mut served = None;
+    let spawned = match network {
+        CommandNetwork::Machine => to_run.spawn(),
+        CommandNetwork::ResolverView(resolver) => {
+            super::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
+                eprintln!(
+                    "note: {program} runs without the cluster's names ({err}: giving it \
+                     {} as /etc/resolv.conf needs root)",
+                    resolver.display()
+                );
+                to_run.spawn()
+            })
+        }
+        CommandNetwork::OwnNamespace {
+            socket,
+            session,
+            proxy,
+        } => match netns::spawn(program, arguments, variables, socket, session).await? {
+            Started::InNamespace {
+                child,
+                served: connection,
+            } => {
+                served = Some(connection);
+                Ok(*child)
+            }
+            Started::Unavailable(reason) => {
+                spawn_without_namespace(&mut to_run, program, &reason, proxy.as_ref())
+            }
+        },
     };
     let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
     let status = tokio::select! {
@@ -41,10 +105,90 @@ pub(super) async fn run_command(
             child.wait().await?
         }
     };
+    drop(served);
     use std::os::unix::process::ExitStatusExt as _;
     let code = status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Starts the command where no network namespace of its own can be made for it (for
+/// `reason`): on this machine's network, with the variables that send its connections
+/// through tunneld's `proxy`, if it runs one; says so in one line.
+fn spawn_without_namespace(
+    command: &mut tokio::process::Command,
+    program: &str,
+    reason: &str,
+    proxy: Option<&ProxyStatus>,
+) -> std::io::Result<tokio::process::Child> {
+    match proxy {
+        Some(proxy) => {
+            eprintln!(
+                "note: {program} reaches the cluster through tunneld's proxy at {} (no network \
+                 namespace of its own here: {reason}; ALL_PROXY, HTTP_PROXY and HTTPS_PROXY are \
+                 set for it; tools that ignore them reach only this machine's network)",
+                proxy.address
+            );
+            command.envs(kubedev::proxy_env::for_command(proxy));
+        }
+        None => eprintln!(
+            "note: {program} runs without the cluster's network (no network namespace of its \
+             own here: {reason})"
+        ),
+    }
+    command.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(network: NetworkStatus, proxy: Option<ProxyStatus>) -> DaemonStatus {
+        DaemonStatus {
+            pid: 1,
+            network,
+            proxy,
+            sessions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_namespace_of_its_own_only_where_the_machine_has_no_cluster_network() {
+        let socket = Path::new("/run/user/1000/kubedev/tunneld-dev.sock");
+        let proxy = ProxyStatus::new("127.0.0.1:41234".parse().expect("address"), "secret");
+        let unavailable = NetworkStatus::Unavailable {
+            reason: "needs root".into(),
+        };
+        assert_eq!(
+            CommandNetwork::of(&status(unavailable, Some(proxy.clone())), socket, "web"),
+            CommandNetwork::OwnNamespace {
+                socket: socket.to_owned(),
+                session: "web".into(),
+                proxy: Some(proxy.clone()),
+            }
+        );
+        let up = |resolver| NetworkStatus::Up {
+            routes: Vec::new(),
+            ranges: Vec::new(),
+            dns: "198.18.0.53".into(),
+            resolver,
+        };
+        let machine = up(ResolverStatus::ResolvConf {
+            path: "/etc/resolv.conf".into(),
+        });
+        assert_eq!(
+            CommandNetwork::of(&status(machine, Some(proxy)), socket, "web"),
+            CommandNetwork::Machine
+        );
+        let node = up(ResolverStatus::Unchanged {
+            reason: "a kubelet hands it to its pods".into(),
+            for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
+        });
+        assert_eq!(
+            CommandNetwork::of(&status(node, None), socket, "web"),
+            CommandNetwork::ResolverView("/run/kubedev/resolv.conf.for-commands".into())
+        );
+    }
 }

@@ -9,12 +9,12 @@ use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::NetworkStatus;
 use kubedev::mode::Mode;
 use kubedev::session::{self, connect};
-use kubedev::tunneld::Hold;
+use kubedev::tunneld::{self, Hold};
 
 use super::args::SessionLife;
 use super::config::{self, ImageSource};
 use super::life::{
-    Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+    Joining, Life, Live, Session, forget_in_tunneld, join_tunneld, live_through,
     release_after_the_end,
 };
 use super::output::spinner;
@@ -115,7 +115,10 @@ impl Session for OwnPod<'_> {
             timeout: self.args.timeout,
         };
         let proxy = self.args.proxy_choices();
-        let (variables, network) = join_tunneld(self.connection, &joining, proxy, &[]).await?;
+        let (variables, command_network) =
+            join_tunneld(self.connection, &joining, proxy, &[]).await?;
+        let socket = tunneld::socket_for(self.connection)?;
+        let network = tunneld::status(&socket).await?.network;
         eprintln!(
             "{}",
             connected(self.pod, &self.connection.namespace, &network)
@@ -123,7 +126,7 @@ impl Session for OwnPod<'_> {
         Ok(Live {
             variables,
             mounted: None,
-            command_resolver: command_resolver(network),
+            command_network,
         })
     }
 
@@ -145,8 +148,8 @@ fn connected(pod: &str, namespace: &str, network: &NetworkStatus) -> String {
         ),
         NetworkStatus::Unavailable { .. } | NetworkStatus::Off => format!(
             "connected to pod {pod} in namespace {namespace}, but without the cluster's \
-             network: service names and pod and service IPs do not reach the cluster from \
-             here, only --to-pod ports do"
+             network on this whole machine: service names and pod and service IPs reach the \
+             cluster only from `-- CMD` and through tunneld's proxy (see the note above)"
         ),
     }
 }

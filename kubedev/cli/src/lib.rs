@@ -3,7 +3,8 @@
 //! - the command line (`args`) and errors reported the way kubectl reports them;
 //! - a session's life, whatever it changes (`life`): on a workload (`run`) or through a pod
 //!   of its own (`connect`); `-- CMD` (`command`, with tunneld's DNS where the machine's
-//!   resolver is left as it is: `resolver_view`); the links to the agents while it lasts
+//!   resolver is left as it is: `resolver_view`; in a network namespace of its own where
+//!   the machine has no cluster network: `netns`); the links to the agents while it lasts
 //!   (`links`); restoring sessions whose lease ran out, first (`reclaim`);
 //! - the subcommands (`manage`): `list`, `leave` and the sessions they look at (`survey`),
 //!   `status`, bug report archives (`gather`), the settings file (`config`);
@@ -22,6 +23,7 @@ mod life;
 mod links;
 mod list;
 mod manage;
+mod netns;
 mod output;
 mod reclaim;
 mod resolver_view;
@@ -35,6 +37,7 @@ pub use args::{
     SessionLife,
 };
 pub use complete::{COMPLETE_ARG, complete_if_asked};
+pub use netns::trampoline_if_asked;
 
 use connect::run_connect;
 use kubedev::mode::Mode;

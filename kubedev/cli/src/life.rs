@@ -4,19 +4,16 @@
 //! until tunneld ends it) or detached (until `leave`), and ended however it ends.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::args::SessionLife;
-use super::command::run_command;
+use super::command::{CommandNetwork, run_command};
 use super::command_of;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{
-    ControlRequest, Forward, Held, NetworkStatus, PodPort, ProxyChoices, ResolverStatus,
-};
+use kubedev::control::{ControlRequest, Forward, Held, PodPort, ProxyChoices};
 use kubedev::mode::Mode;
 use kubedev::mount::Mount;
 use kubedev::session;
@@ -251,19 +248,8 @@ pub(super) struct Live {
     /// The container's environment; once live, what `-- CMD` gets of it.
     pub(super) variables: BTreeMap<String, String>,
     pub(super) mounted: Option<Mount>,
-    /// tunneld's resolver file for `-- CMD`, where the machine's was left as it is.
-    pub(super) command_resolver: Option<PathBuf>,
-}
-
-/// tunneld's resolver file for `-- CMD`, where the machine's resolver was left as it is.
-pub(super) fn command_resolver(network: NetworkStatus) -> Option<PathBuf> {
-    match network {
-        NetworkStatus::Up {
-            resolver: ResolverStatus::Unchanged { for_commands, .. },
-            ..
-        } => Some(for_commands),
-        _ => None,
-    }
+    /// How `-- CMD` reaches the cluster's network.
+    pub(super) command_network: CommandNetwork,
 }
 
 /// How a foreground session's stay ended.
@@ -299,13 +285,7 @@ async fn stay(
         stop.await;
         ExitCode::SUCCESS
     } else {
-        run_command(
-            command,
-            &live.variables,
-            live.command_resolver.as_deref(),
-            stop,
-        )
-        .await?
+        run_command(command, &live.variables, &live.command_network, stop).await?
     };
     Ok(match news {
         None | Some(HoldNews::Released) => Stayed::Done(code),
@@ -328,13 +308,13 @@ pub(super) struct Joining<'a> {
 }
 
 /// Hands the session to tunneld, waits for a link to every pod and fetches the app's
-/// environment; returns it and the state of the cluster network.
+/// environment; returns it and how `-- CMD` reaches the cluster's network.
 pub(super) async fn join_tunneld(
     connection: &Connection,
     session: &Joining<'_>,
     proxy: ProxyChoices,
     to_pod: &[PodPort],
-) -> anyhow::Result<(BTreeMap<String, String>, NetworkStatus)> {
+) -> anyhow::Result<(BTreeMap<String, String>, CommandNetwork)> {
     let socket = tunneld::socket_for(connection)?;
     let bar = spinner("connecting to the agents".into());
     let adding = ControlRequest::AddSession {
@@ -380,7 +360,8 @@ pub(super) async fn join_tunneld(
         eprintln!("note: {note}");
     }
     let variables = tunneld::environment(&socket, session.name).await?;
-    Ok((variables, status.network))
+    let command_network = CommandNetwork::of(&status, &socket, session.name);
+    Ok((variables, command_network))
 }
 
 /// Has tunneld drop session `name`'s tunnels, if it runs.

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::args::Output;
 use kubedev::control::PodPort;
-use kubedev::control::{DaemonStatus, NetworkStatus, RangeState, RangeStatus, ResolverStatus};
+use kubedev::control::{
+    DaemonStatus, NetworkStatus, ProxyStatus, RangeState, RangeStatus, ResolverStatus,
+};
 use kubedev::mode::Mode;
 use kubedev::session::{Plan, Started};
 use kubedev::workload::Progress;
@@ -26,13 +28,18 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
         NetworkStatus::Off => Vec::new(),
         NetworkStatus::Unavailable { reason } => {
             // tunneld runs as this plugin's user.
-            let root = kubedev::private_files::own_uid() == 0;
-            let without = if root { "" } else { " without root" };
+            let without = if kubedev::private_files::own_uid() == 0 {
+                ""
+            } else {
+                " without root"
+            };
             vec![format!(
-                "the cluster's network (service names, pod and service IPs) is not available\
-                 {without} on this machine ({reason}); the privileged network helper brings it \
-                 to the whole machine (see the README). Sessions' traffic, environment and \
-                 volumes, and --to-pod ports, work without it"
+                "the cluster's network (service names, pod and service IPs) is not available to \
+                 this whole machine{without}: {reason}. `-- CMD` gets it in a network namespace \
+                 of its own where this machine allows one, and tunneld's proxy carries it for \
+                 tools that take a proxy (`{command} status` shows how); the privileged network \
+                 helper brings it to the whole machine (see the README). Intercepted traffic \
+                 and the environment work without it."
             )]
         }
         NetworkStatus::Up {
@@ -114,6 +121,9 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
             format!("cluster network: unavailable: {reason}\n")
         }
     };
+    if let Some(proxy) = &status.proxy {
+        out += &describe_proxy(proxy);
+    }
     for session in &status.sessions {
         out += &format!(
             "session {} (namespace {}): {} linked pod{}",
@@ -135,6 +145,19 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The proxy, and how to use it. A shell gets `ALL_PROXY` only: kubectl and the plugins
+/// follow `HTTPS_PROXY` to the API server, and the proxy goes when tunneld does.
+fn describe_proxy(proxy: &ProxyStatus) -> String {
+    let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
+    format!(
+        "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
+         curl --proxy {} http://SERVICE.NAMESPACE:PORT/\n  \
+         export ALL_PROXY={} NO_PROXY={no_proxy}\n  \
+         HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {}\n",
+        proxy.address, proxy.socks_url, proxy.socks_url, proxy.http_url
+    )
 }
 
 /// A spinner with `message`; it clears itself when dropped, also unfinished (the wait it
@@ -249,6 +272,7 @@ mod tests {
         let status = DaemonStatus {
             pid: 42,
             network: network.clone(),
+            proxy: None,
             sessions: Vec::new(),
         };
         assert_eq!(
@@ -278,5 +302,45 @@ mod tests {
             json.contains("\"via\": \"10.244.0.0/24 dev cni0\""),
             "{json}"
         );
+    }
+
+    #[test]
+    fn the_proxy_is_shown_with_how_to_use_it() {
+        let status = DaemonStatus {
+            pid: 42,
+            network: NetworkStatus::Unavailable {
+                reason: "needs root".into(),
+            },
+            proxy: Some(ProxyStatus::new(
+                "127.0.0.1:41234".parse().expect("address"),
+                "s3cr3t",
+            )),
+            sessions: Vec::new(),
+        };
+        let text = describe_status(Some(&status));
+        let socks = "socks5h://kubedev:s3cr3t@127.0.0.1:41234";
+        let http = "http://kubedev:s3cr3t@127.0.0.1:41234";
+        assert!(
+            text.contains("\nproxy: 127.0.0.1:41234, SOCKS5 and HTTP"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  curl --proxy {socks} http://SERVICE.NAMESPACE:PORT/\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  export ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1\n  \
+                 HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {http}\n"
+            )),
+            "{text}"
+        );
+        for output in [Output::Json, Output::Yaml] {
+            let rendered = render(&status, output).expect("rendered");
+            assert!(rendered.contains(socks), "{rendered}");
+            assert!(rendered.contains(http), "{rendered}");
+        }
     }
 }

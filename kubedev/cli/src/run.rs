@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::args::{ModeArgs, SessionArgs};
 use super::config::{self, ImageSource};
 use super::life::{
-    Joining, Life, Live, Session, command_resolver, forget_in_tunneld, join_tunneld, live_through,
+    Joining, Life, Live, Session, forget_in_tunneld, join_tunneld, live_through,
     release_after_the_end,
 };
 use super::output::{progress_on, report_started, spinner};
@@ -189,7 +189,8 @@ async fn go_live(
         pods: usize::try_from(started.workload.replicas()).unwrap_or(1),
         timeout: plan.timeout,
     };
-    let (mut variables, network) = join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
+    let (mut variables, command_network) =
+        join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
     report_started(plan, started, &args.to_pod);
     let mounted = mount_volumes(connection, plan, started, args).await?;
     if let Some(mounted) = &mounted {
@@ -198,11 +199,10 @@ async fn go_live(
     }
     // An error drops `mounted`, which unmounts.
     write_env_files(args, &variables)?;
-    let command_resolver = command_resolver(network);
     Ok(Live {
         variables,
         mounted,
-        command_resolver,
+        command_network,
     })
 }
 

@@ -370,7 +370,8 @@ impl Workstation {
         command
     }
 
-    fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
+    /// The command [`Workstation::plugin`] runs, for a test to add to its environment.
+    pub fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.long_lived();
         as_developer(&mut command, cluster, &self.runtime_dir, plugin, args);
         command

@@ -465,7 +465,7 @@ async fn connect_without_root_says_what_it_lacks_and_leaves_no_pod() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("network is here"), "{stderr}");
     assert!(
-        stderr.contains("not available without root on this machine"),
+        stderr.contains("not available to this whole machine without root"),
         "{stderr}"
     );
     assert!(stderr.contains("without the cluster's network"), "{stderr}");

@@ -1,6 +1,7 @@
-//! The cluster network's life in the daemon: brought up with the first session (range
-//! discovery, the TUN device, routes planned against the machine's, DNS), routed again
-//! when the user's choices change, and undone when dropped.
+//! The cluster network's life in the daemon: the cluster's ranges learned with the first
+//! session, whatever else comes (the proxy needs them as much as the TUN device); the TUN
+//! device brought up then too, with routes planned against the machine's and DNS, routed
+//! again when the user's choices change, and undone when dropped.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -11,11 +12,22 @@ use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus, Resolv
 
 use super::Daemon;
 use crate::cluster_ranges;
+use crate::network::dns::{self, DnsAnswerer};
 use crate::network::resolv_conf::{CommandResolvConf, ResolvConf};
 use crate::network::route_plan::{self, Exclusion, Wanted};
 use crate::network::systemd_resolved::{self, ResolvedLink};
 use crate::network::tun_routes::TunRoutes;
-use crate::network::{DNS_IP, Network, dns::DnsAnswerer, kubelet};
+use crate::network::{DNS_IP, Network, kubelet};
+use crate::outbound::Routing;
+
+/// What tunneld learns of the cluster with its first session.
+#[derive(Debug)]
+pub(super) struct KnownCluster {
+    /// Its pod and service ranges, as discovered or given (`--route`).
+    ranges: Vec<Cidr>,
+    /// Where short names are looked for: the first session's namespace's search path.
+    search: Vec<String>,
+}
 
 /// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
 #[derive(Debug)]
@@ -89,10 +101,33 @@ impl NetworkState {
 }
 
 impl Daemon {
-    /// Brings up the cluster network once, for the first session's namespace (its DNS
-    /// search path); without root it records why there is none, and tunnels still work.
-    /// Once it is up, routes again if the user's choices changed.
-    pub(super) async fn start_network(&self, namespace: &str, new_choices: bool) {
+    /// Learns the cluster's ranges once, with the first session (`namespace`'s), and has
+    /// every new flow routed by them and the user's choices as they are now.
+    pub(super) async fn learn_cluster(&self, namespace: &str) -> &KnownCluster {
+        let known = self
+            .cluster
+            .get_or_init(|| async {
+                let ranges = if self.settings.routes.is_empty() {
+                    cluster_ranges::discover(&self.client, namespace).await
+                } else {
+                    self.settings.routes.clone()
+                };
+                let search = dns::search_path(&self.settings.cluster_domain, namespace);
+                KnownCluster { ranges, search }
+            })
+            .await;
+        self.outbound.set_routing(Routing {
+            cluster: known.ranges.clone(),
+            choices: self.proxy.lock().await.clone(),
+            search: known.search.clone(),
+        });
+        known
+    }
+
+    /// Brings up the cluster network once, for the cluster as the first session found it;
+    /// without root it records why there is none, and tunnels still work. Once it is up,
+    /// routes again if the user's choices changed.
+    pub(super) async fn start_network(&self, cluster: &KnownCluster, new_choices: bool) {
         let mut network = self.network.lock().await;
         if let NetworkState::Up(up) = &mut *network {
             if new_choices && let Err(err) = self.route(up).await {
@@ -103,7 +138,7 @@ impl Daemon {
         if !matches!(*network, NetworkState::Off) || self.settings.no_network {
             return;
         }
-        *network = match self.bring_up_network(namespace).await {
+        *network = match self.bring_up_network(cluster).await {
             Ok(up) => up,
             Err(err) => {
                 let reason = format!("{err:#}");
@@ -113,25 +148,15 @@ impl Daemon {
         };
     }
 
-    async fn bring_up_network(&self, namespace: &str) -> anyhow::Result<NetworkState> {
-        let cluster = if self.settings.routes.is_empty() {
-            cluster_ranges::discover(&self.client, namespace).await
-        } else {
-            self.settings.routes.clone()
-        };
+    async fn bring_up_network(&self, cluster: &KnownCluster) -> anyhow::Result<NetworkState> {
         let network = Network::create()?;
         let device = network.name().to_owned();
         let routes = TunRoutes::new(&device).await?;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let search = vec![
-            format!("{namespace}.svc.{domain}"),
-            format!("svc.{domain}"),
-            domain.to_owned(),
-        ];
         let api_server = api_server_exclusions(&self.api_server).await;
-        let (resolver, upstream) = self.point_resolver(domain, &search, &device)?;
+        let (resolver, upstream) = self.point_resolver(domain, &cluster.search, &device)?;
         let mut up = UpNetwork {
-            cluster,
+            cluster: cluster.ranges.clone(),
             api_server,
             device,
             routes,
@@ -140,7 +165,7 @@ impl Daemon {
         };
         self.route(&mut up).await?;
         let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
-        let serving = network.run(self.pool.clone(), dns);
+        let serving = network.run(self.outbound.clone(), dns);
         tokio::spawn(async move {
             if let Err(err) = serving.await {
                 tracing::error!("cluster network stopped: {err:#}");

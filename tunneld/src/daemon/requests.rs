@@ -1,6 +1,6 @@
 //! The control socket's requests: each client connection brings one [`ControlRequest`] and
-//! gets its reply, but for a hold ([`super::holds`]) and an SFTP session on the app's
-//! volumes, which keep the connection.
+//! gets its reply, but for a hold ([`super::holds`]), an SFTP session on the app's volumes
+//! and a command's own network ([`super::command_network`]), which keep the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,17 +45,21 @@ impl Daemon {
                     labels: agents,
                     token,
                     forwards: forwards.into(),
+                    local: Arc::default(),
                 };
                 self.add_session(name, selector, &proxy, &to_pod).await
             }
             ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
-            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
             ControlRequest::Hold(held) => return self.hold(held, stream).await,
             ControlRequest::Release => ControlReply::Failed {
                 reason: "release without a hold".into(),
             },
+            ControlRequest::ServeCommandNetwork { name } => {
+                return self.serve_command_network(&name, stream).await;
+            }
         };
         write_message(&mut stream, &reply).await?;
         Ok(())
@@ -85,6 +89,7 @@ impl Daemon {
             .iter()
             .any(|forward| forward.wiretap)
             .then(|| selector.wiretap.clone());
+        let local = selector.local.clone();
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
         to_pod::serve(to_pod, name.clone(), self.pool.clone(), &stop);
@@ -92,13 +97,15 @@ impl Daemon {
         let tunneled = Tunneled {
             namespace: namespace.clone(),
             wiretap,
+            local,
             stop,
         };
         sessions.insert(name, tunneled);
         drop(sessions);
         self.sessions_changed.notify_waiters();
         let new_choices = self.proxy.lock().await.merge(proxy);
-        self.start_network(&namespace, new_choices).await;
+        let cluster = self.learn_cluster(&namespace).await;
+        self.start_network(cluster, new_choices).await;
         ControlReply::Done
     }
 
@@ -199,6 +206,7 @@ impl Daemon {
         DaemonStatus {
             pid: std::process::id(),
             network,
+            proxy: self.proxy_status.get().cloned(),
             sessions: listed,
         }
     }

@@ -75,7 +75,16 @@ impl DnsAnswerer {
         }
     }
 
-    async fn resolve_in_cluster(&self, name: &str) -> Option<Vec<IpAddr>> {
+    /// Whether `name` (absolute or not, any case) is in the cluster's domain: the names
+    /// this answerer resolves in the cluster.
+    pub(crate) fn is_cluster_name(&self, name: &str) -> bool {
+        let name = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+        in_domain(&name, &self.cluster_domain)
+    }
+
+    /// The addresses of the absolute name `name` in the cluster, as an agent's pod resolves
+    /// it; none when it has none or no agent answers.
+    pub(crate) async fn resolve_in_cluster(&self, name: &str) -> Option<Vec<IpAddr>> {
         let link = self.pool.pick(None, LINK_WAIT).await?;
         match link.resolve(name).await {
             Ok(addresses) => Some(addresses),
@@ -115,14 +124,29 @@ fn route(request: &Message, cluster_domain: &str) -> Route {
         return Route::Upstream;
     };
     let name = query.name().to_lowercase().to_ascii();
-    let in_cluster = name == cluster_domain || name.ends_with(&format!(".{cluster_domain}"));
-    if !in_cluster {
+    if !in_domain(&name, cluster_domain) {
         return Route::Upstream;
     }
     match query.query_type() {
         record_type @ (RecordType::A | RecordType::AAAA) => Route::Cluster { name, record_type },
         _ => Route::ClusterNoData,
     }
+}
+
+/// Whether the lowercase absolute `name` is `domain` or in it (both end with a dot).
+fn in_domain(name: &str, domain: &str) -> bool {
+    name == domain || name.ends_with(&format!(".{domain}"))
+}
+
+/// Where a program in `namespace` looks for a short name, in order: the search path the
+/// kubelet gives its pods.
+pub(crate) fn search_path(cluster_domain: &str, namespace: &str) -> Vec<String> {
+    let domain = cluster_domain.trim_end_matches('.');
+    vec![
+        format!("{namespace}.svc.{domain}"),
+        format!("svc.{domain}"),
+        domain.to_owned(),
+    ]
 }
 
 fn response(

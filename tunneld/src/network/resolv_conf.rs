@@ -82,12 +82,10 @@ impl CommandResolvConf {
         dns: Ipv4Addr,
         search: &[String],
     ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
-        let original = std::fs::read_to_string(system)
-            .with_context(|| format!("read {}", system.display()))?;
+        let (content, upstream) = for_commands(system, dns, search)?;
         private_files::private_dir(state_dir).context("tunneld's state directory")?;
         let path = state_dir.join("resolv.conf.for-commands");
-        private_files::write_own(&path, &rewritten(&original, dns, search))?;
-        let upstream = upstream_of(&original);
+        private_files::write_own(&path, &content)?;
         Ok((Self { path }, upstream))
     }
 
@@ -115,6 +113,19 @@ impl Drop for ResolvConf {
             ),
         }
     }
+}
+
+/// What [`ResolvConf::install`] would make of `system`, for a command given a view of its
+/// own of /etc/resolv.conf; and the nameserver `system` names (where other names are
+/// forwarded).
+pub(crate) fn for_commands(
+    system: &Path,
+    dns: Ipv4Addr,
+    search: &[String],
+) -> anyhow::Result<(String, Option<SocketAddr>)> {
+    let original =
+        std::fs::read_to_string(system).with_context(|| format!("read {}", system.display()))?;
+    Ok((rewritten(&original, dns, search), upstream_of(&original)))
 }
 
 /// Overwrites the file's content without replacing the file: resolv.conf is often a
@@ -203,6 +214,28 @@ mod tests {
         let path = file.path().to_owned();
         drop(file);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_commands_own_resolver_file_names_tunneld_and_the_sessions_namespace_first() {
+        let dir = std::env::temp_dir().join(format!("kubedev-namespace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let system = dir.join("resolv.conf");
+        std::fs::write(&system, ORIGINAL).expect("write");
+        let search = crate::network::dns::search_path("cluster.local", "shop");
+        let (content, upstream) =
+            for_commands(&system, Ipv4Addr::new(198, 18, 0, 53), &search).expect("read");
+        assert_eq!(
+            content,
+            format!(
+                "{MARKER}\nnameserver 198.18.0.53\n\
+                 search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\n\
+                 # from DHCP\noptions edns0\n"
+            )
+        );
+        assert_eq!(upstream, Some("192.0.2.53:53".parse().expect("addr")));
+        assert_eq!(std::fs::read_to_string(&system).expect("read"), ORIGINAL);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,14 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, relay_channel};
+use kubedev_protocol::udp_flows::IDLE_TIMEOUT;
 use tokio::sync::mpsc;
 
-use crate::agents::AgentPool;
-
-const LINK_WAIT: Duration = Duration::from_secs(10);
+use crate::outbound::{Leaves, Outbound};
 
 /// A datagram on the TUN side: payload, source, destination.
 pub(super) type Datagram = (Vec<u8>, SocketAddr, SocketAddr);
@@ -24,20 +21,21 @@ pub(super) struct FlowKey {
     pub(super) remote: SocketAddr,
 }
 
-/// Carries one flow through an agent: `datagrams_rx` brings what the workstation sends;
-/// `replies_tx` takes what comes back, addressed to the workstation.
+/// Carries one flow through an agent (as for TCP, what enters the device is the
+/// cluster's): `datagrams_rx` brings what the workstation sends; `replies_tx` takes what
+/// comes back, addressed to the workstation.
 pub(super) async fn relay_flow(
-    pool: Arc<AgentPool>,
+    outbound: Arc<Outbound>,
     key: FlowKey,
     datagrams_rx: mpsc::Receiver<Vec<u8>>,
     replies_tx: mpsc::Sender<Datagram>,
 ) {
     let FlowKey { local, remote } = key;
-    let Some(link) = pool.pick(None, LINK_WAIT).await else {
-        return tracing::warn!("no agent to carry datagrams to {remote}");
-    };
-    let stream = match link.open_udp(&remote.ip().to_string(), remote.port()).await {
-        Ok(stream) => stream,
+    let flow = match outbound.udp_from(Leaves::Cluster, remote).await {
+        Ok(flow) => flow,
+        Err(err) if err.kind() == std::io::ErrorKind::NotConnected => {
+            return tracing::warn!("udp {local} -> {remote}: {err}");
+        }
         Err(err) => return tracing::debug!("udp {local} -> {remote}: {err}"),
     };
     tracing::debug!("udp {local} -> {remote}: open in the pod");
@@ -50,7 +48,7 @@ pub(super) async fn relay_flow(
                 .map_err(std::io::Error::other)
         }
     };
-    match relay_channel(stream, datagrams_rx, reply, IDLE_TIMEOUT).await {
+    match flow.relay(datagrams_rx, reply, IDLE_TIMEOUT).await {
         Ok(()) => tracing::debug!("udp {local} -> {remote}: ended"),
         Err(err) => tracing::debug!("udp {local} -> {remote}: {err}"),
     }

@@ -1,0 +1,59 @@
+//! A real agent (`agent-image`) in the test process, on loopback: the "pod's network" it
+//! dials from is this machine's, so flows through it can be checked end to end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedev_protocol::link::AgentLink;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::agents::AgentPool;
+
+const TOKEN: &str = "test-agent-token";
+
+/// A pool with one link to an agent started for the caller.
+pub(crate) async fn linked_pool() -> Arc<AgentPool> {
+    let listen = free_port().await;
+    let settings = agent_image::Settings {
+        token: TOKEN.into(),
+        udp_idle: Duration::from_secs(60),
+        read_only_volumes: true,
+    };
+    tokio::spawn(agent_image::run(listen, settings, Vec::new()));
+    let stream = loop {
+        match TcpStream::connect(listen).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test")
+        .await
+        .expect("the agent answers");
+    let pool = Arc::new(AgentPool::default());
+    pool.add_link("test", "agent-0", link).await;
+    pool
+}
+
+/// A loopback address nothing listens on now.
+async fn free_port() -> SocketAddr {
+    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    probe.local_addr().expect("address")
+}
+
+/// A TCP server on `address` that sends back what it reads, connection by connection.
+pub(crate) async fn echo_server(address: &str) -> SocketAddr {
+    let listener = TcpListener::bind(address)
+        .await
+        .expect("bind the echo server");
+    let local = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut from, mut to) = connection.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    local
+}
