@@ -1,7 +1,7 @@
 //! Who the plugins run as: the developer, never root through sudo. A plugin run with sudo
 //! would leave root's sockets, logs and state where the developer works, which the
-//! developer's next run can neither use nor remove. The cluster's network for the whole
-//! machine, which needs root, is a separate privileged network helper, not the plugins.
+//! developer's next run can neither use nor remove. Without root, `-- CMD` gets the
+//! cluster's network in a namespace of its own and other programs get tunneld's proxy.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,9 +26,9 @@ pub enum RunAs {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "kubedev runs as the developer and needs no root: run it without sudo (as uid \
-     {sudo_uid}, who ran sudo). The cluster's network for the whole machine comes from the \
-     privileged network helper, see the README. To run kubedev as root anyway, set \
-     {ALLOW_ROOT_ENV}=1"
+     {sudo_uid}, who ran sudo): `-- CMD` gets the cluster's network in a namespace of its \
+     own, and other programs through tunneld's proxy (`status` shows it). To run kubedev as \
+     root anyway, for the whole machine's network, set {ALLOW_ROOT_ENV}=1"
 )]
 pub struct UnderSudo {
     sudo_uid: String,
@@ -97,7 +97,7 @@ mod tests {
         let err = decide(true, sudo(), None).expect_err("refused");
         let message = err.to_string();
         assert!(message.contains("without sudo"), "{message}");
-        assert!(message.contains("privileged network helper"), "{message}");
+        assert!(message.contains("namespace of its own"), "{message}");
         assert!(message.contains("KUBEDEV_ALLOW_ROOT=1"), "{message}");
         assert!(decide(true, sudo(), Some("0".into())).is_err());
         assert_eq!(

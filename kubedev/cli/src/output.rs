@@ -37,9 +37,9 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
                 "the cluster's network (service names, pod and service IPs) is not available to \
                  this whole machine{without}: {reason}. `-- CMD` gets it in a network namespace \
                  of its own where this machine allows one, and tunneld's proxy carries it for \
-                 tools that take a proxy (`{command} status` shows how); the privileged network \
-                 helper brings it to the whole machine (see the README). Intercepted traffic \
-                 and the environment work without it."
+                 tools that take a proxy (`{command} status` shows how); a plugin run as root \
+                 with KUBEDEV_ALLOW_ROOT=1 brings it to the whole machine. Intercepted \
+                 traffic and the environment work without it."
             )]
         }
         NetworkStatus::Up {

@@ -180,7 +180,7 @@ fn sudo_is_refused_before_anything_is_made(victim: &Victim<'_>, cluster: &TestCl
         &output,
         &[
             "without sudo",
-            "privileged network helper",
+            "namespace of its own",
             "KUBEDEV_ALLOW_ROOT=1",
         ],
     );
