@@ -52,6 +52,27 @@ const UDP_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) struct Network {
     device: tun::AsyncDevice,
     name: String,
+    routed: Routed,
+}
+
+/// What the device's routes send into it, which decides where its flows leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// Only the cluster's ranges (the machine's device): every flow is the cluster's, and
+    /// one dialled from the workstation would only come back into the device.
+    ClusterOnly,
+    /// Everything (a command's own namespace, whose default route is the device): flows
+    /// leave where [`Outbound::route`] says, the rest from the workstation.
+    Everything,
+}
+
+impl Routed {
+    fn leaves(self, outbound: &Outbound, target: std::net::IpAddr) -> Leaves {
+        match self {
+            Self::ClusterOnly => Leaves::Cluster,
+            Self::Everything => outbound.route(target),
+        }
+    }
 }
 
 impl std::fmt::Debug for Network {
@@ -74,7 +95,11 @@ impl Network {
             .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
         use tun::AbstractDevice as _;
         let name = device.tun_name().context("the TUN device's name")?;
-        Ok(Self { device, name })
+        Ok(Self {
+            device,
+            name,
+            routed: Routed::ClusterOnly,
+        })
     }
 
     /// The device's name, as the kernel gave it (empty for one served from a descriptor).
@@ -92,10 +117,13 @@ impl Network {
         Ok(Self {
             device,
             name: String::new(),
+            routed: Routed::Everything,
         })
     }
 
-    /// Serves every flow that enters the device: DNS here, the rest through an agent.
+    /// Serves every flow that enters the device: DNS here, the rest through an agent or,
+    /// for a device that takes everything, from the workstation where it is not the
+    /// cluster's.
     pub(crate) async fn run(
         self,
         outbound: Arc<Outbound>,
@@ -116,6 +144,7 @@ impl Network {
             anyhow::bail!("userspace network stack without TCP or UDP");
         };
         let device = Arc::new(self.device);
+        let routed = self.routed;
         let (mut into_stack, mut out_of_stack) = stack.split();
 
         let from_device = {
@@ -140,7 +169,7 @@ impl Network {
                 if *stream.remote_addr() == dns_address {
                     tokio::spawn(answer_dns_over_tcp(dns.clone(), stream));
                 } else {
-                    tokio::spawn(relay_tcp(outbound.clone(), stream));
+                    tokio::spawn(relay_tcp(outbound.clone(), routed, stream));
                 }
             }
         };
@@ -152,7 +181,7 @@ impl Network {
             }
             done = to_device => done.context("writing the TUN device")?,
             () = accept_tcp => {}
-            () = serve_udp(outbound.clone(), dns.clone(), udp) => {}
+            () = serve_udp(outbound.clone(), routed, dns.clone(), udp) => {}
         }
         anyhow::bail!("the userspace network stack stopped")
     }
@@ -187,6 +216,7 @@ fn why_no_device(err: &tun::Error, uid: u32) -> String {
 /// flow. Replies from all flows reach the stack through one writer.
 async fn serve_udp(
     outbound: Arc<Outbound>,
+    routed: Routed,
     dns: Arc<dns::DnsAnswerer>,
     socket: netstack_smoltcp::UdpSocket,
 ) {
@@ -222,8 +252,10 @@ async fn serve_udp(
             let key = FlowKey { local, remote };
             if let Some(first) = flows.deliver(&key, payload) {
                 let datagrams_rx = flows.start(key, first);
+                let leaves = routed.leaves(&outbound, remote.ip());
                 tokio::spawn(udp::relay_flow(
                     outbound.clone(),
+                    leaves,
                     key,
                     datagrams_rx,
                     replies_tx.clone(),
@@ -277,24 +309,24 @@ async fn answer_dns_over_tcp(dns: Arc<dns::DnsAnswerer>, stream: TcpStream) {
     }
 }
 
-/// Carries one TCP connection from the TUN device through an agent: what enters the
-/// device was routed there for the cluster, and dialled from the workstation it would
-/// only come back into the device. Not
+/// Carries one TCP connection from the TUN device to where `routed` says it leaves from.
+/// Not
 /// [`kubedev_protocol::splice::splice`]: the userspace stack's shutdown completes only once
 /// the workstation's side has closed too, and that wait must be bounded here, or a socket
 /// that never closes would keep the relay forever.
-async fn relay_tcp(outbound: Arc<Outbound>, local: TcpStream) {
+async fn relay_tcp(outbound: Arc<Outbound>, routed: Routed, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
-    tracing::debug!("tcp {source} -> {target}: accepted");
-    let remote = match outbound.tcp_from(Leaves::Cluster, target).await {
+    let leaves = routed.leaves(&outbound, target.ip());
+    tracing::debug!("tcp {source} -> {target}: accepted, leaves from the {leaves:?}");
+    let remote = match outbound.tcp_from(leaves, target).await {
         Ok(remote) => remote,
         Err(err) if err.kind() == std::io::ErrorKind::NotConnected => {
             return tracing::warn!("tcp {source} -> {target}: {err}");
         }
         Err(err) => return tracing::debug!("tcp {source} -> {target}: {err}"),
     };
-    tracing::debug!("tcp {source} -> {target}: open in the pod");
+    tracing::debug!("tcp {source} -> {target}: open");
     let (mut remote_rx, mut remote_tx) = tokio::io::split(remote);
     let (local_rx, mut local_tx) = tokio::io::split(local);
     let to_cluster = async {

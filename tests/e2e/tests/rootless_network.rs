@@ -55,10 +55,13 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
     let before = workstation_network(&workstation);
 
     let web = format!("web.{}", ns.name);
-    // curl is linked dynamically; busybox and the probe are static binaries.
+    let (outside, peer_rx) = serve_who_connected(&workstation);
+    // curl is linked dynamically; busybox and the probe are static binaries. The last
+    // request is for an address outside the cluster.
     let script = format!(
         "id -u; curl -sS http://{web}:8080/curl; echo; busybox wget -qO- http://{web}:8080/busybox; \
-         echo; {probe} tcp {web}:7000 over-tcp; {probe} udp {web}:9000 over-udp",
+         echo; {probe} tcp {web}:7000 over-tcp; {probe} udp {web}:9000 over-udp; \
+         curl -sS http://{outside}/",
         probe = cluster.probe()
     );
     let output = developer.kubectl(
@@ -95,6 +98,12 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
         .count();
     assert_eq!((greetings, from_web), (4, 4), "{stdout}{stderr}");
     assert!(!stderr.contains("no network namespace"), "{stderr}");
+    // Not the cluster's: it left from the workstation itself, not from a pod.
+    assert!(stdout.contains(OUTSIDE_ANSWER), "{stdout}{stderr}");
+    let peer = peer_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a connection");
+    assert_eq!(peer, outside.ip(), "{stdout}{stderr}");
 
     assert_eq!(
         workstation_network(&workstation),
@@ -102,6 +111,47 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
         "the workstation changed"
     );
     assert_eq!(developer.files_not_own(), Vec::<std::path::PathBuf>::new());
+}
+
+/// What the server outside the cluster answers.
+const OUTSIDE_ANSWER: &str = "answered by a server outside the cluster";
+
+/// A server on the workstation's own address, outside the cluster's ranges, answering one
+/// request and saying who connected: the workstation itself, or (wrongly) a pod.
+fn serve_who_connected(
+    workstation: &Workstation,
+) -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<std::net::IpAddr>,
+) {
+    let addresses = workstation.run_ok(&["ip", "-4", "-o", "addr", "show", "scope", "global"]);
+    let address: std::net::Ipv4Addr = addresses
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+        .expect("the workstation's address");
+    let listener = workstation.inside(move || {
+        std::net::TcpListener::bind((address, 0)).expect("bind outside the cluster")
+    });
+    let outside = listener.local_addr().expect("its address");
+    let (peer_tx, peer_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let Ok((mut connection, peer)) = listener.accept() else {
+            return;
+        };
+        let _ = peer_tx.send(peer.ip());
+        let mut request = [0u8; 1024];
+        let _ = connection.read(&mut request);
+        let body = format!("{OUTSIDE_ANSWER}\n");
+        let _ = write!(
+            connection,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    (outside, peer_rx)
 }
 
 /// The answer the command's server gives, so the test knows who answered.

@@ -21,24 +21,24 @@ pub(super) struct FlowKey {
     pub(super) remote: SocketAddr,
 }
 
-/// Carries one flow through an agent (as for TCP, what enters the device is the
-/// cluster's): `datagrams_rx` brings what the workstation sends; `replies_tx` takes what
-/// comes back, addressed to the workstation.
+/// Carries one flow from where `leaves` says: `datagrams_rx` brings what the workstation
+/// sends; `replies_tx` takes what comes back, addressed to the workstation.
 pub(super) async fn relay_flow(
     outbound: Arc<Outbound>,
+    leaves: Leaves,
     key: FlowKey,
     datagrams_rx: mpsc::Receiver<Vec<u8>>,
     replies_tx: mpsc::Sender<Datagram>,
 ) {
     let FlowKey { local, remote } = key;
-    let flow = match outbound.udp_from(Leaves::Cluster, remote).await {
+    let flow = match outbound.udp_from(leaves, remote).await {
         Ok(flow) => flow,
         Err(err) if err.kind() == std::io::ErrorKind::NotConnected => {
             return tracing::warn!("udp {local} -> {remote}: {err}");
         }
         Err(err) => return tracing::debug!("udp {local} -> {remote}: {err}"),
     };
-    tracing::debug!("udp {local} -> {remote}: open in the pod");
+    tracing::debug!("udp {local} -> {remote}: open, from the {leaves:?}");
     let reply = |datagram: Vec<u8>| {
         let replies_tx = replies_tx.clone();
         async move {
