@@ -119,6 +119,7 @@ impl Daemon {
     /// Serves `socket` and the proxy until no session is left for the idle time, or a
     /// stop signal.
     pub(crate) async fn run(self: &Arc<Self>, socket: &Path) -> anyhow::Result<()> {
+        raise_open_files_limit();
         let listener = bind(socket).await?;
         let proxy = match Proxy::bind(self.settings.proxy_port, self.outbound.clone()).await {
             Ok(proxy) => proxy,
@@ -155,7 +156,16 @@ impl Daemon {
     async fn accept_loop(self: &Arc<Self>, listener: &UnixListener) -> anyhow::Result<()> {
         let peers = AllowedPeers::this_user();
         loop {
-            let (stream, _) = listener.accept().await.context("control socket")?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say (the proxy's port is open to every local
+                    // user): the sessions go on, and so does the socket once files are free.
+                    tracing::warn!("the control socket could not accept a client: {err}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
             let allowed = match stream.peer_cred() {
                 Ok(peer) => peers.check(peer.uid(), peer.pid()),
                 Err(err) => Err(format!("refused a control connection: its user: {err}")),
@@ -208,6 +218,24 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// How long the control socket waits after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Lets tunneld open as many files as the system allows it (the soft limit is often 1,024,
+/// and every flow, link and client takes one or two).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("keeping the open files limit at {soft}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!("the open files limit: {err}"),
+    }
 }
 
 async fn stop_signal() -> anyhow::Result<()> {

@@ -104,7 +104,9 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 async fn serve_client(client: TcpStream, credentials: Credentials, outbound: Arc<Outbound>) {
     let _ = client.set_nodelay(true);
     let mut first = [0u8; 1];
-    match client.peek(&mut first).await {
+    // Bounded: any local user can connect, and a client that says nothing holds a file.
+    let peeked = tokio::time::timeout(HANDSHAKE_LIMIT, client.peek(&mut first)).await;
+    match peeked.unwrap_or(Ok(0)) {
         Ok(1) if first[0] == socks::VERSION => socks::serve(client, &credentials, &outbound).await,
         Ok(1) => http::serve(client, credentials, outbound).await,
         _ => {}

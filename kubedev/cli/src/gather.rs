@@ -15,6 +15,7 @@ use kube::api::{Api, ListParams, LogParams};
 
 use super::survey::survey;
 use kubedev::cluster::Connection;
+use kubedev::control::ProxyStatus;
 use kubedev::inject::AGENT_CONTAINER;
 use kubedev::tunneld;
 
@@ -95,7 +96,12 @@ pub(super) async fn gather_logs(
         daemon
             .as_ref()
             .map_err(|err| anyhow::anyhow!("{err}"))
-            .and_then(|status| Ok(serde_json::to_string_pretty(status)?)),
+            .and_then(|status| {
+                // The archive is for a bug report: the proxy's password stays here.
+                let mut shown = status.clone();
+                shown.proxy = shown.proxy.as_ref().map(ProxyStatus::redacted);
+                Ok(serde_json::to_string_pretty(&shown)?)
+            }),
     )?;
     let survey = survey(connection, daemon.as_ref().ok(), all_namespaces).await?;
     let rows = survey.rows(daemon.as_ref().ok());

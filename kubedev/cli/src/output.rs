@@ -147,16 +147,19 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
     out
 }
 
-/// The proxy, and how to use it. A shell gets `ALL_PROXY` only: kubectl and the plugins
-/// follow `HTTPS_PROXY` to the API server, and the proxy goes when tunneld does.
+/// The proxy, and how to use it: in one command's environment, never on a command line
+/// (every user of the machine can read those) and never exported for a whole shell (the
+/// port may be another user's once tunneld has gone; and kubectl and the plugins follow
+/// `HTTPS_PROXY` to the API server).
 fn describe_proxy(proxy: &ProxyStatus) -> String {
     let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
     format!(
         "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
-         curl --proxy {} http://SERVICE.NAMESPACE:PORT/\n  \
-         export ALL_PROXY={} NO_PROXY={no_proxy}\n  \
-         HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {}\n",
-        proxy.address, proxy.socks_url, proxy.socks_url, proxy.http_url
+         ALL_PROXY={} NO_PROXY={no_proxy} curl http://SERVICE.NAMESPACE:PORT/\n  \
+         HTTP_PROXY and HTTPS_PROXY: {}\n  \
+         (give them to one command at a time: the port is another user's to take once this \
+         tunneld has gone)\n",
+        proxy.address, proxy.socks_url, proxy.http_url
     )
 }
 
@@ -326,17 +329,12 @@ mod tests {
         );
         assert!(
             text.contains(&format!(
-                "  curl --proxy {socks} http://SERVICE.NAMESPACE:PORT/\n"
+                "  ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1 curl \
+                 http://SERVICE.NAMESPACE:PORT/\n  HTTP_PROXY and HTTPS_PROXY: {http}\n"
             )),
             "{text}"
         );
-        assert!(
-            text.contains(&format!(
-                "  export ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1\n  \
-                 HTTP_PROXY and HTTPS_PROXY, for one command (kubectl follows them too): {http}\n"
-            )),
-            "{text}"
-        );
+        assert!(!text.contains("export"), "{text}");
         for output in [Output::Json, Output::Yaml] {
             let rendered = render(&status, output).expect("rendered");
             assert!(rendered.contains(socks), "{rendered}");

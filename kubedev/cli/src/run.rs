@@ -193,6 +193,8 @@ async fn go_live(
         join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
     report_started(plan, started, &args.to_pod);
     let mounted = mount_volumes(connection, plan, started, args).await?;
+    // Only kubedev says where the volumes are: never a value of the container's own.
+    variables.remove(ROOT_ENV);
     if let Some(mounted) = &mounted {
         eprintln!("volumes mounted at {}", mounted.dir().display());
         variables.insert(ROOT_ENV.into(), mounted.dir().display().to_string());

@@ -29,6 +29,10 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     "ENV",
     "BASH_ENV",
     "PROMPT_COMMAND",
+    "PS0",
+    "PS1",
+    "PS2",
+    "PS3",
     "PS4",
     "SHELLOPTS",
     "BASHOPTS",
@@ -36,6 +40,13 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     "CDPATH",
     "GLOBIGNORE",
     "ZDOTDIR",
+    "INPUTRC",
+    "HISTFILE",
+    "HISTFILESIZE",
+    "HISTSIZE",
+    "TMPDIR",
+    "TERMINFO",
+    "TERMINFO_DIRS",
     // Interpreters: code they load before the program, and where they look for modules.
     "PYTHONSTARTUP",
     "PYTHONPATH",
@@ -52,6 +63,9 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     "_JAVA_OPTIONS",
     "JDK_JAVA_OPTIONS",
     "CLASSPATH",
+    "MAVEN_OPTS",
+    "GRADLE_OPTS",
+    "SBT_OPTS",
     // Programs that tools run for the user: editors, pagers, password prompts.
     "EDITOR",
     "VISUAL",
@@ -61,6 +75,55 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     "LESSCLOSE",
     "SSH_ASKPASS",
     "SUDO_ASKPASS",
+    "VIMINIT",
+    "GVIMINIT",
+    "EXINIT",
+    "MYVIMRC",
+    "BROWSER",
+    "KUBE_EDITOR",
+    // Where programs send their traffic, and whose certificates they trust: the
+    // workstation's requests, and the credentials in them, must not be steered.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "FTP_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "ftp_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_TLS_REJECT_UNAUTHORIZED",
+    "PYTHONHTTPSVERIFY",
+    // Tools that log in somewhere or install code: where they send credentials and
+    // fetch packages from, and helpers they run.
+    "DOCKER_*",
+    "PIP_*",
+    "UV_*",
+    "npm_config_*",
+    "NPM_CONFIG_*",
+    "YARN_*",
+    "CARGO_*",
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTFLAGS",
+    "GOFLAGS",
+    "GOPROXY",
+    "GOPRIVATE",
+    "GONOPROXY",
+    "GONOSUMDB",
+    "GOINSECURE",
+    "GOTOOLCHAIN",
+    "GOENV",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "SSH_*",
+    "GNUPGHOME",
     // git runs commands several of its variables name (GIT_SSH_COMMAND, GIT_EXTERNAL_DIFF,
     // GIT_CONFIG_* with core.fsmonitor), and reads dozens more.
     "GIT_*",
@@ -140,6 +203,31 @@ mod tests {
                 "PATH"
             ]
         );
+    }
+
+    #[test]
+    fn prompts_editors_proxies_certificates_and_package_indexes_stay_the_workstations() {
+        let from_cluster: BTreeMap<String, String> = [
+            "PS0",
+            "PS1",
+            "VIMINIT",
+            "HISTFILE",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "NODE_TLS_REJECT_UNAUTHORIZED",
+            "DOCKER_HOST",
+            "PIP_INDEX_URL",
+            "npm_config_registry",
+            "SSH_AUTH_SOCK",
+            "AWS_CONFIG_FILE",
+        ]
+        .into_iter()
+        .map(|name| (name.to_owned(), "from the cluster".to_owned()))
+        .chain([("AWS_REGION".to_owned(), "eu-west-1".to_owned())])
+        .collect();
+        let (given, skipped) = for_command(&from_cluster).expect("portable names");
+        assert_eq!(given.keys().collect::<Vec<_>>(), ["AWS_REGION"]);
+        assert_eq!(skipped.len(), from_cluster.len() - 1, "{skipped:?}");
     }
 
     #[test]

@@ -46,8 +46,11 @@ pub(crate) fn find() -> Vec<Kubelet> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let args = command_line(pid)?;
-            let read_config = |path: &Path| std::fs::read_to_string(through_root(pid, path)).ok();
-            let resolv_confs = resolver_files(&args, read_config)?;
+            let program = Path::new(args.first()?).file_name()?;
+            if program != "kubelet" && program != "k3s" {
+                return None;
+            }
+            // Before anything it names is read: any user can start a process so named.
             if !runs_as_root_from_roots_file(pid) {
                 tracing::info!(
                     "process {pid} is named like a kubelet, but does not run as root from an \
@@ -55,9 +58,29 @@ pub(crate) fn find() -> Vec<Kubelet> {
                 );
                 return None;
             }
+            let read_config = |path: &Path| read_config(&through_root(pid, path));
+            let resolv_confs = resolver_files(&args, read_config)?;
             Some(Kubelet { pid, resolv_confs })
         })
         .collect()
+}
+
+/// The most of a kubelet's configuration file read.
+const CONFIG_LIMIT: u64 = 1024 * 1024;
+
+/// A kubelet's configuration file, if it is a regular file (not a pipe or a device).
+fn read_config(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut config = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(CONFIG_LIMIT)
+        .read_to_string(&mut config)
+        .ok()?;
+    Some(config)
 }
 
 /// The arguments process `pid` runs with, its program first.

@@ -140,3 +140,17 @@ async fn a_request_without_the_credentials_is_refused() {
     client.read_exact(&mut answered).await.expect("reply");
     assert_eq!(answered, [5, 0xFF], "no acceptable method");
 }
+
+#[tokio::test]
+async fn a_client_that_says_nothing_is_let_go() {
+    let outbound = Arc::new(Outbound::new(linked_pool().await, "cluster.local"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+        .await
+        .expect("connect");
+    let (accepted, _) = listener.accept().await.expect("accept");
+    tokio::time::pause();
+    // Any local user can connect: one who never speaks must not keep a file forever.
+    serve_client(accepted, Credentials { secret: "s".into() }, outbound).await;
+    drop(silent);
+}
