@@ -180,17 +180,28 @@ pub struct WriteError {
     source: std::io::Error,
 }
 
-/// Writes `content` to `path`, readable by this user only.
+/// Writes `content` to `path`, readable by this user only. Never through a symbolic link,
+/// into a pipe or device, or over another user's file: a path in a shared directory may
+/// have been planted.
 pub fn write_private(path: &Path, content: &str) -> Result<(), WriteError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
         .mode(0o600)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
         .open(path)
         .and_then(|mut file| {
-            // An existing file keeps its mode on open: tighten it.
+            let found = file.metadata()?;
+            if !found.is_file() || found.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("not a file of this user's own (uid {})", found.uid()),
+                ));
+            }
+            // Only now, once it is known to be ours: emptied, and its mode tightened.
+            file.set_len(0)?;
             file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             file.write_all(content.as_bytes())
         });
@@ -326,5 +337,19 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "A=1\n");
         std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn an_env_file_planted_as_a_link_is_refused_and_its_target_left_alone() {
+        let dir = std::env::temp_dir().join(format!("kubedev-env-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let target = dir.join("authorized_keys");
+        std::fs::write(&target, "kept\n").expect("target");
+        let planted = dir.join("web.env");
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&target, &planted).expect("link");
+        assert!(write_private(&planted, "A=1\n").is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "kept\n");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
