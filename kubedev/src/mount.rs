@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use crate::tunneld::{self, TunneldError};
 
+mod given_dir;
+
+pub use given_dir::check_given_dir;
+use given_dir::user_dir;
+
 /// What the kernel reads ahead of a sequential reader on the mount: a bandwidth-delay
 /// product (200 MB/s at 80 ms is 16 MB). FUSE holds it at the kernel's default, 128 KiB,
 /// which over 20 ms reads about 6 MB/s whatever the link.
@@ -111,6 +116,21 @@ pub enum MountError {
     /// The mount point given is not a directory.
     #[error("--mount {}: not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// The mount point given is a symbolic link: what it points to could change.
+    #[error("--mount {}: a symbolic link; give the directory itself", .0.display())]
+    Link(PathBuf),
+    /// The mount point given is in a directory others may change (swap it for a link).
+    #[error(
+        "--mount {}: {} can be changed by other users; choose a directory in one of your own",
+        dir.display(),
+        parent.display()
+    )]
+    SharedParent {
+        /// The mount point.
+        dir: PathBuf,
+        /// Its parent.
+        parent: PathBuf,
+    },
     /// sshfs is not installed, or cannot run.
     #[error("cannot run sshfs, which mounts the volumes (install it, or pass --mount false)")]
     NoSshfs {
@@ -248,52 +268,6 @@ fn temporary_dir(name: &str) -> Result<PathBuf, MountError> {
     })
 }
 
-/// Refuses a directory the user gave for the volumes that exists and is not a directory
-/// of this user's own: checked before the session changes anything.
-pub fn check_given_dir(path: &Path) -> Result<(), MountError> {
-    match std::fs::metadata(path) {
-        Ok(meta) => own_dir(path, &meta),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(MountError::CreateDir {
-            dir: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// The directory the user gave for the volumes: made if missing, and refused if it is
-/// anyone else's (whoever made it first could see, or swap, what is mounted there).
-fn user_dir(path: &Path) -> Result<PathBuf, MountError> {
-    let created = std::fs::create_dir_all(path).and_then(|()| path.canonicalize());
-    let dir = created.map_err(|source| MountError::CreateDir {
-        dir: path.to_owned(),
-        source,
-    })?;
-    let meta = std::fs::metadata(&dir).map_err(|source| MountError::CreateDir {
-        dir: dir.clone(),
-        source,
-    })?;
-    own_dir(path, &meta)?;
-    Ok(dir)
-}
-
-/// Refuses what is not a directory of this user's own.
-fn own_dir(path: &Path, meta: &std::fs::Metadata) -> Result<(), MountError> {
-    if !meta.is_dir() {
-        return Err(MountError::NotADirectory(path.to_owned()));
-    }
-    use std::os::unix::fs::MetadataExt as _;
-    let you = crate::private_files::own_uid();
-    if meta.uid() != you {
-        return Err(MountError::NotOwn {
-            dir: path.to_owned(),
-            owner: meta.uid(),
-            you,
-        });
-    }
-    Ok(())
-}
-
 /// The process that made temporary mount directory `file_name` of session `name`.
 fn maker_of(file_name: &str, name: &str) -> Option<u32> {
     let rest = file_name.strip_prefix(&temporary_prefix(name))?;
@@ -399,40 +373,6 @@ mod tests {
         for dir in [made, again, guessed] {
             std::fs::remove_dir(dir).ok();
         }
-    }
-
-    #[test]
-    fn a_mount_dir_given_must_be_a_directory_of_ones_own() {
-        let dir = std::env::temp_dir().join(format!("kubedev-given-{}", std::process::id()));
-        let made = user_dir(&dir.join("volumes")).expect("made");
-        assert!(made.is_dir());
-        let file = dir.join("file");
-        std::fs::write(&file, "").expect("file");
-        assert!(matches!(
-            user_dir(&file),
-            Err(MountError::CreateDir { .. } | MountError::NotADirectory(_))
-        ));
-        // Someone else's directory (root's, or whoever else's this user is not).
-        let theirs = if crate::private_files::own_uid() == 0 {
-            let theirs = dir.join("theirs");
-            std::fs::create_dir_all(&theirs).expect("dir");
-            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
-            theirs
-        } else {
-            PathBuf::from("/")
-        };
-        let err = user_dir(&theirs).expect_err("not own");
-        assert!(matches!(err, MountError::NotOwn { .. }), "{err}");
-        assert!(matches!(
-            check_given_dir(&theirs),
-            Err(MountError::NotOwn { .. })
-        ));
-        assert!(check_given_dir(&dir.join("not yet")).is_ok());
-        assert!(
-            err.to_string().contains("choose a directory of your own"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
