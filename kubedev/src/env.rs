@@ -6,8 +6,7 @@
 mod command;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use command::{WORKSTATION_OWNED, for_command};
 
@@ -172,43 +171,14 @@ fn double_quoted(value: &str) -> String {
     out
 }
 
-/// A file that could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write {}", path.display())]
-pub struct WriteError {
-    path: PathBuf,
-    source: std::io::Error,
-}
-
 /// Writes `content` to `path`, readable by this user only. Never through a symbolic link,
 /// into a pipe or device, or over another user's file: a path in a shared directory may
 /// have been planted.
-pub fn write_private(path: &Path, content: &str) -> Result<(), WriteError> {
-    use nix::fcntl::OFlag;
-    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path)
-        .and_then(|mut file| {
-            let found = file.metadata()?;
-            if !found.is_file() || found.uid() != nix::unistd::geteuid().as_raw() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("not a file of this user's own (uid {})", found.uid()),
-                ));
-            }
-            // Only now, once it is known to be ours: emptied, and its mode tightened.
-            file.set_len(0)?;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            file.write_all(content.as_bytes())
-        });
-    written.map_err(|source| WriteError {
-        path: path.to_owned(),
-        source,
-    })
+pub fn write_private(
+    path: &Path,
+    content: &str,
+) -> Result<(), crate::private_files::PrivateFileError> {
+    crate::private_files::write_own(path, content)
 }
 
 #[cfg(test)]

@@ -195,14 +195,17 @@ pub fn read_own(file: &Path) -> Result<Option<String>, PrivateFileError> {
 }
 
 /// Replaces the content of `file` (a regular file of this user's own, made with mode 0600
-/// if missing) with `content`.
+/// if missing, set to it if not) with `content`.
 pub fn write_own(file: &Path, content: &str) -> Result<(), PrivateFileError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut options = OpenOptions::new();
-    // Not O_TRUNC: nothing is changed before the file is known to be this user's.
+    // Not O_TRUNC: nothing is changed before the file is known to be this user's. Not
+    // blocking: a pipe planted with no reader would hold the open forever.
     options.write(true).create(true).mode(0o600);
-    let mut opened = open_own(file, options, OFlag::empty(), "write")?;
+    let mut opened = open_own(file, options, OFlag::O_NONBLOCK, "write")?;
     opened
         .set_len(0)
+        .and_then(|()| opened.set_permissions(std::fs::Permissions::from_mode(0o600)))
         .and_then(|()| opened.write_all(content.as_bytes()))
         .map_err(|source| PrivateFileError::Io {
             action: "write",
