@@ -27,8 +27,9 @@ pub enum RunAs {
 #[error(
     "kubedev runs as the developer and needs no root: run it without sudo (as uid \
      {sudo_uid}, who ran sudo): `-- CMD` gets the cluster's network in a namespace of its \
-     own, and other programs through tunneld's proxy (`status` shows it). To run kubedev as \
-     root anyway, for the whole machine's network, set {ALLOW_ROOT_ENV}=1"
+     own, and other programs through tunneld's proxy (`status` shows it); the network helper, \
+     started once as root (`sudo tunneld network-helper --user NAME`), brings it to the whole \
+     machine. To run kubedev as root anyway, set {ALLOW_ROOT_ENV}=1"
 )]
 pub struct UnderSudo {
     sudo_uid: String,

@@ -9,6 +9,7 @@ mod cluster_network;
 mod command_network;
 mod holds;
 mod leases;
+mod machine_device;
 mod peers;
 mod requests;
 
@@ -46,6 +47,8 @@ pub(crate) struct Settings {
     /// The proxy's port on 127.0.0.1; 0 for one the kernel picks.
     pub(crate) proxy_port: u16,
     pub(crate) resolv_conf: PathBuf,
+    /// The network helper's socket, used when tunneld runs without root.
+    pub(crate) network_helper: PathBuf,
     pub(crate) state_dir: PathBuf,
     /// How long tunneld stays up with no session (after the last one, or after start).
     pub(crate) idle_exit: Duration,

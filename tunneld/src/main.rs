@@ -7,6 +7,7 @@ mod incoming;
 mod local_network;
 mod namespace_sockets;
 mod network;
+mod network_helper;
 mod outbound;
 mod proxy;
 #[cfg(test)]
@@ -30,13 +31,17 @@ Examples:
   tunneld --socket /run/kubedev/tunneld-dev.sock
 
   # Tunnels only: no TUN device, routes or DNS changes (no root needed)
-  tunneld --socket /run/user/1000/kubedev/tunneld-dev.sock --no-network";
+  tunneld --socket /run/user/1000/kubedev/tunneld-dev.sock --no-network
+
+  # As root, once: bring the cluster's network to the whole machine for alice's tunnelds
+  sudo tunneld network-helper --user alice";
 
 /// The local daemon that the kubectl intercept, replace-container and ingest plugins
 /// share. It keeps a tunnel to every agent pod of every session (following pod restarts
 /// and replicas), serves a SOCKS5 and HTTP proxy into the cluster's network on 127.0.0.1
 /// and, with root, brings the cluster's network here: routes for the pod and service
-/// ranges into a TUN device, and DNS for the cluster's names.
+/// ranges into a TUN device, and DNS for the cluster's names: as root, or through the
+/// network helper (`tunneld network-helper --help`), which runs as root for it.
 #[derive(Debug, Parser)]
 #[command(name = "tunneld", version, after_help = EXAMPLES)]
 struct Cli {
@@ -76,6 +81,16 @@ struct Cli {
     #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
     resolv_conf: PathBuf,
 
+    /// The network helper to ask for the machine's TUN device, routes and DNS when tunneld
+    /// runs without root (used only where root listens there).
+    #[arg(
+        long,
+        env = "KUBEDEV_NETWORK_HELPER",
+        default_value = network_helper::DEFAULT_SOCKET,
+        value_name = "PATH"
+    )]
+    network_helper: PathBuf,
+
     /// Where tunneld keeps what it must restore after a crash.
     #[arg(long, default_value = "/run/kubedev", value_name = "DIR")]
     state_dir: PathBuf,
@@ -91,6 +106,9 @@ fn main() -> std::process::ExitCode {
         return code;
     }
     kubedev_process::logging::init();
+    if network_helper::asked() {
+        return network_helper::main();
+    }
     let cli = Cli::parse();
     // The log is appended to, run after run: each start is marked, with its time and pid.
     tracing::info!(
@@ -117,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         no_network: cli.no_network,
         proxy_port: cli.proxy_port,
         resolv_conf: cli.resolv_conf,
+        network_helper: cli.network_helper,
         state_dir: cli.state_dir,
         idle_exit: Duration::from_secs(cli.idle_exit_secs),
     };

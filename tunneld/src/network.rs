@@ -5,7 +5,8 @@
 
 pub(crate) mod dns;
 pub(crate) mod kubelet;
-mod machine_routes;
+pub(crate) mod machine_routes;
+pub(crate) mod pointing;
 pub(crate) mod resolv_conf;
 pub(crate) mod route_plan;
 pub(crate) mod systemd_resolved;
@@ -84,14 +85,7 @@ impl std::fmt::Debug for Network {
 impl Network {
     /// Creates the device, with no route yet.
     pub(crate) fn create() -> anyhow::Result<Self> {
-        let mut tun_config = tun::Configuration::default();
-        tun_config
-            .tun_name(TUN_NAME)
-            .address(TUN_ADDRESS)
-            .netmask(Ipv4Addr::BROADCAST)
-            .mtu(MTU)
-            .up();
-        let device = tun::create_as_async(&tun_config)
+        let device = tun::create_as_async(&machine_device_config())
             .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
         use tun::AbstractDevice as _;
         let name = device.tun_name().context("the TUN device's name")?;
@@ -102,22 +96,22 @@ impl Network {
         })
     }
 
-    /// The device's name, as the kernel gave it (empty for one served from a descriptor).
+    /// The device's name, as the kernel gave it (empty for one in a command's namespace).
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// Serves a TUN device made elsewhere: in a command's own network namespace, whose
-    /// maker configured it (addresses, routes, MTU [`kubedev::control::TUN_MTU`]).
-    pub(crate) fn from_fd(tun: OwnedFd) -> anyhow::Result<Self> {
+    /// Serves a TUN device made elsewhere and configured by its maker (addresses, routes,
+    /// MTU [`kubedev::control::TUN_MTU`]): the network helper's, on this machine, named
+    /// `name`; or one in a command's own network namespace, whose name means nothing here.
+    pub(crate) fn from_fd(tun: OwnedFd, name: String, routed: Routed) -> anyhow::Result<Self> {
         let mut tun_config = tun::Configuration::default();
         tun_config.raw_fd(tun.into_raw_fd()).close_fd_on_drop(true);
         let device = tun::create_as_async(&tun_config).context("serve a TUN device")?;
-        // Named in its own namespace, where nothing here refers to it by name.
         Ok(Self {
             device,
-            name: String::new(),
-            routed: Routed::Everything,
+            name,
+            routed,
         })
     }
 
@@ -210,6 +204,28 @@ fn why_no_device(err: &tun::Error, uid: u32) -> String {
         }
         _ => format!("cannot create a TUN device: {err}"),
     }
+}
+
+/// The machine's TUN device: its own address, [`MTU`], up, named from [`TUN_NAME`].
+fn machine_device_config() -> tun::Configuration {
+    let mut config = tun::Configuration::default();
+    config
+        .tun_name(TUN_NAME)
+        .address(TUN_ADDRESS)
+        .netmask(Ipv4Addr::BROADCAST)
+        .mtu(MTU)
+        .up();
+    config
+}
+
+/// Creates the machine's TUN device for another process to serve (the network helper's
+/// work, as root): the device and the name the kernel gave it.
+pub(crate) fn create_machine_device() -> anyhow::Result<(tun::Device, String)> {
+    let device = tun::create(&machine_device_config())
+        .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
+    use tun::AbstractDevice as _;
+    let name = device.tun_name().context("the TUN device's name")?;
+    Ok((device, name))
 }
 
 /// Reads every datagram from the stack: DNS queries are answered here, the rest go to their

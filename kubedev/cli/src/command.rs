@@ -174,6 +174,7 @@ mod tests {
             ranges: Vec::new(),
             dns: "198.18.0.53".into(),
             resolver,
+            helper: None,
         };
         let machine = up(ResolverStatus::ResolvConf {
             path: "/etc/resolv.conf".into(),

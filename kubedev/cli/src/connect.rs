@@ -191,6 +191,7 @@ mod tests {
             resolver: kubedev::control::ResolverStatus::ResolvConf {
                 path: "/etc/resolv.conf".into(),
             },
+            helper: None,
         };
         assert!(connected("p", "shop", &up).contains("the cluster's network is here"));
     }

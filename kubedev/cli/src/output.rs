@@ -37,9 +37,8 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
                 "the cluster's network (service names, pod and service IPs) is not available to \
                  this whole machine{without}: {reason}. `-- CMD` gets it in a network namespace \
                  of its own where this machine allows one, and tunneld's proxy carries it for \
-                 tools that take a proxy (`{command} status` shows how); a plugin run as root \
-                 with KUBEDEV_ALLOW_ROOT=1 brings it to the whole machine. Intercepted \
-                 traffic and the environment work without it."
+                 tools that take a proxy (`{command} status` shows how). Intercepted traffic \
+                 and the environment work without it."
             )]
         }
         NetworkStatus::Up {
@@ -111,8 +110,12 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
             ranges,
             dns,
             resolver,
+            helper,
         } => {
             let mut text = format!("cluster network: up, DNS {dns} (through {resolver})\n");
+            if let Some(helper) = helper {
+                text += &format!("  made by the network helper at {}\n", helper.display());
+            }
             text.extend(ranges.iter().map(describe_range));
             let routes: Vec<String> = routes.iter().map(ToString::to_string).collect();
             text + &format!("  routes into the tunnel: {}\n", routes.join(" "))
@@ -271,6 +274,7 @@ mod tests {
                     .into(),
                 for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
             },
+            helper: Some("/run/kubedev-network.sock".into()),
         };
         let status = DaemonStatus {
             pid: 42,
@@ -283,6 +287,7 @@ mod tests {
             "tunneld: running (pid 42)\n\
              cluster network: up, DNS 198.18.0.53 (through none: the kubelet on this machine \
              (pid 7) hands /etc/resolv.conf to its pods)\n  \
+             made by the network helper at /run/kubedev-network.sock\n  \
              10.96.0.0/16       routed: --also-proxy\n    \
              except 10.96.0.1/32: the API server's address\n  \
              10.244.0.0/24      left to this machine's route 10.244.0.0/24 dev cni0\n  \

@@ -74,6 +74,10 @@ pub enum NetworkStatus {
         dns: String,
         /// How the system resolver was pointed at it, or why it was left as it is.
         resolver: ResolverStatus,
+        /// The network helper (its socket) that made the device, routes and resolver
+        /// settings for a tunneld without root; none where tunneld made them itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        helper: Option<PathBuf>,
     },
     /// It could not be brought up (no permission for a TUN device, say).
     Unavailable {

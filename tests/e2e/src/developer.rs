@@ -26,6 +26,8 @@ pub struct Developer {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// Settings of the developer's own, given to every command (`NAME=VALUE`).
+    env: Vec<String>,
 }
 
 impl Developer {
@@ -48,6 +50,7 @@ impl Developer {
             gid: id("-g"),
             home: PathBuf::from("/home").join(&name),
             name,
+            env: Vec::new(),
         };
         developer.install(cluster);
         developer
@@ -82,6 +85,13 @@ impl Developer {
             .expect("kubeconfig mode");
     }
 
+    /// Gives every command of this developer `name=value` too, as a setting in their
+    /// shell's profile would.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push(format!("{name}={value}"));
+        self
+    }
+
     /// `program ARGS` as this developer inside `workstation`, with the environment a login
     /// shell would give: HOME, USER, a PATH with `~/.krew/bin` first, and nothing else but
     /// the agent image of the test cluster (a setting users make once).
@@ -103,6 +113,7 @@ impl Developer {
             .arg(format!("PATH={path}"))
             .arg(format!("KUBEDEV_AGENT_IMAGE={}", crate::AGENT_IMAGE))
             .arg("KUBEDEV_LOG=info")
+            .args(&self.env)
             .current_dir(&self.home)
             .arg(program)
             .args(args);

@@ -4,6 +4,7 @@
 pub mod delay_line;
 pub mod developer;
 pub mod krew;
+pub mod network_helper;
 pub mod node;
 pub mod workstation;
 

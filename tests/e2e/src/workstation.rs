@@ -161,6 +161,17 @@ impl Workstation {
         String::from_utf8(output.stdout).expect("utf-8")
     }
 
+    /// What the workstation's network looks like to everyone: every routing table (but for
+    /// the link-local IPv6 routes the kernel adds as it pleases), and the resolver file.
+    pub fn network_seen_by_all(&self) -> (String, String) {
+        let routes = self.run_ok(&["ip", "route", "show", "table", "all"]);
+        let routes: Vec<&str> = routes
+            .lines()
+            .filter(|route| !route.contains("fe80:"))
+            .collect();
+        (routes.join("\n"), self.resolv_conf())
+    }
+
     /// The workstation's /etc/resolv.conf.
     pub fn resolv_conf(&self) -> String {
         fs::read_to_string(

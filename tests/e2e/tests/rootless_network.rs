@@ -16,17 +16,6 @@ use tests_e2e::{TestCluster, TestNamespace};
 /// as this machine has it (0600): they run one way at a time.
 static TUN_MODE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// What the workstation's network looks like to everyone else: every routing table (but
-/// for the link-local IPv6 routes the kernel adds as it pleases), and the resolver file.
-fn workstation_network(workstation: &Workstation) -> (String, String) {
-    let routes = workstation.run_ok(&["ip", "route", "show", "table", "all"]);
-    let routes: Vec<&str> = routes
-        .lines()
-        .filter(|route| !route.contains("fe80:"))
-        .collect();
-    (routes.join("\n"), workstation.resolv_conf())
-}
-
 /// The plugin's stdout and stderr, and the developer's tunneld logs after them.
 fn stdout_and_stderr(output: &Output, developer: &Developer) -> (String, String) {
     let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -52,7 +41,7 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
     ns.deploy_echo("web", 1).await.expect("web");
     let workstation = Workstation::create(&cluster);
     let developer = Developer::create(&cluster);
-    let before = workstation_network(&workstation);
+    let before = workstation.network_seen_by_all();
 
     let web = format!("web.{}", ns.name);
     let (outside, peer_rx) = serve_who_connected(&workstation);
@@ -106,7 +95,7 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
     assert_eq!(peer, outside.ip(), "{stdout}{stderr}");
 
     assert_eq!(
-        workstation_network(&workstation),
+        workstation.network_seen_by_all(),
         before,
         "the workstation changed"
     );
@@ -241,7 +230,7 @@ async fn without_an_open_tun_device_the_command_runs_and_the_plugin_says_why() {
     ns.deploy_echo("web", 1).await.expect("web");
     let workstation = Workstation::create(&cluster);
     let developer = Developer::create(&cluster);
-    let before = workstation_network(&workstation);
+    let before = workstation.network_seen_by_all();
 
     let output = developer.kubectl(
         &workstation,
@@ -275,7 +264,7 @@ async fn without_an_open_tun_device_the_command_runs_and_the_plugin_says_why() {
         notes[0]
     );
     assert_eq!(
-        workstation_network(&workstation),
+        workstation.network_seen_by_all(),
         before,
         "the workstation changed"
     );

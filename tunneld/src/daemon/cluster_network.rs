@@ -4,20 +4,18 @@
 //! again when the user's choices change, and undone when dropped.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kubedev::cidr::Cidr;
-use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus, ResolverStatus};
+use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus};
 
 use super::Daemon;
+use super::machine_device::{DeviceRoutes, Resolver};
 use crate::cluster_ranges;
+use crate::network::DNS_IP;
 use crate::network::dns::{self, DnsAnswerer};
-use crate::network::resolv_conf::{CommandResolvConf, ResolvConf};
 use crate::network::route_plan::{self, Exclusion, Wanted};
-use crate::network::systemd_resolved::{self, ResolvedLink};
-use crate::network::tun_routes::TunRoutes;
-use crate::network::{DNS_IP, Network, kubelet};
 use crate::outbound::Routing;
 
 /// What tunneld learns of the cluster with its first session.
@@ -29,38 +27,6 @@ pub(super) struct KnownCluster {
     search: Vec<String>,
 }
 
-/// How the workstation's resolver was pointed at tunneld; dropping it undoes that.
-#[derive(Debug)]
-enum Resolver {
-    SystemdResolved(ResolvedLink),
-    ResolvConf(ResolvConf),
-    /// Left as it is, for `reason`; commands can be given `for_commands` instead.
-    Unchanged {
-        reason: String,
-        for_commands: CommandResolvConf,
-    },
-}
-
-impl Resolver {
-    fn status(&self) -> ResolverStatus {
-        match self {
-            Self::SystemdResolved(link) => ResolverStatus::SystemdResolved {
-                link: link.link().to_owned(),
-            },
-            Self::ResolvConf(conf) => ResolverStatus::ResolvConf {
-                path: conf.path().to_owned(),
-            },
-            Self::Unchanged {
-                reason,
-                for_commands,
-            } => ResolverStatus::Unchanged {
-                reason: reason.clone(),
-                for_commands: for_commands.path().to_owned(),
-            },
-        }
-    }
-}
-
 /// The cluster network while it is up.
 #[derive(Debug)]
 pub(super) struct UpNetwork {
@@ -70,10 +36,12 @@ pub(super) struct UpNetwork {
     api_server: Vec<Exclusion>,
     /// The TUN device's name.
     device: String,
-    routes: TunRoutes,
+    routes: DeviceRoutes,
     ranges: Vec<RangeStatus>,
     /// Restores the workstation's DNS settings when dropped.
     resolver: Resolver,
+    /// The network helper that made the device, if one did.
+    helper: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -92,6 +60,7 @@ impl NetworkState {
                 ranges: up.ranges.clone(),
                 dns: DNS_IP.to_string(),
                 resolver: up.resolver.status(),
+                helper: up.helper.clone(),
             },
             Self::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
@@ -149,23 +118,24 @@ impl Daemon {
     }
 
     async fn bring_up_network(&self, cluster: &KnownCluster) -> anyhow::Result<NetworkState> {
-        let network = Network::create()?;
-        let device = network.name().to_owned();
-        let routes = TunRoutes::new(&device).await?;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let api_server = api_server_exclusions(&self.api_server).await;
-        let (resolver, upstream) = self.point_resolver(domain, &cluster.search, &device)?;
+        let machine = self.machine_device(domain, &cluster.search).await?;
         let mut up = UpNetwork {
             cluster: cluster.ranges.clone(),
-            api_server,
-            device,
-            routes,
+            api_server: api_server_exclusions(&self.api_server).await,
+            device: machine.network.name().to_owned(),
+            routes: machine.routes,
             ranges: Vec::new(),
-            resolver,
+            resolver: machine.resolver,
+            helper: machine.helper,
         };
         self.route(&mut up).await?;
-        let dns = Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream));
-        let serving = network.run(self.outbound.clone(), dns);
+        let dns = Arc::new(DnsAnswerer::new(
+            self.pool.clone(),
+            domain,
+            machine.upstream,
+        ));
+        let serving = machine.network.run(self.outbound.clone(), dns);
         tokio::spawn(async move {
             if let Err(err) = serving.await {
                 tracing::error!("cluster network stopped: {err:#}");
@@ -230,65 +200,6 @@ impl Daemon {
         }
         up.ranges = plan.ranges;
         Ok(())
-    }
-
-    /// Points the system resolver at tunneld's DNS (through `device`, where systemd-resolved
-    /// runs), unless a kubelet on this machine hands
-    /// what would change to its pods. Returns how, and the nameserver to forward other
-    /// names to.
-    fn point_resolver(
-        &self,
-        domain: &str,
-        search: &[String],
-        device: &str,
-    ) -> anyhow::Result<(Resolver, Option<std::net::SocketAddr>)> {
-        let kubelets = kubelet::find();
-        let handed_out = |file: &Path| {
-            kubelets.iter().find_map(|kubelet| {
-                let theirs = kubelet.hands_out(file)?;
-                Some(format!(
-                    "the kubelet on this machine (pid {}) hands {} to its pods",
-                    kubelet.pid,
-                    theirs.display()
-                ))
-            })
-        };
-        let unchanged = |reason: String| {
-            tracing::warn!("DNS left as it is: {reason}");
-            let (for_commands, upstream) = CommandResolvConf::write(
-                &self.settings.resolv_conf,
-                &self.settings.state_dir,
-                DNS_IP,
-                search,
-            )?;
-            let resolver = Resolver::Unchanged {
-                reason,
-                for_commands,
-            };
-            Ok((resolver, upstream))
-        };
-        let through_resolved = systemd_resolved::manages(&self.settings.resolv_conf);
-        // resolved lists every link's servers in its own file, tunneld's among them.
-        let changed_file = if through_resolved {
-            Path::new(systemd_resolved::UPLINK_RESOLV_CONF)
-        } else {
-            &self.settings.resolv_conf
-        };
-        if let Some(reason) = handed_out(changed_file) {
-            return unchanged(reason);
-        }
-        if through_resolved {
-            let link = ResolvedLink::configure(device, DNS_IP, domain, search)?;
-            // resolved sends only cluster names here: there is nothing to forward.
-            return Ok((Resolver::SystemdResolved(link), None));
-        }
-        let (conf, upstream) = ResolvConf::install(
-            &self.settings.resolv_conf,
-            &self.settings.state_dir,
-            DNS_IP,
-            search,
-        )?;
-        Ok((Resolver::ResolvConf(conf), upstream))
     }
 }
 

@@ -18,7 +18,7 @@ use super::Daemon;
 use crate::local_network::LocalNetwork;
 use crate::namespace_sockets::NamespaceSockets;
 use crate::network::dns::{self, DnsAnswerer};
-use crate::network::{DNS_IP, Network, resolv_conf};
+use crate::network::{DNS_IP, Network, Routed, resolv_conf};
 
 /// A command's network, ready to serve.
 struct CommandNetwork {
@@ -97,7 +97,7 @@ impl Daemon {
         let (resolv_conf, upstream) =
             resolv_conf::for_commands(&self.settings.resolv_conf, DNS_IP, &search)?;
         let sockets = NamespaceSockets::start(&files.user, &files.network).await?;
-        let network = Network::from_fd(files.tun)?;
+        let network = Network::from_fd(files.tun, String::new(), Routed::Everything)?;
         Ok(CommandNetwork {
             network,
             dns: Arc::new(DnsAnswerer::new(self.pool.clone(), domain, upstream)),

@@ -32,18 +32,7 @@ impl ResolvConf {
         dns: Ipv4Addr,
         search: &[String],
     ) -> anyhow::Result<(Self, Option<SocketAddr>)> {
-        private_files::private_dir(state_dir).context("tunneld's state directory")?;
-        let backup = state_dir.join("resolv.conf.original");
-        // Written back into the machine's resolver: only if tunneld itself saved it.
-        let left_behind = private_files::read_own(&backup)
-            .context("the resolver configuration an earlier run saved")?;
-        if let Some(left_behind) = left_behind {
-            tracing::info!(
-                "restoring {} left changed by an earlier run",
-                path.display()
-            );
-            write_in_place(path, &left_behind)?;
-        }
+        let backup = restore_left_behind(path, state_dir)?;
         let original =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         private_files::write_own(&backup, &original)?;
@@ -58,6 +47,25 @@ impl ResolvConf {
             upstream,
         ))
     }
+}
+
+/// Puts back the original of `path` that a run which crashed left in `state_dir`, if any;
+/// returns where the original is kept.
+pub(crate) fn restore_left_behind(path: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
+    private_files::private_dir(state_dir).context("tunneld's state directory")?;
+    let backup = state_dir.join("resolv.conf.original");
+    // Written back into the machine's resolver: only if tunneld itself saved it.
+    let left_behind = private_files::read_own(&backup)
+        .context("the resolver configuration an earlier run saved")?;
+    if let Some(left_behind) = left_behind {
+        tracing::info!(
+            "restoring {} left changed by an earlier run",
+            path.display()
+        );
+        write_in_place(path, &left_behind)?;
+        std::fs::remove_file(&backup).with_context(|| format!("remove {}", backup.display()))?;
+    }
+    Ok(backup)
 }
 
 impl ResolvConf {

@@ -73,6 +73,17 @@ impl TunRoutes {
         refused
     }
 
+    /// Removes every route this added, unless the device is gone (with them).
+    pub(crate) async fn clear(&mut self) {
+        let mut device = self.handle.link().get().match_index(self.device).execute();
+        let exists = device.try_next().await.is_ok_and(|link| link.is_some());
+        if exists {
+            self.set(&[]).await;
+        } else {
+            self.added.clear();
+        }
+    }
+
     /// The routes in the device now.
     pub(crate) fn added(&self) -> Vec<Cidr> {
         self.added.iter().copied().collect()

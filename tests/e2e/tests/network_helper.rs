@@ -1,0 +1,160 @@
+//! The network helper: started once as root for a developer, it brings the cluster's
+//! network to the whole machine for their sessions, while the plugins and tunneld run as
+//! the developer. Every process on the machine reaches services by name; the routes and the
+//! resolver are the machine's own again once the session is over; users it does not serve
+//! get nothing from it, and a developer's tunneld never takes a socket that is not root's
+//! for it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests_e2e::developer::Developer;
+use tests_e2e::network_helper::NetworkHelper;
+use tests_e2e::workstation::Workstation;
+use tests_e2e::{TestCluster, TestNamespace};
+
+/// The user a process runs as.
+fn uid_of_process(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        .expect("a uid")
+}
+
+#[tokio::test]
+async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "helper").await;
+    ns.deploy_echo("web", 1).await.expect("web");
+    let workstation = Workstation::create(&cluster);
+    let before = workstation.network_seen_by_all();
+    let developer = Developer::create(&cluster);
+    let mut helper = NetworkHelper::start(&workstation, &[&developer.name]);
+    let developer = developer.with_env("KUBEDEV_NETWORK_HELPER", helper.socket_path());
+    let plugin = |args: &[&str]| {
+        let mut all = vec!["intercept", "-n", ns.name.as_str()];
+        all.extend_from_slice(args);
+        developer.kubectl_ok(&workstation, &all)
+    };
+
+    plugin(&["connect", "--detach"]);
+    let web = format!("http://web.{}:8080/whole-machine", ns.name);
+    // Any process on the machine, outside any session: root's, and the developer's shell.
+    let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "30", &web]);
+    assert!(answer.contains(": GET /whole-machine"), "{answer}");
+    let output = developer
+        .command(&workstation, "curl", &["-sS", "--max-time", "30", &web])
+        .output()
+        .expect("curl runs");
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.contains(": GET /whole-machine"), "{answer}");
+
+    let status = plugin(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "made by the network helper at {}",
+            helper.socket_path()
+        )),
+        "{status}"
+    );
+    let status: Value = serde_json::from_str(&plugin(&["status", "-o", "json"])).expect("json");
+    let tunneld = status["pid"].as_u64().expect("tunneld's pid");
+    assert_eq!(
+        uid_of_process(tunneld),
+        developer.uid,
+        "tunneld runs as the developer"
+    );
+    let (routes, resolv_conf) = workstation.network_seen_by_all();
+    assert!(routes.contains("dev kubedev-tun"), "{routes}");
+    assert!(
+        resolv_conf.contains("nameserver 198.18.0.53"),
+        "{resolv_conf}"
+    );
+
+    plugin(&["leave", "connect"]);
+    // tunneld exits once idle; its connection closing has the helper undo everything.
+    helper.wait_for_log(
+        "closed; its routes and resolver are undone",
+        Duration::from_secs(120),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workstation.network_seen_by_all() != before {
+        assert!(
+            Instant::now() < deadline,
+            "the workstation changed:\n{}",
+            helper.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(helper.stop().success(), "{}", helper.log());
+    assert!(!helper.socket.exists(), "the helper removes its socket");
+    assert_eq!(developer.files_not_own(), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test]
+async fn the_helper_serves_only_its_users_and_tunneld_trusts_only_roots_socket() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "helper-refuses").await;
+    ns.deploy_echo("web", 1).await.expect("web");
+    let workstation = Workstation::create(&cluster);
+    let developer = Developer::create(&cluster);
+    let other = Developer::create(&cluster);
+    let helper = NetworkHelper::start(&workstation, &[&developer.name]);
+    let before = workstation.network_seen_by_all();
+    let session = ["ingest", "web", "-n", ns.name.as_str(), "--", "id", "-u"];
+
+    // A user it does not serve: the session works, without the machine's network.
+    let stranger = other.with_env("KUBEDEV_NETWORK_HELPER", helper.socket_path());
+    let output = stranger.kubectl(&workstation, &session);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("does not serve uid {}", stranger.uid)),
+        "{stderr}"
+    );
+    assert!(
+        helper
+            .log()
+            .contains(&format!("refused uid {}", stranger.uid))
+    );
+    assert_eq!(workstation.network_seen_by_all(), before);
+
+    // A socket another user made, where the developer was told the helper is: the
+    // developer's tunneld sends it nothing.
+    let fake_dir = std::env::temp_dir().join(format!("kubedev-fake-helper-{}", stranger.uid));
+    let fake = fake_dir.join("network.sock");
+    let received = fake_dir.join("received");
+    let mut listener = stranger
+        .command(&workstation, "sh", &[
+            "-c",
+            &format!(
+                "mkdir -p {dir} && exec socat UNIX-LISTEN:{fake},fork OPEN:{received},creat,append",
+                dir = fake_dir.display(),
+                fake = fake.display(),
+                received = received.display()
+            ),
+        ])
+        .spawn()
+        .expect("socat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.exists() {
+        assert!(Instant::now() < deadline, "no fake socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fooled = developer.with_env("KUBEDEV_NETWORK_HELPER", fake.to_str().expect("utf-8"));
+    let output = fooled.kubectl(&workstation, &session);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("not a socket of root's"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&received).unwrap_or_default(),
+        b"",
+        "nothing sent to it"
+    );
+    assert_eq!(workstation.network_seen_by_all(), before);
+    let _ = std::fs::remove_dir_all(&fake_dir);
+}
