@@ -137,7 +137,8 @@ fn powershell_quoted(value: &str) -> String {
 /// cmd.exe batch files: `%` is written twice (percent expansion runs first), and `^`
 /// escapes every character cmd would otherwise act on, `"` included (quoting cannot be
 /// used: a `"` in the value would end it). Delayed expansion (`!`) is off in batch files
-/// unless they turn it on. A newline cannot be written: it becomes a space.
+/// unless they turn it on. A newline or another control character cannot be written (cmd
+/// ends a line at one, or the file at Ctrl-Z): each becomes a space; a tab stays.
 fn cmd_escaped(value: &str) -> String {
     let mut out = String::new();
     for c in value.chars() {
@@ -147,7 +148,7 @@ fn cmd_escaped(value: &str) -> String {
                 out.push('^');
                 out.push(c);
             }
-            '\n' | '\r' => out.push(' '),
+            c if c.is_control() && c != '\t' => out.push(' '),
             _ => out.push(c),
         }
     }
@@ -294,6 +295,16 @@ mod tests {
         }
         let fine = BTreeMap::from([("_a1".to_owned(), String::new())]);
         assert!(format(&fine, EnvSyntax::Cmd).is_ok());
+    }
+
+    #[test]
+    fn cmd_never_gets_a_control_character_that_ends_its_line_or_file() {
+        let value = "a\u{1a}b\u{0}c\rd\te\u{1b}f".to_owned();
+        let variables = BTreeMap::from([("V".to_owned(), value)]);
+        assert_eq!(
+            format(&variables, EnvSyntax::Cmd).expect("format"),
+            "set V=a b c d\te f\n"
+        );
     }
 
     #[test]
