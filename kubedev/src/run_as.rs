@@ -28,11 +28,13 @@ pub enum RunAs {
     "kubedev runs as the developer and needs no root: run it without sudo (as uid \
      {sudo_uid}, who ran sudo): `-- CMD` gets the cluster's network in a namespace of its \
      own, and other programs through tunneld's proxy (`status` shows it); the network helper, \
-     started once as root (`sudo tunneld network-helper --user NAME`), brings it to the whole \
-     machine. To run kubedev as root anyway, set {ALLOW_ROOT_ENV}=1"
+     started once as root, brings it to the whole machine: `{helper}`. To run kubedev as root \
+     anyway, set {ALLOW_ROOT_ENV}=1"
 )]
 pub struct UnderSudo {
     sudo_uid: String,
+    /// The command that starts the network helper for the user who ran sudo.
+    helper: String,
 }
 
 /// How this process runs, from its effective user and sudo's `SUDO_UID`; refused when it
@@ -45,6 +47,13 @@ pub fn run_as() -> Result<RunAs, UnderSudo> {
     )
 }
 
+/// `sudo TUNNELD network-helper --user NAME`, for the user who ran sudo.
+fn helper_command(sudo_uid: &str) -> String {
+    let user = std::env::var("SUDO_USER").unwrap_or_else(|_| sudo_uid.to_owned());
+    let tunneld = crate::tunneld::tunneld_binary();
+    format!("sudo {} network-helper --user {user}", tunneld.display())
+}
+
 fn decide(
     root: bool,
     sudo_uid: Option<OsString>,
@@ -55,8 +64,10 @@ fn decide(
             if allow_root.is_some_and(|allowed| allowed == "1") {
                 Ok(RunAs::RootThroughSudo)
             } else {
+                let sudo_uid = sudo_uid.to_string_lossy().into_owned();
                 Err(UnderSudo {
-                    sudo_uid: sudo_uid.to_string_lossy().into_owned(),
+                    helper: helper_command(&sudo_uid),
+                    sudo_uid,
                 })
             }
         }
@@ -100,6 +111,10 @@ mod tests {
         assert!(message.contains("without sudo"), "{message}");
         assert!(message.contains("namespace of its own"), "{message}");
         assert!(message.contains("KUBEDEV_ALLOW_ROOT=1"), "{message}");
+        assert!(
+            message.contains("tunneld network-helper --user "),
+            "{message}"
+        );
         assert!(decide(true, sudo(), Some("0".into())).is_err());
         assert_eq!(
             decide(true, sudo(), Some("1".into())).expect("allowed"),

@@ -20,6 +20,7 @@ use crate::private_files::PrivateFileError;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
     START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
+    tunneld_binary,
 };
 
 /// Why a request to tunneld failed.

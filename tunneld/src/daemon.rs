@@ -140,6 +140,7 @@ impl Daemon {
         let result = tokio::select! {
             result = self.accept_loop(&listener) => result,
             () = proxy.serve() => Ok(()),
+            () = self.keep_network_up() => Ok(()),
             () = self.idle() => {
                 tracing::info!("no session left: exiting");
                 Ok(())

@@ -17,24 +17,29 @@ mod to_pod;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
 use kubedev::control::ProxyChoices;
 
 use daemon::{Daemon, Settings};
 
-const EXAMPLES: &str = "\
-The plugins start tunneld when a session needs it; it exits when no session is left.
+/// The examples under `--help`, with this tunneld's own path and user in them.
+fn examples() -> String {
+    format!(
+        "The plugins start tunneld when a session needs it; it exits when no session is left.
 Examples:
   # Serve the control socket for the current kube context
-  tunneld --socket /run/kubedev/tunneld-dev.sock
+  tunneld --socket /run/user/1000/kubedev/tunneld-dev.sock
 
-  # Tunnels only: no TUN device, routes or DNS changes (no root needed)
+  # Tunnels only: no TUN device, routes or DNS changes
   tunneld --socket /run/user/1000/kubedev/tunneld-dev.sock --no-network
 
-  # As root, once: bring the cluster's network to the whole machine for alice's tunnelds
-  sudo tunneld network-helper --user alice";
+  # As root, once: the cluster's network for this whole machine, for your tunnelds
+  {}",
+        network_helper::client::start_command()
+    )
+}
 
 /// The local daemon that the kubectl intercept, replace-container and ingest plugins
 /// share. It keeps a tunnel to every agent pod of every session (following pod restarts
@@ -43,7 +48,7 @@ Examples:
 /// ranges into a TUN device, and DNS for the cluster's names: as root, or through the
 /// network helper (`tunneld network-helper --help`), which runs as root for it.
 #[derive(Debug, Parser)]
-#[command(name = "tunneld", version, after_help = EXAMPLES)]
+#[command(name = "tunneld", version)]
 struct Cli {
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -109,7 +114,11 @@ fn main() -> std::process::ExitCode {
     if network_helper::asked() {
         return network_helper::main();
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(examples()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     // The log is appended to, run after run: each start is marked, with its time and pid.
     tracing::info!(
         "---- tunneld {} starting, pid {} ----",

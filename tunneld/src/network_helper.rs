@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use kubedev_process::signals::StopSignals;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -27,19 +27,31 @@ use crate::network::resolv_conf;
 use connection::Shared;
 pub(crate) use wire::DEFAULT_SOCKET;
 
-const EXAMPLES: &str = "\
-Examples:
-  # Bring the cluster's network to this whole machine for alice's sessions
-  sudo tunneld network-helper --user alice
+/// The examples under `--help`, with this tunneld's own path in them.
+fn examples() -> String {
+    let start = client::start_command();
+    format!(
+        "Examples:
+  # The cluster's network on this whole machine for your sessions, until Ctrl-C
+  {start}
 
-  # For two users; the helper stops on Ctrl-C or SIGTERM and undoes what it changed
-  sudo tunneld network-helper --user alice --user bob";
+  # For two users; it stops on Ctrl-C or SIGTERM and undoes what it changed
+  {start} --user bob
+
+As a system service, run a copy of tunneld that only root may change: see kubedev's
+docs/network-helper.md."
+    )
+}
 
 /// Brings the cluster's network (routes into a TUN device, DNS for the cluster's names) to
 /// this whole machine for the sessions of the users it serves, whose plugins and tunneld
 /// run as themselves. Runs as root; talks to no cluster.
 #[derive(Debug, Parser)]
-#[command(name = "tunneld network-helper", version, after_help = EXAMPLES)]
+#[command(
+    name = "tunneld network-helper",
+    bin_name = "tunneld network-helper",
+    version
+)]
 struct HelperCli {
     /// A user whose tunneld it serves (repeat for more).
     #[arg(long = "user", value_name = "NAME", required = true)]
@@ -71,7 +83,14 @@ pub(crate) fn asked() -> bool {
 
 /// Runs the helper until a stop signal.
 pub(crate) fn main() -> std::process::ExitCode {
-    let cli = HelperCli::parse_from(std::env::args_os().skip(1).collect::<Vec<OsString>>());
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let matches = HelperCli::command()
+        .after_help(examples())
+        .get_matches_from(args);
+    let cli = match HelperCli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return kubedev_process::exit_status(Err(err.into())),
@@ -90,7 +109,7 @@ async fn serve(cli: HelperCli) -> anyhow::Result<()> {
         .users
         .iter()
         .map(|name| uid_of(name))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<anyhow::Result<Vec<u32>>>()?;
     warn_if_replaceable();
     // A crash may have left the machine's resolver pointed at a tunneld that is gone.
     resolv_conf::restore_left_behind(&cli.resolv_conf, &cli.state_dir)?;
@@ -101,7 +120,8 @@ async fn serve(cli: HelperCli) -> anyhow::Result<()> {
         cli.socket.display(),
         cli.users.join(", ")
     );
-    let shared = Arc::new(Shared::new(uids, cli.resolv_conf, cli.state_dir));
+    let served = uids.into_iter().zip(cli.users.iter().cloned()).collect();
+    let shared = Arc::new(Shared::new(served, cli.resolv_conf, cli.state_dir));
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut signals = StopSignals::listen().context("signal handlers")?;
@@ -142,22 +162,32 @@ fn warn_if_replaceable() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Started with sudo by the user who may change it: they are root already.
+    let sudo_uid: Option<u32> = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|uid| uid.parse().ok());
     let writable = [Some(exe.as_path()), exe.parent()]
         .into_iter()
         .flatten()
-        .find(|path| only_root_may_change(path).is_err());
-    if let Some(path) = writable {
+        .filter_map(|path| Some((path, std::fs::metadata(path).ok()?)))
+        .find(|(_, found)| {
+            let others_write = found.mode() & 0o022 != 0;
+            others_write || (found.uid() != 0 && Some(found.uid()) != sudo_uid)
+        });
+    if let Some((path, found)) = writable {
         tracing::warn!(
-            "{} may be changed by someone other than root, who would run as root at the              helper's next start: run a copy only root may change (see its service setup)",
-            path.display()
+            "{} may be changed by uid {} (or others), who would run as root at the helper's \
+             next start: as a service, run a copy only root may change (docs/network-helper.md)",
+            path.display(),
+            found.uid()
         );
     }
 }
 
 fn uid_of(name: &str) -> anyhow::Result<u32> {
     let user = nix::unistd::User::from_name(name)
-        .with_context(|| format!("look up user {name}"))?
-        .with_context(|| format!("there is no user {name} on this machine"))?;
+        .with_context(|| format!("look up user {name:?}"))?
+        .with_context(|| format!("there is no user {name:?} on this machine"))?;
     Ok(user.uid.as_raw())
 }
 

@@ -136,7 +136,8 @@ impl SessionLife {
 pub enum Manage {
     /// The cluster's network on this machine (service names, pod and service IPs), with no
     /// workload touched: an agent pod of the session's own runs in the namespace until
-    /// the session ends (default name: connect). Needs root for the network, as sessions do.
+    /// the session ends (default name: connect). The whole machine gets the network where
+    /// the network helper runs (or as root); elsewhere `-- CMD` and tunneld's proxy do.
     #[command(after_help = "Examples:\n  \
         # Until Ctrl-C\n  \
         kubectl intercept connect -n shop\n\n  \

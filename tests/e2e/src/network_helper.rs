@@ -4,14 +4,16 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::workstation::Workstation;
 
 #[derive(Debug)]
 pub struct NetworkHelper {
-    process: Child,
+    /// How it is started.
+    command: Command,
+    process: Option<Child>,
     dir: PathBuf,
     /// Where it listens.
     pub socket: PathBuf,
@@ -28,31 +30,42 @@ impl NetworkHelper {
         std::fs::create_dir(&dir).expect("the helper's directory");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.join("network.sock");
-        let tunneld = crate::repo_dir().join("target/debug/tunneld");
         let mut command = workstation.long_lived();
         command
-            .arg(tunneld)
+            .arg(crate::repo_dir().join("target/debug/tunneld"))
             .arg("network-helper")
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.join("state"))
-            .stderr(std::fs::File::create(dir.join("helper.log")).expect("its log"));
+            .arg(dir.join("state"));
         for user in users {
             command.args(["--user", user]);
         }
-        let process = command.spawn().expect("the helper starts");
-        let helper = Self {
-            process,
+        let mut helper = Self {
+            command,
+            process: None,
             dir,
             socket,
         };
+        helper.start_again();
+        helper
+    }
+
+    /// Starts it (again, once stopped) as it was started first, and waits for its socket;
+    /// its log goes on.
+    pub fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("helper.log"))
+            .expect("its log");
+        self.command.stderr(log);
+        self.process = Some(self.command.spawn().expect("the helper starts"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !helper.socket.exists() {
-            assert!(Instant::now() < deadline, "no socket:\n{}", helper.log());
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "no socket:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        helper
     }
 
     /// The socket's path, as a developer's setting takes it.
@@ -75,16 +88,19 @@ impl NetworkHelper {
 
     /// Stops it as a service manager does (SIGTERM) and waits for it.
     pub fn stop(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.id()).expect("a pid"));
+        let mut process = self.process.take().expect("the helper runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(process.id()).expect("a pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        self.process.wait().expect("the helper exits")
+        process.wait().expect("the helper exits")
     }
 }
 
 impl Drop for NetworkHelper {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

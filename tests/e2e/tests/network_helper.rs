@@ -23,6 +23,19 @@ fn uid_of_process(pid: u64) -> u32 {
         .expect("a uid")
 }
 
+/// Waits until the developer's `status` says `text`.
+fn wait_for_status(status: impl Fn() -> String, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let said = status();
+        if said.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{said}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[tokio::test]
 async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() {
     let cluster = TestCluster::get();
@@ -32,35 +45,37 @@ async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() 
     let before = workstation.network_seen_by_all();
     let developer = Developer::create(&cluster);
     let mut helper = NetworkHelper::start(&workstation, &[&developer.name]);
+    helper.stop();
     let developer = developer.with_env("KUBEDEV_NETWORK_HELPER", helper.socket_path());
     let plugin = |args: &[&str]| {
         let mut all = vec!["intercept", "-n", ns.name.as_str()];
         all.extend_from_slice(args);
         developer.kubectl_ok(&workstation, &all)
     };
-
-    plugin(&["connect", "--detach"]);
+    let status = || plugin(&["status"]);
+    let made_by_helper = format!("made by the network helper at {}", helper.socket_path());
     let web = format!("http://web.{}:8080/whole-machine", ns.name);
+    let reaches_web = || {
+        let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "30", &web]);
+        assert!(answer.contains(": GET /whole-machine"), "{answer}");
+    };
+
+    // The session comes first, while the helper is down; what to run is said.
+    plugin(&["connect", "--detach"]);
+    let start = format!("tunneld network-helper --user {}`", developer.name);
+    assert!(status().contains(&start), "{}", status());
+    helper.start_again();
+    wait_for_status(status, &made_by_helper);
     // Any process on the machine, outside any session: root's, and the developer's shell.
-    let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "30", &web]);
-    assert!(answer.contains(": GET /whole-machine"), "{answer}");
+    reaches_web();
     let output = developer
         .command(&workstation, "curl", &["-sS", "--max-time", "30", &web])
         .output()
         .expect("curl runs");
     let answer = String::from_utf8_lossy(&output.stdout);
     assert!(answer.contains(": GET /whole-machine"), "{answer}");
-
-    let status = plugin(&["status"]);
-    assert!(
-        status.contains(&format!(
-            "made by the network helper at {}",
-            helper.socket_path()
-        )),
-        "{status}"
-    );
-    let status: Value = serde_json::from_str(&plugin(&["status", "-o", "json"])).expect("json");
-    let tunneld = status["pid"].as_u64().expect("tunneld's pid");
+    let json: Value = serde_json::from_str(&plugin(&["status", "-o", "json"])).expect("json");
+    let tunneld = json["pid"].as_u64().expect("tunneld's pid");
     assert_eq!(
         uid_of_process(tunneld),
         developer.uid,
@@ -72,6 +87,16 @@ async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() 
         resolv_conf.contains("nameserver 198.18.0.53"),
         "{resolv_conf}"
     );
+
+    // The helper stops: everything is undone, and status says so; started again, the
+    // network comes back to the same session.
+    assert!(helper.stop().success(), "{}", helper.log());
+    assert_eq!(workstation.network_seen_by_all(), before);
+    wait_for_status(status, "the network helper at");
+    assert!(status().contains("stopped"), "{}", status());
+    helper.start_again();
+    wait_for_status(status, &made_by_helper);
+    reaches_web();
 
     plugin(&["leave", "connect"]);
     // tunneld exits once idle; its connection closing has the helper undo everything.
@@ -111,7 +136,10 @@ async fn the_helper_serves_only_its_users_and_tunneld_trusts_only_roots_socket()
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("does not serve uid {}", stranger.uid)),
+        stderr.contains(&format!(
+            "serves {} only, not uid {}",
+            developer.name, stranger.uid
+        )),
         "{stderr}"
     );
     assert!(

@@ -4,8 +4,9 @@
 //! again when the user's choices change, and undone when dropped.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kubedev::cidr::Cidr;
 use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus};
@@ -17,6 +18,7 @@ use crate::network::DNS_IP;
 use crate::network::dns::{self, DnsAnswerer};
 use crate::network::route_plan::{self, Exclusion, Wanted};
 use crate::outbound::Routing;
+use tokio_util::sync::CancellationToken;
 
 /// What tunneld learns of the cluster with its first session.
 #[derive(Debug)]
@@ -42,6 +44,24 @@ pub(super) struct UpNetwork {
     resolver: Resolver,
     /// The network helper that made the device, if one did.
     helper: Option<PathBuf>,
+    /// Cancelled once that helper is gone: it undid the routes and the resolver.
+    lost: Option<CancellationToken>,
+}
+
+impl UpNetwork {
+    /// Why it is no longer up, once its helper is gone.
+    fn lost(&self) -> Option<String> {
+        let lost = self
+            .lost
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled);
+        let helper = self.helper.as_ref().filter(|_| lost)?;
+        Some(format!(
+            "the network helper at {} stopped, and undid the routes and the resolver; tunneld \
+             asks it again as soon as it is back",
+            helper.display()
+        ))
+    }
 }
 
 #[derive(Debug)]
@@ -55,6 +75,7 @@ impl NetworkState {
     pub(super) fn status(&self) -> NetworkStatus {
         match self {
             Self::Off => NetworkStatus::Off,
+            Self::Up(up) if let Some(reason) = up.lost() => NetworkStatus::Unavailable { reason },
             Self::Up(up) => NetworkStatus::Up {
                 routes: up.routes.added(),
                 ranges: up.ranges.clone(),
@@ -65,6 +86,15 @@ impl NetworkState {
             Self::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
             },
+        }
+    }
+
+    /// Whether bringing it up again could help: it never came up, or its helper is gone.
+    pub(super) fn down(&self) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Up(up) => up.lost().is_some(),
+            Self::Unavailable(_) => true,
         }
     }
 }
@@ -93,20 +123,25 @@ impl Daemon {
         known
     }
 
-    /// Brings up the cluster network once, for the cluster as the first session found it;
-    /// without root it records why there is none, and tunnels still work. Once it is up,
-    /// routes again if the user's choices changed.
+    /// Brings up the cluster network, for the cluster as the first session found it, where
+    /// it is not up: first, and again where it was unavailable or its helper went away.
+    /// Without it tunnels still work, and the reason is kept. Once it is up, routes again
+    /// if the user's choices changed.
     pub(super) async fn start_network(&self, cluster: &KnownCluster, new_choices: bool) {
         let mut network = self.network.lock().await;
-        if let NetworkState::Up(up) = &mut *network {
+        if let NetworkState::Up(up) = &mut *network
+            && up.lost().is_none()
+        {
             if new_choices && let Err(err) = self.route(up).await {
                 tracing::warn!("routing the cluster's ranges again: {err:#}");
             }
             return;
         }
-        if !matches!(*network, NetworkState::Off) || self.settings.no_network {
+        if self.settings.no_network {
             return;
         }
+        // What is left of a network whose helper is gone goes first.
+        *network = NetworkState::Off;
         *network = match self.bring_up_network(cluster).await {
             Ok(up) => up,
             Err(err) => {
@@ -115,6 +150,37 @@ impl Daemon {
                 NetworkState::Unavailable(reason)
             }
         };
+    }
+
+    /// Brings the network up again whenever a network helper appears (a new socket) while
+    /// it is down, once the first session has come: so a helper started, or started again,
+    /// after tunneld needs no new session.
+    pub(super) async fn keep_network_up(&self) {
+        if self.settings.no_network || nix::unistd::geteuid().is_root() {
+            return std::future::pending().await;
+        }
+        let mut tried = None;
+        loop {
+            tokio::time::sleep(HELPER_WATCH).await;
+            let Some(cluster) = self.cluster.get() else {
+                continue;
+            };
+            if !self.network.lock().await.down() {
+                // Up: once down again, whatever socket is there is worth a try.
+                tried = None;
+                continue;
+            }
+            let socket = socket_identity(&self.settings.network_helper);
+            if socket.is_none() || socket == tried {
+                continue;
+            }
+            tried = socket;
+            tracing::info!(
+                "a network helper is at {}",
+                self.settings.network_helper.display()
+            );
+            self.start_network(cluster, false).await;
+        }
     }
 
     async fn bring_up_network(&self, cluster: &KnownCluster) -> anyhow::Result<NetworkState> {
@@ -128,6 +194,7 @@ impl Daemon {
             ranges: Vec::new(),
             resolver: machine.resolver,
             helper: machine.helper,
+            lost: machine.lost.clone(),
         };
         self.route(&mut up).await?;
         let dns = Arc::new(DnsAnswerer::new(
@@ -136,9 +203,14 @@ impl Daemon {
             machine.upstream,
         ));
         let serving = machine.network.run(self.outbound.clone(), dns);
+        // A helper's device is let go with the helper, which removed its routes.
+        let lost = machine.lost.unwrap_or_default();
         tokio::spawn(async move {
-            if let Err(err) = serving.await {
-                tracing::error!("cluster network stopped: {err:#}");
+            tokio::select! {
+                served = serving => if let Err(err) = served {
+                    tracing::error!("cluster network stopped: {err:#}");
+                },
+                () = lost.cancelled() => {}
             }
         });
         Ok(NetworkState::Up(Box::new(up)))
@@ -201,6 +273,17 @@ impl Daemon {
         up.ranges = plan.ranges;
         Ok(())
     }
+}
+
+/// How often tunneld looks for a network helper while the network is down.
+const HELPER_WATCH: Duration = Duration::from_secs(2);
+
+/// Which socket is at `path`, if any: a helper started again makes a new one, which may
+/// reuse the old one's inode but not its change time.
+fn socket_identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let found = std::fs::symlink_metadata(path).ok()?;
+    Some((found.dev(), found.ino(), found.ctime(), found.ctime_nsec()))
 }
 
 /// The API server's own addresses: routing them into the tunnel would cut the tunnel's

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use kubedev::cidr::Cidr;
 use kubedev::control::ResolverStatus;
+use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
 use crate::network::machine_routes::MachineRoute;
@@ -26,6 +27,8 @@ pub(super) struct MachineDevice {
     pub(super) upstream: Option<SocketAddr>,
     /// The network helper that made it, if one did.
     pub(super) helper: Option<PathBuf>,
+    /// Cancelled once the helper that made it is gone, and the device with it.
+    pub(super) lost: Option<CancellationToken>,
 }
 
 /// The device's routes, set by tunneld or by the helper.
@@ -109,6 +112,7 @@ impl Daemon {
             resolver,
             upstream,
             helper: None,
+            lost: None,
         })
     }
 
@@ -124,6 +128,7 @@ impl Daemon {
             resolver,
             upstream,
             helper: Some(self.settings.network_helper.clone()),
+            lost: Some(device.gone),
         })
     }
 
@@ -176,15 +181,9 @@ impl Daemon {
 
 /// What brings the network to this machine without running tunneld as root.
 fn helper_hint() -> String {
-    let tunneld = std::env::current_exe()
-        .map_or_else(|_| "tunneld".to_owned(), |exe| exe.display().to_string());
-    let uid = nix::unistd::Uid::current();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |user| user.name);
     format!(
         "the network helper brings it to this machine for your sessions, started once as root: \
-         sudo {tunneld} network-helper --user {user}"
+         `{}`",
+        client::start_command()
     )
 }

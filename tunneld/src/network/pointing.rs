@@ -32,6 +32,16 @@ pub(crate) enum Pointed {
     Unchanged { reason: String },
 }
 
+impl std::fmt::Display for Pointed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SystemdResolved { link } => write!(f, "systemd-resolved, link {link}"),
+            Self::ResolvConf { path } => write!(f, "{}", path.display()),
+            Self::Unchanged { reason } => write!(f, "left as it is: {reason}"),
+        }
+    }
+}
+
 impl PointedResolver {
     pub(crate) fn described(&self) -> Pointed {
         match self {

@@ -10,7 +10,11 @@ use anyhow::Context as _;
 use kubedev::cidr::Cidr;
 use kubedev::fd_passing;
 use kubedev_protocol::codec::{read_message, write_message};
+use nix::unistd::{Uid, User};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::wire::{HelperReply, HelperRequest};
 use crate::network::machine_routes::MachineRoute;
@@ -26,13 +30,18 @@ pub(crate) struct HelperDevice {
     pub(crate) resolver: Pointed,
     /// The nameserver the machine's resolver named before.
     pub(crate) upstream: Option<std::net::SocketAddr>,
+    /// Cancelled once the connection to the helper is gone (the helper stopped, or the
+    /// routes were dropped): the helper has undone the routes and the resolver.
+    pub(crate) gone: CancellationToken,
 }
 
-/// The device's routes, set through the helper.
+/// A request for the device's routes, and where its answer goes.
+type RouteRequest = (Vec<Cidr>, oneshot::Sender<anyhow::Result<HelperReply>>);
+
+/// The device's routes, set through the helper; dropping them closes the connection.
 #[derive(Debug)]
 pub(crate) struct HelperRoutes {
-    socket: PathBuf,
-    stream: UnixStream,
+    requests_tx: mpsc::Sender<RouteRequest>,
     /// Reads the machine's routes (which needs no privilege).
     reading: TunRoutes,
     added: Vec<Cidr>,
@@ -48,9 +57,19 @@ pub(crate) async fn open(
     if !root_listens_on(socket)? {
         return Ok(None);
     }
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connect to the network helper at {}", socket.display()))?;
+    let mut stream = match UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => anyhow::bail!(
+            "no network helper answers at {} (its socket is left from a run that ended): \
+             start it again as root: `{}`",
+            socket.display(),
+            start_command()
+        ),
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("connect to the network helper at {}", socket.display()));
+        }
+    };
     let peer = stream.peer_cred().context("the network helper's user")?;
     if peer.uid() != 0 {
         anyhow::bail!(
@@ -63,8 +82,15 @@ pub(crate) async fn open(
         domain: domain.to_owned(),
         search: search.to_vec(),
     };
-    write_message(&mut stream, &request).await?;
-    let (device, resolver, upstream) = match read_message(&mut stream).await? {
+    // A helper that refuses this user says why and closes without reading the request.
+    let sent = write_message(&mut stream, &request).await;
+    let reply = match (read_message(&mut stream).await, sent) {
+        (Ok(reply), _) => reply,
+        (Err(_), Err(err)) | (Err(err), Ok(())) => {
+            return Err(err).with_context(|| format!("the network helper at {}", socket.display()));
+        }
+    };
+    let (device, resolver, upstream) = match reply {
         HelperReply::Opened {
             device,
             resolver,
@@ -87,17 +113,85 @@ pub(crate) async fn open(
     let network = Network::from_fd(tun, device.clone(), Routed::ClusterOnly)?;
     let reading = TunRoutes::new(&device).await?;
     tracing::info!("the network helper at {} opened {device}", socket.display());
+    let (requests_tx, requests_rx) = mpsc::channel(1);
+    let gone = CancellationToken::new();
+    tokio::spawn(keep_connection(
+        socket.to_owned(),
+        stream,
+        requests_rx,
+        gone.clone(),
+    ));
     Ok(Some(HelperDevice {
         network,
         routes: HelperRoutes {
-            socket: socket.to_owned(),
-            stream,
+            requests_tx,
             reading,
             added: Vec::new(),
         },
         resolver,
         upstream,
+        gone,
     }))
+}
+
+/// Carries route requests to the helper until the routes are dropped or the helper closes
+/// the connection; then cancels `gone`.
+async fn keep_connection(
+    socket: PathBuf,
+    mut stream: UnixStream,
+    mut requests_rx: mpsc::Receiver<RouteRequest>,
+    gone: CancellationToken,
+) {
+    let mut unasked = [0u8; 1];
+    loop {
+        tokio::select! {
+            request = requests_rx.recv() => {
+                let Some((routes, reply_tx)) = request else {
+                    break;
+                };
+                let reply = exchange(&mut stream, routes).await.with_context(|| {
+                    format!("the network helper at {}", socket.display())
+                });
+                let failed = reply.is_err();
+                let _ = reply_tx.send(reply);
+                if failed {
+                    break;
+                }
+            }
+            // The helper sends nothing unasked: anything readable is its end.
+            _ = stream.read(&mut unasked) => {
+                tracing::warn!(
+                    "the network helper at {} closed the connection: it undid the routes and \
+                     the resolver",
+                    socket.display()
+                );
+                break;
+            }
+        }
+    }
+    gone.cancel();
+}
+
+async fn exchange(stream: &mut UnixStream, routes: Vec<Cidr>) -> anyhow::Result<HelperReply> {
+    write_message(stream, &HelperRequest::Route { routes }).await?;
+    Ok(read_message(stream).await?)
+}
+
+/// The command that starts the helper for this user, with this tunneld.
+pub(crate) fn start_command() -> String {
+    let tunneld = std::env::current_exe()
+        .map_or_else(|_| "tunneld".to_owned(), |exe| exe.display().to_string());
+    // Root through sudo means the user who ran sudo.
+    let sudo_user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|_| Uid::current().is_root());
+    let user = sudo_user.unwrap_or_else(|| {
+        User::from_uid(Uid::current())
+            .ok()
+            .flatten()
+            .map_or_else(|| Uid::current().to_string(), |user| user.name)
+    });
+    format!("sudo {tunneld} network-helper --user {user}")
 }
 
 /// Whether `socket` is a socket root made, where only root could have put it; `false`
@@ -130,7 +224,15 @@ impl HelperRoutes {
 
     /// Makes the device's routes exactly `wanted`; returns those refused, with why.
     pub(crate) async fn set(&mut self, wanted: &[Cidr]) -> Vec<(Cidr, String)> {
-        match self.exchange(wanted).await {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let asked = self.requests_tx.send((wanted.to_vec(), reply_tx)).await;
+        let reply = match (asked, reply_rx.await) {
+            (Ok(()), Ok(reply)) => reply,
+            _ => Err(anyhow::anyhow!(
+                "the connection to the network helper is gone"
+            )),
+        };
+        match reply {
             Ok(HelperReply::Routed { added, refused }) => {
                 self.added = added;
                 refused
@@ -143,16 +245,6 @@ impl HelperRoutes {
 
     pub(crate) fn added(&self) -> Vec<Cidr> {
         self.added.clone()
-    }
-
-    async fn exchange(&mut self, wanted: &[Cidr]) -> anyhow::Result<HelperReply> {
-        let request = HelperRequest::Route {
-            routes: wanted.to_vec(),
-        };
-        write_message(&mut self.stream, &request).await?;
-        read_message(&mut self.stream)
-            .await
-            .with_context(|| format!("the network helper at {}", self.socket.display()))
     }
 }
 

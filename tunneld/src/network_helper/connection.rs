@@ -25,8 +25,8 @@ const DEVICES_PER_USER: usize = 4;
 /// What every connection shares.
 #[derive(Debug)]
 pub(super) struct Shared {
-    /// The users served.
-    uids: Vec<u32>,
+    /// The users served: uid and name.
+    users: Vec<(u32, String)>,
     resolv_conf: PathBuf,
     state_dir: PathBuf,
     /// Devices open, by user.
@@ -37,9 +37,9 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(uids: Vec<u32>, resolv_conf: PathBuf, state_dir: PathBuf) -> Self {
+    pub(super) fn new(users: Vec<(u32, String)>, resolv_conf: PathBuf, state_dir: PathBuf) -> Self {
         Self {
-            uids,
+            users,
             resolv_conf,
             state_dir,
             devices: Mutex::new(HashMap::new()),
@@ -83,9 +83,14 @@ pub(super) async fn serve(mut stream: UnixStream, shared: Arc<Shared>, stop: Can
         Ok(peer) => (peer.uid(), peer.pid().unwrap_or_default()),
         Err(err) => return tracing::warn!("refused a client: its user: {err}"),
     };
-    if !shared.uids.contains(&uid) {
+    if !shared.users.iter().any(|(served, _)| *served == uid) {
         tracing::warn!("refused uid {uid} (pid {pid}): not a user this helper serves");
-        let reason = format!("this network helper does not serve uid {uid}");
+        let names: Vec<&str> = shared.users.iter().map(|(_, name)| name.as_str()).collect();
+        let reason = format!(
+            "this network helper serves {} only, not uid {uid}: whoever started it as root can \
+             start it again with `--user` for you too",
+            names.join(", ")
+        );
         let _ = write_message(&mut stream, &HelperReply::Refused { reason }).await;
         return;
     }
@@ -149,7 +154,12 @@ async fn answer(
             }
             match open(shared, &domain, &search).await {
                 Ok((done, reply, device)) => {
-                    tracing::info!("uid {uid}: opened {reply:?}");
+                    if let HelperReply::Opened {
+                        device, resolver, ..
+                    } = &reply
+                    {
+                        tracing::info!("uid {uid}: opened {device}, resolver {resolver}");
+                    }
                     *opened = Some(done);
                     Answer::Device(reply, device)
                 }
