@@ -50,7 +50,7 @@ pub fn run_as() -> Result<RunAs, UnderSudo> {
 /// `sudo TUNNELD network-helper --user NAME`, for the user who ran sudo.
 fn helper_command(sudo_uid: &str) -> String {
     let user = std::env::var("SUDO_USER").unwrap_or_else(|_| sudo_uid.to_owned());
-    let tunneld = crate::tunneld::tunneld_binary();
+    let tunneld = crate::tunneld::binary::tunneld_binary();
     format!("sudo {} network-helper --user {user}", tunneld.display())
 }
 

@@ -4,6 +4,7 @@
 //! every request on its control socket ([`crate::control`]): sessions added, held, asked
 //! about and forgotten, their environment and volumes, and their commands' own networks.
 
+pub(crate) mod binary;
 mod connect;
 mod start;
 
@@ -17,10 +18,10 @@ use tokio::net::UnixStream;
 use crate::control::{ControlReply, ControlRequest, DaemonStatus, Held, NamespaceFiles};
 use crate::fd_passing;
 use crate::private_files::PrivateFileError;
+pub use binary::tunneld_binary;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
     START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
-    tunneld_binary,
 };
 
 /// Why a request to tunneld failed.

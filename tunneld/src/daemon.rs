@@ -229,7 +229,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Lets tunneld open as many files as the system allows it (the soft limit is often 1,024,
 /// and every flow, link and client takes one or two).
-fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {

@@ -9,6 +9,7 @@
 
 pub(crate) mod client;
 mod connection;
+mod policy;
 mod wire;
 
 use std::ffi::OsString;
@@ -25,6 +26,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::network::resolv_conf;
 use connection::Shared;
+use kubedev::cidr::{self, Cidr};
+use policy::Policy;
 pub(crate) use wire::DEFAULT_SOCKET;
 
 /// The examples under `--help`, with this tunneld's own path in them.
@@ -61,14 +64,29 @@ struct HelperCli {
     #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
 
+    /// A range users may route into their device (repeat for more; default: 10.0.0.0/8,
+    /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and 198.18.0.0/15). Never one of this
+    /// machine's own routes, nor one holding its nameservers.
+    #[arg(long = "allow-range", value_name = "CIDR", value_parser = cidr::parse)]
+    allowed: Vec<Cidr>,
+
+    /// The cluster DNS domain names may be sent to users' tunnelds for (repeat for more).
+    #[arg(
+        long = "cluster-domain",
+        value_name = "DOMAIN",
+        default_value = "cluster.local"
+    )]
+    domains: Vec<String>,
+
     /// The resolver configuration to point at tunneld's DNS.
     #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
     resolv_conf: PathBuf,
 
-    /// Where it keeps what it must restore after a crash (made 0700, root's own).
+    /// Where it keeps what it must restore after a crash, even across a reboot (made 0700,
+    /// root's own).
     #[arg(
         long,
-        default_value = "/run/kubedev/network-helper",
+        default_value = "/var/lib/kubedev/network-helper",
         value_name = "DIR"
     )]
     state_dir: PathBuf,
@@ -111,6 +129,7 @@ async fn serve(cli: HelperCli) -> anyhow::Result<()> {
         .map(|name| uid_of(name))
         .collect::<anyhow::Result<Vec<u32>>>()?;
     warn_if_replaceable();
+    crate::daemon::raise_open_files_limit();
     // A crash may have left the machine's resolver pointed at a tunneld that is gone.
     resolv_conf::restore_left_behind(&cli.resolv_conf, &cli.state_dir)?;
     let listener = bind(&cli.socket).await?;
@@ -121,7 +140,22 @@ async fn serve(cli: HelperCli) -> anyhow::Result<()> {
         cli.users.join(", ")
     );
     let served = uids.into_iter().zip(cli.users.iter().cloned()).collect();
-    let shared = Arc::new(Shared::new(served, cli.resolv_conf, cli.state_dir));
+    let allowed = match cli.allowed.is_empty() {
+        true => policy::DEFAULT_ALLOWED
+            .iter()
+            .filter_map(|range| cidr::parse(range).ok())
+            .collect(),
+        false => cli.allowed,
+    };
+    let policy = Policy {
+        allowed,
+        domains: cli
+            .domains
+            .iter()
+            .map(|domain| domain.trim_end_matches('.').to_owned())
+            .collect(),
+    };
+    let shared = Arc::new(Shared::new(served, policy, cli.resolv_conf, cli.state_dir));
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut signals = StopSignals::listen().context("signal handlers")?;

@@ -36,9 +36,15 @@ impl Helper {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::write(dir.join("resolv.conf"), ORIGINAL).expect("resolv.conf");
         let socket = dir.join("network.sock");
+        // The namespace has a route of its own, as a machine's LAN is.
         let mut command = Command::new("unshare");
         command
-            .args(["--net", "--"])
+            .args(["--net", "--", "sh", "-c"])
+            .arg(
+                "ip link add lan0 type veth peer name lan1 && ip addr add 10.50.0.1/24 dev lan0 && \
+                 ip link set lan0 up && ip link set lan1 up && exec \"$@\"",
+            )
+            .arg("helper")
             .arg(env!("CARGO_BIN_EXE_tunneld"))
             .arg("network-helper")
             .arg("--socket")
@@ -63,6 +69,16 @@ impl Helper {
             std::thread::sleep(Duration::from_millis(20));
         }
         helper
+    }
+
+    /// The devices in the helper's network namespace.
+    fn devices(&self) -> String {
+        let pid = self.process.id().to_string();
+        let output = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip", "-o", "link", "show"])
+            .output()
+            .expect("nsenter runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn log(&self) -> String {
@@ -135,6 +151,16 @@ fn tun_name(file: &std::os::fd::OwnedFd) -> String {
         .unwrap_or_default()
 }
 
+/// The routes refused in a reply, with why.
+fn refused_routes(routed: &Value) -> Vec<(String, String)> {
+    routed["refused"]
+        .as_array()
+        .expect("refused")
+        .iter()
+        .filter_map(|pair| Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned())))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() {
     let helper = Helper::start("serves", &["root"]);
@@ -163,32 +189,50 @@ async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() 
         "{pointed}"
     );
 
-    let routed = ask(
-        &mut stream,
-        json!({"request": "route", "routes": ["10.96.0.0/16", "198.18.0.53/32", "0.0.0.0/0", "127.0.0.0/8"]}),
-    )
-    .await;
+    let asked = [
+        "10.96.0.0/16",
+        "198.18.0.53/32",
+        "0.0.0.0/0",
+        "127.0.0.0/8",
+        "10.50.0.0/25",
+        "8.8.8.8/32",
+        "192.0.2.53/32",
+    ];
+    let routed = ask(&mut stream, json!({"request": "route", "routes": asked})).await;
     assert_eq!(routed["reply"], "routed", "{routed}");
     assert_eq!(
         routed["added"],
         json!(["10.96.0.0/16", "198.18.0.53/32"]),
         "{routed}"
     );
-    let refused: Vec<&str> = routed["refused"]
-        .as_array()
-        .expect("refused")
-        .iter()
-        .filter_map(|pair| pair[0].as_str())
-        .collect();
-    assert_eq!(refused, ["0.0.0.0/0", "127.0.0.0/8"], "{routed}");
+    let expected = [
+        ("0.0.0.0/0", "never routed"),
+        ("127.0.0.0/8", "never routed"),
+        ("10.50.0.0/25", "overlaps this machine's route"),
+        ("8.8.8.8/32", "outside the ranges this helper routes"),
+        ("192.0.2.53/32", "outside the ranges this helper routes"),
+    ];
+    let refused = refused_routes(&routed);
+    assert_eq!(refused.len(), expected.len(), "{routed}");
+    for ((range, why), (expected_range, expected_why)) in refused.iter().zip(expected) {
+        assert_eq!(range, expected_range, "{routed}");
+        assert!(why.contains(expected_why), "{routed}");
+    }
     let again = ask(&mut stream, open_request("cluster.local")).await;
     assert_eq!(
         again["reply"], "refused",
         "one device per connection: {again}"
     );
 
+    // The device goes with the connection, though this test still holds it open.
     drop(stream);
     helper.wait_for_resolv_conf(ORIGINAL);
+    let deadline = Instant::now() + LIVENESS;
+    while helper.devices().contains(&device) {
+        assert!(Instant::now() < deadline, "{}", helper.devices());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(files);
     // Another user may now have the resolver.
     let mut next = helper.connect().await;
     let opened = ask(&mut next, open_request("cluster.local")).await;
@@ -196,7 +240,7 @@ async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() 
 }
 
 #[tokio::test]
-async fn names_that_could_rewrite_the_resolver_and_routes_before_a_device_are_refused() {
+async fn what_could_reach_other_names_or_rewrite_the_resolver_is_refused() {
     let helper = Helper::start("refuses", &["root"]);
     let mut stream = helper.connect().await;
     let early = ask(
@@ -205,18 +249,39 @@ async fn names_that_could_rewrite_the_resolver_and_routes_before_a_device_are_re
     )
     .await;
     assert_eq!(early["reply"], "refused", "{early}");
-    for domain in ["cluster.local\nnameserver 203.0.113.9", "-d.local", "a b"] {
-        let refused = ask(&mut stream, open_request(domain)).await;
+    for (domain, search, why) in [
+        (
+            "cluster.local\nnameserver 203.0.113.9",
+            "",
+            "not a domain name",
+        ),
+        ("-d.local", "", "not a domain name"),
+        ("a b", "", "not a domain name"),
+        ("com", "", "not a cluster domain this helper serves"),
+        ("cluster.local", "github.com", "not under cluster.local"),
+    ] {
+        let search: Vec<&str> = [search].into_iter().filter(|s| !s.is_empty()).collect();
+        let request = json!({"request": "open", "domain": domain, "search": search});
+        let refused = ask(&mut stream, request).await;
         assert_eq!(refused["reply"], "refused", "{domain:?}: {refused}");
-        assert!(
-            refused["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("not a domain name"),
-            "{refused}"
-        );
+        let reason = refused["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{refused}");
     }
     assert_eq!(helper.resolv_conf(), ORIGINAL);
+
+    // Eight connections at once per user; the ninth is told why.
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        let mut connection = helper.connect().await;
+        // Answered: the helper counts it.
+        let early = ask(&mut connection, json!({"request": "route", "routes": []})).await;
+        assert_eq!(early["reply"], "refused", "{early}");
+        held.push(connection);
+    }
+    let mut ninth = helper.connect().await;
+    let reply = read_reply(&mut ninth).await;
+    let reason = reply["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("holds 8 connections"), "{reply}");
 }
 
 #[tokio::test]
@@ -225,15 +290,15 @@ async fn a_user_it_does_not_serve_is_told_so_and_gets_nothing() {
     let mut stream = helper.connect().await;
     let reply = read_reply(&mut stream).await;
     assert_eq!(reply["reply"], "refused", "{reply}");
-    assert!(
-        reply["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("does not serve uid 0"),
-        "{reply}"
-    );
+    let reason = reply["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("serves nobody only, not uid 0"), "{reply}");
     assert_eq!(helper.resolv_conf(), ORIGINAL);
     assert!(helper.log().contains("refused uid 0"), "{}", helper.log());
+    assert!(
+        !helper.devices().contains("kubedev-tun"),
+        "{}",
+        helper.devices()
+    );
 }
 
 #[test]

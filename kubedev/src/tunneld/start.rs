@@ -75,21 +75,9 @@ pub fn log_path(socket: &Path) -> PathBuf {
     socket.with_extension("log")
 }
 
-/// The tunneld the plugins start: `$KUBEDEV_TUNNELD`, else the tunneld beside this
-/// plugin, else PATH's.
-pub fn tunneld_binary() -> PathBuf {
-    std::env::var_os("KUBEDEV_TUNNELD")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let beside = std::env::current_exe().ok()?.with_file_name("tunneld");
-            beside.exists().then_some(beside)
-        })
-        .unwrap_or_else(|| PathBuf::from("tunneld"))
-}
-
 /// The command that starts a tunneld serving `socket` for `cluster`'s context.
 pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
-    let mut command = Command::new(tunneld_binary());
+    let mut command = Command::new(super::binary::tunneld_binary());
     command
         .arg("--socket")
         .arg(socket)

@@ -101,6 +101,7 @@ impl Daemon {
             resolv_conf: &self.settings.resolv_conf,
             state_dir: &self.settings.state_dir,
             device: network.name(),
+            device_index: routes.device_index(),
             domain,
             search,
         })?;

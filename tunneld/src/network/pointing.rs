@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DNS_IP;
 use super::kubelet;
-use super::resolv_conf::ResolvConf;
+use super::resolv_conf::{self, ResolvConf};
 use super::systemd_resolved::{self, ResolvedLink};
 
 /// How the resolver was pointed; dropping it undoes that.
@@ -65,8 +65,9 @@ pub(crate) struct ResolverChoice<'a> {
     pub(crate) resolv_conf: &'a Path,
     /// Where the original of a changed `resolv_conf` is kept until it is restored.
     pub(crate) state_dir: &'a Path,
-    /// The TUN device's link.
+    /// The TUN device's link, and its index.
     pub(crate) device: &'a str,
+    pub(crate) device_index: u32,
     /// The cluster's DNS domain.
     pub(crate) domain: &'a str,
     /// The search path.
@@ -98,9 +99,24 @@ pub(crate) fn point(
         return Ok((PointedResolver::Unchanged(reason), None));
     }
     if through_resolved {
-        let link = ResolvedLink::configure(choice.device, DNS_IP, choice.domain, choice.search)?;
+        let link = ResolvedLink::configure(
+            choice.device,
+            choice.device_index,
+            DNS_IP,
+            choice.domain,
+            choice.search,
+        )?;
         // resolved sends only cluster names here: there is nothing to forward.
         return Ok((PointedResolver::SystemdResolved(link), None));
+    }
+    // What a run that crashed left is put back first; another tunneld's stays.
+    resolv_conf::restore_left_behind(choice.resolv_conf, choice.state_dir)?;
+    if resolv_conf::carries_marker(choice.resolv_conf) {
+        let reason = format!(
+            "{} already sends names to another kubedev tunneld",
+            choice.resolv_conf.display()
+        );
+        return Ok((PointedResolver::Unchanged(reason), None));
     }
     let (conf, upstream) =
         ResolvConf::install(choice.resolv_conf, choice.state_dir, DNS_IP, choice.search)?;

@@ -21,6 +21,8 @@ pub(crate) struct ResolvConf {
     path: PathBuf,
     backup: PathBuf,
     original: String,
+    /// What was written: the original goes back only over this, never over a later change.
+    written: String,
 }
 
 impl ResolvConf {
@@ -36,13 +38,15 @@ impl ResolvConf {
         let original =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         private_files::write_own(&backup, &original)?;
-        write_in_place(path, &rewritten(&original, dns, search))?;
+        let written = rewritten(&original, dns, search);
+        write_in_place(path, &written)?;
         let upstream = upstream_of(&original);
         Ok((
             Self {
                 path: path.to_owned(),
                 backup,
                 original,
+                written,
             },
             upstream,
         ))
@@ -58,14 +62,27 @@ pub(crate) fn restore_left_behind(path: &Path, state_dir: &Path) -> anyhow::Resu
     let left_behind = private_files::read_own(&backup)
         .context("the resolver configuration an earlier run saved")?;
     if let Some(left_behind) = left_behind {
-        tracing::info!(
-            "restoring {} left changed by an earlier run",
-            path.display()
-        );
-        write_in_place(path, &left_behind)?;
+        // Changed since by someone else (a DHCP client after a reboot): theirs stays.
+        if carries_marker(path) {
+            tracing::info!(
+                "restoring {} left changed by an earlier run",
+                path.display()
+            );
+            write_in_place(path, &left_behind)?;
+        } else {
+            tracing::info!(
+                "{} was changed since an earlier run pointed it at tunneld: left as it is",
+                path.display()
+            );
+        }
         std::fs::remove_file(&backup).with_context(|| format!("remove {}", backup.display()))?;
     }
     Ok(backup)
+}
+
+/// Whether `path` points at a tunneld now (this one's, or another's).
+pub(crate) fn carries_marker(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|conf| conf.lines().any(|line| line == MARKER))
 }
 
 impl ResolvConf {
@@ -110,6 +127,15 @@ impl Drop for CommandResolvConf {
 
 impl Drop for ResolvConf {
     fn drop(&mut self) {
+        let now = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if now != self.written {
+            tracing::warn!(
+                "{} was changed since tunneld pointed it at itself: left as it is",
+                self.path.display()
+            );
+            let _ = std::fs::remove_file(&self.backup);
+            return;
+        }
         match write_in_place(&self.path, &self.original) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&self.backup);
@@ -281,6 +307,35 @@ mod tests {
         );
         drop(guard);
         assert_eq!(std::fs::read_to_string(&path).expect("read"), ORIGINAL);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_change_made_meanwhile_is_never_overwritten_with_the_original() {
+        let dir = std::env::temp_dir().join(format!("kubedev-meanwhile-{}", std::process::id()));
+        let state = dir.join("state");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, ORIGINAL).expect("write");
+        let dns = Ipv4Addr::new(198, 18, 0, 53);
+        let (guard, _) = ResolvConf::install(&path, &state, dns, &[]).expect("install");
+        std::fs::write(&path, "nameserver 192.0.2.99\n").expect("a DHCP client");
+        drop(guard);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.0.2.99\n"
+        );
+
+        // Nor after a crash: the next run finds the file changed (a reboot's DHCP).
+        let (crashed, _) = ResolvConf::install(&path, &state, dns, &[]).expect("install");
+        std::mem::forget(crashed);
+        std::fs::write(&path, "nameserver 192.0.2.77\n").expect("after a reboot");
+        restore_left_behind(&path, &state).expect("restore");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.0.2.77\n"
+        );
+        assert!(!state.join("resolv.conf.original").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -36,6 +36,9 @@ fn uses_stub(conf: &str) -> bool {
 #[derive(Debug)]
 pub(crate) struct ResolvedLink {
     link: String,
+    /// The link's index, which resolvectl is given: a name may be another device's by the
+    /// time the settings are reverted, an index is never reused so soon.
+    index: String,
 }
 
 impl ResolvedLink {
@@ -43,16 +46,19 @@ impl ResolvedLink {
     /// that order) to the system's search domains.
     pub(crate) fn configure(
         link: &str,
+        index: u32,
         dns: Ipv4Addr,
         cluster_domain: &str,
         search: &[String],
     ) -> anyhow::Result<Self> {
-        for args in settings(link, dns, cluster_domain, search) {
+        let index = index.to_string();
+        for args in settings(&index, dns, cluster_domain, search) {
             resolvectl(&args)?;
         }
         tracing::info!("DNS for {cluster_domain} through systemd-resolved on {link}");
         Ok(Self {
             link: link.to_owned(),
+            index,
         })
     }
 
@@ -63,7 +69,7 @@ impl ResolvedLink {
 
 impl Drop for ResolvedLink {
     fn drop(&mut self) {
-        if let Err(err) = resolvectl(&["revert".to_owned(), self.link.clone()]) {
+        if let Err(err) = resolvectl(&["revert".to_owned(), self.index.clone()]) {
             tracing::warn!("{err:#}");
         }
     }
@@ -98,7 +104,13 @@ fn settings(
 }
 
 fn resolvectl(args: &[String]) -> anyhow::Result<()> {
-    let output = Command::new("resolvectl")
+    // Where systemd puts it, not wherever PATH says: this may run as root.
+    let program = ["/usr/bin/resolvectl", "/bin/resolvectl"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .unwrap_or("resolvectl");
+    let output = Command::new(program)
+        .env_clear()
         .args(args)
         .output()
         .context("run resolvectl (systemd-resolved's command line tool)")?;

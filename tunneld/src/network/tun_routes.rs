@@ -43,6 +43,11 @@ impl TunRoutes {
         })
     }
 
+    /// The device's index.
+    pub(crate) fn device_index(&self) -> u32 {
+        self.device
+    }
+
     /// The machine's own routes, without these.
     pub(crate) async fn machine_routes(&self) -> anyhow::Result<Vec<MachineRoute>> {
         machine_routes::read(&self.handle, self.device).await
@@ -73,14 +78,11 @@ impl TunRoutes {
         refused
     }
 
-    /// Removes every route this added, unless the device is gone (with them).
-    pub(crate) async fn clear(&mut self) {
-        let mut device = self.handle.link().get().match_index(self.device).execute();
-        let exists = device.try_next().await.is_ok_and(|link| link.is_some());
-        if exists {
-            self.set(&[]).await;
-        } else {
-            self.added.clear();
+    /// Deletes the device, and its routes with it: even one made persistent, which would
+    /// outlive its last open file. One already gone is no error.
+    pub(crate) async fn delete_device(self) {
+        if let Err(err) = self.handle.link().del(self.device).execute().await {
+            tracing::debug!("delete device {}: {err}", self.device);
         }
     }
 

@@ -57,27 +57,7 @@ pub(crate) async fn open(
     if !root_listens_on(socket)? {
         return Ok(None);
     }
-    let mut stream = match UnixStream::connect(socket).await {
-        Ok(stream) => stream,
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => anyhow::bail!(
-            "no network helper answers at {} (its socket is left from a run that ended): \
-             start it again as root: `{}`",
-            socket.display(),
-            start_command()
-        ),
-        Err(err) => {
-            return Err(err)
-                .with_context(|| format!("connect to the network helper at {}", socket.display()));
-        }
-    };
-    let peer = stream.peer_cred().context("the network helper's user")?;
-    if peer.uid() != 0 {
-        anyhow::bail!(
-            "{} is answered by uid {}, not root: not using it",
-            socket.display(),
-            peer.uid()
-        );
-    }
+    let mut stream = connect_to_root(socket).await?;
     let request = HelperRequest::Open {
         domain: domain.to_owned(),
         search: search.to_vec(),
@@ -132,6 +112,32 @@ pub(crate) async fn open(
         upstream,
         gone,
     }))
+}
+
+/// Connects to the helper at `socket`, refusing one not run by root.
+async fn connect_to_root(socket: &Path) -> anyhow::Result<UnixStream> {
+    let stream = match UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => anyhow::bail!(
+            "no network helper answers at {} (its socket is left from a run that ended): \
+             start it again as root: `{}`",
+            socket.display(),
+            start_command()
+        ),
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("connect to the network helper at {}", socket.display()));
+        }
+    };
+    let peer = stream.peer_cred().context("the network helper's user")?;
+    if peer.uid() != 0 {
+        anyhow::bail!(
+            "{} is answered by uid {}, not root: not using it",
+            socket.display(),
+            peer.uid()
+        );
+    }
+    Ok(stream)
 }
 
 /// Carries route requests to the helper until the routes are dropped or the helper closes
@@ -213,6 +219,21 @@ fn root_listens_on(socket: &Path) -> anyhow::Result<bool> {
         .parent()
         .context("the network helper's socket names no directory")?;
     super::only_root_may_change(dir)?;
+    // Nor may anyone else swap a directory above it: root's, and shared ones (/tmp) only
+    // with the sticky bit, under which no one moves what is not theirs.
+    for above in dir.ancestors().skip(1) {
+        let found =
+            std::fs::metadata(above).with_context(|| format!("look at {}", above.display()))?;
+        let sticky = found.mode() & 0o1000 != 0;
+        if found.uid() != 0 || (found.mode() & 0o022 != 0 && !sticky) {
+            anyhow::bail!(
+                "{} may be changed by someone other than root: not using {} as the network \
+                 helper",
+                above.display(),
+                socket.display()
+            );
+        }
+    }
     Ok(true)
 }
 

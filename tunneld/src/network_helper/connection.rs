@@ -1,11 +1,14 @@
 //! One tunneld's connection to the network helper: who it is (`SO_PEERCRED`), the device
 //! opened for it, the routes it asked for and the resolver pointed for it; all of it undone
-//! when the connection closes or the helper stops.
+//! when the connection closes or the helper stops: the resolver restored, the device (and
+//! every route into it) deleted, even one its user made persistent.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use kubedev::cidr::Cidr;
 use kubedev::fd_passing;
@@ -13,58 +16,83 @@ use kubedev_protocol::codec::{CodecError, read_message, write_message};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, HelperReply, HelperRequest};
+use super::policy::{self, MAX_ROUTES, Machine, Policy};
+use super::wire::{HelperReply, HelperRequest};
 use crate::network::create_machine_device;
 use crate::network::pointing::{self, PointedResolver, ResolverChoice};
-use crate::network::systemd_resolved;
+use crate::network::systemd_resolved::{self, UPLINK_RESOLV_CONF};
 use crate::network::tun_routes::TunRoutes;
 
-/// The most devices one user may hold at once.
+/// The most connections, and devices, one user may hold at once.
+const CONNECTIONS_PER_USER: usize = 8;
 const DEVICES_PER_USER: usize = 4;
+/// How long a new connection has to ask for its device.
+const OPEN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a reply may wait for its reader.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What every connection shares.
 #[derive(Debug)]
 pub(super) struct Shared {
     /// The users served: uid and name.
     users: Vec<(u32, String)>,
+    policy: Policy,
     resolv_conf: PathBuf,
     state_dir: PathBuf,
-    /// Devices open, by user.
-    devices: Mutex<HashMap<u32, usize>>,
+    /// Connections and devices held, by user.
+    held: Mutex<HashMap<u32, (usize, usize)>>,
     /// Whether a connection has `resolv_conf` pointed at its device: one at a time, as its
     /// original is kept once.
     resolv_conf_taken: Mutex<bool>,
 }
 
 impl Shared {
-    pub(super) fn new(users: Vec<(u32, String)>, resolv_conf: PathBuf, state_dir: PathBuf) -> Self {
+    pub(super) fn new(
+        users: Vec<(u32, String)>,
+        policy: Policy,
+        resolv_conf: PathBuf,
+        state_dir: PathBuf,
+    ) -> Self {
         Self {
             users,
+            policy,
             resolv_conf,
             state_dir,
-            devices: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             resolv_conf_taken: Mutex::new(false),
         }
     }
 
-    /// Counts a device for `uid`, unless it holds the most it may.
-    fn take_device(&self, uid: u32) -> Result<(), String> {
-        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = devices.entry(uid).or_default();
-        if *held >= DEVICES_PER_USER {
-            return Err(format!(
-                "uid {uid} holds {DEVICES_PER_USER} devices already"
-            ));
+    /// Counts a connection (`device` false) or a device for `uid`, within its limit.
+    fn take(&self, uid: u32, device: bool) -> Result<(), String> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let (connections, devices) = held.entry(uid).or_default();
+        let (count, limit, what) = match device {
+            false => (connections, CONNECTIONS_PER_USER, "connections"),
+            true => (devices, DEVICES_PER_USER, "devices"),
+        };
+        if *count >= limit {
+            return Err(format!("uid {uid} holds {limit} {what} already"));
         }
-        *held += 1;
+        *count += 1;
         Ok(())
     }
 
-    fn give_back_device(&self, uid: u32) {
-        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(held) = devices.get_mut(&uid) {
-            *held = held.saturating_sub(1);
+    fn give_back(&self, uid: u32, device: bool) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((connections, devices)) = held.get_mut(&uid) {
+            let count = if device { devices } else { connections };
+            *count = count.saturating_sub(1);
         }
+    }
+
+    fn refusal_for(&self, uid: u32) -> String {
+        let names: Vec<&str> = self.users.iter().map(|(_, name)| name.as_str()).collect();
+        format!(
+            "this network helper serves {} only, not uid {uid}: whoever started it as root can \
+             start it again with `--user` for you too",
+            names.join(", ")
+        )
     }
 }
 
@@ -74,61 +102,97 @@ struct Opened {
     routes: TunRoutes,
     /// Undone when dropped.
     resolver: PointedResolver,
+    /// The machine's nameservers before, never routed into the device.
+    nameservers: Vec<Ipv4Addr>,
 }
 
-/// Serves one client until it closes the connection or `stop`; then undoes its routes and
-/// resolver.
+/// Serves one client until it closes the connection or `stop`; then undoes what was done
+/// for it.
 pub(super) async fn serve(mut stream: UnixStream, shared: Arc<Shared>, stop: CancellationToken) {
     let (uid, pid) = match stream.peer_cred() {
         Ok(peer) => (peer.uid(), peer.pid().unwrap_or_default()),
         Err(err) => return tracing::warn!("refused a client: its user: {err}"),
     };
-    if !shared.users.iter().any(|(served, _)| *served == uid) {
-        tracing::warn!("refused uid {uid} (pid {pid}): not a user this helper serves");
-        let names: Vec<&str> = shared.users.iter().map(|(_, name)| name.as_str()).collect();
-        let reason = format!(
-            "this network helper serves {} only, not uid {uid}: whoever started it as root can \
-             start it again with `--user` for you too",
-            names.join(", ")
-        );
-        let _ = write_message(&mut stream, &HelperReply::Refused { reason }).await;
+    let refusal = if shared.users.iter().any(|(served, _)| *served == uid) {
+        shared.take(uid, false).err()
+    } else {
+        Some(shared.refusal_for(uid))
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!("refused uid {uid} (pid {pid}): {reason}");
+        let refused = HelperReply::Refused { reason };
+        let _ = tokio::time::timeout(WRITE_DEADLINE, write_message(&mut stream, &refused)).await;
         return;
     }
     let mut opened: Option<Opened> = None;
-    loop {
-        let request = tokio::select! {
-            request = read_message::<_, HelperRequest>(&mut stream) => request,
-            () = stop.cancelled() => break,
-        };
-        let reply = match request {
-            Ok(request) => answer(request, &mut opened, &shared, uid).await,
-            Err(CodecError::Closed) => break,
-            Err(err) => {
-                tracing::warn!("uid {uid} (pid {pid}): {err}");
-                break;
-            }
-        };
-        let sent = match reply {
-            Answer::Reply(reply) => write_message(&mut stream, &reply).await.map_err(Into::into),
-            Answer::Device(reply, device) => send_device(&mut stream, &reply, &device).await,
-        };
-        if let Err(err) = sent {
-            tracing::warn!("uid {uid} (pid {pid}): {err:#}");
-            break;
-        }
+    if let Err(why) = exchange_until_closed(&mut stream, &mut opened, &shared, uid, &stop).await {
+        tracing::warn!("uid {uid} (pid {pid}): {}", why.escape_debug());
     }
-    if let Some(mut opened) = opened {
-        opened.routes.clear().await;
-        if matches!(opened.resolver, PointedResolver::ResolvConf(_)) {
-            drop(opened.resolver);
-            *shared
-                .resolv_conf_taken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = false;
-        }
-        shared.give_back_device(uid);
+    if let Some(opened) = opened {
+        undo(opened, &shared, uid).await;
         tracing::info!("uid {uid} (pid {pid}): closed; its routes and resolver are undone");
     }
+    shared.give_back(uid, false);
+}
+
+/// Answers requests until the client closes (`Ok`), breaks the protocol, or is too slow,
+/// or the helper stops (`Err`, saying which).
+async fn exchange_until_closed(
+    stream: &mut UnixStream,
+    opened: &mut Option<Opened>,
+    shared: &Shared,
+    uid: u32,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    loop {
+        // A device is asked for at once; once open, the connection is held idle.
+        let deadline = match opened {
+            None => OPEN_DEADLINE,
+            Some(_) => Duration::MAX,
+        };
+        let request = tokio::select! {
+            request = tokio::time::timeout(deadline, read_message::<_, HelperRequest>(stream)) => {
+                request.map_err(|_| "asked for no device in time".to_owned())?
+            }
+            () = stop.cancelled() => return Err("the helper is stopping".into()),
+        };
+        let reply = match request {
+            Ok(request) => answer(request, opened, shared, uid).await,
+            Err(CodecError::Closed) => return Ok(()),
+            Err(err) => return Err(err.to_string()),
+        };
+        let sent = async {
+            match reply {
+                Answer::Reply(reply) => Ok(write_message(stream, &reply).await?),
+                Answer::Device(reply, device) => send_device(stream, &reply, &device).await,
+            }
+        };
+        tokio::select! {
+            sent = tokio::time::timeout(WRITE_DEADLINE, sent) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(format!("{err:#}")),
+                Err(_) => return Err("read no reply in time".into()),
+            },
+            () = stop.cancelled() => return Err("the helper is stopping".into()),
+        }
+    }
+}
+
+/// Restores the resolver and deletes the device, with its routes.
+async fn undo(opened: Opened, shared: &Shared, uid: u32) {
+    let Opened {
+        routes, resolver, ..
+    } = opened;
+    let held_resolv_conf = matches!(resolver, PointedResolver::ResolvConf(_));
+    drop(resolver);
+    if held_resolv_conf {
+        *shared
+            .resolv_conf_taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+    }
+    routes.delete_device().await;
+    shared.give_back(uid, true);
 }
 
 enum Answer {
@@ -146,10 +210,10 @@ async fn answer(
     let refused = |reason: String| Answer::Reply(HelperReply::Refused { reason });
     match (request, opened.as_mut()) {
         (HelperRequest::Open { domain, search }, None) => {
-            if let Err(reason) = wire::check_domains(&domain, &search) {
+            if let Err(reason) = shared.policy.check_domains(&domain, &search) {
                 return refused(reason);
             }
-            if let Err(reason) = shared.take_device(uid) {
+            if let Err(reason) = shared.take(uid, true) {
                 return refused(reason);
             }
             match open(shared, &domain, &search).await {
@@ -164,14 +228,14 @@ async fn answer(
                     Answer::Device(reply, device)
                 }
                 Err(err) => {
-                    shared.give_back_device(uid);
+                    shared.give_back(uid, true);
                     refused(format!("{err:#}"))
                 }
             }
         }
         (HelperRequest::Open { .. }, Some(_)) => refused("this connection has its device".into()),
         (HelperRequest::Route { routes }, Some(done)) => {
-            Answer::Reply(route(&mut done.routes, &routes, uid).await)
+            Answer::Reply(route(done, &shared.policy, &routes, uid).await)
         }
         (HelperRequest::Route { .. }, None) => refused("no device is open to route into".into()),
     }
@@ -183,20 +247,32 @@ async fn open(
     domain: &str,
     search: &[String],
 ) -> anyhow::Result<(Opened, HelperReply, tun::Device)> {
+    // Read before the resolver is pointed at tunneld.
+    let nameservers = [shared.resolv_conf.as_path(), UPLINK_RESOLV_CONF.as_ref()]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|conf| policy::nameservers(&conf))
+        .collect();
     let (device, name) = create_machine_device()?;
     let routes = TunRoutes::new(&name).await?;
-    let (resolver, upstream) = point_resolver(shared, &name, domain, search)?;
+    let (resolver, upstream) =
+        point_resolver(shared, (&name, routes.device_index()), domain, search)?;
     let reply = HelperReply::Opened {
         device: name,
         resolver: resolver.described(),
         upstream,
     };
-    Ok((Opened { routes, resolver }, reply, device))
+    let opened = Opened {
+        routes,
+        resolver,
+        nameservers,
+    };
+    Ok((opened, reply, device))
 }
 
 fn point_resolver(
     shared: &Shared,
-    device: &str,
+    (device, device_index): (&str, u32),
     domain: &str,
     search: &[String],
 ) -> anyhow::Result<(PointedResolver, Option<std::net::SocketAddr>)> {
@@ -215,6 +291,7 @@ fn point_resolver(
         resolv_conf: &shared.resolv_conf,
         state_dir: &shared.state_dir,
         device,
+        device_index,
         domain,
         search,
     })?;
@@ -224,29 +301,42 @@ fn point_resolver(
     Ok(pointed)
 }
 
-/// Makes the device's routes `wanted`, less those no user may route.
-async fn route(routes: &mut TunRoutes, wanted: &[Cidr], uid: u32) -> HelperReply {
+/// Makes the device's routes `wanted`, less those the policy refuses on the machine as it
+/// is now, and beyond [`MAX_ROUTES`].
+async fn route(opened: &mut Opened, policy: &Policy, wanted: &[Cidr], uid: u32) -> HelperReply {
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
-    for route in wanted.iter().map(Cidr::trunc) {
-        match wire::check_route(&route) {
-            Ok(()) => allowed.push(route),
-            Err(reason) => refused.push((route, reason)),
+    match opened.routes.machine_routes().await {
+        Ok(machine_routes) => {
+            let machine = Machine {
+                routes: &machine_routes,
+                nameservers: &opened.nameservers,
+            };
+            for route in wanted.iter().map(Cidr::trunc) {
+                let checked = match allowed.len() < MAX_ROUTES {
+                    true => policy.check_route(&route, &machine),
+                    false => Err(format!("at most {MAX_ROUTES} routes")),
+                };
+                match checked {
+                    Ok(()) => allowed.push(route),
+                    Err(reason) => refused.push((route, reason)),
+                }
+            }
         }
+        Err(err) => refused.extend(wanted.iter().map(|route| (*route, format!("{err:#}")))),
     }
-    refused.extend(routes.set(&allowed).await);
+    refused.extend(opened.routes.set(&allowed).await);
+    let added = opened.routes.added();
     tracing::info!(
-        "uid {uid}: routes {:?}, refused {refused:?}",
-        routes.added()
+        "uid {uid}: {} routes, {} refused",
+        added.len(),
+        refused.len()
     );
-    HelperReply::Routed {
-        added: routes.added(),
-        refused,
-    }
+    HelperReply::Routed { added, refused }
 }
 
 /// Sends `reply`, then the device attached to one byte. The helper's own copy closes
-/// after, so the device (and every route into it) lives exactly as long as its tunneld's.
+/// after: the device is that tunneld's, and deleted when its connection closes.
 async fn send_device(
     stream: &mut UnixStream,
     reply: &HelperReply,
