@@ -104,13 +104,9 @@ fn settings(
 }
 
 fn resolvectl(args: &[String]) -> anyhow::Result<()> {
-    // Where systemd puts it, not wherever PATH says: this may run as root.
-    let program = ["/usr/bin/resolvectl", "/bin/resolvectl"]
-        .into_iter()
-        .find(|path| Path::new(path).exists())
-        .unwrap_or("resolvectl");
-    let output = Command::new(program)
-        .env_clear()
+    // PATH and the bus address are root's own where this runs as root (its own or the
+    // helper's environment), never a user's.
+    let output = Command::new("resolvectl")
         .args(args)
         .output()
         .context("run resolvectl (systemd-resolved's command line tool)")?;
