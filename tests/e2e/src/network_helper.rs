@@ -37,7 +37,8 @@ impl NetworkHelper {
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.join("state"));
+            .arg(dir.join("state"))
+            .envs(workstation.resolved_env().iter().map(|(k, v)| (k, v)));
         for user in users {
             command.args(["--user", user]);
         }

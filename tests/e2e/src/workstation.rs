@@ -172,6 +172,12 @@ impl Workstation {
         (routes.join("\n"), self.resolv_conf())
     }
 
+    /// What a root process in the workstation needs in its environment to reach its
+    /// systemd-resolved, once started ([`Self::start_systemd_resolved`]).
+    pub fn resolved_env(&self) -> &[(String, String)] {
+        &self.tunneld_env
+    }
+
     /// The workstation's /etc/resolv.conf.
     pub fn resolv_conf(&self) -> String {
         fs::read_to_string(

@@ -119,6 +119,57 @@ async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() 
 }
 
 #[tokio::test]
+async fn where_systemd_resolved_runs_the_helper_has_it_send_only_cluster_names() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "helper-resolved").await;
+    ns.deploy_echo("web", 1).await.expect("web");
+    let mut workstation = Workstation::create(&cluster);
+    workstation.start_systemd_resolved(&cluster);
+    let before = workstation.network_seen_by_all();
+    let developer = Developer::create(&cluster);
+    let helper = NetworkHelper::start(&workstation, &[&developer.name]);
+    let developer = developer.with_env("KUBEDEV_NETWORK_HELPER", helper.socket_path());
+    let plugin = |args: &[&str]| {
+        let mut all = vec!["intercept", "-n", ns.name.as_str()];
+        all.extend_from_slice(args);
+        developer.kubectl_ok(&workstation, &all)
+    };
+
+    plugin(&["connect", "--detach"]);
+    let status = plugin(&["status"]);
+    assert!(status.contains("made by the network helper"), "{status}");
+    assert!(
+        status.contains("through systemd-resolved, link kubedev-tun"),
+        "{status}"
+    );
+    // resolv.conf follows resolved's stub file, as its usual symlink does; the machine's
+    // resolver file itself the helper left alone.
+    assert_eq!(workstation.network_seen_by_all().1, before.1);
+    workstation.follow_resolved_stub_file();
+    // Through resolved's stub, as every program on the machine resolves: a short name
+    // (resolved searches only for those) and a full one.
+    let full = format!("http://web.{}.svc.cluster.local:8080/full", ns.name);
+    for url in ["http://web:8080/full", full.as_str()] {
+        let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "30", url]);
+        assert!(answer.contains(": GET /full"), "{url}: {answer}");
+    }
+    let links = workstation.resolvectl(&["status"]);
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(links.contains("198.18.0.53"), "{links}");
+
+    plugin(&["leave", "connect"]);
+    helper.wait_for_log(
+        "closed; its routes and resolver are undone",
+        Duration::from_secs(120),
+    );
+    let links = workstation.resolvectl(&["status"]);
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("kubedev-tun"), "{links}");
+    assert!(!links.contains("198.18.0.53"), "{links}");
+    assert_eq!(workstation.network_seen_by_all().0, before.0, "routes");
+}
+
+#[tokio::test]
 async fn the_helper_serves_only_its_users_and_tunneld_trusts_only_roots_socket() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "helper-refuses").await;
