@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use kubedev_protocol::AGENT_PORT;
+use kubedev_protocol::handshake::HandshakeError;
 use kubedev_protocol::link::{AgentLink, LinkError};
 use kubedev_protocol::mux::MuxStream;
 
@@ -45,6 +46,20 @@ pub enum TunnelError {
         /// Why.
         source: LinkError,
     },
+}
+
+impl TunnelError {
+    /// Whether what answered in the pod failed to prove it knows the session's secret: a
+    /// pod wearing the session's labels that is not its agent.
+    pub fn not_the_agent(&self) -> bool {
+        matches!(
+            self,
+            Self::Session {
+                source: LinkError::Handshake(HandshakeError::NotTheAgent),
+                ..
+            }
+        )
+    }
 }
 
 /// Opens a port-forward to the agent in `pod` and starts a session over it.

@@ -317,6 +317,14 @@ async fn supervise_link(
                 pool.links.write().await.remove(&key);
                 tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
             }
+            Err(err) if err.not_the_agent() => {
+                tracing::warn!(
+                    "pod {}/{pod} wears the session's labels but is not its agent (it does not \
+                     know the session's secret): not linked, and sent nothing",
+                    selector.namespace
+                );
+                tokio::time::sleep(MAX_RETRY).await;
+            }
             Err(err) => {
                 let err = anyhow::Error::from(err);
                 tracing::debug!("no link to pod {}/{pod} yet: {err:#}", selector.namespace);

@@ -1,9 +1,16 @@
-//! The versioned handshake that opens every session, before the multiplexer starts.
+//! The versioned handshake that opens every session, before the multiplexer starts: a
+//! mutual challenge-response over the session's secret. Each side sends a fresh random
+//! nonce; each proves it knows the secret with an HMAC-SHA256 over both nonces and its
+//! role. tunneld checks the agent's proof before it proves anything itself, so a pod that
+//! only wears a session's labels learns nothing of the secret; the agent welcomes only a
+//! client whose proof holds. The secret itself never crosses the wire.
 
+use ring::hmac;
+use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{CodecError, read_message, write_message};
-use super::{HANDSHAKE_TIMEOUT, Hello, HelloReply, PROTOCOL_VERSION};
+use super::{HANDSHAKE_TIMEOUT, Hello, HelloReply, PROTOCOL_VERSION, Proof};
 
 /// Why a session did not open.
 #[derive(Debug, thiserror::Error)]
@@ -25,33 +32,123 @@ pub enum HandshakeError {
     /// The agent refused, and said why.
     #[error("the agent refused the session: {0}")]
     Refused(String),
-    /// The client's token is not the agent's.
+    /// The client does not know the session's secret.
     #[error("wrong session token")]
     BadToken,
+    /// What answered does not know the session's secret: not this session's agent.
+    #[error(
+        "what answered is not this session's agent (it does not know the session's secret): \
+         nothing was sent to it"
+    )]
+    NotTheAgent,
+    /// The other side answered out of turn.
+    #[error("the other side broke the handshake")]
+    OutOfTurn,
+    /// No randomness for a nonce.
+    #[error("no random numbers for the handshake")]
+    NoRandom,
     /// The connection failed, or carried something unreadable.
     #[error("handshake: {0}")]
     Codec(#[from] CodecError),
 }
 
-/// tunneld's side: introduces itself and returns the agent's name and version.
+/// Which side a proof is from: each side's proof covers its role, so neither can replay
+/// the other's.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Agent,
+    Client,
+}
+
+/// A side's proof that it knows `token`, for this pair of nonces.
+fn proof(token: &str, role: Role, client_nonce: &str, agent_nonce: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
+    hex(hmac::sign(&key, &signed(role, client_nonce, agent_nonce)).as_ref())
+}
+
+/// Whether `given` is `role`'s proof for these nonces, compared in constant time.
+fn proves(token: &str, role: Role, client_nonce: &str, agent_nonce: &str, given: &str) -> bool {
+    let Some(tag) = unhex(given) else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
+    hmac::verify(&key, &signed(role, client_nonce, agent_nonce), &tag).is_ok()
+}
+
+fn signed(role: Role, client_nonce: &str, agent_nonce: &str) -> Vec<u8> {
+    let role = match role {
+        Role::Agent => "kubedev agent",
+        Role::Client => "kubedev client",
+    };
+    format!("{role}\n{client_nonce}\n{agent_nonce}").into_bytes()
+}
+
+/// A fresh random nonce, hex.
+fn nonce() -> Result<String, HandshakeError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| HandshakeError::NoRandom)?;
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.len() > 128 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+/// tunneld's side: challenges the agent, checks its proof, proves itself, and returns the
+/// agent's name and version.
 pub async fn greet_agent<S>(io: &mut S, token: &str, client: &str) -> Result<String, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let exchange = async {
+        let client_nonce = nonce()?;
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
-            token: token.to_owned(),
             client: client.to_owned(),
+            nonce: client_nonce.clone(),
         };
         write_message(io, &hello).await?;
+        let (agent, agent_nonce) = match read_message(io).await? {
+            HelloReply::Challenge { protocol, .. } if protocol != PROTOCOL_VERSION => {
+                return Err(HandshakeError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: protocol,
+                });
+            }
+            HelloReply::Challenge {
+                agent,
+                nonce,
+                proof: given,
+                ..
+            } => {
+                if !proves(token, Role::Agent, &client_nonce, &nonce, &given) {
+                    return Err(HandshakeError::NotTheAgent);
+                }
+                (agent, nonce)
+            }
+            HelloReply::Refused { reason } => return Err(HandshakeError::Refused(reason)),
+            HelloReply::Welcome => return Err(HandshakeError::OutOfTurn),
+        };
+        let answer = Proof {
+            proof: proof(token, Role::Client, &client_nonce, &agent_nonce),
+        };
+        write_message(io, &answer).await?;
         match read_message(io).await? {
-            HelloReply::Welcome { protocol, agent } if protocol == PROTOCOL_VERSION => Ok(agent),
-            HelloReply::Welcome { protocol, .. } => Err(HandshakeError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: protocol,
-            }),
+            HelloReply::Welcome => Ok(agent),
             HelloReply::Refused { reason } => Err(HandshakeError::Refused(reason)),
+            HelloReply::Challenge { .. } => Err(HandshakeError::OutOfTurn),
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -59,8 +156,8 @@ where
         .map_err(|_| HandshakeError::Timeout)?
 }
 
-/// The agent's side: accepts a client that speaks our version and knows the token,
-/// tells any other why it is refused, and returns the client's [`Hello`].
+/// The agent's side: proves itself to a client that speaks our version, checks the
+/// client's proof, tells a client that fails why, and returns the client's [`Hello`].
 pub async fn welcome_client<S>(
     io: &mut S,
     token: &str,
@@ -71,44 +168,42 @@ where
 {
     let exchange = async {
         let hello: Hello = read_message(io).await?;
-        let refusal = if hello.protocol != PROTOCOL_VERSION {
-            Some(HandshakeError::VersionMismatch {
+        let agent_nonce = nonce()?;
+        // Sent whatever the client's version: the client compares versions itself and
+        // explains a mismatch.
+        let challenge = HelloReply::Challenge {
+            protocol: PROTOCOL_VERSION,
+            agent: agent.to_owned(),
+            nonce: agent_nonce.clone(),
+            proof: proof(token, Role::Agent, &hello.nonce, &agent_nonce),
+        };
+        write_message(io, &challenge).await?;
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(HandshakeError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
                 theirs: hello.protocol,
-            })
-        } else if !same_secret(&hello.token, token) {
-            Some(HandshakeError::BadToken)
-        } else {
-            None
-        };
-        let reply = match &refusal {
-            // The client compares versions itself and explains the mismatch.
-            Some(HandshakeError::VersionMismatch { .. }) | None => HelloReply::Welcome {
-                protocol: PROTOCOL_VERSION,
-                agent: agent.to_owned(),
-            },
-            Some(other) => HelloReply::Refused {
-                reason: other.to_string(),
-            },
-        };
-        write_message(io, &reply).await?;
-        match refusal {
-            Some(err) => Err(err),
-            None => Ok(hello),
+            });
         }
+        let answer: Proof = read_message(io).await?;
+        if !proves(
+            token,
+            Role::Client,
+            &hello.nonce,
+            &agent_nonce,
+            &answer.proof,
+        ) {
+            let refused = HelloReply::Refused {
+                reason: HandshakeError::BadToken.to_string(),
+            };
+            write_message(io, &refused).await?;
+            return Err(HandshakeError::BadToken);
+        }
+        write_message(io, &HelloReply::Welcome).await?;
+        Ok(hello)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| HandshakeError::Timeout)?
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 #[cfg(test)]
@@ -127,32 +222,125 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_token_is_refused_with_a_reason() {
+    async fn a_client_with_the_wrong_token_is_refused_with_a_reason() {
+        // An agent with the wrong token cannot prove itself: the client stops there.
         let (mut client, mut agent) = tokio::io::duplex(4096);
+        let greeting = async {
+            let greeted = greet_agent(&mut client, "guess", "tunneld test").await;
+            drop(client);
+            greeted
+        };
         let (greeted, welcomed) = tokio::join!(
-            greet_agent(&mut client, "guess", "tunneld test"),
+            greeting,
             welcome_client(&mut agent, "s3cret", "kubedev-agent test"),
         );
+        assert!(
+            matches!(greeted, Err(HandshakeError::NotTheAgent)),
+            "{greeted:?}"
+        );
+        assert!(welcomed.is_err());
+
+        // A client that answers the challenge without knowing the token is refused.
+        let (mut client, mut agent) = tokio::io::duplex(4096);
+        let guessing = async {
+            let hello = Hello {
+                protocol: PROTOCOL_VERSION,
+                client: "guesser".into(),
+                nonce: "00".into(),
+            };
+            write_message(&mut client, &hello).await.expect("write");
+            let _: HelloReply = read_message(&mut client).await.expect("challenge");
+            let answer = Proof {
+                proof: hex(&[0u8; 32]),
+            };
+            write_message(&mut client, &answer).await.expect("write");
+            read_message::<_, HelloReply>(&mut client)
+                .await
+                .expect("reply")
+        };
+        let (reply, welcomed) =
+            tokio::join!(guessing, welcome_client(&mut agent, "s3cret", "agent"));
         assert!(matches!(welcomed, Err(HandshakeError::BadToken)));
-        let err = greeted.expect_err("refused").to_string();
-        assert_eq!(err, "the agent refused the session: wrong session token");
+        assert_eq!(
+            reply,
+            HelloReply::Refused {
+                reason: "wrong session token".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_impostor_learns_nothing_of_the_token() {
+        // Whatever answers the client's hello sees only the hello: no token, nothing
+        // derived from it.
+        let (mut client, mut impostor) = tokio::io::duplex(4096);
+        let listening = async {
+            let hello: Hello = read_message(&mut impostor).await.expect("hello");
+            let reply = HelloReply::Challenge {
+                protocol: PROTOCOL_VERSION,
+                agent: "impostor".into(),
+                nonce: "11".into(),
+                proof: hex(&[7u8; 32]),
+            };
+            write_message(&mut impostor, &reply).await.expect("write");
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut impostor, &mut rest).await;
+            (serde_json::to_string(&hello).expect("json"), rest)
+        };
+        let greeting = async {
+            let greeted = greet_agent(&mut client, "s3cret", "tunneld test").await;
+            drop(client);
+            greeted
+        };
+        let (greeted, (hello, rest)) = tokio::join!(greeting, listening);
+        assert!(
+            matches!(greeted, Err(HandshakeError::NotTheAgent)),
+            "{greeted:?}"
+        );
+        assert!(!hello.contains("s3cret"), "{hello}");
+        assert!(rest.is_empty(), "nothing after the hello: {rest:?}");
     }
 
     #[tokio::test]
     async fn other_protocol_version_is_explained() {
         let (mut client, mut agent) = tokio::io::duplex(4096);
-        let old_client = async {
+        let future_client = async {
             let hello = Hello {
                 protocol: PROTOCOL_VERSION + 1,
-                token: "s3cret".into(),
                 client: "tunneld future".into(),
+                nonce: "00".into(),
             };
             write_message(&mut client, &hello).await.expect("write");
         };
-        let (_, welcomed) = tokio::join!(old_client, welcome_client(&mut agent, "s3cret", "agent"));
+        let (_, welcomed) =
+            tokio::join!(future_client, welcome_client(&mut agent, "s3cret", "agent"));
         let err = welcomed.expect_err("mismatch").to_string();
         assert!(err.contains("protocol version mismatch"), "{err}");
         assert!(err.contains("--agent-image"), "says what to do: {err}");
+    }
+
+    #[test]
+    fn proofs_are_bound_to_the_role_and_both_nonces() {
+        let agent = proof("t", Role::Agent, "aa", "bb");
+        assert!(proves("t", Role::Agent, "aa", "bb", &agent));
+        assert!(
+            !proves("t", Role::Client, "aa", "bb", &agent),
+            "not the client's"
+        );
+        assert!(
+            !proves("t", Role::Agent, "ab", "bb", &agent),
+            "another client nonce"
+        );
+        assert!(
+            !proves("t", Role::Agent, "aa", "bc", &agent),
+            "another agent nonce"
+        );
+        assert!(
+            !proves("u", Role::Agent, "aa", "bb", &agent),
+            "another token"
+        );
+        assert!(!proves("t", Role::Agent, "aa", "bb", "zz"), "not hex");
+        assert_eq!(unhex(&hex(&[0, 1, 254, 255])), Some(vec![0, 1, 254, 255]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,9 +1,12 @@
 //! The wire protocol between tunneld (on the workstation) and the agent (in the pod).
 //!
 //! One port-forward connection carries one session:
-//! 1. tunneld sends a [`Hello`] (protocol version, session token) as one framed JSON
-//!    message; the agent answers with a [`HelloReply`]. A version mismatch or a wrong token
-//!    ends the connection with a reason the user can act on.
+//! 1. Each side proves to the other that it knows the session's secret without sending it
+//!    ([`handshake`]): tunneld's [`Hello`] challenges the agent, whose
+//!    [`HelloReply::Challenge`] answers and challenges back, and tunneld's [`Proof`] answers;
+//!    the agent then welcomes it. A version mismatch or a wrong secret ends the connection
+//!    with a reason the user can act on, and a pod that does not know the secret learns
+//!    nothing of it.
 //! 2. Both sides then run yamux over the connection ([`mux`]): many streams, each with its
 //!    own flow control and half-close, so one slow flow never stalls the others.
 //! 3. Every stream starts with an [`OpenRequest`] from the side that opened it, answered by
@@ -28,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
 /// solely through the Kubernetes API's port-forward.
@@ -42,28 +45,41 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Hello {
     /// The [`PROTOCOL_VERSION`] tunneld speaks.
     pub protocol: u32,
-    /// The session's secret, also given to the agent in its environment.
-    pub token: String,
     /// Who is connecting, for the agent's log (e.g. `tunneld 0.1.0`).
     pub client: String,
+    /// tunneld's challenge: random, hex, fresh for each connection.
+    pub nonce: String,
 }
 
 /// The agent's answer to [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum HelloReply {
-    /// The session is open: yamux follows.
-    Welcome {
+    /// The agent proves it knows the session's secret, and challenges tunneld in turn.
+    Challenge {
         /// The [`PROTOCOL_VERSION`] the agent speaks.
         protocol: u32,
         /// The agent's version, e.g. `kubedev-agent 0.1.0`.
         agent: String,
+        /// The agent's challenge: random, hex, fresh for each connection.
+        nonce: String,
+        /// The agent's answer to tunneld's challenge (see [`handshake`]).
+        proof: String,
     },
+    /// The session is open: yamux follows.
+    Welcome,
     /// The session is refused, and the connection ends.
     Refused {
         /// Why, for the user.
         reason: String,
     },
+}
+
+/// tunneld's answer to the agent's challenge, once the agent has proved itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// tunneld's answer (see [`handshake`]).
+    pub proof: String,
 }
 
 /// What a new stream is for.

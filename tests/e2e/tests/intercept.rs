@@ -3,6 +3,8 @@
 //! reaches the app, and leaving restores the workload and Service exactly.
 
 use k8s_openapi::api::core::v1::Service;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use tests_e2e::workstation::{LocalServer, Workstation};
 use tests_e2e::{ECHO_IMAGE, TestCluster, TestNamespace};
@@ -173,6 +175,102 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
     assert!(s.get("/checkout").starts_with("echo from echo-"));
     assert_eq!(s.plugin_ok(&["list", "-o", "json"]).trim(), "[]");
+}
+
+/// Starts a pod wearing `labels` whose port 7329 (the agent's) records, in /tmp/got,
+/// everything sent to it, and answers nothing.
+async fn start_impostor(ns: &TestNamespace, labels: &Value) {
+    let record = "printf '#!/bin/sh\\ncat >> /tmp/got\\n' > /tmp/record && chmod +x /tmp/record \
+                  && touch /tmp/got && exec nc -ll -p 7329 -e /tmp/record";
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "impostor", "labels": labels},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "impostor",
+                "image": tests_e2e::CLIENT_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", record]
+            }]
+        }
+    });
+    let manifest = std::env::temp_dir().join(format!("impostor-{}.json", ns.name));
+    std::fs::write(&manifest, pod.to_string()).expect("the impostor's manifest");
+    let manifest = manifest.to_str().expect("utf-8").to_owned();
+    ns.kubectl_ok(&["apply", "-f", &manifest])
+        .expect("the impostor");
+    let _ = std::fs::remove_file(&manifest);
+    ns.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/impostor",
+        "--timeout=60s",
+    ])
+    .expect("the impostor runs");
+}
+
+#[tokio::test]
+async fn a_pod_wearing_the_sessions_labels_learns_no_secret_and_is_never_linked() {
+    let s = setup("impostor", false, 1, 3000).await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+    let agent_pod =
+        s.ns.kubectl_ok(&["get", "pods", "-l", "kubedev.io/session", "-o", "json"])
+            .expect("the session's pods");
+    let agent_pod: Value = serde_json::from_str(&agent_pod).expect("json");
+    let agent_pod = &agent_pod["items"][0];
+    let token = agent_pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|container| container["env"].as_array().into_iter().flatten())
+        .find(|env| env["name"] == kubedev_protocol::AGENT_TOKEN_ENV)
+        .and_then(|env| env["value"].as_str())
+        .expect("the session's token")
+        .to_owned();
+
+    // The session's labels, but for the ReplicaSet's own (which would have it adopt the pod
+    // and delete it as one too many).
+    let mut labels = agent_pod["metadata"]["labels"].clone();
+    if let Some(labels) = labels.as_object_mut() {
+        labels.remove("pod-template-hash");
+    }
+    start_impostor(&s.ns, &labels).await;
+    // tunneld finds every running pod with the labels, and tries it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got =
+            s.ns.exec("impostor", &["cat", "/tmp/got"])
+                .unwrap_or_default();
+        if got.contains("\"nonce\"") {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "never contacted: {got:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        !got.contains(&token),
+        "the token reached the impostor: {got}"
+    );
+    assert!(!got.contains("proof"), "nothing but the hello: {got}");
+    let listed: Value =
+        serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
+    let agent_name = agent_pod["metadata"]["name"].clone();
+    assert_eq!(
+        listed[0]["linked_pods"],
+        serde_json::json!([agent_name]),
+        "{listed}"
+    );
+    assert_eq!(
+        s.get("/still-mine").trim(),
+        "local laptop: GET /still-mine HTTP/1.1"
+    );
+
+    s.ns.kubectl_ok(&["delete", "pod", "impostor", "--wait=false"])
+        .expect("delete the impostor");
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 
 #[tokio::test]
@@ -421,12 +519,9 @@ fn intercept_in_the_foreground(s: &Setup) -> std::process::Child {
 }
 
 fn wait_until_local(s: &Setup, plugin: &mut std::process::Child) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while !s.get_with("/live", None).starts_with("local laptop") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the session never went live"
-        );
+        assert!(Instant::now() < deadline, "the session never went live");
         assert!(
             plugin.try_wait().expect("wait").is_none(),
             "the plugin exited"
@@ -465,7 +560,7 @@ async fn tunneld_restores_the_workload_when_the_plugin_is_killed_while_starting(
         &["echo", "-n", &s.ns.name, "--port", "3000:http"],
     );
     // Killed as soon as the workload records the session, while its pods roll out.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
     let recorded = [
         "get",
         "deployment",
@@ -479,7 +574,7 @@ async fn tunneld_restores_the_workload_when_the_plugin_is_killed_while_starting(
         .expect("annotations")
         .contains("kubedev.io/session")
     {
-        assert!(std::time::Instant::now() < deadline, "nothing recorded");
+        assert!(Instant::now() < deadline, "nothing recorded");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     plugin.kill().expect("kill");
@@ -489,20 +584,14 @@ async fn tunneld_restores_the_workload_when_the_plugin_is_killed_while_starting(
 
 /// Waits until the workload and Service are what they were and the app answers again.
 async fn wait_until_restored(s: &Setup) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while stored(&s.ns, false).await != s.before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workload was not restored"
-        );
+        assert!(Instant::now() < deadline, "the workload was not restored");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     // The app answers again once its pods are back and the proxies follow.
     while !s.try_get("/after").starts_with("echo from echo-") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the app did not answer again"
-        );
+        assert!(Instant::now() < deadline, "the app did not answer again");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
@@ -637,7 +726,7 @@ fn leased_intercept(s: &Setup, lease: &str, log: &std::path::Path) -> (std::proc
 /// Runs `list` until a run of it restores a session whose lease ran out; returns what it
 /// said.
 fn list_until_reclaimed(s: &Setup) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let listed = s.plugin(&["list"]);
         let stderr = String::from_utf8_lossy(&listed.stderr).into_owned();
@@ -645,10 +734,7 @@ fn list_until_reclaimed(s: &Setup) -> String {
         if stderr.contains("its lease ran out") {
             return stderr;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reclaimed: {stderr}"
-        );
+        assert!(Instant::now() < deadline, "never reclaimed: {stderr}");
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
@@ -707,15 +793,12 @@ async fn a_machine_that_slept_past_its_lease_finds_the_session_restored_and_says
     for pid in pids {
         kill(pid, Signal::SIGCONT).expect("continue");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = plugin.try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the plugin kept going"
-        );
+        assert!(Instant::now() < deadline, "the plugin kept going");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let stderr = std::fs::read_to_string(&log).expect("plugin log");
@@ -763,9 +846,9 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
     assert!(during.contains(" failed=0 "), "{during}");
     // The laptop answers again, with nothing done by hand: its links to the agent lived
     // through the outage, or tunneld found them dead and linked again.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while !s.try_get("/after-the-outage").starts_with("local laptop") {
-        assert!(std::time::Instant::now() < deadline, "never resumed");
+        assert!(Instant::now() < deadline, "never resumed");
         assert!(
             plugin.try_wait().expect("wait").is_none(),
             "the plugin exited"
@@ -773,7 +856,7 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     // Whatever the plugin said about the links, it said they came back.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let said = std::fs::read_to_string(&log).expect("plugin log");
         let lost = said.find("lost the links to the agents of session echo");
@@ -781,7 +864,7 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
         match (lost, back) {
             (None, _) => break,
             (Some(lost), Some(back)) if back > lost => break,
-            _ => assert!(std::time::Instant::now() < deadline, "not back: {said}"),
+            _ => assert!(Instant::now() < deadline, "not back: {said}"),
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
