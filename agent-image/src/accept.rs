@@ -19,8 +19,10 @@ use crate::{env, files};
 /// What every workstation's connection shares.
 #[derive(Debug)]
 pub struct Settings {
-    /// The session token a workstation must present.
+    /// The session token a workstation must prove it knows.
     pub token: String,
+    /// This pod's uid, which the handshake's proofs name.
+    pub pod_uid: String,
     /// How long a UDP flow may stay idle before it is closed.
     pub udp_idle: Duration,
     /// Ingest: the volumes are served read-only.
@@ -57,7 +59,14 @@ async fn serve_workstation(
     workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
-    let hello = match welcome_client(&mut connection, &settings.token, AGENT_NAME).await {
+    let hello = match welcome_client(
+        &mut connection,
+        &settings.token,
+        AGENT_NAME,
+        &settings.pod_uid,
+    )
+    .await
+    {
         Ok(hello) => hello,
         Err(err) => {
             tracing::warn!("refused a session from {peer}: {err}");

@@ -23,6 +23,11 @@ struct Cli {
     #[arg(long, env = kubedev_protocol::AGENT_TOKEN_ENV, hide_env_values = true)]
     token: String,
 
+    /// This pod's uid, which the handshake's proofs name (the plugins have the downward API
+    /// set it).
+    #[arg(long, env = kubedev_protocol::AGENT_POD_UID_ENV)]
+    pod_uid: String,
+
     /// What the agent does besides serving sessions (JSON; the plugins set it).
     #[arg(long, env = kubedev_protocol::AGENT_CONFIG_ENV, value_parser = parse_config, default_value = "{}", hide_env_values = true)]
     config: AgentConfig,
@@ -38,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     kubedev_process::logging::init();
     let settings = agent_image::Settings {
         token: cli.token,
+        pod_uid: cli.pod_uid,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+/// The uid the agent is told its pod has.
+const POD_UID: &str = "0c9f4f9e-loopback-pod";
 const TOKEN: &str = "component-test-token";
 /// A deadlock, not a slow machine, is what this catches.
 const LIVENESS: Duration = Duration::from_secs(60);
@@ -36,6 +38,7 @@ impl Agent {
         let mut process = Command::new(env!("CARGO_BIN_EXE_kubedev-agent"))
             .args(["--listen", "127.0.0.1:0"])
             .env("KUBEDEV_AGENT_TOKEN", TOKEN)
+            .env("KUBEDEV_AGENT_POD_UID", POD_UID)
             .env("KUBEDEV_AGENT_CONFIG", config)
             .env("KUBEDEV_LOG", "info")
             .stderr(Stdio::piped())
@@ -77,7 +80,8 @@ impl Agent {
         let connection = TcpStream::connect(self.addr)
             .await
             .expect("connect to agent");
-        let (link, _inbound) = AgentLink::connect(connection, token, "component-test").await?;
+        let (link, _inbound) =
+            AgentLink::connect(connection, token, "component-test", POD_UID).await?;
         Ok(link)
     }
 
@@ -86,7 +90,7 @@ impl Agent {
         let connection = TcpStream::connect(self.addr)
             .await
             .expect("connect to agent");
-        AgentLink::connect(connection, TOKEN, "component-test")
+        AgentLink::connect(connection, TOKEN, "component-test", POD_UID)
             .await
             .expect("session")
     }

@@ -46,6 +46,10 @@ pub enum ControlRequest {
         /// localhost (`--to-pod`), while the session lasts.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         to_pod: Vec<PodPort>,
+        /// What controls the agent pods: tunneld links only to pods it controls, whatever
+        /// else wears their labels (any pod, where none is given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<AgentOwner>,
     },
     /// Drop the tunnels of a session (its workload is the plugin's to restore).
     RemoveSession {
@@ -177,6 +181,23 @@ impl ProxyChoices {
     }
 }
 
+/// What controls a session's agent pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentOwner {
+    /// The workload's own pods: those it controls (a StatefulSet, a ReplicaSet), or that
+    /// a ReplicaSet it controls does, with that ReplicaSet's pod template (a Deployment).
+    Workload {
+        /// The workload.
+        workload: WorkloadRef,
+    },
+    /// One pod, by name: a connect session's own.
+    Pod {
+        /// The pod's name.
+        name: String,
+    },
+}
+
 /// Where connections for one of the app's ports go on the workstation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
@@ -303,6 +324,7 @@ mod tests {
             forwards: Vec::new(),
             proxy: ProxyChoices::default(),
             to_pod: Vec::new(),
+            owner: None,
         };
         assert_eq!(
             serde_json::to_string(&add).expect("json"),

@@ -17,15 +17,15 @@
 //! - **ingest**: only the agent is added; no traffic moves.
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvFromSource, EnvVar, PodTemplateSpec, Probe, ServicePort,
-    VolumeMount,
+    Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PodTemplateSpec, Probe, ServicePort, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::mode::Mode;
 use kubedev_protocol::{
-    AGENT_CONFIG_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig, Listener,
-    Transport, VOLUMES_ROOT,
+    AGENT_CONFIG_ENV, AGENT_POD_UID_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig,
+    Listener, Transport, VOLUMES_ROOT,
 };
 
 /// The agent container's name.
@@ -324,6 +324,21 @@ fn rename_in_probe(probe: &mut Probe, renamed: impl Fn(&mut IntOrString)) {
     }
 }
 
+/// The agent's own pod's uid, from the downward API: its handshake proofs name it.
+pub fn pod_uid_env() -> EnvVar {
+    EnvVar {
+        name: AGENT_POD_UID_ENV.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.uid".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn agent_container(
     app: &Container,
     spec: &InjectSpec<'_>,
@@ -340,6 +355,7 @@ fn agent_container(
             value: Some(spec.token.to_owned()),
             ..EnvVar::default()
         },
+        pod_uid_env(),
         EnvVar {
             name: AGENT_CONFIG_ENV.to_owned(),
             value: Some(

@@ -8,6 +8,8 @@
 //! framing is done here with large messages.
 
 use futures::{SinkExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::core::Request;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
@@ -30,6 +32,14 @@ const ERROR_CHANNEL: u8 = 1;
 /// Why no session with an agent came up.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
+    /// The pod could not be looked up.
+    #[error("look up pod {pod}")]
+    Pod {
+        /// `NAMESPACE/POD`.
+        pod: String,
+        /// Why.
+        source: kube::Error,
+    },
     /// The API server did not open the port-forward.
     #[error("port-forward to pod {pod}")]
     PortForward {
@@ -70,6 +80,18 @@ pub async fn link_through_port_forward(
     token: &str,
 ) -> Result<(AgentLink, mpsc::Receiver<MuxStream>), TunnelError> {
     let described = format!("{namespace}/{pod}");
+    // The handshake proves the agent is this pod's (a uid is never reused), which only
+    // the pod's own agent can.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod_uid = match pods.get(pod).await {
+        Ok(found) => found.metadata.uid.unwrap_or_default(),
+        Err(source) => {
+            return Err(TunnelError::Pod {
+                pod: described,
+                source,
+            });
+        }
+    };
     let stream = match open_port_forward(&client, namespace, pod, AGENT_PORT).await {
         Ok(stream) => stream,
         Err(source) => {
@@ -80,7 +102,7 @@ pub async fn link_through_port_forward(
         }
     };
     let client_name = concat!("kubedev ", env!("CARGO_PKG_VERSION"));
-    AgentLink::connect(stream, token, client_name)
+    AgentLink::connect(stream, token, client_name, &pod_uid)
         .await
         .map_err(|source| TunnelError::Session {
             pod: described,

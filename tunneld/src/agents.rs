@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use kubedev::control::Forward;
+use kubedev::control::{AgentOwner, Forward};
 use kubedev::tunnel::link_through_port_forward;
 use kubedev_protocol::KEEPALIVE_INTERVAL;
 use kubedev_protocol::link::AgentLink;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::incoming;
 use crate::local_network::LocalNetwork;
+use owners::Owners;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -38,6 +39,8 @@ pub(crate) struct AgentSelector {
     /// A label selector (`app=web,kubedev.io/session=abc`).
     pub(crate) labels: String,
     pub(crate) token: String,
+    /// What controls the agent pods: no other pod wearing their labels is linked.
+    pub(crate) owner: Option<AgentOwner>,
     /// Where the connections the agents take over go on this machine.
     pub(crate) forwards: Arc<[Forward]>,
     /// The id the session's wiretap claims carry, the same on every link.
@@ -178,18 +181,30 @@ async fn watch_pods(
     selector: AgentSelector,
     running_tx: watch::Sender<Vec<String>>,
 ) {
-    let pods: Api<Pod> = Api::namespaced(client, &selector.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &selector.namespace);
     let config = watcher::Config::default().labels(&selector.labels);
     let mut known: HashMap<String, bool> = HashMap::new();
+    let mut owners = Owners::new(client.clone(), &selector.namespace, selector.owner.clone());
     let events = watcher(pods, config).default_backoff();
     futures::pin_mut!(events);
     loop {
         match events.try_next().await {
             Ok(Some(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                known.insert(
-                    pod.metadata.name.clone().unwrap_or_default(),
-                    is_running(&pod),
-                );
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let running = is_running(&pod);
+                if running
+                    && !known.get(&name).copied().unwrap_or_default()
+                    && !owners.own(&pod).await
+                {
+                    tracing::warn!(
+                        "pod {}/{name} wears the session's labels but is not the workload's: \
+                         not linked",
+                        selector.namespace
+                    );
+                    known.remove(&name);
+                    continue;
+                }
+                known.insert(name, running);
             }
             Ok(Some(watcher::Event::Delete(pod))) => {
                 known.remove(pod.metadata.name.as_deref().unwrap_or_default());
@@ -335,5 +350,6 @@ async fn supervise_link(
     }
 }
 
+mod owners;
 #[cfg(test)]
 mod tests;

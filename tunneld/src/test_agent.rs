@@ -17,6 +17,7 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
     let listen = free_port().await;
     let settings = agent_image::Settings {
         token: TOKEN.into(),
+        pod_uid: "test-pod".into(),
         udp_idle: Duration::from_secs(60),
         read_only_volumes: true,
     };
@@ -27,7 +28,7 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test")
+    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
         .await
         .expect("the agent answers");
     let pool = Arc::new(AgentPool::default());

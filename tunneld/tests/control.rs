@@ -137,6 +137,7 @@ fn add_session(name: &str) -> ControlRequest {
         forwards: Vec::new(),
         proxy: Default::default(),
         to_pod: Vec::new(),
+        owner: None,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::NetworkStatus;
+use kubedev::control::{AgentOwner, NetworkStatus};
 use kubedev::mode::Mode;
 use kubedev::session::{self, connect};
 use kubedev::tunneld::{self, Hold};
@@ -111,6 +111,9 @@ impl Session for OwnPod<'_> {
             agents: &agents,
             token: &self.token,
             forwards: &[],
+            owner: AgentOwner::Pod {
+                name: self.pod.to_owned(),
+            },
             pods: 1,
             timeout: self.args.timeout,
         };

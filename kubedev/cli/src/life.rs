@@ -13,7 +13,7 @@ use super::command_of;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{ControlRequest, Forward, Held, PodPort, ProxyChoices};
+use kubedev::control::{AgentOwner, ControlRequest, Forward, Held, PodPort, ProxyChoices};
 use kubedev::mode::Mode;
 use kubedev::mount::Mount;
 use kubedev::session;
@@ -302,6 +302,8 @@ pub(super) struct Joining<'a> {
     pub(super) agents: &'a str,
     pub(super) token: &'a str,
     pub(super) forwards: &'a [Forward],
+    /// What controls its agent pods: tunneld links to no other pod.
+    pub(super) owner: AgentOwner,
     /// How many agent pods to link to.
     pub(super) pods: usize,
     pub(super) timeout: Duration,
@@ -325,6 +327,7 @@ pub(super) async fn join_tunneld(
         forwards: session.forwards.to_vec(),
         proxy,
         to_pod: to_pod.to_vec(),
+        owner: Some(session.owner.clone()),
     };
     tunneld::request(&socket, &adding).await?;
     let wanted = session.pods;

@@ -15,7 +15,7 @@ use super::life::{
 use super::output::{progress_on, report_started, spinner};
 use super::reclaim::reclaim_expired;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::PodPort;
+use kubedev::control::{AgentOwner, PodPort};
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
@@ -186,6 +186,9 @@ async fn go_live(
         agents: &started.agents,
         token: &started.token,
         forwards: &started.forwards,
+        owner: AgentOwner::Workload {
+            workload: plan.workload.clone(),
+        },
         pods: usize::try_from(started.workload.replicas()).unwrap_or(1),
         timeout: plan.timeout,
     };

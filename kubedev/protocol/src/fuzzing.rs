@@ -114,13 +114,13 @@ pub fn handshake(input: &[u8]) {
     block_on(async {
         let mut peer = peer_sending(rest);
         if side % 2 == 0 {
-            let welcomed = welcome_client(&mut peer, FUZZ_TOKEN, "agent").await;
+            let welcomed = welcome_client(&mut peer, FUZZ_TOKEN, "agent", "fuzz-pod").await;
             assert!(
                 welcomed.is_err(),
                 "welcomed a client that cannot know the token"
             );
         } else {
-            let greeted = greet_agent(&mut peer, FUZZ_TOKEN, "tunneld").await;
+            let greeted = greet_agent(&mut peer, FUZZ_TOKEN, "tunneld", "fuzz-pod").await;
             assert!(
                 greeted.is_err(),
                 "linked to an agent that cannot know the token"

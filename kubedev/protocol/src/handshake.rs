@@ -1,9 +1,11 @@
 //! The versioned handshake that opens every session, before the multiplexer starts: a
 //! mutual challenge-response over the session's secret. Each side sends a fresh random
-//! nonce; each proves it knows the secret with an HMAC-SHA256 over both nonces and its
-//! role. tunneld checks the agent's proof before it proves anything itself, so a pod that
-//! only wears a session's labels learns nothing of the secret; the agent welcomes only a
-//! client whose proof holds. The secret itself never crosses the wire.
+//! nonce; each proves it knows the secret with an HMAC-SHA256 over its role, the agent
+//! pod's uid and both nonces. tunneld checks the agent's proof before it proves anything
+//! itself, so a pod that only wears a session's labels learns nothing of the secret, and
+//! the agent welcomes only a client whose proof holds. The pod's uid (the agent reads its
+//! own from the downward API; tunneld, that of the pod it port-forwards to) keeps a pod
+//! from relaying the real agent's proof as its own. The secret never crosses the wire.
 
 use ring::hmac;
 use ring::rand::{SecureRandom as _, SystemRandom};
@@ -60,27 +62,55 @@ enum Role {
     Client,
 }
 
-/// A side's proof that it knows `token`, for this pair of nonces.
-fn proof(token: &str, role: Role, client_nonce: &str, agent_nonce: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
-    hex(hmac::sign(&key, &signed(role, client_nonce, agent_nonce)).as_ref())
+/// What a proof covers: the agent pod it is about and both sides' challenges.
+#[derive(Debug, Clone, Copy)]
+struct Exchange<'a> {
+    pod_uid: &'a str,
+    client_nonce: &'a str,
+    agent_nonce: &'a str,
 }
 
-/// Whether `given` is `role`'s proof for these nonces, compared in constant time.
-fn proves(token: &str, role: Role, client_nonce: &str, agent_nonce: &str, given: &str) -> bool {
+/// A side's proof that it knows `token`, for this exchange.
+fn proof(token: &str, role: Role, exchange: Exchange<'_>) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
+    hex(hmac::sign(&key, &signed(role, exchange)).as_ref())
+}
+
+/// Whether `given` is `role`'s proof for this exchange, compared in constant time.
+fn proves(token: &str, role: Role, exchange: Exchange<'_>, given: &str) -> bool {
     let Some(tag) = unhex(given) else {
         return false;
     };
     let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
-    hmac::verify(&key, &signed(role, client_nonce, agent_nonce), &tag).is_ok()
+    hmac::verify(&key, &signed(role, exchange), &tag).is_ok()
 }
 
-fn signed(role: Role, client_nonce: &str, agent_nonce: &str) -> Vec<u8> {
+/// The text a proof signs: every field prefixed with its length, so no two exchanges
+/// sign the same bytes.
+fn signed(role: Role, exchange: Exchange<'_>) -> Vec<u8> {
     let role = match role {
         Role::Agent => "kubedev agent",
         Role::Client => "kubedev client",
     };
-    format!("{role}\n{client_nonce}\n{agent_nonce}").into_bytes()
+    let fields = [
+        role,
+        exchange.pod_uid,
+        exchange.client_nonce,
+        exchange.agent_nonce,
+    ];
+    fields
+        .iter()
+        .map(|field| format!("{}:{field};", field.len()))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Whether `nonce` is one [`nonce`] could have made: 64 lowercase hex digits.
+fn well_formed(nonce: &str) -> bool {
+    nonce.len() == 64
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A fresh random nonce, hex.
@@ -97,7 +127,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
+    if !text.len().is_multiple_of(2)
+        || text.len() > 128
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     (0..text.len())
@@ -106,9 +141,14 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// tunneld's side: challenges the agent, checks its proof, proves itself, and returns the
-/// agent's name and version.
-pub async fn greet_agent<S>(io: &mut S, token: &str, client: &str) -> Result<String, HandshakeError>
+/// tunneld's side: challenges the agent in pod `pod_uid`, checks its proof, proves itself,
+/// and returns the agent's name and version.
+pub async fn greet_agent<S>(
+    io: &mut S,
+    token: &str,
+    client: &str,
+    pod_uid: &str,
+) -> Result<String, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -133,7 +173,12 @@ where
                 proof: given,
                 ..
             } => {
-                if !proves(token, Role::Agent, &client_nonce, &nonce, &given) {
+                let exchange = Exchange {
+                    pod_uid,
+                    client_nonce: &client_nonce,
+                    agent_nonce: &nonce,
+                };
+                if !well_formed(&nonce) || !proves(token, Role::Agent, exchange, &given) {
                     return Err(HandshakeError::NotTheAgent);
                 }
                 (agent, nonce)
@@ -141,8 +186,13 @@ where
             HelloReply::Refused { reason } => return Err(HandshakeError::Refused(reason)),
             HelloReply::Welcome => return Err(HandshakeError::OutOfTurn),
         };
+        let exchange = Exchange {
+            pod_uid,
+            client_nonce: &client_nonce,
+            agent_nonce: &agent_nonce,
+        };
         let answer = Proof {
-            proof: proof(token, Role::Client, &client_nonce, &agent_nonce),
+            proof: proof(token, Role::Client, exchange),
         };
         write_message(io, &answer).await?;
         match read_message(io).await? {
@@ -156,12 +206,14 @@ where
         .map_err(|_| HandshakeError::Timeout)?
 }
 
-/// The agent's side: proves itself to a client that speaks our version, checks the
-/// client's proof, tells a client that fails why, and returns the client's [`Hello`].
+/// The agent's side, in pod `pod_uid`: proves itself to a client that speaks our version,
+/// checks the client's proof, tells a client that fails why, and returns the client's
+/// [`Hello`].
 pub async fn welcome_client<S>(
     io: &mut S,
     token: &str,
     agent: &str,
+    pod_uid: &str,
 ) -> Result<Hello, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -169,13 +221,18 @@ where
     let exchange = async {
         let hello: Hello = read_message(io).await?;
         let agent_nonce = nonce()?;
+        let exchange = Exchange {
+            pod_uid,
+            client_nonce: &hello.nonce,
+            agent_nonce: &agent_nonce,
+        };
         // Sent whatever the client's version: the client compares versions itself and
         // explains a mismatch.
         let challenge = HelloReply::Challenge {
             protocol: PROTOCOL_VERSION,
             agent: agent.to_owned(),
             nonce: agent_nonce.clone(),
-            proof: proof(token, Role::Agent, &hello.nonce, &agent_nonce),
+            proof: proof(token, Role::Agent, exchange),
         };
         write_message(io, &challenge).await?;
         if hello.protocol != PROTOCOL_VERSION {
@@ -185,13 +242,7 @@ where
             });
         }
         let answer: Proof = read_message(io).await?;
-        if !proves(
-            token,
-            Role::Client,
-            &hello.nonce,
-            &agent_nonce,
-            &answer.proof,
-        ) {
+        if !proves(token, Role::Client, exchange, &answer.proof) {
             let refused = HelloReply::Refused {
                 reason: HandshakeError::BadToken.to_string(),
             };
@@ -210,12 +261,14 @@ where
 mod tests {
     use super::*;
 
+    const POD: &str = "6f0b2a4e-agent-pod";
+
     #[tokio::test]
     async fn matching_token_and_version_are_welcome() {
         let (mut client, mut agent) = tokio::io::duplex(4096);
         let (greeted, welcomed) = tokio::join!(
-            greet_agent(&mut client, "s3cret", "tunneld test"),
-            welcome_client(&mut agent, "s3cret", "kubedev-agent test"),
+            greet_agent(&mut client, "s3cret", "tunneld test", POD),
+            welcome_client(&mut agent, "s3cret", "kubedev-agent test", POD),
         );
         assert_eq!(greeted.expect("welcome"), "kubedev-agent test");
         assert_eq!(welcomed.expect("hello").client, "tunneld test");
@@ -226,13 +279,13 @@ mod tests {
         // An agent with the wrong token cannot prove itself: the client stops there.
         let (mut client, mut agent) = tokio::io::duplex(4096);
         let greeting = async {
-            let greeted = greet_agent(&mut client, "guess", "tunneld test").await;
+            let greeted = greet_agent(&mut client, "guess", "tunneld test", POD).await;
             drop(client);
             greeted
         };
         let (greeted, welcomed) = tokio::join!(
             greeting,
-            welcome_client(&mut agent, "s3cret", "kubedev-agent test"),
+            welcome_client(&mut agent, "s3cret", "kubedev-agent test", POD),
         );
         assert!(
             matches!(greeted, Err(HandshakeError::NotTheAgent)),
@@ -259,7 +312,7 @@ mod tests {
                 .expect("reply")
         };
         let (reply, welcomed) =
-            tokio::join!(guessing, welcome_client(&mut agent, "s3cret", "agent"));
+            tokio::join!(guessing, welcome_client(&mut agent, "s3cret", "agent", POD));
         assert!(matches!(welcomed, Err(HandshakeError::BadToken)));
         assert_eq!(
             reply,
@@ -288,7 +341,7 @@ mod tests {
             (serde_json::to_string(&hello).expect("json"), rest)
         };
         let greeting = async {
-            let greeted = greet_agent(&mut client, "s3cret", "tunneld test").await;
+            let greeted = greet_agent(&mut client, "s3cret", "tunneld test", POD).await;
             drop(client);
             greeted
         };
@@ -312,41 +365,101 @@ mod tests {
             };
             write_message(&mut client, &hello).await.expect("write");
         };
-        let (_, welcomed) =
-            tokio::join!(future_client, welcome_client(&mut agent, "s3cret", "agent"));
+        let (_, welcomed) = tokio::join!(
+            future_client,
+            welcome_client(&mut agent, "s3cret", "agent", POD)
+        );
         let err = welcomed.expect_err("mismatch").to_string();
         assert!(err.contains("protocol version mismatch"), "{err}");
         assert!(err.contains("--agent-image"), "says what to do: {err}");
     }
 
     #[test]
-    fn proofs_are_bound_to_the_role_and_both_nonces() {
-        let agent = proof("t", Role::Agent, "aa", "bb");
-        assert!(proves("t", Role::Agent, "aa", "bb", &agent));
+    fn proofs_are_bound_to_the_role_the_pod_and_both_nonces() {
+        let exchange = |pod_uid, client_nonce, agent_nonce| Exchange {
+            pod_uid,
+            client_nonce,
+            agent_nonce,
+        };
+        let agent = proof("t", Role::Agent, exchange(POD, "aa", "bb"));
+        assert!(proves("t", Role::Agent, exchange(POD, "aa", "bb"), &agent));
         assert!(
-            !proves("t", Role::Client, "aa", "bb", &agent),
+            !proves("t", Role::Client, exchange(POD, "aa", "bb"), &agent),
             "not the client's"
         );
         assert!(
-            !proves("t", Role::Agent, "ab", "bb", &agent),
-            "another client nonce"
+            !proves("t", Role::Agent, exchange("other", "aa", "bb"), &agent),
+            "another pod"
         );
         assert!(
-            !proves("t", Role::Agent, "aa", "bc", &agent),
-            "another agent nonce"
+            !proves("t", Role::Agent, exchange(POD, "ab", "bb"), &agent),
+            "another nonce"
         );
         assert!(
-            !proves("u", Role::Agent, "aa", "bb", &agent),
+            !proves("t", Role::Agent, exchange(POD, "aa", "bc"), &agent),
+            "another nonce"
+        );
+        assert!(
+            !proves("u", Role::Agent, exchange(POD, "aa", "bb"), &agent),
             "another token"
         );
-        assert!(!proves("t", Role::Agent, "aa", "bb", "zz"), "not hex");
+        assert!(
+            !proves("t", Role::Agent, exchange(POD, "aa", "bb"), "zz"),
+            "not hex"
+        );
+        assert!(!proves(
+            "t",
+            Role::Agent,
+            exchange(POD, "aa", "bb"),
+            &agent.to_uppercase()
+        ));
+        // Length prefixes: moving a boundary changes what is signed.
+        assert_ne!(
+            signed(Role::Agent, exchange(POD, "aab", "b")),
+            signed(Role::Agent, exchange(POD, "aa", "bb"))
+        );
         assert_eq!(unhex(&hex(&[0, 1, 254, 255])), Some(vec![0, 1, 254, 255]));
+        assert_eq!(unhex("+f"), None);
+    }
+
+    #[tokio::test]
+    async fn a_pod_relaying_the_real_agent_is_not_taken_for_it() {
+        // tunneld dials the impostor's pod; the impostor passes everything to and from the
+        // real agent, in another pod. The agent's proof names its own pod: refused.
+        let (mut client, mut impostor_near) = tokio::io::duplex(4096);
+        let (mut impostor_far, mut agent) = tokio::io::duplex(4096);
+        let relay = async {
+            let hello: Hello = read_message(&mut impostor_near).await.expect("hello");
+            write_message(&mut impostor_far, &hello)
+                .await
+                .expect("relay");
+            let challenge: HelloReply = read_message(&mut impostor_far).await.expect("challenge");
+            write_message(&mut impostor_near, &challenge)
+                .await
+                .expect("relay");
+            drop(impostor_far);
+        };
+        let greeting = async {
+            let greeted = greet_agent(&mut client, "s3cret", "tunneld", "impostor-pod").await;
+            drop(client);
+            greeted
+        };
+        let (greeted, welcomed, ()) = tokio::join!(
+            greeting,
+            welcome_client(&mut agent, "s3cret", "agent", POD),
+            relay
+        );
+        assert!(
+            matches!(greeted, Err(HandshakeError::NotTheAgent)),
+            "{greeted:?}"
+        );
+        assert!(welcomed.is_err(), "the agent never welcomes the relay");
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_times_out() {
         let (mut client, _agent) = tokio::io::duplex(4096);
-        let err = greet_agent(&mut client, "t", "c")
+        let err = greet_agent(&mut client, "t", "c", POD)
             .await
             .expect_err("timeout");
         assert!(matches!(err, HandshakeError::Timeout));

@@ -209,6 +209,9 @@ impl std::ops::AddAssign for WiretapCounts {
 pub const AGENT_CONFIG_ENV: &str = "KUBEDEV_AGENT_CONFIG";
 /// The agent's environment variable holding the session token.
 pub const AGENT_TOKEN_ENV: &str = "KUBEDEV_AGENT_TOKEN";
+/// The agent's environment variable holding its pod's uid (from the downward API), which
+/// its handshake proofs name.
+pub const AGENT_POD_UID_ENV: &str = "KUBEDEV_AGENT_POD_UID";
 /// The app container's variables appear in the agent's environment under this prefix, so
 /// they never collide with the agent's own.
 pub const APP_ENV_PREFIX: &str = "KUBEDEV_APP_";

@@ -41,18 +41,19 @@ pub struct AgentLink {
 }
 
 impl AgentLink {
-    /// Handshakes over `io` and starts the multiplexer. Streams the agent opens toward
+    /// Handshakes over `io` with the agent in pod `pod_uid` and starts the multiplexer. Streams the agent opens toward
     /// the workstation (intercepted connections) arrive on the returned receiver, which
     /// closes when the session ends.
     pub async fn connect<S>(
         mut io: S,
         token: &str,
         client: &str,
+        pod_uid: &str,
     ) -> Result<(Self, mpsc::Receiver<MuxStream>), LinkError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let agent = greet_agent(&mut io, token, client).await?;
+        let agent = greet_agent(&mut io, token, client, pod_uid).await?;
         let (mux, inbound_rx) = mux::spawn(io, Mode::Client);
         Ok((Self { mux, agent }, inbound_rx))
     }

@@ -76,7 +76,10 @@ pub fn connect_pod(name: &str, owner: &str, token: &str, image: &str) -> Pod {
                 "name": AGENT_CONTAINER,
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "env": [{"name": AGENT_TOKEN_ENV, "value": token}],
+                "env": [
+                    {"name": AGENT_TOKEN_ENV, "value": token},
+                    crate::inject::pod_uid_env()
+                ],
                 "securityContext": {
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,

@@ -56,13 +56,17 @@ pub struct Workload {
 }
 
 impl WorkloadKind {
-    fn api_resource(self) -> ApiResource {
-        let kind = match self {
+    /// The kind as the API names it (`Deployment`), in owner references too.
+    pub fn api_kind(self) -> &'static str {
+        match self {
             Self::Deployment => "Deployment",
             Self::StatefulSet => "StatefulSet",
             Self::ReplicaSet => "ReplicaSet",
-        };
-        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind))
+        }
+    }
+
+    fn api_resource(self) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", self.api_kind()))
     }
 }
 
@@ -90,6 +94,11 @@ impl Workload {
             namespace: namespace.to_owned(),
             object,
         })
+    }
+
+    /// The object's uid, which its pods' (or ReplicaSets') owner references name.
+    pub fn uid(&self) -> Option<&str> {
+        self.object.metadata.uid.as_deref()
     }
 
     /// Every workload of `kind` in `namespace`.

@@ -580,7 +580,11 @@ fn agent_container(token: &str) -> serde_json::Value {
         "name": "agent",
         "image": AGENT_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "env": [{"name": "KUBEDEV_AGENT_TOKEN", "value": token}]
+        "env": [
+            {"name": "KUBEDEV_AGENT_TOKEN", "value": token},
+            {"name": kubedev_protocol::AGENT_POD_UID_ENV,
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
+        ]
     })
 }
 

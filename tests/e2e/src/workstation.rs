@@ -225,6 +225,7 @@ impl Workstation {
             forwards: Vec::new(),
             proxy: control::ProxyChoices::default(),
             to_pod: Vec::new(),
+            owner: None,
         };
         tunneld::request(&self.socket, &add)
             .await

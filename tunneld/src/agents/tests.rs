@@ -9,7 +9,7 @@ const TOKEN: &str = "pool-test";
 async fn link() -> AgentLink {
     let (workstation, mut agent) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
-        if welcome_client(&mut agent, TOKEN, "test-agent")
+        if welcome_client(&mut agent, TOKEN, "test-agent", "test-pod")
             .await
             .is_ok()
         {
@@ -17,7 +17,7 @@ async fn link() -> AgentLink {
             handle.closed().await;
         }
     });
-    AgentLink::connect(workstation, TOKEN, "pool-test")
+    AgentLink::connect(workstation, TOKEN, "pool-test", "test-pod")
         .await
         .expect("handshake")
         .0

@@ -38,8 +38,10 @@ impl Daemon {
                 forwards,
                 proxy,
                 to_pod,
+                owner,
             } => {
                 let selector = AgentSelector {
+                    owner,
                     wiretap: format!("{name}/{}", std::process::id()),
                     namespace,
                     labels: agents,
