@@ -89,6 +89,9 @@ impl Network {
             .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
         use tun::AbstractDevice as _;
         let name = device.tun_name().context("the TUN device's name")?;
+        if let Err(err) = confine(&name) {
+            tracing::warn!("{name} takes IPv6 and any source address: {err}");
+        }
         Ok(Self {
             device,
             name,
@@ -225,7 +228,21 @@ pub(crate) fn create_machine_device() -> anyhow::Result<(tun::Device, String)> {
         .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
     use tun::AbstractDevice as _;
     let name = device.tun_name().context("the TUN device's name")?;
+    confine(&name).with_context(|| format!("confine {name}"))?;
     Ok((device, name))
+}
+
+/// Has the kernel take from the device only what the cluster's network is: IPv4 whose
+/// source is routed back into it (no spoofed source forwarded elsewhere), and no IPv6 at
+/// all (a router advertisement written into it would add routes, even a default one).
+pub(crate) fn confine(device: &str) -> std::io::Result<()> {
+    let set = |path: String| std::fs::write(path, "1");
+    match set(format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6")) {
+        // A kernel without IPv6 has nothing to disable.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        other => other?,
+    }
+    set(format!("/proc/sys/net/ipv4/conf/{device}/rp_filter"))
 }
 
 /// Reads every datagram from the stack: DNS queries are answered here, the rest go to their

@@ -71,6 +71,17 @@ impl Helper {
         helper
     }
 
+    /// A setting of the helper's network namespace, under /proc/sys/net.
+    fn setting(&self, path: &str) -> String {
+        let pid = self.process.id().to_string();
+        let path = format!("/proc/sys/net/{path}");
+        let output = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "cat", &path])
+            .output()
+            .expect("nsenter runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// The devices in the helper's network namespace.
     fn devices(&self) -> String {
         let pid = self.process.id().to_string();
@@ -181,6 +192,12 @@ async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() 
         device,
         "the descriptor is that TUN device"
     );
+    // No IPv6 (a router advertisement written into it would add routes), and no packet
+    // whose source is not routed back into it.
+    let ipv6 = helper.setting(&format!("ipv6/conf/{device}/disable_ipv6"));
+    assert_eq!(ipv6, "1", "IPv6 disabled");
+    let rp_filter = helper.setting(&format!("ipv4/conf/{device}/rp_filter"));
+    assert_eq!(rp_filter, "1", "strict reverse path");
     let pointed = helper.resolv_conf();
     assert!(
         pointed.lines().find(|line| line.starts_with("nameserver"))

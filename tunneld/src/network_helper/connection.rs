@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, MAX_ROUTES, Machine, Policy};
 use super::wire::{HelperReply, HelperRequest};
-use crate::network::create_machine_device;
 use crate::network::pointing::{self, PointedResolver, ResolverChoice};
 use crate::network::systemd_resolved::{self, UPLINK_RESOLV_CONF};
 use crate::network::tun_routes::TunRoutes;
+use crate::network::{DNS_IP, create_machine_device};
 
 /// The most connections, and devices, one user may hold at once.
 const CONNECTIONS_PER_USER: usize = 8;
@@ -44,6 +44,12 @@ pub(super) struct Shared {
     /// Whether a connection has `resolv_conf` pointed at its device: one at a time, as its
     /// original is kept once.
     resolv_conf_taken: Mutex<bool>,
+    /// The machine's nameservers when the helper started, before any was pointed at a
+    /// tunneld: never routed into a device, whoever points the resolver since.
+    first_nameservers: Vec<Ipv4Addr>,
+    /// Held while a route is checked and added: two users' requests never both pass a
+    /// check that only one of them can.
+    routing: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -53,6 +59,7 @@ impl Shared {
         resolv_conf: PathBuf,
         state_dir: PathBuf,
     ) -> Self {
+        let first_nameservers = nameservers_of(&resolv_conf);
         Self {
             users,
             policy,
@@ -60,7 +67,16 @@ impl Shared {
             state_dir,
             held: Mutex::new(HashMap::new()),
             resolv_conf_taken: Mutex::new(false),
+            first_nameservers,
+            routing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The nameservers no route may hold: those at the start, and those named now.
+    fn nameservers(&self) -> Vec<Ipv4Addr> {
+        let mut all = self.first_nameservers.clone();
+        all.extend(nameservers_of(&self.resolv_conf));
+        all
     }
 
     /// Counts a connection (`device` false) or a device for `uid`, within its limit.
@@ -97,13 +113,13 @@ impl Shared {
 }
 
 /// A device handed out, and what was done for it.
-#[derive(Debug)]
 struct Opened {
+    /// The helper's own copy, kept while the connection lasts: the device (and its
+    /// index, which the helper acts on) cannot go before the helper lets it.
+    device: tun::Device,
     routes: TunRoutes,
     /// Undone when dropped.
     resolver: PointedResolver,
-    /// The machine's nameservers before, never routed into the device.
-    nameservers: Vec<Ipv4Addr>,
 }
 
 /// Serves one client until it closes the connection or `stop`; then undoes what was done
@@ -144,16 +160,22 @@ async fn exchange_until_closed(
     uid: u32,
     stop: &CancellationToken,
 ) -> Result<(), String> {
+    let open_by = tokio::time::Instant::now() + OPEN_DEADLINE;
     loop {
-        // A device is asked for at once; once open, the connection is held idle.
-        let deadline = match opened {
-            None => OPEN_DEADLINE,
-            Some(_) => Duration::MAX,
+        // A device is asked for at once after connecting; once open, the connection is
+        // held idle.
+        let waiting_for_open = opened.is_none();
+        let reading = async {
+            let request = read_message::<_, HelperRequest>(stream);
+            match waiting_for_open {
+                true => tokio::time::timeout_at(open_by, request)
+                    .await
+                    .map_err(|_| "asked for no device in time".to_owned()),
+                false => Ok(request.await),
+            }
         };
         let request = tokio::select! {
-            request = tokio::time::timeout(deadline, read_message::<_, HelperRequest>(stream)) => {
-                request.map_err(|_| "asked for no device in time".to_owned())?
-            }
+            request = reading => request?,
             () = stop.cancelled() => return Err("the helper is stopping".into()),
         };
         let reply = match request {
@@ -162,9 +184,13 @@ async fn exchange_until_closed(
             Err(err) => return Err(err.to_string()),
         };
         let sent = async {
-            match reply {
-                Answer::Reply(reply) => Ok(write_message(stream, &reply).await?),
-                Answer::Device(reply, device) => send_device(stream, &reply, &device).await,
+            match (reply, opened.as_ref()) {
+                (Answer::Device(reply), Some(done)) => {
+                    send_device(stream, &reply, &done.device).await
+                }
+                (Answer::Reply(reply) | Answer::Device(reply), _) => {
+                    Ok(write_message(stream, &reply).await?)
+                }
             }
         };
         tokio::select! {
@@ -181,7 +207,9 @@ async fn exchange_until_closed(
 /// Restores the resolver and deletes the device, with its routes.
 async fn undo(opened: Opened, shared: &Shared, uid: u32) {
     let Opened {
-        routes, resolver, ..
+        device,
+        routes,
+        resolver,
     } = opened;
     let held_resolv_conf = matches!(resolver, PointedResolver::ResolvConf(_));
     drop(resolver);
@@ -192,13 +220,14 @@ async fn undo(opened: Opened, shared: &Shared, uid: u32) {
             .unwrap_or_else(PoisonError::into_inner) = false;
     }
     routes.delete_device().await;
+    drop(device);
     shared.give_back(uid, true);
 }
 
 enum Answer {
     Reply(HelperReply),
-    /// A reply with the device to hand over after it.
-    Device(HelperReply, tun::Device),
+    /// A reply with the opened device to hand over after it.
+    Device(HelperReply),
 }
 
 async fn answer(
@@ -217,7 +246,7 @@ async fn answer(
                 return refused(reason);
             }
             match open(shared, &domain, &search).await {
-                Ok((done, reply, device)) => {
+                Ok((done, reply)) => {
                     if let HelperReply::Opened {
                         device, resolver, ..
                     } = &reply
@@ -225,7 +254,7 @@ async fn answer(
                         tracing::info!("uid {uid}: opened {device}, resolver {resolver}");
                     }
                     *opened = Some(done);
-                    Answer::Device(reply, device)
+                    Answer::Device(reply)
                 }
                 Err(err) => {
                     shared.give_back(uid, true);
@@ -235,7 +264,7 @@ async fn answer(
         }
         (HelperRequest::Open { .. }, Some(_)) => refused("this connection has its device".into()),
         (HelperRequest::Route { routes }, Some(done)) => {
-            Answer::Reply(route(done, &shared.policy, &routes, uid).await)
+            Answer::Reply(route(done, shared, &routes, uid).await)
         }
         (HelperRequest::Route { .. }, None) => refused("no device is open to route into".into()),
     }
@@ -246,13 +275,7 @@ async fn open(
     shared: &Shared,
     domain: &str,
     search: &[String],
-) -> anyhow::Result<(Opened, HelperReply, tun::Device)> {
-    // Read before the resolver is pointed at tunneld.
-    let nameservers = [shared.resolv_conf.as_path(), UPLINK_RESOLV_CONF.as_ref()]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|conf| policy::nameservers(&conf))
-        .collect();
+) -> anyhow::Result<(Opened, HelperReply)> {
     let (device, name) = create_machine_device()?;
     let routes = TunRoutes::new(&name).await?;
     let (resolver, upstream) =
@@ -263,11 +286,21 @@ async fn open(
         upstream,
     };
     let opened = Opened {
+        device,
         routes,
         resolver,
-        nameservers,
     };
-    Ok((opened, reply, device))
+    Ok((opened, reply))
+}
+
+/// The IPv4 nameservers `resolv_conf` and systemd-resolved's own file name, but tunneld's.
+fn nameservers_of(resolv_conf: &std::path::Path) -> Vec<Ipv4Addr> {
+    [resolv_conf, UPLINK_RESOLV_CONF.as_ref()]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|conf| policy::nameservers(&conf))
+        .filter(|nameserver| *nameserver != DNS_IP)
+        .collect()
 }
 
 fn point_resolver(
@@ -303,18 +336,20 @@ fn point_resolver(
 
 /// Makes the device's routes `wanted`, less those the policy refuses on the machine as it
 /// is now, and beyond [`MAX_ROUTES`].
-async fn route(opened: &mut Opened, policy: &Policy, wanted: &[Cidr], uid: u32) -> HelperReply {
+async fn route(opened: &mut Opened, shared: &Shared, wanted: &[Cidr], uid: u32) -> HelperReply {
+    let _routing = shared.routing.lock().await;
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
     match opened.routes.machine_routes().await {
         Ok(machine_routes) => {
+            let nameservers = shared.nameservers();
             let machine = Machine {
                 routes: &machine_routes,
-                nameservers: &opened.nameservers,
+                nameservers: &nameservers,
             };
             for route in wanted.iter().map(Cidr::trunc) {
                 let checked = match allowed.len() < MAX_ROUTES {
-                    true => policy.check_route(&route, &machine),
+                    true => shared.policy.check_route(&route, &machine),
                     false => Err(format!("at most {MAX_ROUTES} routes")),
                 };
                 match checked {
@@ -335,8 +370,8 @@ async fn route(opened: &mut Opened, policy: &Policy, wanted: &[Cidr], uid: u32) 
     HelperReply::Routed { added, refused }
 }
 
-/// Sends `reply`, then the device attached to one byte. The helper's own copy closes
-/// after: the device is that tunneld's, and deleted when its connection closes.
+/// Sends `reply`, then the device attached to one byte. The device is deleted when the
+/// connection closes.
 async fn send_device(
     stream: &mut UnixStream,
     reply: &HelperReply,

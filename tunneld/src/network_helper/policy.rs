@@ -135,7 +135,9 @@ fn check_domain(name: &str) -> Result<(), String> {
 pub(super) fn nameservers(conf: &str) -> Vec<Ipv4Addr> {
     conf.lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse().ok())
+        // As glibc reads it: the first word, whatever comment follows.
+        .filter_map(|rest| rest.split(['#', ';']).next()?.split_whitespace().next())
+        .filter_map(|address| address.parse().ok())
         .collect()
 }
 
