@@ -172,6 +172,39 @@ fn refused_routes(routed: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Asks for routes of every kind: only the allowed ones, clear of the machine's, are added.
+async fn routes_are_checked(stream: &mut UnixStream) {
+    let asked = [
+        "10.96.0.0/16",
+        "198.18.0.53/32",
+        "0.0.0.0/0",
+        "127.0.0.0/8",
+        "10.50.0.0/25",
+        "8.8.8.8/32",
+        "192.0.2.53/32",
+    ];
+    let routed = ask(stream, json!({"request": "route", "routes": asked})).await;
+    assert_eq!(routed["reply"], "routed", "{routed}");
+    assert_eq!(
+        routed["added"],
+        json!(["10.96.0.0/16", "198.18.0.53/32"]),
+        "{routed}"
+    );
+    let expected = [
+        ("0.0.0.0/0", "never routed"),
+        ("127.0.0.0/8", "never routed"),
+        ("10.50.0.0/25", "overlaps this machine's route"),
+        ("8.8.8.8/32", "outside the ranges this helper routes"),
+        ("192.0.2.53/32", "outside the ranges this helper routes"),
+    ];
+    let refused = refused_routes(&routed);
+    assert_eq!(refused.len(), expected.len(), "{routed}");
+    for ((range, why), (expected_range, expected_why)) in refused.iter().zip(expected) {
+        assert_eq!(range, expected_range, "{routed}");
+        assert!(why.contains(expected_why), "{routed}");
+    }
+}
+
 #[tokio::test]
 async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() {
     let helper = Helper::start("serves", &["root"]);
@@ -206,35 +239,7 @@ async fn a_served_user_gets_a_device_routes_and_dns_all_undone_when_it_leaves() 
         "{pointed}"
     );
 
-    let asked = [
-        "10.96.0.0/16",
-        "198.18.0.53/32",
-        "0.0.0.0/0",
-        "127.0.0.0/8",
-        "10.50.0.0/25",
-        "8.8.8.8/32",
-        "192.0.2.53/32",
-    ];
-    let routed = ask(&mut stream, json!({"request": "route", "routes": asked})).await;
-    assert_eq!(routed["reply"], "routed", "{routed}");
-    assert_eq!(
-        routed["added"],
-        json!(["10.96.0.0/16", "198.18.0.53/32"]),
-        "{routed}"
-    );
-    let expected = [
-        ("0.0.0.0/0", "never routed"),
-        ("127.0.0.0/8", "never routed"),
-        ("10.50.0.0/25", "overlaps this machine's route"),
-        ("8.8.8.8/32", "outside the ranges this helper routes"),
-        ("192.0.2.53/32", "outside the ranges this helper routes"),
-    ];
-    let refused = refused_routes(&routed);
-    assert_eq!(refused.len(), expected.len(), "{routed}");
-    for ((range, why), (expected_range, expected_why)) in refused.iter().zip(expected) {
-        assert_eq!(range, expected_range, "{routed}");
-        assert!(why.contains(expected_why), "{routed}");
-    }
+    routes_are_checked(&mut stream).await;
     let again = ask(&mut stream, open_request("cluster.local")).await;
     assert_eq!(
         again["reply"], "refused",
