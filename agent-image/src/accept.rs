@@ -10,6 +10,7 @@ use kubedev_protocol::handshake::welcome_client;
 use kubedev_protocol::mux::{self, Mode, MuxStream};
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outgoing;
 use crate::reply::{answer, refuse};
@@ -41,21 +42,31 @@ pub(crate) async fn run(
     let listener = TcpListener::bind(listen).await?;
     tracing::info!("{AGENT_NAME} listening on {}", listener.local_addr()?);
     let settings = Arc::new(settings);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
     loop {
         let (connection, peer) = listener.accept().await?;
+        // A connection that has proved nothing waits for a turn, and holds it at most the
+        // handshake's timeout: anyone who may port-forward cannot make the agent hold more.
+        let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!("refused {peer}: {HANDSHAKES_AT_ONCE} handshakes under way");
+            continue;
+        };
         tokio::spawn(serve_workstation(
             connection,
             peer,
-            settings.clone(),
+            (settings.clone(), turn),
             workstations.clone(),
         ));
     }
 }
 
+/// The most connections in their handshake at once.
+const HANDSHAKES_AT_ONCE: usize = 32;
+
 async fn serve_workstation(
     mut connection: TcpStream,
     peer: SocketAddr,
-    settings: Arc<Settings>,
+    (settings, turn): (Arc<Settings>, OwnedSemaphorePermit),
     workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
@@ -73,7 +84,8 @@ async fn serve_workstation(
             return;
         }
     };
-    tracing::info!("session opened by {} ({peer})", hello.client);
+    drop(turn);
+    tracing::info!("session opened by {} ({peer})", hello.client.escape_debug());
     // The handle is how intercepted connections reach this workstation.
     let (handle, mut streams_rx) = mux::spawn(connection, Mode::Server);
     let id = workstations.add(handle);

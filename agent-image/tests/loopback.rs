@@ -281,6 +281,29 @@ async fn keepalive_ping_is_answered_while_flows_run() {
 }
 
 #[tokio::test]
+async fn silent_connections_cannot_crowd_out_a_workstation_for_long() {
+    let agent = Agent::start();
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(TcpStream::connect(agent.addr).await.expect("connect"));
+    }
+    let mut one_more = TcpStream::connect(agent.addr).await.expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), one_more.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed at once: {read:?}");
+    drop(silent);
+    // Their turns come back as the agent sees them close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while agent.link(TOKEN).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session after they left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn tokens_that_differ_open_no_session_and_neither_is_sent() {
     // Each side proves itself before the other: with another token, the agent's proof
     // fails first, and the client stops there.

@@ -13,9 +13,9 @@ pub enum CodecError {
     /// The connection ended before a whole message.
     #[error("connection closed")]
     Closed,
-    /// A message announced more bytes than any message may have.
-    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
-    TooLong(usize),
+    /// A message announced more bytes than such a message may have.
+    #[error("message of {0} bytes exceeds the limit of {1}")]
+    TooLong(usize, usize),
     /// A message is not the JSON expected.
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -32,7 +32,7 @@ where
 {
     let body = serde_json::to_vec(message)?;
     if body.len() > MAX_MESSAGE_LEN {
-        return Err(CodecError::TooLong(body.len()));
+        return Err(CodecError::TooLong(body.len(), MAX_MESSAGE_LEN));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -48,6 +48,15 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_message_within(reader, MAX_MESSAGE_LEN).await
+}
+
+/// Reads one message of at most `limit` bytes, for a peer that has proved nothing yet.
+pub async fn read_message_within<R, T>(reader: &mut R, limit: usize) -> Result<T, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -57,8 +66,8 @@ where
         Err(err) => return Err(err.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_LEN {
-        return Err(CodecError::TooLong(len));
+    if len > limit {
+        return Err(CodecError::TooLong(len, limit));
     }
     let mut body = vec![0; len];
     reader.read_exact(&mut body).await?;
@@ -129,7 +138,7 @@ mod tests {
         let err = read_message::<_, OpenRequest>(&mut b)
             .await
             .expect_err("too long");
-        assert!(matches!(err, CodecError::TooLong(_)), "{err}");
+        assert!(matches!(err, CodecError::TooLong(..)), "{err}");
 
         let (mut a, mut b) = tokio::io::duplex(1024);
         drop(a.write_all(&[0, 0]).await);

@@ -64,7 +64,7 @@ where
                 assert_eq!(decoded, message);
             }
             // Escapes can make the encoding longer than what was read.
-            Err(CodecError::TooLong(_)) => {}
+            Err(CodecError::TooLong(..)) => {}
             Err(err) => panic!("{message:?} does not encode: {err}"),
         }
         messages.push(message);

@@ -11,7 +11,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::codec::{CodecError, read_message, write_message};
+use super::codec::{CodecError, read_message_within, write_message};
 use super::{HANDSHAKE_TIMEOUT, Hello, HelloReply, PROTOCOL_VERSION, Proof};
 
 /// Why a session did not open.
@@ -52,6 +52,27 @@ pub enum HandshakeError {
     /// The connection failed, or carried something unreadable.
     #[error("handshake: {0}")]
     Codec(#[from] CodecError),
+}
+
+/// The largest handshake message: a few short fields, from a peer that has proved nothing.
+const HANDSHAKE_MESSAGE_LIMIT: usize = 2048;
+
+/// The most of a refusal's reason shown: it comes from a peer not yet proved.
+const REASON_LIMIT: usize = 256;
+
+/// Reads one handshake message.
+async fn read_handshake<S, T>(io: &mut S) -> Result<T, CodecError>
+where
+    S: AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    read_message_within(io, HANDSHAKE_MESSAGE_LIMIT).await
+}
+
+/// A refusal's reason as it may be shown: short, on one line.
+fn shown(reason: &str) -> String {
+    let cut: String = reason.chars().take(REASON_LIMIT).collect();
+    cut.escape_debug().to_string()
 }
 
 /// Which side a proof is from: each side's proof covers its role, so neither can replay
@@ -160,7 +181,7 @@ where
             nonce: client_nonce.clone(),
         };
         write_message(io, &hello).await?;
-        let (agent, agent_nonce) = match read_message(io).await? {
+        let (agent, agent_nonce) = match read_handshake(io).await? {
             HelloReply::Challenge { protocol, .. } if protocol != PROTOCOL_VERSION => {
                 return Err(HandshakeError::VersionMismatch {
                     ours: PROTOCOL_VERSION,
@@ -183,7 +204,7 @@ where
                 }
                 (agent, nonce)
             }
-            HelloReply::Refused { reason } => return Err(HandshakeError::Refused(reason)),
+            HelloReply::Refused { reason } => return Err(HandshakeError::Refused(shown(&reason))),
             HelloReply::Welcome => return Err(HandshakeError::OutOfTurn),
         };
         let exchange = Exchange {
@@ -195,9 +216,9 @@ where
             proof: proof(token, Role::Client, exchange),
         };
         write_message(io, &answer).await?;
-        match read_message(io).await? {
+        match read_handshake(io).await? {
             HelloReply::Welcome => Ok(agent),
-            HelloReply::Refused { reason } => Err(HandshakeError::Refused(reason)),
+            HelloReply::Refused { reason } => Err(HandshakeError::Refused(shown(&reason))),
             HelloReply::Challenge { .. } => Err(HandshakeError::OutOfTurn),
         }
     };
@@ -219,7 +240,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let exchange = async {
-        let hello: Hello = read_message(io).await?;
+        let hello: Hello = read_handshake(io).await?;
         let agent_nonce = nonce()?;
         let exchange = Exchange {
             pod_uid,
@@ -241,7 +262,7 @@ where
                 theirs: hello.protocol,
             });
         }
-        let answer: Proof = read_message(io).await?;
+        let answer: Proof = read_handshake(io).await?;
         if !proves(token, Role::Client, exchange, &answer.proof) {
             let refused = HelloReply::Refused {
                 reason: HandshakeError::BadToken.to_string(),
@@ -260,6 +281,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::read_message;
 
     const POD: &str = "6f0b2a4e-agent-pod";
 
@@ -454,6 +476,41 @@ mod tests {
             "{greeted:?}"
         );
         assert!(welcomed.is_err(), "the agent never welcomes the relay");
+    }
+
+    #[tokio::test]
+    async fn an_unproved_peer_may_send_little_and_is_quoted_short() {
+        let (mut client, mut agent) = tokio::io::duplex(64 * 1024);
+        let big = async {
+            let hello = Hello {
+                protocol: PROTOCOL_VERSION,
+                client: "x".repeat(4096),
+                nonce: "00".into(),
+            };
+            write_message(&mut client, &hello).await.expect("write");
+        };
+        let (_, welcomed) = tokio::join!(big, welcome_client(&mut agent, "t", "agent", POD));
+        assert!(
+            matches!(
+                welcomed,
+                Err(HandshakeError::Codec(CodecError::TooLong(..)))
+            ),
+            "{welcomed:?}"
+        );
+
+        let (mut client, mut impostor) = tokio::io::duplex(64 * 1024);
+        let refusing = async {
+            let _: Hello = read_message(&mut impostor).await.expect("hello");
+            let reason = format!("line one\nforged line two{}", "!".repeat(1000));
+            let refused = HelloReply::Refused { reason };
+            write_message(&mut impostor, &refused).await.expect("write");
+        };
+        let (greeted, ()) = tokio::join!(greet_agent(&mut client, "t", "c", POD), refusing);
+        let Err(HandshakeError::Refused(reason)) = greeted else {
+            panic!("{greeted:?}");
+        };
+        assert!(!reason.contains('\n'), "{reason}");
+        assert!(reason.len() < 300, "{}", reason.len());
     }
 
     #[tokio::test(start_paused = true)]
