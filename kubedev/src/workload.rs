@@ -4,13 +4,15 @@
 
 mod error;
 mod object;
+mod owners;
 mod rollout;
 
 use std::fmt;
 
 pub use error::WorkloadError;
 pub use object::{MayConflict, Workload, retry_on_conflict};
-pub use rollout::{Progress, RolloutError, check_agents, wait_for_pods};
+pub use owners::PodOwners;
+pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};
 pub(crate) use rollout::{agent_failure, is_ready, why_not_ready};
 use std::str::FromStr;
 

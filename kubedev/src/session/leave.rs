@@ -11,7 +11,7 @@ use super::error::corrupt;
 use super::lease::end_lease;
 use super::record::{RECORD_ANNOTATION, Removal, record_of};
 use crate::workload::{
-    Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
+    OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
 };
 
 /// What leaving did.
@@ -71,7 +71,8 @@ pub async fn leave(
     match removed.outcome {
         Outcome::Settled(left) => Ok(left),
         Outcome::Restored(workload) => {
-            wait_for_pods(client, &workload, false, timeout, progress).await?;
+            let wanted = (false, OldPods::Terminating);
+            wait_for_pods(client, &workload, wanted, timeout, progress).await?;
             Ok(Left::Restored)
         }
     }

@@ -14,7 +14,7 @@ use super::{Plan, SessionError, Started, random_id};
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, ServiceTarget, TargetPort};
 use crate::mode::Mode;
-use crate::workload::{Progress, Workload, retry_on_conflict, wait_for_pods};
+use crate::workload::{OldPods, Progress, Workload, retry_on_conflict, wait_for_pods};
 
 /// Injects the agent for `plan` and waits for the pods; on any failure after the workload
 /// changed, restores it before returning the error.
@@ -39,7 +39,13 @@ pub async fn start(
             })
             .await?;
         }
-        wait_for_pods(client, &started.workload, true, plan.timeout, progress).await?;
+        // A replaced container is stopped only once its pods are gone, not terminating.
+        let old_pods = match plan.mode {
+            Mode::Replace => OldPods::Gone,
+            Mode::Intercept | Mode::Ingest => OldPods::Terminating,
+        };
+        let wanted = (true, old_pods);
+        wait_for_pods(client, &started.workload, wanted, plan.timeout, progress).await?;
         Ok::<_, SessionError>(())
     };
     if let Err(err) = ready.await {

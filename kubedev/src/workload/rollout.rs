@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams};
 
-use super::{Workload, WorkloadError};
+use super::{PodOwners, Workload, WorkloadError};
 use crate::inject::AGENT_CONTAINER;
 
 /// How often pods are checked.
@@ -64,25 +64,43 @@ pub struct Progress {
     pub wanted: usize,
     /// Pods of the other kind still running.
     pub leftover: usize,
+    /// Pods of the other kind told to stop and still running, where they must be gone (a
+    /// replaced container must not go on taking work), and their grace period in seconds.
+    pub stopping: (usize, Option<i64>),
 }
 
 impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{} pods ready", self.ready, self.wanted)?;
-        if self.leftover > 0 {
-            write!(f, ", {} old ones stopping", self.leftover)?;
+        let old = self.leftover + self.stopping.0;
+        if old > 0 {
+            write!(f, ", {old} old ones stopping")?;
+        }
+        if let (1.., Some(grace)) = self.stopping {
+            write!(f, " (grace period {grace} s)")?;
         }
         Ok(())
     }
 }
 
+/// Which old pods a rollout waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldPods {
+    /// Until they are terminating: Services no longer send them traffic.
+    Terminating,
+    /// Until they are gone: a replaced container must not go on taking work (a queue's
+    /// consumer, a cron loop) through its grace period.
+    Gone,
+}
+
 /// Waits until every replica of `workload` runs with the agent (`with_agent`) or without
-/// it, and is ready, and no pod of the other kind is left but ones already terminating
-/// (Services no longer send them traffic). `progress` hears about every change.
+/// it, and is ready, and no pod of the other kind is left as `old` says. Only the
+/// workload's own pods count ([`PodOwners`]), whatever else wears its labels. `progress`
+/// hears about every change.
 pub async fn wait_for_pods(
     client: &kube::Client,
     workload: &Workload,
-    with_agent: bool,
+    (with_agent, old_pods): (bool, OldPods),
     limit: Duration,
     mut progress: impl FnMut(&Progress),
 ) -> Result<(), RolloutError> {
@@ -91,16 +109,20 @@ pub async fn wait_for_pods(
     let wanted = usize::try_from(workload.replicas()).unwrap_or(0);
     let started = tokio::time::Instant::now();
     let mut recreated = workload.rolls_out_by_itself();
+    let mut owners = PodOwners::new(
+        client.clone(),
+        &workload.namespace,
+        workload.reference.clone(),
+    );
     let mut last = None;
     loop {
-        let listed = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|err| WorkloadError::from_api(err, "list", "pods", &workload.namespace))?;
-        let live: Vec<&Pod> = listed
-            .items
+        let owned = owned_pods(&pods, &selector, &mut owners).await?;
+        let (stopping, live): (Vec<&Pod>, Vec<&Pod>) = owned
             .iter()
-            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .partition(|pod| pod.metadata.deletion_timestamp.is_some());
+        let stopping: Vec<&Pod> = stopping
+            .into_iter()
+            .filter(|pod| old_pods == OldPods::Gone && has_agent(pod) != with_agent)
             .collect();
         if with_agent && let Some(error) = live.iter().find_map(|pod| agent_failure(pod)) {
             return Err(error);
@@ -113,17 +135,21 @@ pub async fn wait_for_pods(
             delete_pods(&pods, &old, &workload.namespace).await?;
             recreated = true;
         }
+        let grace = stopping
+            .iter()
+            .find_map(|pod| pod.metadata.deletion_grace_period_seconds);
         let state = Progress {
             ready: current.iter().filter(|pod| is_ready(pod)).count(),
             wanted,
             leftover: old.len(),
+            stopping: (stopping.len(), grace),
         };
         if last.as_ref() != Some(&state) {
             progress(&state);
         }
-        if state.ready == wanted && current.len() == wanted && state.leftover == 0 {
-            let replaced: Vec<String> = listed
-                .items
+        let done = current.len() == wanted && old.is_empty() && stopping.is_empty();
+        if state.ready == wanted && done {
+            let replaced: Vec<String> = owned
                 .iter()
                 .filter(|pod| has_agent(pod) != with_agent)
                 .filter_map(|pod| pod.metadata.name.clone())
@@ -146,6 +172,28 @@ pub async fn wait_for_pods(
         last = Some(state);
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The pods with the workload's labels that the workload controls.
+async fn owned_pods(
+    pods: &Api<Pod>,
+    selector: &str,
+    owners: &mut PodOwners,
+) -> Result<Vec<Pod>, RolloutError> {
+    let listed = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|err| {
+            let namespace = pods.namespace().unwrap_or_default();
+            WorkloadError::from_api(err, "list", "pods", namespace)
+        })?;
+    let mut owned = Vec::new();
+    for pod in listed.items {
+        if owners.owns(&pod).await {
+            owned.push(pod);
+        }
+    }
+    Ok(owned)
 }
 
 async fn delete_pods(
@@ -343,108 +391,4 @@ pub(crate) fn why_not_ready(pod: &Pod) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn pod(containers: &[&str], ready: bool, waiting: Option<&str>) -> Pod {
-        let statuses: Vec<_> = containers
-            .iter()
-            .map(|name| {
-                let state = match waiting {
-                    Some(reason) if *name == AGENT_CONTAINER => {
-                        json!({"waiting": {"reason": reason, "message": "not found"}})
-                    }
-                    _ => json!({"running": {}}),
-                };
-                json!({"name": name, "image": "i", "imageID": "", "ready": ready,
-                       "restartCount": 0, "state": state})
-            })
-            .collect();
-        serde_json::from_value(json!({
-            "metadata": {"name": "p"},
-            "spec": {"containers": containers.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()},
-            "status": {
-                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
-                "containerStatuses": statuses
-            }
-        }))
-        .expect("pod")
-    }
-
-    #[test]
-    fn readiness_and_agent_presence_are_read_from_the_pod() {
-        let injected = pod(&["web", AGENT_CONTAINER], true, None);
-        assert!(has_agent(&injected) && is_ready(&injected));
-        let plain = pod(&["web"], false, None);
-        assert!(!has_agent(&plain) && !is_ready(&plain));
-    }
-
-    #[test]
-    fn an_agent_image_that_cannot_be_pulled_is_reported() {
-        let failing = pod(&["web", AGENT_CONTAINER], false, Some("ImagePullBackOff"));
-        let error = agent_failure(&failing).expect("reported");
-        assert_eq!(
-            error.to_string(),
-            "the agent image cannot be pulled in pod p: ImagePullBackOff (not found)"
-        );
-        let starting = pod(&["web", AGENT_CONTAINER], false, Some("ContainerCreating"));
-        assert!(agent_failure(&starting).is_none());
-    }
-
-    #[test]
-    fn an_agent_that_keeps_crashing_is_reported_with_its_last_exit() {
-        let mut crashing = pod(&["web", AGENT_CONTAINER], false, Some("CrashLoopBackOff"));
-        let statuses = crashing
-            .status
-            .as_mut()
-            .and_then(|s| s.container_statuses.as_mut())
-            .expect("statuses");
-        statuses[1].last_state = serde_json::from_value(json!({
-            "terminated": {"exitCode": 1, "message": "port 8080 is taken\n"}
-        }))
-        .expect("state");
-        let error = agent_failure(&crashing).expect("reported");
-        assert_eq!(
-            error.to_string(),
-            "the agent keeps crashing in pod p (exit code 1: port 8080 is taken)"
-        );
-    }
-
-    #[test]
-    fn a_pod_that_is_not_ready_says_why() {
-        let crashing_app = pod(&["web", AGENT_CONTAINER], false, Some("ErrImagePull"));
-        assert_eq!(
-            why_not_ready(&crashing_app).as_deref(),
-            Some("container kubedev-agent ErrImagePull: not found")
-        );
-        let probing = pod(&["web"], false, None);
-        assert_eq!(
-            why_not_ready(&probing).as_deref(),
-            Some("container web runs but is not ready")
-        );
-        let unscheduled: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p"},
-            "status": {"phase": "Pending", "conditions": [{
-                "type": "PodScheduled", "status": "False",
-                "message": "0/1 nodes are available: 1 Insufficient memory."
-            }]}
-        }))
-        .expect("pod");
-        assert_eq!(
-            why_not_ready(&unscheduled).as_deref(),
-            Some("not scheduled: 0/1 nodes are available: 1 Insufficient memory.")
-        );
-        assert_eq!(why_not_ready(&pod(&["web"], true, None)), None);
-    }
-
-    #[test]
-    fn progress_reads_like_kubectl_rollout() {
-        let state = Progress {
-            ready: 1,
-            wanted: 3,
-            leftover: 2,
-        };
-        assert_eq!(state.to_string(), "1/3 pods ready, 2 old ones stopping");
-    }
-}
+mod tests;

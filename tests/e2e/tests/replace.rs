@@ -213,3 +213,66 @@ async fn a_replace_whose_machine_died_refuses_connections_and_is_restored_after_
     assert_eq!(ns.echo_template(false).await, before, "restored exactly");
     assert_eq!(containers(&ns).await, [["echo"]]);
 }
+
+/// Every pod of `app` (terminating ones too) that still runs container `container`.
+async fn pods_running(ns: &TestNamespace, app: &str, container: &str) -> Vec<String> {
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("pods");
+    pods.items
+        .iter()
+        .filter(|pod| {
+            pod.spec
+                .iter()
+                .any(|spec| spec.containers.iter().any(|c| c.name == container))
+        })
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn replace_returns_only_once_no_pod_runs_the_replaced_container() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "replace-gone").await;
+    // A queue consumer whose PID 1 is a shell that ignores SIGTERM: its pods keep running
+    // through their whole grace period once told to stop.
+    let consumer = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "consumer"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "consumer"}},
+            "template": {
+                "metadata": {"labels": {"app": "consumer"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 12,
+                    "containers": [{
+                        "name": "worker",
+                        "image": CLIENT_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+                    }]
+                }
+            }
+        }
+    });
+    ns.apply_json(&consumer).expect("the consumer");
+    ns.wait_deployment_ready("consumer")
+        .await
+        .expect("consumer ready");
+    let workstation = Workstation::create(&cluster);
+
+    let args = ["consumer", "-n", &ns.name, "--detach"];
+    workstation.plugin_ok(&cluster, PLUGIN, &args);
+    assert_eq!(
+        pods_running(&ns, "consumer", "worker").await,
+        Vec::<String>::new(),
+        "a replaced consumer still runs after replace returned"
+    );
+
+    workstation.plugin_ok(&cluster, PLUGIN, &["leave", "consumer", "-n", &ns.name]);
+    assert_eq!(pods_running(&ns, "consumer", "worker").await.len(), 2);
+}
