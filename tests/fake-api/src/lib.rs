@@ -119,8 +119,11 @@ impl FakeApi {
     }
 
     /// Stores a Deployment (JSON, as the API server returns it).
-    pub fn add_deployment(&self, object: Value) {
+    pub fn add_deployment(&self, mut object: Value) {
         let mut state = self.lock();
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-deployment-{}", name_of(&object)));
+        }
         let object = state.versioned(object);
         let name = name_of(&object);
         state.deployments.insert(name, object);
@@ -233,6 +236,10 @@ impl State {
         Some(match (method.clone(), rest) {
             (Method::GET, ["deployments"]) => list(self.deployments.values().cloned().collect()),
             (Method::GET, ["statefulsets" | "replicasets"]) => list(Vec::new()),
+            (Method::GET, ["replicasets", name]) => {
+                let mut current = self.deployments.values().map(replica_set_of);
+                found(current.find(|rs| name_of(rs) == *name).as_ref())
+            }
             (Method::GET, ["deployments", name]) => found(self.deployments.get(*name)),
             (Method::PUT, ["deployments", name]) => {
                 if self.conflicts > 0 {
@@ -308,7 +315,9 @@ impl State {
             return status(StatusCode::CONFLICT, "the object has been modified");
         }
         self.next_version += 1;
+        let uid = stored["metadata"]["uid"].clone();
         *stored = object;
+        stored["metadata"]["uid"] = uid;
         stored["metadata"]["resourceVersion"] = json!(self.next_version.to_string());
         self.writes += 1;
         json_response(StatusCode::OK, stored)
@@ -350,10 +359,17 @@ impl State {
             if !selector.iter().all(|(k, v)| labels[k] == json!(v)) {
                 continue;
             }
+            let replica_set = replica_set_of(deployment);
+            let mut labels = labels.clone();
+            labels[TEMPLATE_HASH] = replica_set["metadata"]["labels"][TEMPLATE_HASH].clone();
             let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
             for index in 0..replicas {
                 pods.push(json!({
-                    "metadata": {"name": format!("{name}-{index}"), "labels": labels},
+                    "metadata": {
+                        "name": format!("{name}-{index}"),
+                        "labels": labels,
+                        "ownerReferences": [controller("ReplicaSet", &replica_set)]
+                    },
                     "spec": template["spec"],
                     "status": {"conditions": [{"type": "Ready", "status": "True"}]}
                 }));
@@ -361,6 +377,39 @@ impl State {
         }
         pods
     }
+}
+
+/// The label a Deployment's ReplicaSet and its pods share, naming their template.
+const TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// The ReplicaSet a Deployment's current template runs in, as the controller makes it.
+fn replica_set_of(deployment: &Value) -> Value {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    deployment["spec"]["template"].to_string().hash(&mut hasher);
+    let hash = format!("{:x}", hasher.finish() & 0xff_ffff_ffff);
+    let name = format!("{}-{hash}", name_of(deployment));
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "uid": format!("uid-rs-{name}"),
+            "labels": {TEMPLATE_HASH: hash},
+            "ownerReferences": [controller("Deployment", deployment)]
+        }
+    })
+}
+
+/// An owner reference to `owner` (of `kind`) as its controller.
+fn controller(kind: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "name": name_of(owner),
+        "uid": owner["metadata"]["uid"],
+        "controller": true
+    })
 }
 
 fn name_of(object: &Value) -> String {
