@@ -123,6 +123,13 @@ pub enum InjectError {
     /// Every port the agent could take is in use in the pod.
     #[error("no free port for the agent in the pod")]
     NoFreePort,
+    /// The pods use the node's network namespace.
+    #[error(
+        "the pods use the node's network (hostNetwork: true): the agent's port would be the \
+         node's loopback, and a port it takes over every node interface's, so kubedev does not \
+         join them; run a copy of the workload without hostNetwork to develop against"
+    )]
+    HostNetwork,
     /// The agent's configuration could not be serialized.
     #[error("the agent's configuration cannot be written: {0}")]
     Config(String),
@@ -134,6 +141,9 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
     let pod = template.spec.get_or_insert_with(Default::default);
     if pod.containers.iter().any(|c| c.name == AGENT_CONTAINER) {
         return Err(InjectError::AlreadyInjected);
+    }
+    if pod.host_network == Some(true) {
+        return Err(InjectError::HostNetwork);
     }
     let app_index = pod
         .containers

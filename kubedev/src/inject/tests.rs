@@ -253,3 +253,19 @@ fn bad_requests_are_refused() {
         Err(InjectError::AlreadyInjected)
     );
 }
+
+#[test]
+fn pods_on_the_nodes_network_are_refused_with_why() {
+    let mut on_node = template();
+    if let Some(pod) = on_node.spec.as_mut() {
+        pod.host_network = Some(true);
+    }
+    for mode in [Mode::Intercept, Mode::Replace, Mode::Ingest] {
+        let refused = inject(&on_node, &spec(mode, &[])).expect_err("hostNetwork");
+        assert!(matches!(refused, InjectError::HostNetwork), "{refused}");
+        assert!(
+            refused.to_string().contains("hostNetwork: true"),
+            "{refused}"
+        );
+    }
+}
