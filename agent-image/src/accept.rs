@@ -44,7 +44,16 @@ pub(crate) async fn run(
     let settings = Arc::new(settings);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
     loop {
-        let (connection, peer) = listener.accept().await?;
+        let (connection, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, say: the sessions go on, and so does accepting
+                // once files are free.
+                tracing::warn!("could not accept a workstation: {err}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
         // A connection that has proved nothing waits for a turn, and holds it at most the
         // handshake's timeout: anyone who may port-forward cannot make the agent hold more.
         let Ok(turn) = handshakes.clone().try_acquire_owned() else {
@@ -59,6 +68,9 @@ pub(crate) async fn run(
         ));
     }
 }
+
+/// How long accepting waits after a failure.
+pub(crate) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The most connections in their handshake at once.
 const HANDSHAKES_AT_ONCE: usize = 32;

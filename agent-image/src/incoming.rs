@@ -66,7 +66,10 @@ pub(crate) async fn serve(
                             workstations.clone(),
                         ));
                     }
-                    Err(err) => tracing::warn!("accepting on port {}: {err}", listener.port),
+                    Err(err) => {
+                        tracing::warn!("accepting on port {}: {err}", listener.port);
+                        tokio::time::sleep(crate::accept::ACCEPT_RETRY).await;
+                    }
                 }
             }
         });

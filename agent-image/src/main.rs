@@ -41,6 +41,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kubedev_process::logging::init();
+    kubedev_process::limits::raise_open_files_limit();
     let settings = agent_image::Settings {
         token: cli.token,
         pod_uid: cli.pod_uid,

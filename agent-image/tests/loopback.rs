@@ -35,7 +35,21 @@ impl Agent {
 
     /// Starts the agent with `config` (JSON, as the plugins set it).
     fn start_with(config: &str) -> Self {
-        let mut process = Command::new(env!("CARGO_BIN_EXE_kubedev-agent"))
+        Self::start_from(Command::new(env!("CARGO_BIN_EXE_kubedev-agent")), config)
+    }
+
+    /// Starts the agent allowed `files` open files at most (its hard limit too).
+    fn start_with_files(files: u32) -> Self {
+        let mut limited = Command::new("prlimit");
+        limited
+            .arg(format!("--nofile={files}:{files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_kubedev-agent"));
+        Self::start_from(limited, "{}")
+    }
+
+    fn start_from(mut command: Command, config: &str) -> Self {
+        let mut process = command
             .args(["--listen", "127.0.0.1:0"])
             .env("KUBEDEV_AGENT_TOKEN", TOKEN)
             .env("KUBEDEV_AGENT_POD_UID", POD_UID)
@@ -301,6 +315,32 @@ async fn silent_connections_cannot_crowd_out_a_workstation_for_long() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_agent_out_of_file_descriptors_goes_on_and_serves_again() {
+    let mut agent = Agent::start_with_files(32);
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        if let Ok(connection) = TcpStream::connect(agent.addr).await {
+            held.push(connection);
+        }
+    }
+    // The agent meets its limit accepting these; it keeps going.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while agent.link(TOKEN).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent.process.try_wait().expect("status").is_none(),
+        "the agent exited"
+    );
 }
 
 #[tokio::test]

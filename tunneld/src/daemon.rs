@@ -122,7 +122,7 @@ impl Daemon {
     /// Serves `socket` and the proxy until no session is left for the idle time, or a
     /// stop signal.
     pub(crate) async fn run(self: &Arc<Self>, socket: &Path) -> anyhow::Result<()> {
-        raise_open_files_limit();
+        kubedev_process::limits::raise_open_files_limit();
         let listener = bind(socket).await?;
         let proxy = match Proxy::bind(self.settings.proxy_port, self.outbound.clone()).await {
             Ok(proxy) => proxy,
@@ -226,21 +226,6 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 
 /// How long the control socket waits after a failed accept.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
-/// Lets tunneld open as many files as the system allows it (the soft limit is often 1,024,
-/// and every flow, link and client takes one or two).
-pub(crate) fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!("keeping the open files limit at {soft}: {err}");
-            }
-        }
-        Ok(_) => {}
-        Err(err) => tracing::debug!("the open files limit: {err}"),
-    }
-}
 
 async fn stop_signal() -> anyhow::Result<()> {
     let mut signals = StopSignals::listen().context("signal handlers")?;

@@ -129,7 +129,7 @@ async fn serve(cli: HelperCli) -> anyhow::Result<()> {
         .map(|name| uid_of(name))
         .collect::<anyhow::Result<Vec<u32>>>()?;
     warn_if_replaceable();
-    crate::daemon::raise_open_files_limit();
+    kubedev_process::limits::raise_open_files_limit();
     // A crash may have left the machine's resolver pointed at a tunneld that is gone.
     resolv_conf::restore_left_behind(&cli.resolv_conf, &cli.state_dir)?;
     let listener = bind(&cli.socket).await?;

@@ -1,8 +1,10 @@
 //! What every kubedev program does alike: how its daemons log ([`logging`]), the signals
-//! that stop it cleanly ([`signals`]), and how a failure ends it ([`exit_status`]).
+//! that stop it cleanly ([`signals`]), the limits its daemons raise ([`limits`]), and how
+//! a failure ends it ([`exit_status`]).
 
 #![warn(missing_docs)]
 
+pub mod limits;
 pub mod logging;
 pub mod signals;
 
