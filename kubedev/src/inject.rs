@@ -180,6 +180,21 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
     })
 }
 
+/// `template` with the agent's session token taken out: what the session record keeps of
+/// the template it wrote, so the record never holds the token.
+pub fn without_token(template: &PodTemplateSpec) -> PodTemplateSpec {
+    let mut template = template.clone();
+    let agents = template
+        .spec
+        .iter_mut()
+        .flat_map(|pod| pod.containers.iter_mut())
+        .filter(|container| container.name == AGENT_CONTAINER);
+    for env in agents.filter_map(|agent| agent.env.as_mut()) {
+        env.retain(|var| var.name != AGENT_TOKEN_ENV);
+    }
+    template
+}
+
 /// The ports the agent gets, what it does on each, and the Service targets to point at it.
 #[derive(Debug, Default)]
 struct AgentPorts {

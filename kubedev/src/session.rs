@@ -19,6 +19,7 @@ mod reclaim;
 mod record;
 mod service;
 mod start;
+mod three_way;
 
 pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;
@@ -27,6 +28,7 @@ pub use plan::{Plan, PortMapping, Started};
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
 pub use record::{Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
 pub use start::start;
+pub use three_way::OthersChanges;
 
 /// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
 pub fn random_id() -> Result<String, SessionError> {

@@ -132,6 +132,19 @@ fn intercept_of_a_numeric_port_names_the_agent_port_for_the_service() {
 }
 
 #[test]
+fn the_template_kept_for_the_record_has_no_token_but_the_same_agent() {
+    let injected = inject(&template(), &spec(Mode::Ingest, &[])).expect("injected");
+    let kept = without_token(&injected.template);
+    let agent = container(&kept, AGENT_CONTAINER);
+    assert!(env_value(agent, AGENT_TOKEN_ENV).is_none());
+    assert!(env_value(agent, "KUBEDEV_APP_GREETING").is_some());
+    assert_eq!(
+        container(&kept, "web"),
+        container(&injected.template, "web")
+    );
+}
+
+#[test]
 fn agent_gets_the_app_environment_under_a_prefix() {
     let injected = inject(&template(), &spec(Mode::Ingest, &[])).expect("injected");
     let agent = container(&injected.template, AGENT_CONTAINER);

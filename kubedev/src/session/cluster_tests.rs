@@ -69,7 +69,8 @@ async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactl
         .expect("start");
     let during = fake.deployment("web");
     assert_eq!(containers(&during), ["web", AGENT_CONTAINER]);
-    assert!(annotations(&during)[RECORD_ANNOTATION].is_string());
+    let record = annotations(&during)[RECORD_ANNOTATION].as_str().expect("record");
+    assert!(!record.contains(&started.token), "the record holds no token");
     assert_eq!(started.forwards.len(), 1);
     assert_eq!(started.forwards[0].app_port, 8080);
     assert_eq!(started.forwards[0].local_port, 3000);
@@ -77,7 +78,7 @@ async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactl
 
     assert_eq!(
         leave_session(&fake, &plan, Some(&plan.owner)).await,
-        Left::Restored
+        Left::Restored(Default::default())
     );
     let after = fake.deployment("web");
     assert_eq!(after["spec"]["template"], original["spec"]["template"]);
@@ -100,6 +101,49 @@ async fn a_numeric_target_port_is_pointed_at_the_agent_and_put_back() {
 
     leave_session(&fake, &plan, None).await;
     assert_eq!(fake.service("web")["spec"], original["spec"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_teammate_changed_during_the_session_stays_after_leave() {
+    let fake = FakeApi::with_web_app(json!(8080));
+    let plan = plan("alice", None);
+    start(&fake.client(), NAMESPACE, &plan, |_| {})
+        .await
+        .expect("start");
+    // A teammate's `kubectl set env -c web`, `scale --replicas 3` and a new Service port.
+    let mut deployment = fake.deployment("web");
+    let web = &mut deployment["spec"]["template"]["spec"]["containers"][0];
+    web["env"] = json!([{"name": "TEAMMATE_FLAG", "value": "on"}]);
+    deployment["spec"]["replicas"] = json!(3);
+    fake.add_deployment(deployment);
+    let mut service = fake.service("web");
+    let metrics = json!({"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"});
+    service["spec"]["ports"]
+        .as_array_mut()
+        .expect("ports")
+        .push(metrics.clone());
+    fake.add_service(service);
+
+    let Left::Restored(changes) = leave_session(&fake, &plan, None).await else {
+        panic!("not restored");
+    };
+    let after = fake.deployment("web");
+    assert_eq!(containers(&after), ["web"]);
+    assert_eq!(
+        after["spec"]["template"]["spec"]["containers"][0]["env"],
+        json!([{"name": "TEAMMATE_FLAG", "value": "on"}])
+    );
+    assert_eq!(after["spec"]["replicas"], json!(3));
+    let ports = &fake.service("web")["spec"]["ports"];
+    assert_eq!(ports[0]["targetPort"], json!(8080));
+    assert_eq!(ports[1], metrics);
+    assert_eq!(
+        changes.kept,
+        [
+            "service/web spec.ports[metrics]",
+            "spec.template.spec.containers[web].env"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -145,7 +189,7 @@ async fn a_second_intercept_joins_the_agent_without_restarting_the_pods() {
     );
     assert_eq!(
         leave_session(&fake, &alice, Some(&alice.owner)).await,
-        Left::Restored
+        Left::Restored(Default::default())
     );
     assert_eq!(containers(&fake.deployment("web")), ["web"]);
 }
@@ -294,7 +338,7 @@ async fn two_runs_racing_for_one_workload_leave_one_winner_and_an_exact_restore(
 
         assert_eq!(
             leave_session(&fake, won[0], Some(&won[0].owner)).await,
-            Left::Restored
+            Left::Restored(Default::default())
         );
         assert_eq!(
             fake.deployment("web")["spec"]["template"],
@@ -336,7 +380,7 @@ async fn two_filtered_intercepts_racing_both_get_in_and_the_last_to_leave_restor
         );
         assert_eq!(
             leave_session(&fake, last, Some(&last.owner)).await,
-            Left::Restored
+            Left::Restored(Default::default())
         );
         assert_eq!(
             fake.deployment("web")["spec"]["template"],

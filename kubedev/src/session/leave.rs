@@ -9,16 +9,17 @@ use kube::api::{Api, PostParams};
 use super::SessionError;
 use super::error::corrupt;
 use super::lease::end_lease;
-use super::record::{RECORD_ANNOTATION, Removal, record_of};
+use super::record::{RECORD_ANNOTATION, Removal, ServiceRecord, record_of};
+use super::three_way::{OthersChanges, restore};
 use crate::workload::{
     OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
 };
 
 /// What leaving did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Left {
-    /// The workload is as it was before the first session.
-    Restored,
+    /// What the sessions changed is undone; what others changed meanwhile stays, as named.
+    Restored(OthersChanges),
     /// Other intercepts remain on the workload.
     OthersRemain(usize),
     /// The session of that name is another run's (see [`super::Record::owner`]): nothing
@@ -30,13 +31,16 @@ pub enum Left {
 
 impl Left {
     /// What happened to session `name` on `workload`, in words, for the plugins and tunneld.
-    pub fn describe(self, name: &str, workload: &WorkloadRef) -> String {
+    pub fn describe(&self, name: &str, workload: &WorkloadRef) -> String {
         match self {
-            Self::Restored => format!("{workload} restored"),
+            Self::Restored(changes) if changes.kept.is_empty() && changes.overridden.is_empty() => {
+                format!("{workload} restored")
+            }
+            Self::Restored(changes) => format!("{workload} restored; {}", changes.describe()),
             Self::OthersRemain(count) => format!(
                 "session {name:?} ended; {count} other intercept{} of {workload} remain{}",
-                if count == 1 { "" } else { "s" },
-                if count == 1 { "s" } else { "" }
+                if *count == 1 { "" } else { "s" },
+                if *count == 1 { "s" } else { "" }
             ),
             Self::NotOwned => {
                 format!("session {name:?} on {workload} is another run's: left as it is")
@@ -70,10 +74,10 @@ pub async fn leave(
     }
     match removed.outcome {
         Outcome::Settled(left) => Ok(left),
-        Outcome::Restored(workload) => {
+        Outcome::Restored(workload, changes) => {
             let wanted = (false, OldPods::Terminating);
             wait_for_pods(client, &workload, wanted, timeout, progress).await?;
-            Ok(Left::Restored)
+            Ok(Left::Restored(changes))
         }
     }
 }
@@ -90,8 +94,9 @@ pub(super) enum Outcome {
     /// Nothing is left to wait for (the session was not there, is another run's, or others
     /// remain on the agent).
     Settled(Left),
-    /// The original template and Service are back; the pods are rolling out.
-    Restored(Box<Workload>),
+    /// What the sessions changed in the template and Service is undone (keeping what
+    /// others changed, as named); the pods are rolling out.
+    Restored(Box<Workload>, OthersChanges),
 }
 
 /// Reads the workload and takes session `name` off it; one attempt, which fails if the
@@ -128,43 +133,69 @@ pub(super) async fn remove_session(
     }
     // Putting the Service's ports back is idempotent, so a retry after a conflict on the
     // workload does it again harmlessly.
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    for original in &record.services {
-        let mut service = services
-            .get_opt(&original.name)
-            .await
-            .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?
-            .ok_or_else(|| WorkloadError::NotFound {
-                what: format!("service {} to restore", original.name),
-                namespace: namespace.to_owned(),
-            })?;
-        let ports = serde_json::from_value(original.ports.clone()).map_err(|err| {
-            corrupt(
-                reference,
-                format!("the recorded ports of service {}: {err}", original.name),
-            )
-        })?;
-        let Some(spec) = service.spec.as_mut() else {
-            continue;
-        };
-        if spec.ports == ports {
-            // Never changed (the session failed before it got that far), or put back
-            // already: no write, so no permission, is needed.
-            continue;
-        }
-        spec.ports = ports;
-        services
-            .replace(&original.name, &PostParams::default(), &service)
-            .await
-            .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
+    let mut changes = OthersChanges::default();
+    for service in &record.services {
+        changes.extend(restore_service(client, namespace, reference, service).await?);
     }
+    let live = workload.stored_template()?;
+    let applied = record.applied.as_ref().unwrap_or(live);
+    let restored = restore("spec.template", &record.template, applied, live);
+    changes.extend(restored.changes);
     workload
-        .write(client, record.template, RECORD_ANNOTATION, None)
+        .write(client, restored.value, RECORD_ANNOTATION, None)
         .await?;
     Ok(Removed {
-        outcome: Outcome::Restored(Box::new(workload)),
+        outcome: Outcome::Restored(Box::new(workload), changes),
         owner: removed_owner,
     })
+}
+
+/// Takes the session's change back out of the ports of Service `recorded.name`, keeping
+/// what others changed.
+async fn restore_service(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    recorded: &ServiceRecord,
+) -> Result<OthersChanges, SessionError> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let name = &recorded.name;
+    let mut service = services
+        .get_opt(name)
+        .await
+        .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?
+        .ok_or_else(|| WorkloadError::NotFound {
+            what: format!("service {name} to restore"),
+            namespace: namespace.to_owned(),
+        })?;
+    let Some(spec) = service.spec.as_mut() else {
+        return Ok(OthersChanges::default());
+    };
+    let unreadable = |err: serde_json::Error| {
+        corrupt(
+            reference,
+            format!("the recorded ports of service {name}: {err}"),
+        )
+    };
+    let live = serde_json::to_value(&spec.ports).map_err(unreadable)?;
+    let applied = recorded.applied_ports.as_ref().unwrap_or(&live);
+    let restored = restore(
+        &format!("service/{name} spec.ports"),
+        &recorded.ports,
+        applied,
+        &live,
+    );
+    if restored.value == live {
+        // Never changed (the session failed before it got that far), or put back
+        // already: no write, so no permission, is needed.
+        return Ok(restored.changes);
+    }
+    spec.ports = serde_json::from_value(restored.value).map_err(unreadable)?;
+    services
+        .replace(name, &PostParams::default(), &service)
+        .await
+        .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
+    Ok(restored.changes)
 }
 
 #[cfg(test)]
@@ -175,8 +206,17 @@ mod tests {
     fn every_outcome_reads_as_what_happened() {
         let workload: WorkloadRef = "web".parse().expect("reference");
         assert_eq!(
-            Left::Restored.describe("web", &workload),
+            Left::Restored(OthersChanges::default()).describe("web", &workload),
             "deployment/web restored"
+        );
+        let kept = OthersChanges {
+            kept: vec!["spec.template.spec.containers[web].env[FLAG]".into()],
+            overridden: Vec::new(),
+        };
+        assert_eq!(
+            Left::Restored(kept).describe("web", &workload),
+            "deployment/web restored; kept changes made during the session to \
+             spec.template.spec.containers[web].env[FLAG]"
         );
         assert_eq!(
             Left::OthersRemain(1).describe("bob", &workload),

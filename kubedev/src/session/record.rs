@@ -34,6 +34,10 @@ pub struct Record {
     pub container: String,
     /// The pod template exactly as it was.
     pub template: Value,
+    /// The pod template as the session wrote it: restoring takes that change back out of
+    /// the live template, so what others changed meanwhile stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Value>,
     /// Services whose ports were changed, with their original ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
@@ -164,6 +168,9 @@ pub struct ServiceRecord {
     pub name: String,
     /// Its `spec.ports` exactly as they were.
     pub ports: Value,
+    /// Its `spec.ports` as the session set them (see [`Record::applied`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_ports: Option<Value>,
 }
 
 /// The session recorded on `workload`, if any.

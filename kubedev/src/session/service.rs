@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 use kube::api::{Api, PostParams};
 
 use super::Plan;
@@ -86,17 +86,30 @@ pub(super) async fn point_service_at_agent(
     name: &str,
     targets: &[ServiceTarget],
 ) -> Result<(), SessionError> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let mut service = services
         .get(name)
         .await
         .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
-    for port in service
-        .spec
-        .iter_mut()
-        .flat_map(|spec| spec.ports.iter_mut().flatten())
-    {
+    if let Some(ports) = service.spec.as_mut().and_then(|spec| spec.ports.as_mut()) {
+        point_ports_at_agent(name, ports, targets)?;
+    }
+    services
+        .replace(name, &PostParams::default(), &service)
+        .await
+        .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
+    Ok(())
+}
+
+/// Points the ports of Service `name` whose targetPort is one of `targets`' numbers at the
+/// agent's port standing for it.
+pub(super) fn point_ports_at_agent(
+    name: &str,
+    ports: &mut [ServicePort],
+    targets: &[ServiceTarget],
+) -> Result<(), SessionError> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    for port in ports {
         let target = TargetPort::of_service_port(port)
             .ok_or_else(|| corrupt(&format!("service {name}"), "has a port out of range"))?;
         if let Some(agent_port) = targets
@@ -106,9 +119,5 @@ pub(super) async fn point_service_at_agent(
             port.target_port = Some(IntOrString::String(agent_port.agent_port_name.clone()));
         }
     }
-    services
-        .replace(name, &PostParams::default(), &service)
-        .await
-        .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use super::join::{check_shareable, join};
 use super::leave::leave;
 use super::ports::{choose_container, container_serving, intercepted_ports, replaced_ports};
 use super::record::{RECORD_ANNOTATION, Record, ServiceRecord, record_of};
-use super::service::{choose_service, point_service_at_agent};
+use super::service::{choose_service, point_ports_at_agent, point_service_at_agent};
 use super::{Plan, SessionError, Started, random_id};
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, ServiceTarget, TargetPort};
@@ -122,9 +122,16 @@ pub(super) async fn write_session(
     )?;
     // The Service is recorded only where the session changes it.
     let changed_service = service.filter(|_| !injected.service_targets.is_empty());
-    let record = new_record(plan, &workload, container, changed_service.as_ref())?;
     let template = serde_json::to_value(&injected.template)
         .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
+    let applied = serde_json::to_value(inject::without_token(&injected.template))
+        .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
+    let changes = Changes {
+        template: &applied,
+        service: changed_service.as_ref(),
+        service_targets: &injected.service_targets,
+    };
+    let record = new_record(plan, &workload, container, changes)?;
     // Everything that can fail is done before the write: after it, only the pods' wait
     // remains, which rolls back.
     let agents = workload.agent_selector(&plan.name)?;
@@ -176,13 +183,21 @@ async fn choose_targets(
     Ok((container, service))
 }
 
-/// The record of a new session on `workload`: `plan`, the original template, and the
-/// original ports of `service` where the session changes it.
+/// What a new session changes: the template it writes, and the Service whose ports it
+/// points at the agent, if any.
+struct Changes<'a> {
+    template: &'a serde_json::Value,
+    service: Option<&'a Service>,
+    service_targets: &'a [ServiceTarget],
+}
+
+/// The record of a new session on `workload`: `plan`, the original template and Service
+/// ports, and what the session makes of them.
 fn new_record(
     plan: &Plan,
     workload: &Workload,
     container: String,
-    service: Option<&Service>,
+    changes: Changes<'_>,
 ) -> Result<Record, SessionError> {
     let mut record = Record {
         name: plan.name.clone(),
@@ -192,14 +207,23 @@ fn new_record(
         mode: plan.mode,
         container,
         template: workload.stored_template()?.clone(),
+        applied: Some(changes.template.clone()),
         services: Vec::new(),
         owner: Some(plan.owner.clone()),
     };
-    if let Some(service) = service {
+    if let Some(service) = changes.service {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let ports = service.spec.as_ref().and_then(|s| s.ports.clone());
+        let mut applied = ports.clone().unwrap_or_default();
+        point_ports_at_agent(&name, &mut applied, changes.service_targets)?;
+        let json = |ports| {
+            serde_json::to_value(ports)
+                .map_err(|err| corrupt(&plan.workload, format!("its Service's ports: {err}")))
+        };
         record.services.push(ServiceRecord {
-            name: service.metadata.name.clone().unwrap_or_default(),
-            ports: serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))
-                .map_err(|err| corrupt(&plan.workload, format!("its Service's ports: {err}")))?,
+            ports: json(ports)?,
+            applied_ports: Some(json(Some(applied))?),
+            name,
         });
     }
     Ok(record)

@@ -222,6 +222,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         mode: Mode::Intercept,
         container: "web".into(),
         template: json!({}),
+        applied: None,
         services: Vec::new(),
         owner: Some("run-a".into()),
     }
