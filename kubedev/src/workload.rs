@@ -2,6 +2,7 @@
 //! kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
 //! waiting for their pods ([`wait_for_pods`]).
 
+mod creation;
 mod error;
 mod object;
 mod owners;
@@ -13,7 +14,7 @@ pub use error::WorkloadError;
 pub use object::{MayConflict, Workload, retry_on_conflict};
 pub use owners::PodOwners;
 pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};
-pub(crate) use rollout::{agent_failure, is_ready, why_not_ready};
+pub(crate) use rollout::{PROXY_SYNC, agent_failure, is_ready, why_not_ready};
 use std::str::FromStr;
 
 /// The kinds of workload whose pod template kubedev can patch.

@@ -107,6 +107,7 @@ mod tests {
             ("", "pods/portforward", "create"),
             ("", "pods/log", "get"),
             ("discovery.k8s.io", "endpointslices", "list"),
+            ("", "events", "list"),
             ("coordination.k8s.io", "leases", "update"),
             ("coordination.k8s.io", "leases", "delete"),
         ] {

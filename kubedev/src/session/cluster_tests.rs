@@ -69,8 +69,13 @@ async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactl
         .expect("start");
     let during = fake.deployment("web");
     assert_eq!(containers(&during), ["web", AGENT_CONTAINER]);
-    let record = annotations(&during)[RECORD_ANNOTATION].as_str().expect("record");
-    assert!(!record.contains(&started.token), "the record holds no token");
+    let record = annotations(&during)[RECORD_ANNOTATION]
+        .as_str()
+        .expect("record");
+    assert!(
+        !record.contains(&started.token),
+        "the record holds no token"
+    );
     assert_eq!(started.forwards.len(), 1);
     assert_eq!(started.forwards[0].app_port, 8080);
     assert_eq!(started.forwards[0].local_port, 3000);

@@ -2,15 +2,20 @@
 //! the agent.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
 
 use super::Plan;
 use super::SessionError;
 use super::error::corrupt;
 use crate::inject::{ServiceTarget, TargetPort};
-use crate::workload::WorkloadError;
+use crate::workload::{PROXY_SYNC, WorkloadError};
+
+/// How often the Service's EndpointSlices are read while they change.
+const ENDPOINTS_POLL: Duration = Duration::from_millis(250);
 
 pub(super) async fn choose_service(
     client: &kube::Client,
@@ -119,5 +124,47 @@ pub(super) fn point_ports_at_agent(
             port.target_port = Some(IntOrString::String(agent_port.agent_port_name.clone()));
         }
     }
+    Ok(())
+}
+
+/// Waits until the EndpointSlices of Service `name` send no port to `targets`' numbers
+/// any more (they go to the agent), and every node's proxy had time to follow. Without
+/// permission to read EndpointSlices there is nothing to wait on but the proxies.
+pub(super) async fn wait_until_pointed(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    targets: &[ServiceTarget],
+    limit: Duration,
+) -> Result<(), SessionError> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    let started = tokio::time::Instant::now();
+    loop {
+        let listed = match slices.list(&params).await {
+            Ok(listed) => listed,
+            Err(err) => match WorkloadError::from_api(err, "list", "endpointslices", namespace) {
+                WorkloadError::Forbidden { .. } => break,
+                other => return Err(other.into()),
+            },
+        };
+        let old_target = listed
+            .items
+            .iter()
+            .flat_map(|slice| slice.ports.iter().flatten())
+            .filter_map(|port| port.port)
+            .any(|port| targets.iter().any(|t| i32::from(t.number) == port));
+        if !old_target {
+            break;
+        }
+        if started.elapsed() > limit {
+            return Err(SessionError::Refused(format!(
+                "service {name} still sends traffic to the app's port after {limit:?}: its \
+                 EndpointSlices did not follow the change to the agent's port"
+            )));
+        }
+        tokio::time::sleep(ENDPOINTS_POLL).await;
+    }
+    tokio::time::sleep(PROXY_SYNC).await;
     Ok(())
 }

@@ -9,7 +9,9 @@ use super::join::{check_shareable, join};
 use super::leave::leave;
 use super::ports::{choose_container, container_serving, intercepted_ports, replaced_ports};
 use super::record::{RECORD_ANNOTATION, Record, ServiceRecord, record_of};
-use super::service::{choose_service, point_ports_at_agent, point_service_at_agent};
+use super::service::{
+    choose_service, point_ports_at_agent, point_service_at_agent, wait_until_pointed,
+};
 use super::{Plan, SessionError, Started, random_id};
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, ServiceTarget, TargetPort};
@@ -33,12 +35,6 @@ pub async fn start(
             } => (started, service_targets),
         };
     let ready = async {
-        if let Some(service) = started.record.services.first() {
-            retry_on_conflict(|| {
-                point_service_at_agent(client, namespace, &service.name, &service_targets)
-            })
-            .await?;
-        }
         // A replaced container is stopped only once its pods are gone, not terminating.
         let old_pods = match plan.mode {
             Mode::Replace => OldPods::Gone,
@@ -46,6 +42,22 @@ pub async fn start(
         };
         let wanted = (true, old_pods);
         wait_for_pods(client, &started.workload, wanted, plan.timeout, progress).await?;
+        // Only now, with every pod's agent ready, does the Service turn to it: until then
+        // the app in the same pods serves it, and a start that fails never touches it.
+        if let Some(service) = started.record.services.first() {
+            retry_on_conflict(|| {
+                point_service_at_agent(client, namespace, &service.name, &service_targets)
+            })
+            .await?;
+            wait_until_pointed(
+                client,
+                namespace,
+                &service.name,
+                &service_targets,
+                plan.timeout,
+            )
+            .await?;
+        }
         Ok::<_, SessionError>(())
     };
     if let Err(err) = ready.await {

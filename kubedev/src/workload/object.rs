@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
@@ -99,6 +100,16 @@ impl Workload {
     /// The object's uid, which its pods' (or ReplicaSets') owner references name.
     pub fn uid(&self) -> Option<&str> {
         self.object.metadata.uid.as_deref()
+    }
+
+    /// The API server's time of the last write to the workload, as its managed fields
+    /// record it.
+    pub fn written_at(&self) -> Option<&Time> {
+        let fields = self.object.metadata.managed_fields.as_ref()?;
+        fields
+            .iter()
+            .filter_map(|entry| entry.time.as_ref())
+            .max_by_key(|time| time.0)
     }
 
     /// Every workload of `kind` in `namespace`.

@@ -45,6 +45,12 @@ impl PodOwners {
         }
     }
 
+    /// For `workload`.
+    pub(super) fn of(client: &kube::Client, workload: &Workload) -> Self {
+        let reference = workload.reference.clone();
+        Self::new(client.clone(), &workload.namespace, reference)
+    }
+
     /// Whether the workload controls `pod`.
     pub async fn owns(&mut self, pod: &Pod) -> bool {
         let Some(controller) = controller_of(&pod.metadata).cloned() else {
@@ -66,17 +72,31 @@ impl PodOwners {
         if controller.kind != "ReplicaSet" {
             return false;
         }
-        let hash = match self.replica_sets.get(&controller.uid) {
-            Some(hash) => hash.clone(),
-            None => {
-                let hash = self.replica_set_hash(controller).await;
-                self.replica_sets
-                    .insert(controller.uid.clone(), hash.clone());
-                hash
-            }
-        };
+        let hash = self.known_replica_set_hash(controller).await;
         let labels = pod.metadata.labels.as_ref();
         hash.is_some() && labels.and_then(|labels| labels.get(TEMPLATE_HASH)) == hash.as_ref()
+    }
+
+    /// Whether the workload (a Deployment) controls ReplicaSet `name` of this `uid`.
+    pub async fn controls_replica_set(&mut self, name: &str, uid: &str) -> bool {
+        let reference = OwnerReference {
+            kind: "ReplicaSet".to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            ..OwnerReference::default()
+        };
+        self.known_replica_set_hash(&reference).await.is_some()
+    }
+
+    /// [`Self::replica_set_hash`], looked up once per ReplicaSet.
+    async fn known_replica_set_hash(&mut self, controller: &OwnerReference) -> Option<String> {
+        if let Some(hash) = self.replica_sets.get(&controller.uid) {
+            return hash.clone();
+        }
+        let hash = self.replica_set_hash(controller).await;
+        self.replica_sets
+            .insert(controller.uid.clone(), hash.clone());
+        hash
     }
 
     /// The template hash of the ReplicaSet `controller` names, if it is that one (same

@@ -8,13 +8,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams};
 
+use super::creation::creation_failure;
 use super::{PodOwners, Workload, WorkloadError};
 use crate::inject::AGENT_CONTAINER;
 
 /// How often pods are checked.
 const POLL: Duration = Duration::from_millis(500);
 /// How long after the endpoints change until every node's proxy follows.
-const PROXY_SYNC: Duration = Duration::from_millis(1500);
+pub(crate) const PROXY_SYNC: Duration = Duration::from_millis(1500);
 
 /// Why pods did not get there.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,14 @@ pub enum RolloutError {
         pod: String,
         /// Its exit and last log lines.
         detail: String,
+    },
+    /// The workload's controller cannot create its pods (a quota, an admission policy).
+    #[error("pods of {workload} cannot be created: {reason}")]
+    NotCreated {
+        /// The workload.
+        workload: String,
+        /// The controller's reason and message.
+        reason: String,
     },
     /// The pods did not get there in time.
     #[error("pods of {workload} not ready after {waited:?}: {state}{stuck}")]
@@ -109,21 +118,17 @@ pub async fn wait_for_pods(
     let wanted = usize::try_from(workload.replicas()).unwrap_or(0);
     let started = tokio::time::Instant::now();
     let mut recreated = workload.rolls_out_by_itself();
-    let mut owners = PodOwners::new(
-        client.clone(),
-        &workload.namespace,
-        workload.reference.clone(),
-    );
+    let mut owners = PodOwners::of(client, workload);
+    let written_at = workload.written_at().cloned();
     let mut last = None;
     loop {
         let owned = owned_pods(&pods, &selector, &mut owners).await?;
-        let (stopping, live): (Vec<&Pod>, Vec<&Pod>) = owned
+        let (mut stopping, live): (Vec<&Pod>, Vec<&Pod>) = owned
             .iter()
             .partition(|pod| pod.metadata.deletion_timestamp.is_some());
-        let stopping: Vec<&Pod> = stopping
-            .into_iter()
-            .filter(|pod| old_pods == OldPods::Gone && has_agent(pod) != with_agent)
-            .collect();
+        // Terminating pods count only where they must be gone.
+        let gone = old_pods == OldPods::Gone;
+        stopping.retain(|pod| gone && has_agent(pod) != with_agent);
         if with_agent && let Some(error) = live.iter().find_map(|pod| agent_failure(pod)) {
             return Err(error);
         }
@@ -147,19 +152,24 @@ pub async fn wait_for_pods(
         if last.as_ref() != Some(&state) {
             progress(&state);
         }
+        if current.len() < wanted
+            && let Some(since) = &written_at
+            && let Some(reason) = creation_failure(client, workload, &mut owners, since).await
+        {
+            return Err(RolloutError::NotCreated {
+                workload: workload.reference.to_string(),
+                reason,
+            });
+        }
         let done = current.len() == wanted && old.is_empty() && stopping.is_empty();
-        if state.ready == wanted && done {
-            let replaced: Vec<String> = owned
-                .iter()
-                .filter(|pod| has_agent(pod) != with_agent)
-                .filter_map(|pod| pod.metadata.name.clone())
-                .collect();
-            if !still_served(client, &workload.namespace, &replaced).await? {
-                // kube-proxy applies endpoint changes at most once per second by default
-                // (minSyncPeriod): give it that, so the next connection takes the new path.
-                tokio::time::sleep(PROXY_SYNC).await;
-                return Ok(());
-            }
+        if state.ready == wanted
+            && done
+            && !still_serving(client, workload, &owned, with_agent).await?
+        {
+            // kube-proxy applies endpoint changes at most once per second by default
+            // (minSyncPeriod): give it that, so the next connection takes the new path.
+            tokio::time::sleep(PROXY_SYNC).await;
+            return Ok(());
         }
         if started.elapsed() > limit {
             return Err(RolloutError::Timeout {
@@ -172,6 +182,21 @@ pub async fn wait_for_pods(
         last = Some(state);
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Whether a Service still sends traffic to one of `owned` of the kind being replaced.
+async fn still_serving(
+    client: &kube::Client,
+    workload: &Workload,
+    owned: &[Pod],
+    with_agent: bool,
+) -> Result<bool, WorkloadError> {
+    let replaced: Vec<String> = owned
+        .iter()
+        .filter(|pod| has_agent(pod) != with_agent)
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect();
+    still_served(client, &workload.namespace, &replaced).await
 }
 
 /// The pods with the workload's labels that the workload controls.

@@ -33,17 +33,27 @@ async fn setup(prefix: &str) -> Setup {
 }
 
 impl Setup {
-    /// Runs the plugin in the test's namespace; its stdout and stderr.
-    fn plugin_ok(&self, args: &[&str]) -> String {
+    /// Runs the plugin in the test's namespace.
+    fn plugin(&self, args: &[&str]) -> std::process::Output {
         let mut all = vec!["-n", self.ns.name.as_str()];
         all.extend_from_slice(args);
-        let output = self.workstation.plugin(&self.cluster, PLUGIN, &all);
+        self.workstation.plugin(&self.cluster, PLUGIN, &all)
+    }
+
+    /// Runs the plugin, which must succeed; its stdout and stderr.
+    fn plugin_ok(&self, args: &[&str]) -> String {
+        let output = self.plugin(args);
         assert!(output.status.success(), "{PLUGIN} {args:?}: {output:?}");
         format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         )
+    }
+
+    /// The workload's template and the Service's spec, as stored.
+    async fn stored(&self) -> (Value, Value) {
+        self.ns.stored_deployment_and_service("echo").await
     }
 
     async fn deployment(&self) -> Value {
@@ -121,4 +131,133 @@ async fn a_teammates_env_var_and_scale_made_during_an_intercept_stay_after_leave
         .expect("rolled out");
     let answer = s.ns.http_get("client", "echo:8080", "/after").expect("GET");
     assert!(answer.starts_with("echo from echo-"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_start_the_namespaces_quota_refuses_says_why_within_seconds_and_changes_nothing() {
+    let s = setup("quota").await;
+    let before = s.stored().await;
+    // The echo pod and the client pod: no room for the agent's pod during the rollout.
+    let quota = json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}
+    });
+    s.ns.apply_json(&quota).expect("quota");
+    s.ns.kubectl_ok(&[
+        "wait",
+        "resourcequota/pods",
+        "--for=jsonpath={.status.used.pods}=2",
+        "--timeout=60s",
+    ])
+    .expect("the quota counts the pods");
+
+    let asked = Instant::now();
+    let output = s.plugin(&["echo", "--port", "3000:http", "--detach", "--timeout", "3m"]);
+    let waited = asked.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        stderr.contains("cannot be created: FailedCreate") && stderr.contains("exceeded quota"),
+        "the quota is named: {stderr}"
+    );
+    eprintln!("the quota's refusal was shown {waited:?} after the command started: {stderr}");
+    assert!(
+        waited < Duration::from_secs(90),
+        "told long before the 3 min timeout: {waited:?}"
+    );
+    assert_eq!(s.stored().await, before, "rolled back exactly");
+}
+
+/// Requests the echo Service from the client pod every 0.25 s until [`stop_probing`];
+/// the thread returns a line `ok` or `fail` for each request.
+fn start_probing(ns: &TestNamespace) -> std::thread::JoinHandle<String> {
+    let namespace = ns.name.clone();
+    let probing = std::thread::spawn(move || {
+        // The request ends in an empty line, which `$(...)` would strip: hence the X.
+        let probe = "rm -f /tmp/stop; \
+            req=$(printf 'GET /probe HTTP/1.1\\r\\nHost: echo\\r\\nConnection: close\\r\\n\\r\\nX'); \
+            req=${req%X}; \
+            while [ ! -e /tmp/stop ]; do \
+            if out=$(probe tcp echo:8080 \"$req\" 2>&1); then echo ok; else echo fail: $out; fi; \
+            sleep 0.25; done";
+        let args = ["-n", &namespace, "exec", "client", "--", "sh", "-c", probe];
+        let output = TestCluster::get().kubectl(&args);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    probing
+}
+
+/// Stops [`start_probing`]; the requests that succeeded and those that failed.
+fn stop_probing(ns: &TestNamespace, probing: std::thread::JoinHandle<String>) -> (usize, usize) {
+    ns.exec("client", &["touch", "/tmp/stop"]).expect("stop");
+    let log = probing.join().expect("the probe's output");
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("fail"))
+        .collect();
+    if let Some(first) = failures.first() {
+        eprintln!("first failed request: {first}");
+    }
+    let ok = log.lines().filter(|line| line.trim() == "ok").count();
+    (ok, failures.len())
+}
+
+#[tokio::test]
+async fn the_service_never_fails_a_request_across_a_failed_start_a_session_and_leave() {
+    let s = setup("no-gap").await;
+    // Two replicas with readiness probes and the default grace period: a plain rollout
+    // of this workload fails no request.
+    s.ns.kubectl_ok(&[
+        "patch",
+        "deployment",
+        "echo",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"replicas": 2, "template": {"spec": {"terminationGracePeriodSeconds": 30}}}}"#,
+    ])
+    .expect("two replicas");
+    s.ns.kubectl_ok(&[
+        "patch",
+        "service",
+        "echo",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#,
+    ])
+    .expect("numeric targetPort");
+    s.ns.wait_deployment_ready("echo").await.expect("ready");
+    let before = s.stored().await;
+    let probing = start_probing(&s.ns);
+
+    let unpullable = "127.0.0.1:1/kubedev/no-such-agent:0";
+    let failed = s.plugin(&[
+        "echo",
+        "--port",
+        "3000:8080",
+        "--agent-image",
+        unpullable,
+        "--detach",
+    ]);
+    assert!(!failed.status.success(), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("cannot be pulled"),
+        "{failed:?}"
+    );
+    assert_eq!(s.stored().await, before, "rolled back exactly");
+
+    s.plugin_ok(&["echo", "--port", "3000:8080", "--detach"]);
+    let answer =
+        s.ns.http_get("client", "echo:8080", "/during")
+            .expect("GET");
+    assert_eq!(answer.trim(), "local laptop: GET /during HTTP/1.1");
+    std::thread::sleep(Duration::from_secs(3));
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(s.stored().await, before, "restored exactly");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let (ok, failed) = stop_probing(&s.ns, probing);
+    eprintln!("probe across a failed start, a session and leave: {ok} ok, {failed} failed");
+    assert!(ok > 40, "the probe ran: {ok} requests");
+    assert_eq!(failed, 0, "no request failed ({ok} succeeded)");
 }
