@@ -43,14 +43,27 @@ pub(crate) async fn serve_dir<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    serve_sftp(stream, Volumes::new(root, read_only)).await
+    serve_sftp(stream, Arc::new(Volumes::new(root, read_only))).await
 }
 
-async fn serve_sftp<S>(stream: S, volumes: Volumes) -> std::io::Result<()>
+/// What answers the requests of a session: the volumes (and in tests, what stands in for
+/// them to hold a request up).
+trait Respond: Send + Sync + 'static {
+    /// The reply to `request`.
+    fn respond(&self, request: Packet) -> impl Future<Output = Packet> + Send;
+}
+
+impl Respond for Volumes {
+    fn respond(&self, request: Packet) -> impl Future<Output = Packet> + Send {
+        self.answer(request)
+    }
+}
+
+async fn serve_sftp<S, R>(stream: S, responder: Arc<R>) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
+    R: Respond,
 {
-    let volumes = Arc::new(volumes);
     let (mut requests, mut replies) = tokio::io::split(stream);
     // reply_tx: the request loop and the reads it started -> the writer, as answered.
     let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(MAX_IN_FLIGHT);
@@ -74,14 +87,18 @@ where
             if reads.len() >= MAX_IN_FLIGHT {
                 reads.join_next().await;
             }
-            let (volumes, reply_tx) = (volumes.clone(), reply_tx.clone());
+            let (responder, reply_tx) = (responder.clone(), reply_tx.clone());
             reads.spawn(async move {
-                let _ = reply_tx.send(volumes.respond(request).await).await;
+                let _ = reply_tx.send(responder.respond(request).await).await;
             });
             continue;
         }
         while reads.join_next().await.is_some() {}
-        if reply_tx.send(volumes.respond(request).await).await.is_err() {
+        if reply_tx
+            .send(responder.respond(request).await)
+            .await
+            .is_err()
+        {
             break std::io::ErrorKind::BrokenPipe.into();
         }
     };
