@@ -91,3 +91,37 @@ async fn replace_mounts_the_volumes_read_write() {
     );
     assert_eq!(output, "from-the-laptop\n");
 }
+
+#[tokio::test]
+async fn a_symlink_out_of_the_volume_leads_nowhere_and_a_fifo_stalls_nothing() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-hostile").await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
+    let workstation = Workstation::create(&cluster);
+    // What someone with exec in the pod could leave in a volume for the next developer.
+    let plant = "mkfifo /data/pipe && ln -s /etc /data/out && ln -s ../../etc/hostname /data/up \
+                 && echo fine > /data/ok.txt";
+    let script = format!(
+        "{} && (timeout 3 cat $KUBEDEV_ROOT/data/pipe; true) \
+         && (cat $KUBEDEV_ROOT/data/out/hostname 2>/dev/null || echo out-refused) \
+         && (cat $KUBEDEV_ROOT/data/up 2>/dev/null || echo up-refused) \
+         && cat $KUBEDEV_ROOT/data/ok.txt",
+        in_pod(&cluster, &ns, "app", plant),
+    );
+    let output = workstation.plugin_ok(
+        &cluster,
+        "kubectl-intercept",
+        &[
+            "vol",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:8080",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(output, "out-refused\nup-refused\nfine\n");
+}
