@@ -64,7 +64,7 @@ pub(super) async fn live_through<S: Session>(
     // Listening from the start: a stop signal during set-up must not kill the process with
     // the cluster half changed; set-up stops and the session is ended.
     let mut signals = StopSignals::listen()?;
-    let hold = hold(life).await?;
+    let mut hold = hold(life).await?;
     let started = tokio::select! {
         started = session.start() => started,
         () = signals.recv() => {
@@ -87,6 +87,18 @@ pub(super) async fn live_through<S: Session>(
             live.and_then(|live| for_the_command(live, &life.args.command)).map(Some)
         }
         () = signals.recv() => Ok(None),
+        // The lease can be lost while the session goes live (the machine slept): tunneld
+        // has ended it, and the plugin says why.
+        news = hold.news() => match news {
+            HoldNews::Ended(reason) => {
+                let _ = hold.release().await;
+                anyhow::bail!("{reason}: the session is over");
+            }
+            HoldNews::Released | HoldNews::DaemonGone => Err(anyhow::anyhow!(
+                "tunneld exited while the session was going live (see {})",
+                tunneld::log_path(&tunneld::socket_for(life.connection)?).display()
+            )),
+        },
     };
     let live = match live {
         Ok(Some(live)) => live,

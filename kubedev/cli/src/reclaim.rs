@@ -4,21 +4,31 @@
 use std::time::Duration;
 
 use kubedev::cluster::Connection;
-use kubedev::session::{self, lease::Holder};
+use kubedev::private_files::private_dir;
+use kubedev::session::{self, LeaseObservations, lease::Holder};
+use kubedev::tunneld::runtime_dir;
+
+/// Where this machine keeps what it has seen of the sessions' leases, between runs.
+const OBSERVATIONS_FILE: &str = "lease-observations.json";
 
 /// Restores, as `leave` does, every session in the connection's namespace whose lease has
 /// run out, on behalf of run `owner`. Failing to look is only a warning: the command the
 /// user asked for goes on.
 pub(super) async fn reclaim_expired(connection: &Connection, owner: &str, timeout: Duration) {
     let namespace = &connection.namespace;
+    let dir = runtime_dir();
+    let mut observations = LeaseObservations::load(dir.join(OBSERVATIONS_FILE));
     let reclaimed = session::reclaim_expired(
         &connection.client,
         namespace,
-        &Holder::here(owner),
+        (&Holder::here(owner), &mut observations),
         timeout,
         |expired| eprintln!("{}: restoring it", expired.describe()),
     )
     .await;
+    if let Err(err) = private_dir(&dir).and_then(|()| observations.save()) {
+        eprintln!("warning: cannot keep what this machine saw of the leases: {err}");
+    }
     match reclaimed {
         Ok(reclaimed) => {
             for (expired, left) in reclaimed {

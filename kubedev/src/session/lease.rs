@@ -92,7 +92,7 @@ pub struct SessionLease {
 }
 
 impl SessionLease {
-    fn from_object(object: Lease) -> Option<Self> {
+    pub(super) fn from_object(object: Lease) -> Option<Self> {
         let annotations = object.metadata.annotations.clone().unwrap_or_default();
         let spec = object.spec.as_ref()?;
         let owner = spec.holder_identity.clone()?;
@@ -122,9 +122,34 @@ impl SessionLease {
             .strip_prefix(NAME_PREFIX)
     }
 
-    /// How long ago it ran out, if it has by `now`.
-    pub fn ended_ago(&self, now: Timestamp) -> Option<Duration> {
-        Duration::try_from(now.duration_since(self.ends)).ok()
+    /// How long it lasts unless renewed.
+    pub fn lifetime(&self) -> Duration {
+        let seconds = self
+            .object
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_duration_seconds);
+        Duration::from_secs(seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
+    /// Names this lease among every cluster's: namespace, name and uid.
+    pub(super) fn key(&self) -> String {
+        let metadata = &self.object.metadata;
+        format!(
+            "{}/{}/{}",
+            metadata.namespace.as_deref().unwrap_or_default(),
+            metadata.name.as_deref().unwrap_or_default(),
+            metadata.uid.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Its version, which every renewal changes.
+    pub(super) fn version(&self) -> &str {
+        self.object
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
     }
 }
 
@@ -357,10 +382,7 @@ mod tests {
         assert_eq!(lease.holder.describe(), "alice@laptop");
         assert_eq!(lease.session_owner(), Some("run1"));
         assert_eq!(lease.ends, "2026-12-01T10:01:00Z".parse().expect("time"));
-        let before: Timestamp = "2026-12-01T10:00:59Z".parse().expect("time");
-        let after: Timestamp = "2026-12-01T10:01:05Z".parse().expect("time");
-        assert_eq!(lease.ended_ago(before), None);
-        assert_eq!(lease.ended_ago(after), Some(Duration::from_secs(5)));
+        assert_eq!(lease.lifetime(), Duration::from_secs(60));
     }
 
     #[test]

@@ -35,24 +35,43 @@ async fn start_leased(fake: &FakeApi, plan: &Plan) {
         .expect("start");
 }
 
-/// Makes the lease of run `owner` as if last renewed long ago.
-fn let_run_out(fake: &FakeApi, owner: &str) {
-    let name = format!("kubedev-{owner}");
-    let mut lease = fake.lease(&name).expect("a lease");
-    lease["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
-    fake.put_lease(lease);
+thread_local! {
+    /// What the runs of a test (on its own thread) have seen of the leases, as one machine
+    /// would keep it.
+    static OBSERVATIONS: std::cell::RefCell<LeaseObservations> =
+        std::cell::RefCell::new(LeaseObservations::in_memory());
+}
+
+/// Makes the lease of run `owner` as if this machine had seen it unchanged for long.
+async fn let_run_out(fake: &FakeApi, owner: &str) {
+    let leases = super::lease::leases_in(&fake.client(), NAMESPACE)
+        .await
+        .expect("leases");
+    let lease = leases
+        .iter()
+        .find(|lease| lease.session_owner() == Some(owner))
+        .expect("a lease");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    observations(|seen| seen.seen_since(lease, long_ago));
+}
+
+fn observations<T>(use_them: impl FnOnce(&mut LeaseObservations) -> T) -> T {
+    OBSERVATIONS.with(|seen| use_them(&mut seen.borrow_mut()))
 }
 
 async fn reclaim(fake: &FakeApi, by: &str) -> Vec<(Expired, Result<String, SessionError>)> {
-    reclaim_expired(
+    let mut seen = observations(std::mem::take);
+    let reclaimed = reclaim_expired(
         &fake.client(),
         NAMESPACE,
-        &holder(by, "bob"),
+        (&holder(by, "bob"), &mut seen),
         Duration::from_secs(30),
         |_| {},
     )
     .await
-    .expect("reclaim")
+    .expect("reclaim");
+    observations(|kept| *kept = seen);
+    reclaimed
 }
 
 fn template(object: &Value) -> &Value {
@@ -72,7 +91,7 @@ async fn a_session_whose_lease_ran_out_is_restored_once_by_the_next_run() {
     );
     assert_ne!(template(&fake.deployment("web")), template(&original));
 
-    let_run_out(&fake, &plan.owner);
+    let_run_out(&fake, &plan.owner).await;
     let reclaimed = reclaim(&fake, "run-bob").await;
     assert_eq!(reclaimed.len(), 1);
     let (expired, left) = &reclaimed[0];
@@ -106,7 +125,7 @@ async fn a_holder_that_comes_back_during_the_restore_learns_who_took_its_session
     let fake = FakeApi::with_web_app(json!("http"));
     let plan = plan("web", None);
     start_leased(&fake, &plan).await;
-    let_run_out(&fake, &plan.owner);
+    let_run_out(&fake, &plan.owner).await;
     let lease = super::lease::leases_in(&fake.client(), NAMESPACE)
         .await
         .expect("leases")
@@ -142,7 +161,7 @@ async fn a_lease_renewed_after_it_was_read_is_not_taken_over() {
     let fake = FakeApi::with_web_app(json!("http"));
     let plan = plan("web", None);
     start_leased(&fake, &plan).await;
-    let_run_out(&fake, &plan.owner);
+    let_run_out(&fake, &plan.owner).await;
     let stale = super::lease::leases_in(&fake.client(), NAMESPACE)
         .await
         .expect("leases")
@@ -208,10 +227,31 @@ async fn leaving_ends_the_lease_and_a_lease_without_a_session_is_cleared_once_ru
     .expect("lease");
     assert!(reclaim(&fake, "run-bob").await.is_empty());
     assert!(fake.lease("kubedev-run-gone").is_some(), "live: kept");
-    let_run_out(&fake, "run-gone");
+    let_run_out(&fake, "run-gone").await;
     assert!(
         reclaim(&fake, "run-bob").await.is_empty(),
         "nothing to restore"
     );
     assert!(fake.lease("kubedev-run-gone").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_renewed_by_a_clock_far_behind_is_not_taken_for_run_out() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let plan = plan("web", None);
+    start_leased(&fake, &plan).await;
+    // Its holder's clock is an hour behind this machine's.
+    let name = format!("kubedev-{}", plan.owner);
+    let mut lease = fake.lease(&name).expect("a lease");
+    lease["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+    fake.put_lease(lease);
+
+    assert!(reclaim(&fake, "run-bob").await.is_empty(), "first seen now");
+    assert!(reclaim(&fake, "run-bob").await.is_empty(), "seen only just");
+    let containers = &fake.deployment("web")["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        containers.as_array().map(Vec::len),
+        Some(2),
+        "still intercepted"
+    );
 }

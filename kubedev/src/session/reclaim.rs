@@ -3,14 +3,13 @@
 //! kubedev command anyone runs there.
 
 use std::collections::HashSet;
-use std::time::Duration;
-
-use k8s_openapi::jiff::Timestamp;
+use std::time::{Duration, SystemTime};
 
 use super::SessionError;
 use super::connect::{ConnectPod, connects_in, end_connect};
-use super::lease::{Holder, end_lease, leases_in, take_over};
+use super::lease::{Holder, SessionLease, end_lease, leases_in, take_over};
 use super::leave::leave;
+use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
 use crate::workload::{Workload, WorkloadKind};
 
@@ -82,7 +81,8 @@ impl Expired {
     }
 }
 
-/// Restores, as `leave` does, every session in `namespace` whose lease has run out (one
+/// Restores, as `leave` does, every session in `namespace` whose lease has run out by
+/// `observations` (this machine has seen it unchanged for its lifetime; one
 /// without a lease is left to `leave`), taking its lease over first so that no two runs
 /// restore one session and its holder, if it comes back, learns that it is over; a
 /// connect session's pod is deleted. Calls `found` before restoring each; returns what
@@ -90,7 +90,7 @@ impl Expired {
 pub async fn reclaim_expired(
     client: &kube::Client,
     namespace: &str,
-    by: &Holder,
+    (by, observations): (&Holder, &mut LeaseObservations),
     timeout: Duration,
     mut found: impl FnMut(&Expired),
 ) -> Result<Vec<(Expired, Result<String, SessionError>)>, SessionError> {
@@ -110,13 +110,22 @@ pub async fn reclaim_expired(
         .iter()
         .filter_map(|pod| Some((Claim::Connect(pod), pod.owner.as_deref()?)));
     let claims: Vec<(Claim<'_>, &str)> = on_workloads.chain(on_pods).collect();
-    let now = Timestamp::now();
+    let now = SystemTime::now();
+    observations.forget_gone(namespace, &leases);
+    let mut ended_ago = |lease: &SessionLease| {
+        let unchanged = observations.unchanged_for(lease, now);
+        unchanged.checked_sub(lease.lifetime())
+    };
+    let ended: Vec<(&SessionLease, Duration)> = leases
+        .iter()
+        .filter_map(|lease| Some((lease, ended_ago(lease)?)))
+        .collect();
     let mut reclaimed = Vec::new();
     for (claim, owner) in &claims {
-        let Some(lease) = leases.iter().find(|l| l.session_owner() == Some(*owner)) else {
-            continue;
-        };
-        let Some(ended_ago) = lease.ended_ago(now) else {
+        let Some(&(lease, ended_ago)) = ended
+            .iter()
+            .find(|(l, _)| l.session_owner() == Some(*owner))
+        else {
             continue;
         };
         if !take_over(client, namespace, lease, by, claim.restore_time(timeout)).await? {
@@ -133,7 +142,7 @@ pub async fn reclaim_expired(
         reclaimed.push((expired, restored));
     }
     let claimed: HashSet<&str> = claims.iter().map(|(_, owner)| *owner).collect();
-    for lease in leases.iter().filter(|lease| lease.ended_ago(now).is_some()) {
+    for (lease, _) in &ended {
         match lease.session_owner() {
             Some(owner) if !claimed.contains(owner) => {
                 end_lease(client, namespace, owner).await?;

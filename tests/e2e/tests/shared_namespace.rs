@@ -261,3 +261,43 @@ async fn the_service_never_fails_a_request_across_a_failed_start_a_session_and_l
     assert!(ok > 40, "the probe ran: {ok} requests");
     assert_eq!(failed, 0, "no request failed ({ok} succeeded)");
 }
+
+#[tokio::test]
+async fn a_lease_renewed_by_a_clock_far_behind_is_not_reclaimed_by_a_teammate() {
+    let s = setup("skewed-lease").await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach"]);
+    let during = s.stored().await;
+    let lease =
+        s.ns.kubectl_ok(&[
+            "get",
+            "leases",
+            "-l",
+            "app.kubernetes.io/managed-by=kubedev",
+            "-o",
+            "name",
+        ])
+        .expect("the session's lease");
+    // As a holder whose clock is an hour (here: years) behind the teammate's writes it.
+    s.ns.kubectl_ok(&[
+        "patch",
+        lease.trim(),
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"renewTime": "2020-01-01T00:00:00.000000Z"}}"#,
+    ])
+    .expect("skew the lease");
+
+    let teammate = Workstation::create(&s.cluster);
+    for _ in 0..2 {
+        let args = ["-n", s.ns.name.as_str(), "list"];
+        let listed = teammate.plugin(&s.cluster, PLUGIN, &args);
+        let said = String::from_utf8_lossy(&listed.stderr);
+        assert!(listed.status.success(), "{listed:?}");
+        assert!(!said.contains("lease ran out"), "nothing reclaimed: {said}");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert_eq!(s.stored().await, during, "still intercepted");
+    let answer = s.ns.http_get("client", "echo:8080", "/still").expect("GET");
+    assert_eq!(answer.trim(), "local laptop: GET /still HTTP/1.1");
+    s.plugin_ok(&["leave", "echo"]);
+}
