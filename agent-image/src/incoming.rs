@@ -4,11 +4,13 @@
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
 //! some HTTP requests ([`route`] decides, [`http1`] and [`http2`] serve the client's HTTP
 //! version); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
-//! ([`wiretap`]).
+//! ([`wiretap`]). No client address may hold more than its share of connections
+//! ([`sources`]).
 
 pub(crate) mod http1;
 mod http2;
 pub(crate) mod route;
+mod sources;
 mod tcp;
 mod udp;
 mod wiretap;
@@ -19,11 +21,13 @@ use std::time::Duration;
 
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
+use kubedev_protocol::udp_flows::UdpFlows;
 use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
 
 use crate::workstations::{Claimant, Workstations};
+use sources::{CONNECTIONS_PER_SOURCE, Sources};
 
 /// Listens on every port in `listeners` until the process ends.
 pub(crate) async fn serve(
@@ -41,8 +45,10 @@ pub(crate) async fn serve(
                 listener.app_port
             );
             let workstations = workstations.clone();
+            let flows = UdpFlows::default();
             tasks.spawn(async move {
-                if let Err(err) = udp::serve(socket, listener, workstations, udp_idle).await {
+                if let Err(err) = udp::serve(socket, listener, workstations, flows, udp_idle).await
+                {
                     tracing::warn!("udp listener: {err}");
                 }
             });
@@ -54,28 +60,40 @@ pub(crate) async fn serve(
             listener.app_port,
             listener.port
         );
-        let workstations = workstations.clone();
-        tasks.spawn(async move {
-            loop {
-                match socket.accept().await {
-                    Ok((connection, peer)) => {
-                        tokio::spawn(tcp::deliver(
-                            connection,
-                            peer,
-                            listener.clone(),
-                            workstations.clone(),
-                        ));
-                    }
-                    Err(err) => {
-                        tracing::warn!("accepting on port {}: {err}", listener.port);
-                        tokio::time::sleep(crate::accept::ACCEPT_RETRY).await;
-                    }
-                }
-            }
-        });
+        tasks.spawn(take_connections(socket, listener, workstations.clone()));
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Accepts connections on `socket` until the process ends, each delivered by
+/// [`tcp::deliver`], but no more at once from one client address than
+/// [`CONNECTIONS_PER_SOURCE`]: more are closed as they come.
+async fn take_connections(
+    socket: TcpListener,
+    listener: Listener,
+    workstations: Arc<Workstations>,
+) {
+    let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE, listener.app_port));
+    loop {
+        match socket.accept().await {
+            Ok((connection, peer)) => {
+                let Some(admitted) = sources.admit(peer.ip()) else {
+                    continue;
+                };
+                let delivering =
+                    tcp::deliver(connection, peer, listener.clone(), workstations.clone());
+                tokio::spawn(async move {
+                    delivering.await;
+                    drop(admitted);
+                });
+            }
+            Err(err) => {
+                tracing::warn!("accepting on port {}: {err}", listener.port);
+                tokio::time::sleep(crate::accept::ACCEPT_RETRY).await;
+            }
+        }
+    }
 }
 
 /// How long the workstations have to accept a connection, in all, before it goes to the

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write_message};
 use kubedev_protocol::link::{AgentLink, LinkError};
-use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::mux::{MuxStream, OPENED_STREAMS_CAP};
 use kubedev_protocol::splice::splice;
 use kubedev_protocol::{AgentConfig, HttpFilter, OpenReply, OpenRequest, Transport};
 use tests_fixtures::grpc::{self, Call};
@@ -654,6 +654,110 @@ async fn a_filtered_wiretap_gets_copies_of_matching_grpc_calls_while_the_app_ans
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP server that echoes each connection until its client closes it.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reading, mut writing) = conn.into_split();
+                let _ = tokio::io::copy(&mut reading, &mut writing).await;
+            });
+        }
+    });
+    port
+}
+
+/// Whether `text` sent on `io` comes back.
+async fn echoes<S>(io: &mut S, text: &[u8]) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let exchange = async {
+        io.write_all(text).await?;
+        let mut back = vec![0u8; text.len()];
+        io.read_exact(&mut back).await?;
+        Ok::<_, std::io::Error>(back == text)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), exchange).await,
+        Ok(Ok(true))
+    )
+}
+
+#[tokio::test]
+async fn flows_beyond_a_links_cap_are_refused_and_the_link_and_its_flows_carry_on() {
+    kubedev_process::limits::raise_open_files_limit();
+    let agent = Agent::start();
+    let connection = TcpStream::connect(agent.addr).await.expect("connect");
+    // Thousands of round trips, each a few small frames: none waits on a delayed ACK.
+    connection.set_nodelay(true).expect("nodelay");
+    let (link, _inbound_rx) = AgentLink::connect(connection, TOKEN, "component-test", POD_UID)
+        .await
+        .expect("session");
+    let port = echo_server().await;
+    let mut flows = Vec::new();
+    for _ in 0..OPENED_STREAMS_CAP {
+        let mut flow = link.open_tcp("127.0.0.1", port).await.expect("flow");
+        assert!(echoes(&mut flow, b"x").await);
+        flows.push(flow);
+    }
+
+    let refused = link.open_tcp("127.0.0.1", port).await;
+    assert!(
+        matches!(refused, Err(LinkError::Full(OPENED_STREAMS_CAP))),
+        "{refused:?}"
+    );
+    assert!(echoes(&mut flows[0], b"an earlier flow").await);
+    link.ping(Duration::from_secs(5))
+        .await
+        .expect("the keepalive gets through");
+    assert!(!link.is_closed());
+
+    flows.truncate(OPENED_STREAMS_CAP - 10);
+    let mut again = link.open_tcp("127.0.0.1", port).await.expect("room again");
+    assert!(echoes(&mut again, b"again").await);
+}
+
+/// A connection to `port` on loopback from the address `from`.
+async fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((from, 0).into()).expect("bind");
+    socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_take_every_connection_of_a_taken_over_port() {
+    // The agent's cap, per client address and port.
+    const CONNECTIONS_PER_SOURCE: usize = 512;
+    kubedev_process::limits::raise_open_files_limit();
+    let (_agent, port) = Agent::intercepting(echo_server().await).await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS_PER_SOURCE {
+        let mut connection = connect_from([127, 0, 0, 1], port).await;
+        assert!(echoes(&mut connection, b"x").await, "under the cap");
+        held.push(connection);
+    }
+
+    let mut one_more = connect_from([127, 0, 0, 1], port).await;
+    assert!(!echoes(&mut one_more, b"x").await, "closed beyond the cap");
+    let mut other = connect_from([127, 0, 0, 2], port).await;
+    assert!(echoes(&mut other, b"y").await, "another address is served");
+    assert!(echoes(&mut held[0], b"z").await, "an earlier connection");
+
+    // A place comes back once the agent has seen a connection end.
+    held.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !echoes(&mut connect_from([127, 0, 0, 1], port).await, b"again").await {
+        assert!(tokio::time::Instant::now() < deadline, "no place came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

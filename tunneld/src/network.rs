@@ -283,8 +283,9 @@ async fn serve_udp(
                 continue;
             }
             let key = FlowKey { local, remote };
-            if let Some(first) = flows.deliver(&key, payload) {
-                let datagrams_rx = flows.start(key, first);
+            if let Some(first) = flows.deliver(&key, payload)
+                && let Some(datagrams_rx) = flows.start(key, first)
+            {
                 let leaves = routed.leaves(&outbound, remote.ip());
                 tokio::spawn(udp::relay_flow(
                     outbound.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kubedev::control::PodPort;
 use kubedev_protocol::Transport;
 use kubedev_protocol::splice::splice;
-use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, serve_peers};
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, UdpFlows, serve_peers};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,9 @@ const LOCALHOST: &str = "127.0.0.1";
 
 /// How long a connection waits for a link to one of the session's pods.
 const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long accepting waits after a failure (as the proxy does).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A `--to-pod` port, bound on localhost.
 #[derive(Debug)]
@@ -69,11 +72,16 @@ async fn forward(bound: Bound, session: String, pool: Arc<AgentPool>) {
                 Ok((connection, _)) => {
                     tokio::spawn(relay(connection, port.port, session.clone(), pool.clone()));
                 }
-                Err(err) => tracing::warn!("--to-pod {port}: accepting: {err}"),
+                Err(err) => {
+                    // Out of file descriptors, say: wait for some to close, not spin.
+                    tracing::warn!("--to-pod {port}: accepting: {err}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
             }
         },
         Bound::Udp(port, socket) => {
-            let served = serve_peers(Arc::new(socket), IDLE_TIMEOUT, |peer| {
+            let flows = UdpFlows::default();
+            let served = serve_peers(Arc::new(socket), flows, IDLE_TIMEOUT, |peer| {
                 let (session, pool) = (session.clone(), pool.clone());
                 async move {
                     let link = pool.pick(Some(&session), LINK_WAIT).await?;

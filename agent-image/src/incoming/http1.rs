@@ -4,11 +4,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kubedev_protocol::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -16,6 +17,12 @@ use tokio::net::TcpStream;
 use super::route::{ResponseBody, Route, error_response};
 use super::to_first_workstation;
 use super::wiretap::TeeBody;
+
+/// How long a client may take to send a request's head, the first and each one after on
+/// a kept-alive connection (so also how long such a connection may idle between them): a
+/// client that stalls mid-headers holds a task and a socket no longer. hyper's own
+/// default, and as long as tunneld's proxy gives; a real client sends a head at once.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves HTTP/1.1 on `connection`, routing every request.
 pub(crate) async fn serve<C>(connection: C, peer: SocketAddr, route: Route)
@@ -31,6 +38,8 @@ where
         // A client that sends its requests and then closes its sending side still gets
         // every answer.
         .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(connection), service)
         .await
     {
@@ -72,5 +81,65 @@ where
     match exchange.await {
         Ok(response) => response.map(BodyExt::boxed),
         Err(err) => error_response(&err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kubedev_protocol::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A filtered port's route with no workstation and no app: the agent answers itself.
+    fn route() -> Route {
+        Route {
+            listener: Listener {
+                port: 8081,
+                app_port: 8080,
+                app_running: false,
+                transport: Transport::Tcp,
+            },
+            claimants: Vec::new(),
+            wiretappers: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_mid_headers_is_closed_at_the_header_deadline() {
+        let (mut client, served) = tokio::io::duplex(1 << 16);
+        let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
+        let started = Instant::now();
+        tokio::spawn(serve(served, peer, route()));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nX-Half")
+            .await
+            .expect("send");
+
+        let mut byte = [0u8; 1];
+        let early = HEADER_READ_TIMEOUT - Duration::from_secs(1);
+        let read = tokio::time::timeout(early, client.read(&mut byte)).await;
+        assert!(read.is_err(), "closed before the deadline: {read:?}");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(HEADER_READ_TIMEOUT, client.read_to_end(&mut rest));
+        assert!(matches!(read.await, Ok(Ok(_))), "closed at the deadline");
+        assert!(started.elapsed() >= HEADER_READ_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_request_is_answered_at_once() {
+        let (mut client, served) = tokio::io::duplex(1 << 16);
+        let peer = SocketAddr::from(([10, 0, 0, 1], 40000));
+        let started = Instant::now();
+        tokio::spawn(serve(served, peer, route()));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("answer");
+        assert!(answer.starts_with(b"HTTP/1.1 502"), "{answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -7,12 +7,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kubedev_protocol::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -35,26 +36,59 @@ struct Streams {
 #[derive(Default)]
 struct Upstream(Mutex<Option<SendRequest<TeeBody>>>);
 
-/// What an HTTP/2 client sends first, without upgrading from HTTP/1.1 (RFC 9113, 3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// What an HTTP/2 client sends first, without upgrading from HTTP/1.1 (RFC 9113, 3.4):
+/// all of it, for once it is read hyper's HTTP/2 handshake is done and its keep-alive
+/// pings find a client that went silent.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the client on `connection` opens with the HTTP/2 preface (looked at, not read).
-pub(super) async fn speaks_http2(connection: &TcpStream) -> bool {
+/// How long a client has, from being accepted, to show which HTTP it speaks. Every HTTP
+/// client speaks first, within a round trip of connecting; 10 s is as long as the agent
+/// gives a workstation's handshake, and bounds what a silent client holds.
+pub(super) const PREFACE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often a client that sent the start of the preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(5);
+
+/// How often a quiet HTTP/2 client is pinged, and how long it has to answer: a client
+/// gone without a word (its pod deleted, its node lost) is let go within 40 s. HTTP/2
+/// connections live long (gRPC channels), and each holds connections onward.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which HTTP a client opened its connection with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Opening {
+    /// The HTTP/2 preface.
+    Http2,
+    /// Anything else, for the HTTP/1 server to make sense of.
+    Other,
+    /// Nothing that tells, by [`PREFACE_DEADLINE`]: nothing at all, or only the start of
+    /// the preface.
+    Undecided,
+}
+
+/// How the client on `connection` opens (looked at, not read).
+pub(super) async fn opening(connection: &TcpStream) -> Opening {
+    match tokio::time::timeout(PREFACE_DEADLINE, read_opening(connection)).await {
+        Ok(opening) => opening,
+        Err(_) => Opening::Undecided,
+    }
+}
+
+async fn read_opening(connection: &TcpStream) -> Opening {
     let mut start = [0u8; HTTP2_PREFACE.len()];
     let mut seen = 0;
     // The preface may arrive in pieces; stop as soon as it cannot be one.
     while seen < start.len() {
         match connection.peek(&mut start).await {
-            Ok(0) | Err(_) => return false,
-            Ok(read) if start[..read] != HTTP2_PREFACE[..read] => return false,
+            Ok(0) | Err(_) => return Opening::Other,
+            Ok(read) if start[..read] != HTTP2_PREFACE[..read] => return Opening::Other,
             // Peeking again returns at once: wait a little for the rest.
-            Ok(read) if read == seen => {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+            Ok(read) if read == seen => tokio::time::sleep(PREFACE_POLL).await,
             Ok(read) => seen = read,
         }
     }
-    true
+    Opening::Http2
 }
 
 /// Serves HTTP/2 on `connection`, routing every stream.
@@ -73,6 +107,9 @@ pub(super) async fn serve(connection: TcpStream, peer: SocketAddr, route: Route)
         async move { Ok::<_, Infallible>(streams.forward(request).await) }
     });
     if let Err(err) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(connection), service)
         .await
     {
@@ -156,5 +193,52 @@ async fn send(
     match exchange.await {
         Ok(response) => response.map(BodyExt::boxed),
         Err(err) => error_response(&err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A client's connection, and the agent's end of it.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let client = TcpStream::connect(address).await.expect("connect");
+        let (served, _) = listener.accept().await.expect("accept");
+        (client, served)
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_anything_else_even_in_pieces() {
+        let (mut client, served) = connected().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.expect("send");
+        assert_eq!(opening(&served).await, Opening::Other);
+
+        let (mut client, served) = connected().await;
+        let (start, rest) = HTTP2_PREFACE.split_at(7);
+        let told = tokio::spawn(async move { opening(&served).await });
+        client.write_all(start).await.expect("send");
+        tokio::time::sleep(PREFACE_POLL * 4).await;
+        client.write_all(rest).await.expect("send");
+        assert_eq!(told.await.expect("told"), Opening::Http2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_says_too_little_is_undecided_at_the_deadline() {
+        let (mut client, served) = connected().await;
+        client.write_all(b"P").await.expect("send");
+        let started = Instant::now();
+        let told = tokio::time::timeout(PREFACE_DEADLINE * 2, opening(&served)).await;
+        assert_eq!(told.ok(), Some(Opening::Undecided));
+        assert!(started.elapsed() >= PREFACE_DEADLINE);
+
+        let (_silent, served) = connected().await;
+        let told = tokio::time::timeout(PREFACE_DEADLINE * 2, opening(&served)).await;
+        assert_eq!(told.ok(), Some(Opening::Undecided));
     }
 }

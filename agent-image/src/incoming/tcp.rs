@@ -8,6 +8,7 @@ use kubedev_protocol::{Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::http2::Opening;
 use super::route::Route;
 use super::wiretap::{ByteCopies, splice_copying};
 use super::{http1, http2, to_first_workstation};
@@ -31,10 +32,18 @@ pub(super) async fn deliver(
             claimants,
             wiretappers,
         };
-        return if http2::speaks_http2(&connection).await {
-            http2::serve(connection, peer, route).await
-        } else {
-            http1::serve(connection, peer, route).await
+        // A client still undecided at the deadline is closed, not handed to the HTTP/1
+        // server as a protocol whose server speaks first would want: a filtered port
+        // serves nothing but HTTP (the app is reached request by request, so it never
+        // greets the client), and every HTTP client speaks first.
+        return match http2::opening(&connection).await {
+            Opening::Http2 => http2::serve(connection, peer, route).await,
+            Opening::Other => http1::serve(connection, peer, route).await,
+            Opening::Undecided => tracing::debug!(
+                "{peer} -> port {}: no request within {:?}, closed",
+                route.listener.app_port,
+                http2::PREFACE_DEADLINE
+            ),
         };
     }
     let copies = ByteCopies::start(wiretappers, listener.app_port, peer);
@@ -69,5 +78,49 @@ where
         let _ = splice(&mut connection, &mut upstream).await;
     } else {
         splice_copying(connection, upstream, copies).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kubedev_protocol::HttpFilter;
+    use kubedev_protocol::mux::{self, Mode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::incoming::http2::PREFACE_DEADLINE;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_a_byte_and_stalls_is_closed_at_the_preface_deadline() {
+        // A workstation that takes only some HTTP requests: the port is served as HTTP.
+        let (near, _far) = tokio::io::duplex(1024);
+        let workstations = Arc::new(Workstations::default());
+        let id = workstations.add(mux::spawn(near, Mode::Server).0);
+        workstations.claim(id, 8080, Some(HttpFilter::default()), None);
+        let taken_over = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = taken_over.local_addr().expect("address");
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let (connection, peer) = taken_over.accept().await.expect("accept");
+        let listener = Listener {
+            port: address.port(),
+            app_port: 8080,
+            app_running: true,
+            transport: Transport::Tcp,
+        };
+
+        client.write_all(b"P").await.expect("one byte");
+        let started = Instant::now();
+        tokio::spawn(deliver(connection, peer, listener, workstations));
+        let mut byte = [0u8; 1];
+        let early = PREFACE_DEADLINE - Duration::from_secs(1);
+        let read = tokio::time::timeout(early, client.read(&mut byte)).await;
+        assert!(read.is_err(), "closed before the deadline: {read:?}");
+        let read = tokio::time::timeout(PREFACE_DEADLINE, client.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        assert!(started.elapsed() >= PREFACE_DEADLINE);
     }
 }

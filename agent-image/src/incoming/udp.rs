@@ -1,28 +1,32 @@
 //! The app's UDP ports the agent took over (replace): the datagrams from each peer form a
 //! flow, carried on a stream of its own to the workstation that claimed the port, and its
 //! replies go back to the peer from the same port. With no workstation to take them the
-//! datagrams are dropped, as a port nobody listens on drops them.
+//! datagrams are dropped, as a port nobody listens on drops them. The flows of one port
+//! are capped ([`kubedev_protocol::udp_flows::MAX_FLOWS`]): every source port is a flow,
+//! and a client that sends from thousands of them must not take every stream of the link.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev_protocol::udp_flows::serve_peers;
+use kubedev_protocol::udp_flows::{UdpFlows, serve_peers};
 use kubedev_protocol::{Listener, Transport};
 use tokio::net::UdpSocket;
 
 use super::to_first_workstation;
 use crate::workstations::Workstations;
 
-/// Reads `socket` until it fails, handing each peer's datagrams to the first workstation
-/// that takes them.
+/// Reads `socket` until it fails, handing each peer's datagrams, a flow in `flows`, to
+/// the first workstation that takes them.
 pub(super) async fn serve(
     socket: UdpSocket,
     listener: Listener,
     workstations: Arc<Workstations>,
+    flows: UdpFlows<SocketAddr>,
     idle: Duration,
 ) -> std::io::Result<()> {
     let app_port = listener.app_port;
-    serve_peers(Arc::new(socket), idle, move |peer| {
+    serve_peers(Arc::new(socket), flows, idle, move |peer| {
         let workstations = workstations.clone();
         async move {
             let claimants = workstations.claimants(app_port);
@@ -36,4 +40,103 @@ pub(super) async fn serve(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write_message};
+    use kubedev_protocol::mux::{self, Mode, MuxStream};
+    use kubedev_protocol::udp_flows::MAX_FLOWS;
+    use kubedev_protocol::{OpenReply, OpenRequest};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A workstation that takes every flow and echoes its datagrams; counts the flows.
+    fn echoing_workstation(mut streams_rx: mpsc::Receiver<MuxStream>) -> Arc<AtomicUsize> {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = taken.clone();
+        tokio::spawn(async move {
+            while let Some(mut stream) = streams_rx.recv().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(OpenRequest::Incoming { .. }) = read_message(&mut stream).await else {
+                        return;
+                    };
+                    if write_message(&mut stream, &OpenReply::Connected)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut buf = Box::new([0u8; 65535]);
+                    while let Ok(Some(len)) = read_datagram(&mut stream, &mut buf).await {
+                        if write_datagram(&mut stream, &buf[..len]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        taken
+    }
+
+    /// Whether `text` sent from `source` to `to` comes back.
+    async fn echoed(source: &UdpSocket, to: SocketAddr, text: &[u8]) -> bool {
+        source.send_to(text, to).await.expect("send");
+        let mut buf = [0u8; 64];
+        let answer = tokio::time::timeout(Duration::from_secs(5), source.recv_from(&mut buf));
+        matches!(answer.await, Ok(Ok((len, _))) if &buf[..len] == text)
+    }
+
+    #[tokio::test]
+    async fn thousands_of_sources_take_no_more_flows_than_the_cap_and_earlier_ones_go_on() {
+        let (agent_end, workstation_end) = tokio::io::duplex(1 << 20);
+        let (handle, _agent_streams_rx) = mux::spawn(agent_end, Mode::Server);
+        let (_workstation, streams_rx) = mux::spawn(workstation_end, Mode::Client);
+        let taken = echoing_workstation(streams_rx);
+        let workstations = Arc::new(Workstations::default());
+        let id = workstations.add(handle);
+        workstations.claim(id, 53, None, None);
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let port = socket.local_addr().expect("address");
+        let listener = Listener {
+            port: port.port(),
+            app_port: 53,
+            app_running: false,
+            transport: Transport::Udp,
+        };
+        let flows = UdpFlows::default();
+        let counts = flows.counts();
+        let idle = Duration::from_secs(60);
+        tokio::spawn(serve(socket, listener, workstations, flows, idle));
+
+        let first = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        assert!(echoed(&first, port, b"first").await);
+        for sent in 0..5000 {
+            // One source port each, closed at once: as many sources, few files.
+            let source = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            source.send_to(b"flood", port).await.expect("send");
+            if sent % 64 == 0 {
+                // Room for the agent to read, so that the flood is not lost in a socket
+                // buffer instead of at the cap.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(counts.flows() <= MAX_FLOWS);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while counts.dropped() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the cap never hit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        assert_eq!(counts.flows(), MAX_FLOWS, "the table is full, no more");
+        assert!(echoed(&first, port, b"still here").await, "an earlier flow");
+        assert!(
+            taken.load(Ordering::SeqCst) <= MAX_FLOWS,
+            "one stream a flow"
+        );
+    }
 }

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod link;
 pub mod mux;
+pub mod refusals;
 pub mod splice;
 pub mod udp_flows;
 

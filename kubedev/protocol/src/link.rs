@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::{CodecError, read_message, write_message};
 use crate::handshake::{HandshakeError, greet_agent};
-use crate::mux::{self, Mode, MuxHandle, MuxStream};
+use crate::mux::{self, Mode, MuxError, MuxHandle, MuxStream};
 use crate::{HttpFilter, OpenReply, OpenRequest, WiretapCounts};
 
 /// Why a session or a flow with an agent failed.
@@ -22,6 +22,10 @@ pub enum LinkError {
     /// The session ended.
     #[error("the session with the agent is closed")]
     Closed,
+    /// This end has as many flows open on the session as it may; the session and its
+    /// flows carry on.
+    #[error("{0} flows are open on the session: no more until some end")]
+    Full(usize),
     /// The other end refused the flow, and said why.
     #[error("from the pod: {0}")]
     Refused(String),
@@ -191,7 +195,22 @@ async fn request(
     mux: &MuxHandle,
     request: &OpenRequest,
 ) -> Result<(MuxStream, OpenReply), LinkError> {
-    let mut stream = mux.open().await.map_err(|_| LinkError::Closed)?;
+    // A flood of flows must not keep out what keeps the session alive.
+    let opened = match request {
+        OpenRequest::Ping
+        | OpenRequest::Claim { .. }
+        | OpenRequest::Environment
+        | OpenRequest::WiretapCounts { .. } => mux.open_control().await,
+        OpenRequest::Tcp { .. }
+        | OpenRequest::Udp { .. }
+        | OpenRequest::Resolve { .. }
+        | OpenRequest::Incoming { .. }
+        | OpenRequest::Files => mux.open().await,
+    };
+    let mut stream = opened.map_err(|err| match err {
+        MuxError::Closed => LinkError::Closed,
+        MuxError::Full(cap) => LinkError::Full(cap),
+    })?;
     write_message(&mut stream, request).await?;
     let reply = read_message(&mut stream).await?;
     Ok((stream, reply))

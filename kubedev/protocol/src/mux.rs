@@ -4,23 +4,55 @@
 //! holds back only itself; the connection keeps carrying every other stream. yamux's
 //! `Connection` is poll-based and must be polled continuously, so [`spawn`] moves it into a
 //! task that also opens outbound streams on request.
+//!
+//! yamux ends the whole connection when its stream limit is passed, whichever end opened
+//! the stream that passed it, and so every flow on it. Each end therefore caps, below that
+//! limit, the streams it opens ([`OPENED_STREAMS_CAP`], with [`CONTROL_STREAMS`] more for
+//! what keeps the session alive) and the streams it keeps of those the peer opened
+//! ([`ACCEPTED_STREAMS_CAP`]): a stream beyond a cap is refused, alone, and the
+//! connection carries on. Each [`MuxStream`] holds its place under its cap for its life.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::task::Poll;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-/// One multiplexed stream, with tokio's I/O traits; `shutdown` half-closes it.
-pub type MuxStream = Compat<yamux::Stream>;
+use crate::refusals::Refusals;
 
 /// Which end of the connection this is (yamux numbers streams by it).
 pub use yamux::Mode;
 
-/// Streams allowed open at once on one connection (the agent's 1,000-flow target, with room).
+/// Streams yamux allows open at once on one connection, both ways together: one more and
+/// it ends the connection (an outbound one fails it, an inbound one is answered with
+/// GoAway). The caps below keep every end under it.
 const MAX_STREAMS: usize = 4096;
+/// Streams for flows one end may have open at once that it opened itself: the agent's
+/// 1,000-flow target with room. yamux counts both ways under one limit, so both ways share
+/// it: this end's and the peer's, with [`CONTROL_STREAMS`] and [`ACCEPTED_STREAMS_CAP`]'s
+/// slack, stay 832 under [`MAX_STREAMS`], room for streams already dropped that yamux
+/// counts until their reset is sent.
+pub const OPENED_STREAMS_CAP: usize = 1536;
+/// Streams one end may open beyond [`OPENED_STREAMS_CAP`] for what keeps a session alive
+/// (keepalive pings, claims; [`MuxHandle::open_control`]): a flood of flows must not fail
+/// the keepalive, which would end the link and every flow on it. A few are ever open.
+pub const CONTROL_STREAMS: usize = 64;
+/// Streams the peer opened that one end keeps at once; more are reset as they arrive. What
+/// a peer may open, flows and control, and as much again of control's for streams the
+/// peer has let go of that this end's tasks have not yet.
+pub const ACCEPTED_STREAMS_CAP: usize = OPENED_STREAMS_CAP + 2 * CONTROL_STREAMS;
+// The room left is at least twice yamux's ACK backlog (256): the most streams a peer
+// opens before this end has answered any of them, dropped ones included.
+const _: () = assert!(
+    OPENED_STREAMS_CAP + CONTROL_STREAMS + ACCEPTED_STREAMS_CAP + 512 < MAX_STREAMS,
+    "the caps leave yamux's limit room for streams it still counts"
+);
 /// Streams the peer opened that may wait to be accepted before new ones are refused.
 const INBOUND_BACKLOG: usize = 256;
 /// What the connection may buffer beyond every stream's first 256 KiB: the room yamux's
@@ -34,21 +66,62 @@ const WINDOW_GROWTH: usize = 32 << 20;
 /// 64 KiB still interleaves streams finely.
 const MAX_FRAME: usize = 64 * 1024;
 
-/// The connection a stream was asked of has ended.
+/// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("the multiplexed connection is closed")]
-pub struct MuxClosed;
-
-enum Command {
-    Open(oneshot::Sender<Result<MuxStream, MuxClosed>>),
-    Close,
+pub enum MuxError {
+    /// The connection has ended.
+    #[error("the multiplexed connection is closed")]
+    Closed,
+    /// This end has as many streams open as it may; the connection carries on.
+    #[error("{0} streams are open on the connection: no more until some end")]
+    Full(usize),
 }
 
-/// Opens streams on, and closes, a connection driven by [`spawn`]. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct MuxHandle {
-    // command_tx: handles -> the connection's driver task.
-    command_tx: mpsc::UnboundedSender<Command>,
+/// One multiplexed stream, with tokio's I/O traits; `shutdown` half-closes it. It holds
+/// its place under its end's cap until dropped.
+#[derive(Debug)]
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream asked of the driver, with the place it will hold.
+type Opening = (
+    OwnedSemaphorePermit,
+    oneshot::Sender<Result<MuxStream, MuxError>>,
+);
+
+enum Command {
+    Open(Opening),
+    Close,
 }
 
 impl std::fmt::Debug for Command {
@@ -60,14 +133,72 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// How many streams one end opens and keeps; [`Caps::DEFAULT`] but in tests.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    opened: usize,
+    control: usize,
+    accepted: usize,
+}
+
+impl Caps {
+    const DEFAULT: Self = Self {
+        opened: OPENED_STREAMS_CAP,
+        control: CONTROL_STREAMS,
+        accepted: ACCEPTED_STREAMS_CAP,
+    };
+}
+
+/// Opens streams on, and closes, a connection driven by [`spawn`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    // command_tx: handles -> the connection's driver task.
+    command_tx: mpsc::UnboundedSender<Command>,
+    /// Places for the streams this end opens for flows, and for control beyond them.
+    opened: Arc<Semaphore>,
+    control: Arc<Semaphore>,
+    opened_cap: usize,
+    refused: Arc<Refusals>,
+}
+
 impl MuxHandle {
-    /// Opens a stream to the peer.
-    pub async fn open(&self) -> Result<MuxStream, MuxClosed> {
+    /// Opens a stream to the peer for a flow; refused while [`OPENED_STREAMS_CAP`] are
+    /// open.
+    pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        let place = self.place(false)?;
+        self.open_in(place).await
+    }
+
+    /// Opens a stream for what keeps the session alive, which a flood of flows must not
+    /// keep out: it may take one of [`CONTROL_STREAMS`] places beyond the flows' cap.
+    pub async fn open_control(&self) -> Result<MuxStream, MuxError> {
+        let place = self.place(true)?;
+        self.open_in(place).await
+    }
+
+    fn place(&self, control: bool) -> Result<OwnedSemaphorePermit, MuxError> {
+        let reserve = control.then_some(&self.control);
+        let place = std::iter::once(&self.opened)
+            .chain(reserve)
+            .find_map(|places| places.clone().try_acquire_owned().ok());
+        if let Some(place) = place {
+            return Ok(place);
+        }
+        if self.is_closed() {
+            return Err(MuxError::Closed);
+        }
+        let cap = self.opened_cap;
+        self.refused
+            .refuse(&format_args!("{cap} streams opened from this end are open"));
+        Err(MuxError::Full(cap))
+    }
+
+    async fn open_in(&self, place: OwnedSemaphorePermit) -> Result<MuxStream, MuxError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.command_tx
-            .send(Command::Open(reply_tx))
-            .map_err(|_| MuxClosed)?;
-        reply_rx.await.map_err(|_| MuxClosed)?
+            .send(Command::Open((place, reply_tx)))
+            .map_err(|_| MuxError::Closed)?;
+        reply_rx.await.map_err(|_| MuxError::Closed)?
     }
 
     /// Closes the connection; every stream on it ends.
@@ -97,196 +228,142 @@ pub fn spawn<S>(io: S, mode: Mode) -> (MuxHandle, mpsc::Receiver<MuxStream>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    spawn_with(io, mode, Caps::DEFAULT)
+}
+
+fn spawn_with<S>(io: S, mode: Mode, caps: Caps) -> (MuxHandle, mpsc::Receiver<MuxStream>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut config = yamux::Config::default();
     config.set_max_num_streams(MAX_STREAMS);
     config.set_max_connection_receive_window(Some(
         MAX_STREAMS * yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH,
     ));
     config.set_split_send_size(MAX_FRAME);
-    let mut connection = yamux::Connection::new(io.compat(), config, mode);
-    let (command_tx, mut command_rx) = mpsc::unbounded_channel();
+    let (command_tx, commands_rx) = mpsc::unbounded_channel();
     // inbound_tx: the driver -> whoever serves streams the peer opens.
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BACKLOG);
-
+    let mut driver = Driver {
+        connection: yamux::Connection::new(io.compat(), config, mode),
+        commands_rx,
+        waiting_opens: VecDeque::new(),
+        closing: false,
+        inbound_tx,
+        accepted: Arc::new(Semaphore::new(caps.accepted)),
+        accepted_cap: caps.accepted,
+        over_cap: Refusals::new("a stream the peer opened"),
+        backlog_full: Refusals::new("a stream the peer opened"),
+    };
     tokio::spawn(async move {
-        let mut waiting_opens: VecDeque<oneshot::Sender<Result<MuxStream, MuxClosed>>> =
-            VecDeque::new();
-        let mut closing = false;
-        let ended = poll_fn(|cx| {
-            while let Poll::Ready(Some(command)) = command_rx.poll_recv(cx) {
-                match command {
-                    Command::Open(reply) => waiting_opens.push_back(reply),
-                    Command::Close => closing = true,
-                }
-            }
-            if closing {
-                return connection.poll_close(cx).map(|_| ());
-            }
-            while !waiting_opens.is_empty() {
-                match connection.poll_new_outbound(cx) {
-                    Poll::Ready(Ok(stream)) => {
-                        if let Some(reply) = waiting_opens.pop_front() {
-                            let _ = reply.send(Ok(stream.compat()));
-                        }
-                    }
-                    Poll::Ready(Err(err)) => {
-                        tracing::debug!("multiplexer: cannot open a stream: {err}");
-                        return Poll::Ready(());
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            // Polling for inbound streams is also what moves every stream's bytes.
-            loop {
-                match connection.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(stream))) => {
-                        if inbound_tx.try_send(stream.compat()).is_err() {
-                            tracing::warn!(
-                                "multiplexer: refusing a stream, {INBOUND_BACKLOG} already wait"
-                            );
-                        }
-                    }
-                    Poll::Ready(Some(Err(err))) => {
-                        tracing::debug!("multiplexer: connection failed: {err}");
-                        return Poll::Ready(());
-                    }
-                    Poll::Ready(None) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        });
-        ended.await;
-        for reply in waiting_opens {
-            let _ = reply.send(Err(MuxClosed));
+        poll_fn(|cx| driver.poll(cx)).await;
+        for (_, reply) in driver.waiting_opens.drain(..) {
+            let _ = reply.send(Err(MuxError::Closed));
         }
     });
-    (MuxHandle { command_tx }, inbound_rx)
+    let handle = MuxHandle {
+        command_tx,
+        opened: Arc::new(Semaphore::new(caps.opened)),
+        control: Arc::new(Semaphore::new(caps.control)),
+        opened_cap: caps.opened,
+        refused: Arc::new(Refusals::new("to open a stream")),
+    };
+    (handle, inbound_rx)
+}
+
+/// The task that polls one connection.
+struct Driver<S> {
+    connection: yamux::Connection<Compat<S>>,
+    commands_rx: mpsc::UnboundedReceiver<Command>,
+    waiting_opens: VecDeque<Opening>,
+    closing: bool,
+    inbound_tx: mpsc::Sender<MuxStream>,
+    /// Places for the streams the peer opens.
+    accepted: Arc<Semaphore>,
+    accepted_cap: usize,
+    over_cap: Refusals,
+    backlog_full: Refusals,
+}
+
+impl<S> Driver<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Ready once the connection has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Poll::Ready(Some(command)) = self.commands_rx.poll_recv(cx) {
+            match command {
+                Command::Open(opening) => self.waiting_opens.push_back(opening),
+                Command::Close => self.closing = true,
+            }
+        }
+        if self.closing {
+            return self.connection.poll_close(cx).map(|_| ());
+        }
+        if self.open_waiting(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // Polling for inbound streams is also what moves every stream's bytes.
+        loop {
+            match self.connection.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => self.take_inbound(stream),
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::debug!("multiplexer: connection failed: {err}");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Opens the streams asked for; ready if the connection failed.
+    fn open_waiting(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.waiting_opens.is_empty() {
+            // Any failure here is the connection's: yamux ends it on every one, its stream
+            // limit included, which the caps keep it from.
+            let stream = match self.connection.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => stream,
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!("multiplexer: cannot open a stream: {err}");
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Some((place, reply)) = self.waiting_opens.pop_front() {
+                let _ = reply.send(Ok(MuxStream {
+                    inner: stream.compat(),
+                    _place: place,
+                }));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Hands a stream the peer opened on, or resets it (by dropping it) beyond the cap or
+    /// the backlog.
+    fn take_inbound(&mut self, stream: yamux::Stream) {
+        let Ok(place) = self.accepted.clone().try_acquire_owned() else {
+            let cap = self.accepted_cap;
+            return self
+                .over_cap
+                .refuse(&format_args!("{cap} streams the peer opened are open"));
+        };
+        let stream = MuxStream {
+            inner: stream.compat(),
+            _place: place,
+        };
+        match self.inbound_tx.try_send(stream) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self
+                .backlog_full
+                .refuse(&format_args!("{INBOUND_BACKLOG} wait to be served")),
+            Err(TrySendError::Closed(_)) => {
+                tracing::debug!("multiplexer: a stream the peer opened, and no one to serve it");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
-
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Writes `chunk` to `stream`, which `written` bytes went to already, until a write
-    /// makes no progress for half a second or `limit` bytes are written, checking after
-    /// each write that no more than `bound` bytes are on their way (written, not yet
-    /// `read`); returns the bytes written.
-    async fn write_within_bound(
-        stream: &mut MuxStream,
-        chunk: &[u8],
-        mut written: usize,
-        limit: usize,
-        read: &AtomicUsize,
-        bound: usize,
-    ) -> usize {
-        while written < limit {
-            let write = stream.write_all(chunk);
-            match tokio::time::timeout(Duration::from_millis(500), write).await {
-                Ok(Ok(())) => written += chunk.len(),
-                _ => break,
-            }
-            let unread = written - read.load(Ordering::SeqCst);
-            assert!(
-                unread <= bound,
-                "{unread} bytes on their way, bound {bound}"
-            );
-        }
-        written
-    }
-
-    #[tokio::test]
-    async fn a_stream_never_has_more_than_its_window_bound_on_its_way() {
-        // What the receiver may buffer, plus one write the sender may have in yamux's hands.
-        let chunk = vec![7u8; 64 * 1024];
-        let bound = yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH + chunk.len();
-        let (a, b) = tokio::io::duplex(256 * 1024);
-        let (client, _client_inbound) = spawn(a, Mode::Client);
-        let (_server, mut server_inbound) = spawn(b, Mode::Server);
-        let mut sending = client.open().await.expect("open");
-        let read = Arc::new(AtomicUsize::new(0));
-        sending.write_all(&chunk).await.expect("first write");
-        let mut receiving = server_inbound.recv().await.expect("inbound");
-
-        // A busy stream, whose window grows, then a reader that stops.
-        let read_all = 64 << 20;
-        let reader = tokio::spawn({
-            let read = read.clone();
-            async move {
-                let mut buf = vec![0u8; 1 << 20];
-                while read.load(Ordering::SeqCst) < read_all {
-                    let got = receiving.read(&mut buf).await.expect("read");
-                    read.fetch_add(got, Ordering::SeqCst);
-                }
-                receiving
-            }
-        });
-        let limit = read_all + 4 * bound;
-        let written =
-            write_within_bound(&mut sending, &chunk, chunk.len(), limit, &read, bound).await;
-        let _stalled = reader.await.expect("reader");
-        assert!(
-            written < limit,
-            "the writer was held back once the reader stopped"
-        );
-
-        // The connection still carries a new stream.
-        let mut other = client.open().await.expect("open another");
-        other.write_all(b"still moving").await.expect("write");
-        other.shutdown().await.expect("close");
-        let mut accepted = server_inbound.recv().await.expect("the other stream");
-        let mut got = String::new();
-        accepted.read_to_string(&mut got).await.expect("read");
-        assert_eq!(got, "still moving");
-    }
-
-    #[tokio::test]
-    async fn both_ends_open_streams_and_half_close() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (client, mut client_inbound) = spawn(a, Mode::Client);
-        let (server, mut server_inbound) = spawn(b, Mode::Server);
-
-        let mut outbound = client.open().await.expect("open");
-        outbound.write_all(b"to server").await.expect("write");
-        outbound.shutdown().await.expect("half-close");
-        let mut accepted = server_inbound.recv().await.expect("inbound");
-        let mut got = String::new();
-        accepted
-            .read_to_string(&mut got)
-            .await
-            .expect("read to FIN");
-        assert_eq!(got, "to server");
-        // The other direction is still open after the client's half-close.
-        accepted.write_all(b"reply").await.expect("write back");
-        accepted.shutdown().await.expect("close");
-        let mut reply = String::new();
-        outbound
-            .read_to_string(&mut reply)
-            .await
-            .expect("read reply");
-        assert_eq!(reply, "reply");
-
-        let mut from_server = server.open().await.expect("server opens too");
-        from_server.write_all(b"x").await.expect("write");
-        from_server.shutdown().await.expect("close");
-        let mut seen = client_inbound.recv().await.expect("inbound on client");
-        let mut byte = String::new();
-        seen.read_to_string(&mut byte).await.expect("read");
-        assert_eq!(byte, "x");
-    }
-
-    #[tokio::test]
-    async fn closing_ends_the_connection_for_both_ends() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (client, _client_inbound) = spawn(a, Mode::Client);
-        let (server, mut server_inbound) = spawn(b, Mode::Server);
-        client.close();
-        assert!(server_inbound.recv().await.is_none(), "peer sees the end");
-        assert!(client.open().await.is_err());
-        assert!(server.open().await.is_err());
-    }
-}
+mod tests;

@@ -3,20 +3,30 @@
 //! framed by [`write_datagram`]. [`UdpFlows`] is the table the one task that reads a socket
 //! (or the TUN device) uses to hand every datagram to its flow's task; [`relay_channel`]
 //! and [`relay_socket`] carry a flow over its stream.
+//!
+//! Every source is a new flow, and a source costs a sender nothing (one datagram from each
+//! of thousands of ports), so a table keeps at most [`MAX_FLOWS`]: datagrams from new
+//! sources beyond it are dropped, as a full socket buffer would drop them, while the flows
+//! already there go on; flows end after [`IDLE_TIMEOUT`] of silence and make room.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::codec::{read_datagram, write_datagram};
+use super::mux::OPENED_STREAMS_CAP;
+use super::refusals::Refusals;
 
 /// How long a flow may stay silent, either way, before its stream is closed (each end
 /// closes after the same time).
@@ -26,17 +36,95 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// socket buffer would.
 pub const FLOW_BACKLOG: usize = 256;
 
+/// Flows one table (one UDP port taken over, one `--to-pod` port, the TUN device) keeps
+/// at once. Each is a stream on a link and a task: this stays under a link's cap on the
+/// streams it opens ([`OPENED_STREAMS_CAP`]) with room for TCP, and is far more peers than
+/// a dev session's UDP service (DNS, metrics, a game's players) hears from in a minute.
+pub const MAX_FLOWS: usize = 1024;
+const _: () = assert!(MAX_FLOWS < OPENED_STREAMS_CAP);
+
+/// The least time between two prunes a full table makes on its own: a flood of new
+/// sources at a full table then costs one sweep a second, not one a datagram.
+const PRUNE_WHEN_FULL: Duration = Duration::from_secs(1);
+
 /// The live flows by `K` (what tells flows apart: an address pair, or a peer's address).
 #[derive(Debug)]
 pub struct UdpFlows<K> {
     flows: HashMap<K, mpsc::Sender<Vec<u8>>>,
+    cap: usize,
+    counts: FlowCounts,
+    refused: Refusals,
+    last_pruned: Option<Instant>,
+}
+
+/// How many flows a [`UdpFlows`] keeps, and the datagrams it dropped for want of room;
+/// shared, for whoever watches the table from outside.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCounts(Arc<Counted>);
+
+#[derive(Debug, Default)]
+struct Counted {
+    flows: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+impl FlowCounts {
+    /// The flows kept now.
+    pub fn flows(&self) -> usize {
+        self.0.flows.load(Ordering::Relaxed)
+    }
+
+    /// The datagrams from new sources dropped because the table was full.
+    pub fn dropped(&self) -> usize {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl<K> Default for UdpFlows<K> {
     fn default() -> Self {
+        Self::with_cap(MAX_FLOWS)
+    }
+}
+
+impl<K> UdpFlows<K> {
+    /// A table that keeps at most `cap` flows.
+    pub fn with_cap(cap: usize) -> Self {
         Self {
             flows: HashMap::new(),
+            cap,
+            counts: FlowCounts::default(),
+            refused: Refusals::new("a UDP flow"),
+            last_pruned: None,
         }
+    }
+
+    /// The table's counts, kept up to date as it changes.
+    pub fn counts(&self) -> FlowCounts {
+        self.counts.clone()
+    }
+
+    /// Forgets flows whose task has ended.
+    pub fn prune(&mut self) {
+        self.flows.retain(|_, flow| !flow.is_closed());
+        self.last_pruned = Some(Instant::now());
+        self.counted();
+    }
+
+    /// How many flows are kept.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is kept.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    fn counted(&self) {
+        self.counts
+            .0
+            .flows
+            .store(self.flows.len(), Ordering::Relaxed);
     }
 }
 
@@ -55,34 +143,37 @@ impl<K: Hash + Eq + Debug> UdpFlows<K> {
             }
             Err(TrySendError::Closed(payload)) => {
                 self.flows.remove(key);
+                self.counted();
                 Some(payload)
             }
         }
     }
 
     /// Starts a flow for `key` with `first` as its first datagram; returns what the flow's
-    /// task reads.
-    pub fn start(&mut self, key: K, first: Vec<u8>) -> mpsc::Receiver<Vec<u8>> {
+    /// task reads. None, and `first` is dropped, when the table is full.
+    pub fn start(&mut self, key: K, first: Vec<u8>) -> Option<mpsc::Receiver<Vec<u8>>> {
+        if self.flows.len() >= self.cap && !self.flows.contains_key(&key) {
+            let pruned_lately = self
+                .last_pruned
+                .is_some_and(|at| at.elapsed() < PRUNE_WHEN_FULL);
+            if !pruned_lately {
+                self.prune();
+            }
+            if self.flows.len() >= self.cap {
+                self.counts.0.dropped.fetch_add(1, Ordering::Relaxed);
+                let cap = self.cap;
+                self.refused.refuse(&format_args!(
+                    "{cap} flows are open, a datagram from {key:?} is dropped"
+                ));
+                return None;
+            }
+        }
         let (datagrams_tx, datagrams_rx) = mpsc::channel(FLOW_BACKLOG);
         // A fresh channel has room for one.
         let _ = datagrams_tx.try_send(first);
         self.flows.insert(key, datagrams_tx);
-        datagrams_rx
-    }
-
-    /// Forgets flows whose task has ended.
-    pub fn prune(&mut self) {
-        self.flows.retain(|_, flow| !flow.is_closed());
-    }
-
-    /// How many flows are kept.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    /// Whether no flow is kept.
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.counted();
+        Some(datagrams_rx)
     }
 }
 
@@ -129,11 +220,12 @@ where
 /// How often a [`serve_peers`] socket forgets flows that ended.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Reads `socket` until it fails. Each peer's datagrams form a flow, carried on the stream
-/// `open` gives for it (none: its datagrams are dropped, as a port nobody listens on drops
-/// them); what comes back on the stream goes to the peer from `socket`.
+/// Reads `socket` until it fails. Each peer's datagrams form a flow in `flows`, carried on
+/// the stream `open` gives for it (none: its datagrams are dropped, as a port nobody
+/// listens on drops them); what comes back on the stream goes to the peer from `socket`.
 pub async fn serve_peers<S, O, Fut>(
-    socket: std::sync::Arc<UdpSocket>,
+    socket: Arc<UdpSocket>,
+    mut flows: UdpFlows<SocketAddr>,
     idle: Duration,
     open: O,
 ) -> std::io::Result<()>
@@ -142,7 +234,6 @@ where
     Fut: Future<Output = Option<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut flows = UdpFlows::default();
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut buf = vec![0u8; 65535];
     loop {
@@ -156,7 +247,9 @@ where
         let Some(first) = flows.deliver(&peer, buf[..len].to_vec()) else {
             continue;
         };
-        let datagrams_rx = flows.start(peer, first);
+        let Some(datagrams_rx) = flows.start(peer, first) else {
+            continue;
+        };
         let opening = open(peer);
         let socket = socket.clone();
         tokio::spawn(async move {
@@ -235,7 +328,7 @@ mod tests {
         let returned = flows.deliver(&1, b"one".to_vec());
         assert_eq!(returned.as_deref(), Some(&b"one"[..]));
 
-        let mut datagrams_rx = flows.start(1, b"one".to_vec());
+        let mut datagrams_rx = flows.start(1, b"one".to_vec()).expect("room");
         assert_eq!(flows.deliver(&1, b"two".to_vec()), None);
         assert_eq!(datagrams_rx.try_recv().ok().as_deref(), Some(&b"one"[..]));
         assert_eq!(datagrams_rx.try_recv().ok().as_deref(), Some(&b"two"[..]));
@@ -244,20 +337,20 @@ mod tests {
     #[test]
     fn flows_are_told_apart_by_their_key() {
         let mut flows = UdpFlows::default();
-        let _first_rx = flows.start(1, Vec::new());
+        let _first_rx = flows.start(1, Vec::new()).expect("room");
         assert!(flows.deliver(&2, b"x".to_vec()).is_some());
     }
 
     #[test]
     fn an_ended_flow_is_replaced_and_pruned() {
         let mut flows = UdpFlows::default();
-        let ended_rx = flows.start(1, Vec::new());
-        let _live_rx = flows.start(2, Vec::new());
+        let ended_rx = flows.start(1, Vec::new()).expect("room");
+        let _live_rx = flows.start(2, Vec::new()).expect("room");
         drop(ended_rx);
         flows.prune();
         assert_eq!(flows.len(), 1);
 
-        let ended_rx = flows.start(1, Vec::new());
+        let ended_rx = flows.start(1, Vec::new()).expect("room");
         drop(ended_rx);
         assert_eq!(
             flows.deliver(&1, b"again".to_vec()).as_deref(),
@@ -312,8 +405,8 @@ mod tests {
     #[test]
     fn a_flow_that_falls_behind_loses_datagrams_not_others() {
         let mut flows = UdpFlows::default();
-        let mut slow_rx = flows.start(1, Vec::new());
-        let _other_rx = flows.start(2, Vec::new());
+        let mut slow_rx = flows.start(1, Vec::new()).expect("room");
+        let _other_rx = flows.start(2, Vec::new()).expect("room");
         for _ in 0..FLOW_BACKLOG * 2 {
             assert_eq!(flows.deliver(&1, vec![0]), None);
         }
@@ -323,5 +416,26 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, FLOW_BACKLOG);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_drops_new_sources_and_keeps_its_flows() {
+        let mut flows = UdpFlows::with_cap(4);
+        let counts = flows.counts();
+        let mut kept: Vec<_> = (0..4)
+            .map(|key| flows.start(key, Vec::new()).expect("room"))
+            .collect();
+        assert!(flows.start(4, b"new".to_vec()).is_none());
+        assert_eq!((counts.flows(), counts.dropped()), (4, 1));
+        assert_eq!(flows.deliver(&0, b"old".to_vec()), None);
+        assert_eq!(kept[0].try_recv().ok(), Some(Vec::new()));
+        assert_eq!(kept[0].try_recv().ok().as_deref(), Some(&b"old"[..]));
+
+        // A flow that ended makes room, once the table is swept.
+        drop(kept.remove(3));
+        assert!(flows.start(5, Vec::new()).is_none(), "swept a moment ago");
+        tokio::time::advance(PRUNE_WHEN_FULL).await;
+        assert!(flows.start(5, Vec::new()).is_some());
+        assert_eq!((counts.flows(), counts.dropped()), (4, 2));
     }
 }
