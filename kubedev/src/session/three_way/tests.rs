@@ -16,6 +16,18 @@ fn template(labels: Value, containers: Value) -> Value {
     json!({"metadata": {"labels": labels}, "spec": {"containers": containers}})
 }
 
+/// The containers of `template`, and their names.
+fn containers(template: &Value) -> (&Vec<Value>, Vec<&str>) {
+    let containers = template["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let names = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    (containers, names)
+}
+
 fn original() -> Value {
     template(
         json!({"app": "web"}),
@@ -84,13 +96,7 @@ fn the_agent_goes_even_when_someone_changed_it_too() {
             .unwrap_or_else(|| container["env"] = json!([{"name": "X", "value": "1"}]));
     }
     let restored = restore("template", &original(), &applied(), &live);
-    let containers = restored.value["spec"]["containers"]
-        .as_array()
-        .expect("containers");
-    let names: Vec<&str> = containers
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let (containers, names) = containers(&restored.value);
     assert_eq!(names, ["web", "cache"]);
     assert_eq!(
         containers[0]["env"],
@@ -111,13 +117,7 @@ fn a_replaced_container_comes_back_where_it_was_next_to_a_teammates_change() {
         json!([{"name": "cache", "image": "redis:7"}, agent(), {"name": "debug", "image": "busybox"}]),
     );
     let restored = restore("template", &original(), &replaced, &live);
-    let containers = restored.value["spec"]["containers"]
-        .as_array()
-        .expect("containers");
-    let names: Vec<&str> = containers
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let (containers, names) = containers(&restored.value);
     assert_eq!(names, ["web", "cache", "debug"]);
     assert_eq!(containers[0], original()["spec"]["containers"][0]);
     assert_eq!(containers[1]["image"], "redis:7");
