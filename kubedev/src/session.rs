@@ -18,6 +18,7 @@ mod plan;
 mod ports;
 mod reclaim;
 mod record;
+mod routing;
 mod service;
 mod start;
 mod three_way;
@@ -29,6 +30,7 @@ pub use observed::LeaseObservations;
 pub use plan::{Plan, PortMapping, Started};
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
 pub use record::{Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
+pub use routing::{Routing, routing_of};
 pub use start::start;
 pub use three_way::OthersChanges;
 

@@ -11,7 +11,7 @@ mod rollout;
 use std::fmt;
 
 pub use error::WorkloadError;
-pub use object::{MayConflict, Workload, retry_on_conflict};
+pub use object::{FIELD_MANAGER, MayConflict, Workload, retry_on_conflict, write_params};
 pub use owners::PodOwners;
 pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};
 pub(crate) use rollout::{PROXY_SYNC, agent_failure, is_ready, why_not_ready};

@@ -12,6 +12,7 @@ mod leases;
 mod machine_device;
 mod peers;
 mod requests;
+mod routing;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,24 @@ pub(crate) struct Daemon {
     sessions_changed: Notify,
     /// The sessions whose leases tunneld renews, by the run that holds them.
     leases: Mutex<HashMap<String, Arc<LeaseKeeping>>>,
+}
+
+/// Counts one hold in [`Daemon::holds`] while it lives.
+pub(super) struct HoldCount<'a>(&'a Daemon);
+
+impl<'a> HoldCount<'a> {
+    pub(super) fn new(daemon: &'a Daemon) -> Self {
+        daemon.holds.fetch_add(1, Ordering::SeqCst);
+        daemon.sessions_changed.notify_waiters();
+        Self(daemon)
+    }
+}
+
+impl Drop for HoldCount<'_> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::SeqCst);
+        self.0.sessions_changed.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for Daemon {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 
 use super::SessionError;
 use super::error::corrupt;
@@ -13,6 +13,7 @@ use super::record::{RECORD_ANNOTATION, Removal, ServiceRecord, record_of};
 use super::three_way::{OthersChanges, restore};
 use crate::workload::{
     OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
+    write_params,
 };
 
 /// What leaving did.
@@ -192,7 +193,7 @@ async fn restore_service(
     }
     spec.ports = serde_json::from_value(restored.value).map_err(unreadable)?;
     services
-        .replace(name, &PostParams::default(), &service)
+        .replace(name, &write_params(), &service)
         .await
         .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     Ok(restored.changes)

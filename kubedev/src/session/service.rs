@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 
 use super::Plan;
 use super::SessionError;
 use super::error::corrupt;
 use crate::inject::{ServiceTarget, TargetPort};
-use crate::workload::{PROXY_SYNC, WorkloadError};
+use crate::workload::{PROXY_SYNC, WorkloadError, write_params};
 
 /// How often the Service's EndpointSlices are read while they change.
 const ENDPOINTS_POLL: Duration = Duration::from_millis(250);
@@ -100,7 +100,7 @@ pub(super) async fn point_service_at_agent(
         point_ports_at_agent(name, ports, targets)?;
     }
     services
-        .replace(name, &PostParams::default(), &service)
+        .replace(name, &write_params(), &service)
         .await
         .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     Ok(())

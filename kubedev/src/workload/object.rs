@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
@@ -15,6 +15,18 @@ use super::{WorkloadError, WorkloadKind, WorkloadRef};
 /// How many times a read-change-write of a workload is redone after the workload changed
 /// under it (its controller writes its status often, which bumps the resource version).
 const CONFLICT_ATTEMPTS: usize = 5;
+
+/// The field manager of kubedev's writes to workloads and Services, so that their
+/// `managedFields` tell kubedev's changes from everyone else's.
+pub const FIELD_MANAGER: &str = "kubedev";
+
+/// The parameters of kubedev's writes: under [`FIELD_MANAGER`].
+pub fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    }
+}
 
 /// An error that may be an object changing between its read and its write.
 pub trait MayConflict {
@@ -100,6 +112,11 @@ impl Workload {
     /// The object's uid, which its pods' (or ReplicaSets') owner references name.
     pub fn uid(&self) -> Option<&str> {
         self.object.metadata.uid.as_deref()
+    }
+
+    /// Who wrote which fields of the workload, and when.
+    pub fn managed_fields(&self) -> Option<&[ManagedFieldsEntry]> {
+        self.object.metadata.managed_fields.as_deref()
     }
 
     /// The API server's time of the last write to the workload, as its managed fields
@@ -302,7 +319,7 @@ impl Workload {
         }
         let kind = self.reference.kind;
         self.object = api(client, &self.namespace, kind)
-            .replace(&self.reference.name, &PostParams::default(), &object)
+            .replace(&self.reference.name, &write_params(), &object)
             .await
             .map_err(|err| {
                 WorkloadError::from_api(err, "update", kind.plural(), &self.namespace)

@@ -3,7 +3,6 @@
 //! tunneld to restore, as `leave` would.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kubedev::control::{ControlReply, ControlRequest, Held};
@@ -13,29 +12,12 @@ use kubedev::session::{self, SessionError};
 use kubedev_protocol::codec::{read_message, write_message};
 use tokio::net::UnixStream;
 
-use super::Daemon;
 use super::leases::{self, LeaseKeeping};
+use super::routing;
+use super::{Daemon, HoldCount};
 
 /// The longest pause between two attempts to restore a workload.
 const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
-
-/// Counts one hold in [`Daemon::holds`] while it lives.
-struct HoldCount<'a>(&'a Daemon);
-
-impl<'a> HoldCount<'a> {
-    fn new(daemon: &'a Daemon) -> Self {
-        daemon.holds.fetch_add(1, Ordering::SeqCst);
-        daemon.sessions_changed.notify_waiters();
-        Self(daemon)
-    }
-}
-
-impl Drop for HoldCount<'_> {
-    fn drop(&mut self) {
-        self.0.holds.fetch_sub(1, Ordering::SeqCst);
-        self.0.sessions_changed.notify_waiters();
-    }
-}
 
 impl Daemon {
     /// Keeps `holder`'s connection, renewing the session's lease, until the plugin releases
@@ -61,6 +43,8 @@ impl Daemon {
                 .insert(held.owner.clone(), keeping.clone());
             tokio::spawn(leases::keep_lease(self.clone(), Arc::downgrade(&keeping)));
         }
+        let watched = Arc::downgrade(&keeping);
+        tokio::spawn(routing::watch_routing(self.clone(), watched, held.clone()));
         write_message(&mut holder, &ControlReply::Done).await?;
         let mut lost_rx = keeping.lost_tx.subscribe();
         let lost = tokio::select! {
@@ -104,7 +88,7 @@ impl Daemon {
     /// retrying while the cluster fails for as long as the session's lease lasts: a
     /// cluster out of reach for that long cannot renew it either, and the session is left
     /// to the next run in the namespace to reclaim.
-    async fn restore(&self, held: &Held) {
+    pub(super) async fn restore(&self, held: &Held) {
         let Held {
             name,
             owner,

@@ -1,0 +1,185 @@
+//! Whether a live session still has what it needs on the cluster: its record on the
+//! workload, the agent and its ports in the pod template, the session label, and a Service
+//! still pointed at the agent. A GitOps controller re-applying the workload from git (Argo
+//! CD's client-side apply, Flux's forced server-side apply) or a teammate's `kubectl apply`
+//! takes these back silently; this says what changed and who changed it.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::api::Api;
+use serde_json::Value;
+
+use super::SessionError;
+use super::record::{Record, record_of};
+use crate::inject::{AGENT_CONTAINER, SESSION_LABEL};
+use crate::workload::{FIELD_MANAGER, Workload, WorkloadError, WorkloadRef};
+
+/// What became of a session's hold on its workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// Everything the session set is in place.
+    InPlace,
+    /// Something the session set was changed back.
+    Undone {
+        /// What changed, in words.
+        what: String,
+        /// Who last changed the object, from its managed fields (`kustomize-controller
+        /// (Apply)`), if not kubedev.
+        by: Option<String>,
+    },
+}
+
+impl Routing {
+    /// The change and who made it, in words.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Self::InPlace => None,
+            Self::Undone { what, by: Some(by) } => Some(format!("{what} (changed by {by})")),
+            Self::Undone { what, by: None } => Some(what.clone()),
+        }
+    }
+}
+
+/// Whether session `name` on `reference` still has everything it set in place.
+pub async fn routing_of(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    name: &str,
+) -> Result<Routing, SessionError> {
+    let workload = Workload::get(client, namespace, reference).await?;
+    let by = last_writer(workload.managed_fields());
+    let undone = |what: String| Routing::Undone {
+        what,
+        by: by.clone(),
+    };
+    let Some(record) = record_of(&workload)? else {
+        return Ok(undone(format!(
+            "the session record was removed from {reference}"
+        )));
+    };
+    if !record.holders().any(|(session, _)| session == name) {
+        return Ok(undone(format!(
+            "{reference} no longer records session {name:?}"
+        )));
+    }
+    if let Some(what) = template_undone(&record, workload.stored_template()?) {
+        return Ok(undone(format!("{reference}: {what}")));
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for recorded in &record.services {
+        let Some(applied) = &recorded.applied_ports else {
+            continue;
+        };
+        let service = services
+            .get_opt(&recorded.name)
+            .await
+            .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
+        let Some(service) = service else {
+            return Ok(undone(format!("service {} was deleted", recorded.name)));
+        };
+        let live = serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))
+            .unwrap_or(Value::Null);
+        if let Some(what) = ports_undone(applied, &live) {
+            let by = last_writer(service.metadata.managed_fields.as_deref());
+            let what = format!("service/{}: {what}", recorded.name);
+            return Ok(Routing::Undone { what, by });
+        }
+    }
+    Ok(Routing::InPlace)
+}
+
+/// What of the session's change to the pod template is gone from `live`, if anything: the
+/// agent, one of its ports (or its name, now the app's again), or the session label.
+fn template_undone(record: &Record, live: &Value) -> Option<String> {
+    let applied = record.applied.as_ref()?;
+    let label = |template: &Value| {
+        template["metadata"]["labels"][SESSION_LABEL]
+            .as_str()
+            .map(str::to_owned)
+    };
+    if label(applied).is_some() && label(live) != label(applied) {
+        return Some(format!("the pod template lost the label {SESSION_LABEL}"));
+    }
+    let Some(agent) = container(applied, AGENT_CONTAINER) else {
+        return None;
+    };
+    let Some(live_agent) = container(live, AGENT_CONTAINER) else {
+        return Some("the agent container was removed from the pod template".to_owned());
+    };
+    for port in agent["ports"].as_array().into_iter().flatten() {
+        let Some(port_name) = port["name"].as_str() else {
+            continue;
+        };
+        if !has_port(live_agent, port_name) {
+            return Some(format!("the agent lost its port {port_name:?}"));
+        }
+        let others = live["spec"]["containers"].as_array().into_iter().flatten();
+        if let Some(other) = others
+            .filter(|c| c["name"] != AGENT_CONTAINER)
+            .find(|c| has_port(c, port_name))
+        {
+            let owner = other["name"].as_str().unwrap_or_default();
+            return Some(format!(
+                "container {owner} took back the port name {port_name:?} from the agent"
+            ));
+        }
+    }
+    None
+}
+
+fn container<'a>(template: &'a Value, name: &str) -> Option<&'a Value> {
+    template["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+fn has_port(container: &Value, name: &str) -> bool {
+    container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|port| port["name"] == name)
+}
+
+/// Which Service port no longer targets the agent, if any.
+fn ports_undone(applied: &Value, live: &Value) -> Option<String> {
+    for port in applied.as_array().into_iter().flatten() {
+        let key = |p: &Value| (p["port"].clone(), p["protocol"].clone());
+        let Some(now) = live
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| key(p) == key(port))
+        else {
+            return Some(format!("port {} was removed", port["port"]));
+        };
+        if now["targetPort"] != port["targetPort"] {
+            return Some(format!(
+                "port {} targets {} again, not the agent's {}",
+                port["port"], now["targetPort"], port["targetPort"]
+            ));
+        }
+    }
+    None
+}
+
+/// The newest writer of an object other than kubedev, with how it wrote.
+fn last_writer(fields: Option<&[ManagedFieldsEntry]>) -> Option<String> {
+    fields?
+        .iter()
+        .filter(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter(|entry| entry.subresource.is_none())
+        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))
+        .and_then(|entry| {
+            let manager = entry.manager.clone()?;
+            Some(match &entry.operation {
+                Some(operation) => format!("{manager} ({operation})"),
+                None => manager,
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! Watching that a held session's changes stay in place. A GitOps controller re-applying the
+//! workload from git (or a teammate's `kubectl apply`) takes back the agent's ports or the
+//! Service's target without a word, and the session would go on taking nothing. tunneld
+//! checks every few seconds; once something was undone, it ends the session, restores what
+//! is left of it, and tells the plugin what changed and who changed it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use kubedev::control::Held;
+use kubedev::session::{Routing, routing_of};
+
+use super::leases::LeaseKeeping;
+use super::{Daemon, HoldCount};
+
+/// How often a live session's changes are checked: a reconciler's undoing is noticed
+/// within this, at one read of the workload (and Service) each time.
+const ROUTING_CHECK_PERIOD: Duration = Duration::from_secs(3);
+
+/// Checks `held`'s session on its workload every [`ROUTING_CHECK_PERIOD`], from the moment
+/// it is live here until it ends (or is no longer kept).
+pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeeping>, held: Held) {
+    let Some(workload) = held.workload.clone() else {
+        return;
+    };
+    let mut was_live = false;
+    loop {
+        tokio::time::sleep(ROUTING_CHECK_PERIOD).await;
+        let Some(kept) = keeping.upgrade() else {
+            return;
+        };
+        if kept.is_ending() {
+            return;
+        }
+        // The hold comes before the session is live: nothing is in place until then.
+        let live = daemon.sessions.lock().await.contains_key(&held.name);
+        match (live, was_live) {
+            (false, true) => return,
+            (false, false) => continue,
+            (true, _) => was_live = true,
+        }
+        let routing = routing_of(&daemon.client, &held.namespace, &workload, &held.name).await;
+        let undone = match routing {
+            Ok(Routing::InPlace) => continue,
+            Ok(undone) => undone.describe().unwrap_or_default(),
+            Err(err) => {
+                tracing::debug!("checking session {} on {workload}: {err}", held.name);
+                continue;
+            }
+        };
+        let reason = format!(
+            "{undone}: the session no longer takes its traffic, so kubedev ends it and \
+             restores what is left of its changes (a GitOps tool syncing {workload}? see \
+             docs/gitops.md)"
+        );
+        tracing::warn!("session {}: {reason}", held.name);
+        kept.mark_ending();
+        // Counted as a hold: tunneld stays up until the restore is done.
+        let _counted = HoldCount::new(&daemon);
+        // The plugin hears why before the links go, not that the cluster is out of reach.
+        kept.lost_tx.send_replace(Some(reason));
+        daemon.remove_session(&held.name).await;
+        daemon.restore(&held).await;
+        daemon.forget_lease(&held.owner).await;
+        return;
+    }
+}
