@@ -10,6 +10,7 @@
 mod candidates;
 pub mod connect;
 mod error;
+mod gitops;
 mod join;
 pub mod lease;
 mod leave;
@@ -25,11 +26,15 @@ mod three_way;
 
 pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;
+pub use gitops::{Reconciler, reconciler_of};
 pub use leave::{Left, leave};
 pub use observed::LeaseObservations;
 pub use plan::{Plan, PortMapping, Started};
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};
-pub use record::{Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of};
+pub use record::{
+    FLUX_PAUSED, FLUX_RECONCILE, Joined, Listed, RECORD_ANNOTATION, Record, Removal, ServiceRecord,
+    record_of,
+};
 pub use routing::{Routing, routing_of};
 pub use start::start;
 pub use three_way::OthersChanges;

@@ -93,6 +93,13 @@ pub struct SessionLife {
     #[arg(long, conflicts_with = "command")]
     pub detach: bool,
 
+    /// Pause Flux on the workload (and on the Service the session changes) while the
+    /// session lasts: sets kustomize.toolkit.fluxcd.io/reconcile=disabled, taken off at
+    /// leave. Without it, a Flux sync takes the session back and kubedev ends it, saying
+    /// so. See docs/gitops.md (Argo CD too).
+    #[arg(long)]
+    pub pause_flux: bool,
+
     /// How long to wait for the pods to be ready, e.g. 90s or 5m.
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -19,9 +19,9 @@ use kubedev::control::{AgentOwner, PodPort};
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
-use kubedev::session::{self, Plan, Started};
+use kubedev::session::{self, Plan, Reconciler, Started};
 use kubedev::tunneld::{self, Hold};
-use kubedev::workload::WorkloadRef;
+use kubedev::workload::{Workload, WorkloadRef};
 use kubedev_protocol::Transport;
 
 pub(super) async fn run_session(
@@ -141,6 +141,7 @@ fn plan_of(
         wiretap: mode_args.wiretap,
         timeout: args.life.timeout,
         owner: session::random_id()?,
+        pause_flux: args.life.pause_flux,
     })
 }
 
@@ -150,6 +151,7 @@ async fn start(
     plan: &Plan,
     image_source: &ImageSource,
 ) -> anyhow::Result<Started> {
+    warn_of_reconciler(connection, plan).await;
     let bar = spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
@@ -169,6 +171,31 @@ async fn start(
         }
         false => err.into(),
     })
+}
+
+/// Says so where a GitOps controller applies the workload: its next sync would take the
+/// session back (and kubedev would end it).
+async fn warn_of_reconciler(connection: &Connection, plan: &Plan) {
+    let found = Workload::get(&connection.client, &connection.namespace, &plan.workload).await;
+    let Some(reconciler) = found.ok().as_ref().and_then(session::reconciler_of) else {
+        return;
+    };
+    let workload = &plan.workload;
+    match (&reconciler, plan.pause_flux) {
+        (Reconciler::Flux { .. }, true) => {
+            eprintln!("pausing {reconciler} on {workload} for the session");
+        }
+        (Reconciler::Flux { .. }, false) => eprintln!(
+            "note: {reconciler} applies {workload}: its next sync takes the session back, and \
+             kubedev then ends it; --pause-flux pauses Flux on it for the session \
+             (docs/gitops.md)"
+        ),
+        (Reconciler::ArgoCd { .. }, _) => eprintln!(
+            "note: {reconciler} applies {workload}: with self-heal on, its next sync takes the \
+             session back, and kubedev then ends it; docs/gitops.md says how to let the \
+             session be"
+        ),
+    }
 }
 
 /// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes

@@ -28,6 +28,7 @@ pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
         wiretap: false,
         timeout: Duration::from_secs(30),
         owner: format!("run-{name}"),
+        pause_flux: false,
     }
 }
 
@@ -422,4 +423,28 @@ async fn a_workload_whose_pods_cannot_be_selected_is_refused_before_it_changes()
     );
     assert_eq!(fake.deployment("web"), original, "nothing was written");
     assert_eq!(fake.write_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pausing_flux_marks_the_workload_and_service_for_the_session_only() {
+    let fake = FakeApi::with_web_app(json!(8080));
+    let (deployment, service) = (fake.deployment("web"), fake.service("web"));
+    let mut plan = plan("alice", None);
+    plan.pause_flux = true;
+    start(&fake.client(), NAMESPACE, &plan, |_| {})
+        .await
+        .expect("start");
+    for object in [fake.deployment("web"), fake.service("web")] {
+        assert_eq!(annotations(&object)[FLUX_RECONCILE], json!(FLUX_PAUSED));
+    }
+
+    leave_session(&fake, &plan, None).await;
+    for (before, after) in [
+        (deployment, fake.deployment("web")),
+        (service, fake.service("web")),
+    ] {
+        assert!(annotations(&after).get(FLUX_RECONCILE).is_none(), "{after}");
+        assert_eq!(after["spec"]["template"], before["spec"]["template"]);
+        assert_eq!(after["spec"]["ports"], before["spec"]["ports"]);
+    }
 }

@@ -9,7 +9,9 @@ use kube::api::Api;
 use super::SessionError;
 use super::error::corrupt;
 use super::lease::end_lease;
-use super::record::{RECORD_ANNOTATION, Removal, ServiceRecord, record_of};
+use super::record::{
+    FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Removal, ServiceRecord, record_of,
+};
 use super::three_way::{OthersChanges, restore};
 use crate::workload::{
     OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
@@ -142,6 +144,9 @@ pub(super) async fn remove_session(
     let applied = record.applied.as_ref().unwrap_or(live);
     let restored = restore("spec.template", &record.template, applied, live);
     changes.extend(restored.changes);
+    if record.paused_flux && workload.annotation(FLUX_RECONCILE) == Some(FLUX_PAUSED) {
+        workload.stage_annotation(FLUX_RECONCILE, None);
+    }
     workload
         .write(client, restored.value, RECORD_ANNOTATION, None)
         .await?;
@@ -169,16 +174,14 @@ async fn restore_service(
             what: format!("service {name} to restore"),
             namespace: namespace.to_owned(),
         })?;
-    let Some(spec) = service.spec.as_mut() else {
-        return Ok(OthersChanges::default());
-    };
     let unreadable = |err: serde_json::Error| {
         corrupt(
             reference,
             format!("the recorded ports of service {name}: {err}"),
         )
     };
-    let live = serde_json::to_value(&spec.ports).map_err(unreadable)?;
+    let live =
+        serde_json::to_value(service.spec.as_ref().map(|spec| &spec.ports)).map_err(unreadable)?;
     let applied = recorded.applied_ports.as_ref().unwrap_or(&live);
     let restored = restore(
         &format!("service/{name} spec.ports"),
@@ -186,17 +189,29 @@ async fn restore_service(
         applied,
         &live,
     );
-    if restored.value == live {
+    let resumed = recorded.paused_flux && resume_flux(&mut service.metadata.annotations);
+    if restored.value == live && !resumed {
         // Never changed (the session failed before it got that far), or put back
         // already: no write, so no permission, is needed.
         return Ok(restored.changes);
     }
-    spec.ports = serde_json::from_value(restored.value).map_err(unreadable)?;
+    if let Some(spec) = service.spec.as_mut() {
+        spec.ports = serde_json::from_value(restored.value).map_err(unreadable)?;
+    }
     services
         .replace(name, &write_params(), &service)
         .await
         .map_err(|err| WorkloadError::from_api(err, "update", "services", namespace))?;
     Ok(restored.changes)
+}
+
+/// Takes the session's pause of Flux off `annotations`, if it is still there; whether it was.
+fn resume_flux(annotations: &mut Option<std::collections::BTreeMap<String, String>>) -> bool {
+    let Some(annotations) = annotations else {
+        return false;
+    };
+    let paused = annotations.get(FLUX_RECONCILE).map(String::as_str) == Some(FLUX_PAUSED);
+    paused && annotations.remove(FLUX_RECONCILE).is_some()
 }
 
 #[cfg(test)]

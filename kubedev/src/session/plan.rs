@@ -62,6 +62,9 @@ pub struct Plan {
     pub timeout: Duration,
     /// This run of the plugin (see [`Record::owner`]).
     pub owner: String,
+    /// Pause Flux's reconciliation of the workload (and the Service the session changes)
+    /// while the session lasts (see [`super::FLUX_RECONCILE`]).
+    pub pause_flux: bool,
 }
 
 /// A session live in the cluster.

@@ -13,6 +13,12 @@ use kubedev_protocol::HttpFilter;
 /// The workload annotation holding a session's [`Record`] (JSON).
 pub const RECORD_ANNOTATION: &str = "kubedev.io/session";
 
+/// Flux's per-object pause: its kustomize-controller leaves an object whose annotation
+/// says [`FLUX_PAUSED`] as it is (`--pause-flux`).
+pub const FLUX_RECONCILE: &str = "kustomize.toolkit.fluxcd.io/reconcile";
+/// The value of [`FLUX_RECONCILE`] that pauses Flux.
+pub const FLUX_PAUSED: &str = "disabled";
+
 /// What a session changed, and the originals to restore.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -41,6 +47,9 @@ pub struct Record {
     /// Services whose ports were changed, with their original ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+    /// The session paused Flux on the workload (see [`FLUX_RECONCILE`]): leaving resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_flux: bool,
     /// The run of the plugin that started the session (a random id): tunneld, ending the
     /// session of a plugin that died, ends only that run's, never a namesake's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +180,9 @@ pub struct ServiceRecord {
     /// Its `spec.ports` as the session set them (see [`Record::applied`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_ports: Option<Value>,
+    /// The session paused Flux on the Service (see [`FLUX_RECONCILE`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_flux: bool,
 }
 
 /// The session recorded on `workload`, if any.

@@ -11,6 +11,7 @@ use kube::api::{Api, ListParams};
 use super::Plan;
 use super::SessionError;
 use super::error::corrupt;
+use super::record::{FLUX_PAUSED, FLUX_RECONCILE, ServiceRecord};
 use crate::inject::{ServiceTarget, TargetPort};
 use crate::workload::{PROXY_SYNC, WorkloadError, write_params};
 
@@ -85,12 +86,15 @@ pub(super) fn selects(service: &Service, labels: &BTreeMap<String, String>) -> b
         })
 }
 
+/// Points the Service `recorded` names at the agent's ports for `targets`, pausing Flux on
+/// it where the session does.
 pub(super) async fn point_service_at_agent(
     client: &kube::Client,
     namespace: &str,
-    name: &str,
+    recorded: &ServiceRecord,
     targets: &[ServiceTarget],
 ) -> Result<(), SessionError> {
+    let name = recorded.name.as_str();
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let mut service = services
         .get(name)
@@ -98,6 +102,13 @@ pub(super) async fn point_service_at_agent(
         .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
     if let Some(ports) = service.spec.as_mut().and_then(|spec| spec.ports.as_mut()) {
         point_ports_at_agent(name, ports, targets)?;
+    }
+    if recorded.paused_flux {
+        let annotations = service
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert(FLUX_RECONCILE.to_owned(), FLUX_PAUSED.to_owned());
     }
     services
         .replace(name, &write_params(), &service)

@@ -8,7 +8,9 @@ use super::error::corrupt;
 use super::join::{check_shareable, join};
 use super::leave::leave;
 use super::ports::{choose_container, container_serving, intercepted_ports, replaced_ports};
-use super::record::{RECORD_ANNOTATION, Record, ServiceRecord, record_of};
+use super::record::{
+    FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Record, ServiceRecord, record_of,
+};
 use super::service::{
     choose_service, point_ports_at_agent, point_service_at_agent, wait_until_pointed,
 };
@@ -46,7 +48,7 @@ pub async fn start(
         // the app in the same pods serves it, and a start that fails never touches it.
         if let Some(service) = started.record.services.first() {
             retry_on_conflict(|| {
-                point_service_at_agent(client, namespace, &service.name, &service_targets)
+                point_service_at_agent(client, namespace, service, &service_targets)
             })
             .await?;
             wait_until_pointed(
@@ -143,7 +145,11 @@ pub(super) async fn write_session(
         service: changed_service.as_ref(),
         service_targets: &injected.service_targets,
     };
-    let record = new_record(plan, &workload, container, changes)?;
+    let mut record = new_record(plan, &workload, container, changes)?;
+    if plan.pause_flux && workload.annotation(FLUX_RECONCILE) != Some(FLUX_PAUSED) {
+        workload.stage_annotation(FLUX_RECONCILE, Some(FLUX_PAUSED));
+        record.paused_flux = true;
+    }
     // Everything that can fail is done before the write: after it, only the pods' wait
     // remains, which rolls back.
     let agents = workload.agent_selector(&plan.name)?;
@@ -221,6 +227,7 @@ fn new_record(
         template: workload.stored_template()?.clone(),
         applied: Some(changes.template.clone()),
         services: Vec::new(),
+        paused_flux: false,
         owner: Some(plan.owner.clone()),
     };
     if let Some(service) = changes.service {
@@ -232,9 +239,14 @@ fn new_record(
             serde_json::to_value(ports)
                 .map_err(|err| corrupt(&plan.workload, format!("its Service's ports: {err}")))
         };
+        let annotations = service.metadata.annotations.as_ref();
+        let paused = annotations
+            .and_then(|a| a.get(FLUX_RECONCILE))
+            .map(String::as_str);
         record.services.push(ServiceRecord {
             ports: json(ports)?,
             applied_ports: Some(json(Some(applied))?),
+            paused_flux: plan.pause_flux && paused != Some(FLUX_PAUSED),
             name,
         });
     }

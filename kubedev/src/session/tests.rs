@@ -51,6 +51,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         wiretap: false,
         timeout: Duration::from_secs(1),
         owner: "run-a".into(),
+        pause_flux: false,
     }
 }
 
@@ -224,6 +225,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         template: json!({}),
         applied: None,
         services: Vec::new(),
+        paused_flux: false,
         owner: Some("run-a".into()),
     }
 }

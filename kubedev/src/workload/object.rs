@@ -268,6 +268,29 @@ impl Workload {
         }
     }
 
+    /// Sets (or, with `None`, removes) its annotation `key` for the next [`Self::write`].
+    pub fn stage_annotation(&mut self, key: &str, value: Option<&str>) {
+        let annotations = self
+            .object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        match value {
+            Some(value) => annotations.insert(key.to_owned(), value.to_owned()),
+            None => annotations.remove(key),
+        };
+    }
+
+    /// The value of its label `key`, if set.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.object
+            .metadata
+            .labels
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
     /// The value of its annotation `key`, if set.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.object

@@ -85,7 +85,8 @@ impl Setup {
         self.ns.kubectl_ok(&args).expect("sync");
     }
 
-    /// Syncs every [`SYNC_PERIOD`] until the returned flag is set.
+    /// Syncs every [`SYNC_PERIOD`] until the returned flag is set; as Flux does, leaves
+    /// the objects alone while they are annotated to pause it.
     fn reconcile(
         &self,
         how: &'static [&'static str],
@@ -100,13 +101,24 @@ impl Setup {
                 if stopped.load(Ordering::SeqCst) {
                     return;
                 }
-                let mut args = vec!["-n", namespace.as_str(), "apply", "-f", file.as_str()];
-                args.extend_from_slice(how);
-                cluster.kubectl(&args);
+                if !paused(&cluster, &namespace) {
+                    let mut args = vec!["-n", namespace.as_str(), "apply", "-f", file.as_str()];
+                    args.extend_from_slice(how);
+                    cluster.kubectl(&args);
+                }
                 std::thread::sleep(SYNC_PERIOD);
             }
         });
         (stop, looping)
+    }
+
+    fn annotations(&self, kind: &str) -> Value {
+        let json = self
+            .ns
+            .kubectl_ok(&["get", kind, "echo", "-o", "json"])
+            .expect("get");
+        let object: Value = serde_json::from_str(&json).expect("json");
+        object["metadata"]["annotations"].clone()
     }
 
     fn get(&self, path: &str) -> String {
@@ -114,6 +126,15 @@ impl Setup {
             .http_get("client", "echo:8080", path)
             .unwrap_or_default()
     }
+}
+
+/// Whether Flux is paused on the echo Deployment or Service.
+fn paused(cluster: &TestCluster, namespace: &str) -> bool {
+    ["deployment", "service"].iter().any(|kind| {
+        let path = r"jsonpath={.metadata.annotations.kustomize\.toolkit\.fluxcd\.io/reconcile}";
+        let output = cluster.kubectl(&["-n", namespace, "get", kind, "echo", "-o", path]);
+        String::from_utf8_lossy(&output.stdout).trim() == "disabled"
+    })
 }
 
 /// Intercepts in the foreground while the reconciler syncs with `how`; returns what the
@@ -197,4 +218,54 @@ async fn a_forced_server_side_apply_as_flux_does_ends_the_session_saying_who() {
             && said.contains("the session is over"),
         "{said}"
     );
+}
+
+#[tokio::test]
+async fn a_session_that_pauses_flux_outlives_its_syncs_and_leave_resumes_them() {
+    let how = &[
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "kustomize-controller",
+    ];
+    let s = setup("gitops-pause", how).await;
+    let before = s.ns.stored_deployment_and_service("echo").await;
+    let args = [
+        "echo",
+        "-n",
+        s.ns.name.as_str(),
+        "--port",
+        "3000:8080",
+        "--pause-flux",
+        "--detach",
+    ];
+    let output = s.workstation.plugin(&s.cluster, PLUGIN, &args);
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    for kind in ["deployment", "service"] {
+        assert_eq!(
+            s.annotations(kind)["kustomize.toolkit.fluxcd.io/reconcile"],
+            "disabled"
+        );
+    }
+    let (stop, looping) = s.reconcile(how);
+    std::thread::sleep(SYNC_PERIOD * 4);
+    assert_eq!(
+        s.get("/paused").trim(),
+        "local laptop: GET /paused HTTP/1.1",
+        "{said}"
+    );
+
+    let leave = ["-n", s.ns.name.as_str(), "leave", "echo"];
+    s.workstation.plugin_ok(&s.cluster, PLUGIN, &leave);
+    for kind in ["deployment", "service"] {
+        let annotations = s.annotations(kind);
+        let pause = annotations.get("kustomize.toolkit.fluxcd.io/reconcile");
+        assert!(pause.is_none(), "{annotations}");
+    }
+    // Flux syncs again, and finds the objects as git has them.
+    std::thread::sleep(SYNC_PERIOD * 2);
+    stop.store(true, Ordering::SeqCst);
+    looping.join().expect("reconciler");
+    assert_eq!(s.ns.stored_deployment_and_service("echo").await, before);
 }

@@ -25,6 +25,7 @@ fn record() -> Record {
         template: json!({}),
         applied: Some(applied()),
         services: Vec::new(),
+        paused_flux: false,
         owner: None,
     }
 }
