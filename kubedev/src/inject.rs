@@ -3,9 +3,9 @@
 //! restoring gives it back exactly.
 //!
 //! The agent container gets the app container's `env` and `envFrom` under
-//! [`APP_ENV_PREFIX`] (the kubelet resolves secrets, configMaps and fieldRefs for it), its
-//! volume mounts under [`VOLUMES_ROOT`] (read-only for ingest) and its securityContext, so
-//! files it serves have the owner the app sees.
+//! [`APP_ENV_PREFIX`] (the kubelet resolves secrets, configMaps and fieldRefs for it) and
+//! its volume mounts under [`VOLUMES_ROOT`] (read-only for ingest). It runs as the app's
+//! user where that is set, but with none of the app's privileges ([`hardening`]).
 //!
 //! - **intercept**: for each intercepted port the agent listens on a free port and takes
 //!   over the Service's target: a named targetPort moves from the app's port to the
@@ -18,11 +18,14 @@
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodTemplateSpec, Probe, ServicePort, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, ServicePort, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::mode::Mode;
+
+mod hardening;
+pub use hardening::{AGENT_USER, agent_resources, default_agent_resources, parse_resource_list};
 use kubedev_protocol::{
     AGENT_CONFIG_ENV, AGENT_POD_UID_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig,
     Listener, Transport, VOLUMES_ROOT,
@@ -81,6 +84,9 @@ pub struct InjectSpec<'a> {
     pub token: &'a str,
     /// intercept: the Service target ports to take over.
     pub intercepted: &'a [TargetPort],
+    /// What the agent asks for and may use ([`default_agent_resources`] unless the user
+    /// says otherwise).
+    pub resources: &'a ResourceRequirements,
 }
 
 /// The rewritten template, and what else must change with it.
@@ -170,8 +176,15 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         }
         Mode::Ingest => (pod.containers[app_index].clone(), AgentPorts::default()),
     };
-    pod.containers
-        .push(agent_container(&app, spec, taken.ports, &taken.listeners)?);
+    let ports = taken.ports.iter().map(|p| p.container_port);
+    hardening::allow_ports(pod, ports.filter_map(|port| u16::try_from(port).ok()));
+    let security = hardening::agent_security(&app, pod.security_context.as_ref());
+    let agent = agent_container(&app, spec, taken.ports, &taken.listeners)?;
+    pod.containers.push(Container {
+        security_context: Some(security),
+        resources: Some(spec.resources.clone()),
+        ..agent
+    });
     label(&mut template, spec.session);
     Ok(Injected {
         template,
@@ -431,7 +444,6 @@ fn agent_container(
         env_from: (!env_from.is_empty()).then_some(env_from),
         ports: (!ports.is_empty()).then_some(ports),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
-        security_context: app.security_context.clone(),
         // A crashing agent's last words reach the pod status, so the plugin can show them.
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()

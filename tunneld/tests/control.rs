@@ -288,6 +288,7 @@ async fn started_session(fake: &FakeApi) -> Held {
         wiretap: false,
         timeout: Duration::from_secs(5),
         owner: "run-1".into(),
+        agent_resources: kubedev::inject::default_agent_resources(),
         pause_flux: false,
     };
     lease::take_lease(

@@ -8,10 +8,15 @@ use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
 use kubedev::control::{PodPort, ProxyChoices};
 use kubedev::env::EnvSyntax;
+use kubedev::inject::parse_resource_list;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
 use kubedev::session::lease::SHORTEST_LEASE;
 use kubedev::workload::WorkloadRef;
+
+/// Resource quantities by name (`cpu`, `memory`).
+pub(crate) type ResourceList =
+    std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
 
 /// What every plugin's command line has besides its mode's own flags: a subcommand or a
 /// workload, the session flags and the cluster flags.
@@ -92,6 +97,16 @@ pub struct SessionLife {
     /// Return once the session is live; it lasts until `leave`.
     #[arg(long, conflicts_with = "command")]
     pub detach: bool,
+
+    /// What the agent container requests, over the defaults (cpu=10m,memory=32Mi), as
+    /// `kubectl set resources` takes them; `memory=` takes one off.
+    #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_resource_list)]
+    pub agent_requests: ResourceList,
+
+    /// The agent container's limits, over the default (memory=512Mi); `memory=` takes it
+    /// off (a ResourceQuota on limits.cpu needs e.g. cpu=500m).
+    #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_resource_list)]
+    pub agent_limits: ResourceList,
 
     /// Pause Flux on the workload (and on the Service the session changes) while the
     /// session lasts: sets kustomize.toolkit.fluxcd.io/reconcile=disabled, taken off at

@@ -141,6 +141,10 @@ fn plan_of(
         wiretap: mode_args.wiretap,
         timeout: args.life.timeout,
         owner: session::random_id()?,
+        agent_resources: kubedev::inject::agent_resources(
+            &args.life.agent_requests,
+            &args.life.agent_limits,
+        ),
         pause_flux: args.life.pause_flux,
     })
 }

@@ -39,6 +39,9 @@ fn template() -> PodTemplateSpec {
     .expect("valid template")
 }
 
+static RESOURCES: std::sync::LazyLock<k8s_openapi::api::core::v1::ResourceRequirements> =
+    std::sync::LazyLock::new(default_agent_resources);
+
 fn spec<'a>(mode: Mode, intercepted: &'a [TargetPort]) -> InjectSpec<'a> {
     InjectSpec {
         mode,
@@ -47,6 +50,7 @@ fn spec<'a>(mode: Mode, intercepted: &'a [TargetPort]) -> InjectSpec<'a> {
         agent_image: "agent:1",
         token: "secret",
         intercepted,
+        resources: &RESOURCES,
     }
 }
 
@@ -197,10 +201,11 @@ fn agent_sees_the_volumes_under_its_root_read_only_for_ingest() {
     let agent = container(&injected.template, AGENT_CONTAINER);
     let data = agent.volume_mounts.iter().flatten().next().expect("mount");
     assert_eq!(data.read_only, None, "read-write for intercept");
-    assert_eq!(
-        agent.security_context,
-        container(&template(), "web").security_context
-    );
+    // The app's user, so files written through the mount are the app's; nothing more.
+    let security = agent.security_context.as_ref().expect("securityContext");
+    assert_eq!(security.run_as_user, Some(1000));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(agent.resources.is_some(), "requests and limits of its own");
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
         wiretap: false,
         timeout: Duration::from_secs(30),
         owner: format!("run-{name}"),
+        agent_resources: crate::inject::default_agent_resources(),
         pause_flux: false,
     }
 }

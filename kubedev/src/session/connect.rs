@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::SessionError;
 use super::lease::end_lease;
-use crate::inject::{AGENT_CONTAINER, SESSION_LABEL};
+use crate::inject::{AGENT_CONTAINER, AGENT_USER, SESSION_LABEL};
 use crate::workload::{WorkloadError, agent_failure, is_ready, why_not_ready};
 use kubedev_protocol::AGENT_TOKEN_ENV;
 
@@ -23,9 +23,6 @@ pub const CONNECT_LABEL: &str = "kubedev.io/connect";
 /// The annotation on a connect session's pod: the plugin run that started it (see
 /// [`super::Record::owner`]).
 pub const OWNER_ANNOTATION: &str = "kubedev.io/owner";
-
-/// The user the agent runs as in a connect pod (no user of the image: any non-root id).
-const AGENT_USER: i64 = 65532;
 
 /// How often a starting or ending connect pod is looked at.
 const POLL: Duration = Duration::from_millis(250);

@@ -62,6 +62,8 @@ pub struct Plan {
     pub timeout: Duration,
     /// This run of the plugin (see [`Record::owner`]).
     pub owner: String,
+    /// What the agent asks for and may use.
+    pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Pause Flux's reconciliation of the workload (and the Service the session changes)
     /// while the session lasts (see [`super::FLUX_RECONCILE`]).
     pub pause_flux: bool,

@@ -132,6 +132,7 @@ pub(super) async fn write_session(
             agent_image: &plan.agent_image,
             token: &token,
             intercepted: &targets,
+            resources: &plan.agent_resources,
         },
     )?;
     // The Service is recorded only where the session changes it.

@@ -51,6 +51,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         wiretap: false,
         timeout: Duration::from_secs(1),
         owner: "run-a".into(),
+        agent_resources: crate::inject::default_agent_resources(),
         pause_flux: false,
     }
 }

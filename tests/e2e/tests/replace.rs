@@ -276,3 +276,84 @@ async fn replace_returns_only_once_no_pod_runs_the_replaced_container() {
     workstation.plugin_ok(&cluster, PLUGIN, &["leave", "consumer", "-n", &ns.name]);
     assert_eq!(pods_running(&ns, "consumer", "worker").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_privileged_app_on_port_80_is_replaced_by_an_unprivileged_agent() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "replace-low-port").await;
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "List", "items": [{
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "web", "image": tests_e2e::ECHO_IMAGE,
+                            "imagePullPolicy": "Never", "args": ["--http", "80"],
+                            "ports": [{"name": "http", "containerPort": 80}],
+                            "securityContext": {
+                                "privileged": true, "runAsUser": 0,
+                                "capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}
+                            }
+                        }]
+                    }
+                }
+            }
+        }, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}
+        }]
+    });
+    ns.apply_json(&manifest).expect("apply");
+    ns.wait_deployment_ready("web").await.expect("web ready");
+    ns.start_client("client").await.expect("client pod");
+    let before = ns.stored_deployment_and_service("web").await;
+    let workstation = Workstation::create(&cluster);
+    let _server = workstation.serve_http(3000, "replacement");
+
+    let args = ["web", "-n", &ns.name, "--port", "3000:80", "--detach"];
+    workstation.plugin_ok(&cluster, PLUGIN, &args);
+    let answer = ns
+        .http_get("client", "web:80", "/low")
+        .expect("GET port 80");
+    assert_eq!(answer.trim(), "local replacement: GET /low HTTP/1.1");
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web,kubedev.io/session"))
+        .await
+        .expect("pods");
+    let pod = pods.items.first().expect("an agent pod");
+    let spec = pod.spec.as_ref().expect("spec");
+    let agent = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "kubedev-agent")
+        .expect("agent");
+    let security = serde_json::to_value(&agent.security_context).expect("json");
+    assert_eq!(security["runAsUser"], 65532, "{security}");
+    assert_eq!(security["privileged"], false, "{security}");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{security}");
+    assert_eq!(
+        security["capabilities"],
+        json!({"drop": ["ALL"]}),
+        "{security}"
+    );
+    assert!(
+        agent
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some()
+    );
+
+    workstation.plugin_ok(&cluster, PLUGIN, &["leave", "web", "-n", &ns.name]);
+    assert_eq!(
+        ns.stored_deployment_and_service("web").await,
+        before,
+        "restored exactly"
+    );
+}

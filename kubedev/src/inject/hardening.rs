@@ -1,0 +1,147 @@
+//! The agent's own securityContext and resources, never the app's privileges: it runs as
+//! the app's user where that is set and is not root (so files written through the mount
+//! belong to the app's user), else as [`AGENT_USER`]; never privileged, without privilege
+//! escalation or any capability, on a read-only root filesystem. A replaced app's port
+//! below 1024 is opened to unprivileged users in the pod with the namespaced, safe sysctl
+//! `net.ipv4.ip_unprivileged_port_start`, instead of a capability.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, Sysctl,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// The uid (and gid) the agent runs as where the app's is unset or root.
+pub const AGENT_USER: i64 = 65532;
+
+/// The sysctl that lets unprivileged processes in the pod bind ports from its value up.
+const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// The agent's securityContext, for `app`'s pod with `pod`'s.
+pub(super) fn agent_security(app: &Container, pod: Option<&PodSecurityContext>) -> SecurityContext {
+    let app_own = app.security_context.as_ref();
+    let set = |own: Option<i64>, pods: Option<i64>| own.or(pods).filter(|id| *id != 0);
+    let user = set(
+        app_own.and_then(|s| s.run_as_user),
+        pod.and_then(|p| p.run_as_user),
+    );
+    let group = set(
+        app_own.and_then(|s| s.run_as_group),
+        pod.and_then(|p| p.run_as_group),
+    );
+    SecurityContext {
+        run_as_user: Some(user.unwrap_or(AGENT_USER)),
+        run_as_group: Some(group.unwrap_or(if user.is_some() { 0 } else { AGENT_USER })),
+        run_as_non_root: Some(true),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Lets the (unprivileged) agent bind `ports` in `pod`: where one is below 1024 and the pod
+/// does not already allow it, the pod's unprivileged ports start at the lowest.
+pub(super) fn allow_ports(pod: &mut PodSpec, ports: impl IntoIterator<Item = u16>) {
+    let Some(lowest) = ports.into_iter().filter(|port| *port < 1024).min() else {
+        return;
+    };
+    let security = pod.security_context.get_or_insert_with(Default::default);
+    let sysctls = security.sysctls.get_or_insert_with(Vec::new);
+    match sysctls
+        .iter_mut()
+        .find(|s| s.name == UNPRIVILEGED_PORT_START)
+    {
+        Some(sysctl) => {
+            if sysctl
+                .value
+                .parse::<u16>()
+                .is_ok_and(|start| start > lowest)
+            {
+                sysctl.value = lowest.to_string();
+            }
+        }
+        None => sysctls.push(Sysctl {
+            name: UNPRIVILEGED_PORT_START.to_owned(),
+            value: lowest.to_string(),
+        }),
+    }
+}
+
+/// What the agent asks for and may use unless the user says otherwise: a little CPU and
+/// memory reserved, and memory capped well above what a link's buffers take under load.
+pub fn default_agent_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "10m"), ("memory", "32Mi")])),
+        limits: Some(quantities(&[("memory", "512Mi")])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// [`default_agent_resources`] with the user's `requests` and `limits` over them (an empty
+/// quantity removes that default).
+pub fn agent_resources(
+    requests: &BTreeMap<String, Quantity>,
+    limits: &BTreeMap<String, Quantity>,
+) -> ResourceRequirements {
+    let over = |defaults: Option<BTreeMap<String, Quantity>>,
+                given: &BTreeMap<String, Quantity>| {
+        let mut list = defaults.unwrap_or_default();
+        for (name, value) in given {
+            if value.0.is_empty() {
+                list.remove(name);
+            } else {
+                list.insert(name.clone(), value.clone());
+            }
+        }
+        (!list.is_empty()).then_some(list)
+    };
+    let defaults = default_agent_resources();
+    ResourceRequirements {
+        requests: over(defaults.requests, requests),
+        limits: over(defaults.limits, limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), Quantity((*value).to_owned())))
+        .collect()
+}
+
+/// Parses `cpu=100m,memory=64Mi` (as `kubectl set resources` takes them); an empty value
+/// (`memory=`) stands for none.
+pub fn parse_resource_list(text: &str) -> Result<BTreeMap<String, Quantity>, String> {
+    let mut list = BTreeMap::new();
+    for pair in text.split(',').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not NAME=QUANTITY, e.g. cpu=100m,memory=64Mi"))?;
+        let well_formed = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '+' || c == '-');
+        if !matches!(name, "cpu" | "memory" | "ephemeral-storage") || !well_formed {
+            return Err(format!(
+                "{pair:?}: the agent takes cpu, memory and ephemeral-storage quantities, e.g. \
+                 cpu=100m,memory=64Mi"
+            ));
+        }
+        list.insert(name.to_owned(), Quantity(value.to_owned()));
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests;
