@@ -18,7 +18,7 @@
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodTemplateSpec, Probe, ResourceRequirements, ServicePort, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, ServicePort, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -33,6 +33,9 @@ use kubedev_protocol::{
 
 /// The agent container's name.
 pub const AGENT_CONTAINER: &str = "kubedev-agent";
+/// The Secret of kubedev's own that holds the sessions' tokens, one key per workload: the
+/// agents read theirs from it, so no pod spec holds a token.
+pub const TOKENS_SECRET: &str = "kubedev-session-tokens";
 /// The pod label that marks a session's pods (its value is the session name).
 pub const SESSION_LABEL: &str = "kubedev.io/session";
 /// The first port tried for the agent's intercept listeners.
@@ -80,8 +83,8 @@ pub struct InjectSpec<'a> {
     pub container: &'a str,
     /// The agent's image reference.
     pub agent_image: &'a str,
-    /// The session's secret, given to the agent.
-    pub token: &'a str,
+    /// The key of the session's token in [`TOKENS_SECRET`], from which the agent reads it.
+    pub token_key: &'a str,
     /// intercept: the Service target ports to take over.
     pub intercepted: &'a [TargetPort],
     /// What the agent asks for and may use ([`default_agent_resources`] unless the user
@@ -191,21 +194,6 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         service_targets: taken.service_targets,
         listeners: taken.listeners,
     })
-}
-
-/// `template` with the agent's session token taken out: what the session record keeps of
-/// the template it wrote, so the record never holds the token.
-pub fn without_token(template: &PodTemplateSpec) -> PodTemplateSpec {
-    let mut template = template.clone();
-    let agents = template
-        .spec
-        .iter_mut()
-        .flat_map(|pod| pod.containers.iter_mut())
-        .filter(|container| container.name == AGENT_CONTAINER);
-    for env in agents.filter_map(|agent| agent.env.as_mut()) {
-        env.retain(|var| var.name != AGENT_TOKEN_ENV);
-    }
-    template
 }
 
 /// The ports the agent gets, what it does on each, and the Service targets to point at it.
@@ -390,7 +378,14 @@ fn agent_container(
     let mut env = vec![
         EnvVar {
             name: AGENT_TOKEN_ENV.to_owned(),
-            value: Some(spec.token.to_owned()),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: TOKENS_SECRET.to_owned(),
+                    key: spec.token_key.to_owned(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
             ..EnvVar::default()
         },
         pod_uid_env(),

@@ -23,6 +23,7 @@ mod routing;
 mod service;
 mod start;
 mod three_way;
+mod tokens;
 
 pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;

@@ -6,7 +6,13 @@
 //! contexts:
 //!   prod-eu:
 //!     agentImage: eu.registry.example.com/kubedev-agent:0.1.0
+//!     pinnedImages:   # kept by the plugins: what each tag resolved to on first use
+//!       eu.registry.example.com/kubedev-agent:0.1.0: eu.registry.example.com/kubedev-agent@sha256:…
 //! ```
+//!
+//! An image named by tag (from this file or the default, not `--agent-image`) is pinned to
+//! the digest the nodes pulled the first time it ran in a context: later sessions run that
+//! very image, whatever the tag is moved to.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +43,9 @@ pub(super) struct Settings {
 struct ContextSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent_image: Option<String>,
+    /// Agent images by tag, and the digest each resolved to on first use here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pinned_images: BTreeMap<String, String>,
 }
 
 /// Where an agent image name came from, for messages.
@@ -128,6 +137,22 @@ impl Settings {
             .or_else(|| self.agent_image.as_deref().map(|image| (image, false)))
     }
 
+    /// What `image` was pinned to in `context`, if it was.
+    fn pinned(&self, context: &str, image: &str) -> Option<&str> {
+        let pins = &self.contexts.get(context)?.pinned_images;
+        pins.get(image).map(String::as_str)
+    }
+
+    /// Pins `image` to `digest` in `context`; whether that changed anything.
+    fn pin(&mut self, context: &str, image: &str, digest: &str) -> bool {
+        let pins = &mut self
+            .contexts
+            .entry(context.to_owned())
+            .or_default()
+            .pinned_images;
+        pins.insert(image.to_owned(), digest.to_owned()).as_deref() != Some(digest)
+    }
+
     /// Sets the agent image of `context`, or of every context without its own.
     pub(super) fn set_agent_image(&mut self, context: Option<&str>, image: String) {
         match context {
@@ -140,6 +165,28 @@ impl Settings {
             None => self.agent_image = Some(image),
         }
     }
+}
+
+/// `image` as pinned for `context` on an earlier run, if it was; an image given by digest,
+/// or given explicitly (`source`), is used as it is.
+pub(super) fn pinned(image: &str, source: &ImageSource, context: Option<&str>) -> Option<String> {
+    if image.contains('@') || *source == ImageSource::Given {
+        return None;
+    }
+    let settings = Settings::load(&settings_path().ok()?).ok()?;
+    settings.pinned(context?, image).map(str::to_owned)
+}
+
+/// Keeps `digest` (`REPOSITORY@sha256:…`) as what `image` resolves to in `context`;
+/// whether that is new.
+pub(super) fn pin(image: &str, digest: &str, context: &str) -> anyhow::Result<bool> {
+    let path = settings_path()?;
+    let mut settings = Settings::load(&path)?;
+    if !settings.pin(context, image, digest) {
+        return Ok(false);
+    }
+    settings.save(&path)?;
+    Ok(true)
 }
 
 /// The agent image to use: `given` (flag or environment), else the settings file's for
@@ -194,8 +241,11 @@ pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> a
             }
             let context = context_name(cluster).await.ok();
             let (image, source) = agent_image(None, context.as_deref())?;
+            let pin = pinned(&image, &source, context.as_deref())
+                .map(|digest| format!(", pinned to {digest}"))
+                .unwrap_or_default();
             println!(
-                "# context {}: agent image {image} ({source})",
+                "# context {}: agent image {image} ({source}{pin})",
                 context.as_deref().unwrap_or("(none)")
             );
         }
@@ -237,6 +287,17 @@ mod tests {
         assert_eq!(settings.agent_image_for(Some("us")), Some(("all:1", false)));
         assert_eq!(settings.agent_image_for(None), Some(("all:1", false)));
         assert_eq!(Settings::default().agent_image_for(Some("eu")), None);
+    }
+
+    #[test]
+    fn an_image_is_pinned_in_its_context_only() {
+        let mut settings = Settings::default();
+        let digest = "reg/agent@sha256:abc";
+        assert!(settings.pin("eu", "reg/agent:1", digest));
+        assert!(!settings.pin("eu", "reg/agent:1", digest), "already pinned");
+        assert_eq!(settings.pinned("eu", "reg/agent:1"), Some(digest));
+        assert_eq!(settings.pinned("us", "reg/agent:1"), None);
+        assert_eq!(settings.pinned("eu", "reg/agent:2"), None);
     }
 
     #[test]

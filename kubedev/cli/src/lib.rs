@@ -25,6 +25,7 @@ mod list;
 mod manage;
 mod netns;
 mod output;
+mod pinning;
 mod reclaim;
 mod resolver_view;
 mod run;

@@ -13,6 +13,7 @@ use super::life::{
     release_after_the_end,
 };
 use super::output::{progress_on, report_started, spinner};
+use super::pinning;
 use super::reclaim::reclaim_expired;
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{AgentOwner, PodPort};
@@ -32,10 +33,10 @@ pub(super) async fn run_session(
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
     let connection = cluster.connect().await?;
-    let (agent_image, image_source) = config::agent_image(
-        args.life.agent_image.as_deref(),
-        connection.context.as_deref(),
-    )?;
+    let context = connection.context.as_deref();
+    let (agent_image, image_source) =
+        config::agent_image(args.life.agent_image.as_deref(), context)?;
+    let agent_image = pinning::image_to_run(agent_image, &image_source, context);
     let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
     check_local_ports(&args.to_pod)?;
     if let Some(MountChoice::Dir { path, .. }) = &args.mount {
@@ -73,7 +74,10 @@ impl Session for OnWorkload<'_> {
     type Started = Started;
 
     async fn start(&self) -> anyhow::Result<Started> {
-        start(self.connection, self.plan, self.image_source).await
+        let started = start(self.connection, self.plan, self.image_source).await?;
+        let image = &self.plan.agent_image;
+        pinning::pin_after_start(self.connection, image, self.image_source, &started).await;
+        Ok(started)
     }
 
     async fn go_live(&self, started: &Started) -> anyhow::Result<Live> {

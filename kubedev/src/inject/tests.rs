@@ -48,7 +48,7 @@ fn spec<'a>(mode: Mode, intercepted: &'a [TargetPort]) -> InjectSpec<'a> {
         session: "web-dev",
         container: "web",
         agent_image: "agent:1",
-        token: "secret",
+        token_key: "deployment.web",
         intercepted,
         resources: &RESOURCES,
     }
@@ -136,25 +136,20 @@ fn intercept_of_a_numeric_port_names_the_agent_port_for_the_service() {
 }
 
 #[test]
-fn the_template_kept_for_the_record_has_no_token_but_the_same_agent() {
-    let injected = inject(&template(), &spec(Mode::Ingest, &[])).expect("injected");
-    let kept = without_token(&injected.template);
-    let agent = container(&kept, AGENT_CONTAINER);
-    assert!(env_value(agent, AGENT_TOKEN_ENV).is_none());
-    assert!(env_value(agent, "KUBEDEV_APP_GREETING").is_some());
-    assert_eq!(
-        container(&kept, "web"),
-        container(&injected.template, "web")
-    );
-}
-
-#[test]
 fn agent_gets_the_app_environment_under_a_prefix() {
     let injected = inject(&template(), &spec(Mode::Ingest, &[])).expect("injected");
     let agent = container(&injected.template, AGENT_CONTAINER);
+    // The token only by reference: no pod spec holds it.
+    let token = env_value(agent, AGENT_TOKEN_ENV).expect("the token's variable");
+    assert_eq!(token.value, None);
+    let reference = token
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref());
+    let reference = reference.expect("a reference to the tokens' Secret");
     assert_eq!(
-        env_value(agent, AGENT_TOKEN_ENV).and_then(|v| v.value.as_deref()),
-        Some("secret")
+        (reference.name.as_str(), reference.key.as_str()),
+        (TOKENS_SECRET, "deployment.web")
     );
     assert_eq!(
         env_value(agent, "KUBEDEV_APP_GREETING").and_then(|v| v.value.as_deref()),

@@ -78,6 +78,25 @@ async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactl
         !record.contains(&started.token),
         "the record holds no token"
     );
+    assert!(
+        !during.to_string().contains(&started.token),
+        "nor the template"
+    );
+    let secret = fake
+        .secret(crate::inject::TOKENS_SECRET)
+        .expect("the tokens' Secret");
+    let stored = secret["data"]
+        .as_object()
+        .expect("data")
+        .values()
+        .next()
+        .cloned();
+    let encoded = base64_of(&started.token);
+    assert_eq!(
+        stored,
+        Some(json!(encoded)),
+        "the token, in the Secret only"
+    );
     assert_eq!(started.forwards.len(), 1);
     assert_eq!(started.forwards[0].app_port, 8080);
     assert_eq!(started.forwards[0].local_port, 3000);
@@ -90,6 +109,17 @@ async fn an_intercept_injects_the_agent_and_leaving_restores_the_template_exactl
     let after = fake.deployment("web");
     assert_eq!(after["spec"]["template"], original["spec"]["template"]);
     assert!(annotations(&after).get(RECORD_ANNOTATION).is_none());
+    assert!(
+        fake.secret(crate::inject::TOKENS_SECRET).is_none(),
+        "gone with the agent"
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec()))
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .expect("base64")
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use super::lease::holder_of;
 use super::ports::intercepted_ports;
 use super::record::{Joined, RECORD_ANNOTATION, Record};
 use super::service::choose_service;
+use super::tokens::read_token;
 use super::{Plan, SessionError, Started};
 use crate::inject::{self, SESSION_LABEL};
 use crate::mode::Mode;
@@ -104,6 +105,12 @@ pub(super) async fn join(
     let service = choose_service(client, namespace, &original, plan).await?;
     let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
     let (config, token) = running_agent(&current, &plan.workload)?;
+    let token = match token {
+        AgentToken::Given(token) => token,
+        AgentToken::InSecret(key) => read_token(client, namespace, &key)
+            .await?
+            .ok_or_else(|| corrupt(&plan.workload, "its agent's token is gone from its Secret"))?,
+    };
     if let Some(missing) = forwards
         .iter()
         .find(|f| !config.listeners.iter().any(|l| l.app_port == f.app_port))
@@ -141,12 +148,20 @@ pub(super) async fn join(
     })
 }
 
-/// The configuration and token of the agent in `template`, as the session that added it
-/// wrote them.
+/// Where the agent's token is, as its template says.
+enum AgentToken {
+    /// In the template itself (an agent of an earlier release).
+    Given(String),
+    /// Under this key of the tokens' Secret.
+    InSecret(String),
+}
+
+/// The configuration of the agent in `template`, and where its token is, as the session
+/// that added it wrote them.
 fn running_agent(
     template: &PodTemplateSpec,
     workload: &WorkloadRef,
-) -> Result<(AgentConfig, String), SessionError> {
+) -> Result<(AgentConfig, AgentToken), SessionError> {
     let agent = template
         .spec
         .iter()
@@ -158,14 +173,8 @@ fn running_agent(
                 "the workload's record says it has an agent, but its pods have none",
             )
         })?;
-    let agent_env = |name: &str| {
-        agent
-            .env
-            .iter()
-            .flatten()
-            .find(|var| var.name == name)
-            .and_then(|var| var.value.clone())
-    };
+    let agent_var = |name: &str| agent.env.iter().flatten().find(|var| var.name == name);
+    let agent_env = |name: &str| agent_var(name).and_then(|var| var.value.clone());
     let config = agent_env(AGENT_CONFIG_ENV)
         .ok_or_else(|| corrupt(workload, "the agent has no configuration"))?;
     let config = serde_json::from_str(&config).map_err(|err| {
@@ -174,7 +183,12 @@ fn running_agent(
             format!("the agent's configuration is unreadable: {err}"),
         )
     })?;
+    let in_secret = agent_var(AGENT_TOKEN_ENV)
+        .and_then(|var| var.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|reference| AgentToken::InSecret(reference.key.clone()));
     let token = agent_env(AGENT_TOKEN_ENV)
+        .map(AgentToken::Given)
+        .or(in_secret)
         .ok_or_else(|| corrupt(workload, "the agent has no session token"))?;
     Ok((config, token))
 }

@@ -13,6 +13,7 @@ use super::record::{
     FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Removal, ServiceRecord, record_of,
 };
 use super::three_way::{OthersChanges, restore};
+use super::tokens::forget_token;
 use crate::workload::{
     OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
     write_params,
@@ -150,6 +151,12 @@ pub(super) async fn remove_session(
     workload
         .write(client, restored.value, RECORD_ANNOTATION, None)
         .await?;
+    // The agent is gone from the template: its token is of no more use.
+    if let Some(key) = &record.token_key
+        && let Err(err) = forget_token(client, namespace, key).await
+    {
+        tracing::warn!("dropping the token of {reference}'s agent: {err}");
+    }
     Ok(Removed {
         outcome: Outcome::Restored(Box::new(workload), changes),
         owner: removed_owner,

@@ -47,6 +47,10 @@ pub struct Record {
     /// Services whose ports were changed, with their original ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+    /// The key of the agent's token in the tokens' Secret ([`crate::inject::TOKENS_SECRET`]),
+    /// dropped when the agent goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
     /// The session paused Flux on the workload (see [`FLUX_RECONCILE`]): leaving resumes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused_flux: bool,

@@ -14,6 +14,7 @@ use super::record::{
 use super::service::{
     choose_service, point_ports_at_agent, point_service_at_agent, wait_until_pointed,
 };
+use super::tokens::{forget_token, store_token, token_key};
 use super::{Plan, SessionError, Started, random_id};
 use crate::control::Forward;
 use crate::inject::{self, InjectSpec, ServiceTarget, TargetPort};
@@ -123,6 +124,7 @@ pub(super) async fn write_session(
     let (container, service) = choose_targets(client, namespace, &template, plan).await?;
     let (targets, forwards) = ports_to_take(plan, &template, &container, service.as_ref())?;
     let token = random_id()?;
+    let token_key = token_key(&plan.workload, &plan.owner);
     let injected = inject::inject(
         &template,
         &InjectSpec {
@@ -130,7 +132,7 @@ pub(super) async fn write_session(
             session: &plan.name,
             container: &container,
             agent_image: &plan.agent_image,
-            token: &token,
+            token_key: &token_key,
             intercepted: &targets,
             resources: &plan.agent_resources,
         },
@@ -139,14 +141,13 @@ pub(super) async fn write_session(
     let changed_service = service.filter(|_| !injected.service_targets.is_empty());
     let template = serde_json::to_value(&injected.template)
         .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
-    let applied = serde_json::to_value(inject::without_token(&injected.template))
-        .map_err(|err| corrupt(&plan.workload, format!("the new pod template: {err}")))?;
     let changes = Changes {
-        template: &applied,
+        template: &template,
         service: changed_service.as_ref(),
         service_targets: &injected.service_targets,
     };
     let mut record = new_record(plan, &workload, container, changes)?;
+    record.token_key = Some(token_key.clone());
     if plan.pause_flux && workload.annotation(FLUX_RECONCILE) != Some(FLUX_PAUSED) {
         workload.stage_annotation(FLUX_RECONCILE, Some(FLUX_PAUSED));
         record.paused_flux = true;
@@ -154,14 +155,16 @@ pub(super) async fn write_session(
     // Everything that can fail is done before the write: after it, only the pods' wait
     // remains, which rolls back.
     let agents = workload.agent_selector(&plan.name)?;
-    workload
+    store_token(client, namespace, &token_key, &token).await?;
+    let written = workload
         .write(
             client,
             template,
             RECORD_ANNOTATION,
             Some(record.to_annotation()),
         )
-        .await?;
+        .await;
+    forget_unused_token(client, namespace, &token_key, written).await?;
     Ok(Written::Injected {
         started: Started {
             agents,
@@ -172,6 +175,23 @@ pub(super) async fn write_session(
         },
         service_targets: injected.service_targets,
     })
+}
+
+/// Drops the token under `key` if the workload's write (`written`) failed: nothing uses it,
+/// and a conflict's retry stores a new one.
+async fn forget_unused_token(
+    client: &kube::Client,
+    namespace: &str,
+    key: &str,
+    written: Result<(), crate::workload::WorkloadError>,
+) -> Result<(), SessionError> {
+    let Err(err) = written else {
+        return Ok(());
+    };
+    if let Err(forgetting) = forget_token(client, namespace, key).await {
+        tracing::warn!("dropping an unused session token: {forgetting}");
+    }
+    Err(err.into())
 }
 
 /// The app container `plan` is about and, for an intercept, the Service it takes over.
@@ -229,6 +249,7 @@ fn new_record(
         applied: Some(changes.template.clone()),
         services: Vec::new(),
         paused_flux: false,
+        token_key: None,
         owner: Some(plan.owner.clone()),
     };
     if let Some(service) = changes.service {

@@ -227,6 +227,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         applied: None,
         services: Vec::new(),
         paused_flux: false,
+        token_key: None,
         owner: Some("run-a".into()),
     }
 }

@@ -231,15 +231,33 @@ async fn a_pod_wearing_the_sessions_labels_is_never_contacted_nor_linked() {
             .expect("the session's pods");
     let agent_pod: Value = serde_json::from_str(&agent_pod).expect("json");
     let agent_pod = &agent_pod["items"][0];
-    let token = agent_pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|container| container["env"].as_array().into_iter().flatten())
-        .find(|env| env["name"] == kubedev_protocol::AGENT_TOKEN_ENV)
-        .and_then(|env| env["value"].as_str())
-        .expect("the session's token")
-        .to_owned();
+    // The worst case: an impostor whose maker read the session's token (from its Secret;
+    // no pod spec holds it).
+    let tokens =
+        s.ns.kubectl_ok(&[
+            "get",
+            "secret",
+            kubedev::inject::TOKENS_SECRET,
+            "-o",
+            "json",
+        ])
+        .expect("the tokens' Secret");
+    let tokens: Value = serde_json::from_str(&tokens).expect("json");
+    let encoded = tokens["data"]
+        .as_object()
+        .and_then(|data| data.values().next())
+        .and_then(Value::as_str)
+        .expect("the session's token");
+    let token = String::from_utf8(
+        serde_json::from_value::<k8s_openapi::ByteString>(Value::from(encoded))
+            .expect("base64")
+            .0,
+    )
+    .expect("text");
+    assert!(
+        !agent_pod.to_string().contains(&token),
+        "the pod spec holds no token"
+    );
 
     // The session's labels, but for the ReplicaSet's own (which would have it adopt the pod
     // and delete it as one too many).

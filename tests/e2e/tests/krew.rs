@@ -86,6 +86,34 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         before,
         "the workload is exactly as before"
     );
+
+    // The tag the first session ran was pinned to its digest: the next session runs that
+    // very image, whatever the tag points at by then.
+    let view = succeeded(
+        "kubectl intercept config view",
+        &kubectl(&["intercept", "config", "view"]),
+    );
+    assert!(
+        view.contains("pinnedImages") && view.contains("@sha256:"),
+        "{view}"
+    );
+    let intercept = [
+        "intercept",
+        "-n",
+        &ns.name,
+        "echo",
+        "--port",
+        "3000:http",
+        "--detach",
+    ];
+    succeeded("kubectl intercept again", &kubectl(&intercept));
+    let template = ns.echo_template(false).await.to_string();
+    assert!(template.contains("kubedev-agent@sha256:"), "{template}");
+    succeeded(
+        "kubectl intercept leave",
+        &kubectl(&["intercept", "leave", "-n", &ns.name, "echo"]),
+    );
+    assert_eq!(ns.echo_template(false).await, before);
 }
 
 /// Installs the three plugins from the release; kubectl then sees exactly them and krew,

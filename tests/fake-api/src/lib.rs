@@ -68,6 +68,7 @@ struct State {
     deployments: BTreeMap<String, Value>,
     services: BTreeMap<String, Value>,
     leases: BTreeMap<String, Value>,
+    secrets: BTreeMap<String, Value>,
     /// Deployment writes to refuse with a conflict, as if its controller wrote first.
     conflicts: usize,
     /// Service writes are refused as a Role without `update services` refuses them.
@@ -147,6 +148,11 @@ impl FakeApi {
         self.lock().services[name].clone()
     }
 
+    /// Secret `name` as stored now, if there is one.
+    pub fn secret(&self, name: &str) -> Option<Value> {
+        self.lock().secrets.get(name).cloned()
+    }
+
     /// Lease `name` as stored now, if there is one.
     pub fn lease(&self, name: &str) -> Option<Value> {
         self.lock().leases.get(name).cloned()
@@ -223,6 +229,7 @@ enum Kind {
     Deployment,
     Service,
     Lease,
+    Secret,
 }
 
 impl State {
@@ -268,6 +275,13 @@ impl State {
             }
             (Method::PUT, ["services", name]) => self.replace(Kind::Service, name, body),
             (Method::GET, ["pods"]) => list(self.pods(query)),
+            (Method::GET, ["secrets", name]) => found(self.secrets.get(*name)),
+            (Method::POST, ["secrets"]) => self.create(Kind::Secret, body),
+            (Method::PUT, ["secrets", name]) => self.replace(Kind::Secret, name, body),
+            (Method::DELETE, ["secrets", name]) => match self.secrets.remove(*name) {
+                Some(_) => status(StatusCode::OK, "deleted"),
+                None => status(StatusCode::NOT_FOUND, "not found"),
+            },
             _ => return None,
         })
     }
@@ -281,7 +295,7 @@ impl State {
     ) -> Option<Response<Full<Bytes>>> {
         Some(match (method.clone(), rest) {
             (Method::GET, ["leases"]) => list(self.leases.values().cloned().collect()),
-            (Method::POST, ["leases"]) => self.create_lease(body),
+            (Method::POST, ["leases"]) => self.create(Kind::Lease, body),
             (Method::GET, ["leases", name]) => found(self.leases.get(*name)),
             (Method::PUT, ["leases", name]) => self.replace(Kind::Lease, name, body),
             (Method::DELETE, ["leases", name]) => match self.leases.remove(*name) {
@@ -307,6 +321,7 @@ impl State {
             Kind::Deployment => &mut self.deployments,
             Kind::Service => &mut self.services,
             Kind::Lease => &mut self.leases,
+            Kind::Secret => &mut self.secrets,
         };
         let Some(stored) = store.get_mut(name) else {
             return status(StatusCode::NOT_FOUND, name);
@@ -323,19 +338,26 @@ impl State {
         json_response(StatusCode::OK, stored)
     }
 
-    /// A new Lease; one of the same name is refused with 409 (AlreadyExists).
-    fn create_lease(&mut self, body: &[u8]) -> Response<Full<Bytes>> {
+    /// A new Lease or Secret; one of the same name is refused with 409 (AlreadyExists).
+    fn create(&mut self, kind: Kind, body: &[u8]) -> Response<Full<Bytes>> {
         let Ok(object) = serde_json::from_slice::<Value>(body) else {
             return status(StatusCode::BAD_REQUEST, "unreadable object");
         };
         let name = name_of(&object);
-        if self.leases.contains_key(&name) {
+        let taken = match kind {
+            Kind::Secret => self.secrets.contains_key(&name),
+            _ => self.leases.contains_key(&name),
+        };
+        if taken {
             return status(StatusCode::CONFLICT, "already exists");
         }
         let object = self.versioned(object);
         self.writes += 1;
         let response = json_response(StatusCode::CREATED, &object);
-        self.leases.insert(name, object);
+        match kind {
+            Kind::Secret => self.secrets.insert(name, object),
+            _ => self.leases.insert(name, object),
+        };
         response
     }
 

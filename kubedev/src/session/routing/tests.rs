@@ -26,6 +26,7 @@ fn record() -> Record {
         applied: Some(applied()),
         services: Vec::new(),
         paused_flux: false,
+        token_key: None,
         owner: None,
     }
 }
