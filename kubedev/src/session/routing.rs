@@ -101,9 +101,7 @@ fn template_undone(record: &Record, live: &Value) -> Option<String> {
     if label(applied).is_some() && label(live) != label(applied) {
         return Some(format!("the pod template lost the label {SESSION_LABEL}"));
     }
-    let Some(agent) = container(applied, AGENT_CONTAINER) else {
-        return None;
-    };
+    let agent = container(applied, AGENT_CONTAINER)?;
     let Some(live_agent) = container(live, AGENT_CONTAINER) else {
         return Some("the agent container was removed from the pod template".to_owned());
     };
