@@ -5,7 +5,8 @@
 //! The agent container gets the app container's `env` and `envFrom` under
 //! [`APP_ENV_PREFIX`] (the kubelet resolves secrets, configMaps and fieldRefs for it) and
 //! its volume mounts under [`VOLUMES_ROOT`] (read-only for ingest). It runs as the app's
-//! user where that is set, but with none of the app's privileges ([`hardening`]).
+//! user where that is set, but with none of the app's privileges ([`AGENT_USER`] otherwise;
+//! see `inject/hardening.rs`).
 //!
 //! - **intercept**: for each intercepted port the agent listens on a free port and takes
 //!   over the Service's target: a named targetPort moves from the app's port to the

@@ -36,7 +36,7 @@ const MAX_STREAMS: usize = 4096;
 /// Streams for flows one end may have open at once that it opened itself: the agent's
 /// 1,000-flow target with room. yamux counts both ways under one limit, so both ways share
 /// it: this end's and the peer's, with [`CONTROL_STREAMS`] and [`ACCEPTED_STREAMS_CAP`]'s
-/// slack, stay 832 under [`MAX_STREAMS`], room for streams already dropped that yamux
+/// slack, stay 832 under `MAX_STREAMS`, room for streams already dropped that yamux
 /// counts until their reset is sent.
 pub const OPENED_STREAMS_CAP: usize = 1536;
 /// Streams one end may open beyond [`OPENED_STREAMS_CAP`] for what keeps a session alive

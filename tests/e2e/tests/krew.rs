@@ -87,8 +87,16 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         "the workload is exactly as before"
     );
 
-    // The tag the first session ran was pinned to its digest: the next session runs that
-    // very image, whatever the tag points at by then.
+    the_next_session_runs_the_pinned_image(&kubectl, &ns, &before).await;
+}
+
+/// The tag the first session ran was pinned to its digest: the next session runs that very
+/// image, whatever the tag points at by then.
+async fn the_next_session_runs_the_pinned_image(
+    kubectl: &dyn Fn(&[&str]) -> std::process::Output,
+    ns: &TestNamespace,
+    before: &serde_json::Value,
+) {
     let view = succeeded(
         "kubectl intercept config view",
         &kubectl(&["intercept", "config", "view"]),
@@ -113,7 +121,7 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         "kubectl intercept leave",
         &kubectl(&["intercept", "leave", "-n", &ns.name, "echo"]),
     );
-    assert_eq!(ns.echo_template(false).await, before);
+    assert_eq!(&ns.echo_template(false).await, before);
 }
 
 /// Installs the three plugins from the release; kubectl then sees exactly them and krew,
