@@ -37,6 +37,9 @@ struct Cli {
     udp_idle_secs: u64,
 }
 
+/// How long the agent goes on serving after it is told to stop.
+const DRAIN: Duration = Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -48,9 +51,18 @@ async fn main() -> anyhow::Result<()> {
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
     };
+    let served = agent_image::run(cli.listen, settings, cli.config.listeners);
+    tokio::pin!(served);
     tokio::select! {
-        served = agent_image::run(cli.listen, settings, cli.config.listeners) => served,
-        stopped = stop_signal() => stopped,
+        result = &mut served => return result,
+        stopped = stop_signal() => stopped?,
+    }
+    // Told to stop, the pod is leaving its Services' endpoints, but every node's proxy
+    // follows only within a second or two: connections sent here meanwhile are still
+    // served rather than refused.
+    tokio::select! {
+        result = &mut served => result,
+        () = tokio::time::sleep(DRAIN) => Ok(()),
     }
 }
 

@@ -761,3 +761,30 @@ async fn one_client_address_cannot_take_every_connection_of_a_taken_over_port() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stopping_agent_serves_its_taken_over_port_while_the_proxies_catch_up() {
+    let app = echo_server().await;
+    let (mut agent, port) = Agent::intercepting(app).await;
+    let told = Command::new("kill")
+        .args(["-TERM", &agent.process.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(told.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second after being told to stop, a client is still served (by the app, here).
+    let mut client = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("still accepting");
+    assert!(echoes(&mut client, b"late client").await);
+    assert!(
+        agent.process.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    // It does stop, once the drain is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while agent.process.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "never stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -26,7 +26,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::mode::Mode;
 
 mod hardening;
-pub use hardening::{AGENT_USER, agent_resources, default_agent_resources, parse_resource_list};
+pub use hardening::{
+    AGENT_USER, agent_resources, check_agent_resources, default_agent_resources,
+    parse_resource_list,
+};
 use kubedev_protocol::{
     AGENT_CONFIG_ENV, AGENT_POD_UID_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig,
     Listener, Transport, VOLUMES_ROOT,

@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod inject;
 pub mod mode;
 pub mod mount;
+pub mod printable;
 pub mod private_files;
 pub mod proxy_env;
 pub mod run_as;

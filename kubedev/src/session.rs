@@ -28,7 +28,7 @@ mod tokens;
 pub use candidates::{Candidate, CandidatePort, candidates_in};
 pub use error::SessionError;
 pub use gitops::{Reconciler, reconciler_of};
-pub use leave::{Left, leave};
+pub use leave::{Left, leave, restore_unrecorded};
 pub use observed::LeaseObservations;
 pub use plan::{Plan, PortMapping, Started};
 pub use reclaim::{Expired, reclaim_expired, sessions_everywhere, sessions_in};

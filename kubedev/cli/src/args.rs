@@ -100,12 +100,12 @@ pub struct SessionLife {
 
     /// What the agent container requests, over the defaults (cpu=10m,memory=32Mi), as
     /// `kubectl set resources` takes them; `memory=` takes one off.
-    #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_resource_list)]
+    #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true, value_parser = parse_resource_list)]
     pub agent_requests: ResourceList,
 
     /// The agent container's limits, over the default (memory=512Mi); `memory=` takes it
     /// off (a ResourceQuota on limits.cpu needs e.g. cpu=500m).
-    #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_resource_list)]
+    #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true, value_parser = parse_resource_list)]
     pub agent_limits: ResourceList,
 
     /// Pause Flux on the workload (and on the Service the session changes) while the

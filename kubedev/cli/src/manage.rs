@@ -88,7 +88,12 @@ mod tests {
 
     #[test]
     fn the_printed_role_is_a_role_allowing_what_the_plugins_call() {
-        let role: k8s_openapi::api::rbac::v1::Role = serde_saphyr::from_str(ROLE).expect("a Role");
+        let (role, secret) = ROLE.split_once("\n---\n").expect("a Role, then a Secret");
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_saphyr::from_str(secret).expect("a Secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some(TOKENS_SECRET));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        let role: k8s_openapi::api::rbac::v1::Role = serde_saphyr::from_str(role).expect("a Role");
         let rules = role.rules.expect("rules");
         let allows = |group: &str, resource: &str, verb: &str| {
             rules.iter().any(|rule| {
@@ -121,9 +126,8 @@ mod tests {
             .collect();
         for rule in &secret_rules {
             let named = rule.resource_names.as_deref() == Some(&[TOKENS_SECRET.to_owned()][..]);
-            let only_create = rule.verbs == ["create"];
-            assert!(named || only_create, "{rule:?}");
+            assert!(named && rule.verbs == ["get", "update"], "{rule:?}");
         }
-        assert!(allows("", "secrets", "get") && allows("", "secrets", "create"));
+        assert!(!allows("", "secrets", "create"), "no Secret is created");
     }
 }

@@ -75,8 +75,8 @@ impl Session for OnWorkload<'_> {
 
     async fn start(&self) -> anyhow::Result<Started> {
         let started = start(self.connection, self.plan, self.image_source).await?;
-        let image = &self.plan.agent_image;
-        pinning::pin_after_start(self.connection, image, self.image_source, &started).await;
+        let asked = (self.plan, self.image_source);
+        pinning::pin_after_start(self.connection, asked, &started).await;
         Ok(started)
     }
 
@@ -128,6 +128,9 @@ fn plan_of(
     mode_args: ModeArgs,
     agent_image: String,
 ) -> anyhow::Result<Plan> {
+    let agent_resources =
+        kubedev::inject::agent_resources(&args.life.agent_requests, &args.life.agent_limits);
+    kubedev::inject::check_agent_resources(&agent_resources).map_err(anyhow::Error::msg)?;
     Ok(Plan {
         mode,
         name: args
@@ -145,10 +148,7 @@ fn plan_of(
         wiretap: mode_args.wiretap,
         timeout: args.life.timeout,
         owner: session::random_id()?,
-        agent_resources: kubedev::inject::agent_resources(
-            &args.life.agent_requests,
-            &args.life.agent_limits,
-        ),
+        agent_resources,
         pause_flux: args.life.pause_flux,
     })
 }

@@ -114,6 +114,52 @@ pub fn agent_resources(
     }
 }
 
+/// Fails where the agent would request more of a resource than its limit allows (the
+/// API server would refuse the pods), naming the flag that changes it.
+pub fn check_agent_resources(resources: &ResourceRequirements) -> Result<(), String> {
+    let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) else {
+        return Ok(());
+    };
+    for (name, limit) in limits {
+        let Some(request) = requests.get(name) else {
+            continue;
+        };
+        if amount(name, &request.0) > amount(name, &limit.0) {
+            return Err(format!(
+                "the agent would request {name}={} over its limit {name}={}: raise the limit \
+                 with --agent-limits {name}=… or lower the request with --agent-requests",
+                request.0, limit.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A quantity of `name` as a number (cores, bytes), if it is one the agent takes: plain,
+/// or with a suffix Kubernetes gives (`m` for cpu; `Ki`…`Ei`, `k`…`E` for bytes).
+fn amount(name: &str, value: &str) -> Option<f64> {
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match (name, suffix) {
+        (_, "") => 1.0,
+        ("cpu", "m") => 1e-3,
+        ("cpu", _) => return None,
+        (_, "k") => 1e3,
+        (_, "M") => 1e6,
+        (_, "G") => 1e9,
+        (_, "T") => 1e12,
+        (_, "Ki") => 1024.0,
+        (_, "Mi") => 1024f64.powi(2),
+        (_, "Gi") => 1024f64.powi(3),
+        (_, "Ti") => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
     pairs
         .iter()
@@ -129,13 +175,20 @@ pub fn parse_resource_list(text: &str) -> Result<BTreeMap<String, Quantity>, Str
         let (name, value) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair:?} is not NAME=QUANTITY, e.g. cpu=100m,memory=64Mi"))?;
-        let well_formed = value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '+' || c == '-');
-        if !matches!(name, "cpu" | "memory" | "ephemeral-storage") || !well_formed {
+        if !matches!(name, "cpu" | "memory" | "ephemeral-storage") {
             return Err(format!(
                 "{pair:?}: the agent takes cpu, memory and ephemeral-storage quantities, e.g. \
                  cpu=100m,memory=64Mi"
+            ));
+        }
+        if !value.is_empty() && amount(name, value).is_none() {
+            return Err(format!(
+                "{pair:?} is not a quantity of {name}: e.g. {}",
+                if name == "cpu" {
+                    "cpu=250m or cpu=1"
+                } else {
+                    "memory=64Mi or memory=1Gi"
+                }
             ));
         }
         list.insert(name.to_owned(), Quantity(value.to_owned()));

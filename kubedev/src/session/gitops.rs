@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::printable::printable;
 use crate::workload::Workload;
 
 /// A GitOps controller that applies a workload.
@@ -24,8 +25,10 @@ pub enum Reconciler {
 impl fmt::Display for Reconciler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Flux { source } => write!(f, "Flux ({source})"),
-            Self::ArgoCd { application } => write!(f, "Argo CD (application {application})"),
+            Self::Flux { source } => write!(f, "Flux ({})", printable(source)),
+            Self::ArgoCd { application } => {
+                write!(f, "Argo CD (application {})", printable(application))
+            }
         }
     }
 }

@@ -255,3 +255,35 @@ async fn a_lease_renewed_by_a_clock_far_behind_is_not_taken_for_run_out() {
         "still intercepted"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn tokens_no_record_or_live_lease_holds_are_swept_by_the_next_run() {
+    let fake = FakeApi::with_web_app(json!("http"));
+    let plan = plan("web", None);
+    start_leased(&fake, &plan).await;
+    let tokens = |fake: &FakeApi| -> Vec<String> {
+        let secret = fake
+            .secret(crate::inject::TOKENS_SECRET)
+            .expect("the tokens' Secret");
+        secret["data"]
+            .as_object()
+            .map(|data| data.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut secret = fake
+        .secret(crate::inject::TOKENS_SECRET)
+        .expect("the tokens' Secret");
+    // The agent of a run whose workload was replaced under it, with no lease left.
+    secret["data"]["deployment.gone.run-gone"] = json!("dG9rZW4=");
+    let client = fake.client();
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, NAMESPACE);
+    let object = serde_json::from_value(secret).expect("secret");
+    api.replace(crate::inject::TOKENS_SECRET, &Default::default(), &object)
+        .await
+        .expect("planted");
+    assert_eq!(tokens(&fake).len(), 2);
+
+    assert!(reclaim(&fake, "run-bob").await.is_empty());
+    assert_eq!(tokens(&fake), [format!("deployment.web.{}", plan.owner)]);
+}

@@ -10,7 +10,7 @@ use super::SessionError;
 use super::error::corrupt;
 use super::lease::end_lease;
 use super::record::{
-    FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Removal, ServiceRecord, record_of,
+    FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of,
 };
 use super::three_way::{OthersChanges, restore};
 use super::tokens::forget_token;
@@ -135,6 +135,22 @@ pub(super) async fn remove_session(
         }
         Removal::Last => {}
     }
+    let changes = undo(client, namespace, &record, &mut workload).await?;
+    Ok(Removed {
+        outcome: Outcome::Restored(Box::new(workload), changes),
+        owner: removed_owner,
+    })
+}
+
+/// Takes what `record` says its sessions changed back out of `workload` and its Service,
+/// keeping what others changed; one attempt at the workload's write.
+async fn undo(
+    client: &kube::Client,
+    namespace: &str,
+    record: &Record,
+    workload: &mut Workload,
+) -> Result<OthersChanges, SessionError> {
+    let reference = &workload.reference.clone();
     // Putting the Service's ports back is idempotent, so a retry after a conflict on the
     // workload does it again harmlessly.
     let mut changes = OthersChanges::default();
@@ -157,10 +173,36 @@ pub(super) async fn remove_session(
     {
         tracing::warn!("dropping the token of {reference}'s agent: {err}");
     }
-    Ok(Removed {
-        outcome: Outcome::Restored(Box::new(workload), changes),
-        owner: removed_owner,
+    Ok(changes)
+}
+
+/// Restores what `record` (as last seen on `reference`) says its sessions changed, where
+/// the workload no longer holds the record: someone replaced the object whole (`kubectl
+/// replace`, a GitOps tool's replace) and the Service's original ports, the token and the
+/// pause of Flux would otherwise stay as the session left them.
+pub async fn restore_unrecorded(
+    client: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    record: &Record,
+    timeout: Duration,
+) -> Result<Left, SessionError> {
+    let restored = retry_on_conflict(|| async {
+        let mut workload = Workload::get(client, namespace, reference).await?;
+        let changes = undo(client, namespace, record, &mut workload).await?;
+        Ok::<_, SessionError>((workload, changes))
     })
+    .await?;
+    let (workload, changes) = restored;
+    wait_for_pods(
+        client,
+        &workload,
+        (false, OldPods::Terminating),
+        timeout,
+        |_| {},
+    )
+    .await?;
+    Ok(Left::Restored(changes))
 }
 
 /// Takes the session's change back out of the ports of Service `recorded.name`, keeping

@@ -11,6 +11,7 @@ use super::lease::{Holder, SessionLease, end_lease, leases_in, take_over};
 use super::leave::leave;
 use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
+use super::tokens::forget_tokens_but;
 use crate::workload::{Workload, WorkloadKind};
 
 /// Every workload in `namespace` with a session on it, and its record.
@@ -150,7 +151,35 @@ pub async fn reclaim_expired(
             _ => {}
         }
     }
+    sweep_tokens(client, namespace, &sessions, (&leases, &ended)).await;
     Ok(reclaimed)
+}
+
+/// Drops the tokens of agents no record holds any more and of runs without a live lease
+/// (their workload was replaced or deleted under them); a run still starting holds its
+/// lease. Failing to is no error: the next run sweeps again.
+async fn sweep_tokens(
+    client: &kube::Client,
+    namespace: &str,
+    sessions: &[(Workload, Record)],
+    (leases, ended): (&[SessionLease], &[(&SessionLease, Duration)]),
+) {
+    let recorded = sessions
+        .iter()
+        .filter_map(|(_, record)| record.token_key.as_deref());
+    let has_ended = |lease: &SessionLease| {
+        ended
+            .iter()
+            .any(|(gone, _)| gone.session_owner() == lease.session_owner())
+    };
+    let live = leases
+        .iter()
+        .filter(|lease| !has_ended(lease))
+        .filter_map(SessionLease::session_owner);
+    let kept: Vec<&str> = recorded.chain(live).collect();
+    if let Err(err) = forget_tokens_but(client, namespace, &kept).await {
+        tracing::debug!("sweeping the tokens of ended sessions: {err}");
+    }
 }
 
 /// What a leased session changed in the cluster.

@@ -12,15 +12,19 @@ use serde_json::Value;
 use super::SessionError;
 use super::record::{Record, record_of};
 use crate::inject::{AGENT_CONTAINER, SESSION_LABEL};
+use crate::printable::printable;
 use crate::workload::{FIELD_MANAGER, Workload, WorkloadError, WorkloadRef};
 
 /// What became of a session's hold on its workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Routing {
-    /// Everything the session set is in place.
-    InPlace,
+    /// Everything the session set is in place, as this record says.
+    InPlace(Box<Record>),
     /// Something the session set was changed back.
     Undone {
+        /// The workload no longer holds the session's record (it was replaced whole): what
+        /// the session changed is known only from the record last seen.
+        record_gone: bool,
         /// What changed, in words.
         what: String,
         /// Who last changed the object, from its managed fields (`kustomize-controller
@@ -32,11 +36,14 @@ pub enum Routing {
 impl Routing {
     /// The change and who made it, in words.
     pub fn describe(&self) -> Option<String> {
-        match self {
-            Self::InPlace => None,
-            Self::Undone { what, by: Some(by) } => Some(format!("{what} (changed by {by})")),
-            Self::Undone { what, by: None } => Some(what.clone()),
-        }
+        let said = match self {
+            Self::InPlace(_) => return None,
+            Self::Undone {
+                what, by: Some(by), ..
+            } => format!("{what} (changed by {by})"),
+            Self::Undone { what, by: None, .. } => what.clone(),
+        };
+        Some(printable(&said))
     }
 }
 
@@ -50,13 +57,16 @@ pub async fn routing_of(
     let workload = Workload::get(client, namespace, reference).await?;
     let by = last_writer(workload.managed_fields());
     let undone = |what: String| Routing::Undone {
+        record_gone: false,
         what,
         by: by.clone(),
     };
     let Some(record) = record_of(&workload)? else {
-        return Ok(undone(format!(
-            "the session record was removed from {reference}"
-        )));
+        return Ok(Routing::Undone {
+            record_gone: true,
+            what: format!("the session record was removed from {reference}"),
+            by,
+        });
     };
     if !record.holders().any(|(session, _)| session == name) {
         return Ok(undone(format!(
@@ -83,10 +93,14 @@ pub async fn routing_of(
         if let Some(what) = ports_undone(applied, &live) {
             let by = last_writer(service.metadata.managed_fields.as_deref());
             let what = format!("service/{}: {what}", recorded.name);
-            return Ok(Routing::Undone { what, by });
+            return Ok(Routing::Undone {
+                record_gone: false,
+                what,
+                by,
+            });
         }
     }
-    Ok(Routing::InPlace)
+    Ok(Routing::InPlace(Box::new(record)))
 }
 
 /// What of the session's change to the pod template is gone from `live`, if anything: the
@@ -163,20 +177,21 @@ fn ports_undone(applied: &Value, live: &Value) -> Option<String> {
     None
 }
 
-/// The newest writer of an object other than kubedev, with how it wrote.
+/// The newest writer of an object, with how it wrote; kubedev itself is another run of it
+/// (a teammate's `leave`, a reclaim).
 fn last_writer(fields: Option<&[ManagedFieldsEntry]>) -> Option<String> {
-    fields?
+    let newest = fields?
         .iter()
-        .filter(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
         .filter(|entry| entry.subresource.is_none())
-        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))
-        .and_then(|entry| {
-            let manager = entry.manager.clone()?;
-            Some(match &entry.operation {
-                Some(operation) => format!("{manager} ({operation})"),
-                None => manager,
-            })
-        })
+        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))?;
+    let manager = newest.manager.clone()?;
+    if manager == FIELD_MANAGER {
+        return Some("another run of kubedev: a teammate's `leave`, or a reclaim".to_owned());
+    }
+    Some(match &newest.operation {
+        Some(operation) => format!("{manager} ({operation})"),
+        None => manager,
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,55 @@
 
 use serde_json::{Map, Value};
 
-/// Keys identifying the elements of a list of objects, tried in order: the first that every
-/// element of all three versions has, with no value twice in one version, keys the list.
-const ELEMENT_KEYS: [&str; 5] = ["containerPort", "mountPath", "devicePath", "name", "port"];
+use crate::printable::printable;
+
+/// Fields identifying the elements of a list of objects, tried in order: the first that
+/// every element of all three versions has, with no value twice in one version, keys the
+/// list. A port is its number and protocol (TCP where unsaid), so a teammate's 8080/UDP
+/// beside 8080/TCP is an element of its own.
+const ELEMENT_KEYS: [&[&str]; 5] = [
+    &["containerPort", "protocol"],
+    &["mountPath"],
+    &["devicePath"],
+    &["name"],
+    &["port", "protocol"],
+];
+
+/// One of [`ELEMENT_KEYS`].
+#[derive(Clone, Copy)]
+struct Key(&'static [&'static str]);
+
+impl Key {
+    /// `element`'s identity under this key, if it has one.
+    fn id(self, element: &Value) -> Option<Value> {
+        let (first, rest) = self.0.split_first()?;
+        let head = element
+            .get(first)
+            .filter(|value| !value.is_object())?
+            .clone();
+        if rest.is_empty() {
+            return Some(head);
+        }
+        let protocol = element.get("protocol").cloned();
+        Some(Value::Array(vec![
+            head,
+            protocol.unwrap_or_else(|| "TCP".into()),
+        ]))
+    }
+
+    /// An identity as a path names it: `8080/TCP`, `web`.
+    fn label(id: &Value) -> String {
+        let part = |value: &Value| {
+            value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        };
+        match id {
+            Value::Array(parts) => parts.iter().map(part).collect::<Vec<_>>().join("/"),
+            other => part(other),
+        }
+    }
+}
 
 /// The most changes a [`Restoration`] names one by one.
 const NAMED_CHANGES: usize = 12;
@@ -40,8 +86,12 @@ impl OthersChanges {
     }
 
     /// The fields kept and overridden, in words (empty when the original came back
-    /// exactly).
+    /// exactly), safe to print.
     pub fn describe(&self) -> String {
+        printable(&self.describe_as_named())
+    }
+
+    fn describe_as_named(&self) -> String {
         let mut out = String::new();
         if !self.kept.is_empty() {
             out.push_str(&format!(
@@ -162,13 +212,13 @@ fn merge_objects(out: &mut Restoration, path: &str, v: Versions<'_>) -> Value {
 }
 
 /// The key that identifies the elements of `lists`, if one does.
-fn element_key(lists: [&Vec<Value>; 3]) -> Option<&'static str> {
-    ELEMENT_KEYS.into_iter().find(|key| {
+fn element_key(lists: [&Vec<Value>; 3]) -> Option<Key> {
+    ELEMENT_KEYS.into_iter().map(Key).find(|key| {
         lists.iter().all(|list| {
             let mut seen = Vec::new();
-            list.iter().all(|element| match element.get(key) {
-                Some(value) if !value.is_object() && !seen.contains(&value) => {
-                    seen.push(value);
+            list.iter().all(|element| match key.id(element) {
+                Some(id) if !seen.contains(&id) => {
+                    seen.push(id);
                     true
                 }
                 _ => false,
@@ -179,19 +229,18 @@ fn element_key(lists: [&Vec<Value>; 3]) -> Option<&'static str> {
 
 /// Merges three lists element by element: in the live order, with elements only the
 /// original has put back after the element they followed there.
-fn merge_lists(out: &mut Restoration, path: &str, key: &str, lists: [&Vec<Value>; 3]) -> Value {
+fn merge_lists(out: &mut Restoration, path: &str, key: Key, lists: [&Vec<Value>; 3]) -> Value {
     let [applied, original, live] = lists;
     let find = |list: &'_ Vec<Value>, id: &Value| -> Option<Value> {
-        list.iter().find(|e| e.get(key) == Some(id)).cloned()
+        list.iter()
+            .find(|e| key.id(e).as_ref() == Some(id))
+            .cloned()
     };
-    let id_of = |element: &Value| element.get(key).cloned().unwrap_or(Value::Null);
+    let id_of = |element: &Value| key.id(element).unwrap_or(Value::Null);
     let mut merged: Vec<Value> = Vec::new();
     let put = |out: &mut Restoration, id: &Value, merged: &mut Vec<Value>, at: usize| {
         let (a, o, l) = (find(applied, id), find(original, id), find(live, id));
-        let label = match id {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
+        let label = Key::label(id);
         let versions = Versions {
             applied: a.as_ref(),
             original: o.as_ref(),
@@ -206,7 +255,7 @@ fn merge_lists(out: &mut Restoration, path: &str, key: &str, lists: [&Vec<Value>
     }
     for (index, element) in original.iter().enumerate() {
         let id = id_of(element);
-        if live.iter().any(|e| e.get(key) == Some(&id)) {
+        if live.iter().any(|e| key.id(e).as_ref() == Some(&id)) {
             continue;
         }
         // After the nearest element that preceded it in the original and is still here.
@@ -217,7 +266,7 @@ fn merge_lists(out: &mut Restoration, path: &str, key: &str, lists: [&Vec<Value>
                 let before = id_of(before);
                 merged
                     .iter()
-                    .position(|e| e.get(key) == Some(&before))
+                    .position(|e| key.id(e).as_ref() == Some(&before))
                     .map(|position| position + 1)
             })
             .unwrap_or(0);
@@ -242,18 +291,20 @@ fn differences(path: &str, from: Option<&Value>, to: Option<&Value>, out: &mut V
                 return;
             };
             let find = |list: &'_ Vec<Value>, id: &Value| {
-                list.iter().find(|e| e.get(key) == Some(id)).cloned()
+                list.iter()
+                    .find(|e| key.id(e).as_ref() == Some(id))
+                    .cloned()
             };
-            let mut ids: Vec<Value> = a.iter().filter_map(|e| e.get(key).cloned()).collect();
+            let mut ids: Vec<Value> = a.iter().filter_map(|e| key.id(e)).collect();
             ids.extend(
                 b.iter()
-                    .filter_map(|e| e.get(key).cloned())
-                    .filter(|id| !a.iter().any(|e| e.get(key) == Some(id))),
+                    .filter_map(|e| key.id(e))
+                    .filter(|id| !a.iter().any(|e| key.id(e).as_ref() == Some(id))),
             );
             for id in ids {
                 let (x, y) = (find(a, &id), find(b, &id));
                 if x != y {
-                    let label = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
+                    let label = Key::label(&id);
                     differences(&format!("{path}[{label}]"), x.as_ref(), y.as_ref(), out);
                 }
             }

@@ -1,14 +1,14 @@
-//! The sessions' tokens, kept out of pod specs: one Secret of kubedev's own per namespace
-//! ([`TOKENS_SECRET`]) holds each agent's token under its workload's key, and the agent
-//! reads it through a `secretKeyRef`. Someone who may read the workload (or its pods)
-//! but not that Secret never sees a token; the Role grants `get` on that Secret by name.
+//! The sessions' tokens, kept out of pod specs: one Secret per namespace ([`TOKENS_SECRET`],
+//! created with kubedev's Role) holds each agent's token under a key of its own, and the
+//! agent reads it through a `secretKeyRef`. Someone who may read the workload (or its
+//! pods) but not that Secret never sees a token; the Role grants `get` and `update` on that
+//! Secret by name, and nothing on any other.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 
 use super::SessionError;
 use crate::inject::TOKENS_SECRET;
@@ -28,7 +28,7 @@ fn api_error(err: kube::Error, verb: &'static str, namespace: &str) -> SessionEr
     WorkloadError::from_api(err, verb, "secrets", namespace).into()
 }
 
-/// Keeps `token` under `key`, creating the Secret the first time.
+/// Keeps `token` under `key`.
 pub(super) async fn store_token(
     client: &kube::Client,
     namespace: &str,
@@ -37,10 +37,8 @@ pub(super) async fn store_token(
 ) -> Result<(), SessionError> {
     let api = secrets(client, namespace);
     retry_on_conflict(|| async {
+        let mut secret = the_secret(&api, namespace).await?;
         let value = ByteString(token.as_bytes().to_vec());
-        let Some(mut secret) = read(&api, namespace).await? else {
-            return create(&api, namespace, key, value).await;
-        };
         secret
             .data
             .get_or_insert_with(BTreeMap::new)
@@ -50,37 +48,24 @@ pub(super) async fn store_token(
     .await
 }
 
-/// Creates the Secret with `value` under `key`. Another run creating it first makes this a
-/// conflict: the retry reads it and adds to it.
-async fn create(
-    api: &Api<Secret>,
-    namespace: &str,
-    key: &str,
-    value: ByteString,
-) -> Result<(), SessionError> {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(TOKENS_SECRET.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "kubedev".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(key.to_owned(), value)])),
-        ..Secret::default()
+/// The tokens' Secret, which the Role's manifest creates: kubedev may not create Secrets
+/// (a right to would let its users mint ServiceAccount tokens). Only an Opaque one is
+/// used.
+async fn the_secret(api: &Api<Secret>, namespace: &str) -> Result<Secret, SessionError> {
+    let missing = || {
+        SessionError::Refused(format!(
+            "namespace {namespace} has no Secret {TOKENS_SECRET}, where sessions keep their \
+             tokens: it comes with kubedev's Role; ask whoever grants it to apply \
+             `kubectl intercept role` in the namespace"
+        ))
     };
-    match api.create(&write_params(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            let raced = kube::core::Status::failure("created meanwhile", "Conflict").with_code(409);
-            Err(api_error(
-                kube::Error::Api(raced.boxed()),
-                "create",
-                namespace,
-            ))
-        }
-        Err(err) => Err(api_error(err, "create", namespace)),
+    let secret = read(api, namespace).await?.ok_or_else(missing)?;
+    match secret.type_.as_deref() {
+        None | Some("Opaque") => Ok(secret),
+        Some(other) => Err(SessionError::Refused(format!(
+            "Secret {TOKENS_SECRET} in namespace {namespace} is of type {other}, not Opaque: \
+             kubedev keeps no token there; ask whoever grants kubedev's Role to apply it again"
+        ))),
     }
 }
 
@@ -95,7 +80,7 @@ pub(super) async fn read_token(
     Ok(value.and_then(|bytes| String::from_utf8(bytes.0).ok()))
 }
 
-/// Drops the token under `key`; the Secret goes with the last one.
+/// Drops the token under `key`; the Secret stays, for the next sessions.
 pub(super) async fn forget_token(
     client: &kube::Client,
     namespace: &str,
@@ -106,18 +91,39 @@ pub(super) async fn forget_token(
         let Some(mut secret) = read(&api, namespace).await? else {
             return Ok(());
         };
-        let data = secret.data.get_or_insert_with(BTreeMap::new);
-        if data.remove(key).is_none() {
+        let removed = secret.data.as_mut().and_then(|data| data.remove(key));
+        match removed {
+            Some(_) => write(&api, namespace, &secret).await,
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
+/// Drops every token whose key is not in `kept` and does not end in a run id of it (a run
+/// whose lease lives).
+pub(super) async fn forget_tokens_but(
+    client: &kube::Client,
+    namespace: &str,
+    kept: &[&str],
+) -> Result<(), SessionError> {
+    let api = secrets(client, namespace);
+    retry_on_conflict(|| async {
+        let Some(mut secret) = read(&api, namespace).await? else {
+            return Ok(());
+        };
+        let Some(data) = secret.data.as_mut() else {
+            return Ok(());
+        };
+        let before = data.len();
+        data.retain(|key, _| {
+            let run = key.rsplit('.').next().unwrap_or_default();
+            kept.contains(&key.as_str()) || kept.contains(&run)
+        });
+        if data.len() == before {
             return Ok(());
         }
-        if !data.is_empty() {
-            return write(&api, namespace, &secret).await;
-        }
-        match api.delete(TOKENS_SECRET, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(err) => Err(api_error(err, "delete", namespace)),
-        }
+        write(&api, namespace, &secret).await
     })
     .await
 }

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 
 use super::{PodOwners, Workload, WorkloadKind};
+use crate::printable::printable;
 
 /// The newest reason the workload's controller gave, at or after `since` (the API
 /// server's time of the write that started the rollout, so no clocks are compared), for
@@ -31,7 +32,8 @@ pub(super) async fn creation_failure(
     for event in recent.into_iter().rev() {
         if about_workload(event, workload, owners).await {
             let message = event.message.as_deref().unwrap_or("no message");
-            return Some(format!("{}: {}", reason_of(event), message.trim()));
+            let said = format!("{}: {}", reason_of(event), message.trim());
+            return Some(printable(&said));
         }
     }
     None

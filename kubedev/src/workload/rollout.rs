@@ -152,7 +152,10 @@ pub async fn wait_for_pods(
         if last.as_ref() != Some(&state) {
             progress(&state);
         }
-        if current.len() < wanted
+        // Only while adding the agent: a restore waits for its pods whatever the events say
+        // (an old ReplicaSet's, a quota met during the surge), and fails only at the limit.
+        if with_agent
+            && current.len() < wanted
             && let Some(since) = &written_at
             && let Some(reason) = creation_failure(client, workload, &mut owners, since).await
         {

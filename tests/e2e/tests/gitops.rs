@@ -269,3 +269,54 @@ async fn a_session_that_pauses_flux_outlives_its_syncs_and_leave_resumes_them() 
     looping.join().expect("reconciler");
     assert_eq!(s.ns.stored_deployment_and_service("echo").await, before);
 }
+
+#[tokio::test]
+async fn a_workload_replaced_whole_during_a_session_gets_its_service_back() {
+    let s = setup("gitops-replace", &[]).await;
+    let before = s.ns.stored_deployment_and_service("echo").await;
+    let args = [
+        "echo",
+        "-n",
+        s.ns.name.as_str(),
+        "--port",
+        "3000:8080",
+        "--detach",
+    ];
+    s.workstation.plugin_ok(&s.cluster, PLUGIN, &args);
+    assert_eq!(s.get("/live").trim(), "local laptop: GET /live HTTP/1.1");
+    // A replace from git (as `kubectl replace` or Argo CD's Replace=true does): the record
+    // goes with the rest of kubedev's changes, but the Service is left pointed at the agent.
+    let json =
+        s.ns.kubectl_ok(&["get", "deployment", "echo", "-o", "json"])
+            .expect("get");
+    let mut deployment: Value = serde_json::from_str(&json).expect("json");
+    let git: Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.manifests).expect("git")).expect("json");
+    deployment["spec"] = git["items"][0]["spec"].clone();
+    deployment["metadata"]["annotations"] = serde_json::json!({});
+    let replaced = s.workstation.file("replaced.json");
+    std::fs::write(&replaced, deployment.to_string()).expect("write");
+    s.ns.kubectl_ok(&["replace", "-f", &replaced.display().to_string()])
+        .expect("replace");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.ns.stored_deployment_and_service("echo").await != before {
+        assert!(Instant::now() < deadline, "the Service never came back");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s.ns.wait_deployment_ready("echo").await.expect("ready");
+    assert!(s.get("/after").starts_with("echo from echo-"));
+    let secret =
+        s.ns.kubectl_ok(&[
+            "get",
+            "secret",
+            "kubedev-session-tokens",
+            "-o",
+            "jsonpath={.data}",
+        ])
+        .expect("the tokens' Secret");
+    assert!(
+        secret.trim().is_empty() || secret.trim() == "{}",
+        "tokens left: {secret}"
+    );
+}

@@ -84,6 +84,14 @@ impl FakeApi {
         let fake = Self::default();
         fake.add_deployment(web_deployment());
         fake.add_service(web_service(target_port));
+        // As kubedev's Role manifest creates it.
+        let tokens = json!({"metadata": {"name": "kubedev-session-tokens"}, "type": "Opaque"});
+        let mut state = fake.lock();
+        let tokens = state.versioned(tokens);
+        state
+            .secrets
+            .insert("kubedev-session-tokens".into(), tokens);
+        drop(state);
         fake
     }
 

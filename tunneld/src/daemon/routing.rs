@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kubedev::control::Held;
-use kubedev::session::{Routing, routing_of};
+use kubedev::session::{Routing, restore_unrecorded, routing_of};
 
 use super::leases::LeaseKeeping;
 use super::{Daemon, HoldCount};
@@ -16,6 +16,8 @@ use super::{Daemon, HoldCount};
 /// How often a live session's changes are checked: a reconciler's undoing is noticed
 /// within this, at one read of the workload (and Service) each time.
 const ROUTING_CHECK_PERIOD: Duration = Duration::from_secs(3);
+/// How often a held session is looked for until it is live.
+const LIVE_POLL: Duration = Duration::from_millis(100);
 
 /// Checks `held`'s session on its workload every [`ROUTING_CHECK_PERIOD`], from the moment
 /// it is live here until it ends (or is no longer kept).
@@ -24,8 +26,17 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
         return;
     };
     let mut was_live = false;
+    // The record as last seen: what to restore from if the workload loses it.
+    let mut last_record = None;
     loop {
-        tokio::time::sleep(ROUTING_CHECK_PERIOD).await;
+        // Until the session is live, look often: the first check, as soon as it is, keeps
+        // the record to restore from should the workload be replaced whole.
+        let pause = if was_live {
+            ROUTING_CHECK_PERIOD
+        } else {
+            LIVE_POLL
+        };
+        tokio::time::sleep(pause).await;
         let Some(kept) = keeping.upgrade() else {
             return;
         };
@@ -40,9 +51,14 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
             (true, _) => was_live = true,
         }
         let routing = routing_of(&daemon.client, &held.namespace, &workload, &held.name).await;
-        let undone = match routing {
-            Ok(Routing::InPlace) => continue,
-            Ok(undone) => undone.describe().unwrap_or_default(),
+        let (undone, record_gone) = match routing {
+            Ok(Routing::InPlace(record)) => {
+                last_record = Some(record);
+                continue;
+            }
+            Ok(undone @ Routing::Undone { record_gone, .. }) => {
+                (undone.describe().unwrap_or_default(), record_gone)
+            }
             Err(err) => {
                 tracing::debug!("checking session {} on {workload}: {err}", held.name);
                 continue;
@@ -60,7 +76,18 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
         // The plugin hears why before the links go, not that the cluster is out of reach.
         kept.lost_tx.send_replace(Some(reason));
         daemon.remove_session(&held.name).await;
-        daemon.restore(&held).await;
+        match (record_gone, &last_record) {
+            (true, Some(record)) => {
+                let (client, namespace) = (&daemon.client, &held.namespace);
+                let restored =
+                    restore_unrecorded(client, namespace, &workload, record, held.timeout);
+                match restored.await {
+                    Ok(left) => tracing::info!("{}", left.describe(&held.name, &workload)),
+                    Err(err) => tracing::error!("restoring what was left of {workload}: {err}"),
+                }
+            }
+            _ => daemon.restore(&held).await,
+        }
         daemon.forget_lease(&held.owner).await;
         return;
     }

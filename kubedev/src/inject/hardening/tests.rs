@@ -90,4 +90,19 @@ fn resource_lists_are_read_as_kubectl_set_resources_takes_them() {
     assert!(parse_resource_list("gpu=1").is_err());
     assert!(parse_resource_list("cpu").is_err());
     assert!(parse_resource_list("memory=1Gi;rm").is_err());
+    for bad in ["cpu=abc", "memory=-5Mi", "cpu=1Gi", "memory=12Q"] {
+        assert!(parse_resource_list(bad).is_err(), "{bad}");
+    }
+    assert!(parse_resource_list("cpu=1.5,memory=2G,ephemeral-storage=1Ti").is_ok());
+}
+
+#[test]
+fn a_request_above_its_limit_is_refused_before_the_api_server_would() {
+    let over = agent_resources(
+        &parse_resource_list("memory=1Gi").expect("requests"),
+        &BTreeMap::new(),
+    );
+    let refused = check_agent_resources(&over).expect_err("1Gi over 512Mi");
+    assert!(refused.contains("--agent-limits memory="), "{refused}");
+    assert!(check_agent_resources(&default_agent_resources()).is_ok());
 }

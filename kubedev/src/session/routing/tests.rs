@@ -98,16 +98,20 @@ fn entry(
 }
 
 #[test]
-fn the_last_writer_is_the_newest_manager_other_than_kubedev_and_status_writers() {
-    let fields = [
+fn the_last_writer_is_the_newest_manager_but_for_status_writers() {
+    let mut fields = vec![
         entry("kubectl-create", "Update", 1, None),
-        entry("kustomize-controller", "Apply", 5, None),
-        entry(FIELD_MANAGER, "Update", 9, None),
-        entry("kube-controller-manager", "Update", 9, Some("status")),
+        entry(FIELD_MANAGER, "Update", 5, None),
+        entry("kustomize-controller", "Apply", 9, None),
+        entry("kube-controller-manager", "Update", 12, Some("status")),
     ];
     assert_eq!(
         last_writer(Some(&fields)).as_deref(),
         Some("kustomize-controller (Apply)")
     );
+    // kubedev's own write after the session's: another run's (a teammate's leave).
+    fields.push(entry(FIELD_MANAGER, "Update", 11, None));
+    let said = last_writer(Some(&fields)).expect("a writer");
+    assert!(said.starts_with("another run of kubedev"), "{said}");
     assert_eq!(last_writer(None), None);
 }

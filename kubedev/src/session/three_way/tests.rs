@@ -143,7 +143,7 @@ fn where_both_changed_a_field_the_live_value_wins_and_is_named() {
     );
     assert_eq!(
         restored.changes.overridden,
-        ["template.spec.containers[web].ports[8080].name"]
+        ["template.spec.containers[web].ports[8080/TCP].name"]
     );
     assert!(
         restored
@@ -192,4 +192,31 @@ fn a_long_list_of_changes_is_cut_short() {
     let restored = restore("t", &original, &original, &Value::Object(live));
     assert_eq!(restored.changes.kept.len(), 20);
     assert!(restored.changes.describe().ends_with("t.k11 and 8 more"));
+}
+
+#[test]
+fn a_teammates_port_of_the_same_number_and_another_protocol_is_an_element_of_its_own() {
+    // A single unnamed Service port; a teammate adds 80/UDP, which makes both take names.
+    let original = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let applied = json!([{"port": 80, "protocol": "TCP", "targetPort": "kd-8080"}]);
+    let live = json!([
+        {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": "kd-8080"},
+        {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080}
+    ]);
+    let restored = restore("ports", &original, &applied, &live);
+    assert_eq!(
+        restored.value[0]["targetPort"],
+        json!(8080),
+        "{}",
+        restored.value
+    );
+    assert_eq!(restored.value[1], live[1]);
+
+    // Container ports: 8080/UDP beside the 8080/TCP whose name the agent took.
+    let original = json!([{"containerPort": 8080, "protocol": "TCP", "name": "http"}]);
+    let applied = json!([{"containerPort": 8080, "protocol": "TCP"}]);
+    let udp = json!({"containerPort": 8080, "protocol": "UDP", "name": "h3"});
+    let live = json!([{"containerPort": 8080, "protocol": "TCP"}, udp.clone()]);
+    let restored = restore("ports", &original, &applied, &live);
+    assert_eq!(restored.value, json!([original[0].clone(), udp]));
 }
