@@ -11,7 +11,8 @@ use super::lease::{Holder, SessionLease, end_lease, leases_in, take_over};
 use super::leave::leave;
 use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
-use super::tokens::forget_tokens_but;
+use super::tokens;
+use crate::workload::retry_on_conflict;
 use crate::workload::{Workload, WorkloadKind};
 
 /// Every workload in `namespace` with a session on it, and its record.
@@ -151,35 +152,34 @@ pub async fn reclaim_expired(
             _ => {}
         }
     }
-    sweep_tokens(client, namespace, &sessions, (&leases, &ended)).await;
+    if let Err(err) = sweep_tokens(client, namespace).await {
+        tracing::debug!("sweeping the tokens of ended sessions: {err}");
+    }
     Ok(reclaimed)
 }
 
-/// Drops the tokens of agents no record holds any more and of runs without a live lease
-/// (their workload was replaced or deleted under them); a run still starting holds its
-/// lease. Failing to is no error: the next run sweeps again.
-async fn sweep_tokens(
-    client: &kube::Client,
-    namespace: &str,
-    sessions: &[(Workload, Record)],
-    (leases, ended): (&[SessionLease], &[(&SessionLease, Duration)]),
-) {
-    let recorded = sessions
-        .iter()
-        .filter_map(|(_, record)| record.token_key.as_deref());
-    let has_ended = |lease: &SessionLease| {
-        ended
+/// Drops the tokens of agents no record holds any more and of runs without a lease (their
+/// workload was replaced or deleted under them). The records and leases are listed after
+/// the tokens are read: a run stores its token after taking its lease, so a token read is
+/// never one whose run is still starting; the write fails if one was added meanwhile.
+async fn sweep_tokens(client: &kube::Client, namespace: &str) -> Result<(), SessionError> {
+    retry_on_conflict(|| async {
+        let Some(mut secret) = tokens::read_secret(client, namespace).await? else {
+            return Ok(());
+        };
+        let (sessions, leases) =
+            futures::try_join!(sessions_in(client, namespace), leases_in(client, namespace))?;
+        let recorded = sessions
             .iter()
-            .any(|(gone, _)| gone.session_owner() == lease.session_owner())
-    };
-    let live = leases
-        .iter()
-        .filter(|lease| !has_ended(lease))
-        .filter_map(SessionLease::session_owner);
-    let kept: Vec<&str> = recorded.chain(live).collect();
-    if let Err(err) = forget_tokens_but(client, namespace, &kept).await {
-        tracing::debug!("sweeping the tokens of ended sessions: {err}");
-    }
+            .filter_map(|(_, record)| record.token_key.as_deref());
+        let leased = leases.iter().filter_map(SessionLease::session_owner);
+        let kept: Vec<&str> = recorded.chain(leased).collect();
+        if tokens::keep_only(&mut secret, &kept) {
+            tokens::write_secret(client, namespace, &secret).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// What a leased session changed in the cluster.

@@ -20,6 +20,9 @@ use crate::workload::{FIELD_MANAGER, Workload, WorkloadError, WorkloadRef};
 pub enum Routing {
     /// Everything the session set is in place, as this record says.
     InPlace(Box<Record>),
+    /// Another run of kubedev ended the session and restored the workload: a teammate's
+    /// `leave`, or a reclaim once this machine had been away for longer than the lease.
+    EndedElsewhere,
     /// Something the session set was changed back.
     Undone {
         /// The workload no longer holds the session's record (it was replaced whole): what
@@ -38,6 +41,10 @@ impl Routing {
     pub fn describe(&self) -> Option<String> {
         let said = match self {
             Self::InPlace(_) => return None,
+            Self::EndedElsewhere => "another run of kubedev (a teammate's `leave`, or a reclaim \
+                 once this machine had been away for longer than the session's lease) ended the \
+                 session and restored its workload"
+                .to_owned(),
             Self::Undone {
                 what, by: Some(by), ..
             } => format!("{what} (changed by {by})"),
@@ -56,12 +63,17 @@ pub async fn routing_of(
 ) -> Result<Routing, SessionError> {
     let workload = Workload::get(client, namespace, reference).await?;
     let by = last_writer(workload.managed_fields());
+    let by_kubedev = newest(workload.managed_fields())
+        .is_some_and(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER));
     let undone = |what: String| Routing::Undone {
         record_gone: false,
         what,
         by: by.clone(),
     };
     let Some(record) = record_of(&workload)? else {
+        if by_kubedev {
+            return Ok(Routing::EndedElsewhere);
+        }
         return Ok(Routing::Undone {
             record_gone: true,
             what: format!("the session record was removed from {reference}"),
@@ -69,6 +81,9 @@ pub async fn routing_of(
         });
     };
     if !record.holders().any(|(session, _)| session == name) {
+        if by_kubedev {
+            return Ok(Routing::EndedElsewhere);
+        }
         return Ok(undone(format!(
             "{reference} no longer records session {name:?}"
         )));
@@ -180,10 +195,7 @@ fn ports_undone(applied: &Value, live: &Value) -> Option<String> {
 /// The newest writer of an object, with how it wrote; kubedev itself is another run of it
 /// (a teammate's `leave`, a reclaim).
 fn last_writer(fields: Option<&[ManagedFieldsEntry]>) -> Option<String> {
-    let newest = fields?
-        .iter()
-        .filter(|entry| entry.subresource.is_none())
-        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))?;
+    let newest = newest(fields)?;
     let manager = newest.manager.clone()?;
     if manager == FIELD_MANAGER {
         return Some("another run of kubedev: a teammate's `leave`, or a reclaim".to_owned());
@@ -192,6 +204,14 @@ fn last_writer(fields: Option<&[ManagedFieldsEntry]>) -> Option<String> {
         Some(operation) => format!("{manager} ({operation})"),
         None => manager,
     })
+}
+
+/// The newest write to an object's own fields (not its status).
+fn newest(fields: Option<&[ManagedFieldsEntry]>) -> Option<&ManagedFieldsEntry> {
+    fields?
+        .iter()
+        .filter(|entry| entry.subresource.is_none())
+        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))
 }
 
 #[cfg(test)]

@@ -100,32 +100,35 @@ pub(super) async fn forget_token(
     .await
 }
 
-/// Drops every token whose key is not in `kept` and does not end in a run id of it (a run
-/// whose lease lives).
-pub(super) async fn forget_tokens_but(
+/// The tokens' Secret, if the namespace has it.
+pub(super) async fn read_secret(
     client: &kube::Client,
     namespace: &str,
-    kept: &[&str],
+) -> Result<Option<Secret>, SessionError> {
+    read(&secrets(client, namespace), namespace).await
+}
+
+/// Writes `secret` back, failing if it changed since it was read.
+pub(super) async fn write_secret(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &Secret,
 ) -> Result<(), SessionError> {
-    let api = secrets(client, namespace);
-    retry_on_conflict(|| async {
-        let Some(mut secret) = read(&api, namespace).await? else {
-            return Ok(());
-        };
-        let Some(data) = secret.data.as_mut() else {
-            return Ok(());
-        };
-        let before = data.len();
-        data.retain(|key, _| {
-            let run = key.rsplit('.').next().unwrap_or_default();
-            kept.contains(&key.as_str()) || kept.contains(&run)
-        });
-        if data.len() == before {
-            return Ok(());
-        }
-        write(&api, namespace, &secret).await
-    })
-    .await
+    write(&secrets(client, namespace), namespace, secret).await
+}
+
+/// Keeps in `secret` only the tokens whose key is in `kept` or ends in a run id that is;
+/// whether any went.
+pub(super) fn keep_only(secret: &mut Secret, kept: &[&str]) -> bool {
+    let Some(data) = secret.data.as_mut() else {
+        return false;
+    };
+    let before = data.len();
+    data.retain(|key, _| {
+        let run = key.rsplit('.').next().unwrap_or_default();
+        kept.contains(&key.as_str()) || kept.contains(&run)
+    });
+    data.len() != before
 }
 
 async fn read(api: &Api<Secret>, namespace: &str) -> Result<Option<Secret>, SessionError> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kubedev::control::Held;
-use kubedev::session::{Routing, restore_unrecorded, routing_of};
+use kubedev::session::{Record, Routing, restore_unrecorded, routing_of};
 
 use super::leases::LeaseKeeping;
 use super::{Daemon, HoldCount};
@@ -56,6 +56,17 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
                 last_record = Some(record);
                 continue;
             }
+            // The lease's keeper says who, where there is a lease: its renewal finds it
+            // gone or taken.
+            Ok(Routing::EndedElsewhere) if kept.lifetime.is_some() => return,
+            Ok(ended @ Routing::EndedElsewhere) => {
+                let reason = ended.describe().unwrap_or_default();
+                tracing::warn!("session {}: {reason}", held.name);
+                kept.mark_ending();
+                kept.lost_tx.send_replace(Some(reason));
+                daemon.remove_session(&held.name).await;
+                return;
+            }
             Ok(undone @ Routing::Undone { record_gone, .. }) => {
                 (undone.describe().unwrap_or_default(), record_gone)
             }
@@ -64,31 +75,44 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
                 continue;
             }
         };
-        let reason = format!(
-            "{undone}: the session no longer takes its traffic, so kubedev ends it and \
-             restores what is left of its changes (a GitOps tool syncing {workload}? see \
-             docs/gitops.md)"
-        );
-        tracing::warn!("session {}: {reason}", held.name);
-        kept.mark_ending();
-        // Counted as a hold: tunneld stays up until the restore is done.
-        let _counted = HoldCount::new(&daemon);
-        // The plugin hears why before the links go, not that the cluster is out of reach.
-        kept.lost_tx.send_replace(Some(reason));
-        daemon.remove_session(&held.name).await;
-        match (record_gone, &last_record) {
-            (true, Some(record)) => {
-                let (client, namespace) = (&daemon.client, &held.namespace);
-                let restored =
-                    restore_unrecorded(client, namespace, &workload, record, held.timeout);
-                match restored.await {
-                    Ok(left) => tracing::info!("{}", left.describe(&held.name, &workload)),
-                    Err(err) => tracing::error!("restoring what was left of {workload}: {err}"),
-                }
-            }
-            _ => daemon.restore(&held).await,
-        }
-        daemon.forget_lease(&held.owner).await;
-        return;
+        let last_record = if record_gone { last_record } else { None };
+        return end_undone(&daemon, &kept, &held, &undone, last_record).await;
     }
+}
+
+/// Ends `held`'s session, whose change was undone (as `undone` says), telling its plugin,
+/// and restores what is left: from `last_record` where the workload lost its own.
+async fn end_undone(
+    daemon: &Arc<Daemon>,
+    kept: &LeaseKeeping,
+    held: &Held,
+    undone: &str,
+    last_record: Option<Box<Record>>,
+) {
+    let Some(workload) = &held.workload else {
+        return;
+    };
+    let reason = format!(
+        "{undone}: the session no longer takes its traffic, so kubedev ends it and restores \
+         what is left of its changes (a GitOps tool syncing {workload}? see docs/gitops.md)"
+    );
+    tracing::warn!("session {}: {reason}", held.name);
+    kept.mark_ending();
+    // Counted as a hold: tunneld stays up until the restore is done.
+    let _counted = HoldCount::new(daemon);
+    // The plugin hears why before the links go, not that the cluster is out of reach.
+    kept.lost_tx.send_replace(Some(reason));
+    daemon.remove_session(&held.name).await;
+    match last_record {
+        Some(record) => {
+            let (client, namespace) = (&daemon.client, &held.namespace);
+            let restored = restore_unrecorded(client, namespace, workload, &record, held.timeout);
+            match restored.await {
+                Ok(left) => tracing::info!("{}", left.describe(&held.name, workload)),
+                Err(err) => tracing::error!("restoring what was left of {workload}: {err}"),
+            }
+        }
+        None => daemon.restore(held).await,
+    }
+    daemon.forget_lease(&held.owner).await;
 }
