@@ -258,6 +258,14 @@ impl TestNamespace {
         applied
     }
 
+    /// Points the echo Service's first port at the number 8080 rather than the port name, as
+    /// many Services do (an intercept then points it at the agent).
+    pub fn target_echo_by_number(&self) {
+        let patch = r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#;
+        self.kubectl_ok(&["patch", "service", "echo", "--type=json", "-p", patch])
+            .expect("numeric targetPort");
+    }
+
     /// Creates the echo server: a Deployment answering HTTP on 8080, TCP echo on 7000
     /// and UDP echo on 9000, and a ClusterIP Service `name` in front of it.
     pub async fn deploy_echo(&self, name: &str, replicas: i32) -> anyhow::Result<Service> {

@@ -32,15 +32,7 @@ async fn setup(prefix: &str, how: &[&str]) -> Setup {
     let ns = TestNamespace::create(&cluster, prefix).await;
     ns.deploy_echo("echo", 1).await.expect("echo ready");
     ns.start_client("client").await.expect("client pod");
-    ns.kubectl_ok(&[
-        "patch",
-        "service",
-        "echo",
-        "--type=json",
-        "-p",
-        r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#,
-    ])
-    .expect("numeric targetPort");
+    ns.target_echo_by_number();
     let workstation = Workstation::create(&cluster);
     let manifests = workstation.file("git.json");
     let mut items = Vec::new();

@@ -500,15 +500,7 @@ async fn a_replicaset_is_intercepted_and_restored() {
 #[tokio::test]
 async fn a_numeric_target_port_is_taken_over_and_put_back() {
     let mut s = setup("intercept-num", false, 1, 3000).await;
-    s.ns.kubectl_ok(&[
-        "patch",
-        "service",
-        "echo",
-        "--type=json",
-        "-p",
-        r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#,
-    ])
-    .expect("numeric targetPort");
+    s.ns.target_echo_by_number();
     s.before = stored(&s.ns, false).await;
 
     s.plugin_ok(&["echo", "--port", "3000:8080", "--detach"]);

@@ -217,15 +217,7 @@ async fn the_service_never_fails_a_request_across_a_failed_start_a_session_and_l
         r#"{"spec": {"replicas": 2, "template": {"spec": {"terminationGracePeriodSeconds": 30}}}}"#,
     ])
     .expect("two replicas");
-    s.ns.kubectl_ok(&[
-        "patch",
-        "service",
-        "echo",
-        "--type=json",
-        "-p",
-        r#"[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8080}]"#,
-    ])
-    .expect("numeric targetPort");
+    s.ns.target_echo_by_number();
     s.ns.wait_deployment_ready("echo").await.expect("ready");
     let before = s.stored().await;
     let probing = start_probing(&s.ns);
