@@ -122,14 +122,16 @@ impl SessionLease {
             .strip_prefix(NAME_PREFIX)
     }
 
-    /// How long it lasts unless renewed.
+    /// How long it lasts unless renewed: never less than [`SHORTEST_LEASE`], so a lease
+    /// written without a duration is not taken for run out the moment it is seen.
     pub fn lifetime(&self) -> Duration {
         let seconds = self
             .object
             .spec
             .as_ref()
             .and_then(|s| s.lease_duration_seconds);
-        Duration::from_secs(seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        let given = Duration::from_secs(seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(0));
+        given.max(SHORTEST_LEASE)
     }
 
     /// Names this lease among every cluster's: namespace, name and uid.
