@@ -170,11 +170,16 @@ impl Settings {
 /// `image` as pinned for `context` on an earlier run, if it was; an image given by digest,
 /// or given explicitly (`source`), is used as it is.
 pub(super) fn pinned(image: &str, source: &ImageSource, context: Option<&str>) -> Option<String> {
-    if image.contains('@') || *source == ImageSource::Given {
+    if !is_pinnable(image, source) {
         return None;
     }
     let settings = Settings::load(&settings_path().ok()?).ok()?;
     settings.pinned(context?, image).map(str::to_owned)
+}
+
+/// Whether `image` (from `source`) is pinned: named by tag, and not given explicitly.
+pub(super) fn is_pinnable(image: &str, source: &ImageSource) -> bool {
+    !image.contains('@') && *source != ImageSource::Given
 }
 
 /// Keeps `digest` (`REPOSITORY@sha256:…`) as what `image` resolves to in `context`;

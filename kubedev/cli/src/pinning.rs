@@ -32,7 +32,7 @@ pub(super) async fn pin_after_start(
         return;
     };
     let added_here = started.record.owner.as_deref() == Some(plan.owner.as_str());
-    if image.contains('@') || *source == ImageSource::Given || !added_here {
+    if !config::is_pinnable(image, source) || !added_here {
         return;
     }
     let pods: Api<Pod> = Api::namespaced(connection.client.clone(), &connection.namespace);

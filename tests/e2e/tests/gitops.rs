@@ -13,6 +13,14 @@ use tests_e2e::{TestCluster, TestNamespace};
 
 const PLUGIN: &str = "kubectl-intercept";
 
+/// How Flux's kustomize-controller applies: server-side, forcing its fields.
+const AS_FLUX: &[&str] = &[
+    "--server-side",
+    "--force-conflicts",
+    "--field-manager",
+    "kustomize-controller",
+];
+
 /// How often the reconciler applies the manifests.
 const SYNC_PERIOD: Duration = Duration::from_secs(2);
 
@@ -197,12 +205,7 @@ async fn a_client_side_apply_sync_as_argo_cd_does_ends_the_session_saying_who() 
 
 #[tokio::test]
 async fn a_forced_server_side_apply_as_flux_does_ends_the_session_saying_who() {
-    let how = &[
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager",
-        "kustomize-controller",
-    ];
+    let how = AS_FLUX;
     let (_s, said) = intercept_while_reconciled("gitops-flux", how).await;
     assert!(
         said.contains("targets 8080 again")
@@ -214,12 +217,7 @@ async fn a_forced_server_side_apply_as_flux_does_ends_the_session_saying_who() {
 
 #[tokio::test]
 async fn a_session_that_pauses_flux_outlives_its_syncs_and_leave_resumes_them() {
-    let how = &[
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager",
-        "kustomize-controller",
-    ];
+    let how = AS_FLUX;
     let s = setup("gitops-pause", how).await;
     let before = s.ns.stored_deployment_and_service("echo").await;
     let args = [
