@@ -4,7 +4,7 @@
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
 //! some HTTP requests ([`route`] decides, [`http1`] and [`http2`] serve the client's HTTP
 //! version); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
-//! ([`wiretap`]). No client address may hold more than its share of connections
+//! ([`wiretap`]). No client address may hold more than its share of connections and flows
 //! ([`sources`]).
 
 pub(crate) mod http1;
@@ -29,12 +29,15 @@ use tokio::time::Instant;
 use crate::workstations::{Claimant, Workstations};
 use sources::{CONNECTIONS_PER_SOURCE, Sources};
 
-/// Listens on every port in `listeners` until the process ends.
+/// Listens on every port in `listeners` until the process ends, taking no more connections
+/// and flows at once from one client address, over all of them, than
+/// [`CONNECTIONS_PER_SOURCE`].
 pub(crate) async fn serve(
     listeners: Vec<Listener>,
     workstations: Arc<Workstations>,
     udp_idle: Duration,
 ) -> anyhow::Result<()> {
+    let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE));
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         let address = SocketAddr::from(([0, 0, 0, 0], listener.port));
@@ -44,11 +47,11 @@ pub(crate) async fn serve(
                 "taking datagrams for the app's UDP port {}",
                 listener.app_port
             );
-            let workstations = workstations.clone();
+            let (workstations, sources) = (workstations.clone(), sources.clone());
             let flows = UdpFlows::default();
             tasks.spawn(async move {
-                if let Err(err) = udp::serve(socket, listener, workstations, flows, udp_idle).await
-                {
+                let served = udp::serve(socket, listener, workstations, sources, flows, udp_idle);
+                if let Err(err) = served.await {
                     tracing::warn!("udp listener: {err}");
                 }
             });
@@ -60,21 +63,21 @@ pub(crate) async fn serve(
             listener.app_port,
             listener.port
         );
-        tasks.spawn(take_connections(socket, listener, workstations.clone()));
+        let taking = take_connections(socket, listener, workstations.clone(), sources.clone());
+        tasks.spawn(taking);
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
 /// Accepts connections on `socket` until the process ends, each delivered by
-/// [`tcp::deliver`], but no more at once from one client address than
-/// [`CONNECTIONS_PER_SOURCE`]: more are closed as they come.
+/// [`tcp::deliver`], but only those `sources` admits: more are closed as they come.
 async fn take_connections(
     socket: TcpListener,
     listener: Listener,
     workstations: Arc<Workstations>,
+    sources: Arc<Sources>,
 ) {
-    let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE, listener.app_port));
     loop {
         match socket.accept().await {
             Ok((connection, peer)) => {

@@ -735,28 +735,37 @@ async fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
 }
 
 #[tokio::test]
-async fn one_client_address_cannot_take_every_connection_of_a_taken_over_port() {
-    // The agent's cap, per client address and port.
+async fn one_client_address_cannot_take_every_connection_of_the_taken_over_ports() {
+    // The agent's cap, per client address over all its ports.
     const CONNECTIONS_PER_SOURCE: usize = 512;
     kubedev_process::limits::raise_open_files_limit();
-    let (_agent, port) = Agent::intercepting(echo_server().await).await;
+    let (first_app, second_app) = (echo_server().await, echo_server().await);
+    let (first, second) = (free_port().await, free_port().await);
+    let config = format!(
+        r#"{{"listeners":[{{"port":{first},"app_port":{first_app},"app_running":true}},{{"port":{second},"app_port":{second_app},"app_running":true}}]}}"#
+    );
+    let _agent = Agent::start_with(&config);
     let mut held = Vec::new();
-    for _ in 0..CONNECTIONS_PER_SOURCE {
+    for taken in 0..CONNECTIONS_PER_SOURCE {
+        // Half on each port: the share counts them together.
+        let port = if taken % 2 == 0 { first } else { second };
         let mut connection = connect_from([127, 0, 0, 1], port).await;
         assert!(echoes(&mut connection, b"x").await, "under the cap");
         held.push(connection);
     }
 
-    let mut one_more = connect_from([127, 0, 0, 1], port).await;
-    assert!(!echoes(&mut one_more, b"x").await, "closed beyond the cap");
-    let mut other = connect_from([127, 0, 0, 2], port).await;
+    for port in [first, second] {
+        let mut one_more = connect_from([127, 0, 0, 1], port).await;
+        assert!(!echoes(&mut one_more, b"x").await, "closed beyond the cap");
+    }
+    let mut other = connect_from([127, 0, 0, 2], second).await;
     assert!(echoes(&mut other, b"y").await, "another address is served");
     assert!(echoes(&mut held[0], b"z").await, "an earlier connection");
 
     // A place comes back once the agent has seen a connection end.
     held.pop();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !echoes(&mut connect_from([127, 0, 0, 1], port).await, b"again").await {
+    while !echoes(&mut connect_from([127, 0, 0, 1], first).await, b"again").await {
         assert!(tokio::time::Instant::now() < deadline, "no place came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -3,14 +3,16 @@
 //! pod can reach it (a sidecar's admin port, a debug endpoint). Each connection (or UDP
 //! peer) goes through one of the session's agents, which shares the pod's network.
 
-use std::net::Ipv4Addr;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::control::PodPort;
 use kubedev_protocol::Transport;
+use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
-use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, UdpFlows, serve_peers};
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, Peers, UdpFlows, serve_peers};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -81,19 +83,44 @@ async fn forward(bound: Bound, session: String, pool: Arc<AgentPool>) {
         },
         Bound::Udp(port, socket) => {
             let flows = UdpFlows::default();
-            let served = serve_peers(Arc::new(socket), flows, IDLE_TIMEOUT, |peer| {
-                let (session, pool) = (session.clone(), pool.clone());
-                async move {
-                    let link = pool.pick(Some(&session), LINK_WAIT).await?;
-                    link.open_udp(LOCALHOST, port.port)
-                        .await
-                        .inspect_err(|err| tracing::warn!("--to-pod {port} for {peer}: {err}"))
-                        .ok()
-                }
-            });
+            let peers = PodPeers {
+                port,
+                session,
+                pool,
+            };
+            let served = serve_peers(Arc::new(socket), flows, IDLE_TIMEOUT, peers);
             if let Err(err) = served.await {
                 tracing::warn!("--to-pod {port}: {err}");
             }
+        }
+    }
+}
+
+/// The local peers of a `--to-pod` UDP port: every one is let in (they are this machine's
+/// own programs, and the flows table caps them all), each flow carried by one of the
+/// session's agents.
+struct PodPeers {
+    port: PodPort,
+    session: String,
+    pool: Arc<AgentPool>,
+}
+
+impl Peers for PodPeers {
+    type Place = ();
+    type Stream = MuxStream;
+
+    fn admit(&self, _peer: SocketAddr) -> Option<()> {
+        Some(())
+    }
+
+    fn open(&self, peer: SocketAddr) -> impl Future<Output = Option<MuxStream>> + Send + 'static {
+        let (port, session, pool) = (self.port, self.session.clone(), self.pool.clone());
+        async move {
+            let link = pool.pick(Some(&session), LINK_WAIT).await?;
+            link.open_udp(LOCALHOST, port.port)
+                .await
+                .inspect_err(|err| tracing::warn!("--to-pod {port} for {peer}: {err}"))
+                .ok()
         }
     }
 }

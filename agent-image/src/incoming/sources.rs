@@ -1,7 +1,9 @@
-//! How many connections each client address has open on one port the agent took over.
-//! Each may become a stream on a workstation's link, and a link opens a capped number
+//! How many connections and UDP flows each client address has open to the ports the agent
+//! took over, all ports and both transports counted together. Each may become a stream on
+//! a workstation's link, and a link opens a capped number
 //! ([`kubedev_protocol::mux::OPENED_STREAMS_CAP`]): one client (a load test, a retry
-//! storm, a hostile pod) must not take them all from the others.
+//! storm, a hostile pod sending from thousands of ports) must not take them all from the
+//! others, nor, with UDP, fill a port's table of flows.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -10,22 +12,25 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kubedev_protocol::refusals::Refusals;
 
-/// Connections one client address may have open at once on one taken-over port: a third
-/// of the streams a link opens, so at least three clients at their cap still fit, and far
-/// more than a browser (six) or a service's connection pool (tens to a hundred) keeps.
-/// More are closed as they are accepted.
+/// Connections and UDP flows one client address may have open at once to all the ports
+/// the agent took over: a third of the streams a link opens, so at least three clients at
+/// their cap still fit on any one link, half a UDP port's flows
+/// ([`kubedev_protocol::udp_flows::MAX_FLOWS`]), and far more than a browser (six) or a
+/// service's connection pool (tens to a hundred) keeps. More connections are closed as
+/// they are accepted; datagrams that would start more flows are dropped.
 pub(super) const CONNECTIONS_PER_SOURCE: usize = 512;
+const _: () = assert!(CONNECTIONS_PER_SOURCE * 3 <= kubedev_protocol::mux::OPENED_STREAMS_CAP);
+const _: () = assert!(CONNECTIONS_PER_SOURCE * 2 <= kubedev_protocol::udp_flows::MAX_FLOWS);
 
-/// The connections open on one port, by client address.
+/// The connections and flows open to the agent's ports, by client address.
 #[derive(Debug)]
 pub(super) struct Sources {
     open: Mutex<HashMap<IpAddr, usize>>,
     cap: usize,
-    app_port: u16,
     refused: Refusals,
 }
 
-/// One admitted connection's place; given back when dropped.
+/// One admitted connection's or flow's place; given back when dropped.
 #[derive(Debug)]
 pub(super) struct Admitted {
     sources: Arc<Sources>,
@@ -33,25 +38,24 @@ pub(super) struct Admitted {
 }
 
 impl Sources {
-    /// No more than `cap` connections at once from one address, to the app's `app_port`.
-    pub(super) fn new(cap: usize, app_port: u16) -> Self {
+    /// No more than `cap` connections and flows at once from one address.
+    pub(super) fn new(cap: usize) -> Self {
         Self {
             open: Mutex::new(HashMap::new()),
             cap,
-            app_port,
-            refused: Refusals::new("a client's connection"),
+            refused: Refusals::new("a client's connection or UDP flow"),
         }
     }
 
-    /// A place for one more connection from `ip`, if it has fewer than the cap open.
+    /// A place for one more connection or flow from `ip`, if it has fewer than the cap open.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let mut open = self.lock();
         let count = open.entry(ip).or_default();
         if *count >= self.cap {
             drop(open);
-            let (cap, port) = (self.cap, self.app_port);
+            let cap = self.cap;
             self.refused.refuse(&format_args!(
-                "{ip} has {cap} connections open to the app's port {port}"
+                "{ip} has {cap} connections and flows open to the app's ports"
             ));
             return None;
         }
@@ -62,9 +66,9 @@ impl Sources {
         })
     }
 
-    /// The connections open from `ip`.
+    /// The connections and flows open from `ip`.
     #[cfg(test)]
-    fn open_from(&self, ip: IpAddr) -> usize {
+    pub(super) fn open_from(&self, ip: IpAddr) -> usize {
         self.lock().get(&ip).copied().unwrap_or_default()
     }
 
@@ -91,7 +95,7 @@ mod tests {
 
     #[test]
     fn each_address_gets_its_own_cap_and_places_come_back() {
-        let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE, 8080));
+        let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE));
         let busy: IpAddr = [10, 0, 0, 1].into();
         let other: IpAddr = [10, 0, 0, 2].into();
         let mut admitted: Vec<Admitted> = (0..CONNECTIONS_PER_SOURCE)

@@ -220,20 +220,32 @@ where
 /// How often a [`serve_peers`] socket forgets flows that ended.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// What a [`serve_peers`] socket does with a peer that starts a flow.
+pub trait Peers {
+    /// What a flow holds for as long as it lasts (a place under a cap, say).
+    type Place: Send + 'static;
+    /// The stream a flow is carried on.
+    type Stream: AsyncRead + AsyncWrite + Send + 'static;
+
+    /// Whether `peer` may start a flow now: None drops its datagram before the flow is
+    /// kept, so that refused peers never take room in the table.
+    fn admit(&self, peer: SocketAddr) -> Option<Self::Place>;
+
+    /// Opens the stream for `peer`'s flow; none, and its datagrams are dropped, as a port
+    /// nobody listens on drops them.
+    fn open(&self, peer: SocketAddr)
+    -> impl Future<Output = Option<Self::Stream>> + Send + 'static;
+}
+
 /// Reads `socket` until it fails. Each peer's datagrams form a flow in `flows`, carried on
-/// the stream `open` gives for it (none: its datagrams are dropped, as a port nobody
-/// listens on drops them); what comes back on the stream goes to the peer from `socket`.
-pub async fn serve_peers<S, O, Fut>(
+/// the stream `peers` opens for it; what comes back on the stream goes to the peer from
+/// `socket`.
+pub async fn serve_peers<P: Peers>(
     socket: Arc<UdpSocket>,
     mut flows: UdpFlows<SocketAddr>,
     idle: Duration,
-    open: O,
-) -> std::io::Result<()>
-where
-    O: Fn(SocketAddr) -> Fut,
-    Fut: Future<Output = Option<S>> + Send + 'static,
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+    peers: P,
+) -> std::io::Result<()> {
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut buf = vec![0u8; 65535];
     loop {
@@ -247,12 +259,16 @@ where
         let Some(first) = flows.deliver(&peer, buf[..len].to_vec()) else {
             continue;
         };
+        let Some(place) = peers.admit(peer) else {
+            continue;
+        };
         let Some(datagrams_rx) = flows.start(peer, first) else {
             continue;
         };
-        let opening = open(peer);
+        let opening = peers.open(peer);
         let socket = socket.clone();
         tokio::spawn(async move {
+            let _place = place;
             let Some(stream) = opening.await else {
                 return;
             };
