@@ -55,4 +55,6 @@ mod cluster_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod replaced_tests;
+#[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 
 mod creation;
 mod error;
+mod managers;
 mod object;
 mod owners;
 mod rollout;
@@ -11,6 +12,7 @@ mod rollout;
 use std::fmt;
 
 pub use error::WorkloadError;
+pub use managers::forget_kubedev_fields;
 pub use object::{FIELD_MANAGER, MayConflict, Workload, retry_on_conflict, write_params};
 pub use owners::PodOwners;
 pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};
@@ -117,6 +119,11 @@ fn is_dns_subdomain(name: &str) -> bool {
             && !label.ends_with('-')
     };
     name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+/// RFC 1123 label, the rule for namespace names.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use kubedev::cidr::Cidr;
 use kubedev::control::ProxyChoices;
 use kubedev_protocol::Transport;
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::udp_flows::{connected_socket, relay_channel};
+use kubedev_protocol::udp_flows::{Queued, connected_socket, relay_channel};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::either::Either;
@@ -293,7 +293,7 @@ impl OutboundUdp {
     /// fails, or no datagram went either way for `idle`.
     pub(crate) async fn relay<F, Fut>(
         self,
-        datagrams_rx: mpsc::Receiver<Vec<u8>>,
+        datagrams_rx: mpsc::Receiver<Queued>,
         reply: F,
         idle: Duration,
     ) -> io::Result<()>
@@ -311,7 +311,7 @@ impl OutboundUdp {
 /// [`OutboundUdp::relay`] on a connected socket of the workstation's.
 async fn relay_socket<F, Fut>(
     socket: &UdpSocket,
-    mut datagrams_rx: mpsc::Receiver<Vec<u8>>,
+    mut datagrams_rx: mpsc::Receiver<Queued>,
     mut reply: F,
     idle: Duration,
 ) -> io::Result<()>

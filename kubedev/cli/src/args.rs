@@ -188,12 +188,17 @@ pub enum Manage {
         /// machines are named, and left alone.
         #[arg(long, conflicts_with = "name")]
         all: bool,
+        /// End NAME even though another machine holds it (its lease is live): its
+        /// developer's traffic goes back to the cluster without a word to them.
+        #[arg(long, conflicts_with = "all")]
+        force: bool,
         /// How long to wait for the restored pods (e.g. 90s, 5m).
         #[arg(long, default_value = "3m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Print the Role kubedev needs in a namespace (apply it with
-    /// `kubectl apply -n NAMESPACE -f -`, then bind it to the developers).
+    /// Print the Role kubedev needs in a namespace, with the Secret it names (apply them
+    /// with `kubectl intercept role -n NAMESPACE | kubectl apply -f -`, then bind the Role
+    /// to the developers).
     Role,
     /// Show tunneld's state: the cluster network on this machine and the linked agents.
     Status {

@@ -153,8 +153,16 @@ impl Settings {
         pins.insert(image.to_owned(), digest.to_owned()).as_deref() != Some(digest)
     }
 
-    /// Sets the agent image of `context`, or of every context without its own.
-    pub(super) fn set_agent_image(&mut self, context: Option<&str>, image: String) {
+    /// Sets the agent image of `context`, or of every context without its own, and forgets
+    /// what it was pinned to there (setting a tag again re-pins it on the next run, to what
+    /// it names then); whether a pin was forgotten.
+    pub(super) fn set_agent_image(&mut self, context: Option<&str>, image: String) -> bool {
+        let mut forgot = false;
+        for (name, settings) in &mut self.contexts {
+            if context.is_none_or(|context| context == name) {
+                forgot |= settings.pinned_images.remove(&image).is_some();
+            }
+        }
         match context {
             Some(name) => {
                 self.contexts
@@ -164,6 +172,7 @@ impl Settings {
             }
             None => self.agent_image = Some(image),
         }
+        forgot
     }
 }
 
@@ -231,8 +240,14 @@ pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> a
                 false => Some(context_name(cluster).await?),
             };
             let mut settings = Settings::load(&path)?;
-            settings.set_agent_image(context.as_deref(), image.clone());
+            let forgot_pin = settings.set_agent_image(context.as_deref(), image.clone());
             settings.save(&path)?;
+            if forgot_pin {
+                eprintln!(
+                    "forgot the digest {image} was pinned to: the next session pins what it \
+                     names then"
+                );
+            }
             match context {
                 Some(context) => eprintln!("context {context} now uses the agent image {image}"),
                 None => eprintln!("every context without its own now uses the agent image {image}"),
@@ -303,6 +318,18 @@ mod tests {
         assert_eq!(settings.pinned("eu", "reg/agent:1"), Some(digest));
         assert_eq!(settings.pinned("us", "reg/agent:1"), None);
         assert_eq!(settings.pinned("eu", "reg/agent:2"), None);
+        assert!(settings.pin("us", "reg/agent:1", digest));
+        assert!(settings.set_agent_image(Some("eu"), "reg/agent:1".into()));
+        assert_eq!(
+            settings.pinned("eu", "reg/agent:1"),
+            None,
+            "set again: re-pinned"
+        );
+        assert_eq!(
+            settings.pinned("us", "reg/agent:1"),
+            Some(digest),
+            "elsewhere kept"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `leave NAME` and `leave --all`: ending sessions, and restoring what they changed.
 
 use std::path::Path;
+
+use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
 use super::command_of;
@@ -14,19 +16,32 @@ use kubedev::session::{self, connect};
 use kubedev::tunneld;
 use kubedev::workload::WorkloadRef;
 
+/// What `leave` was asked to end.
+pub(super) struct Ending<'a> {
+    /// The session; none for `--all`.
+    pub(super) name: Option<&'a str>,
+    /// End it even though another machine holds it.
+    pub(super) force: bool,
+    /// How long to wait for the restored pods.
+    pub(super) timeout: Duration,
+}
+
 /// `leave NAME`, or `leave --all`: the sessions this machine's tunneld keeps for the context,
 /// in every namespace; ends them and restores their workloads, and names the sessions of
-/// other machines (or of a tunneld that is gone) it left alone.
+/// other machines (or of a tunneld that is gone) it left alone. NAME held by another
+/// machine is ended only with `--force`.
 pub(super) async fn leave(
     connection: &Connection,
     socket: &Path,
     mode: Mode,
-    name: Option<&str>,
-    timeout: Duration,
+    ending: Ending<'_>,
 ) -> anyhow::Result<()> {
-    let Some(name) = name else {
-        return leave_all(connection, socket, mode, timeout).await;
+    let Some(name) = ending.name else {
+        return leave_all(connection, socket, mode, ending.timeout).await;
     };
+    if !ending.force {
+        refuse_if_held_elsewhere(connection, socket, mode, name).await?;
+    }
     let sessions = session::sessions_in(&connection.client, &connection.namespace).await?;
     let workload = sessions.iter().find_map(|(workload, record)| {
         record
@@ -35,7 +50,7 @@ pub(super) async fn leave(
             .then_some(workload)
     });
     if let Some(workload) = workload {
-        return end_session(connection, name, &workload.reference, timeout, None).await;
+        return end_session(connection, name, &workload.reference, ending.timeout, None).await;
     }
     let connects = connect::connects_in(&connection.client, &connection.namespace).await?;
     if connects.iter().any(|c| c.session == name) {
@@ -46,6 +61,42 @@ pub(super) async fn leave(
         connection.namespace,
         command_of(mode)
     );
+}
+
+/// Fails, naming who holds it, where session `name` is neither kept by this machine's
+/// tunneld nor held by this user here, and its lease is live: a teammate's session is
+/// theirs to end.
+async fn refuse_if_held_elsewhere(
+    connection: &Connection,
+    socket: &Path,
+    mode: Mode,
+    name: &str,
+) -> anyhow::Result<()> {
+    let daemon = tunneld::status(socket).await.ok();
+    let survey = survey(connection, daemon.as_ref(), false).await?;
+    let namespace = &connection.namespace;
+    let mine = daemon
+        .iter()
+        .flat_map(|d| d.sessions.iter())
+        .any(|session| session.name == name && &session.namespace == namespace);
+    let rows = survey.rows(daemon.as_ref());
+    let Some(row) = rows.iter().find(|row| row.name == name) else {
+        return Ok(());
+    };
+    let live = row.lease_ends.is_some_and(|ends| ends > Timestamp::now());
+    let here = Holder::here("");
+    let ours = |holder: &Holder| holder.user == here.user && holder.host == here.host;
+    if let (false, true, Some(holder)) = (mine, live, row.holder.as_ref().filter(|h| !ours(h))) {
+        anyhow::bail!(
+            "session {name:?} on {} is held by {} (its lease is live): it is theirs to end; \
+             end it anyway, taking its traffic back from them, with `{} leave {name} -n \
+             {namespace} --force`",
+            row.workload,
+            holder.describe(),
+            command_of(mode)
+        );
+    }
+    Ok(())
 }
 
 async fn leave_all(

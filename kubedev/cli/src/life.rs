@@ -381,11 +381,22 @@ pub(super) async fn join_tunneld(
 
 /// Has tunneld drop session `name`'s tunnels, if it runs.
 pub(super) async fn forget_in_tunneld(connection: &Connection, name: &str) {
-    let forgotten = match tunneld::socket_for(connection) {
-        Ok(socket) => tunneld::forget(&socket, name).await,
-        Err(err) => Err(err),
+    let socket = match tunneld::socket_for(connection) {
+        Ok(socket) => socket,
+        Err(err) => return eprintln!("warning: {err}"),
     };
-    if let Err(err) = forgotten {
+    // Only a session this machine's tunneld keeps: another machine's, or one stopped
+    // while starting, is not there, and that is no news.
+    let kept = tunneld::status(&socket).await.is_ok_and(|status| {
+        status
+            .sessions
+            .iter()
+            .any(|kept| kept.name == name && kept.namespace == connection.namespace)
+    });
+    if !kept {
+        return;
+    }
+    if let Err(err) = tunneld::forget(&socket, name).await {
         eprintln!("warning: {err}");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::args::Manage;
 use super::config::run_config;
 use super::gather::gather_logs;
-use super::leave::leave;
+use super::leave::{Ending, leave};
 use super::list::list;
 use super::output::{describe_status, render};
 use super::reclaim::reclaim_expired;
@@ -13,6 +13,7 @@ use kubedev::cluster::ClusterArgs;
 use kubedev::mode::Mode;
 use kubedev::session;
 use kubedev::tunneld::{self, TunneldError};
+use kubedev::workload::is_dns_label;
 
 /// How long `list` and `status` wait for the pods of a workload they restore (see
 /// [`reclaim_expired`]), as `leave` does by default.
@@ -21,6 +22,22 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
 /// The Role the plugins need in a namespace (deploy/kubedev-role.yaml).
 const ROLE: &str = include_str!("../../../deploy/kubedev-role.yaml");
 
+/// The Role and its Secret, placed in `namespace` when one is given (`role -n NS`), so
+/// that `kubectl apply -f -` puts them there whatever the current context's namespace.
+fn role_in(namespace: Option<&str>) -> anyhow::Result<String> {
+    let Some(namespace) = namespace else {
+        return Ok(ROLE.to_owned());
+    };
+    anyhow::ensure!(
+        is_dns_label(namespace),
+        "{namespace:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+    );
+    Ok(ROLE.replace(
+        "\nmetadata:\n",
+        &format!("\nmetadata:\n  namespace: {namespace}\n"),
+    ))
+}
+
 pub(super) async fn run_manage(
     mode: Mode,
     cluster: &ClusterArgs,
@@ -28,7 +45,7 @@ pub(super) async fn run_manage(
 ) -> anyhow::Result<()> {
     match manage {
         Manage::Role => {
-            print!("{ROLE}");
+            print!("{}", role_in(cluster.namespace.as_deref())?);
             return Ok(());
         }
         Manage::Config(action) => return run_config(cluster, action).await,
@@ -49,8 +66,18 @@ pub(super) async fn run_manage(
             output,
             all_namespaces,
         } => list(&connection, &socket, output, all_namespaces).await,
-        Manage::Leave { name, timeout, .. } => {
-            leave(&connection, &socket, mode, name.as_deref(), timeout).await
+        Manage::Leave {
+            name,
+            force,
+            timeout,
+            ..
+        } => {
+            let ending = Ending {
+                name: name.as_deref(),
+                force,
+                timeout,
+            };
+            leave(&connection, &socket, mode, ending).await
         }
         Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
         Manage::Connect(_) => unreachable!("a session, run by `run_connect`"),
@@ -85,6 +112,23 @@ pub(super) async fn run_manage(
 mod tests {
     use super::*;
     use kubedev::inject::TOKENS_SECRET;
+
+    #[test]
+    fn role_with_a_namespace_places_the_role_and_its_secret_there() {
+        let placed = role_in(Some("team-a")).expect("a namespace name");
+        let (role, secret) = placed.split_once("\n---\n").expect("a Role, then a Secret");
+        let role: k8s_openapi::api::rbac::v1::Role = serde_saphyr::from_str(role).expect("a Role");
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_saphyr::from_str(secret).expect("a Secret");
+        assert_eq!(role.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(role_in(None).expect("as shipped"), ROLE);
+        let refused = role_in(Some("a\nkind: ClusterRole")).expect_err("not a name");
+        assert!(
+            refused.to_string().contains("not a namespace name"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn the_printed_role_is_a_role_allowing_what_the_plugins_call() {

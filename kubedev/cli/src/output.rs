@@ -159,7 +159,7 @@ fn describe_proxy(proxy: &ProxyStatus) -> String {
     format!(
         "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
          ALL_PROXY={} NO_PROXY={no_proxy} curl http://SERVICE.NAMESPACE:PORT/\n  \
-         HTTP_PROXY and HTTPS_PROXY: {}\n  \
+         http_proxy and HTTPS_PROXY (curl reads only the lowercase http_proxy): {}\n  \
          (give them to one command at a time: the port is another user's to take once this \
          tunneld has gone)\n",
         proxy.address, proxy.socks_url, proxy.http_url
@@ -167,19 +167,28 @@ fn describe_proxy(proxy: &ProxyStatus) -> String {
 }
 
 /// A spinner with `message`; it clears itself when dropped, also unfinished (the wait it
-/// shows was cut short).
+/// shows was cut short). Where stderr is no terminal (CI, a pipe, a log), no spinner can
+/// be drawn: the message is printed as a line instead, as is each progress
+/// ([`progress_on`]), so that a long wait is never silent.
 pub(super) fn spinner(message: String) -> indicatif::ProgressBar {
     let bar =
         indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
+    if bar.is_hidden() {
+        eprintln!("{message}");
+    }
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message(message);
     bar
 }
 
+/// Shows each rollout progress on `bar`, or as a line of its own where `bar` is hidden.
 pub(super) fn progress_on(bar: &indicatif::ProgressBar) -> impl FnMut(&Progress) + use<> {
     let bar = bar.clone();
     let base = bar.message();
-    move |progress| bar.set_message(format!("{base}: {progress}"))
+    move |progress| match bar.is_hidden() {
+        true => eprintln!("{base}: {progress}"),
+        false => bar.set_message(format!("{base}: {progress}")),
+    }
 }
 
 /// What a started session does, port by port.
@@ -335,7 +344,8 @@ mod tests {
         assert!(
             text.contains(&format!(
                 "  ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1 curl \
-                 http://SERVICE.NAMESPACE:PORT/\n  HTTP_PROXY and HTTPS_PROXY: {http}\n"
+                 http://SERVICE.NAMESPACE:PORT/\n  http_proxy and HTTPS_PROXY (curl reads only \
+                 the lowercase http_proxy): {http}\n"
             )),
             "{text}"
         );

@@ -15,6 +15,8 @@ use super::life::{
 use super::output::{progress_on, report_started, spinner};
 use super::pinning;
 use super::reclaim::reclaim_expired;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{AgentOwner, PodPort};
 use kubedev::env::{self, EnvSyntax};
@@ -171,14 +173,37 @@ async fn start(
         progress_on(&bar),
     )
     .await;
-    started.map_err(|err| match err.cannot_pull_agent() {
-        true => {
-            let err = anyhow::Error::from(err);
-            let hint = config::publish_hint(plan.mode, &plan.agent_image, image_source);
-            anyhow::anyhow!("{err:#}\n{hint}")
-        }
-        false => err.into(),
+    started.map_err(|err| {
+        let hint = if err.cannot_pull_agent() {
+            config::publish_hint(plan.mode, &plan.agent_image, image_source)
+        } else if err.quota_refused_resources() {
+            quota_hint(&plan.agent_resources, &connection.namespace)
+        } else {
+            return err.into();
+        };
+        anyhow::anyhow!("{:#}\n{hint}", anyhow::Error::from(err))
     })
+}
+
+/// What to do when a ResourceQuota refuses the agent's pods: what the agent asks for now,
+/// and the flags that change it.
+fn quota_hint(resources: &ResourceRequirements, namespace: &str) -> String {
+    let listed = |list: &Option<BTreeMap<String, Quantity>>| match list {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.0))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "nothing".to_owned(),
+    };
+    format!(
+        "The agent container requests {} and is limited to {} in each pod. Give it what \
+         the namespace's quota leaves room for, or the limits it requires, with \
+         --agent-requests and --agent-limits (e.g. --agent-limits cpu=100m,memory=128Mi); \
+         `kubectl describe resourcequota -n {namespace}` shows the quota.",
+        listed(&resources.requests),
+        listed(&resources.limits)
+    )
 }
 
 /// Says so where a GitOps controller applies the workload: its next sync would take the

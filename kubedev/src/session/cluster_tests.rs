@@ -179,7 +179,8 @@ async fn what_a_teammate_changed_during_the_session_stays_after_leave() {
         changes.kept,
         [
             "service/web spec.ports[metrics]",
-            "spec.template.spec.containers[web].env"
+            "spec.template.spec.containers[web].env",
+            "spec.replicas (2 -> 3)"
         ]
     );
 }
@@ -200,36 +201,39 @@ async fn a_write_that_conflicts_is_redone_from_a_fresh_read() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_intercept_joins_the_agent_without_restarting_the_pods() {
-    let fake = FakeApi::with_web_app(json!("http"));
-    let (alice, bob) = (plan("alice", Some("alice")), plan("bob", Some("bob")));
-    start(&fake.client(), NAMESPACE, &alice, |_| {})
-        .await
-        .expect("alice starts");
-    let alone = fake.deployment("web");
+    // A named targetPort, and a number (which the first session pointed at the agent).
+    for target in [json!("http"), json!(8080)] {
+        let fake = FakeApi::with_web_app(target);
+        let (alice, bob) = (plan("alice", Some("alice")), plan("bob", Some("bob")));
+        start(&fake.client(), NAMESPACE, &alice, |_| {})
+            .await
+            .expect("alice starts");
+        let alone = fake.deployment("web");
 
-    let joined = start(&fake.client(), NAMESPACE, &bob, |_| {})
-        .await
-        .expect("bob joins");
-    let shared = fake.deployment("web");
-    assert_eq!(shared["spec"]["template"], alone["spec"]["template"]);
-    let names: Vec<&str> = joined.record.sessions().map(|s| s.name).collect();
-    assert_eq!(names, ["alice", "bob"]);
-    // Bob's agents are the pods alice's session labelled.
-    assert!(joined.agents.ends_with("=alice"), "{}", joined.agents);
+        let joined = start(&fake.client(), NAMESPACE, &bob, |_| {})
+            .await
+            .expect("bob joins");
+        let shared = fake.deployment("web");
+        assert_eq!(shared["spec"]["template"], alone["spec"]["template"]);
+        let names: Vec<&str> = joined.record.sessions().map(|s| s.name).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        // Bob's agents are the pods alice's session labelled.
+        assert!(joined.agents.ends_with("=alice"), "{}", joined.agents);
 
-    assert_eq!(
-        leave_session(&fake, &bob, Some(&bob.owner)).await,
-        Left::OthersRemain(1)
-    );
-    assert_eq!(
-        fake.deployment("web")["spec"]["template"],
-        alone["spec"]["template"]
-    );
-    assert_eq!(
-        leave_session(&fake, &alice, Some(&alice.owner)).await,
-        Left::Restored(Default::default())
-    );
-    assert_eq!(containers(&fake.deployment("web")), ["web"]);
+        assert_eq!(
+            leave_session(&fake, &bob, Some(&bob.owner)).await,
+            Left::OthersRemain(1)
+        );
+        assert_eq!(
+            fake.deployment("web")["spec"]["template"],
+            alone["spec"]["template"]
+        );
+        assert_eq!(
+            leave_session(&fake, &alice, Some(&alice.owner)).await,
+            Left::Restored(Default::default())
+        );
+        assert_eq!(containers(&fake.deployment("web")), ["web"]);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -70,6 +70,21 @@ impl SessionError {
         }
     }
 
+    /// Whether a ResourceQuota refused the workload's pods over cpu or memory: too little
+    /// room left, or limits it requires that the agent does not set; what the agent asks
+    /// for can change that, unlike a quota on the number of pods.
+    pub fn quota_refused_resources(&self) -> bool {
+        match self {
+            Self::Rollout(RolloutError::NotCreated { reason, .. }) => {
+                names_quota_on_resources(reason)
+            }
+            Self::RolledBack { source, .. } | Self::NotRolledBack { source, .. } => {
+                source.quota_refused_resources()
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the user's role lacks a permission the call needed.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Workload(WorkloadError::Forbidden { .. }))
@@ -82,6 +97,14 @@ impl MayConflict for SessionError {
     }
 }
 
+/// Whether a controller's `reason` for not creating a pod is a ResourceQuota's, over cpu
+/// or memory: "exceeded quota: q, requested: limits.memory=512Mi, ..." or "failed quota:
+/// q: must specify limits.cpu for: kubedev-agent".
+fn names_quota_on_resources(reason: &str) -> bool {
+    let quota = reason.contains("exceeded quota") || reason.contains("failed quota");
+    quota && (reason.contains("cpu") || reason.contains("memory"))
+}
+
 /// A JSON form kubedev wrote that does not read back.
 pub(super) fn corrupt(
     workload: &impl std::fmt::Display,
@@ -90,5 +113,27 @@ pub(super) fn corrupt(
     SessionError::Corrupt {
         workload: workload.to_string(),
         what: what.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_quota_on_cpu_or_memory_is_one_the_agents_resources_can_meet() {
+        let message = |tail: &str| format!("FailedCreate: pods \"web-1\" is forbidden: {tail}");
+        for resources in [
+            "exceeded quota: compute, requested: limits.memory=512Mi, used: limits.memory=1Gi, limited: limits.memory=1Gi",
+            "failed quota: compute: must specify limits.cpu for: kubedev-agent; requests.cpu for: kubedev-agent",
+        ] {
+            assert!(names_quota_on_resources(&message(resources)), "{resources}");
+        }
+        for other in [
+            "exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2",
+            "violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false",
+        ] {
+            assert!(!names_quota_on_resources(&message(other)), "{other}");
+        }
     }
 }

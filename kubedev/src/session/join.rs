@@ -2,7 +2,7 @@
 //! (each intercept that takes requests needs a filter of its own), and its filter recorded
 //! beside theirs, with nothing in the pods changed.
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 
 use super::error::corrupt;
 use super::lease::holder_of;
@@ -102,7 +102,10 @@ pub(super) async fn join(
     let original: PodTemplateSpec = serde_json::from_value(record.template.clone())
         .map_err(|err| corrupt(&plan.workload, format!("the recorded pod template: {err}")))?;
     let current = workload.template()?;
-    let service = choose_service(client, namespace, &original, plan).await?;
+    let service = as_recorded(
+        choose_service(client, namespace, &original, plan).await?,
+        &record,
+    )?;
     let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
     let (config, token) = running_agent(&current, &plan.workload)?;
     let token = match token {
@@ -146,6 +149,26 @@ pub(super) async fn join(
         token,
         forwards,
     })
+}
+
+/// `service` with the ports it had before the session pointed them at the agent, as
+/// `record` keeps them: `--port` names those (a numeric targetPort now names the agent's
+/// port, `kd-8080`, which the app's template does not declare).
+fn as_recorded(mut service: Service, record: &Record) -> Result<Service, SessionError> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let Some(recorded) = record.services.iter().find(|s| s.name == name) else {
+        return Ok(service);
+    };
+    let ports = serde_json::from_value(recorded.ports.clone()).map_err(|err| {
+        corrupt(
+            &format!("service {name}"),
+            format!("its recorded ports: {err}"),
+        )
+    })?;
+    if let Some(spec) = service.spec.as_mut() {
+        spec.ports = ports;
+    }
+    Ok(service)
 }
 
 /// Where the agent's token is, as its template says.

@@ -288,11 +288,23 @@ pub async fn end_lease(
 
 /// Who holds run `owner`'s session, from its lease, if it has one that can be read.
 pub async fn holder_of(client: &kube::Client, namespace: &str, owner: &str) -> Option<Holder> {
+    lease_holder(client, namespace, owner).await.ok()?
+}
+
+/// Who holds run `owner`'s session, from its lease: none if it has none (or one unreadable
+/// as a session's), an error if the lease cannot be read.
+pub async fn lease_holder(
+    client: &kube::Client,
+    namespace: &str,
+    owner: &str,
+) -> Result<Option<Holder>, SessionError> {
     let lease = leases(client, namespace)
         .get_opt(&lease_name(owner))
         .await
-        .ok()??;
-    SessionLease::from_object(lease).map(|lease| lease.holder)
+        .map_err(|err| api_error(err, "get", namespace))?;
+    Ok(lease
+        .and_then(SessionLease::from_object)
+        .map(|lease| lease.holder))
 }
 
 /// The sessions' leases in `namespace`.

@@ -15,8 +15,8 @@ use super::record::{
 use super::three_way::{OthersChanges, restore};
 use super::tokens::forget_token;
 use crate::workload::{
-    OldPods, Progress, Workload, WorkloadError, WorkloadRef, retry_on_conflict, wait_for_pods,
-    write_params,
+    OldPods, Progress, Workload, WorkloadError, WorkloadRef, forget_kubedev_fields,
+    retry_on_conflict, wait_for_pods, write_params,
 };
 
 /// What leaving did.
@@ -161,6 +161,11 @@ async fn undo(
     let applied = record.applied.as_ref().unwrap_or(live);
     let restored = restore("spec.template", &record.template, applied, live);
     changes.extend(restored.changes);
+    // kubedev never writes the replicas: a change to them is someone else's, and stays.
+    if let Some(was) = record.replicas.filter(|was| *was != workload.replicas()) {
+        let now = workload.replicas();
+        changes.kept.push(format!("spec.replicas ({was} -> {now})"));
+    }
     if record.paused_flux && workload.annotation(FLUX_RECONCILE) == Some(FLUX_PAUSED) {
         workload.stage_annotation(FLUX_RECONCILE, None);
     }
@@ -173,13 +178,34 @@ async fn undo(
     {
         tracing::warn!("dropping the token of {reference}'s agent: {err}");
     }
+    forget_kubedev(client, namespace, workload, record).await;
     Ok(changes)
+}
+
+/// Takes kubedev's name off the fields it wrote, the restore's included, on the workload
+/// and the Services the session changed: nothing of kubedev stays on them.
+async fn forget_kubedev(
+    client: &kube::Client,
+    namespace: &str,
+    workload: &Workload,
+    record: &Record,
+) {
+    if let Err(err) = workload.forget_kubedev_fields(client).await {
+        tracing::warn!("{}: {err}", workload.reference);
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for service in &record.services {
+        if let Err(err) = forget_kubedev_fields(&services, &service.name).await {
+            tracing::warn!("service {}: {err}", service.name);
+        }
+    }
 }
 
 /// Restores what `record` (as last seen on `reference`) says its sessions changed, where
 /// the workload no longer holds the record: someone replaced the object whole (`kubectl
 /// replace`, a GitOps tool's replace) and the Service's original ports, the token and the
-/// pause of Flux would otherwise stay as the session left them.
+/// pause of Flux would otherwise stay as the session left them. Where another session has
+/// started on the workload since, nothing is touched.
 pub async fn restore_unrecorded(
     client: &kube::Client,
     namespace: &str,
@@ -189,11 +215,18 @@ pub async fn restore_unrecorded(
 ) -> Result<Left, SessionError> {
     let restored = retry_on_conflict(|| async {
         let mut workload = Workload::get(client, namespace, reference).await?;
+        // A session started on it since holds it now: its record and agent are its own.
+        if let Some(newer) = record_of(&workload)? {
+            return Ok(Err(Left::OthersRemain(newer.sessions().count())));
+        }
         let changes = undo(client, namespace, record, &mut workload).await?;
-        Ok::<_, SessionError>((workload, changes))
+        Ok::<_, SessionError>(Ok((workload, changes)))
     })
     .await?;
-    let (workload, changes) = restored;
+    let (workload, changes) = match restored {
+        Ok(restored) => restored,
+        Err(left) => return Ok(left),
+    };
     wait_for_pods(
         client,
         &workload,

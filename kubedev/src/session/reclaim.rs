@@ -11,7 +11,7 @@ use super::lease::{Holder, SessionLease, end_lease, leases_in, take_over};
 use super::leave::leave;
 use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
-use super::tokens;
+use super::tokens::{TokensSecret, keep_only};
 use crate::workload::retry_on_conflict;
 use crate::workload::{Workload, WorkloadKind};
 
@@ -163,8 +163,9 @@ pub async fn reclaim_expired(
 /// the tokens are read: a run stores its token after taking its lease, so a token read is
 /// never one whose run is still starting; the write fails if one was added meanwhile.
 async fn sweep_tokens(client: &kube::Client, namespace: &str) -> Result<(), SessionError> {
+    let tokens = TokensSecret::new(client, namespace);
     retry_on_conflict(|| async {
-        let Some(mut secret) = tokens::read_secret(client, namespace).await? else {
+        let Some(mut secret) = tokens.read().await? else {
             return Ok(());
         };
         let (sessions, leases) =
@@ -174,8 +175,8 @@ async fn sweep_tokens(client: &kube::Client, namespace: &str) -> Result<(), Sess
             .filter_map(|(_, record)| record.token_key.as_deref());
         let leased = leases.iter().filter_map(SessionLease::session_owner);
         let kept: Vec<&str> = recorded.chain(leased).collect();
-        if tokens::keep_only(&mut secret, &kept) {
-            tokens::write_secret(client, namespace, &secret).await?;
+        if keep_only(&mut secret, &kept) {
+            tokens.write(&secret).await?;
         }
         Ok(())
     })

@@ -58,6 +58,10 @@ pub struct Record {
     /// session of a plugin that died, ends only that run's, never a namesake's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The workload's replicas when the session started: a change to them by others is
+    /// kept and named at leave, as any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
 }
 
 /// An intercept that joined an existing one (with a different HTTP filter), or a wiretap.

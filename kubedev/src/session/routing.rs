@@ -20,10 +20,10 @@ use crate::workload::{FIELD_MANAGER, Workload, WorkloadError, WorkloadRef};
 pub enum Routing {
     /// Everything the session set is in place, as this record says.
     InPlace(Box<Record>),
-    /// Another run of kubedev ended the session and restored the workload: a teammate's
-    /// `leave`, or a reclaim once this machine had been away for longer than the lease.
-    EndedElsewhere,
-    /// Something the session set was changed back.
+    /// Something the session set was changed back: by a reconciler or a teammate, or by
+    /// another run of kubedev that ended the session (a teammate's `leave`, a reclaim once
+    /// this machine had been away for longer than the lease), which takes the session's
+    /// lease too and leaves no name of its own on the objects.
     Undone {
         /// The workload no longer holds the session's record (it was replaced whole): what
         /// the session changed is known only from the record last seen.
@@ -41,10 +41,6 @@ impl Routing {
     pub fn describe(&self) -> Option<String> {
         let said = match self {
             Self::InPlace(_) => return None,
-            Self::EndedElsewhere => "another run of kubedev (a teammate's `leave`, or a reclaim \
-                 once this machine had been away for longer than the session's lease) ended the \
-                 session and restored its workload"
-                .to_owned(),
             Self::Undone {
                 what, by: Some(by), ..
             } => format!("{what} (changed by {by})"),
@@ -63,17 +59,12 @@ pub async fn routing_of(
 ) -> Result<Routing, SessionError> {
     let workload = Workload::get(client, namespace, reference).await?;
     let by = last_writer(workload.managed_fields());
-    let by_kubedev = newest(workload.managed_fields())
-        .is_some_and(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER));
     let undone = |what: String| Routing::Undone {
         record_gone: false,
         what,
         by: by.clone(),
     };
     let Some(record) = record_of(&workload)? else {
-        if by_kubedev {
-            return Ok(Routing::EndedElsewhere);
-        }
         return Ok(Routing::Undone {
             record_gone: true,
             what: format!("the session record was removed from {reference}"),
@@ -81,9 +72,6 @@ pub async fn routing_of(
         });
     };
     if !record.holders().any(|(session, _)| session == name) {
-        if by_kubedev {
-            return Ok(Routing::EndedElsewhere);
-        }
         return Ok(undone(format!(
             "{reference} no longer records session {name:?}"
         )));

@@ -251,6 +251,7 @@ fn new_record(
         paused_flux: false,
         token_key: None,
         owner: Some(plan.owner.clone()),
+        replicas: Some(workload.replicas()),
     };
     if let Some(service) = changes.service {
         let name = service.metadata.name.clone().unwrap_or_default();

@@ -229,6 +229,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         paused_flux: false,
         token_key: None,
         owner: Some("run-a".into()),
+        replicas: None,
     }
 }
 

@@ -20,12 +20,38 @@ pub(super) fn token_key(workload: &WorkloadRef, owner: &str) -> String {
     format!("{}.{}.{owner}", workload.kind.resource(), workload.name)
 }
 
-fn secrets(client: &kube::Client, namespace: &str) -> Api<Secret> {
-    Api::namespaced(client.clone(), namespace)
+/// The namespace's tokens' Secret, as kubedev reads and writes it.
+pub(super) struct TokensSecret<'a> {
+    api: Api<Secret>,
+    namespace: &'a str,
 }
 
-fn api_error(err: kube::Error, verb: &'static str, namespace: &str) -> SessionError {
-    WorkloadError::from_api(err, verb, "secrets", namespace).into()
+impl<'a> TokensSecret<'a> {
+    pub(super) fn new(client: &kube::Client, namespace: &'a str) -> Self {
+        let api = Api::namespaced(client.clone(), namespace);
+        Self { api, namespace }
+    }
+
+    /// The Secret, if the namespace has it.
+    pub(super) async fn read(&self) -> Result<Option<Secret>, SessionError> {
+        self.api
+            .get_opt(TOKENS_SECRET)
+            .await
+            .map_err(|err| self.api_error(err, "get"))
+    }
+
+    /// Writes `secret` back, failing if it changed since it was read.
+    pub(super) async fn write(&self, secret: &Secret) -> Result<(), SessionError> {
+        self.api
+            .replace(TOKENS_SECRET, &write_params(), secret)
+            .await
+            .map(drop)
+            .map_err(|err| self.api_error(err, "update"))
+    }
+
+    fn api_error(&self, err: kube::Error, verb: &'static str) -> SessionError {
+        WorkloadError::from_api(err, verb, "secrets", self.namespace).into()
+    }
 }
 
 /// Keeps `token` under `key`.
@@ -35,15 +61,15 @@ pub(super) async fn store_token(
     key: &str,
     token: &str,
 ) -> Result<(), SessionError> {
-    let api = secrets(client, namespace);
+    let tokens = TokensSecret::new(client, namespace);
     retry_on_conflict(|| async {
-        let mut secret = the_secret(&api, namespace).await?;
+        let mut secret = the_secret(&tokens).await?;
         let value = ByteString(token.as_bytes().to_vec());
         secret
             .data
             .get_or_insert_with(BTreeMap::new)
             .insert(key.to_owned(), value);
-        write(&api, namespace, &secret).await
+        tokens.write(&secret).await
     })
     .await
 }
@@ -51,7 +77,8 @@ pub(super) async fn store_token(
 /// The tokens' Secret, which the Role's manifest creates: kubedev may not create Secrets
 /// (a right to would let its users mint ServiceAccount tokens). Only an Opaque one is
 /// used.
-async fn the_secret(api: &Api<Secret>, namespace: &str) -> Result<Secret, SessionError> {
+async fn the_secret(tokens: &TokensSecret<'_>) -> Result<Secret, SessionError> {
+    let namespace = tokens.namespace;
     let missing = || {
         SessionError::Refused(format!(
             "namespace {namespace} has no Secret {TOKENS_SECRET}, where sessions keep their \
@@ -59,14 +86,29 @@ async fn the_secret(api: &Api<Secret>, namespace: &str) -> Result<Secret, Sessio
              `kubectl intercept role` in the namespace"
         ))
     };
-    let secret = read(api, namespace).await?.ok_or_else(missing)?;
-    match secret.type_.as_deref() {
-        None | Some("Opaque") => Ok(secret),
-        Some(other) => Err(SessionError::Refused(format!(
+    let secret = tokens.read().await?.ok_or_else(missing)?;
+    usable(secret, namespace)
+}
+
+/// `secret`, if kubedev can keep tokens in it: Opaque, and not made immutable (which the
+/// Role's `update` allows once and only an admin can undo, by deleting and applying it
+/// again).
+fn usable(secret: Secret, namespace: &str) -> Result<Secret, SessionError> {
+    let again = "ask whoever grants kubedev's Role to delete it and apply `kubectl intercept \
+                 role` again";
+    if let Some(other) = secret.type_.as_deref().filter(|type_| *type_ != "Opaque") {
+        return Err(SessionError::Refused(format!(
             "Secret {TOKENS_SECRET} in namespace {namespace} is of type {other}, not Opaque: \
-             kubedev keeps no token there; ask whoever grants kubedev's Role to apply it again"
-        ))),
+             kubedev keeps no token there; {again}"
+        )));
     }
+    if secret.immutable == Some(true) {
+        return Err(SessionError::Refused(format!(
+            "Secret {TOKENS_SECRET} in namespace {namespace} was made immutable: no session \
+             can keep or drop its token there; {again}"
+        )));
+    }
+    Ok(secret)
 }
 
 /// The token under `key`, if any.
@@ -75,7 +117,7 @@ pub(super) async fn read_token(
     namespace: &str,
     key: &str,
 ) -> Result<Option<String>, SessionError> {
-    let secret = read(&secrets(client, namespace), namespace).await?;
+    let secret = TokensSecret::new(client, namespace).read().await?;
     let value = secret.and_then(|secret| secret.data?.remove(key));
     Ok(value.and_then(|bytes| String::from_utf8(bytes.0).ok()))
 }
@@ -86,35 +128,19 @@ pub(super) async fn forget_token(
     namespace: &str,
     key: &str,
 ) -> Result<(), SessionError> {
-    let api = secrets(client, namespace);
+    let tokens = TokensSecret::new(client, namespace);
     retry_on_conflict(|| async {
-        let Some(mut secret) = read(&api, namespace).await? else {
+        let Some(secret) = tokens.read().await? else {
             return Ok(());
         };
+        let mut secret = usable(secret, namespace)?;
         let removed = secret.data.as_mut().and_then(|data| data.remove(key));
         match removed {
-            Some(_) => write(&api, namespace, &secret).await,
+            Some(_) => tokens.write(&secret).await,
             None => Ok(()),
         }
     })
     .await
-}
-
-/// The tokens' Secret, if the namespace has it.
-pub(super) async fn read_secret(
-    client: &kube::Client,
-    namespace: &str,
-) -> Result<Option<Secret>, SessionError> {
-    read(&secrets(client, namespace), namespace).await
-}
-
-/// Writes `secret` back, failing if it changed since it was read.
-pub(super) async fn write_secret(
-    client: &kube::Client,
-    namespace: &str,
-    secret: &Secret,
-) -> Result<(), SessionError> {
-    write(&secrets(client, namespace), namespace, secret).await
 }
 
 /// Keeps in `secret` only the tokens whose key is in `kept` or ends in a run id that is;
@@ -131,15 +157,38 @@ pub(super) fn keep_only(secret: &mut Secret, kept: &[&str]) -> bool {
     data.len() != before
 }
 
-async fn read(api: &Api<Secret>, namespace: &str) -> Result<Option<Secret>, SessionError> {
-    api.get_opt(TOKENS_SECRET)
-        .await
-        .map_err(|err| api_error(err, "get", namespace))
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tests_fake_api::{FakeApi, NAMESPACE};
 
-async fn write(api: &Api<Secret>, namespace: &str, secret: &Secret) -> Result<(), SessionError> {
-    api.replace(TOKENS_SECRET, &write_params(), secret)
-        .await
-        .map(drop)
-        .map_err(|err| api_error(err, "update", namespace))
+    use super::*;
+
+    #[tokio::test]
+    async fn a_secret_made_immutable_or_of_another_type_is_left_alone_saying_what_to_do() {
+        let changes = [
+            json!({"immutable": true}),
+            json!({"type": "kubernetes.io/service-account-token"}),
+        ];
+        for change in changes {
+            let fake = FakeApi::with_web_app(json!(8080));
+            let mut secret = fake.secret(TOKENS_SECRET).expect("the Secret");
+            for (field, value) in change.as_object().expect("fields") {
+                secret[field] = value.clone();
+            }
+            fake.put_secret(secret);
+            let secret = fake.secret(TOKENS_SECRET);
+            let client = fake.client();
+            let writes = fake.write_count();
+
+            let storing = store_token(&client, NAMESPACE, "deployment.web.run", "secret").await;
+            let forgetting = forget_token(&client, NAMESPACE, "deployment.web.run").await;
+            for failed in [storing, forgetting] {
+                let said = failed.expect_err("refused").to_string();
+                assert!(said.contains("delete it and apply"), "{said}");
+            }
+            assert_eq!(fake.write_count(), writes, "nothing written");
+            assert_eq!(fake.secret(TOKENS_SECRET), secret);
+        }
+    }
 }

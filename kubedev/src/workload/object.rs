@@ -83,7 +83,11 @@ impl WorkloadKind {
     }
 }
 
-fn api(client: &kube::Client, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+pub(super) fn api(
+    client: &kube::Client,
+    namespace: &str,
+    kind: WorkloadKind,
+) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &kind.api_resource())
 }
 

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 
-use super::creation::creation_failure;
+use super::creation::{RolloutTime, creation_failure};
 use super::{PodOwners, Workload, WorkloadError};
 use crate::inject::AGENT_CONTAINER;
 
@@ -48,7 +49,10 @@ pub enum RolloutError {
         reason: String,
     },
     /// The pods did not get there in time.
-    #[error("pods of {workload} not ready after {waited:?}: {state}{stuck}")]
+    #[error(
+        "the rollout of {workload} did not finish within {waited:?} (--timeout waits longer): \
+         {state}{stuck}"
+    )]
     Timeout {
         /// The workload.
         workload: String,
@@ -80,13 +84,18 @@ pub struct Progress {
 
 impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pods = |count: usize| if count == 1 { "pod" } else { "pods" };
         write!(f, "{}/{} pods ready", self.ready, self.wanted)?;
-        let old = self.leftover + self.stopping.0;
-        if old > 0 {
-            write!(f, ", {old} old ones stopping")?;
+        if self.leftover > 0 {
+            let old = self.leftover;
+            write!(f, ", {old} old {} still running", pods(old))?;
         }
-        if let (1.., Some(grace)) = self.stopping {
-            write!(f, " (grace period {grace} s)")?;
+        let (stopping, grace) = self.stopping;
+        if stopping > 0 {
+            write!(f, ", {stopping} old {} stopping", pods(stopping))?;
+            if let Some(grace) = grace {
+                write!(f, " (grace period {grace} s)")?;
+            }
         }
         Ok(())
     }
@@ -140,15 +149,7 @@ pub async fn wait_for_pods(
             delete_pods(&pods, &old, &workload.namespace).await?;
             recreated = true;
         }
-        let grace = stopping
-            .iter()
-            .find_map(|pod| pod.metadata.deletion_grace_period_seconds);
-        let state = Progress {
-            ready: current.iter().filter(|pod| is_ready(pod)).count(),
-            wanted,
-            leftover: old.len(),
-            stopping: (stopping.len(), grace),
-        };
+        let state = progress_of(&current, &old, &stopping, wanted);
         if last.as_ref() != Some(&state) {
             progress(&state);
         }
@@ -156,8 +157,8 @@ pub async fn wait_for_pods(
         // (an old ReplicaSet's, a quota met during the surge), and fails only at the limit.
         if with_agent
             && current.len() < wanted
-            && let Some(since) = &written_at
-            && let Some(reason) = creation_failure(client, workload, &mut owners, since).await
+            && let Some(time) = &rollout_time(&written_at, started)
+            && let Some(reason) = creation_failure(client, workload, &mut owners, time).await
         {
             return Err(RolloutError::NotCreated {
                 workload: workload.reference.to_string(),
@@ -174,7 +175,10 @@ pub async fn wait_for_pods(
             tokio::time::sleep(PROXY_SYNC).await;
             return Ok(());
         }
-        if started.elapsed() > limit {
+        // The kubelet stops old pods within their grace period: a wait for them to go may
+        // outlast the limit by that much rather than undo a session that is otherwise up.
+        let grace_allowed = Duration::from_secs(state.stopping.1.map_or(0, i64::unsigned_abs));
+        if started.elapsed() > limit + grace_allowed {
             return Err(RolloutError::Timeout {
                 workload: workload.reference.to_string(),
                 waited: limit,
@@ -185,6 +189,28 @@ pub async fn wait_for_pods(
         last = Some(state);
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// How far the pods got: `current` ready of `wanted`, `old` still running, `stopping` with
+/// their grace period.
+fn progress_of(current: &[&Pod], old: &[&Pod], stopping: &[&Pod], wanted: usize) -> Progress {
+    let grace = stopping
+        .iter()
+        .find_map(|pod| pod.metadata.deletion_grace_period_seconds);
+    Progress {
+        ready: current.iter().filter(|pod| is_ready(pod)).count(),
+        wanted,
+        leftover: old.len(),
+        stopping: (stopping.len(), grace),
+    }
+}
+
+/// The rollout's time, since the write at `written_at` (the API server's time, if known),
+/// waited on since `started`.
+fn rollout_time(written_at: &Option<Time>, started: tokio::time::Instant) -> Option<RolloutTime> {
+    let since = written_at.clone()?;
+    let waited = started.elapsed();
+    Some(RolloutTime { since, waited })
 }
 
 /// Whether a Service still sends traffic to one of `owned` of the kind being replaced.

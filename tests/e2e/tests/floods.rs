@@ -1,5 +1,5 @@
 //! Floods against ports the agent took over: 5,000 TCP connections and 5,000 UDP sources
-//! from one client pod. The client gets no more than its share, the link to the
+//! from one client pod, then 1.2 GB of large datagrams from another. The client gets no more than its share, the link to the
 //! workstation survives, flows that were there keep working, another client is still
 //! served, and the agent's memory stays bounded.
 
@@ -10,6 +10,9 @@ use tests_e2e::{TestCluster, TestNamespace};
 
 const PLUGIN: &str = "kubectl-replace_container";
 const FLOOD: &str = "5000";
+
+/// 64 sources sending 20,000 datagrams of 60,000 bytes (1.2 GB) between them.
+const BURST: &str = "64x20000x60000";
 
 /// The connections and flows one client address may have open to the agent's ports.
 const SHARE: usize = 512;
@@ -49,6 +52,17 @@ fn agent_peak_kib(pod_uid: &str) -> u64 {
         "one agent process in pod {pod_uid}: {found:?}"
     );
     found[0]
+}
+
+/// How many times the containers of pod `name` restarted, all together.
+async fn restarts(ns: &TestNamespace, name: &str) -> i32 {
+    let pod = ns.api::<Pod>().get(name).await.expect("the pod");
+    let statuses = pod.status.and_then(|status| status.container_statuses);
+    statuses
+        .iter()
+        .flatten()
+        .map(|status| status.restart_count)
+        .sum()
 }
 
 #[tokio::test]
@@ -112,6 +126,16 @@ async fn floods_of_sources_and_connections_leave_the_link_and_other_flows_alone(
     );
     served("teammate", "/after-udp");
 
+    // Large datagrams from a few sources, far faster than the link carries them: what
+    // waits for the link is bounded in bytes, so the agent is neither killed nor slowed.
+    let burst = ns
+        .exec("teammate", &["probe", "udp-burst", "echo:9000", BURST])
+        .expect("UDP burst");
+    eprintln!("UDP burst: {}", burst.trim());
+    served("teammate", "/after-burst");
+
+    let name = pods.items[0].metadata.name.clone().expect("name");
+    assert_eq!(restarts(&ns, &name).await, 0, "no container restarted");
     let peak = agent_peak_kib(&uid);
     eprintln!("agent peak memory: {at_start} KiB at start, {peak} KiB after the floods");
     assert!(

@@ -179,14 +179,20 @@ async fn intercept_while_reconciled(prefix: &str, how: &'static [&'static str]) 
     eprintln!("the plugin said: {said}");
     assert!(!status.success(), "{said}");
     s.ns.wait_deployment_ready("echo").await.expect("ready");
-    let deployment =
-        s.ns.kubectl_ok(&["get", "deployment", "echo", "-o", "json"])
-            .expect("get");
-    for trace in ["kubedev-agent", "kubedev.io/session"] {
-        assert!(
-            !deployment.contains(trace),
-            "{trace} left on the Deployment"
-        );
+    for kind in ["deployment", "service"] {
+        let object =
+            s.ns.kubectl_ok(&["get", kind, "echo", "-o", "json", "--show-managed-fields"])
+                .expect("get");
+        for trace in [
+            "kubedev-agent",
+            "kubedev.io/session",
+            "\"manager\": \"kubedev\"",
+        ] {
+            assert!(
+                !object.contains(trace),
+                "{trace} left on the {kind}: {object}"
+            );
+        }
     }
     assert!(s.get("/after").starts_with("echo from echo-"));
     (s, said)

@@ -367,6 +367,24 @@ async fn only_requests_matching_the_filter_reach_the_workstation() {
 }
 
 #[tokio::test]
+async fn a_second_developer_joins_where_the_service_targets_a_port_number() {
+    let (s, bob, _bob_server) = setup_with_bob("intercept-join-number", 1).await;
+    s.ns.target_echo_by_number();
+    let before = stored(&s.ns, false).await;
+    let request = |value: &str| s.get_with("/who", Some(&format!("X-Dev: {value}")));
+    let port = ["echo", "--port", "3000:8080", "--detach", "--http-header"];
+    s.plugin_ok(&[&port[..], &["x-dev=alice", "--name", "alice"]].concat());
+    let bobs = ["x-dev=bob", "--name", "bob", "-n", s.ns.name.as_str()];
+    bob.plugin_ok(&s.cluster, PLUGIN, &[&port[..], &bobs[..]].concat());
+
+    assert_eq!(request("alice"), "local laptop: GET /who HTTP/1.1");
+    assert_eq!(request("bob"), "local bob: GET /who HTTP/1.1");
+    s.plugin_ok(&["leave", "alice"]);
+    bob.plugin_ok(&s.cluster, PLUGIN, &["leave", "bob", "-n", &s.ns.name]);
+    assert_eq!(stored(&s.ns, false).await, before, "restored exactly");
+}
+
+#[tokio::test]
 async fn two_developers_share_a_workload_by_header() {
     let (s, bob, _bob_server) = setup_with_bob("intercept-two", 2).await;
     let request = |value: &str| {

@@ -109,7 +109,8 @@ async fn a_teammates_env_var_and_scale_made_during_an_intercept_stay_after_leave
     let left = s.plugin_ok(&["leave", "echo"]);
     assert!(
         left.contains("kept changes made during the session to")
-            && left.contains("spec.template.spec.containers[echo].env"),
+            && left.contains("spec.template.spec.containers[echo].env")
+            && left.contains("spec.replicas (1 -> 3)"),
         "the plugin says what it kept: {left}"
     );
     let after = s.deployment().await;

@@ -85,13 +85,7 @@ impl FakeApi {
         fake.add_deployment(web_deployment());
         fake.add_service(web_service(target_port));
         // As kubedev's Role manifest creates it.
-        let tokens = json!({"metadata": {"name": "kubedev-session-tokens"}, "type": "Opaque"});
-        let mut state = fake.lock();
-        let tokens = state.versioned(tokens);
-        state
-            .secrets
-            .insert("kubedev-session-tokens".into(), tokens);
-        drop(state);
+        fake.put_secret(json!({"metadata": {"name": "kubedev-session-tokens"}, "type": "Opaque"}));
         fake
     }
 
@@ -164,6 +158,14 @@ impl FakeApi {
     /// Lease `name` as stored now, if there is one.
     pub fn lease(&self, name: &str) -> Option<Value> {
         self.lock().leases.get(name).cloned()
+    }
+
+    /// Stores a Secret, replacing one of the same name.
+    pub fn put_secret(&self, object: Value) {
+        let mut state = self.lock();
+        let object = state.versioned(object);
+        let name = name_of(&object);
+        state.secrets.insert(name, object);
     }
 
     /// Stores a Lease, replacing one of the same name.

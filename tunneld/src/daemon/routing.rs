@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kubedev::control::Held;
+use kubedev::session::lease::lease_holder;
 use kubedev::session::{Record, Routing, restore_unrecorded, routing_of};
 
 use super::leases::LeaseKeeping;
@@ -56,17 +57,6 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
                 last_record = Some(record);
                 continue;
             }
-            // The lease's keeper says who, where there is a lease: its renewal finds it
-            // gone or taken.
-            Ok(Routing::EndedElsewhere) if kept.lifetime.is_some() => return,
-            Ok(ended @ Routing::EndedElsewhere) => {
-                let reason = ended.describe().unwrap_or_default();
-                tracing::warn!("session {}: {reason}", held.name);
-                kept.mark_ending();
-                kept.lost_tx.send_replace(Some(reason));
-                daemon.remove_session(&held.name).await;
-                return;
-            }
             Ok(undone @ Routing::Undone { record_gone, .. }) => {
                 (undone.describe().unwrap_or_default(), record_gone)
             }
@@ -75,6 +65,18 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
                 continue;
             }
         };
+        // A run that ends the session (a teammate's `leave`, a reclaim) takes its lease
+        // too: where the lease is no longer this run's, its keeper tells who.
+        if kept.lifetime.is_some() {
+            match lease_holder(&daemon.client, &held.namespace, &held.owner).await {
+                Ok(Some(holder)) if holder.owner == held.owner => {}
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::debug!("reading the lease of session {}: {err}", held.name);
+                    continue;
+                }
+            }
+        }
         let last_record = if record_gone { last_record } else { None };
         return end_undone(&daemon, &kept, &held, &undone, last_record).await;
     }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use kubedev_protocol::udp_flows::IDLE_TIMEOUT;
+use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, Queued};
 use tokio::sync::mpsc;
 
 use crate::outbound::{Leaves, Outbound};
@@ -27,7 +27,7 @@ pub(super) async fn relay_flow(
     outbound: Arc<Outbound>,
     leaves: Leaves,
     key: FlowKey,
-    datagrams_rx: mpsc::Receiver<Vec<u8>>,
+    datagrams_rx: mpsc::Receiver<Queued>,
     replies_tx: mpsc::Sender<Datagram>,
 ) {
     let FlowKey { local, remote } = key;

@@ -3,6 +3,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::*;
 use crate::network::dns::search_path;
 use crate::test_agent::{echo_server, linked_pool};
+use kubedev_protocol::udp_flows::UdpFlows;
 
 fn range(text: &str) -> Cidr {
     kubedev::cidr::parse(text).expect("range")
@@ -175,7 +176,8 @@ async fn udp_flows_are_relayed_both_ways_from_either_side() {
     });
     for leaves in [Leaves::Cluster, Leaves::Workstation] {
         let flow = outbound.udp_from(leaves, target).await.expect("a flow");
-        let (datagrams_tx, datagrams_rx) = mpsc::channel(4);
+        let mut flows = UdpFlows::default();
+        let datagrams_rx = flows.start(1, b"ping".to_vec()).expect("room");
         let (replies_tx, mut replies_rx) = mpsc::channel(4);
         let reply = move |datagram: Vec<u8>| {
             let replies_tx = replies_tx.clone();
@@ -185,9 +187,8 @@ async fn udp_flows_are_relayed_both_ways_from_either_side() {
             flow.relay(datagrams_rx, reply, Duration::from_secs(60))
                 .await
         });
-        datagrams_tx.send(b"ping".to_vec()).await.expect("send");
         assert_eq!(replies_rx.recv().await.as_deref(), Some(&b"ping"[..]));
-        drop(datagrams_tx);
+        drop(flows);
         relaying.await.expect("join").expect("relayed");
     }
 }

@@ -28,6 +28,7 @@ fn record() -> Record {
         paused_flux: false,
         token_key: None,
         owner: None,
+        replicas: None,
     }
 }
 

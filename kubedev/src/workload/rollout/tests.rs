@@ -94,21 +94,27 @@ fn a_pod_that_is_not_ready_says_why() {
 
 #[test]
 fn progress_reads_like_kubectl_rollout() {
-    let state = Progress {
-        ready: 1,
-        wanted: 3,
-        leftover: 2,
-        stopping: (0, None),
-    };
-    assert_eq!(state.to_string(), "1/3 pods ready, 2 old ones stopping");
-    let replaced = Progress {
-        ready: 2,
-        wanted: 2,
-        leftover: 0,
-        stopping: (2, Some(30)),
-    };
-    assert_eq!(
-        replaced.to_string(),
-        "2/2 pods ready, 2 old ones stopping (grace period 30 s)"
-    );
+    let cases = [
+        (
+            (1, 3, 2, (0, None)),
+            "1/3 pods ready, 2 old pods still running",
+        ),
+        (
+            (2, 2, 0, (2, Some(30))),
+            "2/2 pods ready, 2 old pods stopping (grace period 30 s)",
+        ),
+        (
+            (0, 1, 1, (1, Some(5))),
+            "0/1 pods ready, 1 old pod still running, 1 old pod stopping (grace period 5 s)",
+        ),
+    ];
+    for ((ready, wanted, leftover, stopping), said) in cases {
+        let state = Progress {
+            ready,
+            wanted,
+            leftover,
+            stopping,
+        };
+        assert_eq!(state.to_string(), said);
+    }
 }
