@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
+use tests_e2e::developer::Developer;
 use tests_e2e::workstation::{LocalServer, Workstation};
 use tests_e2e::{TestCluster, TestNamespace};
 
@@ -293,4 +294,26 @@ async fn a_lease_renewed_by_a_clock_far_behind_is_not_reclaimed_by_a_teammate() 
     let answer = s.ns.http_get("client", "echo:8080", "/still").expect("GET");
     assert_eq!(answer.trim(), "local laptop: GET /still HTTP/1.1");
     s.plugin_ok(&["leave", "echo"]);
+}
+
+#[tokio::test]
+async fn a_teammates_live_session_is_left_alone_unless_forced() {
+    let s = setup("leave-teammate").await;
+    let before = s.stored().await;
+    s.plugin_ok(&["echo", "--port", "3000:http", "--detach", "--lease", "1m"]);
+    let teammate = Developer::create(&s.cluster);
+    let leave = ["intercept", "leave", "echo", "-n", s.ns.name.as_str()];
+
+    let refused = teammate.kubectl(&s.workstation, &leave);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("is held by root@") && said.contains("--force"),
+        "{said}"
+    );
+    let answer = s.ns.http_get("client", "echo:8080", "/still").expect("GET");
+    assert_eq!(answer.trim(), "local laptop: GET /still HTTP/1.1");
+
+    teammate.kubectl_ok(&s.workstation, &[&leave[..], &["--force"]].concat());
+    assert_eq!(s.stored().await, before, "restored exactly");
 }
