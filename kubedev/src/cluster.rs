@@ -27,6 +27,12 @@ pub enum ClusterError {
         /// Why.
         source: KubeconfigError,
     },
+    /// `--context` names a context the kubeconfig does not have.
+    #[error("context {name:?} does not exist (`kubectl config get-contexts` lists them)")]
+    NoContext {
+        /// The name given.
+        name: String,
+    },
     /// The kubeconfig lacks the context, cluster or user it names.
     #[error("invalid kubeconfig")]
     Invalid {
@@ -101,6 +107,11 @@ impl ClusterArgs {
             .context
             .clone()
             .or_else(|| kubeconfig.current_context.clone());
+        if let Some(name) = &self.context
+            && !kubeconfig.contexts.iter().any(|named| &named.name == name)
+        {
+            return Err(ClusterError::NoContext { name: name.clone() });
+        }
         let proxy = proxy_for(&kubeconfig, context.as_deref())?;
         let options = KubeConfigOptions {
             context: self.context.clone(),
@@ -280,19 +291,36 @@ users:
 "#;
 
     async fn connect_with(args: ClusterArgs) -> Connection {
+        try_connect_with(args).await.expect("connect")
+    }
+
+    async fn try_connect_with(args: ClusterArgs) -> Result<Connection, ClusterError> {
         let dir = std::env::temp_dir().join(format!("kubedev-kc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join(format!("{:?}", args.context));
         std::fs::write(&path, KUBECONFIG).expect("write kubeconfig");
-        let connection = ClusterArgs {
-            kubeconfig: Some(path),
+        let connected = ClusterArgs {
+            kubeconfig: Some(path.clone()),
             ..args
         }
         .connect()
+        .await;
+        let _ = std::fs::remove_file(&path);
+        connected
+    }
+
+    #[tokio::test]
+    async fn a_context_the_kubeconfig_lacks_is_named() {
+        let missing = try_connect_with(ClusterArgs {
+            context: Some("nope".into()),
+            ..ClusterArgs::default()
+        })
         .await
-        .expect("connect");
-        let _ = std::fs::remove_dir_all(&dir);
-        connection
+        .expect_err("no such context");
+        assert_eq!(
+            missing.to_string(),
+            "context \"nope\" does not exist (`kubectl config get-contexts` lists them)"
+        );
     }
 
     #[tokio::test]

@@ -55,6 +55,11 @@ pub(super) struct Life<'a> {
     pub(super) args: &'a SessionLife,
 }
 
+/// The exit status of a run stopped before its session was live, as shells report a
+/// command Ctrl-C stopped (128 + SIGINT); a live session ended so exits 0, as it was meant
+/// to end.
+const INTERRUPTED: u8 = 130;
+
 /// Lives `session` through: held, started, made live, then detached or kept until it
 /// ends. A stop signal at any point ends it with everything put back.
 pub(super) async fn live_through<S: Session>(
@@ -70,7 +75,7 @@ pub(super) async fn live_through<S: Session>(
         () = signals.recv() => {
             eprintln!("stopped while starting");
             session.end(Some(hold)).await?;
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ExitCode::from(INTERRUPTED));
         }
     };
     let started = match started {
@@ -104,7 +109,7 @@ pub(super) async fn live_through<S: Session>(
         Ok(Some(live)) => live,
         stopped_or_failed => {
             session.end(Some(hold)).await?;
-            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
+            return stopped_or_failed.map(|_| ExitCode::from(INTERRUPTED));
         }
     };
     if life.args.detach {

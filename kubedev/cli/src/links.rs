@@ -17,7 +17,7 @@ pub(super) struct Watched {
     pub(super) socket: PathBuf,
     pub(super) session: String,
     pub(super) mode: Mode,
-    /// The pods the workload runs.
+    /// The pods the workload ran when the session started.
     pub(super) wanted: usize,
 }
 
@@ -44,12 +44,7 @@ pub(super) async fn report_links(watched: Watched) {
 
 /// What to tell the user when the linked agents go from `before` to `now`, if anything.
 fn describe_change(watched: &Watched, before: usize, now: usize) -> Option<String> {
-    let Watched {
-        session,
-        mode,
-        wanted,
-        ..
-    } = watched;
+    let Watched { session, mode, .. } = watched;
     if before == now {
         return None;
     }
@@ -64,9 +59,12 @@ fn describe_change(watched: &Watched, before: usize, now: usize) -> Option<Strin
              reach?); {meanwhile} until tunneld links again"
         )
     } else if before == 0 {
-        format!("linked again to the agents of session {session} ({now}/{wanted})")
+        format!("linked again to the agents of session {session} ({now} pods)")
     } else {
-        format!("{now}/{wanted} agents of session {session} linked")
+        // Counted as they are: the workload's replicas can change during the session, and
+        // a rollout links new pods before old ones go.
+        let agents = if now == 1 { "agent" } else { "agents" };
+        format!("{now} {agents} of session {session} linked, {before} before")
     })
 }
 
@@ -95,11 +93,11 @@ mod tests {
         );
         assert_eq!(
             describe_change(&intercept, 0, 2).as_deref(),
-            Some("linked again to the agents of session web (2/2)")
+            Some("linked again to the agents of session web (2 pods)")
         );
         assert_eq!(
             describe_change(&intercept, 2, 1).as_deref(),
-            Some("1/2 agents of session web linked")
+            Some("1 agent of session web linked, 2 before")
         );
         let replace = describe_change(&watched(Mode::Replace), 1, 0).expect("told");
         assert!(replace.contains("connections to the replaced container are refused"));

@@ -20,8 +20,8 @@ pub(super) fn image_to_run(image: String, source: &ImageSource, context: Option<
 /// Keeps the digest the agent pods of `started` run, for `image` named by tag, if this run
 /// added the agent (a run that joined a teammate's runs their image); says so the first
 /// time. Only the workload's own pods count, whatever else wears its labels, and only
-/// their container of `image`: the pin is `image`'s repository at that digest. Failing to
-/// pin is only a warning.
+/// their container of `image`, all of which must have pulled the same digest: the pin is
+/// `image`'s repository at that digest. Failing to pin is only a warning.
 pub(super) async fn pin_after_start(
     connection: &Connection,
     (plan, source): (&Plan, &ImageSource),
@@ -45,13 +45,13 @@ pub(super) async fn pin_after_start(
         &connection.namespace,
         plan.workload.clone(),
     );
-    let mut digest = None;
+    let mut digests = Vec::new();
     for pod in &listed.items {
-        if digest.is_none() && owners.owns(pod).await {
-            digest = pulled_digest(pod, image);
+        if owners.owns(pod).await {
+            digests.extend(pulled_digest(pod, image));
         }
     }
-    let Some(digest) = digest else {
+    let Some(digest) = agreed(digests) else {
         return;
     };
     let pinned = format!("{}@{digest}", repository_of(image));
@@ -63,6 +63,16 @@ pub(super) async fn pin_after_start(
         Ok(false) => {}
         Err(err) => eprintln!("warning: cannot pin the agent image: {err:#}"),
     }
+}
+
+/// The one digest every pod that reported one pulled; none if they differ (a pod that
+/// only looks like the workload's, or nodes that pulled the tag at different times).
+fn agreed(digests: Vec<String>) -> Option<String> {
+    let first = digests.first()?;
+    digests
+        .iter()
+        .all(|digest| digest == first)
+        .then(|| first.clone())
 }
 
 /// The digest (`sha256:…`) `pod` pulled for its agent container of `image`, if that is what
@@ -89,6 +99,14 @@ fn repository_of(image: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_is_pinned_only_where_every_pod_pulled_it() {
+        let (a, b) = ("sha256:a".to_owned(), "sha256:b".to_owned());
+        assert_eq!(agreed(vec![a.clone(), a.clone()]), Some(a.clone()));
+        assert_eq!(agreed(vec![a.clone(), b]), None);
+        assert_eq!(agreed(Vec::new()), None);
+    }
 
     #[test]
     fn a_tag_comes_off_but_a_registry_port_stays() {

@@ -18,7 +18,7 @@ use super::reclaim::reclaim_expired;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{AgentOwner, PodPort};
+use kubedev::control::{AgentOwner, Forward, PodPort};
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
@@ -206,6 +206,26 @@ fn quota_hint(resources: &ResourceRequirements, namespace: &str) -> String {
     )
 }
 
+/// Says which TCP ports of this machine that a session sends connections to nothing
+/// listens on yet: the only other trace is a line in tunneld's log.
+async fn note_idle_local_ports(mode: Mode, forwards: &[Forward]) {
+    let meanwhile = match mode {
+        Mode::Replace => "they are refused",
+        Mode::Intercept | Mode::Ingest => "they go to the app",
+    };
+    for forward in forwards.iter().filter(|f| f.transport == Transport::Tcp) {
+        let address = (forward.local_host.as_str(), forward.local_port);
+        let connecting = tokio::net::TcpStream::connect(address);
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), connecting).await {
+            eprintln!(
+                "note: nothing listens on {}:{} yet; until something does, connections for \
+                 port {} {meanwhile}",
+                forward.local_host, forward.local_port, forward.app_port
+            );
+        }
+    }
+}
+
 /// Says so where a GitOps controller applies the workload: its next sync would take the
 /// session back (and kubedev would end it).
 async fn warn_of_reconciler(connection: &Connection, plan: &Plan) {
@@ -216,17 +236,25 @@ async fn warn_of_reconciler(connection: &Connection, plan: &Plan) {
     let workload = &plan.workload;
     match (&reconciler, plan.pause_flux) {
         (Reconciler::Flux { .. }, true) => {
-            eprintln!("pausing {reconciler} on {workload} for the session");
+            eprintln!(
+                "pausing {reconciler} on {workload} and the Service the session takes over, \
+                 for the session"
+            );
         }
         (Reconciler::Flux { .. }, false) => eprintln!(
             "note: {reconciler} applies {workload}: its next sync takes the session back, and \
              kubedev then ends it; --pause-flux pauses Flux on it for the session \
              (docs/gitops.md)"
         ),
-        (Reconciler::ArgoCd { .. }, _) => eprintln!(
+        (Reconciler::ArgoCd { .. }, pause_flux) => eprintln!(
             "note: {reconciler} applies {workload}: with self-heal on, its next sync takes the \
              session back, and kubedev then ends it; docs/gitops.md says how to let the \
-             session be"
+             session be{}",
+            if pause_flux {
+                " (--pause-flux pauses only Flux: Argo CD has no per-object pause)"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -255,6 +283,9 @@ async fn go_live(
     let (mut variables, command_network) =
         join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
     report_started(plan, started, &args.to_pod);
+    if args.life.command.is_empty() {
+        note_idle_local_ports(plan.mode, &started.forwards).await;
+    }
     let mounted = mount_volumes(connection, plan, started, args).await?;
     // Only kubedev says where the volumes are: never a value of the container's own.
     variables.remove(ROOT_ENV);
