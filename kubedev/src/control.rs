@@ -55,6 +55,10 @@ pub enum ControlRequest {
     RemoveSession {
         /// The session's name.
         name: String,
+        /// Only if its agent pods are these (a run ending its own session, never a
+        /// namesake another run added); any, where none is given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<AgentOwner>,
     },
     /// What tunneld runs: its sessions and the cluster network, answered with `Status`.
     Status,

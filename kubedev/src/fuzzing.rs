@@ -26,7 +26,7 @@ pub fn control_request(input: &[u8]) {
 fn check_names(request: &ControlRequest) {
     let name = match request {
         ControlRequest::AddSession { name, .. }
-        | ControlRequest::RemoveSession { name }
+        | ControlRequest::RemoveSession { name, .. }
         | ControlRequest::Environment { name }
         | ControlRequest::OpenFiles { name }
         | ControlRequest::ServeCommandNetwork { name } => name,

@@ -55,6 +55,8 @@ mod cluster_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod names_tests;
+#[cfg(test)]
 mod replaced_tests;
 #[cfg(test)]
 mod tests;

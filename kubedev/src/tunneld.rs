@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 
-use crate::control::{ControlReply, ControlRequest, DaemonStatus, Held, NamespaceFiles};
+use crate::control::{
+    AgentOwner, ControlReply, ControlRequest, DaemonStatus, Held, NamespaceFiles,
+};
 use crate::fd_passing;
 use crate::private_files::PrivateFileError;
 pub use binary::tunneld_binary;
@@ -196,9 +198,17 @@ pub async fn environment(
     }
 }
 
-/// Has the tunneld at `socket`, if one runs, drop session `name`'s tunnels.
-pub async fn forget(socket: &Path, name: &str) -> Result<(), TunneldError> {
-    let removal = ControlRequest::RemoveSession { name: name.into() };
+/// Has the tunneld at `socket`, if one runs, drop session `name`'s tunnels, if its agent
+/// pods are `owner`'s (whoever's, for none).
+pub async fn forget(
+    socket: &Path,
+    name: &str,
+    owner: Option<&AgentOwner>,
+) -> Result<(), TunneldError> {
+    let removal = ControlRequest::RemoveSession {
+        name: name.into(),
+        owner: owner.cloned(),
+    };
     match request(socket, &removal).await {
         Ok(_) | Err(TunneldError::NotRunning(_)) => Ok(()),
         Err(err) => Err(err),
@@ -349,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn forgetting_a_session_where_no_tunneld_runs_is_no_error() {
         let socket = std::env::temp_dir().join(format!("kubedev-gone-{}.sock", std::process::id()));
-        assert!(forget(&socket, "web").await.is_ok());
+        assert!(forget(&socket, "web", None).await.is_ok());
         assert!(matches!(
             status(&socket).await,
             Err(TunneldError::NotRunning(_))

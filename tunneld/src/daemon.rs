@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kubedev::cidr::Cidr;
-use kubedev::control::{ProxyChoices, ProxyStatus};
+use kubedev::control::{AgentOwner, ProxyChoices, ProxyStatus};
 use kubedev_process::signals::StopSignals;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify, OnceCell};
@@ -65,6 +65,8 @@ struct Tunneled {
     local: Arc<LocalNetwork>,
     /// Cancelled when the session is removed: its links end.
     stop: CancellationToken,
+    /// What controls its agent pods.
+    owner: Option<AgentOwner>,
 }
 
 pub(crate) struct Daemon {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use kubedev::control::{ControlReply, ControlRequest, Held, NetworkStatus};
+use kubedev::control::{AgentOwner, ControlReply, ControlRequest, Held, NetworkStatus};
 use kubedev::inject::AGENT_CONTAINER;
 use kubedev::mode::Mode;
 use kubedev::session::lease::{self, Holder};
@@ -137,7 +137,14 @@ fn add_session(name: &str) -> ControlRequest {
         forwards: Vec::new(),
         proxy: Default::default(),
         to_pod: Vec::new(),
-        owner: None,
+        owner: Some(owner_of("web")),
+    }
+}
+
+/// The agents of deployment `name`.
+fn owner_of(name: &str) -> AgentOwner {
+    AgentOwner::Workload {
+        workload: name.parse().expect("workload"),
     }
 }
 
@@ -220,7 +227,20 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     // A session lasts while tunneld has one: past the idle time, it is still there.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(tunneld.running(), "{}", tunneld.log());
-    let remove = ControlRequest::RemoveSession { name: "web".into() };
+    // A run whose own start failed does not drop the namesake another run added.
+    let namesakes = ControlRequest::RemoveSession {
+        name: "web".into(),
+        owner: Some(owner_of("other")),
+    };
+    assert_eq!(
+        tunneld.request(&namesakes).await.expect("left"),
+        ControlReply::Done
+    );
+    assert!(tunneld.running(), "{}", tunneld.log());
+    let remove = ControlRequest::RemoveSession {
+        name: "web".into(),
+        owner: Some(owner_of("web")),
+    };
     assert_eq!(
         tunneld.request(&remove).await.expect("removed"),
         ControlReply::Done

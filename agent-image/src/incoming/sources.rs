@@ -20,7 +20,14 @@ use kubedev_protocol::refusals::Refusals;
 /// they are accepted; datagrams that would start more flows are dropped.
 pub(super) const CONNECTIONS_PER_SOURCE: usize = 512;
 const _: () = assert!(CONNECTIONS_PER_SOURCE * 3 <= kubedev_protocol::mux::OPENED_STREAMS_CAP);
-const _: () = assert!(CONNECTIONS_PER_SOURCE * 2 <= kubedev_protocol::udp_flows::MAX_FLOWS);
+
+/// UDP flows one client address may have open at once on one taken-over UDP port, within
+/// its [`CONNECTIONS_PER_SOURCE`]: a sixteenth of the port's flows
+/// ([`kubedev_protocol::udp_flows::MAX_FLOWS`]), so that a few busy clients (flows cost a
+/// sender one datagram each) cannot fill the port for everyone else, and far more than a
+/// client keeps with one service.
+pub(super) const UDP_FLOWS_PER_SOURCE: usize = 64;
+const _: () = assert!(UDP_FLOWS_PER_SOURCE * 16 <= kubedev_protocol::udp_flows::MAX_FLOWS);
 
 /// The connections and flows open to the agent's ports, by client address.
 #[derive(Debug)]

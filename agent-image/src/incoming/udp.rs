@@ -17,13 +17,13 @@ use kubedev_protocol::udp_flows::{Peers, UdpFlows, serve_peers};
 use kubedev_protocol::{Listener, Transport};
 use tokio::net::UdpSocket;
 
-use super::sources::{Admitted, Sources};
+use super::sources::{Admitted, Sources, UDP_FLOWS_PER_SOURCE};
 use super::to_first_workstation;
 use crate::workstations::Workstations;
 
 /// Reads `socket` until it fails, handing each peer's datagrams, a flow in `flows`, to
 /// the first workstation that takes them; no more flows at once from one client address
-/// than `sources` allows.
+/// than `sources` (all the agent's ports) and [`UDP_FLOWS_PER_SOURCE`] (this one) allow.
 pub(super) async fn serve(
     socket: UdpSocket,
     listener: Listener,
@@ -36,6 +36,7 @@ pub(super) async fn serve(
         app_port: listener.app_port,
         workstations,
         sources,
+        on_this_port: Arc::new(Sources::new(UDP_FLOWS_PER_SOURCE)),
     };
     serve_peers(Arc::new(socket), flows, idle, peers).await
 }
@@ -44,15 +45,19 @@ pub(super) async fn serve(
 struct ClientPeers {
     app_port: u16,
     workstations: Arc<Workstations>,
+    /// Their places on all the agent's ports.
     sources: Arc<Sources>,
+    /// Their places on this port.
+    on_this_port: Arc<Sources>,
 }
 
 impl Peers for ClientPeers {
-    type Place = Admitted;
+    type Place = (Admitted, Admitted);
     type Stream = MuxStream;
 
-    fn admit(&self, peer: SocketAddr) -> Option<Admitted> {
-        self.sources.admit(peer.ip())
+    fn admit(&self, peer: SocketAddr) -> Option<(Admitted, Admitted)> {
+        let here = self.on_this_port.admit(peer.ip())?;
+        Some((here, self.sources.admit(peer.ip())?))
     }
 
     fn open(&self, peer: SocketAddr) -> impl Future<Output = Option<MuxStream>> + Send + 'static {
@@ -173,9 +178,9 @@ mod tests {
         let (port, counts, taken) = echoed_port(sources).await;
         let first = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         assert!(echoed(&first, port, b"first").await);
-        // Ten addresses, each under its own share: only the port's table stops them.
-        for last_byte in 2..12 {
-            flood([127, 0, 0, last_byte], port, 500).await;
+        // More addresses than the table has room for at their share on this port.
+        for last_byte in 2..22 {
+            flood([127, 0, 0, last_byte], port, 100).await;
             assert!(counts.flows() <= MAX_FLOWS);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -201,7 +206,7 @@ mod tests {
         let flooder: IpAddr = [127, 0, 0, 2].into();
         flood([127, 0, 0, 2], port, 2000).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while sources.open_from(flooder) < CONNECTIONS_PER_SOURCE {
+        while sources.open_from(flooder) < UDP_FLOWS_PER_SOURCE {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the share never filled"
@@ -210,8 +215,8 @@ mod tests {
         }
         flood([127, 0, 0, 2], port, 500).await;
 
-        assert_eq!(sources.open_from(flooder), CONNECTIONS_PER_SOURCE);
-        assert_eq!(counts.flows(), 1 + CONNECTIONS_PER_SOURCE, "no more kept");
+        assert_eq!(sources.open_from(flooder), UDP_FLOWS_PER_SOURCE);
+        assert_eq!(counts.flows(), 1 + UDP_FLOWS_PER_SOURCE, "no more kept");
         assert_eq!(counts.dropped(), 0, "the table never filled");
         let other = UdpSocket::bind("127.0.0.3:0").await.expect("bind");
         assert!(echoed(&other, port, b"another").await, "another address");

@@ -165,7 +165,7 @@ pub(super) async fn end_connect(
     owner: Option<&str>,
     hold: Option<Hold>,
 ) -> anyhow::Result<()> {
-    forget_in_tunneld(connection, name).await;
+    forget_in_tunneld(connection, name, None).await;
     connect::end_connect(&connection.client, &connection.namespace, name, owner).await?;
     // Only now: had this process died before, tunneld would have deleted the pod.
     release_after_the_end(hold).await;

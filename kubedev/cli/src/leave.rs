@@ -43,14 +43,27 @@ pub(super) async fn leave(
         refuse_if_held_elsewhere(connection, socket, mode, name).await?;
     }
     let sessions = session::sessions_in(&connection.client, &connection.namespace).await?;
-    let workload = sessions.iter().find_map(|(workload, record)| {
-        record
-            .sessions()
-            .any(|session| session.name == name)
-            .then_some(workload)
-    });
-    if let Some(workload) = workload {
-        return end_session(connection, name, &workload.reference, ending.timeout, None).await;
+    let named: Vec<&WorkloadRef> = sessions
+        .iter()
+        .filter(|(_, record)| record.sessions().any(|session| session.name == name))
+        .map(|(workload, _)| &workload.reference)
+        .collect();
+    match named.as_slice() {
+        [] => {}
+        [workload] => {
+            return end_session(connection, name, workload, ending.timeout, None).await;
+        }
+        several => anyhow::bail!(
+            "sessions named {name:?} are on {} in namespace {}: end this machine's with `{} \
+             leave --all`",
+            several
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            connection.namespace,
+            command_of(mode)
+        ),
     }
     let connects = connect::connects_in(&connection.client, &connection.namespace).await?;
     if connects.iter().any(|c| c.session == name) {

@@ -384,8 +384,14 @@ pub(super) async fn join_tunneld(
     Ok((variables, command_network))
 }
 
-/// Has tunneld drop session `name`'s tunnels, if it runs.
-pub(super) async fn forget_in_tunneld(connection: &Connection, name: &str) {
+/// Has tunneld drop session `name`'s tunnels, if it runs and keeps them, and if its agent
+/// pods are `owner`'s (whoever's, for none): a run whose start failed must not drop the
+/// namesake another run added.
+pub(super) async fn forget_in_tunneld(
+    connection: &Connection,
+    name: &str,
+    owner: Option<&AgentOwner>,
+) {
     let socket = match tunneld::socket_for(connection) {
         Ok(socket) => socket,
         Err(err) => return eprintln!("warning: {err}"),
@@ -401,7 +407,7 @@ pub(super) async fn forget_in_tunneld(connection: &Connection, name: &str) {
     if !kept {
         return;
     }
-    if let Err(err) = tunneld::forget(&socket, name).await {
+    if let Err(err) = tunneld::forget(&socket, name, owner).await {
         eprintln!("warning: {err}");
     }
 }

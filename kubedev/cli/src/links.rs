@@ -59,7 +59,7 @@ fn describe_change(watched: &Watched, before: usize, now: usize) -> Option<Strin
              reach?); {meanwhile} until tunneld links again"
         )
     } else if before == 0 {
-        format!("linked again to the agents of session {session} ({now} pods)")
+        format!("linked again to the agents of session {session} ({now} linked)")
     } else {
         // Counted as they are: the workload's replicas can change during the session, and
         // a rollout links new pods before old ones go.
@@ -93,7 +93,7 @@ mod tests {
         );
         assert_eq!(
             describe_change(&intercept, 0, 2).as_deref(),
-            Some("linked again to the agents of session web (2 pods)")
+            Some("linked again to the agents of session web (2 linked)")
         );
         assert_eq!(
             describe_change(&intercept, 2, 1).as_deref(),

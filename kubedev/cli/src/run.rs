@@ -368,7 +368,10 @@ pub(super) async fn end_session(
     timeout: Duration,
     hold: Option<Hold>,
 ) -> anyhow::Result<()> {
-    forget_in_tunneld(connection, name).await;
+    let owner = AgentOwner::Workload {
+        workload: workload.clone(),
+    };
+    forget_in_tunneld(connection, name, Some(&owner)).await;
     mount::unmount_session(name);
     let bar = spinner(format!("restoring {workload}"));
     let left = session::leave(

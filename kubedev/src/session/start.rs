@@ -8,6 +8,7 @@ use super::error::corrupt;
 use super::join::{check_shareable, join};
 use super::leave::leave;
 use super::ports::{choose_container, container_serving, intercepted_ports, replaced_ports};
+use super::reclaim::sessions_in;
 use super::record::{
     FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Record, ServiceRecord, record_of,
 };
@@ -29,6 +30,7 @@ pub async fn start(
     plan: &Plan,
     progress: impl FnMut(&Progress),
 ) -> Result<Started, SessionError> {
+    refuse_a_name_in_use(client, namespace, plan).await?;
     let (started, service_targets) =
         match retry_on_conflict(|| write_session(client, namespace, plan)).await? {
             Written::Joined(started) => return Ok(started),
@@ -192,6 +194,26 @@ async fn forget_unused_token(
         tracing::warn!("dropping an unused session token: {forgetting}");
     }
     Err(err.into())
+}
+
+/// Fails where a session on another workload of the namespace has `plan`'s name: `leave
+/// NAME` and tunneld know a session by its name.
+async fn refuse_a_name_in_use(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &Plan,
+) -> Result<(), SessionError> {
+    for (workload, record) in sessions_in(client, namespace).await? {
+        let named = record.sessions().any(|session| session.name == plan.name);
+        if named && workload.reference != plan.workload {
+            return Err(SessionError::Choice(format!(
+                "a session named {:?} is already on {} in namespace {namespace}: choose \
+                 another name with --name",
+                plan.name, workload.reference
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The app container `plan` is about and, for an intercept, the Service it takes over.

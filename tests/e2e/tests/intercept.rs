@@ -898,7 +898,7 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
     loop {
         let said = std::fs::read_to_string(&log).expect("plugin log");
         let lost = said.find("lost the links to the agents of session echo");
-        let back = said.rfind("linked again to the agents of session echo (1/1)");
+        let back = said.rfind("linked again to the agents of session echo (1 linked)");
         match (lost, back) {
             (None, _) => break,
             (Some(lost), Some(back)) if back > lost => break,
@@ -909,7 +909,9 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(plugin.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
-    assert!(plugin.wait().expect("plugin exits").success());
+    let status = plugin.wait().expect("plugin exits");
+    let said = std::fs::read_to_string(&log).expect("plugin log");
+    assert!(status.success(), "{status}: {said}");
     assert_eq!(stored(&s.ns, false).await, s.before, "restored exactly");
 }
 

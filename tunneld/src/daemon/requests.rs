@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::control::{
-    ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionStatus,
+    AgentOwner, ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionStatus,
 };
 use kubedev_protocol::WiretapCounts;
 use kubedev_protocol::codec::{read_message, write_message};
@@ -51,7 +51,9 @@ impl Daemon {
                 };
                 self.add_session(name, selector, &proxy, &to_pod).await
             }
-            ControlRequest::RemoveSession { name } => self.remove_session(&name).await,
+            ControlRequest::RemoveSession { name, owner } => {
+                self.remove_own_session(&name, owner.as_ref()).await
+            }
             ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Environment { name } => self.environment(&name).await,
             ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
@@ -92,6 +94,7 @@ impl Daemon {
             .any(|forward| forward.wiretap)
             .then(|| selector.wiretap.clone());
         let local = selector.local.clone();
+        let owner = selector.owner.clone();
         self.pool
             .follow(self.client.clone(), name.clone(), selector, stop.clone());
         to_pod::serve(to_pod, name.clone(), self.pool.clone(), &stop);
@@ -101,6 +104,7 @@ impl Daemon {
             wiretap,
             local,
             stop,
+            owner,
         };
         sessions.insert(name, tunneled);
         drop(sessions);
@@ -142,6 +146,21 @@ impl Daemon {
                 reason: format!("environment of session {name:?}: {err}"),
             },
         }
+    }
+
+    /// Removes session `name` if its agent pods are `owner`'s (any, for none): a run that
+    /// failed to add its session must not remove the namesake another run added.
+    async fn remove_own_session(&self, name: &str, owner: Option<&AgentOwner>) -> ControlReply {
+        let sessions = self.sessions.lock().await;
+        let theirs = sessions.get(name).is_some_and(|tunneled| {
+            owner.is_some_and(|owner| tunneled.owner.as_ref() != Some(owner))
+        });
+        drop(sessions);
+        if theirs {
+            tracing::info!("session {name} is another run's: left as it is");
+            return ControlReply::Done;
+        }
+        self.remove_session(name).await
     }
 
     pub(super) async fn remove_session(&self, name: &str) -> ControlReply {
