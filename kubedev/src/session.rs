@@ -53,6 +53,8 @@ pub fn random_id() -> Result<String, SessionError> {
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
+mod join_tests;
+#[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
 mod names_tests;

@@ -12,7 +12,7 @@ mod rollout;
 use std::fmt;
 
 pub use error::WorkloadError;
-pub use managers::forget_kubedev_fields;
+pub use managers::hand_back_fields;
 pub use object::{FIELD_MANAGER, MayConflict, Workload, retry_on_conflict, write_params};
 pub use owners::PodOwners;
 pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};

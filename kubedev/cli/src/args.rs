@@ -115,7 +115,8 @@ pub struct SessionLife {
     #[arg(long)]
     pub pause_flux: bool,
 
-    /// How long to wait for the pods to be ready, e.g. 90s or 5m.
+    /// How long to wait for the pods to be ready, e.g. 90s or 5m; a replace also waits out
+    /// the grace period of the old pods still stopping.
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub timeout: Duration,
 

@@ -149,7 +149,7 @@ async fn leave_all(
             .as_ref()
             .map_or_else(|| "no lease".to_owned(), Holder::describe);
         eprintln!(
-            "left alone: session {} on {} in namespace {} ({holder}); end it with `{} leave {} -n {}`",
+            "left alone: session {} on {} in namespace {} ({holder}); end it with `{} leave {} -n {} --force`",
             row.name,
             row.workload,
             row.namespace,

@@ -210,8 +210,8 @@ fn quota_hint(resources: &ResourceRequirements, namespace: &str) -> String {
 /// listens on yet: the only other trace is a line in tunneld's log.
 async fn note_idle_local_ports(mode: Mode, forwards: &[Forward]) {
     let meanwhile = match mode {
-        Mode::Replace => "they are refused",
-        Mode::Intercept | Mode::Ingest => "they go to the app",
+        Mode::Replace => "are refused",
+        Mode::Intercept | Mode::Ingest => "go to the app",
     };
     for forward in forwards.iter().filter(|f| f.transport == Transport::Tcp) {
         let address = (forward.local_host.as_str(), forward.local_port);

@@ -2,18 +2,23 @@
 //! (each intercept that takes requests needs a filter of its own), and its filter recorded
 //! beside theirs, with nothing in the pods changed.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use kube::api::Api;
+use serde_json::Value;
 
 use super::error::corrupt;
 use super::lease::holder_of;
 use super::ports::intercepted_ports;
 use super::record::{Joined, RECORD_ANNOTATION, Record};
+use super::routing::ports_undone;
 use super::service::choose_service;
 use super::tokens::read_token;
 use super::{Plan, SessionError, Started};
 use crate::inject::{self, SESSION_LABEL};
 use crate::mode::Mode;
-use crate::workload::{Workload, WorkloadRef};
+use crate::workload::{Workload, WorkloadError, WorkloadRef};
 use kubedev_protocol::{AGENT_CONFIG_ENV, AGENT_TOKEN_ENV, AgentConfig};
 
 /// Fails, naming who holds it, where the session already on the workload cannot take
@@ -46,7 +51,8 @@ pub(super) async fn check_shareable(
 pub(super) fn refusal(existing: &Record, plan: &Plan) -> Option<String> {
     if existing.mode != Mode::Intercept || plan.mode != Mode::Intercept {
         return Some(format!(
-            "it already has a kubedev session ({} {:?}): end it first with `leave {}`",
+            "it already has a kubedev session ({} {:?}): it ends with `leave {}` (by whoever \
+             holds it, or with --force)",
             existing.mode, existing.name, existing.name
         ));
     }
@@ -131,7 +137,8 @@ pub(super) async fn join(
         .and_then(|m| m.labels.as_ref())
         .and_then(|labels| labels.get(SESSION_LABEL))
         .ok_or_else(|| corrupt(&plan.workload, "the pods have no session label"))?;
-    // Everything that can fail is done before the write, which is the join's only change.
+    // Everything that can fail is done before the write, which is the join's only change:
+    // waiting for the Services too.
     let agents = workload.agent_selector(label)?;
     record.joined.push(Joined {
         name: plan.name.clone(),
@@ -139,6 +146,7 @@ pub(super) async fn join(
         wiretap: plan.wiretap,
         owner: Some(plan.owner.clone()),
     });
+    wait_for_services(client, namespace, &record, plan.timeout).await?;
     workload
         .annotate(client, RECORD_ANNOTATION, record.to_annotation())
         .await?;
@@ -169,6 +177,47 @@ fn as_recorded(mut service: Service, record: &Record) -> Result<Service, Session
         spec.ports = ports;
     }
     Ok(service)
+}
+
+/// How often a joining session looks at the Services it waits for.
+const SERVICE_POLL: Duration = Duration::from_millis(500);
+
+/// Waits until the Services the agent takes over are pointed at it: the session that added
+/// the agent does so only once its pods are ready, and a session joining before then would
+/// find them "taken back".
+async fn wait_for_services(
+    client: &kube::Client,
+    namespace: &str,
+    record: &Record,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    for recorded in &record.services {
+        let Some(applied) = &recorded.applied_ports else {
+            continue;
+        };
+        loop {
+            let service = services
+                .get_opt(&recorded.name)
+                .await
+                .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
+            let ports = service.and_then(|s| s.spec).and_then(|spec| spec.ports);
+            let live = serde_json::to_value(ports).unwrap_or(Value::Null);
+            let Some(pending) = ports_undone(applied, &live) else {
+                break;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SessionError::Refused(format!(
+                    "service/{}: {pending} after {timeout:?}: the session that added the \
+                     agent has not turned it there (is it still starting?)",
+                    recorded.name
+                )));
+            }
+            tokio::time::sleep(SERVICE_POLL).await;
+        }
+    }
+    Ok(())
 }
 
 /// Where the agent's token is, as its template says.

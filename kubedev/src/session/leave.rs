@@ -15,8 +15,8 @@ use super::record::{
 use super::three_way::{OthersChanges, restore};
 use super::tokens::forget_token;
 use crate::workload::{
-    OldPods, Progress, Workload, WorkloadError, WorkloadRef, forget_kubedev_fields,
-    retry_on_conflict, wait_for_pods, write_params,
+    OldPods, Progress, Workload, WorkloadError, WorkloadRef, hand_back_fields, retry_on_conflict,
+    wait_for_pods, write_params,
 };
 
 /// What leaving did.
@@ -183,19 +183,24 @@ async fn undo(
 }
 
 /// Takes kubedev's name off the fields it wrote, the restore's included, on the workload
-/// and the Services the session changed: nothing of kubedev stays on them.
+/// and the Services the session changed, and gives them back to the managers the session
+/// found: nothing of kubedev stays on them.
 async fn forget_kubedev(
     client: &kube::Client,
     namespace: &str,
     workload: &Workload,
     record: &Record,
 ) {
-    if let Err(err) = workload.forget_kubedev_fields(client).await {
+    if let Err(err) = workload
+        .hand_back_fields(client, record.managers.as_deref())
+        .await
+    {
         tracing::warn!("{}: {err}", workload.reference);
     }
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for service in &record.services {
-        if let Err(err) = forget_kubedev_fields(&services, &service.name).await {
+        let found = service.managers.as_deref();
+        if let Err(err) = hand_back_fields(&services, &service.name, found).await {
             tracing::warn!("service {}: {err}", service.name);
         }
     }

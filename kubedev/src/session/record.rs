@@ -1,6 +1,7 @@
 //! The record of a session on its workload: what changed, the originals to restore, and
 //! which sessions (and runs of the plugin) share the agent.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -62,6 +63,11 @@ pub struct Record {
     /// kept and named at leave, as any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Who managed which fields of the workload when the session started: kubedev's writes
+    /// take fields from their managers, and leaving hands them back
+    /// ([`crate::workload::hand_back_fields`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managers: Option<Vec<ManagedFieldsEntry>>,
 }
 
 /// An intercept that joined an existing one (with a different HTTP filter), or a wiretap.
@@ -191,6 +197,10 @@ pub struct ServiceRecord {
     /// The session paused Flux on the Service (see [`FLUX_RECONCILE`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused_flux: bool,
+    /// Who managed which fields of the Service when the session started (see
+    /// [`Record::managers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managers: Option<Vec<ManagedFieldsEntry>>,
 }
 
 /// The session recorded on `workload`, if any.

@@ -159,7 +159,7 @@ fn has_port(container: &Value, name: &str) -> bool {
 }
 
 /// Which Service port no longer targets the agent, if any.
-fn ports_undone(applied: &Value, live: &Value) -> Option<String> {
+pub(super) fn ports_undone(applied: &Value, live: &Value) -> Option<String> {
     for port in applied.as_array().into_iter().flatten() {
         let key = |p: &Value| (p["port"].clone(), p["protocol"].clone());
         let Some(now) = live

@@ -274,6 +274,7 @@ fn new_record(
         token_key: None,
         owner: Some(plan.owner.clone()),
         replicas: Some(workload.replicas()),
+        managers: workload.managed_fields().map(<[_]>::to_vec),
     };
     if let Some(service) = changes.service {
         let name = service.metadata.name.clone().unwrap_or_default();
@@ -292,6 +293,7 @@ fn new_record(
             ports: json(ports)?,
             applied_ports: Some(json(Some(applied))?),
             paused_flux: plan.pause_flux && paused != Some(FLUX_PAUSED),
+            managers: service.metadata.managed_fields.clone(),
             name,
         });
     }

@@ -230,6 +230,7 @@ fn record(filter: Option<HttpFilter>) -> Record {
         token_key: None,
         owner: Some("run-a".into()),
         replicas: None,
+        managers: None,
     }
 }
 
@@ -274,7 +275,7 @@ fn intercepts_share_a_workload_only_with_distinct_filters() {
     assert!(reason(&filtered, "bob", Mode::Intercept, same).contains("already takes"));
     assert!(reason(&filtered, "bob", Mode::Intercept, None).contains("needs an HTTP filter"));
     assert!(reason(&filtered, "alice", Mode::Intercept, bob()).contains("choose another --name"));
-    assert!(reason(&filtered, "bob", Mode::Replace, None).contains("end it first"));
+    assert!(reason(&filtered, "bob", Mode::Replace, None).contains("it ends with `leave"));
     let everything = record(None);
     assert!(reason(&everything, "bob", Mode::Intercept, bob()).contains("takes every request"));
 }

@@ -30,14 +30,17 @@ fn choose_runtime_dir(
     through_sudo: bool,
     uid: u32,
 ) -> PathBuf {
-    if let Some(dir) = env("KUBEDEV_RUNTIME_DIR") {
-        return dir.into();
+    // An empty or relative setting is no setting (as the XDG base directory rules say):
+    // a directory relative to wherever the plugin runs would give each its own tunneld.
+    let absolute = |name: &str| env(name).map(PathBuf::from).filter(|dir| dir.is_absolute());
+    if let Some(dir) = absolute("KUBEDEV_RUNTIME_DIR") {
+        return dir;
     }
     if through_sudo {
         return PathBuf::from(run_as::ROOT_RUNTIME_DIR);
     }
-    match env("XDG_RUNTIME_DIR") {
-        Some(dir) => PathBuf::from(dir).join("kubedev"),
+    match absolute("XDG_RUNTIME_DIR") {
+        Some(dir) => dir.join("kubedev"),
         None => std::env::temp_dir().join(format!("kubedev-{uid}")),
     }
 }
@@ -160,6 +163,14 @@ mod tests {
         );
         let given = |name: &str| (name == "KUBEDEV_RUNTIME_DIR").then(|| OsString::from("/srv/kd"));
         assert_eq!(choose_runtime_dir(given, true, 0), Path::new("/srv/kd"));
+        for unusable in ["", "run/user/1000"] {
+            let set = |name: &str| (name == "XDG_RUNTIME_DIR").then(|| OsString::from(unusable));
+            assert_eq!(
+                choose_runtime_dir(set, false, 1000),
+                std::env::temp_dir().join("kubedev-1000"),
+                "{unusable:?} is no setting"
+            );
+        }
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ pub enum RolloutError {
     },
     /// The pods did not get there in time.
     #[error(
-        "the rollout of {workload} did not finish within {waited:?} (--timeout waits longer): \
+        "the rollout of {workload} did not finish within {waited:?} (raise --timeout to wait longer): \
          {state}{stuck}"
     )]
     Timeout {

@@ -251,6 +251,7 @@ impl Workstation {
     pub async fn remove_session(&self) {
         let remove = ControlRequest::RemoveSession {
             name: SESSION.into(),
+            owner: None,
         };
         tunneld::request(&self.socket, &remove)
             .await

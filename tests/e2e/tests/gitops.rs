@@ -121,6 +121,22 @@ impl Setup {
         object["metadata"]["annotations"].clone()
     }
 
+    /// The fields Flux's controller manages on the `kind` named echo.
+    fn fluxs_fields(&self, kind: &str) -> Value {
+        let json = self
+            .ns
+            .kubectl_ok(&["get", kind, "echo", "-o", "json", "--show-managed-fields"])
+            .expect("get");
+        let object: Value = serde_json::from_str(&json).expect("json");
+        let managers = object["metadata"]["managedFields"].as_array().cloned();
+        let flux = managers
+            .into_iter()
+            .flatten()
+            .find(|entry| entry["manager"] == "kustomize-controller");
+        flux.map(|entry| entry["fieldsV1"].clone())
+            .unwrap_or(Value::Null)
+    }
+
     fn get(&self, path: &str) -> String {
         self.ns
             .http_get("client", "echo:8080", path)
@@ -226,6 +242,7 @@ async fn a_session_that_pauses_flux_outlives_its_syncs_and_leave_resumes_them() 
     let how = AS_FLUX;
     let s = setup("gitops-pause", how).await;
     let before = s.ns.stored_deployment_and_service("echo").await;
+    let fluxs_before = ["deployment", "service"].map(|kind| s.fluxs_fields(kind));
     let args = [
         "echo",
         "-n",
@@ -259,6 +276,10 @@ async fn a_session_that_pauses_flux_outlives_its_syncs_and_leave_resumes_them() 
         let pause = annotations.get("kustomize.toolkit.fluxcd.io/reconcile");
         assert!(pause.is_none(), "{annotations}");
     }
+    // Flux manages every field it did: it applies only what drifted, and would not win
+    // back fields kubedev took and kept.
+    let fluxs_after = ["deployment", "service"].map(|kind| s.fluxs_fields(kind));
+    assert_eq!(fluxs_after, fluxs_before);
     // Flux syncs again, and finds the objects as git has them.
     std::thread::sleep(SYNC_PERIOD * 2);
     stop.store(true, Ordering::SeqCst);

@@ -29,6 +29,7 @@ fn record() -> Record {
         token_key: None,
         owner: None,
         replicas: None,
+        managers: None,
     }
 }
 
