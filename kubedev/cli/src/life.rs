@@ -55,9 +55,9 @@ pub(super) struct Life<'a> {
     pub(super) args: &'a SessionLife,
 }
 
-/// The exit status of a run stopped before its session was live, as shells report a
-/// command Ctrl-C stopped (128 + SIGINT); a live session ended so exits 0, as it was meant
-/// to end.
+/// The exit status of a run stopped while it starts its session (the cluster still being
+/// changed), as shells report a command Ctrl-C stopped (128 + SIGINT); once the session
+/// takes traffic, a stop signal is how it is meant to end, with 0.
 const INTERRUPTED: u8 = 130;
 
 /// Lives `session` through: held, started, made live, then detached or kept until it
@@ -109,7 +109,7 @@ pub(super) async fn live_through<S: Session>(
         Ok(Some(live)) => live,
         stopped_or_failed => {
             session.end(Some(hold)).await?;
-            return stopped_or_failed.map(|_| ExitCode::from(INTERRUPTED));
+            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
         }
     };
     if life.args.detach {
@@ -117,10 +117,11 @@ pub(super) async fn live_through<S: Session>(
         hold.release().await?;
         std::mem::forget(live.mounted);
         eprintln!(
-            "session {:?} is live; end it with `{} leave {}`",
+            "session {:?} is live; end it with `{} leave {} -n {}`",
             life.name,
             command_of(life.mode),
-            life.name
+            life.name,
+            life.connection.namespace
         );
         return Ok(ExitCode::SUCCESS);
     }
