@@ -165,7 +165,10 @@ pub(super) async fn end_connect(
     owner: Option<&str>,
     hold: Option<Hold>,
 ) -> anyhow::Result<()> {
-    forget_in_tunneld(connection, name, None).await;
+    let agents = AgentOwner::Pod {
+        name: connect::pod_name(name),
+    };
+    forget_in_tunneld(connection, name, Some(&agents)).await;
     connect::end_connect(&connection.client, &connection.namespace, name, owner).await?;
     // Only now: had this process died before, tunneld would have deleted the pod.
     release_after_the_end(hold).await;

@@ -7,10 +7,11 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::Api;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use super::object::api;
 use super::{FIELD_MANAGER, Workload, WorkloadError, write_params};
@@ -44,6 +45,7 @@ where
             Err(err) => return Err(err),
         }
     }
+    tracing::warn!("{name} kept changing: kubedev's field manager entry stays on it");
     Ok(())
 }
 
@@ -62,12 +64,13 @@ impl Workload {
     }
 }
 
-/// The entries to write: `live` without kubedev's, where each manager that has not written
-/// since `found` was taken (same entry, same time) has its entry as found, fields kubedev
-/// took included, and a manager kubedev took every field from has its entry back. None
-/// when that is `live` as it is. An empty list would leave the entries as they are (the
-/// API server ignores it), so where none is left the list is one empty entry, which clears
-/// them.
+/// The entries to write: `live` without kubedev's, where each manager `found` that has not
+/// written since (same entry, same time; or none left) gets back the fields it had that
+/// kubedev holds now: the ones kubedev's writes took from it. Nothing else changes: fields
+/// others took or removed meanwhile stay theirs, and a manager that wrote since keeps its
+/// set as it is. None when that is `live` as it is. An empty list would leave the entries
+/// as they are (the API server ignores it), so where none is left the list is one empty
+/// entry, which clears them.
 fn handed_back(
     live: &[ManagedFieldsEntry],
     found: &[ManagedFieldsEntry],
@@ -77,20 +80,32 @@ fn handed_back(
             == (&b.manager, &b.operation, &b.subresource, &b.api_version)
     };
     let kubedevs = |entry: &ManagedFieldsEntry| entry.manager.as_deref() == Some(FIELD_MANAGER);
+    let mut held = Value::Object(Map::new());
+    for entry in live.iter().filter(|entry| kubedevs(entry)) {
+        merge(&mut held, fields_of(entry));
+    }
     let mut entries: Vec<ManagedFieldsEntry> = live
         .iter()
         .filter(|entry| !kubedevs(entry))
-        .map(
-            |entry| match found.iter().find(|f| same_manager(f, entry)) {
-                Some(was) if was.time == entry.time => was.clone(),
-                _ => entry.clone(),
-            },
-        )
+        .cloned()
         .collect();
-    let emptied = found
-        .iter()
-        .filter(|was| !kubedevs(was) && !live.iter().any(|entry| same_manager(entry, was)));
-    entries.extend(emptied.cloned());
+    for was in found.iter().filter(|was| !kubedevs(was)) {
+        let Some(back) = common(fields_of(was), &held) else {
+            continue;
+        };
+        match entries.iter_mut().find(|entry| same_manager(entry, was)) {
+            Some(entry) if entry.time == was.time => {
+                let mut fields = fields_of(entry).clone();
+                merge(&mut fields, &back);
+                entry.fields_v1 = Some(FieldsV1(fields));
+            }
+            Some(_) => {}
+            None => entries.push(ManagedFieldsEntry {
+                fields_v1: Some(FieldsV1(back)),
+                ..was.clone()
+            }),
+        }
+    }
     if entries.as_slice() == live {
         return None;
     }
@@ -100,14 +115,60 @@ fn handed_back(
     Some(entries)
 }
 
+/// The set of fields `entry` manages (a tree of `f:`, `k:`, `v:` and `i:` keys, `{}` at
+/// each field managed), empty if none.
+fn fields_of(entry: &ManagedFieldsEntry) -> &Value {
+    static NONE: Value = Value::Null;
+    entry.fields_v1.as_ref().map_or(&NONE, |fields| &fields.0)
+}
+
+/// The fields both sets hold, if any.
+fn common(a: &Value, b: &Value) -> Option<Value> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return None;
+    };
+    if a.is_empty() && b.is_empty() {
+        return Some(Value::Object(Map::new()));
+    }
+    let both: Map<String, Value> = a
+        .iter()
+        .filter_map(|(key, in_a)| Some((key.clone(), common(in_a, b.get(key)?)?)))
+        .collect();
+    (!both.is_empty()).then_some(Value::Object(both))
+}
+
+/// Adds the fields of `more` to `fields`.
+fn merge(fields: &mut Value, more: &Value) {
+    let Some(more) = more.as_object() else {
+        return;
+    };
+    if !fields.is_object() {
+        *fields = Value::Object(Map::new());
+    }
+    let Some(fields) = fields.as_object_mut() else {
+        return;
+    };
+    for (key, value) in more {
+        match fields.get_mut(key) {
+            Some(held) => merge(held, value),
+            None => {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
     use super::*;
 
-    fn entry(manager: &str, at: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+    const BEFORE: &str = "2026-12-05T10:00:00Z";
+    const DURING: &str = "2026-12-05T10:05:00Z";
+
+    fn entry(manager: &str, at: &str, fields: Value) -> ManagedFieldsEntry {
         ManagedFieldsEntry {
             manager: Some(manager.to_owned()),
             operation: Some("Apply".to_owned()),
@@ -119,38 +180,62 @@ mod tests {
 
     #[test]
     fn the_fields_kubedev_took_go_back_to_managers_that_did_not_write_since() {
-        let t0 = "2026-12-05T10:00:00Z";
-        let t1 = "2026-12-05T10:05:00Z";
-        let env = json!({"f:spec": {"f:env": {}, "f:ports": {}}});
         let found = [
-            entry("flux", t0, env.clone()),
-            entry("helm", t0, json!({"f:a": {}})),
+            entry(
+                "flux",
+                BEFORE,
+                json!({"f:env": {}, "f:port": {}, "f:gone": {}}),
+            ),
+            entry("helm", BEFORE, json!({"f:a": {}})),
         ];
         let live = [
-            entry("flux", t0, json!({"f:spec": {"f:env": {}}})),
-            entry("teammate", t1, json!({"f:spec": {"f:replicas": {}}})),
-            entry(FIELD_MANAGER, t1, json!({"f:spec": {"f:ports": {}}})),
+            // A teammate took f:gone; kubedev took f:port, and helm's f:a.
+            entry("flux", BEFORE, json!({"f:env": {}})),
+            entry("teammate", DURING, json!({"f:gone": {}, "f:replicas": {}})),
+            entry(FIELD_MANAGER, DURING, json!({"f:port": {}, "f:a": {}})),
         ];
         assert_eq!(
             handed_back(&live, &found),
             Some(vec![
-                entry("flux", t0, env),
-                entry("teammate", t1, json!({"f:spec": {"f:replicas": {}}})),
-                entry("helm", t0, json!({"f:a": {}})),
+                entry("flux", BEFORE, json!({"f:env": {}, "f:port": {}})),
+                entry("teammate", DURING, json!({"f:gone": {}, "f:replicas": {}})),
+                entry("helm", BEFORE, json!({"f:a": {}})),
             ])
         );
     }
 
     #[test]
-    fn a_manager_that_wrote_since_keeps_its_entry_as_it_is_now() {
-        let found = [entry("flux", "2026-12-05T10:00:00Z", json!({"f:x": {}}))];
-        let live = [entry("flux", "2026-12-05T10:09:00Z", json!({"f:y": {}}))];
-        assert_eq!(handed_back(&live, &found), None, "nothing to do");
-        let only_kubedev = [entry(FIELD_MANAGER, "2026-12-05T10:09:00Z", json!({}))];
+    fn a_manager_that_wrote_since_keeps_its_set_and_nothing_else_is_added() {
+        let found = [entry("flux", BEFORE, json!({"f:x": {}, "f:y": {}}))];
+        let live = [
+            entry("flux", DURING, json!({"f:y": {}})),
+            entry(FIELD_MANAGER, DURING, json!({"f:x": {}})),
+        ];
+        assert_eq!(
+            handed_back(&live, &found),
+            Some(vec![entry("flux", DURING, json!({"f:y": {}}))])
+        );
+        // A recorded entry for fields kubedev does not hold gives nothing.
+        let forged = [entry("anyone", BEFORE, json!({"f:z": {}}))];
+        assert_eq!(handed_back(&live[..1], &forged), None);
+        let only_kubedev = [entry(FIELD_MANAGER, DURING, json!({}))];
         assert_eq!(
             handed_back(&only_kubedev, &[]),
             Some(vec![ManagedFieldsEntry::default()]),
             "the only one: cleared"
         );
+    }
+
+    #[test]
+    fn only_fields_both_sets_hold_are_common() {
+        let a =
+            json!({"f:spec": {"f:ports": {"k:{\"port\":80}": {"f:targetPort": {}}}, "f:x": {}}});
+        let b =
+            json!({"f:spec": {"f:ports": {"k:{\"port\":80}": {"f:targetPort": {}, "f:name": {}}}}});
+        assert_eq!(
+            common(&a, &b),
+            Some(json!({"f:spec": {"f:ports": {"k:{\"port\":80}": {"f:targetPort": {}}}}}))
+        );
+        assert_eq!(common(&json!({"f:x": {}}), &json!({"f:y": {}})), None);
     }
 }
