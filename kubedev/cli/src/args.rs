@@ -279,11 +279,15 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("invalid duration {text:?}: use e.g. 90s or 5m"))?;
-    match unit {
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("invalid duration {text:?}: use e.g. 90s or 5m")),
+    let duration = match unit {
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => return Err(format!("invalid duration {text:?}: use e.g. 90s or 5m")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?} is no time to wait: use e.g. 90s or 5m"));
     }
+    Ok(duration)
 }
 
 /// A mode's own part of a session request.
@@ -312,6 +316,7 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("m").is_err());
+        assert!(parse_duration("0s").is_err(), "no time to wait");
         assert_eq!(parse_lease("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_lease("2s").is_err());
     }

@@ -47,8 +47,10 @@ fn reconciler_from<'a>(
         ("helmrelease", "helm.toolkit.fluxcd.io"),
     ] {
         if let Some(name) = label(&format!("{prefix}/name")) {
-            let namespace = label(&format!("{prefix}/namespace")).unwrap_or("?");
-            let source = format!("{kind} {namespace}/{name}");
+            let source = match label(&format!("{prefix}/namespace")) {
+                Some(namespace) => format!("{kind} {namespace}/{name}"),
+                None => format!("{kind} {name}"),
+            };
             return Some(Reconciler::Flux { source });
         }
     }
