@@ -295,17 +295,20 @@ users:
     }
 
     async fn try_connect_with(args: ClusterArgs) -> Result<Connection, ClusterError> {
-        let dir = std::env::temp_dir().join(format!("kubedev-kc-{}", std::process::id()));
+        // A directory of each call's own: tests run at once, and each removes its own.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kubedev-kc-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(format!("{:?}", args.context));
+        let path = dir.join("kubeconfig");
         std::fs::write(&path, KUBECONFIG).expect("write kubeconfig");
         let connected = ClusterArgs {
-            kubeconfig: Some(path.clone()),
+            kubeconfig: Some(path),
             ..args
         }
         .connect()
         .await;
-        let _ = std::fs::remove_file(&path);
+        std::fs::remove_dir_all(&dir).expect("clean up");
         connected
     }
 
