@@ -8,11 +8,12 @@ use std::time::Duration;
 use super::command_of;
 use super::connect::end_connect;
 use super::run::end_session;
-use super::survey::{CONNECT_MODE, Listed, survey};
+use super::survey::{CONNECT_MODE, Listed, Survey, survey};
 use kubedev::cluster::Connection;
+use kubedev::control::DaemonStatus;
 use kubedev::mode::Mode;
+use kubedev::session::connect;
 use kubedev::session::lease::Holder;
-use kubedev::session::{self, connect};
 use kubedev::tunneld;
 use kubedev::workload::WorkloadRef;
 
@@ -39,11 +40,13 @@ pub(super) async fn leave(
     let Some(name) = ending.name else {
         return leave_all(connection, socket, mode, ending.timeout).await;
     };
+    let daemon = tunneld::status(socket).await.ok();
+    let survey = survey(connection, daemon.as_ref(), false).await?;
     if !ending.force {
-        refuse_if_held_elsewhere(connection, socket, mode, name).await?;
+        refuse_if_held_elsewhere(connection, (&survey, daemon.as_ref()), mode, name)?;
     }
-    let sessions = session::sessions_in(&connection.client, &connection.namespace).await?;
-    let named: Vec<&WorkloadRef> = sessions
+    let named: Vec<&WorkloadRef> = survey
+        .sessions
         .iter()
         .filter(|(_, record)| record.sessions().any(|session| session.name == name))
         .map(|(workload, _)| &workload.reference)
@@ -79,20 +82,18 @@ pub(super) async fn leave(
 /// Fails, naming who holds it, where session `name` is neither kept by this machine's
 /// tunneld nor held by this user here, and its lease is live: a teammate's session is
 /// theirs to end.
-async fn refuse_if_held_elsewhere(
+fn refuse_if_held_elsewhere(
     connection: &Connection,
-    socket: &Path,
+    (survey, daemon): (&Survey, Option<&DaemonStatus>),
     mode: Mode,
     name: &str,
 ) -> anyhow::Result<()> {
-    let daemon = tunneld::status(socket).await.ok();
-    let survey = survey(connection, daemon.as_ref(), false).await?;
     let namespace = &connection.namespace;
     let mine = daemon
         .iter()
         .flat_map(|d| d.sessions.iter())
         .any(|session| session.name == name && &session.namespace == namespace);
-    let rows = survey.rows(daemon.as_ref());
+    let rows = survey.rows(daemon);
     let Some(row) = rows.iter().find(|row| row.name == name) else {
         return Ok(());
     };

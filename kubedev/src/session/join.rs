@@ -12,7 +12,7 @@ use super::error::corrupt;
 use super::lease::holder_of;
 use super::ports::intercepted_ports;
 use super::record::{Joined, RECORD_ANNOTATION, Record};
-use super::routing::ports_undone;
+use super::routing::{ports_of, ports_undone};
 use super::service::choose_service;
 use super::tokens::read_token;
 use super::{Plan, SessionError, Started};
@@ -202,8 +202,7 @@ async fn wait_for_services(
                 .get_opt(&recorded.name)
                 .await
                 .map_err(|err| WorkloadError::from_api(err, "get", "services", namespace))?;
-            let ports = service.and_then(|s| s.spec).and_then(|spec| spec.ports);
-            let live = serde_json::to_value(ports).unwrap_or(Value::Null);
+            let live = service.as_ref().map_or(Value::Null, ports_of);
             let Some(pending) = ports_undone(applied, &live) else {
                 break;
             };

@@ -91,8 +91,7 @@ pub async fn routing_of(
         let Some(service) = service else {
             return Ok(undone(format!("service {} was deleted", recorded.name)));
         };
-        let live = serde_json::to_value(service.spec.as_ref().and_then(|s| s.ports.as_ref()))
-            .unwrap_or(Value::Null);
+        let live = ports_of(&service);
         if let Some(what) = ports_undone(applied, &live) {
             let by = last_writer(service.metadata.managed_fields.as_deref());
             let what = format!("service/{}: {what}", recorded.name);
@@ -156,6 +155,12 @@ fn has_port(container: &Value, name: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|port| port["name"] == name)
+}
+
+/// `service`'s `spec.ports`, as JSON: what the records keep and compare.
+pub(super) fn ports_of(service: &Service) -> Value {
+    let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
+    serde_json::to_value(ports).unwrap_or(Value::Null)
 }
 
 /// Which Service port no longer targets the agent, if any.

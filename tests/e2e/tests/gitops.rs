@@ -112,22 +112,22 @@ impl Setup {
         (stop, looping)
     }
 
-    fn annotations(&self, kind: &str) -> Value {
-        let json = self
-            .ns
-            .kubectl_ok(&["get", kind, "echo", "-o", "json"])
-            .expect("get");
-        let object: Value = serde_json::from_str(&json).expect("json");
-        object["metadata"]["annotations"].clone()
-    }
-
-    /// The fields Flux's controller manages on the `kind` named echo.
-    fn fluxs_fields(&self, kind: &str) -> Value {
+    /// The `kind` named echo as stored, its managed fields included.
+    fn object(&self, kind: &str) -> Value {
         let json = self
             .ns
             .kubectl_ok(&["get", kind, "echo", "-o", "json", "--show-managed-fields"])
             .expect("get");
-        let object: Value = serde_json::from_str(&json).expect("json");
+        serde_json::from_str(&json).expect("json")
+    }
+
+    fn annotations(&self, kind: &str) -> Value {
+        self.object(kind)["metadata"]["annotations"].clone()
+    }
+
+    /// The fields Flux's controller manages on the `kind` named echo.
+    fn fluxs_fields(&self, kind: &str) -> Value {
+        let object = self.object(kind);
         let managers = object["metadata"]["managedFields"].as_array().cloned();
         let flux = managers
             .into_iter()
