@@ -13,7 +13,7 @@ DEMO_NAMESPACE := kubedev-dev
 # Where the local cluster's registry serves the agent image (tests/cluster/lib/config.sh).
 DEMO_AGENT_IMAGE := 10.201.0.1:5000/kubedev/kubedev-agent:$(VERSION)
 
-.PHONY: agent-image push-agent bench build dist fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: agent-image push-agent bench build dist dist-test fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
@@ -58,8 +58,9 @@ test-fuzz:
 	$(MAKE) fuzz FUZZ_SECONDS=15
 
 # End-to-end tests against the real local cluster (started if it is not up); the krew
-# install test takes `make dist`'s archives.
-test-e2e: cluster-up dist
+# install test takes this machine's archives, the Windows tests run the Windows plugins
+# under Wine (`make dist-test`).
+test-e2e: cluster-up dist-test
 	cargo build
 	cargo test -p tests-e2e -- --test-threads 4
 
@@ -113,10 +114,22 @@ fuzz:
 	done
 
 ## The release in dist/: per plugin an archive (the plugin, tunneld, its completer, LICENSE) for each of
-## TARGETS (Rust target triples; default this machine's), SHA256SUMS, and the krew
-## manifests in dist/krew/, validated with validate-krew-manifest. See docs/releasing.md.
+## TARGETS (Rust target triples; default every platform: Linux amd64 and arm64, macOS amd64
+## and arm64, Windows amd64), SHA256SUMS, and the krew manifests in dist/krew/, validated
+## with validate-krew-manifest. See docs/releasing.md.
 dist:
 	packaging/dist.sh dist
+
+# What the tests take: this machine's release archives in dist/ (the krew test installs
+# them), and the Windows and macOS archives as debug builds in target/dist-debug/, each
+# binary checked to be an executable for its system and architecture; Wine, which runs the
+# Windows ones in the e2e tests.
+DEBUG_TARGETS := x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin
+dist-test:
+	TARGETS=x86_64-unknown-linux-gnu packaging/dist.sh dist
+	TARGETS="$(DEBUG_TARGETS)" PROFILE=debug packaging/dist.sh target/dist-debug
+	[ -x /usr/lib/wine/wine64 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wine64 >/dev/null; }
 
 ## The agent image as an OCI archive (no Docker engine needed); TARGET=aarch64-unknown-linux-gnu
 ## for arm64 nodes.

@@ -165,6 +165,7 @@ fn proxy_for(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<Option<Pr
 /// How long the API server may leave what was sent unacknowledged before the connection is
 /// given up (TCP_USER_TIMEOUT): a route that vanished (a VPN went down, a network namespace
 /// was deleted) would otherwise hold a call for the kernel's ~15 minutes of retransmits.
+#[cfg(target_os = "linux")]
 const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
 /// An idle connection is probed after this, then every [`KEEPALIVE_INTERVAL`], and given
 /// up after [`KEEPALIVE_PROBES`] unanswered probes: about 30 s for a dead one, as kubectl.
@@ -198,6 +199,7 @@ fn client_for(config: kube::Config, proxy: Option<&Proxy>) -> Result<kube::Clien
     http.set_keepalive(Some(KEEPALIVE_IDLE));
     http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
     http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
+    #[cfg(target_os = "linux")]
     http.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
     let Some(proxy) = proxy else {
         return client_over(config, http);

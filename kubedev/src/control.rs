@@ -1,9 +1,11 @@
-//! The control API of tunneld, over a Unix socket (one tunneld per user and kube context):
+//! The control API of tunneld, over its control channel (one tunneld per user and kube
+//! context; see [`crate::tunneld`]):
 //! what the plugins may ask ([`ControlRequest`]) and what tunneld answers
 //! ([`ControlReply`]). tunneld serves it; the plugins reach it through the `tunneld`
 //! module.
 //! Messages use the agent protocol's framing (length-prefixed JSON).
 
+#[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -100,6 +102,7 @@ pub const TUN_MTU: u16 = 65_000;
 /// The open files that make a command's network namespace reachable from outside: its TUN
 /// device, its user namespace and its network namespace, passed in this order
 /// ([`crate::fd_passing`]).
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct NamespaceFiles {
     /// The TUN device all of the namespace's traffic is routed into.
@@ -111,6 +114,7 @@ pub struct NamespaceFiles {
     pub network: OwnedFd,
 }
 
+#[cfg(target_os = "linux")]
 impl NamespaceFiles {
     /// The files in the order they are passed.
     pub fn as_sent(&self) -> [RawFd; 3] {

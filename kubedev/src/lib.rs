@@ -10,7 +10,7 @@
 //! - [`tunnel`]: reaching an agent through the Kubernetes API's port-forward;
 //! - [`control`]: tunneld's control API: what the plugins ask and tunneld answers;
 //! - [`tunneld`]: reaching this user's tunneld from a plugin, and starting it on demand;
-//! - [`fd_passing`]: open files handed between processes over a Unix socket;
+//! - `fd_passing` (Linux): open files handed between processes over a Unix socket;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
@@ -30,6 +30,7 @@ pub mod cidr;
 pub mod cluster;
 pub mod control;
 pub mod env;
+#[cfg(target_os = "linux")]
 pub mod fd_passing;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

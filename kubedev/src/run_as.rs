@@ -40,8 +40,13 @@ pub struct UnderSudo {
 /// How this process runs, from its effective user and sudo's `SUDO_UID`; refused when it
 /// is root through sudo and `KUBEDEV_ALLOW_ROOT` is not `1`.
 pub fn run_as() -> Result<RunAs, UnderSudo> {
+    #[cfg(unix)]
+    let root = nix::unistd::geteuid().is_root();
+    // Windows has no sudo: an elevated prompt runs as the same user.
+    #[cfg(windows)]
+    let root = false;
     decide(
-        nix::unistd::geteuid().is_root(),
+        root,
         std::env::var_os("SUDO_UID"),
         std::env::var_os(ALLOW_ROOT_ENV),
     )
@@ -92,6 +97,7 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Root's home directory, for root through sudo (whose `HOME` may be the invoking user's).
+#[cfg(unix)]
 pub fn root_home() -> PathBuf {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
         .ok()

@@ -9,18 +9,19 @@ mod connect;
 mod start;
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::UnixStream;
-
-use crate::control::{
-    AgentOwner, ControlReply, ControlRequest, DaemonStatus, Held, NamespaceFiles,
-};
+#[cfg(target_os = "linux")]
+use crate::control::NamespaceFiles;
+use crate::control::{AgentOwner, ControlReply, ControlRequest, DaemonStatus, Held};
+#[cfg(target_os = "linux")]
 use crate::fd_passing;
 use crate::private_files::PrivateFileError;
 pub use binary::tunneld_binary;
+pub use connect::ControlStream;
+#[cfg(windows)]
+pub use connect::windows::ControlListener;
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
     START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
@@ -88,6 +89,19 @@ pub enum TunneldError {
         /// The peer's process, as the kernel reports it.
         pid: String,
     },
+    /// What answered at the address in the endpoint file did not know its keys (Windows):
+    /// nothing was sent to it.
+    #[error(
+        "what answers at {address}, which {} names, did not prove to be your tunneld: \
+         nothing was sent to it. Remove the file, and find out what listens there",
+        socket.display()
+    )]
+    Unproven {
+        /// The endpoint file.
+        socket: PathBuf,
+        /// The address it names.
+        address: String,
+    },
     /// The connection failed for another reason than the above.
     #[error("cannot connect to tunneld at {}", socket.display())]
     Connect {
@@ -123,6 +137,7 @@ impl TunneldError {
                 | Self::ForeignSocket { .. }
                 | Self::NotASocket(_)
                 | Self::Impostor { .. }
+                | Self::Unproven { .. }
         )
     }
 }
@@ -132,7 +147,7 @@ pub async fn request(
     socket: &Path,
     request: &ControlRequest,
 ) -> Result<ControlReply, TunneldError> {
-    match exchange(socket, request, &[]).await?.1 {
+    match exchange(socket, request, NO_FILES).await?.1 {
         ControlReply::Failed { reason } => Err(TunneldError::Failed(reason)),
         reply => Ok(reply),
     }
@@ -143,17 +158,20 @@ pub async fn request(
 async fn exchange(
     socket: &Path,
     request: &ControlRequest,
-    files: &[RawFd],
-) -> Result<(UnixStream, ControlReply), TunneldError> {
+    files: &SentFiles,
+) -> Result<(ControlStream, ControlReply), TunneldError> {
     let waited = answer_deadline(request);
     let exchanged = async {
         let mut stream = connect::connect(socket).await?;
         write_message(&mut stream, request).await?;
+        #[cfg(target_os = "linux")]
         if !files.is_empty() {
             fd_passing::send_on(&stream, FILES_MESSAGE, files)
                 .await
                 .map_err(CodecError::Io)?;
         }
+        #[cfg(not(target_os = "linux"))]
+        let _: &[()] = files;
         let reply = read_message(&mut stream).await?;
         Ok((stream, reply))
     };
@@ -164,6 +182,15 @@ async fn exchange(
             waited,
         })?
 }
+
+/// The open files a request carries: only Linux passes any.
+#[cfg(target_os = "linux")]
+type SentFiles = [std::os::fd::RawFd];
+#[cfg(not(target_os = "linux"))]
+type SentFiles = [()];
+
+/// No files, for the requests that carry none.
+const NO_FILES: &SentFiles = &[];
 
 /// How long tunneld may take to answer `request`: a stopped tunneld (SIGSTOP, a machine
 /// frozen mid-session) still accepts connections, and must not hang the plugins.
@@ -217,7 +244,7 @@ pub async fn forget(
 
 /// Opens an SFTP session on the volumes of session `name`: the returned connection carries
 /// it (tunneld relays it to an agent).
-pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, TunneldError> {
+pub async fn open_files(socket: &Path, name: &str) -> Result<ControlStream, TunneldError> {
     open_stream(socket, &ControlRequest::OpenFiles { name: name.into() }).await
 }
 
@@ -225,7 +252,7 @@ pub async fn open_files(socket: &Path, name: &str) -> Result<UnixStream, Tunneld
 /// Dropping it without [`Hold::release`] calls that in.
 #[derive(Debug)]
 pub struct Hold {
-    writer: tokio::net::unix::OwnedWriteHalf,
+    writer: tokio::io::WriteHalf<ControlStream>,
     /// tunneld's one message on the connection: `Done` after `Release`, or `Ended`; a
     /// reader task owns the read half, so waiting for it can be cancelled at any time.
     reply_rx: tokio::sync::watch::Receiver<Option<HoldNews>>,
@@ -269,7 +296,7 @@ impl Hold {
 /// process dies before it releases the returned [`Hold`], and to renew its lease meanwhile.
 pub async fn hold(socket: &Path, held: Held) -> Result<Hold, TunneldError> {
     let stream = open_stream(socket, &ControlRequest::Hold(held)).await?;
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = tokio::io::split(stream);
     let (reply_tx, reply_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let news = match read_message(&mut reader).await {
@@ -283,16 +310,18 @@ pub async fn hold(socket: &Path, held: Held) -> Result<Hold, TunneldError> {
 }
 
 /// What carries the files after a request that has some.
+#[cfg(target_os = "linux")]
 pub const FILES_MESSAGE: &[u8] = b"files";
 
 /// Has tunneld serve the network namespace that session `name`'s command runs in (see
 /// [`ControlRequest::ServeCommandNetwork`]); returns the connection, which keeps it served
 /// until it closes, and the resolver file for the command.
+#[cfg(target_os = "linux")]
 pub async fn serve_command_network(
     socket: &Path,
     name: &str,
     files: &NamespaceFiles,
-) -> Result<(UnixStream, String), TunneldError> {
+) -> Result<(ControlStream, String), TunneldError> {
     let request = ControlRequest::ServeCommandNetwork { name: name.into() };
     match exchange(socket, &request, &files.as_sent()).await? {
         (stream, ControlReply::CommandNetwork { resolv_conf }) => Ok((stream, resolv_conf)),
@@ -302,8 +331,11 @@ pub async fn serve_command_network(
 }
 
 /// Sends `request`, whose `Done` turns the connection into something longer-lived.
-async fn open_stream(socket: &Path, request: &ControlRequest) -> Result<UnixStream, TunneldError> {
-    match exchange(socket, request, &[]).await? {
+async fn open_stream(
+    socket: &Path,
+    request: &ControlRequest,
+) -> Result<ControlStream, TunneldError> {
+    match exchange(socket, request, NO_FILES).await? {
         (stream, ControlReply::Done) => Ok(stream),
         (_, ControlReply::Failed { reason }) => Err(TunneldError::Failed(reason)),
         (_, other) => Err(unexpected(&other)),
@@ -314,7 +346,7 @@ fn unexpected(reply: &ControlReply) -> TunneldError {
     TunneldError::Failed(format!("unexpected answer: {reply:?}"))
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -6,10 +6,14 @@
 //! no session is left. Only its own user's connections are served ([`peers`]).
 
 mod cluster_network;
+#[cfg(target_os = "linux")]
 mod command_network;
+mod control_listener;
 mod holds;
 mod leases;
+#[cfg(target_os = "linux")]
 mod machine_device;
+#[cfg(unix)]
 mod peers;
 mod requests;
 mod routing;
@@ -24,7 +28,6 @@ use anyhow::Context as _;
 use kubedev::cidr::Cidr;
 use kubedev::control::{AgentOwner, ProxyChoices, ProxyStatus};
 use kubedev_process::signals::StopSignals;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +36,8 @@ use crate::local_network::LocalNetwork;
 use crate::outbound::Outbound;
 use crate::proxy::Proxy;
 use cluster_network::{KnownCluster, NetworkState};
+use control_listener::ControlListener;
 use leases::LeaseKeeping;
-use peers::AllowedPeers;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) proxy_port: u16,
     pub(crate) resolv_conf: PathBuf,
     /// The network helper's socket, used when tunneld runs without root.
+    #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")]
     pub(crate) network_helper: PathBuf,
     pub(crate) state_dir: PathBuf,
     /// How long tunneld stays up with no session (after the last one, or after start).
@@ -144,7 +149,7 @@ impl Daemon {
     /// stop signal.
     pub(crate) async fn run(self: &Arc<Self>, socket: &Path) -> anyhow::Result<()> {
         kubedev_process::limits::raise_open_files_limit();
-        let listener = bind(socket).await?;
+        let listener = Arc::new(ControlListener::bind(socket).await?);
         let proxy = match Proxy::bind(self.settings.proxy_port, self.outbound.clone()).await {
             Ok(proxy) => proxy,
             Err(err) => {
@@ -178,11 +183,10 @@ impl Daemon {
         result
     }
 
-    async fn accept_loop(self: &Arc<Self>, listener: &UnixListener) -> anyhow::Result<()> {
-        let peers = AllowedPeers::this_user();
+    async fn accept_loop(self: &Arc<Self>, listener: &Arc<ControlListener>) -> anyhow::Result<()> {
         loop {
             let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(err) => {
                     // Out of file descriptors, say (the proxy's port is open to every local
                     // user): the sessions go on, and so does the socket once files are free.
@@ -191,16 +195,13 @@ impl Daemon {
                     continue;
                 }
             };
-            let allowed = match stream.peer_cred() {
-                Ok(peer) => peers.check(peer.uid(), peer.pid()),
-                Err(err) => Err(format!("refused a control connection: its user: {err}")),
-            };
-            if let Err(refusal) = allowed {
-                tracing::warn!("{refusal}");
-                continue;
-            }
             let daemon = self.clone();
+            let listener = listener.clone();
             tokio::spawn(async move {
+                let stream = match listener.admit(stream).await {
+                    Ok(stream) => stream,
+                    Err(refusal) => return tracing::warn!("{refusal}"),
+                };
                 if let Err(err) = daemon.serve_client(stream).await {
                     tracing::debug!("control client: {err:#}");
                 }
@@ -224,25 +225,6 @@ impl Daemon {
             }
         }
     }
-}
-
-/// Binds the control socket in a directory of this user's own that no one else may enter
-/// (made with mode 0700 if missing), refusing if another tunneld answers there and
-/// replacing a socket file a dead one left behind. Only this user may connect.
-async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        kubedev::private_files::private_dir(dir)
-            .context("the control socket's directory must be tunneld's own")?;
-    }
-    if UnixStream::connect(socket).await.is_ok() {
-        anyhow::bail!("another tunneld is already serving {}", socket.display());
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 /// How long the control socket waits after a failed accept.

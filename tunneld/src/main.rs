@@ -1,12 +1,19 @@
 //! tunneld: the local daemon the kubedev plugins share (one per user and kube context).
 
+// What serves the machine's TUN device (its DNS answers, its UDP flows, the network state
+// it keeps) runs on Linux only until the macOS and Windows devices come
+// (docs/platforms.md); elsewhere it is built but never called.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
 mod agents;
 mod cluster_ranges;
 mod daemon;
 mod incoming;
 mod local_network;
+#[cfg(target_os = "linux")]
 mod namespace_sockets;
 mod network;
+#[cfg(target_os = "linux")]
 mod network_helper;
 mod outbound;
 mod proxy;
@@ -25,6 +32,7 @@ use kubedev::control::ProxyChoices;
 use daemon::{Daemon, Settings};
 
 /// The examples under `--help`, with this tunneld's own path and user in them.
+#[cfg(target_os = "linux")]
 fn examples() -> String {
     format!(
         "The plugins start tunneld when a session needs it; it exits when no session is left.
@@ -39,6 +47,16 @@ Examples:
   {}",
         network_helper::client::start_command()
     )
+}
+
+/// The examples under `--help`.
+#[cfg(not(target_os = "linux"))]
+fn examples() -> String {
+    "The plugins start tunneld when a session needs it; it exits when no session is left.
+Example:
+  # Serve the control channel named by this endpoint file, for the current kube context
+  tunneld --socket tunneld-dev.sock --no-network"
+        .to_owned()
 }
 
 /// The local daemon that the kubectl intercept, replace-container and ingest plugins
@@ -88,6 +106,7 @@ struct Cli {
 
     /// The network helper to ask for the machine's TUN device, routes and DNS when tunneld
     /// runs without root (used only where root listens there).
+    #[cfg(target_os = "linux")]
     #[arg(
         long,
         env = "KUBEDEV_NETWORK_HELPER",
@@ -107,10 +126,12 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     // Before the async runtime starts any thread.
+    #[cfg(target_os = "linux")]
     if let Some(code) = namespace_sockets::serve_if_asked() {
         return code;
     }
     kubedev_process::logging::init();
+    #[cfg(target_os = "linux")]
     if network_helper::asked() {
         return network_helper::main();
     }
@@ -144,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         no_network: cli.no_network,
         proxy_port: cli.proxy_port,
         resolv_conf: cli.resolv_conf,
+        #[cfg(target_os = "linux")]
         network_helper: cli.network_helper,
         state_dir: cli.state_dir,
         idle_exit: Duration::from_secs(cli.idle_exit_secs),

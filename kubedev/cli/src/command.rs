@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use kubedev::control::{DaemonStatus, NetworkStatus, ProxyStatus, ResolverStatus};
 
+#[cfg(target_os = "linux")]
 use super::netns::{self, Started};
 
 /// How `-- CMD` reaches the cluster's network.
@@ -62,56 +63,115 @@ pub(super) async fn run_command(
     let mut to_run = tokio::process::Command::new(program);
     to_run.args(arguments).envs(variables);
     // Kept open while the command runs: tunneld serves its namespace until it closes.
-    let mut served = None;
-    let spawned = match network {
-        CommandNetwork::Machine => to_run.spawn(),
+    let (spawned, served) = spawn_in(network, &mut to_run, program, arguments, variables).await?;
+    let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        () = stop => {
+            terminate(&mut child);
+            child.wait().await?
+        }
+    };
+    drop(served);
+    Ok(ExitCode::from(u8::try_from(exit_code(status)).unwrap_or(1)))
+}
+
+/// Starts `to_run` (`program` with `arguments` and `variables`) reaching the cluster as
+/// `network` says; returns it with what keeps its own network namespace served, if it
+/// has one.
+#[cfg(target_os = "linux")]
+async fn spawn_in(
+    network: &CommandNetwork,
+    to_run: &mut tokio::process::Command,
+    program: &str,
+    arguments: &[String],
+    variables: &BTreeMap<String, String>,
+) -> anyhow::Result<(
+    std::io::Result<tokio::process::Child>,
+    Option<kubedev::tunneld::ControlStream>,
+)> {
+    Ok(match network {
+        CommandNetwork::Machine => (to_run.spawn(), None),
         CommandNetwork::ResolverView(resolver) => {
-            super::resolver_view::spawn(&mut to_run, resolver).or_else(|err| {
+            let spawned = super::resolver_view::spawn(to_run, resolver).or_else(|err| {
                 eprintln!(
                     "note: {program} runs without the cluster's names ({err}: giving it \
                      {} as /etc/resolv.conf needs root)",
                     resolver.display()
                 );
                 to_run.spawn()
-            })
+            });
+            (spawned, None)
         }
         CommandNetwork::OwnNamespace {
             socket,
             session,
             proxy,
         } => match netns::spawn(program, arguments, variables, socket, session).await? {
-            Started::InNamespace {
-                child,
-                served: connection,
-            } => {
-                served = Some(connection);
-                Ok(*child)
-            }
-            Started::Unavailable(reason) => {
-                spawn_without_namespace(&mut to_run, program, &reason, proxy.as_ref())
-            }
+            Started::InNamespace { child, served } => (Ok(*child), Some(served)),
+            Started::Unavailable(reason) => (
+                spawn_without_namespace(to_run, program, &reason, proxy.as_ref()),
+                None,
+            ),
         },
+    })
+}
+
+/// Starts `to_run` reaching the cluster as `network` says: macOS and Windows have no
+/// network namespaces, so a command gets tunneld's proxy where the machine has no cluster
+/// network.
+#[cfg(not(target_os = "linux"))]
+async fn spawn_in(
+    network: &CommandNetwork,
+    to_run: &mut tokio::process::Command,
+    program: &str,
+    _arguments: &[String],
+    _variables: &BTreeMap<String, String>,
+) -> anyhow::Result<(
+    std::io::Result<tokio::process::Child>,
+    Option<kubedev::tunneld::ControlStream>,
+)> {
+    Ok(match network {
+        CommandNetwork::Machine | CommandNetwork::ResolverView(_) => (to_run.spawn(), None),
+        CommandNetwork::OwnNamespace { proxy, .. } => (
+            spawn_without_namespace(
+                to_run,
+                program,
+                "this system has no network namespaces",
+                proxy.as_ref(),
+            ),
+            None,
+        ),
+    })
+}
+
+/// Asks the command to stop: SIGTERM.
+#[cfg(unix)]
+fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Stops the command: Windows has no signal to ask it with.
+#[cfg(windows)]
+fn terminate(child: &mut tokio::process::Child) {
+    let _ = child.start_kill();
+}
+
+/// The exit code a shell gives for `status`: 128 plus the signal that ended it, on Unix.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    #[cfg(unix)]
+    let signal = {
+        use std::os::unix::process::ExitStatusExt as _;
+        status.signal().map(|signal| 128 + signal)
     };
-    let mut child = spawned.with_context(|| format!("cannot run {program}"))?;
-    let status = tokio::select! {
-        status = child.wait() => status?,
-        () = stop => {
-            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            child.wait().await?
-        }
-    };
-    drop(served);
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(1);
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    #[cfg(windows)]
+    let signal = None;
+    status.code().or(signal).unwrap_or(1)
 }
 
 /// Starts the command where no network namespace of its own can be made for it (for

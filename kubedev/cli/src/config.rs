@@ -81,9 +81,15 @@ pub(super) fn settings_path() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBEDEV_CONFIG") {
         return Ok(path.into());
     }
+    #[cfg(unix)]
     if kubedev::run_as::through_sudo() {
         let root = kubedev::run_as::root_home().join(".config");
         return Ok(root.join("kubedev").join("config.yaml"));
+    }
+    // Windows keeps a user's settings in the roaming application data.
+    #[cfg(windows)]
+    if let Some(dir) = std::env::var_os("APPDATA").filter(|dir| !dir.is_empty()) {
+        return Ok(PathBuf::from(dir).join("kubedev").join("config.yaml"));
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),

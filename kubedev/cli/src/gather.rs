@@ -2,7 +2,6 @@
 //! state, the sessions (their records and leases), and each agent pod's status and logs
 //! (the previous container's too, after a restart).
 
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -29,10 +28,11 @@ struct Archive {
 
 impl Archive {
     fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
             .open(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self {

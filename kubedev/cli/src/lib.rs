@@ -4,7 +4,7 @@
 //! - a session's life, whatever it changes (`life`): on a workload (`run`) or through a pod
 //!   of its own (`connect`); `-- CMD` (`command`, with tunneld's DNS where the machine's
 //!   resolver is left as it is: `resolver_view`; in a network namespace of its own where
-//!   the machine has no cluster network: `netns`); the links to the agents while it lasts
+//!   the machine has no cluster network: `netns`; both Linux only); the links to the agents while it lasts
 //!   (`links`); restoring sessions whose lease ran out, first (`reclaim`);
 //! - the subcommands (`manage`): `list`, `leave` and the sessions they look at (`survey`),
 //!   `status`, bug report archives (`gather`), the settings file (`config`);
@@ -23,10 +23,12 @@ mod life;
 mod links;
 mod list;
 mod manage;
+#[cfg(target_os = "linux")]
 mod netns;
 mod output;
 mod pinning;
 mod reclaim;
+#[cfg(target_os = "linux")]
 mod resolver_view;
 mod run;
 mod survey;
@@ -38,7 +40,15 @@ pub use args::{
     SessionLife,
 };
 pub use complete::{COMPLETE_ARG, complete_if_asked};
+#[cfg(target_os = "linux")]
 pub use netns::trampoline_if_asked;
+
+/// Whether this process was started as the trampoline of `-- CMD`'s network namespace,
+/// which only Linux has: never, here.
+#[cfg(not(target_os = "linux"))]
+pub fn trampoline_if_asked() -> Option<ExitCode> {
+    None
+}
 
 use connect::run_connect;
 use kubedev::mode::Mode;

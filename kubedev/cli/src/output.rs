@@ -28,11 +28,11 @@ pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<Strin
         NetworkStatus::Off => Vec::new(),
         NetworkStatus::Unavailable { reason } => {
             // tunneld runs as this plugin's user.
-            let without = if kubedev::private_files::own_uid() == 0 {
-                ""
-            } else {
-                " without root"
-            };
+            #[cfg(unix)]
+            let root = kubedev::private_files::own_uid() == 0;
+            #[cfg(windows)]
+            let root = false;
+            let without = if root { "" } else { " without root" };
             vec![format!(
                 "the cluster's network (service names, pod and service IPs) is not available to \
                  this whole machine{without}: {reason}. `-- CMD` gets it in a network namespace \

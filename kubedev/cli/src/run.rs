@@ -330,6 +330,7 @@ async fn mount_volumes(
     let read_only = plan.mode == Mode::Ingest;
     match mount::mount(&socket, &plan.name, &choice, read_only).await {
         Ok(Some(mounted)) => {
+            #[cfg(target_os = "linux")]
             if let Err(err) = mounted.raise_readahead() {
                 eprintln!(
                     "note: reading the volumes sequentially is slower over distance: raising \

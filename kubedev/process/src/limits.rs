@@ -1,7 +1,9 @@
 //! Limits a daemon raises for itself at start.
 
 /// Lets the process open as many files as the system allows it: the soft limit is often
-/// 1,024, and every flow, link and client of a daemon takes one or two.
+/// 1,024, and every flow, link and client of a daemon takes one or two. Windows has no
+/// such limit on sockets.
+#[cfg(unix)]
 pub fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
@@ -14,3 +16,7 @@ pub fn raise_open_files_limit() {
         Err(err) => tracing::debug!("the open files limit: {err}"),
     }
 }
+
+/// Windows has no per-process limit on sockets to raise.
+#[cfg(windows)]
+pub fn raise_open_files_limit() {}

@@ -9,6 +9,7 @@ use super::{TunneldError, request};
 use crate::cluster::{ClusterArgs, Connection};
 use crate::control::ControlRequest;
 use crate::private_files;
+#[cfg(unix)]
 use crate::run_as;
 
 /// How long a plugin waits for a tunneld it started to open its socket.
@@ -17,6 +18,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where this user's tunnelds keep their sockets and state: `$KUBEDEV_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR/kubedev`, else a directory in /tmp of this user's own; for root
 /// through sudo (see [`run_as`]), /run/kubedev rather than the invoking user's.
+#[cfg(unix)]
 pub fn runtime_dir() -> PathBuf {
     choose_runtime_dir(
         |name| std::env::var_os(name),
@@ -25,6 +27,22 @@ pub fn runtime_dir() -> PathBuf {
     )
 }
 
+/// Where this user's tunnelds keep their endpoint files, state and logs:
+/// `%KUBEDEV_RUNTIME_DIR%`, else `%LOCALAPPDATA%\kubedev`, which only this user (and the
+/// system's administrators) may read.
+#[cfg(windows)]
+pub fn runtime_dir() -> PathBuf {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+    };
+    absolute("KUBEDEV_RUNTIME_DIR")
+        .or_else(|| absolute("LOCALAPPDATA").map(|dir| dir.join("kubedev")))
+        .unwrap_or_else(|| std::env::temp_dir().join("kubedev"))
+}
+
+#[cfg(unix)]
 fn choose_runtime_dir(
     env: impl Fn(&str) -> Option<std::ffi::OsString>,
     through_sudo: bool,
@@ -111,12 +129,11 @@ pub async fn ensure_running(
         Err(_) => {}
     }
     let log_file = private_files::append_own(log).map_err(TunneldError::Log)?;
-    use std::os::unix::process::CommandExt as _;
+    detach(&mut start);
     start
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
-        .process_group(0)
         .spawn()
         .map_err(|source| TunneldError::Spawn {
             program: start.get_program().to_string_lossy().into_owned(),
@@ -133,7 +150,24 @@ pub async fn ensure_running(
     Err(TunneldError::DidNotStart(log.to_owned()))
 }
 
-#[cfg(test)]
+/// Starts `command` in a process group of its own, out of reach of the terminal's Ctrl-C.
+#[cfg(unix)]
+fn detach(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    command.process_group(0);
+}
+
+/// Starts `command` without a console, in a process group of its own: it outlives the
+/// plugin's console window and its Ctrl-C.
+#[cfg(windows)]
+fn detach(command: &mut Command) {
+    use std::os::windows::process::CommandExt as _;
+    const DETACHED_PROCESS: u32 = 0x0000_0008;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    command.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::ffi::OsString;

@@ -848,3 +848,14 @@ fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Every log (`*.log`, tunneld's) in `dir`, one after the other.
+pub fn logs_in(dir: &Path) -> String {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+        .collect()
+}

@@ -177,17 +177,6 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
     assert_eq!(s.plugin_ok(&["list", "-o", "json"]).trim(), "[]");
 }
 
-/// Every tunneld log in the workstation's runtime directory.
-fn tunneld_logs(workstation: &Workstation) -> String {
-    std::fs::read_dir(workstation.runtime_dir())
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .collect()
-}
-
 /// Starts a pod wearing `labels` whose port 7329 (the agent's) records, in /tmp/got,
 /// everything sent to it, and answers nothing.
 async fn start_impostor(ns: &TestNamespace, labels: &Value) {
@@ -269,11 +258,11 @@ async fn a_pod_wearing_the_sessions_labels_is_never_contacted_nor_linked() {
     // tunneld sees it, and leaves it alone: it is not the workload's.
     let said = "wears the session's labels but is not the workload's";
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !tunneld_logs(&s.workstation).contains(said) {
+    while !tests_e2e::workstation::logs_in(s.workstation.runtime_dir()).contains(said) {
         assert!(
             Instant::now() < deadline,
             "{}",
-            tunneld_logs(&s.workstation)
+            tests_e2e::workstation::logs_in(s.workstation.runtime_dir())
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -1,24 +1,26 @@
 //! The cluster network's life in the daemon: the cluster's ranges learned with the first
 //! session, whatever else comes (the proxy needs them as much as the TUN device); the TUN
 //! device brought up then too, with routes planned against the machine's and DNS, routed
-//! again when the user's choices change, and undone when dropped.
-
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+//! again when the user's choices change, and undone when dropped ([`machine`], Linux;
+//! elsewhere the machine's network is not available yet: `unavailable`).
 
 use kubedev::cidr::Cidr;
-use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus};
+use kubedev::control::NetworkStatus;
 
 use super::Daemon;
-use super::machine_device::{DeviceRoutes, Resolver};
 use crate::cluster_ranges;
-use crate::network::DNS_IP;
-use crate::network::dns::{self, DnsAnswerer};
-use crate::network::route_plan::{self, Exclusion, Wanted};
+use crate::network::dns;
 use crate::outbound::Routing;
-use tokio_util::sync::CancellationToken;
+
+#[cfg(target_os = "linux")]
+mod machine;
+#[cfg(not(target_os = "linux"))]
+mod unavailable;
+
+#[cfg(target_os = "linux")]
+use machine::UpNetwork;
+#[cfg(not(target_os = "linux"))]
+use unavailable::UpNetwork;
 
 /// What tunneld learns of the cluster with its first session.
 #[derive(Debug)]
@@ -27,41 +29,6 @@ pub(super) struct KnownCluster {
     ranges: Vec<Cidr>,
     /// Where short names are looked for: the first session's namespace's search path.
     search: Vec<String>,
-}
-
-/// The cluster network while it is up.
-#[derive(Debug)]
-pub(super) struct UpNetwork {
-    /// The cluster's ranges, as discovered or given.
-    cluster: Vec<Cidr>,
-    /// The API server's own addresses, never routed.
-    api_server: Vec<Exclusion>,
-    /// The TUN device's name.
-    device: String,
-    routes: DeviceRoutes,
-    ranges: Vec<RangeStatus>,
-    /// Restores the workstation's DNS settings when dropped.
-    resolver: Resolver,
-    /// The network helper that made the device, if one did.
-    helper: Option<PathBuf>,
-    /// Cancelled once that helper is gone: it undid the routes and the resolver.
-    lost: Option<CancellationToken>,
-}
-
-impl UpNetwork {
-    /// Why it is no longer up, once its helper is gone.
-    fn lost(&self) -> Option<String> {
-        let lost = self
-            .lost
-            .as_ref()
-            .is_some_and(CancellationToken::is_cancelled);
-        let helper = self.helper.as_ref().filter(|_| lost)?;
-        Some(format!(
-            "the network helper at {} stopped, and undid the routes and the resolver; tunneld \
-             asks it again as soon as it is back",
-            helper.display()
-        ))
-    }
 }
 
 #[derive(Debug)]
@@ -76,13 +43,7 @@ impl NetworkState {
         match self {
             Self::Off => NetworkStatus::Off,
             Self::Up(up) if let Some(reason) = up.lost() => NetworkStatus::Unavailable { reason },
-            Self::Up(up) => NetworkStatus::Up {
-                routes: up.routes.added(),
-                ranges: up.ranges.clone(),
-                dns: DNS_IP.to_string(),
-                resolver: up.resolver.status(),
-                helper: up.helper.clone(),
-            },
+            Self::Up(up) => up.status(),
             Self::Unavailable(reason) => NetworkStatus::Unavailable {
                 reason: reason.clone(),
             },
@@ -150,201 +111,5 @@ impl Daemon {
                 NetworkState::Unavailable(reason)
             }
         };
-    }
-
-    /// Brings the network up again whenever a network helper appears (a new socket) while
-    /// it is down, once the first session has come: so a helper started, or started again,
-    /// after tunneld needs no new session.
-    pub(super) async fn keep_network_up(&self) {
-        if self.settings.no_network || nix::unistd::geteuid().is_root() {
-            return std::future::pending().await;
-        }
-        let mut tried = None;
-        loop {
-            tokio::time::sleep(HELPER_WATCH).await;
-            let Some(cluster) = self.cluster.get() else {
-                continue;
-            };
-            if !self.network.lock().await.down() {
-                // Up: once down again, whatever socket is there is worth a try.
-                tried = None;
-                continue;
-            }
-            let socket = socket_identity(&self.settings.network_helper);
-            if socket.is_none() || socket == tried {
-                continue;
-            }
-            tried = socket;
-            tracing::info!(
-                "a network helper is at {}",
-                self.settings.network_helper.display()
-            );
-            self.start_network(cluster, false).await;
-        }
-    }
-
-    async fn bring_up_network(&self, cluster: &KnownCluster) -> anyhow::Result<NetworkState> {
-        let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let machine = self.machine_device(domain, &cluster.search).await?;
-        let mut up = UpNetwork {
-            cluster: cluster.ranges.clone(),
-            api_server: api_server_exclusions(&self.api_server).await,
-            device: machine.network.name().to_owned(),
-            routes: machine.routes,
-            ranges: Vec::new(),
-            resolver: machine.resolver,
-            helper: machine.helper,
-            lost: machine.lost.clone(),
-        };
-        self.route(&mut up).await?;
-        let dns = Arc::new(DnsAnswerer::new(
-            self.pool.clone(),
-            domain,
-            machine.upstream,
-        ));
-        let serving = machine.network.run(self.outbound.clone(), dns);
-        // A helper's device is let go with the helper, which removed its routes.
-        let lost = machine.lost.unwrap_or_default();
-        tokio::spawn(async move {
-            tokio::select! {
-                served = serving => if let Err(err) = served {
-                    tracing::error!("cluster network stopped: {err:#}");
-                },
-                () = lost.cancelled() => {}
-            }
-        });
-        Ok(NetworkState::Up(Box::new(up)))
-    }
-
-    /// Routes what the plan says, from the machine's routes as they are now.
-    async fn route(&self, up: &mut UpNetwork) -> anyhow::Result<()> {
-        let proxy = self.proxy.lock().await.clone();
-        let mut never = up.api_server.clone();
-        never.extend(proxy.never_proxy.iter().map(|range| Exclusion {
-            range: *range,
-            reason: "--never-proxy".into(),
-        }));
-        let wanted = Wanted {
-            cluster: up.cluster.clone(),
-            also: proxy.also_proxy,
-            never,
-        };
-        let machine = up.routes.machine_routes().await?;
-        let mut plan = route_plan::plan(&wanted, &machine);
-        let mut routes = plan.routes.clone();
-        routes.push(Cidr::from(DNS_IP));
-        for (route, err) in up.routes.set(&routes).await {
-            tracing::warn!("could not add route {route} dev {}: {err}", up.device);
-            let holder = plan
-                .ranges
-                .iter_mut()
-                .find(|range| kubedev::cidr::holds(&range.range, &route));
-            if let Some(range) = holder {
-                range.except.push(RangePart {
-                    range: route,
-                    reason: format!("the route could not be added: {err}"),
-                });
-            }
-        }
-        let listed: Vec<String> = up.routes.added().iter().map(ToString::to_string).collect();
-        tracing::info!("cluster network on {}: {}", up.device, listed.join(", "));
-        for range in &plan.ranges {
-            match range.state {
-                RangeState::Routed if range.except.is_empty() => {}
-                RangeState::Routed => {
-                    let parts: Vec<String> = range
-                        .except
-                        .iter()
-                        .map(|part| format!("{} ({})", part.range, part.reason))
-                        .collect();
-                    tracing::info!("{} routed but for {}", range.range, parts.join(", "));
-                }
-                RangeState::Machine => tracing::info!(
-                    "{} not routed: {} ({})",
-                    range.range,
-                    range.reason,
-                    range.via.as_deref().unwrap_or_default()
-                ),
-                RangeState::Excluded => {
-                    tracing::info!("{} not routed: {}", range.range, range.reason);
-                }
-            }
-        }
-        up.ranges = plan.ranges;
-        Ok(())
-    }
-}
-
-/// How often tunneld looks for a network helper while the network is down.
-const HELPER_WATCH: Duration = Duration::from_secs(2);
-
-/// Which socket is at `path`, if any: a helper started again makes a new one, which may
-/// reuse the old one's inode but not its change time.
-fn socket_identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let found = std::fs::symlink_metadata(path).ok()?;
-    Some((found.dev(), found.ino(), found.ctime(), found.ctime_nsec()))
-}
-
-/// The API server's own addresses: routing them into the tunnel would cut the tunnel's
-/// own connection.
-async fn api_server_exclusions(server: &str) -> Vec<Exclusion> {
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    if let Some(host) = server_host(server) {
-        if let Ok(ip) = host.parse() {
-            addresses.push(ip);
-        } else if let Ok(found) = tokio::net::lookup_host((host.as_str(), 443)).await {
-            addresses.extend(found.map(|a| a.ip()));
-        }
-    }
-    addresses
-        .into_iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(Exclusion {
-                range: Cidr::from(v4),
-                reason: "the API server's address".into(),
-            }),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
-fn server_host(server: &str) -> Option<String> {
-    let after_scheme = server.split_once("://").map_or(server, |(_, rest)| rest);
-    let authority = after_scheme.split('/').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next()?,
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    Some(host.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_api_server_host() {
-        assert_eq!(
-            server_host("https://10.201.0.1:6443/").as_deref(),
-            Some("10.201.0.1")
-        );
-        assert_eq!(
-            server_host("https://api.example.com").as_deref(),
-            Some("api.example.com")
-        );
-        assert_eq!(
-            server_host("https://[fd00::1]:6443").as_deref(),
-            Some("fd00::1")
-        );
-    }
-
-    #[tokio::test]
-    async fn the_api_servers_address_is_excluded() {
-        let excluded = api_server_exclusions("https://10.201.0.1:6443").await;
-        assert_eq!(excluded.len(), 1);
-        assert_eq!(excluded[0].range.to_string(), "10.201.0.1/32");
     }
 }

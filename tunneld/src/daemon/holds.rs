@@ -9,8 +9,8 @@ use kubedev::control::{ControlReply, ControlRequest, Held};
 use kubedev::session::connect::{self, end_connect};
 use kubedev::session::lease::DEFAULT_LEASE;
 use kubedev::session::{self, SessionError};
+use kubedev::tunneld::ControlStream;
 use kubedev_protocol::codec::{read_message, write_message};
-use tokio::net::UnixStream;
 
 use super::leases::{self, LeaseKeeping};
 use super::routing;
@@ -27,7 +27,7 @@ impl Daemon {
     pub(super) async fn hold(
         self: &Arc<Self>,
         held: Held,
-        mut holder: UnixStream,
+        mut holder: ControlStream,
     ) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
         let keeping = Arc::new(LeaseKeeping::new(

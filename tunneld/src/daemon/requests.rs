@@ -8,9 +8,9 @@ use std::time::Duration;
 use kubedev::control::{
     AgentOwner, ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionStatus,
 };
+use kubedev::tunneld::ControlStream;
 use kubedev_protocol::WiretapCounts;
 use kubedev_protocol::codec::{read_message, write_message};
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Daemon, Tunneled};
@@ -26,7 +26,7 @@ const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
 impl Daemon {
     pub(super) async fn serve_client(
         self: &Arc<Self>,
-        mut stream: UnixStream,
+        mut stream: ControlStream,
     ) -> anyhow::Result<()> {
         let request: ControlRequest = read_message(&mut stream).await?;
         let reply = match request {
@@ -61,9 +61,14 @@ impl Daemon {
             ControlRequest::Release => ControlReply::Failed {
                 reason: "release without a hold".into(),
             },
+            #[cfg(target_os = "linux")]
             ControlRequest::ServeCommandNetwork { name } => {
                 return self.serve_command_network(&name, stream).await;
             }
+            #[cfg(not(target_os = "linux"))]
+            ControlRequest::ServeCommandNetwork { .. } => ControlReply::Failed {
+                reason: "this system has no network namespaces".into(),
+            },
         };
         write_message(&mut stream, &reply).await?;
         Ok(())
@@ -117,7 +122,7 @@ impl Daemon {
 
     /// Turns the client's connection into an SFTP session on the app's volumes, with one of
     /// the session's agents, until either side closes.
-    async fn serve_files(&self, name: &str, mut client: UnixStream) -> anyhow::Result<()> {
+    async fn serve_files(&self, name: &str, mut client: ControlStream) -> anyhow::Result<()> {
         let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
             let reason = format!("no agent of session {name:?} is linked");
             return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);

@@ -1,0 +1,103 @@
+//! The Windows implementation. Windows has no modes: a directory under the user's profile
+//! inherits an access list that admits only that user, the system and administrators, and
+//! files made in it inherit that. What is checked here is what could redirect a write:
+//! a symbolic link or junction (a reparse point) where a directory or file belongs.
+
+use std::fs::{File, OpenOptions};
+use std::os::windows::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use super::PrivateFileError;
+
+/// `FILE_FLAG_OPEN_REPARSE_POINT`: opens a reparse point itself rather than its target, so
+/// that a link planted where a file belongs is found and refused, not followed.
+const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+
+/// Makes `dir` (its missing parents too), or accepts it as it is if it is a real
+/// directory.
+pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    std::fs::create_dir_all(dir).map_err(|source| PrivateFileError::Io {
+        action: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    check_private_dir(dir)
+}
+
+/// Whether `dir` is a real directory, not a link to one.
+pub fn check_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| PrivateFileError::Io {
+        action: "open",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let kind = "directory";
+    if meta.file_type().is_symlink() {
+        return Err(PrivateFileError::Symlink {
+            path: dir.to_owned(),
+            kind,
+        });
+    }
+    if !meta.is_dir() {
+        return Err(PrivateFileError::WrongKind {
+            path: dir.to_owned(),
+            kind,
+        });
+    }
+    Ok(())
+}
+
+/// Opens `file` for appending, creating it if missing.
+pub fn append_own(file: &Path) -> Result<File, PrivateFileError> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    open_own(file, options, "open")
+}
+
+/// `file`, opened to be read, if it is a regular file (never through a link).
+pub(super) fn open_to_read(file: &Path) -> Result<File, PrivateFileError> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    open_own(file, options, "read")
+}
+
+/// `file`, opened to be written (made if missing), if it is a regular file.
+pub(super) fn open_to_write(file: &Path) -> Result<File, PrivateFileError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true);
+    open_own(file, options, "write")
+}
+
+/// Opens `file` as `options` say without following a link, and keeps it only if it is a
+/// regular file.
+fn open_own(
+    file: &Path,
+    mut options: OpenOptions,
+    action: &'static str,
+) -> Result<File, PrivateFileError> {
+    options.custom_flags(OPEN_REPARSE_POINT);
+    let opened = options.open(file).map_err(|source| PrivateFileError::Io {
+        action,
+        path: file.to_owned(),
+        source,
+    })?;
+    let meta = opened.metadata().map_err(|source| PrivateFileError::Io {
+        action,
+        path: file.to_owned(),
+        source,
+    })?;
+    let kind = "file";
+    if meta.file_type().is_symlink() {
+        return Err(PrivateFileError::Symlink {
+            path: file.to_owned(),
+            kind,
+        });
+    }
+    if !meta.is_file() {
+        return Err(PrivateFileError::WrongKind {
+            path: file.to_owned(),
+            kind,
+        });
+    }
+    Ok(opened)
+}

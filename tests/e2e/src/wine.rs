@@ -1,0 +1,177 @@
+//! The Windows plugins (`x86_64-pc-windows-gnu`, as `make dist-test` builds them) run
+//! under Wine on a workstation, against the test cluster, as the test developer. Wine
+//! runs each test's programs in a prefix of its own (its own `C:`, its own wineserver),
+//! inside the workstation's network namespace; Linux paths reach them as `Z:\...`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::TestCluster;
+use crate::workstation::Workstation;
+
+/// Debian's Wine for 64-bit programs.
+const WINE: &str = "/usr/lib/wine/wine64";
+const WINESERVER: &str = "/usr/lib/wine/wineserver";
+
+/// A Wine prefix on a workstation; its wineserver, and every Windows program it runs,
+/// stop when the value drops.
+#[derive(Debug)]
+pub struct WindowsWorkstation {
+    pub workstation: Workstation,
+    prefix: PathBuf,
+}
+
+impl WindowsWorkstation {
+    /// A workstation with a new Wine prefix, initialised.
+    pub fn create(cluster: &TestCluster) -> Self {
+        let workstation = Workstation::create(cluster);
+        let prefix = workstation.file("wine");
+        let windows = Self {
+            workstation,
+            prefix,
+        };
+        // Without pipes: the wineserver and Wine's services it starts stay up, holding
+        // whatever they were started with.
+        let status = windows
+            .wine()
+            .args(["wineboot", "--init"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("wineboot runs");
+        assert!(status.success(), "wineboot --init failed: {status}");
+        windows.add_process_prng();
+        windows
+    }
+
+    /// Builds `tests/e2e/wine/bcryptprimitives.c` into the prefix's system32: Wine 8 lacks
+    /// the DLL, which Rust programs need on Windows (every Windows 10 has it).
+    fn add_process_prng(&self) {
+        let source = crate::repo_dir().join("tests/e2e/wine/bcryptprimitives.c");
+        let dll = self
+            .prefix
+            .join("drive_c/windows/system32/bcryptprimitives.dll");
+        let output = Command::new("x86_64-w64-mingw32-gcc")
+            .args(["-O2", "-shared", "-o"])
+            .arg(&dll)
+            .arg(&source)
+            .arg("-ladvapi32")
+            .output()
+            .expect("MinGW's gcc runs (`make dist-test` installs it)");
+        assert!(
+            output.status.success(),
+            "building {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `wine64`, in the workstation, in this prefix, without Wine's chatter or its offers
+    /// to install .NET and a browser engine.
+    fn wine(&self) -> Command {
+        let mut command = self.workstation.long_lived();
+        command
+            .arg(WINE)
+            .env("WINEPREFIX", &self.prefix)
+            .env("WINEDEBUG", "-all")
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+            .env_remove("DISPLAY");
+        command
+    }
+
+    /// A Windows plugin (`kubectl-intercept`, ...) with `args`, as the test developer
+    /// (the kubedev Role only), its tunneld beside it and its runtime directory in the
+    /// workstation's.
+    pub fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
+        let mut command = self.wine();
+        command
+            .arg(windows_path(&windows_binary(plugin)))
+            .args(args)
+            .env("KUBECONFIG", windows_path(&cluster.dev_kubeconfig))
+            .env(
+                "KUBEDEV_RUNTIME_DIR",
+                windows_path(&self.workstation.file("windows-run")),
+            )
+            .env(
+                "KUBEDEV_CONFIG",
+                windows_path(&self.workstation.file("windows-config.yaml")),
+            )
+            .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
+            .env("KUBEDEV_LOG", "info")
+            .env_remove("KUBEDEV_TUNNELD");
+        command
+    }
+
+    /// Runs a Windows plugin and returns its output. Its output goes through files, not
+    /// pipes: Wine's own processes, and a tunneld the plugin starts, keep the pipes they
+    /// were started with open, so their end would never come.
+    pub fn plugin(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Output {
+        let file = |name: &str| {
+            let path = self.workstation.file(&format!("{plugin}.{name}"));
+            (std::fs::File::create(&path).expect("an output file"), path)
+        };
+        let ((stdout, stdout_path), (stderr, stderr_path)) = (file("stdout"), file("stderr"));
+        let status = self
+            .plugin_command(cluster, plugin, args)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .expect("wine runs");
+        let read = |path: &Path| std::fs::read(path).expect("the output file");
+        Output {
+            status,
+            stdout: read(&stdout_path),
+            stderr: read(&stderr_path),
+        }
+    }
+
+    /// Runs a Windows plugin and returns its stdout, panicking with its output and its
+    /// tunneld's log on failure.
+    pub fn plugin_ok(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> String {
+        let output = self.plugin(cluster, plugin, args);
+        assert!(
+            output.status.success(),
+            "{plugin}.exe {} failed ({}):\n{}{}\ntunneld's log:\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.tunneld_logs()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Every tunneld log in the Windows runtime directory.
+    pub fn tunneld_logs(&self) -> String {
+        crate::workstation::logs_in(&self.workstation.file("windows-run"))
+    }
+}
+
+impl Drop for WindowsWorkstation {
+    fn drop(&mut self) {
+        let _ = Command::new(WINESERVER)
+            .arg("-k")
+            .env("WINEPREFIX", &self.prefix)
+            .status();
+    }
+}
+
+/// `path` as a Windows program under Wine names it: on drive `Z:`, which is `/`.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display().to_string().replace('/', "\\"))
+}
+
+/// A Windows binary of the workspace.
+fn windows_binary(name: &str) -> PathBuf {
+    let path = crate::repo_dir()
+        .join("target/x86_64-pc-windows-gnu/debug")
+        .join(format!("{name}.exe"));
+    assert!(
+        path.exists(),
+        "no {}: run `make dist-test` first",
+        path.display()
+    );
+    path
+}

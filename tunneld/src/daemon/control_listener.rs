@@ -1,0 +1,82 @@
+//! The control channel's listening side. On Unix, a socket in a directory of this user's
+//! own that no one else may enter, whose every client must run as this user
+//! ([`super::peers`]); on Windows, a loopback port whose clients must first send the key
+//! in the endpoint file ([`kubedev::tunneld::ControlListener`]).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use kubedev::tunneld::ControlStream;
+
+/// Where tunneld takes control connections.
+#[derive(Debug)]
+pub(super) struct ControlListener {
+    #[cfg(unix)]
+    listener: tokio::net::UnixListener,
+    #[cfg(unix)]
+    peers: super::peers::AllowedPeers,
+    #[cfg(windows)]
+    listener: kubedev::tunneld::ControlListener,
+}
+
+impl ControlListener {
+    /// Binds the control socket (made with mode 0600, in a directory made with mode 0700
+    /// if missing), refusing if another tunneld answers there and replacing a socket file
+    /// a dead one left behind.
+    #[cfg(unix)]
+    pub(super) async fn bind(socket: &Path) -> anyhow::Result<Self> {
+        use tokio::net::{UnixListener, UnixStream};
+        private_parent(socket)?;
+        if UnixStream::connect(socket).await.is_ok() {
+            anyhow::bail!("another tunneld is already serving {}", socket.display());
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("listen on {}", socket.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Self {
+            listener,
+            peers: super::peers::AllowedPeers::this_user(),
+        })
+    }
+
+    /// Listens on a loopback port and writes the endpoint file `socket` that names it,
+    /// refusing if another tunneld answers there.
+    #[cfg(windows)]
+    pub(super) async fn bind(socket: &Path) -> anyhow::Result<Self> {
+        private_parent(socket)?;
+        let listener = kubedev::tunneld::ControlListener::bind(socket)
+            .await
+            .with_context(|| format!("serve {}", socket.display()))?;
+        Ok(Self { listener })
+    }
+
+    /// The next connection, not yet admitted.
+    pub(super) async fn accept(&self) -> std::io::Result<ControlStream> {
+        #[cfg(unix)]
+        return self.listener.accept().await.map(|(stream, _)| stream);
+        #[cfg(windows)]
+        return self.listener.accept().await;
+    }
+
+    /// Takes `stream` if its peer may use tunneld; the refusal says who it was.
+    pub(super) async fn admit(&self, stream: ControlStream) -> Result<ControlStream, String> {
+        #[cfg(unix)]
+        return match stream.peer_cred() {
+            Ok(peer) => self.peers.check(peer.uid(), peer.pid()).map(|()| stream),
+            Err(err) => Err(format!("refused a control connection: its user: {err}")),
+        };
+        #[cfg(windows)]
+        return self.listener.admit(stream).await;
+    }
+}
+
+/// Makes the control socket's directory tunneld's own.
+fn private_parent(socket: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        kubedev::private_files::private_dir(dir)
+            .context("the control socket's directory must be tunneld's own")?;
+    }
+    Ok(())
+}
