@@ -127,3 +127,26 @@ pub fn write_own(file: &Path, content: &str) -> Result<(), PrivateFileError> {
             source,
         })
 }
+
+/// What is at `dir`, if it is a real directory: not a symbolic link to one.
+fn real_dir(dir: &Path) -> Result<std::fs::Metadata, PrivateFileError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| PrivateFileError::Io {
+        action: "open",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let kind = "directory";
+    if meta.file_type().is_symlink() {
+        return Err(PrivateFileError::Symlink {
+            path: dir.to_owned(),
+            kind,
+        });
+    }
+    if !meta.is_dir() {
+        return Err(PrivateFileError::WrongKind {
+            path: dir.to_owned(),
+            kind,
+        });
+    }
+    Ok(meta)
+}

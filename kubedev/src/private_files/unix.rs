@@ -50,24 +50,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
 
 /// Whether `dir` is a real directory of user `you` that no one else may read or write.
 fn check_dir_of(dir: &Path, you: u32) -> Result<(), PrivateFileError> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| PrivateFileError::Io {
-        action: "open",
-        path: dir.to_owned(),
-        source,
-    })?;
-    let kind = "directory";
-    if meta.file_type().is_symlink() {
-        return Err(PrivateFileError::Symlink {
-            path: dir.to_owned(),
-            kind,
-        });
-    }
-    if !meta.is_dir() {
-        return Err(PrivateFileError::WrongKind {
-            path: dir.to_owned(),
-            kind,
-        });
-    }
+    let meta = super::real_dir(dir)?;
     owned(dir, &meta, you)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {

@@ -26,25 +26,7 @@ pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
 
 /// Whether `dir` is a real directory, not a link to one.
 pub fn check_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| PrivateFileError::Io {
-        action: "open",
-        path: dir.to_owned(),
-        source,
-    })?;
-    let kind = "directory";
-    if meta.file_type().is_symlink() {
-        return Err(PrivateFileError::Symlink {
-            path: dir.to_owned(),
-            kind,
-        });
-    }
-    if !meta.is_dir() {
-        return Err(PrivateFileError::WrongKind {
-            path: dir.to_owned(),
-            kind,
-        });
-    }
-    Ok(())
+    super::real_dir(dir).map(|_| ())
 }
 
 /// Opens `file` for appending, creating it if missing.
