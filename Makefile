@@ -13,14 +13,14 @@ DEMO_NAMESPACE := kubedev-dev
 # Where the local cluster's registry serves the agent image (tests/cluster/lib/config.sh).
 DEMO_AGENT_IMAGE := 10.201.0.1:5000/kubedev/kubedev-agent:$(VERSION)
 
-.PHONY: agent-image push-agent bench build dist dist-test fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
+.PHONY: agent-image push-agent bench build dist dist-test windows-tools fuzz lint soak test test-fuzz test-soak test-unit test-component test-e2e test-teardown demo cluster-up cluster-down
 
 build:
 	cargo build --workspace
 
 # The shell entry points; shellcheck follows what they source.
 SHELL_SCRIPTS := .ci/run agent-image/build-image.sh agent-image/push-image.sh examples/demo.sh \
-	packaging/dist.sh tests/cluster/cluster.sh
+	packaging/dist.sh tests/cluster/cluster.sh tests/wine/run.sh
 
 # cargo-deny's version, pinned so that a fresh machine checks what this one does.
 CARGO_DENY_VERSION := 0.20.2
@@ -45,9 +45,21 @@ lint:
 ## torn down and checked for leftovers.
 test: lint test-unit test-component test-fuzz test-e2e test-soak test-teardown
 
-# Unit tests: pure logic, no processes, no cluster.
-test-unit:
+# Unit tests: pure logic, no processes, no cluster; the platform-neutral crates' also as
+# Windows programs, under Wine.
+test-unit: windows-tools
 	cargo test --lib --bins
+	CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=$(CURDIR)/tests/wine/run.sh \
+		cargo test --target x86_64-pc-windows-gnu --lib \
+		-p kubedev -p kubedev-process -p kubedev-protocol
+
+# What building and running Windows programs here takes: the Rust target, MinGW, and Wine.
+windows-tools:
+	rustup target list --installed | grep -qx x86_64-pc-windows-gnu || \
+		rustup target add x86_64-pc-windows-gnu
+	command -v x86_64-w64-mingw32-gcc >/dev/null && [ -x /usr/lib/wine/wine64 ] || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends gcc-mingw-w64-x86-64 wine64 >/dev/null; }
 
 # Component tests: the programs run as local processes on loopback.
 test-component:
@@ -125,11 +137,9 @@ dist:
 # binary checked to be an executable for its system and architecture; Wine, which runs the
 # Windows ones in the e2e tests.
 DEBUG_TARGETS := x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin
-dist-test:
+dist-test: windows-tools
 	TARGETS=x86_64-unknown-linux-gnu packaging/dist.sh dist
 	TARGETS="$(DEBUG_TARGETS)" PROFILE=debug packaging/dist.sh target/dist-debug
-	[ -x /usr/lib/wine/wine64 ] || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wine64 >/dev/null; }
 
 ## The agent image as an OCI archive (no Docker engine needed); TARGET=aarch64-unknown-linux-gnu
 ## for arm64 nodes.

@@ -272,6 +272,7 @@ mod tests {
         assert_eq!(json, hostile);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_posix_shell_reads_back_exactly_the_hostile_value() {
         let hostile = BTreeMap::from([("V".to_owned(), HOSTILE.to_owned())]);
@@ -307,6 +308,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn env_files_are_private() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -320,6 +322,7 @@ mod tests {
         std::fs::remove_file(&path).ok();
     }
 
+    #[cfg(unix)]
     #[test]
     fn an_env_file_planted_as_a_link_is_refused_and_its_target_left_alone() {
         let dir = std::env::temp_dir().join(format!("kubedev-env-link-{}", std::process::id()));

@@ -76,6 +76,20 @@ pub enum PrivateFileError {
         /// The user kubedev runs as.
         you: u32,
     },
+    /// A directory outside the user's profile (Windows), whose access list is not known
+    /// to keep other users out.
+    #[error(
+        "{} is outside your profile ({}), whose access list keeps other users out: use a \
+         directory in it, or unset KUBEDEV_RUNTIME_DIR",
+        path.display(),
+        profile.display()
+    )]
+    OutsideProfile {
+        /// The directory.
+        path: PathBuf,
+        /// The user's profile.
+        profile: PathBuf,
+    },
     /// A directory of this user's own that others may read or write.
     #[error(
         "{} is open to other users (mode {mode:o}): make it private with `chmod 700 {}`, \

@@ -90,10 +90,12 @@ pub enum TunneldError {
         pid: String,
     },
     /// What answered at the address in the endpoint file did not know its keys (Windows):
-    /// nothing was sent to it.
+    /// it got the client key, which no tunneld takes once the one that wrote it is gone,
+    /// and no request. A plugin that needs a tunneld starts one, which replaces the file.
     #[error(
-        "what answers at {address}, which {} names, did not prove to be your tunneld: \
-         nothing was sent to it. Remove the file, and find out what listens there",
+        "what answers at {address}, which {} names, is not your tunneld (a tunneld that \
+         ended left the file): it was sent no request. Starting a session starts a new \
+         tunneld, which replaces the file",
         socket.display()
     )]
     Unproven {
@@ -137,7 +139,6 @@ impl TunneldError {
                 | Self::ForeignSocket { .. }
                 | Self::NotASocket(_)
                 | Self::Impostor { .. }
-                | Self::Unproven { .. }
         )
     }
 }

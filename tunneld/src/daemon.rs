@@ -200,7 +200,7 @@ impl Daemon {
             tokio::spawn(async move {
                 let stream = match listener.admit(stream).await {
                     Ok(stream) => stream,
-                    Err(refusal) => return tracing::warn!("{refusal}"),
+                    Err(refusal) => return listener.refusals.note(&refusal),
                 };
                 if let Err(err) = daemon.serve_client(stream).await {
                     tracing::debug!("control client: {err:#}");

@@ -53,11 +53,11 @@ pub struct SessionArgs {
     #[arg(short = 'c', long)]
     pub container: Option<String>,
 
-    /// Write the container's environment to this file (mode 0600), in --env-syntax.
+    /// Write the container's environment to this file (private: mode 0600), in --env-syntax.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// Write the container's environment to this file (mode 0600) as a JSON object.
+    /// Write the container's environment to this file (private: mode 0600) as a JSON object.
     #[arg(long, value_name = "FILE")]
     pub env_json: Option<PathBuf>,
 
@@ -66,7 +66,8 @@ pub struct SessionArgs {
     pub env_syntax: EnvSyntax,
 
     /// Where to mount the container's volumes: DIR (DIR:ro for read-only), or false
-    /// (default: a new temporary directory, printed). Needs sshfs.
+    /// (default: a new temporary directory, printed). Needs sshfs (macFUSE's on macOS; Windows
+    /// has no mounts yet).
     #[arg(long, value_name = "DIR|false")]
     pub mount: Option<MountChoice>,
 
@@ -209,7 +210,8 @@ pub enum Manage {
     },
     /// Show or change kubedev's settings (the agent image for each kube context), kept in
     /// $KUBEDEV_CONFIG, else $XDG_CONFIG_HOME/kubedev/config.yaml, else
-    /// ~/.config/kubedev/config.yaml.
+    /// ~/.config/kubedev/config.yaml (on Windows %APPDATA%\kubedev\config.yaml; `config
+    /// view` shows which).
     #[command(subcommand)]
     Config(ConfigAction),
     /// Gather what a bug report needs into one archive: tunneld's logs and state, the

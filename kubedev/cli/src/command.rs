@@ -50,6 +50,20 @@ impl CommandNetwork {
     }
 }
 
+/// `-- CMD`'s program as it will be run: a path as given, else found on PATH (on Windows
+/// with PATHEXT's extensions too, as a shell finds `npm`, a `.cmd`). Checked before a
+/// session changes anything, so that a misspelt command changes nothing in the cluster.
+pub(super) fn resolve_program(command: &[String]) -> anyhow::Result<Option<PathBuf>> {
+    let Some(program) = command.first() else {
+        return Ok(None);
+    };
+    which::which(program).map(Some).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot run {program} ({err}): nothing was changed; give its path, or check PATH"
+        )
+    })
+}
+
 /// Runs `command` with the app's environment on top of ours, reaching the cluster as
 /// `network` says, until it exits; once `stop` completes (a stop signal to the plugin,
 /// the session ending without it) it gets SIGTERM. Its exit status becomes ours.
@@ -60,7 +74,8 @@ pub(super) async fn run_command(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
-    let mut to_run = tokio::process::Command::new(program);
+    let resolved = resolve_program(command)?.context("empty command")?;
+    let mut to_run = tokio::process::Command::new(&resolved);
     to_run.args(arguments).envs(variables);
     // Kept open while the command runs: tunneld serves its namespace until it closes.
     let (spawned, served) = spawn_in(network, &mut to_run, program, arguments, variables).await?;
@@ -204,6 +219,19 @@ fn spawn_without_namespace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_that_is_not_there_is_refused_before_anything_changes() {
+        let missing = ["kubedev-no-such-program".to_owned()];
+        let refused = resolve_program(&missing).expect_err("not there");
+        assert!(
+            refused.to_string().contains("nothing was changed"),
+            "{refused}"
+        );
+        assert_eq!(resolve_program(&[]).expect("no command"), None);
+        let found = resolve_program(&["cargo".to_owned()]).expect("cargo is on PATH");
+        assert!(found.is_some_and(|path| path.is_absolute()));
+    }
 
     fn status(network: NetworkStatus, proxy: Option<ProxyStatus>) -> DaemonStatus {
         DaemonStatus {

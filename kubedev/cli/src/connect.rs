@@ -28,6 +28,7 @@ pub(super) async fn run_connect(
     cluster: &ClusterArgs,
     args: SessionLife,
 ) -> anyhow::Result<ExitCode> {
+    super::command::resolve_program(&args.command)?;
     let connection = cluster.connect().await?;
     let (image, image_source) =
         config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;

@@ -21,26 +21,42 @@ pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<
     })
 }
 
+/// Why the cluster's network is not on this machine, and what reaches it anyway: on Linux,
+/// `-- CMD` in a namespace of its own.
+#[cfg(target_os = "linux")]
+fn unavailable_note(reason: &str, command: &str) -> String {
+    // tunneld runs as this plugin's user.
+    let without = if kubedev::private_files::own_uid() == 0 {
+        ""
+    } else {
+        " without root"
+    };
+    format!(
+        "the cluster's network (service names, pod and service IPs) is not available to this \
+         whole machine{without}: {reason}. `-- CMD` gets it in a network namespace of its own \
+         where this machine allows one, and tunneld's proxy carries it for tools that take a \
+         proxy (`{command} status` shows how). Intercepted traffic and the environment work \
+         without it."
+    )
+}
+
+/// Why the cluster's network is not on this machine, and what reaches it anyway: on macOS
+/// and Windows, tunneld's proxy, for `-- CMD` too.
+#[cfg(not(target_os = "linux"))]
+fn unavailable_note(reason: &str, command: &str) -> String {
+    format!(
+        "{reason}. `-- CMD` gets ALL_PROXY, HTTP_PROXY and HTTPS_PROXY for it; other tools \
+         that take a proxy use it as `{command} status` shows. Intercepted traffic and the \
+         environment need nothing more."
+    )
+}
+
 /// What the user should know about the cluster network once a session is live: that it
 /// is missing, or that part of it was left to this machine or excluded (one line).
 pub(super) fn network_notes(network: &NetworkStatus, command: &str) -> Vec<String> {
     match network {
         NetworkStatus::Off => Vec::new(),
-        NetworkStatus::Unavailable { reason } => {
-            // tunneld runs as this plugin's user.
-            #[cfg(unix)]
-            let root = kubedev::private_files::own_uid() == 0;
-            #[cfg(windows)]
-            let root = false;
-            let without = if root { "" } else { " without root" };
-            vec![format!(
-                "the cluster's network (service names, pod and service IPs) is not available to \
-                 this whole machine{without}: {reason}. `-- CMD` gets it in a network namespace \
-                 of its own where this machine allows one, and tunneld's proxy carries it for \
-                 tools that take a proxy (`{command} status` shows how). Intercepted traffic \
-                 and the environment work without it."
-            )]
-        }
+        NetworkStatus::Unavailable { reason } => vec![unavailable_note(reason, command)],
         NetworkStatus::Up {
             ranges,
             resolver,

@@ -34,6 +34,7 @@ pub(super) async fn run_session(
     args: SessionArgs,
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
+    super::command::resolve_program(&args.life.command)?;
     let connection = cluster.connect().await?;
     let context = connection.context.as_deref();
     let (agent_image, image_source) =

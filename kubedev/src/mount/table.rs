@@ -48,7 +48,8 @@ pub(super) fn unmount(dir: &Path) {
 }
 
 /// The mounts `mount` lists, as `(source, directory)`: lines read
-/// `SOURCE on DIR (TYPE, OPTIONS...)`.
+/// `SOURCE on DIR (TYPE, OPTIONS...)`. Only this user's own mounts are ever unmounted from
+/// it: macOS refuses to unmount another user's.
 #[cfg(target_os = "macos")]
 fn listed() -> Vec<(String, PathBuf)> {
     let output = Command::new("/sbin/mount")
@@ -80,10 +81,17 @@ pub(super) fn mounted_at(source: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether something is mounted at `dir`.
+/// Whether something is mounted at `dir`: it is on another device than its parent. (Not
+/// from the `mount` listing, where another user's mount point named with a line break could
+/// forge a line.)
 #[cfg(target_os = "macos")]
 pub(super) fn is_mounted(dir: &Path) -> bool {
-    listed().iter().any(|(_, mounted)| mounted == dir)
+    use std::os::unix::fs::MetadataExt as _;
+    let device = |path: &Path| std::fs::metadata(path).map(|meta| meta.dev());
+    match (device(dir), dir.parent().map(device)) {
+        (Ok(mounted), Some(Ok(parent))) => mounted != parent,
+        _ => false,
+    }
 }
 
 /// Unmounts the macFUSE mount at `dir` (forced, if it is busy).

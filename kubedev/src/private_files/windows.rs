@@ -1,7 +1,9 @@
 //! The Windows implementation. Windows has no modes: a directory under the user's profile
 //! inherits an access list that admits only that user, the system and administrators, and
-//! files made in it inherit that. What is checked here is what could redirect a write:
-//! a symbolic link or junction (a reparse point) where a directory or file belongs.
+//! files made in it inherit that. So kubedev's directories must be in the profile
+//! (`%USERPROFILE%`); what else is checked is what could redirect a write: a symbolic link
+//! or junction (a reparse point) where a directory or file belongs. Access lists are not
+//! read: one changed by hand inside the profile is trusted.
 
 use std::fs::{File, OpenOptions};
 use std::os::windows::fs::OpenOptionsExt as _;
@@ -14,8 +16,10 @@ use super::PrivateFileError;
 const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 
 /// Makes `dir` (its missing parents too), or accepts it as it is if it is a real
-/// directory.
+/// directory; refused outside the user's profile.
 pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    let profile = std::env::var_os("USERPROFILE").map(std::path::PathBuf::from);
+    in_profile(dir, profile.as_deref())?;
     std::fs::create_dir_all(dir).map_err(|source| PrivateFileError::Io {
         action: "create",
         path: dir.to_owned(),
@@ -27,6 +31,26 @@ pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
 /// Whether `dir` is a real directory, not a link to one.
 pub fn check_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
     super::real_dir(dir).map(|_| ())
+}
+
+/// Refuses `dir` unless it is inside `profile` (compared as Windows does: letter case
+/// aside); refused too when the profile is unknown.
+fn in_profile(dir: &Path, profile: Option<&Path>) -> Result<(), PrivateFileError> {
+    let lower = |path: &Path| path.to_string_lossy().to_lowercase().replace('/', "\\");
+    let inside = profile.is_some_and(|profile| {
+        let (dir, profile) = (lower(dir), lower(profile));
+        let profile = profile.trim_end_matches('\\');
+        dir.strip_prefix(profile)
+            .is_some_and(|rest| rest.starts_with('\\'))
+            && !dir.split('\\').any(|part| part == "..")
+    });
+    if inside {
+        return Ok(());
+    }
+    Err(PrivateFileError::OutsideProfile {
+        path: dir.to_owned(),
+        profile: profile.map(Path::to_owned).unwrap_or_default(),
+    })
 }
 
 /// Opens `file` for appending, creating it if missing.
@@ -82,4 +106,30 @@ fn open_own(
         });
     }
     Ok(opened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_inside_the_profile_are_taken() {
+        let profile = Some(Path::new(r"C:\Users\Dev"));
+        assert!(in_profile(Path::new(r"C:\Users\Dev\AppData\Local\kubedev"), profile).is_ok());
+        assert!(in_profile(Path::new(r"c:\users\dev\kubedev"), profile).is_ok());
+        for outside in [
+            r"C:\kubedev",
+            r"C:\ProgramData\kubedev",
+            r"C:\Users\Developer\kubedev",
+            r"C:\Users\Dev\..\Public\kubedev",
+            r"C:\Users\Dev",
+        ] {
+            let refused = in_profile(Path::new(outside), profile).expect_err(outside);
+            assert!(
+                refused.to_string().contains("outside your profile"),
+                "{refused}"
+            );
+        }
+        assert!(in_profile(Path::new(r"C:\Users\Dev\kubedev"), None).is_err());
+    }
 }

@@ -45,10 +45,10 @@ impl WindowsWorkstation {
         windows
     }
 
-    /// Builds `tests/e2e/wine/bcryptprimitives.c` into the prefix's system32: Wine 8 lacks
+    /// Builds `tests/wine/bcryptprimitives.c` into the prefix's system32: Wine 8 lacks
     /// the DLL, which Rust programs need on Windows (every Windows 10 has it).
     fn add_process_prng(&self) {
-        let source = crate::repo_dir().join("tests/e2e/wine/bcryptprimitives.c");
+        let source = crate::repo_dir().join("tests/wine/bcryptprimitives.c");
         let dll = self
             .prefix
             .join("drive_c/windows/system32/bcryptprimitives.dll");
@@ -81,8 +81,8 @@ impl WindowsWorkstation {
     }
 
     /// A Windows plugin (`kubectl-intercept`, ...) with `args`, as the test developer
-    /// (the kubedev Role only), its tunneld beside it and its runtime directory in the
-    /// workstation's.
+    /// (the kubedev Role only), its tunneld beside it and its runtime directory where
+    /// Windows users have it (`%LOCALAPPDATA%\kubedev`, in the prefix).
     pub fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.wine();
         command
@@ -90,16 +90,13 @@ impl WindowsWorkstation {
             .args(args)
             .env("KUBECONFIG", windows_path(&cluster.dev_kubeconfig))
             .env(
-                "KUBEDEV_RUNTIME_DIR",
-                windows_path(&self.workstation.file("windows-run")),
-            )
-            .env(
                 "KUBEDEV_CONFIG",
                 windows_path(&self.workstation.file("windows-config.yaml")),
             )
             .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
             .env("KUBEDEV_LOG", "info")
-            .env_remove("KUBEDEV_TUNNELD");
+            .env_remove("KUBEDEV_TUNNELD")
+            .env_remove("KUBEDEV_RUNTIME_DIR");
         command
     }
 
@@ -143,9 +140,15 @@ impl WindowsWorkstation {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Every tunneld log in the Windows runtime directory.
+    /// Every tunneld log in the Windows runtime directory, in each Windows user's
+    /// `%LOCALAPPDATA%\kubedev`.
     pub fn tunneld_logs(&self) -> String {
-        crate::workstation::logs_in(&self.workstation.file("windows-run"))
+        std::fs::read_dir(self.prefix.join("drive_c/users"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|user| crate::workstation::logs_in(&user.path().join("AppData/Local/kubedev")))
+            .collect()
     }
 }
 

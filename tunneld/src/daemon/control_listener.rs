@@ -4,9 +4,41 @@
 //! in the endpoint file ([`kubedev::tunneld::ControlListener`]).
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kubedev::tunneld::ControlStream;
+
+/// How often refused connections are logged, at most: anyone on the machine can connect to
+/// a loopback port, and must not fill tunneld's log.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(60);
+
+/// Refused connections, logged one line per [`REFUSALS_LOGGED_EVERY`] at most.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    /// When one was last logged, and how many were refused since.
+    since: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Refusals {
+    /// Logs `refusal` if none was logged lately, with how many were refused meanwhile;
+    /// counts it otherwise.
+    pub(super) fn note(&self, refusal: &str) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *since {
+            Some((logged, count)) if logged.elapsed() < REFUSALS_LOGGED_EVERY => *count += 1,
+            Some((_, count)) if *count > 0 => {
+                tracing::warn!("{refusal} (and {count} more refused in the last minute)");
+                *since = Some((Instant::now(), 0));
+            }
+            _ => {
+                tracing::warn!("{refusal}");
+                *since = Some((Instant::now(), 0));
+            }
+        }
+    }
+}
 
 /// Where tunneld takes control connections.
 #[derive(Debug)]
@@ -17,6 +49,8 @@ pub(super) struct ControlListener {
     peers: super::peers::AllowedPeers,
     #[cfg(windows)]
     listener: kubedev::tunneld::ControlListener,
+    /// The connections refused, for the log.
+    pub(super) refusals: Refusals,
 }
 
 impl ControlListener {
@@ -38,6 +72,7 @@ impl ControlListener {
         Ok(Self {
             listener,
             peers: super::peers::AllowedPeers::this_user(),
+            refusals: Refusals::default(),
         })
     }
 
@@ -49,7 +84,10 @@ impl ControlListener {
         let listener = kubedev::tunneld::ControlListener::bind(socket)
             .await
             .with_context(|| format!("serve {}", socket.display()))?;
-        Ok(Self { listener })
+        Ok(Self {
+            listener,
+            refusals: Refusals::default(),
+        })
     }
 
     /// The next connection, not yet admitted.
@@ -79,4 +117,23 @@ fn private_parent(socket: &Path) -> anyhow::Result<()> {
             .context("the control socket's directory must be tunneld's own")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_after_the_first_are_counted_until_the_next_line() {
+        let refusals = Refusals::default();
+        for _ in 0..5 {
+            refusals.note("refused");
+        }
+        let since = *refusals.since.lock().expect("lock");
+        assert_eq!(
+            since.map(|(_, count)| count),
+            Some(4),
+            "one logged, four counted"
+        );
+    }
 }

@@ -103,7 +103,10 @@ impl ControlListener {
             server_key: key()?,
         };
         let text = serde_json::to_string(&endpoint).map_err(std::io::Error::other)?;
-        write_own(socket, &text).map_err(std::io::Error::other)?;
+        // Whole or not at all: a client never reads half an endpoint.
+        let written = socket.with_extension("sock-new");
+        write_own(&written, &text).map_err(std::io::Error::other)?;
+        std::fs::rename(&written, socket)?;
         Ok(Self { listener, endpoint })
     }
 

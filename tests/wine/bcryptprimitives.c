@@ -1,7 +1,7 @@
 /* Wine 8 (Debian 12's) lacks bcryptprimitives.dll, whose ProcessPrng Rust's standard
  * library takes its randomness from on Windows 10 and later, where the system has it.
- * The e2e tests put this one in their Wine prefixes only: it draws from RtlGenRandom,
- * which Wine has. */
+ * The tests put this one in their Wine prefixes only (tests/wine/run.sh, the e2e tests):
+ * it draws from RtlGenRandom, which Wine has. */
 #include <windows.h>
 #include <ntsecapi.h>
 
