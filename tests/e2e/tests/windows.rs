@@ -35,6 +35,26 @@ async fn a_windows_developer_intercepts_a_service_lists_it_and_leaves() {
     };
 
     assert_eq!(plugin(&["list", "-o", "json"]).trim(), "[]");
+    // Windows mounts nothing: a mount asked for is refused before anything changes.
+    let mount = windows_path(&windows.workstation.file("volumes"));
+    let refused = windows.plugin(
+        &cluster,
+        INTERCEPT,
+        &[
+            "echo",
+            "-n",
+            &ns.name,
+            "--port",
+            "3000:http",
+            "--mount",
+            &mount,
+        ],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("not available on Windows"), "{said}");
+    assert_eq!(stored(&ns).await, before, "nothing changed");
+
     plugin(&["echo", "--port", "3000:http", "--detach"]);
     let answer = ns
         .http_get("client", "echo:8080", "/from-a-pod")
@@ -83,7 +103,9 @@ async fn a_windows_developer_gets_the_environment_for_cmd_and_powershell() {
         ("ps", "$Env:GREETING='it''s 100% here'"),
     ] {
         let file = windows.workstation.file(&format!("env.{syntax}"));
-        windows.plugin_ok(
+        let seen = windows.workstation.file(&format!("seen-{syntax}.txt"));
+        let record = format!("set > {}", windows_path(&seen));
+        let output = windows.plugin(
             &cluster,
             INGEST,
             &[
@@ -97,9 +119,17 @@ async fn a_windows_developer_gets_the_environment_for_cmd_and_powershell() {
                 "--",
                 "cmd",
                 "/c",
-                "exit 0",
+                &record,
             ],
         );
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{syntax}: {said}");
+        // The command got the container's environment, and tunneld's proxy for the
+        // cluster's network, and was told so.
+        let seen = std::fs::read_to_string(&seen).expect("what the command saw");
+        assert!(seen.contains("GREETING=it's 100% here"), "{seen}");
+        assert!(seen.contains("ALL_PROXY=socks5h://"), "{seen}");
+        assert!(said.contains("tunneld's proxy"), "{said}");
         let written = std::fs::read_to_string(&file).expect("the env file");
         assert!(
             written.lines().any(|found| found == line),
