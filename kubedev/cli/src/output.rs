@@ -171,14 +171,33 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
 /// port may be another user's once tunneld has gone; and kubectl and the plugins follow
 /// `HTTPS_PROXY` to the API server).
 fn describe_proxy(proxy: &ProxyStatus) -> String {
-    let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
     format!(
         "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
-         ALL_PROXY={} NO_PROXY={no_proxy} curl http://SERVICE.NAMESPACE:PORT/\n  \
+         {}\n  \
          http_proxy and HTTPS_PROXY (curl reads only the lowercase http_proxy): {}\n  \
          (give them to one command at a time: the port is another user's to take once this \
          tunneld has gone)\n",
-        proxy.address, proxy.socks_url, proxy.http_url
+        proxy.address,
+        proxy_example(&proxy.socks_url),
+        proxy.http_url
+    )
+}
+
+/// One command given the proxy, in the shell of this system.
+#[cfg(unix)]
+fn proxy_example(socks_url: &str) -> String {
+    let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
+    format!("ALL_PROXY={socks_url} NO_PROXY={no_proxy} curl http://SERVICE.NAMESPACE:PORT/")
+}
+
+/// One command given the proxy, in the shell of this system: PowerShell, which sets a
+/// variable for the whole session, so it is removed after the command.
+#[cfg(windows)]
+fn proxy_example(socks_url: &str) -> String {
+    let no_proxy = kubedev::proxy_env::LOOPBACK.join(",");
+    format!(
+        "$Env:ALL_PROXY='{socks_url}'; $Env:NO_PROXY='{no_proxy}'; curl.exe \
+         http://SERVICE.NAMESPACE:PORT/; Remove-Item Env:ALL_PROXY, Env:NO_PROXY"
     )
 }
 
@@ -357,6 +376,7 @@ mod tests {
             text.contains("\nproxy: 127.0.0.1:41234, SOCKS5 and HTTP"),
             "{text}"
         );
+        #[cfg(unix)]
         assert!(
             text.contains(&format!(
                 "  ALL_PROXY={socks} NO_PROXY=localhost,127.0.0.1,::1 curl \
