@@ -19,9 +19,9 @@ use crate::control::{AgentOwner, ControlReply, ControlRequest, DaemonStatus, Hel
 use crate::fd_passing;
 use crate::private_files::PrivateFileError;
 pub use binary::tunneld_binary;
-pub use connect::ControlStream;
 #[cfg(windows)]
 pub use connect::windows::ControlListener;
+pub use connect::{ControlStream, ControlWriter};
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
     START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
@@ -253,7 +253,7 @@ pub async fn open_files(socket: &Path, name: &str) -> Result<ControlStream, Tunn
 /// Dropping it without [`Hold::release`] calls that in.
 #[derive(Debug)]
 pub struct Hold {
-    writer: tokio::io::WriteHalf<ControlStream>,
+    writer: ControlWriter,
     /// tunneld's one message on the connection: `Done` after `Release`, or `Ended`; a
     /// reader task owns the read half, so waiting for it can be cancelled at any time.
     reply_rx: tokio::sync::watch::Receiver<Option<HoldNews>>,
@@ -297,7 +297,7 @@ impl Hold {
 /// process dies before it releases the returned [`Hold`], and to renew its lease meanwhile.
 pub async fn hold(socket: &Path, held: Held) -> Result<Hold, TunneldError> {
     let stream = open_stream(socket, &ControlRequest::Hold(held)).await?;
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (mut reader, writer) = stream.into_split();
     let (reply_tx, reply_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let news = match read_message(&mut reader).await {

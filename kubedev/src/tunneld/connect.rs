@@ -21,3 +21,12 @@ pub type ControlStream = tokio::net::UnixStream;
 /// A connection to tunneld's control channel.
 #[cfg(windows)]
 pub type ControlStream = tokio::net::TcpStream;
+
+/// The writing half of a [`ControlStream`]; dropping it closes the stream's sending side,
+/// which is what ends a hold whose plugin dropped it.
+#[cfg(unix)]
+pub type ControlWriter = tokio::net::unix::OwnedWriteHalf;
+/// The writing half of a [`ControlStream`]; dropping it closes the stream's sending side,
+/// which is what ends a hold whose plugin dropped it.
+#[cfg(windows)]
+pub type ControlWriter = tokio::net::tcp::OwnedWriteHalf;
