@@ -164,3 +164,31 @@ fn real_dir(dir: &Path) -> Result<std::fs::Metadata, PrivateFileError> {
     }
     Ok(meta)
 }
+
+/// What `opened` (`file`, opened to `action`) is, if it is a regular file: not a link, a
+/// directory, a pipe or a device.
+fn regular_file(
+    file: &Path,
+    opened: &std::fs::File,
+    action: &'static str,
+) -> Result<std::fs::Metadata, PrivateFileError> {
+    let meta = opened.metadata().map_err(|source| PrivateFileError::Io {
+        action,
+        path: file.to_owned(),
+        source,
+    })?;
+    let kind = "file";
+    if meta.file_type().is_symlink() {
+        return Err(PrivateFileError::Symlink {
+            path: file.to_owned(),
+            kind,
+        });
+    }
+    if !meta.is_file() {
+        return Err(PrivateFileError::WrongKind {
+            path: file.to_owned(),
+            kind,
+        });
+    }
+    Ok(meta)
+}

@@ -140,17 +140,7 @@ fn open_own(
             },
         }
     })?;
-    let meta = opened.metadata().map_err(|source| PrivateFileError::Io {
-        action,
-        path: file.to_owned(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(PrivateFileError::WrongKind {
-            path: file.to_owned(),
-            kind,
-        });
-    }
+    let meta = super::regular_file(file, &opened, action)?;
     owned(file, &meta, own_uid())?;
     Ok(opened)
 }

@@ -87,24 +87,7 @@ fn open_own(
         path: file.to_owned(),
         source,
     })?;
-    let meta = opened.metadata().map_err(|source| PrivateFileError::Io {
-        action,
-        path: file.to_owned(),
-        source,
-    })?;
-    let kind = "file";
-    if meta.file_type().is_symlink() {
-        return Err(PrivateFileError::Symlink {
-            path: file.to_owned(),
-            kind,
-        });
-    }
-    if !meta.is_file() {
-        return Err(PrivateFileError::WrongKind {
-            path: file.to_owned(),
-            kind,
-        });
-    }
+    super::regular_file(file, &opened, action)?;
     Ok(opened)
 }
 
