@@ -9,6 +9,10 @@ use std::process::{Command, Output};
 use crate::TestCluster;
 use crate::workstation::Workstation;
 
+/// The plugins a Windows test runs.
+const INTERCEPT: &str = "kubectl-intercept";
+const INGEST: &str = "kubectl-ingest";
+
 /// Debian's Wine for 64-bit programs.
 const WINE: &str = "/usr/lib/wine/wine64";
 const WINESERVER: &str = "/usr/lib/wine/wineserver";
@@ -42,7 +46,38 @@ impl WindowsWorkstation {
             .expect("wineboot runs");
         assert!(status.success(), "wineboot --init failed: {status}");
         windows.add_process_prng();
+        windows.install_as_krew_does();
         windows
+    }
+
+    /// The profile of the prefix's Windows user (Wine names it after the Unix user).
+    fn profile(&self) -> PathBuf {
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        self.prefix.join("drive_c/users").join(user)
+    }
+
+    /// Installs the plugins as krew does on Windows without the right to make links: each
+    /// plugin copied alone into `%USERPROFILE%\.krew\bin`, its tunneld left in krew's store.
+    fn install_as_krew_does(&self) {
+        let krew = self.profile().join(".krew");
+        let bin = krew.join("bin");
+        let store = krew
+            .join("store/intercept")
+            .join(concat!("v", env!("CARGO_PKG_VERSION")));
+        for dir in [&bin, &store] {
+            std::fs::create_dir_all(dir).expect("krew's directories");
+        }
+        let place = |name: &str, dir: &Path| {
+            let installed = dir.join(format!("{name}.exe"));
+            // Linked, not copied: debug builds are hundreds of megabytes.
+            std::fs::hard_link(windows_binary(name), &installed)
+                .or_else(|_| std::fs::copy(windows_binary(name), &installed).map(|_| ()))
+                .expect("install a plugin");
+        };
+        for plugin in [INTERCEPT, INGEST] {
+            place(plugin, &bin);
+        }
+        place("tunneld", &store);
     }
 
     /// Builds `tests/wine/bcryptprimitives.c` into the prefix's system32: Wine 8 lacks
@@ -80,13 +115,18 @@ impl WindowsWorkstation {
         command
     }
 
-    /// A Windows plugin (`kubectl-intercept`, ...) with `args`, as the test developer
-    /// (the kubedev Role only), its tunneld beside it and its runtime directory where
+    /// A Windows plugin (`kubectl-intercept` or `kubectl-ingest`) with `args`, as the test
+    /// developer (the kubedev Role only), installed as krew installs it and its runtime directory where
     /// Windows users have it (`%LOCALAPPDATA%\kubedev`, in the prefix).
     pub fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.wine();
         command
-            .arg(windows_path(&windows_binary(plugin)))
+            .arg(windows_path(
+                &self
+                    .profile()
+                    .join(".krew/bin")
+                    .join(format!("{plugin}.exe")),
+            ))
             .args(args)
             .env("KUBECONFIG", windows_path(&cluster.dev_kubeconfig))
             .env(
