@@ -153,7 +153,7 @@ impl Daemon {
         let proxy = match Proxy::bind(self.settings.proxy_port, self.outbound.clone()).await {
             Ok(proxy) => proxy,
             Err(err) => {
-                let _ = std::fs::remove_file(socket);
+                listener.remove(socket);
                 return Err(err);
             }
         };
@@ -173,7 +173,7 @@ impl Daemon {
             }
             result = stop_signal() => result,
         };
-        let _ = std::fs::remove_file(socket);
+        listener.remove(socket);
         for (name, tunneled) in self.sessions.lock().await.drain() {
             tunneled.stop.cancel();
             self.pool.forget(&name).await;

@@ -24,6 +24,17 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     "XDG_DATA_HOME",
     "XDG_DATA_DIRS",
     "XDG_RUNTIME_DIR",
+    // Windows: which extensions run as programs, the command interpreter, the system's and
+    // the user's places (Windows reads these names in any letter case).
+    "PATHEXT",
+    "COMSPEC",
+    "SYSTEMROOT",
+    "WINDIR",
+    "USERPROFILE",
+    "APPDATA",
+    "LOCALAPPDATA",
+    "TEMP",
+    "TMP",
     // Shells: files they run at start-up, code they run at each prompt or trace, and
     // settings that change what a script's words mean.
     "ENV",
@@ -127,17 +138,24 @@ pub const WORKSTATION_OWNED: &[&str] = &[
     // git runs commands several of its variables name (GIT_SSH_COMMAND, GIT_EXTERNAL_DIFF,
     // GIT_CONFIG_* with core.fsmonitor), and reads dozens more.
     "GIT_*",
-    // kubectl runs the credential plugins a kubeconfig names; kubedev's own settings
-    // choose the tunneld it starts.
+    // kubectl runs the credential plugins a kubeconfig names; kubedev's own settings, and
+    // krew's root, choose the tunneld it starts.
     "KUBECONFIG",
     "KUBEDEV_*",
+    "KREW_ROOT",
 ];
 
 /// The variable kubedev itself sets for `-- CMD`: where the volumes are.
 const KUBEDEV_ROOT: &str = "KUBEDEV_ROOT";
 
-/// Whether `name` is one of [`WORKSTATION_OWNED`].
+/// Whether `name` is one of [`WORKSTATION_OWNED`]; on Windows, whose variables are the
+/// same in any letter case, whatever its case (`Path` is `PATH` there).
 fn workstation_owned(name: &str) -> bool {
+    let name = if cfg!(windows) {
+        name.to_ascii_uppercase()
+    } else {
+        name.to_owned()
+    };
     name != KUBEDEV_ROOT
         && WORKSTATION_OWNED
             .iter()
@@ -164,6 +182,23 @@ pub fn for_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_names_and_krews_root_stay_the_workstations() {
+        for name in [
+            "PATHEXT",
+            "COMSPEC",
+            "SYSTEMROOT",
+            "USERPROFILE",
+            "TEMP",
+            "KREW_ROOT",
+        ] {
+            assert!(workstation_owned(name), "{name}");
+        }
+        // Windows reads `Path` as PATH; elsewhere it is another variable.
+        assert_eq!(workstation_owned("Path"), cfg!(windows));
+        assert_eq!(workstation_owned("ComSpec"), cfg!(windows));
+    }
 
     #[test]
     fn the_workstations_loader_path_and_shells_stay_its_own() {

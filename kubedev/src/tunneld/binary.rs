@@ -24,13 +24,17 @@ pub fn tunneld_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tunneld"))
 }
 
-/// krew's root: `$KREW_ROOT`, else `~/.krew` (`%USERPROFILE%\.krew` on Windows).
+/// krew's root: `$KREW_ROOT`, else `~/.krew` (`%USERPROFILE%\.krew` on Windows); never a
+/// relative one, which would be wherever the plugin runs (a repository could plant one).
 fn krew_root() -> Option<PathBuf> {
-    if let Some(root) = std::env::var_os("KREW_ROOT") {
-        return Some(root.into());
-    }
-    let home = std::env::var_os(if cfg!(windows) { "USERPROFILE" } else { "HOME" })?;
-    Some(Path::new(&home).join(".krew"))
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute("KREW_ROOT").or_else(|| {
+        absolute(if cfg!(windows) { "USERPROFILE" } else { "HOME" }).map(|home| home.join(".krew"))
+    })
 }
 
 /// Where each plugin of this version keeps its tunneld in krew's store at `root`.

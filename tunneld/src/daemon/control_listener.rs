@@ -90,6 +90,14 @@ impl ControlListener {
         })
     }
 
+    /// Removes the socket, or on Windows the endpoint file if it is still this tunneld's.
+    pub(super) fn remove(&self, socket: &Path) {
+        #[cfg(unix)]
+        let _ = std::fs::remove_file(socket);
+        #[cfg(windows)]
+        self.listener.remove_endpoint(socket);
+    }
+
     /// The next connection, not yet admitted.
     pub(super) async fn accept(&self) -> std::io::Result<ControlStream> {
         #[cfg(unix)]

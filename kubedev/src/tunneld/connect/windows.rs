@@ -103,11 +103,22 @@ impl ControlListener {
             server_key: key()?,
         };
         let text = serde_json::to_string(&endpoint).map_err(std::io::Error::other)?;
-        // Whole or not at all: a client never reads half an endpoint.
-        let written = socket.with_extension("sock-new");
+        // Whole or not at all: a client never reads half an endpoint, and two tunnelds
+        // starting at once never write into one file.
+        let written = socket.with_extension(format!("sock-new-{}", std::process::id()));
         write_own(&written, &text).map_err(std::io::Error::other)?;
         std::fs::rename(&written, socket)?;
         Ok(Self { listener, endpoint })
+    }
+
+    /// Removes the endpoint file `socket` if it is still this listener's: a tunneld that
+    /// started meanwhile and replaced it keeps its own.
+    pub fn remove_endpoint(&self, socket: &Path) {
+        if let Ok(Some(found)) = read_endpoint(socket)
+            && same_key(&found.client_key, &self.endpoint.client_key)
+        {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 
     /// The next connection, not yet proven: see [`Self::admit`].
@@ -173,6 +184,20 @@ mod tests {
         let (answer, refused) = tokio::join!(stranger, served);
         assert!(answer.is_err(), "a stranger got the server key");
         assert!(refused.expect_err("refused").contains("wrong key"));
+
+        // A newer tunneld's endpoint stays when this one goes; its own goes.
+        let newer = Endpoint {
+            client_key: [1u8; 32],
+            ..listener.endpoint.clone()
+        };
+        let text = serde_json::to_string(&newer).expect("json");
+        write_own(&socket, &text).expect("a newer endpoint");
+        listener.remove_endpoint(&socket);
+        assert!(socket.exists(), "the newer tunneld's endpoint was removed");
+        let own = serde_json::to_string(&listener.endpoint).expect("json");
+        write_own(&socket, &own).expect("this endpoint");
+        listener.remove_endpoint(&socket);
+        assert!(!socket.exists(), "its own endpoint stayed");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
