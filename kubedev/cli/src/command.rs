@@ -54,10 +54,15 @@ impl CommandNetwork {
 /// with PATHEXT's extensions too, as a shell finds `npm`, a `.cmd`). Checked before a
 /// session changes anything, so that a misspelt command changes nothing in the cluster.
 pub(super) fn resolve_program(command: &[String]) -> anyhow::Result<Option<PathBuf>> {
-    let Some(program) = command.first() else {
-        return Ok(None);
-    };
-    which::which(program).map(Some).map_err(|err| {
+    command
+        .first()
+        .map(|program| find_program(program))
+        .transpose()
+}
+
+/// Where `program` is: a path as given, else found on PATH (see [`resolve_program`]).
+fn find_program(program: &str) -> anyhow::Result<PathBuf> {
+    which::which(program).map_err(|err| {
         anyhow::anyhow!(
             "cannot run {program} ({err}): nothing was changed; give its path, or check PATH"
         )
@@ -74,8 +79,7 @@ pub(super) async fn run_command(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("empty command")?;
-    let resolved = resolve_program(command)?.context("empty command")?;
-    let mut to_run = tokio::process::Command::new(&resolved);
+    let mut to_run = tokio::process::Command::new(find_program(program)?);
     to_run.args(arguments).envs(variables);
     // Kept open while the command runs: tunneld serves its namespace until it closes.
     let (spawned, served) = spawn_in(network, &mut to_run, program, arguments, variables).await?;
