@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::windows::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::PrivateFileError;
 
@@ -18,14 +18,34 @@ const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 /// Makes `dir` (its missing parents too), or accepts it as it is if it is a real
 /// directory; refused outside the user's profile.
 pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
-    let profile = std::env::var_os("USERPROFILE").map(std::path::PathBuf::from);
-    in_profile(dir, profile.as_deref())?;
-    std::fs::create_dir_all(dir).map_err(|source| PrivateFileError::Io {
-        action: "create",
+    let profile = std::env::var_os("USERPROFILE").map(PathBuf::from);
+    private_dir_in(dir, profile.as_deref())
+}
+
+/// [`private_dir`] with the profile given. The path is checked before anything is made,
+/// then again as resolved once it exists, so that a junction along it cannot lead out of
+/// the profile.
+fn private_dir_in(dir: &Path, profile: Option<&Path>) -> Result<(), PrivateFileError> {
+    in_profile(dir, profile)?;
+    let Some(profile) = profile else {
+        return Ok(());
+    };
+    let io_error = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| PrivateFileError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+    check_private_dir(dir)?;
+    let resolved = std::fs::canonicalize(dir).map_err(io_error("resolve", dir))?;
+    let resolved_profile = std::fs::canonicalize(profile).map_err(io_error("resolve", profile))?;
+    in_profile(&resolved, Some(&resolved_profile)).map_err(|_| PrivateFileError::OutsideProfile {
         path: dir.to_owned(),
-        source,
-    })?;
-    check_private_dir(dir)
+        profile: profile.to_owned(),
+    })
 }
 
 /// Whether `dir` is a real directory, not a link to one.
@@ -114,5 +134,19 @@ mod tests {
             );
         }
         assert!(in_profile(Path::new(r"C:\Users\Dev\kubedev"), None).is_err());
+    }
+
+    #[test]
+    fn a_directory_made_in_the_profile_is_taken_as_resolved() {
+        let root = std::env::temp_dir().join(format!("kubedev-profile-{}", std::process::id()));
+        let profile = root.join("Dev");
+        std::fs::create_dir_all(&profile).expect("profile");
+        let spelled_otherwise = PathBuf::from(profile.to_string_lossy().to_uppercase());
+
+        assert!(
+            private_dir_in(&spelled_otherwise.join(r"AppData\kubedev"), Some(&profile)).is_ok()
+        );
+        assert!(profile.join(r"AppData\kubedev").is_dir());
+        std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

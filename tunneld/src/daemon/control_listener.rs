@@ -25,17 +25,47 @@ impl Refusals {
     /// Logs `refusal` if none was logged lately, with how many were refused meanwhile;
     /// counts it otherwise.
     pub(super) fn note(&self, refusal: &str) {
+        if let Some(line) = self.line_for(refusal) {
+            tracing::warn!("{line}");
+        }
+    }
+
+    /// The line to log for `refusal`, if one is due.
+    fn line_for(&self, refusal: &str) -> Option<String> {
         let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *since {
-            Some((logged, count)) if logged.elapsed() < REFUSALS_LOGGED_EVERY => *count += 1,
-            Some((_, count)) if *count > 0 => {
-                tracing::warn!("{refusal} (and {count} more refused in the last minute)");
-                *since = Some((Instant::now(), 0));
+        if let Some((logged, count)) = &mut *since
+            && logged.elapsed() < REFUSALS_LOGGED_EVERY
+        {
+            *count += 1;
+            return None;
+        }
+        let line = match since.take() {
+            Some((_, count @ 1..)) => {
+                format!("{refusal} (and {count} more refused since the last one logged)")
             }
-            _ => {
-                tracing::warn!("{refusal}");
-                *since = Some((Instant::now(), 0));
-            }
+            _ => refusal.to_owned(),
+        };
+        *since = Some((Instant::now(), 0));
+        Some(line)
+    }
+
+    /// The line for the refusals counted since the last one logged, if any.
+    fn unreported(&mut self) -> Option<String> {
+        let since = self.since.get_mut().unwrap_or_else(|e| e.into_inner());
+        match since.take() {
+            Some((_, count @ 1..)) => Some(format!(
+                "{count} more control connections refused since the last one logged"
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Refusals {
+    /// Logs the refusals not yet reported, so that none goes unsaid.
+    fn drop(&mut self) {
+        if let Some(line) = self.unreported() {
+            tracing::warn!("{line}");
         }
     }
 }
@@ -132,16 +162,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_after_the_first_are_counted_until_the_next_line() {
-        let refusals = Refusals::default();
-        for _ in 0..5 {
-            refusals.note("refused");
+    fn refusals_after_the_first_are_counted_and_reported_at_the_end() {
+        let mut refusals = Refusals::default();
+        assert_eq!(refusals.line_for("refused").as_deref(), Some("refused"));
+        for _ in 0..4 {
+            assert_eq!(refusals.line_for("refused"), None, "counted, not logged");
         }
-        let since = *refusals.since.lock().expect("lock");
         assert_eq!(
-            since.map(|(_, count)| count),
-            Some(4),
-            "one logged, four counted"
+            refusals.unreported().as_deref(),
+            Some("4 more control connections refused since the last one logged")
+        );
+        assert_eq!(refusals.unreported(), None, "reported once");
+    }
+
+    #[test]
+    fn the_next_line_due_says_how_many_were_counted() {
+        let refusals = Refusals::default();
+        let long_ago = Instant::now().checked_sub(REFUSALS_LOGGED_EVERY * 2);
+        *refusals.since.lock().expect("lock") = long_ago.map(|at| (at, 3));
+        assert_eq!(
+            refusals.line_for("refused").as_deref(),
+            Some("refused (and 3 more refused since the last one logged)")
         );
     }
 }
