@@ -3,9 +3,9 @@
 //! into an SFTP session with an agent: no port is opened on this machine. A volume the app
 //! mounts at /x/y appears at DIR/x/y.
 
-//! macOS mounts with macFUSE's sshfs. Windows has no `sshfs -o passive` over an open
-//! connection (SSHFS-Win takes only a host and port): there, a session goes on without
-//! its volumes mounted, and says so.
+//! macOS mounts with macFUSE's sshfs. On Windows, SSHFS-Win's file system driver cannot
+//! run where kubedev is tested, so nothing mounts there yet (docs/platforms.md): a session
+//! goes on without its volumes, and says so.
 
 use std::path::PathBuf;
 
@@ -27,10 +27,10 @@ pub use sshfs::{Mount, mount, unmount_session};
 #[cfg(windows)]
 pub use unavailable::{Mount, check_given_dir, mount, unmount_session};
 
-/// Where the user wants the volumes (`--mount DIR[:ro]|false`).
+/// Where the user wants the volumes (`--mount DIR[:ro]|true|false`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountChoice {
-    /// A new temporary directory.
+    /// A new temporary directory (the default, or `--mount true`).
     Temporary,
     /// This directory, created if it is missing.
     Dir {
@@ -49,7 +49,10 @@ impl std::str::FromStr for MountChoice {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "false" | "no" => Ok(Self::No),
-            "" => Err("expected DIR, DIR:ro or false".into()),
+            "true" | "yes" => Ok(Self::Temporary),
+            "" => {
+                Err("expected DIR, DIR:ro, true or false (a directory named true: ./true)".into())
+            }
             _ => Ok(match text.strip_suffix(":ro") {
                 Some(path) => Self::Dir {
                     path: path.into(),
@@ -131,4 +134,23 @@ pub enum MountError {
     /// The connection to tunneld could not be handed to sshfs.
     #[error("the volumes' connection to tunneld")]
     Connection(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_choices_read_as_kubectl_flags_do() {
+        let parse = |text: &str| text.parse::<MountChoice>();
+        assert_eq!(parse("false"), Ok(MountChoice::No));
+        assert_eq!(parse("true"), Ok(MountChoice::Temporary));
+        let dir = |path: &str, read_only| MountChoice::Dir {
+            path: path.into(),
+            read_only,
+        };
+        assert_eq!(parse("./true"), Ok(dir("./true", false)));
+        assert_eq!(parse("/mnt/app:ro"), Ok(dir("/mnt/app", true)));
+        assert!(parse("").is_err());
+    }
 }

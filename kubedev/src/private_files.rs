@@ -90,6 +90,21 @@ pub enum PrivateFileError {
         /// The user's profile.
         profile: PathBuf,
     },
+    /// A directory that a link or junction along its path leads out of the user's profile
+    /// (Windows).
+    #[error(
+        "{} leads to {}, outside your profile, whose access list keeps other users out: a \
+         link or junction along it points elsewhere; use a directory in the profile, or \
+         unset KUBEDEV_RUNTIME_DIR",
+        path.display(),
+        resolved.display()
+    )]
+    LeadsOutOfProfile {
+        /// The directory, as given.
+        path: PathBuf,
+        /// Where it leads.
+        resolved: PathBuf,
+    },
     /// A directory of this user's own that others may read or write.
     #[error(
         "{} is open to other users (mode {mode:o}): make it private with `chmod 700 {}`, \

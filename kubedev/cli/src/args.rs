@@ -65,10 +65,10 @@ pub struct SessionArgs {
     #[arg(long, value_enum, default_value_t = EnvSyntax::Docker)]
     pub env_syntax: EnvSyntax,
 
-    /// Where to mount the container's volumes: DIR (DIR:ro for read-only), or false
-    /// (default: a new temporary directory, printed). Needs sshfs (macFUSE's on macOS; Windows
-    /// has no mounts yet).
-    #[arg(long, value_name = "DIR|false")]
+    /// Where to mount the container's volumes: DIR (DIR:ro for read-only), true (a new
+    /// temporary directory, printed: the default), or false. Needs sshfs (macFUSE's on
+    /// macOS; Windows has no mounts yet).
+    #[arg(long, value_name = "DIR|true|false")]
     pub mount: Option<MountChoice>,
 
     /// PORT[/udp]: forward this port of this machine's localhost to the same port of a
@@ -274,18 +274,17 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
     Ok(lease)
 }
 
+/// A duration as kubectl takes one: Go's notation (`90s`, `5m`, `2h`, `1m30s`, `1.5h`), or
+/// a bare number of seconds.
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |at| text.split_at(at));
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 90s or 5m"))?;
-    let duration = match unit {
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        _ => return Err(format!("invalid duration {text:?}: use e.g. 90s or 5m")),
+    let invalid = || format!("invalid duration {text:?}: use e.g. 90s, 5m or 1h30m");
+    let signed = match text.parse::<u64>() {
+        Ok(seconds) => jiff::SignedDuration::from_secs(seconds.try_into().map_err(|_| invalid())?),
+        Err(_) => text
+            .parse::<jiff::SignedDuration>()
+            .map_err(|_| invalid())?,
     };
+    let duration = Duration::try_from(signed).map_err(|_| invalid())?;
     if duration.is_zero() {
         return Err(format!("{text:?} is no time to wait: use e.g. 90s or 5m"));
     }
@@ -316,8 +315,15 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for invalid in ["m", "", "5x", "-5m", "soon"] {
+            let refused = parse_duration(invalid).expect_err(invalid);
+            assert!(refused.contains("use e.g."), "{refused}");
+        }
         assert!(parse_duration("0s").is_err(), "no time to wait");
         assert_eq!(parse_lease("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_lease("2s").is_err());

@@ -235,24 +235,4 @@ mod tests {
             std::fs::remove_dir(dir).ok();
         }
     }
-
-    #[test]
-    fn mount_choices_read_like_the_flag() {
-        assert_eq!("false".parse(), Ok(MountChoice::No));
-        assert_eq!(
-            "/tmp/web".parse(),
-            Ok(MountChoice::Dir {
-                path: "/tmp/web".into(),
-                read_only: false
-            })
-        );
-        assert_eq!(
-            "/tmp/web:ro".parse(),
-            Ok(MountChoice::Dir {
-                path: "/tmp/web".into(),
-                read_only: true
-            })
-        );
-        assert!("".parse::<MountChoice>().is_err());
-    }
 }

@@ -19,33 +19,46 @@ const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 /// directory; refused outside the user's profile.
 pub fn private_dir(dir: &Path) -> Result<(), PrivateFileError> {
     let profile = std::env::var_os("USERPROFILE").map(PathBuf::from);
-    private_dir_in(dir, profile.as_deref())
+    let Some(profile) = profile.filter(|profile| profile.is_absolute()) else {
+        return Err(outside(dir, Path::new("")));
+    };
+    private_dir_in(dir, &profile)
 }
 
-/// [`private_dir`] with the profile given. The path is checked before anything is made,
-/// then again as resolved once it exists, so that a junction along it cannot lead out of
-/// the profile.
-fn private_dir_in(dir: &Path, profile: Option<&Path>) -> Result<(), PrivateFileError> {
-    in_profile(dir, profile)?;
-    let Some(profile) = profile else {
-        return Ok(());
-    };
-    let io_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| PrivateFileError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-    check_private_dir(dir)?;
-    let resolved = std::fs::canonicalize(dir).map_err(io_error("resolve", dir))?;
-    let resolved_profile = std::fs::canonicalize(profile).map_err(io_error("resolve", profile))?;
-    in_profile(&resolved, Some(&resolved_profile)).map_err(|_| PrivateFileError::OutsideProfile {
+/// [`private_dir`] with the profile given. Where `dir` leads is checked on resolved paths
+/// (links, junctions, short names and letter case as the file system has them): first the
+/// part of it that exists, before anything is made, then all of it once made.
+fn private_dir_in(dir: &Path, profile: &Path) -> Result<(), PrivateFileError> {
+    let profile = resolve(profile)?;
+    if profile.parent().is_none() {
+        return Err(outside(dir, &profile));
+    }
+    let (existing, missing) = existing_part(dir).ok_or_else(|| outside(dir, &profile))?;
+    inside(dir, &resolve(existing)?.join(missing), &profile)?;
+    std::fs::create_dir_all(dir).map_err(|source| PrivateFileError::Io {
+        action: "create",
         path: dir.to_owned(),
-        profile: profile.to_owned(),
-    })
+        source,
+    })?;
+    check_private_dir(dir)?;
+    inside(dir, &resolve(dir)?, &profile)
+}
+
+/// Splits `dir` into its longest part that exists and the names below it; a `..` among
+/// the missing names is refused, since where it leads is known only once they exist.
+fn existing_part(dir: &Path) -> Option<(&Path, PathBuf)> {
+    let mut existing = dir;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    let missing = dir.strip_prefix(existing).unwrap_or(dir).to_owned();
+    let climbs = missing
+        .components()
+        .any(|part| !matches!(part, std::path::Component::Normal(_)));
+    (!climbs).then_some((existing, missing))
 }
 
 /// Whether `dir` is a real directory, not a link to one.
@@ -53,24 +66,32 @@ pub fn check_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
     super::real_dir(dir).map(|_| ())
 }
 
-/// Refuses `dir` unless it is inside `profile` (compared as Windows does: letter case
-/// aside); refused too when the profile is unknown.
-fn in_profile(dir: &Path, profile: Option<&Path>) -> Result<(), PrivateFileError> {
-    let lower = |path: &Path| path.to_string_lossy().to_lowercase().replace('/', "\\");
-    let inside = profile.is_some_and(|profile| {
-        let (dir, profile) = (lower(dir), lower(profile));
-        let profile = profile.trim_end_matches('\\');
-        dir.strip_prefix(profile)
-            .is_some_and(|rest| rest.starts_with('\\'))
-            && !dir.split('\\').any(|part| part == "..")
-    });
-    if inside {
+/// `path` as the file system resolves it.
+fn resolve(path: &Path) -> Result<PathBuf, PrivateFileError> {
+    std::fs::canonicalize(path).map_err(|source| PrivateFileError::Io {
+        action: "resolve",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Refuses `dir` unless `resolved`, where it leads, is below the resolved `profile`.
+fn inside(dir: &Path, resolved: &Path, profile: &Path) -> Result<(), PrivateFileError> {
+    if resolved.starts_with(profile) && resolved != profile {
         return Ok(());
     }
-    Err(PrivateFileError::OutsideProfile {
+    Err(PrivateFileError::LeadsOutOfProfile {
         path: dir.to_owned(),
-        profile: profile.map(Path::to_owned).unwrap_or_default(),
+        resolved: resolved.to_owned(),
     })
+}
+
+/// The refusal of `dir`, which is not in `profile`.
+fn outside(dir: &Path, profile: &Path) -> PrivateFileError {
+    PrivateFileError::OutsideProfile {
+        path: dir.to_owned(),
+        profile: profile.to_owned(),
+    }
 }
 
 /// Opens `file` for appending, creating it if missing.
@@ -115,38 +136,61 @@ fn open_own(
 mod tests {
     use super::*;
 
+    /// A profile of its own for a test, removed when dropped.
+    struct Profile(PathBuf);
+
+    impl Profile {
+        fn new(test: &str) -> Self {
+            let root = std::env::temp_dir().join(format!("kubedev-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(root.join("Dev")).expect("profile");
+            Self(root)
+        }
+
+        fn dir(&self) -> PathBuf {
+            self.0.join("Dev")
+        }
+    }
+
+    impl Drop for Profile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
-    fn only_directories_inside_the_profile_are_taken() {
-        let profile = Some(Path::new(r"C:\Users\Dev"));
-        assert!(in_profile(Path::new(r"C:\Users\Dev\AppData\Local\kubedev"), profile).is_ok());
-        assert!(in_profile(Path::new(r"c:\users\dev\kubedev"), profile).is_ok());
-        for outside in [
-            r"C:\kubedev",
-            r"C:\ProgramData\kubedev",
-            r"C:\Users\Developer\kubedev",
-            r"C:\Users\Dev\..\Public\kubedev",
-            r"C:\Users\Dev",
-        ] {
-            let refused = in_profile(Path::new(outside), profile).expect_err(outside);
+    fn directories_in_the_profile_are_made_however_spelled() {
+        let profile = Profile::new("in");
+        let spelled_otherwise = PathBuf::from(profile.dir().to_string_lossy().to_uppercase());
+        private_dir_in(&spelled_otherwise.join(r"AppData\kubedev"), &profile.dir())
+            .expect("in the profile");
+        assert!(profile.dir().join(r"AppData\kubedev").is_dir());
+        private_dir_in(&profile.dir().join(r"AppData\kubedev"), &profile.dir())
+            .expect("taken as it is once made");
+    }
+
+    #[test]
+    fn directories_outside_the_profile_are_refused_before_anything_is_made() {
+        let profile = Profile::new("out");
+        let beside = profile.0.join("Developer").join("kubedev");
+        let climbing = profile.dir().join(r"new\..\..\Public");
+        for outside in [beside.as_path(), &climbing, &profile.dir(), &profile.0] {
+            let refused = private_dir_in(outside, &profile.dir()).expect_err("outside");
             assert!(
                 refused.to_string().contains("outside your profile"),
                 "{refused}"
             );
         }
-        assert!(in_profile(Path::new(r"C:\Users\Dev\kubedev"), None).is_err());
+        assert!(!profile.0.join("Developer").exists(), "nothing made");
+        assert!(!profile.dir().join("new").exists(), "nothing made");
     }
 
     #[test]
-    fn a_directory_made_in_the_profile_is_taken_as_resolved() {
-        let root = std::env::temp_dir().join(format!("kubedev-profile-{}", std::process::id()));
-        let profile = root.join("Dev");
-        std::fs::create_dir_all(&profile).expect("profile");
-        let spelled_otherwise = PathBuf::from(profile.to_string_lossy().to_uppercase());
-
+    fn a_drive_root_is_no_profile() {
+        let root = PathBuf::from(r"C:\");
+        let refused = private_dir_in(&root.join("kubedev"), &root).expect_err("the root");
         assert!(
-            private_dir_in(&spelled_otherwise.join(r"AppData\kubedev"), Some(&profile)).is_ok()
+            refused.to_string().contains("outside your profile"),
+            "{refused}"
         );
-        assert!(profile.join(r"AppData\kubedev").is_dir());
-        std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

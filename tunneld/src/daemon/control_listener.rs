@@ -14,6 +14,11 @@ use kubedev::tunneld::ControlStream;
 /// a loopback port, and must not fill tunneld's log.
 const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(60);
 
+/// How many connections may be waiting to prove their key at once (Windows): each waits
+/// up to 5 seconds, and anyone on the machine can open them.
+#[cfg(windows)]
+const UNPROVEN_AT_MOST: usize = 32;
+
 /// Refused connections, logged one line per [`REFUSALS_LOGGED_EVERY`] at most.
 #[derive(Debug, Default)]
 pub(super) struct Refusals {
@@ -79,6 +84,9 @@ pub(super) struct ControlListener {
     peers: super::peers::AllowedPeers,
     #[cfg(windows)]
     listener: kubedev::tunneld::ControlListener,
+    /// Room for connections still to prove their key.
+    #[cfg(windows)]
+    unproven: tokio::sync::Semaphore,
     /// The connections refused, for the log.
     pub(super) refusals: Refusals,
 }
@@ -116,6 +124,7 @@ impl ControlListener {
             .with_context(|| format!("serve {}", socket.display()))?;
         Ok(Self {
             listener,
+            unproven: tokio::sync::Semaphore::new(UNPROVEN_AT_MOST),
             refusals: Refusals::default(),
         })
     }
@@ -144,7 +153,13 @@ impl ControlListener {
             Err(err) => Err(format!("refused a control connection: its user: {err}")),
         };
         #[cfg(windows)]
-        return self.listener.admit(stream).await;
+        return match self.unproven.try_acquire() {
+            Ok(_room) => self.listener.admit(stream).await,
+            Err(_) => Err(format!(
+                "refused a control connection: {UNPROVEN_AT_MOST} others are still to prove \
+                 their key"
+            )),
+        };
     }
 }
 
