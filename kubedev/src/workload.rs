@@ -1,9 +1,10 @@
-//! Workloads: references as users type them (`NAME`, a Deployment, or `KIND/NAME`, with the
-//! kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
+//! Workloads: references as users type them (`NAME`, whatever its kind, or `KIND/NAME`,
+//! with the kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
 //! waiting for their pods ([`wait_for_pods`]).
 
 mod creation;
 mod error;
+mod lookup;
 mod managers;
 mod object;
 mod owners;
@@ -12,6 +13,7 @@ mod rollout;
 use std::fmt;
 
 pub use error::WorkloadError;
+pub use lookup::WorkloadName;
 pub use managers::hand_back_fields;
 pub use object::{FIELD_MANAGER, MayConflict, Workload, retry_on_conflict, write_params};
 pub use owners::PodOwners;
@@ -76,28 +78,13 @@ pub struct WorkloadRef {
 impl FromStr for WorkloadRef {
     type Err = String;
 
+    /// `KIND/NAME`, or a bare NAME as a Deployment; a user's bare name is looked up
+    /// ([`WorkloadName::find`]).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (kind, name) = match text.split_once('/') {
-            None => (WorkloadKind::Deployment, text),
-            Some((kind, name)) => {
-                let kind = WorkloadKind::parse(kind).ok_or_else(|| {
-                    format!(
-                        "unsupported workload kind {kind:?}: use deployment/NAME, \
-                         statefulset/NAME or replicaset/NAME"
-                    )
-                })?;
-                (kind, name)
-            }
-        };
-        if !is_dns_subdomain(name) {
-            return Err(format!(
-                "invalid workload name {name:?}: expected a Kubernetes object name \
-                 (lowercase letters, digits, '-' and '.')"
-            ));
-        }
+        let WorkloadName { kind, name } = text.parse()?;
         Ok(Self {
-            kind,
-            name: name.to_owned(),
+            kind: kind.unwrap_or(WorkloadKind::Deployment),
+            name,
         })
     }
 }

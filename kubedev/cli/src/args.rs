@@ -12,7 +12,7 @@ use kubedev::inject::parse_resource_list;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
 use kubedev::session::lease::SHORTEST_LEASE;
-use kubedev::workload::WorkloadRef;
+use kubedev::workload::WorkloadName;
 
 /// Resource quantities by name (`cpu`, `memory`).
 pub(crate) type ResourceList =
@@ -27,11 +27,11 @@ pub struct PluginArgs {
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
-    /// The workload: NAME (a Deployment) or KIND/NAME (deployment, statefulset, replicaset).
-    /// A workload named like a subcommand (connect, list, leave, role, status, config,
-    /// gather-logs, help) is given as deployment/NAME.
+    /// The workload: NAME (the Deployment, StatefulSet or ReplicaSet of that name) or
+    /// KIND/NAME (deployment, statefulset, replicaset). A workload named like a subcommand
+    /// (connect, list, leave, role, status, config, gather-logs, help) is given as KIND/NAME.
     #[arg(required = true)]
-    pub workload: Option<WorkloadRef>,
+    pub workload: Option<WorkloadName>,
 
     /// How the session runs.
     #[command(flatten)]

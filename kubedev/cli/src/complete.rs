@@ -259,8 +259,8 @@ fn parse(workload: &str) -> anyhow::Result<WorkloadRef> {
     workload.parse().map_err(anyhow::Error::msg)
 }
 
-/// The subcommands, the kinds (`deployment/`), and Deployment names (a bare NAME is one);
-/// after `KIND/`, that kind's names.
+/// The subcommands, the kinds (`deployment/`), and the names of the workloads of every
+/// kind (a bare NAME is any of them); after `KIND/`, that kind's names.
 async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec<String>> {
     let client = &connection.client;
     let namespace = &connection.namespace;
@@ -287,12 +287,24 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
     .chain(&["deployment/", "statefulset/", "replicaset/"])
     .map(|word| (*word).to_owned())
     .collect();
-    candidates.extend(
-        Workload::list(client, namespace, WorkloadKind::Deployment)
-            .await?
-            .into_iter()
-            .map(|workload| workload.reference.name),
-    );
+    let mut names = std::collections::BTreeSet::new();
+    for kind in [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::ReplicaSet,
+    ] {
+        // A kind the user may not list offers no names; the others still do.
+        let Ok(workloads) = Workload::list(client, namespace, kind).await else {
+            continue;
+        };
+        names.extend(
+            workloads
+                .into_iter()
+                .filter(|workload| !workload.is_controlled())
+                .map(|workload| workload.reference.name),
+        );
+    }
+    candidates.extend(names);
     Ok(candidates)
 }
 

@@ -24,18 +24,21 @@ use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
 use kubedev::session::{self, Plan, Reconciler, Started};
 use kubedev::tunneld::{self, Hold};
-use kubedev::workload::{Workload, WorkloadRef};
+use kubedev::workload::{Workload, WorkloadName, WorkloadRef};
 use kubedev_protocol::Transport;
 
 pub(super) async fn run_session(
     mode: Mode,
     cluster: &ClusterArgs,
-    workload: WorkloadRef,
+    workload: WorkloadName,
     args: SessionArgs,
     mode_args: ModeArgs,
 ) -> anyhow::Result<ExitCode> {
     super::command::resolve_program(&args.life.command)?;
     let connection = cluster.connect().await?;
+    let workload = workload
+        .find(&connection.client, &connection.namespace)
+        .await?;
     let context = connection.context.as_deref();
     let (agent_image, image_source) =
         config::agent_image(args.life.agent_image.as_deref(), context)?;

@@ -27,6 +27,33 @@ pub enum WorkloadError {
         /// Where it was looked for.
         namespace: String,
     },
+    /// No workload of any kind has the bare name given.
+    #[error(
+        "no deployment, statefulset or replicaset named {name} in namespace {namespace}{}",
+        unreadable_note(unreadable)
+    )]
+    NoneNamed {
+        /// The name.
+        name: String,
+        /// Where it was looked for.
+        namespace: String,
+        /// The resources the user may not read, where it could be.
+        unreadable: Vec<&'static str>,
+    },
+    /// Workloads of several kinds have the bare name given.
+    #[error(
+        "{name} names {} in namespace {namespace}: say which, as {}",
+        join(kinds, |kind| format!("a {}", kind.resource()), "and"),
+        join(kinds, |kind| format!("{}/{name}", kind.resource()), "or")
+    )]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// Where.
+        namespace: String,
+        /// The kinds that have it.
+        kinds: Vec<super::WorkloadKind>,
+    },
     /// The object changed between the read and the write (HTTP 409): read it again and
     /// redo the change ([`super::retry_on_conflict`] does).
     #[error("{verb} {resource} in namespace {namespace}: it changed meanwhile")]
@@ -68,6 +95,27 @@ pub enum WorkloadError {
         /// Why.
         source: serde_json::Error,
     },
+}
+
+/// " (not allowed to get RESOURCES there)", or nothing when every kind was read.
+fn unreadable_note(unreadable: &[&str]) -> String {
+    if unreadable.is_empty() {
+        return String::new();
+    }
+    format!(
+        " (not allowed to get {} there)",
+        join(unreadable, |resource| (*resource).to_owned(), "or")
+    )
+}
+
+/// `items` as `a, b and c` (`word` between the last two).
+fn join<T>(items: &[T], show: impl Fn(&T) -> String, word: &str) -> String {
+    let shown: Vec<String> = items.iter().map(show).collect();
+    match shown.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} {word} {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 impl WorkloadError {

@@ -100,7 +100,7 @@ async fn the_environment_arrives_in_files_and_in_the_command() {
 }
 
 #[tokio::test]
-async fn a_statefulset_with_three_replicas_is_ingested_and_restored() {
+async fn a_statefulset_named_bare_with_three_replicas_is_ingested_and_restored() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "ingest-sts").await;
     ns.deploy_echo_statefulset("echo", 3)
@@ -113,7 +113,8 @@ async fn a_statefulset_with_three_replicas_is_ingested_and_restored() {
         &cluster,
         PLUGIN,
         &[
-            "statefulset/echo",
+            // A bare name: the one workload of that name, whatever its kind.
+            "echo",
             "-n",
             &ns.name,
             "--",
@@ -129,5 +130,65 @@ async fn a_statefulset_with_three_replicas_is_ingested_and_restored() {
         serde_json::to_value(after.map(|s| s.template)).expect("json"),
         serde_json::to_value(before.map(|s| s.template)).expect("json"),
         "restored exactly"
+    );
+}
+
+/// A workload of `kind` named `name` whose pods never start (nothing waits for them).
+fn idle_workload(kind: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": tests_e2e::ECHO_IMAGE}]}
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_bare_name_two_kinds_share_is_refused_with_the_choices_and_nothing_changes() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "ingest-twins").await;
+    ns.apply_json(&idle_workload("Deployment", "twin"))
+        .expect("deployment");
+    ns.apply_json(&idle_workload("StatefulSet", "twin"))
+        .expect("statefulset");
+    let deployment = ns
+        .api::<Deployment>()
+        .get("twin")
+        .await
+        .expect("deployment");
+    let statefulset = ns.api::<StatefulSet>().get("twin").await.expect("sts");
+    let workstation = Workstation::create(&cluster);
+
+    let output = workstation.plugin(&cluster, PLUGIN, &["twin", "-n", &ns.name, "--", "true"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "twin names a deployment and a statefulset in namespace {}: say which, as \
+             deployment/twin or statefulset/twin",
+            ns.name
+        )),
+        "{stderr}"
+    );
+    let after = ns
+        .api::<Deployment>()
+        .get("twin")
+        .await
+        .expect("deployment");
+    assert_eq!(
+        deployment.metadata.resource_version, after.metadata.resource_version,
+        "the Deployment is untouched"
+    );
+    let after = ns.api::<StatefulSet>().get("twin").await.expect("sts");
+    assert_eq!(
+        statefulset.metadata.resource_version, after.metadata.resource_version,
+        "the StatefulSet is untouched"
     );
 }

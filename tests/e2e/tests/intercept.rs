@@ -627,7 +627,7 @@ async fn wait_until_restored(s: &Setup) {
 const BAD_ARGUMENTS: [(&[&str], &str); 7] = [
     (
         &["nope", "--port", "3000"],
-        "deployment/nope not found in namespace",
+        "no deployment, statefulset or replicaset named nope in namespace",
     ),
     (
         &["echo", "--port", "3000"],
