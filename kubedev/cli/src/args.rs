@@ -22,14 +22,15 @@ pub(crate) type ResourceList =
 /// workload, the session flags and the cluster flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
-    /// A subcommand (`connect`, `list`, `leave`, `role`, `status`, `config`, `gather-logs`),
-    /// in place of a session on a workload.
+    /// A subcommand (`connect`, `list`, `leave`, `role`, `status`, `version`, `config`,
+    /// `gather-logs`), in place of a session on a workload.
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
     /// The workload: NAME (the Deployment, StatefulSet or ReplicaSet of that name) or
     /// KIND/NAME (deployment, statefulset, replicaset). A workload named like a subcommand
-    /// (connect, list, leave, role, status, config, gather-logs, help) is given as KIND/NAME.
+    /// (connect, list, leave, role, status, version, config, gather-logs, help) is given as
+    /// KIND/NAME.
     #[arg(required = true)]
     pub workload: Option<WorkloadName>,
 
@@ -205,6 +206,13 @@ pub enum Manage {
     /// Show tunneld's state: the cluster network on this machine and the linked agents.
     Status {
         /// Print the state as JSON or YAML instead of text.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Print the plugin's version, the tunneld it runs and that one's version, and the
+    /// agent image the kube context gets.
+    Version {
+        /// Print them as JSON or YAML instead of text.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },

@@ -279,6 +279,7 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
         "list",
         "leave",
         "status",
+        "version",
         "role",
         "config",
         "gather-logs",

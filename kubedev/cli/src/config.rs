@@ -266,7 +266,8 @@ pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> a
                 Err(_) => println!("# no settings file at {}", path.display()),
             }
             let context = context_name(cluster).await.ok();
-            let (image, source) = agent_image(None, context.as_deref())?;
+            let given = std::env::var("KUBEDEV_AGENT_IMAGE").ok();
+            let (image, source) = agent_image(given.as_deref(), context.as_deref())?;
             let pin = pinned(&image, &source, context.as_deref())
                 .map(|digest| format!(", pinned to {digest}"))
                 .unwrap_or_default();

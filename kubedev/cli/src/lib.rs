@@ -32,6 +32,7 @@ mod reclaim;
 mod resolver_view;
 mod run;
 mod survey;
+mod version;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,4 @@
-//! `list`, `leave`, `role`, `status`, `config` and `gather-logs`.
+//! `list`, `leave`, `role`, `status`, `version`, `config` and `gather-logs`.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use super::leave::{Ending, leave};
 use super::list::list;
 use super::output::{describe_status, render};
 use super::reclaim::reclaim_expired;
+use super::version::version;
 use kubedev::cluster::ClusterArgs;
 use kubedev::mode::Mode;
 use kubedev::session;
@@ -49,6 +50,9 @@ pub(super) async fn run_manage(
             return Ok(());
         }
         Manage::Config(action) => return run_config(cluster, action).await,
+        Manage::Version { output } => {
+            return version(super::command_of(mode), cluster, output).await;
+        }
         _ => {}
     }
     let connection = cluster.connect().await?;
@@ -79,7 +83,9 @@ pub(super) async fn run_manage(
             };
             leave(&connection, &socket, mode, ending).await
         }
-        Manage::Role | Manage::Config(_) => unreachable!("done without a connection"),
+        Manage::Role | Manage::Config(_) | Manage::Version { .. } => {
+            unreachable!("done without a connection")
+        }
         Manage::Connect(_) => unreachable!("a session, run by `run_connect`"),
         Manage::GatherLogs {
             output_file,

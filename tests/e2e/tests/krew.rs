@@ -77,6 +77,22 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         store.display()
     );
 
+    // `version` names the same tunneld, of the plugin's version, and the context's image.
+    let versions = succeeded(
+        "kubectl intercept version",
+        &kubectl(&["intercept", "version", "-o", "json"]),
+    );
+    let versions: serde_json::Value = serde_json::from_str(&versions).expect("version JSON");
+    assert_eq!(versions["plugin"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(versions["tunneld"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        versions["tunneld"]["path"]
+            .as_str()
+            .map(std::path::Path::new),
+        Some(tunneld.as_path())
+    );
+    assert_eq!(versions["agentImage"], AGENT_IMAGE);
+
     succeeded(
         "kubectl intercept leave",
         &kubectl(&["intercept", "leave", "-n", &ns.name, "echo"]),
