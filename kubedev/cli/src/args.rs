@@ -38,6 +38,11 @@ pub struct PluginArgs {
     #[command(flatten)]
     pub session: SessionArgs,
 
+    /// The plugin's own log on stderr, as kubectl's -v: 1-3 what it does, 4-5 how, 6-8
+    /// the API calls too, 9 everything (KUBEDEV_LOG=FILTER sets it outright).
+    #[arg(short = 'v', long = "v", global = true, value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
+
     /// Which cluster, user and namespace.
     #[command(flatten)]
     pub cluster: ClusterArgs,

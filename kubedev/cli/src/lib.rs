@@ -67,8 +67,10 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
         manage,
         workload,
         session: args,
+        verbosity,
         cluster,
     } = args;
+    kubedev_process::logging::init_plugin(verbosity);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return exit_status(Err(err.into())),

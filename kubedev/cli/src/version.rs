@@ -102,9 +102,12 @@ fn describe(plugin: &str, versions: &Versions) -> String {
             error.as_deref().unwrap_or("no version")
         ),
     };
-    let context = versions.context.as_deref().unwrap_or("(none)");
+    let context = match &versions.context {
+        Some(context) => format!("context {context}"),
+        None => "no kube context".to_owned(),
+    };
     format!(
-        "plugin        {plugin} {}\ntunneld       {tunneld_line}\nagent image   {} (context {context})\n",
+        "plugin        {plugin} {}\ntunneld       {tunneld_line}\nagent image   {} ({context})\n",
         versions.plugin, versions.agent_image
     )
 }
