@@ -117,8 +117,13 @@ pub enum MountError {
         source: std::io::Error,
     },
     /// sshfs exited before the volumes were mounted.
-    #[error("sshfs could not mount the volumes ({0})")]
-    Failed(std::process::ExitStatus),
+    #[error("sshfs could not mount the volumes ({status}){}", said_by_sshfs(said))]
+    Failed {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr (its first few KiB).
+        said: String,
+    },
     /// sshfs did not mount them in time.
     #[error("sshfs did not mount the volumes within {0:?}")]
     Timeout(std::time::Duration),
@@ -134,6 +139,19 @@ pub enum MountError {
     /// The connection to tunneld could not be handed to sshfs.
     #[error("the volumes' connection to tunneld")]
     Connection(#[from] std::io::Error),
+}
+
+/// ": WHAT" sshfs printed, on one line, or nothing if it printed nothing.
+fn said_by_sshfs(said: &str) -> String {
+    let lines: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    match lines.is_empty() {
+        true => String::new(),
+        false => format!(": {}", lines.join("; ")),
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +170,15 @@ mod tests {
         assert_eq!(parse("./true"), Ok(dir("./true", false)));
         assert_eq!(parse("/mnt/app:ro"), Ok(dir("/mnt/app", true)));
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn what_sshfs_said_is_one_line_after_the_status() {
+        assert_eq!(said_by_sshfs(""), "");
+        assert_eq!(said_by_sshfs("\n  \n"), "");
+        assert_eq!(
+            said_by_sshfs("fuse: device not found\nread: Connection reset by peer\n"),
+            ": fuse: device not found; read: Connection reset by peer"
+        );
     }
 }

@@ -39,7 +39,7 @@ pub struct PluginArgs {
     pub session: SessionArgs,
 
     /// The plugin's own log on stderr, as kubectl's -v: 1-3 what it does, 4-5 how, 6-8
-    /// the API calls too, 9 everything (KUBEDEV_LOG=FILTER sets it outright).
+    /// the API calls too, 9 everything (tunneld's log: KUBEDEV_LOG, e.g. debug).
     #[arg(short = 'v', long = "v", global = true, value_name = "LEVEL")]
     pub verbosity: Option<u8>,
 

@@ -10,13 +10,11 @@ pub fn init() {
     to_stderr(filter);
 }
 
-/// A plugin's log: none unless `KUBEDEV_LOG` or `-v LEVEL` asks (see [`plugin_filter`]).
+/// A plugin's log: none unless `-v LEVEL` asks (see [`plugin_filter`]). `KUBEDEV_LOG` is
+/// the daemons': a plugin passes it on to the tunneld it starts.
 pub fn init_plugin(verbosity: Option<u8>) {
-    let filter = EnvFilter::try_from_env("KUBEDEV_LOG")
-        .ok()
-        .or_else(|| verbosity.and_then(plugin_filter).map(EnvFilter::new));
-    if let Some(filter) = filter {
-        to_stderr(filter);
+    if let Some(filter) = verbosity.and_then(plugin_filter) {
+        to_stderr(EnvFilter::new(filter));
     }
 }
 

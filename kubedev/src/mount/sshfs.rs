@@ -76,13 +76,14 @@ pub async fn mount(
         .args(["-o", "max_read=65536", "-o", "max_write=65536"])
         .stdin(Stdio::from(OwnedFd::from(sftp)))
         .stdout(Stdio::from(OwnedFd::from(replies)))
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     if read_only {
         command.args(["-o", "ro"]);
     }
-    let sshfs = command
+    let mut sshfs = command
         .spawn()
         .map_err(|source| MountError::NoSshfs { source })?;
+    let said = sshfs.stderr.take().map(read_what_it_says);
     // From here on, any error drops `mount`, which unmounts and cleans up.
     let mut mount = Mount {
         dir,
@@ -92,7 +93,12 @@ pub async fn mount(
     let deadline = std::time::Instant::now() + MOUNT_TIMEOUT;
     while !table::is_mounted(&mount.dir) {
         if let Some(status) = mount.sshfs.try_wait()? {
-            return Err(MountError::Failed(status));
+            // It exited: its stderr ends, and the reader with it.
+            let said = said.and_then(|reader| reader.join().ok());
+            return Err(MountError::Failed {
+                status,
+                said: said.unwrap_or_default(),
+            });
         }
         if std::time::Instant::now() >= deadline {
             return Err(MountError::Timeout(MOUNT_TIMEOUT));
@@ -100,6 +106,24 @@ pub async fn mount(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Some(mount))
+}
+
+/// How much of what sshfs says is kept for an error.
+const SAID_AT_MOST: usize = 4096;
+
+/// Reads sshfs's stderr until it ends, keeping its first [`SAID_AT_MOST`] bytes: a thread,
+/// so that sshfs never blocks on a full pipe however long it runs.
+fn read_what_it_says(stderr: std::process::ChildStderr) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut kept = Vec::new();
+        let mut stderr = stderr;
+        let _ = (&mut stderr)
+            .take(SAID_AT_MOST as u64)
+            .read_to_end(&mut kept);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        String::from_utf8_lossy(&kept).into_owned()
+    })
 }
 
 /// Unmounts what an earlier, detached run mounted for session `name`, and removes the

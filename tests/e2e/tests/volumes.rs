@@ -125,3 +125,48 @@ async fn a_symlink_out_of_the_volume_leads_nowhere_and_a_fifo_stalls_nothing() {
     );
     assert_eq!(output, "out-refused\nup-refused\nfine\n");
 }
+
+#[tokio::test]
+async fn a_failed_mount_says_what_sshfs_said_and_the_session_goes_on() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "volumes-fail").await;
+    ns.deploy_app_with_volume().await.expect("vol ready");
+    let workstation = Workstation::create(&cluster);
+    // An sshfs that fails as one does on a machine without FUSE.
+    let bin = std::env::temp_dir().join(format!("{}-bin", ns.name));
+    std::fs::create_dir_all(&bin).expect("bin");
+    let sshfs = bin.join("sshfs");
+    std::fs::write(
+        &sshfs,
+        "#!/bin/sh\necho \"fuse: device not found, try 'modprobe fuse' first\" >&2\nexit 1\n",
+    )
+    .expect("sshfs");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&sshfs, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let output = workstation
+        .plugin_command(
+            &cluster,
+            "kubectl-ingest",
+            &["vol", "-c", "app", "-n", &ns.name, "--", "echo", "ran"],
+        )
+        .env("PATH", path)
+        .output()
+        .expect("plugin runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the session went on: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
+    assert!(
+        stderr.contains(
+            "note: the volumes are not mounted: sshfs could not mount the volumes (exit status: \
+             1): fuse: device not found, try 'modprobe fuse' first"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&bin).ok();
+}
