@@ -178,7 +178,8 @@ mod tests {
         let yaml = render(&rows, Output::Yaml).expect("yaml");
         assert!(yaml.contains("mode: intercept"), "{yaml}");
         assert!(
-            json.contains("\"lease_ends\": \"2026-12-01T10:01:00Z\""),
+            json.contains("\"leaseEnds\": \"2026-12-01T10:01:00Z\"")
+                && json.contains("\"linkedPods\""),
             "{json}"
         );
         assert!(json.contains("\"user\": \"alice\""), "{json}");

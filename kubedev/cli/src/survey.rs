@@ -15,8 +15,9 @@ use kubedev::workload::Workload;
 /// The mode `list` shows for a connect session.
 pub(super) const CONNECT_MODE: &str = "connect";
 
-/// One row of `list`.
+/// One row of `list` (camelCase keys, as Kubernetes prints them).
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct Listed {
     pub(super) name: String,
     /// intercept, replace or ingest, or connect (a session with an agent pod of its own).

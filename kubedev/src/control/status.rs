@@ -1,5 +1,6 @@
 //! What tunneld says it runs ([`super::ControlReply::Status`]): its sessions, the cluster
-//! network on this machine and its proxy.
+//! network on this machine and its proxy. Keys are camelCase, as Kubernetes prints them
+//! (`status -o json`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use kubedev_protocol::WiretapCounts;
 
 /// What a tunneld runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DaemonStatus {
     /// Its process id.
     pub pid: u32,
@@ -31,6 +33,7 @@ pub const PROXY_USER: &str = "kubedev";
 /// network. It takes only its own credentials, which these URLs carry: only the user sees
 /// them (tunneld's control socket is theirs alone).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
     /// Where it listens (`127.0.0.1:PORT`).
     pub address: SocketAddr,
@@ -60,7 +63,11 @@ impl ProxyStatus {
 
 /// Whether the cluster's network is available on this machine, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(
+    tag = "state",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum NetworkStatus {
     /// Not started: no session yet, or started with --no-network.
     Off,
@@ -88,7 +95,11 @@ pub enum NetworkStatus {
 
 /// How the machine's resolver reaches tunneld's DNS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "via", rename_all = "snake_case")]
+#[serde(
+    tag = "via",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum ResolverStatus {
     /// Cluster names go to tunneld through systemd-resolved, on this link.
     SystemdResolved {
@@ -123,6 +134,7 @@ impl std::fmt::Display for ResolverStatus {
 
 /// What tunneld did with one address range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RangeStatus {
     /// The range.
     pub range: Cidr,
@@ -153,6 +165,7 @@ pub enum RangeState {
 
 /// A part of a range that tunneld does not route, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RangePart {
     /// The part.
     pub range: Cidr,
@@ -162,6 +175,7 @@ pub struct RangePart {
 
 /// One session of a tunneld.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionStatus {
     /// The session's name.
     pub name: String,

@@ -73,7 +73,7 @@ async fn connect_brings_the_cluster_network_from_every_plugin_and_touches_no_wor
         let status: Value = serde_json::from_str(&run(&["status", "-o", "json"])).expect("status");
         assert_eq!(status["sessions"][0]["name"], "connect", "{status:#}");
         assert_eq!(
-            status["sessions"][0]["linked_pods"],
+            status["sessions"][0]["linkedPods"],
             serde_json::json!(["kubedev-connect-connect"])
         );
         assert_eq!(

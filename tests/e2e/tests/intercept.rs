@@ -140,7 +140,7 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
     assert_eq!(listed[0]["name"], "echo");
     assert_eq!(listed[0]["mode"], "intercept");
     assert_eq!(listed[0]["workload"], "deployment/echo");
-    assert_eq!(listed[0]["linked_pods"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["linkedPods"].as_array().map(Vec::len), Some(1));
 
     // The agent's control port is reachable only through the API server's port-forward:
     // another pod finds it closed on the agent pod, whose other ports answer.
@@ -275,7 +275,7 @@ async fn a_pod_wearing_the_sessions_labels_is_never_contacted_nor_linked() {
         serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
     let agent_name = agent_pod["metadata"]["name"].clone();
     assert_eq!(
-        listed[0]["linked_pods"],
+        listed[0]["linkedPods"],
         serde_json::json!([agent_name]),
         "{listed}"
     );

@@ -47,8 +47,8 @@ async fn a_developer_without_root_reaches_services_by_name_through_the_proxy() {
     let status: Value =
         serde_json::from_str(&ingest(&["status", "-o", "json"])).expect("status as JSON");
     assert_eq!(status["network"]["state"], "unavailable", "{status:#}");
-    let socks = status["proxy"]["socks_url"].as_str().expect("socks_url");
-    let http = status["proxy"]["http_url"].as_str().expect("http_url");
+    let socks = status["proxy"]["socksUrl"].as_str().expect("socksUrl");
+    let http = status["proxy"]["httpUrl"].as_str().expect("httpUrl");
 
     let by_name = format!("http://web.{}:8080/by-name", ns.name);
     for (proxy, url) in [

@@ -68,7 +68,7 @@ impl Setup {
         loop {
             let listed: Value =
                 serde_json::from_str(&self.plugin_ok(&["list", "-o", "json"])).expect("json");
-            let linked = listed[0]["linked_pods"].as_array().map_or(0, Vec::len);
+            let linked = listed[0]["linkedPods"].as_array().map_or(0, Vec::len);
             if linked == count {
                 return;
             }
