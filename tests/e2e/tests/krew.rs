@@ -189,11 +189,9 @@ fn install_and_list(krew: &KrewRoot) {
 
 /// Completion through kubectl, once the archive's completer is on PATH as the caveats say.
 fn completes_through_kubectl(cluster: &TestCluster, krew: &KrewRoot, ns: &TestNamespace) {
+    // As the README has it: krew's own link under the completer's name, no version in it.
     std::os::unix::fs::symlink(
-        krew.root().join(format!(
-            "store/intercept/v{}/kubectl_complete-intercept",
-            env!("CARGO_PKG_VERSION")
-        )),
+        "kubectl-intercept",
         krew.root().join("bin/kubectl_complete-intercept"),
     )
     .expect("the completer on PATH");
