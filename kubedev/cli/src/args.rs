@@ -161,7 +161,7 @@ impl SessionLife {
     }
 }
 
-/// `connect`, `list`, `leave`, `role`, `status`, `config` and `gather-logs`.
+/// `connect`, `list`, `leave`, `role`, `status`, `version`, `config` and `gather-logs`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Manage {
     /// The cluster's network on this machine (service names, pod and service IPs), with no
@@ -178,6 +178,11 @@ pub enum Manage {
     Connect(SessionLife),
     /// List the kubedev sessions in the namespace (with none, the workloads a session can
     /// start on, their containers and Service ports).
+    #[command(after_help = "Examples:\n  \
+        # This namespace's sessions, and who holds each\n  \
+        kubectl intercept list -n shop\n\n  \
+        # Every namespace's, as JSON\n  \
+        kubectl intercept list -A -o json")]
     List {
         /// Print the sessions as JSON or YAML instead of a table.
         #[arg(short = 'o', long, value_enum)]
@@ -188,6 +193,13 @@ pub enum Manage {
         all_namespaces: bool,
     },
     /// End a session (or all of this machine's) and restore its workload.
+    #[command(after_help = "Examples:\n  \
+        # End session web (see `list`) and wait for the restored pods\n  \
+        kubectl intercept leave web -n shop\n\n  \
+        # End every session of this machine, in every namespace\n  \
+        kubectl intercept leave --all\n\n  \
+        # A session whose developer is away, its lease still live\n  \
+        kubectl intercept leave web --force")]
     Leave {
         /// The session's name, as `list` shows it.
         #[arg(required_unless_present = "all")]
@@ -207,8 +219,17 @@ pub enum Manage {
     /// Print the Role kubedev needs in a namespace, with the Secret it names (apply them
     /// with `kubectl intercept role -n NAMESPACE | kubectl apply -f -`, then bind the Role
     /// to the developers).
+    #[command(after_help = "Examples:\n  \
+        # As the namespace's admin: the Role, then a binding for a developer\n  \
+        kubectl intercept role -n shop | kubectl apply -f -\n  \
+        kubectl create rolebinding kubedev-alice -n shop --role kubedev-developer --user alice")]
     Role,
     /// Show tunneld's state: the cluster network on this machine and the linked agents.
+    #[command(after_help = "Examples:\n  \
+        # How the cluster's ranges are routed here, the proxy, the linked agents\n  \
+        kubectl intercept status\n\n  \
+        # The proxy's URL, for a tool of your own\n  \
+        kubectl intercept status -o json | jq -r .proxy.socksUrl")]
     Status {
         /// Print the state as JSON or YAML instead of text.
         #[arg(short = 'o', long, value_enum)]
@@ -216,6 +237,9 @@ pub enum Manage {
     },
     /// Print the plugin's version, the tunneld it runs and that one's version, and the
     /// agent image the kube context gets.
+    #[command(after_help = "Examples:\n  \
+        kubectl intercept version\n  \
+        kubectl intercept version -o json")]
     Version {
         /// Print them as JSON or YAML instead of text.
         #[arg(short = 'o', long, value_enum)]
@@ -229,6 +253,11 @@ pub enum Manage {
     Config(ConfigAction),
     /// Gather what a bug report needs into one archive: tunneld's logs and state, the
     /// sessions' records and leases, and each agent pod's status and logs.
+    #[command(after_help = "Examples:\n  \
+        # This namespace's sessions, into kubedev-logs-TIME.tar.gz here\n  \
+        kubectl intercept gather-logs -n shop\n\n  \
+        # Every namespace's, to a file of your choice\n  \
+        kubectl intercept gather-logs -A --output-file /tmp/kubedev-logs.tar.gz")]
     GatherLogs {
         /// Where to write the archive (default: kubedev-logs-TIME.tar.gz here).
         #[arg(long, value_name = "FILE")]
@@ -262,6 +291,9 @@ pub enum ConfigAction {
         all_contexts: bool,
     },
     /// Print the settings file and the agent image the kube context gets.
+    #[command(after_help = "Examples:\n  \
+        kubectl intercept config view\n  \
+        kubectl intercept config view --context staging")]
     View,
 }
 
