@@ -9,6 +9,7 @@
 
 mod candidates;
 pub mod connect;
+pub mod image_trial;
 mod error;
 mod gitops;
 mod join;
@@ -40,13 +41,14 @@ pub use routing::{Routing, routing_of};
 pub use start::start;
 pub use three_way::OthersChanges;
 
-/// A fresh random id (session tokens, plugin runs): 128 random bits, hex.
+/// A fresh random id (session tokens, plugin runs): 128 random bits from the system's
+/// generator (getrandom, or BCryptGenRandom on Windows), hex.
 pub fn random_id() -> Result<String, SessionError> {
-    use std::io::Read as _;
+    use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|source| SessionError::Random { source })?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| SessionError::Random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

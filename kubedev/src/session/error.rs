@@ -51,11 +51,8 @@ pub enum SessionError {
         source: Box<SessionError>,
     },
     /// No random bytes for a session token.
-    #[error("cannot read /dev/urandom")]
-    Random {
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error("the system gave no random bytes for a session token")]
+    Random,
 }
 
 impl SessionError {

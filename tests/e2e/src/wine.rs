@@ -116,8 +116,9 @@ impl WindowsWorkstation {
     }
 
     /// A Windows plugin (`kubectl-intercept` or `kubectl-ingest`) with `args`, as the test
-    /// developer (the kubedev Role only), installed as krew installs it and its runtime directory where
-    /// Windows users have it (`%LOCALAPPDATA%\kubedev`, in the prefix).
+    /// developer (the kubedev Role only), installed as krew installs it, its runtime
+    /// directory where Windows users have it (`%LOCALAPPDATA%\kubedev`, in the prefix), run
+    /// from the user's profile.
     pub fn plugin_command(&self, cluster: &TestCluster, plugin: &str, args: &[&str]) -> Command {
         let mut command = self.wine();
         command
@@ -136,7 +137,10 @@ impl WindowsWorkstation {
             .env("KUBEDEV_AGENT_IMAGE", crate::AGENT_IMAGE)
             .env("KUBEDEV_LOG", "info")
             .env_remove("KUBEDEV_TUNNELD")
-            .env_remove("KUBEDEV_RUNTIME_DIR");
+            .env_remove("KUBEDEV_RUNTIME_DIR")
+            // On drive C:, as a Windows user's shell is: a Unix path (`/dev/urandom`) in
+            // the plugins would otherwise reach the Linux file it names through drive Z:.
+            .current_dir(self.profile());
         command
     }
 
