@@ -9,9 +9,9 @@
 
 mod candidates;
 pub mod connect;
-pub mod image_trial;
 mod error;
 mod gitops;
+pub mod image_trial;
 mod join;
 pub mod lease;
 mod leave;

@@ -22,15 +22,15 @@ pub(crate) type ResourceList =
 /// workload, the session flags and the cluster flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
-    /// A subcommand (`connect`, `list`, `leave`, `role`, `status`, `version`, `config`,
-    /// `gather-logs`), in place of a session on a workload.
+    /// A subcommand (`connect`, `list`, `leave`, `role`, `status`, `version`, `diagnose`,
+    /// `config`, `gather-logs`), in place of a session on a workload.
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
     /// The workload: NAME (the Deployment, StatefulSet or ReplicaSet of that name) or
     /// KIND/NAME (deployment, statefulset, replicaset). A workload named like a subcommand
-    /// (connect, list, leave, role, status, version, config, gather-logs, help) is given as
-    /// KIND/NAME.
+    /// (connect, list, leave, role, status, version, diagnose, config, gather-logs, help) is
+    /// given as KIND/NAME.
     #[arg(required = true)]
     pub workload: Option<WorkloadName>,
 
@@ -161,7 +161,8 @@ impl SessionLife {
     }
 }
 
-/// `connect`, `list`, `leave`, `role`, `status`, `version`, `config` and `gather-logs`.
+/// `connect`, `list`, `leave`, `role`, `status`, `version`, `diagnose`, `config` and
+/// `gather-logs`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Manage {
     /// The cluster's network on this machine (service names, pod and service IPs), with no
@@ -242,6 +243,18 @@ pub enum Manage {
         kubectl intercept version -o json")]
     Version {
         /// Print them as JSON or YAML instead of text.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Check what a session needs, each with what to do if it fails: the API server and
+    /// its round-trip time, every permission of the Role, the agent image on a node (a pod
+    /// runs it once), the versions, and on this machine tunneld's network, cluster names
+    /// and sshfs. Exits 1 if a check failed.
+    #[command(after_help = "Examples:\n  \
+        kubectl intercept diagnose -n shop\n  \
+        kubectl intercept diagnose -o json")]
+    Diagnose {
+        /// Print the checks as JSON or YAML instead of text.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },

@@ -280,6 +280,7 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
         "leave",
         "status",
         "version",
+        "diagnose",
         "role",
         "config",
         "gather-logs",

@@ -17,6 +17,7 @@ mod command;
 mod complete;
 mod config;
 mod connect;
+mod diagnose;
 mod gather;
 mod leave;
 mod life;
@@ -78,6 +79,9 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
     runtime.block_on(async move {
         let result = match (manage, workload) {
             (Some(Manage::Connect(life)), _) => run_connect(mode, &cluster, life).await,
+            (Some(Manage::Diagnose { output }), _) => {
+                diagnose::diagnose(mode, &cluster, output).await
+            }
             (Some(manage), _) => run_manage(mode, &cluster, manage)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -21,7 +21,7 @@ use kubedev::workload::is_dns_label;
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The Role the plugins need in a namespace (deploy/kubedev-role.yaml).
-const ROLE: &str = include_str!("../../../deploy/kubedev-role.yaml");
+pub(super) const ROLE: &str = include_str!("../../../deploy/kubedev-role.yaml");
 
 /// The Role and its Secret, placed in `namespace` when one is given (`role -n NS`), so
 /// that `kubectl apply -f -` puts them there whatever the current context's namespace.
@@ -87,6 +87,7 @@ pub(super) async fn run_manage(
             unreachable!("done without a connection")
         }
         Manage::Connect(_) => unreachable!("a session, run by `run_connect`"),
+        Manage::Diagnose { .. } => unreachable!("run by `diagnose`"),
         Manage::GatherLogs {
             output_file,
             all_namespaces,

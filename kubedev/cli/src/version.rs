@@ -31,14 +31,14 @@ struct Versions {
 
 /// The tunneld the plugin starts.
 #[derive(Debug, Serialize)]
-struct Tunneld {
+pub(super) struct Tunneld {
     /// Where it is.
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// Its version, if it ran.
-    version: Option<String>,
+    pub(super) version: Option<String>,
     /// Why it did not, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 /// Prints the versions as text, or as `output` says.
@@ -64,7 +64,7 @@ pub(super) async fn version(
 }
 
 /// Runs `tunneld --version`.
-fn tunneld_version() -> Tunneld {
+pub(super) fn tunneld_version() -> Tunneld {
     let path = tunneld_binary();
     let ran = Command::new(&path)
         .arg("--version")

@@ -77,21 +77,7 @@ async fn krew_installs_the_release_and_its_intercept_works() {
         store.display()
     );
 
-    // `version` names the same tunneld, of the plugin's version, and the context's image.
-    let versions = succeeded(
-        "kubectl intercept version",
-        &kubectl(&["intercept", "version", "-o", "json"]),
-    );
-    let versions: serde_json::Value = serde_json::from_str(&versions).expect("version JSON");
-    assert_eq!(versions["plugin"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(versions["tunneld"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(
-        versions["tunneld"]["path"]
-            .as_str()
-            .map(std::path::Path::new),
-        Some(tunneld.as_path())
-    );
-    assert_eq!(versions["agentImage"], AGENT_IMAGE);
+    version_names_the_running_tunneld(&kubectl, &tunneld);
 
     succeeded(
         "kubectl intercept leave",
@@ -104,6 +90,27 @@ async fn krew_installs_the_release_and_its_intercept_works() {
     );
 
     the_next_session_runs_the_pinned_image(&kubectl, &ns, &before).await;
+}
+
+/// `version` names the tunneld that runs, of the plugin's version, and the context's image.
+fn version_names_the_running_tunneld(
+    kubectl: &dyn Fn(&[&str]) -> std::process::Output,
+    tunneld: &std::path::Path,
+) {
+    let versions = succeeded(
+        "kubectl intercept version",
+        &kubectl(&["intercept", "version", "-o", "json"]),
+    );
+    let versions: serde_json::Value = serde_json::from_str(&versions).expect("version JSON");
+    assert_eq!(versions["plugin"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(versions["tunneld"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        versions["tunneld"]["path"]
+            .as_str()
+            .map(std::path::Path::new),
+        Some(tunneld)
+    );
+    assert_eq!(versions["agentImage"], AGENT_IMAGE);
 }
 
 /// The tag the first session ran was pinned to its digest: the next session runs that very

@@ -1,0 +1,177 @@
+//! The checks on this machine: the plugin's and tunneld's versions, tunneld's cluster
+//! network (ranges left to other routes), cluster names through the machine's resolver,
+//! and sshfs.
+
+use std::time::Duration;
+
+use super::{Check, Outcome};
+use crate::version::tunneld_version;
+use kubedev::cluster::Connection;
+use kubedev::control::{NetworkStatus, RangeState, ResolverStatus};
+use kubedev::tunneld::{self, TunneldError};
+
+/// The name looked up through the machine's resolver: every cluster has it.
+const CLUSTER_NAME: &str = "kubernetes.default.svc.cluster.local";
+
+/// How long the lookup may take.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The machine's checks.
+pub(super) async fn checks(connection: &Connection) -> Vec<Check> {
+    let mut checks = vec![versions()];
+    checks.extend(network(connection).await);
+    checks.push(sshfs());
+    checks
+}
+
+/// The plugin's version against the tunneld it starts.
+fn versions() -> Check {
+    let plugin = env!("CARGO_PKG_VERSION");
+    let tunneld = tunneld_version();
+    let path = tunneld.path.display();
+    match (&tunneld.version, &tunneld.error) {
+        (Some(version), _) if version == plugin => Check::ok(
+            "versions",
+            format!("plugin {plugin}, tunneld {version} ({path})"),
+        ),
+        (Some(version), _) => Check::new(
+            "versions",
+            Outcome::Warning,
+            format!("plugin {plugin}, tunneld {version} ({path})"),
+            Some(
+                "install the plugin's own tunneld again (kubectl krew upgrade), or name one \
+                 with KUBEDEV_TUNNELD"
+                    .into(),
+            ),
+        ),
+        (None, error) => Check::new(
+            "versions",
+            Outcome::Failed,
+            format!(
+                "cannot run tunneld ({path}): {}",
+                error.as_deref().unwrap_or("no version")
+            ),
+            Some("install the plugin again: its archive holds tunneld".into()),
+        ),
+    }
+}
+
+/// tunneld's cluster network and the names through the machine's resolver.
+async fn network(connection: &Connection) -> Vec<Check> {
+    let status = match tunneld::socket_for(connection) {
+        Ok(socket) => tunneld::status(&socket).await,
+        Err(err) => Err(err),
+    };
+    let network = match status {
+        Ok(status) => status.network,
+        Err(TunneldError::NotRunning(_)) => {
+            return vec![Check::new(
+                "cluster network",
+                Outcome::Skipped,
+                "no tunneld runs for this context: checked while a session lives",
+                None,
+            )];
+        }
+        Err(err) => {
+            return vec![Check::new(
+                "cluster network",
+                Outcome::Failed,
+                format!("tunneld does not answer: {err}"),
+                Some("`leave --all`, then start a session again".into()),
+            )];
+        }
+    };
+    match network {
+        NetworkStatus::Up {
+            ranges, resolver, ..
+        } => {
+            let routed = ranges
+                .iter()
+                .filter(|r| r.state == RangeState::Routed)
+                .count();
+            let elsewhere: Vec<String> = ranges
+                .iter()
+                .filter(|r| r.state != RangeState::Routed)
+                .map(|r| format!("{}: {}", r.range, r.reason))
+                .collect();
+            let found = format!("up, {routed} of {} ranges routed", ranges.len());
+            let range_check = match elsewhere.is_empty() {
+                true => Check::ok("cluster network", found),
+                false => Check::new(
+                    "cluster network",
+                    Outcome::Warning,
+                    format!("{found}; not routed: {}", elsewhere.join("; ")),
+                    Some("--also-proxy RANGE sends a range through the cluster anyway".into()),
+                ),
+            };
+            vec![range_check, names(&resolver).await]
+        }
+        NetworkStatus::Unavailable { reason } => vec![Check::new(
+            "cluster network",
+            Outcome::Warning,
+            format!("not on this machine: {reason}"),
+            Some("`-- CMD` and tunneld's proxy still reach the cluster (see `status`)".into()),
+        )],
+        NetworkStatus::Off => vec![Check::new(
+            "cluster network",
+            Outcome::Skipped,
+            "off: no session has started it",
+            None,
+        )],
+    }
+}
+
+/// Whether a cluster name resolves through the machine's resolver, where tunneld pointed
+/// it (never asked otherwise: the question would go to the machine's own DNS server).
+async fn names(resolver: &ResolverStatus) -> Check {
+    if let ResolverStatus::Unchanged { reason, .. } = resolver {
+        return Check::new(
+            "cluster names",
+            Outcome::Warning,
+            format!("the machine's resolver is left as it is: {reason}"),
+            Some("`-- CMD` resolves them; so does tunneld's proxy".into()),
+        );
+    }
+    let lookup = tokio::net::lookup_host((CLUSTER_NAME, 443));
+    match tokio::time::timeout(LOOKUP_DEADLINE, lookup).await {
+        Ok(Ok(mut addresses)) => match addresses.next() {
+            Some(address) => Check::ok(
+                "cluster names",
+                format!("{CLUSTER_NAME} is {} (through {resolver})", address.ip()),
+            ),
+            None => unresolved(resolver, "no address".into()),
+        },
+        Ok(Err(err)) => unresolved(resolver, err.to_string()),
+        Err(_) => unresolved(resolver, format!("no answer in {LOOKUP_DEADLINE:?}")),
+    }
+}
+
+fn unresolved(resolver: &ResolverStatus, why: String) -> Check {
+    Check::new(
+        "cluster names",
+        Outcome::Failed,
+        format!("{CLUSTER_NAME} does not resolve through {resolver}: {why}"),
+        Some("`status` shows how the resolver was pointed; gather-logs has tunneld's log".into()),
+    )
+}
+
+/// Whether sshfs, which mounts the volumes, is here.
+fn sshfs() -> Check {
+    if cfg!(windows) {
+        return Check::new(
+            "sshfs",
+            Outcome::Skipped,
+            "volumes are not mounted on Windows yet",
+            None,
+        );
+    }
+    match which::which("sshfs") {
+        Ok(path) => Check::ok("sshfs", path.display().to_string()),
+        Err(_) => Check::new(
+            "sshfs",
+            Outcome::Warning,
+            "not found: sessions go on without their volumes",
+            Some("install sshfs (Debian and Ubuntu: apt install sshfs; macOS: macFUSE and its sshfs)".into()),
+        ),
+    }
+}
