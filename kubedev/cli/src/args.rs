@@ -183,11 +183,14 @@ pub enum Manage {
         # This namespace's sessions, and who holds each\n  \
         kubectl intercept list -n shop\n\n  \
         # Every namespace's, as JSON\n  \
-        kubectl intercept list -A -o json")]
+        kubectl intercept list -A -o json\n\n  \
+        # End each of this namespace's sessions\n  \
+        kubectl intercept list -o name | xargs -n1 kubectl intercept leave")]
     List {
-        /// Print the sessions as JSON or YAML instead of a table.
+        /// Print the sessions as JSON or YAML, as a wider table (the linked pods by name),
+        /// or by name only, one a line.
         #[arg(short = 'o', long, value_enum)]
-        output: Option<Output>,
+        output: Option<ListOutput>,
         /// List the sessions in every namespace (where the role may list workloads
         /// cluster-wide; else in the namespaces of this machine's sessions and the current one).
         #[arg(short = 'A', long)]
@@ -308,6 +311,19 @@ pub enum ConfigAction {
         kubectl intercept config view\n  \
         kubectl intercept config view --context staging")]
     View,
+}
+
+/// What `list -o` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(
+    missing_docs,
+    reason = "clap prints a variant's doc as its help; the names say it all"
+)]
+pub enum ListOutput {
+    Json,
+    Yaml,
+    Wide,
+    Name,
 }
 
 /// A machine-readable output format (`-o`).

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::args::Output;
+use super::args::{ListOutput, Output};
 use super::output::render;
 use super::survey::{Listed, survey};
 use kubedev::cluster::Connection;
@@ -17,17 +17,20 @@ use kubedev::tunneld;
 pub(super) async fn list(
     connection: &Connection,
     socket: &Path,
-    output: Option<Output>,
+    output: Option<ListOutput>,
     all_namespaces: bool,
 ) -> anyhow::Result<()> {
     let daemon = tunneld::status(socket).await.ok();
     let survey = survey(connection, daemon.as_ref(), all_namespaces).await?;
     survey.note_limits();
     let rows = survey.rows(daemon.as_ref());
+    let wide = output == Some(ListOutput::Wide);
     match output {
-        Some(output) => print!("{}", render(&rows, output)?),
-        None if rows.is_empty() && all_namespaces => eprintln!("no kubedev sessions"),
-        None if rows.is_empty() => {
+        Some(ListOutput::Json) => print!("{}", render(&rows, Output::Json)?),
+        Some(ListOutput::Yaml) => print!("{}", render(&rows, Output::Yaml)?),
+        Some(ListOutput::Name) => rows.iter().for_each(|row| println!("{}", row.name)),
+        _ if rows.is_empty() && all_namespaces => eprintln!("no kubedev sessions"),
+        _ if rows.is_empty() => {
             let namespace = &connection.namespace;
             let candidates = session::candidates_in(&connection.client, namespace).await?;
             if candidates.is_empty() {
@@ -37,7 +40,7 @@ pub(super) async fn list(
                 print!("{}", candidates_table(&candidates));
             }
         }
-        None => print!("{}", table(&rows, all_namespaces, Timestamp::now())),
+        _ => print!("{}", table(&rows, all_namespaces, wide, Timestamp::now())),
     }
     Ok(())
 }
@@ -70,8 +73,8 @@ fn candidates_table(candidates: &[Candidate]) -> String {
     aligned(&lines)
 }
 
-/// The sessions as a table, with their namespace for `-A`.
-fn table(rows: &[Listed], with_namespace: bool, now: Timestamp) -> String {
+/// The sessions as a table, with their namespace for `-A`; `wide`, the linked pods by name.
+fn table(rows: &[Listed], with_namespace: bool, wide: bool, now: Timestamp) -> String {
     let mut lines = vec![vec![
         "NAME".to_owned(),
         "MODE".to_owned(),
@@ -96,7 +99,11 @@ fn table(rows: &[Listed], with_namespace: bool, now: Timestamp) -> String {
                 .map_or_else(|| "-".to_owned(), Holder::describe),
             row.lease_ends
                 .map_or_else(|| "-".to_owned(), |ends| describe_lease(ends, now)),
-            row.linked_pods.len().to_string(),
+            match wide {
+                true if row.linked_pods.is_empty() => "-".to_owned(),
+                true => row.linked_pods.join(","),
+                false => row.linked_pods.len().to_string(),
+            },
         ]);
     }
     if with_namespace {
@@ -161,17 +168,21 @@ mod tests {
         }];
         let now = "2026-12-01T10:00:15Z".parse().expect("time");
         assert_eq!(
-            table(&rows, false, now),
+            table(&rows, false, false, now),
             "NAME   MODE        WORKLOAD         CONTAINER   HOLDER         LEASE      LINKED PODS\n\
              web    intercept   deployment/web   app         alice@laptop   45s left   1\n"
         );
         let later = "2026-12-01T10:01:03Z".parse().expect("time");
-        assert!(table(&rows, false, later).contains("   ran out 3s ago   "));
+        assert!(table(&rows, false, false, later).contains("   ran out 3s ago   "));
         assert!(
-            table(&rows, true, now).starts_with("NAMESPACE   NAME   MODE")
-                && table(&rows, true, now).contains("\nshop        web    intercept"),
+            table(&rows, true, false, now).starts_with("NAMESPACE   NAME   MODE")
+                && table(&rows, true, false, now).contains("\nshop        web    intercept"),
             "{}",
-            table(&rows, true, now)
+            table(&rows, true, false, now)
+        );
+        assert!(
+            table(&rows, false, true, now).ends_with("45s left   web-1\n"),
+            "wide: the pods by name"
         );
         let json = render(&rows, Output::Json).expect("json");
         assert!(json.contains("\"mode\": \"intercept\""), "{json}");

@@ -141,6 +141,15 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
     assert_eq!(listed[0]["mode"], "intercept");
     assert_eq!(listed[0]["workload"], "deployment/echo");
     assert_eq!(listed[0]["linkedPods"].as_array().map(Vec::len), Some(1));
+    assert_eq!(s.plugin_ok(&["list", "-o", "name"]), "echo\n");
+    let linked = listed[0]["linkedPods"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        s.plugin_ok(&["list", "-o", "wide"]).contains(&linked),
+        "wide names the linked pod {linked}"
+    );
 
     // The agent's control port is reachable only through the API server's port-forward:
     // another pod finds it closed on the agent pod, whose other ports answer.
