@@ -107,9 +107,16 @@ pub(super) async fn live_through<S: Session>(
     };
     let live = match live {
         Ok(Some(live)) => live,
-        stopped_or_failed => {
+        Ok(None) => {
             session.end(Some(hold)).await?;
-            return stopped_or_failed.map(|_| ExitCode::SUCCESS);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(failed) => {
+            // Why it failed comes first, whether or not ending it went well.
+            if let Err(ending) = session.end(Some(hold)).await {
+                eprintln!("error: ending the session: {ending:#}");
+            }
+            return Err(failed);
         }
     };
     if life.args.detach {

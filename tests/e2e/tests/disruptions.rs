@@ -45,6 +45,12 @@ async fn an_intercept_resumes_by_itself_after_the_api_server_restarts() {
         }
     };
     wait_for_laptop("/live");
+    // The session is live (the plugin is done setting up) before the API server goes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).is_ok_and(|said| said.contains("press Ctrl-C")) {
+        assert!(Instant::now() < deadline, "the session never went live");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Every port-forward link goes down with the API server; tunneld links again.
     cluster.restart_apiserver();
