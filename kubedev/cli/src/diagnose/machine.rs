@@ -58,11 +58,19 @@ fn versions() -> Check {
 
 /// tunneld's cluster network and the names through the machine's resolver.
 async fn network(connection: &Connection) -> Vec<Check> {
-    let status = match tunneld::socket_for(connection) {
-        Ok(socket) => tunneld::status(&socket).await,
-        Err(err) => Err(err),
+    let socket = match tunneld::socket_for(connection) {
+        Ok(socket) => socket,
+        // The error says what to do.
+        Err(err) => {
+            return vec![Check::new(
+                "cluster network",
+                Outcome::Failed,
+                err.to_string(),
+                None,
+            )];
+        }
     };
-    let network = match status {
+    let network = match tunneld::status(&socket).await {
         Ok(status) => status.network,
         Err(TunneldError::NotRunning(_)) => {
             return vec![Check::new(
