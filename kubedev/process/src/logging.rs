@@ -10,8 +10,9 @@ pub fn init() {
     to_stderr(filter);
 }
 
-/// A plugin's log: none unless `-v LEVEL` asks (see [`plugin_filter`]). `KUBEDEV_LOG` is
-/// the daemons': a plugin passes it on to the tunneld it starts.
+/// A plugin's log: none unless `-v LEVEL` asks, as kubectl's levels go (1-3 what it does,
+/// 4-5 how, 6-8 the API calls too, 9 and up everything). `KUBEDEV_LOG` is the daemons': a
+/// plugin passes it on to the tunneld it starts.
 pub fn init_plugin(verbosity: Option<u8>) {
     if let Some(filter) = verbosity.and_then(plugin_filter) {
         to_stderr(EnvFilter::new(filter));
