@@ -322,7 +322,11 @@ async fn a_workload_replaced_whole_during_a_session_gets_its_service_back() {
         std::thread::sleep(Duration::from_millis(500));
     }
     s.ns.wait_deployment_ready("echo").await.expect("ready");
-    assert!(s.get("/after").starts_with("echo from echo-"));
+    // The app answers again once the Service's endpoints reach the proxies.
+    while !s.get("/after").starts_with("echo from echo-") {
+        assert!(Instant::now() < deadline, "the app never answered again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let secret =
         s.ns.kubectl_ok(&[
             "get",
