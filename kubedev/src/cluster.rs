@@ -2,7 +2,10 @@
 //! and the `KUBECONFIG` variable, resolved the way kubectl resolves them; the API server
 //! is reached through the proxy kubectl would use ([`proxy`]).
 
+mod kubeconfig_files;
 pub mod proxy;
+
+pub use kubeconfig_files::read_kubeconfig;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +29,15 @@ pub enum ClusterError {
     Read {
         /// Why.
         source: KubeconfigError,
+    },
+    /// None of the files `KUBECONFIG` lists exists.
+    #[error(
+        "none of the kubeconfig files KUBECONFIG lists exists: {}",
+        listed.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoneListed {
+        /// The files listed.
+        listed: Vec<PathBuf>,
     },
     /// `--context` names a context the kubeconfig does not have.
     #[error("context {name:?} does not exist (`kubectl config get-contexts` lists them)")]
@@ -96,13 +108,7 @@ impl std::fmt::Debug for Connection {
 impl ClusterArgs {
     /// Reads the kubeconfig the way kubectl does and connects to the selected context.
     pub async fn connect(&self) -> Result<Connection, ClusterError> {
-        let kubeconfig = match &self.kubeconfig {
-            Some(path) => Kubeconfig::read_from(path).map_err(|source| ClusterError::ReadFile {
-                path: path.clone(),
-                source,
-            })?,
-            None => Kubeconfig::read().map_err(|source| ClusterError::Read { source })?,
-        };
+        let kubeconfig = read_kubeconfig(self.kubeconfig.as_deref())?;
         let context = self
             .context
             .clone()
@@ -237,6 +243,7 @@ where
         .layer(config.extra_headers_layer()?)
         // The auth layer's errors are boxed; the others' must be too, to be one type.
         .map_err(tower::BoxError::from)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .timeout(ANSWER_DEADLINE)
         .service(
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

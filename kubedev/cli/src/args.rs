@@ -68,7 +68,7 @@ pub struct SessionArgs {
     pub env_json: Option<PathBuf>,
 
     /// The syntax of --env-file.
-    #[arg(long, value_enum, default_value_t = EnvSyntax::Docker)]
+    #[arg(long, value_enum, default_value_t = EnvSyntax::Docker, requires = "env_file")]
     pub env_syntax: EnvSyntax,
 
     /// Where to mount the container's volumes: DIR (DIR:ro for read-only), true (a new

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
-use kube::config::Kubeconfig;
 
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::mode::Mode;
@@ -189,11 +188,7 @@ fn flags(command: &clap::Command) -> Vec<String> {
 
 /// The kubeconfig's contexts.
 fn contexts(line: &Line) -> Vec<String> {
-    let kubeconfig = match &line.cluster.2 {
-        Some(path) => Kubeconfig::read_from(path),
-        None => Kubeconfig::read(),
-    };
-    kubeconfig
+    kubedev::cluster::read_kubeconfig(line.cluster.2.as_deref())
         .map(|config| config.contexts.into_iter().map(|c| c.name).collect())
         .unwrap_or_default()
 }

@@ -73,12 +73,12 @@ pub(super) async fn diagnose(
     let mut checks = Vec::new();
     let show = |check: &Check| {
         if output.is_none() {
-            eprint!("{}", describe(check));
+            print!("{}", describe(check));
         }
     };
     let connection = cluster.connect().await?;
     if output.is_none() {
-        eprintln!(
+        println!(
             "context {}, namespace {}",
             connection.context.as_deref().unwrap_or("(none)"),
             connection.namespace

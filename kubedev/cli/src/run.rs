@@ -3,6 +3,7 @@
 //! when it ends (see `life` for the rest of its life).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub(super) async fn run_session(
     let agent_image = pinning::image_to_run(agent_image, &image_source, context);
     let plan = plan_of(mode, workload, &args, mode_args, agent_image)?;
     check_local_ports(&args.to_pod)?;
+    check_env_file_dirs(args.env_file.iter().chain(&args.env_json))?;
     if let Some(MountChoice::Dir { path, .. }) = &args.mount {
         mount::check_given_dir(path)?;
     }
@@ -122,6 +124,29 @@ fn check_local_ports(ports: &[PodPort]) -> anyhow::Result<()> {
                 port.port
             )
         })?;
+    }
+    Ok(())
+}
+
+/// Fails, before anything changes, where an env file's directory does not exist (the file
+/// is written only once the session is live, after the workload changed).
+fn check_env_file_dirs<'a>(files: impl Iterator<Item = &'a PathBuf>) -> anyhow::Result<()> {
+    for file in files {
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        anyhow::ensure!(
+            dir.is_dir(),
+            "cannot write {}: there is no directory {}",
+            file.display(),
+            dir.display()
+        );
+        anyhow::ensure!(
+            !file.is_dir(),
+            "cannot write {}: it is a directory",
+            file.display()
+        );
     }
     Ok(())
 }

@@ -20,13 +20,13 @@ pub fn init_plugin(verbosity: Option<u8>) {
 }
 
 /// What kubectl's levels show of a plugin's log: 1-3 what kubedev does, 4-5 how (debug),
-/// 6-8 the API calls too (the Kubernetes client's debug lines), 9 and up everything.
+/// 6-8 each API call too (method, URL, status, time), 9 and up everything.
 fn plugin_filter(verbosity: u8) -> Option<&'static str> {
     match verbosity {
         0 => None,
         1..=3 => Some("info"),
         4..=5 => Some("info,kubedev=debug,kubedev_cli=debug"),
-        6..=8 => Some("debug"),
+        6..=8 => Some("info,kubedev=debug,kubedev_cli=debug,tower_http=debug"),
         _ => Some("trace"),
     }
 }
@@ -48,7 +48,7 @@ mod tests {
         assert_eq!(plugin_filter(0), None);
         assert_eq!(plugin_filter(2), Some("info"));
         assert!(plugin_filter(4).is_some_and(|filter| filter.contains("kubedev=debug")));
-        assert_eq!(plugin_filter(6), Some("debug"));
+        assert!(plugin_filter(6).is_some_and(|filter| filter.contains("tower_http=debug")));
         assert_eq!(plugin_filter(10), Some("trace"));
         for level in 0..=10 {
             if let Some(filter) = plugin_filter(level) {
