@@ -27,10 +27,12 @@ pub enum EnvSyntax {
     Csh,
     /// One JSON object.
     Json,
-    /// `$Env:KEY='value'` lines for PowerShell.
+    /// `$Env:KEY='value'` lines for PowerShell, UTF-8 with a byte order mark and CRLF
+    /// (load it with `. .\FILE.ps1`; an execution policy of RemoteSigned or looser).
     Ps,
-    /// `set KEY=value` lines for a cmd.exe batch file (`call FILE`), special characters
-    /// escaped with `^` and `%` doubled; newlines become spaces.
+    /// `@set KEY=value` lines for a cmd.exe batch file (load it with `call FILE.cmd`),
+    /// special characters escaped with `^` and `%` doubled; newlines become spaces. UTF-8:
+    /// values beyond ASCII need the console's code page at 65001 (`chcp 65001`).
     Cmd,
 }
 
@@ -89,13 +91,26 @@ pub fn format(variables: &BTreeMap<String, String>, syntax: EnvSyntax) -> Result
             EnvSyntax::ShExport => format!("export {key}={}", single_quoted(value)),
             EnvSyntax::Csh => format!("setenv {key} {}", csh_quoted(value)),
             EnvSyntax::Ps => format!("$Env:{key}={}", powershell_quoted(value)),
-            EnvSyntax::Cmd => format!("set {key}={}", cmd_escaped(value)),
+            // `@`: `call FILE` runs each line without echoing it.
+            EnvSyntax::Cmd => format!("@set {key}={}", cmd_escaped(value)),
             EnvSyntax::Json => unreachable!("handled above"),
         };
         out.push_str(&line);
-        out.push('\n');
+        out.push_str(line_end(syntax));
+    }
+    if syntax == EnvSyntax::Ps {
+        // Windows PowerShell 5.1 reads a script without a byte order mark as ANSI.
+        out.insert(0, '\u{feff}');
     }
     Ok(out)
+}
+
+/// Windows' shells' files end their lines as Windows does.
+fn line_end(syntax: EnvSyntax) -> &'static str {
+    match syntax {
+        EnvSyntax::Ps | EnvSyntax::Cmd => "\r\n",
+        _ => "\n",
+    }
 }
 
 /// POSIX shells: nothing is special inside single quotes, and a quote is closed, escaped
@@ -207,8 +222,11 @@ mod tests {
                 EnvSyntax::Csh,
                 "setenv A 'it'\\''s $HOME'\nsetenv B 'plain'\n",
             ),
-            (EnvSyntax::Ps, "$Env:A='it''s $HOME'\n$Env:B='plain'\n"),
-            (EnvSyntax::Cmd, "set A=it's $HOME\nset B=plain\n"),
+            (
+                EnvSyntax::Ps,
+                "\u{feff}$Env:A='it''s $HOME'\r\n$Env:B='plain'\r\n",
+            ),
+            (EnvSyntax::Cmd, "@set A=it's $HOME\r\n@set B=plain\r\n"),
         ];
         for (syntax, expected) in cases {
             assert_eq!(
@@ -252,11 +270,11 @@ mod tests {
             ),
             (
                 EnvSyntax::Ps,
-                "$Env:V='a''b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\u{2019}\\\nrm -rf ~'\n",
+                "\u{feff}$Env:V='a''b\"c`id`$(id)$HOME!%PATH%^&|<>()\u{2019}\u{2019}\\\nrm -rf ~'\r\n",
             ),
             (
                 EnvSyntax::Cmd,
-                "set V=a'b^\"c`id`$^(id^)$HOME!%%PATH%%^^^&^|^<^>^(^)\u{2019}\\ rm -rf ~\n",
+                "@set V=a'b^\"c`id`$^(id^)$HOME!%%PATH%%^^^&^|^<^>^(^)\u{2019}\\ rm -rf ~\r\n",
             ),
         ];
         for (syntax, expected) in cases {
@@ -304,7 +322,7 @@ mod tests {
         let variables = BTreeMap::from([("V".to_owned(), value)]);
         assert_eq!(
             format(&variables, EnvSyntax::Cmd).expect("format"),
-            "set V=a b c d\te f\n"
+            "@set V=a b c d\te f\r\n"
         );
     }
 

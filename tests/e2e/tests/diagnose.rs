@@ -64,16 +64,17 @@ async fn an_image_the_nodes_cannot_pull_fails_with_what_to_do() {
         .env("KUBEDEV_AGENT_IMAGE", missing)
         .output()
         .expect("plugin runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "a check failed: {stderr}");
+    // The report is on stdout, as kubectl's output is.
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "a check failed: {report}");
     assert!(
-        stderr.contains(&format!("FAILED   agent image      {missing}")),
-        "{stderr}"
+        report.contains(&format!("FAILED   agent image      {missing}")),
+        "{report}"
     );
     assert!(
-        stderr.contains("make push-agent REGISTRY="),
-        "what to do: {stderr}"
+        report.contains("make push-agent REGISTRY="),
+        "what to do: {report}"
     );
-    assert!(stderr.contains("ok       role"), "{stderr}");
+    assert!(report.contains("ok       role"), "{report}");
     assert!(pods_in(&ns).await.is_empty(), "the trial pod is gone");
 }

@@ -99,7 +99,7 @@ async fn a_windows_developer_gets_the_environment_for_cmd_and_powershell() {
     let windows = WindowsWorkstation::create(&cluster);
 
     for (syntax, line) in [
-        ("cmd", "set GREETING=it's 100%% here"),
+        ("cmd", "@set GREETING=it's 100%% here"),
         ("ps", "$Env:GREETING='it''s 100% here'"),
     ] {
         let file = windows.workstation.file(&format!("env.{syntax}"));
