@@ -59,11 +59,11 @@ pub struct SessionArgs {
     #[arg(short = 'c', long)]
     pub container: Option<String>,
 
-    /// Write the container's environment to this file (private: mode 0600), in --env-syntax.
+    /// Write the container's environment to this file (readable by you alone), in --env-syntax.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// Write the container's environment to this file (private: mode 0600) as a JSON object.
+    /// Write the container's environment to this file (readable by you alone) as a JSON object.
     #[arg(long, value_name = "FILE")]
     pub env_json: Option<PathBuf>,
 

@@ -174,7 +174,7 @@ fn describe_proxy(proxy: &ProxyStatus) -> String {
     format!(
         "proxy: {}, SOCKS5 and HTTP, into the cluster's network with its names (no root needed)\n  \
          {}\n  \
-         http_proxy and HTTPS_PROXY (curl reads only the lowercase http_proxy): {}\n  \
+         {HTTP_PROXY_NAMES}: {}\n  \
          (give them to one command at a time: the port is another user's to take once this \
          tunneld has gone)\n",
         proxy.address,
@@ -182,6 +182,14 @@ fn describe_proxy(proxy: &ProxyStatus) -> String {
         proxy.http_url
     )
 }
+
+/// The variables an HTTP proxy goes in, as this system's tools read them.
+#[cfg(unix)]
+const HTTP_PROXY_NAMES: &str =
+    "http_proxy and HTTPS_PROXY (curl reads only the lowercase http_proxy)";
+/// The variables an HTTP proxy goes in: Windows ignores the letter case of their names.
+#[cfg(windows)]
+const HTTP_PROXY_NAMES: &str = "HTTP_PROXY and HTTPS_PROXY";
 
 /// One command given the proxy, in the shell of this system.
 #[cfg(unix)]
