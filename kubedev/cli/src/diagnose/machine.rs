@@ -58,6 +58,10 @@ fn versions() -> Check {
 
 /// tunneld's cluster network and the names through the machine's resolver.
 async fn network(connection: &Connection) -> Vec<Check> {
+    // Looking must not make the runtime directory: without it, no tunneld runs.
+    if !tunneld::runtime_dir().exists() {
+        return vec![not_running()];
+    }
     let socket = match tunneld::socket_for(connection) {
         Ok(socket) => socket,
         // The error says what to do.
@@ -72,14 +76,7 @@ async fn network(connection: &Connection) -> Vec<Check> {
     };
     let network = match tunneld::status(&socket).await {
         Ok(status) => status.network,
-        Err(TunneldError::NotRunning(_)) => {
-            return vec![Check::new(
-                "cluster network",
-                Outcome::Skipped,
-                "no tunneld runs for this context: checked while a session lives",
-                None,
-            )];
-        }
+        Err(TunneldError::NotRunning(_)) => return vec![not_running()],
         Err(err) => {
             return vec![Check::new(
                 "cluster network",
@@ -132,6 +129,16 @@ async fn network(connection: &Connection) -> Vec<Check> {
             None,
         )],
     }
+}
+
+/// The network check when no tunneld runs for the context.
+fn not_running() -> Check {
+    Check::new(
+        "cluster network",
+        Outcome::Skipped,
+        "no tunneld runs for this context: checked while a session lives",
+        None,
+    )
 }
 
 /// Whether a cluster name resolves through the machine's resolver, where tunneld pointed
