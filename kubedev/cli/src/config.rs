@@ -230,6 +230,13 @@ pub(super) fn agent_image(
     })
 }
 
+/// The agent image a command without `--agent-image` runs for `context`:
+/// `KUBEDEV_AGENT_IMAGE` (which the flag also reads), else as [`agent_image`] chooses.
+pub(super) fn agent_image_from_env(context: Option<&str>) -> anyhow::Result<(String, ImageSource)> {
+    let given = std::env::var("KUBEDEV_AGENT_IMAGE").ok();
+    agent_image(given.as_deref(), context)
+}
+
 /// `config set-agent-image` and `config view`.
 pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> anyhow::Result<()> {
     let path = settings_path()?;
@@ -266,8 +273,7 @@ pub(super) async fn run_config(cluster: &ClusterArgs, action: ConfigAction) -> a
                 Err(_) => println!("# no settings file at {}", path.display()),
             }
             let context = context_name(cluster).await.ok();
-            let given = std::env::var("KUBEDEV_AGENT_IMAGE").ok();
-            let (image, source) = agent_image(given.as_deref(), context.as_deref())?;
+            let (image, source) = agent_image_from_env(context.as_deref())?;
             let pin = pinned(&image, &source, context.as_deref())
                 .map(|digest| format!(", pinned to {digest}"))
                 .unwrap_or_default();

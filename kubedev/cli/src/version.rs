@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use serde::Serialize;
 
 use super::args::Output;
-use super::config::agent_image;
+use super::config::agent_image_from_env;
 use super::output::render;
 use kubedev::cluster::ClusterArgs;
 use kubedev::tunneld::tunneld_binary;
@@ -48,8 +48,7 @@ pub(super) async fn version(
     output: Option<Output>,
 ) -> anyhow::Result<()> {
     let context = cluster.connect().await.ok().and_then(|c| c.context);
-    let given = std::env::var("KUBEDEV_AGENT_IMAGE").ok();
-    let (agent_image, _) = agent_image(given.as_deref(), context.as_deref())?;
+    let (agent_image, _) = agent_image_from_env(context.as_deref())?;
     let versions = Versions {
         plugin: VERSION,
         tunneld: tunneld_version(),

@@ -125,6 +125,26 @@ async fn wait_running(
     name: &str,
     timeout: Duration,
 ) -> Result<(), SessionError> {
+    let late = |pod: &Pod| {
+        let why = why_not_ready(pod).unwrap_or_else(|| "not ready".into());
+        format!("connect pod {name} did not start in {timeout:?}: {why}")
+    };
+    let settled = |pod: &Pod| is_ready(pod).then_some(Ok(()));
+    watch_agent_pod(pods, namespace, name, timeout, late, settled).await?;
+    Ok(())
+}
+
+/// Looks at agent pod `name` until `settled` says it is done (or failed), its agent fails
+/// in a way waiting will not cure, or `timeout` passes (refused as `late` words it).
+/// Returns the pod as last seen.
+pub(super) async fn watch_agent_pod(
+    pods: &Api<Pod>,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    late: impl Fn(&Pod) -> String,
+    settled: impl Fn(&Pod) -> Option<Result<(), SessionError>>,
+) -> Result<Pod, SessionError> {
     let started = tokio::time::Instant::now();
     loop {
         let pod = pods
@@ -134,14 +154,11 @@ async fn wait_running(
         if let Some(failure) = agent_failure(&pod) {
             return Err(failure.into());
         }
-        if is_ready(&pod) {
-            return Ok(());
+        if let Some(outcome) = settled(&pod) {
+            return outcome.map(|()| pod);
         }
         if started.elapsed() > timeout {
-            let why = why_not_ready(&pod).unwrap_or_else(|| "not ready".into());
-            return Err(SessionError::Refused(format!(
-                "connect pod {name} did not start in {timeout:?}: {why}"
-            )));
+            return Err(SessionError::Refused(late(&pod)));
         }
         tokio::time::sleep(POLL).await;
     }

@@ -7,14 +7,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 
 use super::SessionError;
-use super::connect::connect_pod;
-use crate::workload::{WorkloadError, agent_failure, why_not_ready};
+use super::connect::{connect_pod, watch_agent_pod};
+use crate::workload::{WorkloadError, why_not_ready};
 
 /// The label on a trial pod: the plugin run that made it.
 pub const TRIAL_LABEL: &str = "kubedev.io/image-trial";
-
-/// How often the trial pod is looked at.
-const POLL: Duration = Duration::from_millis(500);
 
 /// What the trial found: the node that ran the image and what the agent says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,44 +67,29 @@ async fn watch_trial(
     name: &str,
     timeout: Duration,
 ) -> Result<ImageTrial, SessionError> {
-    let started = tokio::time::Instant::now();
-    loop {
-        let pod = pods
-            .get(name)
-            .await
-            .map_err(|err| WorkloadError::from_api(err, "get", "pods", namespace))?;
-        if let Some(failure) = agent_failure(&pod) {
-            return Err(failure.into());
+    let late = |pod: &Pod| {
+        let why = why_not_ready(pod).unwrap_or_else(|| "not started".into());
+        format!("the agent image did not run within {timeout:?}: {why}")
+    };
+    let settled = |pod: &Pod| match pod.status.as_ref()?.phase.as_deref()? {
+        "Succeeded" => Some(Ok(())),
+        "Failed" => {
+            let why = why_not_ready(pod).unwrap_or_else(|| "it failed".into());
+            Some(Err(SessionError::Refused(format!(
+                "the agent image did not run: {why}"
+            ))))
         }
-        let status = pod.status.as_ref();
-        match status.and_then(|status| status.phase.as_deref()) {
-            Some("Succeeded") => {
-                let printed = pods
-                    .logs(name, &LogParams::default())
-                    .await
-                    .map_err(|err| WorkloadError::from_api(err, "get", "pods/log", namespace))?;
-                let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
-                return Ok(ImageTrial {
-                    node,
-                    version: printed.trim().to_owned(),
-                });
-            }
-            Some("Failed") => {
-                let why = why_not_ready(&pod).unwrap_or_else(|| "it failed".into());
-                return Err(SessionError::Refused(format!(
-                    "the agent image did not run: {why}"
-                )));
-            }
-            _ => {}
-        }
-        if started.elapsed() > timeout {
-            let why = why_not_ready(&pod).unwrap_or_else(|| "not started".into());
-            return Err(SessionError::Refused(format!(
-                "the agent image did not run within {timeout:?}: {why}"
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        _ => None,
+    };
+    let pod = watch_agent_pod(pods, namespace, name, timeout, late, settled).await?;
+    let printed = pods
+        .logs(name, &LogParams::default())
+        .await
+        .map_err(|err| WorkloadError::from_api(err, "get", "pods/log", namespace))?;
+    Ok(ImageTrial {
+        node: pod.spec.and_then(|spec| spec.node_name).unwrap_or_default(),
+        version: printed.trim().to_owned(),
+    })
 }
 
 /// Deletes the trial pods in `namespace`: of runs killed before they deleted theirs, or

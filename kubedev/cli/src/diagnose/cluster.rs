@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, PostParams};
 
 use super::{Check, Outcome};
-use crate::config::{agent_image, publish_hint};
+use crate::config::{agent_image_from_env, publish_hint};
 use crate::manage::ROLE;
 use crate::pinning::image_to_run;
 use kubedev::cluster::Connection;
@@ -167,8 +167,7 @@ fn access_review(permission: &Permission, namespace: &str) -> SelfSubjectAccessR
 /// Whether a node pulls and runs the agent image, and the agent's version.
 async fn image(mode: Mode, connection: &Connection) -> anyhow::Result<Check> {
     let context = connection.context.as_deref();
-    let given = std::env::var("KUBEDEV_AGENT_IMAGE").ok();
-    let (image, source) = agent_image(given.as_deref(), context)?;
+    let (image, source) = agent_image_from_env(context)?;
     let image = image_to_run(image, &source, context);
     let (client, namespace) = (&connection.client, &connection.namespace);
     let owner = session::random_id()?;
