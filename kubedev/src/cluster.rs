@@ -1,17 +1,23 @@
 //! kubectl-style cluster selection: `-n/--namespace`, `--context`, `--kubeconfig`
 //! and the `KUBECONFIG` variable, resolved the way kubectl resolves them; the API server
-//! is reached through the proxy kubectl would use ([`proxy`]).
+//! is reached through the proxy kubectl would use ([`proxy`]), as the user `--as` names
+//! (`impersonation`), with kubectl's `--request-timeout`.
 
+mod client;
+mod impersonation;
 mod kubeconfig_files;
 pub mod proxy;
 
+pub use client::unanswered;
 pub use kubeconfig_files::read_kubeconfig;
+
+use client::{ANSWER_DEADLINE, client_for};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
-use proxy::{Proxy, ProxyEnvironment, ProxyError, ProxyProtocol};
+use proxy::{Proxy, ProxyEnvironment, ProxyError};
 
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,9 @@ pub enum ClusterError {
     /// The proxy settings name no proxy that can be used.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// `--as-group` was given without `--as`.
+    #[error("--as-group needs --as: groups are impersonated along with a user")]
+    GroupsWithoutUser,
     /// The client could not be configured (its TLS settings, say).
     #[error("cannot build a Kubernetes client")]
     Client {
@@ -63,7 +72,7 @@ pub enum ClusterError {
 }
 
 /// The flags every plugin shares to pick a cluster, user and namespace.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct ClusterArgs {
     /// Namespace of the workload (default: the context's namespace, else "default").
     #[arg(short = 'n', long, global = true)]
@@ -76,6 +85,21 @@ pub struct ClusterArgs {
     /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Act as this user (impersonation, as kubectl's --as): the kubeconfig's user must be
+    /// allowed to impersonate.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+
+    /// Act in this group as well; repeat for more (needs --as).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_groups: Vec<String>,
+
+    /// How long the API server may take to answer one request, e.g. 30s or 2m; 0 means no
+    /// limit [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION",
+          value_parser = crate::duration::parse_limit)]
+    pub request_timeout: Option<Duration>,
 }
 
 /// A client for the chosen cluster, with the namespace commands act in.
@@ -87,6 +111,9 @@ pub struct Connection {
     pub namespace: String,
     /// The kubeconfig context in use, which names the tunneld instance to share.
     pub context: Option<String>,
+    /// Whom the client acts as, when it impersonates: a short name of the user and groups
+    /// (see [`Connection::tunneld_name`]).
+    pub acting_as: Option<String>,
     /// The API server's URL (its address must never be routed into the tunnel).
     pub server: String,
     /// The proxy the client reaches the API server through, if any (its address must
@@ -99,6 +126,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("namespace", &self.namespace)
             .field("context", &self.context)
+            .field("acting_as", &self.acting_as)
             .field("server", &self.server)
             .field("proxy", &self.proxy)
             .finish_non_exhaustive()
@@ -123,23 +151,52 @@ impl ClusterArgs {
             context: self.context.clone(),
             ..KubeConfigOptions::default()
         };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
             .map_err(|source| ClusterError::Invalid { source })?;
+        impersonation::impersonate(
+            &mut config.auth_info,
+            self.as_user.as_deref(),
+            &self.as_groups,
+        )?;
+        let acting_as = impersonation::acting_as(&config.auth_info);
         let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
-        let client =
-            client_for(config, proxy.as_ref()).map_err(|source| ClusterError::Client { source })?;
+        let client = client_for(config, proxy.as_ref(), self.answer_deadline())
+            .map_err(|source| ClusterError::Client { source })?;
         Ok(Connection {
             client,
             namespace,
             context,
+            acting_as,
             server,
             proxy,
         })
+    }
+
+    /// How long a request may wait for its answer: `--request-timeout`, where 0 is no
+    /// limit, else [`ANSWER_DEADLINE`].
+    fn answer_deadline(&self) -> Option<Duration> {
+        match self.request_timeout {
+            None => Some(ANSWER_DEADLINE),
+            Some(Duration::ZERO) => None,
+            Some(limit) => Some(limit),
+        }
+    }
+}
+
+impl Connection {
+    /// The name of the tunneld this connection shares: one per kube context, and per
+    /// identity it impersonates.
+    pub fn tunneld_name(&self) -> String {
+        let context = self.context.as_deref().unwrap_or("default");
+        match &self.acting_as {
+            Some(acting_as) => format!("{context}.{acting_as}"),
+            None => context.to_owned(),
+        }
     }
 }
 
@@ -166,90 +223,6 @@ fn proxy_for(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<Option<Pr
     };
     let proxy_url = cluster.and_then(|cluster| cluster.proxy_url.as_deref());
     proxy::choose(&server, proxy_url, &ProxyEnvironment::read())
-}
-
-/// How long the API server may leave what was sent unacknowledged before the connection is
-/// given up (TCP_USER_TIMEOUT): a route that vanished (a VPN went down, a network namespace
-/// was deleted) would otherwise hold a call for the kernel's ~15 minutes of retransmits.
-#[cfg(target_os = "linux")]
-const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
-/// An idle connection is probed after this, then every [`KEEPALIVE_INTERVAL`], and given
-/// up after [`KEEPALIVE_PROBES`] unanswered probes: about 30 s for a dead one, as kubectl.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_PROBES: u32 = 3;
-/// How long the API server may take to start answering a request: more than admission
-/// webhooks may take (30 s at most), so only a server that stopped answering hits it.
-/// Watches and port-forwards are answered at once and then stream for as long as they
-/// last.
-const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
-
-/// A client for `config`, through `proxy` when there is one, whose connections to the
-/// API server (or the proxy) send small writes at once, notice a dead path within a
-/// minute, and whose requests are answered within [`ANSWER_DEADLINE`] or fail.
-///
-/// kube's own stack leaves Nagle's algorithm on: a small write (a stream's open request, a
-/// window update, one keystroke) then waits for the ACK of what is in flight, a whole round
-/// trip and more with the server's delayed ACKs, on every port-forward. kubectl (Go) sets
-/// TCP_NODELAY; so does this. It sets no read deadline either (watches and port-forwards
-/// are idle for long), so a call over a path that died would wait for TCP to give up; keepalive
-/// probes and TCP_USER_TIMEOUT end such a connection, and the call fails, in well under a
-/// minute.
-fn client_for(config: kube::Config, proxy: Option<&Proxy>) -> Result<kube::Client, kube::Error> {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use kube::client::ConfigExt as _;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(config.connect_timeout);
-    http.set_keepalive(Some(KEEPALIVE_IDLE));
-    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
-    http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
-    #[cfg(target_os = "linux")]
-    http.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
-    let Some(proxy) = proxy else {
-        return client_over(config, http);
-    };
-    match proxy.protocol() {
-        ProxyProtocol::Http => client_over(config, proxy.named(proxy.tunnel(http))),
-        ProxyProtocol::Https => {
-            // As kubectl, the proxy's TLS is the cluster's: its certificate authority, if
-            // the kubeconfig names one.
-            let tls = config.rustls_https_connector_with_connector(http)?;
-            client_over(config, proxy.named(proxy.tunnel(tls)))
-        }
-        ProxyProtocol::Socks5 => client_over(config, proxy.named(proxy.socks(http))),
-    }
-}
-
-/// A client for `config` whose connections to the API server `connector` makes.
-fn client_over<C>(config: kube::Config, connector: C) -> Result<kube::Client, kube::Error>
-where
-    C: tower::Service<hyper::Uri> + Clone + Send + Sync + 'static,
-    C::Response: hyper_util::client::legacy::connect::Connection
-        + hyper::rt::Read
-        + hyper::rt::Write
-        + Send
-        + Unpin
-        + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<tower::BoxError>,
-{
-    use kube::client::ConfigExt as _;
-    let https = config.rustls_https_connector_with_connector(connector)?;
-    let service = tower::ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        // The auth layer's errors are boxed; the others' must be too, to be one type.
-        .map_err(tower::BoxError::from)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .timeout(ANSWER_DEADLINE)
-        .service(
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(https),
-        );
-    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 #[cfg(test)]
@@ -356,112 +329,5 @@ users:
         })
         .await;
         assert_eq!(from_flag.namespace, "n1");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_the_api_server_never_answers_fails_at_the_deadline() {
-        // Takes the connection and the request, and says nothing.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", silent.local_addr().expect("address"));
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((connection, _)) = silent.accept().await {
-                held.push(connection);
-            }
-        });
-        let config = kube::Config::new(url.parse().expect("url"));
-        let client = client_for(config, None).expect("client");
-        let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(ANSWER_DEADLINE * 2, client.apiserver_version())
-            .await
-            .expect("the request gave up by itself");
-        assert!(answer.is_err(), "no answer, yet {answer:?}");
-        assert!(
-            started.elapsed() >= ANSWER_DEADLINE,
-            "failed only at the deadline"
-        );
-    }
-
-    /// What a request through the proxy at `proxy_url` fails with, its causes after it.
-    async fn failure_through(proxy_url: &str) -> String {
-        // Only the proxy is dialled; the server is named in the CONNECT request.
-        let server: hyper::Uri = "https://127.0.0.1:6443".parse().expect("server");
-        let proxy = proxy::choose(&server, Some(proxy_url), &ProxyEnvironment::default())
-            .expect("usable")
-            .expect("a proxy");
-        let client = client_for(kube::Config::new(server), Some(&proxy)).expect("client");
-        let failure = client.apiserver_version().await.expect_err("no tunnel");
-        let mut message = failure.to_string();
-        let mut cause = std::error::Error::source(&failure);
-        while let Some(error) = cause {
-            message = format!("{message}: {error}");
-            cause = error.source();
-        }
-        message
-    }
-
-    /// A proxy on loopback (`scheme://127.0.0.1:PORT`) that answers each message of every
-    /// connection with the next of `replies`.
-    async fn proxy_answering(scheme: &str, replies: &'static [&'static [u8]]) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("{scheme}://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move {
-            while let Ok((mut connection, _)) = listener.accept().await {
-                for reply in replies {
-                    let mut request = [0; 1024];
-                    let _ = connection.read(&mut request).await;
-                    let _ = connection.write_all(reply).await;
-                }
-            }
-        });
-        url
-    }
-
-    #[tokio::test]
-    async fn a_proxy_that_cannot_be_reached_is_named() {
-        for scheme in ["http", "socks5"] {
-            // Bound, so no other test takes the port, but not listening: connections to it
-            // are refused.
-            let closed = tokio::net::TcpSocket::new_v4().expect("socket");
-            closed
-                .bind("127.0.0.1:0".parse().expect("address"))
-                .expect("bind");
-            let url = format!("{scheme}://{}", closed.local_addr().expect("address"));
-            let message = failure_through(&url).await;
-            assert!(
-                message.contains(&format!(
-                    "the proxy {url} (from the kubeconfig cluster's proxy-url) is unreachable"
-                )),
-                "{message}"
-            );
-            assert!(message.contains("refused"), "and why: {message}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_proxy_that_refuses_the_tunnel_is_named() {
-        const FORBIDDEN: &[&[u8]] = &[b"HTTP/1.1 403 Forbidden\r\n\r\n"];
-        const CREDENTIALS: &[&[u8]] = &[b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"];
-        // No authentication; then "connection refused" for the request.
-        const SOCKS_REFUSAL: &[&[u8]] = &[&[5, 0], &[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]];
-        for (scheme, replies, failure) in [
-            ("http", FORBIDDEN, "refused the tunnel"),
-            ("http", CREDENTIALS, "asks for credentials"),
-            ("socks5", SOCKS_REFUSAL, "refused the connection"),
-        ] {
-            let url = proxy_answering(scheme, replies).await;
-            let message = failure_through(&url).await;
-            assert!(
-                message.contains(&format!(
-                    "the proxy {url} (from the kubeconfig cluster's proxy-url) {failure}"
-                )),
-                "{message}"
-            );
-        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`control`]: tunneld's control API: what the plugins ask and tunneld answers;
 //! - [`tunneld`]: reaching this user's tunneld from a plugin, and starting it on demand;
 //! - `fd_passing` (Linux): open files handed between processes over a Unix socket;
+//! - [`duration`]: durations as kubectl's flags take them;
 //! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
@@ -29,6 +30,7 @@
 pub mod cidr;
 pub mod cluster;
 pub mod control;
+pub mod duration;
 pub mod env;
 #[cfg(target_os = "linux")]
 pub mod fd_passing;

@@ -198,9 +198,8 @@ impl Daemon {
             let daemon = self.clone();
             let listener = listener.clone();
             tokio::spawn(async move {
-                let stream = match listener.admit(stream).await {
-                    Ok(stream) => stream,
-                    Err(refusal) => return listener.refusals.note(&refusal),
+                let Some(stream) = listener.admit(stream).await else {
+                    return;
                 };
                 if let Err(err) = daemon.serve_client(stream).await {
                     tracing::debug!("control client: {err:#}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use kubedev::cidr::{self, Cidr};
 use kubedev::cluster::ClusterArgs;
 use kubedev::control::{PodPort, ProxyChoices};
+use kubedev::duration::parse_duration;
 use kubedev::env::EnvSyntax;
 use kubedev::inject::parse_resource_list;
 use kubedev::mount::MountChoice;
@@ -348,23 +349,6 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
     Ok(lease)
 }
 
-/// A duration as kubectl takes one: Go's notation (`90s`, `5m`, `2h`, `1m30s`, `1.5h`), or
-/// a bare number of seconds.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: use e.g. 90s, 5m or 1h30m");
-    let signed = match text.parse::<u64>() {
-        Ok(seconds) => jiff::SignedDuration::from_secs(seconds.try_into().map_err(|_| invalid())?),
-        Err(_) => text
-            .parse::<jiff::SignedDuration>()
-            .map_err(|_| invalid())?,
-    };
-    let duration = Duration::try_from(signed).map_err(|_| invalid())?;
-    if duration.is_zero() {
-        return Err(format!("{text:?} is no time to wait: use e.g. 90s or 5m"));
-    }
-    Ok(duration)
-}
-
 /// A mode's own part of a session request.
 #[derive(Debug, Clone, Default)]
 pub struct ModeArgs {
@@ -385,20 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_like_kubectl_timeouts() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        for invalid in ["m", "", "5x", "-5m", "soon"] {
-            let refused = parse_duration(invalid).expect_err(invalid);
-            assert!(refused.contains("use e.g."), "{refused}");
-        }
-        assert!(parse_duration("0s").is_err(), "no time to wait");
+    fn leases_outlast_renewals() {
         assert_eq!(parse_lease("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_lease("2s").is_err());
     }

@@ -5,7 +5,7 @@
 //! Candidates come from the cluster: workloads, containers, Service ports, sessions,
 //! namespaces, and the kubeconfig's contexts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ enum Wanted {
 /// The command line so far: where it points, and what the last word is.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Line {
-    cluster: (Option<String>, Option<String>, Option<PathBuf>),
+    cluster: ClusterArgs,
     positionals: Vec<String>,
 }
 
@@ -151,9 +151,11 @@ fn understand(
             break;
         };
         match flag {
-            "-n" | "--namespace" => line.cluster.0 = Some(value),
-            "--context" => line.cluster.1 = Some(value),
-            "--kubeconfig" => line.cluster.2 = Some(value.into()),
+            "-n" | "--namespace" => line.cluster.namespace = Some(value),
+            "--context" => line.cluster.context = Some(value),
+            "--kubeconfig" => line.cluster.kubeconfig = Some(value.into()),
+            "--as" => line.cluster.as_user = Some(value),
+            "--as-group" => line.cluster.as_groups.push(value),
             _ => {}
         }
     }
@@ -188,20 +190,13 @@ fn flags(command: &clap::Command) -> Vec<String> {
 
 /// The kubeconfig's contexts.
 fn contexts(line: &Line) -> Vec<String> {
-    kubedev::cluster::read_kubeconfig(line.cluster.2.as_deref())
+    kubedev::cluster::read_kubeconfig(line.cluster.kubeconfig.as_deref())
         .map(|config| config.contexts.into_iter().map(|c| c.name).collect())
         .unwrap_or_default()
 }
 
 async fn from_cluster(line: &Line, wanted: Wanted, partial: &str) -> anyhow::Result<Vec<String>> {
-    let (namespace, context, kubeconfig) = line.cluster.clone();
-    let connection = ClusterArgs {
-        namespace,
-        context,
-        kubeconfig,
-    }
-    .connect()
-    .await?;
+    let connection = line.cluster.connect().await?;
     Ok(match wanted {
         Wanted::Workload => workloads(&connection, partial).await?,
         Wanted::Container(workload) => {
@@ -357,13 +352,23 @@ mod tests {
                 "--context",
                 "prod",
                 "--kubeconfig=/k",
+                "--as",
+                "alice",
+                "--as-group=team",
                 "web",
             ],
             "",
         );
         assert_eq!(
             line.cluster,
-            (Some("shop".into()), Some("prod".into()), Some("/k".into()))
+            ClusterArgs {
+                namespace: Some("shop".into()),
+                context: Some("prod".into()),
+                kubeconfig: Some("/k".into()),
+                as_user: Some("alice".into()),
+                as_groups: vec!["team".into()],
+                request_timeout: None,
+            }
         );
         assert_eq!(line.positionals, ["web"]);
     }

@@ -53,6 +53,7 @@ pub fn trampoline_if_asked() -> Option<ExitCode> {
 }
 
 use connect::run_connect;
+use kubedev::cluster::ClusterArgs;
 use kubedev::mode::Mode;
 use kubedev_process::exit_status;
 use manage::run_manage;
@@ -90,9 +91,26 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
         };
         match result {
             Ok(code) => code,
-            Err(err) => exit_status(Err(err)),
+            Err(err) => exit_status(Err(explained(err, &cluster))),
         }
     })
+}
+
+/// `err`, saying whom the plugin acted as (`--as`), and what to do when the API server
+/// did not answer in time.
+fn explained(err: anyhow::Error, cluster: &ClusterArgs) -> anyhow::Error {
+    let err = if err.chain().any(kubedev::cluster::unanswered) {
+        err.context(
+            "the API server did not answer in time (--request-timeout sets how long to wait; \
+             0 for no limit)",
+        )
+    } else {
+        err
+    };
+    match &cluster.as_user {
+        Some(user) => err.context(format!("acting as {user} (--as)")),
+        None => err,
+    }
 }
 
 /// The command of a mode, for messages (`kubectl intercept`).

@@ -78,7 +78,8 @@ pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
     runtime_dir.join(format!("tunneld-{safe}.sock"))
 }
 
-/// The socket of the tunneld for `connection`'s kube context, in [`runtime_dir`]: made
+/// The socket of the tunneld for `connection`'s kube context and identity
+/// ([`Connection::tunneld_name`]), in [`runtime_dir`]: made
 /// with mode 0700 if missing, and refused if it is anyone else's or open to others (see
 /// [`private_files::private_dir`]).
 pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
@@ -87,8 +88,7 @@ pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
         dir: dir.clone(),
         why,
     })?;
-    let context = connection.context.as_deref().unwrap_or("default");
-    Ok(socket_path(&dir, context))
+    Ok(socket_path(&dir, &connection.tunneld_name()))
 }
 
 /// The log of the tunneld serving `socket`.
@@ -96,7 +96,8 @@ pub fn log_path(socket: &Path) -> PathBuf {
     socket.with_extension("log")
 }
 
-/// The command that starts a tunneld serving `socket` for `cluster`'s context.
+/// The command that starts a tunneld serving `socket` for `cluster`'s context, as the
+/// user it impersonates.
 pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
     let mut command = Command::new(super::binary::tunneld_binary());
     command
@@ -109,6 +110,12 @@ pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
     }
     if let Some(context) = &cluster.context {
         command.arg("--context").arg(context);
+    }
+    if let Some(user) = &cluster.as_user {
+        command.arg("--as").arg(user);
+    }
+    for group in &cluster.as_groups {
+        command.arg("--as-group").arg(group);
     }
     command
 }

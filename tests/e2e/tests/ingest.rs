@@ -192,3 +192,84 @@ async fn a_bare_name_two_kinds_share_is_refused_with_the_choices_and_nothing_cha
         "the StatefulSet is untouched"
     );
 }
+
+/// `--as` and `--as-group`, as kubectl takes them: the plugin, and the tunneld it starts,
+/// act with the rights of the user named and of nobody else. The namespace's Role is bound
+/// to a group: alice alone may do nothing there, alice in that group may ingest.
+#[tokio::test]
+async fn as_and_as_group_act_with_the_rights_of_the_user_named() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "ingest-as").await;
+    deploy_app_with_env(&ns).await;
+    let before = ns.api::<Deployment>().get("app").await.expect("app");
+    let workstation = Workstation::create(&cluster);
+    let admin = cluster.admin_kubeconfig.display().to_string();
+    let namespace = ["-n", &ns.name, "--kubeconfig", &admin];
+    let alice = ["--as", "alice"];
+    let groups = ["--as-group", "kubedev-developers", "--as-group", "team-a"];
+
+    let alone = [&["app"], &namespace[..], &alice, &["--", "true"]].concat();
+    let refused = refusal(&workstation.plugin(&cluster, PLUGIN, &alone));
+    assert!(
+        refused.contains("acting as alice (--as)") && refused.contains("not allowed to get"),
+        "{refused}"
+    );
+    let groups_alone = [&["app"], &namespace[..], &groups[..2]].concat();
+    let refused = refusal(&workstation.plugin(&cluster, PLUGIN, &groups_alone));
+    assert!(refused.contains("--as-group needs --as"), "{refused}");
+    let after = ns.api::<Deployment>().get("app").await.expect("app");
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "nothing changed"
+    );
+
+    let print_password = ["--", "sh", "-c", "printf %s \"$DB_PASSWORD\""];
+    let in_group = [
+        &["app"],
+        &namespace[..],
+        &alice,
+        &groups,
+        &["--request-timeout", "0"],
+        &print_password,
+    ];
+    let output = workstation.plugin_ok(&cluster, PLUGIN, &in_group.concat());
+    assert_eq!(output, "s3cret");
+    let status = [&namespace[..], &alice, &groups, &["status", "-o", "json"]].concat();
+    let status: Value =
+        serde_json::from_str(&workstation.plugin_ok(&cluster, PLUGIN, &status)).expect("JSON");
+    the_only_tunneld_acts_as_alice(&workstation, &status);
+    let after = ns.api::<Deployment>().get("app").await.expect("app");
+    assert_eq!(
+        serde_json::to_value(&after.spec).expect("json"),
+        serde_json::to_value(&before.spec).expect("json"),
+        "restored exactly"
+    );
+}
+
+/// What the plugin that gave `output` said on stderr, which must be a refusal.
+fn refusal(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "refused: {stderr}");
+    stderr
+}
+
+/// The tunneld `status` describes was started as alice in her groups, and is the only one
+/// in the workstation: kept apart from the kubeconfig user's.
+fn the_only_tunneld_acts_as_alice(workstation: &Workstation, status: &Value) {
+    let pid = status["pid"].as_u64().expect("alice's tunneld runs");
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).expect("tunneld's command");
+    let command_line = String::from_utf8_lossy(&command_line).replace('\0', " ");
+    assert!(
+        command_line.contains("--as alice --as-group kubedev-developers --as-group team-a"),
+        "tunneld acts as alice: {command_line}"
+    );
+    let sockets: Vec<String> = std::fs::read_dir(workstation.runtime_dir())
+        .expect("runtime dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".sock"))
+        .collect();
+    assert!(
+        matches!(&sockets[..], [one] if one.starts_with("tunneld-") && one.contains(".as-")),
+        "one tunneld, alice's own: {sockets:?}"
+    );
+}

@@ -21,7 +21,7 @@ const UNPROVEN_AT_MOST: usize = 32;
 
 /// Refused connections, logged one line per [`REFUSALS_LOGGED_EVERY`] at most.
 #[derive(Debug, Default)]
-pub(super) struct Refusals {
+struct Refusals {
     /// When one was last logged, and how many were refused since.
     since: Mutex<Option<(Instant, u64)>>,
 }
@@ -29,7 +29,7 @@ pub(super) struct Refusals {
 impl Refusals {
     /// Logs `refusal` if none was logged lately, with how many were refused meanwhile;
     /// counts it otherwise.
-    pub(super) fn note(&self, refusal: &str) {
+    fn note(&self, refusal: &str) {
         if let Some(line) = self.line_for(refusal) {
             tracing::warn!("{line}");
         }
@@ -88,7 +88,7 @@ pub(super) struct ControlListener {
     #[cfg(windows)]
     unproven: tokio::sync::Semaphore,
     /// The connections refused, for the log.
-    pub(super) refusals: Refusals,
+    refusals: Refusals,
 }
 
 impl ControlListener {
@@ -145,21 +145,38 @@ impl ControlListener {
         return self.listener.accept().await;
     }
 
-    /// Takes `stream` if its peer may use tunneld; the refusal says who it was.
-    pub(super) async fn admit(&self, stream: ControlStream) -> Result<ControlStream, String> {
-        #[cfg(unix)]
-        return match stream.peer_cred() {
-            Ok(peer) => self.peers.check(peer.uid(), peer.pid()).map(|()| stream),
+    /// Takes `stream` if its peer may use tunneld. A refusal, which says who it was, is
+    /// logged before the stream closes, so the log has it by the time the peer sees the end.
+    pub(super) async fn admit(&self, mut stream: ControlStream) -> Option<ControlStream> {
+        match self.check(&mut stream).await {
+            Ok(()) => Some(stream),
+            Err(refusal) => {
+                self.refusals.note(&refusal);
+                drop(stream);
+                None
+            }
+        }
+    }
+
+    /// Whether the peer of `stream` may use tunneld.
+    #[cfg(unix)]
+    async fn check(&self, stream: &mut ControlStream) -> Result<(), String> {
+        match stream.peer_cred() {
+            Ok(peer) => self.peers.check(peer.uid(), peer.pid()),
             Err(err) => Err(format!("refused a control connection: its user: {err}")),
-        };
-        #[cfg(windows)]
-        return match self.unproven.try_acquire() {
+        }
+    }
+
+    /// Whether the peer of `stream` proves the key, while there is room to wait for it.
+    #[cfg(windows)]
+    async fn check(&self, stream: &mut ControlStream) -> Result<(), String> {
+        match self.unproven.try_acquire() {
             Ok(_room) => self.listener.admit(stream).await,
             Err(_) => Err(format!(
                 "refused a control connection: {UNPROVEN_AT_MOST} others are still to prove \
                  their key"
             )),
-        };
+        }
     }
 }
 

@@ -128,9 +128,9 @@ impl ControlListener {
         Ok(stream)
     }
 
-    /// Takes `stream` once it has sent the client key, and answers with the server key;
+    /// Admits `stream` once it has sent the client key, and answers with the server key;
     /// the refusal says what it was sent instead.
-    pub async fn admit(&self, mut stream: TcpStream) -> Result<TcpStream, String> {
+    pub async fn admit(&self, stream: &mut TcpStream) -> Result<(), String> {
         let mut key = [0u8; 32];
         match tokio::time::timeout(KEY_DEADLINE, stream.read_exact(&mut key)).await {
             Ok(Ok(_)) if same_key(&key, &self.endpoint.client_key) => {}
@@ -140,8 +140,7 @@ impl ControlListener {
         stream
             .write_all(&self.endpoint.server_key)
             .await
-            .map_err(|err| format!("control connection: {err}"))?;
-        Ok(stream)
+            .map_err(|err| format!("control connection: {err}"))
     }
 }
 
@@ -165,15 +164,15 @@ mod tests {
         let socket = dir.join("tunneld.sock");
         let listener = ControlListener::bind(&socket).await.expect("bind");
         let served = async {
-            let stream = listener.accept().await.expect("accept");
-            listener.admit(stream).await
+            let mut stream = listener.accept().await.expect("accept");
+            listener.admit(&mut stream).await
         };
         let (client, admitted) = tokio::join!(connect(&socket), served);
         assert!(client.is_ok() && admitted.is_ok());
 
         let served = async {
-            let stream = listener.accept().await.expect("accept");
-            listener.admit(stream).await
+            let mut stream = listener.accept().await.expect("accept");
+            listener.admit(&mut stream).await
         };
         let stranger = async {
             let mut stream = TcpStream::connect(listener.endpoint.address).await?;

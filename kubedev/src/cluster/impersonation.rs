@@ -1,0 +1,94 @@
+//! Acting as another user (`--as`, `--as-group`), as kubectl does: the API server checks
+//! that the kubeconfig's user may impersonate, then authorizes every request as the user
+//! (and groups) named.
+
+use kube::config::AuthInfo;
+
+use super::ClusterError;
+
+/// Makes `auth` act as `user`, in `groups`: the flags take the place of the kubeconfig's
+/// `as` and `as-groups`. Groups without a user are refused, as kubectl refuses them.
+pub(super) fn impersonate(
+    auth: &mut AuthInfo,
+    user: Option<&str>,
+    groups: &[String],
+) -> Result<(), ClusterError> {
+    match user {
+        Some(user) => {
+            auth.impersonate = Some(user.to_owned());
+            auth.impersonate_groups = (!groups.is_empty()).then(|| groups.to_vec());
+            Ok(())
+        }
+        None if groups.is_empty() => Ok(()),
+        None => Err(ClusterError::GroupsWithoutUser),
+    }
+}
+
+/// A short name for whom `auth` acts as, when it impersonates: each identity gets a
+/// tunneld of its own, which never acts for another.
+pub(super) fn acting_as(auth: &AuthInfo) -> Option<String> {
+    let user = auth.impersonate.as_deref()?;
+    let mut named = ring::digest::Context::new(&ring::digest::SHA256);
+    named.update(user.as_bytes());
+    for group in auth.impersonate_groups.iter().flatten() {
+        named.update(b"\0");
+        named.update(group.as_bytes());
+    }
+    let digest = named.finish();
+    let short: String = digest.as_ref()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Some(format!("as-{short}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_replace_the_kubeconfigs_identity() {
+        let mut auth = AuthInfo {
+            impersonate: Some("from-kubeconfig".into()),
+            impersonate_groups: Some(vec!["kubeconfig-group".into()]),
+            ..AuthInfo::default()
+        };
+        impersonate(&mut auth, Some("alice"), &[]).expect("a user alone");
+        assert_eq!(auth.impersonate.as_deref(), Some("alice"));
+        assert_eq!(auth.impersonate_groups, None);
+
+        impersonate(&mut auth, Some("bob"), &["team".into(), "ops".into()]).expect("groups");
+        assert_eq!(
+            auth.impersonate_groups,
+            Some(vec!["team".to_owned(), "ops".to_owned()])
+        );
+    }
+
+    #[test]
+    fn groups_need_a_user() {
+        let mut auth = AuthInfo::default();
+        assert!(matches!(
+            impersonate(&mut auth, None, &["team".into()]),
+            Err(ClusterError::GroupsWithoutUser)
+        ));
+        assert_eq!(auth.impersonate_groups, None, "nothing set");
+        impersonate(&mut auth, None, &[]).expect("no impersonation");
+        assert_eq!(acting_as(&auth), None);
+    }
+
+    #[test]
+    fn each_identity_has_its_own_name() {
+        let identity = |user: &str, groups: &[&str]| {
+            let mut auth = AuthInfo::default();
+            let groups: Vec<String> = groups.iter().map(|&g| g.to_owned()).collect();
+            impersonate(&mut auth, Some(user), &groups).expect("identity");
+            acting_as(&auth).expect("a name")
+        };
+        let alice = identity("alice", &[]);
+        assert_eq!(alice, identity("alice", &[]));
+        assert_eq!(alice.len(), "as-".len() + 16);
+        assert_ne!(alice, identity("alice", &["team"]));
+        assert_ne!(identity("alice", &["team"]), identity("alice", &["ops"]));
+        assert_ne!(identity("ali", &["ce"]), identity("alice", &[]));
+    }
+}
