@@ -31,9 +31,19 @@ pub enum WorkloadKind {
     StatefulSet,
     /// A ReplicaSet (`rs`).
     ReplicaSet,
+    /// A DaemonSet (`ds`).
+    DaemonSet,
 }
 
 impl WorkloadKind {
+    /// Every kind, in the order they are offered and looked up.
+    pub const ALL: [Self; 4] = [
+        Self::Deployment,
+        Self::StatefulSet,
+        Self::ReplicaSet,
+        Self::DaemonSet,
+    ];
+
     /// Parses a kind as kubectl accepts it: singular, plural, short name, or
     /// `resource.group`, case-insensitively.
     fn parse(text: &str) -> Option<Self> {
@@ -43,6 +53,7 @@ impl WorkloadKind {
             "deploy" | "deployment" | "deployments" => Some(Self::Deployment),
             "sts" | "statefulset" | "statefulsets" => Some(Self::StatefulSet),
             "rs" | "replicaset" | "replicasets" => Some(Self::ReplicaSet),
+            "ds" | "daemonset" | "daemonsets" => Some(Self::DaemonSet),
             _ => None,
         }
     }
@@ -53,15 +64,17 @@ impl WorkloadKind {
             Self::Deployment => "deployments",
             Self::StatefulSet => "statefulsets",
             Self::ReplicaSet => "replicasets",
+            Self::DaemonSet => "daemonsets",
         }
     }
 
-    /// The resource name kubectl prints (`deployment`, `statefulset`, `replicaset`).
+    /// The resource name kubectl prints (`deployment`, `statefulset`, ...).
     pub fn resource(self) -> &'static str {
         match self {
             Self::Deployment => "deployment",
             Self::StatefulSet => "statefulset",
             Self::ReplicaSet => "replicaset",
+            Self::DaemonSet => "daemonset",
         }
     }
 }
@@ -95,7 +108,7 @@ impl fmt::Display for WorkloadRef {
     }
 }
 
-/// RFC 1123 subdomain, the rule for Deployment, StatefulSet and ReplicaSet names.
+/// RFC 1123 subdomain, the rule for the names of workloads.
 fn is_dns_subdomain(name: &str) -> bool {
     let label_ok = |label: &str| {
         !label.is_empty()
@@ -138,6 +151,8 @@ mod tests {
             ("statefulset/a", WorkloadKind::StatefulSet),
             ("rs/a", WorkloadKind::ReplicaSet),
             ("replicasets.apps/a", WorkloadKind::ReplicaSet),
+            ("ds/a", WorkloadKind::DaemonSet),
+            ("daemonsets.apps/a", WorkloadKind::DaemonSet),
         ] {
             assert_eq!(parse(text).expect(text).kind, kind, "{text}");
         }
@@ -150,7 +165,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds_and_bad_names() {
-        let err = parse("daemonset/a").expect_err("unsupported");
+        let err = parse("cronjob/a").expect_err("unsupported");
         assert!(err.contains("unsupported workload kind"), "{err}");
         for bad in ["", "Web", "a_b", "-a", "a/", "deploy/a/b"] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");

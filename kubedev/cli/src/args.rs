@@ -28,8 +28,8 @@ pub struct PluginArgs {
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
-    /// The workload: NAME (the Deployment, StatefulSet or ReplicaSet of that name) or
-    /// KIND/NAME (deployment, statefulset, replicaset). A workload named like a subcommand
+    /// The workload: NAME (the Deployment, StatefulSet, ReplicaSet or DaemonSet of that
+    /// name) or KIND/NAME (deployment, statefulset, replicaset, daemonset). A workload named like a subcommand
     /// (connect, list, leave, role, status, version, diagnose, config, gather-logs, help) is
     /// given as KIND/NAME.
     #[arg(required = true)]

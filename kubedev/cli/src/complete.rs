@@ -276,26 +276,17 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
         "gather-logs",
     ]
     .iter()
-    .chain(&["deployment/", "statefulset/", "replicaset/"])
     .map(|word| (*word).to_owned())
+    .chain(WorkloadKind::ALL.map(|kind| format!("{}/", kind.resource())))
     .collect();
-    let mut names = std::collections::BTreeSet::new();
-    for kind in [
-        WorkloadKind::Deployment,
-        WorkloadKind::StatefulSet,
-        WorkloadKind::ReplicaSet,
-    ] {
-        // A kind the user may not list offers no names; the others still do.
-        let Ok(workloads) = Workload::list(client, namespace, kind).await else {
-            continue;
-        };
-        names.extend(
-            workloads
-                .into_iter()
-                .filter(|workload| !workload.is_controlled())
-                .map(|workload| workload.reference.name),
-        );
-    }
+    // A kind the user may not list offers no names; the others still do.
+    let names: std::collections::BTreeSet<String> =
+        Workload::list_every_kind(client, Some(namespace))
+            .await?
+            .into_iter()
+            .filter(|workload| !workload.is_controlled())
+            .map(|workload| workload.reference.name)
+            .collect();
     candidates.extend(names);
     Ok(candidates)
 }
@@ -306,10 +297,8 @@ mod tests {
     use clap::{Arg, ArgAction};
 
     fn command() -> clap::Command {
-        clap::Command::new("kubectl intercept")
-            .arg(Arg::new("namespace").short('n').long("namespace"))
-            .arg(Arg::new("context").long("context"))
-            .arg(Arg::new("kubeconfig").long("kubeconfig"))
+        let plugin = clap::Command::new("kubectl intercept");
+        <ClusterArgs as clap::Args>::augment_args(plugin)
             .arg(Arg::new("container").short('c').long("container"))
             .arg(Arg::new("port").short('p').long("port"))
             .arg(Arg::new("detach").long("detach").action(ArgAction::SetTrue))

@@ -159,6 +159,7 @@ mod tests {
         for (group, resource, verb) in [
             ("apps", "deployments", "update"),
             ("apps", "statefulsets", "update"),
+            ("apps", "daemonsets", "update"),
             ("", "services", "update"),
             ("", "pods", "watch"),
             ("", "pods/portforward", "create"),

@@ -7,7 +7,7 @@ use kube::api::Api;
 
 use super::SessionError;
 use super::service::selects;
-use crate::workload::{Workload, WorkloadError, WorkloadKind, WorkloadRef};
+use crate::workload::{Workload, WorkloadError, WorkloadRef};
 
 /// A workload a session can start on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl std::fmt::Display for CandidatePort {
     }
 }
 
-/// The Deployments, StatefulSets and ReplicaSets of their own (not a Deployment's) in
+/// The workloads of their own (not a Deployment's ReplicaSets) in
 /// `namespace`, with what leads to them.
 pub async fn candidates_in(
     client: &kube::Client,
@@ -53,15 +53,9 @@ pub async fn candidates_in(
         .map_err(|err| WorkloadError::from_api(err, "list", "services", namespace))?
         .items;
     let mut found = Vec::new();
-    for kind in [
-        WorkloadKind::Deployment,
-        WorkloadKind::StatefulSet,
-        WorkloadKind::ReplicaSet,
-    ] {
-        for workload in Workload::list(client, namespace, kind).await? {
-            if !workload.is_controlled() {
-                found.push(candidate(&workload, &services)?);
-            }
+    for workload in Workload::list_every_kind(client, Some(namespace)).await? {
+        if !workload.is_controlled() {
+            found.push(candidate(&workload, &services)?);
         }
     }
     Ok(found)

@@ -12,8 +12,8 @@ use super::leave::leave;
 use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
 use super::tokens::{TokensSecret, keep_only};
+use crate::workload::Workload;
 use crate::workload::retry_on_conflict;
-use crate::workload::{Workload, WorkloadKind};
 
 /// Every workload in `namespace` with a session on it, and its record.
 pub async fn sessions_in(
@@ -35,22 +35,12 @@ async fn sessions_of(
     namespace: Option<&str>,
 ) -> Result<Vec<(Workload, Record)>, SessionError> {
     let mut found = Vec::new();
-    for kind in [
-        WorkloadKind::Deployment,
-        WorkloadKind::StatefulSet,
-        WorkloadKind::ReplicaSet,
-    ] {
-        let workloads = match namespace {
-            Some(namespace) => Workload::list(client, namespace, kind).await?,
-            None => Workload::list_everywhere(client, kind).await?,
-        };
-        for workload in workloads {
-            if workload.is_controlled() {
-                continue;
-            }
-            if let Some(record) = record_of(&workload)? {
-                found.push((workload, record));
-            }
+    for workload in Workload::list_every_kind(client, namespace).await? {
+        if workload.is_controlled() {
+            continue;
+        }
+        if let Some(record) = record_of(&workload)? {
+            found.push((workload, record));
         }
     }
     Ok(found)

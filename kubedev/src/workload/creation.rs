@@ -96,6 +96,7 @@ fn reported_by(event: &Event, controller: &str) -> bool {
 fn controller_of(workload: &Workload) -> &'static str {
     match workload.reference.kind {
         WorkloadKind::StatefulSet => "statefulset-controller",
+        WorkloadKind::DaemonSet => "daemonset-controller",
         WorkloadKind::Deployment | WorkloadKind::ReplicaSet => "replicaset-controller",
     }
 }

@@ -29,7 +29,8 @@ pub enum WorkloadError {
     },
     /// No workload of any kind has the bare name given.
     #[error(
-        "no deployment, statefulset or replicaset named {name} in namespace {namespace}{}",
+        "no deployment, statefulset, replicaset or daemonset named {name} in namespace \
+         {namespace}{}",
         unreadable_note(unreadable)
     )]
     NoneNamed {

@@ -1,5 +1,6 @@
 //! A workload as users type it ([`WorkloadName`]: `NAME` or `KIND/NAME`), found in the
-//! cluster. A bare NAME is whichever Deployment, StatefulSet or ReplicaSet has that name,
+//! cluster. A bare NAME is whichever Deployment, StatefulSet, ReplicaSet or DaemonSet has
+//! that name,
 //! as Telepresence finds a workload whatever its kind; when two kinds share it, the user is
 //! asked to say which.
 
@@ -7,13 +8,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{Workload, WorkloadError, WorkloadKind, WorkloadRef};
-
-/// The kinds a bare name may be, in the order they are offered.
-const KINDS: [WorkloadKind; 3] = [
-    WorkloadKind::Deployment,
-    WorkloadKind::StatefulSet,
-    WorkloadKind::ReplicaSet,
-];
 
 /// A workload as typed on the command line: its kind only if given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +70,7 @@ impl WorkloadName {
                 name: self.name.clone(),
             });
         }
-        let lookups = KINDS.map(|kind| {
+        let lookups = WorkloadKind::ALL.map(|kind| {
             let reference = WorkloadRef {
                 kind,
                 name: self.name.clone(),
@@ -135,8 +129,8 @@ mod tests {
     }
 
     /// The lookups' answers: a workload of `kind` (controlled by another, or not), or none.
-    fn found(answers: [Option<bool>; 3]) -> Vec<(WorkloadKind, Result<bool, WorkloadError>)> {
-        KINDS
+    fn found(answers: [Option<bool>; 4]) -> Vec<(WorkloadKind, Result<bool, WorkloadError>)> {
+        WorkloadKind::ALL
             .into_iter()
             .zip(answers)
             .map(|(kind, answer)| {
@@ -154,22 +148,27 @@ mod tests {
         assert_eq!(name("web").kind, None);
         assert_eq!(name("sts/web").kind, Some(WorkloadKind::StatefulSet));
         assert_eq!(name("sts/web").to_string(), "statefulset/web");
-        assert!("daemonset/web".parse::<WorkloadName>().is_err());
+        assert_eq!(name("ds/web").to_string(), "daemonset/web");
+        assert!("cronjob/web".parse::<WorkloadName>().is_err());
         assert!("Web".parse::<WorkloadName>().is_err());
     }
 
     #[test]
     fn a_bare_name_is_the_one_kind_that_has_it() {
         let chosen = name("web")
-            .choose("dev", found([None, Some(false), None]))
+            .choose("dev", found([None, Some(false), None, None]))
             .expect("one");
         assert_eq!(chosen.to_string(), "statefulset/web");
+        let chosen = name("web")
+            .choose("dev", found([None, None, None, Some(false)]))
+            .expect("one");
+        assert_eq!(chosen.to_string(), "daemonset/web");
     }
 
     #[test]
     fn a_deployments_own_replicaset_does_not_count() {
         let chosen = name("web")
-            .choose("dev", found([Some(false), None, Some(true)]))
+            .choose("dev", found([Some(false), None, Some(true), None]))
             .expect("one");
         assert_eq!(chosen.to_string(), "deployment/web");
     }
@@ -177,7 +176,7 @@ mod tests {
     #[test]
     fn two_kinds_of_one_name_ask_which() {
         let asked = name("web")
-            .choose("dev", found([Some(false), Some(false), None]))
+            .choose("dev", found([Some(false), Some(false), None, None]))
             .expect_err("two");
         assert_eq!(
             asked.to_string(),
@@ -188,7 +187,7 @@ mod tests {
 
     #[test]
     fn none_found_says_which_kinds_could_not_be_read() {
-        let mut answers = found([None, None, None]);
+        let mut answers = found([None, None, None, None]);
         answers[2].1 = Err(WorkloadError::Forbidden {
             verb: "get",
             resource: "replicasets",
@@ -197,8 +196,8 @@ mod tests {
         let refused = name("web").choose("dev", answers).expect_err("none");
         assert_eq!(
             refused.to_string(),
-            "no deployment, statefulset or replicaset named web in namespace dev (not \
-             allowed to get replicasets there)"
+            "no deployment, statefulset, replicaset or daemonset named web in namespace dev \
+             (not allowed to get replicasets there)"
         );
     }
 }

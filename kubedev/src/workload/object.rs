@@ -75,6 +75,7 @@ impl WorkloadKind {
             Self::Deployment => "Deployment",
             Self::StatefulSet => "StatefulSet",
             Self::ReplicaSet => "ReplicaSet",
+            Self::DaemonSet => "DaemonSet",
         }
     }
 
@@ -142,12 +143,28 @@ impl Workload {
         Self::list_in(client, Some(namespace), kind).await
     }
 
-    /// Lists the workloads of `kind` in every namespace (a role with cluster-wide `list`).
-    pub async fn list_everywhere(
+    /// Every workload of every kind in `namespace`, or everywhere: the kinds the user may
+    /// not list are left out, unless that is all of them.
+    pub async fn list_every_kind(
         client: &kube::Client,
-        kind: WorkloadKind,
+        namespace: Option<&str>,
     ) -> Result<Vec<Self>, WorkloadError> {
-        Self::list_in(client, None, kind).await
+        let mut found = Vec::new();
+        let mut forbidden = Vec::new();
+        for kind in WorkloadKind::ALL {
+            match Self::list_in(client, namespace, kind).await {
+                Ok(workloads) => found.extend(workloads),
+                Err(err @ WorkloadError::Forbidden { .. }) => forbidden.push(err),
+                Err(err) => return Err(err),
+            }
+        }
+        if forbidden.len() == WorkloadKind::ALL.len() {
+            return Err(forbidden.swap_remove(0));
+        }
+        for err in forbidden {
+            tracing::debug!("left out: {err}");
+        }
+        Ok(found)
     }
 
     async fn list_in(
@@ -246,23 +263,28 @@ impl Workload {
             .join(","))
     }
 
-    /// How many pods it asks for (1 when unset, as the API server defaults it).
+    /// How many pods it asks for (1 when unset, as the API server defaults it); for a
+    /// DaemonSet, one per node it is to run on.
     pub fn replicas(&self) -> i32 {
+        let count = match self.reference.kind {
+            WorkloadKind::DaemonSet => "/status/desiredNumberScheduled",
+            _ => "/spec/replicas",
+        };
         self.object
             .data
-            .pointer("/spec/replicas")
+            .pointer(count)
             .and_then(Value::as_i64)
             .and_then(|n| i32::try_from(n).ok())
             .unwrap_or(1)
     }
 
     /// Whether changing the template replaces the pods by itself (a ReplicaSet, or a
-    /// StatefulSet with the OnDelete strategy, needs its pods deleted).
+    /// StatefulSet or DaemonSet with the OnDelete strategy, needs its pods deleted).
     pub fn rolls_out_by_itself(&self) -> bool {
         match self.reference.kind {
             WorkloadKind::Deployment => true,
             WorkloadKind::ReplicaSet => false,
-            WorkloadKind::StatefulSet => {
+            WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
                 self.object
                     .data
                     .pointer("/spec/updateStrategy/type")

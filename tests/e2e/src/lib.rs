@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -360,6 +360,33 @@ impl TestNamespace {
         tokio::time::timeout(CONVERGE_TIMEOUT, ready)
             .await
             .with_context(|| format!("statefulset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    /// The echo app as DaemonSet `name` (a pod on each node), behind Service `name`,
+    /// returning once its pods are ready.
+    pub async fn deploy_echo_daemonset(&self, name: &str) -> anyhow::Result<()> {
+        let deployment = single_container_deployment(name, 1, echo_container())?;
+        let mut spec = serde_json::to_value(deployment.spec)?;
+        spec.as_object_mut().context("spec")?.remove("replicas");
+        let daemonset: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": spec
+        }))?;
+        self.create_echo_service(name).await?;
+        self.api::<DaemonSet>()
+            .create(&PostParams::default(), &daemonset)
+            .await
+            .context("create echo daemonset")?;
+        let ready = await_condition(self.api::<DaemonSet>(), name, |ds: Option<&DaemonSet>| {
+            ds.and_then(|ds| ds.status.as_ref()).is_some_and(|status| {
+                status.desired_number_scheduled > 0
+                    && status.number_ready == status.desired_number_scheduled
+            })
+        });
+        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
+            .await
+            .with_context(|| format!("daemonset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! intercepted service port reach a server on the workstation, everything else still
 //! reaches the app, and leaving restores the workload and Service exactly.
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 use std::time::{Duration, Instant};
 
@@ -636,7 +637,7 @@ async fn wait_until_restored(s: &Setup) {
 const BAD_ARGUMENTS: [(&[&str], &str); 7] = [
     (
         &["nope", "--port", "3000"],
-        "no deployment, statefulset or replicaset named nope in namespace",
+        "no deployment, statefulset, replicaset or daemonset named nope in namespace",
     ),
     (
         &["echo", "--port", "3000"],
@@ -1152,4 +1153,50 @@ fn gathers_every_session(s: &Setup, here: &str, there: &str) {
         );
     }
     assert!(listing.contains(".agent.log\n"), "{listing}");
+}
+
+/// A DaemonSet, named bare: its pod gets the agent, the Service's requests reach the
+/// workstation, and leave restores its template exactly and the app answers again.
+#[tokio::test]
+async fn a_daemonsets_requests_reach_the_workstation_until_leave_restores_it() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "intercept-ds").await;
+    ns.deploy_echo_daemonset("echo").await.expect("echo ready");
+    ns.start_client("client").await.expect("client pod");
+    let daemonsets = ns.api::<DaemonSet>();
+    let template = || async {
+        let daemonset = daemonsets.get("echo").await.expect("daemonset");
+        serde_json::to_value(daemonset.spec.map(|spec| spec.template)).expect("json")
+    };
+    let before = template().await;
+    let workstation = Workstation::create(&cluster);
+    let _server = workstation.serve_http(3000, "laptop");
+    let namespace = ["-n", ns.name.as_str()];
+
+    let start = [&["echo", "--port", "3000:http", "--detach"], &namespace[..]].concat();
+    workstation.plugin_ok(&cluster, PLUGIN, &start);
+    assert_eq!(
+        http_from_client(&ns, "echo:8080", "/node").trim(),
+        "local laptop: GET /node HTTP/1.1"
+    );
+    let list = [&["list", "-o", "json"], &namespace[..]].concat();
+    let listed: Value =
+        serde_json::from_str(&workstation.plugin_ok(&cluster, PLUGIN, &list)).expect("JSON");
+    assert_eq!(listed[0]["workload"], "daemonset/echo", "{listed}");
+
+    workstation.plugin_ok(
+        &cluster,
+        PLUGIN,
+        &[&["leave", "echo"], &namespace[..]].concat(),
+    );
+    assert_eq!(template().await, before, "restored exactly");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ns
+        .http_get("client", "echo:8080", "/after")
+        .unwrap_or_default()
+        .starts_with("echo from echo-")
+    {
+        assert!(Instant::now() < deadline, "the app did not answer again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -243,7 +243,7 @@ enum Kind {
 }
 
 impl State {
-    /// Deployments (StatefulSets and ReplicaSets: none), below `namespaces/NS/`.
+    /// Deployments (StatefulSets, ReplicaSets and DaemonSets: none), below `namespaces/NS/`.
     fn apps(
         &mut self,
         method: &Method,
@@ -252,7 +252,7 @@ impl State {
     ) -> Option<Response<Full<Bytes>>> {
         Some(match (method.clone(), rest) {
             (Method::GET, ["deployments"]) => list(self.deployments.values().cloned().collect()),
-            (Method::GET, ["statefulsets" | "replicasets"]) => list(Vec::new()),
+            (Method::GET, ["statefulsets" | "replicasets" | "daemonsets"]) => list(Vec::new()),
             (Method::GET, ["replicasets", name]) => {
                 let mut current = self.deployments.values().map(replica_set_of);
                 found(current.find(|rs| name_of(rs) == *name).as_ref())
