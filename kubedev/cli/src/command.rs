@@ -240,6 +240,7 @@ mod tests {
     fn status(network: NetworkStatus, proxy: Option<ProxyStatus>) -> DaemonStatus {
         DaemonStatus {
             pid: 1,
+            version: None,
             network,
             proxy,
             sessions: Vec::new(),

@@ -208,7 +208,10 @@ async fn hold(life: &Life<'_>) -> anyhow::Result<Hold> {
     let held = async {
         let socket = tunneld::socket_for(life.connection)?;
         let start = tunneld::start_command(&socket, life.cluster);
-        tunneld::ensure_running(&socket, start, &tunneld::log_path(&socket)).await?;
+        let running = tunneld::ensure_running(&socket, start, &tunneld::log_path(&socket)).await?;
+        if let Some(skew) = running.skew(env!("CARGO_PKG_VERSION")) {
+            eprintln!("warning: {skew}");
+        }
         tunneld::hold(&socket, held).await
     };
     match held.await {

@@ -119,6 +119,9 @@ pub(super) fn describe_status(status: Option<&DaemonStatus>) -> String {
         return "tunneld is not running (no session on this machine for this context)\n".into();
     };
     let mut out = format!("tunneld: running (pid {})\n", status.pid);
+    if let Some(skew) = status.skew(env!("CARGO_PKG_VERSION")) {
+        out += &format!("warning: {skew}\n");
+    }
     out += &match &status.network {
         NetworkStatus::Off => "cluster network: off\n".to_owned(),
         NetworkStatus::Up {
@@ -330,6 +333,7 @@ mod tests {
         };
         let status = DaemonStatus {
             pid: 42,
+            version: Some(env!("CARGO_PKG_VERSION").into()),
             network: network.clone(),
             proxy: None,
             sessions: Vec::new(),
@@ -368,6 +372,7 @@ mod tests {
     fn the_proxy_is_shown_with_how_to_use_it() {
         let status = DaemonStatus {
             pid: 42,
+            version: Some(env!("CARGO_PKG_VERSION").into()),
             network: NetworkStatus::Unavailable {
                 reason: "needs root".into(),
             },

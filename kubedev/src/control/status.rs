@@ -16,6 +16,9 @@ use kubedev_protocol::WiretapCounts;
 pub struct DaemonStatus {
     /// Its process id.
     pub pid: u32,
+    /// Its version (none from a tunneld that predates saying it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The cluster's network on this machine.
     pub network: NetworkStatus,
     /// Its proxy, for every tool and platform (none from a tunneld without one).
@@ -23,6 +26,22 @@ pub struct DaemonStatus {
     pub proxy: Option<ProxyStatus>,
     /// Its sessions, by name.
     pub sessions: Vec<SessionStatus>,
+}
+
+impl DaemonStatus {
+    /// What to know when this tunneld is not of `plugin`'s version: a plugin that was
+    /// upgraded while its tunneld ran uses the old one until that one exits.
+    pub fn skew(&self, plugin: &str) -> Option<String> {
+        let running = self.version.as_deref().unwrap_or("older");
+        (running != plugin).then(|| {
+            format!(
+                "tunneld {running} (pid {}) serves this kube context, not this plugin's \
+                 version {plugin}: it exits once it has no session left, and the next \
+                 command then starts tunneld {plugin}",
+                self.pid
+            )
+        })
+    }
 }
 
 /// The user name tunneld's proxy takes; the password is each tunneld's own secret.
@@ -186,4 +205,43 @@ pub struct SessionStatus {
     /// A wiretap's copies, over its linked pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wiretap: Option<WiretapCounts>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(version: Option<&str>) -> DaemonStatus {
+        DaemonStatus {
+            pid: 42,
+            version: version.map(str::to_owned),
+            network: NetworkStatus::Off,
+            proxy: None,
+            sessions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_tunneld_of_another_version_is_named_with_what_happens_next() {
+        assert_eq!(status(Some("0.2.0")).skew("0.2.0"), None);
+        let older = status(Some("0.1.0")).skew("0.2.0").expect("skew");
+        assert!(
+            older.starts_with(
+                "tunneld 0.1.0 (pid 42) serves this kube context, not this \
+                 plugin's version 0.2.0"
+            ),
+            "{older}"
+        );
+        let silent = status(None).skew("0.2.0").expect("skew");
+        assert!(silent.starts_with("tunneld older (pid 42)"), "{silent}");
+    }
+
+    #[test]
+    fn a_status_without_a_version_still_reads() {
+        let mut json = serde_json::to_value(status(Some("0.1.0"))).expect("json");
+        assert_eq!(json["version"], "0.1.0");
+        json.as_object_mut().expect("object").remove("version");
+        let read: DaemonStatus = serde_json::from_value(json).expect("older status");
+        assert_eq!(read.version, None);
+    }
 }

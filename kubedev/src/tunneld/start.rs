@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{TunneldError, request};
+use super::TunneldError;
 use crate::cluster::{ClusterArgs, Connection};
-use crate::control::ControlRequest;
+use crate::control::DaemonStatus;
 use crate::private_files;
 #[cfg(unix)]
 use crate::run_as;
@@ -121,7 +121,7 @@ pub fn start_command(socket: &Path, cluster: &ClusterArgs) -> Command {
 }
 
 /// Makes sure this user's tunneld answers at `socket`, starting `start` (which must serve
-/// that socket) if none does, with its log appended to `log`. The new tunneld is detached
+/// that socket) if none does, with its log appended to `log`; returns its status. The new tunneld is detached
 /// from the caller's terminal and process group, so it outlives the plugin and Ctrl-C in
 /// the plugin's terminal. A socket or log that is not this user's is refused, never
 /// replaced.
@@ -129,9 +129,9 @@ pub async fn ensure_running(
     socket: &Path,
     mut start: Command,
     log: &Path,
-) -> Result<(), TunneldError> {
-    match request(socket, &ControlRequest::Status).await {
-        Ok(_) => return Ok(()),
+) -> Result<DaemonStatus, TunneldError> {
+    match super::status(socket).await {
+        Ok(status) => return Ok(status),
         Err(err) if err.is_refusal() => return Err(err),
         Err(_) => {}
     }
@@ -148,8 +148,8 @@ pub async fn ensure_running(
         })?;
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        match request(socket, &ControlRequest::Status).await {
-            Ok(_) => return Ok(()),
+        match super::status(socket).await {
+            Ok(status) => return Ok(status),
             Err(err) if err.is_refusal() => return Err(err),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

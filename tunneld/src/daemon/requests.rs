@@ -231,6 +231,7 @@ impl Daemon {
         let network = self.network.lock().await.status();
         DaemonStatus {
             pid: std::process::id(),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             network,
             proxy: self.proxy_status.get().cloned(),
             sessions: listed,
