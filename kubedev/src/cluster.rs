@@ -5,6 +5,8 @@
 
 mod client;
 mod impersonation;
+
+pub(crate) use impersonation::digest_name;
 mod kubeconfig_files;
 pub mod proxy;
 
@@ -111,8 +113,8 @@ pub struct Connection {
     pub namespace: String,
     /// The kubeconfig context in use, which names the tunneld instance to share.
     pub context: Option<String>,
-    /// Whom the client acts as, when it impersonates: a short name of the user and groups
-    /// (see [`Connection::tunneld_name`]).
+    /// Whom the client acts as, when it impersonates: a short name of the user, groups,
+    /// uid and extra (`as-` and 16 hex digits), which keeps its tunneld apart.
     pub acting_as: Option<String>,
     /// The API server's URL (its address must never be routed into the tunnel).
     pub server: String,
@@ -184,18 +186,6 @@ impl ClusterArgs {
             None => Some(ANSWER_DEADLINE),
             Some(Duration::ZERO) => None,
             Some(limit) => Some(limit),
-        }
-    }
-}
-
-impl Connection {
-    /// The name of the tunneld this connection shares: one per kube context, and per
-    /// identity it impersonates.
-    pub fn tunneld_name(&self) -> String {
-        let context = self.context.as_deref().unwrap_or("default");
-        match &self.acting_as {
-            Some(acting_as) => format!("{context}.{acting_as}"),
-            None => context.to_owned(),
         }
     }
 }

@@ -7,7 +7,8 @@ use kube::config::AuthInfo;
 use super::ClusterError;
 
 /// Makes `auth` act as `user`, in `groups`: the flags take the place of the kubeconfig's
-/// `as` and `as-groups`. Groups without a user are refused, as kubectl refuses them.
+/// whole impersonation (`as`, `as-groups`, `as-uid`, `as-user-extra`). Groups without a
+/// user are refused, as kubectl refuses them.
 pub(super) fn impersonate(
     auth: &mut AuthInfo,
     user: Option<&str>,
@@ -17,6 +18,8 @@ pub(super) fn impersonate(
         Some(user) => {
             auth.impersonate = Some(user.to_owned());
             auth.impersonate_groups = (!groups.is_empty()).then(|| groups.to_vec());
+            auth.impersonate_uid = None;
+            auth.impersonate_user_extra = None;
             Ok(())
         }
         None if groups.is_empty() => Ok(()),
@@ -28,18 +31,29 @@ pub(super) fn impersonate(
 /// tunneld of its own, which never acts for another.
 pub(super) fn acting_as(auth: &AuthInfo) -> Option<String> {
     let user = auth.impersonate.as_deref()?;
-    let mut named = ring::digest::Context::new(&ring::digest::SHA256);
-    named.update(user.as_bytes());
-    for group in auth.impersonate_groups.iter().flatten() {
-        named.update(b"\0");
-        named.update(group.as_bytes());
+    let mut parts = vec![user];
+    parts.extend(auth.impersonate_groups.iter().flatten().map(String::as_str));
+    parts.push("uid");
+    parts.extend(auth.impersonate_uid.as_deref());
+    for (key, values) in auth.impersonate_user_extra.iter().flatten() {
+        parts.push(key);
+        parts.extend(values.iter().map(String::as_str));
     }
-    let digest = named.finish();
-    let short: String = digest.as_ref()[..8]
+    Some(format!("as-{}", digest_name(&parts)))
+}
+
+/// 16 hex digits of the SHA-256 of `parts`, each ended by a NUL: a short name that two
+/// different lists of parts do not share.
+pub(crate) fn digest_name(parts: &[&str]) -> String {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        digest.update(part.as_bytes());
+        digest.update(b"\0");
+    }
+    digest.finish().as_ref()[..8]
         .iter()
         .map(|byte| format!("{byte:02x}"))
-        .collect();
-    Some(format!("as-{short}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -51,11 +65,13 @@ mod tests {
         let mut auth = AuthInfo {
             impersonate: Some("from-kubeconfig".into()),
             impersonate_groups: Some(vec!["kubeconfig-group".into()]),
+            impersonate_uid: Some("1234".into()),
             ..AuthInfo::default()
         };
         impersonate(&mut auth, Some("alice"), &[]).expect("a user alone");
         assert_eq!(auth.impersonate.as_deref(), Some("alice"));
         assert_eq!(auth.impersonate_groups, None);
+        assert_eq!(auth.impersonate_uid, None);
 
         impersonate(&mut auth, Some("bob"), &["team".into(), "ops".into()]).expect("groups");
         assert_eq!(
@@ -90,5 +106,15 @@ mod tests {
         assert_ne!(alice, identity("alice", &["team"]));
         assert_ne!(identity("alice", &["team"]), identity("alice", &["ops"]));
         assert_ne!(identity("ali", &["ce"]), identity("alice", &[]));
+        let with_uid = AuthInfo {
+            impersonate: Some("alice".into()),
+            impersonate_uid: Some("1234".into()),
+            ..AuthInfo::default()
+        };
+        assert_ne!(
+            acting_as(&with_uid).expect("a name"),
+            alice,
+            "the uid counts"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::TunneldError;
-use crate::cluster::{ClusterArgs, Connection};
+use crate::cluster::{ClusterArgs, Connection, digest_name};
 use crate::control::DaemonStatus;
 use crate::private_files;
 #[cfg(unix)]
@@ -63,8 +63,14 @@ fn choose_runtime_dir(
     }
 }
 
-/// The socket of the tunneld for this user and kube context.
-pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
+/// The longest socket path every system takes (macOS: 104 bytes with the ending NUL).
+const SOCKET_PATH_AT_MOST: usize = 103;
+
+/// The socket of the tunneld for this user, kube context, and the identity it acts as
+/// (`--as`: [`Connection::acting_as`]). The name is the context's, readable; `+` (which
+/// the context's cleaned name never holds) sets the identity apart. A path too long for a
+/// socket takes a digest of both instead.
+pub fn socket_path(runtime_dir: &Path, context: &str, acting_as: Option<&str>) -> PathBuf {
     let safe: String = context
         .chars()
         .map(|c| {
@@ -75,20 +81,29 @@ pub fn socket_path(runtime_dir: &Path, context: &str) -> PathBuf {
             }
         })
         .collect();
-    runtime_dir.join(format!("tunneld-{safe}.sock"))
+    let named = match acting_as {
+        Some(acting_as) => format!("tunneld-{safe}+{acting_as}.sock"),
+        None => format!("tunneld-{safe}.sock"),
+    };
+    let path = runtime_dir.join(named);
+    if path.as_os_str().len() <= SOCKET_PATH_AT_MOST {
+        return path;
+    }
+    let digest = digest_name(&[context, acting_as.unwrap_or_default()]);
+    runtime_dir.join(format!("tunneld-{digest}.sock"))
 }
 
-/// The socket of the tunneld for `connection`'s kube context and identity
-/// ([`Connection::tunneld_name`]), in [`runtime_dir`]: made
-/// with mode 0700 if missing, and refused if it is anyone else's or open to others (see
-/// [`private_files::private_dir`]).
+/// The socket of the tunneld for `connection`'s kube context and identity, in
+/// [`runtime_dir`]: made with mode 0700 if missing, and refused if it is anyone else's or
+/// open to others (see [`private_files::private_dir`]).
 pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
     let dir = runtime_dir();
     private_files::private_dir(&dir).map_err(|why| TunneldError::RuntimeDir {
         dir: dir.clone(),
         why,
     })?;
-    Ok(socket_path(&dir, &connection.tunneld_name()))
+    let context = connection.context.as_deref().unwrap_or("default");
+    Ok(socket_path(&dir, context, connection.acting_as.as_deref()))
 }
 
 /// The log of the tunneld serving `socket`.
@@ -180,13 +195,40 @@ mod tests {
     use std::ffi::OsString;
 
     #[test]
-    fn one_socket_per_context_with_a_safe_name() {
+    fn one_socket_per_context_and_identity_with_a_safe_name() {
         let dir = Path::new("/run/user/1000/kubedev");
         assert_eq!(
-            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev"),
+            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev", None),
             dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
         );
-        assert_ne!(socket_path(dir, "a"), socket_path(dir, "b"));
+        assert_ne!(socket_path(dir, "a", None), socket_path(dir, "b", None));
+        let alice = "as-0123456789abcdef";
+        assert_eq!(
+            socket_path(dir, "prod", Some(alice)),
+            dir.join("tunneld-prod+as-0123456789abcdef.sock")
+        );
+        assert_ne!(
+            socket_path(dir, "prod.as-0123456789abcdef", None),
+            socket_path(dir, "prod", Some(alice)),
+            "a context cannot be named like an identity"
+        );
+    }
+
+    #[test]
+    fn a_name_too_long_for_a_socket_becomes_a_digest() {
+        let dir = Path::new("/run/user/1000/kubedev");
+        let eks = "arn:aws:eks:us-west-2:123456789012:cluster/payments-prod";
+        let alice = "as-0123456789abcdef";
+        let long = socket_path(dir, eks, Some(alice));
+        assert!(long.as_os_str().len() <= SOCKET_PATH_AT_MOST, "{long:?}");
+        assert_eq!(long.parent(), Some(dir));
+        assert_ne!(long, socket_path(dir, eks, Some("as-fedcba9876543210")));
+        assert_ne!(long, socket_path(dir, eks, None));
+        assert_eq!(
+            long,
+            socket_path(dir, eks, Some(alice)),
+            "the same each time"
+        );
     }
 
     #[test]

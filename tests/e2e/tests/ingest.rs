@@ -269,7 +269,7 @@ fn the_only_tunneld_acts_as_alice(workstation: &Workstation, status: &Value) {
         .filter(|name| name.ends_with(".sock"))
         .collect();
     assert!(
-        matches!(&sockets[..], [one] if one.starts_with("tunneld-") && one.contains(".as-")),
+        matches!(&sockets[..], [one] if one.starts_with("tunneld-") && one.contains("+as-")),
         "one tunneld, alice's own: {sockets:?}"
     );
 }

@@ -511,7 +511,7 @@ async fn a_root_tunneld_never_writes_back_a_resolver_file_it_did_not_save() {
         .find_map(|line| line.strip_prefix("current-context:"))
         .map(|name| name.trim().trim_matches('"').to_owned())
         .expect("a current context");
-    let socket = kubedev::tunneld::socket_path(workstation.runtime_dir(), &context);
+    let socket = kubedev::tunneld::socket_path(workstation.runtime_dir(), &context, None);
     let state = socket.with_extension("state");
     kubedev::private_files::private_dir(&state).expect("tunneld's state dir");
     // Saved by someone else (nobody), as if tunneld had crashed with it there.
