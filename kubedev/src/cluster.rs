@@ -113,9 +113,10 @@ pub struct Connection {
     pub namespace: String,
     /// The kubeconfig context in use, which names the tunneld instance to share.
     pub context: Option<String>,
-    /// Whom the client acts as, when it impersonates: a short name of the user, groups,
-    /// uid and extra (`as-` and 16 hex digits), which keeps its tunneld apart.
-    pub acting_as: Option<String>,
+    /// Who the client is, in 16 hex digits: a digest of the API server, the kubeconfig's
+    /// user entry and whom it impersonates (`--as`). Each identity has a tunneld of its
+    /// own, whatever the contexts are named.
+    pub identity: String,
     /// The API server's URL (its address must never be routed into the tunnel).
     pub server: String,
     /// The proxy the client reaches the API server through, if any (its address must
@@ -128,7 +129,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("namespace", &self.namespace)
             .field("context", &self.context)
-            .field("acting_as", &self.acting_as)
+            .field("identity", &self.identity)
             .field("server", &self.server)
             .field("proxy", &self.proxy)
             .finish_non_exhaustive()
@@ -149,6 +150,7 @@ impl ClusterArgs {
             return Err(ClusterError::NoContext { name: name.clone() });
         }
         let proxy = proxy_for(&kubeconfig, context.as_deref())?;
+        let user = user_of(&kubeconfig, context.as_deref()).unwrap_or_default();
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..KubeConfigOptions::default()
@@ -161,19 +163,19 @@ impl ClusterArgs {
             self.as_user.as_deref(),
             &self.as_groups,
         )?;
-        let acting_as = impersonation::acting_as(&config.auth_info);
         let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
+        let identity = impersonation::identity(&server, &user, &config.auth_info);
         let client = client_for(config, proxy.as_ref(), self.answer_deadline())
             .map_err(|source| ClusterError::Client { source })?;
         Ok(Connection {
             client,
             namespace,
             context,
-            acting_as,
+            identity,
             server,
             proxy,
         })
@@ -188,6 +190,15 @@ impl ClusterArgs {
             Some(limit) => Some(limit),
         }
     }
+}
+
+/// The name of the user entry `context` uses.
+fn user_of(kubeconfig: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let named = kubeconfig
+        .contexts
+        .iter()
+        .find(|named| Some(named.name.as_str()) == context)?;
+    named.context.as_ref()?.user.clone()
 }
 
 /// The proxy for the server of `context`'s cluster (kube reports a context, cluster or

@@ -34,7 +34,10 @@ fn check_names(request: &ControlRequest) {
         ControlRequest::Status | ControlRequest::Release => return,
     };
     let dir = Path::new("/run/user/1000");
-    assert_eq!(socket_path(dir, name, None).parent(), Some(dir));
+    assert_eq!(
+        socket_path(dir, name, "0123456789abcdef").parent(),
+        Some(dir)
+    );
 }
 
 fn check_proxy_choices(proxy: &ProxyChoices) {

@@ -24,7 +24,8 @@ pub use connect::windows::ControlListener;
 pub use connect::{ControlStream, ControlWriter};
 use kubedev_protocol::codec::{CodecError, read_message, write_message};
 pub use start::{
-    START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_path, start_command,
+    START_TIMEOUT, ensure_running, log_path, runtime_dir, socket_for, socket_in, socket_path,
+    start_command,
 };
 
 /// Why a request to tunneld failed.

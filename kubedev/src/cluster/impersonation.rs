@@ -27,19 +27,20 @@ pub(super) fn impersonate(
     }
 }
 
-/// A short name for whom `auth` acts as, when it impersonates: each identity gets a
-/// tunneld of its own, which never acts for another.
-pub(super) fn acting_as(auth: &AuthInfo) -> Option<String> {
-    let user = auth.impersonate.as_deref()?;
-    let mut parts = vec![user];
-    parts.extend(auth.impersonate_groups.iter().flatten().map(String::as_str));
-    parts.push("uid");
-    parts.extend(auth.impersonate_uid.as_deref());
+/// A short name for who the client is: the API `server`, the kubeconfig's `user` entry
+/// and whom `auth` impersonates. Each identity gets a tunneld of its own, which never acts
+/// for another, whatever the contexts are named.
+pub(super) fn identity(server: &str, user: &str, auth: &AuthInfo) -> String {
+    let mut parts = vec![format!("server:{server}"), format!("user:{user}")];
+    parts.extend(auth.impersonate.iter().map(|name| format!("as:{name}")));
+    let groups = auth.impersonate_groups.iter().flatten();
+    parts.extend(groups.map(|group| format!("group:{group}")));
+    parts.extend(auth.impersonate_uid.iter().map(|uid| format!("uid:{uid}")));
     for (key, values) in auth.impersonate_user_extra.iter().flatten() {
-        parts.push(key);
-        parts.extend(values.iter().map(String::as_str));
+        parts.extend(values.iter().map(|value| format!("extra:{key}:{value}")));
     }
-    Some(format!("as-{}", digest_name(&parts)))
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    digest_name(&parts)
 }
 
 /// 16 hex digits of the SHA-256 of `parts`, each ended by a NUL: a short name that two
@@ -89,32 +90,48 @@ mod tests {
         ));
         assert_eq!(auth.impersonate_groups, None, "nothing set");
         impersonate(&mut auth, None, &[]).expect("no impersonation");
-        assert_eq!(acting_as(&auth), None);
+        assert_eq!(auth.impersonate, None);
     }
 
     #[test]
     fn each_identity_has_its_own_name() {
-        let identity = |user: &str, groups: &[&str]| {
+        let server = "https://10.0.0.1:6443";
+        let identity_as = |user: &str, groups: &[&str]| {
             let mut auth = AuthInfo::default();
             let groups: Vec<String> = groups.iter().map(|&g| g.to_owned()).collect();
             impersonate(&mut auth, Some(user), &groups).expect("identity");
-            acting_as(&auth).expect("a name")
+            identity(server, "dev", &auth)
         };
-        let alice = identity("alice", &[]);
-        assert_eq!(alice, identity("alice", &[]));
-        assert_eq!(alice.len(), "as-".len() + 16);
-        assert_ne!(alice, identity("alice", &["team"]));
-        assert_ne!(identity("alice", &["team"]), identity("alice", &["ops"]));
-        assert_ne!(identity("ali", &["ce"]), identity("alice", &[]));
+        let alice = identity_as("alice", &[]);
+        assert_eq!(alice, identity_as("alice", &[]));
+        assert_eq!(alice.len(), 16);
+        assert_ne!(alice, identity_as("alice", &["team"]));
+        assert_ne!(
+            identity_as("alice", &["team"]),
+            identity_as("alice", &["ops"])
+        );
+        assert_ne!(identity_as("ali", &["ce"]), identity_as("alice", &[]));
+        let plain = AuthInfo::default();
+        assert_ne!(
+            alice,
+            identity(server, "dev", &plain),
+            "impersonating counts"
+        );
+        assert_ne!(
+            identity(server, "dev", &plain),
+            identity("https://10.0.0.2:6443", "dev", &plain),
+            "another cluster"
+        );
+        assert_ne!(
+            identity(server, "dev", &plain),
+            identity(server, "admin", &plain),
+            "another kubeconfig user"
+        );
         let with_uid = AuthInfo {
             impersonate: Some("alice".into()),
             impersonate_uid: Some("1234".into()),
             ..AuthInfo::default()
         };
-        assert_ne!(
-            acting_as(&with_uid).expect("a name"),
-            alice,
-            "the uid counts"
-        );
+        assert_ne!(identity(server, "dev", &with_uid), alice, "the uid counts");
     }
 }

@@ -32,7 +32,10 @@ impl DaemonStatus {
     /// What to know when this tunneld is not of `plugin`'s version: a plugin that was
     /// upgraded while its tunneld ran uses the old one until that one exits.
     pub fn skew(&self, plugin: &str) -> Option<String> {
-        let running = self.version.as_deref().unwrap_or("older");
+        let running = match self.version.as_deref() {
+            Some(version) => version.to_owned(),
+            None => "of an older release".to_owned(),
+        };
         (running != plugin).then(|| {
             format!(
                 "tunneld {running} (pid {}) serves this kube context, not this plugin's \
@@ -233,7 +236,10 @@ mod tests {
             "{older}"
         );
         let silent = status(None).skew("0.2.0").expect("skew");
-        assert!(silent.starts_with("tunneld older (pid 42)"), "{silent}");
+        assert!(
+            silent.starts_with("tunneld of an older release (pid 42)"),
+            "{silent}"
+        );
     }
 
     #[test]

@@ -66,11 +66,11 @@ fn choose_runtime_dir(
 /// The longest socket path every system takes (macOS: 104 bytes with the ending NUL).
 const SOCKET_PATH_AT_MOST: usize = 103;
 
-/// The socket of the tunneld for this user, kube context, and the identity it acts as
-/// (`--as`: [`Connection::acting_as`]). The name is the context's, readable; `+` (which
-/// the context's cleaned name never holds) sets the identity apart. A path too long for a
-/// socket takes a digest of both instead.
-pub fn socket_path(runtime_dir: &Path, context: &str, acting_as: Option<&str>) -> PathBuf {
+/// The socket of the tunneld for this user, kube context and identity
+/// ([`Connection::identity`]): the context's name, readable, then `+` (which the context's
+/// cleaned name never holds) and the identity. A path too long for a socket takes a digest
+/// of both instead.
+pub fn socket_path(runtime_dir: &Path, context: &str, identity: &str) -> PathBuf {
     let safe: String = context
         .chars()
         .map(|c| {
@@ -81,15 +81,11 @@ pub fn socket_path(runtime_dir: &Path, context: &str, acting_as: Option<&str>) -
             }
         })
         .collect();
-    let named = match acting_as {
-        Some(acting_as) => format!("tunneld-{safe}+{acting_as}.sock"),
-        None => format!("tunneld-{safe}.sock"),
-    };
-    let path = runtime_dir.join(named);
+    let path = runtime_dir.join(format!("tunneld-{safe}+{identity}.sock"));
     if path.as_os_str().len() <= SOCKET_PATH_AT_MOST {
         return path;
     }
-    let digest = digest_name(&[context, acting_as.unwrap_or_default()]);
+    let digest = digest_name(&[context, identity]);
     runtime_dir.join(format!("tunneld-{digest}.sock"))
 }
 
@@ -102,8 +98,13 @@ pub fn socket_for(connection: &Connection) -> Result<PathBuf, TunneldError> {
         dir: dir.clone(),
         why,
     })?;
+    Ok(socket_in(&dir, connection))
+}
+
+/// The socket of the tunneld for `connection` in `runtime_dir`.
+pub fn socket_in(runtime_dir: &Path, connection: &Connection) -> PathBuf {
     let context = connection.context.as_deref().unwrap_or("default");
-    Ok(socket_path(&dir, context, connection.acting_as.as_deref()))
+    socket_path(runtime_dir, context, &connection.identity)
 }
 
 /// The log of the tunneld serving `socket`.
@@ -197,20 +198,20 @@ mod tests {
     #[test]
     fn one_socket_per_context_and_identity_with_a_safe_name() {
         let dir = Path::new("/run/user/1000/kubedev");
+        let id = "0123456789abcdef";
         assert_eq!(
-            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev", None),
-            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev.sock")
+            socket_path(dir, "arn:aws:eks:eu-west-1:1234:cluster/dev", id),
+            dir.join("tunneld-arn_aws_eks_eu-west-1_1234_cluster_dev+0123456789abcdef.sock")
         );
-        assert_ne!(socket_path(dir, "a", None), socket_path(dir, "b", None));
-        let alice = "as-0123456789abcdef";
-        assert_eq!(
-            socket_path(dir, "prod", Some(alice)),
-            dir.join("tunneld-prod+as-0123456789abcdef.sock")
+        assert_ne!(socket_path(dir, "a", id), socket_path(dir, "b", id));
+        assert_ne!(
+            socket_path(dir, "prod", id),
+            socket_path(dir, "prod", "fedcba9876543210")
         );
         assert_ne!(
-            socket_path(dir, "prod.as-0123456789abcdef", None),
-            socket_path(dir, "prod", Some(alice)),
-            "a context cannot be named like an identity"
+            socket_path(dir, "prod+0123456789abcdef", "fedcba9876543210"),
+            socket_path(dir, "prod", id),
+            "a context cannot be named like another's identity"
         );
     }
 
@@ -218,17 +219,12 @@ mod tests {
     fn a_name_too_long_for_a_socket_becomes_a_digest() {
         let dir = Path::new("/run/user/1000/kubedev");
         let eks = "arn:aws:eks:us-west-2:123456789012:cluster/payments-prod";
-        let alice = "as-0123456789abcdef";
-        let long = socket_path(dir, eks, Some(alice));
+        let id = "0123456789abcdef";
+        let long = socket_path(dir, eks, id);
         assert!(long.as_os_str().len() <= SOCKET_PATH_AT_MOST, "{long:?}");
         assert_eq!(long.parent(), Some(dir));
-        assert_ne!(long, socket_path(dir, eks, Some("as-fedcba9876543210")));
-        assert_ne!(long, socket_path(dir, eks, None));
-        assert_eq!(
-            long,
-            socket_path(dir, eks, Some(alice)),
-            "the same each time"
-        );
+        assert_ne!(long, socket_path(dir, eks, "fedcba9876543210"));
+        assert_eq!(long, socket_path(dir, eks, id), "the same each time");
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl FromStr for WorkloadName {
                 let kind = WorkloadKind::parse(kind).ok_or_else(|| {
                     format!(
                         "unsupported workload kind {kind:?}: use deployment/NAME, \
-                         statefulset/NAME or replicaset/NAME"
+                         statefulset/NAME, replicaset/NAME or daemonset/NAME"
                     )
                 })?;
                 (Some(kind), name)

@@ -238,6 +238,13 @@ async fn as_and_as_group_act_with_the_rights_of_the_user_named() {
     let status: Value =
         serde_json::from_str(&workstation.plugin_ok(&cluster, PLUGIN, &status)).expect("JSON");
     the_only_tunneld_acts_as_alice(&workstation, &status);
+    // The admin's and the developer's kubeconfigs name their context alike: each
+    // identity still has a tunneld of its own, and neither is alice's.
+    let admins = [&namespace[..], &["status", "-o", "json"]].concat();
+    let admins = workstation.plugin_ok(&cluster, PLUGIN, &admins);
+    assert_eq!(admins.trim(), "null", "the admin's tunneld is not alice's");
+    let developers = workstation.plugin_ok(&cluster, PLUGIN, &["status", "-o", "json"]);
+    assert_eq!(developers.trim(), "null", "nor is the developer's");
     let after = ns.api::<Deployment>().get("app").await.expect("app");
     assert_eq!(
         serde_json::to_value(&after.spec).expect("json"),
@@ -269,7 +276,7 @@ fn the_only_tunneld_acts_as_alice(workstation: &Workstation, status: &Value) {
         .filter(|name| name.ends_with(".sock"))
         .collect();
     assert!(
-        matches!(&sockets[..], [one] if one.starts_with("tunneld-") && one.contains("+as-")),
+        matches!(&sockets[..], [one] if one.starts_with("tunneld-")),
         "one tunneld, alice's own: {sockets:?}"
     );
 }

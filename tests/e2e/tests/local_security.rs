@@ -505,13 +505,14 @@ async fn a_root_tunneld_never_writes_back_a_resolver_file_it_did_not_save() {
     let ns = TestNamespace::create(&cluster, "planted-state").await;
     ns.deploy_echo("web", 1).await.expect("web");
     let workstation = Workstation::create(&cluster);
-    let kubeconfig = std::fs::read_to_string(&cluster.dev_kubeconfig).expect("kubeconfig");
-    let context = kubeconfig
-        .lines()
-        .find_map(|line| line.strip_prefix("current-context:"))
-        .map(|name| name.trim().trim_matches('"').to_owned())
-        .expect("a current context");
-    let socket = kubedev::tunneld::socket_path(workstation.runtime_dir(), &context, None);
+    let developer = kubedev::cluster::ClusterArgs {
+        kubeconfig: Some(cluster.dev_kubeconfig.clone()),
+        ..Default::default()
+    }
+    .connect()
+    .await
+    .expect("the developer's kubeconfig");
+    let socket = kubedev::tunneld::socket_in(workstation.runtime_dir(), &developer);
     let state = socket.with_extension("state");
     kubedev::private_files::private_dir(&state).expect("tunneld's state dir");
     // Saved by someone else (nobody), as if tunneld had crashed with it there.
