@@ -87,9 +87,16 @@ impl NodeShell {
         (stdout, stderr)
     }
 
-    /// tunneld's status as `PLUGIN status -o json` reports it; `None` when it is not running.
-    pub fn status(&self, cluster: &TestCluster, plugin: &str) -> Option<DaemonStatus> {
-        let (json, _) = self.plugin_ok(cluster, plugin, &["status", "-o", "json"]);
+    /// tunneld's status as `PLUGIN status -o json ARGS` reports it (the tunneld of the
+    /// identity `args` name, if any); `None` when it is not running.
+    pub fn status(
+        &self,
+        cluster: &TestCluster,
+        plugin: &str,
+        args: &[&str],
+    ) -> Option<DaemonStatus> {
+        let asked = [&["status", "-o", "json"][..], args].concat();
+        let (json, _) = self.plugin_ok(cluster, plugin, &asked);
         serde_json::from_str(&json).expect("status as JSON")
     }
 

@@ -117,7 +117,10 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
         )),
         "{said}"
     );
-    let status = shell.status(&cluster, PLUGIN).expect("tunneld runs");
+    let as_admin = ["--kubeconfig", admin.as_str()];
+    let status = shell
+        .status(&cluster, PLUGIN, &as_admin)
+        .expect("tunneld runs");
     let pods = range(&status, NODE_POD_RANGE);
     assert_eq!(pods.state, RangeState::Machine, "{pods:?}");
     assert_eq!(
@@ -149,9 +152,12 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     node::wait_for_exit(status.pid, Duration::from_secs(10));
     assert_eq!(node::machine_routes(), before);
     assert!(shell.resolv_conf().contains("nameserver 198.18.0.53"));
-    shell.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
+    let leave = [&["leave", "echo", "-n", &ns.name][..], &as_admin].concat();
+    shell.plugin_ok(&cluster, PLUGIN, &leave);
     shell.plugin_ok(&cluster, PLUGIN, &detached);
-    let restarted = shell.status(&cluster, PLUGIN).expect("tunneld runs");
+    let restarted = shell
+        .status(&cluster, PLUGIN, &as_admin)
+        .expect("tunneld runs");
     assert!(
         shell
             .tunneld_log()
@@ -159,7 +165,7 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
         "{}",
         shell.tunneld_log()
     );
-    shell.plugin_ok(&cluster, PLUGIN, &["leave", "echo", "-n", &ns.name]);
+    shell.plugin_ok(&cluster, PLUGIN, &leave);
     node::wait_for_exit(restarted.pid, TUNNELD_EXIT);
 
     assert_eq!(node::machine_routes(), before);
@@ -237,7 +243,7 @@ async fn on_a_node_whose_kubelet_hands_the_resolver_file_to_pods_it_is_left_alon
         said.contains("this machine's DNS settings are left as they are"),
         "{said}"
     );
-    let status = shell.status(&cluster, PLUGIN).expect("tunneld runs");
+    let status = shell.status(&cluster, PLUGIN, &[]).expect("tunneld runs");
     let ResolverStatus::Unchanged { reason, .. } = resolver(&status) else {
         panic!("the resolver is left as it is: {status:?}");
     };
@@ -277,13 +283,16 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
             + &workstation.run_ok(&["ip", "rule", "show"])
     };
     let before = routes();
+    // As a developer who may also read the nodes (see the node test), throughout: one
+    // identity, one tunneld.
+    let admin = cluster.admin_kubeconfig.display().to_string();
+    let as_admin = ["--kubeconfig", admin.as_str()];
     let status = || -> DaemonStatus {
-        let json = workstation.plugin_ok(&cluster, PLUGIN, &["status", "-o", "json"]);
+        let asked = [&["status", "-o", "json"][..], &as_admin].concat();
+        let json = workstation.plugin_ok(&cluster, PLUGIN, &asked);
         serde_json::from_str(&json).expect("status as JSON")
     };
 
-    // As a developer who may also read the nodes (see the node test).
-    let admin = cluster.admin_kubeconfig.display().to_string();
     let first = session(
         "echo",
         &ns,
@@ -315,7 +324,13 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
 
     // Another session asks for the service range anyway: tunneld routes it past the VPN's
     // route, which stays as it is.
-    let also = ["--detach", "--also-proxy", SERVICE_RANGE];
+    let also = [
+        "--detach",
+        "--also-proxy",
+        SERVICE_RANGE,
+        as_admin[0],
+        as_admin[1],
+    ];
     workstation.plugin_ok(&cluster, PLUGIN, &session("other", &ns, &also));
     let forced = status();
     let services = range(&forced, SERVICE_RANGE);
@@ -332,7 +347,8 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
     let with_new_route = node::without_device(&routes(), "kubedev-tun");
 
     for session in ["echo", "other"] {
-        workstation.plugin_ok(&cluster, PLUGIN, &["leave", session, "-n", &ns.name]);
+        let leave = [&["leave", session, "-n", &ns.name][..], &as_admin].concat();
+        workstation.plugin_ok(&cluster, PLUGIN, &leave);
     }
     node::wait_for_exit(forced.pid, TUNNELD_EXIT);
     assert_eq!(routes(), with_new_route, "the VPN's routes are untouched");
