@@ -104,10 +104,10 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
     let before = node::machine_routes();
     let shell = NodeShell::create(None);
     // As a developer who may also read the nodes, so that tunneld routes each node's
-    // podCIDR exactly; with the namespace Role alone it routes a /16 around the pods' IPs,
-    // as every other test does.
+    // podCIDR exactly (the namespace Role alone routes a /16 around the pods' IPs).
     let admin = cluster.admin_kubeconfig.display().to_string();
-    let detached = session("echo", &ns, &["--detach", "--kubeconfig", &admin]);
+    let as_admin = ["--kubeconfig", admin.as_str()];
+    let detached = session("echo", &ns, &[&["--detach"][..], &as_admin].concat());
 
     let (_, said) = shell.plugin_ok(&cluster, PLUGIN, &detached);
     assert!(
@@ -117,10 +117,8 @@ async fn on_a_node_the_node_keeps_its_routes_its_pods_and_its_dns() {
         )),
         "{said}"
     );
-    let as_admin = ["--kubeconfig", admin.as_str()];
-    let status = shell
-        .status(&cluster, PLUGIN, &as_admin)
-        .expect("tunneld runs");
+    let status = shell.status(&cluster, PLUGIN, &as_admin);
+    let status = status.expect("tunneld runs");
     let pods = range(&status, NODE_POD_RANGE);
     assert_eq!(pods.state, RangeState::Machine, "{pods:?}");
     assert_eq!(
@@ -293,17 +291,8 @@ async fn a_vpn_route_over_the_service_range_is_respected_unless_the_user_says_ot
         serde_json::from_str(&json).expect("status as JSON")
     };
 
-    let first = session(
-        "echo",
-        &ns,
-        &[
-            "--detach",
-            "--never-proxy",
-            "10.244.0.0/16",
-            "--kubeconfig",
-            &admin,
-        ],
-    );
+    let never = ["--detach", "--never-proxy", "10.244.0.0/16"];
+    let first = session("echo", &ns, &[&never[..], &as_admin].concat());
     let output = workstation.plugin(&cluster, PLUGIN, &first);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{said}");
