@@ -55,8 +55,9 @@ pub enum ControlRequest {
     },
     /// Drop the tunnels of a session (its workload is the plugin's to restore).
     RemoveSession {
-        /// The session's name.
-        name: String,
+        /// The session.
+        #[serde(flatten)]
+        session: SessionKey,
         /// Only if its agent pods are these (a run ending its own session, never a
         /// namesake another run added); any, where none is given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,16 +65,21 @@ pub enum ControlRequest {
     },
     /// What tunneld runs: its sessions and the cluster network, answered with `Status`.
     Status,
+    /// Times round trips to an agent through one of tunneld's links (the API server's
+    /// port-forward), answered with `RoundTrip`.
+    TimeLink,
     /// The app container's environment, from one of the session's agents.
     Environment {
         /// The session whose agent answers.
-        name: String,
+        #[serde(flatten)]
+        session: SessionKey,
     },
     /// After `Done`, this connection carries an SFTP session on the app container's
     /// volumes, with one of the session's agents.
     OpenFiles {
         /// The session whose agent serves the volumes.
-        name: String,
+        #[serde(flatten)]
+        session: SessionKey,
     },
     /// Sent by a plugin before it changes anything for a session; it keeps this connection
     /// open until it has ended the session, or detached it, and sends `Release`. If the
@@ -91,8 +97,35 @@ pub enum ControlRequest {
     /// incoming connections inside it, until this connection closes or the session ends.
     ServeCommandNetwork {
         /// The session whose command runs in the namespace.
-        name: String,
+        #[serde(flatten)]
+        session: SessionKey,
     },
+}
+
+/// A session as tunneld keeps it: names are unique within a namespace, so sessions of one
+/// name in two namespaces are two sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    /// The namespace of its workload (or of its own pod).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl SessionKey {
+    /// Session `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The MTU of tunneld's TUN devices, its own and those of the commands' network namespaces:
@@ -151,6 +184,13 @@ pub struct Held {
     /// role has no leases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Duration>,
+}
+
+impl Held {
+    /// The session held.
+    pub fn session(&self) -> SessionKey {
+        SessionKey::new(&self.namespace, &self.name)
+    }
 }
 
 /// Ranges the user wants routed to the cluster whatever this machine's routes say
@@ -295,6 +335,13 @@ pub enum ControlReply {
         /// Why, in words for the user.
         reason: String,
     },
+    /// The answer to `TimeLink`.
+    RoundTrip {
+        /// The agent pod that answered.
+        pod: String,
+        /// The median of the round trips timed.
+        median: Duration,
+    },
 }
 
 #[cfg(test)]
@@ -337,6 +384,18 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&add).expect("json"),
             r#"{"op":"add_session","name":"web","namespace":"shop","agents":"app=web","token":"t"}"#
+        );
+        let asked = ControlRequest::Environment {
+            session: SessionKey::new("shop", "web"),
+        };
+        let json = serde_json::to_string(&asked).expect("json");
+        assert_eq!(
+            json,
+            r#"{"op":"environment","namespace":"shop","name":"web"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(&json).expect("read back"),
+            asked
         );
         let unavailable = NetworkStatus::Unavailable {
             reason: "needs root".into(),

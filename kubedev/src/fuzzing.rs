@@ -25,13 +25,13 @@ pub fn control_request(input: &[u8]) {
 /// A name from a request never leads a socket out of its directory.
 fn check_names(request: &ControlRequest) {
     let name = match request {
-        ControlRequest::AddSession { name, .. }
-        | ControlRequest::RemoveSession { name, .. }
-        | ControlRequest::Environment { name }
-        | ControlRequest::OpenFiles { name }
-        | ControlRequest::ServeCommandNetwork { name } => name,
+        ControlRequest::AddSession { name, .. } => name,
+        ControlRequest::RemoveSession { session, .. }
+        | ControlRequest::Environment { session }
+        | ControlRequest::OpenFiles { session }
+        | ControlRequest::ServeCommandNetwork { session } => &session.name,
         ControlRequest::Hold(held) => &held.name,
-        ControlRequest::Status | ControlRequest::Release => return,
+        ControlRequest::Status | ControlRequest::Release | ControlRequest::TimeLink => return,
     };
     let dir = Path::new("/run/user/1000");
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod image_trial;
 mod join;
 pub mod lease;
 mod leave;
+pub mod naming;
 mod observed;
 mod plan;
 mod ports;

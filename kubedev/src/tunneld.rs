@@ -14,7 +14,7 @@ use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 use crate::control::NamespaceFiles;
-use crate::control::{AgentOwner, ControlReply, ControlRequest, DaemonStatus, Held};
+use crate::control::{AgentOwner, ControlReply, ControlRequest, DaemonStatus, Held, SessionKey};
 #[cfg(target_os = "linux")]
 use crate::fd_passing;
 use crate::private_files::PrivateFileError;
@@ -215,27 +215,38 @@ pub async fn status(socket: &Path) -> Result<DaemonStatus, TunneldError> {
     }
 }
 
-/// The app container's environment, from one of session `name`'s agents.
+/// The pod of one of the agents the tunneld at `socket` is linked to, and the median round
+/// trip to it through the link.
+pub async fn time_link(socket: &Path) -> Result<(String, Duration), TunneldError> {
+    match request(socket, &ControlRequest::TimeLink).await? {
+        ControlReply::RoundTrip { pod, median } => Ok((pod, median)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The app container's environment, from one of `session`'s agents.
 pub async fn environment(
     socket: &Path,
-    name: &str,
+    session: &SessionKey,
 ) -> Result<BTreeMap<String, String>, TunneldError> {
-    let asked = ControlRequest::Environment { name: name.into() };
+    let asked = ControlRequest::Environment {
+        session: session.clone(),
+    };
     match request(socket, &asked).await? {
         ControlReply::Environment { variables } => Ok(variables),
         other => Err(unexpected(&other)),
     }
 }
 
-/// Has the tunneld at `socket`, if one runs, drop session `name`'s tunnels, if its agent
+/// Has the tunneld at `socket`, if one runs, drop `session`'s tunnels, if its agent
 /// pods are `owner`'s (whoever's, for none).
 pub async fn forget(
     socket: &Path,
-    name: &str,
+    session: &SessionKey,
     owner: Option<&AgentOwner>,
 ) -> Result<(), TunneldError> {
     let removal = ControlRequest::RemoveSession {
-        name: name.into(),
+        session: session.clone(),
         owner: owner.cloned(),
     };
     match request(socket, &removal).await {
@@ -244,10 +255,16 @@ pub async fn forget(
     }
 }
 
-/// Opens an SFTP session on the volumes of session `name`: the returned connection carries
+/// Opens an SFTP session on the volumes of `session`: the returned connection carries
 /// it (tunneld relays it to an agent).
-pub async fn open_files(socket: &Path, name: &str) -> Result<ControlStream, TunneldError> {
-    open_stream(socket, &ControlRequest::OpenFiles { name: name.into() }).await
+pub async fn open_files(
+    socket: &Path,
+    session: &SessionKey,
+) -> Result<ControlStream, TunneldError> {
+    let request = ControlRequest::OpenFiles {
+        session: session.clone(),
+    };
+    open_stream(socket, &request).await
 }
 
 /// tunneld's promise to end a session if its plugin dies: see [`ControlRequest::Hold`].
@@ -315,16 +332,18 @@ pub async fn hold(socket: &Path, held: Held) -> Result<Hold, TunneldError> {
 #[cfg(target_os = "linux")]
 pub const FILES_MESSAGE: &[u8] = b"files";
 
-/// Has tunneld serve the network namespace that session `name`'s command runs in (see
+/// Has tunneld serve the network namespace that `session`'s command runs in (see
 /// [`ControlRequest::ServeCommandNetwork`]); returns the connection, which keeps it served
 /// until it closes, and the resolver file for the command.
 #[cfg(target_os = "linux")]
 pub async fn serve_command_network(
     socket: &Path,
-    name: &str,
+    session: &SessionKey,
     files: &NamespaceFiles,
 ) -> Result<(ControlStream, String), TunneldError> {
-    let request = ControlRequest::ServeCommandNetwork { name: name.into() };
+    let request = ControlRequest::ServeCommandNetwork {
+        session: session.clone(),
+    };
     match exchange(socket, &request, &files.as_sent()).await? {
         (stream, ControlReply::CommandNetwork { resolv_conf }) => Ok((stream, resolv_conf)),
         (_, ControlReply::Failed { reason }) => Err(TunneldError::Failed(reason)),
@@ -393,7 +412,11 @@ mod tests {
     #[tokio::test]
     async fn forgetting_a_session_where_no_tunneld_runs_is_no_error() {
         let socket = std::env::temp_dir().join(format!("kubedev-gone-{}.sock", std::process::id()));
-        assert!(forget(&socket, "web", None).await.is_ok());
+        assert!(
+            forget(&socket, &SessionKey::new("shop", "web"), None)
+                .await
+                .is_ok()
+        );
         assert!(matches!(
             status(&socket).await,
             Err(TunneldError::NotRunning(_))

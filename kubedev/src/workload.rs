@@ -33,28 +33,57 @@ pub enum WorkloadKind {
     ReplicaSet,
     /// A DaemonSet (`ds`).
     DaemonSet,
+    /// An Argo Rollout (`ro`, `argoproj.io/v1alpha1`): a Deployment's pod template under
+    /// progressive delivery.
+    Rollout,
 }
 
 impl WorkloadKind {
     /// Every kind, in the order they are offered and looked up.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Deployment,
         Self::StatefulSet,
         Self::ReplicaSet,
         Self::DaemonSet,
+        Self::Rollout,
     ];
 
     /// Parses a kind as kubectl accepts it: singular, plural, short name, or
     /// `resource.group`, case-insensitively.
     fn parse(text: &str) -> Option<Self> {
         let lower = text.to_ascii_lowercase();
-        let resource = lower.strip_suffix(".apps").unwrap_or(&lower);
-        match resource {
-            "deploy" | "deployment" | "deployments" => Some(Self::Deployment),
-            "sts" | "statefulset" | "statefulsets" => Some(Self::StatefulSet),
-            "rs" | "replicaset" | "replicasets" => Some(Self::ReplicaSet),
-            "ds" | "daemonset" | "daemonsets" => Some(Self::DaemonSet),
-            _ => None,
+        let (resource, group) = match lower.split_once('.') {
+            Some((resource, group)) => (resource, Some(group)),
+            None => (lower.as_str(), None),
+        };
+        let kind = match resource {
+            "deploy" | "deployment" | "deployments" => Self::Deployment,
+            "sts" | "statefulset" | "statefulsets" => Self::StatefulSet,
+            "rs" | "replicaset" | "replicasets" => Self::ReplicaSet,
+            "ds" | "daemonset" | "daemonsets" => Self::DaemonSet,
+            "ro" | "rollout" | "rollouts" => Self::Rollout,
+            _ => return None,
+        };
+        group
+            .is_none_or(|group| group == kind.group())
+            .then_some(kind)
+    }
+
+    /// Its API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::Rollout => "argoproj.io",
+            _ => "apps",
+        }
+    }
+
+    /// The label that tells which of its ReplicaSets a pod belongs to, for the kinds whose
+    /// pods are their ReplicaSets' (a template change makes a new ReplicaSet).
+    pub fn template_hash_label(self) -> Option<&'static str> {
+        match self {
+            Self::Deployment => Some("pod-template-hash"),
+            Self::Rollout => Some("rollouts-pod-template-hash"),
+            Self::StatefulSet | Self::ReplicaSet | Self::DaemonSet => None,
         }
     }
 
@@ -65,6 +94,7 @@ impl WorkloadKind {
             Self::StatefulSet => "statefulsets",
             Self::ReplicaSet => "replicasets",
             Self::DaemonSet => "daemonsets",
+            Self::Rollout => "rollouts",
         }
     }
 
@@ -75,6 +105,7 @@ impl WorkloadKind {
             Self::StatefulSet => "statefulset",
             Self::ReplicaSet => "replicaset",
             Self::DaemonSet => "daemonset",
+            Self::Rollout => "rollout",
         }
     }
 }
@@ -153,6 +184,9 @@ mod tests {
             ("replicasets.apps/a", WorkloadKind::ReplicaSet),
             ("ds/a", WorkloadKind::DaemonSet),
             ("daemonsets.apps/a", WorkloadKind::DaemonSet),
+            ("ro/a", WorkloadKind::Rollout),
+            ("rollouts.argoproj.io/a", WorkloadKind::Rollout),
+            ("Rollout/a", WorkloadKind::Rollout),
         ] {
             assert_eq!(parse(text).expect(text).kind, kind, "{text}");
         }
@@ -165,8 +199,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds_and_bad_names() {
-        let err = parse("cronjob/a").expect_err("unsupported");
-        assert!(err.contains("unsupported workload kind"), "{err}");
+        for unsupported in ["cronjob/a", "rollouts.apps/a", "deployments.argoproj.io/a"] {
+            let err = parse(unsupported).expect_err("unsupported");
+            assert!(err.contains("unsupported workload kind"), "{err}");
+        }
         for bad in ["", "Web", "a_b", "-a", "a/", "deploy/a/b"] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use kubedev::control::{AgentOwner, Forward};
+use kubedev::control::{AgentOwner, Forward, SessionKey};
 use kubedev::tunnel::link_through_port_forward;
 use kubedev_protocol::KEEPALIVE_INTERVAL;
 use kubedev_protocol::link::AgentLink;
@@ -52,7 +52,7 @@ pub(crate) struct AgentSelector {
 /// A link's key: the session it serves, its pod, and which of the pod's links it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct LinkKey {
-    session: String,
+    session: SessionKey,
     pod: String,
     index: usize,
 }
@@ -70,7 +70,7 @@ impl AgentPool {
     pub(crate) fn follow(
         self: &Arc<Self>,
         client: kube::Client,
-        session: String,
+        session: SessionKey,
         selector: AgentSelector,
         stop: CancellationToken,
     ) {
@@ -90,10 +90,10 @@ impl AgentPool {
     }
 
     /// Closes and drops every link of `session`.
-    pub(crate) async fn forget(&self, session: &str) {
+    pub(crate) async fn forget(&self, session: &SessionKey) {
         let mut links = self.links.write().await;
         links.retain(|key, link| {
-            let keep = key.session != session;
+            let keep = key.session != *session;
             if !keep {
                 link.close();
             }
@@ -103,7 +103,11 @@ impl AgentPool {
 
     /// A live link (of `session`'s pods only, if given), taking turns among them; waits up
     /// to `wait` for one to come up.
-    pub(crate) async fn pick(&self, session: Option<&str>, wait: Duration) -> Option<AgentLink> {
+    pub(crate) async fn pick(
+        &self,
+        session: Option<&SessionKey>,
+        wait: Duration,
+    ) -> Option<AgentLink> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let added = self.link_added.notified();
@@ -112,7 +116,7 @@ impl AgentPool {
                 let live: Vec<&AgentLink> = links
                     .iter()
                     .filter(|(key, link)| {
-                        session.is_none_or(|wanted| key.session == wanted) && !link.is_closed()
+                        session.is_none_or(|wanted| key.session == *wanted) && !link.is_closed()
                     })
                     .map(|(_, link)| link)
                     .collect();
@@ -135,9 +139,9 @@ impl AgentPool {
 
     /// Adds `link` as the first link to `pod` of `session`, as if it had come up.
     #[cfg(test)]
-    pub(crate) async fn add_link(&self, session: &str, pod: &str, link: AgentLink) {
+    pub(crate) async fn add_link(&self, session: &SessionKey, pod: &str, link: AgentLink) {
         let key = LinkKey {
-            session: session.into(),
+            session: session.clone(),
             pod: pod.into(),
             index: 0,
         };
@@ -145,23 +149,31 @@ impl AgentPool {
     }
 
     /// One live link to each pod of `session`.
-    pub(crate) async fn link_per_pod(&self, session: &str) -> Vec<AgentLink> {
+    pub(crate) async fn link_per_pod(&self, session: &SessionKey) -> Vec<AgentLink> {
         let links = self.links.read().await;
         let mut chosen: HashMap<&str, AgentLink> = HashMap::new();
         for (key, link) in links.iter() {
-            if key.session == session && !link.is_closed() {
+            if key.session == *session && !link.is_closed() {
                 chosen.entry(&key.pod).or_insert_with(|| link.clone());
             }
         }
         chosen.into_values().collect()
     }
 
+    /// A live link of any session, with its pod's name.
+    pub(crate) async fn any_link(&self) -> Option<(String, AgentLink)> {
+        let links = self.links.read().await;
+        (links.iter())
+            .find(|(_, link)| !link.is_closed())
+            .map(|(key, link)| (key.pod.clone(), link.clone()))
+    }
+
     /// The pods of `session` with a live link.
-    pub(crate) async fn linked_pods(&self, session: &str) -> Vec<String> {
+    pub(crate) async fn linked_pods(&self, session: &SessionKey) -> Vec<String> {
         let links = self.links.read().await;
         let mut pods: Vec<String> = links
             .iter()
-            .filter(|(key, link)| key.session == session && !link.is_closed())
+            .filter(|(key, link)| key.session == *session && !link.is_closed())
             .map(|(key, _)| key.pod.clone())
             .collect();
         pods.sort();
@@ -234,7 +246,7 @@ async fn watch_pods(
 /// Starts [`LINKS_PER_POD`] supervisors per pod that starts running.
 async fn supervise_new_pods(
     client: kube::Client,
-    session: String,
+    session: SessionKey,
     selector: AgentSelector,
     pool: Arc<AgentPool>,
     mut running_rx: watch::Receiver<Vec<String>>,

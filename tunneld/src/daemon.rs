@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kubedev::cidr::Cidr;
-use kubedev::control::{AgentOwner, ProxyChoices, ProxyStatus};
+use kubedev::control::{AgentOwner, ProxyChoices, ProxyStatus, SessionKey};
 use kubedev_process::signals::StopSignals;
 use tokio::sync::{Mutex, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,6 @@ pub(crate) struct Settings {
 /// A session tunneld keeps links to.
 #[derive(Debug)]
 struct Tunneled {
-    namespace: String,
     /// A wiretap's id in its claims.
     wiretap: Option<String>,
     /// Where its incoming connections are delivered.
@@ -85,8 +84,8 @@ pub(crate) struct Daemon {
     cluster: OnceCell<KnownCluster>,
     /// Where the proxy listens, and its URLs, once it does.
     proxy_status: OnceLock<ProxyStatus>,
-    /// The sessions tunneld links to, by name.
-    sessions: Mutex<HashMap<String, Tunneled>>,
+    /// The sessions tunneld links to.
+    sessions: Mutex<HashMap<SessionKey, Tunneled>>,
     network: Mutex<NetworkState>,
     /// The user's routing choices, from the command line and every session so far.
     proxy: Mutex<ProxyChoices>,

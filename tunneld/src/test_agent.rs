@@ -9,6 +9,7 @@ use kubedev_protocol::link::AgentLink;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::agents::AgentPool;
+use kubedev::control::SessionKey;
 
 const TOKEN: &str = "test-agent-token";
 
@@ -32,7 +33,8 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
         .await
         .expect("the agent answers");
     let pool = Arc::new(AgentPool::default());
-    pool.add_link("test", "agent-0", link).await;
+    pool.add_link(&SessionKey::new("test", "test"), "agent-0", link)
+        .await;
     pool
 }
 

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::control::PodPort;
+use kubedev::control::{PodPort, SessionKey};
 use kubedev_protocol::Transport;
 use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
@@ -57,7 +57,7 @@ pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
 /// Forwards every bound port to the pods of `session` until `stop` is cancelled.
 pub(crate) fn serve(
     bound: Vec<Bound>,
-    session: String,
+    session: SessionKey,
     pool: Arc<AgentPool>,
     stop: &CancellationToken,
 ) {
@@ -67,7 +67,7 @@ pub(crate) fn serve(
     }
 }
 
-async fn forward(bound: Bound, session: String, pool: Arc<AgentPool>) {
+async fn forward(bound: Bound, session: SessionKey, pool: Arc<AgentPool>) {
     match bound {
         Bound::Tcp(port, listener) => loop {
             match listener.accept().await {
@@ -101,7 +101,7 @@ async fn forward(bound: Bound, session: String, pool: Arc<AgentPool>) {
 /// session's agents.
 struct PodPeers {
     port: PodPort,
-    session: String,
+    session: SessionKey,
     pool: Arc<AgentPool>,
 }
 
@@ -126,7 +126,7 @@ impl Peers for PodPeers {
 }
 
 /// Relays one local connection to `port` on the localhost of one of `session`'s pods.
-async fn relay(mut connection: TcpStream, port: u16, session: String, pool: Arc<AgentPool>) {
+async fn relay(mut connection: TcpStream, port: u16, session: SessionKey, pool: Arc<AgentPool>) {
     let _ = connection.set_nodelay(true);
     let Some(link) = pool.pick(Some(&session), LINK_WAIT).await else {
         return tracing::warn!("--to-pod {port}: no pod of session {session} is linked");

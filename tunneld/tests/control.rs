@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use kubedev::control::{AgentOwner, ControlReply, ControlRequest, Held, NetworkStatus};
+use kubedev::control::{AgentOwner, ControlReply, ControlRequest, Held, NetworkStatus, SessionKey};
 use kubedev::inject::AGENT_CONTAINER;
 use kubedev::mode::Mode;
 use kubedev::session::lease::{self, Holder};
@@ -129,9 +129,13 @@ fn kubeconfig_for(server: &str) -> String {
 }
 
 fn add_session(name: &str) -> ControlRequest {
+    add_session_in("shop", name)
+}
+
+fn add_session_in(namespace: &str, name: &str) -> ControlRequest {
     ControlRequest::AddSession {
         name: name.into(),
-        namespace: "shop".into(),
+        namespace: namespace.into(),
         agents: "app=web".into(),
         token: "token".into(),
         forwards: Vec::new(),
@@ -223,13 +227,36 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     assert_eq!(status.sessions[0].name, "web");
     assert_eq!(status.sessions[0].namespace, "shop");
     assert!(status.sessions[0].linked_pods.is_empty(), "no cluster here");
+    // A namesake in another namespace is another session.
+    let elsewhere = add_session_in("stock", "web");
+    assert_eq!(
+        tunneld.request(&elsewhere).await.expect("added"),
+        ControlReply::Done
+    );
+    let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
+        panic!("a status");
+    };
+    let kept: Vec<String> = status
+        .sessions
+        .iter()
+        .map(|s| s.key().to_string())
+        .collect();
+    assert_eq!(kept, ["shop/web", "stock/web"]);
+    let remove_elsewhere = ControlRequest::RemoveSession {
+        session: SessionKey::new("stock", "web"),
+        owner: None,
+    };
+    assert_eq!(
+        tunneld.request(&remove_elsewhere).await.expect("removed"),
+        ControlReply::Done
+    );
 
     // A session lasts while tunneld has one: past the idle time, it is still there.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(tunneld.running(), "{}", tunneld.log());
     // A run whose own start failed does not drop the namesake another run added.
     let namesakes = ControlRequest::RemoveSession {
-        name: "web".into(),
+        session: SessionKey::new("shop", "web"),
         owner: Some(owner_of("other")),
     };
     assert_eq!(
@@ -238,7 +265,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     );
     assert!(tunneld.running(), "{}", tunneld.log());
     let remove = ControlRequest::RemoveSession {
-        name: "web".into(),
+        session: SessionKey::new("shop", "web"),
         owner: Some(owner_of("web")),
     };
     assert_eq!(

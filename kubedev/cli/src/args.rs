@@ -13,6 +13,7 @@ use kubedev::inject::parse_resource_list;
 use kubedev::mount::MountChoice;
 use kubedev::session::PortMapping;
 use kubedev::session::lease::SHORTEST_LEASE;
+use kubedev::session::naming;
 use kubedev::workload::WorkloadName;
 
 /// Resource quantities by name (`cpu`, `memory`).
@@ -93,8 +94,9 @@ pub struct SessionArgs {
 /// `connect` takes these too.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionLife {
-    /// Name of the session (default: the workload's name; for `connect`, connect).
-    #[arg(long)]
+    /// Name of the session (default: the workload's name and your login name, as
+    /// web-alice; for `connect`, connect-alice). `leave` also takes the workload's name.
+    #[arg(long, value_parser = parse_session_name)]
     pub name: Option<String>,
 
     /// The agent image (default: the one `config set-agent-image` chose for the kube
@@ -336,6 +338,10 @@ pub enum ListOutput {
 pub enum Output {
     Json,
     Yaml,
+}
+
+fn parse_session_name(text: &str) -> Result<String, String> {
+    naming::check_name(text).map(|()| text.to_owned())
 }
 
 fn parse_lease(text: &str) -> Result<Duration, String> {

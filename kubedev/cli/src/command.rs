@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kubedev::control::{DaemonStatus, NetworkStatus, ProxyStatus, ResolverStatus};
+use kubedev::control::{DaemonStatus, NetworkStatus, ProxyStatus, ResolverStatus, SessionKey};
 
 #[cfg(target_os = "linux")]
 use super::netns::{self, Started};
@@ -26,7 +26,7 @@ pub(super) enum CommandNetwork {
     /// Where no such namespace can be made, through tunneld's `proxy`, if it runs one.
     OwnNamespace {
         socket: PathBuf,
-        session: String,
+        session: SessionKey,
         proxy: Option<ProxyStatus>,
     },
 }
@@ -34,7 +34,7 @@ pub(super) enum CommandNetwork {
 impl CommandNetwork {
     /// How a command of session `session`, whose tunneld at `socket` runs as `status`
     /// says, reaches the cluster.
-    pub(super) fn of(status: &DaemonStatus, socket: &Path, session: &str) -> Self {
+    pub(super) fn of(status: &DaemonStatus, socket: &Path, session: &SessionKey) -> Self {
         match &status.network {
             NetworkStatus::Up {
                 resolver: ResolverStatus::Unchanged { for_commands, .. },
@@ -43,7 +43,7 @@ impl CommandNetwork {
             NetworkStatus::Up { .. } => Self::Machine,
             NetworkStatus::Off | NetworkStatus::Unavailable { .. } => Self::OwnNamespace {
                 socket: socket.to_owned(),
-                session: session.to_owned(),
+                session: session.clone(),
                 proxy: status.proxy.clone(),
             },
         }
@@ -255,10 +255,14 @@ mod tests {
             reason: "needs root".into(),
         };
         assert_eq!(
-            CommandNetwork::of(&status(unavailable, Some(proxy.clone())), socket, "web"),
+            CommandNetwork::of(
+                &status(unavailable, Some(proxy.clone())),
+                socket,
+                &SessionKey::new("shop", "web")
+            ),
             CommandNetwork::OwnNamespace {
                 socket: socket.to_owned(),
-                session: "web".into(),
+                session: SessionKey::new("shop", "web"),
                 proxy: Some(proxy.clone()),
             }
         );
@@ -273,7 +277,11 @@ mod tests {
             path: "/etc/resolv.conf".into(),
         });
         assert_eq!(
-            CommandNetwork::of(&status(machine, Some(proxy)), socket, "web"),
+            CommandNetwork::of(
+                &status(machine, Some(proxy)),
+                socket,
+                &SessionKey::new("shop", "web")
+            ),
             CommandNetwork::Machine
         );
         let node = up(ResolverStatus::Unchanged {
@@ -281,7 +289,7 @@ mod tests {
             for_commands: "/run/kubedev/resolv.conf.for-commands".into(),
         });
         assert_eq!(
-            CommandNetwork::of(&status(node, None), socket, "web"),
+            CommandNetwork::of(&status(node, None), socket, &SessionKey::new("shop", "web")),
             CommandNetwork::ResolverView("/run/kubedev/resolv.conf.for-commands".into())
         );
     }

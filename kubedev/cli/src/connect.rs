@@ -20,8 +20,8 @@ use super::life::{
 use super::output::spinner;
 use super::reclaim::reclaim_expired;
 
-/// The session's name when `--name` does not give one.
-const DEFAULT_NAME: &str = "connect";
+/// What the session's name is made from when `--name` does not give one.
+const DEFAULT_NAME_BASE: &str = "connect";
 
 pub(super) async fn run_connect(
     mode: Mode,
@@ -32,7 +32,8 @@ pub(super) async fn run_connect(
     let connection = cluster.connect().await?;
     let (image, image_source) =
         config::agent_image(args.agent_image.as_deref(), connection.context.as_deref())?;
-    let name = args.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
+    let name =
+        (args.name.clone()).unwrap_or_else(|| session::naming::default_name(DEFAULT_NAME_BASE));
     let owner = session::random_id()?;
     reclaim_expired(&connection, &owner, args.timeout).await;
     let pod = connect::pod_name(&name);

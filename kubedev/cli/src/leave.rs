@@ -42,6 +42,8 @@ pub(super) async fn leave(
     };
     let daemon = tunneld::status(socket).await.ok();
     let survey = survey(connection, daemon.as_ref(), false).await?;
+    let meant = session_meant(&survey.rows(daemon.as_ref()), daemon.as_ref(), name)?;
+    let name = meant.as_str();
     if !ending.force {
         refuse_if_held_elsewhere(connection, (&survey, daemon.as_ref()), mode, name)?;
     }
@@ -77,6 +79,42 @@ pub(super) async fn leave(
         connection.namespace,
         command_of(mode)
     );
+}
+
+/// The session `name` means: the session of that name, else the one session on the
+/// workload of that name that this machine's tunneld keeps (`leave web` ends `web-alice`),
+/// else the one session anyone has on it; `connect` means the one connect session.
+fn session_meant(
+    rows: &[Listed],
+    daemon: Option<&DaemonStatus>,
+    name: &str,
+) -> anyhow::Result<String> {
+    if rows.iter().any(|row| row.name == name) {
+        return Ok(name.to_owned());
+    }
+    let kept = |row: &Listed| {
+        (daemon.iter().flat_map(|d| d.sessions.iter()))
+            .any(|session| session.name == row.name && session.namespace == row.namespace)
+    };
+    let on_it = |row: &&Listed| match row.mode.as_str() {
+        CONNECT_MODE => name == CONNECT_MODE,
+        _ => row.workload == name || row.workload.split_once('/').is_some_and(|(_, w)| w == name),
+    };
+    let on_it: Vec<&Listed> = rows.iter().filter(on_it).collect();
+    let mine: Vec<&Listed> = on_it.iter().copied().filter(|row| kept(row)).collect();
+    let meant = if mine.is_empty() { on_it } else { mine };
+    match &meant[..] {
+        [] => Ok(name.to_owned()),
+        [one] => Ok(one.name.clone()),
+        several => anyhow::bail!(
+            "several sessions are on {name}: {}; say which",
+            several
+                .iter()
+                .map(|row| row.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Fails, naming who holds it, where session `name` is neither kept by this machine's
@@ -160,4 +198,85 @@ async fn leave_all(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kubedev::control::{NetworkStatus, SessionStatus};
+
+    use super::*;
+
+    fn row(name: &str, mode: &str, workload: &str) -> Listed {
+        Listed {
+            name: name.into(),
+            mode: mode.into(),
+            wiretap: false,
+            workload: workload.into(),
+            container: "app".into(),
+            namespace: "shop".into(),
+            holder: None,
+            lease_ends: None,
+            linked_pods: Vec::new(),
+        }
+    }
+
+    /// This machine's tunneld, keeping sessions `names` in namespace shop.
+    fn keeping(names: &[&str]) -> DaemonStatus {
+        DaemonStatus {
+            pid: 1,
+            version: None,
+            network: NetworkStatus::Off,
+            proxy: None,
+            sessions: (names.iter())
+                .map(|name| SessionStatus {
+                    name: (*name).into(),
+                    namespace: "shop".into(),
+                    linked_pods: Vec::new(),
+                    wiretap: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_workloads_name_means_this_machines_one_session_on_it() {
+        let rows = [
+            row("web-alice", "intercept", "deployment/web"),
+            row("web-bob", "intercept", "deployment/web"),
+            row(
+                "connect-alice",
+                CONNECT_MODE,
+                "pod/kubedev-connect-connect-alice",
+            ),
+        ];
+        let mine = keeping(&["web-alice", "connect-alice"]);
+        let meant = |name| session_meant(&rows, Some(&mine), name).expect("meant");
+        assert_eq!(meant("web-bob"), "web-bob", "a session's own name wins");
+        assert_eq!(meant("web"), "web-alice");
+        assert_eq!(meant("deployment/web"), "web-alice");
+        assert_eq!(meant("connect"), "connect-alice");
+        assert_eq!(meant("db"), "db", "nothing on it: left to say so");
+        let elsewhere = session_meant(&rows[1..], None, "web").expect("meant");
+        assert_eq!(elsewhere, "web-bob", "the one session on it, whoever's");
+    }
+
+    #[test]
+    fn several_sessions_of_this_machine_on_a_workload_are_named() {
+        let rows = [
+            row("web-alice", "intercept", "deployment/web"),
+            row("web-v2", "intercept", "deployment/web"),
+        ];
+        let mine = keeping(&["web-alice", "web-v2"]);
+        let asked = session_meant(&rows, Some(&mine), "web").expect_err("several");
+        assert_eq!(
+            asked.to_string(),
+            "several sessions are on web: web-alice, web-v2; say which"
+        );
+        let theirs = session_meant(&rows, None, "web").expect_err("several");
+        assert!(
+            theirs
+                .to_string()
+                .starts_with("several sessions are on web")
+        );
+    }
 }

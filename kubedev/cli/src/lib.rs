@@ -107,10 +107,20 @@ fn explained(err: anyhow::Error, cluster: &ClusterArgs) -> anyhow::Error {
     } else {
         err
     };
-    match &cluster.as_user {
-        Some(user) => err.context(format!("acting as {user} (--as)")),
-        None => err,
-    }
+    let Some(user) = &cluster.as_user else {
+        return err;
+    };
+    // A permission check suggested by the error answers for the impersonated user only
+    // with the same flags.
+    let hint = if format!("{err:#}").contains("kubectl auth can-i") {
+        let groups: String = (cluster.as_groups.iter())
+            .map(|group| format!(" --as-group {group}"))
+            .collect();
+        format!("; give `kubectl auth can-i` the same --as {user}{groups}")
+    } else {
+        String::new()
+    };
+    err.context(format!("acting as {user} (--as){hint}"))
 }
 
 /// The command of a mode, for messages (`kubectl intercept`).
@@ -119,5 +129,36 @@ fn command_of(mode: Mode) -> &'static str {
         Mode::Intercept => "kubectl intercept",
         Mode::Replace => "kubectl replace-container",
         Mode::Ingest => "kubectl ingest",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permission_check_acting_as_another_user_is_given_the_same_flags() {
+        let cluster = ClusterArgs {
+            as_user: Some("alice".into()),
+            as_groups: vec!["team-a".into()],
+            ..ClusterArgs::default()
+        };
+        let refused = anyhow::anyhow!(
+            "not allowed to update deployments in namespace shop: ask for that permission \
+             (check with `kubectl auth can-i update deployments -n shop`)"
+        );
+        let said = format!("{:#}", explained(refused, &cluster));
+        assert!(
+            said.starts_with(
+                "acting as alice (--as); give `kubectl auth can-i` the same --as alice \
+                 --as-group team-a: not allowed"
+            ),
+            "{said}"
+        );
+        let other = explained(anyhow::anyhow!("deployment/web not found"), &cluster);
+        assert_eq!(
+            format!("{other:#}"),
+            "acting as alice (--as): deployment/web not found"
+        );
     }
 }

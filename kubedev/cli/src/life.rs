@@ -13,7 +13,9 @@ use super::command_of;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{AgentOwner, ControlRequest, Forward, Held, PodPort, ProxyChoices};
+use kubedev::control::{
+    AgentOwner, ControlRequest, Forward, Held, PodPort, ProxyChoices, SessionKey,
+};
 use kubedev::mode::Mode;
 use kubedev::mount::Mount;
 use kubedev::session;
@@ -167,7 +169,7 @@ async fn stay_until_the_end(
     let socket = tunneld::socket_for(life.connection)?;
     let links = Watched {
         socket: socket.clone(),
-        session: life.name.to_owned(),
+        session: SessionKey::new(&life.connection.namespace, life.name),
         mode: life.mode,
         wanted: pods,
     };
@@ -361,6 +363,7 @@ pub(super) async fn join_tunneld(
     let wanted = session.pods;
     let deadline = tokio::time::Instant::now() + session.timeout;
     let mut agents_checked = tokio::time::Instant::now();
+    let key = SessionKey::new(&connection.namespace, session.name);
     let status = loop {
         if agents_checked.elapsed() >= AGENT_CHECK_PERIOD {
             check_agents(&connection.client, &connection.namespace, session.agents).await?;
@@ -370,7 +373,7 @@ pub(super) async fn join_tunneld(
         let linked = status
             .sessions
             .iter()
-            .find(|s| s.name == session.name)
+            .find(|s| s.key() == key)
             .map_or(0, |s| s.linked_pods.len());
         bar.set_message(format!(
             "connecting to the agents: {linked}/{wanted} linked"
@@ -390,8 +393,8 @@ pub(super) async fn join_tunneld(
     for note in network_notes(&status.network, command_of(session.mode)) {
         eprintln!("note: {note}");
     }
-    let variables = tunneld::environment(&socket, session.name).await?;
-    let command_network = CommandNetwork::of(&status, &socket, session.name);
+    let variables = tunneld::environment(&socket, &key).await?;
+    let command_network = CommandNetwork::of(&status, &socket, &key);
     Ok((variables, command_network))
 }
 
@@ -409,16 +412,14 @@ pub(super) async fn forget_in_tunneld(
     };
     // Only a session this machine's tunneld keeps: another machine's, or one stopped
     // while starting, is not there, and that is no news.
-    let kept = tunneld::status(&socket).await.is_ok_and(|status| {
-        status
-            .sessions
-            .iter()
-            .any(|kept| kept.name == name && kept.namespace == connection.namespace)
-    });
+    let key = SessionKey::new(&connection.namespace, name);
+    let kept = tunneld::status(&socket)
+        .await
+        .is_ok_and(|status| status.sessions.iter().any(|kept| kept.key() == key));
     if !kept {
         return;
     }
-    if let Err(err) = tunneld::forget(&socket, name, owner).await {
+    if let Err(err) = tunneld::forget(&socket, &key, owner).await {
         eprintln!("warning: {err}");
     }
 }

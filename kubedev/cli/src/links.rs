@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kubedev::control::SessionKey;
 use kubedev::mode::Mode;
 use kubedev::tunneld;
 
@@ -15,7 +16,7 @@ const LINK_CHECK_PERIOD: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(super) struct Watched {
     pub(super) socket: PathBuf,
-    pub(super) session: String,
+    pub(super) session: SessionKey,
     pub(super) mode: Mode,
     /// The pods the workload ran when the session started.
     pub(super) wanted: usize,
@@ -33,7 +34,7 @@ pub(super) async fn report_links(watched: Watched) {
         let linked = status
             .sessions
             .iter()
-            .find(|s| s.name == watched.session)
+            .find(|s| s.key() == watched.session)
             .map_or(0, |s| s.linked_pods.len());
         if let Some(change) = describe_change(&watched, last, linked) {
             eprintln!("{change}");
@@ -44,7 +45,7 @@ pub(super) async fn report_links(watched: Watched) {
 
 /// What to tell the user when the linked agents go from `before` to `now`, if anything.
 fn describe_change(watched: &Watched, before: usize, now: usize) -> Option<String> {
-    let Watched { session, mode, .. } = watched;
+    let (session, mode) = (&watched.session.name, watched.mode);
     if before == now {
         return None;
     }
@@ -75,7 +76,7 @@ mod tests {
     fn watched(mode: Mode) -> Watched {
         Watched {
             socket: PathBuf::new(),
-            session: "web".into(),
+            session: SessionKey::new("shop", "web"),
             mode,
             wanted: 2,
         }

@@ -160,6 +160,7 @@ mod tests {
             ("apps", "deployments", "update"),
             ("apps", "statefulsets", "update"),
             ("apps", "daemonsets", "update"),
+            ("argoproj.io", "rollouts", "update"),
             ("", "services", "update"),
             ("", "pods", "watch"),
             ("", "pods/portforward", "create"),

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Context as _;
-use kubedev::control::NamespaceFiles;
+use kubedev::control::{NamespaceFiles, SessionKey};
 use kubedev::{fd_passing, tunneld};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ pub(super) async fn spawn(
     arguments: &[String],
     variables: &BTreeMap<String, String>,
     socket: &Path,
-    session: &str,
+    session: &SessionKey,
 ) -> anyhow::Result<Started> {
     let (plugin, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,

@@ -19,7 +19,7 @@ use super::reclaim::reclaim_expired;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{AgentOwner, Forward, PodPort};
+use kubedev::control::{AgentOwner, Forward, PodPort, SessionKey};
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
@@ -168,7 +168,7 @@ fn plan_of(
             .life
             .name
             .clone()
-            .unwrap_or_else(|| workload.name.clone()),
+            .unwrap_or_else(|| session::naming::default_name(&workload.name)),
         workload,
         container: args.container.clone(),
         agent_image,
@@ -357,7 +357,14 @@ async fn mount_volumes(
     }
     let socket = tunneld::socket_for(connection)?;
     let read_only = plan.mode == Mode::Ingest;
-    match mount::mount(&socket, &plan.name, &choice, read_only).await {
+    match mount::mount(
+        &socket,
+        &SessionKey::new(&connection.namespace, &plan.name),
+        &choice,
+        read_only,
+    )
+    .await
+    {
         Ok(Some(mounted)) => {
             #[cfg(target_os = "linux")]
             if let Err(err) = mounted.raise_readahead() {

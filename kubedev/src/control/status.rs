@@ -210,6 +210,13 @@ pub struct SessionStatus {
     pub wiretap: Option<WiretapCounts>,
 }
 
+impl SessionStatus {
+    /// Which session this is.
+    pub fn key(&self) -> super::SessionKey {
+        super::SessionKey::new(&self.namespace, &self.name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

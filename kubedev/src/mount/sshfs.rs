@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::given_dir::user_dir;
 use super::{MountChoice, MountError, table};
+use crate::control::SessionKey;
 use crate::tunneld;
 
 /// What the kernel reads ahead of a sequential reader on the mount: a bandwidth-delay
@@ -47,13 +48,14 @@ impl Mount {
     }
 }
 
-/// Mounts the volumes of session `name` as `choice` says (read-only if `read_only`).
+/// Mounts the volumes of `session` as `choice` says (read-only if `read_only`).
 pub async fn mount(
     socket: &Path,
-    name: &str,
+    session: &SessionKey,
     choice: &MountChoice,
     read_only: bool,
 ) -> Result<Option<Mount>, MountError> {
+    let name = &session.name;
     let (dir, read_only, temporary) = match choice {
         MountChoice::No => return Ok(None),
         MountChoice::Temporary => (temporary_dir(name)?, read_only, true),
@@ -62,7 +64,7 @@ pub async fn mount(
             read_only: ro,
         } => (user_dir(path)?, read_only || *ro, false),
     };
-    let sftp = tunneld::open_files(socket, name).await?.into_std()?;
+    let sftp = tunneld::open_files(socket, session).await?.into_std()?;
     sftp.set_nonblocking(false)?;
     let replies = sftp.try_clone()?;
     let mut command = Command::new("sshfs");

@@ -34,7 +34,7 @@ pub fn check_given_dir(_: &Path) -> Result<(), MountError> {
 /// Says the volumes cannot be mounted here, unless none were asked for.
 pub async fn mount(
     _socket: &Path,
-    _name: &str,
+    _session: &crate::control::SessionKey,
     choice: &MountChoice,
     _read_only: bool,
 ) -> Result<Option<Mount>, MountError> {

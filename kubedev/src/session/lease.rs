@@ -51,22 +51,6 @@ pub struct Holder {
     pub user: String,
 }
 
-/// The name of the user this process runs as.
-#[cfg(unix)]
-fn user_name() -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-        .or_else(|| std::env::var("USER").ok())
-}
-
-/// The name of the user this process runs as.
-#[cfg(windows)]
-fn user_name() -> Option<String> {
-    std::env::var("USERNAME").ok()
-}
-
 impl Holder {
     /// Run `owner` of a plugin on this machine, by this user.
     pub fn here(owner: &str) -> Self {
@@ -74,7 +58,7 @@ impl Holder {
             .ok()
             .and_then(|name| name.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
-        let user = user_name().unwrap_or_else(|| "unknown".into());
+        let user = super::naming::user_name().unwrap_or_else(|| "unknown".into());
         Self {
             owner: owner.to_owned(),
             host,

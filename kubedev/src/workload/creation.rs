@@ -97,7 +97,9 @@ fn controller_of(workload: &Workload) -> &'static str {
     match workload.reference.kind {
         WorkloadKind::StatefulSet => "statefulset-controller",
         WorkloadKind::DaemonSet => "daemonset-controller",
-        WorkloadKind::Deployment | WorkloadKind::ReplicaSet => "replicaset-controller",
+        WorkloadKind::Deployment | WorkloadKind::ReplicaSet | WorkloadKind::Rollout => {
+            "replicaset-controller"
+        }
     }
 }
 
@@ -113,7 +115,7 @@ async fn about_new_pods(
     let (Some(kind), Some(name), Some(uid)) = (&object.kind, &object.name, &object.uid) else {
         return false;
     };
-    if workload.reference.kind != WorkloadKind::Deployment {
+    if workload.reference.kind.template_hash_label().is_none() {
         return kind == workload.reference.kind.api_kind() && Some(uid.as_str()) == workload.uid();
     }
     if kind != "ReplicaSet" || !owners.controls_replica_set(name, uid).await {

@@ -29,7 +29,7 @@ pub enum WorkloadError {
     },
     /// No workload of any kind has the bare name given.
     #[error(
-        "no deployment, statefulset, replicaset or daemonset named {name} in namespace \
+        "no deployment, statefulset, replicaset, daemonset or rollout named {name} in namespace \
          {namespace}{}",
         unreadable_note(unreadable)
     )]
@@ -152,6 +152,12 @@ impl WorkloadError {
     /// Whether redoing the read-change-write may succeed.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
+    }
+
+    /// Whether the API server has no such resource at all (a CRD not installed).
+    pub fn is_not_served(&self) -> bool {
+        matches!(self, Self::Api { source, .. }
+            if matches!(source.as_ref(), kube::Error::Api(status) if status.code == 404))
     }
 }
 

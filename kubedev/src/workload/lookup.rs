@@ -1,8 +1,7 @@
 //! A workload as users type it ([`WorkloadName`]: `NAME` or `KIND/NAME`), found in the
-//! cluster. A bare NAME is whichever Deployment, StatefulSet, ReplicaSet or DaemonSet has
-//! that name,
-//! as Telepresence finds a workload whatever its kind; when two kinds share it, the user is
-//! asked to say which.
+//! cluster. A bare NAME is whichever Deployment, StatefulSet, ReplicaSet, DaemonSet or Argo
+//! Rollout has that name, as Telepresence finds a workload whatever its kind; when two kinds
+//! share it, the user is asked to say which.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,7 +27,7 @@ impl FromStr for WorkloadName {
                 let kind = WorkloadKind::parse(kind).ok_or_else(|| {
                     format!(
                         "unsupported workload kind {kind:?}: use deployment/NAME, \
-                         statefulset/NAME, replicaset/NAME or daemonset/NAME"
+                         statefulset/NAME, replicaset/NAME, daemonset/NAME or rollout/NAME"
                     )
                 })?;
                 (Some(kind), name)
@@ -129,7 +128,7 @@ mod tests {
     }
 
     /// The lookups' answers: a workload of `kind` (controlled by another, or not), or none.
-    fn found(answers: [Option<bool>; 4]) -> Vec<(WorkloadKind, Result<bool, WorkloadError>)> {
+    fn found(answers: [Option<bool>; 5]) -> Vec<(WorkloadKind, Result<bool, WorkloadError>)> {
         WorkloadKind::ALL
             .into_iter()
             .zip(answers)
@@ -156,19 +155,23 @@ mod tests {
     #[test]
     fn a_bare_name_is_the_one_kind_that_has_it() {
         let chosen = name("web")
-            .choose("dev", found([None, Some(false), None, None]))
+            .choose("dev", found([None, Some(false), None, None, None]))
             .expect("one");
         assert_eq!(chosen.to_string(), "statefulset/web");
         let chosen = name("web")
-            .choose("dev", found([None, None, None, Some(false)]))
+            .choose("dev", found([None, None, None, Some(false), None]))
             .expect("one");
         assert_eq!(chosen.to_string(), "daemonset/web");
+        let chosen = name("web")
+            .choose("dev", found([None, None, None, None, Some(false)]))
+            .expect("one");
+        assert_eq!(chosen.to_string(), "rollout/web");
     }
 
     #[test]
     fn a_deployments_own_replicaset_does_not_count() {
         let chosen = name("web")
-            .choose("dev", found([Some(false), None, Some(true), None]))
+            .choose("dev", found([Some(false), None, Some(true), None, None]))
             .expect("one");
         assert_eq!(chosen.to_string(), "deployment/web");
     }
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     fn two_kinds_of_one_name_ask_which() {
         let asked = name("web")
-            .choose("dev", found([Some(false), Some(false), None, None]))
+            .choose("dev", found([Some(false), Some(false), None, None, None]))
             .expect_err("two");
         assert_eq!(
             asked.to_string(),
@@ -187,7 +190,7 @@ mod tests {
 
     #[test]
     fn none_found_says_which_kinds_could_not_be_read() {
-        let mut answers = found([None, None, None, None]);
+        let mut answers = found([None, None, None, None, None]);
         answers[2].1 = Err(WorkloadError::Forbidden {
             verb: "get",
             resource: "replicasets",
@@ -196,8 +199,8 @@ mod tests {
         let refused = name("web").choose("dev", answers).expect_err("none");
         assert_eq!(
             refused.to_string(),
-            "no deployment, statefulset, replicaset or daemonset named web in namespace dev \
-             (not allowed to get replicasets there)"
+            "no deployment, statefulset, replicaset, daemonset or rollout named web in namespace \
+             dev (not allowed to get replicasets there)"
         );
     }
 }

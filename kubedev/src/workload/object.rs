@@ -76,11 +76,17 @@ impl WorkloadKind {
             Self::StatefulSet => "StatefulSet",
             Self::ReplicaSet => "ReplicaSet",
             Self::DaemonSet => "DaemonSet",
+            Self::Rollout => "Rollout",
         }
     }
 
     fn api_resource(self) -> ApiResource {
-        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", self.api_kind()))
+        let version = match self {
+            Self::Rollout => "v1alpha1",
+            _ => "v1",
+        };
+        let kind = GroupVersionKind::gvk(self.group(), version, self.api_kind());
+        ApiResource::from_gvk(&kind)
     }
 }
 
@@ -155,6 +161,8 @@ impl Workload {
             match Self::list_in(client, namespace, kind).await {
                 Ok(workloads) => found.extend(workloads),
                 Err(err @ WorkloadError::Forbidden { .. }) => forbidden.push(err),
+                // A kind of a CRD the cluster does not have (Argo Rollouts).
+                Err(err) if err.is_not_served() && kind.group() != "apps" => {}
                 Err(err) => return Err(err),
             }
         }
@@ -226,6 +234,11 @@ impl Workload {
 
     /// The pod template exactly as stored; a workload without one is an error.
     pub fn stored_template(&self) -> Result<&Value, WorkloadError> {
+        if self.object.data.pointer("/spec/workloadRef").is_some() {
+            return Err(self.malformed(
+                "has no pod template of its own (it takes a Deployment's, spec.workloadRef)",
+            ));
+        }
         self.template_value()
             .ok_or_else(|| self.malformed("has no pod template"))
     }
@@ -282,7 +295,7 @@ impl Workload {
     /// StatefulSet or DaemonSet with the OnDelete strategy, needs its pods deleted).
     pub fn rolls_out_by_itself(&self) -> bool {
         match self.reference.kind {
-            WorkloadKind::Deployment => true,
+            WorkloadKind::Deployment | WorkloadKind::Rollout => true,
             WorkloadKind::ReplicaSet => false,
             WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
                 self.object

@@ -1,5 +1,6 @@
 //! Which pods are a workload's own: those it controls (a StatefulSet, a ReplicaSet), or
-//! that a ReplicaSet it controls does, with that ReplicaSet's pod template (a Deployment).
+//! that a ReplicaSet it controls does, with that ReplicaSet's pod template (a Deployment,
+//! an Argo Rollout).
 //! Labels alone say nothing: anyone who may create pods can give one a workload's labels.
 
 use std::collections::HashMap;
@@ -10,9 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::Api;
 
 use super::{Workload, WorkloadKind, WorkloadRef};
-
-/// The label a Deployment's ReplicaSet and its pods share, naming their pod template.
-const TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// Decides which pods a workload controls, looking it and each ReplicaSet up once.
 pub struct PodOwners {
@@ -57,7 +55,9 @@ impl PodOwners {
             return false;
         };
         match self.workload.kind {
-            WorkloadKind::Deployment => self.through_replica_set(&controller, pod).await,
+            WorkloadKind::Deployment | WorkloadKind::Rollout => {
+                self.through_replica_set(&controller, pod).await
+            }
             kind => {
                 controller.kind == kind.api_kind()
                     && controller.name == self.workload.name
@@ -74,7 +74,7 @@ impl PodOwners {
         }
         let hash = self.known_replica_set_hash(controller).await;
         let labels = pod.metadata.labels.as_ref();
-        hash.is_some() && labels.and_then(|labels| labels.get(TEMPLATE_HASH)) == hash.as_ref()
+        hash.is_some() && labels.and_then(|labels| labels.get(self.hash_label())) == hash.as_ref()
     }
 
     /// Whether the workload (a Deployment) controls ReplicaSet `name` of this `uid`.
@@ -106,11 +106,16 @@ impl PodOwners {
         let found = api.get_opt(&controller.name).await.ok().flatten()?;
         let same = found.metadata.uid.as_deref() == Some(controller.uid.as_str());
         let its_controller = controller_of(&found.metadata)?.clone();
-        let owned = its_controller.kind == "Deployment"
+        let owned = its_controller.kind == self.workload.kind.api_kind()
             && its_controller.name == self.workload.name
             && self.is_workload(&its_controller.uid).await;
-        let hash = found.metadata.labels?.get(TEMPLATE_HASH).cloned();
+        let hash = found.metadata.labels?.get(self.hash_label()).cloned();
         (same && owned).then_some(hash).flatten()
+    }
+
+    /// The label of the template hash its ReplicaSets give their pods.
+    fn hash_label(&self) -> &'static str {
+        self.workload.kind.template_hash_label().unwrap_or_default()
     }
 
     /// Whether `uid` is the workload's.

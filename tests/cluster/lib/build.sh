@@ -52,11 +52,31 @@ build_binaries() {
     go_build registry "$REGISTRY_VERSION" "-s -w" \
         github.com/distribution/distribution/v3/cmd/registry=registry
     build_krew
+    build_argo_rollouts
     K8S_BIN=$(bin_dir_for kubernetes "$K8S_VERSION")
     ETCD_BIN=$(bin_dir_for etcd "$ETCD_VERSION")/etcd
     COREDNS_BIN=$(bin_dir_for coredns "$COREDNS_VERSION")/coredns
     KUBECTL=$K8S_BIN/kubectl
     REGISTRY_BIN=$(bin_dir_for registry "$REGISTRY_VERSION")/registry
+}
+
+# build_argo_rollouts: the Argo Rollouts controller and its CRDs (the Rollout's and those
+# the controller watches beside it), as published in its module; ARGO_ROLLOUTS_BIN names
+# their directory.
+build_argo_rollouts() {
+    go_build argo-rollouts "$ARGO_ROLLOUTS_VERSION" "-s -w" \
+        github.com/argoproj/argo-rollouts/cmd/rollouts-controller=rollouts-controller
+    ARGO_ROLLOUTS_BIN=$(bin_dir_for argo-rollouts "$ARGO_ROLLOUTS_VERSION")
+    if [ ! -d "$ARGO_ROLLOUTS_BIN/crds" ]; then
+        local module
+        module=$(cd "$CLUSTER_DIR/gomod/argo-rollouts" && GOFLAGS=-mod=mod \
+            go list -m -f '{{.Dir}}' github.com/argoproj/argo-rollouts) ||
+            die "the argo-rollouts module is not in Go's module cache"
+        rm -rf "$ARGO_ROLLOUTS_BIN/crds.tmp" && mkdir "$ARGO_ROLLOUTS_BIN/crds.tmp"
+        cp "$module"/manifests/crds/*-crd.yaml "$ARGO_ROLLOUTS_BIN/crds.tmp/"
+        chmod u+w "$ARGO_ROLLOUTS_BIN"/crds.tmp/*
+        mv "$ARGO_ROLLOUTS_BIN/crds.tmp" "$ARGO_ROLLOUTS_BIN/crds"
+    fi
 }
 
 # build_krew: krew (as the kubectl plugin kubectl-krew) and validate-krew-manifest, for

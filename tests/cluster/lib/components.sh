@@ -113,6 +113,17 @@ start_controllers() {
         --bind-address 127.0.0.1 --leader-elect=false
 }
 
+# start_rollouts_controller: Argo Rollouts' CRD and its controller, cluster-wide, as a
+# process of the node like the control plane (its metrics and health ports on loopback).
+start_rollouts_controller() {
+    kubectl_admin apply --server-side -f "$ARGO_ROLLOUTS_BIN/crds" >/dev/null
+    wait_for "the Rollout CRD" 60 kubectl_admin wait --for condition=established \
+        --timeout=5s crd/rollouts.argoproj.io
+    start_process argo-rollouts "$ARGO_ROLLOUTS_BIN/rollouts-controller" \
+        --kubeconfig "$ADMIN_KUBECONFIG" --leader-elect=false \
+        --healthzPort 18080 --metricsPort 18090 --loglevel warn
+}
+
 # start_registry: the OCI registry at $REGISTRY_HOST, its certificate issued by the cluster's
 # CA (which containerd trusts for it), its blobs under $STATE_DIR/registry.
 start_registry() {
@@ -269,7 +280,7 @@ node_ready() {
         -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy argo-rollouts)
 
 cluster_up() {
     local started=$SECONDS
@@ -303,6 +314,8 @@ cluster_up() {
         render "$manifest" | kubectl_admin apply -f - >/dev/null
     done
     kubectl_admin -n "$DEV_NAMESPACE" apply -f "$CLUSTER_DIR/../../deploy/kubedev-role.yaml" >/dev/null
+    log "starting the Argo Rollouts controller"
+    start_rollouts_controller
     kubectl_admin -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null ||
         die "CoreDNS did not become ready (kubectl -n kube-system describe pods)"
     log "cluster ready in $((SECONDS - started))s"
@@ -318,6 +331,7 @@ USAGE
 
 cluster_down() {
     log "stopping the cluster"
+    stop_process argo-rollouts
     stop_process kube-proxy
     stop_process kubelet
     if process_alive containerd; then

@@ -249,6 +249,23 @@ impl TestNamespace {
         self.cluster.kubectl_ok(&all)
     }
 
+    /// Waits up to two minutes until the echo app, not a workstation, answers `path` from
+    /// the client pod (after a session ends, its pods come back).
+    pub fn wait_for_the_echo_app(&self, path: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !self
+            .http_get("client", "echo:8080", path)
+            .unwrap_or_default()
+            .starts_with("echo from echo-")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the app did not answer again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// `kubectl apply`s `manifest` (an object or a `List`) as cluster-admin in this namespace.
     pub fn apply_json(&self, manifest: &serde_json::Value) -> anyhow::Result<String> {
         let kind = manifest["kind"].as_str().unwrap_or("object").to_lowercase();
@@ -387,6 +404,30 @@ impl TestNamespace {
         tokio::time::timeout(CONVERGE_TIMEOUT, ready)
             .await
             .with_context(|| format!("daemonset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    /// The echo app as Argo Rollout `name` (a canary without steps), behind Service `name`,
+    /// returning once the Rollout is healthy.
+    pub async fn deploy_echo_rollout(&self, name: &str, replicas: i32) -> anyhow::Result<()> {
+        let deployment = single_container_deployment(name, replicas, echo_container())?;
+        let mut rollout = serde_json::to_value(deployment)?;
+        rollout["apiVersion"] = json!("argoproj.io/v1alpha1");
+        rollout["kind"] = json!("Rollout");
+        rollout["spec"]["strategy"] = json!({"canary": {}});
+        self.create_echo_service(name).await?;
+        self.apply_json(&rollout).context("create echo rollout")?;
+        let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
+        let healthy = format!("Healthy {replicas}");
+        let status = format!("rollout/{name}");
+        let path = "-o=jsonpath={.status.phase} {.status.readyReplicas}";
+        while self.kubectl_ok(&["get", &status, path])? != healthy {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "rollout {name} not healthy in {CONVERGE_TIMEOUT:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         Ok(())
     }
 

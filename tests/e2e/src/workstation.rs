@@ -249,8 +249,14 @@ impl Workstation {
 
     /// Ends the session, as a plugin does on leave; tunneld then exits by itself.
     pub async fn remove_session(&self) {
+        let status = self.status().await;
+        let added = status
+            .sessions
+            .iter()
+            .find(|session| session.name == SESSION)
+            .expect("the session is in tunneld");
         let remove = ControlRequest::RemoveSession {
-            name: SESSION.into(),
+            session: added.key(),
             owner: None,
         };
         tunneld::request(&self.socket, &remove)

@@ -175,7 +175,10 @@ async fn every_command_goes_through_the_proxy(s: &Setup) {
     let listed: Value =
         serde_json::from_str(&s.plugin_ok("kubectl-intercept", &["list", "-o", "json"]))
             .expect("list -o json");
-    assert_eq!(listed[0]["name"], "echo");
+    assert_eq!(
+        listed[0]["name"],
+        kubedev::session::naming::default_name("echo").as_str()
+    );
     s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
     let after_intercept = s.proxy.tunnels.count();
     assert!(

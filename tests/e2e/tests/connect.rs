@@ -67,14 +67,17 @@ async fn connect_brings_the_cluster_network_from_every_plugin_and_touches_no_wor
 
         let listed: Value = serde_json::from_str(&run(&["list", "-o", "json"])).expect("list");
         let row = &listed[0];
-        assert_eq!(row["name"], "connect", "{listed:#}");
+        // Named after the user, so that teammates' connect sessions do not collide.
+        let name = kubedev::session::naming::default_name("connect");
+        assert_eq!(row["name"], name.as_str(), "{listed:#}");
         assert_eq!(row["mode"], "connect");
-        assert_eq!(row["workload"], "pod/kubedev-connect-connect");
+        let pod = format!("kubedev-connect-{name}");
+        assert_eq!(row["workload"], format!("pod/{pod}").as_str());
         let status: Value = serde_json::from_str(&run(&["status", "-o", "json"])).expect("status");
-        assert_eq!(status["sessions"][0]["name"], "connect", "{status:#}");
+        assert_eq!(status["sessions"][0]["name"], name.as_str(), "{status:#}");
         assert_eq!(
             status["sessions"][0]["linkedPods"],
-            serde_json::json!(["kubedev-connect-connect"])
+            serde_json::json!([pod])
         );
         assert_eq!(
             ns.echo_template(false).await,

@@ -50,6 +50,21 @@ async fn every_check_passes_for_the_namespaces_developer_and_nothing_is_left() {
     );
     assert_eq!(outcome("cluster network").0, "skipped", "no tunneld yet");
     assert!(pods_in(&ns).await.is_empty(), "the trial pod is gone");
+
+    // With a session live, the round trip through the tunnel is timed too.
+    workstation.plugin_ok(&cluster, PLUGIN, &["connect", "--detach", "-n", &ns.name]);
+    let report = workstation.plugin_ok(&cluster, PLUGIN, &["diagnose", "-n", &ns.name]);
+    let tunnel = report
+        .lines()
+        .find(|line| line.contains(" tunnel "))
+        .unwrap_or_else(|| panic!("no tunnel check: {report}"));
+    assert!(
+        tunnel.starts_with("ok ")
+            && tunnel.contains("round trip to the agent in pod kubedev-connect-")
+            && tunnel.contains(" ms (median of 5)"),
+        "{report}"
+    );
+    workstation.plugin_ok(&cluster, PLUGIN, &["leave", "connect", "-n", &ns.name]);
 }
 
 #[tokio::test]

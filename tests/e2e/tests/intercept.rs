@@ -138,11 +138,13 @@ async fn service_requests_reach_the_workstation_until_leave_restores_the_workloa
 
     let listed: Value =
         serde_json::from_str(&s.plugin_ok(&["list", "-o", "json"])).expect("list -o json");
-    assert_eq!(listed[0]["name"], "echo");
+    // Named after the workload and the user, so that teammates' names do not collide.
+    let session = kubedev::session::naming::default_name("echo");
+    assert_eq!(listed[0]["name"], session.as_str());
     assert_eq!(listed[0]["mode"], "intercept");
     assert_eq!(listed[0]["workload"], "deployment/echo");
     assert_eq!(listed[0]["linkedPods"].as_array().map(Vec::len), Some(1));
-    assert_eq!(s.plugin_ok(&["list", "-o", "name"]), "echo\n");
+    assert_eq!(s.plugin_ok(&["list", "-o", "name"]), format!("{session}\n"));
     let linked = listed[0]["linkedPods"][0]
         .as_str()
         .unwrap_or_default()
@@ -639,7 +641,7 @@ async fn wait_until_restored(s: &Setup) {
 const BAD_ARGUMENTS: [(&[&str], &str); 7] = [
     (
         &["nope", "--port", "3000"],
-        "no deployment, statefulset, replicaset or daemonset named nope in namespace",
+        "no deployment, statefulset, replicaset, daemonset or rollout named nope in namespace",
     ),
     (
         &["echo", "--port", "3000"],
@@ -688,6 +690,12 @@ const BAD_ARGUMENTS: [(&[&str], &str); 7] = [
 #[tokio::test]
 async fn bad_requests_change_nothing() {
     let s = setup("intercept-bad", false, 1, 3000).await;
+    let invalid = s.plugin(&["echo", "--port", "3000", "--name", "Not_A_Label"]);
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(
+        stderr.contains("invalid session name \"Not_A_Label\""),
+        "{stderr}"
+    );
     for (args, expected) in BAD_ARGUMENTS {
         let mut all = args.to_vec();
         all.push("--detach");
@@ -896,10 +904,15 @@ async fn an_intercept_resumes_after_the_workstation_loses_the_cluster_for_30_sec
     }
     // Whatever the plugin said about the links, it said they came back.
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let session = kubedev::session::naming::default_name("echo");
     loop {
         let said = std::fs::read_to_string(&log).expect("plugin log");
-        let lost = said.find("lost the links to the agents of session echo");
-        let back = said.rfind("linked again to the agents of session echo (1 linked)");
+        let lost = said.find(&format!(
+            "lost the links to the agents of session {session}"
+        ));
+        let back = said.rfind(&format!(
+            "linked again to the agents of session {session} (1 linked)"
+        ));
         match (lost, back) {
             (None, _) => break,
             (Some(lost), Some(back)) if back > lost => break,
@@ -1080,12 +1093,13 @@ async fn list_and_leave_all_cover_every_namespace_of_this_machine_s_sessions() {
 
     let here = s.ns.name.clone();
     let there = other.name.clone();
+    let session = kubedev::session::naming::default_name("echo");
     assert_eq!(
         listed_names(&s.plugin_ok(&["list", "-o", "json"])),
-        [(here.clone(), "echo".to_owned())]
+        [(here.clone(), session.clone())]
     );
     let mut everywhere = vec![
-        (here.clone(), "echo".to_owned()),
+        (here.clone(), session.clone()),
         (there.clone(), "bob".to_owned()),
         (there.clone(), "mine-b".to_owned()),
     ];
@@ -1147,7 +1161,13 @@ fn gathers_every_session(s: &Setup, here: &str, there: &str) {
             "a session's record",
             format!("sessions/{there}/mine-b/record.json"),
         ),
-        ("an agent's log", format!("sessions/{here}/echo/echo-")),
+        (
+            "an agent's log",
+            format!(
+                "sessions/{here}/{}/echo-",
+                kubedev::session::naming::default_name("echo")
+            ),
+        ),
     ] {
         assert!(
             listing.contains(&wanted),
@@ -1192,13 +1212,5 @@ async fn a_daemonsets_requests_reach_the_workstation_until_leave_restores_it() {
         &[&["leave", "echo"], &namespace[..]].concat(),
     );
     assert_eq!(template().await, before, "restored exactly");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ns
-        .http_get("client", "echo:8080", "/after")
-        .unwrap_or_default()
-        .starts_with("echo from echo-")
-    {
-        assert!(Instant::now() < deadline, "the app did not answer again");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    ns.wait_for_the_echo_app("/after");
 }

@@ -214,13 +214,14 @@ fn completes_through_kubectl(cluster: &TestCluster, krew: &KrewRoot, ns: &TestNa
             .map(str::to_owned)
             .collect()
     };
+    let session = kubedev::session::naming::default_name("echo");
     for (words, wanted) in [
         (&[""][..], "deployment/"),
         (&[""], "echo"),
         (&["deploy/"], "deploy/echo"),
         (&["echo", "-c", ""], "echo"),
         (&["echo", "--port", "3000:"], "3000:http"),
-        (&["leave", ""], "echo"),
+        (&["leave", ""], session.as_str()),
         (&["--cont"], "--container"),
     ] {
         let offered = complete(words);

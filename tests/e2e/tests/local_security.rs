@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kubedev::control::{ControlReply, ControlRequest};
+use kubedev::control::{ControlReply, ControlRequest, SessionKey};
 use kubedev_protocol::codec::{read_message, write_message};
 use serde_json::json;
 use tests_e2e::developer::Developer;
@@ -206,7 +206,9 @@ async fn tunneld_serves_no_other_user(socket: &Path) {
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("root reaches the socket");
-    let asked = ControlRequest::Environment { name: "web".into() };
+    let asked = ControlRequest::Environment {
+        session: SessionKey::new("default", "web"),
+    };
     let _ = write_message(&mut stream, &asked).await;
     let answer: Result<ControlReply, _> = read_message(&mut stream).await;
     assert!(answer.is_err(), "{answer:?}");

@@ -317,3 +317,53 @@ async fn a_teammates_live_session_is_left_alone_unless_forced() {
     teammate.kubectl_ok(&s.workstation, &[&leave[..], &["--force"]].concat());
     assert_eq!(s.stored().await, before, "restored exactly");
 }
+
+/// Two developers intercept the same workload with their own filters and no `--name`: each
+/// session is named after its developer, neither refuses the other, and each `leave echo`
+/// ends its own.
+#[tokio::test]
+async fn teammates_intercepting_one_workload_by_default_names_do_not_collide() {
+    let s = setup("teammates").await;
+    let before = s.stored().await;
+    let teammate = Developer::create(&s.cluster);
+    let _teammates_server = s.workstation.serve_http(3001, "teammate");
+    let namespace = ["-n", s.ns.name.as_str()];
+    s.plugin_ok(&[
+        "echo",
+        "--port",
+        "3000:http",
+        "--http-header",
+        "x-dev=root",
+        "--detach",
+    ]);
+    let theirs = ["intercept", "echo", "--port", "3001:http", "--detach"];
+    let filter = ["--http-header", "x-dev=teammate"];
+    teammate.kubectl_ok(&s.workstation, &[&theirs[..], &filter, &namespace].concat());
+
+    let listed = s.plugin_ok(&["list", "-o", "name"]);
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort_unstable();
+    let mut expected = vec!["echo-root".to_owned(), format!("echo-{}", teammate.name)];
+    expected.sort_unstable();
+    assert_eq!(names, expected, "{listed}");
+    let get = |who: &str| {
+        let request =
+            format!("GET /who HTTP/1.1\r\nHost: echo\r\nX-Dev: {who}\r\nConnection: close\r\n\r\n");
+        let response = (s
+            .ns
+            .exec("client", &["probe", "tcp", "echo:8080", &request]))
+        .expect("a response");
+        let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+        body.to_owned()
+    };
+    assert_eq!(get("root").trim(), "local laptop: GET /who HTTP/1.1");
+    assert_eq!(get("teammate").trim(), "local teammate: GET /who HTTP/1.1");
+
+    teammate.kubectl_ok(
+        &s.workstation,
+        &[&["intercept", "leave", "echo"], &namespace[..]].concat(),
+    );
+    assert_eq!(s.plugin_ok(&["list", "-o", "name"]).trim(), "echo-root");
+    s.plugin_ok(&["leave", "echo"]);
+    assert_eq!(s.stored().await, before, "restored exactly");
+}

@@ -12,8 +12,9 @@ fn in_pod(cluster: &TestCluster, ns: &TestNamespace, container: &str, command: &
         cluster.admin_kubeconfig.display(),
         ns.name
     );
+    let session = kubedev::session::naming::default_name("vol");
     format!(
-        "pod=$({kubectl} get pods -l kubedev.io/session=vol -o jsonpath='{{.items[0].metadata.name}}') \
+        "pod=$({kubectl} get pods -l kubedev.io/session={session} -o jsonpath='{{.items[0].metadata.name}}') \
          && {kubectl} exec $pod -c {container} -- sh -c '{command}'"
     )
 }

@@ -62,7 +62,9 @@ async fn a_windows_developer_intercepts_a_service_lists_it_and_leaves() {
     assert_eq!(answer.trim(), "local windows: GET /from-a-pod HTTP/1.1");
 
     let listed: Value = serde_json::from_str(&plugin(&["list", "-o", "json"])).expect("list");
-    assert_eq!(listed[0]["name"], "echo");
+    // Wine's USERNAME is the Linux user's name.
+    let name = kubedev::session::naming::default_name("echo");
+    assert_eq!(listed[0]["name"], name.as_str());
     assert_eq!(listed[0]["mode"], "intercept");
     let status: Value =
         serde_json::from_str(&plugin(&["status", "-o", "json"])).expect("status -o json");

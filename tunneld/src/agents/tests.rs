@@ -29,10 +29,15 @@ fn key(session: &str, pod: &str) -> LinkKey {
 
 fn nth_key(session: &str, pod: &str, index: usize) -> LinkKey {
     LinkKey {
-        session: session.into(),
+        session: SessionKey::new("shop", session),
         pod: pod.into(),
         index,
     }
+}
+
+/// Session web of namespace shop.
+fn web() -> SessionKey {
+    SessionKey::new("shop", "web")
 }
 
 /// The pod of the link `picked` is a clone of.
@@ -49,7 +54,7 @@ async fn pick_four(pool: &AgentPool, links: &[(&str, &AgentLink)]) -> Vec<String
     let mut picked = Vec::new();
     for _ in 0..4 {
         let link = pool
-            .pick(Some("web"), Duration::ZERO)
+            .pick(Some(&web()), Duration::ZERO)
             .await
             .expect("a link");
         picked.push(which(&link, links));
@@ -74,7 +79,7 @@ async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
     a.closed().await;
     for _ in 0..3 {
         let link = pool
-            .pick(Some("web"), Duration::ZERO)
+            .pick(Some(&web()), Duration::ZERO)
             .await
             .expect("a link");
         assert_eq!(
@@ -83,7 +88,7 @@ async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
             "a closed link is never picked"
         );
     }
-    assert_eq!(pool.linked_pods("web").await, ["web-b"]);
+    assert_eq!(pool.linked_pods(&web()).await, ["web-b"]);
 }
 
 #[tokio::test]
@@ -96,12 +101,12 @@ async fn flows_spread_over_a_pods_links_and_the_pod_is_listed_once() {
 
     let picked = pick_four(&pool, &links).await;
     assert_eq!(picked, ["first", "first", "second", "second"]);
-    assert_eq!(pool.linked_pods("web").await, ["web-a"]);
+    assert_eq!(pool.linked_pods(&web()).await, ["web-a"]);
 
     first.close();
     first.closed().await;
     assert_eq!(
-        pool.linked_pods("web").await,
+        pool.linked_pods(&web()).await,
         ["web-a"],
         "the pod keeps its other link"
     );
@@ -114,7 +119,7 @@ async fn a_pick_waits_for_a_link_to_come_up_or_gives_up() {
 
     let waiting = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.pick(Some("web"), Duration::from_secs(10)).await }
+        async move { pool.pick(Some(&web()), Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     pool.add(key("web", "web-a"), link().await).await;
@@ -124,13 +129,28 @@ async fn a_pick_waits_for_a_link_to_come_up_or_gives_up() {
 #[tokio::test]
 async fn forgetting_a_session_closes_its_links_only() {
     let pool = AgentPool::default();
-    let (web, db) = (link().await, link().await);
-    pool.add(key("web", "web-a"), web.clone()).await;
-    pool.add(key("db", "db-0"), db.clone()).await;
+    let (web_link, db_link, namesake_link) = (link().await, link().await, link().await);
+    pool.add(key("web", "web-a"), web_link.clone()).await;
+    pool.add(key("db", "db-0"), db_link.clone()).await;
+    let namesake = SessionKey::new("stock", "web");
+    let namesake_key = LinkKey {
+        session: namesake.clone(),
+        pod: "web-a".into(),
+        index: 0,
+    };
+    pool.add(namesake_key, namesake_link.clone()).await;
 
-    pool.forget("web").await;
-    web.closed().await;
-    assert!(pool.pick(Some("web"), Duration::ZERO).await.is_none());
-    assert!(!db.is_closed());
-    assert_eq!(pool.linked_pods("db").await, ["db-0"]);
+    pool.forget(&web()).await;
+    web_link.closed().await;
+    assert!(pool.pick(Some(&web()), Duration::ZERO).await.is_none());
+    assert!(!db_link.is_closed());
+    assert_eq!(
+        pool.linked_pods(&SessionKey::new("shop", "db")).await,
+        ["db-0"]
+    );
+    assert!(
+        !namesake_link.is_closed(),
+        "a namesake in another namespace stays"
+    );
+    assert_eq!(pool.linked_pods(&namesake).await, ["web-a"]);
 }

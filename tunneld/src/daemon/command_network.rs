@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kubedev::control::{ControlReply, NamespaceFiles};
+use kubedev::control::{ControlReply, NamespaceFiles, SessionKey};
 use kubedev::fd_passing;
 use kubedev_protocol::codec::write_message;
 use tokio::io::AsyncReadExt as _;
@@ -36,13 +36,13 @@ impl Daemon {
     /// Serves the namespace whose files follow the request on `client`, for session `name`.
     pub(super) async fn serve_command_network(
         self: &Arc<Self>,
-        name: &str,
+        session: &SessionKey,
         mut client: UnixStream,
     ) -> anyhow::Result<()> {
         let mut message = [0u8; 16];
         let (_, files) = fd_passing::receive_on(&client, &mut message).await?;
         let prepared = match NamespaceFiles::from_received(files) {
-            Some(files) => self.prepare_command_network(name, files).await,
+            Some(files) => self.prepare_command_network(session, files).await,
             None => Err(anyhow::anyhow!(
                 "expected the namespace's TUN device, user and network namespaces"
             )),
@@ -51,7 +51,7 @@ impl Daemon {
             Ok(served) => served,
             Err(err) => {
                 let reason = format!("{err:#}");
-                tracing::warn!("session {name}'s command network: {reason}");
+                tracing::warn!("session {session}'s command network: {reason}");
                 let refused = ControlReply::Failed { reason };
                 return Ok(write_message(&mut client, &refused).await?);
             }
@@ -61,7 +61,7 @@ impl Daemon {
         };
         write_message(&mut client, &reply).await?;
         served.local.enter(served.sockets);
-        tracing::info!("serving the network of session {name}'s command");
+        tracing::info!("serving the network of session {session}'s command");
         let ended = tokio::select! {
             served = served.network.run(self.outbound.clone(), served.dns) => match served {
                 Ok(()) => "its device closed".to_owned(),
@@ -72,28 +72,25 @@ impl Daemon {
             () = served.session_ended.cancelled() => "the session ended".to_owned(),
         };
         served.local.leave();
-        tracing::info!("stopped serving the network of session {name}'s command: {ended}");
+        tracing::info!("stopped serving the network of session {session}'s command: {ended}");
         Ok(())
     }
 
     async fn prepare_command_network(
         &self,
-        name: &str,
+        session: &SessionKey,
         files: NamespaceFiles,
     ) -> anyhow::Result<CommandNetwork> {
-        let (namespace, local, session_ended) = {
+        let (local, session_ended) = {
             let sessions = self.sessions.lock().await;
-            let session = sessions
-                .get(name)
-                .with_context(|| format!("no session named {name:?}"))?;
-            (
-                session.namespace.clone(),
-                session.local.clone(),
-                session.stop.clone(),
-            )
+            let tunneled = sessions
+                .get(session)
+                .with_context(|| format!("no session {session}"))?;
+            (tunneled.local.clone(), tunneled.stop.clone())
         };
+        let namespace = &session.namespace;
         let domain = self.settings.cluster_domain.trim_end_matches('.');
-        let search = dns::search_path(&self.settings.cluster_domain, &namespace);
+        let search = dns::search_path(&self.settings.cluster_domain, namespace);
         let (resolv_conf, upstream) =
             resolv_conf::for_commands(&self.settings.resolv_conf, DNS_IP, &search)?;
         let sockets = NamespaceSockets::start(&files.user, &files.network).await?;

@@ -30,10 +30,10 @@ impl Daemon {
         mut holder: ControlStream,
     ) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
+        let session = held.session();
         let keeping = Arc::new(LeaseKeeping::new(
-            held.name.clone(),
+            session.clone(),
             held.owner.clone(),
-            held.namespace.clone(),
             held.lease,
         ));
         if held.lease.is_some() {
@@ -58,7 +58,7 @@ impl Daemon {
         };
         match lost {
             None => {
-                if self.sessions.lock().await.contains_key(&held.name) {
+                if self.sessions.lock().await.contains_key(&session) {
                     // Detached: the lease lives as long as the session does here.
                     keeping.mark_detached();
                 } else {
@@ -78,7 +78,7 @@ impl Daemon {
             held.name,
             restored(&held)
         );
-        self.remove_session(&held.name).await;
+        self.remove_session(&session).await;
         self.restore(&held).await;
         self.forget_lease(&held.owner).await;
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use kubedev::control::SessionKey;
 use kubedev::session::lease::{Renewal, renew_lease, renew_period};
 use tokio::sync::watch;
 
@@ -15,9 +16,8 @@ use super::Daemon;
 /// A session whose lease tunneld renews.
 #[derive(Debug)]
 pub(super) struct LeaseKeeping {
-    pub(super) session: String,
+    pub(super) session: SessionKey,
     pub(super) owner: String,
-    pub(super) namespace: String,
     /// None: the session has no lease (the user's role has no leases).
     pub(super) lifetime: Option<Duration>,
     /// Set once the session is being ended on purpose: a lease gone then is expected.
@@ -30,16 +30,10 @@ pub(super) struct LeaseKeeping {
 }
 
 impl LeaseKeeping {
-    pub(super) fn new(
-        session: String,
-        owner: String,
-        namespace: String,
-        lifetime: Option<Duration>,
-    ) -> Self {
+    pub(super) fn new(session: SessionKey, owner: String, lifetime: Option<Duration>) -> Self {
         Self {
             session,
             owner,
-            namespace,
             lifetime,
             ending: AtomicBool::new(false),
             detached: AtomicBool::new(false),
@@ -85,7 +79,7 @@ pub(super) async fn keep_lease(daemon: Arc<Daemon>, keeping: Weak<LeaseKeeping>)
         let Some(lease) = keeping.upgrade() else {
             return;
         };
-        match renew_lease(&daemon.client, &lease.namespace, &lease.owner).await {
+        match renew_lease(&daemon.client, &lease.session.namespace, &lease.owner).await {
             Ok(Renewal::Renewed) => {}
             Ok(Renewal::Lost { by }) => {
                 if !lease.is_ending() {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::control::{
-    AgentOwner, ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionStatus,
+    AgentOwner, ControlReply, ControlRequest, DaemonStatus, PodPort, ProxyChoices, SessionKey,
+    SessionStatus,
 };
 use kubedev::tunneld::ControlStream;
 use kubedev_protocol::WiretapCounts;
@@ -19,6 +20,10 @@ use crate::to_pod;
 
 /// How long a status request waits for an agent's wiretap counts.
 const COUNTS_WAIT: Duration = Duration::from_secs(2);
+
+/// How many round trips a `TimeLink` request times, and how long each may take.
+const TIMED_ROUND_TRIPS: usize = 5;
+const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long an environment request waits for a session's agent to be linked.
 const ENVIRONMENT_WAIT: Duration = Duration::from_secs(30);
@@ -40,6 +45,7 @@ impl Daemon {
                 to_pod,
                 owner,
             } => {
+                let session = SessionKey::new(&namespace, &name);
                 let selector = AgentSelector {
                     owner,
                     wiretap: format!("{name}/{}", std::process::id()),
@@ -49,21 +55,24 @@ impl Daemon {
                     forwards: forwards.into(),
                     local: Arc::default(),
                 };
-                self.add_session(name, selector, &proxy, &to_pod).await
+                self.add_session(session, selector, &proxy, &to_pod).await
             }
-            ControlRequest::RemoveSession { name, owner } => {
-                self.remove_own_session(&name, owner.as_ref()).await
+            ControlRequest::RemoveSession { session, owner } => {
+                self.remove_own_session(&session, owner.as_ref()).await
             }
             ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
-            ControlRequest::Environment { name } => self.environment(&name).await,
-            ControlRequest::OpenFiles { name } => return self.serve_files(&name, stream).await,
+            ControlRequest::TimeLink => self.time_link().await,
+            ControlRequest::Environment { session } => self.environment(&session).await,
+            ControlRequest::OpenFiles { session } => {
+                return self.serve_files(&session, stream).await;
+            }
             ControlRequest::Hold(held) => return self.hold(held, stream).await,
             ControlRequest::Release => ControlReply::Failed {
                 reason: "release without a hold".into(),
             },
             #[cfg(target_os = "linux")]
-            ControlRequest::ServeCommandNetwork { name } => {
-                return self.serve_command_network(&name, stream).await;
+            ControlRequest::ServeCommandNetwork { session } => {
+                return self.serve_command_network(&session, stream).await;
             }
             #[cfg(not(target_os = "linux"))]
             ControlRequest::ServeCommandNetwork { .. } => ControlReply::Failed {
@@ -76,15 +85,18 @@ impl Daemon {
 
     async fn add_session(
         &self,
-        name: String,
+        session: SessionKey,
         selector: AgentSelector,
         proxy: &ProxyChoices,
         to_pod: &[PodPort],
     ) -> ControlReply {
         let mut sessions = self.sessions.lock().await;
-        if sessions.contains_key(&name) {
+        if sessions.contains_key(&session) {
             return ControlReply::Failed {
-                reason: format!("a session named {name:?} already exists"),
+                reason: format!(
+                    "a session named {:?} already exists in namespace {}",
+                    session.name, session.namespace
+                ),
             };
         }
         let to_pod = match to_pod::bind(to_pod).await {
@@ -92,7 +104,6 @@ impl Daemon {
             Err(reason) => return ControlReply::Failed { reason },
         };
         let stop = CancellationToken::new();
-        let namespace = selector.namespace.clone();
         let wiretap = selector
             .forwards
             .iter()
@@ -101,17 +112,17 @@ impl Daemon {
         let local = selector.local.clone();
         let owner = selector.owner.clone();
         self.pool
-            .follow(self.client.clone(), name.clone(), selector, stop.clone());
-        to_pod::serve(to_pod, name.clone(), self.pool.clone(), &stop);
-        tracing::info!("session {name} added (namespace {namespace})");
+            .follow(self.client.clone(), session.clone(), selector, stop.clone());
+        to_pod::serve(to_pod, session.clone(), self.pool.clone(), &stop);
+        tracing::info!("session {session} added");
+        let namespace = session.namespace.clone();
         let tunneled = Tunneled {
-            namespace: namespace.clone(),
             wiretap,
             local,
             stop,
             owner,
         };
-        sessions.insert(name, tunneled);
+        sessions.insert(session, tunneled);
         drop(sessions);
         self.sessions_changed.notify_waiters();
         let new_choices = self.proxy.lock().await.merge(proxy);
@@ -122,15 +133,19 @@ impl Daemon {
 
     /// Turns the client's connection into an SFTP session on the app's volumes, with one of
     /// the session's agents, until either side closes.
-    async fn serve_files(&self, name: &str, mut client: ControlStream) -> anyhow::Result<()> {
-        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
-            let reason = format!("no agent of session {name:?} is linked");
+    async fn serve_files(
+        &self,
+        session: &SessionKey,
+        mut client: ControlStream,
+    ) -> anyhow::Result<()> {
+        let Some(link) = self.pool.pick(Some(session), ENVIRONMENT_WAIT).await else {
+            let reason = format!("no agent of session {session} is linked");
             return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
         };
         let mut files = match link.open_files().await {
             Ok(files) => files,
             Err(err) => {
-                let reason = format!("volumes of session {name:?}: {err}");
+                let reason = format!("volumes of session {session}: {err}");
                 return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
             }
         };
@@ -139,62 +154,94 @@ impl Daemon {
         Ok(())
     }
 
-    async fn environment(&self, name: &str) -> ControlReply {
-        let Some(link) = self.pool.pick(Some(name), ENVIRONMENT_WAIT).await else {
+    async fn environment(&self, session: &SessionKey) -> ControlReply {
+        let Some(link) = self.pool.pick(Some(session), ENVIRONMENT_WAIT).await else {
             return ControlReply::Failed {
-                reason: format!("no agent of session {name:?} is linked"),
+                reason: format!("no agent of session {session} is linked"),
             };
         };
         match link.environment().await {
             Ok(variables) => ControlReply::Environment { variables },
             Err(err) => ControlReply::Failed {
-                reason: format!("environment of session {name:?}: {err}"),
+                reason: format!("environment of session {session}: {err}"),
             },
         }
     }
 
-    /// Removes session `name` if its agent pods are `owner`'s (any, for none): a run that
+    /// Times round trips to one linked agent through its link: the port-forward's, the
+    /// API server's and the agent's own time together.
+    async fn time_link(&self) -> ControlReply {
+        let Some((pod, link)) = self.pool.any_link().await else {
+            return ControlReply::Failed {
+                reason: "no agent is linked".into(),
+            };
+        };
+        let mut times = Vec::with_capacity(TIMED_ROUND_TRIPS);
+        for _ in 0..TIMED_ROUND_TRIPS {
+            let started = std::time::Instant::now();
+            if let Err(err) = link.ping(ROUND_TRIP_LIMIT).await {
+                return ControlReply::Failed {
+                    reason: format!("the agent in pod {pod} did not answer: {err}"),
+                };
+            }
+            times.push(started.elapsed());
+        }
+        times.sort_unstable();
+        ControlReply::RoundTrip {
+            pod,
+            median: times[times.len() / 2],
+        }
+    }
+
+    /// Removes `session` if its agent pods are `owner`'s (any, for none): a run that
     /// failed to add its session must not remove the namesake another run added.
-    async fn remove_own_session(&self, name: &str, owner: Option<&AgentOwner>) -> ControlReply {
+    async fn remove_own_session(
+        &self,
+        session: &SessionKey,
+        owner: Option<&AgentOwner>,
+    ) -> ControlReply {
         let sessions = self.sessions.lock().await;
-        let theirs = sessions.get(name).is_some_and(|tunneled| {
+        let theirs = sessions.get(session).is_some_and(|tunneled| {
             owner.is_some_and(|owner| tunneled.owner.as_ref() != Some(owner))
         });
         drop(sessions);
         if theirs {
-            tracing::info!("session {name} is another run's: left as it is");
+            tracing::info!("session {session} is another run's: left as it is");
             return ControlReply::Done;
         }
-        self.remove_session(name).await
+        self.remove_session(session).await
     }
 
-    pub(super) async fn remove_session(&self, name: &str) -> ControlReply {
-        let Some(tunneled) = self.sessions.lock().await.remove(name) else {
+    pub(super) async fn remove_session(&self, session: &SessionKey) -> ControlReply {
+        let Some(tunneled) = self.sessions.lock().await.remove(session) else {
             return ControlReply::Failed {
-                reason: format!("no session named {name:?}"),
+                reason: format!(
+                    "no session named {:?} in namespace {}",
+                    session.name, session.namespace
+                ),
             };
         };
         tunneled.stop.cancel();
-        self.pool.forget(name).await;
+        self.pool.forget(session).await;
         // Ended on purpose: its lease goes with it (a detached session's renewals end here).
         self.leases.lock().await.retain(|_, keeping| {
-            if keeping.session != name {
+            if keeping.session != *session {
                 return true;
             }
             keeping.mark_ending();
             !keeping.is_detached()
         });
-        tracing::info!("session {name} removed");
+        tracing::info!("session {session} removed");
         self.sessions_changed.notify_waiters();
         ControlReply::Done
     }
 
     /// A wiretap's counts over every pod it is linked to; a pod that does not answer in
     /// time is left out.
-    async fn wiretap_counts(&self, name: &str, id: &str) -> WiretapCounts {
+    async fn wiretap_counts(&self, session: &SessionKey, id: &str) -> WiretapCounts {
         let asked =
             self.pool
-                .link_per_pod(name)
+                .link_per_pod(session)
                 .await
                 .into_iter()
                 .map(|link| async move {
@@ -215,19 +262,19 @@ impl Daemon {
     async fn status(&self) -> DaemonStatus {
         let sessions = self.sessions.lock().await;
         let mut listed = Vec::new();
-        for (name, tunneled) in sessions.iter() {
+        for (session, tunneled) in sessions.iter() {
             let wiretap = match &tunneled.wiretap {
-                Some(id) => Some(self.wiretap_counts(name, id).await),
+                Some(id) => Some(self.wiretap_counts(session, id).await),
                 None => None,
             };
             listed.push(SessionStatus {
-                name: name.clone(),
-                namespace: tunneled.namespace.clone(),
-                linked_pods: self.pool.linked_pods(name).await,
+                name: session.name.clone(),
+                namespace: session.namespace.clone(),
+                linked_pods: self.pool.linked_pods(session).await,
                 wiretap,
             });
         }
-        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        listed.sort_by_key(SessionStatus::key);
         let network = self.network.lock().await.status();
         DaemonStatus {
             pid: std::process::id(),

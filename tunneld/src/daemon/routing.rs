@@ -45,7 +45,7 @@ pub(super) async fn watch_routing(daemon: Arc<Daemon>, keeping: Weak<LeaseKeepin
             return;
         }
         // The hold comes before the session is live: nothing is in place until then.
-        let live = daemon.sessions.lock().await.contains_key(&held.name);
+        let live = daemon.sessions.lock().await.contains_key(&held.session());
         match (live, was_live) {
             (false, true) => return,
             (false, false) => continue,
@@ -104,7 +104,7 @@ async fn end_undone(
     let _counted = HoldCount::new(daemon);
     // The plugin hears why before the links go, not that the cluster is out of reach.
     kept.lost_tx.send_replace(Some(reason));
-    daemon.remove_session(&held.name).await;
+    daemon.remove_session(&held.session()).await;
     match last_record {
         Some(record) => {
             let (client, namespace) = (&daemon.client, &held.namespace);

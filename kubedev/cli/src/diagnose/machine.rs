@@ -1,7 +1,8 @@
 //! The checks on this machine: the plugin's and tunneld's versions, tunneld's cluster
 //! network (ranges left to other routes), cluster names through the machine's resolver,
-//! and sshfs.
+//! the round trip through its tunnel, and sshfs.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::{Check, Outcome};
@@ -56,7 +57,8 @@ fn versions() -> Check {
     }
 }
 
-/// tunneld's cluster network and the names through the machine's resolver.
+/// tunneld's cluster network, the names through the machine's resolver, and the round
+/// trip through its tunnel.
 async fn network(connection: &Connection) -> Vec<Check> {
     // Looking must not make the runtime directory: without it, no tunneld runs.
     if !tunneld::runtime_dir().exists() {
@@ -74,8 +76,8 @@ async fn network(connection: &Connection) -> Vec<Check> {
             )];
         }
     };
-    let network = match tunneld::status(&socket).await {
-        Ok(status) => status.network,
+    let mut found = match tunneld::status(&socket).await {
+        Ok(status) => routing(status.network).await,
         Err(TunneldError::NotRunning(_)) => return vec![not_running()],
         Err(err) => {
             return vec![Check::new(
@@ -86,6 +88,38 @@ async fn network(connection: &Connection) -> Vec<Check> {
             )];
         }
     };
+    found.push(tunnel(&socket).await);
+    found
+}
+
+/// The round trip to an agent through tunneld's link: the API server's port-forward, there
+/// and back.
+async fn tunnel(socket: &Path) -> Check {
+    match tunneld::time_link(socket).await {
+        Ok((pod, median)) => Check::ok(
+            "tunnel",
+            format!(
+                "round trip to the agent in pod {pod}: {:.1} ms (median of 5)",
+                median.as_secs_f64() * 1000.0
+            ),
+        ),
+        Err(TunneldError::Failed(reason)) if reason == "no agent is linked" => Check::new(
+            "tunnel",
+            Outcome::Skipped,
+            "no agent is linked: checked while a session lives",
+            None,
+        ),
+        Err(err) => Check::new(
+            "tunnel",
+            Outcome::Failed,
+            err.to_string(),
+            Some("gather-logs has tunneld's log and the agents'".into()),
+        ),
+    }
+}
+
+/// tunneld's cluster network as its status says, and the names through the resolver.
+async fn routing(network: NetworkStatus) -> Vec<Check> {
     match network {
         NetworkStatus::Up {
             ranges, resolver, ..
