@@ -2,6 +2,7 @@
 //! with the kinds and short names kubectl accepts), the objects in the cluster ([`Workload`]), and
 //! waiting for their pods ([`wait_for_pods`]).
 
+mod argo;
 mod creation;
 mod error;
 mod lookup;

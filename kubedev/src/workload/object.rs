@@ -65,7 +65,7 @@ pub struct Workload {
     pub reference: WorkloadRef,
     /// Its namespace.
     pub namespace: String,
-    object: DynamicObject,
+    pub(super) object: DynamicObject,
 }
 
 impl WorkloadKind {

@@ -179,11 +179,12 @@ pub async fn wait_for_pods(
         // outlast the limit by that much rather than undo a session that is otherwise up.
         let grace_allowed = Duration::from_secs(state.stopping.1.map_or(0, i64::unsigned_abs));
         if started.elapsed() > limit + grace_allowed {
+            let paused = super::argo::paused_by_strategy(client, workload).await;
             return Err(RolloutError::Timeout {
                 workload: workload.reference.to_string(),
                 waited: limit,
                 state: state.to_string(),
-                stuck: stuck_on(&current, &old),
+                stuck: stuck_on(&current, &old) + &paused,
             });
         }
         last = Some(state);

@@ -407,14 +407,19 @@ impl TestNamespace {
         Ok(())
     }
 
-    /// The echo app as Argo Rollout `name` (a canary without steps), behind Service `name`,
-    /// returning once the Rollout is healthy.
-    pub async fn deploy_echo_rollout(&self, name: &str, replicas: i32) -> anyhow::Result<()> {
+    /// The echo app as Argo Rollout `name` with `strategy` (as `spec.strategy`), behind
+    /// Service `name`, returning once the Rollout is healthy.
+    pub async fn deploy_echo_rollout(
+        &self,
+        name: &str,
+        replicas: i32,
+        strategy: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let deployment = single_container_deployment(name, replicas, echo_container())?;
         let mut rollout = serde_json::to_value(deployment)?;
         rollout["apiVersion"] = json!("argoproj.io/v1alpha1");
         rollout["kind"] = json!("Rollout");
-        rollout["spec"]["strategy"] = json!({"canary": {}});
+        rollout["spec"]["strategy"] = strategy;
         self.create_echo_service(name).await?;
         self.apply_json(&rollout).context("create echo rollout")?;
         let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;

@@ -21,7 +21,10 @@ fn template(ns: &TestNamespace) -> Value {
 async fn a_rollouts_requests_reach_the_workstation_until_leave_restores_it() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "intercept-ro").await;
-    ns.deploy_echo_rollout("echo", 2).await.expect("echo ready");
+    let canary = serde_json::json!({"canary": {}});
+    ns.deploy_echo_rollout("echo", 2, canary)
+        .await
+        .expect("echo ready");
     ns.start_client("client").await.expect("client pod");
     let before = template(&ns);
     let workstation = Workstation::create(&cluster);
@@ -49,6 +52,41 @@ async fn a_rollouts_requests_reach_the_workstation_until_leave_restores_it() {
         &cluster,
         PLUGIN,
         &[&["leave", "echo"], &namespace[..]].concat(),
+    );
+    assert_eq!(template(&ns), before, "restored exactly");
+    ns.wait_for_the_echo_app("/after");
+}
+
+/// A canary that pauses at a step holds the agent back until someone promotes it: the start
+/// gives up at its timeout, says so and how to promote, and restores the template exactly.
+#[tokio::test]
+async fn a_canary_paused_by_its_steps_is_named_and_the_rollout_restored() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "intercept-ro-pause").await;
+    let paused = serde_json::json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}});
+    ns.deploy_echo_rollout("echo", 2, paused)
+        .await
+        .expect("echo ready");
+    ns.start_client("client").await.expect("client pod");
+    let before = template(&ns);
+    let workstation = Workstation::create(&cluster);
+
+    let args = [
+        "echo",
+        "--port",
+        "3000:http",
+        "--timeout",
+        "20s",
+        "-n",
+        &ns.name,
+    ];
+    let refused = workstation.plugin(&cluster, PLUGIN, &args);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the rollout is paused by its strategy (CanaryPauseStep)")
+            && stderr.contains("kubectl argo rollouts promote echo"),
+        "{stderr}"
     );
     assert_eq!(template(&ns), before, "restored exactly");
     ns.wait_for_the_echo_app("/after");
