@@ -43,6 +43,9 @@ pub(super) async fn leave(
     let daemon = tunneld::status(socket).await.ok();
     let survey = survey(connection, daemon.as_ref(), false).await?;
     let meant = session_meant(&survey.rows(daemon.as_ref()), daemon.as_ref(), name)?;
+    if meant != name {
+        eprintln!("ending session {meant} (on {name})");
+    }
     let name = meant.as_str();
     if !ending.force {
         refuse_if_held_elsewhere(connection, (&survey, daemon.as_ref()), mode, name)?;
@@ -81,17 +84,15 @@ pub(super) async fn leave(
     );
 }
 
-/// The session `name` means: the session of that name, else the one session on the
-/// workload of that name that this machine's tunneld keeps (`leave web` ends `web-alice`),
-/// else the one session anyone has on it; `connect` means the one connect session.
+/// The session `name` means: the session of that name, else this machine's one session
+/// on the workload of that name (`leave web` ends `web-alice`); `connect` means this
+/// machine's one connect session. Another's session is ended only by its own name: where
+/// only others' sessions are on the workload, they are named, and nothing ends.
 fn session_meant(
     rows: &[Listed],
     daemon: Option<&DaemonStatus>,
     name: &str,
 ) -> anyhow::Result<String> {
-    if rows.iter().any(|row| row.name == name) {
-        return Ok(name.to_owned());
-    }
     let kept = |row: &Listed| {
         (daemon.iter().flat_map(|d| d.sessions.iter()))
             .any(|session| session.name == row.name && session.namespace == row.namespace)
@@ -100,19 +101,37 @@ fn session_meant(
         CONNECT_MODE => name == CONNECT_MODE,
         _ => row.workload == name || row.workload.split_once('/').is_some_and(|(_, w)| w == name),
     };
-    let on_it: Vec<&Listed> = rows.iter().filter(on_it).collect();
-    let mine: Vec<&Listed> = on_it.iter().copied().filter(|row| kept(row)).collect();
-    let meant = if mine.is_empty() { on_it } else { mine };
-    match &meant[..] {
-        [] => Ok(name.to_owned()),
-        [one] => Ok(one.name.clone()),
-        several => anyhow::bail!(
-            "several sessions are on {name}: {}; say which",
-            several
-                .iter()
+    let mine: Vec<&str> = (rows.iter().filter(on_it))
+        .filter(|row| kept(row) && row.name != name)
+        .map(|row| row.name.as_str())
+        .collect();
+    if let Some(named) = rows.iter().find(|row| row.name == name) {
+        if kept(named) || mine.is_empty() {
+            return Ok(name.to_owned());
+        }
+        anyhow::bail!(
+            "{name} names a session this machine does not hold, and the workload of this \
+             machine's session {}: say which session to end",
+            mine.join(", ")
+        );
+    }
+    match mine[..] {
+        [one] => Ok(one.to_owned()),
+        [] => {
+            let theirs: Vec<&str> = (rows.iter().filter(on_it))
                 .map(|row| row.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            anyhow::ensure!(
+                theirs.is_empty(),
+                "no session of this machine is on {name}; others' are: {} (end one by its \
+                 name)",
+                theirs.join(", ")
+            );
+            Ok(name.to_owned())
+        }
+        _ => anyhow::bail!(
+            "this machine has several sessions on {name}: {}; say which",
+            mine.join(", ")
         ),
     }
 }
@@ -256,8 +275,31 @@ mod tests {
         assert_eq!(meant("deployment/web"), "web-alice");
         assert_eq!(meant("connect"), "connect-alice");
         assert_eq!(meant("db"), "db", "nothing on it: left to say so");
-        let elsewhere = session_meant(&rows[1..], None, "web").expect("meant");
-        assert_eq!(elsewhere, "web-bob", "the one session on it, whoever's");
+    }
+
+    #[test]
+    fn others_sessions_are_ended_only_by_their_own_names() {
+        let rows = [
+            row("web-bob", "intercept", "deployment/web"),
+            row("web-carol", "intercept", "deployment/web"),
+        ];
+        let asked = session_meant(&rows, None, "web").expect_err("theirs");
+        assert_eq!(
+            asked.to_string(),
+            "no session of this machine is on web; others' are: web-bob, web-carol (end one \
+             by its name)"
+        );
+        // A session named like the workload of one of this machine's (a decoy, say).
+        let rows = [
+            row("web", CONNECT_MODE, "pod/kubedev-connect-web"),
+            row("web-alice", "intercept", "deployment/web"),
+        ];
+        let mine = keeping(&["web-alice"]);
+        let asked = session_meant(&rows, Some(&mine), "web").expect_err("which");
+        assert!(
+            asked.to_string().contains("say which session to end"),
+            "{asked}"
+        );
     }
 
     #[test]
@@ -270,13 +312,7 @@ mod tests {
         let asked = session_meant(&rows, Some(&mine), "web").expect_err("several");
         assert_eq!(
             asked.to_string(),
-            "several sessions are on web: web-alice, web-v2; say which"
-        );
-        let theirs = session_meant(&rows, None, "web").expect_err("several");
-        assert!(
-            theirs
-                .to_string()
-                .starts_with("several sessions are on web")
+            "this machine has several sessions on web: web-alice, web-v2; say which"
         );
     }
 }

@@ -409,7 +409,7 @@ pub(super) async fn end_session(
         workload: workload.clone(),
     };
     forget_in_tunneld(connection, name, Some(&owner)).await;
-    mount::unmount_session(name);
+    mount::unmount_session(&SessionKey::new(&connection.namespace, name));
     let bar = spinner(format!("restoring {workload}"));
     let left = session::leave(
         &connection.client,

@@ -55,10 +55,10 @@ pub async fn mount(
     choice: &MountChoice,
     read_only: bool,
 ) -> Result<Option<Mount>, MountError> {
-    let name = &session.name;
+    let label = label_of(session);
     let (dir, read_only, temporary) = match choice {
         MountChoice::No => return Ok(None),
-        MountChoice::Temporary => (temporary_dir(name)?, read_only, true),
+        MountChoice::Temporary => (temporary_dir(&label)?, read_only, true),
         MountChoice::Dir {
             path,
             read_only: ro,
@@ -69,10 +69,10 @@ pub async fn mount(
     let replies = sftp.try_clone()?;
     let mut command = Command::new("sshfs");
     command
-        .arg(format!("kubedev-{name}:/"))
+        .arg(format!("{label}:/"))
         .arg(&dir)
         .args(["-f", "-o", "passive", "-o"])
-        .arg(format!("fsname=kubedev-{name}:/"))
+        .arg(format!("fsname={label}:/"))
         // Reads and writes of 64 KiB, not sshfs's 32 KiB: half the requests per byte.
         // sshfs takes no reply over 128 KiB.
         .args(["-o", "max_read=65536", "-o", "max_write=65536"])
@@ -128,10 +128,17 @@ fn read_what_it_says(stderr: std::process::ChildStderr) -> std::thread::JoinHand
     })
 }
 
-/// Unmounts what an earlier, detached run mounted for session `name`, and removes the
+/// What names `session`'s mounts and temporary directories: `kubedev-NAMESPACE.NAME` (a
+/// namespace has no dot), so that a namesake in another namespace keeps its own.
+fn label_of(session: &SessionKey) -> String {
+    format!("kubedev-{}.{}", session.namespace, session.name)
+}
+
+/// Unmounts what an earlier, detached run mounted for `session`, and removes the
 /// temporary directory it made.
-pub fn unmount_session(name: &str) {
-    for dir in table::mounted_at(&format!("kubedev-{name}:/")) {
+pub fn unmount_session(session: &SessionKey) {
+    let label = label_of(session);
+    for dir in table::mounted_at(&format!("{label}:/")) {
         table::unmount(&dir);
     }
     // Only empty directories go, never anything the user put there, and only those whose
@@ -143,7 +150,7 @@ pub fn unmount_session(name: &str) {
         .flatten()
         .flatten()
     {
-        let Some(maker) = maker_of(&entry.file_name().to_string_lossy(), name) else {
+        let Some(maker) = maker_of(&entry.file_name().to_string_lossy(), &label) else {
             continue;
         };
         let maker_runs = maker != std::process::id() && table::process_runs(maker);
@@ -156,18 +163,18 @@ pub fn unmount_session(name: &str) {
     }
 }
 
-/// The start of the names of session `name`'s temporary mount directories; the maker's
-/// process id and a random part follow.
-fn temporary_prefix(name: &str) -> String {
-    format!("kubedev-{name}-")
+/// The start of the names of the temporary mount directories of the session `label`
+/// names; the maker's process id and a random part follow.
+fn temporary_prefix(label: &str) -> String {
+    format!("{label}-")
 }
 
-/// A new directory for session `name`'s volumes, in the temporary directory, with a name
-/// no one can make first (mkdtemp: a random part, mode 0700).
-fn temporary_dir(name: &str) -> Result<PathBuf, MountError> {
+/// A new directory for the volumes of the session `label` names, in the temporary
+/// directory, with a name no one can make first (mkdtemp: a random part, mode 0700).
+fn temporary_dir(label: &str) -> Result<PathBuf, MountError> {
     let template = crate::run_as::temp_dir().join(format!(
         "{}{}-XXXXXX",
-        temporary_prefix(name),
+        temporary_prefix(label),
         std::process::id()
     ));
     nix::unistd::mkdtemp(&template).map_err(|errno| MountError::CreateDir {
@@ -176,9 +183,10 @@ fn temporary_dir(name: &str) -> Result<PathBuf, MountError> {
     })
 }
 
-/// The process that made temporary mount directory `file_name` of session `name`.
-fn maker_of(file_name: &str, name: &str) -> Option<u32> {
-    let rest = file_name.strip_prefix(&temporary_prefix(name))?;
+/// The process that made temporary mount directory `file_name` of the session `label`
+/// names.
+fn maker_of(file_name: &str, label: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix(&temporary_prefix(label))?;
     let (maker, random) = rest.rsplit_once('-')?;
     (random.len() == 6).then_some(())?;
     maker.parse().ok()
@@ -210,20 +218,27 @@ mod tests {
 
     #[test]
     fn leaving_removes_the_empty_temporary_directories_of_exited_sessions_only() {
-        let session = format!("unit-{}", std::process::id());
-        let dir_of = |maker: u32| {
-            let dir =
-                std::env::temp_dir().join(format!("{}{maker}-a1B2c3", temporary_prefix(&session)));
+        let session = SessionKey::new("shop", &format!("unit-{}", std::process::id()));
+        let namesake = SessionKey::new("stock", &session.name);
+        let dir_of = |session: &SessionKey, maker: u32| {
+            let prefix = temporary_prefix(&label_of(session));
+            let dir = std::env::temp_dir().join(format!("{prefix}{maker}-a1B2c3"));
             std::fs::create_dir_all(&dir).expect("temporary dir");
             dir
         };
-        let empty = dir_of(exited_pid());
-        let kept = dir_of(exited_pid());
+        let empty = dir_of(&session, exited_pid());
+        let kept = dir_of(&session, exited_pid());
+        let namesakes = dir_of(&namesake, exited_pid());
         std::fs::write(kept.join("notes.txt"), "mine").expect("file");
         let mut running = Command::new("sleep").arg("30").spawn().expect("run sleep");
-        let in_use = dir_of(running.id());
+        let in_use = dir_of(&session, running.id());
         unmount_session(&session);
         assert!(!empty.exists());
+        assert!(
+            namesakes.exists(),
+            "a namesake in another namespace keeps its own"
+        );
+        std::fs::remove_dir(&namesakes).ok();
         assert!(kept.join("notes.txt").exists());
         assert!(in_use.exists());
         running.kill().ok();

@@ -44,5 +44,5 @@ pub async fn mount(
     }
 }
 
-/// Nothing was mounted for session `name`: nothing to undo.
-pub fn unmount_session(_name: &str) {}
+/// Nothing was mounted for the session: nothing to undo.
+pub fn unmount_session(_session: &crate::control::SessionKey) {}

@@ -113,9 +113,15 @@ start_controllers() {
         --bind-address 127.0.0.1 --leader-elect=false
 }
 
-# start_rollouts_controller: Argo Rollouts' CRD and its controller, cluster-wide, as a
-# process of the node like the control plane (its metrics and health ports on loopback).
+# start_rollouts_controller: Argo Rollouts' CRDs and its controller, cluster-wide, as a
+# process of the node like the control plane. It serves health and metrics on every
+# address, with no flag to say otherwise: a chain (KUBE-*, so `down` removes it) drops
+# those ports from anywhere but loopback.
 start_rollouts_controller() {
+    local chain=KUBE-KUBEDEV-ROLLOUTS
+    iptables -N "$chain" 2>/dev/null || iptables -F "$chain"
+    iptables -A "$chain" ! -i lo -p tcp -m multiport --dports 18080,18090 -j DROP
+    iptables -C INPUT -j "$chain" 2>/dev/null || iptables -I INPUT -j "$chain"
     kubectl_admin apply --server-side -f "$ARGO_ROLLOUTS_BIN/crds" >/dev/null
     wait_for "the Rollout CRD" 60 kubectl_admin wait --for condition=established \
         --timeout=5s crd/rollouts.argoproj.io

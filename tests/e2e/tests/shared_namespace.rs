@@ -302,8 +302,17 @@ async fn a_teammates_live_session_is_left_alone_unless_forced() {
     let before = s.stored().await;
     s.plugin_ok(&["echo", "--port", "3000:http", "--detach", "--lease", "1m"]);
     let teammate = Developer::create(&s.cluster);
-    let leave = ["intercept", "leave", "echo", "-n", s.ns.name.as_str()];
-
+    let session = kubedev::session::naming::default_name("echo");
+    // The workload's name ends only one's own session: others' are named, and kept.
+    let by_workload = ["intercept", "leave", "echo", "-n", s.ns.name.as_str()];
+    let refused = teammate.kubectl(&s.workstation, &by_workload);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("others' are: {session} (end one by its name)")),
+        "{said}"
+    );
+    let leave = ["intercept", "leave", session.as_str(), "-n", s.ns.name.as_str()];
     let refused = teammate.kubectl(&s.workstation, &leave);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{said}");

@@ -48,7 +48,7 @@ impl Daemon {
                 let session = SessionKey::new(&namespace, &name);
                 let selector = AgentSelector {
                     owner,
-                    wiretap: format!("{name}/{}", std::process::id()),
+                    wiretap: format!("{namespace}/{name}/{}", std::process::id()),
                     namespace,
                     labels: agents,
                     token,
