@@ -152,3 +152,56 @@ async fn a_connect_pod_goes_when_its_plugin_is_killed_or_its_machine_dies() {
     }
     wait_until_no_connect_pod(&ns, Duration::from_secs(30));
 }
+
+/// Two identities on one machine (the developer's kubeconfig, then the admin's, as two kube
+/// contexts are): the second tunneld reaches the cluster through the first's routes and
+/// resolver, and says so; once the first ends, it takes them over, and the cluster's names
+/// and addresses still answer.
+#[tokio::test]
+async fn a_second_identitys_tunneld_takes_the_network_over_when_the_first_ends() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "connect-two").await;
+    ns.deploy_echo("echo", 1).await.expect("echo ready");
+    let workstation = Workstation::create(&cluster);
+    let probe = cluster.probe();
+    let admin = cluster.admin_kubeconfig.display().to_string();
+    let plugin = "kubectl-intercept";
+    let as_developer = |args: &[&str]| {
+        let all = [args, &["-n", ns.name.as_str()][..]].concat();
+        workstation.plugin_ok(&cluster, plugin, &all)
+    };
+    let as_admin = |args: &[&str]| {
+        let all = [args, &["-n", ns.name.as_str(), "--kubeconfig", &admin][..]].concat();
+        workstation.plugin_ok(&cluster, plugin, &all)
+    };
+    let admins_network = || {
+        let status: Value =
+            serde_json::from_str(&as_admin(&["status", "-o", "json"])).expect("status");
+        status["network"].clone()
+    };
+    as_developer(&["connect", "--detach"]);
+    as_admin(&["connect", "--detach", "--name", "connect-admin"]);
+    let network = admins_network();
+    assert!(
+        network["ranges"]
+            .to_string()
+            .contains("another kubedev tunneld on this machine routes it"),
+        "{network:#}"
+    );
+    let answer = workstation.run_ok(&[&probe, "tcp", "echo:7000", "through the first"]);
+    assert!(answer.starts_with("echo from echo-"), "{answer}");
+
+    as_developer(&["leave", "connect"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let network = admins_network();
+        if network["state"] == "up" && !network.to_string().contains("another kubedev tunneld") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never taken over: {network:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let answer = workstation.run_ok(&[&probe, "tcp", "echo:7000", "through the second"]);
+    assert!(answer.starts_with("echo from echo-"), "{answer}");
+    as_admin(&["leave", "connect-admin"]);
+}

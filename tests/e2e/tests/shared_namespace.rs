@@ -312,7 +312,13 @@ async fn a_teammates_live_session_is_left_alone_unless_forced() {
         said.contains(&format!("others' are: {session} (end one by its name)")),
         "{said}"
     );
-    let leave = ["intercept", "leave", session.as_str(), "-n", s.ns.name.as_str()];
+    let leave = [
+        "intercept",
+        "leave",
+        session.as_str(),
+        "-n",
+        s.ns.name.as_str(),
+    ];
     let refused = teammate.kubectl(&s.workstation, &leave);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{said}");

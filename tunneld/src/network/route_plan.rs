@@ -15,6 +15,9 @@ use kubedev::control::{RangePart, RangeState, RangeStatus};
 
 use super::machine_routes::{MachineRoute, MachineRouteKind};
 
+/// How `ip route` shows a route through a kubedev tunneld's device (`kubedev-tunN`).
+pub(crate) const KUBEDEV_DEVICE: &str = " dev kubedev-tun";
+
 /// A range that must not be routed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Exclusion {
@@ -95,12 +98,15 @@ fn plan_range(
             .filter(|r| cidr::holds(&r.destination, &range))
             .max_by_key(|r| r.destination.prefix_len())
     {
+        let reason = if own.description.contains(KUBEDEV_DEVICE) {
+            "another kubedev tunneld on this machine routes it (another kube context or \
+             identity); this one takes it over when that one ends"
+        } else {
+            "this machine already reaches it through a route of its own"
+        };
         return RangeStatus {
             via: Some(own.description.clone()),
-            ..status(
-                RangeState::Machine,
-                "this machine already reaches it through a route of its own".into(),
-            )
+            ..status(RangeState::Machine, reason.into())
         };
     }
     let (routed, except) = pieces_to_route(range, forced, never, machine);

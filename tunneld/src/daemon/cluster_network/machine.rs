@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev::cidr::Cidr;
-use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus};
+use kubedev::control::{NetworkStatus, RangePart, RangeState, RangeStatus, ResolverStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::{Daemon, KnownCluster, NetworkState};
 use crate::daemon::machine_device::{DeviceRoutes, Resolver};
-use crate::network::DNS_IP;
 use crate::network::dns::DnsAnswerer;
-use crate::network::route_plan::{self, Exclusion, Wanted};
+use crate::network::route_plan::{self, Exclusion, KUBEDEV_DEVICE, Wanted};
+use crate::network::{DNS_IP, resolv_conf};
 
 /// The cluster network while it is up.
 #[derive(Debug)]
@@ -50,6 +50,29 @@ impl UpNetwork {
         ))
     }
 
+    /// Whether another kubedev tunneld held part of the machine's cluster network (routes
+    /// or the resolver) when this one came up: this one then reaches the cluster through
+    /// that one's, for as long as it lasts.
+    fn behind_another_tunneld(&self) -> bool {
+        let routes = self.ranges.iter().any(|range| {
+            range.state == RangeState::Machine
+                && (range.via.as_deref()).is_some_and(|via| via.contains(KUBEDEV_DEVICE))
+        });
+        let resolver = matches!(self.resolver.status(),
+            ResolverStatus::Unchanged { reason, .. } if reason.contains(ANOTHER_TUNNELD));
+        routes || resolver
+    }
+
+    /// Whether that other tunneld has let go: no route of the machine's goes through a
+    /// kubedev device but this one's, and the resolver file is no longer pointed at one.
+    async fn another_tunneld_let_go(&self, resolv_conf: &Path) -> bool {
+        let Ok(machine) = self.routes.machine_routes().await else {
+            return false;
+        };
+        let routed = (machine.iter()).any(|route| route.description.contains(KUBEDEV_DEVICE));
+        !routed && !resolv_conf::carries_marker(resolv_conf)
+    }
+
     pub(super) fn status(&self) -> NetworkStatus {
         NetworkStatus::Up {
             routes: self.routes.added(),
@@ -66,8 +89,11 @@ impl Daemon {
     /// it is down, once the first session has come: so a helper started, or started again,
     /// after tunneld needs no new session.
     pub(in crate::daemon) async fn keep_network_up(&self) {
-        if self.settings.no_network || nix::unistd::geteuid().is_root() {
+        if self.settings.no_network {
             return std::future::pending().await;
+        }
+        if nix::unistd::geteuid().is_root() {
+            return self.take_over_from_another_tunneld().await;
         }
         let mut tried = None;
         loop {
@@ -89,6 +115,32 @@ impl Daemon {
                 "a network helper is at {}",
                 self.settings.network_helper.display()
             );
+            self.start_network(cluster, false).await;
+        }
+    }
+
+    /// While another kubedev tunneld (another kube context or identity on this machine)
+    /// holds the cluster's routes or the resolver, this one reaches the cluster through
+    /// them; once that one has let go, this one brings its network up again, taking both.
+    async fn take_over_from_another_tunneld(&self) {
+        loop {
+            tokio::time::sleep(HELPER_WATCH).await;
+            let Some(cluster) = self.cluster.get() else {
+                continue;
+            };
+            let mut network = self.network.lock().await;
+            let NetworkState::Up(up) = &*network else {
+                continue;
+            };
+            if !up.behind_another_tunneld()
+                || !up.another_tunneld_let_go(&self.settings.resolv_conf).await
+            {
+                continue;
+            }
+            tracing::info!("the other kubedev tunneld let the cluster network go: taking it");
+            // Dropped first: this one's device, routes and resolver view go.
+            *network = NetworkState::Off;
+            drop(network);
             self.start_network(cluster, false).await;
         }
     }
@@ -188,8 +240,12 @@ impl Daemon {
     }
 }
 
-/// How often tunneld looks for a network helper while the network is down.
+/// How often tunneld looks for a network helper while the network is down, or (as root)
+/// whether another tunneld has let the machine's cluster network go.
 const HELPER_WATCH: Duration = Duration::from_secs(2);
+
+/// Why a tunneld leaves the resolver to another one (see `pointing`).
+const ANOTHER_TUNNELD: &str = "another kubedev tunneld";
 
 /// Which socket is at `path`, if any: a helper started again makes a new one, which may
 /// reuse the old one's inode but not its change time.

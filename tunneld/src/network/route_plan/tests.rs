@@ -215,3 +215,22 @@ fn a_single_address_reject_route_cannot_be_outranked() {
     );
     assert_eq!(excepted(&plan.ranges[0]), ["10.96.0.1/32"]);
 }
+
+#[test]
+fn a_range_another_kubedev_tunneld_routes_is_left_to_it_and_said_so() {
+    let machine = [
+        path("0.0.0.0/0", "eth0"),
+        path("10.96.0.0/17", "kubedev-tun0"),
+    ];
+    let plan = plan(&cluster(&["10.96.0.0/17", "10.244.0.0/16"]), &machine);
+    assert_eq!(routes(&plan), ["10.244.0.0/16"]);
+    let left = &plan.ranges[0];
+    assert_eq!(left.state, RangeState::Machine);
+    assert!(
+        left.reason
+            .starts_with("another kubedev tunneld on this machine routes it"),
+        "{}",
+        left.reason
+    );
+    assert_eq!(left.via.as_deref(), Some("10.96.0.0/17 dev kubedev-tun0"));
+}
