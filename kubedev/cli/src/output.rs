@@ -217,11 +217,19 @@ fn proxy_example(socks_url: &str) -> String {
 /// be drawn: the message is printed as a line instead, as is each progress
 /// ([`progress_on`]), so that a long wait is never silent.
 pub(super) fn spinner(message: String) -> indicatif::ProgressBar {
-    let bar =
-        indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
+    let bar = progress_spinner(message.clone());
     if bar.is_hidden() {
         eprintln!("{message}");
     }
+    bar
+}
+
+/// Like [`spinner`], but where there is no terminal nothing is printed until the first
+/// progress (see [`progress_on`]): a start refused before it changes anything says only
+/// why.
+pub(super) fn progress_spinner(message: String) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message(message);
     bar

@@ -13,7 +13,7 @@ use super::life::{
     Joining, Life, Live, Session, forget_in_tunneld, join_tunneld, live_through,
     release_after_the_end,
 };
-use super::output::{progress_on, report_started, spinner};
+use super::output::{progress_on, progress_spinner, report_started, spinner};
 use super::pinning;
 use super::reclaim::reclaim_expired;
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -191,7 +191,7 @@ async fn start(
     image_source: &ImageSource,
 ) -> anyhow::Result<Started> {
     warn_of_reconciler(connection, plan).await;
-    let bar = spinner(format!(
+    let bar = progress_spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
     ));
