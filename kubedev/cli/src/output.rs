@@ -276,7 +276,7 @@ pub(super) fn report_started(plan: &Plan, started: &Started, to_pod: &[PodPort])
             ""
         };
         eprintln!(
-            "  port {} -> {}:{}{only}{copies}",
+            "  container port {} -> {}:{}{only}{copies}",
             forward.app_port, forward.local_host, forward.local_port
         );
     }
