@@ -141,7 +141,7 @@ impl fmt::Display for WorkloadRef {
 }
 
 /// RFC 1123 subdomain, the rule for the names of workloads.
-fn is_dns_subdomain(name: &str) -> bool {
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label

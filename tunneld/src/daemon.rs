@@ -96,6 +96,8 @@ pub(crate) struct Daemon {
     sessions_changed: Notify,
     /// The sessions whose leases tunneld renews, by the run that holds them.
     leases: Mutex<HashMap<String, Arc<LeaseKeeping>>>,
+    /// The sessions a plugin holds now: one run at a time may hold a session.
+    held: std::sync::Mutex<std::collections::HashSet<SessionKey>>,
 }
 
 /// Counts one hold in [`Daemon::holds`] while it lives.
@@ -141,6 +143,7 @@ impl Daemon {
             holds: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
             leases: Mutex::new(HashMap::new()),
+            held: std::sync::Mutex::default(),
         })
     }
 

@@ -295,6 +295,52 @@ async fn a_released_hold_ends_quietly_and_keeps_tunneld_up_until_then() {
     assert!(!tunneld.log().contains("is gone"), "{}", tunneld.log());
 }
 
+/// A second run may not hold a session this tunneld holds or keeps: its lease, and its
+/// end, would otherwise end the first run's session.
+#[tokio::test]
+async fn a_second_run_cannot_hold_a_session_this_tunneld_holds_or_keeps() {
+    let tunneld = Tunneld::start("second-hold").await;
+    let hold = tunneld::hold(&tunneld.socket, held("web"))
+        .await
+        .expect("held");
+    let second = Held {
+        owner: "run-2".into(),
+        ..held("web")
+    };
+    let refused_while_held = tunneld::hold(&tunneld.socket, second.clone()).await;
+    let refused = |answer: &Result<tunneld::Hold, TunneldError>| {
+        matches!(answer, Err(TunneldError::Failed(reason))
+            if reason.contains("a session named \"web\" already runs in namespace shop"))
+    };
+    assert!(refused(&refused_while_held), "{refused_while_held:?}");
+    assert_eq!(
+        tunneld.request(&add_session("web")).await.expect("added"),
+        ControlReply::Done
+    );
+    hold.release()
+        .await
+        .expect("released: the session lives on, detached");
+    let refused_while_kept = tunneld::hold(&tunneld.socket, second).await;
+    assert!(refused(&refused_while_kept), "{refused_while_kept:?}");
+    let Ok(ControlReply::Status(status)) = tunneld.request(&ControlRequest::Status).await else {
+        panic!("a status");
+    };
+    assert_eq!(
+        status.sessions.len(),
+        1,
+        "the first run's session is untouched"
+    );
+    // Another namespace's session of that name is another session.
+    let elsewhere = Held {
+        namespace: "stock".into(),
+        ..held("web")
+    };
+    let other = tunneld::hold(&tunneld.socket, elsewhere)
+        .await
+        .expect("held");
+    other.release().await.expect("released");
+}
+
 #[tokio::test]
 async fn a_dead_plugins_session_is_restored_or_the_user_is_told_how() {
     let mut tunneld = Tunneld::start("dead-plugin").await;

@@ -29,10 +29,11 @@ pub struct PluginArgs {
     #[command(subcommand)]
     pub manage: Option<Manage>,
 
-    /// The workload: NAME (the Deployment, StatefulSet, ReplicaSet or DaemonSet of that
-    /// name) or KIND/NAME (deployment, statefulset, replicaset, daemonset). A workload named like a subcommand
-    /// (connect, list, leave, role, status, version, diagnose, config, gather-logs, help) is
-    /// given as KIND/NAME.
+    /// The workload: NAME (the Deployment, StatefulSet, ReplicaSet, DaemonSet or Argo
+    /// Rollout of that name) or KIND/NAME (deployment, statefulset, replicaset, daemonset,
+    /// rollout, or deploy, sts, rs, ds, ro). A workload named like a subcommand (connect,
+    /// list, leave, role, status, version, diagnose, config, gather-logs, help) is given as
+    /// KIND/NAME.
     #[arg(required = true)]
     pub workload: Option<WorkloadName>,
 
@@ -170,8 +171,9 @@ impl SessionLife {
 pub enum Manage {
     /// The cluster's network on this machine (service names, pod and service IPs), with no
     /// workload touched: an agent pod of the session's own runs in the namespace until
-    /// the session ends (default name: connect). The whole machine gets the network where
-    /// the network helper runs (or as root); elsewhere `-- CMD` and tunneld's proxy do.
+    /// the session ends (default name: connect- and your login name). The whole machine
+    /// gets the network where the network helper runs (or as root); elsewhere `-- CMD` and
+    /// tunneld's proxy do.
     #[command(after_help = "Examples:\n  \
         # Until Ctrl-C\n  \
         kubectl intercept connect -n shop\n\n  \

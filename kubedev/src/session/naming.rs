@@ -6,21 +6,15 @@
 pub const LONGEST_NAME: usize = 63;
 
 /// Checks a name given with `--name`: a label value that is also a DNS subdomain
-/// (lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit).
+/// (lowercase letters, digits, `-` and `.`; each part between dots starting and ending
+/// with a letter or digit), as a pod's name must be.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
-    let ends_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let bytes = name.as_bytes();
-    if bytes.len() <= LONGEST_NAME
-        && bytes.iter().all(|&b| allowed(b))
-        && ends_ok(bytes.first())
-        && ends_ok(bytes.last())
-    {
+    if name.len() <= LONGEST_NAME && crate::workload::is_dns_subdomain(name) {
         return Ok(());
     }
     Err(format!(
         "invalid session name {name:?}: at most {LONGEST_NAME} lowercase letters, digits, \
-         '-' and '.', starting and ending with a letter or digit"
+         '-' and '.', each part between dots starting and ending with a letter or digit"
     ))
 }
 
@@ -113,7 +107,17 @@ mod tests {
         for good in ["web", "web-alice", "a.b", "0"] {
             check_name(good).expect(good);
         }
-        for bad in ["", "Web", "web_1", "-web", "web.", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Web",
+            "web_1",
+            "-web",
+            "web.",
+            "a..b",
+            "a.-b",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -5,39 +5,35 @@ use serde_json::Value;
 
 use super::{Workload, WorkloadKind};
 
-/// Why `workload`, if it is an Argo Rollout, holds its pods back by its strategy, with
-/// what to do ("; ..." to append to a timeout), as its status says now.
-pub(super) async fn paused_by_strategy(client: &kube::Client, workload: &Workload) -> String {
+/// Why `workload`, if it is an Argo Rollout, holds its pods back by its strategy, as its
+/// status says now ("paused by its strategy (CanaryPauseStep)").
+pub(super) async fn pause_of(client: &kube::Client, workload: &Workload) -> Option<String> {
     if workload.reference.kind != WorkloadKind::Rollout {
-        return String::new();
+        return None;
     }
-    let Ok(now) = Workload::get(client, &workload.namespace, &workload.reference).await else {
-        return String::new();
-    };
-    pause_note(
-        &now.object.data,
-        &workload.reference.name,
-        &workload.namespace,
+    let now = Workload::get(client, &workload.namespace, &workload.reference)
+        .await
+        .ok()?;
+    pause_in(&now.object.data)
+}
+
+/// What to do about `pause` of Rollout `name` in `namespace`, to follow a timeout.
+pub(super) fn promote_hint(pause: &str, name: &str, namespace: &str) -> String {
+    format!(
+        "; the rollout is {pause}: it goes on once promoted (`kubectl argo rollouts \
+         promote {name} -n {namespace}`); a canary without pause steps does not wait"
     )
 }
 
-/// The note for a Rollout whose status is `data`'s, named `name` in `namespace`.
-fn pause_note(data: &Value, name: &str, namespace: &str) -> String {
+/// The pause in a Rollout's stored `data`, if its status has one.
+fn pause_in(data: &Value) -> Option<String> {
     let reasons: Vec<&str> = (data.pointer("/status/pauseConditions"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|condition| condition.get("reason")?.as_str())
         .collect();
-    if reasons.is_empty() {
-        return String::new();
-    }
-    format!(
-        "; the rollout is paused by its strategy ({}): promote it with `kubectl argo \
-         rollouts promote {name} -n {namespace}` while the session starts, or give it \
-         steps without pauses",
-        reasons.join(", ")
-    )
+    (!reasons.is_empty()).then(|| format!("paused by its strategy ({})", reasons.join(", ")))
 }
 
 #[cfg(test)]
@@ -51,13 +47,14 @@ mod tests {
         let paused = json!({"status": {"phase": "Paused", "pauseConditions": [
             {"reason": "CanaryPauseStep", "startTime": "2026-12-06T08:00:00Z"}
         ]}});
+        let pause = pause_in(&paused).expect("paused");
+        assert_eq!(pause, "paused by its strategy (CanaryPauseStep)");
         assert_eq!(
-            pause_note(&paused, "web", "shop"),
-            "; the rollout is paused by its strategy (CanaryPauseStep): promote it with \
-             `kubectl argo rollouts promote web -n shop` while the session starts, or give \
-             it steps without pauses"
+            promote_hint(&pause, "web", "shop"),
+            "; the rollout is paused by its strategy (CanaryPauseStep): it goes on once \
+             promoted (`kubectl argo rollouts promote web -n shop`); a canary without pause \
+             steps does not wait"
         );
-        let healthy = json!({"status": {"phase": "Healthy"}});
-        assert_eq!(pause_note(&healthy, "web", "shop"), "");
+        assert_eq!(pause_in(&json!({"status": {"phase": "Healthy"}})), None);
     }
 }

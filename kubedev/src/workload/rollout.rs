@@ -80,6 +80,8 @@ pub struct Progress {
     /// Pods of the other kind told to stop and still running, where they must be gone (a
     /// replaced container must not go on taking work), and their grace period in seconds.
     pub stopping: (usize, Option<i64>),
+    /// Why the workload holds its pods back by itself (an Argo Rollout at a pause step).
+    pub paused: Option<String>,
 }
 
 impl std::fmt::Display for Progress {
@@ -96,6 +98,9 @@ impl std::fmt::Display for Progress {
             if let Some(grace) = grace {
                 write!(f, " (grace period {grace} s)")?;
             }
+        }
+        if let Some(paused) = &self.paused {
+            write!(f, "; the rollout is {paused}")?;
         }
         Ok(())
     }
@@ -149,7 +154,10 @@ pub async fn wait_for_pods(
             delete_pods(&pods, &old, &workload.namespace).await?;
             recreated = true;
         }
-        let state = progress_of(&current, &old, &stopping, wanted);
+        let mut state = progress_of(&current, &old, &stopping, wanted);
+        if state.ready < wanted || !old.is_empty() {
+            state.paused = super::argo::pause_of(client, workload).await;
+        }
         if last.as_ref() != Some(&state) {
             progress(&state);
         }
@@ -179,16 +187,29 @@ pub async fn wait_for_pods(
         // outlast the limit by that much rather than undo a session that is otherwise up.
         let grace_allowed = Duration::from_secs(state.stopping.1.map_or(0, i64::unsigned_abs));
         if started.elapsed() > limit + grace_allowed {
-            let paused = super::argo::paused_by_strategy(client, workload).await;
-            return Err(RolloutError::Timeout {
-                workload: workload.reference.to_string(),
-                waited: limit,
-                state: state.to_string(),
-                stuck: stuck_on(&current, &old) + &paused,
-            });
+            return Err(timed_out(workload, limit, &state, stuck_on(&current, &old)));
         }
         last = Some(state);
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The error of a wait for `workload`'s pods that ran out after `limit` at `state`, the
+/// pods `stuck` as they say, and what to do where its strategy holds them back.
+fn timed_out(
+    workload: &Workload,
+    limit: Duration,
+    state: &Progress,
+    stuck: String,
+) -> RolloutError {
+    let promote = (state.paused.as_deref()).map(|pause| {
+        super::argo::promote_hint(pause, &workload.reference.name, &workload.namespace)
+    });
+    RolloutError::Timeout {
+        workload: workload.reference.to_string(),
+        waited: limit,
+        state: state.to_string(),
+        stuck: stuck + &promote.unwrap_or_default(),
     }
 }
 
@@ -203,6 +224,7 @@ fn progress_of(current: &[&Pod], old: &[&Pod], stopping: &[&Pod], wanted: usize)
         wanted,
         leftover: old.len(),
         stopping: (stopping.len(), grace),
+        paused: None,
     }
 }
 

@@ -2,10 +2,11 @@
 //! renewed, until the plugin releases it. A plugin that dies first leaves its workload to
 //! tunneld to restore, as `leave` would.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubedev::control::{ControlReply, ControlRequest, Held};
+use kubedev::control::{ControlReply, ControlRequest, Held, SessionKey};
 use kubedev::session::connect::{self, end_connect};
 use kubedev::session::lease::DEFAULT_LEASE;
 use kubedev::session::{self, SessionError};
@@ -19,6 +20,41 @@ use super::{Daemon, HoldCount};
 /// The longest pause between two attempts to restore a workload.
 const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
 
+/// A session held by one run, until dropped.
+struct HeldSession<'a> {
+    daemon: &'a Daemon,
+    session: SessionKey,
+}
+
+impl<'a> HeldSession<'a> {
+    /// Holds `session`, unless another run holds it or tunneld already keeps it.
+    async fn take(daemon: &'a Daemon, session: &SessionKey) -> Option<Self> {
+        if !lock(&daemon.held).insert(session.clone()) {
+            return None;
+        }
+        let held = Self {
+            daemon,
+            session: session.clone(),
+        };
+        // Dropped (let go) if a detached run's session of this name is already here.
+        (!daemon.sessions.lock().await.contains_key(session)).then_some(held)
+    }
+}
+
+impl Drop for HeldSession<'_> {
+    fn drop(&mut self) {
+        lock(&self.daemon.held).remove(&self.session);
+    }
+}
+
+/// The set of held sessions, even after a panic elsewhere poisoned its lock.
+fn lock(
+    held: &std::sync::Mutex<HashSet<SessionKey>>,
+) -> std::sync::MutexGuard<'_, HashSet<SessionKey>> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Daemon {
     /// Keeps `holder`'s connection, renewing the session's lease, until the plugin releases
     /// the session. If the connection closes first, its plugin died with the session live:
@@ -31,6 +67,16 @@ impl Daemon {
     ) -> anyhow::Result<()> {
         let _counted = HoldCount::new(self);
         let session = held.session();
+        // Another run's session of this name lives here: this run cannot start one (the
+        // cluster refuses it too), and its lease and its end must not touch that one.
+        let Some(_held) = HeldSession::take(self, &session).await else {
+            let reason = format!(
+                "a session named {:?} already runs in namespace {} on this machine: choose \
+                 another --name",
+                session.name, session.namespace
+            );
+            return Ok(write_message(&mut holder, &ControlReply::Failed { reason }).await?);
+        };
         let keeping = Arc::new(LeaseKeeping::new(
             session.clone(),
             held.owner.clone(),

@@ -77,6 +77,8 @@ async fn network(connection: &Connection) -> Vec<Check> {
         }
     };
     let mut found = match tunneld::status(&socket).await {
+        // Its last session ended: it is about to go, and answers no cluster name.
+        Ok(status) if status.sessions.is_empty() => return vec![not_running()],
         Ok(status) => routing(status.network).await,
         Err(TunneldError::NotRunning(_)) => return vec![not_running()],
         Err(err) => {
@@ -165,12 +167,12 @@ async fn routing(network: NetworkStatus) -> Vec<Check> {
     }
 }
 
-/// The network check when no tunneld runs for the context.
+/// The network check when no tunneld runs a session for the context.
 fn not_running() -> Check {
     Check::new(
         "cluster network",
         Outcome::Skipped,
-        "no tunneld runs for this context: checked while a session lives",
+        "no session runs for this context: checked while one lives",
         None,
     )
 }

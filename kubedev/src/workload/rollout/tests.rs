@@ -114,7 +114,20 @@ fn progress_reads_like_kubectl_rollout() {
             wanted,
             leftover,
             stopping,
+            paused: None,
         };
         assert_eq!(state.to_string(), said);
     }
+    let paused = Progress {
+        ready: 1,
+        wanted: 2,
+        leftover: 1,
+        stopping: (0, None),
+        paused: Some("paused by its strategy (CanaryPauseStep)".into()),
+    };
+    assert_eq!(
+        paused.to_string(),
+        "1/2 pods ready, 1 old pod still running; the rollout is paused by its strategy \
+         (CanaryPauseStep)"
+    );
 }

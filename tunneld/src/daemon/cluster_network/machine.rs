@@ -33,6 +33,9 @@ pub(in crate::daemon) struct UpNetwork {
     helper: Option<PathBuf>,
     /// Cancelled once that helper is gone: it undid the routes and the resolver.
     lost: Option<CancellationToken>,
+    /// Whether another kubedev tunneld's device had routes on the machine when this one
+    /// last routed: this one reaches what they cover through that one.
+    beside_another_tunneld: bool,
 }
 
 impl UpNetwork {
@@ -54,13 +57,9 @@ impl UpNetwork {
     /// or the resolver) when this one came up: this one then reaches the cluster through
     /// that one's, for as long as it lasts.
     fn behind_another_tunneld(&self) -> bool {
-        let routes = self.ranges.iter().any(|range| {
-            range.state == RangeState::Machine
-                && (range.via.as_deref()).is_some_and(|via| via.contains(KUBEDEV_DEVICE))
-        });
         let resolver = matches!(self.resolver.status(),
             ResolverStatus::Unchanged { reason, .. } if reason.contains(ANOTHER_TUNNELD));
-        routes || resolver
+        self.beside_another_tunneld || resolver
     }
 
     /// Whether that other tunneld has let go: no route of the machine's goes through a
@@ -160,6 +159,7 @@ impl Daemon {
             resolver: machine.resolver,
             helper: machine.helper,
             lost: machine.lost.clone(),
+            beside_another_tunneld: false,
         };
         self.route(&mut up).await?;
         let dns = Arc::new(DnsAnswerer::new(
@@ -195,6 +195,8 @@ impl Daemon {
             never,
         };
         let machine = up.routes.machine_routes().await?;
+        up.beside_another_tunneld =
+            (machine.iter()).any(|route| route.description.contains(KUBEDEV_DEVICE));
         let mut plan = route_plan::plan(&wanted, &machine);
         let mut routes = plan.routes.clone();
         routes.push(Cidr::from(DNS_IP));
