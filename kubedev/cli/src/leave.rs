@@ -85,7 +85,8 @@ pub(super) async fn leave(
 }
 
 /// The session `name` means: the session of that name, else this machine's one session
-/// on the workload of that name (`leave web` ends `web-alice`); `connect` means this
+/// (kept by its tunneld, or held by this user here) on the workload of that name (`leave
+/// web` ends `web-alice`); `connect` means this
 /// machine's one connect session. Another's session is ended only by its own name: where
 /// only others' sessions are on the workload, they are named, and nothing ends.
 fn session_meant(
@@ -93,9 +94,14 @@ fn session_meant(
     daemon: Option<&DaemonStatus>,
     name: &str,
 ) -> anyhow::Result<String> {
+    // This machine's: kept by its tunneld, or held by this user here (its tunneld gone).
+    let here = Holder::here("");
     let kept = |row: &Listed| {
-        (daemon.iter().flat_map(|d| d.sessions.iter()))
-            .any(|session| session.name == row.name && session.namespace == row.namespace)
+        let held_here = (row.holder.as_ref())
+            .is_some_and(|holder| holder.user == here.user && holder.host == here.host);
+        held_here
+            || (daemon.iter().flat_map(|d| d.sessions.iter()))
+                .any(|session| session.name == row.name && session.namespace == row.namespace)
     };
     let on_it = |row: &&Listed| match row.mode.as_str() {
         CONNECT_MODE => name == CONNECT_MODE,
@@ -300,6 +306,20 @@ mod tests {
             asked.to_string().contains("say which session to end"),
             "{asked}"
         );
+    }
+
+    #[test]
+    fn a_session_held_here_is_this_machines_with_its_tunneld_gone() {
+        let mut mine = row("web-alice", "intercept", "deployment/web");
+        mine.holder = Some(Holder::here("run-1"));
+        let mut theirs = row("web-bob", "intercept", "deployment/web");
+        theirs.holder = Some(Holder {
+            owner: "run-2".into(),
+            host: "bobs-laptop".into(),
+            user: "bob".into(),
+        });
+        let meant = session_meant(&[theirs, mine], None, "web").expect("meant");
+        assert_eq!(meant, "web-alice");
     }
 
     #[test]
