@@ -94,23 +94,33 @@ fn session_meant(
     daemon: Option<&DaemonStatus>,
     name: &str,
 ) -> anyhow::Result<String> {
-    // This machine's: kept by its tunneld, or held by this user here (its tunneld gone).
+    // This machine's: kept by this identity's tunneld, else held by this user here (its
+    // tunneld gone, or another identity's).
     let here = Holder::here("");
-    let kept = |row: &Listed| {
-        let held_here = (row.holder.as_ref())
-            .is_some_and(|holder| holder.user == here.user && holder.host == here.host);
-        held_here
-            || (daemon.iter().flat_map(|d| d.sessions.iter()))
-                .any(|session| session.name == row.name && session.namespace == row.namespace)
+    let in_tunneld = |row: &Listed| {
+        (daemon.iter().flat_map(|d| d.sessions.iter()))
+            .any(|session| session.name == row.name && session.namespace == row.namespace)
     };
+    let held_here = |row: &Listed| {
+        (row.holder.as_ref())
+            .is_some_and(|holder| holder.user == here.user && holder.host == here.host)
+    };
+    let kept = |row: &Listed| in_tunneld(row) || held_here(row);
     let on_it = |row: &&Listed| match row.mode.as_str() {
         CONNECT_MODE => name == CONNECT_MODE,
         _ => row.workload == name || row.workload.split_once('/').is_some_and(|(_, w)| w == name),
     };
-    let mine: Vec<&str> = (rows.iter().filter(on_it))
-        .filter(|row| kept(row) && row.name != name)
-        .map(|row| row.name.as_str())
-        .collect();
+    let mine_by = |mine: &dyn Fn(&Listed) -> bool| -> Vec<&str> {
+        (rows.iter().filter(on_it))
+            .filter(|row| mine(row) && row.name != name)
+            .map(|row| row.name.as_str())
+            .collect()
+    };
+    let in_this_tunneld = mine_by(&in_tunneld);
+    let mine = match in_this_tunneld.is_empty() {
+        true => mine_by(&held_here),
+        false => in_this_tunneld,
+    };
     if let Some(named) = rows.iter().find(|row| row.name == name) {
         if kept(named) || mine.is_empty() {
             return Ok(name.to_owned());
@@ -319,6 +329,14 @@ mod tests {
             user: "bob".into(),
         });
         let meant = session_meant(&[theirs, mine], None, "web").expect("meant");
+        assert_eq!(meant, "web-alice");
+        // Held here twice (two identities): this identity's tunneld says which.
+        let mut mine = row("web-alice", "intercept", "deployment/web");
+        mine.holder = Some(Holder::here("run-1"));
+        let mut other_identity = row("web-admin", "intercept", "deployment/web");
+        other_identity.holder = Some(Holder::here("run-3"));
+        let kept = keeping(&["web-alice"]);
+        let meant = session_meant(&[other_identity, mine], Some(&kept), "web").expect("meant");
         assert_eq!(meant, "web-alice");
     }
 
