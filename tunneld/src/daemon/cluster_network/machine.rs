@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Daemon, KnownCluster, NetworkState};
 use crate::daemon::machine_device::{DeviceRoutes, Resolver};
 use crate::network::dns::DnsAnswerer;
+use crate::network::machine_routes::MachineRoute;
 use crate::network::route_plan::{self, Exclusion, KUBEDEV_DEVICE, Wanted};
 use crate::network::{DNS_IP, resolv_conf};
 
@@ -33,8 +34,8 @@ pub(in crate::daemon) struct UpNetwork {
     helper: Option<PathBuf>,
     /// Cancelled once that helper is gone: it undid the routes and the resolver.
     lost: Option<CancellationToken>,
-    /// Whether another kubedev tunneld's device had routes on the machine when this one
-    /// last routed: this one reaches what they cover through that one.
+    /// Whether another kubedev tunneld's device had routes into this cluster's ranges
+    /// when this one last routed: this one reaches what they cover through that one.
     beside_another_tunneld: bool,
 }
 
@@ -68,7 +69,7 @@ impl UpNetwork {
         let Ok(machine) = self.routes.machine_routes().await else {
             return false;
         };
-        let routed = (machine.iter()).any(|route| route.description.contains(KUBEDEV_DEVICE));
+        let routed = (machine.iter()).any(|route| another_tunneld_routes(&self.cluster, route));
         !routed && !resolv_conf::carries_marker(resolv_conf)
     }
 
@@ -196,7 +197,7 @@ impl Daemon {
         };
         let machine = up.routes.machine_routes().await?;
         up.beside_another_tunneld =
-            (machine.iter()).any(|route| route.description.contains(KUBEDEV_DEVICE));
+            (machine.iter()).any(|route| another_tunneld_routes(&up.cluster, route));
         let mut plan = route_plan::plan(&wanted, &machine);
         let mut routes = plan.routes.clone();
         routes.push(Cidr::from(DNS_IP));
@@ -257,6 +258,16 @@ fn socket_identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
     Some((found.dev(), found.ino(), found.ctime(), found.ctime_nsec()))
 }
 
+/// Whether `route` goes through another kubedev tunneld's device into `cluster`'s ranges
+/// (a tunneld of another cluster is no concern of this one's).
+fn another_tunneld_routes(cluster: &[Cidr], route: &MachineRoute) -> bool {
+    let overlaps = |range: &Cidr| {
+        kubedev::cidr::holds(range, &route.destination)
+            || kubedev::cidr::holds(&route.destination, range)
+    };
+    route.description.contains(KUBEDEV_DEVICE) && cluster.iter().any(overlaps)
+}
+
 /// The API server's own addresses: routing them into the tunnel would cut the tunnel's
 /// own connection.
 async fn api_server_exclusions(server: &str) -> Vec<Exclusion> {
@@ -310,6 +321,35 @@ mod tests {
             server_host("https://[fd00::1]:6443").as_deref(),
             Some("fd00::1")
         );
+    }
+
+    #[test]
+    fn only_another_tunneld_s_routes_into_this_cluster_count() {
+        use crate::network::machine_routes::MachineRouteKind;
+        let range = |text: &str| kubedev::cidr::parse(text).expect("range");
+        let route = |destination: &str, device: &str| MachineRoute {
+            destination: range(destination),
+            kind: MachineRouteKind::Path,
+            before_main: false,
+            description: format!("{destination} dev {device}"),
+        };
+        let cluster = [range("10.96.0.0/16"), range("10.244.0.0/16")];
+        assert!(another_tunneld_routes(
+            &cluster,
+            &route("10.96.0.0/17", "kubedev-tun0")
+        ));
+        assert!(another_tunneld_routes(
+            &cluster,
+            &route("10.0.0.0/8", "kubedev-tun1")
+        ));
+        assert!(!another_tunneld_routes(
+            &cluster,
+            &route("10.97.0.0/16", "kubedev-tun0")
+        ));
+        assert!(!another_tunneld_routes(
+            &cluster,
+            &route("10.96.0.0/17", "wg0")
+        ));
     }
 
     #[tokio::test]
