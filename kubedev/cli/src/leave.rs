@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::command_of;
 use super::connect::end_connect;
 use super::run::end_session;
-use super::survey::{CONNECT_MODE, Listed, Survey, survey};
+use super::survey::{CONNECT_MODE, Listed, survey};
 use kubedev::cluster::Connection;
 use kubedev::control::DaemonStatus;
 use kubedev::mode::Mode;
@@ -42,13 +42,14 @@ pub(super) async fn leave(
     };
     let daemon = tunneld::status(socket).await.ok();
     let survey = survey(connection, daemon.as_ref(), false).await?;
-    let meant = session_meant(&survey.rows(daemon.as_ref()), daemon.as_ref(), name)?;
+    let rows = survey.rows(daemon.as_ref());
+    let meant = session_meant(&rows, daemon.as_ref(), name)?;
     if meant != name {
         eprintln!("ending session {meant} (on {name})");
     }
     let name = meant.as_str();
     if !ending.force {
-        refuse_if_held_elsewhere(connection, (&survey, daemon.as_ref()), mode, name)?;
+        refuse_if_held_elsewhere(connection, (&rows, daemon.as_ref()), mode, name)?;
     }
     let named: Vec<&WorkloadRef> = survey
         .sessions
@@ -97,14 +98,9 @@ fn session_meant(
     // This machine's: kept by this identity's tunneld, else held by this user here (its
     // tunneld gone, or another identity's).
     let here = Holder::here("");
-    let in_tunneld = |row: &Listed| {
-        (daemon.iter().flat_map(|d| d.sessions.iter()))
-            .any(|session| session.name == row.name && session.namespace == row.namespace)
-    };
-    let held_here = |row: &Listed| {
-        (row.holder.as_ref())
-            .is_some_and(|holder| holder.user == here.user && holder.host == here.host)
-    };
+    let in_tunneld = |row: &Listed| kept_by(daemon, row);
+    let held_here =
+        |row: &Listed| (row.holder.as_ref()).is_some_and(|h| h.same_user_and_host(&here));
     let kept = |row: &Listed| in_tunneld(row) || held_here(row);
     let on_it = |row: &&Listed| match row.mode.as_str() {
         CONNECT_MODE => name == CONNECT_MODE,
@@ -157,22 +153,18 @@ fn session_meant(
 /// theirs to end.
 fn refuse_if_held_elsewhere(
     connection: &Connection,
-    (survey, daemon): (&Survey, Option<&DaemonStatus>),
+    (rows, daemon): (&[Listed], Option<&DaemonStatus>),
     mode: Mode,
     name: &str,
 ) -> anyhow::Result<()> {
     let namespace = &connection.namespace;
-    let mine = daemon
-        .iter()
-        .flat_map(|d| d.sessions.iter())
-        .any(|session| session.name == name && &session.namespace == namespace);
-    let rows = survey.rows(daemon);
+    let mine = daemon.is_some_and(|daemon| daemon.keeps(namespace, name));
     let Some(row) = rows.iter().find(|row| row.name == name) else {
         return Ok(());
     };
     let live = row.lease_ends.is_some_and(|ends| ends > Timestamp::now());
     let here = Holder::here("");
-    let ours = |holder: &Holder| holder.user == here.user && holder.host == here.host;
+    let ours = |holder: &Holder| holder.same_user_and_host(&here);
     if let (false, true, Some(holder)) = (mine, live, row.holder.as_ref().filter(|h| !ours(h))) {
         anyhow::bail!(
             "session {name:?} on {} is held by {} (its lease is live): it is theirs to end; \
@@ -186,6 +178,11 @@ fn refuse_if_held_elsewhere(
     Ok(())
 }
 
+/// Whether `daemon`, this machine's tunneld for the context, keeps the session of `row`.
+fn kept_by(daemon: Option<&DaemonStatus>, row: &Listed) -> bool {
+    daemon.is_some_and(|daemon| daemon.keeps(&row.namespace, &row.name))
+}
+
 async fn leave_all(
     connection: &Connection,
     socket: &Path,
@@ -196,12 +193,7 @@ async fn leave_all(
     let survey = survey(connection, daemon.as_ref(), true).await?;
     survey.note_limits();
     let (mine, others): (Vec<Listed>, Vec<Listed>) =
-        survey.rows(daemon.as_ref()).into_iter().partition(|row| {
-            daemon
-                .iter()
-                .flat_map(|d| d.sessions.iter())
-                .any(|session| session.name == row.name && session.namespace == row.namespace)
-        });
+        (survey.rows(daemon.as_ref()).into_iter()).partition(|row| kept_by(daemon.as_ref(), row));
     if mine.is_empty() {
         eprintln!("no kubedev sessions of this machine");
     }

@@ -412,14 +412,18 @@ pub(super) async fn forget_in_tunneld(
     };
     // Only a session this machine's tunneld keeps: another machine's, or one stopped
     // while starting, is not there, and that is no news.
-    let key = SessionKey::new(&connection.namespace, name);
-    let kept = tunneld::status(&socket)
-        .await
-        .is_ok_and(|status| status.sessions.iter().any(|kept| kept.key() == key));
+    let kept = (tunneld::status(&socket).await)
+        .is_ok_and(|status| status.keeps(&connection.namespace, name));
     if !kept {
         return;
     }
-    if let Err(err) = tunneld::forget(&socket, &key, owner).await {
+    if let Err(err) = tunneld::forget(
+        &socket,
+        &SessionKey::new(&connection.namespace, name),
+        owner,
+    )
+    .await
+    {
         eprintln!("warning: {err}");
     }
 }

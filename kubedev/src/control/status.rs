@@ -29,6 +29,11 @@ pub struct DaemonStatus {
 }
 
 impl DaemonStatus {
+    /// Whether this tunneld keeps session `name` of `namespace`.
+    pub fn keeps(&self, namespace: &str, name: &str) -> bool {
+        (self.sessions.iter()).any(|kept| kept.name == name && kept.namespace == namespace)
+    }
+
     /// What to know when this tunneld is not of `plugin`'s version: a plugin that was
     /// upgraded while its tunneld ran uses the old one until that one exits.
     pub fn skew(&self, plugin: &str) -> Option<String> {

@@ -66,6 +66,11 @@ impl Holder {
         }
     }
 
+    /// Whether `other` is the same user on the same machine (whichever run).
+    pub fn same_user_and_host(&self, other: &Holder) -> bool {
+        self.user == other.user && self.host == other.host
+    }
+
     /// `user@host`, as `list` shows it.
     pub fn describe(&self) -> String {
         format!("{}@{}", self.user, self.host)

@@ -17,17 +17,24 @@ fn template(ns: &TestNamespace) -> Value {
     rollout["spec"]["template"].clone()
 }
 
-#[tokio::test]
-async fn a_rollouts_requests_reach_the_workstation_until_leave_restores_it() {
+/// A namespace with Rollout `echo` of two replicas and `strategy`, a client pod and a
+/// workstation; the Rollout's template as stored before anything else.
+async fn setup(prefix: &str, strategy: Value) -> (TestCluster, TestNamespace, Workstation, Value) {
     let cluster = TestCluster::get();
-    let ns = TestNamespace::create(&cluster, "intercept-ro").await;
-    let canary = serde_json::json!({"canary": {}});
-    ns.deploy_echo_rollout("echo", 2, canary)
+    let ns = TestNamespace::create(&cluster, prefix).await;
+    ns.deploy_echo_rollout("echo", 2, strategy)
         .await
         .expect("echo ready");
     ns.start_client("client").await.expect("client pod");
     let before = template(&ns);
     let workstation = Workstation::create(&cluster);
+    (cluster, ns, workstation, before)
+}
+
+#[tokio::test]
+async fn a_rollouts_requests_reach_the_workstation_until_leave_restores_it() {
+    let canary = serde_json::json!({"canary": {}});
+    let (cluster, ns, workstation, before) = setup("intercept-ro", canary).await;
     let _server = workstation.serve_http(3000, "laptop");
     let namespace = ["-n", ns.name.as_str()];
 
@@ -61,15 +68,8 @@ async fn a_rollouts_requests_reach_the_workstation_until_leave_restores_it() {
 /// gives up at its timeout, says so and how to promote, and restores the template exactly.
 #[tokio::test]
 async fn a_canary_paused_by_its_steps_is_named_and_the_rollout_restored() {
-    let cluster = TestCluster::get();
-    let ns = TestNamespace::create(&cluster, "intercept-ro-pause").await;
     let paused = serde_json::json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}});
-    ns.deploy_echo_rollout("echo", 2, paused)
-        .await
-        .expect("echo ready");
-    ns.start_client("client").await.expect("client pod");
-    let before = template(&ns);
-    let workstation = Workstation::create(&cluster);
+    let (cluster, ns, workstation, before) = setup("intercept-ro-pause", paused).await;
 
     let args = [
         "echo",

@@ -13,6 +13,10 @@ use super::kubelet;
 use super::resolv_conf::{self, ResolvConf};
 use super::systemd_resolved::{self, ResolvedLink};
 
+/// Whom a resolver file already pointed at another tunneld is left to, in the reason
+/// (which a tunneld that finds it watches for).
+pub(crate) const ANOTHER_TUNNELD: &str = "another kubedev tunneld";
+
 /// How the resolver was pointed; dropping it undoes that.
 #[derive(Debug)]
 pub(crate) enum PointedResolver {
@@ -113,7 +117,7 @@ pub(crate) fn point(
     resolv_conf::restore_left_behind(choice.resolv_conf, choice.state_dir)?;
     if resolv_conf::carries_marker(choice.resolv_conf) {
         let reason = format!(
-            "{} already sends names to another kubedev tunneld",
+            "{} already sends names to {ANOTHER_TUNNELD}",
             choice.resolv_conf.display()
         );
         return Ok((PointedResolver::Unchanged(reason), None));

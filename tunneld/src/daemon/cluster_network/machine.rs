@@ -14,6 +14,7 @@ use super::{Daemon, KnownCluster, NetworkState};
 use crate::daemon::machine_device::{DeviceRoutes, Resolver};
 use crate::network::dns::DnsAnswerer;
 use crate::network::machine_routes::MachineRoute;
+use crate::network::pointing::ANOTHER_TUNNELD;
 use crate::network::route_plan::{self, Exclusion, KUBEDEV_DEVICE, Wanted};
 use crate::network::{DNS_IP, resolv_conf};
 
@@ -36,7 +37,7 @@ pub(in crate::daemon) struct UpNetwork {
     lost: Option<CancellationToken>,
     /// Whether another kubedev tunneld's device had routes into this cluster's ranges
     /// when this one last routed: this one reaches what they cover through that one.
-    beside_another_tunneld: bool,
+    routed_by_another_tunneld: bool,
 }
 
 impl UpNetwork {
@@ -60,7 +61,7 @@ impl UpNetwork {
     fn behind_another_tunneld(&self) -> bool {
         let resolver = matches!(self.resolver.status(),
             ResolverStatus::Unchanged { reason, .. } if reason.contains(ANOTHER_TUNNELD));
-        self.beside_another_tunneld || resolver
+        self.routed_by_another_tunneld || resolver
     }
 
     /// Whether that other tunneld has let go: no route of the machine's goes through a
@@ -160,7 +161,7 @@ impl Daemon {
             resolver: machine.resolver,
             helper: machine.helper,
             lost: machine.lost.clone(),
-            beside_another_tunneld: false,
+            routed_by_another_tunneld: false,
         };
         self.route(&mut up).await?;
         let dns = Arc::new(DnsAnswerer::new(
@@ -196,7 +197,7 @@ impl Daemon {
             never,
         };
         let machine = up.routes.machine_routes().await?;
-        up.beside_another_tunneld =
+        up.routed_by_another_tunneld =
             (machine.iter()).any(|route| another_tunneld_routes(&up.cluster, route));
         let mut plan = route_plan::plan(&wanted, &machine);
         let mut routes = plan.routes.clone();
@@ -246,9 +247,6 @@ impl Daemon {
 /// How often tunneld looks for a network helper while the network is down, or (as root)
 /// whether another tunneld has let the machine's cluster network go.
 const HELPER_WATCH: Duration = Duration::from_secs(2);
-
-/// Why a tunneld leaves the resolver to another one (see `pointing`).
-const ANOTHER_TUNNELD: &str = "another kubedev tunneld";
 
 /// Which socket is at `path`, if any: a helper started again makes a new one, which may
 /// reuse the old one's inode but not its change time.
