@@ -109,11 +109,19 @@ async fn a_rollout_without_a_template_of_its_own_is_refused_before_anything_chan
         }
     });
     ns.apply_json(&rollout).expect("rollout");
+    // The controller annotates a new Rollout with its revision; snapshot it after that.
+    ns.kubectl_ok(&[
+        "wait",
+        "rollout/echo-ref",
+        r"--for=jsonpath={.metadata.annotations.rollout\.argoproj\.io/revision}=1",
+        "--timeout=120s",
+    ])
+    .expect("the controller saw the rollout");
     let stored = || {
         ns.kubectl_ok(&[
             "get",
             "rollout/echo-ref",
-            "-o=jsonpath={.metadata.generation} {.metadata.annotations}",
+            "-o=jsonpath={.metadata.generation} {.metadata.annotations} {.spec}",
         ])
     };
     let before = stored().expect("stored");
