@@ -29,6 +29,9 @@ Examples:
   kubectl intercept list
   kubectl intercept leave web
 
+  # The sessions described in kubedev.yaml, started together and ended together
+  kubectl intercept -f kubedev.yaml
+
   # A StatefulSet in another namespace
   kubectl intercept statefulset/db -n data --port 5432
 

@@ -34,8 +34,19 @@ pub struct PluginArgs {
     /// rollout, or deploy, sts, rs, ds, ro). A workload named like a subcommand (connect,
     /// list, leave, role, status, version, diagnose, config, gather-logs, help) is given as
     /// KIND/NAME.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "filename")]
     pub workload: Option<WorkloadName>,
+
+    /// Start the sessions of this file together (kubedev.yaml; its schema:
+    /// docs/kubedev.schema.json), and end them together: at Ctrl-C, when a session's
+    /// command exits or when one of them ends. The other flags here apply to every session.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with = "workload"
+    )]
+    pub filename: Option<PathBuf>,
 
     /// How the session runs.
     #[command(flatten)]
@@ -207,12 +218,17 @@ pub enum Manage {
         kubectl intercept leave web -n shop\n\n  \
         # End every session of this machine, in every namespace\n  \
         kubectl intercept leave --all\n\n  \
+        # End the sessions that `kubectl intercept -f kubedev.yaml --detach` started\n  \
+        kubectl intercept leave -f kubedev.yaml\n\n  \
         # A session whose developer is away, its lease still live\n  \
         kubectl intercept leave web --force")]
     Leave {
         /// The session's name, as `list` shows it.
-        #[arg(required_unless_present = "all")]
+        #[arg(required_unless_present_any = ["all", "filename"])]
         name: Option<String>,
+        /// End the sessions of this file (what `-f FILE` started, detached or not).
+        #[arg(short = 'f', long = "filename", value_name = "FILE", conflicts_with_all = ["name", "all"])]
+        filename: Option<PathBuf>,
         /// End every session of this machine, in every namespace; sessions of other
         /// machines are named, and left alone.
         #[arg(long, conflicts_with = "name")]

@@ -46,6 +46,7 @@ pub(super) async fn run_connect(
         workload: None,
         target: format!("pod/{pod}"),
         args: &args,
+        together: None,
     };
     let session = OwnPod {
         connection: &connection,

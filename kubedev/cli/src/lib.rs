@@ -5,7 +5,8 @@
 //!   of its own (`connect`); `-- CMD` (`command`, with tunneld's DNS where the machine's
 //!   resolver is left as it is: `resolver_view`; in a network namespace of its own where
 //!   the machine has no cluster network: `netns`; both Linux only); the links to the agents while it lasts
-//!   (`links`); restoring sessions whose lease ran out, first (`reclaim`);
+//!   (`links`); restoring sessions whose lease ran out, first (`reclaim`); sessions from a
+//!   file (`sessions_file`), run and left together (`from_file`, `together`);
 //! - the subcommands (`manage`): `list`, `leave` and the sessions they look at (`survey`),
 //!   `status`, bug report archives (`gather`), the settings file (`config`);
 //! - shell completion through kubectl (`complete`) and what the plugins print (`output`).
@@ -18,6 +19,7 @@ mod complete;
 mod config;
 mod connect;
 mod diagnose;
+mod from_file;
 mod gather;
 mod leave;
 mod life;
@@ -32,7 +34,9 @@ mod reclaim;
 #[cfg(target_os = "linux")]
 mod resolver_view;
 mod run;
+mod sessions_file;
 mod survey;
+mod together;
 mod version;
 
 use std::process::ExitCode;
@@ -53,6 +57,7 @@ pub fn trampoline_if_asked() -> Option<ExitCode> {
 }
 
 use connect::run_connect;
+use from_file::{leave_file, run_file};
 use kubedev::cluster::ClusterArgs;
 use kubedev::mode::Mode;
 use kubedev_process::exit_status;
@@ -68,6 +73,7 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
     let PluginArgs {
         manage,
         workload,
+        filename,
         session: args,
         verbosity,
         cluster,
@@ -83,10 +89,26 @@ pub fn main(mode: Mode, args: PluginArgs, mode_args: ModeArgs) -> ExitCode {
             (Some(Manage::Diagnose { output }), _) => {
                 diagnose::diagnose(mode, &cluster, output).await
             }
+            (
+                Some(Manage::Leave {
+                    filename: Some(path),
+                    force,
+                    timeout,
+                    ..
+                }),
+                _,
+            ) => leave_file(mode, &path, &cluster, force, timeout)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             (Some(manage), _) => run_manage(mode, &cluster, manage)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            (None, Some(workload)) => run_session(mode, &cluster, workload, args, mode_args).await,
+            (None, Some(workload)) => {
+                run_session(mode, &cluster, workload, args, mode_args, None).await
+            }
+            (None, None) if let Some(file) = &filename => {
+                run_file(mode, file, &cluster, &args, &mode_args).await
+            }
             (None, None) => Err(anyhow::anyhow!("say which workload (see --help)")),
         };
         match result {

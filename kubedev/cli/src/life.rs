@@ -12,6 +12,7 @@ use super::command::{CommandNetwork, run_command};
 use super::command_of;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
+use super::together::{Stop, Together};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
     AgentOwner, ControlRequest, Forward, Held, PodPort, ProxyChoices, SessionKey,
@@ -22,7 +23,6 @@ use kubedev::session;
 use kubedev::session::lease::Holder;
 use kubedev::tunneld::{self, Hold, HoldNews};
 use kubedev::workload::{WorkloadRef, check_agents};
-use kubedev_process::signals::StopSignals;
 
 /// How often the pods are checked for a failing agent while tunneld links to them.
 const AGENT_CHECK_PERIOD: Duration = Duration::from_secs(1);
@@ -55,6 +55,8 @@ pub(super) struct Life<'a> {
     /// What it changes, for its lease: `deployment/web`, or a connect session's pod.
     pub(super) target: String,
     pub(super) args: &'a SessionLife,
+    /// The sessions it starts and ends with (`-f`), if any.
+    pub(super) together: Option<&'a Together>,
 }
 
 /// The exit status of a run stopped while it starts its session (the cluster still being
@@ -70,14 +72,57 @@ pub(super) async fn live_through<S: Session>(
 ) -> anyhow::Result<ExitCode> {
     // Listening from the start: a stop signal during set-up must not kill the process with
     // the cluster half changed; set-up stops and the session is ended.
-    let mut signals = StopSignals::listen()?;
-    let mut hold = hold(life).await?;
+    let mut stop = Stop::listen(life.together)?;
+    let Some(turn) = stop.turn().await else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    let hold = hold(life).await?;
+    let (started, live, hold) = match set_up(life, session, &mut stop, hold).await? {
+        SetUp::Live(started, live, hold) => (started, *live, hold),
+        SetUp::Ended(code) => return Ok(code),
+    };
+    drop(turn);
+    if let Some(together) = life.together {
+        together.went_live();
+    }
+    if life.args.detach {
+        // The session lives in tunneld until `leave`, and the mount with sshfs.
+        hold.release().await?;
+        std::mem::forget(live.mounted);
+        eprintln!(
+            "session {:?} is live; end it with `{} leave {} -n {}`",
+            life.name,
+            command_of(life.mode),
+            life.name,
+            life.connection.namespace
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pods = S::pods(&started);
+    stay_until_the_end(life, session, pods, live, stop, hold).await
+}
+
+/// How setting a session up ended.
+enum SetUp<Started> {
+    /// It is live, held.
+    Live(Started, Box<Live>, Hold),
+    /// It was stopped, and ended.
+    Ended(ExitCode),
+}
+
+/// Starts the held session and makes it live; ends it where that fails or it is stopped.
+async fn set_up<S: Session>(
+    life: &Life<'_>,
+    session: &S,
+    stop: &mut Stop<'_>,
+    mut hold: Hold,
+) -> anyhow::Result<SetUp<S::Started>> {
     let started = tokio::select! {
         started = session.start() => started,
-        () = signals.recv() => {
-            eprintln!("stopped while starting");
+        () = stop.recv() => {
+            eprintln!("stopped while starting session {}", life.name);
             session.end(Some(hold)).await?;
-            return Ok(ExitCode::from(INTERRUPTED));
+            return Ok(SetUp::Ended(ExitCode::from(INTERRUPTED)));
         }
     };
     let started = match started {
@@ -93,7 +138,7 @@ pub(super) async fn live_through<S: Session>(
         live = session.go_live(&started) => {
             live.and_then(|live| for_the_command(live, &life.args.command)).map(Some)
         }
-        () = signals.recv() => Ok(None),
+        () = stop.recv() => Ok(None),
         // The lease can be lost while the session goes live (the machine slept): tunneld
         // has ended it, and the plugin says why.
         news = hold.news() => match news {
@@ -107,35 +152,20 @@ pub(super) async fn live_through<S: Session>(
             )),
         },
     };
-    let live = match live {
-        Ok(Some(live)) => live,
+    match live {
+        Ok(Some(live)) => Ok(SetUp::Live(started, Box::new(live), hold)),
         Ok(None) => {
             session.end(Some(hold)).await?;
-            return Ok(ExitCode::SUCCESS);
+            Ok(SetUp::Ended(ExitCode::SUCCESS))
         }
         Err(failed) => {
             // Why it failed comes first, whether or not ending it went well.
             if let Err(ending) = session.end(Some(hold)).await {
                 eprintln!("error: ending the session: {ending:#}");
             }
-            return Err(failed);
+            Err(failed)
         }
-    };
-    if life.args.detach {
-        // The session lives in tunneld until `leave`, and the mount with sshfs.
-        hold.release().await?;
-        std::mem::forget(live.mounted);
-        eprintln!(
-            "session {:?} is live; end it with `{} leave {} -n {}`",
-            life.name,
-            command_of(life.mode),
-            life.name,
-            life.connection.namespace
-        );
-        return Ok(ExitCode::SUCCESS);
     }
-    let pods = S::pods(&started);
-    stay_until_the_end(life, session, pods, live, signals, hold).await
 }
 
 /// Gives `-- CMD`, if there is one, the container's environment but the variables that stay
@@ -163,7 +193,7 @@ async fn stay_until_the_end(
     session: &impl Session,
     pods: usize,
     live: Live,
-    mut signals: StopSignals,
+    mut stop: Stop<'_>,
     mut hold: Hold,
 ) -> anyhow::Result<ExitCode> {
     let socket = tunneld::socket_for(life.connection)?;
@@ -173,7 +203,12 @@ async fn stay_until_the_end(
         mode: life.mode,
         wanted: pods,
     };
-    let stayed = stay(&life.args.command, &live, &mut signals, &mut hold, links).await?;
+    // Sessions run together say it once, when they are all live.
+    let say_how_to_end = life.args.command.is_empty() && life.together.is_none();
+    if say_how_to_end {
+        eprintln!("press Ctrl-C to end the session");
+    }
+    let stayed = stay(&life.args.command, &live, &mut stop, &mut hold, links).await?;
     // Unmounts the volumes before the session ends.
     drop(live);
     match stayed {
@@ -298,20 +333,19 @@ enum Stayed {
 async fn stay(
     command: &[String],
     live: &Live,
-    signals: &mut StopSignals,
+    stop: &mut Stop<'_>,
     hold: &mut Hold,
     links: Watched,
 ) -> anyhow::Result<Stayed> {
     let mut news = None;
     let stop = async {
         tokio::select! {
-            () = signals.recv() => {}
+            () = stop.recv() => {}
             told = hold.news() => news = Some(told),
             () = report_links(links) => {}
         }
     };
     let code = if command.is_empty() {
-        eprintln!("press Ctrl-C to end the session");
         stop.await;
         ExitCode::SUCCESS
     } else {

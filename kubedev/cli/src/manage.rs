@@ -7,7 +7,7 @@ use super::config::run_config;
 use super::gather::gather_logs;
 use super::leave::{Ending, leave};
 use super::list::list;
-use super::output::{describe_status, render};
+use super::output::{describe_status, render, status_report};
 use super::reclaim::reclaim_expired;
 use super::version::version;
 use kubedev::cluster::ClusterArgs;
@@ -107,7 +107,7 @@ pub(super) async fn run_manage(
                 Err(err) => return Err(err.into()),
             };
             match output {
-                Some(output) => print!("{}", render(&status, output)?),
+                Some(output) => print!("{}", render(&status_report(status.as_ref())?, output)?),
                 None => print!("{}", describe_status(status.as_ref())),
             }
             Ok(())

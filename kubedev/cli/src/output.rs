@@ -21,6 +21,19 @@ pub(super) fn render<T: Serialize>(value: &T, output: Output) -> anyhow::Result<
     })
 }
 
+/// What `status -o json|yaml` prints: the tunneld's status with `running: true`, or
+/// `running: false` and no sessions when none serves this context.
+pub(super) fn status_report(status: Option<&DaemonStatus>) -> anyhow::Result<serde_json::Value> {
+    let mut report = match status {
+        Some(status) => serde_json::to_value(status)?,
+        None => serde_json::json!({ "sessions": [] }),
+    };
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert("running".to_owned(), status.is_some().into());
+    }
+    Ok(report)
+}
+
 /// Why the cluster's network is not on this machine, and what reaches it anyway: on Linux,
 /// `-- CMD` in a namespace of its own.
 #[cfg(target_os = "linux")]
@@ -306,6 +319,15 @@ mod tests {
     use super::*;
     use kubedev::cidr;
     use kubedev::control;
+
+    #[test]
+    fn status_without_a_tunneld_says_it_is_not_running() {
+        let report = status_report(None).expect("a report");
+        assert_eq!(
+            report,
+            serde_json::json!({"running": false, "sessions": []})
+        );
+    }
 
     #[test]
     fn the_network_is_described_range_by_range_and_skips_are_noted() {

@@ -16,6 +16,7 @@ use super::life::{
 use super::output::{progress_on, progress_spinner, report_started, spinner};
 use super::pinning;
 use super::reclaim::reclaim_expired;
+use super::together::Together;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
@@ -34,6 +35,7 @@ pub(super) async fn run_session(
     workload: WorkloadName,
     args: SessionArgs,
     mode_args: ModeArgs,
+    together: Option<&Together>,
 ) -> anyhow::Result<ExitCode> {
     super::command::resolve_program(&args.life.command)?;
     let connection = cluster.connect().await?;
@@ -60,6 +62,7 @@ pub(super) async fn run_session(
         workload: Some(plan.workload.clone()),
         target: plan.workload.to_string(),
         args: &args.life,
+        together,
     };
     let session = OnWorkload {
         connection: &connection,
@@ -410,7 +413,7 @@ pub(super) async fn end_session(
     };
     forget_in_tunneld(connection, name, Some(&owner)).await;
     mount::unmount_session(&SessionKey::new(&connection.namespace, name));
-    let bar = spinner(format!("restoring {workload}"));
+    let bar = spinner(format!("ending session {name} on {workload}"));
     let left = session::leave(
         &connection.client,
         &connection.namespace,

@@ -50,7 +50,7 @@ pub enum RolloutError {
     },
     /// The pods did not get there in time.
     #[error(
-        "the rollout of {workload} did not finish within {waited:?} (raise --timeout to wait longer): \
+        "the pods of {workload} were not all ready within {waited:?} (raise --timeout to wait longer): \
          {state}{stuck}"
     )]
     Timeout {

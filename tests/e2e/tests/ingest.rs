@@ -246,9 +246,15 @@ async fn as_and_as_group_act_with_the_rights_of_the_user_named() {
     // identity still has a tunneld of its own, and neither is alice's.
     let admins = [&namespace[..], &["status", "-o", "json"]].concat();
     let admins = workstation.plugin_ok(&cluster, PLUGIN, &admins);
-    assert_eq!(admins.trim(), "null", "the admin's tunneld is not alice's");
+    let running =
+        |status: &str| serde_json::from_str::<Value>(status).expect("JSON")["running"].clone();
+    assert_eq!(
+        running(&admins),
+        false,
+        "the admin's tunneld is not alice's"
+    );
     let developers = workstation.plugin_ok(&cluster, PLUGIN, &["status", "-o", "json"]);
-    assert_eq!(developers.trim(), "null", "nor is the developer's");
+    assert_eq!(running(&developers), false, "nor is the developer's");
     let after = ns.api::<Deployment>().get("app").await.expect("app");
     assert_eq!(
         serde_json::to_value(&after.spec).expect("json"),

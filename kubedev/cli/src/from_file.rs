@@ -1,0 +1,157 @@
+//! Sessions from a file (`-f kubedev.yaml`), run together ([`Together`]) and left together
+//! (`leave -f`). Detached, they are all left live, or, when one fails to start, none is.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::args::{ModeArgs, SessionArgs};
+use super::leave::{Ending, leave};
+use super::reclaim::reclaim_expired;
+use super::run::run_session;
+use super::sessions_file::{self, FileSession};
+use super::together::Together;
+use kubedev::cluster::ClusterArgs;
+use kubedev::mode::Mode;
+use kubedev::tunneld;
+
+/// `-f FILE`: runs the file's sessions together, with the command line's other flags for
+/// each.
+pub(super) async fn run_file(
+    mode: Mode,
+    path: &Path,
+    cluster: &ClusterArgs,
+    args: &SessionArgs,
+    mode_args: &ModeArgs,
+) -> anyhow::Result<ExitCode> {
+    refuse_flags_of_one_session(args, mode_args)?;
+    let sessions = sessions_file::read(path, mode, cluster, &args.life)?;
+    let detach = args.life.detach;
+    let together = Together::new(sessions.len(), detach);
+    let runs = sessions.iter().map(|session| async {
+        let ran = run_session(
+            session.mode,
+            &session.cluster,
+            session.workload.clone(),
+            session.args.clone(),
+            session.mode_args.clone(),
+            Some(&together),
+        )
+        .await;
+        // A detached session that went live stays; anything else ends them all.
+        if !detach || ran.is_err() {
+            together.ending.cancel();
+        }
+        ran
+    });
+    let ran = futures::future::join_all(runs).await;
+    if detach && ran.iter().any(Result::is_err) {
+        end_detached(&sessions, &ran).await;
+    }
+    outcome(&sessions, ran)
+}
+
+/// Ends the sessions that went live detached, once another could not start.
+async fn end_detached(sessions: &[FileSession], ran: &[anyhow::Result<ExitCode>]) {
+    for (session, _) in (sessions.iter().zip(ran)).filter(|(_, ran)| ran.is_ok()) {
+        let timeout = session.args.life.timeout;
+        if let Err(err) = end_one(
+            session.mode,
+            &session.name,
+            &session.cluster,
+            false,
+            timeout,
+        )
+        .await
+        {
+            eprintln!("error: ending session {}: {err:#}", session.name);
+        }
+    }
+}
+
+/// `leave -f FILE`: ends each session of the file, as `leave NAME` does.
+pub(super) async fn leave_file(
+    mode: Mode,
+    path: &Path,
+    cluster: &ClusterArgs,
+    force: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut failed = None;
+    for (name, cluster) in sessions_file::names(path, cluster)? {
+        if let Err(err) = end_one(mode, &name, &cluster, force, timeout).await {
+            eprintln!("error: session {name}: {err:#}");
+            failed = Some(name);
+        }
+    }
+    match failed {
+        Some(name) => anyhow::bail!("not every session of {} ended ({name})", path.display()),
+        None => Ok(()),
+    }
+}
+
+/// Ends session `name`, as `leave NAME` does.
+async fn end_one(
+    mode: Mode,
+    name: &str,
+    cluster: &ClusterArgs,
+    force: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let connection = cluster.connect().await?;
+    let socket = tunneld::socket_for(&connection)?;
+    reclaim_expired(&connection, &kubedev::session::random_id()?, timeout).await;
+    let ending = Ending {
+        name: Some(name),
+        force,
+        timeout,
+    };
+    leave(&connection, &socket, mode, ending).await
+}
+
+/// The exit status of sessions run together: the first error, the others said first;
+/// else the first status that is not success (a command's), else success.
+fn outcome(
+    sessions: &[FileSession],
+    ran: Vec<anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let mut first_error = None;
+    let mut code = ExitCode::SUCCESS;
+    for (session, ran) in sessions.iter().zip(ran) {
+        match ran {
+            Err(err) if first_error.is_none() => {
+                first_error = Some(err.context(format!("session {}", session.name)));
+            }
+            Err(err) => eprintln!("error: session {}: {err:#}", session.name),
+            Ok(status) if code == ExitCode::SUCCESS => code = status,
+            Ok(_) => {}
+        }
+    }
+    first_error.map_or(Ok(code), Err)
+}
+
+/// With `-f`, what a single session's flags would say is the file's to say.
+fn refuse_flags_of_one_session(args: &SessionArgs, mode_args: &ModeArgs) -> anyhow::Result<()> {
+    let given = [
+        ("--port", !mode_args.ports.is_empty()),
+        ("--service", mode_args.service.is_some()),
+        (
+            "--http-header or --http-path-prefix",
+            mode_args.filter.is_some(),
+        ),
+        ("--wiretap", mode_args.wiretap),
+        ("--container", args.container.is_some()),
+        ("--env-file", args.env_file.is_some()),
+        ("--env-json", args.env_json.is_some()),
+        ("--mount", args.mount.is_some()),
+        ("--to-pod", !args.to_pod.is_empty()),
+        ("--name", args.life.name.is_some()),
+        ("-- CMD", !args.life.command.is_empty()),
+    ];
+    match given.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => anyhow::bail!(
+            "{flag} goes in the sessions file with -f, for each session (see docs/sessions-file.md)"
+        ),
+        None => Ok(()),
+    }
+}
