@@ -61,9 +61,11 @@ pub fn http_request(input: &[u8]) {
                 app_port: 8080,
                 app_running: false,
                 transport: Transport::Tcp,
+                tls: false,
             },
             claimants,
             wiretappers,
+            onward: None,
         };
         let (client, served) = tokio::io::duplex(1 << 16);
         let peer = SocketAddr::from(([10, 0, 0, 1], 40000));

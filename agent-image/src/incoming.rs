@@ -3,7 +3,7 @@
 //! takes it, to the app container on localhost (intercept) or nowhere (replace: the app is
 //! gone). TCP connections in [`tcp`], request by request where a workstation claimed only
 //! some HTTP requests ([`route`] decides, [`http1`] and [`http2`] serve the client's HTTP
-//! version); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
+//! version; in TLS where the app terminates TLS itself, [`tls`]); UDP peers in [`udp`]. Wiretaps get copies of connections or requests
 //! ([`wiretap`]). No client address may hold more than its share of connections and flows
 //! ([`sources`]).
 
@@ -12,22 +12,25 @@ mod http2;
 pub(crate) mod route;
 mod sources;
 mod tcp;
+mod tls;
 mod udp;
 mod wiretap;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
 use kubedev_protocol::udp_flows::UdpFlows;
-use kubedev_protocol::{Listener, OpenRequest, Transport};
+use kubedev_protocol::{Listener, OpenRequest, TLS_DIR, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
 
 use crate::workstations::{Claimant, Workstations};
 use sources::{CONNECTIONS_PER_SOURCE, Sources};
+use tls::Tls;
 
 /// Listens on every port in `listeners` until the process ends, taking no more connections
 /// and flows at once from one client address, over all of them, than
@@ -38,6 +41,15 @@ pub(crate) async fn serve(
     udp_idle: Duration,
 ) -> anyhow::Result<()> {
     let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE));
+    let tls = match listeners.iter().any(|listener| listener.tls) {
+        true => Some(Arc::new(Tls::load(Path::new(TLS_DIR)).map_err(|err| {
+            anyhow::anyhow!(
+                "--tls-secret: the app's certificate and key, from the Secret mounted at \
+                 {TLS_DIR} (a kubernetes.io/tls Secret in the pod's namespace): {err}"
+            )
+        })?)),
+        false => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         let address = SocketAddr::from(([0, 0, 0, 0], listener.port));
@@ -63,7 +75,8 @@ pub(crate) async fn serve(
             listener.app_port,
             listener.port
         );
-        let taking = take_connections(socket, listener, workstations.clone(), sources.clone());
+        let tls = tls.clone().filter(|_| listener.tls);
+        let taking = take_connections(socket, listener, tls, workstations.clone(), sources.clone());
         tasks.spawn(taking);
     }
     while tasks.join_next().await.is_some() {}
@@ -75,6 +88,7 @@ pub(crate) async fn serve(
 async fn take_connections(
     socket: TcpListener,
     listener: Listener,
+    tls: Option<Arc<Tls>>,
     workstations: Arc<Workstations>,
     sources: Arc<Sources>,
 ) {
@@ -84,8 +98,9 @@ async fn take_connections(
                 let Some(admitted) = sources.admit(peer.ip()) else {
                     continue;
                 };
+                let (listener, workstations) = (listener.clone(), workstations.clone());
                 let delivering =
-                    tcp::deliver(connection, peer, listener.clone(), workstations.clone());
+                    tcp::deliver(connection, peer, listener, tls.clone(), workstations);
                 tokio::spawn(async move {
                     delivering.await;
                     drop(admitted);

@@ -15,6 +15,9 @@ Examples:
   # Only requests with the header x-dev: alice; every other request still reaches the app
   kubectl intercept web --port 8080 --http-header x-dev=alice
 
+  # The app terminates TLS with the certificate in Secret web-tls: the agent does too
+  kubectl intercept web --port 8443:https --http-header x-dev=alice --tls-secret web-tls
+
   # Wiretap: copies of the requests come here, and the app still answers every one
   kubectl intercept web --port 8080 --wiretap --name web-copy
 
@@ -96,6 +99,13 @@ struct Cli {
     #[arg(long)]
     wiretap: bool,
 
+    /// SECRET: the app terminates TLS itself with the certificate and key in this
+    /// kubernetes.io/tls Secret; the agent does too, to read the requests --http-header and
+    /// --http-path-prefix choose, and speaks TLS on to the app (which must present that
+    /// certificate) and to this machine (whose server may present any).
+    #[arg(long, value_name = "SECRET")]
+    tls_secret: Option<String>,
+
     #[command(flatten)]
     common: PluginArgs,
 }
@@ -128,6 +138,7 @@ fn main() -> std::process::ExitCode {
             path_prefix: cli.http_path_prefix,
         }),
         wiretap: cli.wiretap,
+        tls_secret: cli.tls_secret,
     };
     kubedev_cli::main(Mode::Intercept, cli.common, mode_args)
 }

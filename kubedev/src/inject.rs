@@ -16,6 +16,9 @@
 //! - **replace**: the app container is removed; the agent listens on its ports, under the
 //!   same names.
 //! - **ingest**: only the agent is added; no traffic moves.
+//!
+//! An app that terminates TLS itself has the agent terminate it too, with the app's
+//! certificate from a Secret (`inject/tls.rs`).
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
@@ -26,6 +29,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::mode::Mode;
 
 mod hardening;
+mod references;
+mod tls;
 pub use hardening::{
     AGENT_USER, agent_resources, check_agent_resources, default_agent_resources,
     parse_resource_list,
@@ -34,6 +39,8 @@ use kubedev_protocol::{
     AGENT_CONFIG_ENV, AGENT_POD_UID_ENV, AGENT_PORT, AGENT_TOKEN_ENV, APP_ENV_PREFIX, AgentConfig,
     Listener, Transport, VOLUMES_ROOT,
 };
+use references::prefix_references;
+pub use tls::{TLS_VOLUME, secret_of as tls_secret_of};
 
 /// The agent container's name.
 pub const AGENT_CONTAINER: &str = "kubedev-agent";
@@ -94,6 +101,8 @@ pub struct InjectSpec<'a> {
     /// What the agent asks for and may use ([`default_agent_resources`] unless the user
     /// says otherwise).
     pub resources: &'a ResourceRequirements,
+    /// intercept: the `kubernetes.io/tls` Secret of an app that terminates TLS itself.
+    pub tls_secret: Option<&'a str>,
 }
 
 /// The rewritten template, and what else must change with it.
@@ -170,7 +179,7 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .chain([AGENT_PORT])
         .collect();
-    let (app, taken) = match spec.mode {
+    let (app, mut taken) = match spec.mode {
         Mode::Intercept => {
             let app = &mut pod.containers[app_index];
             let taken = take_over(app, spec.intercepted, used_ports)?;
@@ -183,10 +192,16 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
         }
         Mode::Ingest => (pod.containers[app_index].clone(), AgentPorts::default()),
     };
+    if spec.tls_secret.is_some() {
+        tls::terminate(&mut taken.listeners);
+    }
     let ports = taken.ports.iter().map(|p| p.container_port);
     hardening::allow_ports(pod, ports.filter_map(|port| u16::try_from(port).ok()));
     let security = hardening::agent_security(&app, pod.security_context.as_ref());
-    let agent = agent_container(&app, spec, taken.ports, &taken.listeners)?;
+    let mut agent = agent_container(&app, spec, taken.ports, &taken.listeners)?;
+    if let Some(secret) = spec.tls_secret {
+        tls::mount_secret(pod, &mut agent, secret);
+    }
     pod.containers.push(Container {
         security_context: Some(security),
         resources: Some(spec.resources.clone()),
@@ -241,6 +256,7 @@ fn take_over(
             app_port,
             app_running: true,
             transport: Transport::Tcp,
+            tls: false,
         });
     }
     Ok(taken)
@@ -267,6 +283,7 @@ fn replace(app: &Container) -> AgentPorts {
             app_port: number,
             app_running: false,
             transport,
+            tls: false,
         });
     }
     taken
@@ -447,33 +464,6 @@ fn agent_container(
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     })
-}
-
-/// `$(NAME)` references to the app's own variables must name their prefixed copies; the
-/// kubelet leaves `$$(NAME)` (an escaped reference) and names it does not know as they are.
-fn prefix_references(value: &str, app_names: &[&str]) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find('$') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        if let Some(escaped) = after.strip_prefix("$$") {
-            out.push_str("$$");
-            rest = escaped;
-        } else if let Some(reference) = after
-            .strip_prefix("$(")
-            .and_then(|r| r.find(')').map(|end| &r[..end]))
-            .filter(|name| app_names.contains(name))
-        {
-            out.push_str(&format!("$({APP_ENV_PREFIX}{reference})"));
-            rest = &after[reference.len() + 3..];
-        } else {
-            out.push('$');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod routing;
 mod service;
 mod start;
 mod three_way;
+mod tls_secret;
 mod tokens;
 
 pub use candidates::{Candidate, CandidatePort, candidates_in};

@@ -379,6 +379,7 @@ async fn started_session(fake: &FakeApi) -> Held {
         address: "127.0.0.1".into(),
         filter: None,
         wiretap: false,
+        tls_secret: None,
         timeout: Duration::from_secs(5),
         owner: "run-1".into(),
         agent_resources: kubedev::inject::default_agent_resources(),

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::route::{ResponseBody, Route, error_response};
+use super::tls::Peer;
 use super::to_first_workstation;
 use super::wiretap::TeeBody;
 
@@ -52,16 +53,23 @@ async fn forward(route: &Route, request: Request<Incoming>) -> Response<Response
     let request = TeeBody::copy_request(request, &route.wiretappers, port);
     if let Some(index) = route.choose(&request) {
         let claimant = std::slice::from_ref(&route.claimants[index]);
-        let what = request.uri();
-        // The workstation gone or refusing, the app answers instead.
-        if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, what).await {
-            return send(stream, request).await;
+        let what = request.uri().clone();
+        // The workstation gone, refusing, or not speaking TLS, the app answers instead.
+        if let Some(stream) = to_first_workstation(claimant, port, Transport::Tcp, &what).await {
+            match route.onward(stream, Peer::Workstation).await {
+                Ok(stream) => return send(stream, request).await,
+                Err(err) => tracing::warn!("{what} -> port {port}: TLS to the workstation: {err}"),
+            }
         }
     }
     if !route.listener.app_running {
         return error_response("no workstation takes this request");
     }
-    match TcpStream::connect(("127.0.0.1", port)).await {
+    let app = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(app) => route.onward(app, Peer::App).await,
+        Err(err) => Err(err),
+    };
+    match app {
         Ok(app) => send(app, request).await,
         Err(err) => error_response(&format!("the app's port {port}: {err}")),
     }
@@ -100,9 +108,11 @@ mod tests {
                 app_port: 8080,
                 app_running: false,
                 transport: Transport::Tcp,
+                tls: false,
             },
             claimants: Vec::new(),
             wiretappers: Vec::new(),
+            onward: None,
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::route::{ResponseBody, Route, error_response};
+use super::tls::Peer;
 use super::to_first_workstation;
 use super::wiretap::TeeBody;
 
@@ -92,7 +93,10 @@ async fn read_opening(connection: &TcpStream) -> Opening {
 }
 
 /// Serves HTTP/2 on `connection`, routing every stream.
-pub(super) async fn serve(connection: TcpStream, peer: SocketAddr, route: Route) {
+pub(super) async fn serve<C>(connection: C, peer: SocketAddr, route: Route)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let streams = Arc::new(Streams {
         workstations: route
             .claimants
@@ -126,9 +130,11 @@ impl Streams {
             let what = request.uri().clone();
             let opened = self.workstations[index]
                 .sender(|| async {
-                    to_first_workstation(claimant, port, Transport::Tcp, &what)
+                    let stream = to_first_workstation(claimant, port, Transport::Tcp, &what)
                         .await
-                        .ok_or_else(|| "the workstation did not take it".to_owned())
+                        .ok_or_else(|| "the workstation did not take it".to_owned())?;
+                    (self.route.onward(stream, Peer::Workstation).await)
+                        .map_err(|err| format!("TLS to the workstation: {err}"))
                 })
                 .await;
             // The workstation gone or refusing, the app answers instead.
@@ -143,9 +149,12 @@ impl Streams {
         let opened = self
             .app
             .sender(|| async {
-                TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map_err(|err| format!("the app's port {port}: {err}"))
+                let app = TcpStream::connect(("127.0.0.1", port)).await;
+                let app = match app {
+                    Ok(app) => self.route.onward(app, Peer::App).await,
+                    Err(err) => Err(err),
+                };
+                app.map_err(|err| format!("the app's port {port}: {err}"))
             })
             .await;
         match opened {

@@ -5,12 +5,18 @@
 //! request copies of wiretaps share is here: the choice, the filter, and the answers the
 //! agent gives itself.
 
+use std::io;
+
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use kubedev_protocol::{HttpFilter, Listener};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
+use super::tls::{Onward, Peer};
 use crate::workstations::{Claimant, Wiretapper};
 
 /// The body of a response sent back to the client, from upstream or from the agent.
@@ -21,9 +27,19 @@ pub(crate) struct Route {
     pub(crate) listener: Listener,
     pub(crate) claimants: Vec<Claimant>,
     pub(crate) wiretappers: Vec<Wiretapper>,
+    /// How the client spoke TLS, for the connections onward (none: plain HTTP).
+    pub(crate) onward: Option<Onward>,
 }
 
 impl Route {
+    /// `io` to `peer`, in TLS where the client spoke it.
+    pub(super) async fn onward<S>(&self, io: S, peer: Peer) -> io::Result<Either<S, TlsStream<S>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        super::tls::onward(self.onward.as_ref(), io, peer).await
+    }
+
     /// The claimant that takes `request`: the first whose filter it matches, else the
     /// first that takes every request.
     pub(super) fn choose<B>(&self, request: &Request<B>) -> Option<usize> {

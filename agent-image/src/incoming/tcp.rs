@@ -8,8 +8,9 @@ use kubedev_protocol::{Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::http2::Opening;
+use super::http2::{Opening, PREFACE_DEADLINE};
 use super::route::Route;
+use super::tls::{Tls, Version};
 use super::wiretap::{ByteCopies, splice_copying};
 use super::{http1, http2, to_first_workstation};
 use crate::workstations::Workstations;
@@ -20,6 +21,7 @@ pub(super) async fn deliver(
     connection: TcpStream,
     peer: SocketAddr,
     listener: Listener,
+    tls: Option<Arc<Tls>>,
     workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
@@ -31,7 +33,11 @@ pub(super) async fn deliver(
             listener,
             claimants,
             wiretappers,
+            onward: None,
         };
+        if let Some(tls) = tls {
+            return serve_tls(connection, peer, route, &tls).await;
+        }
         // A client still undecided at the deadline is closed, not handed to the HTTP/1
         // server as a protocol whose server speaks first would want: a filtered port
         // serves nothing but HTTP (the app is reached request by request, so it never
@@ -68,6 +74,23 @@ pub(super) async fn deliver(
     }
 }
 
+/// Serves the HTTP version a TLS client chose, once its handshake is done in time.
+async fn serve_tls(connection: TcpStream, peer: SocketAddr, mut route: Route, tls: &Arc<Tls>) {
+    let port = route.listener.app_port;
+    let (stream, onward) =
+        match tokio::time::timeout(PREFACE_DEADLINE, tls.accept(connection)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(err)) => return tracing::debug!("{peer} -> port {port}: TLS: {err}"),
+            Err(_) => return tracing::debug!("{peer} -> port {port}: no TLS handshake in time"),
+        };
+    let version = onward.version;
+    route.onward = Some(onward);
+    match version {
+        Version::Http2 => http2::serve(stream, peer, route).await,
+        Version::Http1 => http1::serve(stream, peer, route).await,
+    }
+}
+
 /// Relays `connection` to `upstream`, through the copying relay only where someone
 /// wiretaps.
 async fn relay<U>(mut connection: TcpStream, mut upstream: U, copies: ByteCopies)
@@ -92,7 +115,6 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::incoming::http2::PREFACE_DEADLINE;
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_a_byte_and_stalls_is_closed_at_the_preface_deadline() {
@@ -110,11 +132,12 @@ mod tests {
             app_port: 8080,
             app_running: true,
             transport: Transport::Tcp,
+            tls: false,
         };
 
         client.write_all(b"P").await.expect("one byte");
         let started = Instant::now();
-        tokio::spawn(deliver(connection, peer, listener, workstations));
+        tokio::spawn(deliver(connection, peer, listener, None, workstations));
         let mut byte = [0u8; 1];
         let early = PREFACE_DEADLINE - Duration::from_secs(1);
         let read = tokio::time::timeout(early, client.read(&mut byte)).await;

@@ -148,6 +148,7 @@ mod tests {
             app_port: 53,
             app_running: false,
             transport: Transport::Udp,
+            tls: false,
         };
         let flows = UdpFlows::default();
         let counts = flows.counts();

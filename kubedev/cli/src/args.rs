@@ -386,6 +386,8 @@ pub struct ModeArgs {
     pub filter: Option<kubedev_protocol::HttpFilter>,
     /// intercept: copies come here, and the app still answers (`--wiretap`).
     pub wiretap: bool,
+    /// intercept: the Secret of an app that terminates TLS itself (`--tls-secret`).
+    pub tls_secret: Option<String>,
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ fn refuse_flags_of_one_session(args: &SessionArgs, mode_args: &ModeArgs) -> anyh
             mode_args.filter.is_some(),
         ),
         ("--wiretap", mode_args.wiretap),
+        ("--tls-secret", mode_args.tls_secret.is_some()),
         ("--container", args.container.is_some()),
         ("--env-file", args.env_file.is_some()),
         ("--env-json", args.env_json.is_some()),

@@ -165,6 +165,13 @@ fn plan_of(
     let agent_resources =
         kubedev::inject::agent_resources(&args.life.agent_requests, &args.life.agent_limits);
     kubedev::inject::check_agent_resources(&agent_resources).map_err(anyhow::Error::msg)?;
+    if mode_args.tls_secret.is_some() && (mode_args.filter.is_none() || mode_args.wiretap) {
+        anyhow::bail!(
+            "--tls-secret is for intercepts with --http-header or --http-path-prefix, without \
+             --wiretap: unfiltered, each connection comes here whole, TLS and all, for the \
+             local server to terminate"
+        );
+    }
     Ok(Plan {
         mode,
         name: args
@@ -180,6 +187,7 @@ fn plan_of(
         address: mode_args.address.unwrap_or_else(|| "127.0.0.1".into()),
         filter: mode_args.filter,
         wiretap: mode_args.wiretap,
+        tls_secret: mode_args.tls_secret,
         timeout: args.life.timeout,
         owner: session::random_id()?,
         agent_resources,

@@ -61,6 +61,9 @@ struct SessionSpec {
     /// intercept: copies come here, and the app still answers every request.
     #[serde(default)]
     wiretap: bool,
+    /// intercept: the kubernetes.io/tls Secret of an app that terminates TLS itself, for
+    /// the agent to read the requests the filters choose.
+    tls_secret: Option<String>,
     /// Write the container's environment to this file (relative to this file's directory).
     env_file: Option<PathBuf>,
     /// The syntax of envFile: docker (default), compose, sh, sh:export, csh, json, ps, cmd.
@@ -249,6 +252,7 @@ impl SessionSpec {
             ("httpHeaders", !self.http_headers.is_empty()),
             ("httpPathPrefix", self.http_path_prefix.is_some()),
             ("wiretap", self.wiretap),
+            ("tlsSecret", self.tls_secret.is_some()),
         ];
         match intercept_only.iter().find(|(_, given)| *given) {
             Some((field, _)) if mode != Mode::Intercept => {
@@ -273,6 +277,7 @@ impl SessionSpec {
                 path_prefix: self.http_path_prefix.clone(),
             }),
             wiretap: self.wiretap,
+            tls_secret: self.tls_secret.clone(),
         })
     }
 

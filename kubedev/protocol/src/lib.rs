@@ -221,6 +221,10 @@ pub const APP_ENV_PREFIX: &str = "KUBEDEV_APP_";
 /// at `VOLUMES_ROOT`/x/y.
 pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
 
+/// Where the agent finds the certificate (`tls.crt`) and key (`tls.key`) of an app that
+/// terminates TLS itself: the Secret `--tls-secret` names, mounted.
+pub const TLS_DIR: &str = "/kubedev/tls";
+
 /// What the plugins tell an agent about its job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfig {
@@ -272,6 +276,10 @@ pub struct Listener {
     /// TCP or UDP.
     #[serde(default, skip_serializing_if = "Transport::is_tcp")]
     pub transport: Transport,
+    /// The app terminates TLS on this port itself: on a filtered port the agent does too,
+    /// with the app's certificate and key from [`TLS_DIR`], to read the requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// How often tunneld checks that a session is alive; port-forwards through proxies and

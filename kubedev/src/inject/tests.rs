@@ -51,6 +51,7 @@ fn spec<'a>(mode: Mode, intercepted: &'a [TargetPort]) -> InjectSpec<'a> {
         token_key: "deployment.web",
         intercepted,
         resources: &RESOURCES,
+        tls_secret: None,
     }
 }
 
@@ -91,6 +92,7 @@ fn intercept_of_a_named_port_moves_the_name_to_the_agent() {
             app_port: 8080,
             app_running: true,
             transport: Transport::Tcp,
+            tls: false,
         }]
     );
     assert!(injected.service_targets.is_empty());
@@ -108,6 +110,46 @@ fn intercept_of_a_named_port_moves_the_name_to_the_agent() {
     assert_eq!(
         liveness.map(|t| &t.port),
         Some(&IntOrString::String("metrics".into()))
+    );
+}
+
+#[test]
+fn an_app_that_terminates_tls_gives_the_agent_its_secret_alone() {
+    let targets = [TargetPort::Named("http".into())];
+    let spec = InjectSpec {
+        tls_secret: Some("web-tls"),
+        ..spec(Mode::Intercept, &targets)
+    };
+    let injected = inject(&template(), &spec).expect("injected");
+    assert!(injected.listeners.iter().all(|listener| listener.tls));
+    let agent = container(&injected.template, AGENT_CONTAINER);
+    let config = env_value(agent, AGENT_CONFIG_ENV).and_then(|var| var.value.as_deref());
+    assert!(
+        config.is_some_and(|c| c.contains("\"tls\":true")),
+        "{config:?}"
+    );
+    let mounted = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == TLS_VOLUME);
+    let mounted = mounted.expect("the secret mounted");
+    assert_eq!(
+        (mounted.mount_path.as_str(), mounted.read_only),
+        (kubedev_protocol::TLS_DIR, Some(true))
+    );
+    let pod = injected.template.spec.as_ref().expect("a pod spec");
+    assert_eq!(tls_secret_of(pod), Some("web-tls"));
+    let app = container(&injected.template, "web");
+    let app_mounts = app.volume_mounts.iter().flatten();
+    assert!(
+        app_mounts.clone().all(|m| m.name != TLS_VOLUME),
+        "the app's mounts stay its own"
+    );
+    let plain = inject(&template(), &self::spec(Mode::Intercept, &targets)).expect("injected");
+    assert_eq!(
+        tls_secret_of(plain.template.spec.as_ref().expect("spec")),
+        None
     );
 }
 

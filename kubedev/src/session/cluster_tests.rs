@@ -26,6 +26,7 @@ pub(super) fn plan(name: &str, filter: Option<&str>) -> Plan {
             path_prefix: None,
         }),
         wiretap: false,
+        tls_secret: None,
         timeout: Duration::from_secs(30),
         owner: format!("run-{name}"),
         agent_resources: crate::inject::default_agent_resources(),

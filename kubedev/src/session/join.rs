@@ -14,6 +14,7 @@ use super::ports::intercepted_ports;
 use super::record::{Joined, RECORD_ANNOTATION, Record};
 use super::routing::{ports_of, ports_undone};
 use super::service::choose_service;
+use super::tls_secret::check_same_tls;
 use super::tokens::read_token;
 use super::{Plan, SessionError, Started};
 use crate::inject::{self, SESSION_LABEL};
@@ -114,6 +115,8 @@ pub(super) async fn join(
     )?;
     let (_, forwards) = intercepted_ports(&service, &original, &record.container, plan)?;
     let (config, token) = running_agent(&current, &plan.workload)?;
+    let running_tls = current.spec.as_ref().and_then(inject::tls_secret_of);
+    check_same_tls(running_tls, plan.tls_secret.as_deref(), &plan.workload)?;
     let token = match token {
         AgentToken::Given(token) => token,
         AgentToken::InSecret(key) => read_token(client, namespace, &key)

@@ -58,6 +58,9 @@ pub struct Plan {
     pub filter: Option<HttpFilter>,
     /// intercept: copies come here, and the app still answers.
     pub wiretap: bool,
+    /// intercept: the Secret with the certificate and key of an app that terminates TLS
+    /// itself, for the agent to read its requests.
+    pub tls_secret: Option<String>,
     /// How long to wait for the pods.
     pub timeout: Duration,
     /// This run of the plugin (see [`Record::owner`]).

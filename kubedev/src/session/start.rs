@@ -15,6 +15,7 @@ use super::record::{
 use super::service::{
     choose_service, point_ports_at_agent, point_service_at_agent, wait_until_pointed,
 };
+use super::tls_secret::check_tls_secret;
 use super::tokens::{forget_token, store_token, token_key};
 use super::{Plan, SessionError, Started, random_id};
 use crate::control::Forward;
@@ -31,6 +32,9 @@ pub async fn start(
     progress: impl FnMut(&Progress),
 ) -> Result<Started, SessionError> {
     refuse_a_name_in_use(client, namespace, plan).await?;
+    if let Some(secret) = &plan.tls_secret {
+        check_tls_secret(client, namespace, secret).await?;
+    }
     let (started, service_targets) =
         match retry_on_conflict(|| write_session(client, namespace, plan)).await? {
             Written::Joined(started) => return Ok(started),
@@ -137,6 +141,7 @@ pub(super) async fn write_session(
             token_key: &token_key,
             intercepted: &targets,
             resources: &plan.agent_resources,
+            tls_secret: plan.tls_secret.as_deref(),
         },
     )?;
     // The Service is recorded only where the session changes it.

@@ -49,6 +49,7 @@ fn plan(mode: Mode, ports: &[&str]) -> Plan {
         address: "127.0.0.1".into(),
         filter: None,
         wiretap: false,
+        tls_secret: None,
         timeout: Duration::from_secs(1),
         owner: "run-a".into(),
         agent_resources: crate::inject::default_agent_resources(),
@@ -254,6 +255,7 @@ fn refusal(
         name: name.into(),
         filter,
         wiretap,
+        tls_secret: None,
         ..plan(mode, &[])
     };
     super::join::refusal(existing, &plan)

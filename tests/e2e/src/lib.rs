@@ -6,6 +6,7 @@ pub mod developer;
 pub mod krew;
 pub mod network_helper;
 pub mod node;
+pub mod tls;
 pub mod wine;
 pub mod workstation;
 

@@ -446,11 +446,35 @@ impl Workstation {
     /// An HTTP server on 127.0.0.1:`port` inside the workstation that answers every request
     /// with `local <name>: <request line>`; it stops when the value drops.
     pub fn serve_http(&self, port: u16, name: &str) -> LocalServer {
+        let name = name.to_owned();
+        self.serve_tcp(port, move |connection| answer_http(connection, &name))
+    }
+
+    /// [`serve_http`](Self::serve_http) in TLS, presenting the PEM certificate `cert` with
+    /// the PEM `key`.
+    pub fn serve_https(&self, port: u16, name: &str, cert: &str, key: &str) -> LocalServer {
+        let config = tests_fixtures::tls::server_config(cert.as_bytes(), key.as_bytes())
+            .expect("the local server's certificate");
+        let name = name.to_owned();
+        self.serve_tcp(port, move |connection| {
+            if let Ok(mut stream) = tests_fixtures::tls::accept(config.clone(), connection) {
+                answer_http(&mut stream, &name);
+                tests_fixtures::tls::close(&mut stream);
+            }
+        })
+    }
+
+    /// A TCP server on 127.0.0.1:`port` inside the workstation that gives each connection
+    /// to `serve` on a thread of its own; it stops when the value drops.
+    fn serve_tcp(
+        &self,
+        port: u16,
+        serve: impl Fn(std::net::TcpStream) + Clone + Send + 'static,
+    ) -> LocalServer {
         let listener = self.inside(move || {
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the local server")
         });
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let name = name.to_owned();
         let stopping = stop.clone();
         let serving = listener.try_clone().expect("listener");
         std::thread::spawn(move || {
@@ -459,8 +483,8 @@ impl Workstation {
                     return;
                 }
                 let Ok(connection) = connection else { continue };
-                let name = name.clone();
-                std::thread::spawn(move || answer_http(connection, &name));
+                let serve = serve.clone();
+                std::thread::spawn(move || serve(connection));
             }
         });
         LocalServer {
@@ -701,12 +725,9 @@ impl Drop for LocalUdpServer {
     }
 }
 
-fn answer_http(mut connection: std::net::TcpStream, name: &str) {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(reader) = connection.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(reader);
+fn answer_http<S: std::io::Read + std::io::Write>(connection: S, name: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(connection);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -731,7 +752,9 @@ fn answer_http(mut connection: std::net::TcpStream, name: &str) {
         );
         // As HTTP servers do, the server closes first when asked to: the client's side
         // then leaves no TIME_WAIT behind, so a client under load keeps its ports.
-        if connection.write_all(response.as_bytes()).is_err() || last {
+        let connection = reader.get_mut();
+        if connection.write_all(response.as_bytes()).is_err() || connection.flush().is_err() || last
+        {
             return;
         }
     }
