@@ -28,6 +28,9 @@ pub struct Settings {
     pub udp_idle: Duration,
     /// Ingest: the volumes are served read-only.
     pub read_only_volumes: bool,
+    /// Where the certificate and key of an app that terminates TLS itself are
+    /// ([`kubedev_protocol::TLS_DIR`] in the pods).
+    pub tls_dir: std::path::PathBuf,
 }
 
 /// How the agent names itself to workstations and in its log.

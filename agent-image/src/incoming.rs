@@ -24,7 +24,7 @@ use std::time::Duration;
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
 use kubedev_protocol::udp_flows::UdpFlows;
-use kubedev_protocol::{Listener, OpenRequest, TLS_DIR, Transport};
+use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
 
@@ -34,18 +34,21 @@ use tls::Tls;
 
 /// Listens on every port in `listeners` until the process ends, taking no more connections
 /// and flows at once from one client address, over all of them, than
-/// [`CONNECTIONS_PER_SOURCE`].
+/// [`CONNECTIONS_PER_SOURCE`]; TLS with the certificate and key in `tls_dir` where a
+/// listener says so.
 pub(crate) async fn serve(
     listeners: Vec<Listener>,
     workstations: Arc<Workstations>,
     udp_idle: Duration,
+    tls_dir: &Path,
 ) -> anyhow::Result<()> {
     let sources = Arc::new(Sources::new(CONNECTIONS_PER_SOURCE));
     let tls = match listeners.iter().any(|listener| listener.tls) {
-        true => Some(Arc::new(Tls::load(Path::new(TLS_DIR)).map_err(|err| {
+        true => Some(Arc::new(Tls::load(tls_dir).map_err(|err| {
             anyhow::anyhow!(
                 "--tls-secret: the app's certificate and key, from the Secret mounted at \
-                 {TLS_DIR} (a kubernetes.io/tls Secret in the pod's namespace): {err}"
+                 {} (a kubernetes.io/tls Secret in the pod's namespace): {err}",
+                tls_dir.display()
             )
         })?)),
         false => None,

@@ -29,11 +29,11 @@ pub async fn run(
     settings: Settings,
     listeners: Vec<Listener>,
 ) -> anyhow::Result<()> {
-    let udp_idle = settings.udp_idle;
+    let (udp_idle, tls_dir) = (settings.udp_idle, settings.tls_dir.clone());
     let workstations = Arc::new(workstations::Workstations::default());
     tokio::try_join!(
         accept::run(listen, settings, workstations.clone()),
-        incoming::serve(listeners, workstations, udp_idle),
+        incoming::serve(listeners, workstations, udp_idle, &tls_dir),
     )?;
     Ok(())
 }

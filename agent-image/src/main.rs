@@ -32,6 +32,11 @@ struct Cli {
     #[arg(long, env = kubedev_protocol::AGENT_CONFIG_ENV, value_parser = parse_config, default_value = "{}", hide_env_values = true)]
     config: AgentConfig,
 
+    /// Where the certificate and key of an app that terminates TLS itself are (the plugins
+    /// mount them here).
+    #[arg(long, env = "KUBEDEV_AGENT_TLS_DIR", default_value = kubedev_protocol::TLS_DIR)]
+    tls_dir: std::path::PathBuf,
+
     /// Seconds a UDP flow may stay idle before the agent closes it.
     #[arg(long, env = "KUBEDEV_AGENT_UDP_IDLE_SECS", default_value_t = IDLE_TIMEOUT.as_secs())]
     udp_idle_secs: u64,
@@ -50,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         pod_uid: cli.pod_uid,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
         read_only_volumes: cli.config.read_only_volumes,
+        tls_dir: cli.tls_dir,
     };
     let served = agent_image::run(cli.listen, settings, cli.config.listeners);
     tokio::pin!(served);

@@ -797,3 +797,110 @@ async fn a_stopping_agent_serves_its_taken_over_port_while_the_proxies_catch_up(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A certificate for `name` and its key, as PEM.
+fn pem_certificate(name: &str) -> (String, String) {
+    let signed = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("a cert");
+    (signed.cert.pem(), signed.signing_key.serialize_pem())
+}
+
+/// An HTTP/2 server in TLS (`cert`, `key`) on a free loopback port that answers every
+/// request with `NAME: PATH`.
+async fn h2_tls_server(name: &'static str, (cert, key): &(String, String)) -> u16 {
+    let config = tests_fixtures::tls::server_config(cert.as_bytes(), key.as_bytes())
+        .expect("a server certificate");
+    let mut config = std::sync::Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(connection).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let answer = format!("{name}: {}", request.uri().path());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from(answer)),
+                        ))
+                    }
+                });
+                let executor = hyper_util::rt::TokioExecutor::new();
+                let _ = hyper::server::conn::http2::Builder::new(executor)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn http2_in_tls_is_routed_stream_by_stream_and_goes_on_in_tls() {
+    use http_body_util::BodyExt as _;
+
+    let app = pem_certificate("web.test");
+    let app_port = h2_tls_server("app", &app).await;
+    // The workstation's server has a development certificate of its own.
+    let laptop_port = h2_tls_server("laptop", &pem_certificate("localhost")).await;
+    let tls_dir = std::env::temp_dir().join(format!("kubedev-agent-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&tls_dir).expect("a directory");
+    std::fs::write(tls_dir.join("tls.crt"), &app.0).expect("tls.crt");
+    std::fs::write(tls_dir.join("tls.key"), &app.1).expect("tls.key");
+    let port = free_port().await;
+    let config = format!(
+        r#"{{"listeners":[{{"port":{port},"app_port":{app_port},"app_running":true,"tls":true}}]}}"#
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubedev-agent"));
+    command.env("KUBEDEV_AGENT_TLS_DIR", &tls_dir);
+    let agent = Agent::start_from(command, &config);
+    let (link, inbound_rx) = agent.link_with_inbound().await;
+    let filter = HttpFilter {
+        headers: vec![("x-dev".into(), "alice".into())],
+        path_prefix: None,
+    };
+    link.claim(app_port, Some(filter), None)
+        .await
+        .expect("claimed");
+    deliver_inbound(inbound_rx, laptop_port);
+
+    // A client that trusts only the app's certificate, on one HTTP/2 connection.
+    let client = tests_fixtures::tls::client_config(app.0.as_bytes()).expect("a client");
+    let mut client = std::sync::Arc::unwrap_or_clone(client);
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("web.test").expect("a name");
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .expect("the app's certificate");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2");
+    tokio::spawn(connection);
+    let mut answers = Vec::new();
+    for (path, dev) in [("/a", "alice"), ("/b", "bob"), ("/c", "alice")] {
+        let request = hyper::Request::get(format!("https://web.test{path}"))
+            .header("x-dev", dev)
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .expect("a request");
+        let response = tokio::time::timeout(LIVENESS, sender.send_request(request))
+            .await
+            .expect("answered in time")
+            .expect("a response");
+        let body = response.into_body().collect().await.expect("a body");
+        answers.push(String::from_utf8_lossy(&body.to_bytes()).into_owned());
+    }
+    std::fs::remove_dir_all(&tls_dir).expect("removed");
+    assert_eq!(answers, ["laptop: /a", "app: /b", "laptop: /c"]);
+}
