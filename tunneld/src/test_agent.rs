@@ -21,6 +21,7 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
         pod_uid: "test-pod".into(),
         udp_idle: Duration::from_secs(60),
         read_only_volumes: true,
+        tls_dir: kubedev_protocol::TLS_DIR.into(),
     };
     tokio::spawn(agent_image::run(listen, settings, Vec::new()));
     let stream = loop {
