@@ -42,6 +42,9 @@ struct Upstream(Mutex<Option<SendRequest<TeeBody>>>);
 /// pings find a client that went silent.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long the preface every HTTP/2 client sends first is.
+pub(super) const HTTP2_PREFACE_LEN: usize = HTTP2_PREFACE.len();
+
 /// How long a client has, from being accepted, to show which HTTP it speaks. Every HTTP
 /// client speaks first, within a round trip of connecting; 10 s is as long as the agent
 /// gives a workstation's handshake, and bounds what a silent client holds.

@@ -1,14 +1,18 @@
 //! TCP connections for a port the agent took over.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use kubedev_protocol::splice::splice;
 use kubedev_protocol::{Listener, Transport};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::http2::{Opening, PREFACE_DEADLINE};
+use super::http2::{HTTP2_PREFACE_LEN, Opening, PREFACE_DEADLINE};
 use super::route::Route;
 use super::tls::{Tls, Version};
 use super::wiretap::{ByteCopies, splice_copying};
@@ -74,20 +78,89 @@ pub(super) async fn deliver(
     }
 }
 
-/// Serves the HTTP version a TLS client chose, once its handshake is done in time.
+/// Serves the HTTP version a TLS client chose, once its handshake is done in time; an
+/// HTTP/2 client must also send its preface within the deadline, as on a plain port.
 async fn serve_tls(connection: TcpStream, peer: SocketAddr, mut route: Route, tls: &Arc<Tls>) {
     let port = route.listener.app_port;
-    let (stream, onward) =
-        match tokio::time::timeout(PREFACE_DEADLINE, tls.accept(connection)).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(err)) => return tracing::debug!("{peer} -> port {port}: TLS: {err}"),
-            Err(_) => return tracing::debug!("{peer} -> port {port}: no TLS handshake in time"),
-        };
+    let accepting = tls.accept(connection, port);
+    let (stream, onward) = match tokio::time::timeout(PREFACE_DEADLINE, accepting).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(err)) => return tracing::debug!("{peer} -> port {port}: TLS: {err}"),
+        Err(_) => return tracing::debug!("{peer} -> port {port}: no TLS handshake in time"),
+    };
     let version = onward.version;
     route.onward = Some(onward);
     match version {
-        Version::Http2 => http2::serve(stream, peer, route).await,
         Version::Http1 => http1::serve(stream, peer, route).await,
+        Version::Http2 => {
+            let (stream, read) = ReadCounted::new(stream);
+            tokio::select! {
+                () = http2::serve(stream, peer, route) => {}
+                () = preface_missed(&read) => {
+                    tracing::debug!("{peer} -> port {port}: no HTTP/2 preface in time");
+                }
+            }
+        }
+    }
+}
+
+/// Completes once the preface deadline passed with less than a preface read.
+async fn preface_missed(read: &AtomicUsize) {
+    tokio::time::sleep(PREFACE_DEADLINE).await;
+    if read.load(Ordering::Relaxed) < HTTP2_PREFACE_LEN {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// A stream that counts the bytes read from it.
+struct ReadCounted<S> {
+    inner: S,
+    read: Arc<AtomicUsize>,
+}
+
+impl<S> ReadCounted<S> {
+    fn new(inner: S) -> (Self, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        (
+            Self {
+                inner,
+                read: read.clone(),
+            },
+            read,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadCounted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.read.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadCounted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -145,5 +218,15 @@ mod tests {
         let read = tokio::time::timeout(PREFACE_DEADLINE, client.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
         assert!(started.elapsed() >= PREFACE_DEADLINE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_client_in_tls_must_send_its_preface_in_time() {
+        let silent = AtomicUsize::new(0);
+        let waited = tokio::time::timeout(PREFACE_DEADLINE * 2, preface_missed(&silent)).await;
+        assert!(waited.is_ok(), "a client that sent nothing is given up");
+        let greeted = AtomicUsize::new(HTTP2_PREFACE_LEN);
+        let waited = tokio::time::timeout(PREFACE_DEADLINE * 2, preface_missed(&greeted)).await;
+        assert!(waited.is_err(), "one that sent its preface is served on");
     }
 }

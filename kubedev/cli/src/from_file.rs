@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::args::{ModeArgs, SessionArgs};
-use super::leave::{Ending, leave};
+use super::leave::{Ending, NoSuchSession, leave};
 use super::reclaim::reclaim_expired;
 use super::run::run_session;
 use super::sessions_file::{self, FileSession};
@@ -45,15 +45,19 @@ pub(super) async fn run_file(
         ran
     });
     let ran = futures::future::join_all(runs).await;
-    if detach && ran.iter().any(Result::is_err) {
-        end_detached(&sessions, &ran).await;
+    if detach && together.ending.is_cancelled() {
+        end_detached(&sessions, &together.live()).await;
     }
     outcome(&sessions, ran)
 }
 
-/// Ends the sessions that went live detached, once another could not start.
-async fn end_detached(sessions: &[FileSession], ran: &[anyhow::Result<ExitCode>]) {
-    for (session, _) in (sessions.iter().zip(ran)).filter(|(_, ran)| ran.is_ok()) {
+/// Ends the sessions that went live detached (by this run: `live`), once another could
+/// not start.
+async fn end_detached(sessions: &[FileSession], live: &[String]) {
+    for session in sessions
+        .iter()
+        .filter(|session| live.contains(&session.name))
+    {
         let timeout = session.args.life.timeout;
         if let Err(err) = end_one(
             session.mode,
@@ -79,9 +83,16 @@ pub(super) async fn leave_file(
 ) -> anyhow::Result<()> {
     let mut failed = None;
     for (name, cluster) in sessions_file::names(path, cluster)? {
-        if let Err(err) = end_one(mode, &name, &cluster, force, timeout).await {
-            eprintln!("error: session {name}: {err:#}");
-            failed = Some(name);
+        match end_one(mode, &name, &cluster, force, timeout).await {
+            Ok(()) => {}
+            // Already ended, or never started: nothing of it is left to end.
+            Err(err) if err.downcast_ref::<NoSuchSession>().is_some() => {
+                eprintln!("session {name}: not running");
+            }
+            Err(err) => {
+                eprintln!("error: session {name}: {err:#}");
+                failed = Some(name);
+            }
         }
     }
     match failed {
@@ -151,7 +162,8 @@ fn refuse_flags_of_one_session(args: &SessionArgs, mode_args: &ModeArgs) -> anyh
     ];
     match given.iter().find(|(_, given)| *given) {
         Some((flag, _)) => anyhow::bail!(
-            "{flag} goes in the sessions file with -f, for each session (see docs/sessions-file.md)"
+            "{flag} goes in the sessions file with -f, for each session (README: \"Sessions as \
+             a file\")"
         ),
         None => Ok(()),
     }

@@ -78,12 +78,33 @@ pub(super) async fn leave(
     if connects.iter().any(|c| c.session == name) {
         return end_connect(connection, name, None, None).await;
     }
-    anyhow::bail!(
-        "no session {name:?} in namespace {} (see `{} list -A`)",
-        connection.namespace,
-        command_of(mode)
-    );
+    Err(NoSuchSession {
+        name: name.to_owned(),
+        namespace: connection.namespace.clone(),
+        command: command_of(mode),
+    }
+    .into())
 }
+
+/// `leave NAME` found no session of that name.
+#[derive(Debug)]
+pub(super) struct NoSuchSession {
+    name: String,
+    namespace: String,
+    command: &'static str,
+}
+
+impl std::fmt::Display for NoSuchSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no session {:?} in namespace {} (see `{} list -A`)",
+            self.name, self.namespace, self.command
+        )
+    }
+}
+
+impl std::error::Error for NoSuchSession {}
 
 /// The session `name` means: the session of that name, else this machine's one session
 /// (kept by its tunneld, or held by this user here) on the workload of that name (`leave

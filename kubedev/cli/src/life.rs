@@ -81,10 +81,7 @@ pub(super) async fn live_through<S: Session>(
         SetUp::Live(started, live, hold) => (started, *live, hold),
         SetUp::Ended(code) => return Ok(code),
     };
-    drop(turn);
-    if let Some(together) = life.together {
-        together.went_live();
-    }
+    turn.went_live(life.name);
     if life.args.detach {
         // The session lives in tunneld until `leave`, and the mount with sshfs.
         hold.release().await?;

@@ -165,12 +165,8 @@ fn plan_of(
     let agent_resources =
         kubedev::inject::agent_resources(&args.life.agent_requests, &args.life.agent_limits);
     kubedev::inject::check_agent_resources(&agent_resources).map_err(anyhow::Error::msg)?;
-    if mode_args.tls_secret.is_some() && (mode_args.filter.is_none() || mode_args.wiretap) {
-        anyhow::bail!(
-            "--tls-secret is for intercepts with --http-header or --http-path-prefix, without \
-             --wiretap: unfiltered, each connection comes here whole, TLS and all, for the \
-             local server to terminate"
-        );
+    if mode_args.tls_secret.is_some() {
+        check_tls_choice(&mode_args)?;
     }
     Ok(Plan {
         mode,
@@ -193,6 +189,38 @@ fn plan_of(
         agent_resources,
         pause_flux: args.life.pause_flux,
     })
+}
+
+/// Refuses `--tls-secret` where it cannot work as asked.
+fn check_tls_choice(mode_args: &ModeArgs) -> anyhow::Result<()> {
+    if mode_args.filter.is_none() || mode_args.wiretap {
+        anyhow::bail!(
+            "--tls-secret is for intercepts with --http-header or --http-path-prefix, without \
+             --wiretap: unfiltered, each connection comes here whole, TLS and all, for the \
+             local server to terminate"
+        );
+    }
+    if mode_args.ports.len() > 1 {
+        anyhow::bail!(
+            "--tls-secret terminates TLS on the one port the intercept takes: give one --port"
+        );
+    }
+    let address = mode_args.address.as_deref().unwrap_or("127.0.0.1");
+    if !is_loopback(address) {
+        anyhow::bail!(
+            "--tls-secret sends the requests on to this machine's loopback only, where the \
+             agent need not check the certificate of your server (--address {address})"
+        );
+    }
+    Ok(())
+}
+
+/// Whether `address` is this machine's loopback (`localhost`, 127.0.0.0/8, ::1).
+pub(super) fn is_loopback(address: &str) -> bool {
+    address == "localhost"
+        || address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Changes the workload for `plan` and waits for its pods, showing how far it got.

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::args::{ModeArgs, SessionArgs, SessionLife};
+use super::run::is_loopback;
 use kubedev::cluster::ClusterArgs;
 use kubedev::env::EnvSyntax;
 use kubedev::mode::Mode;
@@ -51,7 +52,7 @@ struct SessionSpec {
     ports: Vec<Word>,
     /// intercept: the Service whose traffic to take (when several select the pods).
     service: Option<String>,
-    /// intercept: the address on this machine that receives the connections.
+    /// intercept: the loopback address on this machine that receives the connections.
     address: Option<String>,
     /// intercept: only HTTP requests with all these headers come here.
     #[serde(default)]
@@ -64,13 +65,14 @@ struct SessionSpec {
     /// intercept: the kubernetes.io/tls Secret of an app that terminates TLS itself, for
     /// the agent to read the requests the filters choose.
     tls_secret: Option<String>,
-    /// Write the container's environment to this file (relative to this file's directory).
+    /// Write the container's environment to this file, a path in this file's directory.
     env_file: Option<PathBuf>,
     /// The syntax of envFile: docker (default), compose, sh, sh:export, csh, json, ps, cmd.
     env_syntax: Option<String>,
-    /// Write the container's environment to this file as a JSON object.
+    /// Write the container's environment to this file as a JSON object, a path in this
+    /// file's directory.
     env_json: Option<PathBuf>,
-    /// Where to mount the volumes: DIR (relative to this file's directory; DIR:ro for
+    /// Where to mount the volumes: DIR (a path in this file's directory; DIR:ro for
     /// read-only), true (a new temporary directory: the default) or false.
     mount: Option<Word>,
     /// PORT[/udp] for each port of this machine's localhost forwarded to a pod's own.
@@ -263,6 +265,12 @@ impl SessionSpec {
     }
 
     fn mode_args(&self) -> Result<ModeArgs, String> {
+        if let Some(address) = self.address.as_deref().filter(|a| !is_loopback(a)) {
+            return Err(format!(
+                "address: {address:?} is not this machine's loopback (a sessions file sends \
+                 requests nowhere else; --address on the command line can)"
+            ));
+        }
         let ports = (self.ports.iter())
             .map(|port| port.text().parse::<PortMapping>())
             .collect::<Result<_, _>>()
@@ -295,21 +303,27 @@ impl SessionSpec {
         let mount = match &self.mount {
             Some(mount) => Some(match mount.text().parse::<MountChoice>()? {
                 MountChoice::Dir { path, read_only } => MountChoice::Dir {
-                    path: dir.join(path),
+                    path: beside(dir, &path, "mount")?,
                     read_only,
                 },
                 choice => choice,
             }),
             None => None,
         };
+        let beside_the_file = |file: Option<PathBuf>, field| match file {
+            Some(file) => beside(dir, &file, field).map(Some),
+            None => Ok(None),
+        };
+        let env_file = beside_the_file(self.env_file, "envFile")?;
+        let env_json = beside_the_file(self.env_json, "envJson")?;
         let to_pod = (self.to_pod.iter())
             .map(|port| port.text().parse())
             .collect::<Result<_, _>>()
             .map_err(|err| format!("toPod: {err}"))?;
         Ok(SessionArgs {
             container: self.container,
-            env_file: self.env_file.map(|file| dir.join(file)),
-            env_json: self.env_json.map(|file| dir.join(file)),
+            env_file,
+            env_json,
             env_syntax,
             mount,
             to_pod,
@@ -320,6 +334,23 @@ impl SessionSpec {
             },
         })
     }
+}
+
+/// `path` in `dir`, the sessions file's directory: a path of the file may not leave it.
+fn beside(dir: &Path, path: &Path, field: &str) -> Result<PathBuf, String> {
+    let inside = path.components().all(|part| {
+        matches!(
+            part,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !inside {
+        return Err(format!(
+            "{field}: {} is not a path in the sessions file's directory (no absolute path, no ..)",
+            path.display()
+        ));
+    }
+    Ok(dir.join(path))
 }
 
 #[cfg(test)]

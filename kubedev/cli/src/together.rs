@@ -1,7 +1,7 @@
 //! Sessions run together (`-f kubedev.yaml`): they start one at a time, so that each one's
 //! progress reads whole, and once one ends, however it ends, the others end too.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,8 @@ pub(super) struct Together {
     pub(super) ending: CancellationToken,
     starting: Semaphore,
     sessions: usize,
-    live: AtomicUsize,
+    /// The names of those that went live, in order.
+    live: Mutex<Vec<String>>,
     detach: bool,
 }
 
@@ -25,29 +26,45 @@ impl Together {
             ending: CancellationToken::new(),
             starting: Semaphore::new(1),
             sessions,
-            live: AtomicUsize::new(0),
+            live: Mutex::new(Vec::new()),
             detach,
         }
     }
 
-    /// Counts a session that went live; says so once they all are.
-    pub(super) fn went_live(&self) {
-        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
-        if live == self.sessions && !self.detach {
+    /// Notes that session `name` went live; says so once they all are.
+    fn went_live(&self, name: &str) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.push(name.to_owned());
+        if live.len() == self.sessions && !self.detach {
             eprintln!(
-                "the file's {live} sessions are live; press Ctrl-C to end them (they also end \
-                 when one of them does)"
+                "the file's {} sessions are live; press Ctrl-C to end them (they also end \
+                 when one of them does)",
+                live.len()
             );
         }
     }
 
+    /// The sessions that went live.
+    pub(super) fn live(&self) -> Vec<String> {
+        (self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        .clone()
+    }
+
     /// Waits for a session's turn to start (sessions take turns in the file's order);
-    /// none once they are ending.
+    /// none once they are ending, even if the turn came at the same time.
     async fn turn(&self) -> Option<SemaphorePermit<'_>> {
-        tokio::select! {
-            permit = self.starting.acquire() => permit.ok(),
+        let permit = tokio::select! {
+            biased;
             () = self.ending.cancelled() => None,
-        }
+            permit = self.starting.acquire() => permit.ok(),
+        };
+        permit.filter(|_| !self.ending.is_cancelled())
     }
 }
 
@@ -57,10 +74,28 @@ pub(super) struct Stop<'a> {
     together: Option<&'a Together>,
 }
 
-/// A session's turn to start: held while it starts and goes live, and given up when
-/// dropped.
+/// A session's turn to start, held while it starts and goes live. Given up without going
+/// live (it failed, or was stopped), it ends the others first, so that none starts after.
 pub(super) struct Turn<'a> {
+    together: Option<&'a Together>,
     _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Turn<'_> {
+    /// Gives the turn up to the next session, this one `name` having gone live.
+    pub(super) fn went_live(mut self, name: &str) {
+        if let Some(together) = self.together.take() {
+            together.went_live(name);
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(together) = self.together {
+            together.ending.cancel();
+        }
+    }
 }
 
 impl<'a> Stop<'a> {
@@ -86,10 +121,16 @@ impl<'a> Stop<'a> {
     /// Waits for the session's turn to start; none if it is stopped first.
     pub(super) async fn turn(&mut self) -> Option<Turn<'a>> {
         let Some(together) = self.together else {
-            return Some(Turn { _permit: None });
+            return Some(Turn {
+                together: None,
+                _permit: None,
+            });
         };
         tokio::select! {
-            permit = together.turn() => permit.map(|permit| Turn { _permit: Some(permit) }),
+            permit = together.turn() => permit.map(|permit| Turn {
+                together: Some(together),
+                _permit: Some(permit),
+            }),
             () = self.signals.recv() => None,
         }
     }

@@ -107,6 +107,22 @@ fn a_mistake_anywhere_refuses_the_whole_file_and_says_where() {
             "sessions:\n  - workload: web\n    ports: [http]\n",
             "ports:",
         ),
+        (
+            "sessions:\n  - workload: web\n    envFile: ../web.env\n",
+            "envFile: ../web.env is not a path in the sessions file's directory",
+        ),
+        (
+            "sessions:\n  - workload: web\n    envJson: /etc/web.json\n",
+            "envJson: /etc/web.json",
+        ),
+        (
+            "sessions:\n  - workload: web\n    mount: /home/dev/bin\n",
+            "mount: /home/dev/bin",
+        ),
+        (
+            "sessions:\n  - workload: web\n    address: 10.0.0.5\n",
+            "address: \"10.0.0.5\" is not this machine's loopback",
+        ),
     ] {
         let refused = sessions(text, &life).err().expect(text);
         let refused = format!("{refused:#}");
