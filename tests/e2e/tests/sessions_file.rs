@@ -168,11 +168,27 @@ async fn detached_sessions_of_a_file_end_with_leave_f() {
         assert!(answer.starts_with("local laptop"), "{service}: {answer}");
     }
     assert_eq!(s.sessions_listed(), ["api-file", "echo-file"]);
+    // The same file again is refused, and ends nothing of the first run's.
+    let again = s.workstation.plugin(&s.cluster, PLUGIN, &start);
+    assert!(!again.status.success(), "the sessions are there already");
+    for service in ["echo:8080", "api:8080"] {
+        let answer = s.ns.http_get("client", service, "/still").expect("GET");
+        assert!(answer.starts_with("local laptop"), "{service}: {answer}");
+    }
+    assert_eq!(s.sessions_listed(), ["api-file", "echo-file"]);
 
     let leave = [&["leave", "-f", file.as_str()], &namespace[..]].concat();
     s.workstation.plugin_ok(&s.cluster, PLUGIN, &leave);
     s.assert_restored().await;
     assert!(s.sessions_listed().is_empty());
+    // Once they are gone, leave -f has nothing left to end, and says so.
+    let left = s.workstation.plugin(&s.cluster, PLUGIN, &leave);
+    let stderr = String::from_utf8_lossy(&left.stderr);
+    assert!(left.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("session echo-file: not running"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -92,6 +92,34 @@ async fn a_tls_secret_that_cannot_work_is_refused_before_anything_changes() {
         &["web", "--port", "3443:https", "--tls-secret", "web-tls"],
         "--tls-secret is for intercepts with --http-header or --http-path-prefix",
     );
+    refused(
+        &[
+            "web",
+            "--port",
+            "3443:https",
+            "--port",
+            "3444:https",
+            "--http-path-prefix",
+            "/a",
+            "--tls-secret",
+            "web-tls",
+        ],
+        "give one --port",
+    );
+    refused(
+        &[
+            "web",
+            "--port",
+            "3443:https",
+            "--http-path-prefix",
+            "/a",
+            "--tls-secret",
+            "web-tls",
+            "--address",
+            "10.0.0.5",
+        ],
+        "to this machine's loopback only",
+    );
     // The developer's Role may not read Secrets: the agent says it has none, at once.
     let missing = [
         "web",
