@@ -47,7 +47,8 @@ pub(crate) async fn serve(
         true => Some(Arc::new(Tls::load(tls_dir).map_err(|err| {
             anyhow::anyhow!(
                 "--tls-secret: the app's certificate and key, from the Secret mounted at \
-                 {} (a kubernetes.io/tls Secret in the pod's namespace): {err}",
+                 {}: {err} (is the Secret in the pod's namespace, of type kubernetes.io/tls, \
+                 with tls.crt and tls.key?)",
                 tls_dir.display()
             )
         })?)),

@@ -59,11 +59,17 @@ const PREFACE_POLL: Duration = Duration::from_millis(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The content type of a TLS handshake record, a client's first byte in TLS.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Which HTTP a client opened its connection with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Opening {
     /// The HTTP/2 preface.
     Http2,
+    /// A TLS handshake (its first record): the app terminates TLS, and the agent was not
+    /// given its certificate (`--tls-secret`), so it cannot read the requests.
+    Tls,
     /// Anything else, for the HTTP/1 server to make sense of.
     Other,
     /// Nothing that tells, by [`PREFACE_DEADLINE`]: nothing at all, or only the start of
@@ -86,6 +92,7 @@ async fn read_opening(connection: &TcpStream) -> Opening {
     while seen < start.len() {
         match connection.peek(&mut start).await {
             Ok(0) | Err(_) => return Opening::Other,
+            Ok(_) if start[0] == TLS_HANDSHAKE_RECORD => return Opening::Tls,
             Ok(read) if start[..read] != HTTP2_PREFACE[..read] => return Opening::Other,
             // Peeking again returns at once: wait a little for the rest.
             Ok(read) if read == seen => tokio::time::sleep(PREFACE_POLL).await,
@@ -230,6 +237,13 @@ mod tests {
         let (mut client, served) = connected().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.expect("send");
         assert_eq!(opening(&served).await, Opening::Other);
+
+        let (mut client, served) = connected().await;
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .expect("a ClientHello");
+        assert_eq!(opening(&served).await, Opening::Tls);
 
         let (mut client, served) = connected().await;
         let (start, rest) = HTTP2_PREFACE.split_at(7);

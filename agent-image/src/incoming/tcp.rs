@@ -49,6 +49,7 @@ pub(super) async fn deliver(
         return match http2::opening(&connection).await {
             Opening::Http2 => http2::serve(connection, peer, route).await,
             Opening::Other => http1::serve(connection, peer, route).await,
+            Opening::Tls => unreadable_tls(connection, peer, route).await,
             Opening::Undecided => tracing::debug!(
                 "{peer} -> port {}: no request within {:?}, closed",
                 route.listener.app_port,
@@ -75,6 +76,31 @@ pub(super) async fn deliver(
             relay(connection, app, copies).await;
         }
         Err(err) => tracing::warn!("{peer} -> the app's port {}: {err}", listener.app_port),
+    }
+}
+
+/// A TLS connection on a filtered port whose certificate the agent was not given: its
+/// requests cannot be read, so it goes whole to a workstation that takes every request,
+/// else to the app, as it would without the session.
+async fn unreadable_tls(connection: TcpStream, peer: SocketAddr, route: Route) {
+    let port = route.listener.app_port;
+    tracing::info!(
+        "{peer} -> port {port}: TLS, and the filters need the app's certificate \
+         (--tls-secret) to read its requests: to the app as it is"
+    );
+    let takers: Vec<_> = (route.claimants.into_iter())
+        .filter(|claimant| claimant.filter.is_none())
+        .collect();
+    let copies = ByteCopies::start(Vec::new(), port, peer);
+    if let Some(stream) = to_first_workstation(&takers, port, Transport::Tcp, &peer).await {
+        return relay(connection, stream, copies).await;
+    }
+    if !route.listener.app_running {
+        return tracing::debug!("{peer} -> port {port}: no workstation, closed");
+    }
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(app) => relay(connection, app, copies).await,
+        Err(err) => tracing::warn!("{peer} -> the app's port {port}: {err}"),
     }
 }
 

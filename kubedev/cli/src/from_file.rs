@@ -10,7 +10,7 @@ use super::leave::{Ending, NoSuchSession, leave};
 use super::reclaim::reclaim_expired;
 use super::run::run_session;
 use super::sessions_file::{self, FileSession};
-use super::together::Together;
+use super::together::{Member, Together};
 use kubedev::cluster::ClusterArgs;
 use kubedev::mode::Mode;
 use kubedev::tunneld;
@@ -28,25 +28,43 @@ pub(super) async fn run_file(
     let sessions = sessions_file::read(path, mode, cluster, &args.life)?;
     let detach = args.life.detach;
     let together = Together::new(sessions.len(), detach);
-    let runs = sessions.iter().map(|session| async {
-        let ran = run_session(
-            session.mode,
-            &session.cluster,
-            session.workload.clone(),
-            session.args.clone(),
-            session.mode_args.clone(),
-            Some(&together),
-        )
-        .await;
-        // A detached session that went live stays; anything else ends them all.
-        if !detach || ran.is_err() {
-            together.ending.cancel();
-        }
-        ran
-    });
+    let members = &together;
+    let runs = sessions
+        .iter()
+        .enumerate()
+        .map(|(index, session)| async move {
+            let ran = run_session(
+                session.mode,
+                &session.cluster,
+                session.workload.clone(),
+                session.args.clone(),
+                session.mode_args.clone(),
+                Some(Member {
+                    together: members,
+                    index,
+                }),
+            )
+            .await;
+            // A detached session that went live stays; anything else ends them all.
+            if !detach || ran.is_err() {
+                members.ending.cancel();
+            }
+            ran
+        });
     let ran = futures::future::join_all(runs).await;
     if detach && together.ending.is_cancelled() {
         end_detached(&sessions, &together.live()).await;
+    } else if detach {
+        eprintln!(
+            "the file's sessions are live; end them with `{} leave -f {}{}`",
+            super::command_of(mode),
+            path.display(),
+            cluster
+                .namespace
+                .as_ref()
+                .map(|ns| format!(" -n {ns}"))
+                .unwrap_or_default()
+        );
     }
     outcome(&sessions, ran)
 }
@@ -81,24 +99,37 @@ pub(super) async fn leave_file(
     force: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut failed = None;
-    for (name, cluster) in sessions_file::names(path, cluster)? {
-        match end_one(mode, &name, &cluster, force, timeout).await {
+    let sessions = sessions_file::names(path, cluster)?;
+    let (mut failed, mut not_running) = (Vec::new(), Vec::new());
+    for (name, cluster) in &sessions {
+        match end_one(mode, name, cluster, force, timeout).await {
             Ok(()) => {}
             // Already ended, or never started: nothing of it is left to end.
             Err(err) if err.downcast_ref::<NoSuchSession>().is_some() => {
                 eprintln!("session {name}: not running");
+                not_running.push(name.as_str());
             }
             Err(err) => {
                 eprintln!("error: session {name}: {err:#}");
-                failed = Some(name);
+                failed.push(name.as_str());
             }
         }
     }
-    match failed {
-        Some(name) => anyhow::bail!("not every session of {} ended ({name})", path.display()),
-        None => Ok(()),
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "sessions of {} not ended: {}",
+            path.display(),
+            failed.join(", ")
+        );
     }
+    if not_running.len() == sessions.len() {
+        anyhow::bail!(
+            "none of the sessions of {} runs here (were they started with another -n or \
+             --context?)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Ends session `name`, as `leave NAME` does.

@@ -12,7 +12,7 @@ use super::command::{CommandNetwork, run_command};
 use super::command_of;
 use super::links::{Watched, report_links};
 use super::output::{network_notes, spinner};
-use super::together::{Stop, Together};
+use super::together::{Member, Stop};
 use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::control::{
     AgentOwner, ControlRequest, Forward, Held, PodPort, ProxyChoices, SessionKey,
@@ -56,7 +56,7 @@ pub(super) struct Life<'a> {
     pub(super) target: String,
     pub(super) args: &'a SessionLife,
     /// The sessions it starts and ends with (`-f`), if any.
-    pub(super) together: Option<&'a Together>,
+    pub(super) together: Option<Member<'a>>,
 }
 
 /// The exit status of a run stopped while it starts its session (the cluster still being
@@ -86,13 +86,21 @@ pub(super) async fn live_through<S: Session>(
         // The session lives in tunneld until `leave`, and the mount with sshfs.
         hold.release().await?;
         std::mem::forget(live.mounted);
-        eprintln!(
-            "session {:?} is live; end it with `{} leave {} -n {}`",
-            life.name,
-            command_of(life.mode),
-            life.name,
-            life.connection.namespace
-        );
+        if life.together.is_none() {
+            eprintln!(
+                "session {:?} is live; end it with `{} leave {} -n {}`",
+                life.name,
+                command_of(life.mode),
+                life.name,
+                life.connection.namespace
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Run together, a session's command waits for the others to be live.
+    if !stop.all_live().await {
+        drop(live);
+        session.end(Some(hold)).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let pods = S::pods(&started);

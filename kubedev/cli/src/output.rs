@@ -288,8 +288,11 @@ pub(super) fn report_started(plan: &Plan, started: &Started, to_pod: &[PodPort])
         } else {
             ""
         };
+        let tls = (plan.tls_secret.as_ref())
+            .map(|secret| format!(", in TLS with the certificate of secret {secret}"))
+            .unwrap_or_default();
         eprintln!(
-            "  container port {} -> {}:{}{only}{copies}",
+            "  container port {} -> {}:{}{only}{copies}{tls}",
             forward.app_port, forward.local_host, forward.local_port
         );
     }

@@ -16,7 +16,7 @@ use super::life::{
 use super::output::{progress_on, progress_spinner, report_started, spinner};
 use super::pinning;
 use super::reclaim::reclaim_expired;
-use super::together::Together;
+use super::together::Member;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
@@ -35,7 +35,7 @@ pub(super) async fn run_session(
     workload: WorkloadName,
     args: SessionArgs,
     mode_args: ModeArgs,
-    together: Option<&Together>,
+    together: Option<Member<'_>>,
 ) -> anyhow::Result<ExitCode> {
     super::command::resolve_program(&args.life.command)?;
     let connection = cluster.connect().await?;

@@ -25,7 +25,10 @@ use kubedev_protocol::HttpFilter;
 /// together.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schemars(title = "kubedev sessions")]
+#[schemars(
+    title = "kubedev sessions",
+    extend("$id" = "https://raw.githubusercontent.com/kubedev/kubedev/main/docs/kubedev.schema.json")
+)]
 pub(super) struct SessionsFile {
     /// The sessions, started in this order.
     sessions: Vec<SessionSpec>,
@@ -49,7 +52,7 @@ struct SessionSpec {
     /// LOCAL[:SERVICE-PORT] for each service port sent here (intercept) or the ports the
     /// agent listens on (replace), as --port takes them.
     #[serde(default)]
-    ports: Vec<Word>,
+    ports: Vec<Port>,
     /// intercept: the Service whose traffic to take (when several select the pods).
     service: Option<String>,
     /// intercept: the loopback address on this machine that receives the connections.
@@ -67,17 +70,18 @@ struct SessionSpec {
     tls_secret: Option<String>,
     /// Write the container's environment to this file, a path in this file's directory.
     env_file: Option<PathBuf>,
-    /// The syntax of envFile: docker (default), compose, sh, sh:export, csh, json, ps, cmd.
+    /// The syntax of envFile (default: docker).
+    #[schemars(extend("enum" = ["docker", "compose", "sh", "sh:export", "csh", "json", "ps", "cmd"]))]
     env_syntax: Option<String>,
     /// Write the container's environment to this file as a JSON object, a path in this
     /// file's directory.
     env_json: Option<PathBuf>,
     /// Where to mount the volumes: DIR (a path in this file's directory; DIR:ro for
     /// read-only), true (a new temporary directory: the default) or false.
-    mount: Option<Word>,
+    mount: Option<MountValue>,
     /// PORT[/udp] for each port of this machine's localhost forwarded to a pod's own.
     #[serde(default)]
-    to_pod: Vec<Word>,
+    to_pod: Vec<Port>,
     /// Run this command (in the current directory) with the container's environment; when
     /// it exits, every session of the file ends.
     #[serde(default)]
@@ -106,22 +110,37 @@ impl From<FileMode> for Mode {
     }
 }
 
-/// A value YAML may give as a number or a boolean where the flag takes text (`8080`,
-/// `true`).
+/// A port as YAML may give it: a number (`8080`), or text as the flag takes it
+/// (`"8080:http"`, `"53/udp"`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
-enum Word {
-    Number(u64),
-    Boolean(bool),
+enum Port {
+    Number(u16),
     Text(String),
 }
 
-impl Word {
+impl Port {
     fn text(&self) -> String {
         match self {
             Self::Number(number) => number.to_string(),
-            Self::Boolean(boolean) => boolean.to_string(),
             Self::Text(text) => text.clone(),
+        }
+    }
+}
+
+/// Where to mount, as YAML may give it: `true`, `false`, or a directory.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum MountValue {
+    Boolean(bool),
+    Dir(String),
+}
+
+impl MountValue {
+    fn text(&self) -> String {
+        match self {
+            Self::Boolean(boolean) => boolean.to_string(),
+            Self::Dir(dir) => dir.clone(),
         }
     }
 }
@@ -169,8 +188,21 @@ fn each_session<T>(
 ) -> anyhow::Result<Vec<T>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the sessions file {}", path.display()))?;
-    let file: SessionsFile = serde_saphyr::from_str(&text)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    if text
+        .lines()
+        .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
+    {
+        anyhow::bail!("{}: it names no session (sessions: [...])", path.display());
+    }
+    let file: SessionsFile = serde_saphyr::from_str(&text).map_err(|err| {
+        // The parser's first line says what and where; the rest repeats it.
+        let said = err.to_string();
+        let first = said.lines().next().unwrap_or_default();
+        let first = (first.trim_start_matches("error: "))
+            .replace("expected sequence start", "expected a list ([...])")
+            .replace("expected mapping start", "expected a map (NAME: VALUE)");
+        anyhow::anyhow!("{}: {first}", path.display())
+    })?;
     if file.sessions.is_empty() {
         anyhow::bail!("{}: it names no session (sessions: [...])", path.display());
     }

@@ -1,22 +1,30 @@
-//! Sessions run together (`-f kubedev.yaml`): they start one at a time, so that each one's
-//! progress reads whole, and once one ends, however it ends, the others end too.
+//! Sessions run together (`-f kubedev.yaml`): they start one at a time in the file's
+//! order, so that each one's progress reads whole; their commands run once they are all
+//! live; and once one ends, however it ends, the others end too.
 
-use std::sync::Mutex;
-
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use kubedev_process::signals::StopSignals;
 
-/// What sessions run together share: whose turn it is to start, and whether they end.
+/// What sessions run together share: whose turn it is to start, which went live, and
+/// whether they end.
 pub(super) struct Together {
     /// Cancelled once one of them ends (detached: once one fails).
     pub(super) ending: CancellationToken,
-    starting: Semaphore,
-    sessions: usize,
+    /// The index of the session whose turn it is to start.
+    next_tx: watch::Sender<usize>,
     /// The names of those that went live, in order.
-    live: Mutex<Vec<String>>,
+    live_tx: watch::Sender<Vec<String>>,
+    sessions: usize,
     detach: bool,
+}
+
+/// One of the sessions run together: the `index`th of the file.
+#[derive(Clone, Copy)]
+pub(super) struct Member<'a> {
+    pub(super) together: &'a Together,
+    pub(super) index: usize,
 }
 
 impl Together {
@@ -24,114 +32,117 @@ impl Together {
     pub(super) fn new(sessions: usize, detach: bool) -> Self {
         Self {
             ending: CancellationToken::new(),
-            starting: Semaphore::new(1),
+            next_tx: watch::Sender::new(0),
+            live_tx: watch::Sender::new(Vec::new()),
             sessions,
-            live: Mutex::new(Vec::new()),
             detach,
-        }
-    }
-
-    /// Notes that session `name` went live; says so once they all are.
-    fn went_live(&self, name: &str) {
-        let mut live = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        live.push(name.to_owned());
-        if live.len() == self.sessions && !self.detach {
-            eprintln!(
-                "the file's {} sessions are live; press Ctrl-C to end them (they also end \
-                 when one of them does)",
-                live.len()
-            );
         }
     }
 
     /// The sessions that went live.
     pub(super) fn live(&self) -> Vec<String> {
-        (self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
-        .clone()
+        self.live_tx.borrow().clone()
     }
 
-    /// Waits for a session's turn to start (sessions take turns in the file's order);
-    /// none once they are ending, even if the turn came at the same time.
-    async fn turn(&self) -> Option<SemaphorePermit<'_>> {
-        let permit = tokio::select! {
-            biased;
-            () = self.ending.cancelled() => None,
-            permit = self.starting.acquire() => permit.ok(),
-        };
-        permit.filter(|_| !self.ending.is_cancelled())
+    /// Notes that session `name` went live, and gives the next its turn; says so once
+    /// they all are.
+    fn went_live(&self, name: &str) {
+        self.live_tx.send_modify(|live| live.push(name.to_owned()));
+        self.next_tx.send_modify(|next| *next += 1);
+        let live = self.live_tx.borrow().len();
+        if live == self.sessions && !self.detach {
+            let (sessions, are) = if live == 1 {
+                ("session is", "it")
+            } else {
+                ("sessions are", "them")
+            };
+            eprintln!(
+                "the file's {live} {sessions} live; press Ctrl-C to end {are} (they also end \
+                 when one of them does)"
+            );
+        }
     }
 }
 
 /// What stops a session: a stop signal, or, run together, the end of another.
 pub(super) struct Stop<'a> {
     signals: StopSignals,
-    together: Option<&'a Together>,
+    member: Option<Member<'a>>,
 }
 
 /// A session's turn to start, held while it starts and goes live. Given up without going
-/// live (it failed, or was stopped), it ends the others first, so that none starts after.
+/// live (it failed, or was stopped), it ends the others, so that none starts after.
 pub(super) struct Turn<'a> {
-    together: Option<&'a Together>,
-    _permit: Option<SemaphorePermit<'a>>,
+    member: Option<Member<'a>>,
 }
 
 impl Turn<'_> {
     /// Gives the turn up to the next session, this one `name` having gone live.
     pub(super) fn went_live(mut self, name: &str) {
-        if let Some(together) = self.together.take() {
-            together.went_live(name);
+        if let Some(member) = self.member.take() {
+            member.together.went_live(name);
         }
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if let Some(together) = self.together {
-            together.ending.cancel();
+        if let Some(member) = self.member {
+            member.together.ending.cancel();
         }
     }
 }
 
 impl<'a> Stop<'a> {
-    /// Listens for stop signals from now on (and for the others' end, `together`).
-    pub(super) fn listen(together: Option<&'a Together>) -> std::io::Result<Self> {
+    /// Listens for stop signals from now on (and for the others' end, as `member`).
+    pub(super) fn listen(member: Option<Member<'a>>) -> std::io::Result<Self> {
         Ok(Self {
             signals: StopSignals::listen()?,
-            together,
+            member,
         })
     }
 
     /// Completes when the session is to stop.
     pub(super) async fn recv(&mut self) {
-        match self.together {
-            Some(together) => tokio::select! {
+        match self.member {
+            Some(member) => tokio::select! {
                 () = self.signals.recv() => {}
-                () = together.ending.cancelled() => {}
+                () = member.together.ending.cancelled() => {}
             },
             None => self.signals.recv().await,
         }
     }
 
-    /// Waits for the session's turn to start; none if it is stopped first.
+    /// Waits for the session's turn to start (in the file's order); none if it is stopped
+    /// first, or the others are ending.
     pub(super) async fn turn(&mut self) -> Option<Turn<'a>> {
-        let Some(together) = self.together else {
-            return Some(Turn {
-                together: None,
-                _permit: None,
-            });
+        let Some(member) = self.member else {
+            return Some(Turn { member: None });
         };
+        let mut next_rx = member.together.next_tx.subscribe();
+        let turn = tokio::select! {
+            biased;
+            () = self.recv() => false,
+            turn = next_rx.wait_for(|next| *next == member.index) => turn.is_ok(),
+        };
+        let ending = member.together.ending.is_cancelled();
+        (turn && !ending).then_some(Turn {
+            member: Some(member),
+        })
+    }
+
+    /// Waits until every session run together is live (at once for one run alone); false
+    /// if it is stopped first, or the others are ending.
+    pub(super) async fn all_live(&mut self) -> bool {
+        let Some(member) = self.member else {
+            return true;
+        };
+        let together = member.together;
+        let mut live_rx = together.live_tx.subscribe();
         tokio::select! {
-            permit = together.turn() => permit.map(|permit| Turn {
-                together: Some(together),
-                _permit: Some(permit),
-            }),
-            () = self.signals.recv() => None,
+            biased;
+            () = self.recv() => false,
+            live = live_rx.wait_for(|live| live.len() == together.sessions) => live.is_ok(),
         }
     }
 }

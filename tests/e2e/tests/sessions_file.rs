@@ -184,11 +184,12 @@ async fn detached_sessions_of_a_file_end_with_leave_f() {
     // Once they are gone, leave -f has nothing left to end, and says so.
     let left = s.workstation.plugin(&s.cluster, PLUGIN, &leave);
     let stderr = String::from_utf8_lossy(&left.stderr);
-    assert!(left.status.success(), "{stderr}");
+    assert!(!left.status.success(), "{stderr}");
     assert!(
         stderr.contains("session echo-file: not running"),
         "{stderr}"
     );
+    assert!(stderr.contains("none of the sessions of"), "{stderr}");
 }
 
 #[tokio::test]

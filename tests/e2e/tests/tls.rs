@@ -75,6 +75,22 @@ async fn an_https_apps_filtered_requests_reach_the_workstation_in_tls() {
         "restored exactly"
     );
     assert!(get("/after", &[("x-dev", "alice")]).starts_with("echo from web-"));
+
+    // Without the Secret, the filters cannot read the requests: the app keeps answering.
+    let without = [
+        "web",
+        "--port",
+        "3443:https",
+        "--http-header",
+        "x-dev=alice",
+        "--detach",
+        "-n",
+        &ns.name,
+    ];
+    workstation.plugin_ok(&cluster, PLUGIN, &without);
+    assert!(get("/plain", &[("x-dev", "alice")]).starts_with("echo from web-"));
+    workstation.plugin_ok(&cluster, PLUGIN, &["leave", "web", "-n", &ns.name]);
+    assert_eq!(ns.stored_deployment_and_service("web").await, before);
 }
 
 #[tokio::test]
