@@ -62,6 +62,10 @@ pub enum ControlRequest {
         /// namesake another run added); any, where none is given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<AgentOwner>,
+        /// Asked by `leave`, not by the run that holds the session: that run, if one holds
+        /// it here, is told that its session was ended.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_leave: bool,
     },
     /// What tunneld runs: its sessions and the cluster network, answered with `Status`.
     Status,

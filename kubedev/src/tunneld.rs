@@ -239,15 +239,18 @@ pub async fn environment(
 }
 
 /// Has the tunneld at `socket`, if one runs, drop `session`'s tunnels, if its agent
-/// pods are `owner`'s (whoever's, for none).
+/// pods are `owner`'s (whoever's, for none); `by_leave` where the run that holds the
+/// session is not the one asking (see [`ControlRequest::RemoveSession`]).
 pub async fn forget(
     socket: &Path,
     session: &SessionKey,
     owner: Option<&AgentOwner>,
+    by_leave: bool,
 ) -> Result<(), TunneldError> {
     let removal = ControlRequest::RemoveSession {
         session: session.clone(),
         owner: owner.cloned(),
+        by_leave,
     };
     match request(socket, &removal).await {
         Ok(_) | Err(TunneldError::NotRunning(_)) => Ok(()),
@@ -413,7 +416,7 @@ mod tests {
     async fn forgetting_a_session_where_no_tunneld_runs_is_no_error() {
         let socket = std::env::temp_dir().join(format!("kubedev-gone-{}.sock", std::process::id()));
         assert!(
-            forget(&socket, &SessionKey::new("shop", "web"), None)
+            forget(&socket, &SessionKey::new("shop", "web"), None, false)
                 .await
                 .is_ok()
         );

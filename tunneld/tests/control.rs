@@ -245,6 +245,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     let remove_elsewhere = ControlRequest::RemoveSession {
         session: SessionKey::new("stock", "web"),
         owner: None,
+        by_leave: false,
     };
     assert_eq!(
         tunneld.request(&remove_elsewhere).await.expect("removed"),
@@ -258,6 +259,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     let namesakes = ControlRequest::RemoveSession {
         session: SessionKey::new("shop", "web"),
         owner: Some(owner_of("other")),
+        by_leave: false,
     };
     assert_eq!(
         tunneld.request(&namesakes).await.expect("left"),
@@ -267,6 +269,7 @@ async fn sessions_are_added_and_removed_once_and_the_last_one_ends_tunneld() {
     let remove = ControlRequest::RemoveSession {
         session: SessionKey::new("shop", "web"),
         owner: Some(owner_of("web")),
+        by_leave: false,
     };
     assert_eq!(
         tunneld.request(&remove).await.expect("removed"),
@@ -339,6 +342,44 @@ async fn a_second_run_cannot_hold_a_session_this_tunneld_holds_or_keeps() {
         .await
         .expect("held");
     other.release().await.expect("released");
+}
+
+/// `leave` from another command ends a session a run holds: that run is told, and ends
+/// too; a run ending its own session is told nothing.
+#[tokio::test]
+async fn a_held_session_left_from_another_command_tells_its_run() {
+    let tunneld = Tunneld::start("left-elsewhere").await;
+    let removal = |by_leave| ControlRequest::RemoveSession {
+        session: SessionKey::new("shop", "web"),
+        owner: None,
+        by_leave,
+    };
+    for (by_leave, told) in [
+        (false, None),
+        (true, Some("`leave` ended it from another command")),
+    ] {
+        let mut hold = tunneld::hold(&tunneld.socket, held("web"))
+            .await
+            .expect("held");
+        assert_eq!(
+            tunneld.request(&add_session("web")).await.expect("added"),
+            ControlReply::Done
+        );
+        assert_eq!(
+            tunneld.request(&removal(by_leave)).await.expect("removed"),
+            ControlReply::Done
+        );
+        match told {
+            Some(reason) => {
+                let news = tokio::time::timeout(LIVENESS, hold.news()).await;
+                assert_eq!(
+                    news.expect("told in time"),
+                    tunneld::HoldNews::Ended(reason.into())
+                );
+            }
+            None => hold.release().await.expect("its own end: released"),
+        }
+    }
 }
 
 #[tokio::test]

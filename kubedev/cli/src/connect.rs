@@ -171,7 +171,7 @@ pub(super) async fn end_connect(
     let agents = AgentOwner::Pod {
         name: connect::pod_name(name),
     };
-    forget_in_tunneld(connection, name, Some(&agents)).await;
+    forget_in_tunneld(connection, name, Some(&agents), hold.is_none()).await;
     connect::end_connect(&connection.client, &connection.namespace, name, owner).await?;
     // Only now: had this process died before, tunneld would have deleted the pod.
     release_after_the_end(hold).await;

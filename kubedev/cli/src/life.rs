@@ -444,6 +444,7 @@ pub(super) async fn forget_in_tunneld(
     connection: &Connection,
     name: &str,
     owner: Option<&AgentOwner>,
+    by_leave: bool,
 ) {
     let socket = match tunneld::socket_for(connection) {
         Ok(socket) => socket,
@@ -460,6 +461,7 @@ pub(super) async fn forget_in_tunneld(
         &socket,
         &SessionKey::new(&connection.namespace, name),
         owner,
+        by_leave,
     )
     .await
     {

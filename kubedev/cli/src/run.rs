@@ -447,7 +447,8 @@ pub(super) async fn end_session(
     let owner = AgentOwner::Workload {
         workload: workload.clone(),
     };
-    forget_in_tunneld(connection, name, Some(&owner)).await;
+    // Without the hold, this is `leave`: the run holding the session, if any, is told.
+    forget_in_tunneld(connection, name, Some(&owner), hold.is_none()).await;
     mount::unmount_session(&SessionKey::new(&connection.namespace, name));
     let bar = spinner(format!("ending session {name} on {workload}"));
     let left = session::leave(

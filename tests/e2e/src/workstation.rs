@@ -258,6 +258,7 @@ impl Workstation {
         let remove = ControlRequest::RemoveSession {
             session: added.key(),
             owner: None,
+            by_leave: false,
         };
         tunneld::request(&self.socket, &remove)
             .await

@@ -146,6 +146,42 @@ async fn a_files_sessions_start_together_and_end_together_when_one_command_exits
 }
 
 #[tokio::test]
+async fn leaving_one_of_a_files_sessions_from_another_command_ends_them_all() {
+    let s = setup("file-leave").await;
+    let _server = s.workstation.serve_http(3000, "laptop");
+    let file = s.write_file(
+        "sessions:\n\
+         \x20 - workload: echo\n\
+         \x20   ports: ['3000:http']\n\
+         \x20 - workload: api\n\
+         \x20   mode: ingest\n\
+         \x20   mount: false\n",
+    );
+    let log = s.workstation.file("plugin.log");
+    let file = file.display().to_string();
+    let args = ["-f", file.as_str(), "-n", s.ns.name.as_str()];
+    let mut plugin = s
+        .workstation
+        .spawn_plugin_logged(&s.cluster, PLUGIN, &args, &log);
+    wait_until("both sessions are live", &mut plugin, || {
+        std::fs::read_to_string(&log).is_ok_and(|said| said.contains("sessions are live"))
+    });
+
+    let echo = kubedev::session::naming::default_name("echo");
+    let leave = ["leave", echo.as_str(), "-n", s.ns.name.as_str()];
+    s.workstation.plugin_ok(&s.cluster, PLUGIN, &leave);
+    let status = plugin.wait().expect("the plugin exits");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("`leave` ended it from another command"),
+        "{said}"
+    );
+    s.assert_restored().await;
+    assert!(s.sessions_listed().is_empty(), "{said}");
+}
+
+#[tokio::test]
 async fn detached_sessions_of_a_file_end_with_leave_f() {
     let s = setup("file-detach").await;
     let _server = s.workstation.serve_http(3000, "laptop");

@@ -57,7 +57,15 @@ impl Daemon {
                 };
                 self.add_session(session, selector, &proxy, &to_pod).await
             }
-            ControlRequest::RemoveSession { session, owner } => {
+            ControlRequest::RemoveSession {
+                session,
+                owner,
+                by_leave,
+            } => {
+                if by_leave {
+                    self.tell_holder(&session, "`leave` ended it from another command")
+                        .await;
+                }
                 self.remove_own_session(&session, owner.as_ref()).await
             }
             ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
@@ -210,6 +218,18 @@ impl Daemon {
             return ControlReply::Done;
         }
         self.remove_session(session).await
+    }
+
+    /// Tells the run that holds `session` here, if one does, that it is over: `why`.
+    async fn tell_holder(&self, session: &SessionKey, why: &str) {
+        let leases = self.leases.lock().await;
+        for keeping in leases
+            .values()
+            .filter(|keeping| keeping.session == *session)
+        {
+            keeping.mark_ending();
+            keeping.lost_tx.send_replace(Some(why.to_owned()));
+        }
     }
 
     pub(super) async fn remove_session(&self, session: &SessionKey) -> ControlReply {
