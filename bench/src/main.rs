@@ -27,6 +27,7 @@ mod processes;
 mod report;
 mod sessions;
 mod soak;
+mod tls_requests;
 mod wiretapped;
 
 use measure::Sizes;
@@ -59,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     ns.deploy_echo(intercepted::TARGET, 1).await?;
     ns.deploy_echo(wiretapped::TARGET, 1).await?;
     ns.deploy_app_with_volume().await?;
+    let certificates = tls_requests::certificates(&ns);
+    ns.deploy_echo_https(tls_requests::TARGET, &certificates)
+        .await;
 
     eprintln!("bench: direct to the pod from the node");
     let direct = paths::direct(&echo, sizes);
@@ -79,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
     let sessions = sessions::time_sessions(&cluster, &ns, CLIENT).await?;
     eprintln!("bench: wiretapped requests");
     let wiretapped = wiretapped::measure(&cluster, &ns, CLIENT).await?;
+    eprintln!("bench: filtered requests in TLS");
+    let tls = tls_requests::measure(&cluster, &ns, CLIENT, &certificates)?;
 
     let paths = report::Paths {
         direct,
@@ -93,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         memory: &memory,
         sessions: &sessions,
         wiretapped: &wiretapped,
+        tls: &tls,
     });
     let path = benchmarks_md();
     // The soak's figures are the soak's to write.

@@ -30,6 +30,7 @@ pub(crate) struct Measured<'a> {
     pub(crate) memory: &'a AgentMemory,
     pub(crate) sessions: &'a SessionTimes,
     pub(crate) wiretapped: &'a [Tapped],
+    pub(crate) tls: &'a [Tapped],
 }
 
 pub(crate) fn render(measured: &Measured<'_>) -> String {
@@ -56,6 +57,7 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     out += &memory_table(measured.memory);
     out += &session_table(measured.sessions);
     out += &wiretap_table(measured.wiretapped);
+    out += &tls_table(measured.tls);
     out
 }
 
@@ -370,13 +372,32 @@ fn session_table(sessions: &SessionTimes) -> String {
 }
 
 fn wiretap_table(measured: &[Tapped]) -> String {
-    let mut out = String::from(
+    load_table(
         "\n## Wiretapped requests\n\nThe same paced HTTP load (new connection per request) from a \
          client pod on a one-pod echo Deployment's Service, with no session and under \
          `kubectl intercept --wiretap`, each copy answered by a server on the workstation. \
-         Latency is the client's, from connect to the whole answer.\n\n\
-         | path | requests (failed) | p50 | p99 | p50 added | p99 added | copies (dropped) |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         Latency is the client's, from connect to the whole answer.\n\n",
+        measured,
+    )
+}
+
+fn tls_table(measured: &[Tapped]) -> String {
+    load_table(
+        "\n## Filtered requests in TLS\n\nThe same paced HTTPS load (a new TLS connection per \
+         request, verifying the app's certificate) from a client pod on a one-pod HTTPS echo \
+         Deployment's Service, with no session and under `kubectl intercept --http-header \
+         x-dev=alice --tls-secret`: the agent terminates TLS with the app's certificate, reads \
+         each request, and speaks TLS on to the app or to an HTTPS server on the workstation. \
+         Latency is the client's, from connect to the whole answer.\n\n",
+        measured,
+    )
+}
+
+/// A table of paced loads, each against the first; `intro` says what they are.
+fn load_table(intro: &str, measured: &[Tapped]) -> String {
+    let mut out = format!(
+        "{intro}| path | requests (failed) | p50 | p99 | p50 added | p99 added | copies (dropped) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     let Some(base) = measured.first() else {
         return out;
