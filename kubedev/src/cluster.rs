@@ -10,7 +10,7 @@ pub(crate) use impersonation::digest_name;
 mod kubeconfig_files;
 pub mod proxy;
 
-pub use client::unanswered;
+pub use client::{interrupted, unanswered};
 pub use kubeconfig_files::read_kubeconfig;
 
 use client::{ANSWER_DEADLINE, client_for};

@@ -218,17 +218,22 @@ async fn leave_all(
     if mine.is_empty() {
         eprintln!("no kubedev sessions of this machine");
     }
+    // Each session is ended whatever became of the one before; one the connection failed
+    // for is tried once more.
+    let mut failed = Vec::new();
     for row in &mine {
-        let in_namespace = Connection {
-            namespace: row.namespace.clone(),
-            ..connection.clone()
+        let ended = match end_row(connection, row, timeout).await {
+            Err(err) if err.chain().any(kubedev::cluster::interrupted) => {
+                eprintln!("session {}: {err:#}; trying again", row.name);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                end_row(connection, row, timeout).await
+            }
+            ended => ended,
         };
-        if row.mode == CONNECT_MODE {
-            end_connect(&in_namespace, &row.name, None, None).await?;
-            continue;
+        if let Err(err) = ended {
+            eprintln!("error: session {}: {err:#}", row.name);
+            failed.push(row.name.as_str());
         }
-        let workload: WorkloadRef = row.workload.parse().map_err(anyhow::Error::msg)?;
-        end_session(&in_namespace, &row.name, &workload, timeout, None).await?;
     }
     for row in &others {
         let holder = row
@@ -245,7 +250,23 @@ async fn leave_all(
             row.namespace
         );
     }
-    Ok(())
+    match failed.is_empty() {
+        true => Ok(()),
+        false => anyhow::bail!("sessions not ended: {}", failed.join(", ")),
+    }
+}
+
+/// Ends the session of `row`, of this machine.
+async fn end_row(connection: &Connection, row: &Listed, timeout: Duration) -> anyhow::Result<()> {
+    let in_namespace = Connection {
+        namespace: row.namespace.clone(),
+        ..connection.clone()
+    };
+    if row.mode == CONNECT_MODE {
+        return end_connect(&in_namespace, &row.name, None, None).await;
+    }
+    let workload: WorkloadRef = row.workload.parse().map_err(anyhow::Error::msg)?;
+    end_session(&in_namespace, &row.name, &workload, timeout, None).await
 }
 
 #[cfg(test)]

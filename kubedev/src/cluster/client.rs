@@ -11,6 +11,24 @@ pub fn unanswered(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<tower::timeout::error::Elapsed>()
 }
 
+/// Whether `error` is a connection to the API server that broke (reset, aborted, closed
+/// mid-request): the call may go through when made again.
+pub fn interrupted(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let broken = [
+        ConnectionReset,
+        ConnectionAborted,
+        BrokenPipe,
+        UnexpectedEof,
+    ];
+    let io_broke = |io: &std::io::Error| broken.contains(&io.kind());
+    let http_broke = |http: &hyper::Error| {
+        http.is_incomplete_message() || http.is_closed() || http.is_canceled()
+    };
+    error.downcast_ref::<std::io::Error>().is_some_and(io_broke)
+        || error.downcast_ref::<hyper::Error>().is_some_and(http_broke)
+}
+
 /// How long the API server may leave what was sent unacknowledged before the connection is
 /// given up (TCP_USER_TIMEOUT): a route that vanished (a VPN went down, a network namespace
 /// was deleted) would otherwise hold a call for the kernel's ~15 minutes of retransmits.
@@ -111,6 +129,14 @@ mod tests {
     use super::*;
     use crate::cluster::ClusterArgs;
     use crate::cluster::proxy::{self, ProxyEnvironment};
+
+    #[test]
+    fn a_broken_connection_is_worth_another_try_and_a_refusal_is_not() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(interrupted(&reset));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!interrupted(&missing));
+    }
 
     /// An API server on loopback that takes connections and requests, and says nothing.
     async fn silent_server() -> kube::Config {
