@@ -146,3 +146,48 @@ impl<'a> Stop<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn member(together: &Together, index: usize) -> Stop<'_> {
+        Stop::listen(Some(Member { together, index })).expect("signals")
+    }
+
+    #[tokio::test]
+    async fn sessions_take_their_turns_in_the_files_order() {
+        let together = Together::new(2, false);
+        let (mut first, mut second) = (member(&together, 0), member(&together, 1));
+        let waiting = tokio::time::timeout(Duration::from_millis(50), second.turn()).await;
+        assert!(waiting.is_err(), "the second waits for the first");
+        let turn = first.turn().await.expect("the first's turn");
+        turn.went_live("web-alice");
+        let turn = second.turn().await.expect("then the second's");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), first.all_live()).await;
+        assert!(waiting.is_err(), "one is not live yet: its command waits");
+        turn.went_live("api-alice");
+        assert!(first.all_live().await, "both are live");
+        assert_eq!(together.live(), ["web-alice", "api-alice"]);
+    }
+
+    #[tokio::test]
+    async fn a_turn_given_up_without_going_live_ends_the_others() {
+        let together = Together::new(2, false);
+        let (mut first, mut second) = (member(&together, 0), member(&together, 1));
+        drop(first.turn().await.expect("the first's turn"));
+        assert!(together.ending.is_cancelled());
+        assert!(second.turn().await.is_none(), "the second never starts");
+        assert!(!first.all_live().await);
+    }
+
+    #[tokio::test]
+    async fn a_session_alone_needs_no_turn() {
+        let mut alone = Stop::listen(None).expect("signals");
+        let turn = alone.turn().await.expect("at once");
+        turn.went_live("web-alice");
+        assert!(alone.all_live().await);
+    }
+}
