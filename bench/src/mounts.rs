@@ -51,8 +51,9 @@ pub(crate) fn measure(
     );
     let data = "$KUBEDEV_ROOT/data";
     // GNU date gives nanoseconds; awk subtracts. Each step prints its seconds.
+    let session = kubedev::session::naming::default_name(APP);
     let script = format!(
-        "set -e; pod=$({kubectl} get pods -l kubedev.io/session={APP} \
+        "set -e; pod=$({kubectl} get pods -l kubedev.io/session={session} \
          -o jsonpath='{{.items[0].metadata.name}}'); {kubectl} exec $pod -c app -- sh -c '{fill}'; \
          now() {{ date +%s.%N; }}; took() {{ awk \"BEGIN {{ print $(now) - $1 }}\"; }}; \
          t=$(now); cat {data}/big > /dev/null; echo read $(took $t); \
