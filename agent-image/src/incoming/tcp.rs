@@ -17,7 +17,7 @@ use super::route::Route;
 use super::tls::{Tls, Version};
 use super::wiretap::{ByteCopies, splice_copying};
 use super::{http1, http2, to_first_workstation};
-use crate::workstations::Workstations;
+use crate::workstations::{Claimant, Workstations};
 
 /// Hands one connection to the first claimant that takes it, else to the app; wiretaps
 /// get copies of it (of its HTTP requests, where any claim has a filter).
@@ -58,24 +58,32 @@ pub(super) async fn deliver(
         };
     }
     let copies = ByteCopies::start(wiretappers, listener.app_port, peer);
-    if let Some(stream) =
-        to_first_workstation(&claimants, listener.app_port, Transport::Tcp, &peer).await
-    {
-        tracing::debug!("{peer} -> port {}: to the workstation", listener.app_port);
+    deliver_whole(connection, peer, &listener, &claimants, copies).await;
+}
+
+/// Hands the whole connection to the first of `claimants` that takes it, else to the app
+/// (none where it is gone: replace); `copies` get the client's bytes.
+async fn deliver_whole(
+    connection: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    claimants: &[Claimant],
+    copies: ByteCopies,
+) {
+    let port = listener.app_port;
+    if let Some(stream) = to_first_workstation(claimants, port, Transport::Tcp, &peer).await {
+        tracing::debug!("{peer} -> port {port}: to the workstation");
         return relay(connection, stream, copies).await;
     }
     if !listener.app_running {
-        return tracing::debug!(
-            "{peer} -> port {}: no workstation, closed",
-            listener.app_port
-        );
+        return tracing::debug!("{peer} -> port {port}: no workstation, closed");
     }
-    match TcpStream::connect(("127.0.0.1", listener.app_port)).await {
+    match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(app) => {
             let _ = app.set_nodelay(true);
             relay(connection, app, copies).await;
         }
-        Err(err) => tracing::warn!("{peer} -> the app's port {}: {err}", listener.app_port),
+        Err(err) => tracing::warn!("{peer} -> the app's port {port}: {err}"),
     }
 }
 
@@ -92,16 +100,7 @@ async fn unreadable_tls(connection: TcpStream, peer: SocketAddr, route: Route) {
         .filter(|claimant| claimant.filter.is_none())
         .collect();
     let copies = ByteCopies::start(Vec::new(), port, peer);
-    if let Some(stream) = to_first_workstation(&takers, port, Transport::Tcp, &peer).await {
-        return relay(connection, stream, copies).await;
-    }
-    if !route.listener.app_running {
-        return tracing::debug!("{peer} -> port {port}: no workstation, closed");
-    }
-    match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(app) => relay(connection, app, copies).await,
-        Err(err) => tracing::warn!("{peer} -> the app's port {port}: {err}"),
-    }
+    deliver_whole(connection, peer, &route.listener, &takers, copies).await;
 }
 
 /// Serves the HTTP version a TLS client chose, once its handshake is done in time; an
