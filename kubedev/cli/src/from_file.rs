@@ -11,7 +11,7 @@ use super::reclaim::reclaim_expired;
 use super::run::run_session;
 use super::sessions_file::{self, FileSession};
 use super::together::{Member, Together};
-use kubedev::cluster::ClusterArgs;
+use kubedev::cluster::{ClusterArgs, Connection};
 use kubedev::mode::Mode;
 use kubedev::tunneld;
 
@@ -72,20 +72,17 @@ pub(super) async fn run_file(
 /// Ends the sessions that went live detached (by this run: `live`), once another could
 /// not start.
 async fn end_detached(sessions: &[FileSession], live: &[String]) {
+    let mut connections = Connections::default();
     for session in sessions
         .iter()
         .filter(|session| live.contains(&session.name))
     {
         let timeout = session.args.life.timeout;
-        if let Err(err) = end_one(
-            session.mode,
-            &session.name,
-            &session.cluster,
-            false,
-            timeout,
-        )
-        .await
-        {
+        let ended = async {
+            let connection = connections.to(&session.cluster, None).await?;
+            end_one(session.mode, &session.name, connection, false, timeout).await
+        };
+        if let Err(err) = ended.await {
             eprintln!("error: ending session {}: {err:#}", session.name);
         }
     }
@@ -100,9 +97,15 @@ pub(super) async fn leave_file(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let sessions = sessions_file::names(path, cluster)?;
+    let mut connections = Connections::default();
     let (mut failed, mut not_running) = (Vec::new(), Vec::new());
     for (name, cluster) in &sessions {
-        match end_one(mode, name, cluster, force, timeout).await {
+        let ended = async {
+            // As `leave` does: the sessions whose lease ran out are restored first.
+            let connection = connections.to(cluster, Some(timeout)).await?;
+            end_one(mode, name, connection, force, timeout).await
+        };
+        match ended.await {
             Ok(()) => {}
             // Already ended, or never started: nothing of it is left to end.
             Err(err) if err.downcast_ref::<NoSuchSession>().is_some() => {
@@ -132,23 +135,50 @@ pub(super) async fn leave_file(
     Ok(())
 }
 
+/// The connections a file's sessions use, one per namespace they name.
+#[derive(Default)]
+struct Connections(Vec<(Option<String>, Connection)>);
+
+impl Connections {
+    /// The connection for `cluster`, made the first time its namespace comes; then, with
+    /// `reclaim`, the namespace's sessions whose lease ran out are restored, once.
+    async fn to(
+        &mut self,
+        cluster: &ClusterArgs,
+        reclaim: Option<Duration>,
+    ) -> anyhow::Result<&Connection> {
+        let index = match (self.0.iter()).position(|(namespace, _)| *namespace == cluster.namespace)
+        {
+            Some(index) => index,
+            None => {
+                let connection = cluster.connect().await?;
+                if let Some(timeout) = reclaim {
+                    let owner = kubedev::session::random_id()?;
+                    reclaim_expired(&connection, &owner, timeout).await;
+                }
+                self.0.push((cluster.namespace.clone(), connection));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[index].1)
+    }
+}
+
 /// Ends session `name`, as `leave NAME` does.
 async fn end_one(
     mode: Mode,
     name: &str,
-    cluster: &ClusterArgs,
+    connection: &Connection,
     force: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let connection = cluster.connect().await?;
-    let socket = tunneld::socket_for(&connection)?;
-    reclaim_expired(&connection, &kubedev::session::random_id()?, timeout).await;
+    let socket = tunneld::socket_for(connection)?;
     let ending = Ending {
         name: Some(name),
         force,
         timeout,
     };
-    leave(&connection, &socket, mode, ending).await
+    leave(connection, &socket, mode, ending).await
 }
 
 /// The exit status of sessions run together: the first error, the others said first;
