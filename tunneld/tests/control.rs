@@ -354,6 +354,24 @@ async fn a_held_session_left_from_another_command_tells_its_run() {
         owner: None,
         by_leave,
     };
+    // A namesake's `leave` (other agent pods) leaves the held session, and its run, alone.
+    let mut hold = tunneld::hold(&tunneld.socket, held("web"))
+        .await
+        .expect("held");
+    let added = tunneld.request(&add_session("web")).await.expect("added");
+    assert_eq!(added, ControlReply::Done);
+    let namesake = ControlRequest::RemoveSession {
+        session: SessionKey::new("shop", "web"),
+        owner: Some(owner_of("other")),
+        by_leave: true,
+    };
+    let left = tunneld.request(&namesake).await.expect("left");
+    assert_eq!(left, ControlReply::Done);
+    let told = tokio::time::timeout(Duration::from_millis(300), hold.news()).await;
+    assert!(told.is_err(), "the run was told: {told:?}");
+    let removed = tunneld.request(&removal(false)).await.expect("removed");
+    assert_eq!(removed, ControlReply::Done);
+    hold.release().await.expect("released");
     for (by_leave, told) in [
         (false, None),
         (true, Some("`leave` ended it from another command")),

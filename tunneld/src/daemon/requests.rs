@@ -61,13 +61,7 @@ impl Daemon {
                 session,
                 owner,
                 by_leave,
-            } => {
-                if by_leave {
-                    self.tell_holder(&session, "`leave` ended it from another command")
-                        .await;
-                }
-                self.remove_own_session(&session, owner.as_ref()).await
-            }
+            } => (self.remove_own_session(&session, owner.as_ref(), by_leave)).await,
             ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::TimeLink => self.time_link().await,
             ControlRequest::Environment { session } => self.environment(&session).await,
@@ -202,11 +196,13 @@ impl Daemon {
     }
 
     /// Removes `session` if its agent pods are `owner`'s (any, for none): a run that
-    /// failed to add its session must not remove the namesake another run added.
+    /// failed to add its session must not remove the namesake another run added. For
+    /// `by_leave`, the run that holds it here, if one does, is told first.
     async fn remove_own_session(
         &self,
         session: &SessionKey,
         owner: Option<&AgentOwner>,
+        by_leave: bool,
     ) -> ControlReply {
         let sessions = self.sessions.lock().await;
         let theirs = sessions.get(session).is_some_and(|tunneled| {
@@ -216,6 +212,10 @@ impl Daemon {
         if theirs {
             tracing::info!("session {session} is another run's: left as it is");
             return ControlReply::Done;
+        }
+        if by_leave {
+            self.tell_holder(session, "`leave` ended it from another command")
+                .await;
         }
         self.remove_session(session).await
     }
