@@ -7,6 +7,7 @@
 //! ([`wiretap`]). No client address may hold more than its share of connections and flows
 //! ([`sources`]).
 
+mod any_address;
 pub(crate) mod http1;
 mod http2;
 pub(crate) mod route;
@@ -16,7 +17,6 @@ mod tls;
 mod udp;
 mod wiretap;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
 use kubedev_protocol::udp_flows::UdpFlows;
 use kubedev_protocol::{Listener, OpenRequest, Transport};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::workstations::{Claimant, Workstations};
@@ -56,9 +56,8 @@ pub(crate) async fn serve(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let address = SocketAddr::from(([0, 0, 0, 0], listener.port));
         if listener.transport == Transport::Udp {
-            let socket = UdpSocket::bind(address).await?;
+            let socket = any_address::udp_socket(listener.port)?;
             tracing::info!(
                 "taking datagrams for the app's UDP port {}",
                 listener.app_port
@@ -73,7 +72,7 @@ pub(crate) async fn serve(
             });
             continue;
         }
-        let socket = TcpListener::bind(address).await?;
+        let socket = any_address::tcp_listener(listener.port)?;
         tracing::info!(
             "taking connections for the app's port {} on port {}",
             listener.app_port,
@@ -99,6 +98,7 @@ async fn take_connections(
     loop {
         match socket.accept().await {
             Ok((connection, peer)) => {
+                let peer = any_address::client_address(peer);
                 let Some(admitted) = sources.admit(peer.ip()) else {
                     continue;
                 };

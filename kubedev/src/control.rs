@@ -136,6 +136,12 @@ impl std::fmt::Display for SessionKey {
 /// large packets mean fewer trips through its userspace stack.
 pub const TUN_MTU: u16 = 65_000;
 
+/// The IPv6 address of every TUN device tunneld serves: the source of the workstation's
+/// IPv6 flows to the cluster. A benchmarking address, which no real network uses
+/// (RFC 5180), as 198.18.0.1 is for IPv4.
+pub const TUN_IPV6_ADDRESS: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+
 /// The open files that make a command's network namespace reachable from outside: its TUN
 /// device, its user namespace and its network namespace, passed in this order
 /// ([`crate::fd_passing`]).

@@ -3,7 +3,7 @@
 //! (`--also-proxy`, `--never-proxy`) must come out of the route arithmetic as promised.
 //! The unit test replays every input kept in `fuzz/inputs/control_request/`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use kubedev_protocol::fuzzing::{block_on, messages_round_trip};
@@ -63,9 +63,9 @@ fn check_subtract(range: &Cidr, removed: &[Cidr]) {
     }
     let edges = std::iter::once(range)
         .chain(removed)
-        .flat_map(|r| [u32::from(r.network()), u32::from(r.broadcast())])
-        .flat_map(|edge| [edge.saturating_sub(1), edge, edge.saturating_add(1)]);
-    for address in edges.map(Ipv4Addr::from) {
+        .flat_map(|r| [r.network(), r.broadcast()])
+        .flat_map(neighbours);
+    for address in edges {
         let kept = left.iter().any(|part| part.contains(&address));
         let wanted =
             range.trunc().contains(&address) && !removed.iter().any(|cut| cut.contains(&address));
@@ -73,6 +73,20 @@ fn check_subtract(range: &Cidr, removed: &[Cidr]) {
             kept, wanted,
             "{address} of {range} less {removed:?}: {left:?}"
         );
+    }
+}
+
+/// The address before `address`, itself, and the one after, within its family.
+fn neighbours(address: IpAddr) -> [IpAddr; 3] {
+    match address {
+        IpAddr::V4(v4) => {
+            let n = u32::from(v4);
+            [n.saturating_sub(1), n, n.saturating_add(1)].map(|n| IpAddr::V4(Ipv4Addr::from(n)))
+        }
+        IpAddr::V6(v6) => {
+            let n = u128::from(v6);
+            [n.saturating_sub(1), n, n.saturating_add(1)].map(|n| IpAddr::V6(Ipv6Addr::from(n)))
+        }
     }
 }
 

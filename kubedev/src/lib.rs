@@ -12,7 +12,7 @@
 //! - [`tunneld`]: reaching this user's tunneld from a plugin, and starting it on demand;
 //! - `fd_passing` (Linux): open files handed between processes over a Unix socket;
 //! - [`duration`]: durations as kubectl's flags take them;
-//! - [`cidr`]: IPv4 ranges, as `--also-proxy` and tunneld's routes take them;
+//! - [`cidr`]: address ranges of both families, as `--also-proxy` and tunneld's routes take them;
 //! - [`env`](mod@env): the container's environment, as files and shells take it;
 //! - [`mount`]: the container's volumes on this machine;
 //! - [`private_files`]: directories and files only this user can have made;

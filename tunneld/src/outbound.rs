@@ -59,11 +59,7 @@ impl Routing {
     /// cluster's DNS gave is the cluster's wherever it is (an ExternalName's, say), unless
     /// `--never-proxy` holds it.
     fn leaves_answered(&self, ip: IpAddr, resolver: Leaves) -> Leaves {
-        // The ranges are IPv4; an IPv6 address is in none of them.
-        let within = |ranges: &[Cidr]| match ip {
-            IpAddr::V4(v4) => ranges.iter().any(|range| range.contains(&v4)),
-            IpAddr::V6(_) => false,
-        };
+        let within = |ranges: &[Cidr]| ranges.iter().any(|range| range.contains(&ip));
         if within(&self.choices.never_proxy) {
             Leaves::Workstation
         } else if resolver == Leaves::Cluster

@@ -1,10 +1,11 @@
-//! `--to-pod PORT[/udp]`: a port of this machine's localhost forwarded, for as long as its
-//! session lasts, to the same port of a pod's own localhost, where only containers of the
-//! pod can reach it (a sidecar's admin port, a debug endpoint). Each connection (or UDP
-//! peer) goes through one of the session's agents, which shares the pod's network.
+//! `--to-pod PORT[/udp]`: a port of this machine's localhost (127.0.0.1, and ::1 where the
+//! machine has IPv6) forwarded, for as long as its session lasts, to the same port of a
+//! pod's own localhost, where only containers of the pod can reach it (a sidecar's admin
+//! port, a debug endpoint). Each connection (or UDP peer) goes through one of the
+//! session's agents, which shares the pod's network.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentPool;
 
-/// Where the agent connects, in the pod's network namespace.
-const LOCALHOST: &str = "127.0.0.1";
+/// Where the agent connects, in the pod's network namespace: for a connection, the pod's
+/// `localhost`, each of its addresses in turn (a server listening on IPv4 or on IPv6
+/// alone takes it); for datagrams, which no refusal comes back for, IPv4's.
+const LOCALHOST: &str = "localhost";
+const LOCALHOST_DATAGRAMS: &str = "127.0.0.1";
 
 /// How long a connection waits for a link to one of the session's pods.
 const LINK_WAIT: Duration = Duration::from_secs(10);
@@ -38,20 +42,40 @@ pub(crate) enum Bound {
 pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
     let mut bound = Vec::new();
     for port in ports {
-        let address = (Ipv4Addr::LOCALHOST, port.port);
-        let result = match port.transport {
-            Transport::Tcp => TcpListener::bind(address)
-                .await
-                .map(|l| Bound::Tcp(*port, l)),
-            Transport::Udp => UdpSocket::bind(address).await.map(|s| Bound::Udp(*port, s)),
-        };
-        bound.push(
-            result.map_err(|err| {
-                format!("--to-pod {port}: cannot listen on localhost:{port}: {err}")
-            })?,
-        );
+        for loopback in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            let address = (loopback, port.port);
+            let result = match port.transport {
+                Transport::Tcp => TcpListener::bind(address)
+                    .await
+                    .map(|l| Bound::Tcp(*port, l)),
+                Transport::Udp => UdpSocket::bind(address).await.map(|s| Bound::Udp(*port, s)),
+            };
+            match result {
+                Ok(listening) => bound.push(listening),
+                Err(err) if loopback.is_ipv6() && without_ipv6(&err) => {}
+                Err(err) => {
+                    return Err(format!(
+                        "--to-pod {port}: cannot listen on {}: {err}",
+                        SocketAddr::from(address)
+                    ));
+                }
+            }
+        }
     }
     Ok(bound)
+}
+
+/// Whether `err`, binding IPv6's loopback, says this machine has none: anything but the
+/// port being taken or forbidden, which are errors as on IPv4.
+fn without_ipv6(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    !matches!(
+        err.kind(),
+        ErrorKind::AddrInUse | ErrorKind::PermissionDenied
+    )
 }
 
 /// Forwards every bound port to the pods of `session` until `stop` is cancelled.
@@ -117,7 +141,7 @@ impl Peers for PodPeers {
         let (port, session, pool) = (self.port, self.session.clone(), self.pool.clone());
         async move {
             let link = pool.pick(Some(&session), LINK_WAIT).await?;
-            link.open_udp(LOCALHOST, port.port)
+            link.open_udp(LOCALHOST_DATAGRAMS, port.port)
                 .await
                 .inspect_err(|err| tracing::warn!("--to-pod {port} for {peer}: {err}"))
                 .ok()
@@ -155,15 +179,18 @@ mod tests {
         };
         let err = bind(&[tcp]).await.expect_err("taken");
         assert!(err.starts_with(&format!(
-            "--to-pod {port}: cannot listen on localhost:{port}"
+            "--to-pod {port}: cannot listen on 127.0.0.1:{port}"
         )));
         let udp = PodPort {
             port,
             transport: Transport::Udp,
         };
-        assert!(matches!(
-            bind(&[udp]).await.as_deref(),
-            Ok([Bound::Udp(..)])
-        ));
+        assert!(
+            matches!(
+                bind(&[udp]).await.as_deref(),
+                Ok([Bound::Udp(..), Bound::Udp(..)])
+            ),
+            "on both loopbacks"
+        );
     }
 }

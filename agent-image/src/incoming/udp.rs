@@ -56,8 +56,9 @@ impl Peers for ClientPeers {
     type Stream = MuxStream;
 
     fn admit(&self, peer: SocketAddr) -> Option<(Admitted, Admitted)> {
-        let here = self.on_this_port.admit(peer.ip())?;
-        Some((here, self.sources.admit(peer.ip())?))
+        let client = super::any_address::client_address(peer).ip();
+        let here = self.on_this_port.admit(client)?;
+        Some((here, self.sources.admit(client)?))
     }
 
     fn open(&self, peer: SocketAddr) -> impl Future<Output = Option<MuxStream>> + Send + 'static {

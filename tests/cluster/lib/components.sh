@@ -68,7 +68,7 @@ start_apiserver() {
     start_process kube-apiserver "$K8S_BIN/kube-apiserver" \
         --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port "$API_PORT" \
         --etcd-servers http://127.0.0.1:2379 \
-        --service-cluster-ip-range "$SERVICE_CIDR" \
+        --service-cluster-ip-range "$SERVICE_CIDR,$SERVICE_CIDR6" \
         --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
         --allow-privileged=true --profiling=false \
         --client-ca-file "$PKI_DIR/ca.crt" \
@@ -104,8 +104,9 @@ start_controllers() {
         --bind-address 127.0.0.1 --leader-elect=false \
         --service-account-private-key-file "$PKI_DIR/service-account.key" \
         --root-ca-file "$PKI_DIR/ca.crt" --use-service-account-credentials=true \
-        --allocate-node-cidrs=true --cluster-cidr "$POD_CIDR" --node-cidr-mask-size 24 \
-        --service-cluster-ip-range "$SERVICE_CIDR"
+        --allocate-node-cidrs=true --cluster-cidr "$POD_CIDR,$POD_CIDR6" \
+        --node-cidr-mask-size-ipv4 "${NODE_POD_CIDR#*/}" --node-cidr-mask-size-ipv6 "${NODE_POD_CIDR6#*/}" \
+        --service-cluster-ip-range "$SERVICE_CIDR,$SERVICE_CIDR6"
     start_process kube-scheduler "$K8S_BIN/kube-scheduler" \
         --kubeconfig "$PKI_DIR/scheduler.kubeconfig" \
         --authentication-kubeconfig "$PKI_DIR/scheduler.kubeconfig" \
@@ -175,7 +176,7 @@ push_agent_image() {
 start_containerd() {
     mkdir -p "$STATE_DIR/containerd" "$STATE_DIR/cni/net.d"
     # containerd 1.6 reads only the first conflist. No ipMasq: pods have no way off the
-    # machine, only to each other, the node and the services.
+    # machine, only to each other, the node and the services. An address of each family.
     write_file "$STATE_DIR/cni/net.d/10-kubedev.conflist" <<CNI
 {
   "cniVersion": "0.4.0",
@@ -185,8 +186,9 @@ start_containerd() {
     "hairpinMode": true,
     "ipam": {
       "type": "host-local", "dataDir": "$STATE_DIR/cni/ipam",
-      "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$POD_GATEWAY"}]],
-      "routes": [{"dst": "0.0.0.0/0"}]
+      "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$POD_GATEWAY"}],
+                 [{"subnet": "$NODE_POD_CIDR6", "gateway": "$POD_GATEWAY6"}]],
+      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     }
   }]
 }
@@ -254,7 +256,7 @@ serializeImagePulls: false
 YAML
     start_process kubelet "$K8S_BIN/kubelet" --config "$STATE_DIR/kubelet/config.yaml" \
         --kubeconfig "$PKI_DIR/node.kubeconfig" --root-dir "$STATE_DIR/kubelet" \
-        --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
+        --hostname-override "$NODE_NAME" --node-ip "$NODE_IP,$NODE_IP6"
 }
 
 start_kube_proxy() {
@@ -263,11 +265,11 @@ apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: "$PKI_DIR/kube-proxy.kubeconfig"}
 mode: iptables
-clusterCIDR: "$POD_CIDR"
+clusterCIDR: "$POD_CIDR,$POD_CIDR6"
 hostnameOverride: "$NODE_NAME"
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
-nodePortAddresses: ["$NODE_IP/32"]
+nodePortAddresses: ["$NODE_IP/32", "$NODE_IP6/128"]
 # Zero leaves the host's conntrack settings as they are.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML

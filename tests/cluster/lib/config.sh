@@ -17,12 +17,20 @@ CACHE_DIR=${KUBEDEV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubedev}
 STATE_DIR=${KUBEDEV_CLUSTER_DIR:-/var/lib/kubedev-cluster}
 
 NODE_NAME=kubedev-node
-# The node address lives on `lo` as a /32 (this kernel has no dummy interfaces).
+# Dual-stack, IPv4 first: a Service without ipFamilyPolicy gets one IPv4 ClusterIP; pods
+# and the node have an address of each family. The IPv6 ranges are ULAs of this harness.
+# The node address lives on `lo` as a /32 and a /128 (this kernel has no dummy interfaces).
 NODE_IP=10.201.0.1
+NODE_IP6=fd4b:6b64:0:201::1
+# Pod ranges; the node is given the first /24 and the first /64 (the CNI bridge's ranges).
 POD_CIDR=10.244.0.0/16
+POD_CIDR6=fd4b:6b64:244::/56
 NODE_POD_CIDR=10.244.0.0/24
+NODE_POD_CIDR6=fd4b:6b64:244::/64
 POD_GATEWAY=10.244.0.1
+POD_GATEWAY6=fd4b:6b64:244::1
 SERVICE_CIDR=10.96.0.0/16
+SERVICE_CIDR6=fd4b:6b64:96::/112
 API_SERVICE_IP=10.96.0.1
 DNS_SERVICE_IP=10.96.0.10
 CLUSTER_DOMAIN=cluster.local

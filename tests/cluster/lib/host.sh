@@ -4,12 +4,16 @@
 # grep -q exits at the first match and, under pipefail, cmd's SIGPIPE would flip the result.
 
 # Sysctls that the harness, the kubelet or kube-proxy may change; restored by `down`.
+# Writing net.ipv6.conf.all.forwarding also sets `default` and every interface's.
 TRACKED_SYSCTLS=(
     net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
     net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom
     kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes
+    net.ipv6.conf.all.forwarding net.ipv6.conf.default.forwarding
 )
 SYSCTL_BACKUP=$STATE_DIR/sysctl.before-up
+# A copy in the cache, for check-clean to compare with after `down`.
+SYSCTLS_BEFORE=$CACHE_DIR/sysctls-before-up
 
 # Paths that containerd, the CNI plugins and the kubelet create outside $STATE_DIR (they
 # are compiled in). `up` records which of them already existed, so `down` removes only
@@ -64,6 +68,10 @@ fetch_resolved() {
     rm -rf "$unpacked"
 }
 
+# The ranges that get an `unreachable` route; `ip route` tells the family from the prefix.
+CLUSTER_CIDRS=("$POD_CIDR" "$SERVICE_CIDR" "$POD_CIDR6" "$SERVICE_CIDR6")
+unreachable_routes() { ip -4 route show type unreachable; ip -6 route show type unreachable; }
+
 host_up() {
     if [ ! -f "$SYSCTL_BACKUP" ]; then
         mkdir -p "$CACHE_DIR"
@@ -73,10 +81,19 @@ host_up() {
         for key in "${TRACKED_SYSCTLS[@]}"; do
             sysctl -n "$key" >/dev/null 2>&1 && echo "$key=$(sysctl -n "$key")"
         done > "$SYSCTL_BACKUP"
+        cp "$SYSCTL_BACKUP" "$SYSCTLS_BEFORE"
     fi
+    # A packet for a cluster address with no pod or service behind it stops here instead
+    # of following the default route off the machine (in place before forwarding is on).
+    local cidr
+    for cidr in "${CLUSTER_CIDRS[@]}"; do
+        grep -qE "^unreachable $cidr( |$)" <<<"$(unreachable_routes)" || ip route add unreachable "$cidr"
+    done
     sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
-        net.bridge.bridge-nf-call-ip6tables=1
+        net.bridge.bridge-nf-call-ip6tables=1 net.ipv6.conf.all.forwarding=1
     grep -q "inet $NODE_IP/32" <<<"$(ip addr show dev lo)" || ip addr add "$NODE_IP/32" dev lo
+    # No duplicate address detection on `lo`: the address is usable at once.
+    grep -q "inet6 $NODE_IP6/128" <<<"$(ip -6 addr show dev lo)" || ip addr add "$NODE_IP6/128" dev lo
     # The first `ip netns add` (the tests' workstations) bind-mounts /run/netns onto itself;
     # done while pods run, that hides their network namespaces from containerd, which then
     # cannot remove them and the pods never finish terminating. Make it a mount point now.
@@ -85,13 +102,6 @@ host_up() {
         mount --bind /run/netns /run/netns
         mount --make-shared /run/netns
     fi
-    # A packet for a cluster address with no pod or service behind it stops here
-    # instead of following the default route off the machine.
-    local cidr
-    for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
-        grep -q "^unreachable $cidr" <<<"$(ip route show type unreachable)" ||
-            ip route add unreachable "$cidr"
-    done
 }
 
 # created_host_paths: those of HOST_PATHS that exist now but did not before the first `up`.
@@ -142,10 +152,11 @@ host_down() {
     done
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
     local cidr
-    for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+    for cidr in "${CLUSTER_CIDRS[@]}"; do
         ip route del unreachable "$cidr" 2>/dev/null || true
     done
     ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
+    ip addr del "$NODE_IP6/128" dev lo 2>/dev/null || true
     remove_chains iptables
     remove_chains ip6tables
     # The kubelet's pod cgroups, leaves first.
@@ -190,8 +201,16 @@ check_clean() {
     grep -q "master $BRIDGE" <<<"$(ip -o link show)" && traces+=("links enslaved to $BRIDGE")
     grep -q '^cni-' <<<"$(ls /run/netns 2>/dev/null)" && traces+=("network namespace cni-*")
     grep -q "inet $NODE_IP/" <<<"$(ip addr show dev lo)" && traces+=("address $NODE_IP on lo")
-    grep -qE "^unreachable ($POD_CIDR|$SERVICE_CIDR)" <<<"$(ip route show type unreachable)" &&
-        traces+=("unreachable routes for cluster CIDRs")
+    grep -q "inet6 $NODE_IP6/" <<<"$(ip -6 addr show dev lo)" && traces+=("address $NODE_IP6 on lo")
+    local cidr
+    for cidr in "${CLUSTER_CIDRS[@]}"; do
+        grep -qE "^unreachable $cidr( |$)" <<<"$(unreachable_routes)" && traces+=("unreachable route for $cidr")
+    done
+    local setting
+    while IFS='=' read -r name setting; do
+        [ "$(sysctl -n "$name" 2>/dev/null)" = "$setting" ] ||
+            traces+=("sysctl $name = $(sysctl -n "$name" 2>/dev/null), $setting before the cluster")
+    done < <(cat "$SYSCTLS_BEFORE" 2>/dev/null)
     local tool
     for tool in iptables ip6tables; do
         grep -qE '(KUBE|CNI)-' <<<"$("$tool-save" 2>/dev/null)" && traces+=("$tool chains KUBE-*/CNI-*")
@@ -205,5 +224,5 @@ check_clean() {
         printf 'left behind: %s\n' "${traces[@]}" >&2
         return 1
     fi
-    echo "clean: no process, interface, netns, route, iptables chain or state of the cluster"
+    echo "clean: no process, interface, netns, address, route, iptables chain, sysctl or state of the cluster"
 }

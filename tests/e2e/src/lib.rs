@@ -42,6 +42,14 @@ pub(crate) fn ip(args: &[&str]) {
     assert!(status.success(), "ip {}", args.join(" "));
 }
 
+/// Asserts that `answer` (to `what`) came from a pod of the echo app `echo`.
+pub fn assert_echo(answer: &str, what: &str) {
+    assert!(
+        answer.starts_with("echo from echo-"),
+        "{what} answered by the echo pod: {answer:?}"
+    );
+}
+
 /// A number no other call in this process returns, for names of things tests create.
 pub fn unique_suffix() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -275,6 +283,13 @@ impl TestNamespace {
         let applied = self.kubectl_ok(&["apply", "-f", &path.display().to_string()]);
         std::fs::remove_file(&path).ok();
         applied
+    }
+
+    /// Makes Service `name` dual-stack: an IPv6 ClusterIP next to its IPv4 one.
+    pub fn make_dual_stack(&self, name: &str) {
+        let patch = r#"{"spec": {"ipFamilyPolicy": "PreferDualStack"}}"#;
+        self.kubectl_ok(&["patch", "service", name, "--type=merge", "-p", patch])
+            .expect("a dual-stack Service");
     }
 
     /// Points the echo Service's first port at the number 8080 rather than the port name, as

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kubedev::control::NetworkStatus;
 use tests_e2e::workstation::{ORIGINAL_RESOLV_CONF, Workstation};
-use tests_e2e::{TestCluster, TestNamespace};
+use tests_e2e::{TestCluster, TestNamespace, assert_echo};
 
 const TOKEN: &str = "e2e-network-token";
 const AGENTS: &str = "app=kubedev-agent";
@@ -67,13 +67,6 @@ fn resolve_over_tcp(server: &str, name: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-fn assert_echo(answer: &str, what: &str) {
-    assert!(
-        answer.starts_with("echo from echo-"),
-        "{what} answered by the echo pod: {answer:?}"
-    );
 }
 
 #[tokio::test]

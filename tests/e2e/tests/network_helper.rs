@@ -36,11 +36,24 @@ fn wait_for_status(status: impl Fn() -> String, text: &str) {
     }
 }
 
+/// `url` answers a program of the workstation over IPv4, and over IPv6 (the helper gives
+/// the device its IPv6 address too).
+fn reaches_over_both_families(workstation: &Workstation, url: &str) {
+    for family in ["-4", "-6"] {
+        let answer = workstation.run_ok(&["curl", family, "-sS", "--max-time", "30", url]);
+        assert!(
+            answer.contains(": GET /whole-machine"),
+            "{family}: {answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "helper").await;
     ns.deploy_echo("web", 1).await.expect("web");
+    ns.make_dual_stack("web");
     let workstation = Workstation::create(&cluster);
     let before = workstation.network_seen_by_all();
     let developer = Developer::create(&cluster);
@@ -55,10 +68,7 @@ async fn a_developer_gets_the_cluster_on_the_whole_machine_through_the_helper() 
     let status = || plugin(&["status"]);
     let made_by_helper = format!("made by the network helper at {}", helper.socket_path());
     let web = format!("http://web.{}:8080/whole-machine", ns.name);
-    let reaches_web = || {
-        let answer = workstation.run_ok(&["curl", "-sS", "--max-time", "30", &web]);
-        assert!(answer.contains(": GET /whole-machine"), "{answer}");
-    };
+    let reaches_web = || reaches_over_both_families(&workstation, &web);
 
     // The session comes first, while the helper is down; what to run is said.
     plugin(&["connect", "--detach"]);

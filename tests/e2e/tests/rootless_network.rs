@@ -39,16 +39,19 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "rootless").await;
     ns.deploy_echo("web", 1).await.expect("web");
+    ns.make_dual_stack("web");
     let workstation = Workstation::create(&cluster);
     let developer = Developer::create(&cluster);
     let before = workstation.network_seen_by_all();
 
     let web = format!("web.{}", ns.name);
     let (outside, peer_rx) = serve_who_connected(&workstation);
-    // curl is linked dynamically; busybox and the probe are static binaries. The last
-    // request is for an address outside the cluster.
+    // curl is linked dynamically; busybox and the probe are static binaries. `curl -6`
+    // asks for the Service's IPv6 address alone. The last request is for an address
+    // outside the cluster.
     let script = format!(
-        "id -u; curl -sS http://{web}:8080/curl; echo; busybox wget -qO- http://{web}:8080/busybox; \
+        "id -u; curl -sS http://{web}:8080/curl; echo; curl -6 -sS http://{web}:8080/curl6; \
+         echo; busybox wget -qO- http://{web}:8080/busybox; \
          echo; {probe} tcp {web}:7000 over-tcp; {probe} udp {web}:9000 over-udp; \
          curl -sS http://{outside}/",
         probe = cluster.probe()
@@ -68,6 +71,7 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
     // The TCP echo greets on a line of its own, then echoes.
     for answer in [
         ": GET /curl\n",
+        ": GET /curl6\n",
         ": GET /busybox\n",
         "\nover-tcp\n",
         ": over-udp\n",
@@ -85,7 +89,7 @@ async fn a_developers_command_reaches_services_by_name_without_root() {
         .iter()
         .filter(|line| line.starts_with("echo from web-"))
         .count();
-    assert_eq!((greetings, from_web), (4, 4), "{stdout}{stderr}");
+    assert_eq!((greetings, from_web), (5, 5), "{stdout}{stderr}");
     assert!(!stderr.contains("no network namespace"), "{stderr}");
     // Not the cluster's: it left from the workstation itself, not from a pod.
     assert!(stdout.contains(OUTSIDE_ANSWER), "{stdout}{stderr}");

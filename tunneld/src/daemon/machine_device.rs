@@ -97,6 +97,9 @@ impl Daemon {
             false => anyhow::anyhow!("{err:#}; {}", helper_hint()),
         })?;
         let routes = TunRoutes::new(network.name()).await?;
+        if let Err(err) = routes.add_ipv6_address().await {
+            tracing::warn!("{err:#}: the cluster's IPv6 addresses are out of reach");
+        }
         let (pointed, upstream) = pointing::point(ResolverChoice {
             resolv_conf: &self.settings.resolv_conf,
             state_dir: &self.settings.state_dir,

@@ -77,7 +77,7 @@ impl Network {
         use tun::AbstractDevice as _;
         let name = device.tun_name().context("the TUN device's name")?;
         if let Err(err) = confine(&name) {
-            tracing::warn!("{name} takes IPv6 and any source address: {err}");
+            tracing::warn!("{name} heeds router advertisements and any source address: {err}");
         }
         Ok(Self {
             device,
@@ -220,16 +220,19 @@ pub(crate) fn create_machine_device() -> anyhow::Result<(tun::Device, String)> {
 }
 
 /// Has the kernel take from the device only what the cluster's network is: IPv4 whose
-/// source is routed back into it (no spoofed source forwarded elsewhere), and no IPv6 at
-/// all (a router advertisement written into it would add routes, even a default one).
+/// source is routed back into it (no spoofed source forwarded elsewhere), and IPv6 with
+/// no router advertisement heeded (one written into it would add routes, even a default
+/// one, and addresses).
 pub(crate) fn confine(device: &str) -> std::io::Result<()> {
-    let set = |path: String| std::fs::write(path, "1");
-    match set(format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6")) {
-        // A kernel without IPv6 has nothing to disable.
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        other => other?,
+    let set = |path: String, value: &str| std::fs::write(path, value);
+    for setting in ["accept_ra", "autoconf"] {
+        match set(format!("/proc/sys/net/ipv6/conf/{device}/{setting}"), "0") {
+            // A kernel without IPv6 has nothing to heed.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
     }
-    set(format!("/proc/sys/net/ipv4/conf/{device}/rp_filter"))
+    set(format!("/proc/sys/net/ipv4/conf/{device}/rp_filter"), "1")
 }
 
 /// Reads every datagram from the stack: DNS queries are answered here, the rest go to their

@@ -1,12 +1,14 @@
-//! The machine's own IPv4 routes, read from the kernel before tunneld routes anything:
-//! every table a routing rule looks up (not only `main`), without tunneld's own routes.
+//! The machine's own routes of both families, read from the kernel before tunneld routes
+//! anything: every table a routing rule looks up (not only `main`), without tunneld's own
+//! routes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use kubedev::cidr::Cidr;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
@@ -40,20 +42,39 @@ pub(crate) enum MachineRouteKind {
 
 /// Reads the machine's routes, leaving out those through `own_device` (tunneld's).
 pub(crate) async fn read(handle: &Handle, own_device: u32) -> anyhow::Result<Vec<MachineRoute>> {
-    // Without policy routing in the kernel there are no rules, only `main`.
-    let table_order = rule_order(handle).await.unwrap_or_else(|err| {
-        tracing::warn!("{err:#}: reading the main table only");
-        HashMap::from([(MAIN_TABLE, 0)])
-    });
     let devices = device_names(handle).await?;
+    let mut routes = Vec::new();
+    for family in [IpVersion::V4, IpVersion::V6] {
+        read_family(handle, family, own_device, &devices, &mut routes).await?;
+    }
+    Ok(routes)
+}
+
+/// Adds the machine's routes of one family to `routes`.
+async fn read_family(
+    handle: &Handle,
+    family: IpVersion,
+    own_device: u32,
+    devices: &HashMap<u32, String>,
+    routes: &mut Vec<MachineRoute>,
+) -> anyhow::Result<()> {
+    // Without policy routing in the kernel there are no rules, only `main`.
+    let table_order = rule_order(handle, family.clone())
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!("{err:#}: reading the main table only");
+            HashMap::from([(MAIN_TABLE, 0)])
+        });
     let main_priority = table_order.get(&MAIN_TABLE).copied().unwrap_or(u32::MAX);
     // A dump without a table names every table.
-    let mut all = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let mut all = match family {
+        IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    };
     all.header.table = RouteHeader::RT_TABLE_UNSPEC;
     let mut dump = handle.route().get(all).execute();
-    let mut routes = Vec::new();
     while let Some(message) = dump.try_next().await.context("read the routing tables")? {
-        let Some(found) = describe(&message, &devices) else {
+        let Some(found) = describe(&message, devices) else {
             continue;
         };
         if found.table == LOCAL_TABLE || found.device == Some(own_device) {
@@ -69,15 +90,15 @@ pub(crate) async fn read(handle: &Handle, own_device: u32) -> anyhow::Result<Vec
             description: found.description,
         });
     }
-    Ok(routes)
+    Ok(())
 }
 
 /// For each table a rule looks up, the priority of the first rule that looks it up for
 /// ordinary traffic. Rules only for marked packets, one user, one source or one interface
 /// (a VPN client's own packets, say) place a table later than that.
-async fn rule_order(handle: &Handle) -> anyhow::Result<HashMap<u32, u32>> {
+async fn rule_order(handle: &Handle, family: IpVersion) -> anyhow::Result<HashMap<u32, u32>> {
     let mut order = HashMap::new();
-    let mut rules = handle.rule().get(IpVersion::V4).execute();
+    let mut rules = handle.rule().get(family).execute();
     while let Some(rule) = rules.try_next().await.context("read the routing rules")? {
         if rule.header.action != RuleAction::ToTable {
             continue;
@@ -132,17 +153,29 @@ fn describe(message: &RouteMessage, devices: &HashMap<u32, String>) -> Option<De
         RouteType::Prohibit => (MachineRouteKind::Reject, Some("prohibit")),
         _ => return None,
     };
-    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut destination = match message.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
     let mut table = u32::from(message.header.table);
     let mut device = None;
     let mut gateway = None;
     for attribute in &message.attributes {
         match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(address)) => destination = *address,
+            RouteAttribute::Destination(RouteAddress::Inet(address)) => {
+                destination = IpAddr::V4(*address);
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(address)) => {
+                destination = IpAddr::V6(*address);
+            }
             RouteAttribute::Table(id) => table = *id,
             RouteAttribute::Oif(index) => device = Some(*index),
             RouteAttribute::Gateway(RouteAddress::Inet(address)) => {
                 gateway = Some(IpAddr::V4(*address));
+            }
+            RouteAttribute::Gateway(RouteAddress::Inet6(address)) => {
+                gateway = Some(IpAddr::V6(*address));
             }
             _ => {}
         }

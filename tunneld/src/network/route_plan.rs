@@ -43,8 +43,8 @@ pub(crate) struct RoutePlan {
 }
 
 /// Routes covering half the address space or more are default routes, whatever their
-/// form: `0.0.0.0/0`, or the `0.0.0.0/1` + `128.0.0.0/1` pair VPN clients use to take
-/// over the default without replacing it.
+/// form: `0.0.0.0/0` (`::/0`), or the `0.0.0.0/1` + `128.0.0.0/1` pair VPN clients use to
+/// take over the default without replacing it.
 fn is_default(route: &MachineRoute) -> bool {
     route.destination.prefix_len() <= 1
 }
@@ -219,8 +219,11 @@ fn routed_because(range: Cidr, forced: bool, machine: &[MachineRoute]) -> String
             reject.description
         );
     }
+    let same_family =
+        |r: &&MachineRoute| r.destination.network().is_ipv4() == range.network().is_ipv4();
     if machine
         .iter()
+        .filter(same_family)
         .any(|r| r.kind == MachineRouteKind::Path && is_default(r))
     {
         "this machine reaches it only through its default route".to_owned()

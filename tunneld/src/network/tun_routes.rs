@@ -4,11 +4,12 @@
 //! exits.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use kubedev::cidr::Cidr;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::machine_routes::{self, MachineRoute};
@@ -41,6 +42,23 @@ impl TunRoutes {
             device,
             added: BTreeSet::new(),
         })
+    }
+
+    /// Gives the device [`kubedev::control::TUN_IPV6_ADDRESS`], usable at once (no
+    /// duplicate address detection on a device nothing else is on), so the workstation
+    /// has an IPv6 source for the cluster's IPv6 addresses even without IPv6 of its own.
+    pub(crate) async fn add_ipv6_address(&self) -> anyhow::Result<()> {
+        let address = IpAddr::V6(kubedev::control::TUN_IPV6_ADDRESS);
+        let mut request = self.handle.address().add(self.device, address, 128);
+        let message = request.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        request
+            .execute()
+            .await
+            .with_context(|| format!("give the TUN device the address {address}"))
     }
 
     /// The device's index.
@@ -92,9 +110,15 @@ impl TunRoutes {
     }
 
     fn message(&self, cidr: Cidr) -> rtnetlink::packet_route::route::RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(cidr.network(), cidr.prefix_len())
-            .output_interface(self.device)
-            .build()
+        match cidr {
+            Cidr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4.network(), v4.prefix_len())
+                .output_interface(self.device)
+                .build(),
+            Cidr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6.network(), v6.prefix_len())
+                .output_interface(self.device)
+                .build(),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! every route into it) deleted, even one its user made persistent.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,7 +46,7 @@ pub(super) struct Shared {
     resolv_conf_taken: Mutex<bool>,
     /// The machine's nameservers when the helper started, before any was pointed at a
     /// tunneld: never routed into a device, whoever points the resolver since.
-    first_nameservers: Vec<Ipv4Addr>,
+    first_nameservers: Vec<IpAddr>,
     /// Held while a route is checked and added: two users' requests never both pass a
     /// check that only one of them can.
     routing: tokio::sync::Mutex<()>,
@@ -73,7 +73,7 @@ impl Shared {
     }
 
     /// The nameservers no route may hold: those at the start, and those named now.
-    fn nameservers(&self) -> Vec<Ipv4Addr> {
+    fn nameservers(&self) -> Vec<IpAddr> {
         let mut all = self.first_nameservers.clone();
         all.extend(nameservers_of(&self.resolv_conf));
         all
@@ -278,6 +278,9 @@ async fn open(
 ) -> anyhow::Result<(Opened, HelperReply)> {
     let (device, name) = create_machine_device()?;
     let routes = TunRoutes::new(&name).await?;
+    if let Err(err) = routes.add_ipv6_address().await {
+        tracing::warn!("{err:#}: the cluster's IPv6 addresses are out of reach");
+    }
     let (resolver, upstream) =
         point_resolver(shared, (&name, routes.device_index()), domain, search)?;
     let reply = HelperReply::Opened {
@@ -293,13 +296,13 @@ async fn open(
     Ok((opened, reply))
 }
 
-/// The IPv4 nameservers `resolv_conf` and systemd-resolved's own file name, but tunneld's.
-fn nameservers_of(resolv_conf: &std::path::Path) -> Vec<Ipv4Addr> {
+/// The nameservers `resolv_conf` and systemd-resolved's own file name, but tunneld's.
+fn nameservers_of(resolv_conf: &std::path::Path) -> Vec<IpAddr> {
     [resolv_conf, UPLINK_RESOLV_CONF.as_ref()]
         .iter()
         .filter_map(|path| std::fs::read_to_string(path).ok())
         .flat_map(|conf| policy::nameservers(&conf))
-        .filter(|nameserver| *nameserver != DNS_IP)
+        .filter(|nameserver| *nameserver != IpAddr::V4(DNS_IP))
         .collect()
 }
 

@@ -3,7 +3,7 @@
 //! user's device) already covers, and that hold none of the machine's nameservers; and have
 //! the resolver send them only the cluster's own names.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use kubedev::cidr::{self, Cidr};
 
@@ -15,22 +15,27 @@ const MAX_SEARCH: usize = 6;
 pub(super) const MAX_ROUTES: usize = 64;
 
 /// The ranges users may route unless the administrator says otherwise: the private
-/// ranges clusters use (RFC 1918, carrier-grade NAT) and tunneld's own (198.18.0.0/15).
-pub(super) const DEFAULT_ALLOWED: [&str; 5] = [
+/// ranges clusters use (RFC 1918, carrier-grade NAT, IPv6 unique local) and tunneld's own
+/// (198.18.0.0/15).
+pub(super) const DEFAULT_ALLOWED: [&str; 6] = [
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
     "100.64.0.0/10",
     "198.18.0.0/15",
+    "fc00::/7",
 ];
 
-/// Ranges no one may route, whatever is allowed: this machine's own, the link-local ones,
-/// multicast and above.
-const NEVER_ROUTED: [(Ipv4Addr, u8); 4] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),
-    (Ipv4Addr::new(127, 0, 0, 0), 8),
-    (Ipv4Addr::new(169, 254, 0, 0), 16),
-    (Ipv4Addr::new(224, 0, 0, 0), 3),
+/// Ranges no one may route, whatever is allowed: this machine's own (loopback, and IPv4
+/// written as IPv6), the link-local ones, multicast and above.
+const NEVER_ROUTED: [&str; 7] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/3",
+    "::/8",
+    "fe80::/10",
+    "ff00::/8",
 ];
 
 /// The administrator's limits.
@@ -48,7 +53,7 @@ pub(super) struct Machine<'a> {
     /// Its routes, but for those into the asking user's own device.
     pub(super) routes: &'a [MachineRoute],
     /// The nameservers its resolver names.
-    pub(super) nameservers: &'a [Ipv4Addr],
+    pub(super) nameservers: &'a [IpAddr],
 }
 
 impl Policy {
@@ -82,7 +87,7 @@ impl Policy {
     pub(super) fn check_route(&self, route: &Cidr, machine: &Machine<'_>) -> Result<(), String> {
         if let Some(never) = NEVER_ROUTED
             .iter()
-            .filter_map(|(ip, len)| Cidr::new(*ip, *len).ok())
+            .filter_map(|text| cidr::parse(text).ok())
             .find(|never| cidr::overlap(never, route))
         {
             return Err(format!("{route} overlaps {never}, which is never routed"));
@@ -131,8 +136,8 @@ fn check_domain(name: &str) -> Result<(), String> {
     }
 }
 
-/// The IPv4 nameservers a resolver file names.
-pub(super) fn nameservers(conf: &str) -> Vec<Ipv4Addr> {
+/// The nameservers a resolver file names.
+pub(super) fn nameservers(conf: &str) -> Vec<IpAddr> {
     conf.lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
         // As glibc reads it: the first word, whatever comment follows.
@@ -199,8 +204,13 @@ mod tests {
             route("0.0.0.0/0", "default via 192.168.50.254 dev eth0"),
             route("192.168.50.0/24", "192.168.50.0/24 dev eth0"),
             route("10.244.0.0/24", "10.244.0.0/24 dev cni0"),
+            route("::/0", "default via fd00::1 dev eth0"),
+            route("fd00::/64", "fd00::/64 dev eth0"),
         ];
-        let nameservers = [Ipv4Addr::new(10, 1, 0, 2)];
+        let nameservers = [
+            "10.1.0.2".parse().expect("ip"),
+            "fd53::1".parse().expect("ip"),
+        ];
         let machine = Machine {
             routes: &routes,
             nameservers: &nameservers,
@@ -210,6 +220,7 @@ mod tests {
             "10.43.0.0/16",
             "198.18.0.53/32",
             "172.20.0.0/16",
+            "fd4b:96::/112",
         ] {
             assert_eq!(
                 policy().check_route(&range(good), &machine),
@@ -231,6 +242,15 @@ mod tests {
             ("192.168.50.254/32", "overlaps this machine's route"),
             ("10.0.0.0/8", "overlaps this machine's route 10.244.0.0/24"),
             ("10.1.0.0/16", "holds this machine's nameserver 10.1.0.2"),
+            ("::1/128", "never routed"),
+            ("::ffff:10.96.0.0/112", "never routed"),
+            ("fe80::/64", "never routed"),
+            ("2001:db8::/32", "outside the ranges"),
+            (
+                "fd00::/80",
+                "overlaps this machine's route fd00::/64 dev eth0",
+            ),
+            ("fd53::/64", "holds this machine's nameserver fd53::1"),
         ] {
             let refused = policy().check_route(&range(bad), &machine).expect_err(bad);
             assert!(refused.contains(why), "{bad}: {refused}");
@@ -243,7 +263,7 @@ mod tests {
             "# x\nnameserver 10.1.0.2\nnameserver fd00::1\nsearch corp\nnameserver 192.0.2.53\n";
         assert_eq!(
             nameservers(conf),
-            [Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(192, 0, 2, 53)]
+            ["10.1.0.2", "fd00::1", "192.0.2.53"].map(|ip| ip.parse::<IpAddr>().expect("ip"))
         );
     }
 }

@@ -2,13 +2,14 @@
 //! address of its own and the default route, so every flow the command starts (to the
 //! cluster and to anywhere else) reaches tunneld's userspace stack.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
+use rtnetlink::packet_route::address::AddressHeaderFlags;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use tun::AbstractDevice as _;
 
-use kubedev::control::TUN_MTU;
+use kubedev::control::{TUN_IPV6_ADDRESS, TUN_MTU};
 
 /// The TUN device's name, inside the namespace.
 const TUN_NAME: &str = "kubedev0";
@@ -38,6 +39,34 @@ pub(super) fn set_up() -> anyhow::Result<tun::Device> {
     Ok(device)
 }
 
+/// Gives device `index` [`TUN_IPV6_ADDRESS`] and routes all IPv6 into it too. A kernel
+/// without IPv6 leaves the command IPv4 only.
+async fn add_ipv6(handle: &rtnetlink::Handle, index: u32) -> anyhow::Result<()> {
+    let mut address = handle
+        .address()
+        .add(index, IpAddr::V6(TUN_IPV6_ADDRESS), 128);
+    // Nothing else is on the device: the address needs no duplicate detection.
+    address.message_mut().header.flags = AddressHeaderFlags::Nodad;
+    if address.execute().await.is_err() {
+        return Ok(());
+    }
+    let default = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(index);
+    add_route(
+        handle,
+        default.build(),
+        "route all IPv6 into the TUN device",
+    )
+    .await
+}
+
+async fn add_route(
+    handle: &rtnetlink::Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    handle.route().add(route).execute().await.context(what)
+}
+
 /// Brings `lo` up and routes everything into device `index`.
 async fn route_into(index: u32) -> anyhow::Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
@@ -49,15 +78,14 @@ async fn route_into(index: u32) -> anyhow::Result<()> {
             .execute()
             .await
             .context("bring lo up")?;
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .output_interface(index)
-            .build();
-        handle
-            .route()
-            .add(default)
-            .execute()
-            .await
-            .context("route everything into the TUN device")
+        let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(index);
+        add_route(
+            &handle,
+            default.build(),
+            "route everything into the TUN device",
+        )
+        .await?;
+        add_ipv6(&handle, index).await
     };
     let result = up.await;
     connection.abort();

@@ -201,7 +201,7 @@ impl Daemon {
             (machine.iter()).any(|route| another_tunneld_routes(&up.cluster, route));
         let mut plan = route_plan::plan(&wanted, &machine);
         let mut routes = plan.routes.clone();
-        routes.push(Cidr::from(DNS_IP));
+        routes.push(kubedev::cidr::single(DNS_IP.into()));
         for (route, err) in up.routes.set(&routes).await {
             tracing::warn!("could not add route {route} dev {}: {err}", up.device);
             let holder = plan
@@ -279,12 +279,9 @@ async fn api_server_exclusions(server: &str) -> Vec<Exclusion> {
     }
     addresses
         .into_iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(Exclusion {
-                range: Cidr::from(v4),
-                reason: "the API server's address".into(),
-            }),
-            IpAddr::V6(_) => None,
+        .map(|ip| Exclusion {
+            range: kubedev::cidr::single(ip),
+            reason: "the API server's address".into(),
         })
         .collect()
 }

@@ -234,3 +234,49 @@ fn a_range_another_kubedev_tunneld_routes_is_left_to_it_and_said_so() {
     );
     assert_eq!(left.via.as_deref(), Some("10.96.0.0/17 dev kubedev-tun0"));
 }
+
+#[test]
+fn ipv6_ranges_are_planned_against_the_ipv6_routes_alone() {
+    let machine = [
+        path("0.0.0.0/0", "eth0"),
+        path("::/0", "eth0"),
+        path("fd00::/64", "eth0"),
+        path("fd4b:6b64:244::/64", "kubedev0"),
+        reject("fd4b:6b64:244::/56"),
+        reject("10.96.0.0/16"),
+    ];
+    let wanted = cluster(&["fd4b:6b64:96::/112", "fd4b:6b64:244::/56", "10.96.0.0/16"]);
+    let plan = plan(&wanted, &machine);
+    let v6_service = &plan.ranges[0];
+    assert_eq!(v6_service.state, RangeState::Routed);
+    assert_eq!(
+        v6_service.reason,
+        "this machine reaches it only through its default route"
+    );
+    let v6_pods = &plan.ranges[1];
+    assert_eq!(v6_pods.state, RangeState::Routed);
+    assert_eq!(
+        excepted(v6_pods),
+        ["fd4b:6b64:244::/64"],
+        "the bridge keeps its pods"
+    );
+    assert!(
+        v6_pods.reason.contains("only rejects it"),
+        "{}",
+        v6_pods.reason
+    );
+    let routed = routes(&plan);
+    assert!(
+        routed.contains(&"fd4b:6b64:96::/112".to_owned()),
+        "{routed:?}"
+    );
+    assert!(
+        routed.contains(&"fd4b:6b64:244:80::/57".to_owned()),
+        "{routed:?}"
+    );
+    assert!(
+        !routed.iter().any(|r| r == "fd4b:6b64:244::/56"),
+        "halves, not the rejected range"
+    );
+    assert!(routed.contains(&"10.96.0.0/17".to_owned()), "{routed:?}");
+}
