@@ -18,6 +18,7 @@
 //! `KUBEDEV_SOAK_REPORT=1` its figures replace the soak section of docs/benchmarks.md.
 
 mod distance;
+mod families;
 mod intercepted;
 mod measure;
 mod memory;
@@ -72,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
     let mut workstation = Workstation::create(&cluster);
     let agents = "app=kubedev-agent";
     let kubedev = paths::kubedev(&cluster, &ns, agents, &mut workstation, &echo, sizes).await?;
+    eprintln!("bench: kubedev over IPv6");
+    let over_ipv6 = paths::kubedev_over_ipv6(&ns, agents, &workstation, &echo, sizes).await?;
     drop(workstation);
     let distance_sizes = Sizes::at_distance_from_env();
     let rtts = distance::rtts_from_env();
@@ -100,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         sessions: &sessions,
         wiretapped: &wiretapped,
         tls: &tls,
+        over_ipv6: over_ipv6.as_ref(),
     });
     let path = benchmarks_md();
     // The soak's figures are the soak's to write.

@@ -301,3 +301,7 @@ pub(crate) fn open_flows(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
         })
         .collect()
 }
+/// A duration as the report shows it, in milliseconds.
+pub(crate) fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}

@@ -20,6 +20,8 @@ use crate::processes::agent_pid;
 pub(crate) struct EchoPod {
     pub(crate) name: String,
     pub(crate) ip: String,
+    /// Its IPv6 address, on a dual-stack cluster.
+    pub(crate) ipv6: Option<String>,
 }
 
 impl EchoPod {
@@ -30,9 +32,12 @@ impl EchoPod {
             .await?
             .items
             .remove(0);
+        let status = pod.status.unwrap_or_default();
+        let all = status.pod_ips.unwrap_or_default().into_iter();
         Ok(Self {
             name: pod.metadata.name.clone().unwrap_or_default(),
-            ip: pod.status.and_then(|s| s.pod_ip).unwrap_or_default(),
+            ip: status.pod_ip.unwrap_or_default(),
+            ipv6: all.map(|ip| ip.ip).find(|ip| ip.contains(':')),
         })
     }
 
@@ -51,6 +56,17 @@ impl EchoPod {
             echo: self.echo(),
             udp: Some(format!("{}:9000", self.ip).parse().expect("address")),
         }
+    }
+
+    /// Its ports at its IPv6 address, if it has one.
+    fn target_over_ipv6(&self) -> Option<Target> {
+        let ip: std::net::Ipv6Addr = self.ipv6.as_ref()?.parse().ok()?;
+        let at = |port| SocketAddr::from((ip, port));
+        Some(Target {
+            bulk: at(9100),
+            echo: at(7000),
+            udp: Some(at(9000)),
+        })
     }
 }
 
@@ -150,9 +166,36 @@ pub(crate) async fn kubedev(
     workstation
         .start_tunneld(cluster, &ns.name, agents, TOKEN)
         .await;
-    let busy = vec![
+    let busy = kubedev_processes(ns, agents, workstation).await?;
+    Ok(Vantage::Workstation(workstation).measure(pod.target(), sizes, busy))
+}
+
+/// [`kubedev`] again, through the tunneld it started, to the pod's IPv6 address; none
+/// where the pod has no IPv6.
+pub(crate) async fn kubedev_over_ipv6(
+    ns: &TestNamespace,
+    agents: &str,
+    workstation: &Workstation,
+    pod: &EchoPod,
+    sizes: Sizes,
+) -> anyhow::Result<Option<Results>> {
+    let Some(target) = pod.target_over_ipv6() else {
+        return Ok(None);
+    };
+    let busy = kubedev_processes(ns, agents, workstation).await?;
+    Ok(Some(
+        Vantage::Workstation(workstation).measure(target, sizes, busy),
+    ))
+}
+
+/// The processes the kubedev path charges CPU time to: tunneld and the agent.
+async fn kubedev_processes(
+    ns: &TestNamespace,
+    agents: &str,
+    workstation: &Workstation,
+) -> anyhow::Result<Vec<u32>> {
+    Ok(vec![
         workstation.tunneld_pid(),
         agent_pid(ns, agents, "agent").await?,
-    ];
-    Ok(Vantage::Workstation(workstation).measure(pod.target(), sizes, busy))
+    ])
 }

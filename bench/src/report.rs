@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::distance::AtDistance;
+use crate::families;
 use crate::intercepted::Intercepted;
-use crate::measure::{Results, Sizes};
+use crate::measure::{Results, Sizes, ms};
 use crate::memory::AgentMemory;
 use crate::mounts;
 use crate::sessions::{RUNS, SessionTimes};
@@ -31,6 +32,8 @@ pub(crate) struct Measured<'a> {
     pub(crate) sessions: &'a SessionTimes,
     pub(crate) wiretapped: &'a [Tapped],
     pub(crate) tls: &'a [Tapped],
+    /// The kubedev path to the pod's IPv6 address, on a dual-stack cluster.
+    pub(crate) over_ipv6: Option<&'a Results>,
 }
 
 pub(crate) fn render(measured: &Measured<'_>) -> String {
@@ -51,6 +54,9 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     );
     out += "## One hop from the API server\n\n";
     out += &path_table(measured.sizes, measured.paths);
+    if let Some(over_ipv6) = measured.over_ipv6 {
+        out += &families::table(measured.sizes, &measured.paths.kubedev, over_ipv6);
+    }
     out += &distance_table(measured.distance_sizes, measured.at_distance);
     out += &intercepted_table(measured.distance_sizes, measured.at_distance);
     out += &mount_table(measured.at_distance);
@@ -446,8 +452,4 @@ fn machine() -> String {
         memory_kib / (1024 * 1024),
         kernel.trim()
     )
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }

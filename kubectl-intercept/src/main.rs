@@ -78,8 +78,9 @@ struct Cli {
     #[arg(long)]
     service: Option<String>,
 
-    /// The address on this machine that receives the connections.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// The address on this machine that receives the connections (by default 127.0.0.1,
+    /// then ::1 when nothing listens there).
+    #[arg(long, default_value = "127.0.0.1", value_parser = kubedev_cli::parse_local_address)]
     address: String,
 
     /// NAME=VALUE: only HTTP requests with this header come here (repeat: all must match);

@@ -276,6 +276,26 @@ pub struct Forward {
     pub wiretap: bool,
 }
 
+impl Forward {
+    /// The hosts a connection is delivered to, tried in turn: `local_host`, and after the
+    /// IPv4 loopback (the default) the IPv6 one, where a server that listens on
+    /// `localhost` may have taken only `::1` (as Node.js does).
+    pub fn local_hosts(&self) -> Vec<&str> {
+        match self.local_host.as_str() {
+            "127.0.0.1" => vec!["127.0.0.1", "::1"],
+            host => vec![host],
+        }
+    }
+
+    /// Where connections go, as `HOST:PORT` (`[::1]:3000`).
+    pub fn local_address(&self) -> String {
+        match self.local_host.contains(':') {
+            true => format!("[{}]:{}", self.local_host, self.local_port),
+            false => format!("{}:{}", self.local_host, self.local_port),
+        }
+    }
+}
+
 /// A port forwarded from this machine's localhost to a pod's own (`--to-pod PORT[/udp]`):
 /// a sidecar's admin port, a debug endpoint that listens on localhost only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +322,26 @@ impl std::str::FromStr for PodPort {
             Ok(port) if port > 0 => Ok(Self { port, transport }),
             _ => Err(format!("expected PORT or PORT/udp (1-65535), got {text:?}")),
         }
+    }
+}
+
+impl PodPort {
+    /// The addresses of this machine a port listens on: both loopbacks.
+    pub const LOCAL_ADDRESSES: [std::net::IpAddr; 2] = [
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
+
+    /// Whether `err`, binding `address` (one of [`Self::LOCAL_ADDRESSES`]), says the
+    /// machine has no such address (IPv6's loopback where there is no IPv6), rather than
+    /// that the port is taken or forbidden, as it would be on IPv4.
+    pub fn no_such_address(address: std::net::IpAddr, err: &std::io::Error) -> bool {
+        use std::io::ErrorKind;
+        address.is_ipv6()
+            && !matches!(
+                err.kind(),
+                ErrorKind::AddrInUse | ErrorKind::PermissionDenied
+            )
     }
 }
 

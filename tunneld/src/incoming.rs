@@ -14,6 +14,7 @@ use kubedev_protocol::mux::MuxStream;
 use kubedev_protocol::splice::splice;
 use kubedev_protocol::udp_flows::{IDLE_TIMEOUT, relay_socket};
 use kubedev_protocol::{HANDSHAKE_TIMEOUT, OpenReply, OpenRequest, Transport};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::local_network::LocalNetwork;
@@ -48,18 +49,13 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>, local: Arc<Loc
         )
         .await;
     };
-    let target = (forward.local_host.as_str(), forward.local_port);
     if transport == Transport::Udp {
+        let target = (forward.local_host.as_str(), forward.local_port);
         return deliver_datagrams(stream, &local, target, port).await;
     }
-    let connected = match address_of(target).await {
-        Ok(address) => local.connect_tcp(address).await,
-        Err(err) => Err(err),
-    };
-    let mut local = match connected {
+    let mut local = match connect_local(&local, forward).await {
         Ok(local) => local,
-        Err(err) => {
-            let reason = format!("connect to {}:{}: {err}", target.0, target.1);
+        Err(reason) => {
             tracing::warn!("a connection for port {port} could not be delivered: {reason}");
             return refuse(stream, reason).await;
         }
@@ -71,8 +67,26 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>, local: Arc<Loc
     {
         return;
     }
-    tracing::debug!("port {port} -> {}:{}", target.0, target.1);
+    tracing::debug!("port {port} -> {}", forward.local_address());
     let _ = splice(&mut stream, &mut local).await;
+}
+
+/// Connects to where `forward` delivers, at each of its hosts in turn; what each answered
+/// when none took the connection.
+async fn connect_local(local: &LocalNetwork, forward: &Forward) -> Result<TcpStream, String> {
+    let mut refused = Vec::new();
+    for host in forward.local_hosts() {
+        let target = (host, forward.local_port);
+        let connected = match address_of(target).await {
+            Ok(address) => local.connect_tcp(address).await,
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(connection) => return Ok(connection),
+            Err(err) => refused.push(format!("connect to {host} port {}: {err}", target.1)),
+        }
+    }
+    Err(refused.join("; "))
 }
 
 /// Relays one peer's datagrams for the app's UDP `port` to `target` and back.

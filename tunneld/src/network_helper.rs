@@ -65,7 +65,7 @@ struct HelperCli {
     socket: PathBuf,
 
     /// A range users may route into their device (repeat for more; default: 10.0.0.0/8,
-    /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 198.18.0.0/15 and fc00::/7). Never one of this
+    /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and 198.18.0.0/15; IPv4 only). Never one of this
     /// machine's own routes, nor one holding its nameservers.
     #[arg(long = "allow-range", value_name = "CIDR", value_parser = cidr::parse)]
     allowed: Vec<Cidr>,

@@ -59,6 +59,8 @@ impl Routing {
     /// cluster's DNS gave is the cluster's wherever it is (an ExternalName's, say), unless
     /// `--never-proxy` holds it.
     fn leaves_answered(&self, ip: IpAddr, resolver: Leaves) -> Leaves {
+        // An IPv4 address written as IPv6 (`::ffff:10.96.0.10`) is the IPv4 address.
+        let ip = ip.to_canonical();
         let within = |ranges: &[Cidr]| ranges.iter().any(|range| range.contains(&ip));
         if within(&self.choices.never_proxy) {
             Leaves::Workstation

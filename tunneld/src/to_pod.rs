@@ -5,7 +5,7 @@
 //! session's agents, which shares the pod's network.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentPool;
 
-/// Where the agent connects, in the pod's network namespace: for a connection, the pod's
-/// `localhost`, each of its addresses in turn (a server listening on IPv4 or on IPv6
-/// alone takes it); for datagrams, which no refusal comes back for, IPv4's.
-const LOCALHOST: &str = "localhost";
-const LOCALHOST_DATAGRAMS: &str = "127.0.0.1";
+/// Where the agent connects, in the pod's network namespace: the loopback addresses, in
+/// turn for a connection (a server listening on IPv4 or on IPv6 alone takes it); IPv4's
+/// for datagrams, which no refusal comes back for.
+const LOOPBACKS: [&str; 2] = ["127.0.0.1", "::1"];
 
 /// How long a connection waits for a link to one of the session's pods.
 const LINK_WAIT: Duration = Duration::from_secs(10);
@@ -42,10 +41,7 @@ pub(crate) enum Bound {
 pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
     let mut bound = Vec::new();
     for port in ports {
-        for loopback in [
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ] {
+        for loopback in PodPort::LOCAL_ADDRESSES {
             let address = (loopback, port.port);
             let result = match port.transport {
                 Transport::Tcp => TcpListener::bind(address)
@@ -55,7 +51,7 @@ pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
             };
             match result {
                 Ok(listening) => bound.push(listening),
-                Err(err) if loopback.is_ipv6() && without_ipv6(&err) => {}
+                Err(err) if PodPort::no_such_address(loopback, &err) => {}
                 Err(err) => {
                     return Err(format!(
                         "--to-pod {port}: cannot listen on {}: {err}",
@@ -66,16 +62,6 @@ pub(crate) async fn bind(ports: &[PodPort]) -> Result<Vec<Bound>, String> {
         }
     }
     Ok(bound)
-}
-
-/// Whether `err`, binding IPv6's loopback, says this machine has none: anything but the
-/// port being taken or forbidden, which are errors as on IPv4.
-fn without_ipv6(err: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    !matches!(
-        err.kind(),
-        ErrorKind::AddrInUse | ErrorKind::PermissionDenied
-    )
 }
 
 /// Forwards every bound port to the pods of `session` until `stop` is cancelled.
@@ -141,7 +127,7 @@ impl Peers for PodPeers {
         let (port, session, pool) = (self.port, self.session.clone(), self.pool.clone());
         async move {
             let link = pool.pick(Some(&session), LINK_WAIT).await?;
-            link.open_udp(LOCALHOST_DATAGRAMS, port.port)
+            link.open_udp(LOOPBACKS[0], port.port)
                 .await
                 .inspect_err(|err| tracing::warn!("--to-pod {port} for {peer}: {err}"))
                 .ok()
@@ -155,16 +141,23 @@ async fn relay(mut connection: TcpStream, port: u16, session: SessionKey, pool: 
     let Some(link) = pool.pick(Some(&session), LINK_WAIT).await else {
         return tracing::warn!("--to-pod {port}: no pod of session {session} is linked");
     };
-    match link.open_tcp(LOCALHOST, port).await {
-        Ok(mut stream) => {
-            let _ = splice(&mut connection, &mut stream).await;
+    let mut refused = Vec::new();
+    for loopback in LOOPBACKS {
+        match link.open_tcp(loopback, port).await {
+            Ok(mut stream) => {
+                let _ = splice(&mut connection, &mut stream).await;
+                return;
+            }
+            Err(err) => refused.push(err.to_string()),
         }
-        Err(err) => tracing::warn!("--to-pod {port}: {err}"),
     }
+    tracing::warn!("--to-pod {port}: {}", refused.join("; "));
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[tokio::test]

@@ -1,6 +1,8 @@
-//! The sockets of the ports the agent takes over: on every address of both families, so
-//! that clients over IPv6 (a dual-stack Service's IPv6 ClusterIP, a pod's IPv6 address)
-//! reach the agent as IPv4 ones do; on IPv4 alone in a pod without IPv6.
+//! The sockets of the ports the agent takes over: on every address of both families where
+//! the pod has an IPv6 address beyond its link (a dual-stack or IPv6 cluster), so that
+//! clients over IPv6 (a dual-stack Service's IPv6 ClusterIP, a pod's IPv6 address) reach
+//! the agent as IPv4 ones do; on IPv4 alone otherwise, so that a port is not open on the
+//! pod's link-local address, which an IPv4-only network policy would not see.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -13,7 +15,10 @@ const BACKLOG: i32 = 1024;
 
 /// Listens on `port` of every address.
 pub(super) fn tcp_listener(port: u16) -> io::Result<TcpListener> {
-    let socket = bound(port, Type::STREAM)?;
+    listening(bound(port, Type::STREAM)?)
+}
+
+fn listening(socket: Socket) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
@@ -30,8 +35,13 @@ pub(super) fn client_address(peer: SocketAddr) -> SocketAddr {
 }
 
 fn bound(port: u16, kind: Type) -> io::Result<Socket> {
+    let ipv4 = || bound_to(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, kind);
+    let addresses = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    if !has_routable_ipv6(&addresses) {
+        return ipv4();
+    }
     match bound_to(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, kind) {
-        Err(err) if without_ipv6(&err) => bound_to(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, kind),
+        Err(err) if without_ipv6(&err) => ipv4(),
         bound => bound,
     }
 }
@@ -51,6 +61,16 @@ fn bound_to(address: IpAddr, port: u16, kind: Type) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Whether `/proc/net/if_inet6` (`addresses`) lists an address other than loopback and
+/// link-local ones: each line is the address, the device's index, the prefix length, the
+/// scope (`00` global, `20` link, `10` host), flags and the device's name.
+fn has_routable_ipv6(addresses: &str) -> bool {
+    addresses.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.as_slice(), [_, _, _, "00", _, device] if *device != "lo")
+    })
+}
+
 /// Whether `err` says the pod has no IPv6 (a kernel or a pod with it turned off).
 fn without_ipv6(err: &io::Error) -> bool {
     use rustix::io::Errno;
@@ -65,9 +85,21 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn only_an_address_beyond_the_link_makes_a_pod_take_ipv6() {
+        let link_only = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                         fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n";
+        assert!(!has_routable_ipv6(link_only));
+        assert!(!has_routable_ipv6(""), "no IPv6 at all");
+        let dual_stack =
+            format!("{link_only}fd4b6b640244000000000000000000003 04 40 00 00     eth0\n");
+        assert!(has_routable_ipv6(&dual_stack));
+    }
+
     #[tokio::test]
     async fn one_listener_takes_clients_of_both_families() {
-        let listener = tcp_listener(0).expect("listen");
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let listener = listening(bound_to(any, 0, Type::STREAM).expect("bind")).expect("listen");
         let port = listener.local_addr().expect("address").port();
         for client in [
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -83,7 +115,9 @@ mod tests {
 
     #[tokio::test]
     async fn one_socket_takes_datagrams_of_both_families() {
-        let socket = udp_socket(0).expect("bind");
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let bound = bound_to(any, 0, Type::DGRAM).expect("bind");
+        let socket = UdpSocket::from_std(bound.into()).expect("socket");
         let port = socket.local_addr().expect("address").port();
         for (source, target) in [
             ("127.0.0.1:0", Ipv4Addr::LOCALHOST.into()),

@@ -390,9 +390,46 @@ pub struct ModeArgs {
     pub tls_secret: Option<String>,
 }
 
+/// Reads `--address`: an address of this machine (`[::1]` as `::1`) or a host name,
+/// without a port (the port comes from `--port`).
+pub fn parse_local_address(text: &str) -> Result<String, String> {
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(text);
+    if unbracketed.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(unbracketed.to_owned());
+    }
+    let host_name = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+    };
+    match host_name(text) {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "expected an address or host name of this machine (127.0.0.1, ::1, localhost), \
+             without a port (--port gives it), got {text:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_address_is_an_address_or_a_host_name_without_a_port() {
+        assert_eq!(parse_local_address("[::1]").as_deref(), Ok("::1"));
+        assert_eq!(parse_local_address("::1").as_deref(), Ok("::1"));
+        assert_eq!(parse_local_address("127.0.0.1").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(parse_local_address("localhost").as_deref(), Ok("localhost"));
+        let with_port = parse_local_address("127.0.0.1:3000").expect_err("a port");
+        assert!(with_port.contains("without a port"), "{with_port}");
+        assert!(parse_local_address("[::1]:3000").is_err());
+        assert!(parse_local_address("").is_err());
+    }
 
     #[test]
     fn leases_outlast_renewals() {

@@ -43,7 +43,7 @@ use std::process::ExitCode;
 
 pub use args::{
     ConfigAction, DEFAULT_AGENT_IMAGE, Manage, ModeArgs, Output, PluginArgs, SessionArgs,
-    SessionLife,
+    SessionLife, parse_local_address,
 };
 pub use complete::{COMPLETE_ARG, complete_if_asked};
 #[cfg(target_os = "linux")]

@@ -292,8 +292,9 @@ pub(super) fn report_started(plan: &Plan, started: &Started, to_pod: &[PodPort])
             .map(|secret| format!(", in TLS with the certificate of secret {secret}"))
             .unwrap_or_default();
         eprintln!(
-            "  container port {} -> {}:{}{only}{copies}{tls}",
-            forward.app_port, forward.local_host, forward.local_port
+            "  container port {} -> {}{only}{copies}{tls}",
+            forward.app_port,
+            forward.local_address()
         );
     }
     for port in to_pod {

@@ -115,18 +115,20 @@ impl Session for OnWorkload<'_> {
 /// Fails, before anything changes, where a `--to-pod` port is taken on this machine.
 fn check_local_ports(ports: &[PodPort]) -> anyhow::Result<()> {
     for port in ports {
-        let address = (std::net::Ipv4Addr::LOCALHOST, port.port);
-        let free = match port.transport {
-            Transport::Tcp => std::net::TcpListener::bind(address).map(drop),
-            Transport::Udp => std::net::UdpSocket::bind(address).map(drop),
-        };
-        free.map_err(|err| {
-            anyhow::anyhow!(
-                "--to-pod {port}: localhost:{} is taken on this machine ({err}); stop what \
-                 listens there or forward another port",
-                port.port
-            )
-        })?;
+        for loopback in PodPort::LOCAL_ADDRESSES {
+            let address = std::net::SocketAddr::from((loopback, port.port));
+            let free = match port.transport {
+                Transport::Tcp => std::net::TcpListener::bind(address).map(drop),
+                Transport::Udp => std::net::UdpSocket::bind(address).map(drop),
+            };
+            match free {
+                Err(err) if !PodPort::no_such_address(loopback, &err) => anyhow::bail!(
+                    "--to-pod {port}: {address} is taken on this machine ({err}); stop what \
+                     listens there or forward another port"
+                ),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
@@ -282,13 +284,18 @@ async fn note_idle_local_ports(mode: Mode, forwards: &[Forward]) {
         Mode::Intercept | Mode::Ingest => "go to the app",
     };
     for forward in forwards.iter().filter(|f| f.transport == Transport::Tcp) {
-        let address = (forward.local_host.as_str(), forward.local_port);
-        let connecting = tokio::net::TcpStream::connect(address);
-        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), connecting).await {
+        let mut listening = false;
+        for host in forward.local_hosts() {
+            let connecting = tokio::net::TcpStream::connect((host, forward.local_port));
+            let connected = tokio::time::timeout(Duration::from_secs(1), connecting).await;
+            listening |= !matches!(connected, Ok(Err(_)));
+        }
+        if !listening {
             eprintln!(
-                "note: nothing listens on {}:{} yet; until something does, connections for \
+                "note: nothing listens on {} yet; until something does, connections for \
                  port {} {meanwhile}",
-                forward.local_host, forward.local_port, forward.app_port
+                forward.local_address(),
+                forward.app_port
             );
         }
     }

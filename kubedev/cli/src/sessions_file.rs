@@ -297,7 +297,12 @@ impl SessionSpec {
     }
 
     fn mode_args(&self) -> Result<ModeArgs, String> {
-        if let Some(address) = self.address.as_deref().filter(|a| !is_loopback(a)) {
+        let address = (self.address.as_deref())
+            .map(|text| {
+                crate::args::parse_local_address(text).map_err(|err| format!("address: {err}"))
+            })
+            .transpose()?;
+        if let Some(address) = address.as_deref().filter(|a| !is_loopback(a)) {
             return Err(format!(
                 "address: {address:?} is not this machine's loopback (a sessions file sends \
                  requests nowhere else; --address on the command line can)"
@@ -311,7 +316,7 @@ impl SessionSpec {
         Ok(ModeArgs {
             ports,
             service: self.service.clone(),
-            address: Some(self.address.clone().unwrap_or_else(|| "127.0.0.1".into())),
+            address: Some(address.unwrap_or_else(|| "127.0.0.1".into())),
             filter: filtered.then(|| HttpFilter {
                 headers: self.http_headers.clone().into_iter().collect(),
                 path_prefix: self.http_path_prefix.clone(),

@@ -308,14 +308,15 @@ impl TestNamespace {
     }
 
     /// [`deploy_echo`](Self::deploy_echo) with one replica and a sidecar `admin` that
-    /// answers HTTP on 127.0.0.1:9901 and UDP on 127.0.0.1:9902 only, as `echo from POD`.
+    /// answers HTTP on 127.0.0.1:9901 and UDP on 127.0.0.1:9902 only, and HTTP on
+    /// [::1]:9903 only, as `echo from POD`.
     pub async fn deploy_echo_with_admin_sidecar(&self, name: &str) -> anyhow::Result<Service> {
         let mut deployment = single_container_deployment(name, 1, echo_container())?;
         let admin = serde_json::from_value(json!({
             "name": "admin",
             "image": ECHO_IMAGE,
             "imagePullPolicy": "Never",
-            "args": ["--local", "--http", "9901", "--udp", "9902"]
+            "args": ["--local", "--http", "9901", "--udp", "9902", "--local6", "--http", "9903"]
         }))?;
         deployment
             .spec

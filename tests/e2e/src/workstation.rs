@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -447,8 +448,14 @@ impl Workstation {
     /// An HTTP server on 127.0.0.1:`port` inside the workstation that answers every request
     /// with `local <name>: <request line>`; it stops when the value drops.
     pub fn serve_http(&self, port: u16, name: &str) -> LocalServer {
+        self.serve_http_at(Ipv4Addr::LOCALHOST.into(), port, name)
+    }
+
+    /// [`serve_http`](Self::serve_http) on `address` (`::1`, say) alone.
+    pub fn serve_http_at(&self, address: IpAddr, port: u16, name: &str) -> LocalServer {
         let name = name.to_owned();
-        self.serve_tcp(port, move |connection| answer_http(connection, &name))
+        let at = SocketAddr::from((address, port));
+        self.serve_tcp(at, move |connection| answer_http(connection, &name))
     }
 
     /// [`serve_http`](Self::serve_http) in TLS, presenting the PEM certificate `cert` with
@@ -457,7 +464,8 @@ impl Workstation {
         let config = tests_fixtures::tls::server_config(cert.as_bytes(), key.as_bytes())
             .expect("the local server's certificate");
         let name = name.to_owned();
-        self.serve_tcp(port, move |connection| {
+        let at = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.serve_tcp(at, move |connection| {
             if let Ok(mut stream) = tests_fixtures::tls::accept(config.clone(), connection) {
                 answer_http(&mut stream, &name);
                 tests_fixtures::tls::close(&mut stream);
@@ -465,16 +473,15 @@ impl Workstation {
         })
     }
 
-    /// A TCP server on 127.0.0.1:`port` inside the workstation that gives each connection
-    /// to `serve` on a thread of its own; it stops when the value drops.
+    /// A TCP server on `at` inside the workstation that gives each connection to `serve`
+    /// on a thread of its own; it stops when the value drops.
     fn serve_tcp(
         &self,
-        port: u16,
+        at: SocketAddr,
         serve: impl Fn(std::net::TcpStream) + Clone + Send + 'static,
     ) -> LocalServer {
-        let listener = self.inside(move || {
-            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the local server")
-        });
+        let listener =
+            self.inside(move || std::net::TcpListener::bind(at).expect("bind the local server"));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let serving = listener.try_clone().expect("listener");
@@ -489,7 +496,7 @@ impl Workstation {
             }
         });
         LocalServer {
-            port,
+            at,
             netns: self.netns.clone(),
             stop,
             _listener: listener,
@@ -687,7 +694,7 @@ pub(crate) fn kill_tunnelds_in(dir: &std::path::Path) {
 /// A server the test runs on the workstation.
 #[derive(Debug)]
 pub struct LocalServer {
-    port: u16,
+    at: SocketAddr,
     netns: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     _listener: std::net::TcpListener,
@@ -698,10 +705,10 @@ impl Drop for LocalServer {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accepting thread so it sees the flag.
         if let Ok(netns) = fs::File::open(format!("/run/netns/{}", self.netns)) {
-            let port = self.port;
+            let at = self.at;
             let _ = std::thread::spawn(move || {
                 nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+                std::net::TcpStream::connect(at).ok()
             })
             .join();
         }

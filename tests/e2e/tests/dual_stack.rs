@@ -3,6 +3,7 @@
 //! over TCP and UDP; clients in the cluster that come over IPv6 are intercepted, filtered
 //! and replaced as IPv4 ones are; `--to-pod` takes the workstation's IPv6 loopback too.
 
+use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -122,10 +123,17 @@ async fn the_workstation_reaches_ipv6_services_and_pods_by_name_and_address() {
         assert_echo(&udp, &target);
         assert!(udp.trim_end().ends_with(": ping6"), "{udp}");
     }
-    let routes = s.workstation.run_ok(&["ip", "-6", "route"]);
+    let routes = s
+        .workstation
+        .run_ok(&["ip", "-6", "route", "show", "table", "all"]);
     assert!(
         routes.contains(&format!("{} dev kubedev-tun", "fd4b:6b64:96::/112")),
         "the IPv6 service range is routed: {routes}"
+    );
+    assert!(
+        !routes.contains("multicast ff00::/8 dev kubedev-tun"),
+        "the machine's own multicast does not go into the tunnel: {routes}\n{}",
+        s.workstation.log()
     );
 
     s.plugin_ok("kubectl-intercept", &["leave", "--all"]);
@@ -159,6 +167,8 @@ async fn clients_over_ipv6_are_intercepted_filtered_and_replaced() {
             "x-dev=alice",
             "--to-pod",
             "9901",
+            "--to-pod",
+            "9903",
             "--detach",
         ],
     );
@@ -168,16 +178,30 @@ async fn clients_over_ipv6_are_intercepted_filtered_and_replaced() {
     );
     assert_echo(&s.get_over_ipv6("/v6", Some("X-Dev: bob")), "unmatched");
     assert_echo(&s.get_over_ipv6("/v6", None), "no header");
-    // The workstation's IPv6 loopback reaches the pod's localhost too.
-    let admin = s
-        .workstation
-        .run_ok(&[&probe, "tcp", "[::1]:9901", admin_get]);
-    assert!(
-        admin.contains("echo from echo-") && admin.contains(": GET /admin"),
-        "{admin}"
-    );
+    // The workstation's IPv6 loopback reaches the pod's localhost too, and a server on
+    // the pod's IPv6 loopback alone is reached.
+    for local in ["[::1]:9901", "127.0.0.1:9903", "[::1]:9903"] {
+        let admin = s.workstation.run_ok(&[&probe, "tcp", local, admin_get]);
+        assert!(
+            admin.contains("echo from echo-") && admin.contains(": GET /admin"),
+            "{local}: {admin}"
+        );
+    }
     s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
     assert_eq!(stored(&s.ns).await, s.before, "restored exactly");
+
+    // A local server on ::1 alone (as Node.js listens on `localhost`) gets them too.
+    let at = Ipv6Addr::LOCALHOST.into();
+    let _on_ipv6 = s.workstation.serve_http_at(at, 3001, "laptop6");
+    s.plugin_ok(
+        "kubectl-intercept",
+        &["echo", "--port", "3001:http", "--detach"],
+    );
+    assert_eq!(
+        s.get_over_ipv6("/to-ipv6-loopback", None),
+        "local laptop6: GET /to-ipv6-loopback HTTP/1.1"
+    );
+    s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
 
     let replace = ["echo", "-c", "echo", "--port", "3000:http", "--detach"];
     s.plugin_ok("kubectl-replace_container", &replace);

@@ -76,7 +76,7 @@ impl Network {
             .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
         use tun::AbstractDevice as _;
         let name = device.tun_name().context("the TUN device's name")?;
-        if let Err(err) = confine(&name) {
+        if let Err(err) = confine(&name, Ipv6::Confined) {
             tracing::warn!("{name} heeds router advertisements and any source address: {err}");
         }
         Ok(Self {
@@ -215,19 +215,41 @@ pub(crate) fn create_machine_device() -> anyhow::Result<(tun::Device, String)> {
         .map_err(|err| anyhow::anyhow!(why_no_device(&err, nix::unistd::geteuid().as_raw())))?;
     use tun::AbstractDevice as _;
     let name = device.tun_name().context("the TUN device's name")?;
-    confine(&name).with_context(|| format!("confine {name}"))?;
+    confine(&name, Ipv6::Off).with_context(|| format!("confine {name}"))?;
     Ok((device, name))
 }
 
+/// What a device takes of IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ipv6 {
+    /// None at all: a device whose writer is not root (the network helper's, handed to a
+    /// user's tunneld). Linux has no reverse-path check for IPv6, so its writer could
+    /// otherwise put packets of any source into the machine: forwarded, or delivered to
+    /// local sockets as if from a neighbour or from the machine itself.
+    Off,
+    /// The cluster's flows, and nothing that changes the machine: no router advertisement
+    /// (one written into it would add routes, even a default one, and addresses), no
+    /// redirect, no source route.
+    Confined,
+}
+
 /// Has the kernel take from the device only what the cluster's network is: IPv4 whose
-/// source is routed back into it (no spoofed source forwarded elsewhere), and IPv6 with
-/// no router advertisement heeded (one written into it would add routes, even a default
-/// one, and addresses).
-pub(crate) fn confine(device: &str) -> std::io::Result<()> {
+/// source is routed back into it (no spoofed source forwarded or delivered), and IPv6 as
+/// `ipv6` says.
+pub(crate) fn confine(device: &str, ipv6: Ipv6) -> std::io::Result<()> {
     let set = |path: String, value: &str| std::fs::write(path, value);
-    for setting in ["accept_ra", "autoconf"] {
-        match set(format!("/proc/sys/net/ipv6/conf/{device}/{setting}"), "0") {
-            // A kernel without IPv6 has nothing to heed.
+    let settings: &[(&str, &str)] = match ipv6 {
+        Ipv6::Off => &[("disable_ipv6", "1")],
+        Ipv6::Confined => &[
+            ("accept_ra", "0"),
+            ("autoconf", "0"),
+            ("accept_redirects", "0"),
+            ("accept_source_route", "0"),
+        ],
+    };
+    for (setting, value) in settings {
+        match set(format!("/proc/sys/net/ipv6/conf/{device}/{setting}"), value) {
+            // A kernel without IPv6 has nothing to take.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             other => other?,
         }

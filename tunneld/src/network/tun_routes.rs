@@ -10,9 +10,15 @@ use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use kubedev::cidr::Cidr;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::machine_routes::{self, MachineRoute};
+
+/// The table of a machine's own addresses, and of multicast routes.
+const LOCAL_TABLE: u32 = 255;
+/// The metric of the multicast route the kernel gives a device that takes IPv6.
+const KERNEL_MULTICAST_METRIC: u32 = 256;
 
 /// The routes through the TUN device.
 #[derive(Debug)]
@@ -46,7 +52,9 @@ impl TunRoutes {
 
     /// Gives the device [`kubedev::control::TUN_IPV6_ADDRESS`], usable at once (no
     /// duplicate address detection on a device nothing else is on), so the workstation
-    /// has an IPv6 source for the cluster's IPv6 addresses even without IPv6 of its own.
+    /// has an IPv6 source for the cluster's IPv6 addresses even without IPv6 of its own;
+    /// and takes away the multicast route the kernel gave it, which would otherwise catch
+    /// the machine's own multicast (mDNS, SSDP) whenever its other devices' routes go.
     pub(crate) async fn add_ipv6_address(&self) -> anyhow::Result<()> {
         let address = IpAddr::V6(kubedev::control::TUN_IPV6_ADDRESS);
         let mut request = self.handle.address().add(self.device, address, 128);
@@ -58,7 +66,21 @@ impl TunRoutes {
         request
             .execute()
             .await
-            .with_context(|| format!("give the TUN device the address {address}"))
+            .with_context(|| format!("give the TUN device the address {address}"))?;
+        // After the address, whose addition makes the route again; as the kernel made it:
+        // an IPv6 route is deleted only where every field given matches.
+        let multicast = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8)
+            .table_id(LOCAL_TABLE)
+            .kind(RouteType::Multicast)
+            .protocol(RouteProtocol::Kernel)
+            .priority(KERNEL_MULTICAST_METRIC)
+            .output_interface(self.device)
+            .build();
+        if let Err(err) = self.handle.route().del(multicast).execute().await {
+            tracing::warn!("the TUN device keeps its multicast route: {err}");
+        }
+        Ok(())
     }
 
     /// The device's index.

@@ -278,9 +278,6 @@ async fn open(
 ) -> anyhow::Result<(Opened, HelperReply)> {
     let (device, name) = create_machine_device()?;
     let routes = TunRoutes::new(&name).await?;
-    if let Err(err) = routes.add_ipv6_address().await {
-        tracing::warn!("{err:#}: the cluster's IPv6 addresses are out of reach");
-    }
     let (resolver, upstream) =
         point_resolver(shared, (&name, routes.device_index()), domain, search)?;
     let reply = HelperReply::Opened {

@@ -15,28 +15,24 @@ const MAX_SEARCH: usize = 6;
 pub(super) const MAX_ROUTES: usize = 64;
 
 /// The ranges users may route unless the administrator says otherwise: the private
-/// ranges clusters use (RFC 1918, carrier-grade NAT, IPv6 unique local) and tunneld's own
-/// (198.18.0.0/15).
-pub(super) const DEFAULT_ALLOWED: [&str; 6] = [
+/// ranges clusters use (RFC 1918, carrier-grade NAT) and tunneld's own (198.18.0.0/15).
+pub(super) const DEFAULT_ALLOWED: [&str; 5] = [
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
     "100.64.0.0/10",
     "198.18.0.0/15",
-    "fc00::/7",
 ];
 
-/// Ranges no one may route, whatever is allowed: this machine's own (loopback, and IPv4
-/// written as IPv6), the link-local ones, multicast and above.
-const NEVER_ROUTED: [&str; 7] = [
-    "0.0.0.0/8",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "224.0.0.0/3",
-    "::/8",
-    "fe80::/10",
-    "ff00::/8",
-];
+/// Ranges no one may route, whatever is allowed: this machine's own, the link-local ones,
+/// multicast and above.
+const NEVER_ROUTED: [&str; 4] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"];
+
+/// Why no IPv6 range is routed: the helper's devices take no IPv6
+/// (`crate::network::Ipv6::Off`).
+pub(super) const NO_IPV6: &str = "the network helper routes IPv4 only: Linux has no \
+    reverse-path check for IPv6, so a device's user could put packets of any source into \
+    this machine (run tunneld as root for the cluster's IPv6)";
 
 /// The administrator's limits.
 #[derive(Debug, Clone)]
@@ -85,6 +81,9 @@ impl Policy {
 
     /// Whether a user may route `route` into their device on `machine` as it is.
     pub(super) fn check_route(&self, route: &Cidr, machine: &Machine<'_>) -> Result<(), String> {
+        if route.network().is_ipv6() {
+            return Err(NO_IPV6.to_owned());
+        }
         if let Some(never) = NEVER_ROUTED
             .iter()
             .filter_map(|text| cidr::parse(text).ok())
@@ -220,7 +219,6 @@ mod tests {
             "10.43.0.0/16",
             "198.18.0.53/32",
             "172.20.0.0/16",
-            "fd4b:96::/112",
         ] {
             assert_eq!(
                 policy().check_route(&range(good), &machine),
@@ -242,15 +240,8 @@ mod tests {
             ("192.168.50.254/32", "overlaps this machine's route"),
             ("10.0.0.0/8", "overlaps this machine's route 10.244.0.0/24"),
             ("10.1.0.0/16", "holds this machine's nameserver 10.1.0.2"),
-            ("::1/128", "never routed"),
-            ("::ffff:10.96.0.0/112", "never routed"),
-            ("fe80::/64", "never routed"),
-            ("2001:db8::/32", "outside the ranges"),
-            (
-                "fd00::/80",
-                "overlaps this machine's route fd00::/64 dev eth0",
-            ),
-            ("fd53::/64", "holds this machine's nameserver fd53::1"),
+            ("fd4b:96::/112", "routes IPv4 only"),
+            ("::ffff:10.96.0.0/112", "routes IPv4 only"),
         ] {
             let refused = policy().check_route(&range(bad), &machine).expect_err(bad);
             assert!(refused.contains(why), "{bad}: {refused}");

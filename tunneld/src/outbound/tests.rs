@@ -15,7 +15,11 @@ fn ip(text: &str) -> IpAddr {
 
 fn routing() -> Routing {
     Routing {
-        cluster: vec![range("10.96.0.0/16"), range("10.244.0.0/16")],
+        cluster: vec![
+            range("10.96.0.0/16"),
+            range("10.244.0.0/16"),
+            range("fd4b:96::/112"),
+        ],
         choices: ProxyChoices {
             also_proxy: vec![range("192.168.50.0/24")],
             never_proxy: vec![range("10.244.7.0/24"), range("192.168.50.9")],
@@ -35,6 +39,10 @@ fn the_clusters_ranges_and_also_proxy_leave_through_the_cluster_unless_never_pro
     assert_eq!(routing.leaves(ip("93.184.216.34")), Leaves::Workstation);
     assert_eq!(routing.leaves(ip("127.0.0.1")), Leaves::Workstation);
     assert_eq!(routing.leaves(ip("fd00::1")), Leaves::Workstation);
+    assert_eq!(routing.leaves(ip("fd4b:96::a")), Leaves::Cluster);
+    // IPv4 written as IPv6 is IPv4.
+    assert_eq!(routing.leaves(ip("::ffff:10.96.0.10")), Leaves::Cluster);
+    assert_eq!(routing.leaves(ip("::ffff:10.244.7.1")), Leaves::Workstation);
     // Before the first session nothing is known of the cluster.
     assert_eq!(
         Routing::default().leaves(ip("10.96.0.10")),

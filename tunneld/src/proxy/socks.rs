@@ -99,7 +99,8 @@ where
     }
     let host = match address_type {
         IPV4 => Host::Address(IpAddr::V4(Ipv4Addr::from(read_array(client).await?))),
-        IPV6 => Host::Address(IpAddr::V6(Ipv6Addr::from(read_array(client).await?))),
+        // An IPv4 address written as IPv6 is the IPv4 address.
+        IPV6 => Host::Address(IpAddr::V6(Ipv6Addr::from(read_array(client).await?)).to_canonical()),
         DOMAIN => {
             let [length] = read_array(client).await?;
             let name = read_bytes(client, length).await?;
