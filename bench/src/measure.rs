@@ -222,7 +222,13 @@ fn round_trips(addr: SocketAddr, count: usize) -> Vec<Duration> {
 
 /// `count` datagrams to the UDP echo port, each sent once the previous one was answered.
 fn udp_round_trips(addr: SocketAddr, count: usize) -> UdpRoundTrips {
-    let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    let any: SocketAddr = match addr.is_ipv4() {
+        true => "0.0.0.0:0",
+        false => "[::]:0",
+    }
+    .parse()
+    .expect("an address");
+    let socket = UdpSocket::bind(any).expect("a UDP socket");
     socket.connect(addr).expect("connect the UDP socket");
     socket
         .set_read_timeout(Some(UDP_ANSWER_WAIT))
