@@ -78,8 +78,8 @@ struct Cli {
     #[arg(long)]
     service: Option<String>,
 
-    /// The address on this machine that receives the connections (by default 127.0.0.1,
-    /// then ::1 when nothing listens there).
+    /// The address on this machine that receives the connections (::1 for a server that
+    /// listens on IPv6's loopback alone).
     #[arg(long, default_value = "127.0.0.1", value_parser = kubedev_cli::parse_local_address)]
     address: String,
 

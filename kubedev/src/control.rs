@@ -277,16 +277,6 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// The hosts a connection is delivered to, tried in turn: `local_host`, and after the
-    /// IPv4 loopback (the default) the IPv6 one, where a server that listens on
-    /// `localhost` may have taken only `::1` (as Node.js does).
-    pub fn local_hosts(&self) -> Vec<&str> {
-        match self.local_host.as_str() {
-            "127.0.0.1" => vec!["127.0.0.1", "::1"],
-            host => vec![host],
-        }
-    }
-
     /// Where connections go, as `HOST:PORT` (`[::1]:3000`).
     pub fn local_address(&self) -> String {
         match self.local_host.contains(':') {

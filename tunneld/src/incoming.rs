@@ -71,22 +71,15 @@ async fn deliver(mut stream: MuxStream, forwards: Arc<[Forward]>, local: Arc<Loc
     let _ = splice(&mut stream, &mut local).await;
 }
 
-/// Connects to where `forward` delivers, at each of its hosts in turn; what each answered
-/// when none took the connection.
+/// Connects to where `forward` delivers, and there only: a server another local user
+/// started on another address (`::1` next to `127.0.0.1`) never gets the connection.
 async fn connect_local(local: &LocalNetwork, forward: &Forward) -> Result<TcpStream, String> {
-    let mut refused = Vec::new();
-    for host in forward.local_hosts() {
-        let target = (host, forward.local_port);
-        let connected = match address_of(target).await {
-            Ok(address) => local.connect_tcp(address).await,
-            Err(err) => Err(err),
-        };
-        match connected {
-            Ok(connection) => return Ok(connection),
-            Err(err) => refused.push(format!("connect to {host} port {}: {err}", target.1)),
-        }
-    }
-    Err(refused.join("; "))
+    let target = (forward.local_host.as_str(), forward.local_port);
+    let connected = match address_of(target).await {
+        Ok(address) => local.connect_tcp(address).await,
+        Err(err) => Err(err),
+    };
+    connected.map_err(|err| format!("connect to {}: {err}", forward.local_address()))
 }
 
 /// Relays one peer's datagrams for the app's UDP `port` to `target` and back.

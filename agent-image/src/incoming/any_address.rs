@@ -36,8 +36,9 @@ pub(super) fn client_address(peer: SocketAddr) -> SocketAddr {
 
 fn bound(port: u16, kind: Type) -> io::Result<Socket> {
     let ipv4 = || bound_to(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, kind);
-    let addresses = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
-    if !has_routable_ipv6(&addresses) {
+    // Where the file cannot be read (a sandbox that hides it), IPv6 is tried.
+    let addresses = std::fs::read_to_string("/proc/net/if_inet6");
+    if addresses.is_ok_and(|addresses| !has_routable_ipv6(&addresses)) {
         return ipv4();
     }
     match bound_to(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, kind) {
@@ -92,7 +93,7 @@ mod tests {
         assert!(!has_routable_ipv6(link_only));
         assert!(!has_routable_ipv6(""), "no IPv6 at all");
         let dual_stack =
-            format!("{link_only}fd4b6b640244000000000000000000003 04 40 00 00     eth0\n");
+            format!("{link_only}fd4b6b64024400000000000000000003 04 40 00 00     eth0\n");
         assert!(has_routable_ipv6(&dual_stack));
     }
 

@@ -284,21 +284,32 @@ async fn note_idle_local_ports(mode: Mode, forwards: &[Forward]) {
         Mode::Intercept | Mode::Ingest => "go to the app",
     };
     for forward in forwards.iter().filter(|f| f.transport == Transport::Tcp) {
-        let mut listening = false;
-        for host in forward.local_hosts() {
-            let connecting = tokio::net::TcpStream::connect((host, forward.local_port));
-            let connected = tokio::time::timeout(Duration::from_secs(1), connecting).await;
-            listening |= !matches!(connected, Ok(Err(_)));
+        if listens(&forward.local_host, forward.local_port).await {
+            continue;
         }
-        if !listening {
-            eprintln!(
-                "note: nothing listens on {} yet; until something does, connections for \
-                 port {} {meanwhile}",
-                forward.local_address(),
-                forward.app_port
-            );
-        }
+        // A server on `localhost` may have taken IPv6's loopback alone (as Node.js does).
+        let on_ipv6 = forward.local_host == "127.0.0.1" && listens("::1", forward.local_port).await;
+        let hint = match on_ipv6 {
+            true => format!(
+                "; a server listens on [::1]:{}: give --address ::1 to send them there",
+                forward.local_port
+            ),
+            false => String::new(),
+        };
+        eprintln!(
+            "note: nothing listens on {} yet; until something does, connections for port {} \
+             {meanwhile}{hint}",
+            forward.local_address(),
+            forward.app_port
+        );
     }
+}
+
+/// Whether something on this machine takes connections at `host:port`.
+async fn listens(host: &str, port: u16) -> bool {
+    let connecting = tokio::net::TcpStream::connect((host, port));
+    let connected = tokio::time::timeout(Duration::from_secs(1), connecting).await;
+    !matches!(connected, Ok(Err(_)))
 }
 
 /// Says so where a GitOps controller applies the workload: its next sync would take the

@@ -190,19 +190,6 @@ async fn clients_over_ipv6_are_intercepted_filtered_and_replaced() {
     s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
     assert_eq!(stored(&s.ns).await, s.before, "restored exactly");
 
-    // A local server on ::1 alone (as Node.js listens on `localhost`) gets them too.
-    let at = Ipv6Addr::LOCALHOST.into();
-    let _on_ipv6 = s.workstation.serve_http_at(at, 3001, "laptop6");
-    s.plugin_ok(
-        "kubectl-intercept",
-        &["echo", "--port", "3001:http", "--detach"],
-    );
-    assert_eq!(
-        s.get_over_ipv6("/to-ipv6-loopback", None),
-        "local laptop6: GET /to-ipv6-loopback HTTP/1.1"
-    );
-    s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
-
     let replace = ["echo", "-c", "echo", "--port", "3000:http", "--detach"];
     s.plugin_ok("kubectl-replace_container", &replace);
     assert_eq!(
@@ -219,4 +206,37 @@ async fn clients_over_ipv6_are_intercepted_filtered_and_replaced() {
     s.plugin_ok("kubectl-replace_container", &["leave", "echo"]);
     assert_eq!(stored(&s.ns).await, s.before, "restored exactly");
     assert_echo(&s.get_over_ipv6("/after", None), "after leave");
+}
+
+#[tokio::test]
+async fn a_local_server_on_the_ipv6_loopback_alone_is_pointed_out_then_named() {
+    let s = setup("ipv6-local").await;
+    // A local server on ::1 alone (as Node.js listens on `localhost`) is pointed out, and
+    // gets them with --address [::1]: never without, where another user could listen.
+    let at = Ipv6Addr::LOCALHOST.into();
+    let _on_ipv6 = s.workstation.serve_http_at(at, 3001, "laptop6");
+    let intercept = ["-n", &s.ns.name, "echo", "--port", "3001:http", "--detach"];
+    let pointed = s
+        .workstation
+        .plugin(&s.cluster, "kubectl-intercept", &intercept);
+    let said = String::from_utf8_lossy(&pointed.stderr);
+    assert!(
+        said.contains("a server listens on [::1]:3001: give --address ::1"),
+        "{said}"
+    );
+    assert_echo(
+        &s.get_over_ipv6("/not-to-ipv6-loopback", None),
+        "127.0.0.1 only",
+    );
+    s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
+    s.plugin_ok(
+        "kubectl-intercept",
+        &[&intercept[2..], &["--address", "[::1]"]].concat(),
+    );
+    assert_eq!(
+        s.get_over_ipv6("/to-ipv6-loopback", None),
+        "local laptop6: GET /to-ipv6-loopback HTTP/1.1"
+    );
+    s.plugin_ok("kubectl-intercept", &["leave", "echo"]);
+    assert_eq!(stored(&s.ns).await, s.before, "restored exactly");
 }

@@ -294,6 +294,10 @@ async fn serve_udp(
                 tokio::spawn(answer_dns(dns.clone(), payload, local, replies_tx.clone()));
                 continue;
             }
+            // The machine's own multicast and broadcast (mDNS, SSDP) are no flow to carry.
+            if is_multicast_or_broadcast(remote.ip()) {
+                continue;
+            }
             let key = FlowKey { local, remote };
             if let Some(first) = flows.deliver(&key, payload)
                 && let Some(datagrams_rx) = flows.start(key, first)
@@ -312,6 +316,13 @@ async fn serve_udp(
     tokio::select! {
         () = write_replies => {}
         () = dispatch => {}
+    }
+}
+
+fn is_multicast_or_broadcast(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => v6.is_multicast(),
     }
 }
 
@@ -407,6 +418,16 @@ async fn relay_tcp(outbound: Arc<Outbound>, routed: Routed, local: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multicast_and_broadcast_are_no_flow() {
+        for ip in ["224.0.0.251", "255.255.255.255", "ff02::fb", "ff05::1:3"] {
+            assert!(is_multicast_or_broadcast(ip.parse().expect(ip)), "{ip}");
+        }
+        for ip in ["10.96.0.10", "fd4b:6b64:96::1"] {
+            assert!(!is_multicast_or_broadcast(ip.parse().expect(ip)), "{ip}");
+        }
+    }
 
     #[test]
     fn a_missing_device_is_explained_by_what_the_kernel_said() {

@@ -24,6 +24,10 @@ pub(crate) struct DnsAnswerer {
     /// Lowercase, with a trailing dot: `cluster.local.`
     cluster_domain: String,
     upstream: Option<SocketAddr>,
+    /// Whether the cluster's IPv6 addresses are reachable here: if not, none is given
+    /// (AAAA has no data), so that a program does not try them through the machine's own
+    /// IPv6 default route, off the machine.
+    ipv6: bool,
 }
 
 /// What to do with one query.
@@ -53,6 +57,15 @@ impl DnsAnswerer {
                 cluster_domain.trim_end_matches('.').to_ascii_lowercase()
             ),
             upstream,
+            ipv6: true,
+        }
+    }
+
+    /// The same, giving no IPv6 address: the cluster's IPv6 ranges are not routed here.
+    pub(crate) fn ipv4_only(self) -> Self {
+        Self {
+            ipv6: false,
+            ..self
         }
     }
 
@@ -61,6 +74,10 @@ impl DnsAnswerer {
             return Vec::new();
         };
         match route(&request, &self.cluster_domain) {
+            Route::Cluster {
+                record_type: RecordType::AAAA,
+                ..
+            } if !self.ipv6 => response(&request, ResponseCode::NoError, &[], RecordType::AAAA),
             Route::Cluster { name, record_type } => match self.resolve_in_cluster(&name).await {
                 Some(addresses) => {
                     response(&request, ResponseCode::NoError, &addresses, record_type)
@@ -251,5 +268,16 @@ mod tests {
         .expect("valid message");
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
         assert!(missing.answers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_the_clusters_ipv6_an_aaaa_question_has_no_answer() {
+        let pool = Arc::new(AgentPool::default());
+        let answerer = DnsAnswerer::new(pool, "cluster.local", None).ipv4_only();
+        let request = query("echo.shop.svc.cluster.local.", RecordType::AAAA);
+        let answer = answerer.answer(&request.to_vec().expect("query")).await;
+        let answer = Message::from_vec(&answer).expect("valid message");
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert!(answer.answers.is_empty(), "no data, not an error");
     }
 }

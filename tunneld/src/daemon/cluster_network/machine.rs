@@ -164,11 +164,11 @@ impl Daemon {
             routed_by_another_tunneld: false,
         };
         self.route(&mut up).await?;
-        let dns = Arc::new(DnsAnswerer::new(
-            self.pool.clone(),
-            domain,
-            machine.upstream,
-        ));
+        let dns = DnsAnswerer::new(self.pool.clone(), domain, machine.upstream);
+        let dns = Arc::new(match reaches_ipv6(&up) {
+            true => dns,
+            false => dns.ipv4_only(),
+        });
         let serving = machine.network.run(self.outbound.clone(), dns);
         // A helper's device is let go with the helper, which removed its routes.
         let lost = machine.lost.unwrap_or_default();
@@ -254,6 +254,21 @@ fn socket_identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
     use std::os::unix::fs::MetadataExt as _;
     let found = std::fs::symlink_metadata(path).ok()?;
     Some((found.dev(), found.ino(), found.ctime(), found.ctime_nsec()))
+}
+
+/// Whether the cluster's IPv6 addresses are reachable from this machine: tunneld routes
+/// some into its device, or the machine reaches an IPv6 range of the cluster itself (a
+/// node's bridge). Not through the network helper, whose devices take no IPv6.
+fn reaches_ipv6(up: &UpNetwork) -> bool {
+    let routed = up
+        .routes
+        .added()
+        .iter()
+        .any(|route| route.network().is_ipv6());
+    routed
+        || up.ranges.iter().any(|range| {
+            range.state == kubedev::control::RangeState::Machine && range.range.network().is_ipv6()
+        })
 }
 
 /// Whether `route` goes through another kubedev tunneld's device into `cluster`'s ranges
