@@ -251,7 +251,10 @@ podLogsDir: "$STATE_DIR/pod-logs"
 # Locally imported images cannot be pulled again: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+# A build machine's disk is often nearly full: a percentage of a large disk would taint the
+# node (disk-pressure) while gigabytes are free, and keep new pods off for minutes after.
+evictionHard: {memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi", nodefs.inodesFree: "1%"}
+evictionPressureTransitionPeriod: 10s
 serializeImagePulls: false
 YAML
     start_process kubelet "$K8S_BIN/kubelet" --config "$STATE_DIR/kubelet/config.yaml" \
@@ -290,6 +293,17 @@ node_ready() {
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy argo-rollouts)
 
+# warn_if_disk_low: says so where the disk under STATE_DIR has less than 4 GiB free, as
+# the builds and images of a test run need it, and the kubelet takes no new pod below 256 MiB.
+warn_if_disk_low() {
+    local free_kib
+    free_kib=$(df -Pk "$STATE_DIR" | awk 'NR == 2 {print $4}')
+    if [ "$free_kib" -lt $((4 * 1024 * 1024)) ]; then
+        log "warning: only $((free_kib / 1024)) MiB free on the disk under $STATE_DIR;" \
+            "below 256 MiB the kubelet takes no new pod (node condition DiskPressure)"
+    fi
+}
+
 cluster_up() {
     local started=$SECONDS
     ensure_packages
@@ -300,6 +314,7 @@ cluster_up() {
     fi
     mkdir -p "$STATE_DIR/bin" "$LOG_DIR" "$PID_DIR"
     ln -sfn "$KUBECTL" "$STATE_DIR/bin/kubectl"
+    warn_if_disk_low
     fetch_resolved
     host_up
     make_pki

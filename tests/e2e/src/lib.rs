@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the local cluster that `tests/cluster/cluster.sh up`
 //! started, a throwaway namespace per test, kubectl, and the test images' workloads.
 
+pub mod converge;
 pub mod delay_line;
 pub mod developer;
 pub mod krew;
@@ -391,9 +392,13 @@ impl TestNamespace {
                     .is_some_and(|status| status.ready_replicas == Some(replicas))
             },
         );
-        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
-            .await
-            .with_context(|| format!("statefulset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        converge::within_timeout(
+            &self.client,
+            &self.name,
+            &format!("statefulset {name} not ready"),
+            ready,
+        )
+        .await?;
         Ok(())
     }
 
@@ -418,9 +423,13 @@ impl TestNamespace {
                     && status.number_ready == status.desired_number_scheduled
             })
         });
-        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
-            .await
-            .with_context(|| format!("daemonset {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        converge::within_timeout(
+            &self.client,
+            &self.name,
+            &format!("daemonset {name} not ready"),
+            ready,
+        )
+        .await?;
         Ok(())
     }
 
@@ -516,9 +525,13 @@ impl TestNamespace {
             name,
             conditions::is_deployment_completed(),
         );
-        tokio::time::timeout(CONVERGE_TIMEOUT, ready)
-            .await
-            .with_context(|| format!("deployment {name} not ready in {CONVERGE_TIMEOUT:?}"))??;
+        converge::within_timeout(
+            &self.client,
+            &self.name,
+            &format!("deployment {name} not ready"),
+            ready,
+        )
+        .await?;
         Ok(())
     }
 
@@ -542,9 +555,13 @@ impl TestNamespace {
             .await
             .context("create client pod")?;
         let running = await_condition(self.api::<Pod>(), name, conditions::is_pod_running());
-        tokio::time::timeout(CONVERGE_TIMEOUT, running)
-            .await
-            .with_context(|| format!("pod {name} not running in {CONVERGE_TIMEOUT:?}"))??;
+        converge::within_timeout(
+            &self.client,
+            &self.name,
+            &format!("pod {name} not running"),
+            running,
+        )
+        .await?;
         Ok(())
     }
 
@@ -700,9 +717,13 @@ pub async fn start_agent_pod(pods: &Api<Pod>, name: &str, token: &str) -> anyhow
         .await
         .context("create agent pod")?;
     let running = await_condition(pods.clone(), name, conditions::is_pod_running());
-    tokio::time::timeout(CONVERGE_TIMEOUT, running)
-        .await
-        .with_context(|| format!("agent pod {name} not running in {CONVERGE_TIMEOUT:?}"))??;
+    converge::within_timeout(
+        &pods.clone().into_client(),
+        pods.namespace().unwrap_or_default(),
+        &format!("agent pod {name} not running"),
+        running,
+    )
+    .await?;
     Ok(())
 }
 
