@@ -34,3 +34,21 @@ pub(crate) use device::{Network, Routed, create_machine_device};
 
 /// Where the workstation's resolver sends queries (routed into the TUN, answered by tunneld).
 pub(crate) const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
+
+/// Runs root's `program` (as `what`, for the error) with `args`; its error output says why
+/// it failed. PATH is root's own where this runs as root (its own environment or the
+/// helper's), never a user's.
+pub(crate) fn run_tool(program: &str, what: &str, args: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {what}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}

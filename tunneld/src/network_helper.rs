@@ -10,6 +10,7 @@
 pub(crate) mod client;
 mod connection;
 mod policy;
+mod source_check;
 mod wire;
 
 use std::ffi::OsString;

@@ -36,13 +36,15 @@ impl Helper {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::write(dir.join("resolv.conf"), ORIGINAL).expect("resolv.conf");
         let socket = dir.join("network.sock");
-        // The namespace has a route of its own, as a machine's LAN is.
+        // The namespace has a route of its own, as a machine's LAN is, and checks sources
+        // loosely on every device, as systemd sets it on many distributions.
         let mut command = Command::new("unshare");
         command
             .args(["--net", "--", "sh", "-c"])
             .arg(
                 "ip link add lan0 type veth peer name lan1 && ip addr add 10.50.0.1/24 dev lan0 && \
-                 ip link set lan0 up && ip link set lan1 up && exec \"$@\"",
+                 ip link set lan0 up && ip link set lan1 up && \
+                 echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && exec \"$@\"",
             )
             .arg("helper")
             .arg(env!("CARGO_BIN_EXE_tunneld"))
@@ -80,6 +82,41 @@ impl Helper {
             .output()
             .expect("nsenter runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// How many UDP datagrams the helper's network namespace took for a port nothing
+    /// listens on (`Udp: NoPorts`): each one delivered to its sockets.
+    fn udp_to_no_port(&self) -> u64 {
+        let pid = self.process.id().to_string();
+        let output = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "cat", "/proc/net/snmp"])
+            .output()
+            .expect("nsenter runs");
+        let snmp = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+        let (names, values) = (udp.next().expect("names"), udp.next().expect("values"));
+        let column = names.split_whitespace().position(|name| name == "NoPorts");
+        let value = values.split_whitespace().nth(column.expect("NoPorts"));
+        value.and_then(|v| v.parse().ok()).expect("a count")
+    }
+
+    /// The helper's rules in its network namespace's raw table.
+    fn raw_rules(&self) -> String {
+        let pid = self.process.id().to_string();
+        let output = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid,
+                "-n",
+                "iptables",
+                "-t",
+                "raw",
+                "-S",
+                "PREROUTING",
+            ])
+            .output()
+            .expect("nsenter runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// The devices in the helper's network namespace.
@@ -337,4 +374,91 @@ fn without_root_it_says_so_and_starts_nothing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("needs root: run it with sudo"), "{stderr}");
+}
+
+/// An IPv4 UDP datagram from `source` to 198.18.0.1 (the device's address) port 5555.
+fn datagram_from(source: [u8; 4]) -> Vec<u8> {
+    let mut packet = vec![
+        0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, // version, lengths, TTL, UDP
+    ];
+    packet.extend(source);
+    packet.extend([198, 18, 0, 1]);
+    let sum = packet
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !u16::try_from((folded & 0xffff) + (folded >> 16)).expect("folded");
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet.extend([0x30, 0x39, 0x15, 0xb3, 0, 12, 0, 0]); // 12345 -> 5555, no checksum
+    packet.extend(b"ping");
+    packet
+}
+
+#[tokio::test]
+async fn a_packet_whose_source_is_not_routed_into_the_device_is_never_delivered() {
+    use std::io::Write as _;
+    let helper = Helper::start("spoofing", &["root"]);
+    let mut stream = helper.connect().await;
+    let opened = ask(&mut stream, open_request("cluster.local")).await;
+    assert_eq!(opened["reply"], "opened", "{opened}\n{}", helper.log());
+    let device = opened["device"].as_str().expect("a device name").to_owned();
+    let mut byte = [0u8; 1];
+    let (_, mut files) = fd_passing::receive_on(&stream, &mut byte)
+        .await
+        .expect("the device");
+    let routed = ask(
+        &mut stream,
+        json!({"request": "route", "routes": ["10.96.0.0/16"]}),
+    )
+    .await;
+    assert_eq!(routed["added"], json!(["10.96.0.0/16"]), "{routed}");
+    let mut tun = std::fs::File::from(files.remove(0));
+
+    // From the cluster's range: delivered (to no socket, which the kernel counts).
+    let before = helper.udp_to_no_port();
+    tun.write_all(&datagram_from([10, 96, 0, 7]))
+        .expect("write");
+    let deadline = Instant::now() + LIVENESS;
+    while helper.udp_to_no_port() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster's datagram never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // From the LAN's range, as the device's user could forge it: never delivered, though
+    // the machine checks sources loosely.
+    let before = helper.udp_to_no_port();
+    for _ in 0..3 {
+        tun.write_all(&datagram_from([10, 50, 0, 7]))
+            .expect("write");
+    }
+    // The cluster's datagram after them: once it is counted, they have been through.
+    tun.write_all(&datagram_from([10, 96, 0, 8]))
+        .expect("write");
+    while helper.udp_to_no_port() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster's datagram never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        helper.udp_to_no_port(),
+        before + 1,
+        "only the cluster's datagram"
+    );
+
+    // The rule goes with the device.
+    assert!(
+        helper.raw_rules().contains(&device),
+        "{}",
+        helper.raw_rules()
+    );
+    drop(stream);
+    while helper.raw_rules().contains(&device) {
+        assert!(Instant::now() < deadline, "{}", helper.raw_rules());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

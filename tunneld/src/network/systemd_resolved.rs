@@ -6,9 +6,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
-
-use anyhow::Context as _;
 
 /// The file resolved writes with every DNS server it knows, each link's included: what a
 /// kubelet on a machine that runs resolved hands to pods.
@@ -104,19 +101,9 @@ fn settings(
 }
 
 fn resolvectl(args: &[String]) -> anyhow::Result<()> {
-    // PATH and the bus address are root's own where this runs as root (its own or the
-    // helper's environment), never a user's.
-    let output = Command::new("resolvectl")
-        .args(args)
-        .output()
-        .context("run resolvectl (systemd-resolved's command line tool)")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "resolvectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
+    // The bus address, like PATH, is root's own where this runs as root.
+    let what = "resolvectl (systemd-resolved's command line tool)";
+    super::run_tool("resolvectl", what, args)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, MAX_ROUTES, Machine, Policy};
+use super::source_check::StrictSourceCheck;
 use super::wire::{HelperReply, HelperRequest};
 use crate::network::pointing::{self, PointedResolver, ResolverChoice};
 use crate::network::systemd_resolved::{self, UPLINK_RESOLV_CONF};
@@ -117,6 +118,8 @@ struct Opened {
     /// The helper's own copy, kept while the connection lasts: the device (and its
     /// index, which the helper acts on) cannot go before the helper lets it.
     device: tun::Device,
+    /// Dropped after the device goes.
+    source_check: StrictSourceCheck,
     routes: TunRoutes,
     /// Undone when dropped.
     resolver: PointedResolver,
@@ -208,6 +211,7 @@ async fn exchange_until_closed(
 async fn undo(opened: Opened, shared: &Shared, uid: u32) {
     let Opened {
         device,
+        source_check,
         routes,
         resolver,
     } = opened;
@@ -221,6 +225,7 @@ async fn undo(opened: Opened, shared: &Shared, uid: u32) {
     }
     routes.delete_device().await;
     drop(device);
+    drop(source_check);
     shared.give_back(uid, true);
 }
 
@@ -277,6 +282,7 @@ async fn open(
     search: &[String],
 ) -> anyhow::Result<(Opened, HelperReply)> {
     let (device, name) = create_machine_device()?;
+    let source_check = StrictSourceCheck::enforce(&name)?;
     let routes = TunRoutes::new(&name).await?;
     let (resolver, upstream) =
         point_resolver(shared, (&name, routes.device_index()), domain, search)?;
@@ -287,6 +293,7 @@ async fn open(
     };
     let opened = Opened {
         device,
+        source_check,
         routes,
         resolver,
     };
