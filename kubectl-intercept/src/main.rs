@@ -38,6 +38,9 @@ Examples:
   # A StatefulSet in another namespace
   kubectl intercept statefulset/db -n data --port 5432
 
+  # A pod no controller manages: deleted and created again with the agent, and as it was
+  kubectl intercept pod/scratch --port 8080
+
   # A VPN routes 10.96.0.0/12 already: send it through the cluster anyway
   kubectl intercept web --port 8080 --also-proxy 10.96.0.0/12
 

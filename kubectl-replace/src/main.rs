@@ -17,6 +17,9 @@ Examples:
   # Run the replacement with the container's environment; the session ends with it
   kubectl replace-container web -- ./server
 
+  # A pod no controller manages: created again with the agent in the container's place
+  kubectl replace-container pod/worker-0
+
   # Once per kube context: the agent image your nodes pull (after `make push-agent`)
   kubectl replace-container config set-agent-image registry.example.com/team/kubedev-agent:",
     env!("CARGO_PKG_VERSION"),

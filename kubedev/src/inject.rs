@@ -199,6 +199,7 @@ pub fn inject(template: &PodTemplateSpec, spec: &InjectSpec<'_>) -> Result<Injec
     hardening::allow_ports(pod, ports.filter_map(|port| u16::try_from(port).ok()));
     let security = hardening::agent_security(&app, pod.security_context.as_ref());
     let mut agent = agent_container(&app, spec, taken.ports, &taken.listeners)?;
+    hardening::serve_no_token(&mut agent, pod.volumes.as_deref().unwrap_or_default());
     if let Some(secret) = spec.tls_secret {
         tls::mount_secret(pod, &mut agent, secret);
     }
@@ -441,17 +442,7 @@ fn agent_container(
             ..source.clone()
         })
         .collect();
-    let read_only = spec.mode == Mode::Ingest;
-    let mounts: Vec<VolumeMount> = app
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|mount| VolumeMount {
-            mount_path: format!("{VOLUMES_ROOT}{}", mount.mount_path),
-            read_only: (read_only || mount.read_only == Some(true)).then_some(true),
-            ..mount.clone()
-        })
-        .collect();
+    let mounts = served_mounts(app, spec.mode == Mode::Ingest);
     Ok(Container {
         name: AGENT_CONTAINER.to_owned(),
         image: Some(spec.agent_image.to_owned()),
@@ -464,6 +455,20 @@ fn agent_container(
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     })
+}
+
+/// The app's volume mounts as the agent serves them: under [`VOLUMES_ROOT`], read-only
+/// where the app's are or `read_only` says.
+fn served_mounts(app: &Container, read_only: bool) -> Vec<VolumeMount> {
+    app.volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| VolumeMount {
+            mount_path: format!("{VOLUMES_ROOT}{}", mount.mount_path),
+            read_only: (read_only || mount.read_only == Some(true)).then_some(true),
+            ..mount.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]

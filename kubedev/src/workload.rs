@@ -3,26 +3,34 @@
 //! waiting for their pods ([`wait_for_pods`]).
 
 mod argo;
+mod conflict;
 mod creation;
 mod error;
 mod lookup;
 mod managers;
 mod object;
 mod owners;
+mod pod;
+mod pod_gap;
+mod pod_recreate;
 mod rollout;
 
 use std::fmt;
 
+pub use conflict::{FIELD_MANAGER, MayConflict, retry_on_conflict, write_params};
 pub use error::WorkloadError;
 pub use lookup::WorkloadName;
 pub use managers::hand_back_fields;
-pub use object::{FIELD_MANAGER, MayConflict, Workload, retry_on_conflict, write_params};
+pub use object::Workload;
 pub use owners::PodOwners;
+pub use pod::GAP_PREFIX as POD_GAP_KEY_PREFIX;
+pub use pod_gap::{Filled, restore_expired_gaps, restore_gap_of};
 pub use rollout::{OldPods, Progress, RolloutError, check_agents, wait_for_pods};
 pub(crate) use rollout::{PROXY_SYNC, agent_failure, is_ready, why_not_ready};
 use std::str::FromStr;
 
-/// The kinds of workload whose pod template kubedev can patch.
+/// The kinds of workload whose pod template kubedev can patch, and a pod of its own (one
+/// that no controller manages), which kubedev deletes and creates again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
@@ -37,10 +45,14 @@ pub enum WorkloadKind {
     /// An Argo Rollout (`ro`, `argoproj.io/v1alpha1`): a Deployment's pod template under
     /// progressive delivery.
     Rollout,
+    /// A pod no controller manages (`po`): its own template, changed by deleting it and
+    /// creating it again under the same name.
+    Pod,
 }
 
 impl WorkloadKind {
-    /// Every kind, in the order they are offered and looked up.
+    /// Every kind a bare name may be, in the order they are offered and looked up: a pod
+    /// is named as `pod/NAME` only, as changing it means creating it again.
     pub const ALL: [Self; 5] = [
         Self::Deployment,
         Self::StatefulSet,
@@ -63,6 +75,7 @@ impl WorkloadKind {
             "rs" | "replicaset" | "replicasets" => Self::ReplicaSet,
             "ds" | "daemonset" | "daemonsets" => Self::DaemonSet,
             "ro" | "rollout" | "rollouts" => Self::Rollout,
+            "po" | "pod" | "pods" => Self::Pod,
             _ => return None,
         };
         group
@@ -74,6 +87,7 @@ impl WorkloadKind {
     pub fn group(self) -> &'static str {
         match self {
             Self::Rollout => "argoproj.io",
+            Self::Pod => "",
             _ => "apps",
         }
     }
@@ -84,7 +98,7 @@ impl WorkloadKind {
         match self {
             Self::Deployment => Some("pod-template-hash"),
             Self::Rollout => Some("rollouts-pod-template-hash"),
-            Self::StatefulSet | Self::ReplicaSet | Self::DaemonSet => None,
+            Self::StatefulSet | Self::ReplicaSet | Self::DaemonSet | Self::Pod => None,
         }
     }
 
@@ -96,6 +110,7 @@ impl WorkloadKind {
             Self::ReplicaSet => "replicasets",
             Self::DaemonSet => "daemonsets",
             Self::Rollout => "rollouts",
+            Self::Pod => "pods",
         }
     }
 
@@ -107,6 +122,7 @@ impl WorkloadKind {
             Self::ReplicaSet => "replicaset",
             Self::DaemonSet => "daemonset",
             Self::Rollout => "rollout",
+            Self::Pod => "pod",
         }
     }
 }
@@ -188,6 +204,9 @@ mod tests {
             ("ro/a", WorkloadKind::Rollout),
             ("rollouts.argoproj.io/a", WorkloadKind::Rollout),
             ("Rollout/a", WorkloadKind::Rollout),
+            ("pod/a", WorkloadKind::Pod),
+            ("po/a", WorkloadKind::Pod),
+            ("pods/a", WorkloadKind::Pod),
         ] {
             assert_eq!(parse(text).expect(text).kind, kind, "{text}");
         }
@@ -200,7 +219,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds_and_bad_names() {
-        for unsupported in ["cronjob/a", "rollouts.apps/a", "deployments.argoproj.io/a"] {
+        for unsupported in [
+            "cronjob/a",
+            "rollouts.apps/a",
+            "deployments.argoproj.io/a",
+            "pods.apps/a",
+        ] {
             let err = parse(unsupported).expect_err("unsupported");
             assert!(err.contains("unsupported workload kind"), "{err}");
         }

@@ -31,7 +31,8 @@ pub struct PluginArgs {
 
     /// The workload: NAME (the Deployment, StatefulSet, ReplicaSet, DaemonSet or Argo
     /// Rollout of that name) or KIND/NAME (deployment, statefulset, replicaset, daemonset,
-    /// rollout, or deploy, sts, rs, ds, ro). A workload named like a subcommand (connect,
+    /// rollout, or deploy, sts, rs, ds, ro); pod/NAME for a pod no controller manages,
+    /// which is deleted and created again. A workload named like a subcommand (connect,
     /// list, leave, role, status, version, diagnose, config, gather-logs, help) is given as
     /// KIND/NAME.
     #[arg(required_unless_present = "filename")]

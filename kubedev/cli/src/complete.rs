@@ -277,14 +277,22 @@ async fn workloads(connection: &Connection, partial: &str) -> anyhow::Result<Vec
     ]
     .iter()
     .map(|word| (*word).to_owned())
-    .chain(WorkloadKind::ALL.map(|kind| format!("{}/", kind.resource())))
+    .chain(
+        WorkloadKind::ALL
+            .into_iter()
+            .chain([WorkloadKind::Pod])
+            .map(|kind| format!("{}/", kind.resource())),
+    )
     .collect();
     // A kind the user may not list offers no names; the others still do.
     let names: std::collections::BTreeSet<String> =
         Workload::list_every_kind(client, Some(namespace))
             .await?
             .into_iter()
-            .filter(|workload| !workload.is_controlled())
+            // A pod is never named bare: only as pod/NAME.
+            .filter(|workload| {
+                !workload.is_controlled() && workload.reference.kind != WorkloadKind::Pod
+            })
             .map(|workload| workload.reference.name)
             .collect();
     candidates.extend(names);

@@ -28,6 +28,7 @@ mod list;
 mod manage;
 #[cfg(target_os = "linux")]
 mod netns;
+mod notes;
 mod output;
 mod pinning;
 mod reclaim;

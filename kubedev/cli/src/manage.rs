@@ -163,6 +163,7 @@ mod tests {
             ("argoproj.io", "rollouts", "update"),
             ("", "services", "update"),
             ("", "pods", "watch"),
+            ("", "pods", "update"),
             ("", "pods/portforward", "create"),
             ("", "pods/log", "get"),
             ("discovery.k8s.io", "endpointslices", "list"),

@@ -13,6 +13,7 @@ use super::life::{
     Joining, Life, Live, Session, forget_in_tunneld, join_tunneld, live_through,
     release_after_the_end,
 };
+use super::notes;
 use super::output::{progress_on, progress_spinner, report_started, spinner};
 use super::pinning;
 use super::reclaim::reclaim_expired;
@@ -20,13 +21,13 @@ use super::together::Member;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubedev::cluster::{ClusterArgs, Connection};
-use kubedev::control::{AgentOwner, Forward, PodPort, SessionKey};
+use kubedev::control::{AgentOwner, PodPort, SessionKey};
 use kubedev::env::{self, EnvSyntax};
 use kubedev::mode::Mode;
 use kubedev::mount::{self, Mount, MountChoice};
-use kubedev::session::{self, Plan, Reconciler, Started};
+use kubedev::session::{self, Plan, Started};
 use kubedev::tunneld::{self, Hold};
-use kubedev::workload::{Workload, WorkloadName, WorkloadRef};
+use kubedev::workload::{WorkloadName, WorkloadRef};
 use kubedev_protocol::Transport;
 
 pub(super) async fn run_session(
@@ -231,7 +232,7 @@ async fn start(
     plan: &Plan,
     image_source: &ImageSource,
 ) -> anyhow::Result<Started> {
-    warn_of_reconciler(connection, plan).await;
+    notes::before_start(connection, plan).await;
     let bar = progress_spinner(format!(
         "adding the kubedev agent to {} in namespace {}",
         plan.workload, connection.namespace
@@ -276,75 +277,6 @@ fn quota_hint(resources: &ResourceRequirements, namespace: &str) -> String {
     )
 }
 
-/// Says which TCP ports of this machine that a session sends connections to nothing
-/// listens on yet: the only other trace is a line in tunneld's log.
-async fn note_idle_local_ports(mode: Mode, forwards: &[Forward]) {
-    let meanwhile = match mode {
-        Mode::Replace => "are refused",
-        Mode::Intercept | Mode::Ingest => "go to the app",
-    };
-    for forward in forwards.iter().filter(|f| f.transport == Transport::Tcp) {
-        if listens(&forward.local_host, forward.local_port).await {
-            continue;
-        }
-        // A server on `localhost` may have taken IPv6's loopback alone (as Node.js does).
-        let on_ipv6 = forward.local_host == "127.0.0.1" && listens("::1", forward.local_port).await;
-        let hint = match on_ipv6 {
-            true => format!(
-                "; a server listens on [::1]:{}: give --address ::1 to send them there",
-                forward.local_port
-            ),
-            false => String::new(),
-        };
-        eprintln!(
-            "note: nothing listens on {} yet; until something does, connections for port {} \
-             {meanwhile}{hint}",
-            forward.local_address(),
-            forward.app_port
-        );
-    }
-}
-
-/// Whether something on this machine takes connections at `host:port`.
-async fn listens(host: &str, port: u16) -> bool {
-    let connecting = tokio::net::TcpStream::connect((host, port));
-    let connected = tokio::time::timeout(Duration::from_secs(1), connecting).await;
-    !matches!(connected, Ok(Err(_)))
-}
-
-/// Says so where a GitOps controller applies the workload: its next sync would take the
-/// session back (and kubedev would end it).
-async fn warn_of_reconciler(connection: &Connection, plan: &Plan) {
-    let found = Workload::get(&connection.client, &connection.namespace, &plan.workload).await;
-    let Some(reconciler) = found.ok().as_ref().and_then(session::reconciler_of) else {
-        return;
-    };
-    let workload = &plan.workload;
-    match (&reconciler, plan.pause_flux) {
-        (Reconciler::Flux { .. }, true) => {
-            eprintln!(
-                "pausing {reconciler} on {workload} and the Service the session takes over, \
-                 for the session"
-            );
-        }
-        (Reconciler::Flux { .. }, false) => eprintln!(
-            "note: {reconciler} applies {workload}: its next sync takes the session back, and \
-             kubedev then ends it; --pause-flux pauses Flux on it for the session \
-             (docs/gitops.md)"
-        ),
-        (Reconciler::ArgoCd { .. }, pause_flux) => eprintln!(
-            "note: {reconciler} applies {workload}: with self-heal on, its next sync takes the \
-             session back, and kubedev then ends it; docs/gitops.md says how to let the \
-             session be{}",
-            if pause_flux {
-                " (--pause-flux pauses only Flux: Argo CD has no per-object pause)"
-            } else {
-                ""
-            }
-        ),
-    }
-}
-
 /// Connects tunneld to the agents, fetches the environment, mounts the volumes and writes
 /// the env files: what makes a started session usable here.
 async fn go_live(
@@ -370,7 +302,7 @@ async fn go_live(
         join_tunneld(connection, &joining, proxy, &args.to_pod).await?;
     report_started(plan, started, &args.to_pod);
     if args.life.command.is_empty() {
-        note_idle_local_ports(plan.mode, &started.forwards).await;
+        notes::note_idle_local_ports(plan.mode, &started.forwards).await;
     }
     let mounted = mount_volumes(connection, plan, started, args).await?;
     // Only kubedev says where the volumes are: never a value of the container's own.

@@ -39,7 +39,7 @@ pub(super) struct SessionsFile {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SessionSpec {
     /// The workload: NAME, or KIND/NAME (deployment, statefulset, replicaset, daemonset,
-    /// rollout, or deploy, sts, rs, ds, ro).
+    /// rollout, or deploy, sts, rs, ds, ro); pod/NAME for a pod no controller manages.
     workload: String,
     /// How the session runs (default: the plugin's own mode).
     mode: Option<FileMode>,

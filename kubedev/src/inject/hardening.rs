@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecurityContext, Sysctl,
+    SecurityContext, Sysctl, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -198,3 +198,30 @@ pub fn parse_resource_list(text: &str) -> Result<BTreeMap<String, Quantity>, Str
 
 #[cfg(test)]
 mod tests;
+
+/// Where the API server mounts a pod's service account token.
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Takes out of the agent's mounts, which it serves to the workstation, every service
+/// account token the pod's spec mounts: Kubernetes' own, and those that admission webhooks
+/// add for a cloud's workload identity (a projected `serviceAccountToken`). A pod's own
+/// spec (`pod/NAME`) carries them; a workload's template does not.
+pub(super) fn serve_no_token(agent: &mut Container, volumes: &[Volume]) {
+    let carries_token = |name: &str| {
+        volumes.iter().any(|volume| {
+            volume.name == name
+                && volume.projected.as_ref().is_some_and(|projected| {
+                    let sources = projected.sources.iter().flatten();
+                    sources
+                        .into_iter()
+                        .any(|source| source.service_account_token.is_some())
+                })
+        })
+    };
+    if let Some(mounts) = agent.volume_mounts.as_mut() {
+        mounts.retain(|mount| {
+            let path = mount.mount_path.trim_end_matches('/');
+            !path.ends_with(TOKEN_MOUNT_PATH) && !carries_token(&mount.name)
+        });
+    }
+}

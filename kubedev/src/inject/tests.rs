@@ -246,6 +246,52 @@ fn agent_sees_the_volumes_under_its_root_read_only_for_ingest() {
 }
 
 #[test]
+fn no_service_account_token_of_the_pod_is_served() {
+    let mut template = template();
+    let pod = template.spec.as_mut().expect("spec");
+    // Kubernetes' own token, and one a webhook adds for a cloud's workload identity.
+    for (volume, path) in [
+        (
+            "kube-api-access-x1",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+        ),
+        (
+            "aws-iam-token",
+            "/var/run/secrets/eks.amazonaws.com/serviceaccount",
+        ),
+    ] {
+        pod.volumes.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(json!({
+                "name": volume,
+                "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}
+            }))
+            .expect("volume"),
+        );
+        pod.containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: volume.into(),
+                mount_path: path.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+    }
+    let injected = inject(&template, &spec(Mode::Ingest, &[])).expect("injected");
+    let agent = container(&injected.template, AGENT_CONTAINER);
+    let paths: Vec<_> = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/kubedev/volumes/var/data", "/kubedev/volumes/etc/web"]
+    );
+}
+
+#[test]
 fn replace_removes_the_app_and_listens_on_its_tcp_and_udp_ports() {
     let injected = inject(&template(), &spec(Mode::Replace, &[])).expect("injected");
     let pod = injected.template.spec.as_ref().expect("spec");

@@ -15,8 +15,8 @@ use super::record::{
 use super::three_way::{OthersChanges, restore};
 use super::tokens::forget_token;
 use crate::workload::{
-    OldPods, Progress, Workload, WorkloadError, WorkloadRef, hand_back_fields, retry_on_conflict,
-    wait_for_pods, write_params,
+    Filled, OldPods, Progress, Workload, WorkloadError, WorkloadKind, WorkloadRef,
+    hand_back_fields, restore_gap_of, retry_on_conflict, wait_for_pods, write_params,
 };
 
 /// What leaving did.
@@ -68,7 +68,15 @@ pub async fn leave(
     progress: impl FnMut(&Progress),
 ) -> Result<Left, SessionError> {
     let removed =
-        retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await?;
+        match retry_on_conflict(|| remove_session(client, namespace, reference, name, owner)).await
+        {
+            Err(err @ SessionError::Workload(WorkloadError::NotFound { .. }))
+                if reference.kind == WorkloadKind::Pod =>
+            {
+                return fill_the_gap(client, namespace, reference, err).await;
+            }
+            removed => removed?,
+        };
     if let Some(owner) = &removed.owner {
         // Nothing is left to reclaim once the record no longer has the session; a lease
         // left behind is deleted by the next reclaim.
@@ -83,6 +91,25 @@ pub async fn leave(
             wait_for_pods(client, &workload, wanted, timeout, progress).await?;
             Ok(Left::Restored(changes))
         }
+    }
+}
+
+/// Leaves a session on a pod that is missing: deleted to be created again by a run that
+/// ended before it was, whose gap holds the pod to create; else `missing`.
+async fn fill_the_gap(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &WorkloadRef,
+    missing: SessionError,
+) -> Result<Left, SessionError> {
+    match restore_gap_of(client, namespace, &pod.name).await? {
+        Some(Filled::Created | Filled::AlreadyThere) => {
+            Ok(Left::Restored(OthersChanges::default()))
+        }
+        Some(Filled::StillStopping) => Err(SessionError::Refused(format!(
+            "{pod} is still stopping: it is created again once it has gone"
+        ))),
+        None => Err(missing),
     }
 }
 
@@ -159,7 +186,11 @@ async fn undo(
     }
     let live = workload.stored_template()?;
     let applied = record.applied.as_ref().unwrap_or(live);
-    let restored = restore("spec.template", &record.template, applied, live);
+    let root = match workload.reference.kind {
+        WorkloadKind::Pod => "pod",
+        _ => "spec.template",
+    };
+    let restored = restore(root, &record.template, applied, live);
     changes.extend(restored.changes);
     // kubedev never writes the replicas: a change to them is someone else's, and stays.
     if let Some(was) = record.replicas.filter(|was| *was != workload.replicas()) {

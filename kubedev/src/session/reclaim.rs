@@ -12,8 +12,8 @@ use super::leave::leave;
 use super::observed::LeaseObservations;
 use super::record::{Record, record_of};
 use super::tokens::{TokensSecret, keep_only};
-use crate::workload::Workload;
 use crate::workload::retry_on_conflict;
+use crate::workload::{Workload, restore_expired_gaps};
 
 /// Every workload in `namespace` with a session on it, and its record.
 pub async fn sessions_in(
@@ -44,6 +44,21 @@ async fn sessions_of(
         }
     }
     Ok(found)
+}
+
+/// Creates again the pods whose kubedev run ended between deleting and creating them.
+async fn restore_pods_in_gaps(client: &kube::Client, namespace: &str) {
+    match restore_expired_gaps(client, namespace).await {
+        Ok(pods) => {
+            for pod in pods {
+                tracing::warn!(
+                    "{pod} created again as it was: the kubedev run that deleted it ended \
+                     before creating it again"
+                );
+            }
+        }
+        Err(err) => tracing::warn!("pods deleted by a kubedev run that ended: {err}"),
+    }
 }
 
 /// A session whose lease has run out.
@@ -145,6 +160,7 @@ pub async fn reclaim_expired(
     if let Err(err) = sweep_tokens(client, namespace).await {
         tracing::debug!("sweeping the tokens of ended sessions: {err}");
     }
+    restore_pods_in_gaps(client, namespace).await;
     Ok(reclaimed)
 }
 

@@ -113,12 +113,15 @@ pub(super) async fn write_session(
     plan: &Plan,
 ) -> Result<Written, SessionError> {
     let mut workload = Workload::get(client, namespace, &plan.workload).await?;
-    if workload.is_controlled() {
+    if let Some(controller) = workload.controller() {
         return Err(SessionError::Refused(format!(
-            "{} is managed by another workload (its owner would undo any change): name the \
-             owner, e.g. its Deployment, instead",
+            "{} is managed by {controller}, which would undo any change: name the workload \
+             that owns it instead, e.g. its Deployment (every replica gets the agent)",
             plan.workload
         )));
+    }
+    if let Some(why) = workload.refusal() {
+        return Err(SessionError::Refused(why));
     }
     if let Some(existing) = record_of(&workload)? {
         check_shareable(client, namespace, plan, &existing).await?;

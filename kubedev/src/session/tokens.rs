@@ -12,7 +12,9 @@ use kube::api::Api;
 
 use super::SessionError;
 use crate::inject::TOKENS_SECRET;
-use crate::workload::{WorkloadError, WorkloadRef, retry_on_conflict, write_params};
+use crate::workload::{
+    POD_GAP_KEY_PREFIX, WorkloadError, WorkloadRef, retry_on_conflict, write_params,
+};
 
 /// The key in [`TOKENS_SECRET`] of the token of the agent that run `owner` adds to
 /// `workload` (`deployment.web.RUN`): one run's, never a racing run's.
@@ -152,7 +154,8 @@ pub(super) fn keep_only(secret: &mut Secret, kept: &[&str]) -> bool {
     let before = data.len();
     data.retain(|key, _| {
         let run = key.rsplit('.').next().unwrap_or_default();
-        kept.contains(&key.as_str()) || kept.contains(&run)
+        // A pod's gap is its own to close (`crate::workload::restore_expired_gaps`).
+        key.starts_with(POD_GAP_KEY_PREFIX) || kept.contains(&key.as_str()) || kept.contains(&run)
     });
     data.len() != before
 }
@@ -163,6 +166,22 @@ mod tests {
     use tests_fake_api::{FakeApi, NAMESPACE};
 
     use super::*;
+
+    #[test]
+    fn the_sweep_keeps_the_pods_gaps_and_the_live_runs_tokens() {
+        let value = || ByteString(b"x".to_vec());
+        let mut secret = Secret {
+            data: Some(BTreeMap::from([
+                ("pod-gap.web".to_owned(), value()),
+                ("deployment.web.r1".to_owned(), value()),
+                ("deployment.api.r2".to_owned(), value()),
+            ])),
+            ..Secret::default()
+        };
+        assert!(keep_only(&mut secret, &["r2"]));
+        let kept: Vec<_> = secret.data.expect("data").into_keys().collect();
+        assert_eq!(kept, ["deployment.api.r2", "pod-gap.web"]);
+    }
 
     #[tokio::test]
     async fn a_secret_made_immutable_or_of_another_type_is_left_alone_saying_what_to_do() {

@@ -100,6 +100,8 @@ fn controller_of(workload: &Workload) -> &'static str {
         WorkloadKind::Deployment | WorkloadKind::ReplicaSet | WorkloadKind::Rollout => {
             "replicaset-controller"
         }
+        // kubedev creates a pod of its own itself, and hears of a refusal at once.
+        WorkloadKind::Pod => "kubedev",
     }
 }
 

@@ -88,6 +88,14 @@ pub enum WorkloadError {
         /// e.g. "has no pod template".
         lacks: &'static str,
     },
+    /// A pod kubedev leaves as it is, or could not delete and create again: `why` says.
+    #[error("{pod} {why}")]
+    PodRefused {
+        /// The pod (`pod/web`).
+        pod: String,
+        /// Why, and what to do.
+        why: String,
+    },
     /// The pod template does not read as one.
     #[error("{workload} has an unreadable pod template")]
     Template {

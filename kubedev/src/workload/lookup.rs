@@ -27,7 +27,8 @@ impl FromStr for WorkloadName {
                 let kind = WorkloadKind::parse(kind).ok_or_else(|| {
                     format!(
                         "unsupported workload kind {kind:?}: use deployment/NAME, \
-                         statefulset/NAME, replicaset/NAME, daemonset/NAME or rollout/NAME"
+                         statefulset/NAME, replicaset/NAME, daemonset/NAME, rollout/NAME or \
+                         pod/NAME"
                     )
                 })?;
                 (Some(kind), name)

@@ -2,61 +2,13 @@
 //! and written as the API server holds them (so a restored template is the original, byte
 //! for byte), with optimistic concurrency on every write.
 
-use std::future::Future;
-
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
-use super::{WorkloadError, WorkloadKind, WorkloadRef};
-
-/// How many times a read-change-write of a workload is redone after the workload changed
-/// under it (its controller writes its status often, which bumps the resource version).
-const CONFLICT_ATTEMPTS: usize = 5;
-
-/// The field manager of kubedev's writes to workloads and Services, so that their
-/// `managedFields` tell kubedev's changes from everyone else's.
-pub const FIELD_MANAGER: &str = "kubedev";
-
-/// The parameters of kubedev's writes: under [`FIELD_MANAGER`].
-pub fn write_params() -> PostParams {
-    PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    }
-}
-
-/// An error that may be an object changing between its read and its write.
-pub trait MayConflict {
-    /// Whether redoing the read-change-write may succeed.
-    fn is_conflict(&self) -> bool;
-}
-
-impl MayConflict for WorkloadError {
-    fn is_conflict(&self) -> bool {
-        WorkloadError::is_conflict(self)
-    }
-}
-
-/// Runs `change` (which reads a workload, decides and writes it) again from the start while
-/// its write fails because the workload changed since it was read, as kubectl's own
-/// read-modify-write commands do.
-pub async fn retry_on_conflict<T, E, F, Fut>(mut change: F) -> Result<T, E>
-where
-    E: MayConflict,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut attempt = 1;
-    loop {
-        match change().await {
-            Err(err) if attempt < CONFLICT_ATTEMPTS && err.is_conflict() => attempt += 1,
-            result => return result,
-        }
-    }
-}
+use super::{WorkloadError, WorkloadKind, WorkloadRef, write_params};
 
 /// A workload fetched from the cluster.
 #[derive(Debug, Clone)]
@@ -66,6 +18,8 @@ pub struct Workload {
     /// Its namespace.
     pub namespace: String,
     pub(super) object: DynamicObject,
+    /// A pod's own template: the pod as it would be created again ([`super::pod`]).
+    pub(super) pod_template: Option<Value>,
 }
 
 impl WorkloadKind {
@@ -77,6 +31,7 @@ impl WorkloadKind {
             Self::ReplicaSet => "ReplicaSet",
             Self::DaemonSet => "DaemonSet",
             Self::Rollout => "Rollout",
+            Self::Pod => "Pod",
         }
     }
 
@@ -99,6 +54,18 @@ pub(super) fn api(
 }
 
 impl Workload {
+    /// The workload `object` is.
+    pub(super) fn new(reference: WorkloadRef, namespace: String, object: DynamicObject) -> Self {
+        let pod_template =
+            (reference.kind == WorkloadKind::Pod).then(|| super::pod::template_of(&object));
+        Self {
+            reference,
+            namespace,
+            object,
+            pod_template,
+        }
+    }
+
     /// Fetches `reference`; a missing workload is an error that names it.
     pub async fn get(
         client: &kube::Client,
@@ -113,11 +80,7 @@ impl Workload {
                 what: reference.to_string(),
                 namespace: namespace.to_owned(),
             })?;
-        Ok(Self {
-            reference: reference.clone(),
-            namespace: namespace.to_owned(),
-            object,
-        })
+        Ok(Self::new(reference.clone(), namespace.to_owned(), object))
     }
 
     /// The object's uid, which its pods' (or ReplicaSets') owner references name.
@@ -146,7 +109,7 @@ impl Workload {
         namespace: &str,
         kind: WorkloadKind,
     ) -> Result<Vec<Self>, WorkloadError> {
-        Self::list_in(client, Some(namespace), kind).await
+        Self::list_in(client, Some(namespace), kind, &ListParams::default()).await
     }
 
     /// Every workload of every kind in `namespace`, or everywhere: the kinds the user may
@@ -157,8 +120,13 @@ impl Workload {
     ) -> Result<Vec<Self>, WorkloadError> {
         let mut found = Vec::new();
         let mut forbidden = Vec::new();
-        for kind in WorkloadKind::ALL {
-            match Self::list_in(client, namespace, kind).await {
+        for kind in WorkloadKind::ALL.into_iter().chain([WorkloadKind::Pod]) {
+            // Pods only where a session is on them.
+            let params = match kind {
+                WorkloadKind::Pod => ListParams::default().labels(crate::inject::SESSION_LABEL),
+                _ => ListParams::default(),
+            };
+            match Self::list_in(client, namespace, kind, &params).await {
                 Ok(workloads) => found.extend(workloads),
                 Err(err @ WorkloadError::Forbidden { .. }) => forbidden.push(err),
                 // A kind of a CRD the cluster does not have (Argo Rollouts).
@@ -166,7 +134,7 @@ impl Workload {
                 Err(err) => return Err(err),
             }
         }
-        if forbidden.len() == WorkloadKind::ALL.len() {
+        if forbidden.len() > WorkloadKind::ALL.len() {
             return Err(forbidden.swap_remove(0));
         }
         for err in forbidden {
@@ -179,12 +147,13 @@ impl Workload {
         client: &kube::Client,
         namespace: Option<&str>,
         kind: WorkloadKind,
+        params: &ListParams,
     ) -> Result<Vec<Self>, WorkloadError> {
         let api = match namespace {
             Some(namespace) => api(client, namespace, kind),
             None => Api::all_with(client.clone(), &kind.api_resource()),
         };
-        let objects = api.list(&Default::default()).await.map_err(|err| {
+        let objects = api.list(params).await.map_err(|err| {
             WorkloadError::from_api(err, "list", kind.plural(), namespace.unwrap_or("(all)"))
         })?;
         Ok(objects
@@ -198,11 +167,7 @@ impl Workload {
                     .as_deref()
                     .or(namespace)?
                     .to_owned();
-                Some(Self {
-                    reference: WorkloadRef { kind, name },
-                    namespace,
-                    object,
-                })
+                Some(Self::new(WorkloadRef { kind, name }, namespace, object))
             })
             .collect())
     }
@@ -218,9 +183,33 @@ impl Workload {
             .any(|owner| owner.controller == Some(true))
     }
 
+    /// Why kubedev leaves this workload as it is, if it does: a pod that creating again
+    /// would not give back as it was.
+    pub fn refusal(&self) -> Option<String> {
+        let pod = self.reference.kind == WorkloadKind::Pod;
+        pod.then(|| super::pod::refusal_of(&self.reference, &self.object))
+            .flatten()
+    }
+
+    /// The object that controls this one, as `kind/name` (`replicaset/web-7d4b9c`).
+    pub fn controller(&self) -> Option<String> {
+        let owners = self.object.metadata.owner_references.iter().flatten();
+        let owner = owners
+            .into_iter()
+            .find(|owner| owner.controller == Some(true))?;
+        Some(format!(
+            "{}/{}",
+            owner.kind.to_ascii_lowercase(),
+            owner.name
+        ))
+    }
+
     /// The pod template exactly as stored.
     pub fn template_value(&self) -> Option<&Value> {
-        self.object.data.get("spec")?.get("template")
+        match &self.pod_template {
+            Some(template) => Some(template),
+            None => self.object.data.get("spec")?.get("template"),
+        }
     }
 
     /// The pod template, typed.
@@ -253,15 +242,18 @@ impl Workload {
     /// The label selector of the pods that session `session` put its agent into: the
     /// workload's own selector and the session label the agent's pods carry.
     pub fn agent_selector(&self, session: &str) -> Result<String, WorkloadError> {
-        Ok(format!(
-            "{},{}={session}",
-            self.selector()?,
-            crate::inject::SESSION_LABEL
-        ))
+        let session = format!("{}={session}", crate::inject::SESSION_LABEL);
+        Ok(match self.selector()? {
+            own if own.is_empty() => session,
+            own => format!("{own},{session}"),
+        })
     }
 
     /// The label selector of its pods, as `key=value,...`.
     pub fn selector(&self) -> Result<String, WorkloadError> {
+        if self.reference.kind == WorkloadKind::Pod {
+            return Ok(super::pod::selector_of(&self.object));
+        }
         let labels = self
             .object
             .data
@@ -280,6 +272,7 @@ impl Workload {
     /// DaemonSet, one per node it is to run on.
     pub fn replicas(&self) -> i32 {
         let count = match self.reference.kind {
+            WorkloadKind::Pod => return 1,
             WorkloadKind::DaemonSet => "/status/desiredNumberScheduled",
             _ => "/spec/replicas",
         };
@@ -295,7 +288,8 @@ impl Workload {
     /// StatefulSet or DaemonSet with the OnDelete strategy, needs its pods deleted).
     pub fn rolls_out_by_itself(&self) -> bool {
         match self.reference.kind {
-            WorkloadKind::Deployment | WorkloadKind::Rollout => true,
+            // A pod's write deletes it and creates it again.
+            WorkloadKind::Deployment | WorkloadKind::Rollout | WorkloadKind::Pod => true,
             WorkloadKind::ReplicaSet => false,
             WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
                 self.object
@@ -360,6 +354,9 @@ impl Workload {
         key: &str,
         annotation: Option<String>,
     ) -> Result<(), WorkloadError> {
+        if self.reference.kind == WorkloadKind::Pod {
+            return self.write_pod(client, template, (key, annotation)).await;
+        }
         let mut object = self.object.clone();
         let spec = object
             .data
@@ -393,7 +390,6 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
 
     #[test]
     fn the_agents_are_the_workloads_pods_with_the_session_label() {
@@ -404,68 +400,10 @@ mod tests {
             "spec": {"selector": {"matchLabels": {"app": "web", "tier": "front"}}}
         }))
         .expect("object");
-        let workload = Workload {
-            reference: "web".parse().expect("reference"),
-            namespace: "shop".into(),
-            object,
-        };
+        let workload = Workload::new("web".parse().expect("reference"), "shop".into(), object);
         assert_eq!(
             workload.agent_selector("alice").expect("selector"),
             format!("app=web,tier=front,{}=alice", crate::inject::SESSION_LABEL)
         );
-    }
-
-    fn conflict() -> WorkloadError {
-        let mut status = kube::core::Status::failure("the object has been modified", "Conflict");
-        status.code = 409;
-        WorkloadError::from_api(
-            kube::Error::Api(status.boxed()),
-            "update",
-            "deployments",
-            "shop",
-        )
-    }
-
-    #[tokio::test]
-    async fn a_conflict_is_retried_until_the_write_goes_through() {
-        let calls = Cell::new(0);
-        let result = retry_on_conflict(|| async {
-            calls.set(calls.get() + 1);
-            if calls.get() < 3 {
-                Err(conflict())
-            } else {
-                Ok("written")
-            }
-        })
-        .await;
-        assert_eq!(result.expect("written"), "written");
-        assert_eq!(calls.get(), 3);
-    }
-
-    #[tokio::test]
-    async fn other_errors_and_endless_conflicts_are_returned() {
-        let calls = Cell::new(0);
-        let result: Result<(), WorkloadError> = retry_on_conflict(|| async {
-            calls.set(calls.get() + 1);
-            Err(WorkloadError::NotFound {
-                what: "deployment/x".into(),
-                namespace: "shop".into(),
-            })
-        })
-        .await;
-        assert!(matches!(
-            result.expect_err("fails"),
-            WorkloadError::NotFound { .. }
-        ));
-        assert_eq!(calls.get(), 1);
-
-        let calls = Cell::new(0);
-        let result: Result<(), WorkloadError> = retry_on_conflict(|| async {
-            calls.set(calls.get() + 1);
-            Err(conflict())
-        })
-        .await;
-        assert!(result.expect_err("fails").is_conflict());
-        assert_eq!(calls.get(), CONFLICT_ATTEMPTS);
     }
 }

@@ -51,7 +51,13 @@ impl PodOwners {
 
     /// Whether the workload controls `pod`.
     pub async fn owns(&mut self, pod: &Pod) -> bool {
-        let Some(controller) = controller_of(&pod.metadata).cloned() else {
+        let controller = controller_of(&pod.metadata).cloned();
+        if self.workload.kind == WorkloadKind::Pod {
+            // A pod of its own is its own workload.
+            return controller.is_none()
+                && pod.metadata.name.as_deref() == Some(self.workload.name.as_str());
+        }
+        let Some(controller) = controller else {
             return false;
         };
         match self.workload.kind {

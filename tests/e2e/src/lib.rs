@@ -402,6 +402,44 @@ impl TestNamespace {
         Ok(())
     }
 
+    /// The echo app as pod `name` of its own (no controller), labelled `app=echo` behind
+    /// Service `echo`, returning once it is ready.
+    pub async fn run_echo_pod(&self, name: &str) -> anyhow::Result<()> {
+        let mut container = echo_container();
+        container["env"] = json!([{"name": "GREETING", "value": "from the pod"}]);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "echo"}, "annotations": {"team": "a"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]}
+        }))?;
+        self.create_echo_service("echo").await?;
+        self.api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .context("create echo pod")?;
+        let ready = await_condition(self.api::<Pod>(), name, |pod: Option<&Pod>| {
+            let conditions = pod.and_then(|p| p.status.as_ref()?.conditions.as_ref());
+            conditions
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        let waited = format!("pod {name} not ready");
+        converge::within_timeout(&self.client, &self.name, &waited, ready).await?;
+        Ok(())
+    }
+
+    /// Pod `name` as a user wrote it: its labels, annotations, owners and spec, as stored
+    /// (what kubedev must give back after creating it again). None once it is gone.
+    pub async fn stored_pod(&self, name: &str) -> Option<serde_json::Value> {
+        let pod = self.api::<Pod>().get_opt(name).await.expect("get pod")?;
+        Some(json!({
+            "labels": pod.metadata.labels,
+            "annotations": pod.metadata.annotations,
+            "ownerReferences": pod.metadata.owner_references,
+            "spec": pod.spec,
+        }))
+    }
+
     /// The echo app as DaemonSet `name` (a pod on each node), behind Service `name`,
     /// returning once its pods are ready.
     pub async fn deploy_echo_daemonset(&self, name: &str) -> anyhow::Result<()> {
