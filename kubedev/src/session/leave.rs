@@ -73,7 +73,7 @@ pub async fn leave(
             Err(err @ SessionError::Workload(WorkloadError::NotFound { .. }))
                 if reference.kind == WorkloadKind::Pod =>
             {
-                return fill_the_gap(client, namespace, reference, err).await;
+                return fill_the_gap(client, namespace, reference, timeout, Err(err)).await;
             }
             removed => removed?,
         };
@@ -85,6 +85,10 @@ pub async fn leave(
         }
     }
     match removed.outcome {
+        // A start stopped (Ctrl-C) after deleting the pod: it is stopping, without a record.
+        Outcome::Settled(Left::NotThere) if reference.kind == WorkloadKind::Pod => {
+            fill_the_gap(client, namespace, reference, timeout, Ok(Left::NotThere)).await
+        }
         Outcome::Settled(left) => Ok(left),
         Outcome::Restored(workload, changes) => {
             let wanted = (false, OldPods::Terminating);
@@ -94,22 +98,34 @@ pub async fn leave(
     }
 }
 
-/// Leaves a session on a pod that is missing: deleted to be created again by a run that
-/// ended before it was, whose gap holds the pod to create; else `missing`.
+/// Leaves a session on a pod without it: deleted to be created again by a run that ended
+/// before it was, whose gap holds the pod to create once the one deleted has stopped
+/// (waited for up to `timeout`); else `otherwise`.
 async fn fill_the_gap(
     client: &kube::Client,
     namespace: &str,
     pod: &WorkloadRef,
-    missing: SessionError,
+    timeout: Duration,
+    otherwise: Result<Left, SessionError>,
 ) -> Result<Left, SessionError> {
-    match restore_gap_of(client, namespace, &pod.name).await? {
-        Some(Filled::Created | Filled::AlreadyThere) => {
-            Ok(Left::Restored(OthersChanges::default()))
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match restore_gap_of(client, namespace, &pod.name).await? {
+            Some(Filled::Created | Filled::AlreadyThere) => {
+                return Ok(Left::Restored(OthersChanges::default()));
+            }
+            Some(Filled::StillStopping) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(Filled::StillStopping) => {
+                return Err(SessionError::Refused(format!(
+                    "{pod} has not stopped in {}s: the next kubedev command in namespace \
+                     {namespace} creates it again once it has",
+                    timeout.as_secs()
+                )));
+            }
+            None => return otherwise,
         }
-        Some(Filled::StillStopping) => Err(SessionError::Refused(format!(
-            "{pod} is still stopping: it is created again once it has gone"
-        ))),
-        None => Err(missing),
     }
 }
 

@@ -155,6 +155,20 @@ pub(super) fn refusal_of(pod: &WorkloadRef, object: &DynamicObject) -> Option<St
     if object.metadata.deletion_timestamp.is_some() {
         return Some(format!("{pod} is being deleted"));
     }
+    let volumes = object
+        .data
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array);
+    if volumes
+        .into_iter()
+        .flatten()
+        .any(|volume| volume.get("ephemeral").is_some())
+    {
+        return Some(format!(
+            "{pod} has an ephemeral volume: its claim belongs to the pod, and a pod created \
+             again under the same name could not use it; kubedev leaves it as it is"
+        ));
+    }
     let finalizers = object.metadata.finalizers.as_deref().unwrap_or_default();
     if !finalizers.is_empty() {
         return Some(format!(

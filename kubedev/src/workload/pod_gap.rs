@@ -36,6 +36,14 @@ pub(super) struct Gap {
     pub(super) ends: Timestamp,
 }
 
+impl Gap {
+    /// Whether its run has given it up, by this machine's clock with room for another's.
+    fn given_up(&self) -> bool {
+        let end = self.ends.checked_add(CLOCK_MARGIN);
+        end.is_ok_and(|end| end < Timestamp::now())
+    }
+}
+
 /// What filling a gap did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filled {
@@ -124,11 +132,17 @@ pub(super) async fn open(
     Ok(())
 }
 
-/// Closes pod `pod`'s gap: the pod exists again.
-pub(super) async fn close(client: &kube::Client, namespace: &str, pod: &str) {
+/// Closes pod `pod`'s gap opened on deleting the pod of uid `deleted_uid`: the pod exists
+/// again. A gap opened since, on deleting another pod of that name, stays.
+pub(super) async fn close(client: &kube::Client, namespace: &str, pod: &str, deleted_uid: &str) {
     let key = key_of(pod);
     if let Err(err) = change_gaps(client, namespace, |data| {
-        data.remove(&key);
+        let kept = data
+            .get(&key)
+            .and_then(|value| serde_json::from_slice::<Gap>(&value.0).ok());
+        if kept.is_none_or(|gap| gap.deleted_uid == deleted_uid) {
+            data.remove(&key);
+        }
     })
     .await
     {
@@ -156,7 +170,9 @@ async fn gaps_in(
 }
 
 /// Fills pod `pod`'s gap: creates the pod kept unless one of that name is there, and closes
-/// the gap unless the pod deleted is still stopping.
+/// the gap unless the pod deleted is still stopping. A pod of the deleted uid that is not
+/// being deleted was never deleted (its run stopped before): once the gap is given up, it
+/// is closed.
 async fn fill(
     client: &kube::Client,
     namespace: &str,
@@ -170,7 +186,11 @@ async fn fill(
         .map_err(|err| WorkloadError::from_api(err, "get", "pods", namespace))?;
     let filled = match there {
         Some(there) if there.metadata.uid.as_deref() == Some(gap.deleted_uid.as_str()) => {
-            return Ok(Filled::StillStopping);
+            let stopping = there.metadata.deletion_timestamp.is_some();
+            if stopping || !gap.given_up() {
+                return Ok(Filled::StillStopping);
+            }
+            Filled::AlreadyThere
         }
         Some(_) => Filled::AlreadyThere,
         None => {
@@ -182,7 +202,7 @@ async fn fill(
             }
         }
     };
-    close(client, namespace, pod).await;
+    close(client, namespace, pod, &gap.deleted_uid).await;
     Ok(filled)
 }
 
@@ -240,14 +260,9 @@ pub async fn restore_expired_gaps(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<Vec<String>, WorkloadError> {
-    let now = Timestamp::now();
     let mut created = Vec::new();
     for (pod, gap) in gaps_in(client, namespace).await? {
-        let given_up = gap
-            .ends
-            .checked_add(CLOCK_MARGIN)
-            .is_ok_and(|end| end < now);
-        if !given_up {
+        if !gap.given_up() {
             continue;
         }
         match fill(client, namespace, &pod, &gap).await {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions, PropagationPolicy};
 use serde_json::Value;
 
 use super::object::api;
@@ -81,13 +81,8 @@ async fn recreate(
     let uid = live.metadata.uid.clone().unwrap_or_default();
     let gap = pod_gap::gap(kept, &uid, grace + GAP_MARGIN);
     pod_gap::open(client, &namespace, &name, &gap).await?;
-    let preconditions = Preconditions {
-        uid: live.metadata.uid.clone(),
-        resource_version: live.metadata.resource_version.clone(),
-    };
-    let deleting = DeleteParams::default().preconditions(preconditions);
-    if let Err(err) = api.delete(&name, &deleting).await {
-        pod_gap::close(client, &namespace, &name).await;
+    if let Err(err) = delete_as_read(&api, live).await {
+        pod_gap::close(client, &namespace, &name, &uid).await;
         return Err(pod_error(err, "delete", &namespace));
     }
     wait_until_gone(&api, &name, grace + GAP_MARGIN).await?;
@@ -98,12 +93,40 @@ async fn recreate(
             create(&api, &before)
                 .await
                 .map_err(|again| not_restored(&name, &namespace, &again))?;
-            pod_gap::close(client, &namespace, &name).await;
+            pod_gap::close(client, &namespace, &name, &uid).await;
             return Err(refused);
         }
     };
-    pod_gap::close(client, &namespace, &name).await;
+    pod_gap::close(client, &namespace, &name, &uid).await;
     Ok(created)
+}
+
+/// Deletes pod `live` only as read (its uid and resource version), leaving what it owns
+/// to live on rather than be collected with it. An error whose answer may have been lost
+/// after the pod was deleted is checked against the pod itself.
+async fn delete_as_read(api: &Api<DynamicObject>, live: &DynamicObject) -> Result<(), kube::Error> {
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    let deleting = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        preconditions: Some(Preconditions {
+            uid: live.metadata.uid.clone(),
+            resource_version: live.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    let Err(err) = api.delete(name, &deleting).await else {
+        return Ok(());
+    };
+    match api.get_opt(name).await {
+        Ok(None) => Ok(()),
+        Ok(Some(there))
+            if there.metadata.uid == live.metadata.uid
+                && there.metadata.deletion_timestamp.is_some() =>
+        {
+            Ok(())
+        }
+        _ => Err(err),
+    }
 }
 
 /// The session record on pod `object`, if any.

@@ -1,62 +1,51 @@
-//! The strict source check on a helper's device, whatever the machine's own setting. The
+//! The strict source check on a helper's device, whatever the machine's settings say. The
 //! kernel checks an IPv4 packet's source with the looser of `net.ipv4.conf.all.rp_filter`
-//! and the device's own: where `all` is 2 (loose, as systemd sets it on many
-//! distributions), a device's user could write packets whose source any of the machine's
-//! routes reaches, and its sockets would take them as from that source. There, a rule of
-//! iptables' `rpfilter` match (strict) drops whatever comes in on the device from a source
-//! not routed back into it, for as long as the device lives.
+//! and the device's own, and both can change under the helper: systemd sets `all` to 2
+//! (loose) on many distributions, and its udev rule applies `net.ipv4.conf.*.rp_filter` to
+//! every new device. Loose, a device's user could write packets whose source any of the
+//! machine's routes reaches, and its sockets would take them as from that source. So a rule
+//! of iptables' `rpfilter` match (strict) drops whatever comes in on the device from a
+//! source not routed back into it, for as long as the device lives.
 
-use anyhow::Context as _;
-
-/// The machine-wide reverse-path setting.
-const ALL_RP_FILTER: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
-/// The value that makes every device's check loose.
-const LOOSE: &str = "2";
-
-/// The strict source check on one device: a rule of the helper's where the kernel's own
-/// check is loose, deleted when this is dropped.
+/// The strict source check on one device: a rule of the helper's, deleted when this is
+/// dropped.
 #[derive(Debug)]
 pub(super) struct StrictSourceCheck {
-    /// The device whose rule was added, if one was.
-    ruled: Option<String>,
+    device: String,
 }
 
 impl StrictSourceCheck {
-    /// Makes the source check on `device` strict; fails where it cannot, so that no loose
-    /// device is handed out.
+    /// Makes the source check on `device` strict; fails where it cannot, so that no device
+    /// is handed out without it.
     pub(super) fn enforce(device: &str) -> anyhow::Result<Self> {
-        let all = std::fs::read_to_string(ALL_RP_FILTER).unwrap_or_default();
-        if all.trim() != LOOSE {
-            // The device's own strict setting holds.
-            return Ok(Self { ruled: None });
-        }
+        use anyhow::Context as _;
         iptables(&rule("-I", device)).with_context(|| {
             format!(
-                "net.ipv4.conf.all.rp_filter is 2, which makes every device's source check \
-                 loose, and the strict check for {device} could not be added with iptables; \
-                 set net.ipv4.conf.all.rp_filter to 1, or install iptables"
+                "the strict source check for {device} could not be added with iptables (the \
+                 helper hands out no device without it): install iptables, with its rpfilter \
+                 match (xt_rpfilter)"
             )
         })?;
         Ok(Self {
-            ruled: Some(device.to_owned()),
+            device: device.to_owned(),
         })
     }
 }
 
 impl Drop for StrictSourceCheck {
     fn drop(&mut self) {
-        if let Some(device) = &self.ruled
-            && let Err(err) = iptables(&rule("-D", device))
-        {
-            tracing::warn!("deleting the source check of {device}: {err:#}");
+        if let Err(err) = iptables(&rule("-D", &self.device)) {
+            tracing::warn!("deleting the source check of {}: {err:#}", self.device);
         }
     }
 }
 
-/// The rule, as iptables' arguments, with `operation` (`-I` to add it, `-D` to delete it).
+/// The rule, as iptables' arguments, with `operation` (`-I` to add it, `-D` to delete it);
+/// iptables waits at most 5 s for the lock that root's other firewall tools may hold.
 fn rule(operation: &str, device: &str) -> Vec<String> {
     let words = [
         "-w",
+        "5",
         "-t",
         "raw",
         operation,
@@ -88,7 +77,7 @@ mod tests {
     fn the_rule_drops_what_the_strict_check_would_on_that_device_only() {
         assert_eq!(
             rule("-I", "kubedev-tun3").join(" "),
-            "-w -t raw -I PREROUTING -i kubedev-tun3 -m rpfilter --invert -m comment \
+            "-w 5 -t raw -I PREROUTING -i kubedev-tun3 -m rpfilter --invert -m comment \
              --comment kubedev network helper -j DROP"
         );
     }
