@@ -187,18 +187,18 @@ async fn a_replica_is_refused_naming_its_owner_and_nothing_changes() {
     );
 }
 
-/// A pod that ignores SIGTERM (busybox's sleep is PID 1, with no handler) and so takes its
-/// whole grace period to stop: a window to kill the plugin in.
+/// A pod that takes 8 s to stop (its preStop hook sleeps): a window to kill the plugin in.
 async fn run_slow_to_stop_pod(ns: &TestNamespace, name: &str) -> Value {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {
-            "terminationGracePeriodSeconds": 8,
+            "terminationGracePeriodSeconds": 10,
             "containers": [{
                 "name": "idle",
                 "image": CLIENT_IMAGE,
                 "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"]
+                "command": ["sleep", "3600"],
+                "lifecycle": {"preStop": {"exec": {"command": ["sleep", "8"]}}}
             }]
         }
     }))
@@ -220,42 +220,44 @@ async fn run_slow_to_stop_pod(ns: &TestNamespace, name: &str) -> Value {
     ns.stored_pod(name).await.expect("the pod")
 }
 
-#[tokio::test]
-async fn a_pod_whose_run_died_between_deleting_and_creating_it_is_created_by_the_next_run() {
+/// Starts an ingest of pod `idle` and, once the pod it deleted is stopping, kills the
+/// plugin, and tunneld too where `machine_dies`; then runs `list` until the pod is back as
+/// `before` (a new pod), and checks that nothing of its gap is kept.
+async fn die_in_the_gap_then_find_the_pod_back(prefix: &str, machine_dies: bool) {
     let cluster = TestCluster::get();
-    let ns = TestNamespace::create(&cluster, "pod-gap").await;
+    let ns = TestNamespace::create(&cluster, prefix).await;
     let before = run_slow_to_stop_pod(&ns, "idle").await;
-    let first = ns
-        .api::<Pod>()
-        .get("idle")
-        .await
-        .expect("the pod")
-        .metadata
-        .uid;
+    let pods = ns.api::<Pod>();
+    let first = pods.get("idle").await.expect("the pod").metadata.uid;
     let workstation = Workstation::create(&cluster);
     let args = ["pod/idle", "-n", &ns.name, "--detach", "--lease", "6s"];
     let mut plugin = workstation.spawn_plugin(&cluster, "kubectl-ingest", &args);
 
     // The plugin has deleted the pod and waits for it to stop: it dies there.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pod = ns.api::<Pod>().get("idle").await.expect("the pod");
-        if pod.metadata.deletion_timestamp.is_some() {
-            break;
-        }
+    while pods
+        .get("idle")
+        .await
+        .expect("the pod")
+        .metadata
+        .deletion_timestamp
+        .is_none()
+    {
         assert!(Instant::now() < deadline, "the pod was never deleted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    plugin.kill().expect("kill");
+    let mut dying = vec![plugin.id()];
+    if machine_dies {
+        dying.push(workstation.plugins_tunneld_pid(&cluster, "kubectl-ingest"));
+    }
+    tests_e2e::freeze_then_kill(&dying);
     plugin.wait().expect("reaped");
 
-    // Once the pod is gone and its gap's lease has run out, the next run creates it again
-    // as it was.
     let deadline = Instant::now() + Duration::from_secs(150);
     let list = ["list", "-n", &ns.name];
     loop {
         let now = ns.stored_pod("idle").await;
-        let pod = ns.api::<Pod>().get_opt("idle").await.expect("get");
+        let pod = pods.get_opt("idle").await.expect("get");
         let another = pod.is_some_and(|pod| pod.metadata.uid != first);
         if another && now.as_ref() == Some(&before) {
             break;
@@ -264,10 +266,11 @@ async fn a_pod_whose_run_died_between_deleting_and_creating_it_is_created_by_the
             Instant::now() < deadline,
             "never created as it was: {now:?}"
         );
-        workstation.plugin_ok(&cluster, "kubectl-ingest", &list);
+        if machine_dies {
+            workstation.plugin_ok(&cluster, "kubectl-ingest", &list);
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    // Its gap is closed: nothing of it is kept.
     let keys = ns
         .kubectl_ok(&[
             "get",
@@ -278,4 +281,14 @@ async fn a_pod_whose_run_died_between_deleting_and_creating_it_is_created_by_the
         ])
         .expect("the sessions' Secret");
     assert!(!keys.contains("pod-gap.idle"), "{keys}");
+}
+
+#[tokio::test]
+async fn a_pod_whose_plugin_died_between_deleting_and_creating_it_is_created_by_tunneld() {
+    die_in_the_gap_then_find_the_pod_back("pod-gap-plugin", false).await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_machine_died_between_deleting_and_creating_it_is_created_by_the_next_run() {
+    die_in_the_gap_then_find_the_pod_back("pod-gap-machine", true).await;
 }
