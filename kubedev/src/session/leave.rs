@@ -13,7 +13,7 @@ use super::record::{
     FLUX_PAUSED, FLUX_RECONCILE, RECORD_ANNOTATION, Record, Removal, ServiceRecord, record_of,
 };
 use super::three_way::{OthersChanges, restore};
-use super::tokens::forget_token;
+use super::tokens::{forget_token, token_key};
 use crate::workload::{
     Filled, OldPods, Progress, Workload, WorkloadError, WorkloadKind, WorkloadRef,
     hand_back_fields, restore_gap_of, retry_on_conflict, wait_for_pods, write_params,
@@ -73,7 +73,8 @@ pub async fn leave(
             Err(err @ SessionError::Workload(WorkloadError::NotFound { .. }))
                 if reference.kind == WorkloadKind::Pod =>
             {
-                return fill_the_gap(client, namespace, reference, timeout, Err(err)).await;
+                return fill_the_gap(client, namespace, (reference, owner), timeout, Err(err))
+                    .await;
             }
             removed => removed?,
         };
@@ -87,7 +88,14 @@ pub async fn leave(
     match removed.outcome {
         // A start stopped (Ctrl-C) after deleting the pod: it is stopping, without a record.
         Outcome::Settled(Left::NotThere) if reference.kind == WorkloadKind::Pod => {
-            fill_the_gap(client, namespace, reference, timeout, Ok(Left::NotThere)).await
+            fill_the_gap(
+                client,
+                namespace,
+                (reference, owner),
+                timeout,
+                Ok(Left::NotThere),
+            )
+            .await
         }
         Outcome::Settled(left) => Ok(left),
         Outcome::Restored(workload, changes) => {
@@ -100,11 +108,12 @@ pub async fn leave(
 
 /// Leaves a session on a pod without it: deleted to be created again by a run that ended
 /// before it was, whose gap holds the pod to create once the one deleted has stopped
-/// (waited for up to `timeout`); else `otherwise`.
+/// (waited for up to `timeout`); else `otherwise`. Run `owner`'s lease and token, of no more
+/// use, go with the gap.
 async fn fill_the_gap(
     client: &kube::Client,
     namespace: &str,
-    pod: &WorkloadRef,
+    (pod, owner): (&WorkloadRef, Option<&str>),
     timeout: Duration,
     otherwise: Result<Left, SessionError>,
 ) -> Result<Left, SessionError> {
@@ -112,6 +121,9 @@ async fn fill_the_gap(
     loop {
         match restore_gap_of(client, namespace, &pod.name).await? {
             Some(Filled::Created | Filled::AlreadyThere) => {
+                if let Some(owner) = owner {
+                    forget_run(client, namespace, pod, owner).await;
+                }
                 return Ok(Left::Restored(OthersChanges::default()));
             }
             Some(Filled::StillStopping) if tokio::time::Instant::now() < deadline => {
@@ -126,6 +138,16 @@ async fn fill_the_gap(
             }
             None => return otherwise,
         }
+    }
+}
+
+/// Ends run `owner`'s lease and drops its token for `workload`.
+async fn forget_run(client: &kube::Client, namespace: &str, workload: &WorkloadRef, owner: &str) {
+    if let Err(err) = end_lease(client, namespace, owner).await {
+        tracing::warn!("ending the lease of run {owner}: {err}");
+    }
+    if let Err(err) = forget_token(client, namespace, &token_key(workload, owner)).await {
+        tracing::warn!("dropping the token of run {owner}: {err}");
     }
 }
 

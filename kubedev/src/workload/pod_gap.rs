@@ -19,6 +19,9 @@ use kube::api::{Api, DynamicObject};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+use super::hand_back_fields;
 use super::object::api;
 use super::pod::{GAP_PREFIX, has_record};
 use super::{WorkloadError, WorkloadKind, retry_on_conflict, write_params};
@@ -34,6 +37,10 @@ pub(super) struct Gap {
     pub(super) deleted_uid: String,
     /// When the run that opened it gives it up to others.
     pub(super) ends: Timestamp,
+    /// Who managed which fields of the pod kept, where that is the pod deleted (a start's
+    /// gap): given back once it is created again.
+    #[serde(default)]
+    pub(super) managers: Option<Vec<ManagedFieldsEntry>>,
 }
 
 impl Gap {
@@ -196,7 +203,13 @@ async fn fill(
         None => {
             let kept = kept_pod(pod, &gap.pod)?;
             match pods.create(&write_params(), &kept).await {
-                Ok(_) => Filled::Created,
+                Ok(_) => {
+                    let managers = gap.managers.as_deref();
+                    if let Err(err) = hand_back_fields(&pods, pod, managers).await {
+                        tracing::warn!("pod/{pod}: giving its fields back: {err}");
+                    }
+                    Filled::Created
+                }
                 Err(kube::Error::Api(status)) if status.code == 409 => Filled::AlreadyThere,
                 Err(err) => return Err(not_restored(pod, namespace, &err)),
             }
@@ -275,11 +288,16 @@ pub async fn restore_expired_gaps(
 }
 
 /// The gap of `pod` deleted (uid `deleted_uid`), keeping `kept` until `lifetime` from now.
-pub(super) fn gap(kept: &Value, deleted_uid: &str, lifetime: Duration) -> Gap {
+pub(super) fn gap(
+    kept: &Value,
+    (deleted_uid, managers): (&str, Option<Vec<ManagedFieldsEntry>>),
+    lifetime: Duration,
+) -> Gap {
     let lifetime = SignedDuration::try_from(lifetime).unwrap_or(SignedDuration::MAX);
     Gap {
         pod: kept.clone(),
         deleted_uid: deleted_uid.to_owned(),
+        managers,
         ends: Timestamp::now()
             .checked_add(lifetime)
             .unwrap_or(Timestamp::MAX),
@@ -316,7 +334,7 @@ mod tests {
     fn a_gap_reads_back_as_kept() {
         let kept = gap(
             &json!({"metadata": {"name": "web"}}),
-            "u1",
+            ("u1", None),
             Duration::from_secs(31),
         );
         let read: Gap =

@@ -71,15 +71,17 @@ async fn recreate(
     for (pod, which) in [(&wanted, "with the change"), (&before, "as it is")] {
         dry_run(&api, pod, &name, which).await?;
     }
-    let kept = if has_record(&wanted) {
-        &before
+    // The pod without a session: the one deleted (a start), whose managers it keeps, or
+    // the restored one (a leave).
+    let (kept, managers) = if has_record(&wanted) {
+        (&before, live.metadata.managed_fields.clone())
     } else {
-        &wanted
+        (&wanted, None)
     };
     let grace = live.data.pointer("/spec/terminationGracePeriodSeconds");
     let grace = Duration::from_secs(grace.and_then(Value::as_u64).unwrap_or(30));
     let uid = live.metadata.uid.clone().unwrap_or_default();
-    let gap = pod_gap::gap(kept, &uid, grace + GAP_MARGIN);
+    let gap = pod_gap::gap(kept, (&uid, managers), grace + GAP_MARGIN);
     pod_gap::open(client, &namespace, &name, &gap).await?;
     if let Err(err) = delete_as_read(&api, live).await {
         pod_gap::close(client, &namespace, &name, &uid).await;

@@ -281,6 +281,15 @@ async fn die_in_the_gap_then_find_the_pod_back(prefix: &str, machine_dies: bool)
         ])
         .expect("the sessions' Secret");
     assert!(!keys.contains("pod-gap.idle"), "{keys}");
+    assert!(!kubedev_manages(&ns, "idle").await, "fields given back");
+    if !machine_dies {
+        // tunneld ended the run: its lease and its token went with it.
+        assert!(!keys.contains("pod.idle."), "{keys}");
+        let leases = ns
+            .kubectl_ok(&["get", "leases", "-o", "name"])
+            .expect("leases");
+        assert!(!leases.contains("kubedev-"), "{leases}");
+    }
 }
 
 #[tokio::test]
