@@ -16,6 +16,9 @@ Examples:
   # Pick the container of a multi-container StatefulSet
   kubectl ingest statefulset/db -c postgres --detach
 
+  # A pod no controller manages: created again with the agent, and as it was at the end
+  kubectl ingest pod/scratch -- env
+
   # Once per kube context: the agent image your nodes pull (after `make push-agent`)
   kubectl ingest config set-agent-image registry.example.com/team/kubedev-agent:",
     env!("CARGO_PKG_VERSION"),
