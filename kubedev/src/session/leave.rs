@@ -109,7 +109,7 @@ pub async fn leave(
 /// Leaves a session on a pod without it: deleted to be created again by a run that ended
 /// before it was, whose gap holds the pod to create once the one deleted has stopped
 /// (waited for up to `timeout`); else `otherwise`. Run `owner`'s lease and token, of no more
-/// use, go with the gap.
+/// use once the pod is created from the gap, go with it.
 async fn fill_the_gap(
     client: &kube::Client,
     namespace: &str,
@@ -120,8 +120,9 @@ async fn fill_the_gap(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match restore_gap_of(client, namespace, &pod.name).await? {
-            Some(Filled::Created | Filled::AlreadyThere) => {
-                if let Some(owner) = owner {
+            Some(filled @ (Filled::Created | Filled::AlreadyThere)) => {
+                // Created from the gap, the pod has no session whose agent reads the token.
+                if let (Filled::Created, Some(owner)) = (filled, owner) {
                     forget_run(client, namespace, pod, owner).await;
                 }
                 return Ok(Left::Restored(OthersChanges::default()));
