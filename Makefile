@@ -89,7 +89,7 @@ test-teardown:
 ## Measure kubedev's tunnel against kubectl port-forward and direct pod access
 ## (same cluster, same run); writes docs/benchmarks.md.
 bench: cluster-up
-	cargo build --release -p tunneld -p bench -p kubectl-intercept -p tests-fixtures
+	cargo build --release -p tunneld -p bench -p kubectl-intercept -p kubectl-ingest -p kubectl-replace -p tests-fixtures
 	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
 		target/release/kubedev-bench
 
@@ -104,7 +104,7 @@ cluster-down:
 ## error; fails on any failed request or a bound passed. Figures go to docs/benchmarks.md.
 SOAK_SECONDS ?= 600
 soak: cluster-up
-	cargo build --release -p tunneld -p bench -p kubectl-intercept -p tests-fixtures
+	cargo build --release -p tunneld -p bench -p kubectl-intercept -p kubectl-ingest -p kubectl-replace -p tests-fixtures
 	KUBEDEV_BIN_DIR=$(CURDIR)/target/release KUBEDEV_TUNNELD=$(CURDIR)/target/release/tunneld \
 		SOAK_SECONDS=$(SOAK_SECONDS) KUBEDEV_SOAK_REPORT=1 target/release/kubedev-bench soak
 

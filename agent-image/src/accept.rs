@@ -26,6 +26,9 @@ pub struct Settings {
     pub pod_uid: String,
     /// How long a UDP flow may stay idle before it is closed.
     pub udp_idle: Duration,
+    /// Where the app container's volumes are ([`kubedev_protocol::VOLUMES_ROOT`] in the
+    /// pods).
+    pub volumes_root: std::path::PathBuf,
     /// Ingest: the volumes are served read-only.
     pub read_only_volumes: bool,
     /// Where the certificate and key of an app that terminates TLS itself are
@@ -142,7 +145,9 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
         OpenRequest::Incoming { .. } => {
             refuse(&mut stream, "the agent takes no incoming streams".into()).await
         }
-        OpenRequest::Files => files::serve(stream, settings.read_only_volumes).await,
+        OpenRequest::Files => {
+            files::serve(stream, &settings.volumes_root, settings.read_only_volumes).await
+        }
         OpenRequest::Claim {
             port,
             filter,

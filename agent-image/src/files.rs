@@ -12,8 +12,8 @@ mod volumes;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kubedev_protocol::OpenReply;
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::{OpenReply, VOLUMES_ROOT};
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
@@ -28,10 +28,15 @@ const MAX_IN_FLIGHT: usize = 64;
 /// The largest request taken: a write of 256 KiB and its header.
 const MAX_REQUEST: u32 = 256 * 1024 + 1024;
 
-/// Serves the volumes over SFTP on `stream` until the workstation ends the session.
-pub(crate) async fn serve(mut stream: MuxStream, read_only: bool) -> std::io::Result<()> {
+/// Serves the volumes under `root` over SFTP on `stream` until the workstation ends the
+/// session.
+pub(crate) async fn serve(
+    mut stream: MuxStream,
+    root: &std::path::Path,
+    read_only: bool,
+) -> std::io::Result<()> {
     answer(&mut stream, &OpenReply::Connected).await?;
-    serve_dir(stream, std::path::Path::new(VOLUMES_ROOT), read_only).await
+    serve_dir(stream, root, read_only).await
 }
 
 /// Serves the files under `root` over SFTP on `stream`, as if they were the volumes.

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         token: cli.token,
         pod_uid: cli.pod_uid,
         udp_idle: Duration::from_secs(cli.udp_idle_secs),
+        volumes_root: kubedev_protocol::VOLUMES_ROOT.into(),
         read_only_volumes: cli.config.read_only_volumes,
         tls_dir: cli.tls_dir,
     };

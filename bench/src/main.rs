@@ -13,6 +13,8 @@
 //! start and end ([`sessions`]), and what a wiretap adds to the requests it copies
 //! ([`wiretapped`]); [`report`] writes it all up.
 //!
+//! `kubedev-bench mounts` prints the mounted volumes' table alone (`BENCH_RTTS_MS`).
+//!
 //! `kubedev-bench soak` ([`soak`], `make soak`) runs one session under steady load for
 //! `SOAK_SECONDS` and fails if anything failed or grew past its bounds; with
 //! `KUBEDEV_SOAK_REPORT=1` its figures replace the soak section of docs/benchmarks.md.
@@ -48,8 +50,10 @@ fn benchmarks_md() -> std::path::PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("soak") {
-        return soak_main().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("soak") => return soak_main().await,
+        Some("mounts") => return mounts_main().await,
+        _ => {}
     }
     let sizes = Sizes::from_env();
     let cluster = TestCluster::get();
@@ -115,6 +119,20 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&path, &report)?;
     println!("{report}");
     eprintln!("bench: written to {}", path.display());
+    Ok(())
+}
+
+/// `kubedev-bench mounts`: the mount table alone, at each RTT, printed (not written).
+async fn mounts_main() -> anyhow::Result<()> {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "bench-mounts").await;
+    ns.deploy_app_with_volume().await?;
+    print!("{}", report::mount_table_head());
+    for rtt in distance::rtts_from_env() {
+        let workstation = Workstation::create_at_distance(&cluster, rtt);
+        let mount = tokio::task::block_in_place(|| mounts::measure(&cluster, &ns, &workstation))?;
+        print!("{}", report::mount_row(rtt, None, &mount));
+    }
     Ok(())
 }
 

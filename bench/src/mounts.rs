@@ -1,10 +1,15 @@
 //! The volumes mounted on the workstation (`--mount`, sshfs over SFTP through tunneld and
-//! the agent): sequential read and write of a large file, `ls -lR` of a tree of small files,
-//! and `stat` of files nothing has looked at yet. The plugin's `-- CMD` runs the timings,
-//! as the mount lives in the plugin's mount namespace.
+//! the agent), as a developer has them: the plugin runs as an unprivileged user, so the
+//! kernel's read-ahead on the mount stays at its default. Timed by the plugin's `-- CMD`
+//! (the mount lives in the plugin's mount namespace): sequential read and write of a large
+//! file, `ls -lR` of a directory of small files, and `stat` of files nothing has looked
+//! at yet. The baseline is `kubectl exec cat` of the same file over the same wire.
 
-use std::time::Duration;
+use std::io::Read as _;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
+use tests_e2e::developer::{Developer, FuseOpenToAll};
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
 
@@ -16,11 +21,17 @@ const BIG_MIB: u64 = 128;
 const TREE_FILES: u32 = 1000;
 /// Files `stat` is timed on, one by one.
 const STATS: u32 = 50;
+/// The pods of `vol` a session started (the developer's session is named after them).
+const SESSION_PODS: &str = "app=vol,kubedev.io/session";
+/// How long the session may take to start and the timings to run.
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// What the mount measured.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MountTimes {
     pub(crate) read_mib_s: f64,
+    /// `kubectl exec cat` of the same file, over the same wire.
+    pub(crate) exec_cat_mib_s: f64,
     pub(crate) write_mib_s: f64,
     /// `ls -lR` of the tree.
     pub(crate) list_tree: Duration,
@@ -29,32 +40,89 @@ pub(crate) struct MountTimes {
     pub(crate) stat: Duration,
 }
 
-/// Intercepts `vol` with its volume mounted on `workstation`, fills the volume in the pod
-/// the session started (an emptyDir starts empty with each pod), and times the four
-/// operations.
+/// Intercepts `vol` as a developer with its volume mounted on `workstation`, fills the
+/// volume in the pod the session started (an emptyDir starts empty with each pod), times
+/// `kubectl exec cat` of the big file, then lets the developer's command time the four
+/// operations on the mount.
 pub(crate) fn measure(
     cluster: &TestCluster,
     ns: &TestNamespace,
     workstation: &Workstation,
 ) -> anyhow::Result<MountTimes> {
-    let kubectl = format!(
-        "{} --kubeconfig {} -n {}",
-        cluster.kubectl.display(),
-        cluster.admin_kubeconfig.display(),
-        ns.name
+    let _fuse = FuseOpenToAll::hold();
+    let developer = Developer::create(cluster);
+    let ready = std::env::temp_dir().join(format!("kubedev-bench-ready-{}", developer.uid));
+    let _ = std::fs::remove_file(&ready);
+    let mut plugin = developer
+        .command(
+            workstation,
+            "kubectl",
+            &[
+                "intercept",
+                "-n",
+                &ns.name,
+                APP,
+                "-c",
+                "app",
+                "--port",
+                "3005:8080",
+                "--",
+                "sh",
+                "-c",
+                &timings(&ready.display().to_string()),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let measured =
+        fill_and_time_exec(cluster, ns, workstation, &mut plugin).and_then(|exec_cat_mib_s| {
+            std::fs::write(&ready, "")?;
+            Ok(exec_cat_mib_s)
+        });
+    let exec_cat_mib_s = match measured {
+        Ok(figure) => figure,
+        Err(err) => {
+            let _ = plugin.kill();
+            let _ = plugin.wait();
+            return Err(err);
+        }
+    };
+    let finished = plugin.wait_with_output()?;
+    let (status, output, said) = (
+        finished.status,
+        String::from_utf8_lossy(&finished.stdout).into_owned(),
+        String::from_utf8_lossy(&finished.stderr).into_owned(),
     );
-    let fill = format!(
-        "cd /data && dd if=/dev/zero of=big bs=1M count={BIG_MIB} 2>/dev/null && \
-         mkdir -p list stat && \
-         i=0; while [ $i -lt {TREE_FILES} ]; do echo $i > list/f$i; i=$((i+1)); done; \
-         i=0; while [ $i -lt {STATS} ]; do echo $i > stat/f$i; i=$((i+1)); done"
+    let _ = std::fs::remove_file(&ready);
+    anyhow::ensure!(
+        status.success(),
+        "the timed command failed ({status}): {output}{said}"
     );
+    let seconds = |step: &str| -> anyhow::Result<f64> {
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix(step)?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {step} timing in: {output}{said}"))
+    };
+    let mib = BIG_MIB as f64;
+    Ok(MountTimes {
+        read_mib_s: mib / seconds("read")?,
+        exec_cat_mib_s,
+        write_mib_s: mib / seconds("write")?,
+        list_tree: Duration::from_secs_f64(seconds("list")?),
+        stat: Duration::from_secs_f64(
+            (seconds("stat")? - seconds("local")?).max(0.0) / f64::from(STATS),
+        ),
+    })
+}
+
+/// The developer's command: it waits for `ready` (the volume filled), then times each step
+/// and prints its seconds. GNU date gives nanoseconds; awk subtracts.
+fn timings(ready: &str) -> String {
     let data = "$KUBEDEV_ROOT/data";
-    // GNU date gives nanoseconds; awk subtracts. Each step prints its seconds.
-    let session = kubedev::session::naming::default_name(APP);
-    let script = format!(
-        "set -e; pod=$({kubectl} get pods -l kubedev.io/session={session} \
-         -o jsonpath='{{.items[0].metadata.name}}'); {kubectl} exec $pod -c app -- sh -c '{fill}'; \
+    format!(
+        "set -e; i=0; while [ ! -e {ready} ]; do i=$((i+1)); [ $i -lt 3000 ]; sleep 0.2; done; \
          now() {{ date +%s.%N; }}; took() {{ awk \"BEGIN {{ print $(now) - $1 }}\"; }}; \
          t=$(now); cat {data}/big > /dev/null; echo read $(took $t); \
          t=$(now); dd if=/dev/zero of={data}/written bs=1M count={BIG_MIB} conv=fsync 2>/dev/null; \
@@ -64,39 +132,51 @@ pub(crate) fn measure(
          i=$((i+1)); done; echo stat $(took $t); \
          t=$(now); i=0; while [ $i -lt {STATS} ]; do stat / > /dev/null; \
          i=$((i+1)); done; echo local $(took $t)"
-    );
-    let output = workstation.plugin_ok(
-        cluster,
-        "kubectl-intercept",
-        &[
-            "-n",
-            &ns.name,
-            APP,
-            "-c",
-            "app",
-            "--port",
-            "3005:8080",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
-    let seconds = |step: &str| -> anyhow::Result<f64> {
-        output
-            .lines()
-            .find_map(|line| line.strip_prefix(step)?.trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no {step} timing in: {output}"))
+    )
+}
+
+/// Waits for the session's pod, fills its volume, and times `kubectl exec cat` of the big
+/// file from `workstation`: MiB/s.
+fn fill_and_time_exec(
+    cluster: &TestCluster,
+    ns: &TestNamespace,
+    workstation: &Workstation,
+    plugin: &mut Child,
+) -> anyhow::Result<f64> {
+    let running = "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}";
+    let deadline = Instant::now() + LIMIT;
+    let pod = loop {
+        let listed = ns.kubectl_ok(&["get", "pods", "-l", SESSION_PODS, "-o", running])?;
+        if let Some(pod) = listed.split_whitespace().next() {
+            break pod.to_owned();
+        }
+        if let Some(status) = plugin.try_wait()? {
+            let mut said = String::new();
+            plugin
+                .stderr
+                .take()
+                .map(|mut stderr| stderr.read_to_string(&mut said));
+            anyhow::bail!("the plugin ended ({status}) before its pod ran: {said}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the session's pod never ran");
+        std::thread::sleep(Duration::from_millis(500));
     };
-    let mib = BIG_MIB as f64;
-    Ok(MountTimes {
-        read_mib_s: mib / seconds("read")?,
-        write_mib_s: mib / seconds("write")?,
-        list_tree: Duration::from_secs_f64(seconds("list")?),
-        stat: Duration::from_secs_f64(
-            (seconds("stat")? - seconds("local")?).max(0.0) / f64::from(STATS),
-        ),
-    })
+    let fill = format!(
+        "cd /data && dd if=/dev/urandom of=big bs=1M count={BIG_MIB} 2>/dev/null && \
+         mkdir -p list stat && \
+         i=0; while [ $i -lt {TREE_FILES} ]; do echo $i > list/f$i; i=$((i+1)); done; \
+         i=0; while [ $i -lt {STATS} ]; do echo $i > stat/f$i; i=$((i+1)); done"
+    );
+    ns.kubectl_ok(&["exec", &pod, "-c", "app", "--", "sh", "-c", &fill])?;
+    let kubectl = format!(
+        "{} --kubeconfig {} -n {} exec {pod} -c app -- cat /data/big > /dev/null",
+        cluster.kubectl.display(),
+        cluster.admin_kubeconfig.display(),
+        ns.name
+    );
+    let started = Instant::now();
+    workstation.run_ok(&["sh", "-c", &kubectl]);
+    Ok(BIG_MIB as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The tree's size, for the report.

@@ -8,6 +8,7 @@
 mod agents;
 mod cluster_ranges;
 mod daemon;
+mod files_relay;
 mod incoming;
 mod local_network;
 #[cfg(target_os = "linux")]

@@ -2,6 +2,7 @@
 //! dials from is this machine's, so flows through it can be checked end to end.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,19 @@ const TOKEN: &str = "test-agent-token";
 
 /// A pool with one link to an agent started for the caller.
 pub(crate) async fn linked_pool() -> Arc<AgentPool> {
+    linked_pool_serving(Path::new(kubedev_protocol::VOLUMES_ROOT), true).await
+}
+
+/// A pool with one link to an agent started for the caller, serving the files under
+/// `volumes` as the app's volumes (read-only if `read_only`).
+pub(crate) async fn linked_pool_serving(volumes: &Path, read_only: bool) -> Arc<AgentPool> {
     let listen = free_port().await;
     let settings = agent_image::Settings {
         token: TOKEN.into(),
         pod_uid: "test-pod".into(),
         udp_idle: Duration::from_secs(60),
-        read_only_volumes: true,
+        volumes_root: volumes.to_owned(),
+        read_only_volumes: read_only,
         tls_dir: kubedev_protocol::TLS_DIR.into(),
     };
     tokio::spawn(agent_image::run(listen, settings, Vec::new()));

@@ -3,13 +3,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use russh_sftp::protocol::{
-    Close, FSetStat, FileAttributes, Init, Lstat, MkDir, Open, OpenDir, OpenFlags, Read, ReadDir,
-    ReadLink, Remove, Rename, SetStat, Stat, Write,
+    Close, Extended, FSetStat, FileAttributes, Init, Lstat, MkDir, Open, OpenDir, OpenFlags, Read,
+    ReadDir, ReadLink, Remove, Rename, SetStat, Stat, Write,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::Notify;
 
 use super::*;
+use bytes::Buf as _;
+use kubedev_protocol::LISTING_EXTENSION;
 use volumes::{MAX_HANDLES, confined};
 
 /// A scratch volumes root holding `data/seed.txt`.
@@ -41,7 +43,10 @@ impl Client {
                 extensions: HashMap::new(),
             }))
             .await;
-        assert!(matches!(client.reply().await, Packet::Version(_)));
+        let Packet::Version(version) = client.reply().await else {
+            panic!("no VERSION");
+        };
+        assert!(version.extensions.contains_key(LISTING_EXTENSION));
         client
     }
 
@@ -426,6 +431,92 @@ async fn a_large_directory_comes_in_replies_sshfs_takes() {
     }
     seen.sort();
     assert_eq!(seen, names, "every entry once");
+    std::fs::remove_dir_all(root).ok();
+}
+
+/// The handle and entries of a [`LISTING_EXTENSION`] reply.
+fn whole_listing(reply: Packet) -> (String, Vec<String>) {
+    let Packet::ExtendedReply(reply) = reply else {
+        panic!("not a listing: {reply:?}");
+    };
+    let mut data = Bytes::from(reply.data);
+    let length = data.get_u32() as usize;
+    let handle = String::from_utf8(data.split_to(length).to_vec()).expect("a handle");
+    let mut names = Vec::new();
+    while !data.is_empty() {
+        let length = data.get_u32() as usize;
+        match Packet::try_from(&mut data.split_to(length)).expect("a packet") {
+            Packet::Name(batch) => names.extend(batch.files.into_iter().map(|f| f.filename)),
+            other => panic!("not a NAME packet: {other:?}"),
+        }
+    }
+    (handle, names)
+}
+
+fn list_whole(id: u32, path: &str) -> Packet {
+    let mut data = (path.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(path.as_bytes());
+    Packet::Extended(Extended {
+        id,
+        request: LISTING_EXTENSION.into(),
+        data,
+    })
+}
+
+#[tokio::test]
+async fn a_directory_is_listed_in_one_round_trip_or_handed_over_in_part() {
+    let root = scratch("whole-listing");
+    let dir = root.join("data/many");
+    std::fs::create_dir(&dir).expect("dir");
+    let mut names: Vec<String> = (0..8000)
+        .map(|i| format!("a-rather-long-file-name-as-node-modules-have-{i:04}.js"))
+        .collect();
+    for name in &names {
+        std::fs::write(dir.join(name), "x").expect("file");
+    }
+    let mut client = Client::start(&root, true).await;
+
+    let (handle, mut listed) = whole_listing(client.ask(list_whole(1, "/data")).await);
+    listed.sort();
+    assert_eq!(
+        (handle.as_str(), listed),
+        ("", vec!["many".into(), "seed.txt".into()])
+    );
+
+    let (handle, mut listed) = whole_listing(client.ask(list_whole(2, "/data/many")).await);
+    assert!(
+        !handle.is_empty() && listed.len() < names.len(),
+        "a part, and a handle"
+    );
+    for id in 3.. {
+        match client
+            .ask(Packet::ReadDir(ReadDir {
+                id,
+                handle: handle.clone(),
+            }))
+            .await
+        {
+            Packet::Name(batch) => listed.extend(batch.files.into_iter().map(|f| f.filename)),
+            end => {
+                assert_eq!(status(&end), StatusCode::Eof);
+                break;
+            }
+        }
+    }
+    let closed = client.ask(Packet::Close(Close { id: 9, handle })).await;
+    assert_eq!(status(&closed), StatusCode::Ok);
+    listed.sort();
+    names.sort();
+    assert_eq!(listed, names, "every entry once");
+
+    let missing = client.ask(list_whole(10, "/data/nothing")).await;
+    assert_eq!(status(&missing), StatusCode::NoSuchFile);
+    let file = client.ask(list_whole(11, "/data/seed.txt")).await;
+    assert_eq!(answers(&file), 11);
+    assert!(
+        matches!(file, Packet::Status(_)),
+        "a file is not listed: {file:?}"
+    );
     std::fs::remove_dir_all(root).ok();
 }
 

@@ -12,14 +12,16 @@ mod handles;
 mod listing;
 mod modes;
 mod regular;
+mod whole_listing;
 
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use kubedev_protocol::LISTING_EXTENSION;
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
@@ -81,7 +83,7 @@ impl Volumes {
     pub(super) async fn answer(&self, request: Packet) -> Packet {
         let id = request.get_request_id();
         let answer = match request {
-            Packet::Init(_) => Ok(Packet::Version(Version::new())),
+            Packet::Init(_) => Ok(Packet::Version(whole_listing::version())),
             Packet::Open(r) => self
                 .open(r.id, r.filename, r.pflags, r.attrs)
                 .await
@@ -120,6 +122,10 @@ impl Volumes {
             Packet::RealPath(r) => Ok(Packet::Name(realpath(r.id, &r.path))),
             Packet::Stat(r) => self.stat(r.id, r.path).await.map(Packet::Attrs),
             Packet::ReadLink(r) => self.readlink(r.id, r.path).await.map(Packet::Name),
+            Packet::Extended(r) if r.request == LISTING_EXTENSION => self
+                .list_whole(r.id, r.data)
+                .await
+                .map(Packet::ExtendedReply),
             Packet::Symlink(_) | Packet::Extended(_) => Err(VolumeError::Unsupported),
             _ => Err(VolumeError::BadMessage),
         };

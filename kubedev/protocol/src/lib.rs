@@ -221,6 +221,15 @@ pub const APP_ENV_PREFIX: &str = "KUBEDEV_APP_";
 /// at `VOLUMES_ROOT`/x/y.
 pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
 
+/// The SFTP extension (advertised in the agent's `VERSION`) that lists a directory in one
+/// round trip: an `SSH_FXP_EXTENDED` request whose data is the directory's path (an SFTP
+/// string) is answered with an `SSH_FXP_EXTENDED_REPLY` whose data is a handle (an SFTP
+/// string, empty when the listing is whole and the agent holds nothing open) followed by
+/// the listing's `SSH_FXP_NAME` packets as a `READDIR` would bring them (length-prefixed,
+/// id 0). A non-empty handle is an open directory whose further entries `READDIR` brings;
+/// it is closed as any handle is. A failure is a `STATUS`, as `OPENDIR`'s would be.
+pub const LISTING_EXTENSION: &str = "listing@kubedev.io";
+
 /// Where the agent finds the certificate (`tls.crt`) and key (`tls.key`) of an app that
 /// terminates TLS itself: the Secret `--tls-secret` names, mounted.
 pub const TLS_DIR: &str = "/kubedev/tls";

@@ -63,7 +63,7 @@ impl Developer {
         for dir in [&krew_bin, &local_bin, &kube] {
             std::fs::create_dir_all(dir).expect("the developer's directories");
         }
-        let build = crate::repo_dir().join("target/debug");
+        let build = crate::build_dir();
         for binary in INSTALLED {
             let built = build.join(binary);
             assert!(
@@ -206,36 +206,69 @@ impl Drop for Developer {
 /// network namespace of their own. Put back as it was when the last holder drops.
 #[derive(Debug)]
 pub struct TunOpenToAll {
-    _private: (),
+    _device: OpenToAll,
 }
-
-/// How many [`TunOpenToAll`] are held, and the mode to put back.
-static TUN_HOLDERS: Mutex<(usize, u32)> = Mutex::new((0, 0));
-const TUN_DEVICE: &str = "/dev/net/tun";
 
 impl TunOpenToAll {
     pub fn hold() -> Self {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mut holders = TUN_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        if holders.0 == 0 {
-            let mode = std::fs::metadata(TUN_DEVICE)
-                .expect(TUN_DEVICE)
-                .permissions()
-                .mode();
-            holders.1 = mode & 0o7777;
-            set_mode(Path::new(TUN_DEVICE), 0o666);
+        Self {
+            _device: OpenToAll::hold("/dev/net/tun"),
         }
-        holders.0 += 1;
-        Self { _private: () }
     }
 }
 
-impl Drop for TunOpenToAll {
+/// `/dev/fuse` open to every user while held, as distributions ship it (0666; this machine
+/// has it 0600): unprivileged users can then mount with sshfs (through the setuid
+/// `fusermount3`). Put back as it was when the last holder drops.
+#[derive(Debug)]
+pub struct FuseOpenToAll {
+    _device: OpenToAll,
+}
+
+impl FuseOpenToAll {
+    pub fn hold() -> Self {
+        Self {
+            _device: OpenToAll::hold("/dev/fuse"),
+        }
+    }
+}
+
+/// A device open to every user while held; how many hold each, and the mode to put back.
+static DEVICE_HOLDERS: Mutex<Vec<(&str, usize, u32)>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct OpenToAll {
+    device: &'static str,
+}
+
+impl OpenToAll {
+    fn hold(device: &'static str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut holders = DEVICE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        match holders.iter_mut().find(|(held, ..)| *held == device) {
+            Some((_, count, _)) => *count += 1,
+            None => {
+                let mode = std::fs::metadata(device)
+                    .expect(device)
+                    .permissions()
+                    .mode();
+                set_mode(Path::new(device), 0o666);
+                holders.push((device, 1, mode & 0o7777));
+            }
+        }
+        Self { device }
+    }
+}
+
+impl Drop for OpenToAll {
     fn drop(&mut self) {
-        let mut holders = TUN_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        holders.0 -= 1;
-        if holders.0 == 0 {
-            set_mode(Path::new(TUN_DEVICE), holders.1);
+        let mut holders = DEVICE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = holders.iter().position(|(held, ..)| *held == self.device) {
+            holders[at].1 -= 1;
+            if holders[at].1 == 0 {
+                let (device, _, mode) = holders.remove(at);
+                set_mode(Path::new(device), mode);
+            }
         }
     }
 }

@@ -37,6 +37,13 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
+/// Where the binaries under test are: `KUBEDEV_BIN_DIR` (`make bench` takes its release
+/// build), else the debug build `make test-e2e` makes.
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("KUBEDEV_BIN_DIR")
+        .map_or_else(|| repo_dir().join("target/debug"), PathBuf::from)
+}
+
 /// Runs `ip` with `args`, failing the test if it fails.
 pub(crate) fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("ip runs");

@@ -877,7 +877,7 @@ fn tunneld_binary() -> PathBuf {
 
 /// A binary of the workspace (`make test-e2e` builds them first).
 fn workspace_binary(name: &str) -> PathBuf {
-    let path = crate::repo_dir().join("target/debug").join(name);
+    let path = crate::build_dir().join(name);
     assert!(
         path.exists(),
         "no {name} at {}: run `cargo build` first",

@@ -144,7 +144,7 @@ impl Daemon {
             let reason = format!("no agent of session {session} is linked");
             return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
         };
-        let mut files = match link.open_files().await {
+        let files = match link.open_files().await {
             Ok(files) => files,
             Err(err) => {
                 let reason = format!("volumes of session {session}: {err}");
@@ -152,8 +152,7 @@ impl Daemon {
             }
         };
         write_message(&mut client, &ControlReply::Done).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut files).await?;
-        Ok(())
+        Ok(crate::files_relay::relay(client, files).await?)
     }
 
     async fn environment(&self, session: &SessionKey) -> ControlReply {
