@@ -129,8 +129,12 @@ async fn read_request<R: AsyncRead + Unpin>(requests: &mut R) -> std::io::Result
     }
     let mut body = vec![0u8; length as usize];
     requests.read_exact(&mut body).await?;
+    // Answered under the request's own id, so the client's wait for it ends.
+    let id = (body.get(1..5))
+        .and_then(|field| <[u8; 4]>::try_from(field).ok())
+        .map_or(0, u32::from_be_bytes);
     Ok(Packet::try_from(&mut Bytes::from(body))
-        .unwrap_or_else(|_| Packet::error(0, StatusCode::BadMessage)))
+        .unwrap_or_else(|_| Packet::error(id, StatusCode::BadMessage)))
 }
 
 #[cfg(test)]

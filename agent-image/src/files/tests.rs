@@ -434,6 +434,21 @@ async fn a_large_directory_comes_in_replies_sshfs_takes() {
     std::fs::remove_dir_all(root).ok();
 }
 
+#[tokio::test]
+async fn a_request_that_cannot_be_read_is_answered_under_its_own_id() {
+    let root = scratch("undecodable");
+    let mut client = Client::start(&root, true).await;
+    // A READ cut short after its id, as a broken client might send.
+    let packet = [0, 0, 0, 7, 5, 0, 0, 0, 42, 0, 9];
+    client.stream.write_all(&packet).await.expect("sent");
+    let reply = client.reply().await;
+    assert_eq!(
+        (answers(&reply), status(&reply)),
+        (42, StatusCode::BadMessage)
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
 /// The handle and entries of a [`LISTING_EXTENSION`] reply.
 fn whole_listing(reply: Packet) -> (String, Vec<String>) {
     let Packet::ExtendedReply(reply) = reply else {

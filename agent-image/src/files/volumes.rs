@@ -81,7 +81,11 @@ impl Volumes {
 
     /// The reply to `request`: its answer, or the status it failed with.
     pub(super) async fn answer(&self, request: Packet) -> Packet {
-        let id = request.get_request_id();
+        // A request that could not be read stands as the status it is answered with.
+        let id = match &request {
+            Packet::Status(unreadable) => unreadable.id,
+            request => request.get_request_id(),
+        };
         let answer = match request {
             Packet::Init(_) => Ok(Packet::Version(whole_listing::version())),
             Packet::Open(r) => self

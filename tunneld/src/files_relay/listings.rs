@@ -12,6 +12,9 @@ use super::packet::{self, SSH_FXP_NAME};
 
 /// Handles of whole listings start so; the agent's are numbers.
 const LOCAL_HANDLE_PREFIX: &str = "listed-";
+/// What the listings the client holds open may hold together before a new one is opened
+/// the plain way, on the agent: some 16 large directories listed at once.
+const MOST_HELD: usize = 16 << 20;
 
 #[derive(Debug)]
 struct Listing {
@@ -26,6 +29,8 @@ struct Listing {
 pub(super) struct Listings {
     open: HashMap<String, Listing>,
     opened: u64,
+    /// Bytes of `NAME` packets held, not yet served.
+    held: usize,
 }
 
 /// Why a listing reply could not be taken.
@@ -34,6 +39,11 @@ pub(super) struct Listings {
 pub(super) struct MalformedListing;
 
 impl Listings {
+    /// Whether one more listing may be held.
+    pub(super) fn have_room(&self) -> bool {
+        self.held < MOST_HELD
+    }
+
     /// The agent's reply `data` to a listing: the handle to give the client.
     pub(super) fn opened(&mut self, mut data: Bytes) -> Result<String, MalformedListing> {
         let agent_handle = packet::take_string(&mut data).ok_or(MalformedListing)?;
@@ -48,6 +58,7 @@ impl Listings {
             }
             names.push_back(data.split_to(length));
         }
+        self.held += names.iter().map(Bytes::len).sum::<usize>();
         let more_on_agent = !agent_handle.is_empty();
         let handle = if more_on_agent {
             agent_handle
@@ -55,13 +66,16 @@ impl Listings {
             self.opened += 1;
             format!("{LOCAL_HANDLE_PREFIX}{}", self.opened)
         };
-        self.open.insert(
+        let replaced = self.open.insert(
             handle.clone(),
             Listing {
                 names,
                 more_on_agent,
             },
         );
+        if let Some(replaced) = replaced {
+            self.held -= replaced.names.iter().map(Bytes::len).sum::<usize>();
+        }
         Ok(handle)
     }
 
@@ -69,7 +83,10 @@ impl Listings {
     pub(super) fn read(&mut self, handle: &str, id: u32) -> Option<Bytes> {
         let listing = self.open.get_mut(handle)?;
         match listing.names.pop_front() {
-            Some(name) => Some(packet::with_id(&name, id)),
+            Some(name) => {
+                self.held -= name.len();
+                Some(packet::with_id(&name, id))
+            }
             None if listing.more_on_agent => None,
             None => Some(packet::status(id, packet::Status::Eof)),
         }
@@ -78,6 +95,7 @@ impl Listings {
     /// The answer to the client's `CLOSE` of `handle` as `id`, if it is closed here.
     pub(super) fn close(&mut self, handle: &str, id: u32) -> Option<Bytes> {
         let listing = self.open.remove(handle)?;
+        self.held -= listing.names.iter().map(Bytes::len).sum::<usize>();
         (!listing.more_on_agent).then(|| packet::status(id, packet::Status::Ok))
     }
 }
@@ -128,6 +146,20 @@ mod tests {
         assert_eq!(listings.read("17", 2), None, "the agent's READDIR");
         assert_eq!(listings.close("17", 3), None, "the agent's CLOSE");
         assert_eq!(listings.read("18", 4), None, "not a listing of ours");
+    }
+
+    #[test]
+    fn listings_held_at_once_are_bounded() {
+        let mut listings = Listings::default();
+        let mut big = vec![SSH_FXP_NAME];
+        big.resize(1 << 20, 0);
+        let mut handles = Vec::new();
+        while listings.have_room() {
+            handles.push(listings.opened(reply("", &[&big])).expect("taken"));
+        }
+        assert_eq!(handles.len(), 16);
+        listings.close(&handles[0], 1);
+        assert!(listings.have_room(), "a closed listing frees its room");
     }
 
     #[test]

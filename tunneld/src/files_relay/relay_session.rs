@@ -4,6 +4,7 @@
 //! reads and listings are answered here where the agent's answer is already in hand.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use bytes::Bytes;
 use kubedev_protocol::LISTING_EXTENSION;
@@ -43,10 +44,21 @@ enum Waiting {
 #[derive(Debug, Default)]
 struct Ids(u32);
 
-impl NextId for Ids {
+/// The next of the relay's ids that no reply is awaited for in `waiting` (after 2^32
+/// requests, ids come round again).
+struct FreeIds<'a> {
+    ids: &'a mut Ids,
+    waiting: &'a HashMap<u32, Waiting>,
+}
+
+impl NextId for FreeIds<'_> {
     fn next_id(&mut self) -> u32 {
-        self.0 = self.0.wrapping_add(1);
-        self.0
+        loop {
+            self.ids.0 = self.ids.0.wrapping_add(1);
+            if !self.waiting.contains_key(&self.ids.0) {
+                return self.ids.0;
+            }
+        }
     }
 }
 
@@ -73,7 +85,9 @@ impl RelaySession {
         }
         let answered = match (kind, packet::decode(body)) {
             (SSH_FXP_READ, Some(Packet::Read(read))) => return Ok(self.read(body, &read, id)),
-            (SSH_FXP_OPENDIR, Some(Packet::OpenDir(open))) if self.listing_offered => {
+            (SSH_FXP_OPENDIR, Some(Packet::OpenDir(open)))
+                if self.listing_offered && self.listings.have_room() =>
+            {
                 return Ok(vec![self.list(open.path, id)]);
             }
             (SSH_FXP_READDIR, Some(Packet::ReadDir(listed))) => {
@@ -104,7 +118,7 @@ impl RelaySession {
         match self.waiting.remove(&id) {
             Some(Waiting::Client(client_id)) => Ok(Some(packet::with_id(&body, client_id))),
             Some(Waiting::Listing(client_id)) => Ok(Some(self.listed(&body, client_id))),
-            None => match self.reads.reply(id, body.clone()) {
+            None => match self.reads.reply(id, body.clone(), Instant::now()) {
                 Some(Some(client_id)) => Ok(Some(packet::with_id(&body, client_id))),
                 Some(None) => Ok(None),
                 None => {
@@ -117,19 +131,32 @@ impl RelaySession {
 
     /// The client's `body` on to the agent, under an id of the relay's.
     fn forward(&mut self, body: &[u8], client_id: u32) -> Out {
-        let id = self.ids.next_id();
+        let id = self.free_id();
         self.waiting.insert(id, Waiting::Client(client_id));
         Out::ToAgent(packet::with_id(body, id))
     }
 
+    /// An id no reply is awaited for, of the client's requests or of reads ahead.
+    fn free_id(&mut self) -> u32 {
+        let mut ids = FreeIds {
+            ids: &mut self.ids,
+            waiting: &self.waiting,
+        };
+        loop {
+            let id = ids.next_id();
+            if !self.reads.owns(id) {
+                return id;
+            }
+        }
+    }
+
     fn read(&mut self, body: &[u8], read: &Read, client_id: u32) -> Vec<Out> {
-        let plan = (self.reads).read(
-            &read.handle,
-            read.offset,
-            read.len,
-            client_id,
-            &mut self.ids,
-        );
+        let mut ids = FreeIds {
+            ids: &mut self.ids,
+            waiting: &self.waiting,
+        };
+        let asked = (read.offset, read.len);
+        let plan = (self.reads).read(&read.handle, asked, client_id, &mut ids, Instant::now());
         let mut out = Vec::with_capacity(1 + plan.fetch.len());
         match plan.served {
             Served::Now(reply) => out.push(Out::ToClient(packet::with_id(&reply, client_id))),
@@ -149,7 +176,7 @@ impl RelaySession {
 
     /// The client's `OPENDIR` of `path` as the listing extension.
     fn list(&mut self, path: String, client_id: u32) -> Out {
-        let id = self.ids.next_id();
+        let id = self.free_id();
         self.waiting.insert(id, Waiting::Listing(client_id));
         let mut data = u32::try_from(path.len())
             .unwrap_or(u32::MAX)
