@@ -230,6 +230,22 @@ pub const VOLUMES_ROOT: &str = "/kubedev/volumes";
 /// it is closed as any handle is. A failure is a `STATUS`, as `OPENDIR`'s would be.
 pub const LISTING_EXTENSION: &str = "listing@kubedev.io";
 
+/// Appends `text` to `buffer` as an SFTP string: its length (big-endian), then UTF-8.
+pub fn put_sftp_string(buffer: &mut Vec<u8>, text: &str) {
+    buffer.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+    buffer.extend_from_slice(text.as_bytes());
+}
+
+/// The SFTP string at the front of `data`, which is moved past it; none if `data` does not
+/// start with a whole one in UTF-8.
+pub fn take_sftp_string(data: &mut &[u8]) -> Option<String> {
+    let (length, rest) = data.split_first_chunk::<4>()?;
+    let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
+    let text = String::from_utf8(rest.get(..length)?.to_vec()).ok()?;
+    *data = &rest[length..];
+    Some(text)
+}
+
 /// Where the agent finds the certificate (`tls.crt`) and key (`tls.key`) of an app that
 /// terminates TLS itself: the Secret `--tls-secret` names, mounted.
 pub const TLS_DIR: &str = "/kubedev/tls";
@@ -298,6 +314,19 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sftp_strings_are_taken_whole_or_not_at_all() {
+        let mut buffer = Vec::new();
+        put_sftp_string(&mut buffer, "ab");
+        buffer.push(b'c');
+        let mut data = buffer.as_slice();
+        assert_eq!(take_sftp_string(&mut data).as_deref(), Some("ab"));
+        assert_eq!(data, b"c");
+        assert_eq!(take_sftp_string(&mut &b"\0\0\0\x05ab"[..]), None);
+        assert_eq!(take_sftp_string(&mut &b"\0\0"[..]), None);
+        assert_eq!(take_sftp_string(&mut &b"\0\0\0\x02\xff\xfe"[..]), None);
+    }
 
     #[test]
     fn messages_have_a_stable_json_form() {

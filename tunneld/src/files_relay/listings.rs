@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::{Buf as _, Bytes};
-use kubedev_protocol::LISTING_EXTENSION;
+use kubedev_protocol::{LISTING_EXTENSION, take_sftp_string};
 
 use super::packet::{self, SSH_FXP_NAME};
 
@@ -46,7 +46,9 @@ impl Listings {
 
     /// The agent's reply `data` to a listing: the handle to give the client.
     pub(super) fn opened(&mut self, mut data: Bytes) -> Result<String, MalformedListing> {
-        let agent_handle = packet::take_string(&mut data).ok_or(MalformedListing)?;
+        let mut rest: &[u8] = &data;
+        let agent_handle = take_sftp_string(&mut rest).ok_or(MalformedListing)?;
+        data.advance(data.len() - rest.len());
         let mut names = VecDeque::new();
         while !data.is_empty() {
             if data.len() < 4 {

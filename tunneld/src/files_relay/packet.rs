@@ -1,7 +1,7 @@
 //! SFTP packets as the relay sees them: a length, a type, a request id and the rest, read
 //! and written whole; decoded only where the relay acts on them.
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use russh_sftp::protocol::{self, Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
@@ -114,18 +114,6 @@ pub(super) fn status(id: u32, status: Status) -> Bytes {
     }))
 }
 
-/// An SFTP string taken from the front of `data`.
-pub(super) fn take_string(data: &mut Bytes) -> Option<String> {
-    if data.len() < 4 {
-        return None;
-    }
-    let length = data.get_u32() as usize;
-    if length > data.len() {
-        return None;
-    }
-    String::from_utf8(data.split_to(length).to_vec()).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,15 +137,6 @@ mod tests {
             }
             other => panic!("not a status: {other:?}"),
         }
-    }
-
-    #[test]
-    fn strings_are_taken_whole_or_not_at_all() {
-        let mut data = Bytes::from_static(b"\0\0\0\x02abc");
-        assert_eq!(take_string(&mut data).as_deref(), Some("ab"));
-        assert_eq!(&data[..], b"c");
-        assert_eq!(take_string(&mut Bytes::from_static(b"\0\0\0\x05ab")), None);
-        assert_eq!(take_string(&mut Bytes::from_static(b"\0\0")), None);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kubedev_protocol::LISTING_EXTENSION;
+use kubedev_protocol::{LISTING_EXTENSION, put_sftp_string};
 use russh_sftp::protocol::{Extended, Handle, OpenFlags, Packet, Read};
 
 use super::listings::Listings;
@@ -83,17 +83,18 @@ impl RelaySession {
         if changes_files(kind, body) {
             self.reads.forget_all();
         }
-        let answered = match (kind, packet::decode(body)) {
-            (SSH_FXP_READ, Some(Packet::Read(read))) => return Ok(self.read(body, &read, id)),
-            (SSH_FXP_OPENDIR, Some(Packet::OpenDir(open)))
-                if self.listing_offered && self.listings.have_room() =>
-            {
-                return Ok(vec![self.list(open.path, id)]);
+        // Only what the relay acts on is decoded: a write's data is never copied.
+        let acted_on = matches!(
+            kind,
+            SSH_FXP_READ | SSH_FXP_OPENDIR | SSH_FXP_READDIR | SSH_FXP_CLOSE
+        );
+        let answered = match acted_on.then(|| packet::decode(body)).flatten() {
+            Some(Packet::Read(read)) => return Ok(self.read(body, &read, id)),
+            Some(Packet::OpenDir(open)) if self.listing_offered && self.listings.have_room() => {
+                return Ok(vec![self.list(&open.path, id)]);
             }
-            (SSH_FXP_READDIR, Some(Packet::ReadDir(listed))) => {
-                self.listings.read(&listed.handle, id)
-            }
-            (SSH_FXP_CLOSE, Some(Packet::Close(close))) => {
+            Some(Packet::ReadDir(listed)) => self.listings.read(&listed.handle, id),
+            Some(Packet::Close(close)) => {
                 self.reads.close(&close.handle);
                 self.listings.close(&close.handle, id)
             }
@@ -175,14 +176,11 @@ impl RelaySession {
     }
 
     /// The client's `OPENDIR` of `path` as the listing extension.
-    fn list(&mut self, path: String, client_id: u32) -> Out {
+    fn list(&mut self, path: &str, client_id: u32) -> Out {
         let id = self.free_id();
         self.waiting.insert(id, Waiting::Listing(client_id));
-        let mut data = u32::try_from(path.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes()
-            .to_vec();
-        data.extend_from_slice(path.as_bytes());
+        let mut data = Vec::new();
+        put_sftp_string(&mut data, path);
         Out::ToAgent(packet::encode(Packet::Extended(Extended {
             id,
             request: LISTING_EXTENSION.into(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use kubedev_protocol::LISTING_EXTENSION;
+use kubedev_protocol::{LISTING_EXTENSION, put_sftp_string, take_sftp_string};
 use russh_sftp::protocol::{ExtendedReply, Name, Packet, Version};
 use rustix::fs::{Mode, OFlags};
 
@@ -49,13 +49,10 @@ impl Volumes {
             Some(rest) => self.handles.keep(Open::Dir(Arc::new(Mutex::new(rest))))?,
             None => String::new(),
         };
-        let mut data = BytesMut::with_capacity(4 + handle.len() + names.len());
+        let mut data = Vec::with_capacity(4 + handle.len() + names.len());
         put_sftp_string(&mut data, &handle);
-        data.put_slice(&names);
-        Ok(ExtendedReply {
-            id,
-            data: data.to_vec(),
-        })
+        data.extend_from_slice(&names);
+        Ok(ExtendedReply { id, data })
     }
 }
 
@@ -86,17 +83,9 @@ fn names_until(listing: &mut Listing, most_bytes: usize) -> Result<Names, Volume
     })
 }
 
-/// An SFTP string (a big-endian length, then UTF-8) that is the whole of `data`.
-fn sftp_string(data: &[u8]) -> Option<String> {
-    let (length, text) = data.split_first_chunk::<4>()?;
-    (u32::from_be_bytes(*length) as usize == text.len())
-        .then(|| String::from_utf8(text.to_vec()).ok())
-        .flatten()
-}
-
-fn put_sftp_string(buffer: &mut BytesMut, text: &str) {
-    buffer.put_u32(u32::try_from(text.len()).unwrap_or(u32::MAX));
-    buffer.put_slice(text.as_bytes());
+/// The SFTP string that is the whole of `data`.
+fn sftp_string(mut data: &[u8]) -> Option<String> {
+    take_sftp_string(&mut data).filter(|_| data.is_empty())
 }
 
 #[cfg(test)]
