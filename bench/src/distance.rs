@@ -11,6 +11,7 @@ use crate::intercepted::{self, Intercepted};
 use crate::measure::{Results, Sizes};
 use crate::mounts::{self, MountTimes};
 use crate::paths::{self, EchoPod, Vantage};
+use crate::user_clients::{self, CurlTimes};
 
 /// One round-trip time's figures.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub(crate) struct AtDistance {
     pub(crate) rtt: Duration,
     pub(crate) port_forward: Results,
     pub(crate) kubedev: Results,
+    /// curl through each path, to the echo Service by name.
+    pub(crate) curl: CurlTimes,
     /// A client pod's transfers with the workstation through `kubectl intercept`.
     pub(crate) intercepted: Intercepted,
     /// The volumes mounted on the workstation.
@@ -59,6 +62,9 @@ pub(crate) async fn measure(
             sizes,
         )
         .await?;
+        let curl = tokio::task::block_in_place(|| {
+            user_clients::measure(cluster, ns, &workstation, sizes.bulk_bytes)
+        })?;
         let intercepted =
             intercepted::measure(cluster, ns, &workstation, client, sizes.bulk_bytes).await?;
         let mount = tokio::task::block_in_place(|| mounts::measure(cluster, ns, &workstation))?;
@@ -66,6 +72,7 @@ pub(crate) async fn measure(
             rtt,
             port_forward,
             kubedev,
+            curl,
             intercepted,
             mount,
         });

@@ -13,12 +13,14 @@
 //! start and end ([`sessions`]), and what a wiretap adds to the requests it copies
 //! ([`wiretapped`]); [`report`] writes it all up.
 //!
-//! `kubedev-bench mounts` prints the mounted volumes' table alone (`BENCH_RTTS_MS`).
+//! `kubedev-bench mounts` prints the mounted volumes' table alone, `kubedev-bench distance`
+//! every table over distance (at `BENCH_RTTS_MS`), without writing the report.
 //!
 //! `kubedev-bench soak` ([`soak`], `make soak`) runs one session under steady load for
 //! `SOAK_SECONDS` and fails if anything failed or grew past its bounds; with
 //! `KUBEDEV_SOAK_REPORT=1` its figures replace the soak section of docs/benchmarks.md.
 
+mod cpu_trace;
 mod distance;
 mod families;
 mod intercepted;
@@ -31,6 +33,7 @@ mod report;
 mod sessions;
 mod soak;
 mod tls_requests;
+mod user_clients;
 mod wiretapped;
 
 use measure::Sizes;
@@ -53,18 +56,14 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("soak") => return soak_main().await,
         Some("mounts") => return mounts_main().await,
+        Some("distance") => return distance_main().await,
         _ => {}
     }
     let sizes = Sizes::from_env();
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "bench").await;
-    ns.deploy_echo("echo", 1).await?;
-    ns.deploy_agents("kubedev-agent", 1, TOKEN).await?;
-    let echo = paths::EchoPod::find(&ns).await?;
-    ns.start_client(CLIENT).await?;
-    ns.deploy_echo(intercepted::TARGET, 1).await?;
+    let echo = deploy_for_distance(&ns).await?;
     ns.deploy_echo(wiretapped::TARGET, 1).await?;
-    ns.deploy_app_with_volume().await?;
     let certificates = tls_requests::certificates(&ns);
     ns.deploy_echo_https(tls_requests::TARGET, &certificates)
         .await;
@@ -133,6 +132,30 @@ async fn mounts_main() -> anyhow::Result<()> {
         let mount = tokio::task::block_in_place(|| mounts::measure(&cluster, &ns, &workstation))?;
         print!("{}", report::mount_row(rtt, None, &mount));
     }
+    Ok(())
+}
+
+/// What the measurements over distance reach: the echo pod and its agents, the client pod,
+/// the Deployment it reaches through an intercept and the app with a volume.
+async fn deploy_for_distance(ns: &TestNamespace) -> anyhow::Result<paths::EchoPod> {
+    ns.deploy_echo("echo", 1).await?;
+    ns.deploy_agents("kubedev-agent", 1, TOKEN).await?;
+    let echo = paths::EchoPod::find(ns).await?;
+    ns.start_client(CLIENT).await?;
+    ns.deploy_echo(intercepted::TARGET, 1).await?;
+    ns.deploy_app_with_volume().await?;
+    Ok(echo)
+}
+
+/// `kubedev-bench distance`: the tables over distance alone, printed (not written).
+async fn distance_main() -> anyhow::Result<()> {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "bench-distance").await;
+    let echo = deploy_for_distance(&ns).await?;
+    let sizes = Sizes::at_distance_from_env();
+    let rtts = distance::rtts_from_env();
+    let at_distance = distance::measure(&cluster, &ns, &echo, CLIENT, &rtts, sizes).await?;
+    print!("{}", report::distance_tables(&sizes, &at_distance));
     Ok(())
 }
 

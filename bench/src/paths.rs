@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -113,44 +113,79 @@ pub(crate) fn port_forward(
     vantage: Vantage<'_>,
     sizes: Sizes,
 ) -> anyhow::Result<Results> {
-    let mut kubectl = vantage
-        .command(&cluster.kubectl)
-        .arg("--kubeconfig")
-        .arg(&cluster.admin_kubeconfig)
-        .args(["-n", &ns.name, "port-forward"])
-        .arg(format!("pod/{}", pod.name))
-        .args([":9100", ":7000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut forwarded = BufReader::new(kubectl.stdout.take().expect("stdout"));
-    let mut local = Vec::new();
-    while local.len() < 2 {
-        let mut line = String::new();
-        if forwarded.read_line(&mut line)? == 0 {
-            anyhow::bail!("kubectl port-forward ended before forwarding");
-        }
-        // "Forwarding from 127.0.0.1:PORT -> 9100"
-        if let Some(address) = line
-            .split_whitespace()
-            .nth(2)
-            .filter(|a| a.starts_with("127.0.0.1:"))
-        {
-            local.push(address.parse::<SocketAddr>()?);
-        }
-    }
-    // kubectl logs every connection on stdout: keep reading it so it never blocks.
-    std::thread::spawn(move || forwarded.lines().for_each(drop));
+    let forward = PortForward::start(
+        cluster,
+        ns,
+        vantage,
+        &format!("pod/{}", pod.name),
+        &[9100, 7000],
+    )?;
     // kubectl carries no UDP.
     let target = Target {
-        bulk: local[0],
-        echo: local[1],
+        bulk: forward.local[0],
+        echo: forward.local[1],
         udp: None,
     };
-    let results = vantage.measure(target, sizes, vec![kubectl.id()]);
-    kubectl.kill()?;
-    let _ = kubectl.wait();
-    Ok(results)
+    Ok(vantage.measure(target, sizes, vec![forward.kubectl.id()]))
+}
+
+/// `kubectl port-forward` running at a vantage point; ended when dropped.
+#[derive(Debug)]
+pub(crate) struct PortForward {
+    kubectl: Child,
+    /// The local address of each port forwarded, in the order asked for.
+    pub(crate) local: Vec<SocketAddr>,
+}
+
+impl PortForward {
+    /// Forwards local ports the kernel picks to `ports` of `resource` (`pod/NAME`,
+    /// `svc/NAME`), once kubectl says it listens.
+    pub(crate) fn start(
+        cluster: &TestCluster,
+        ns: &TestNamespace,
+        vantage: Vantage<'_>,
+        resource: &str,
+        ports: &[u16],
+    ) -> anyhow::Result<Self> {
+        let mut kubectl = vantage
+            .command(&cluster.kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.admin_kubeconfig)
+            .args(["-n", &ns.name, "port-forward", resource])
+            .args(ports.iter().map(|port| format!(":{port}")))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut forwarded = BufReader::new(kubectl.stdout.take().expect("stdout"));
+        let mut forward = Self {
+            kubectl,
+            local: Vec::new(),
+        };
+        while forward.local.len() < ports.len() {
+            let mut line = String::new();
+            if forwarded.read_line(&mut line)? == 0 {
+                anyhow::bail!("kubectl port-forward ended before forwarding");
+            }
+            // "Forwarding from 127.0.0.1:PORT -> 9100"
+            if let Some(address) = line
+                .split_whitespace()
+                .nth(2)
+                .filter(|a| a.starts_with("127.0.0.1:"))
+            {
+                forward.local.push(address.parse::<SocketAddr>()?);
+            }
+        }
+        // kubectl logs every connection on stdout: keep reading it so it never blocks.
+        std::thread::spawn(move || forwarded.lines().for_each(drop));
+        Ok(forward)
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.kubectl.kill();
+        let _ = self.kubectl.wait();
+    }
 }
 
 /// `workstation` connects to the pod IP through tunneld, linked to the one agent `agents`

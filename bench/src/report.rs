@@ -4,14 +4,16 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+mod distance;
+
 use crate::distance::AtDistance;
 use crate::families;
-use crate::intercepted::Intercepted;
 use crate::measure::{Results, Sizes, ms};
 use crate::memory::AgentMemory;
-use crate::mounts::{self, MountTimes};
 use crate::sessions::{RUNS, SessionTimes};
+
 use crate::wiretapped::Tapped;
+pub(crate) use distance::{mount_row, mount_table_head, tables as distance_tables};
 
 /// What each path to the echo pod measured.
 #[derive(Debug, Clone)]
@@ -50,16 +52,14 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
         "- **direct**: the node connects to the pod IP (no tunnel: the ceiling).\n\
          - **kubectl port-forward**: local ports forwarded by kubectl v1.35 (a new stream through the API server per connection).\n\
          - **kubedev**: a network namespace whose only route leads to the API server connects to the pod IP; \
-         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over three port-forwards to the agent).\n"
+         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over three port-forwards to the agent, SPDY inside their websockets).\n"
     );
     out += "## One hop from the API server\n\n";
     out += &path_table(measured.sizes, measured.paths);
     if let Some(over_ipv6) = measured.over_ipv6 {
         out += &families::table(measured.sizes, &measured.paths.kubedev, over_ipv6);
     }
-    out += &distance_table(measured.distance_sizes, measured.at_distance);
-    out += &intercepted_table(measured.distance_sizes, measured.at_distance);
-    out += &mount_table(measured.at_distance);
+    out += &distance::tables(measured.distance_sizes, measured.at_distance);
     out += &memory_table(measured.memory);
     out += &session_table(measured.sessions);
     out += &wiretap_table(measured.wiretapped);
@@ -161,198 +161,6 @@ fn path_counter_rows(sizes: &Sizes, paths: &Paths) -> String {
         );
     }
     out
-}
-
-fn distance_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
-    let mut out = String::from(
-        "## Over distance\n\nThe workstation's route to the API server passes a delay line that \
-         adds the round-trip time (RTT) given; kubectl port-forward runs in the same workstation, \
-         over the same wire.\n\n\
-         | measurement | RTT | kubectl port-forward | kubedev | kubedev / port-forward | kubedev in RTTs |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: |\n",
-    );
-    let rows: [(String, Row); 9] = [
-        (
-            format!("bulk, one stream ({} MiB), MiB/s", sizes.bulk_bytes >> 20),
-            Row::Throughput(|r| r.bulk_mib_s),
-        ),
-        (
-            format!(
-                "bulk upload, one stream ({} MiB), MiB/s",
-                sizes.bulk_bytes >> 20
-            ),
-            Row::Throughput(|r| r.upload_mib_s),
-        ),
-        (
-            format!(
-                "{} streams at once ({} MiB each), aggregate MiB/s",
-                sizes.parallel_streams,
-                sizes.parallel_bytes_each >> 20
-            ),
-            Row::Throughput(|r| r.parallel_mib_s),
-        ),
-        (
-            format!("connect to first byte, p50 ({})", sizes.connects),
-            Row::Latency(|r| r.connect_p50),
-        ),
-        (
-            "connect to first byte, p99".into(),
-            Row::Latency(|r| r.connect_p99),
-        ),
-        (
-            format!("1-byte round trip, p50 ({})", sizes.round_trips),
-            Row::Latency(|r| r.rtt_p50),
-        ),
-        ("1-byte round trip, p99".into(), Row::Latency(|r| r.rtt_p99)),
-        (
-            format!(
-                "UDP request/response, one at a time ({}), per second",
-                sizes.udp_round_trips
-            ),
-            Row::Udp,
-        ),
-        (
-            "CPU seconds per GiB of the bulk stream (kubectl; tunneld and the agent)".into(),
-            Row::Cost(|r| r.bulk_cpu_s_per_gib),
-        ),
-    ];
-    for (name, row) in rows {
-        for measured in at_distance {
-            out += &row.render(&name, measured);
-        }
-    }
-    out += "\n";
-    out
-}
-
-/// A row of the distance table: what it reads from each path's results.
-enum Row {
-    Throughput(fn(&Results) -> f64),
-    Latency(fn(&Results) -> Duration),
-    /// Lower is better, as for latency.
-    Cost(fn(&Results) -> f64),
-    /// kubedev only: kubectl port-forward carries no UDP.
-    Udp,
-}
-
-impl Row {
-    fn render(&self, name: &str, at: &AtDistance) -> String {
-        let rtt = format!("{} ms", at.rtt.as_millis());
-        match self {
-            Self::Throughput(of) => {
-                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
-                format!("| {name} | {rtt} | {p:.0} | {k:.0} | {:.2}x | |\n", k / p)
-            }
-            Self::Cost(of) => {
-                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
-                format!("| {name} | {rtt} | {p:.2} | {k:.2} | {:.2}x | |\n", k / p)
-            }
-            Self::Udp => {
-                let Some(udp) = at.kubedev.udp else {
-                    return String::new();
-                };
-                let lost = if udp.lost == 0 {
-                    String::new()
-                } else {
-                    format!(" ({} lost)", udp.lost)
-                };
-                format!(
-                    "| {name} | {rtt} | none (TCP only) | {:.0}{lost} | | {} |\n",
-                    udp.per_s,
-                    in_rtts(udp.p50, at.rtt)
-                )
-            }
-            Self::Latency(of) => {
-                let (p, k) = (of(&at.port_forward), of(&at.kubedev));
-                let ratio = k.as_secs_f64() / p.as_secs_f64();
-                format!(
-                    "| {name} | {rtt} | {} | {} | {ratio:.2}x | {} |\n",
-                    ms(p),
-                    ms(k),
-                    in_rtts(k, at.rtt)
-                )
-            }
-        }
-    }
-}
-
-/// `took` as a multiple of `rtt` (blank at RTT 0).
-fn in_rtts(took: Duration, rtt: Duration) -> String {
-    if rtt.is_zero() {
-        String::new()
-    } else {
-        format!("{:.2}", took.as_secs_f64() / rtt.as_secs_f64())
-    }
-}
-
-fn intercepted_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
-    let mut out = format!(
-        "A client pod moves {} MiB to and from a server on the workstation through `kubectl \
-         intercept` (the pod times it), against the tunnel's outbound bulk above at the same RTT. \
-         A download moves data toward the pod, as kubectl port-forward's upload does (last column, \
-         for what that direction of the API server's path carries).\n\n\
-         | RTT | outbound bulk, MiB/s | intercepted download, MiB/s | / outbound | intercepted upload, MiB/s | / outbound | kubectl port-forward upload, MiB/s |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        sizes.bulk_bytes >> 20
-    );
-    for at in at_distance {
-        let outbound = at.kubedev.bulk_mib_s;
-        let Intercepted {
-            download_mib_s: down,
-            upload_mib_s: up,
-        } = at.intercepted;
-        let _ = writeln!(
-            out,
-            "| {} ms | {outbound:.0} | {down:.0} | {:.2}x | {up:.0} | {:.2}x | {:.0} |",
-            at.rtt.as_millis(),
-            down / outbound,
-            up / outbound,
-            at.port_forward.upload_mib_s
-        );
-    }
-    out += "\n";
-    out
-}
-
-fn mount_table(at_distance: &[AtDistance]) -> String {
-    let mut out = String::new();
-    for at in at_distance {
-        out += &mount_row(at.rtt, Some(at.kubedev.bulk_mib_s), &at.mount);
-    }
-    format!("{}{out}\n", mount_table_head())
-}
-
-/// What the mount table measures, and its head.
-pub(crate) fn mount_table_head() -> String {
-    format!(
-        "The volumes mounted on the workstation (sshfs, SFTP through tunneld and the agent) by \
-         an unprivileged developer, as krew installs the plugins, timed by the plugin's \
-         `-- CMD`: a {} MiB file read and written sequentially, `ls -lR` of a directory of {} \
-         files, and `stat` of files nothing has looked at yet (less a `stat` of a local file: \
-         starting the program). The baseline is `kubectl exec POD -- cat` of the same file, \
-         over the same wire.\n\n\
-         | RTT | tunnel bulk, MiB/s | kubectl exec cat, MiB/s | read, MiB/s | / exec cat | write, MiB/s | ls -lR | in RTTs | stat, each | in RTTs |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        mounts::big_mib(),
-        mounts::tree_files()
-    )
-}
-
-/// One RTT's row of the mount table; `bulk` is the tunnel's, if measured.
-pub(crate) fn mount_row(rtt: Duration, bulk: Option<f64>, mount: &MountTimes) -> String {
-    let bulk = bulk.map_or_else(|| "-".to_owned(), |bulk| format!("{bulk:.0}"));
-    format!(
-        "| {} ms | {bulk} | {:.0} | {:.0} | {:.2}x | {:.0} | {} | {} | {} | {} |\n",
-        rtt.as_millis(),
-        mount.exec_cat_mib_s,
-        mount.read_mib_s,
-        mount.read_mib_s / mount.exec_cat_mib_s,
-        mount.write_mib_s,
-        ms(mount.list_tree),
-        in_rtts(mount.list_tree, rtt),
-        ms(mount.stat),
-        in_rtts(mount.stat, rtt)
-    )
 }
 
 fn memory_table(memory: &AgentMemory) -> String {

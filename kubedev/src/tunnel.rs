@@ -1,19 +1,24 @@
 //! Reaching an agent the only way it can be reached: the Kubernetes API's port-forward to
 //! its loopback port, which needs nothing but `pods/portforward` in the pod's namespace.
 //!
-//! The websocket speaks `v4.channel.k8s.io`: every binary message starts with a channel
-//! byte (0 carries the port's data, 1 its errors) and the first message on each channel
-//! is the port number. kube's own `Portforwarder` moves 4 KiB at a time through a one-slot
-//! channel, which caps a tunnel at a fraction of what the API server can carry, so the
-//! framing is done here with large messages.
+//! The websocket offers two protocols, and the API server picks: SPDY/3.1 tunnelled inside
+//! the websocket (`SPDY/3.1+portforward.k8s.io`, as kubectl speaks it since 1.31), which
+//! the API server unwraps and the container runtime reads as SPDY; and
+//! `v4.channel.k8s.io`, which the API server passes on to the runtime's websocket reader
+//! (slower toward the pod) where it does not tunnel SPDY. kube's own `Portforwarder`
+//! moves 4 KiB at a time through a one-slot channel and speaks only the latter, so the
+//! upgrade and the framing are done here, with large messages.
 
-use futures::{SinkExt as _, StreamExt as _};
+mod channels;
+mod spdy;
+mod spdy_bridge;
+mod upgrade;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::core::Request;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite;
 
 use kubedev_protocol::AGENT_PORT;
 use kubedev_protocol::handshake::HandshakeError;
@@ -25,9 +30,6 @@ use kubedev_protocol::mux::MuxStream;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes buffered between the websocket and the multiplexer, each way.
 const BRIDGE_BUFFER: usize = 512 * 1024;
-
-const DATA_CHANNEL: u8 = 0;
-const ERROR_CHANNEL: u8 = 1;
 
 /// Why no session with an agent came up.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +94,14 @@ pub async fn link_through_port_forward(
             });
         }
     };
-    let stream = match open_port_forward(&client, namespace, pod, AGENT_PORT).await {
-        Ok(stream) => stream,
+    let stream = match open_port_forward(&client, namespace, pod, AGENT_PORT, &OFFERED).await {
+        Ok(forward) => {
+            tracing::debug!(
+                "port-forward to {described}: {}",
+                forward.protocol.subprotocol()
+            );
+            forward.stream
+        }
         Err(source) => {
             return Err(TunnelError::PortForward {
                 pod: described,
@@ -110,70 +118,111 @@ pub async fn link_through_port_forward(
         })
 }
 
-/// Connects to `port` on the pod's loopback; the returned stream carries its bytes. A task
-/// moves them to and from the websocket until either side ends.
-async fn open_port_forward(
+/// How a port-forward's bytes are framed in its websocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortForwardProtocol {
+    /// `SPDY/3.1+portforward.k8s.io`: SPDY inside the websocket, unwrapped by the API
+    /// server (Kubernetes 1.30 and later, with the `PortForwardWebsockets` gate, on by
+    /// default from 1.31).
+    SpdyInWebsocket,
+    /// `v4.channel.k8s.io`: a channel byte on every message, passed to the runtime as is.
+    Channels,
+}
+
+impl PortForwardProtocol {
+    /// The websocket subprotocol that names it.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Self::SpdyInWebsocket => "SPDY/3.1+portforward.k8s.io",
+            Self::Channels => "v4.channel.k8s.io",
+        }
+    }
+
+    fn from_subprotocol(name: &str) -> Option<Self> {
+        [Self::SpdyInWebsocket, Self::Channels]
+            .into_iter()
+            .find(|protocol| protocol.subprotocol() == name)
+    }
+}
+
+/// What a link offers, best first: one upgrade either way, whichever the API server speaks.
+pub const OFFERED: [PortForwardProtocol; 2] = [
+    PortForwardProtocol::SpdyInWebsocket,
+    PortForwardProtocol::Channels,
+];
+
+/// An open port-forward to one port of a pod.
+#[derive(Debug)]
+pub struct PortForward {
+    /// The port's bytes.
+    pub stream: DuplexStream,
+    /// What the API server chose of the protocols offered.
+    pub protocol: PortForwardProtocol,
+}
+
+/// Connects to `port` on the pod's loopback with one of the `offered` protocols; the
+/// returned stream carries its bytes. A task moves them to and from the websocket until
+/// either side ends.
+pub async fn open_port_forward(
     client: &kube::Client,
     namespace: &str,
     pod: &str,
     port: u16,
-) -> Result<DuplexStream, kube::Error> {
-    let request = Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
-        .portforward(pod, &[port])
-        .map_err(kube::Error::BuildRequest)?;
-    let websocket = client.connect(request).await?.into_stream();
+    offered: &[PortForwardProtocol],
+) -> Result<PortForward, kube::Error> {
+    let (websocket, protocol) =
+        upgrade::port_forward(client, namespace, pod, port, offered).await?;
     let (ours, bridged) = tokio::io::duplex(BRIDGE_BUFFER);
     tokio::spawn(async move {
-        if let Err(err) = bridge(websocket, bridged, port).await {
+        let bridged = match protocol {
+            PortForwardProtocol::SpdyInWebsocket => {
+                spdy_bridge::bridge(websocket, bridged, port).await
+            }
+            PortForwardProtocol::Channels => channels::bridge(websocket, bridged, port).await,
+        };
+        if let Err(err) = bridged {
             tracing::debug!("port-forward to {port}: {err}");
         }
     });
-    Ok(ours)
+    Ok(PortForward {
+        stream: ours,
+        protocol,
+    })
 }
 
-/// Moves bytes between `io` and the websocket until either side ends.
-async fn bridge<W>(websocket: W, io: DuplexStream, port: u16) -> Result<(), BridgeError>
-where
-    W: futures::Stream<Item = Result<Message, tungstenite::Error>>
-        + futures::Sink<Message, Error = tungstenite::Error>
-        + Unpin,
+/// The longest error report kept of what the runtime sends.
+const MAX_ERROR_REPORT: usize = 4096;
+
+/// The runtime's error report in `bytes` (its first [`MAX_ERROR_REPORT`] bytes), if it says
+/// anything.
+fn error_report(bytes: &[u8]) -> Option<PortForwardError> {
+    let kept = &bytes[..bytes.len().min(MAX_ERROR_REPORT)];
+    let text = printable(String::from_utf8_lossy(kept).trim(), MAX_ERROR_REPORT);
+    (!text.is_empty()).then_some(PortForwardError::Remote(text))
+}
+
+/// `text` cut to `max` characters, control characters blanked: what a peer sent, fit for
+/// a log line.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A port-forward's websocket, as the bridges move its messages.
+trait Websocket:
+    futures::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+    + futures::Sink<tungstenite::Message, Error = tungstenite::Error>
+    + Unpin
 {
-    let (mut ws_tx, mut ws_rx) = websocket.split();
-    let (mut io_rx, mut io_tx) = tokio::io::split(io);
-    let upstream = async {
-        let mut message = vec![0u8; MAX_MESSAGE + 1];
-        loop {
-            message[0] = DATA_CHANNEL;
-            let len = io_rx.read(&mut message[1..]).await?;
-            if len == 0 {
-                ws_tx.close().await?;
-                return Ok::<_, BridgeError>(());
-            }
-            ws_tx
-                .send(Message::binary(message[..=len].to_vec()))
-                .await?;
-        }
-    };
-    let downstream = async {
-        let mut decoder = FrameDecoder::new(port);
-        while let Some(message) = ws_rx.next().await {
-            let data = match message? {
-                Message::Binary(data) => data,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let bytes = decoder.decode(&data)?;
-            if !bytes.is_empty() {
-                io_tx.write_all(bytes).await?;
-            }
-        }
-        io_tx.shutdown().await?;
-        Ok::<_, BridgeError>(())
-    };
-    tokio::select! {
-        done = upstream => done,
-        done = downstream => done,
-    }
+}
+
+impl<W> Websocket for W where
+    W: futures::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+        + futures::Sink<tungstenite::Message, Error = tungstenite::Error>
+        + Unpin
+{
 }
 
 /// Why a port-forward's bytes stopped moving.
@@ -190,7 +239,7 @@ enum BridgeError {
 /// What the API server sent that was not data.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 enum PortForwardError {
-    #[error("the API server reported: {0}")]
+    #[error("the container runtime reported: {0}")]
     Remote(String),
     #[error("port-forward message on unexpected channel {0}")]
     UnknownChannel(u8),
@@ -198,121 +247,8 @@ enum PortForwardError {
     WrongPort { expected: u16, got: u16 },
     #[error("port-forward message too short")]
     Truncated,
-}
-
-/// Turns the websocket's messages for one port into its bytes.
-#[derive(Debug)]
-struct FrameDecoder {
-    port: u16,
-    data_started: bool,
-    error_started: bool,
-}
-
-impl FrameDecoder {
-    fn new(port: u16) -> Self {
-        Self {
-            port,
-            data_started: false,
-            error_started: false,
-        }
-    }
-
-    /// The data bytes in `message` (empty for control messages), or what went wrong.
-    fn decode<'m>(&mut self, message: &'m [u8]) -> Result<&'m [u8], PortForwardError> {
-        let (&channel, body) = message.split_first().ok_or(PortForwardError::Truncated)?;
-        let started = match channel {
-            DATA_CHANNEL => &mut self.data_started,
-            ERROR_CHANNEL => &mut self.error_started,
-            other => return Err(PortForwardError::UnknownChannel(other)),
-        };
-        let body = if *started {
-            body
-        } else {
-            // Each channel opens with the port number, little-endian.
-            let (port, rest) = body
-                .split_first_chunk::<2>()
-                .ok_or(PortForwardError::Truncated)?;
-            let got = u16::from_le_bytes(*port);
-            if got != self.port {
-                return Err(PortForwardError::WrongPort {
-                    expected: self.port,
-                    got,
-                });
-            }
-            *started = true;
-            rest
-        };
-        match channel {
-            ERROR_CHANNEL if !body.is_empty() => Err(PortForwardError::Remote(
-                String::from_utf8_lossy(body).trim().to_owned(),
-            )),
-            ERROR_CHANNEL => Ok(&[]),
-            _ => Ok(body),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PORT: u16 = 7329;
-
-    fn opening(channel: u8) -> Vec<u8> {
-        let mut message = vec![channel];
-        message.extend_from_slice(&PORT.to_le_bytes());
-        message
-    }
-
-    #[test]
-    fn data_follows_the_port_announcement() {
-        let mut decoder = FrameDecoder::new(PORT);
-        assert_eq!(decoder.decode(&opening(DATA_CHANNEL)), Ok(&b""[..]));
-        assert_eq!(decoder.decode(&opening(ERROR_CHANNEL)), Ok(&b""[..]));
-        assert_eq!(decoder.decode(b"\x00hello"), Ok(&b"hello"[..]));
-        // Later messages carry only data, even when they start like a port number.
-        assert_eq!(decoder.decode(b"\x00\xa1\x1cx"), Ok(&b"\xa1\x1cx"[..]));
-    }
-
-    #[test]
-    fn data_may_come_in_the_opening_message() {
-        let mut decoder = FrameDecoder::new(PORT);
-        let mut message = opening(DATA_CHANNEL);
-        message.extend_from_slice(b"early");
-        assert_eq!(decoder.decode(&message), Ok(&b"early"[..]));
-    }
-
-    #[test]
-    fn errors_from_the_api_server_are_reported() {
-        let mut decoder = FrameDecoder::new(PORT);
-        decoder.decode(&opening(ERROR_CHANNEL)).ok();
-        let reported = decoder.decode(b"\x01error forwarding port 7329: connection refused\n");
-        assert_eq!(
-            reported,
-            Err(PortForwardError::Remote(
-                "error forwarding port 7329: connection refused".into()
-            ))
-        );
-    }
-
-    #[test]
-    fn malformed_messages_are_refused() {
-        let mut decoder = FrameDecoder::new(PORT);
-        assert_eq!(decoder.decode(b""), Err(PortForwardError::Truncated));
-        assert_eq!(
-            decoder.decode(b"\x00\x01"),
-            Err(PortForwardError::Truncated)
-        );
-        assert_eq!(
-            decoder.decode(b"\x00\x50\x00"),
-            Err(PortForwardError::WrongPort {
-                expected: PORT,
-                got: 80
-            })
-        );
-        assert_eq!(
-            decoder.decode(b"\x04\x00"),
-            Err(PortForwardError::UnknownChannel(4))
-        );
-    }
+    #[error("port-forward stream {stream} reset (SPDY status {status})")]
+    Reset { stream: u32, status: u32 },
+    #[error("port-forward spoke SPDY version {0}, not 3")]
+    SpdyVersion(u16),
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::DeleteParams;
-use kubedev::tunnel::link_through_port_forward;
+use kubedev::tunnel::{OFFERED, PortForwardProtocol, link_through_port_forward, open_port_forward};
 use kubedev_protocol::codec::{read_datagram, write_datagram};
 use kubedev_protocol::link::AgentLink;
 use tests_e2e::{TestCluster, TestNamespace, start_agent_pod};
@@ -172,6 +172,91 @@ async fn many_concurrent_flows_share_one_port_forward() {
         assert!(
             answer.contains(&format!("GET /flow-{i}")),
             "flow {i}: {answer}"
+        );
+    }
+}
+
+/// A port-forward carries a connection's bytes both ways in either protocol the API server
+/// may choose, and with both offered this API server (1.35) chooses SPDY in the websocket.
+#[tokio::test]
+async fn port_forward_carries_bytes_in_either_protocol() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "agent-protocols").await;
+    ns.run_echo_pod("echo").await.expect("echo ready");
+    let offers = [
+        (&OFFERED[..], PortForwardProtocol::SpdyInWebsocket),
+        (
+            &[PortForwardProtocol::Channels][..],
+            PortForwardProtocol::Channels,
+        ),
+    ];
+    for (offered, expected) in offers {
+        let forward = open_port_forward(&ns.client, &ns.name, "echo", 7000, offered)
+            .await
+            .expect("port-forward opens");
+        assert_eq!(forward.protocol, expected);
+        // 4 MiB each way through the pod's TCP echo (a greeting line, then what it gets),
+        // written while it is read back.
+        let sent: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (mut from_pod, mut to_pod) = tokio::io::split(forward.stream);
+        let writing = async { to_pod.write_all(&sent).await.expect("send") };
+        let mut echoed = Vec::new();
+        let reading = async {
+            let mut chunk = vec![0; 64 * 1024];
+            while echoed.len() < sent.len() + greeting_len(&echoed) {
+                let len = from_pod.read(&mut chunk).await.expect("echo");
+                assert!(
+                    len > 0,
+                    "{expected:?}: the echo ended after {} bytes",
+                    echoed.len()
+                );
+                echoed.extend_from_slice(&chunk[..len]);
+            }
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            futures::future::join(writing, reading),
+        )
+        .await
+        .expect("the echo finishes");
+        let echoed = &echoed[greeting_len(&echoed)..];
+        let first_difference = echoed.iter().zip(&sent).position(|(a, b)| a != b);
+        assert_eq!(
+            (echoed.len(), first_difference),
+            (sent.len(), None),
+            "{expected:?}: the bytes came back as sent"
+        );
+    }
+}
+
+/// The length of the echo's greeting line at the start of `echoed`, once it has come.
+fn greeting_len(echoed: &[u8]) -> usize {
+    echoed
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .map_or(usize::MAX / 2, |end| end + 1)
+}
+
+/// Nothing listening on the port: the runtime's report ends the stream, in either protocol.
+#[tokio::test]
+async fn a_port_nothing_listens_on_ends_the_port_forward() {
+    let cluster = TestCluster::get();
+    let ns = TestNamespace::create(&cluster, "agent-refused").await;
+    ns.run_echo_pod("echo").await.expect("echo ready");
+    for offered in [&OFFERED[..], &[PortForwardProtocol::Channels][..]] {
+        let forward = open_port_forward(&ns.client, &ns.name, "echo", 7999, offered)
+            .await
+            .expect("port-forward opens");
+        let mut stream = forward.stream;
+        stream.write_all(b"anyone?").await.ok();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("the port-forward ends");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "{:?}: nothing answers, got {answer:?}",
+            forward.protocol
         );
     }
 }
