@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outgoing;
+use crate::outgoing::tcp::Stripes;
 use crate::reply::{answer, refuse};
 use crate::workstations::{WorkstationId, Workstations};
 use crate::{env, files};
@@ -49,6 +50,7 @@ pub(crate) async fn run(
     tracing::info!("{AGENT_NAME} listening on {}", listener.local_addr()?);
     let settings = Arc::new(settings);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
+    let stripes = Arc::new(Stripes::default());
     loop {
         let (connection, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -70,7 +72,7 @@ pub(crate) async fn run(
             connection,
             peer,
             (settings.clone(), turn),
-            workstations.clone(),
+            (workstations.clone(), stripes.clone()),
         ));
     }
 }
@@ -85,7 +87,7 @@ async fn serve_workstation(
     mut connection: TcpStream,
     peer: SocketAddr,
     (settings, turn): (Arc<Settings>, OwnedSemaphorePermit),
-    workstations: Arc<Workstations>,
+    (workstations, stripes): (Arc<Workstations>, Arc<Stripes>),
 ) {
     let _ = connection.set_nodelay(true);
     let hello = match welcome_client(
@@ -111,6 +113,7 @@ async fn serve_workstation(
         let requester = Requester {
             workstations: workstations.clone(),
             id,
+            stripes: stripes.clone(),
         };
         tokio::spawn(serve_stream(stream, settings.clone(), requester));
     }
@@ -123,6 +126,8 @@ async fn serve_workstation(
 struct Requester {
     workstations: Arc<Workstations>,
     id: WorkstationId,
+    /// The striped flows of every workstation's links.
+    stripes: Arc<Stripes>,
 }
 
 async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester: Requester) {
@@ -132,7 +137,13 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
         Err(_) => return tracing::debug!("stream without a request in {HANDSHAKE_TIMEOUT:?}"),
     };
     let result = match request {
-        OpenRequest::Tcp { host, port } => outgoing::tcp::relay(stream, &host, port).await,
+        OpenRequest::Tcp { host, port, stripe } => {
+            let stripe = stripe.as_deref().map(|id| (id, &*requester.stripes));
+            outgoing::tcp::relay(stream, &host, port, stripe).await
+        }
+        OpenRequest::Join { stripe } => {
+            outgoing::tcp::join(stream, &stripe, &requester.stripes).await
+        }
         OpenRequest::Udp { host, port } => {
             outgoing::udp::relay(stream, &host, port, settings.udp_idle).await
         }

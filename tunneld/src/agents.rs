@@ -131,19 +131,43 @@ impl AgentPool {
         }
     }
 
+    /// The other live links to the agent `link` goes to.
+    pub(crate) async fn links_beside(&self, link: &AgentLink) -> Vec<AgentLink> {
+        let links = self.links.read().await;
+        let Some(key) = (links.iter())
+            .find(|(_, other)| other.same_session(link))
+            .map(|(key, _)| key)
+        else {
+            return Vec::new();
+        };
+        (links.iter())
+            .filter(|(other_key, other)| {
+                other_key.session == key.session
+                    && other_key.pod == key.pod
+                    && !other.same_session(link)
+                    && !other.is_closed()
+            })
+            .map(|(_, other)| other.clone())
+            .collect()
+    }
+
     /// A link came up: flows may take it from now on.
     async fn add(&self, key: LinkKey, link: AgentLink) {
         self.links.write().await.insert(key, link);
         self.link_added.notify_waiters();
     }
 
-    /// Adds `link` as the first link to `pod` of `session`, as if it had come up.
+    /// Adds `link` as link `index` to `pod` of `session`, as if it had come up.
     #[cfg(test)]
-    pub(crate) async fn add_link(&self, session: &SessionKey, pod: &str, link: AgentLink) {
+    pub(crate) async fn add_link(
+        &self,
+        (session, pod, index): (&SessionKey, &str, usize),
+        link: AgentLink,
+    ) {
         let key = LinkKey {
             session: session.clone(),
             pod: pod.into(),
-            index: 0,
+            index,
         };
         self.add(key, link).await;
     }

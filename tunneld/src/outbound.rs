@@ -14,8 +14,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use kubedev::cidr::Cidr;
 use kubedev::control::ProxyChoices;
-use kubedev_protocol::Transport;
+use kubedev_protocol::link::AgentLink;
 use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::stripe::Striped;
 use kubedev_protocol::udp_flows::{Queued, connected_socket, relay_channel};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -111,7 +112,7 @@ pub(crate) struct Resolved {
 }
 
 /// A TCP connection, through an agent (`Left`) or from the workstation (`Right`).
-pub(crate) type OutboundTcp = Either<MuxStream, TcpStream>;
+pub(crate) type OutboundTcp = Either<Striped<MuxStream>, TcpStream>;
 
 /// Dials flows where [`Routing`] says they leave from.
 #[derive(Debug)]
@@ -215,10 +216,14 @@ impl Outbound {
         target: SocketAddr,
     ) -> io::Result<OutboundTcp> {
         match leaves {
-            Leaves::Cluster => self
-                .open_in_pod(target, Transport::Tcp)
-                .await
-                .map(Either::Left),
+            Leaves::Cluster => {
+                let link = self.link_for(target).await?;
+                let beside = self.pool.links_beside(&link).await;
+                let host = target.ip().to_string();
+                striped::open(&link, beside, &host, target.port())
+                    .await
+                    .map(Either::Left)
+            }
             Leaves::Workstation => TcpStream::connect(target).await.map(Either::Right),
         }
     }
@@ -230,28 +235,24 @@ impl Outbound {
         target: SocketAddr,
     ) -> io::Result<OutboundUdp> {
         match leaves {
-            Leaves::Cluster => self
-                .open_in_pod(target, Transport::Udp)
-                .await
-                .map(OutboundUdp::Cluster),
+            Leaves::Cluster => {
+                let link = self.link_for(target).await?;
+                let host = target.ip().to_string();
+                let opened = link.open_udp(&host, target.port()).await;
+                opened.map(OutboundUdp::Cluster).map_err(io::Error::other)
+            }
             Leaves::Workstation => connected_socket(target).await.map(OutboundUdp::Workstation),
         }
     }
 
-    /// A flow to `target` from an agent's pod.
-    async fn open_in_pod(&self, target: SocketAddr, transport: Transport) -> io::Result<MuxStream> {
-        let link = self.pool.pick(None, LINK_WAIT).await.ok_or_else(|| {
+    /// The link a flow to `target` goes through: the next in turn.
+    async fn link_for(&self, target: SocketAddr) -> io::Result<AgentLink> {
+        self.pool.pick(None, LINK_WAIT).await.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!("no agent is linked to carry a flow to {target}"),
             )
-        })?;
-        let host = target.ip().to_string();
-        let opened = match transport {
-            Transport::Tcp => link.open_tcp(&host, target.port()).await,
-            Transport::Udp => link.open_udp(&host, target.port()).await,
-        };
-        opened.map_err(io::Error::other)
+        })
     }
 }
 
@@ -332,6 +333,8 @@ where
         }
     }
 }
+
+mod striped;
 
 #[cfg(test)]
 mod tests;

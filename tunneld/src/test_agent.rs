@@ -22,6 +22,15 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
 /// A pool with one link to an agent started for the caller, serving the files under
 /// `volumes` as the app's volumes (read-only if `read_only`).
 pub(crate) async fn linked_pool_serving(volumes: &Path, read_only: bool) -> Arc<AgentPool> {
+    linked_pool_of(1, volumes, read_only).await
+}
+
+/// A pool with `links` links to one agent started for the caller, as tunneld keeps to a pod.
+pub(crate) async fn linked_pool_with_links(links: usize) -> Arc<AgentPool> {
+    linked_pool_of(links, Path::new(kubedev_protocol::VOLUMES_ROOT), true).await
+}
+
+async fn linked_pool_of(links: usize, volumes: &Path, read_only: bool) -> Arc<AgentPool> {
     let listen = free_port().await;
     let settings = agent_image::Settings {
         token: TOKEN.into(),
@@ -32,18 +41,20 @@ pub(crate) async fn linked_pool_serving(volumes: &Path, read_only: bool) -> Arc<
         tls_dir: kubedev_protocol::TLS_DIR.into(),
     };
     tokio::spawn(agent_image::run(listen, settings, Vec::new()));
-    let stream = loop {
-        match TcpStream::connect(listen).await {
-            Ok(stream) => break stream,
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    };
-    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
-        .await
-        .expect("the agent answers");
     let pool = Arc::new(AgentPool::default());
-    pool.add_link(&SessionKey::new("test", "test"), "agent-0", link)
-        .await;
+    let session = SessionKey::new("test", "test");
+    for index in 0..links {
+        let stream = loop {
+            match TcpStream::connect(listen).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
+            .await
+            .expect("the agent answers");
+        pool.add_link((&session, "agent-0", index), link).await;
+    }
     pool
 }
 

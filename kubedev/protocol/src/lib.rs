@@ -23,6 +23,7 @@ pub mod link;
 pub mod mux;
 pub mod refusals;
 pub mod splice;
+pub mod stripe;
 pub mod udp_flows;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The longest id of a striped flow.
+pub const MAX_STRIPE_ID: usize = 64;
 
 /// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
 /// solely through the Kubernetes API's port-forward.
@@ -93,6 +97,17 @@ pub enum OpenRequest {
         host: String,
         /// The destination port.
         port: u16,
+        /// Striped: the connection's bytes go in [`stripe`] chunks, on this stream and on
+        /// the streams that [`OpenRequest::Join`] it on other links. The id is the
+        /// workstation's, random, at most [`MAX_STRIPE_ID`] bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stripe: Option<String>,
+    },
+    /// Another stream for the striped TCP flow `stripe`, opened on another link to the
+    /// same agent; answered `Connected`, then it carries the flow's chunks too.
+    Join {
+        /// The flow's id, as in its `Tcp` request.
+        stripe: String,
     },
     /// Exchange datagrams with `host:port` from the pod.
     Udp {
@@ -333,10 +348,18 @@ mod tests {
         let open = OpenRequest::Tcp {
             host: "echo.shop".into(),
             port: 80,
+            stripe: None,
         };
         assert_eq!(
             serde_json::to_string(&open).expect("json"),
             r#"{"kind":"tcp","host":"echo.shop","port":80}"#
+        );
+        let join = OpenRequest::Join {
+            stripe: "5f3a".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&join).expect("json"),
+            r#"{"kind":"join","stripe":"5f3a"}"#
         );
         let reply = OpenReply::Resolved {
             addresses: vec!["10.96.0.10".parse().expect("ip")],

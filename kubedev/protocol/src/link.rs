@@ -72,6 +72,32 @@ impl AgentLink {
         let request = OpenRequest::Tcp {
             host: host.to_owned(),
             port,
+            stripe: None,
+        };
+        self.open_flow(&request).await
+    }
+
+    /// A TCP connection from the pod to `host:port` whose bytes go in chunks
+    /// ([`crate::stripe`]) on the stream and on those that join `stripe` later.
+    pub async fn open_striped_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        stripe: &str,
+    ) -> Result<MuxStream, LinkError> {
+        let request = OpenRequest::Tcp {
+            host: host.to_owned(),
+            port,
+            stripe: Some(stripe.to_owned()),
+        };
+        self.open_flow(&request).await
+    }
+
+    /// Another stream for the striped flow `stripe`, which another link to the same agent
+    /// opened.
+    pub async fn join_stripe(&self, stripe: &str) -> Result<MuxStream, LinkError> {
+        let request = OpenRequest::Join {
+            stripe: stripe.to_owned(),
         };
         self.open_flow(&request).await
     }
@@ -202,6 +228,7 @@ async fn request(
         | OpenRequest::Environment
         | OpenRequest::WiretapCounts { .. } => mux.open_control().await,
         OpenRequest::Tcp { .. }
+        | OpenRequest::Join { .. }
         | OpenRequest::Udp { .. }
         | OpenRequest::Resolve { .. }
         | OpenRequest::Incoming { .. }

@@ -2,7 +2,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::network::dns::search_path;
-use crate::test_agent::{echo_server, linked_pool};
+use crate::test_agent::{echo_server, linked_pool, linked_pool_with_links};
 use kubedev_protocol::udp_flows::UdpFlows;
 
 fn range(text: &str) -> Cidr {
@@ -169,6 +169,37 @@ async fn cluster_addresses_are_dialled_by_the_agent_and_others_here() {
         .await
         .expect("by name");
     assert_eq!(echoed(stream, b"named").await, b"named");
+}
+
+#[tokio::test]
+async fn a_flow_that_carries_bulk_is_spread_over_every_link_to_its_agent() {
+    let outbound = Outbound::new(linked_pool_with_links(3).await, "cluster.local");
+    let target = echo_server("127.0.0.2:0").await;
+    outbound.set_routing(Routing {
+        cluster: vec![range("127.0.0.2")],
+        ..Routing::default()
+    });
+    let Either::Left(mut stream) = outbound.tcp(target).await.expect("through the agent") else {
+        panic!("a cluster address goes through the agent");
+    };
+    assert_eq!(echoed(Either::Left(stream), b"small").await, b"small");
+    let Either::Left(fresh) = outbound.tcp(target).await.expect("again") else {
+        panic!("through the agent");
+    };
+    stream = fresh;
+    // 16 MiB out and back at once, in order, while the other links join.
+    let sent: Vec<u8> = (0..16usize << 20).map(|i| (i % 241) as u8).collect();
+    let (mut from_pod, mut to_pod) = tokio::io::split(&mut stream);
+    let writing = async {
+        to_pod.write_all(&sent).await.expect("send");
+        to_pod.shutdown().await.expect("end of ours");
+    };
+    let mut echoed = Vec::new();
+    let reading = from_pod.read_to_end(&mut echoed);
+    let (_, read) = tokio::join!(writing, reading);
+    read.expect("the echo to its end");
+    assert!(echoed == sent, "the bytes came back in order");
+    assert_eq!(stream.streams(), 3, "a stream on each link carried it");
 }
 
 #[tokio::test]

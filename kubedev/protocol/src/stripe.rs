@@ -1,0 +1,278 @@
+//! One connection's bytes over several streams, one on each of a pod's links, so that a
+//! single flow is not held to what one link carries: a link is one TCP connection to the
+//! API server, which keeps only as much in flight as its send buffer allows (about 2 MiB:
+//! some 40 MiB/s at 50 ms).
+//!
+//! Each stream of a striped flow carries chunks: the offset of their first byte in the
+//! connection (8 bytes), their length (4 bytes), then the bytes. A chunk of length 0 is the
+//! end of the sender's side at that offset, and goes on every stream. A chunk goes on
+//! whichever stream has taken the previous one in full, so a slow link takes fewer. The
+//! receiver puts chunks back in order, holding at most [`MAX_EARLY`] bytes that came ahead
+//! of the next; beyond that it reads only the stream that carries the next byte, and the
+//! others' windows hold the sender back.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+const HEADER: usize = 12;
+/// The most bytes of the connection in one chunk: a chunk fills one 64 KiB frame.
+pub const MAX_CHUNK: usize = 64 * 1024 - HEADER;
+/// The most bytes held that came ahead of the next one (besides one chunk being read on
+/// each stream).
+pub const MAX_EARLY: usize = 4 << 20;
+/// The most streams one flow is spread over.
+pub const MAX_STREAMS: usize = 8;
+
+/// A connection carried in chunks over streams that may be added as it goes.
+#[derive(Debug)]
+pub struct Striped<S> {
+    streams: Vec<Stream<S>>,
+    joined_rx: Option<mpsc::Receiver<S>>,
+    /// Told once the flow has moved [`Striped::bulk_after`] bytes either way.
+    bulk_tx: Option<(u64, oneshot::Sender<()>)>,
+    next_writer: usize,
+    written: u64,
+    ended_ours: bool,
+    read_next: u64,
+    /// The end of the furthest chunk announced so far: no end may come before it.
+    announced_end: u64,
+    early: BTreeMap<u64, Vec<u8>>,
+    early_bytes: usize,
+    read_end: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Stream<S> {
+    io: S,
+    out: Vec<u8>,
+    out_sent: usize,
+    shut: bool,
+    incoming: Incoming,
+    /// The peer's end marker came on it: its end is an end, not a loss.
+    carried_end: bool,
+    ended: bool,
+}
+
+#[derive(Debug)]
+enum Incoming {
+    Header([u8; HEADER], usize),
+    Body {
+        offset: u64,
+        len: usize,
+        /// What was read of it when it was not the next in line: filled up to `filled`.
+        held: Vec<u8>,
+        filled: usize,
+    },
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
+    /// A flow on `first`; streams sent on `joined_rx` join it as they come.
+    pub fn new(first: S, joined_rx: mpsc::Receiver<S>) -> Self {
+        Self {
+            streams: vec![Stream::new(first)],
+            joined_rx: Some(joined_rx),
+            bulk_tx: None,
+            next_writer: 0,
+            written: 0,
+            ended_ours: false,
+            read_next: 0,
+            announced_end: 0,
+            early: BTreeMap::new(),
+            early_bytes: 0,
+            read_end: None,
+        }
+    }
+
+    /// Tells `bulk_tx` once the flow has moved `bytes` either way: when more streams pay.
+    pub fn bulk_after(mut self, bytes: u64, bulk_tx: oneshot::Sender<()>) -> Self {
+        self.bulk_tx = Some((bytes, bulk_tx));
+        self
+    }
+
+    /// How many streams carry the flow.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn take_joined(&mut self, cx: &mut Context<'_>) {
+        let Some(joined_rx) = self.joined_rx.as_mut() else {
+            return;
+        };
+        loop {
+            match joined_rx.poll_recv(cx) {
+                Poll::Ready(Some(io)) if self.streams.len() < MAX_STREAMS => {
+                    let mut stream = Stream::new(io);
+                    if self.ended_ours {
+                        stream.out = header(self.written, 0).to_vec();
+                    }
+                    self.streams.push(stream);
+                }
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) => {
+                    self.joined_rx = None;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    fn note_moved(&mut self) {
+        let moved = self.written + self.read_next;
+        if self
+            .bulk_tx
+            .as_ref()
+            .is_some_and(|(after, _)| moved >= *after)
+            && let Some((_, bulk_tx)) = self.bulk_tx.take()
+        {
+            let _ = bulk_tx.send(());
+        }
+    }
+
+    /// Sends what stream `at` has queued; ready once it has taken all of it.
+    fn send_queued(&mut self, at: usize, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = &mut self.streams[at];
+        while stream.out_sent < stream.out.len() {
+            let sent =
+                ready!(Pin::new(&mut stream.io).poll_write(cx, &stream.out[stream.out_sent..]))?;
+            if sent == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            stream.out_sent += sent;
+        }
+        stream.out.clear();
+        stream.out_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what every stream has queued; ready once all have taken it.
+    fn send_all_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut all = true;
+        for at in 0..self.streams.len() {
+            all &= self.send_queued(at, cx)?.is_ready();
+        }
+        if all {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<S> Stream<S> {
+    fn new(io: S) -> Self {
+        Self {
+            io,
+            out: Vec::new(),
+            out_sent: 0,
+            shut: false,
+            incoming: Incoming::Header([0; HEADER], 0),
+            carried_end: false,
+            ended: false,
+        }
+    }
+}
+
+fn header(offset: u64, len: usize) -> [u8; HEADER] {
+    let mut header = [0; HEADER];
+    header[..8].copy_from_slice(&offset.to_be_bytes());
+    header[8..].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    header
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("striped flow: {what}"))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.ended_ours {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.take_joined(cx);
+        let count = this.streams.len();
+        let mut free = None;
+        for turn in 0..count {
+            let at = (this.next_writer + turn) % count;
+            if this.send_queued(at, cx)?.is_ready() && free.is_none() {
+                free = Some(at);
+            }
+        }
+        let Some(at) = free else {
+            return Poll::Pending;
+        };
+        let len = buf.len().min(MAX_CHUNK);
+        this.streams[at]
+            .out
+            .extend_from_slice(&header(this.written, len));
+        this.written += len as u64;
+        this.next_writer = at + 1;
+        this.note_moved();
+        // The bytes go straight from `buf` where the stream takes them; what it does not
+        // take yet is queued, and goes with the next call on this flow.
+        let mut taken = 0;
+        if this.send_queued(at, cx)?.is_ready() {
+            let stream = &mut this.streams[at];
+            while taken < len {
+                match Pin::new(&mut stream.io).poll_write(cx, &buf[taken..len])? {
+                    Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(sent) => taken += sent,
+                    Poll::Pending => break,
+                }
+            }
+        }
+        this.streams[at].out.extend_from_slice(&buf[taken..len]);
+        Poll::Ready(Ok(len))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.send_all_queued(cx))?;
+        for stream in &mut this.streams {
+            ready!(Pin::new(&mut stream.io).poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.take_joined(cx);
+        if !this.ended_ours {
+            ready!(this.send_all_queued(cx))?;
+            for stream in &mut this.streams {
+                stream.out.extend_from_slice(&header(this.written, 0));
+            }
+            this.ended_ours = true;
+        }
+        ready!(this.send_all_queued(cx))?;
+        let mut all = true;
+        for stream in this.streams.iter_mut().filter(|stream| !stream.shut) {
+            match Pin::new(&mut stream.io).poll_shutdown(cx)? {
+                Poll::Ready(()) => stream.shut = true,
+                Poll::Pending => all = false,
+            }
+        }
+        if all {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+mod reading;
+#[cfg(test)]
+mod tests;

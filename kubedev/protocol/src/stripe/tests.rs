@@ -1,0 +1,214 @@
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+use super::*;
+
+/// A sender and a receiver joined by `streams` pipes of `buffer` bytes each (the first at
+/// once, the others when `join` is called), as two ends of a flow over several links.
+struct Pair {
+    sender: Striped<DuplexStream>,
+    receiver: Striped<DuplexStream>,
+    joins: Joins,
+}
+
+/// Where a new pipe's two ends go.
+struct Joins {
+    sender: mpsc::Sender<DuplexStream>,
+    receiver: mpsc::Sender<DuplexStream>,
+}
+
+impl Pair {
+    fn new(buffer: usize) -> Self {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let (sender_joins, sender_joined_rx) = mpsc::channel(MAX_STREAMS);
+        let (receiver_joins, receiver_joined_rx) = mpsc::channel(MAX_STREAMS);
+        Self {
+            sender: Striped::new(ours, sender_joined_rx),
+            receiver: Striped::new(theirs, receiver_joined_rx),
+            joins: Joins {
+                sender: sender_joins,
+                receiver: receiver_joins,
+            },
+        }
+    }
+}
+
+impl Joins {
+    async fn join(&self, buffer: usize) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        self.sender.send(ours).await.expect("sender listens");
+        self.receiver.send(theirs).await.expect("receiver listens");
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+/// Writes `data` in writes of varied sizes, then ends.
+async fn send(mut sender: Striped<DuplexStream>, data: Vec<u8>) -> Striped<DuplexStream> {
+    let mut at = 0;
+    let sizes = [1, 1000, 70_000, 300_000, 5];
+    for size in sizes.iter().cycle() {
+        if at == data.len() {
+            break;
+        }
+        let end = (at + size).min(data.len());
+        sender.write_all(&data[at..end]).await.expect("write");
+        at = end;
+    }
+    sender.shutdown().await.expect("end");
+    sender
+}
+
+#[tokio::test]
+async fn bytes_come_out_in_order_over_streams_of_different_speeds() {
+    let pair = Pair::new(256 * 1024);
+    // A narrow stream and a wide one: chunks overtake each other.
+    pair.joins.join(16 * 1024).await;
+    pair.joins.join(1 << 20).await;
+    let data = pattern(6 << 20);
+    let sending = tokio::spawn(send(pair.sender, data.clone()));
+    let mut receiver = pair.receiver;
+    let mut received = Vec::new();
+    receiver
+        .read_to_end(&mut received)
+        .await
+        .expect("read to the end");
+    sending.await.expect("sent");
+    assert!(received == data, "the bytes came back in order");
+    assert!(receiver.early_bytes == 0 && receiver.early.is_empty());
+}
+
+#[tokio::test]
+async fn streams_joining_mid_flow_carry_the_rest() {
+    let pair = Pair::new(64 * 1024);
+    let (bulk_tx, bulk_rx) = oneshot::channel();
+    let sender = pair.sender.bulk_after(1 << 20, bulk_tx);
+    let data = pattern(4 << 20);
+    let sending = tokio::spawn(send(sender, data.clone()));
+    let mut receiver = pair.receiver;
+    let reading = tokio::spawn(async move {
+        let mut received = Vec::new();
+        receiver
+            .read_to_end(&mut received)
+            .await
+            .expect("read to the end");
+        (received, receiver)
+    });
+    bulk_rx.await.expect("told once bulk");
+    pair.joins.join(64 * 1024).await;
+    pair.joins.join(64 * 1024).await;
+    let sender = sending.await.expect("sent");
+    let (received, receiver) = reading.await.expect("read");
+    assert!(received == data);
+    assert_eq!(sender.streams.len(), 3, "the joined streams were used");
+    assert!(sender.streams.iter().all(|stream| stream.shut));
+    assert_eq!(receiver.read_next, data.len() as u64);
+}
+
+#[tokio::test]
+async fn both_directions_go_at_once() {
+    let pair = Pair::new(128 * 1024);
+    pair.joins.join(128 * 1024).await;
+    let (mut left, mut right) = (pair.sender, pair.receiver);
+    let (from_left, from_right) = (pattern(1 << 20), pattern(3 << 20));
+    let (left_sends, right_sends) = (from_left.clone(), from_right.clone());
+    let left_side = async move {
+        let (mut reader, mut writer) = tokio::io::split(&mut left);
+        let mut got = Vec::new();
+        let write = async {
+            writer.write_all(&left_sends).await.expect("write");
+            writer.shutdown().await.expect("end");
+        };
+        tokio::join!(write, async {
+            reader.read_to_end(&mut got).await.expect("read")
+        });
+        got
+    };
+    let right_side = async move {
+        let (mut reader, mut writer) = tokio::io::split(&mut right);
+        let mut got = Vec::new();
+        let write = async {
+            writer.write_all(&right_sends).await.expect("write");
+            writer.shutdown().await.expect("end");
+        };
+        tokio::join!(write, async {
+            reader.read_to_end(&mut got).await.expect("read")
+        });
+        got
+    };
+    let (at_left, at_right) = tokio::join!(left_side, right_side);
+    assert!(at_left == from_right && at_right == from_left);
+}
+
+#[tokio::test]
+async fn a_stream_lost_before_its_end_fails_the_flow() {
+    let (mut lost, lost_far) = tokio::io::duplex(1024);
+    let (mut kept, kept_far) = tokio::io::duplex(1024);
+    let (joins, joined_rx) = mpsc::channel(1);
+    let mut receiver = Striped::new(lost_far, joined_rx);
+    joins.send(kept_far).await.expect("joined");
+    // Bytes 3..6 and the end come on one stream; 0..3 were on the one lost.
+    kept.write_all(&[&header(3, 3)[..], b"def", &header(6, 0)].concat())
+        .await
+        .expect("kept");
+    lost.write_all(&header(0, 3)[..6])
+        .await
+        .expect("a part of a header");
+    drop(lost);
+    let mut received = Vec::new();
+    let failed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        receiver.read_to_end(&mut received),
+    )
+    .await
+    .expect("fails rather than waits");
+    assert_eq!(
+        failed.map_err(|err| err.kind()),
+        Err(io::ErrorKind::ConnectionReset)
+    );
+}
+
+#[tokio::test]
+async fn chunks_out_of_place_are_refused() {
+    let cases: [&[[u8; HEADER]]; 5] = [
+        // Too long; beyond the end; an end before a chunk already announced.
+        &[header(0, MAX_CHUNK + 1)],
+        &[header(12, 0), header(10, 5)],
+        &[header(20, 5), header(10, 0)],
+        // An offset that overflows; two chunks that overlap.
+        &[header(u64::MAX - 2, 5)],
+        &[header(10, 5), header(12, 5)],
+    ];
+    for headers in cases {
+        let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+        let (_joins, joined_rx) = mpsc::channel(1);
+        let mut receiver = Striped::new(theirs, joined_rx);
+        for header in headers {
+            ours.write_all(header).await.expect("header");
+            let len = u32::from_be_bytes(header[8..].try_into().expect("length"));
+            if len <= 5 {
+                ours.write_all(&vec![7; len as usize]).await.expect("bytes");
+            }
+        }
+        let mut received = Vec::new();
+        let refused = receiver.read_to_end(&mut received).await;
+        assert_eq!(
+            refused.map_err(|err| err.kind()),
+            Err(io::ErrorKind::InvalidData),
+            "{headers:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_written_after_the_end() {
+    let pair = Pair::new(1024);
+    let mut sender = pair.sender;
+    sender.shutdown().await.expect("end");
+    let refused = sender.write_all(b"late").await;
+    assert_eq!(
+        refused.map_err(|err| err.kind()),
+        Err(io::ErrorKind::BrokenPipe)
+    );
+}
