@@ -217,6 +217,35 @@ impl TunOpenToAll {
     }
 }
 
+/// `/dev/net/tun` closed to other users while held (0600, as on this machine and on
+/// hardened ones), whatever a run killed before it could put it back left: what a developer
+/// without the device meets. Put back as it was when dropped; hold it alone.
+#[derive(Debug)]
+pub struct TunClosedToOthers {
+    mode: u32,
+}
+
+impl TunClosedToOthers {
+    pub fn hold() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let device = Path::new("/dev/net/tun");
+        let mode = std::fs::metadata(device)
+            .expect("/dev/net/tun")
+            .permissions()
+            .mode();
+        set_mode(device, 0o600);
+        Self {
+            mode: mode & 0o7777,
+        }
+    }
+}
+
+impl Drop for TunClosedToOthers {
+    fn drop(&mut self) {
+        set_mode(Path::new("/dev/net/tun"), self.mode);
+    }
+}
+
 /// `/dev/fuse` open to every user while held, as distributions ship it (0666; this machine
 /// has it 0600): unprivileged users can then mount with sshfs (through the setuid
 /// `fusermount3`). Put back as it was when the last holder drops.

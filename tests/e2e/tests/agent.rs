@@ -110,15 +110,22 @@ async fn agent_carries_udp_and_resolves_names_like_the_pod() {
         vec!["10.96.0.1".parse::<std::net::IpAddr>().expect("ip")]
     );
 
-    let mut flow = link.open_udp("echo", 9000).await.expect("udp flow opens");
+    // A new Service's UDP rules reach the node's proxy a moment after its pods are ready;
+    // until then a datagram is refused or lost, as any UDP client sees: ask again.
     let mut buf = [0u8; 65535];
-    write_datagram(&mut flow, b"ping over the tunnel")
-        .await
-        .expect("send");
-    let len = read_datagram(&mut flow, &mut buf)
-        .await
-        .expect("receive")
-        .expect("datagram");
+    let mut answered = None;
+    for _ in 0..20 {
+        let mut flow = link.open_udp("echo", 9000).await.expect("udp flow opens");
+        write_datagram(&mut flow, b"ping over the tunnel")
+            .await
+            .expect("send");
+        let read = read_datagram(&mut flow, &mut buf);
+        if let Ok(Ok(Some(len))) = tokio::time::timeout(Duration::from_secs(1), read).await {
+            answered = Some(len);
+            break;
+        }
+    }
+    let len = answered.expect("a datagram answered");
     let answer = String::from_utf8_lossy(&buf[..len]);
     assert!(
         answer.starts_with("echo from echo-") && answer.ends_with(": ping over the tunnel"),

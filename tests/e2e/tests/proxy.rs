@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use serde_json::Value;
-use tests_e2e::developer::Developer;
+use tests_e2e::developer::{Developer, TunClosedToOthers};
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
 
@@ -104,6 +104,8 @@ async fn a_developer_without_root_reaches_services_by_name_through_the_proxy() {
 
 #[tokio::test]
 async fn the_command_of_a_developer_without_root_gets_the_proxy_in_its_environment() {
+    // Without the device the command gets no network namespace: the proxy it is.
+    let _closed = TunClosedToOthers::hold();
     let (ns, workstation, developer) = developer_and_web("proxy-cmd").await;
     let script = format!(
         "curl --silent --show-error --max-time 30 http://web.{}:8080/from-cmd",

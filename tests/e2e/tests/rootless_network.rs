@@ -8,7 +8,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use tests_e2e::developer::{Developer, TunOpenToAll};
+use tests_e2e::developer::{Developer, TunClosedToOthers, TunOpenToAll};
 use tests_e2e::workstation::Workstation;
 use tests_e2e::{TestCluster, TestNamespace};
 
@@ -229,6 +229,7 @@ async fn intercepted_requests_reach_a_server_on_the_commands_own_localhost() {
 #[tokio::test]
 async fn without_an_open_tun_device_the_command_runs_and_the_plugin_says_why() {
     let _mode = TUN_MODE.write().await;
+    let _closed = TunClosedToOthers::hold();
     let cluster = TestCluster::get();
     let ns = TestNamespace::create(&cluster, "rootless-fallback").await;
     ns.deploy_echo("web", 1).await.expect("web");
