@@ -245,7 +245,14 @@ where
     // inbound_tx: the driver -> whoever serves streams the peer opens.
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BACKLOG);
     let mut driver = Driver {
-        connection: yamux::Connection::new(io.compat(), config, mode),
+        // yamux writes a frame's 12-byte header and its body apart, and flushes before it
+        // takes the next frame: buffered, each frame leaves in one write, one TCP segment
+        // and one port-forward message, not two.
+        connection: yamux::Connection::new(
+            tokio::io::BufWriter::with_capacity(2 * MAX_FRAME, io).compat(),
+            config,
+            mode,
+        ),
         commands_rx,
         waiting_opens: VecDeque::new(),
         closing: false,
