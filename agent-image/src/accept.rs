@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outgoing;
-use crate::outgoing::tcp::Stripes;
 use crate::reply::{answer, refuse};
+use crate::stripes::Stripes;
 use crate::workstations::{WorkstationId, Workstations};
 use crate::{env, files};
 
@@ -141,9 +141,7 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
             let stripe = stripe.as_deref().map(|id| (id, &*requester.stripes));
             outgoing::tcp::relay(stream, &host, port, stripe).await
         }
-        OpenRequest::Join { stripe } => {
-            outgoing::tcp::join(stream, &stripe, &requester.stripes).await
-        }
+        OpenRequest::Join { stripe } => requester.stripes.join(stream, &stripe).await,
         OpenRequest::Udp { host, port } => {
             outgoing::udp::relay(stream, &host, port, settings.udp_idle).await
         }
@@ -156,8 +154,10 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
         OpenRequest::Incoming { .. } => {
             refuse(&mut stream, "the agent takes no incoming streams".into()).await
         }
-        OpenRequest::Files => {
-            files::serve(stream, &settings.volumes_root, settings.read_only_volumes).await
+        OpenRequest::Files { stripe } => {
+            let place = requester.stripes.register(&stripe);
+            let (root, read_only) = (&settings.volumes_root, settings.read_only_volumes);
+            files::serve(stream, place, root, read_only).await
         }
         OpenRequest::Claim {
             port,

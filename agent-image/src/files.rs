@@ -14,12 +14,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kubedev_protocol::OpenReply;
 use kubedev_protocol::mux::MuxStream;
+use kubedev_protocol::stripe::Striped;
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::reply::answer;
+use crate::reply::{answer, refuse};
+use crate::stripes::{self, Registered};
 use volumes::Volumes;
 
 /// Reads served at once; further requests wait in the stream, which slows the client down.
@@ -28,15 +30,20 @@ const MAX_IN_FLIGHT: usize = 64;
 /// The largest request taken: a write of 256 KiB and its header.
 const MAX_REQUEST: u32 = 256 * 1024 + 1024;
 
-/// Serves the volumes under `root` over SFTP on `stream` until the workstation ends the
-/// session.
+/// Serves the volumes under `root` over SFTP until the workstation ends the session, in
+/// chunks on `stream` and on the streams that join it: `place` is its registration, none
+/// if its id was taken.
 pub(crate) async fn serve(
     mut stream: MuxStream,
+    place: Option<(Registered<'_>, mpsc::Receiver<MuxStream>)>,
     root: &std::path::Path,
     read_only: bool,
 ) -> std::io::Result<()> {
+    let Some((_registered, joined_rx)) = place else {
+        return refuse(&mut stream, stripes::TAKEN.to_owned()).await;
+    };
     answer(&mut stream, &OpenReply::Connected).await?;
-    serve_dir(stream, root, read_only).await
+    serve_dir(Striped::new(stream, joined_rx), root, read_only).await
 }
 
 /// Serves the files under `root` over SFTP on `stream`, as if they were the volumes.
@@ -76,6 +83,10 @@ where
         while let Some(reply) = reply_rx.recv().await {
             let bytes = Bytes::try_from(reply).map_err(std::io::Error::other)?;
             replies.write_all(&bytes).await?;
+            // A striped stream holds what a link did not take yet until flushed.
+            if reply_rx.is_empty() {
+                replies.flush().await?;
+            }
         }
         replies.shutdown().await
     });

@@ -14,6 +14,7 @@ pub mod fuzzing;
 mod incoming;
 mod outgoing;
 mod reply;
+mod stripes;
 mod workstations;
 
 use std::net::SocketAddr;

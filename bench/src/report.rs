@@ -52,7 +52,7 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
         "- **direct**: the node connects to the pod IP (no tunnel: the ceiling).\n\
          - **kubectl port-forward**: local ports forwarded by kubectl v1.35 (a new stream through the API server per connection).\n\
          - **kubedev**: a network namespace whose only route leads to the API server connects to the pod IP; \
-         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over three port-forwards to the agent, SPDY inside their websockets).\n"
+         tunneld carries it (TUN device, userspace TCP/IP stack, yamux over port-forwards to the agent (two, and more while a transfer needs them), SPDY inside their websockets).\n"
     );
     out += "## One hop from the API server\n\n";
     out += &path_table(measured.sizes, measured.paths);

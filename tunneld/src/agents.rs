@@ -1,36 +1,21 @@
 //! The agents of every session: each running pod that matches a session's selector gets
-//! [`LINKS_PER_POD`] links, each re-established with backoff whenever it drops, for as long
-//! as the pod runs and the session lasts. Flows go to any live link, so traffic keeps moving
-//! while a pod restarts.
+//! [`demand::BASE_LINKS`] links, and more while its traffic's bandwidth-delay product needs
+//! them ([`demand`]), each re-established with backoff whenever it drops, for as long as the
+//! pod runs and the session lasts ([`supervise`]). Flows start on any base link, so traffic
+//! keeps moving while a pod restarts; a flow that carries bulk spreads over every link to
+//! its pod ([`striped`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kubedev::control::{AgentOwner, Forward, SessionKey};
-use kubedev::tunnel::link_through_port_forward;
-use kubedev_protocol::KEEPALIVE_INTERVAL;
 use kubedev_protocol::link::AgentLink;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::incoming;
 use crate::local_network::LocalNetwork;
-use owners::Owners;
-
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(5);
-
-/// Port-forward connections kept to each agent. Each is one TCP connection through the API
-/// server, whose send buffer (4 MiB by default on Linux) caps it at about 2 MiB in flight:
-/// 40 MiB/s at 50 ms. Flows spread over several lift the aggregate over distance, and a
-/// pod's traffic keeps a link while one of them reconnects.
-const LINKS_PER_POD: usize = 3;
 
 /// Where a session's agents run and how to authenticate to them.
 #[derive(Debug, Clone)]
@@ -57,6 +42,21 @@ struct LinkKey {
     index: usize,
 }
 
+impl LinkKey {
+    /// One of the links a pod always has, which new flows start on; the others only carry
+    /// striped flows' streams, so that they can be let go once none is open.
+    fn is_base(&self) -> bool {
+        self.index < demand::BASE_LINKS
+    }
+}
+
+/// What a pod's links carried so far, and the shortest round trip timed on any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Traffic {
+    moved: u64,
+    fastest_round_trip: Option<Duration>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct AgentPool {
     links: RwLock<HashMap<LinkKey, AgentLink>>,
@@ -76,17 +76,17 @@ impl AgentPool {
     ) {
         // running_tx: the pod watcher -> each pod's supervisor (is my pod still running?).
         let (running_tx, running_rx) = watch::channel(Vec::<String>::new());
-        let watching = watch_pods(client.clone(), selector.clone(), running_tx);
+        let watching = supervise::watch_pods(client.clone(), selector.clone(), running_tx);
         tokio::spawn(stop.clone().run_until_cancelled_owned(watching));
-        let supervising = supervise_new_pods(
+        let supervisor = supervise::Supervisor {
             client,
             session,
             selector,
-            self.clone(),
+            pool: self.clone(),
             running_rx,
-            stop.clone(),
-        );
-        tokio::spawn(stop.run_until_cancelled_owned(supervising));
+            stop: stop.clone(),
+        };
+        tokio::spawn(stop.run_until_cancelled_owned(supervisor.supervise_new_pods()));
     }
 
     /// Closes and drops every link of `session`.
@@ -101,8 +101,8 @@ impl AgentPool {
         });
     }
 
-    /// A live link (of `session`'s pods only, if given), taking turns among them; waits up
-    /// to `wait` for one to come up.
+    /// A live base link (of `session`'s pods only, if given), taking turns among them;
+    /// waits up to `wait` for one to come up.
     pub(crate) async fn pick(
         &self,
         session: Option<&SessionKey>,
@@ -116,7 +116,9 @@ impl AgentPool {
                 let live: Vec<&AgentLink> = links
                     .iter()
                     .filter(|(key, link)| {
-                        session.is_none_or(|wanted| key.session == *wanted) && !link.is_closed()
+                        session.is_none_or(|wanted| key.session == *wanted)
+                            && key.is_base()
+                            && !link.is_closed()
                     })
                     .map(|(_, link)| link)
                     .collect();
@@ -151,10 +153,40 @@ impl AgentPool {
             .collect()
     }
 
+    /// Completes when a link comes up after the call.
+    pub(crate) fn link_added(&self) -> tokio::sync::futures::Notified<'_> {
+        self.link_added.notified()
+    }
+
     /// A link came up: flows may take it from now on.
     async fn add(&self, key: LinkKey, link: AgentLink) {
         self.links.write().await.insert(key, link);
         self.link_added.notify_waiters();
+    }
+
+    async fn remove(&self, key: &LinkKey) {
+        self.links.write().await.remove(key);
+    }
+
+    /// What the live links to `pod` of `session` carried, and their fastest round trip.
+    async fn traffic(&self, session: &SessionKey, pod: &str) -> Traffic {
+        let links = self.links.read().await;
+        let mut traffic = Traffic {
+            moved: 0,
+            fastest_round_trip: None,
+        };
+        for (key, link) in links.iter() {
+            if key.session != *session || key.pod != pod || link.is_closed() {
+                continue;
+            }
+            traffic.moved += link.meter().moved();
+            let fastest = link.meter().fastest_round_trip();
+            traffic.fastest_round_trip = match (traffic.fastest_round_trip, fastest) {
+                (Some(known), Some(timed)) => Some(known.min(timed)),
+                (known, timed) => known.or(timed),
+            };
+        }
+        traffic
     }
 
     /// Adds `link` as link `index` to `pod` of `session`, as if it had come up.
@@ -172,12 +204,12 @@ impl AgentPool {
         self.add(key, link).await;
     }
 
-    /// One live link to each pod of `session`.
+    /// One live base link to each pod of `session`.
     pub(crate) async fn link_per_pod(&self, session: &SessionKey) -> Vec<AgentLink> {
         let links = self.links.read().await;
         let mut chosen: HashMap<&str, AgentLink> = HashMap::new();
         for (key, link) in links.iter() {
-            if key.session == *session && !link.is_closed() {
+            if key.session == *session && key.is_base() && !link.is_closed() {
                 chosen.entry(&key.pod).or_insert_with(|| link.clone());
             }
         }
@@ -206,186 +238,9 @@ impl AgentPool {
     }
 }
 
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
-
-/// Publishes the names of the running pods the selector matches, on every change.
-async fn watch_pods(
-    client: kube::Client,
-    selector: AgentSelector,
-    running_tx: watch::Sender<Vec<String>>,
-) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &selector.namespace);
-    let config = watcher::Config::default().labels(&selector.labels);
-    let mut known: HashMap<String, bool> = HashMap::new();
-    let mut owners = Owners::new(client.clone(), &selector.namespace, selector.owner.clone());
-    let events = watcher(pods, config).default_backoff();
-    futures::pin_mut!(events);
-    loop {
-        match events.try_next().await {
-            Ok(Some(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let running = is_running(&pod);
-                if running
-                    && !known.get(&name).copied().unwrap_or_default()
-                    && !owners.own(&pod).await
-                {
-                    tracing::warn!(
-                        "pod {}/{name} wears the session's labels but is not the workload's: \
-                         not linked",
-                        selector.namespace
-                    );
-                    known.remove(&name);
-                    continue;
-                }
-                known.insert(name, running);
-            }
-            Ok(Some(watcher::Event::Delete(pod))) => {
-                known.remove(pod.metadata.name.as_deref().unwrap_or_default());
-            }
-            Ok(Some(watcher::Event::Init)) => known.clear(),
-            Ok(Some(watcher::Event::InitDone)) => {}
-            Ok(None) => return,
-            Err(err) => {
-                tracing::warn!("watching agent pods in {}: {err}", selector.namespace);
-                continue;
-            }
-        }
-        let mut running: Vec<String> = known
-            .iter()
-            .filter(|(_, r)| **r)
-            .map(|(n, _)| n.clone())
-            .collect();
-        running.sort();
-        running_tx.send_if_modified(|current| {
-            let changed = *current != running;
-            *current = running;
-            changed
-        });
-    }
-}
-
-/// Starts [`LINKS_PER_POD`] supervisors per pod that starts running.
-async fn supervise_new_pods(
-    client: kube::Client,
-    session: SessionKey,
-    selector: AgentSelector,
-    pool: Arc<AgentPool>,
-    mut running_rx: watch::Receiver<Vec<String>>,
-    stop: CancellationToken,
-) {
-    let mut supervised: Vec<String> = Vec::new();
-    loop {
-        let running = running_rx.borrow_and_update().clone();
-        supervised.retain(|pod| running.contains(pod));
-        for pod in running {
-            if !supervised.contains(&pod) {
-                supervised.push(pod.clone());
-                for index in 0..LINKS_PER_POD {
-                    let key = LinkKey {
-                        session: session.clone(),
-                        pod: pod.clone(),
-                        index,
-                    };
-                    let supervisor = supervise_link(
-                        client.clone(),
-                        key,
-                        selector.clone(),
-                        pool.clone(),
-                        running_rx.clone(),
-                    );
-                    tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor));
-                }
-            }
-        }
-        if running_rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Returns when the link has ended: closed by either side, or silent to a ping (then
-/// closed here, so that the supervisor reconnects).
-async fn keep_alive(link: &AgentLink) {
-    loop {
-        tokio::select! {
-            () = link.closed() => return,
-            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
-        }
-        if let Err(err) = link.ping(KEEPALIVE_INTERVAL).await {
-            tracing::warn!("agent {} did not answer a keepalive: {err}", link.agent());
-            link.close();
-            return;
-        }
-    }
-}
-
-/// Keeps one link to its pod while the pod runs: connects, waits for the link to drop,
-/// reconnects. Every link claims the session's ports; the agent gives each connection to
-/// the newest claimant, so another link of the session takes over while one reconnects.
-async fn supervise_link(
-    client: kube::Client,
-    key: LinkKey,
-    selector: AgentSelector,
-    pool: Arc<AgentPool>,
-    running_rx: watch::Receiver<Vec<String>>,
-) {
-    let pod = key.pod.clone();
-    let still_running = || running_rx.borrow().contains(&pod);
-    let mut retry = FIRST_RETRY;
-    while still_running() {
-        match link_through_port_forward(client.clone(), &selector.namespace, &pod, &selector.token)
-            .await
-        {
-            Ok((link, incoming_rx)) => {
-                // The agent sends this session only the connections it claimed.
-                for forward in selector.forwards.iter() {
-                    let wiretap = forward.wiretap.then(|| selector.wiretap.clone());
-                    let filter = forward.filter.clone();
-                    if let Err(err) = link.claim(forward.app_port, filter, wiretap).await {
-                        tracing::warn!(
-                            "agent in pod {pod} did not take port {}: {err}",
-                            forward.app_port
-                        );
-                    }
-                }
-                tracing::info!(
-                    "linked to {} in pod {}/{pod}",
-                    link.agent(),
-                    selector.namespace
-                );
-                retry = FIRST_RETRY;
-                pool.add(key.clone(), link.clone()).await;
-                let delivering = tokio::spawn(incoming::deliver_all(
-                    incoming_rx,
-                    selector.forwards.clone(),
-                    selector.local.clone(),
-                ));
-                keep_alive(&link).await;
-                delivering.abort();
-                pool.links.write().await.remove(&key);
-                tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
-            }
-            Err(err) if err.not_the_agent() => {
-                tracing::warn!(
-                    "pod {}/{pod} wears the session's labels but is not its agent (it does not \
-                     know the session's secret): not linked, and sent nothing",
-                    selector.namespace
-                );
-                tokio::time::sleep(MAX_RETRY).await;
-            }
-            Err(err) => {
-                let err = anyhow::Error::from(err);
-                tracing::debug!("no link to pod {}/{pod} yet: {err:#}", selector.namespace);
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(MAX_RETRY);
-            }
-        }
-    }
-}
-
+mod demand;
 mod owners;
+pub(crate) mod striped;
+mod supervise;
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,10 @@ async fn write_all<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     while let Some(packet) = packets_rx.recv().await {
         writer.write_all(&packet).await?;
+        // A striped stream holds what a link did not take yet until flushed.
+        if packets_rx.is_empty() {
+            writer.flush().await?;
+        }
     }
     writer.shutdown().await
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::either::Either;
 
 use crate::agents::AgentPool;
+use crate::agents::striped::{self, Flow};
 use crate::network::dns::DnsAnswerer;
 
 /// How long a new flow waits for an agent link before it fails.
@@ -218,9 +219,12 @@ impl Outbound {
         match leaves {
             Leaves::Cluster => {
                 let link = self.link_for(target).await?;
-                let beside = self.pool.links_beside(&link).await;
                 let host = target.ip().to_string();
-                striped::open(&link, beside, &host, target.port())
+                let flow = Flow::Tcp {
+                    host: &host,
+                    port: target.port(),
+                };
+                striped::open(&self.pool, &link, flow)
                     .await
                     .map(Either::Left)
             }
@@ -333,8 +337,6 @@ where
         }
     }
 }
-
-mod striped;
 
 #[cfg(test)]
 mod tests;

@@ -19,18 +19,46 @@ pub(crate) async fn linked_pool() -> Arc<AgentPool> {
     linked_pool_serving(Path::new(kubedev_protocol::VOLUMES_ROOT), true).await
 }
 
-/// A pool with one link to an agent started for the caller, serving the files under
-/// `volumes` as the app's volumes (read-only if `read_only`).
+/// A pool with three links (two base ones and one more) to an agent started for the
+/// caller, serving the files under `volumes` as the app's volumes (read-only if
+/// `read_only`).
 pub(crate) async fn linked_pool_serving(volumes: &Path, read_only: bool) -> Arc<AgentPool> {
-    linked_pool_of(1, volumes, read_only).await
+    linked_pool_of(3, volumes, read_only).await.0
 }
 
 /// A pool with `links` links to one agent started for the caller, as tunneld keeps to a pod.
 pub(crate) async fn linked_pool_with_links(links: usize) -> Arc<AgentPool> {
+    linked_pool_of(links, Path::new(kubedev_protocol::VOLUMES_ROOT), true)
+        .await
+        .0
+}
+
+/// A pool with `links` links to one agent started for the caller, and the agent's address
+/// for [`add_link_to`].
+pub(crate) async fn linked_pool_at(links: usize) -> (Arc<AgentPool>, SocketAddr) {
     linked_pool_of(links, Path::new(kubedev_protocol::VOLUMES_ROOT), true).await
 }
 
-async fn linked_pool_of(links: usize, volumes: &Path, read_only: bool) -> Arc<AgentPool> {
+/// Adds link `index` to the test agent at `agent`, as if it had come up.
+pub(crate) async fn add_link_to(pool: &AgentPool, agent: SocketAddr, index: usize) {
+    let stream = loop {
+        match TcpStream::connect(agent).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
+        .await
+        .expect("the agent answers");
+    let session = SessionKey::new("test", "test");
+    pool.add_link((&session, "agent-0", index), link).await;
+}
+
+async fn linked_pool_of(
+    links: usize,
+    volumes: &Path,
+    read_only: bool,
+) -> (Arc<AgentPool>, SocketAddr) {
     let listen = free_port().await;
     let settings = agent_image::Settings {
         token: TOKEN.into(),
@@ -42,20 +70,10 @@ async fn linked_pool_of(links: usize, volumes: &Path, read_only: bool) -> Arc<Ag
     };
     tokio::spawn(agent_image::run(listen, settings, Vec::new()));
     let pool = Arc::new(AgentPool::default());
-    let session = SessionKey::new("test", "test");
     for index in 0..links {
-        let stream = loop {
-            match TcpStream::connect(listen).await {
-                Ok(stream) => break stream,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
-            .await
-            .expect("the agent answers");
-        pool.add_link((&session, "agent-0", index), link).await;
+        add_link_to(&pool, listen, index).await;
     }
-    pool
+    (pool, listen)
 }
 
 /// A loopback address nothing listens on now.

@@ -20,6 +20,7 @@ pub mod codec;
 pub mod fuzzing;
 pub mod handshake;
 pub mod link;
+pub mod meter;
 pub mod mux;
 pub mod refusals;
 pub mod splice;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The longest id of a striped flow.
 pub const MAX_STRIPE_ID: usize = 64;
@@ -103,10 +104,10 @@ pub enum OpenRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stripe: Option<String>,
     },
-    /// Another stream for the striped TCP flow `stripe`, opened on another link to the
-    /// same agent; answered `Connected`, then it carries the flow's chunks too.
+    /// Another stream for the striped flow `stripe` (TCP or files), opened on another link
+    /// to the same agent; answered `Connected`, then it carries the flow's chunks too.
     Join {
-        /// The flow's id, as in its `Tcp` request.
+        /// The flow's id, as in its `Tcp` or `Files` request.
         stripe: String,
     },
     /// Exchange datagrams with `host:port` from the pod.
@@ -139,8 +140,12 @@ pub enum OpenRequest {
         transport: Transport,
     },
     /// An SFTP session on the app container's volumes (under [`VOLUMES_ROOT`]), read-only
-    /// for ingest; answered with `Connected`, then SFTP packets follow.
-    Files,
+    /// for ingest; answered with `Connected`, then SFTP packets follow in [`stripe`] chunks,
+    /// on this stream and on those that [`OpenRequest::Join`] it.
+    Files {
+        /// The session's id, random, at most [`MAX_STRIPE_ID`] bytes.
+        stripe: String,
+    },
     /// This session takes connections (or, with a filter, HTTP requests) for the app
     /// container's `port` for as long as it lasts; answered with `Connected`.
     Claim {

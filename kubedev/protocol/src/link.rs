@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::codec::{CodecError, read_message, write_message};
 use crate::handshake::{HandshakeError, greet_agent};
+use crate::meter::{LinkMeter, Metered};
 use crate::mux::{self, Mode, MuxError, MuxHandle, MuxStream};
 use crate::{HttpFilter, OpenReply, OpenRequest, WiretapCounts};
 
@@ -42,6 +44,7 @@ pub enum LinkError {
 pub struct AgentLink {
     mux: MuxHandle,
     agent: String,
+    meter: Arc<LinkMeter>,
 }
 
 impl AgentLink {
@@ -58,8 +61,10 @@ impl AgentLink {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let agent = greet_agent(&mut io, token, client, pod_uid).await?;
-        let (mux, inbound_rx) = mux::spawn(io, Mode::Client);
-        Ok((Self { mux, agent }, inbound_rx))
+        let meter = Arc::new(LinkMeter::default());
+        let (mux, inbound_rx) = mux::spawn(Metered::new(io, meter.clone()), Mode::Client);
+        let link = Self { mux, agent, meter };
+        Ok((link, inbound_rx))
     }
 
     /// The agent's name and version, as it announced itself.
@@ -153,9 +158,13 @@ impl AgentLink {
         }
     }
 
-    /// An SFTP session on the app container's volumes.
-    pub async fn open_files(&self) -> Result<MuxStream, LinkError> {
-        self.open_flow(&OpenRequest::Files).await
+    /// An SFTP session on the app container's volumes, in chunks ([`crate::stripe`]) on
+    /// the stream and on those that join `stripe` later.
+    pub async fn open_files(&self, stripe: &str) -> Result<MuxStream, LinkError> {
+        let request = OpenRequest::Files {
+            stripe: stripe.to_owned(),
+        };
+        self.open_flow(&request).await
     }
 
     /// The app container's environment, as the agent got it from the kubelet.
@@ -167,14 +176,29 @@ impl AgentLink {
         }
     }
 
-    /// Checks that the agent answers through the session, within `limit`.
+    /// Checks that the agent answers through the session, within `limit`; the time it took
+    /// goes to the link's [`LinkMeter`].
     pub async fn ping(&self, limit: std::time::Duration) -> Result<(), LinkError> {
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(limit, self.request(&OpenRequest::Ping)).await {
-            Ok(Ok((_, OpenReply::Pong))) => Ok(()),
+            Ok(Ok((_, OpenReply::Pong))) => {
+                self.meter.round_trip(started.elapsed());
+                Ok(())
+            }
             Ok(Ok((_, other))) => Err(LinkError::Unexpected(other)),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(LinkError::Closed),
         }
+    }
+
+    /// What the link has carried, and its fastest round trip.
+    pub fn meter(&self) -> &LinkMeter {
+        &self.meter
+    }
+
+    /// Streams this end opened for flows that are still open.
+    pub fn flows_open(&self) -> usize {
+        self.mux.flows_open()
     }
 
     /// Whether `other` is a clone of this link (the same session with the same agent).
@@ -232,7 +256,7 @@ async fn request(
         | OpenRequest::Udp { .. }
         | OpenRequest::Resolve { .. }
         | OpenRequest::Incoming { .. }
-        | OpenRequest::Files => mux.open().await,
+        | OpenRequest::Files { .. } => mux.open().await,
     };
     let mut stream = opened.map_err(|err| match err {
         MuxError::Closed => LinkError::Closed,

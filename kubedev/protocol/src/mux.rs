@@ -201,6 +201,11 @@ impl MuxHandle {
         reply_rx.await.map_err(|_| MuxError::Closed)?
     }
 
+    /// Streams this end opened for flows that are open (control streams aside).
+    pub fn flows_open(&self) -> usize {
+        self.opened_cap - self.opened.available_permits()
+    }
+
     /// Closes the connection; every stream on it ends.
     pub fn close(&self) {
         let _ = self.command_tx.send(Command::Close);

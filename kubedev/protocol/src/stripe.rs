@@ -14,8 +14,10 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker, ready};
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +46,29 @@ pub struct Striped<S> {
     early: BTreeMap<u64, Vec<u8>>,
     early_bytes: usize,
     read_end: Option<u64>,
+    waiters: Arc<Waiters>,
+    /// Wakes both [`Waiters`]: what the streams are polled with.
+    either: Waker,
+}
+
+/// The tasks that wait on a flow. Its reader and its writer may be two tasks (a split
+/// stream), and a stream keeps one waker for each direction, which a poll for the other
+/// side would take over: so the streams are polled with a waker that wakes both.
+#[derive(Debug, Default)]
+struct Waiters {
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake();
+        self.writer.wake();
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +98,7 @@ enum Incoming {
 impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
     /// A flow on `first`; streams sent on `joined_rx` join it as they come.
     pub fn new(first: S, joined_rx: mpsc::Receiver<S>) -> Self {
+        let waiters = Arc::new(Waiters::default());
         Self {
             streams: vec![Stream::new(first)],
             joined_rx: Some(joined_rx),
@@ -85,7 +111,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
             early: BTreeMap::new(),
             early_bytes: 0,
             read_end: None,
+            either: Waker::from(waiters.clone()),
+            waiters,
         }
+    }
+
+    /// Notes that `cx`'s task waits to read, and gives the waker to poll the streams with.
+    fn reader_waits(&self, cx: &Context<'_>) -> Waker {
+        self.waiters.reader.register(cx.waker());
+        self.either.clone()
+    }
+
+    /// Notes that `cx`'s task waits to write, and gives the waker to poll the streams with.
+    fn writer_waits(&self, cx: &Context<'_>) -> Waker {
+        self.waiters.writer.register(cx.waker());
+        self.either.clone()
     }
 
     /// Tells `bulk_tx` once the flow has moved `bytes` either way: when more streams pay.
@@ -196,6 +236,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let waker = this.writer_waits(cx);
+        let cx = &mut Context::from_waker(&waker);
         if this.ended_ours {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -240,6 +282,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let waker = this.writer_waits(cx);
+        let cx = &mut Context::from_waker(&waker);
         ready!(this.send_all_queued(cx))?;
         for stream in &mut this.streams {
             ready!(Pin::new(&mut stream.io).poll_flush(cx))?;
@@ -249,6 +293,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let waker = this.writer_waits(cx);
+        let cx = &mut Context::from_waker(&waker);
         this.take_joined(cx);
         if !this.ended_ours {
             ready!(this.send_all_queued(cx))?;

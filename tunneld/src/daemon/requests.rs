@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Daemon, Tunneled};
 use crate::agents::AgentSelector;
+use crate::agents::striped::{self, Flow};
 use crate::to_pod;
 
 /// How long a status request waits for an agent's wiretap counts.
@@ -144,7 +145,7 @@ impl Daemon {
             let reason = format!("no agent of session {session} is linked");
             return Ok(write_message(&mut client, &ControlReply::Failed { reason }).await?);
         };
-        let files = match link.open_files().await {
+        let files = match striped::open(&self.pool, &link, Flow::Files).await {
             Ok(files) => files,
             Err(err) => {
                 let reason = format!("volumes of session {session}: {err}");

@@ -12,6 +12,7 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncReadExt as _, DuplexStream};
 
 use super::*;
+use crate::agents::striped::{self, Flow};
 use crate::test_agent::linked_pool_serving;
 
 const CHUNK: u32 = 64 * 1024;
@@ -31,7 +32,9 @@ impl Client {
     async fn start(root: &Path) -> Self {
         let pool = linked_pool_serving(root, false).await;
         let link = (pool.pick(None, Duration::from_secs(5)).await).expect("a link");
-        let files = link.open_files().await.expect("the volumes");
+        let files = striped::open(&pool, &link, Flow::Files)
+            .await
+            .expect("the volumes");
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         tokio::spawn(relay(theirs, files));
         let mut client = Self { stream: ours };

@@ -2,7 +2,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::network::dns::search_path;
-use crate::test_agent::{echo_server, linked_pool, linked_pool_with_links};
+use crate::test_agent::{
+    add_link_to, echo_server, linked_pool, linked_pool_at, linked_pool_with_links,
+};
 use kubedev_protocol::udp_flows::UdpFlows;
 
 fn range(text: &str) -> Cidr {
@@ -171,17 +173,29 @@ async fn cluster_addresses_are_dialled_by_the_agent_and_others_here() {
     assert_eq!(echoed(stream, b"named").await, b"named");
 }
 
-#[tokio::test]
-async fn a_flow_that_carries_bulk_is_spread_over_every_link_to_its_agent() {
-    let outbound = Outbound::new(linked_pool_with_links(3).await, "cluster.local");
+/// Outbound flows through `pool`'s agent, and an echo server at an address it takes for
+/// the cluster's.
+async fn to_echo_in_the_cluster(pool: Arc<AgentPool>) -> (Outbound, SocketAddr) {
+    let outbound = Outbound::new(pool, "cluster.local");
     let target = echo_server("127.0.0.2:0").await;
     outbound.set_routing(Routing {
         cluster: vec![range("127.0.0.2")],
         ..Routing::default()
     });
-    let Either::Left(mut stream) = outbound.tcp(target).await.expect("through the agent") else {
+    (outbound, target)
+}
+
+async fn striped_flow(outbound: &Outbound, target: SocketAddr) -> Striped<MuxStream> {
+    let Either::Left(stream) = outbound.tcp(target).await.expect("through the agent") else {
         panic!("a cluster address goes through the agent");
     };
+    stream
+}
+
+#[tokio::test]
+async fn a_flow_that_carries_bulk_is_spread_over_every_link_to_its_agent() {
+    let (outbound, target) = to_echo_in_the_cluster(linked_pool_with_links(3).await).await;
+    let mut stream = striped_flow(&outbound, target).await;
     assert_eq!(echoed(Either::Left(stream), b"small").await, b"small");
     let Either::Left(fresh) = outbound.tcp(target).await.expect("again") else {
         panic!("through the agent");
@@ -200,6 +214,24 @@ async fn a_flow_that_carries_bulk_is_spread_over_every_link_to_its_agent() {
     read.expect("the echo to its end");
     assert!(echoed == sent, "the bytes came back in order");
     assert_eq!(stream.streams(), 3, "a stream on each link carried it");
+}
+
+#[tokio::test]
+async fn a_link_that_comes_up_while_a_flow_carries_bulk_joins_it() {
+    let (pool, agent) = linked_pool_at(1).await;
+    let (outbound, target) = to_echo_in_the_cluster(pool.clone()).await;
+    let mut stream = striped_flow(&outbound, target).await;
+    let bulk: Vec<u8> = (0..2usize << 20).map(|i| (i % 251) as u8).collect();
+    let mut echoed = vec![0; bulk.len()];
+    for _ in 0..2 {
+        stream.write_all(&bulk).await.expect("send");
+        stream.read_exact(&mut echoed).await.expect("the echo");
+        assert!(echoed == bulk, "the bytes came back in order");
+        if stream.streams() == 1 {
+            add_link_to(&pool, agent, 1).await;
+        }
+    }
+    assert_eq!(stream.streams(), 2, "the new link carries the flow too");
 }
 
 #[tokio::test]

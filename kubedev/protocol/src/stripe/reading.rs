@@ -217,6 +217,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Striped<S> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let waker = this.reader_waits(cx);
+        let cx = &mut Context::from_waker(&waker);
         this.take_joined(cx);
         // What a write left queued goes on here too: a copy loop does not come back to
         // write while its reader waits (a request's end would wait for the answer).

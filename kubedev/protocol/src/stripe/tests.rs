@@ -212,3 +212,62 @@ async fn nothing_is_written_after_the_end() {
         Err(io::ErrorKind::BrokenPipe)
     );
 }
+
+/// Sends back what `from` reads, from a second task that writes, as a split stream is
+/// served.
+fn echo_from_two_tasks(far: Striped<DuplexStream>) {
+    let (mut far_reads, mut far_writes) = tokio::io::split(far);
+    // read_tx: the far end's reader -> its writer.
+    let (read_tx, mut read_rx) = mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        let mut buf = vec![0; 100_000];
+        while let Ok(got @ 1..) = far_reads.read(&mut buf).await {
+            if read_tx.send(buf[..got].to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(bytes) = read_rx.recv().await {
+            far_writes.write_all(&bytes).await.expect("echo");
+            if read_rx.is_empty() {
+                far_writes.flush().await.expect("flushed");
+            }
+        }
+        far_writes.shutdown().await.expect("end");
+    });
+}
+
+#[tokio::test]
+async fn a_flow_read_and_written_by_two_tasks_takes_streams_that_join_while_both_wait() {
+    let pair = Pair::new(64 * 1024);
+    echo_from_two_tasks(pair.receiver);
+    let (mut near_reads, mut near_writes) = tokio::io::split(pair.sender);
+    // echoed_tx: the near end's reader -> the test, one message back at a time.
+    let (echoed_tx, mut echoed_rx) = mpsc::channel::<Vec<u8>>(1);
+    let rounds: Vec<Vec<u8>> = (0..5).map(|round| pattern(150_000 + round)).collect();
+    let lengths: Vec<usize> = rounds.iter().map(Vec::len).collect();
+    tokio::spawn(async move {
+        for len in lengths {
+            let mut echoed = vec![0; len];
+            near_reads.read_exact(&mut echoed).await.expect("the echo");
+            echoed_tx.send(echoed).await.expect("the test listens");
+        }
+    });
+    for message in &rounds {
+        let round = async {
+            near_writes.write_all(message).await.expect("sent");
+            near_writes.flush().await.expect("flushed");
+            echoed_rx.recv().await
+        };
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(10), round);
+        let echoed = echoed.await.expect("echoed in time").expect("echoed");
+        assert!(
+            echoed == *message,
+            "each message comes back whole and in order"
+        );
+        // Joined while the near end's writer waits for nothing and its reader waits on
+        // the streams it had.
+        pair.joins.join(64 * 1024).await;
+    }
+}
