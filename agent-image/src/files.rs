@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::reply::{answer, refuse};
-use crate::stripes::{self, Registered};
+use crate::stripes::{self, Joined, Registered};
 use volumes::Volumes;
 
 /// Reads served at once; further requests wait in the stream, which slows the client down.
@@ -35,7 +35,7 @@ const MAX_REQUEST: u32 = 256 * 1024 + 1024;
 /// if its id was taken.
 pub(crate) async fn serve(
     mut stream: MuxStream,
-    place: Option<(Registered<'_>, mpsc::Receiver<MuxStream>)>,
+    place: Option<(Registered<'_>, Joined)>,
     root: &std::path::Path,
     read_only: bool,
 ) -> std::io::Result<()> {

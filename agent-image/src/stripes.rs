@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::reply::{answer, refuse};
 
+/// Where the streams that join a striped flow arrive.
+pub(crate) type Joined = mpsc::Receiver<Box<MuxStream>>;
+
 /// The striped flows of every workstation's links, by id: where the streams that join each
 /// go, and how many have.
 #[derive(Debug, Default)]
@@ -19,14 +22,14 @@ pub(crate) struct Stripes(Mutex<HashMap<String, Joining>>);
 
 #[derive(Debug)]
 struct Joining {
-    joins_tx: mpsc::Sender<MuxStream>,
+    joins_tx: mpsc::Sender<Box<MuxStream>>,
     streams: usize,
 }
 
 impl Stripes {
     /// Makes room for the streams that will join flow `id`, unless the id is taken or too
     /// long: its place, held until dropped, and where the streams that join arrive.
-    pub(crate) fn register(&self, id: &str) -> Option<(Registered<'_>, mpsc::Receiver<MuxStream>)> {
+    pub(crate) fn register(&self, id: &str) -> Option<(Registered<'_>, Joined)> {
         let mut flows = self.lock();
         if id.len() > MAX_STRIPE_ID || flows.contains_key(id) {
             return None;
@@ -63,7 +66,7 @@ impl Stripes {
             return refuse(&mut stream, "no such striped flow to join".to_owned()).await;
         };
         answer(&mut stream, &OpenReply::Connected).await?;
-        permit.send(stream);
+        permit.send(Box::new(stream));
         Ok(())
     }
 

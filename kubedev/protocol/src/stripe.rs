@@ -34,7 +34,7 @@ pub const MAX_STREAMS: usize = 8;
 #[derive(Debug)]
 pub struct Striped<S> {
     streams: Vec<Stream<S>>,
-    joined_rx: Option<mpsc::Receiver<S>>,
+    joined_rx: Option<mpsc::Receiver<Box<S>>>,
     /// Told once the flow has moved [`Striped::bulk_after`] bytes either way.
     bulk_tx: Option<(u64, oneshot::Sender<()>)>,
     next_writer: usize,
@@ -96,8 +96,10 @@ enum Incoming {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
-    /// A flow on `first`; streams sent on `joined_rx` join it as they come.
-    pub fn new(first: S, joined_rx: mpsc::Receiver<S>) -> Self {
+    /// A flow on `first`; streams sent on `joined_rx` join it as they come. They come
+    /// boxed: a channel makes room for 32 messages when it is made, and a flow that never
+    /// carries bulk should not pay for 32 streams.
+    pub fn new(first: S, joined_rx: mpsc::Receiver<Box<S>>) -> Self {
         let waiters = Arc::new(Waiters::default());
         Self {
             streams: vec![Stream::new(first)],
@@ -146,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
         loop {
             match joined_rx.poll_recv(cx) {
                 Poll::Ready(Some(io)) if self.streams.len() < MAX_STREAMS => {
-                    let mut stream = Stream::new(io);
+                    let mut stream = Stream::new(*io);
                     if self.ended_ours {
                         stream.out = header(self.written, 0).to_vec();
                     }

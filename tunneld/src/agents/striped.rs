@@ -59,7 +59,7 @@ async fn join_links(
     pool: Arc<AgentPool>,
     first: AgentLink,
     stripe: String,
-    joins_tx: mpsc::Sender<MuxStream>,
+    joins_tx: mpsc::Sender<Box<MuxStream>>,
     bulk_rx: oneshot::Receiver<()>,
 ) {
     // Dropped without a word: the flow ended before it carried bulk.
@@ -80,7 +80,7 @@ async fn join_links(
             joined.push(other.clone());
             match other.join_stripe(&stripe).await {
                 Ok(stream) => {
-                    if joins_tx.send(stream).await.is_err() {
+                    if joins_tx.send(Box::new(stream)).await.is_err() {
                         return;
                     }
                 }

@@ -9,13 +9,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
 use netstack_smoltcp::{StackBuilder, TcpStream};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::udp::{Datagram, FlowKey};
 use super::{DNS_IP, dns};
 use crate::outbound::{Leaves, Outbound};
-use kubedev_protocol::splice::CHUNK;
+use kubedev_protocol::splice::copy;
 use kubedev_protocol::udp_flows::UdpFlows;
 
 /// The TUN device's name, as a template: the kernel puts the first free number for `%d`,
@@ -367,10 +367,10 @@ async fn answer_dns_over_tcp(dns: Arc<dns::DnsAnswerer>, stream: TcpStream) {
 }
 
 /// Carries one TCP connection from the TUN device to where `routed` says it leaves from.
-/// Not
-/// [`kubedev_protocol::splice::splice`]: the userspace stack's shutdown completes only once
-/// the workstation's side has closed too, and that wait must be bounded here, or a socket
-/// that never closes would keep the relay forever.
+/// Each direction is a [`copy`], not one [`kubedev_protocol::splice::splice`]: the
+/// userspace stack's shutdown completes only once the workstation's side has closed too,
+/// and that wait must be bounded here, or a socket that never closes would keep the relay
+/// forever.
 async fn relay_tcp(outbound: Arc<Outbound>, routed: Routed, local: TcpStream) {
     let target = *local.remote_addr();
     let source = *local.local_addr();
@@ -385,22 +385,14 @@ async fn relay_tcp(outbound: Arc<Outbound>, routed: Routed, local: TcpStream) {
     };
     tracing::debug!("tcp {source} -> {target}: open");
     let (mut remote_rx, mut remote_tx) = tokio::io::split(remote);
-    let (local_rx, mut local_tx) = tokio::io::split(local);
+    let (mut local_rx, mut local_tx) = tokio::io::split(local);
     let to_cluster = async {
-        let sent = tokio::io::copy_buf(
-            &mut BufReader::with_capacity(CHUNK, local_rx),
-            &mut remote_tx,
-        )
-        .await?;
+        let sent = copy(&mut local_rx, &mut remote_tx).await?;
         remote_tx.shutdown().await?;
         Ok::<_, std::io::Error>(sent)
     };
     let to_workstation = async {
-        let received = tokio::io::copy_buf(
-            &mut BufReader::with_capacity(CHUNK, &mut remote_rx),
-            &mut local_tx,
-        )
-        .await?;
+        let received = copy(&mut remote_rx, &mut local_tx).await?;
         // Completes once the workstation's side has closed too.
         tokio::time::timeout(SHUTDOWN_LIMIT, local_tx.shutdown())
             .await

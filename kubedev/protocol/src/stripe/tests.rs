@@ -12,8 +12,8 @@ struct Pair {
 
 /// Where a new pipe's two ends go.
 struct Joins {
-    sender: mpsc::Sender<DuplexStream>,
-    receiver: mpsc::Sender<DuplexStream>,
+    sender: mpsc::Sender<Box<DuplexStream>>,
+    receiver: mpsc::Sender<Box<DuplexStream>>,
 }
 
 impl Pair {
@@ -35,8 +35,14 @@ impl Pair {
 impl Joins {
     async fn join(&self, buffer: usize) {
         let (ours, theirs) = tokio::io::duplex(buffer);
-        self.sender.send(ours).await.expect("sender listens");
-        self.receiver.send(theirs).await.expect("receiver listens");
+        self.sender
+            .send(Box::new(ours))
+            .await
+            .expect("sender listens");
+        self.receiver
+            .send(Box::new(theirs))
+            .await
+            .expect("receiver listens");
     }
 }
 
@@ -147,7 +153,7 @@ async fn a_stream_lost_before_its_end_fails_the_flow() {
     let (mut kept, kept_far) = tokio::io::duplex(1024);
     let (joins, joined_rx) = mpsc::channel(1);
     let mut receiver = Striped::new(lost_far, joined_rx);
-    joins.send(kept_far).await.expect("joined");
+    joins.send(Box::new(kept_far)).await.expect("joined");
     // Bytes 3..6 and the end come on one stream; 0..3 were on the one lost.
     kept.write_all(&[&header(3, 3)[..], b"def", &header(6, 0)].concat())
         .await
