@@ -115,9 +115,14 @@ impl Copying {
                 return Poll::Ready(Ok(self.moved));
             }
             self.grow();
+            // A unit of the task's budget per read: a relay whose ends never make it wait
+            // (neither is a tokio socket: tunneld's userspace stack, a yamux stream) still
+            // yields to the runtime's other tasks, such as the link's keepalive.
+            let budget = ready!(tokio::task::coop::poll_proceed(cx));
             let mut read = ReadBuf::new(&mut self.buffer);
             match reader.as_mut().poll_read(cx, &mut read) {
                 Poll::Ready(result) => {
+                    budget.made_progress();
                     result?;
                     (self.written, self.filled) = (0, read.filled().len());
                     self.read_all = self.filled == 0;
@@ -181,6 +186,16 @@ mod tests {
         assert_eq!(moved, data.len() as u64);
         assert_eq!(writer, data);
         assert_eq!(copying.buffer.len(), CHUNK);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_relay_whose_ends_never_wait_lets_other_tasks_run() {
+        let data = vec![7u8; 16 << 20];
+        let other = tokio::spawn(async {});
+        let (mut reader, mut writer) = (&data[..], Vec::new());
+        copy(&mut reader, &mut writer).await.expect("copied");
+        assert_eq!(writer.len(), data.len());
+        assert!(other.is_finished(), "the copy yielded while it ran");
     }
 
     #[tokio::test]
