@@ -14,7 +14,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outgoing;
 use crate::reply::{answer, refuse};
-use crate::stripes::Stripes;
 use crate::workstations::{WorkstationId, Workstations};
 use crate::{env, files};
 
@@ -50,7 +49,6 @@ pub(crate) async fn run(
     tracing::info!("{AGENT_NAME} listening on {}", listener.local_addr()?);
     let settings = Arc::new(settings);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
-    let stripes = Arc::new(Stripes::default());
     loop {
         let (connection, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -72,7 +70,7 @@ pub(crate) async fn run(
             connection,
             peer,
             (settings.clone(), turn),
-            (workstations.clone(), stripes.clone()),
+            workstations.clone(),
         ));
     }
 }
@@ -87,7 +85,7 @@ async fn serve_workstation(
     mut connection: TcpStream,
     peer: SocketAddr,
     (settings, turn): (Arc<Settings>, OwnedSemaphorePermit),
-    (workstations, stripes): (Arc<Workstations>, Arc<Stripes>),
+    workstations: Arc<Workstations>,
 ) {
     let _ = connection.set_nodelay(true);
     let hello = match welcome_client(
@@ -113,7 +111,6 @@ async fn serve_workstation(
         let requester = Requester {
             workstations: workstations.clone(),
             id,
-            stripes: stripes.clone(),
         };
         tokio::spawn(serve_stream(stream, settings.clone(), requester));
     }
@@ -126,8 +123,6 @@ async fn serve_workstation(
 struct Requester {
     workstations: Arc<Workstations>,
     id: WorkstationId,
-    /// The striped flows of every workstation's links.
-    stripes: Arc<Stripes>,
 }
 
 async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester: Requester) {
@@ -138,10 +133,14 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
     };
     let result = match request {
         OpenRequest::Tcp { host, port, stripe } => {
-            let stripe = stripe.as_deref().map(|id| (id, &*requester.stripes));
+            let stripes = requester.workstations.stripes();
+            let stripe = stripe.as_deref().map(|id| (id, stripes));
             outgoing::tcp::relay(stream, &host, port, stripe).await
         }
-        OpenRequest::Join { stripe } => requester.stripes.join(stream, &stripe).await,
+        OpenRequest::Join { stripe } => {
+            let stripes = requester.workstations.stripes();
+            stripes.join(stream, &stripe).await
+        }
         OpenRequest::Udp { host, port } => {
             outgoing::udp::relay(stream, &host, port, settings.udp_idle).await
         }
@@ -155,7 +154,7 @@ async fn serve_stream(mut stream: MuxStream, settings: Arc<Settings>, requester:
             refuse(&mut stream, "the agent takes no incoming streams".into()).await
         }
         OpenRequest::Files { stripe } => {
-            let place = requester.stripes.register(&stripe);
+            let place = requester.workstations.stripes().register(&stripe);
             let (root, read_only) = (&settings.volumes_root, settings.read_only_volumes);
             files::serve(stream, place, root, read_only).await
         }

@@ -23,11 +23,13 @@ use std::time::Duration;
 
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
+use kubedev_protocol::stripe::{self, Striped};
 use kubedev_protocol::udp_flows::UdpFlows;
 use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::stripes::{Registered, Stripes};
 use crate::workstations::{Claimant, Workstations};
 use sources::{CONNECTIONS_PER_SOURCE, Sources};
 use tls::Tls;
@@ -134,33 +136,84 @@ pub(crate) async fn to_first_workstation(
     transport: Transport,
     what: &(dyn std::fmt::Display + Sync),
 ) -> Option<MuxStream> {
+    let request = || {
+        let stripe = None;
+        Some((
+            OpenRequest::Incoming {
+                port: app_port,
+                transport,
+                stripe,
+            },
+            (),
+        ))
+    };
+    let (stream, ()) = first_to_accept(claimants, app_port, what, request).await?;
+    Some(stream)
+}
+
+/// As [`to_first_workstation`], for a TCP connection handed over whole: striped, so that
+/// the links of the workstation that takes it may join it. Its place among `stripes` is
+/// held while it lasts.
+pub(crate) async fn to_first_workstation_striped<'a>(
+    claimants: &[Claimant],
+    app_port: u16,
+    stripes: &'a Stripes,
+    what: &(dyn std::fmt::Display + Sync),
+) -> Option<(Striped<MuxStream>, Registered<'a>)> {
+    // Each workstation asked is given an id of its own: one that refuses the connection
+    // cannot join the flow another took.
+    let request = || {
+        let id = stripe::new_id()?;
+        let place = stripes.register(&id)?;
+        let (port, transport, stripe) = (app_port, Transport::Tcp, Some(id));
+        Some((
+            OpenRequest::Incoming {
+                port,
+                transport,
+                stripe,
+            },
+            place,
+        ))
+    };
+    let (stream, (registered, joined_rx)) =
+        first_to_accept(claimants, app_port, what, request).await?;
+    Some((Striped::new(stream, joined_rx), registered))
+}
+
+/// Asks `claimants` in turn, each with a `request` of its own and what goes with it, until
+/// one accepts within [`WORKSTATION_ACCEPT_TIMEOUT`] of the first ask.
+async fn first_to_accept<T>(
+    claimants: &[Claimant],
+    app_port: u16,
+    what: &(dyn std::fmt::Display + Sync),
+    mut request: impl FnMut() -> Option<(OpenRequest, T)>,
+) -> Option<(MuxStream, T)> {
     let deadline = Instant::now() + WORKSTATION_ACCEPT_TIMEOUT;
     for claimant in claimants {
         if Instant::now() >= deadline {
             tracing::debug!("{what} -> port {app_port}: no workstation accepted in time");
             break;
         }
-        match to_workstation(&claimant.handle, app_port, transport, deadline).await {
-            Ok(stream) => return Some(stream),
+        let Some((request, held)) = request() else {
+            tracing::warn!("{what} -> port {app_port}: no id for a striped flow");
+            break;
+        };
+        match to_workstation(&claimant.handle, &request, deadline).await {
+            Ok(stream) => return Some((stream, held)),
             Err(reason) => tracing::debug!("{what} -> port {app_port}: {reason}"),
         }
     }
     None
 }
 
-/// Opens a stream toward the workstation on `handle` for a connection to the app's
-/// `app_port`, if it accepts before `deadline`.
+/// Opens a stream toward the workstation on `handle` with `request`, if it accepts before
+/// `deadline`.
 async fn to_workstation(
     handle: &MuxHandle,
-    app_port: u16,
-    transport: Transport,
+    request: &OpenRequest,
     deadline: Instant,
 ) -> Result<MuxStream, String> {
-    let request = OpenRequest::Incoming {
-        port: app_port,
-        transport,
-    };
-    match tokio::time::timeout_at(deadline, open_flow(handle, &request)).await {
+    match tokio::time::timeout_at(deadline, open_flow(handle, request)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(LinkError::Refused(reason))) => Err(format!("the workstation refused: {reason}")),
         Ok(Err(LinkError::Unexpected(reply))) => {

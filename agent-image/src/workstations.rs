@@ -1,6 +1,6 @@
-//! The workstations connected to this agent, newest first, and the app ports each one
-//! claimed: intercepted connections go to the workstations that claimed their port, and
-//! wiretaps get copies of them.
+//! The workstations connected to this agent, newest first, the app ports each one
+//! claimed (intercepted connections go to the workstations that claimed their port, and
+//! wiretaps get copies of them), and the striped flows under way on their links.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kubedev_protocol::mux::MuxHandle;
 use kubedev_protocol::{HttpFilter, WiretapCounts};
+
+use crate::stripes::Stripes;
 
 /// Identifies one workstation's connection while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub(crate) struct Workstations {
     connected: Mutex<Vec<Workstation>>,
     /// Each wiretap's counts, by its id; kept while the agent runs, across reconnects.
     tallies: Mutex<HashMap<String, Arc<Tally>>>,
+    /// The striped flows of every workstation's links, either way.
+    stripes: Stripes,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +84,11 @@ pub(crate) struct Claimant {
 }
 
 impl Workstations {
+    /// The striped flows of every workstation's links, either way.
+    pub(crate) fn stripes(&self) -> &Stripes {
+        &self.stripes
+    }
+
     /// A workstation connected; it claims nothing yet.
     pub(crate) fn add(&self, handle: MuxHandle) -> WorkstationId {
         let id = WorkstationId(self.next_id.fetch_add(1, Ordering::Relaxed));

@@ -11,6 +11,7 @@ use kubedev_protocol::codec::{read_datagram, read_message, write_datagram, write
 use kubedev_protocol::link::{AgentLink, LinkError};
 use kubedev_protocol::mux::{MuxStream, OPENED_STREAMS_CAP};
 use kubedev_protocol::splice::splice;
+use kubedev_protocol::stripe::Striped;
 use kubedev_protocol::{AgentConfig, HttpFilter, OpenReply, OpenRequest, Transport};
 use tests_fixtures::grpc::{self, Call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,7 +209,8 @@ async fn a_taken_over_udp_port_carries_each_peers_datagrams_to_the_workstation_a
                 request,
                 OpenRequest::Incoming {
                     port: 53,
-                    transport: Transport::Udp
+                    transport: Transport::Udp,
+                    stripe: None,
                 }
             );
             write_message(&mut stream, &OpenReply::Connected)
@@ -483,19 +485,29 @@ async fn grpc_calls(port: u16, calls: &[&str]) -> Vec<String> {
         .expect("every call answered")
 }
 
-/// Delivers every stream the agent opens to `local_port`, as tunneld does.
+/// Delivers every stream the agent opens to `local_port`, as tunneld does (a striped
+/// connection on its first stream alone: no other link joins it).
 fn deliver_inbound(mut inbound_rx: mpsc::Receiver<MuxStream>, local_port: u16) {
     tokio::spawn(async move {
         while let Some(mut stream) = inbound_rx.recv().await {
             tokio::spawn(async move {
-                let _: OpenRequest = read_message(&mut stream).await.expect("request");
+                let request: OpenRequest = read_message(&mut stream).await.expect("request");
                 let mut local = TcpStream::connect(("127.0.0.1", local_port))
                     .await
                     .expect("local server");
                 write_message(&mut stream, &OpenReply::Connected)
                     .await
                     .expect("reply");
-                let _ = splice(&mut stream, &mut local).await;
+                match request {
+                    OpenRequest::Incoming {
+                        stripe: Some(_), ..
+                    } => {
+                        let (_joins_tx, joined_rx) = mpsc::channel(1);
+                        let mut flow = Striped::new(stream, joined_rx);
+                        let _ = splice(&mut flow, &mut local).await;
+                    }
+                    _ => drop(splice(&mut stream, &mut local).await),
+                }
             });
         }
     });

@@ -1,9 +1,11 @@
 //! The volumes mounted on the workstation (`--mount`, sshfs over SFTP through tunneld and
 //! the agent), as a developer has them: the plugin runs as an unprivileged user, so the
 //! kernel's read-ahead on the mount stays at its default. Timed by the plugin's `-- CMD`
-//! (the mount lives in the plugin's mount namespace): sequential read and write of a large
-//! file, `ls -lR` of a directory of small files, and `stat` of files nothing has looked
-//! at yet. The baseline is `kubectl exec cat` of the same file over the same wire.
+//! (the mount lives in the plugin's mount namespace): sequential reads of large files
+//! (the first, on links that have carried nothing yet, and the best of [`READS`]), a
+//! sequential write, `ls -lR` of a directory of small files, and `stat` of files nothing
+//! has looked at yet. The baseline is the best of [`READS`] `kubectl exec cat`s of the same
+//! files over the same wire.
 
 use std::io::Read as _;
 use std::process::{Child, Stdio};
@@ -15,8 +17,11 @@ use tests_e2e::{TestCluster, TestNamespace};
 
 /// The Deployment whose volume is mounted ([`TestNamespace::deploy_app_with_volume`]).
 const APP: &str = "vol";
-/// The big file's size, MiB.
+/// The big files' size, MiB.
 const BIG_MIB: u64 = 128;
+/// Big files read, each once (no cache serves one read from another), by either path; the
+/// fastest read counts, as the curl rows keep the best of 3.
+const READS: u32 = 3;
 /// Files in the tree `ls -lR` lists.
 const TREE_FILES: u32 = 1000;
 /// Files `stat` is timed on, one by one.
@@ -29,8 +34,11 @@ const LIMIT: Duration = Duration::from_secs(600);
 /// What the mount measured.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MountTimes {
+    /// The fastest of the [`READS`] reads.
     pub(crate) read_mib_s: f64,
-    /// `kubectl exec cat` of the same file, over the same wire.
+    /// The first read, before the mount's links have carried anything.
+    pub(crate) first_read_mib_s: f64,
+    /// The fastest `kubectl exec cat` of the same files, over the same wire.
     pub(crate) exec_cat_mib_s: f64,
     pub(crate) write_mib_s: f64,
     /// `ls -lR` of the tree.
@@ -99,15 +107,21 @@ pub(crate) fn measure(
         status.success(),
         "the timed command failed ({status}): {output}{said}"
     );
+    let all_seconds = |step: &str| -> Vec<f64> {
+        let step = format!("{step} ");
+        (output.lines())
+            .filter_map(|line| line.strip_prefix(&step)?.trim().parse().ok())
+            .collect()
+    };
     let seconds = |step: &str| -> anyhow::Result<f64> {
-        output
-            .lines()
-            .find_map(|line| line.strip_prefix(step)?.trim().parse().ok())
+        (all_seconds(step).first().copied())
             .ok_or_else(|| anyhow::anyhow!("no {step} timing in: {output}{said}"))
     };
     let mib = BIG_MIB as f64;
+    let fastest_read = all_seconds("read").into_iter().reduce(f64::min);
     Ok(MountTimes {
-        read_mib_s: mib / seconds("read")?,
+        read_mib_s: mib / fastest_read.ok_or_else(|| anyhow::anyhow!("no read timing"))?,
+        first_read_mib_s: mib / seconds("read")?,
         exec_cat_mib_s,
         write_mib_s: mib / seconds("write")?,
         list_tree: Duration::from_secs_f64(seconds("list")?),
@@ -121,10 +135,12 @@ pub(crate) fn measure(
 /// and prints its seconds. GNU date gives nanoseconds; awk subtracts.
 fn timings(ready: &str) -> String {
     let data = "$KUBEDEV_ROOT/data";
+    let files = big_files();
     format!(
         "set -e; i=0; while [ ! -e {ready} ]; do i=$((i+1)); [ $i -lt 3000 ]; sleep 0.2; done; \
          now() {{ date +%s.%N; }}; took() {{ awk \"BEGIN {{ print $(now) - $1 }}\"; }}; \
-         t=$(now); cat {data}/big > /dev/null; echo read $(took $t); \
+         for f in {files}; do t=$(now); cat {data}/big$f > /dev/null; \
+         echo read $(took $t); done; \
          t=$(now); dd if=/dev/zero of={data}/written bs=1M count={BIG_MIB} conv=fsync 2>/dev/null; \
          echo write $(took $t); rm {data}/written; \
          t=$(now); ls -lR {data}/list > /dev/null; echo list $(took $t); \
@@ -135,8 +151,8 @@ fn timings(ready: &str) -> String {
     )
 }
 
-/// Waits for the session's pod, fills its volume, and times `kubectl exec cat` of the big
-/// file from `workstation`: MiB/s.
+/// Waits for the session's pod, fills its volume, and times `kubectl exec cat` of each big
+/// file from `workstation`: the fastest, MiB/s.
 fn fill_and_time_exec(
     cluster: &TestCluster,
     ns: &TestNamespace,
@@ -161,22 +177,28 @@ fn fill_and_time_exec(
         anyhow::ensure!(Instant::now() < deadline, "the session's pod never ran");
         std::thread::sleep(Duration::from_millis(500));
     };
+    let files = big_files();
     let fill = format!(
-        "cd /data && dd if=/dev/urandom of=big bs=1M count={BIG_MIB} 2>/dev/null && \
+        "cd /data && for f in {files}; do \
+         dd if=/dev/urandom of=big$f bs=1M count={BIG_MIB} 2>/dev/null; done && \
          mkdir -p list stat && \
          i=0; while [ $i -lt {TREE_FILES} ]; do echo $i > list/f$i; i=$((i+1)); done; \
          i=0; while [ $i -lt {STATS} ]; do echo $i > stat/f$i; i=$((i+1)); done"
     );
     ns.kubectl_ok(&["exec", &pod, "-c", "app", "--", "sh", "-c", &fill])?;
-    let kubectl = format!(
-        "{} --kubeconfig {} -n {} exec {pod} -c app -- cat /data/big > /dev/null",
-        cluster.kubectl.display(),
-        cluster.admin_kubeconfig.display(),
-        ns.name
-    );
-    let started = Instant::now();
-    workstation.run_ok(&["sh", "-c", &kubectl]);
-    Ok(BIG_MIB as f64 / started.elapsed().as_secs_f64())
+    let mut fastest = Duration::MAX;
+    for file in 1..=READS {
+        let kubectl = format!(
+            "{} --kubeconfig {} -n {} exec {pod} -c app -- cat /data/big{file} > /dev/null",
+            cluster.kubectl.display(),
+            cluster.admin_kubeconfig.display(),
+            ns.name
+        );
+        let started = Instant::now();
+        workstation.run_ok(&["sh", "-c", &kubectl]);
+        fastest = fastest.min(started.elapsed());
+    }
+    Ok(BIG_MIB as f64 / fastest.as_secs_f64())
 }
 
 /// The tree's size, for the report.
@@ -184,7 +206,20 @@ pub(crate) const fn tree_files() -> u32 {
     TREE_FILES
 }
 
-/// The big file's size, for the report.
+/// The big files' numbers, as a shell list: `1 2 3`.
+fn big_files() -> String {
+    (1..=READS)
+        .map(|file| file.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The big files' size, for the report.
 pub(crate) const fn big_mib() -> u64 {
     BIG_MIB
+}
+
+/// Big files read by either path, for the report.
+pub(crate) const fn reads() -> u32 {
+    READS
 }

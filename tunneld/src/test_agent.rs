@@ -6,8 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubedev_protocol::Listener;
 use kubedev_protocol::link::AgentLink;
+use kubedev_protocol::mux::MuxStream;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
 use kubedev::control::SessionKey;
@@ -39,19 +42,32 @@ pub(crate) async fn linked_pool_at(links: usize) -> (Arc<AgentPool>, SocketAddr)
     linked_pool_of(links, Path::new(kubedev_protocol::VOLUMES_ROOT), true).await
 }
 
-/// Adds link `index` to the test agent at `agent`, as if it had come up.
-pub(crate) async fn add_link_to(pool: &AgentPool, agent: SocketAddr, index: usize) {
+/// Adds link `index` to the test agent at `agent`, as if it had come up: the link, and
+/// where the streams the agent opens on it arrive.
+pub(crate) async fn add_link_to(
+    pool: &AgentPool,
+    agent: SocketAddr,
+    index: usize,
+) -> (AgentLink, mpsc::Receiver<MuxStream>) {
     let stream = loop {
         match TcpStream::connect(agent).await {
             Ok(stream) => break stream,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    let (link, _incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
+    let (link, incoming_rx) = AgentLink::connect(stream, TOKEN, "tunneld-test", "test-pod")
         .await
         .expect("the agent answers");
     let session = SessionKey::new("test", "test");
-    pool.add_link((&session, "agent-0", index), link).await;
+    pool.add_link((&session, "agent-0", index), link.clone())
+        .await;
+    (link, incoming_rx)
+}
+
+/// An agent started for the caller that takes over the ports `listeners` say (the app
+/// gone, as replace leaves it): its address for [`add_link_to`].
+pub(crate) async fn agent_taking_over(listeners: Vec<Listener>) -> SocketAddr {
+    start_agent(Path::new(kubedev_protocol::VOLUMES_ROOT), true, listeners).await
 }
 
 async fn linked_pool_of(
@@ -59,6 +75,15 @@ async fn linked_pool_of(
     volumes: &Path,
     read_only: bool,
 ) -> (Arc<AgentPool>, SocketAddr) {
+    let listen = start_agent(volumes, read_only, Vec::new()).await;
+    let pool = Arc::new(AgentPool::default());
+    for index in 0..links {
+        add_link_to(&pool, listen, index).await;
+    }
+    (pool, listen)
+}
+
+async fn start_agent(volumes: &Path, read_only: bool, listeners: Vec<Listener>) -> SocketAddr {
     let listen = free_port().await;
     let settings = agent_image::Settings {
         token: TOKEN.into(),
@@ -68,16 +93,12 @@ async fn linked_pool_of(
         read_only_volumes: read_only,
         tls_dir: kubedev_protocol::TLS_DIR.into(),
     };
-    tokio::spawn(agent_image::run(listen, settings, Vec::new()));
-    let pool = Arc::new(AgentPool::default());
-    for index in 0..links {
-        add_link_to(&pool, listen, index).await;
-    }
-    (pool, listen)
+    tokio::spawn(agent_image::run(listen, settings, listeners));
+    listen
 }
 
 /// A loopback address nothing listens on now.
-async fn free_port() -> SocketAddr {
+pub(crate) async fn free_port() -> SocketAddr {
     let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     probe.local_addr().expect("address")
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use kubedev_protocol::Listener;
 use kubedev_protocol::splice::splice;
-use kubedev_protocol::{Listener, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -16,7 +16,8 @@ use super::http2::{HTTP2_PREFACE_LEN, Opening, PREFACE_DEADLINE};
 use super::route::Route;
 use super::tls::{Tls, Version};
 use super::wiretap::{ByteCopies, splice_copying};
-use super::{http1, http2, to_first_workstation};
+use super::{http1, http2, to_first_workstation_striped};
+use crate::stripes::Stripes;
 use crate::workstations::{Claimant, Workstations};
 
 /// Hands one connection to the first claimant that takes it, else to the app; wiretaps
@@ -49,7 +50,7 @@ pub(super) async fn deliver(
         return match http2::opening(&connection).await {
             Opening::Http2 => http2::serve(connection, peer, route).await,
             Opening::Other => http1::serve(connection, peer, route).await,
-            Opening::Tls => unreadable_tls(connection, peer, route).await,
+            Opening::Tls => unreadable_tls(connection, peer, route, &workstations).await,
             Opening::Undecided => tracing::debug!(
                 "{peer} -> port {}: no request within {:?}, closed",
                 route.listener.app_port,
@@ -58,20 +59,24 @@ pub(super) async fn deliver(
         };
     }
     let copies = ByteCopies::start(wiretappers, listener.app_port, peer);
-    deliver_whole(connection, peer, &listener, &claimants, copies).await;
+    let stripes = workstations.stripes();
+    deliver_whole(connection, peer, (&listener, &claimants), copies, stripes).await;
 }
 
-/// Hands the whole connection to the first of `claimants` that takes it, else to the app
-/// (none where it is gone: replace); `copies` get the client's bytes.
+/// Hands the whole connection to the first of `claimants` that takes it (striped, among
+/// `stripes`), else to the app (none where it is gone: replace); `copies` get the client's
+/// bytes.
 async fn deliver_whole(
     connection: TcpStream,
     peer: SocketAddr,
-    listener: &Listener,
-    claimants: &[Claimant],
+    (listener, claimants): (&Listener, &[Claimant]),
     copies: ByteCopies,
+    stripes: &Stripes,
 ) {
     let port = listener.app_port;
-    if let Some(stream) = to_first_workstation(claimants, port, Transport::Tcp, &peer).await {
+    if let Some((stream, _registered)) =
+        to_first_workstation_striped(claimants, port, stripes, &peer).await
+    {
         tracing::debug!("{peer} -> port {port}: to the workstation");
         return relay(connection, stream, copies).await;
     }
@@ -90,7 +95,12 @@ async fn deliver_whole(
 /// A TLS connection on a filtered port whose certificate the agent was not given: its
 /// requests cannot be read, so it goes whole to a workstation that takes every request,
 /// else to the app, as it would without the session.
-async fn unreadable_tls(connection: TcpStream, peer: SocketAddr, route: Route) {
+async fn unreadable_tls(
+    connection: TcpStream,
+    peer: SocketAddr,
+    route: Route,
+    workstations: &Workstations,
+) {
     let port = route.listener.app_port;
     tracing::info!(
         "{peer} -> port {port}: TLS, and the filters need the app's certificate \
@@ -100,7 +110,15 @@ async fn unreadable_tls(connection: TcpStream, peer: SocketAddr, route: Route) {
         .filter(|claimant| claimant.filter.is_none())
         .collect();
     let copies = ByteCopies::start(Vec::new(), port, peer);
-    deliver_whole(connection, peer, &route.listener, &takers, copies).await;
+    let stripes = workstations.stripes();
+    deliver_whole(
+        connection,
+        peer,
+        (&route.listener, &takers),
+        copies,
+        stripes,
+    )
+    .await;
 }
 
 /// Serves the HTTP version a TLS client chose, once its handshake is done in time; an
@@ -206,8 +224,8 @@ where
 mod tests {
     use std::time::Duration;
 
-    use kubedev_protocol::HttpFilter;
     use kubedev_protocol::mux::{self, Mode};
+    use kubedev_protocol::{HttpFilter, Transport};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::time::Instant;

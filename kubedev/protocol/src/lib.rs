@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The longest id of a striped flow.
 pub const MAX_STRIPE_ID: usize = 64;
@@ -104,10 +104,11 @@ pub enum OpenRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stripe: Option<String>,
     },
-    /// Another stream for the striped flow `stripe` (TCP or files), opened on another link
-    /// to the same agent; answered `Connected`, then it carries the flow's chunks too.
+    /// Another stream for the striped flow `stripe` (a TCP connection either way, or
+    /// files), opened by tunneld on another link to the same agent; answered `Connected`,
+    /// then it carries the flow's chunks too.
     Join {
-        /// The flow's id, as in its `Tcp` or `Files` request.
+        /// The flow's id, as in its `Tcp`, `Incoming` or `Files` request.
         stripe: String,
     },
     /// Exchange datagrams with `host:port` from the pod.
@@ -138,6 +139,12 @@ pub enum OpenRequest {
         /// TCP (a connection) or UDP (one peer's datagrams).
         #[serde(default, skip_serializing_if = "Transport::is_tcp")]
         transport: Transport,
+        /// Striped (a TCP connection handed over whole): its bytes go in [`stripe`]
+        /// chunks, on this stream and on the streams tunneld opens on its other links to
+        /// [`OpenRequest::Join`] it. The id is the agent's, random, at most
+        /// [`MAX_STRIPE_ID`] bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stripe: Option<String>,
     },
     /// An SFTP session on the app container's volumes (under [`VOLUMES_ROOT`]), read-only
     /// for ingest; answered with `Connected`, then SFTP packets follow in [`stripe`] chunks,
@@ -376,14 +383,16 @@ mod tests {
         let inbound = OpenRequest::Incoming {
             port: 8080,
             transport: Transport::Tcp,
+            stripe: Some("f00d".into()),
         };
         assert_eq!(
             serde_json::to_string(&inbound).expect("json"),
-            r#"{"kind":"inbound","port":8080}"#
+            r#"{"kind":"inbound","port":8080,"stripe":"f00d"}"#
         );
         let datagrams = OpenRequest::Incoming {
             port: 53,
             transport: Transport::Udp,
+            stripe: None,
         };
         assert_eq!(
             serde_json::to_string(&datagrams).expect("json"),

@@ -24,11 +24,24 @@ use tokio::sync::{mpsc, oneshot};
 const HEADER: usize = 12;
 /// The most bytes of the connection in one chunk: a chunk fills one 64 KiB frame.
 pub const MAX_CHUNK: usize = 64 * 1024 - HEADER;
+/// Chunks up to this long are copied behind their header and written with it: copying
+/// them costs less than a frame of their own, and a stream's queue that holds them stays
+/// small while the flow is idle. Longer ones are written from the caller's buffer.
+const JOINED_WRITE: usize = 4096;
 /// The most bytes held that came ahead of the next one (besides one chunk being read on
 /// each stream).
 pub const MAX_EARLY: usize = 4 << 20;
 /// The most streams one flow is spread over.
 pub const MAX_STREAMS: usize = 8;
+
+/// A fresh id for a striped flow: 128 random bits, hex. Whoever holds it may join the
+/// flow, so it is never logged. `None` if the system has no randomness to give.
+pub fn new_id() -> Option<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
 
 /// A connection carried in chunks over streams that may be added as it goes.
 #[derive(Debug)]
@@ -265,6 +278,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         this.written += len as u64;
         this.next_writer = at + 1;
         this.note_moved();
+        if len <= JOINED_WRITE {
+            // A short chunk leaves in one write with its header: one frame on the link
+            // and one port-forward message, not two, for each message of an exchange.
+            this.streams[at].out.extend_from_slice(&buf[..len]);
+            let _ = this.send_queued(at, cx)?;
+            return Poll::Ready(Ok(len));
+        }
         // The bytes go straight from `buf` where the stream takes them; what it does not
         // take yet is queued, and goes with the next call on this flow.
         let mut taken = 0;

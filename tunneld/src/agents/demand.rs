@@ -2,8 +2,12 @@
 //! keeps only so much in flight on it (its send buffer, 4 MiB by default on Linux, holds
 //! about 2 MiB of a port-forward's data: 40 MiB/s at 50 ms). A pod starts with
 //! [`BASE_LINKS`]; while what its links carry, times the path's round trip, is more than
-//! they hold in flight with one to spare, another is added, up to [`MOST_LINKS`]. Links
-//! beyond the need are let go after [`LINGER`], once no flow uses them.
+//! they hold in flight with one to spare, their number doubles (or rises to what that
+//! product needs, if more), up to [`MOST_LINKS`]: what full links carry says only that
+//! the need is at least that, as a TCP sender's acknowledged bytes do, so they grow as its
+//! slow start does rather than one link a tick (a link takes several round trips to come
+//! up, and a 128 MiB read at 50 ms is over in a few ticks). Links beyond the need are let
+//! go one at a time after [`LINGER`], once no flow uses them.
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +34,9 @@ pub(super) fn links_needed(rate: u64, round_trip: Duration) -> usize {
     (holding + 1).clamp(BASE_LINKS, MOST_LINKS)
 }
 
-/// The links a pod is to have, from one measured need to the next: one more each time the
-/// need is higher, one fewer once it has been lower for [`LINGER`].
+/// The links a pod is to have, from one measured need to the next: twice as many (or the
+/// need, if more) each time the need is higher, one fewer once it has been lower for
+/// [`LINGER`].
 #[derive(Debug)]
 pub(super) struct Demand {
     wanted: usize,
@@ -51,7 +56,7 @@ impl Demand {
     /// The links wanted now that `needed` were measured at `now`.
     pub(super) fn next(&mut self, needed: usize, now: Instant) -> usize {
         if needed > self.wanted {
-            self.wanted += 1;
+            self.wanted = needed.max(2 * self.wanted).min(MOST_LINKS);
             self.lower_since = None;
         } else if needed < self.wanted {
             let since = *self.lower_since.get_or_insert(now);
@@ -93,22 +98,34 @@ mod tests {
     }
 
     #[test]
-    fn links_are_added_one_at_a_time_and_let_go_only_after_lingering() {
+    fn links_double_while_full_and_are_let_go_one_at_a_time_after_lingering() {
         let start = Instant::now();
         let mut demand = Demand::default();
-        assert_eq!(demand.next(6, start), BASE_LINKS + 1);
-        assert_eq!(demand.next(6, start + TICK), BASE_LINKS + 2);
-        assert_eq!(demand.next(BASE_LINKS, start + 2 * TICK), BASE_LINKS + 2);
-        assert_eq!(demand.next(BASE_LINKS, start + LINGER), BASE_LINKS + 2);
+        assert_eq!(demand.next(BASE_LINKS + 1, start), 2 * BASE_LINKS);
+        assert_eq!(
+            demand.next(2 * BASE_LINKS + 1, start + TICK),
+            4 * BASE_LINKS
+        );
+        assert_eq!(demand.next(BASE_LINKS, start + 2 * TICK), 4 * BASE_LINKS);
+        assert_eq!(demand.next(BASE_LINKS, start + LINGER), 4 * BASE_LINKS);
         let later = start + 2 * TICK + LINGER;
-        assert_eq!(demand.next(BASE_LINKS, later), BASE_LINKS + 1);
+        assert_eq!(demand.next(BASE_LINKS, later), 4 * BASE_LINKS - 1);
         // A burst in between starts the wait over.
-        assert_eq!(demand.next(BASE_LINKS + 1, later + TICK), BASE_LINKS + 1);
-        assert_eq!(demand.next(BASE_LINKS, later + 2 * TICK), BASE_LINKS + 1);
-        assert_eq!(demand.next(BASE_LINKS, later + LINGER), BASE_LINKS + 1);
+        let wanted = 4 * BASE_LINKS - 1;
+        assert_eq!(demand.next(wanted, later + TICK), wanted);
+        assert_eq!(demand.next(BASE_LINKS, later + 2 * TICK), wanted);
+        assert_eq!(demand.next(BASE_LINKS, later + LINGER), wanted);
         assert_eq!(
             demand.next(BASE_LINKS, later + 2 * TICK + LINGER),
-            BASE_LINKS
+            wanted - 1
         );
+    }
+
+    #[test]
+    fn a_need_beyond_twice_the_links_is_met_at_once_and_never_beyond_the_most() {
+        let start = Instant::now();
+        let mut demand = Demand::default();
+        assert_eq!(demand.next(7, start), 7);
+        assert_eq!(demand.next(MOST_LINKS + 5, start + TICK), MOST_LINKS);
     }
 }

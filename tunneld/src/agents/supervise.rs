@@ -255,11 +255,13 @@ impl Supervisor {
             selector.namespace
         );
         self.pool.add(key.clone(), link.clone()).await;
-        let delivering = tokio::spawn(incoming::deliver_all(
-            incoming_rx,
-            selector.forwards.clone(),
-            selector.local.clone(),
-        ));
+        // Only base links claim ports: the agent opens streams on no other.
+        let delivering = key.is_base().then(|| {
+            let (forwards, local) = (selector.forwards.clone(), selector.local.clone());
+            let delivery =
+                incoming::Delivery::new(forwards, local, self.pool.clone(), link.clone());
+            tokio::spawn(incoming::deliver_all(incoming_rx, delivery))
+        });
         match wanted_rx {
             None => keep_alive(&link).await,
             Some(wanted_rx) => {
@@ -269,7 +271,9 @@ impl Supervisor {
                 }
             }
         }
-        delivering.abort();
+        if let Some(delivering) = delivering {
+            delivering.abort();
+        }
         self.pool.remove(key).await;
         tracing::info!("link to pod {}/{pod} dropped", selector.namespace);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
-    Close, Init, Open, OpenDir, OpenFlags, Packet, Read, ReadDir, StatusCode, Write,
+    Close, Init, Open, OpenDir, OpenFlags, Packet, Read, ReadDir, RealPath, StatusCode, Write,
 };
 use tokio::io::{AsyncReadExt as _, DuplexStream};
 
@@ -251,4 +251,37 @@ async fn the_client_learns_when_the_agents_side_ends() {
         .expect("the client's side closes")
         .expect("read");
     assert!(relaying.await.expect("relay task").is_ok());
+}
+
+#[tokio::test]
+async fn a_mounts_session_is_spread_over_every_link_before_it_carries_bulk() {
+    let root = scratch("spread");
+    let pool = linked_pool_serving(&root, false).await;
+    let link = (pool.pick(None, Duration::from_secs(5)).await).expect("a link");
+    let mut files = striped::open(&pool, &link, Flow::Files)
+        .await
+        .expect("the volumes");
+    let mut exchange = async |request: Packet| {
+        let bytes = Bytes::try_from(request).expect("encodes");
+        files.write_all(&bytes).await.expect("sent");
+        let length = files.read_u32().await.expect("a reply");
+        let mut body = vec![0u8; length as usize];
+        files.read_exact(&mut body).await.expect("its body");
+        files.streams()
+    };
+    let mut streams = exchange(Packet::Init(Init::new())).await;
+    // A few short requests, far from bulk, while the other links' streams join.
+    for id in 1..=100 {
+        if streams == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let path = RealPath {
+            id,
+            path: ".".into(),
+        };
+        streams = exchange(Packet::RealPath(path)).await;
+    }
+    assert_eq!(streams, 3, "a stream on each link carries the session");
+    std::fs::remove_dir_all(root).ok();
 }

@@ -277,3 +277,68 @@ async fn a_flow_read_and_written_by_two_tasks_takes_streams_that_join_while_both
         pair.joins.join(64 * 1024).await;
     }
 }
+
+#[test]
+fn flow_ids_are_fresh_and_fit_the_protocol() {
+    let (one, other) = (new_id().expect("an id"), new_id().expect("another"));
+    assert_ne!(one, other);
+    assert_eq!(one.len(), 32);
+    assert!(one.len() <= crate::MAX_STRIPE_ID);
+    assert!(one.bytes().all(|byte| byte.is_ascii_hexdigit()));
+}
+
+/// A stream that records the length of each write it takes.
+struct CountedWrites {
+    io: DuplexStream,
+    writes: Vec<usize>,
+}
+
+impl AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+        self.writes.push(written);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_short_message_leaves_in_one_write_with_its_header() {
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let counted = CountedWrites {
+        io: near,
+        writes: Vec::new(),
+    };
+    let mut sender = Striped::new(counted, mpsc::channel(1).1);
+    let mut receiver = Striped::new(far, mpsc::channel(1).1);
+    sender
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("sent");
+    sender.flush().await.expect("flushed");
+    let mut got = [0u8; 18];
+    receiver.read_exact(&mut got).await.expect("received");
+    assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(sender.streams[0].io.writes, [HEADER + got.len()]);
+}
