@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kubedev_protocol::link::{LinkError, open_flow};
 use kubedev_protocol::mux::{MuxHandle, MuxStream};
-use kubedev_protocol::stripe::{self, Striped};
+use kubedev_protocol::stripe::Striped;
 use kubedev_protocol::udp_flows::UdpFlows;
 use kubedev_protocol::{Listener, OpenRequest, Transport};
 use tokio::net::TcpListener;
@@ -163,7 +163,7 @@ pub(crate) async fn to_first_workstation_striped<'a>(
     // Each workstation asked is given an id of its own: one that refuses the connection
     // cannot join the flow another took.
     let request = || {
-        let id = stripe::new_id()?;
+        let id = kubedev_protocol::random_id()?;
         let place = stripes.register(&id)?;
         let (port, transport, stripe) = (app_port, Transport::Tcp, Some(id));
         Some((

@@ -46,12 +46,7 @@ pub use three_way::OthersChanges;
 /// A fresh random id (session tokens, plugin runs): 128 random bits from the system's
 /// generator (getrandom, or BCryptGenRandom on Windows), hex.
 pub fn random_id() -> Result<String, SessionError> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| SessionError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    kubedev_protocol::random_id().ok_or(SessionError::Random)
 }
 
 #[cfg(test)]

@@ -81,8 +81,11 @@ async fn deliver(mut stream: MuxStream, delivery: Arc<Delivery>) {
             (port, transport, stripe)
         }
         Ok(Ok(_)) => {
-            let reason = "tunneld takes only inbound streams, with a stripe id of at most 64 bytes";
-            return refuse(stream, reason.to_owned()).await;
+            let reason = format!(
+                "tunneld takes only inbound streams, with a stripe id of at most \
+                 {MAX_STRIPE_ID} bytes"
+            );
+            return refuse(stream, reason).await;
         }
         Ok(Err(err)) => return tracing::debug!("incoming stream without a request: {err}"),
         Err(_) => return tracing::debug!("incoming stream without a request"),

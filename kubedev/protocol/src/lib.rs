@@ -39,6 +39,16 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// The longest id of a striped flow.
 pub const MAX_STRIPE_ID: usize = 64;
 
+/// A fresh random id (session tokens, plugin runs, striped flows): 128 random bits from
+/// the system's generator (getrandom, or BCryptGenRandom on Windows), hex. `None` if the
+/// system has no randomness to give.
+pub fn random_id() -> Option<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 /// The port the agent listens on, on 127.0.0.1 inside the pod only: it is reachable
 /// solely through the Kubernetes API's port-forward.
 pub const AGENT_PORT: u16 = 7329;
@@ -406,5 +416,14 @@ mod tests {
                 reason: "bad token".into()
             }
         );
+    }
+
+    #[test]
+    fn random_ids_are_fresh_and_fit_a_stripe_id() {
+        let (one, other) = (random_id().expect("an id"), random_id().expect("another"));
+        assert_ne!(one, other);
+        assert_eq!(one.len(), 32);
+        assert!(one.len() <= MAX_STRIPE_ID);
+        assert!(one.bytes().all(|byte| byte.is_ascii_hexdigit()));
     }
 }

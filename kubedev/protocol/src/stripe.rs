@@ -34,15 +34,6 @@ pub const MAX_EARLY: usize = 4 << 20;
 /// The most streams one flow is spread over.
 pub const MAX_STREAMS: usize = 8;
 
-/// A fresh id for a striped flow: 128 random bits, hex. Whoever holds it may join the
-/// flow, so it is never logged. `None` if the system has no randomness to give.
-pub fn new_id() -> Option<String> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
-}
-
 /// A connection carried in chunks over streams that may be added as it goes.
 #[derive(Debug)]
 pub struct Striped<S> {

@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use kubedev_protocol::HANDSHAKE_TIMEOUT;
 use kubedev_protocol::link::AgentLink;
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::stripe::{self, MAX_STREAMS, Striped};
+use kubedev_protocol::stripe::{MAX_STREAMS, Striped};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AgentPool;
@@ -38,7 +38,8 @@ pub(crate) async fn open(
     link: &AgentLink,
     flow: Flow<'_>,
 ) -> io::Result<Striped<MuxStream>> {
-    let stripe = stripe::new_id().ok_or_else(|| io::Error::other("no randomness for an id"))?;
+    let stripe = kubedev_protocol::random_id()
+        .ok_or_else(|| io::Error::other("no randomness for a flow's id"))?;
     let first = match flow {
         Flow::Tcp { host, port } => link.open_striped_tcp(host, port, &stripe).await,
         Flow::Files => link.open_files(&stripe).await,

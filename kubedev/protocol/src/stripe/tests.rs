@@ -278,15 +278,6 @@ async fn a_flow_read_and_written_by_two_tasks_takes_streams_that_join_while_both
     }
 }
 
-#[test]
-fn flow_ids_are_fresh_and_fit_the_protocol() {
-    let (one, other) = (new_id().expect("an id"), new_id().expect("another"));
-    assert_ne!(one, other);
-    assert_eq!(one.len(), 32);
-    assert!(one.len() <= crate::MAX_STRIPE_ID);
-    assert!(one.bytes().all(|byte| byte.is_ascii_hexdigit()));
-}
-
 /// A stream that records the length of each write it takes.
 struct CountedWrites {
     io: DuplexStream,
