@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kubedev::control::{AgentOwner, Forward, SessionKey};
 use kubedev_protocol::link::AgentLink;
+use kubedev_protocol::mux::OPENED_STREAMS_CAP;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -101,8 +102,8 @@ impl AgentPool {
         });
     }
 
-    /// A live base link (of `session`'s pods only, if given), taking turns among them;
-    /// waits up to `wait` for one to come up.
+    /// A live base link (of `session`'s pods only, if given), taking turns among those with
+    /// room for another flow (among all, if none has); waits up to `wait` for one to come up.
     pub(crate) async fn pick(
         &self,
         session: Option<&SessionKey>,
@@ -122,9 +123,19 @@ impl AgentPool {
                     })
                     .map(|(_, link)| link)
                     .collect();
-                if !live.is_empty() {
-                    let turn = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
-                    return Some(live[turn].clone());
+                // A link whose streams are all taken (by the flows the agent hands over,
+                // say) would refuse the flow: another pod's or another base link has room.
+                let with_room: Vec<&AgentLink> = (live.iter().copied())
+                    .filter(|link| link.flows_open() < OPENED_STREAMS_CAP)
+                    .collect();
+                let choice = if with_room.is_empty() {
+                    live
+                } else {
+                    with_room
+                };
+                if !choice.is_empty() {
+                    let turn = self.next.fetch_add(1, Ordering::Relaxed) % choice.len();
+                    return Some(choice[turn].clone());
                 }
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {

@@ -1,11 +1,14 @@
+use kubedev_protocol::codec::{read_message, write_message};
 use kubedev_protocol::handshake::welcome_client;
-use kubedev_protocol::mux::{self, Mode};
+use kubedev_protocol::mux::{self, Mode, MuxStream};
+use kubedev_protocol::{OpenReply, OpenRequest};
 
 use super::*;
 
 const TOKEN: &str = "pool-test";
 
-/// A link to an in-process agent that only handshakes: enough to be picked and closed.
+/// A link to an in-process agent that takes every flow and holds it, carrying nothing:
+/// enough to be picked, filled and closed.
 async fn link() -> AgentLink {
     let (workstation, mut agent) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
@@ -13,14 +16,27 @@ async fn link() -> AgentLink {
             .await
             .is_ok()
         {
-            let (handle, _streams_rx) = mux::spawn(agent, Mode::Server);
-            handle.closed().await;
+            let (_handle, mut streams_rx) = mux::spawn(agent, Mode::Server);
+            while let Some(stream) = streams_rx.recv().await {
+                tokio::spawn(take_and_hold(stream));
+            }
         }
     });
     AgentLink::connect(workstation, TOKEN, "pool-test", "test-pod")
         .await
         .expect("handshake")
         .0
+}
+
+/// Answers a flow's request `Connected` and holds the flow until the workstation ends it.
+async fn take_and_hold(mut stream: MuxStream) {
+    if read_message::<_, OpenRequest>(&mut stream).await.is_ok()
+        && write_message(&mut stream, &OpenReply::Connected)
+            .await
+            .is_ok()
+    {
+        let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+    }
 }
 
 fn key(session: &str, pod: &str) -> LinkKey {
@@ -89,6 +105,41 @@ async fn links_are_picked_in_turn_among_the_sessions_live_ones() {
         );
     }
     assert_eq!(pool.linked_pods(&web()).await, ["web-b"]);
+}
+
+#[tokio::test]
+async fn a_link_with_no_room_for_another_flow_is_passed_over_while_another_has_room() {
+    let pool = AgentPool::default();
+    let (full, free) = (link().await, link().await);
+    pool.add(key("web", "web-a"), full.clone()).await;
+    pool.add(key("web", "web-b"), free.clone()).await;
+    let links = [("web-a", &full), ("web-b", &free)];
+    let mut flows = Vec::new();
+    for _ in 0..OPENED_STREAMS_CAP {
+        flows.push(full.open_tcp("10.0.0.1", 80).await.expect("a flow"));
+    }
+
+    let picked = pick_four(&pool, &links).await;
+    assert_eq!(picked, ["web-b"; 4], "the full link refuses flows");
+    let opened = pool
+        .pick(Some(&web()), Duration::ZERO)
+        .await
+        .expect("a link");
+    opened
+        .open_tcp("10.0.0.1", 80)
+        .await
+        .expect("a flow on the link picked");
+
+    free.close();
+    free.closed().await;
+    let picked = pick_four(&pool, &links).await;
+    assert_eq!(picked, ["web-a"; 4], "a full link is better than none");
+    flows.pop();
+    let opened = pool
+        .pick(Some(&web()), Duration::ZERO)
+        .await
+        .expect("a link");
+    opened.open_tcp("10.0.0.1", 80).await.expect("room again");
 }
 
 #[tokio::test]
