@@ -1,29 +1,31 @@
 //! The striped flows under way ([`kubedev_protocol::stripe`]): a flow (a TCP connection
 //! or a files session) registers its id when it opens, and the streams that other links
-//! of the workstation open to join it are handed to it here.
+//! of the workstation open to join it are handed to it here, as many at once as a flow
+//! takes; a stream that left its flow makes room for another.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::stripe::MAX_STREAMS;
+use kubedev_protocol::stripe::{MAX_STREAMS, Member};
 use kubedev_protocol::{MAX_STRIPE_ID, OpenReply};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::reply::{answer, refuse};
 
 /// Where the streams that join a striped flow arrive.
-pub(crate) type Joined = mpsc::Receiver<Box<MuxStream>>;
+pub(crate) type Joined = mpsc::Receiver<Member<MuxStream>>;
 
 /// The striped flows of every workstation's links, by id: where the streams that join each
-/// go, and how many have.
+/// go, and the places left for them.
 #[derive(Debug, Default)]
 pub(crate) struct Stripes(Mutex<HashMap<String, Joining>>);
 
 #[derive(Debug)]
 struct Joining {
-    joins_tx: mpsc::Sender<Box<MuxStream>>,
-    streams: usize,
+    joins_tx: mpsc::Sender<Member<MuxStream>>,
+    /// A place for each stream beside the first, held while it is a member.
+    places: Arc<Semaphore>,
 }
 
 impl Stripes {
@@ -37,7 +39,7 @@ impl Stripes {
         let (joins_tx, joined_rx) = mpsc::channel(MAX_STREAMS);
         let joining = Joining {
             joins_tx,
-            streams: 1,
+            places: Arc::new(Semaphore::new(MAX_STREAMS - 1)),
         };
         flows.insert(id.to_owned(), joining);
         let registered = Registered {
@@ -49,24 +51,19 @@ impl Stripes {
 
     /// Adds `stream` to the striped flow `id`, if it is under way and has room.
     pub(crate) async fn join(&self, mut stream: MuxStream, id: &str) -> std::io::Result<()> {
-        let permit = {
-            let mut flows = self.lock();
-            let joining = flows
-                .get_mut(id)
-                .filter(|joining| joining.streams < MAX_STREAMS);
-            match joining.map(|joining| (joining.joins_tx.clone().try_reserve_owned(), joining)) {
-                Some((Ok(permit), joining)) => {
-                    joining.streams += 1;
-                    Some(permit)
-                }
-                _ => None,
-            }
+        let admitted = {
+            let flows = self.lock();
+            flows.get(id).and_then(|joining| {
+                let place = joining.places.clone().try_acquire_owned().ok()?;
+                let sending = joining.joins_tx.clone().try_reserve_owned().ok()?;
+                Some((place, sending))
+            })
         };
-        let Some(permit) = permit else {
+        let Some((place, sending)) = admitted else {
             return refuse(&mut stream, "no such striped flow to join".to_owned()).await;
         };
         answer(&mut stream, &OpenReply::Connected).await?;
-        permit.send(Box::new(stream));
+        sending.send(Member::new(stream).holding(place));
         Ok(())
     }
 

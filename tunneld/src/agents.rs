@@ -159,6 +159,7 @@ impl AgentPool {
                     && other_key.pod == key.pod
                     && !other.same_session(link)
                     && !other.is_closed()
+                    && !other.is_retiring()
             })
             .map(|(_, other)| other.clone())
             .collect()
@@ -254,4 +255,4 @@ mod owners;
 pub(crate) mod striped;
 mod supervise;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::codec::{CodecError, read_message, write_message};
 use crate::handshake::{HandshakeError, greet_agent};
 use crate::meter::{LinkMeter, Metered};
 use crate::mux::{self, Mode, MuxError, MuxHandle, MuxStream};
+use crate::stripe::Member;
 use crate::{HttpFilter, OpenReply, OpenRequest, WiretapCounts};
 
 /// Why a session or a flow with an agent failed.
@@ -45,6 +47,8 @@ pub struct AgentLink {
     mux: MuxHandle,
     agent: String,
     meter: Arc<LinkMeter>,
+    /// Cancelled when the link is to go: the striped flows on it leave it.
+    retiring: CancellationToken,
 }
 
 impl AgentLink {
@@ -63,7 +67,13 @@ impl AgentLink {
         let agent = greet_agent(&mut io, token, client, pod_uid).await?;
         let meter = Arc::new(LinkMeter::default());
         let (mux, inbound_rx) = mux::spawn(Metered::new(io, meter.clone()), Mode::Client);
-        let link = Self { mux, agent, meter };
+        let retiring = CancellationToken::new();
+        let link = Self {
+            mux,
+            agent,
+            meter,
+            retiring,
+        };
         Ok((link, inbound_rx))
     }
 
@@ -99,12 +109,24 @@ impl AgentLink {
     }
 
     /// Another stream for the striped flow `stripe`, which another link to the same agent
-    /// opened.
-    pub async fn join_stripe(&self, stripe: &str) -> Result<MuxStream, LinkError> {
+    /// opened; it leaves the flow when this link retires.
+    pub async fn join_stripe(&self, stripe: &str) -> Result<Member<MuxStream>, LinkError> {
         let request = OpenRequest::Join {
             stripe: stripe.to_owned(),
         };
-        self.open_flow(&request).await
+        let stream = self.open_flow(&request).await?;
+        Ok(Member::new(stream).leaving_on(self.retiring.clone()))
+    }
+
+    /// Asks every striped flow with a stream on this link to leave it, so that the link
+    /// carries no flow once they have and can close without failing any.
+    pub fn retire(&self) {
+        self.retiring.cancel();
+    }
+
+    /// Whether the link is to go: no flow should join it.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.is_cancelled()
     }
 
     /// A UDP flow from the pod to `host:port`; the stream carries framed datagrams

@@ -9,7 +9,8 @@
 //! whichever stream has taken the previous one in full, so a slow link takes fewer. The
 //! receiver puts chunks back in order, holding at most [`MAX_EARLY`] bytes that came ahead
 //! of the next; beyond that it reads only the stream that carries the next byte, and the
-//! others' windows hold the sender back.
+//! others' windows hold the sender back. Streams join the flow as it goes, and leave it
+//! when their link is to go ([`Member`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +21,9 @@ use std::task::{Context, Poll, Wake, Waker, ready};
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
+
+use members::Leaving;
+pub use members::Member;
 
 const HEADER: usize = 12;
 /// The most bytes of the connection in one chunk: a chunk fills one 64 KiB frame.
@@ -38,7 +42,7 @@ pub const MAX_STREAMS: usize = 8;
 #[derive(Debug)]
 pub struct Striped<S> {
     streams: Vec<Stream<S>>,
-    joined_rx: Option<mpsc::Receiver<Box<S>>>,
+    joined_rx: Option<mpsc::Receiver<Member<S>>>,
     /// Told once the flow has moved [`Striped::bulk_after`] bytes either way.
     bulk_tx: Option<(u64, oneshot::Sender<()>)>,
     next_writer: usize,
@@ -85,6 +89,7 @@ struct Stream<S> {
     /// The peer's end marker came on it: its end is an end, not a loss.
     carried_end: bool,
     ended: bool,
+    leaving: Leaving,
 }
 
 #[derive(Debug)]
@@ -100,10 +105,8 @@ enum Incoming {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
-    /// A flow on `first`; streams sent on `joined_rx` join it as they come. They come
-    /// boxed: a channel makes room for 32 messages when it is made, and a flow that never
-    /// carries bulk should not pay for 32 streams.
-    pub fn new(first: S, joined_rx: mpsc::Receiver<Box<S>>) -> Self {
+    /// A flow on `first`; streams sent on `joined_rx` join it as they come.
+    pub fn new(first: S, joined_rx: mpsc::Receiver<Member<S>>) -> Self {
         let waiters = Arc::new(Waiters::default());
         Self {
             streams: vec![Stream::new(first)],
@@ -143,29 +146,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
     /// How many streams carry the flow.
     pub fn streams(&self) -> usize {
         self.streams.len()
-    }
-
-    fn take_joined(&mut self, cx: &mut Context<'_>) {
-        let Some(joined_rx) = self.joined_rx.as_mut() else {
-            return;
-        };
-        loop {
-            match joined_rx.poll_recv(cx) {
-                Poll::Ready(Some(io)) if self.streams.len() < MAX_STREAMS => {
-                    let mut stream = Stream::new(*io);
-                    if self.ended_ours {
-                        stream.out = header(self.written, 0).to_vec();
-                    }
-                    self.streams.push(stream);
-                }
-                Poll::Ready(Some(_)) => {}
-                Poll::Ready(None) => {
-                    self.joined_rx = None;
-                    return;
-                }
-                Poll::Pending => return,
-            }
-        }
     }
 
     fn note_moved(&mut self) {
@@ -220,6 +200,7 @@ impl<S> Stream<S> {
             incoming: Incoming::Header([0; HEADER], 0),
             carried_end: false,
             ended: false,
+            leaving: Leaving::default(),
         }
     }
 }
@@ -250,14 +231,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        this.take_joined(cx);
+        this.tend_members(cx)?;
         let count = this.streams.len();
         let mut free = None;
         for turn in 0..count {
             let at = (this.next_writer + turn) % count;
-            if this.send_queued(at, cx)?.is_ready() && free.is_none() {
+            let open = !this.streams[at].leaving.writes_done;
+            if this.send_queued(at, cx)?.is_ready() && open && free.is_none() {
                 free = Some(at);
             }
+        }
+        if this.streams.iter().all(|stream| stream.leaving.writes_done) {
+            return Poll::Ready(Err(invalid("every stream left")));
         }
         let Some(at) = free else {
             return Poll::Pending;
@@ -297,6 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         let this = self.get_mut();
         let waker = this.writer_waits(cx);
         let cx = &mut Context::from_waker(&waker);
+        this.tend_members(cx)?;
         ready!(this.send_all_queued(cx))?;
         for stream in &mut this.streams {
             ready!(Pin::new(&mut stream.io).poll_flush(cx))?;
@@ -308,10 +294,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         let this = self.get_mut();
         let waker = this.writer_waits(cx);
         let cx = &mut Context::from_waker(&waker);
-        this.take_joined(cx);
+        this.tend_members(cx)?;
         if !this.ended_ours {
             ready!(this.send_all_queued(cx))?;
-            for stream in &mut this.streams {
+            // A stream this end left carries nothing after its leave marker.
+            for stream in this.streams.iter_mut().filter(|s| !s.leaving.writes_done) {
                 stream.out.extend_from_slice(&header(this.written, 0));
             }
             this.ended_ours = true;
@@ -332,6 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
     }
 }
 
+mod members;
 mod reading;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 //! ([`kubedev_protocol::stripe`]). A TCP flow starts on one link; once it has moved
 //! [`BULK_AFTER`] bytes either way, a stream on each other link to the same agent joins
 //! it, and on each link added while it lasts; so is a connection the agent hands over
-//! striped. A mount's SFTP session is joined at once.
+//! striped. A mount's SFTP session is joined at once. A stream leaves its flow when its
+//! link retires.
 
 use std::io;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use kubedev_protocol::HANDSHAKE_TIMEOUT;
 use kubedev_protocol::link::AgentLink;
 use kubedev_protocol::mux::MuxStream;
-use kubedev_protocol::stripe::{MAX_STREAMS, Striped};
+use kubedev_protocol::stripe::{MAX_STREAMS, Member, Striped};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AgentPool;
@@ -89,12 +90,13 @@ fn spread(
 }
 
 /// Once the flow carries bulk (at once if `bulk_rx` is `None`), joins it from every other
-/// link to its pod, those there and those added, until it ends or has [`MAX_STREAMS`].
+/// link to its pod, those there and those added, until it ends; up to [`MAX_STREAMS`] at
+/// once: a link that closed (its streams left the flow as it retired) makes room.
 async fn join_links(
     pool: Arc<AgentPool>,
     first: AgentLink,
     stripe: String,
-    joins_tx: mpsc::Sender<Box<MuxStream>>,
+    joins_tx: mpsc::Sender<Member<MuxStream>>,
     bulk_rx: Option<oneshot::Receiver<()>>,
 ) {
     // Dropped without a word: the flow ended before it carried bulk.
@@ -104,9 +106,10 @@ async fn join_links(
         return;
     }
     let mut joined = vec![first.clone()];
-    while joined.len() < MAX_STREAMS {
+    loop {
         // Taken before the links are listed: a link added meanwhile is not missed.
         let added = pool.link_added();
+        joined.retain(|link| !link.is_closed());
         let mut joining = FuturesUnordered::new();
         for other in pool.links_beside(&first).await {
             if joined.len() >= MAX_STREAMS {
@@ -129,7 +132,7 @@ async fn join_links(
             match answered {
                 None => break,
                 Some(Ok(Ok(stream))) => {
-                    if joins_tx.send(Box::new(stream)).await.is_err() {
+                    if joins_tx.send(stream).await.is_err() {
                         return;
                     }
                 }

@@ -293,16 +293,19 @@ async fn claim_ports(link: &AgentLink, selector: &AgentSelector, pod: &str) {
     }
 }
 
-/// Completes once link `index` is no longer wanted and no flow has a stream open on it.
+/// Completes once link `index` is no longer wanted and no flow has a stream open on it (or
+/// once the pod's links are no longer adjusted): retired when it is no longer wanted, the
+/// striped flows on it leave it. A link that retired goes even if wanted again meanwhile;
+/// its supervisor links anew.
 async fn unused(link: &AgentLink, index: usize, mut wanted_rx: watch::Receiver<usize>) {
-    loop {
-        if *wanted_rx.borrow_and_update() <= index && link.flows_open() == 0 {
+    while *wanted_rx.borrow_and_update() > index {
+        if wanted_rx.changed().await.is_err() {
             return;
         }
-        tokio::select! {
-            changed = wanted_rx.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(UNUSED_CHECK) => {}
-        }
+    }
+    link.retire();
+    while link.flows_open() > 0 {
+        tokio::time::sleep(UNUSED_CHECK).await;
     }
 }
 
@@ -321,3 +324,6 @@ async fn keep_alive(link: &AgentLink) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

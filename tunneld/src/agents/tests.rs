@@ -9,7 +9,7 @@ const TOKEN: &str = "pool-test";
 
 /// A link to an in-process agent that takes every flow and holds it, carrying nothing:
 /// enough to be picked, filled and closed.
-async fn link() -> AgentLink {
+pub(crate) async fn link() -> AgentLink {
     let (workstation, mut agent) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         if welcome_client(&mut agent, TOKEN, "test-agent", "test-pod")

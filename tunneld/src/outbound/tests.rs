@@ -234,6 +234,47 @@ async fn a_link_that_comes_up_while_a_flow_carries_bulk_joins_it() {
     assert_eq!(stream.streams(), 2, "the new link carries the flow too");
 }
 
+/// Sends `bulk` on `stream` and checks that the echo comes back whole.
+async fn echo_bulk(stream: &mut Striped<MuxStream>, bulk: &[u8]) {
+    let mut echoed = vec![0; bulk.len()];
+    stream.write_all(bulk).await.expect("send");
+    stream.read_exact(&mut echoed).await.expect("the echo");
+    assert!(echoed == bulk, "the bytes came back in order");
+}
+
+#[tokio::test]
+async fn a_link_that_retires_is_left_by_its_flows_which_carry_on_and_join_the_next() {
+    let (pool, agent) = linked_pool_at(1).await;
+    let (outbound, target) = to_echo_in_the_cluster(pool.clone()).await;
+    let mut stream = striped_flow(&outbound, target).await;
+    let (extra, _) = add_link_to(&pool, agent, 1).await;
+    let bulk: Vec<u8> = (0..2usize << 20).map(|i| (i % 251) as u8).collect();
+    while stream.streams() < 2 {
+        echo_bulk(&mut stream, &bulk).await;
+    }
+    assert_eq!(extra.flows_open(), 1, "the flow's stream on the extra link");
+
+    extra.retire();
+    let left = async {
+        while extra.flows_open() > 0 || stream.streams() > 1 {
+            echo_bulk(&mut stream, b"still there").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), left)
+        .await
+        .expect("the flow left the retired link");
+    echo_bulk(&mut stream, &bulk).await;
+
+    // The agent made room: the flow joins the link that comes up next.
+    extra.close();
+    add_link_to(&pool, agent, 1).await;
+    for _ in 0..3 {
+        echo_bulk(&mut stream, &bulk).await;
+    }
+    assert_eq!(stream.streams(), 2, "the next link carries the flow too");
+}
+
 #[tokio::test]
 async fn udp_flows_are_relayed_both_ways_from_either_side() {
     let outbound = Outbound::new(linked_pool().await, "cluster.local");

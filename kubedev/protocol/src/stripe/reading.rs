@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{HEADER, Incoming, MAX_CHUNK, MAX_EARLY, Striped, invalid};
+use super::{HEADER, Incoming, MAX_CHUNK, MAX_EARLY, Striped, invalid, members};
 
 /// What one read on a stream did.
 enum Step {
@@ -47,9 +47,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
             return Ok(Step::Idle);
         };
         if got == 0 {
-            // yamux ends a stream whose link died as if it were closed: only the end
-            // marker tells a finished stream from one that lost chunks.
-            if !stream.carried_end {
+            // yamux ends a stream whose link died as if it were closed: only the end or
+            // leave marker tells a finished stream from one that lost chunks.
+            if !stream.carried_end && !stream.leaving.peer_left {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "striped flow: a link of the flow was lost",
@@ -62,10 +62,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
         if *have < HEADER {
             return Ok(Step::Progress);
         }
+        if stream.leaving.peer_left {
+            return Err(invalid("a chunk after its stream left"));
+        }
         let offset = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
         let len = u32::from_be_bytes(bytes[8..].try_into().unwrap_or_default()) as usize;
         stream.incoming = Incoming::Header([0; HEADER], 0);
-        if len == 0 {
+        if members::is_leave(offset, len) {
+            self.peer_left(at);
+        } else if len == 0 {
             stream.carried_end = true;
             self.end_at(offset)?;
         } else {
@@ -219,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Striped<S> {
         }
         let waker = this.reader_waits(cx);
         let cx = &mut Context::from_waker(&waker);
-        this.take_joined(cx);
+        this.tend_members(cx)?;
         // What a write left queued goes on here too: a copy loop does not come back to
         // write while its reader waits (a request's end would wait for the answer).
         let _ = this.send_all_queued(cx)?;
@@ -249,6 +254,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Striped<S> {
             if this.streams.iter().all(|stream| stream.ended) {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
+            // A stream the peer left is left here too, and let go once both have.
+            this.tend_members(cx)?;
             return Poll::Pending;
         }
     }

@@ -1,4 +1,5 @@
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 
@@ -12,8 +13,8 @@ struct Pair {
 
 /// Where a new pipe's two ends go.
 struct Joins {
-    sender: mpsc::Sender<Box<DuplexStream>>,
-    receiver: mpsc::Sender<Box<DuplexStream>>,
+    sender: mpsc::Sender<Member<DuplexStream>>,
+    receiver: mpsc::Sender<Member<DuplexStream>>,
 }
 
 impl Pair {
@@ -34,13 +35,18 @@ impl Pair {
 
 impl Joins {
     async fn join(&self, buffer: usize) {
+        self.join_leaving_on(buffer, CancellationToken::new()).await;
+    }
+
+    /// Joins a pipe whose sender's end leaves the flow once `leave` is cancelled.
+    async fn join_leaving_on(&self, buffer: usize, leave: CancellationToken) {
         let (ours, theirs) = tokio::io::duplex(buffer);
         self.sender
-            .send(Box::new(ours))
+            .send(Member::new(ours).leaving_on(leave))
             .await
             .expect("sender listens");
         self.receiver
-            .send(Box::new(theirs))
+            .send(Member::new(theirs))
             .await
             .expect("receiver listens");
     }
@@ -153,7 +159,7 @@ async fn a_stream_lost_before_its_end_fails_the_flow() {
     let (mut kept, kept_far) = tokio::io::duplex(1024);
     let (joins, joined_rx) = mpsc::channel(1);
     let mut receiver = Striped::new(lost_far, joined_rx);
-    joins.send(Box::new(kept_far)).await.expect("joined");
+    joins.send(Member::new(kept_far)).await.expect("joined");
     // Bytes 3..6 and the end come on one stream; 0..3 were on the one lost.
     kept.write_all(&[&header(3, 3)[..], b"def", &header(6, 0)].concat())
         .await
@@ -332,4 +338,145 @@ async fn a_short_message_leaves_in_one_write_with_its_header() {
     receiver.read_exact(&mut got).await.expect("received");
     assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(sender.streams[0].io.writes, [HEADER + got.len()]);
+}
+
+/// Sends `data` from `from` to `to` and checks it comes whole.
+async fn carry(from: &mut Striped<DuplexStream>, to: &mut Striped<DuplexStream>, data: &[u8]) {
+    let mut received = vec![0; data.len()];
+    let ((), read) = tokio::join!(write_then_keep(from, data), to.read_exact(&mut received));
+    read.expect("read");
+    assert!(received == data, "the bytes came whole and in order");
+}
+
+/// Exchanges a byte each way until both ends carry the flow on `streams` streams.
+async fn exchange_until_streams(
+    left: &mut Striped<DuplexStream>,
+    right: &mut Striped<DuplexStream>,
+    streams: usize,
+) {
+    let settled = async {
+        while left.streams() != streams || right.streams() != streams {
+            carry(left, right, b"l").await;
+            carry(right, left, b"r").await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), settled)
+        .await
+        .expect("both ends let the stream go");
+}
+
+#[tokio::test]
+async fn a_stream_that_leaves_hands_the_flow_to_the_others_and_makes_room_for_another() {
+    let pair = Pair::new(64 * 1024);
+    let leave = CancellationToken::new();
+    pair.joins.join_leaving_on(64 * 1024, leave.clone()).await;
+    for _ in 2..MAX_STREAMS {
+        pair.joins.join(64 * 1024).await;
+    }
+    let (mut left, mut right) = (pair.sender, pair.receiver);
+    carry(&mut left, &mut right, &pattern(2 << 20)).await;
+    carry(&mut right, &mut left, &pattern(2 << 20)).await;
+    assert_eq!(
+        (left.streams(), right.streams()),
+        (MAX_STREAMS, MAX_STREAMS)
+    );
+
+    // Told to leave while bytes move both ways: none is lost, and both ends let it go.
+    leave.cancel();
+    let (one, other) = (pattern(3 << 20), pattern(1 << 20));
+    let mut from_right = vec![0; other.len()];
+    let mut from_left = vec![0; one.len()];
+    let (left_reads, left_writes) = tokio::io::split(&mut left);
+    let (right_reads, right_writes) = tokio::io::split(&mut right);
+    let ((), (), (), ()) = tokio::join!(
+        write_then_keep(left_writes, &one),
+        write_then_keep(right_writes, &other),
+        read_into(left_reads, &mut from_right),
+        read_into(right_reads, &mut from_left),
+    );
+    assert!(from_left == one && from_right == other);
+    exchange_until_streams(&mut left, &mut right, MAX_STREAMS - 1).await;
+
+    // The place it left is taken by the next stream to join, which carries the flow.
+    pair.joins.join(64 * 1024).await;
+    exchange_until_streams(&mut left, &mut right, MAX_STREAMS).await;
+    carry(&mut left, &mut right, &pattern(2 << 20)).await;
+    assert!(left.streams.iter().all(|stream| stream.out.is_empty()));
+
+    // The flow ends as usual: the stream that left was no loss.
+    left.shutdown().await.expect("end");
+    right.shutdown().await.expect("end");
+    let (mut rest_left, mut rest_right) = (Vec::new(), Vec::new());
+    right.read_to_end(&mut rest_right).await.expect("an end");
+    left.read_to_end(&mut rest_left).await.expect("an end");
+    assert!(rest_left.is_empty() && rest_right.is_empty());
+}
+
+async fn write_then_keep<W: AsyncWrite + Unpin>(mut writer: W, data: &[u8]) {
+    writer.write_all(data).await.expect("written");
+    writer.flush().await.expect("flushed");
+}
+
+async fn read_into<R: AsyncRead + Unpin>(mut reader: R, into: &mut [u8]) {
+    reader.read_exact(into).await.expect("read");
+}
+
+#[tokio::test]
+async fn a_chunk_after_a_leave_marker_is_refused_and_its_end_is_no_loss() {
+    let (mut first, first_far) = tokio::io::duplex(1 << 16);
+    let (mut left, left_far) = tokio::io::duplex(1 << 16);
+    let (joins, joined_rx) = mpsc::channel(1);
+    let mut receiver = Striped::new(first_far, joined_rx);
+    joins.send(Member::new(left_far)).await.expect("joined");
+    // The stream that leaves carries bytes 0..3, then its marker, then its end.
+    left.write_all(&[&header(0, 3)[..], b"abc", &header(members::LEAVE_AT, 0)].concat())
+        .await
+        .expect("left");
+    left.shutdown().await.expect("shut");
+    first
+        .write_all(&[&header(3, 2)[..], b"de", &header(5, 0)].concat())
+        .await
+        .expect("first");
+    let mut received = Vec::new();
+    receiver
+        .read_to_end(&mut received)
+        .await
+        .expect("a whole flow");
+    assert_eq!(received, b"abcde");
+
+    let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut receiver = Striped::new(theirs, mpsc::channel(1).1);
+    ours.write_all(&[&header(members::LEAVE_AT, 0)[..], &header(0, 1), b"x"].concat())
+        .await
+        .expect("written");
+    let refused = receiver.read_to_end(&mut Vec::new()).await;
+    assert_eq!(
+        refused.map_err(|err| err.kind()),
+        Err(io::ErrorKind::InvalidData)
+    );
+}
+
+#[tokio::test]
+async fn a_flow_whose_every_stream_left_refuses_writes() {
+    let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut flow = Striped::new(theirs, mpsc::channel(1).1);
+    ours.write_all(&header(members::LEAVE_AT, 0))
+        .await
+        .expect("marker");
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_millis(100), flow.read(&mut byte));
+    assert!(read.await.is_err(), "nothing to read yet");
+    let refused = flow.write_all(b"late").await;
+    assert_eq!(
+        refused.map_err(|err| err.kind()),
+        Err(io::ErrorKind::InvalidData)
+    );
+    let mut answer = Vec::new();
+    ours.read_to_end(&mut answer).await.expect("its side shut");
+    assert_eq!(
+        answer,
+        header(members::LEAVE_AT, 0),
+        "the leave is answered"
+    );
 }
