@@ -44,7 +44,9 @@ pub(crate) fn render(measured: &Measured<'_>) -> String {
     let _ = writeln!(
         out,
         "Made by `make bench` on the local test cluster (Kubernetes v1.35, one node, everything on \
-         one machine: {}). Every row compares paths to the same echo pod in the same run.\n",
+         one machine: {}), with release builds of the plugins, tunneld and the agent, as the \
+         krew archives and the agent image hold. Every row compares paths to the same echo pod \
+         in the same run.\n",
         machine()
     );
     let _ = writeln!(

@@ -196,7 +196,8 @@ fn cpu_table(at_distance: &[AtDistance]) -> String {
 fn intercepted_table(sizes: &Sizes, at_distance: &[AtDistance]) -> String {
     let mut out = format!(
         "A client pod moves {} MiB to and from a server on the workstation through `kubectl \
-         intercept` (the pod times it), against the tunnel's outbound bulk above at the same RTT. \
+         intercept` (the pod times it), against the tunnel's own bulk download above (kubedev's \
+         \"bulk, one stream\" row: the pod to the workstation) at the same RTT. \
          A download moves data toward the pod, as kubectl port-forward's upload does (last column, \
          for what that direction of the API server's path carries).\n\n\
          | RTT | outbound bulk, MiB/s | intercepted download, MiB/s | / outbound | intercepted upload, MiB/s | / outbound | kubectl port-forward upload, MiB/s |\n\

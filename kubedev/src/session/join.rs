@@ -78,8 +78,9 @@ pub(super) fn refusal(existing: &Record, plan: &Plan) -> Option<String> {
             format!(
                 "intercept {:?} is already on it: a second intercept needs an HTTP filter \
                  (--http-header or --http-path-prefix) that the first does not have, or \
-                 --wiretap to get copies",
-                first.name
+                 --wiretap to get copies; to take more of its ports, end {:?} and start one \
+                 session with a --port for each",
+                first.name, first.name
             )
         });
     };

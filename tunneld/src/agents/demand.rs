@@ -1,6 +1,6 @@
 //! How many links a pod gets. One link is one connection through the API server, which
 //! keeps only so much in flight on it (its send buffer, 4 MiB by default on Linux, holds
-//! about 2 MiB of a port-forward's data: 40 MiB/s at 50 ms). A pod starts with
+//! 2 to 3 MiB of a port-forward's data: 40 to 60 MiB/s at 50 ms). A pod starts with
 //! [`BASE_LINKS`]; while what its links carry, times the path's round trip, is more than
 //! they hold in flight with one to spare, their number doubles (or rises to what that
 //! product needs, if more), up to [`MOST_LINKS`]: what full links carry says only that
