@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -47,8 +47,9 @@ pub struct AgentLink {
     mux: MuxHandle,
     agent: String,
     meter: Arc<LinkMeter>,
-    /// Cancelled when the link is to go: the striped flows on it leave it.
-    retiring: CancellationToken,
+    /// Cancelled when the link is to go: the striped flows on it leave it. A fresh one
+    /// once it is wanted again.
+    retiring: Arc<Mutex<CancellationToken>>,
 }
 
 impl AgentLink {
@@ -67,7 +68,7 @@ impl AgentLink {
         let agent = greet_agent(&mut io, token, client, pod_uid).await?;
         let meter = Arc::new(LinkMeter::default());
         let (mux, inbound_rx) = mux::spawn(Metered::new(io, meter.clone()), Mode::Client);
-        let retiring = CancellationToken::new();
+        let retiring = Arc::default();
         let link = Self {
             mux,
             agent,
@@ -115,18 +116,32 @@ impl AgentLink {
             stripe: stripe.to_owned(),
         };
         let stream = self.open_flow(&request).await?;
-        Ok(Member::new(stream).leaving_on(self.retiring.clone()))
+        let retiring = self.retiring().clone();
+        Ok(Member::new(stream).leaving_on(retiring))
     }
 
     /// Asks every striped flow with a stream on this link to leave it, so that the link
     /// carries no flow once they have and can close without failing any.
     pub fn retire(&self) {
-        self.retiring.cancel();
+        self.retiring().cancel();
+    }
+
+    /// Takes a link that retired back into service (the streams told to leave it still do):
+    /// flows may join it again.
+    pub fn unretire(&self) {
+        let mut retiring = self.retiring();
+        if retiring.is_cancelled() {
+            *retiring = CancellationToken::new();
+        }
     }
 
     /// Whether the link is to go: no flow should join it.
     pub fn is_retiring(&self) -> bool {
-        self.retiring.is_cancelled()
+        self.retiring().is_cancelled()
+    }
+
+    fn retiring(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        (self.retiring.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A UDP flow from the pod to `host:port`; the stream carries framed datagrams

@@ -305,7 +305,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Striped<S> {
         }
         ready!(this.send_all_queued(cx))?;
         let mut all = true;
-        for stream in this.streams.iter_mut().filter(|stream| !stream.shut) {
+        let open = |stream: &&mut Stream<S>| !stream.shut && !stream.leaving.joined;
+        for stream in this.streams.iter_mut().filter(open) {
             match Pin::new(&mut stream.io).poll_shutdown(cx)? {
                 Poll::Ready(()) => stream.shut = true,
                 Poll::Pending => all = false,

@@ -276,7 +276,9 @@ fn intercepts_share_a_workload_only_with_distinct_filters() {
     let same = Some(header("alice"));
     assert!(reason(&filtered, "bob", Mode::Intercept, same).contains("already takes"));
     let unfiltered = reason(&filtered, "bob", Mode::Intercept, None);
-    assert!(unfiltered.contains("needs an HTTP filter") && unfiltered.contains("a --port for each"));
+    assert!(
+        unfiltered.contains("needs an HTTP filter") && unfiltered.contains("a --port for each")
+    );
     assert!(reason(&filtered, "alice", Mode::Intercept, bob()).contains("choose another --name"));
     assert!(reason(&filtered, "bob", Mode::Replace, None).contains("it ends with `leave"));
     let everything = record(None);

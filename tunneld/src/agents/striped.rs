@@ -118,8 +118,12 @@ async fn join_links(
             if !joined.iter().any(|link| link.same_session(&other)) {
                 joined.push(other.clone());
                 let stripe = &stripe;
-                let join = async move { other.join_stripe(stripe).await };
-                joining.push(tokio::time::timeout(HANDSHAKE_TIMEOUT, join));
+                let join = async move {
+                    let joining = other.join_stripe(stripe);
+                    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, joining).await;
+                    (other, answer)
+                };
+                joining.push(join);
             }
         }
         // A join is a round trip to the agent: the links are asked at once, and each
@@ -129,16 +133,23 @@ async fn join_links(
                 answered = joining.next() => answered,
                 () = joins_tx.closed() => return,
             };
-            match answered {
+            let (link, answer) = match answered {
                 None => break,
-                Some(Ok(Ok(stream))) => {
+                Some(answered) => answered,
+            };
+            match answer {
+                Ok(Ok(stream)) => {
                     if joins_tx.send(stream).await.is_err() {
                         return;
                     }
+                    continue;
                 }
-                Some(Ok(Err(err))) => tracing::debug!("a link did not join a striped flow: {err}"),
-                Some(Err(_)) => tracing::debug!("a link did not answer a join in time"),
+                Ok(Err(err)) => tracing::debug!("a link did not join a striped flow: {err}"),
+                Err(_) => tracing::debug!("a link did not answer a join in time"),
             }
+            // Asked again with the next link that comes up: the agent may have been
+            // letting go of the stream that left it.
+            joined.retain(|other| !other.same_session(&link));
         }
         tokio::select! {
             () = added => {}

@@ -294,18 +294,24 @@ async fn claim_ports(link: &AgentLink, selector: &AgentSelector, pod: &str) {
 }
 
 /// Completes once link `index` is no longer wanted and no flow has a stream open on it (or
-/// once the pod's links are no longer adjusted): retired when it is no longer wanted, the
-/// striped flows on it leave it. A link that retired goes even if wanted again meanwhile;
-/// its supervisor links anew.
+/// once the pod's links are no longer adjusted): retired while it is not wanted, so that
+/// the striped flows on it leave it, and back in service if wanted again before they all
+/// have (a flow whose peer is slow to leave must not keep the link out of use).
 async fn unused(link: &AgentLink, index: usize, mut wanted_rx: watch::Receiver<usize>) {
-    while *wanted_rx.borrow_and_update() > index {
-        if wanted_rx.changed().await.is_err() {
-            return;
+    loop {
+        let wanted = *wanted_rx.borrow_and_update() > index;
+        if wanted {
+            link.unretire();
+        } else {
+            link.retire();
+            if link.flows_open() == 0 {
+                return;
+            }
         }
-    }
-    link.retire();
-    while link.flows_open() > 0 {
-        tokio::time::sleep(UNUSED_CHECK).await;
+        tokio::select! {
+            changed = wanted_rx.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(UNUSED_CHECK), if !wanted => {}
+        }
     }
 }
 

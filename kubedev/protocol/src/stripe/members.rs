@@ -68,6 +68,9 @@ pub(super) struct Leaving {
     marked: bool,
     /// The peer's leave marker came: no chunk comes after it, and its end is no loss.
     pub(super) peer_left: bool,
+    /// It joined the flow, which can go on without it: it stays open when this end's side
+    /// ends, so that it can still leave (the flow's first stream is shut then).
+    pub(super) joined: bool,
     /// Held until the stream has left the flow.
     place: Option<OwnedSemaphorePermit>,
 }
@@ -77,6 +80,7 @@ impl<S> Stream<S> {
         let mut stream = Stream::new(*member.io);
         stream.leaving.signal = member.leave.map(|leave| Box::pin(leave.cancelled_owned()));
         stream.leaving.place = member.place;
+        stream.leaving.joined = true;
         stream
     }
 
@@ -113,6 +117,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
                 }
             }
         }
+        self.read_after_the_end(cx)?;
         self.streams.retain(|stream| !stream.gone());
         Ok(())
     }

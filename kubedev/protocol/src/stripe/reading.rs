@@ -37,6 +37,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
         }
     }
 
+    /// Once the flow's last byte was read, its reader polls no stream again: a stream that
+    /// joined is read on here (while the flow is written) for the peer's markers and end, so
+    /// that it can leave and go.
+    pub(super) fn read_after_the_end(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.read_end != Some(self.read_next) {
+            return Ok(());
+        }
+        for at in 0..self.streams.len() {
+            while self.streams[at].leaving.joined
+                && !self.streams[at].ended
+                && matches!(self.streams[at].incoming, Incoming::Header(..))
+                && matches!(self.header_step(at, cx)?, Step::Progress)
+            {}
+        }
+        Ok(())
+    }
+
     /// Reads on in a chunk's header, and starts the chunk once it is whole.
     fn header_step(&mut self, at: usize, cx: &mut Context<'_>) -> io::Result<Step> {
         let stream = &mut self.streams[at];

@@ -114,7 +114,14 @@ async fn streams_joining_mid_flow_carry_the_rest() {
     let (received, receiver) = reading.await.expect("read");
     assert!(received == data);
     assert_eq!(sender.streams.len(), 3, "the joined streams were used");
-    assert!(sender.streams.iter().all(|stream| stream.shut));
+    assert!(
+        sender.streams[0].shut,
+        "the first stream ends with the flow"
+    );
+    assert!(
+        (sender.streams.iter()).all(|stream| stream.out.is_empty()),
+        "the joined ones carried the end, and stay open so that they can still leave"
+    );
     assert_eq!(receiver.read_next, data.len() as u64);
 }
 
@@ -354,10 +361,23 @@ async fn exchange_until_streams(
     right: &mut Striped<DuplexStream>,
     streams: usize,
 ) {
+    send_until_streams(left, right, streams, true).await;
+}
+
+/// Sends a byte from `from` to `to` (and one back if `both_ways`) until both carry the
+/// flow on `streams` streams.
+async fn send_until_streams(
+    from: &mut Striped<DuplexStream>,
+    to: &mut Striped<DuplexStream>,
+    streams: usize,
+    both_ways: bool,
+) {
     let settled = async {
-        while left.streams() != streams || right.streams() != streams {
-            carry(left, right, b"l").await;
-            carry(right, left, b"r").await;
+        while from.streams() != streams || to.streams() != streams {
+            carry(from, to, b"f").await;
+            if both_ways {
+                carry(to, from, b"t").await;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     };
@@ -479,4 +499,22 @@ async fn a_flow_whose_every_stream_left_refuses_writes() {
         header(members::LEAVE_AT, 0),
         "the leave is answered"
     );
+}
+
+#[tokio::test]
+async fn a_stream_leaves_a_flow_whose_one_side_has_ended() {
+    let pair = Pair::new(64 * 1024);
+    let leave = CancellationToken::new();
+    pair.joins.join_leaving_on(64 * 1024, leave.clone()).await;
+    let (mut left, mut right) = (pair.sender, pair.receiver);
+    carry(&mut left, &mut right, &pattern(2 << 20)).await;
+    assert_eq!((left.streams(), right.streams()), (2, 2));
+    left.shutdown().await.expect("the left side ends");
+    let mut rest = Vec::new();
+    right.read_to_end(&mut rest).await.expect("an end");
+
+    // The right side goes on writing while the left leaves the joined stream.
+    leave.cancel();
+    send_until_streams(&mut right, &mut left, 1, false).await;
+    carry(&mut right, &mut left, &pattern(1 << 20)).await;
 }

@@ -17,11 +17,18 @@ async fn a_link_no_longer_wanted_retires_and_goes_once_no_flow_uses_it() {
     tokio::time::sleep(UNUSED_CHECK * 5).await;
     assert!(link.is_retiring(), "retired: its striped flows leave it");
     assert!(!going.is_finished(), "a flow still uses it");
+
     wanted_tx.send(3).expect("the link's supervisor listens");
-    drop(flow);
-    tokio::time::sleep(UNUSED_CHECK * 2).await;
+    tokio::time::sleep(UNUSED_CHECK * 5).await;
     assert!(
-        going.is_finished(),
-        "gone once unused, though wanted again: its supervisor links anew"
+        !link.is_retiring(),
+        "wanted again before its flows left: back in service"
     );
+    drop(flow);
+    tokio::time::sleep(UNUSED_CHECK * 5).await;
+    assert!(!going.is_finished(), "kept while wanted");
+
+    wanted_tx.send(1).expect("the link's supervisor listens");
+    tokio::time::sleep(UNUSED_CHECK * 2).await;
+    assert!(going.is_finished(), "gone once neither wanted nor used");
 }
