@@ -111,7 +111,7 @@ soak: cluster-up
 ## Fuzz what peers send (frames, the handshake, control requests, HTTP requests, SFTP
 ## paths) for FUZZ_SECONDS per target; crashes land in fuzz/artifacts/TARGET/. Keep each
 ## one in fuzz/inputs/TARGET/ once fixed: the unit tests replay those.
-FUZZ_TARGETS := frame_codec handshake control_request http_request sftp_paths
+FUZZ_TARGETS := frame_codec handshake striped_flow control_request http_request sftp_paths
 FUZZ_SECONDS ?= 300
 fuzz:
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -5,11 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
 
 use crate::codec::{CodecError, read_datagram, read_message, write_datagram, write_message};
 use crate::handshake::{greet_agent, welcome_client};
 use crate::mux::{self, Mode};
+use crate::stripe::{Member, Striped};
 use crate::{Hello, HelloReply, OpenReply, OpenRequest};
 
 /// The token the fuzzed agent knows.
@@ -129,6 +131,30 @@ pub fn handshake(input: &[u8]) {
     });
 }
 
+/// A striped flow reading what its peer sends on two streams (the first byte says where
+/// the rest splits between them: chunks, end and leave markers, anything): it must end,
+/// with the bytes sent or an error, and never panic or hang; then it is written and ended.
+pub fn striped_flow(input: &[u8]) {
+    let Some((&split, rest)) = input.split_first() else {
+        return;
+    };
+    let (first, second) = rest.split_at(usize::from(split) * rest.len() / 255);
+    block_on(async {
+        let (joins_tx, joined_rx) = mpsc::channel(1);
+        let mut flow = Striped::new(peer_sending(first), joined_rx);
+        let _ = joins_tx.send(Member::new(peer_sending(second))).await;
+        drop(joins_tx);
+        let mut received = Vec::new();
+        let reading = flow.read_to_end(&mut received);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
+        assert!(read.is_ok(), "a striped flow hung on what its peer sent");
+        assert!(received.len() <= rest.len(), "more bytes than were sent");
+        if flow.write_all(b"after").await.is_ok() {
+            let _ = flow.shutdown().await;
+        }
+    });
+}
+
 /// Runs `run` on every input kept for fuzz target `target` in the workspace's
 /// `fuzz/inputs/`, naming each before it runs.
 pub fn replay_kept_inputs(target: &str, run: impl Fn(&[u8])) {
@@ -159,5 +185,10 @@ mod tests {
     #[test]
     fn kept_handshake_inputs_pass() {
         replay_kept_inputs("handshake", handshake);
+    }
+
+    #[test]
+    fn kept_striped_flow_inputs_pass() {
+        replay_kept_inputs("striped_flow", striped_flow);
     }
 }
