@@ -87,8 +87,10 @@ pub struct SessionArgs {
     pub env_syntax: EnvSyntax,
 
     /// Where to mount the container's volumes: DIR (DIR:ro for read-only), true (a new
-    /// temporary directory, printed: the default), or false. Needs sshfs (macFUSE's on
-    /// macOS; Windows has no mounts yet).
+    /// temporary directory, printed: the default), or false; a volume mounted at /x/y in
+    /// the container is at DIR/x/y. Files are read and written as the agent's user: the
+    /// app's, or uid 65532 where the app runs as root, which cannot change files only root
+    /// may. Needs sshfs (macFUSE's on macOS; Windows has no mounts yet).
     #[arg(long, value_name = "DIR|true|false")]
     pub mount: Option<MountChoice>,
 
