@@ -133,9 +133,8 @@ async fn join_links(
                 answered = joining.next() => answered,
                 () = joins_tx.closed() => return,
             };
-            let (link, answer) = match answered {
-                None => break,
-                Some(answered) => answered,
+            let Some((link, answer)) = answered else {
+                break;
             };
             match answer {
                 Ok(Ok(stream)) => {

@@ -103,9 +103,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Striped<S> {
                 stream.leaving.signal = None;
                 stream.leaving.writes_done = true;
             }
-            // Behind what was queued there: the peer reads every chunk sent on it. A
-            // stream this end already shut (its side of the flow ended) cannot carry the
-            // marker, and stays until the flow ends.
+            // Behind what was queued there: the peer reads every chunk sent on it. The
+            // flow's first stream, shut when this end's side ended, cannot carry the marker
+            // and stays until the flow ends (joined ones stay open for it).
             if stream.leaving.writes_done && !stream.leaving.marked && !stream.shut {
                 stream.out.extend_from_slice(&header(LEAVE_AT, 0));
                 stream.leaving.marked = true;
